@@ -1,0 +1,237 @@
+"""``Proctor``: the one object for in-process use.
+
+Open an instance home (``Proctor.open``) or configure one in code (``Proctor.in_memory``),
+register actions with ``@proctor.action``, submit plans, act as the humans, read the log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from proctor.app.gateway import Gateway, GatewayOptions
+from proctor.app.stepup import TotpStepUp
+from proctor.audit.events import KeyInfo, VerifyReport, verify_events
+from proctor.audit.keys import LocalSigner
+from proctor.bootstrap import SystemClock, open_home, starter_catalog_path
+from proctor.config import home_from, load_catalog_file
+from proctor.core.assessment import Scores
+from proctor.core.catalog import ActionSpec, Catalog
+from proctor.core.lifecycle import PlanRecord
+from proctor.core.ports import Clock, EventRow, PolicyEngine
+from proctor.policy import RegoPolicyEngine, default_bundle_path
+from proctor.storage import open_store
+from proctor.tools import PythonTools
+
+__all__ = ["Proctor"]
+
+
+class Proctor:
+    """A governed-action supervisor in this process.
+
+    Example:
+        >>> p = Proctor.in_memory()
+        >>> record = p.submit(plan_dict)  # doctest: +SKIP
+    """
+
+    def __init__(self, gateway: Gateway, tools: PythonTools, keys: Mapping[str, KeyInfo]) -> None:
+        self.gateway = gateway
+        self._tools = tools
+        self._keys = dict(keys)
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def open(cls, home: str | Path | None = None, *, clock: Clock | None = None) -> Proctor:
+        """Open an initialised instance home (``proctor init``).
+
+        Raises:
+            ConfigError: if the home is missing or broken.
+        """
+        inst = open_home(home_from(home), clock=clock)
+        return cls(inst.gateway, inst.tools, inst.keys)
+
+    @classmethod
+    def in_memory(
+        cls,
+        *,
+        catalog: Catalog | None = None,
+        starter_catalog: bool = True,
+        policy: PolicyEngine | str | None = "default",
+        clock: Clock | None = None,
+        options: GatewayOptions | None = None,
+        database_url: str = "memory://",
+    ) -> Proctor:
+        """Configure an instance in code, with an in-memory store and a throwaway key.
+
+        Args:
+            catalog: Actions to start with; default the starter catalog (demo tools).
+            starter_catalog: Load the starter catalog when ``catalog`` is None.
+            policy: ``"default"`` for the packaged bundle, an engine, or None (deny all).
+            clock: The clock; default the system clock.
+            options: Gateway options.
+            database_url: Store URL, ``memory://`` by default.
+        """
+        if catalog is None:
+            catalog = Catalog(load_catalog_file(starter_catalog_path()) if starter_catalog else ())
+        engine: PolicyEngine | None
+        if policy == "default":
+            engine = RegoPolicyEngine.from_directory(default_bundle_path())
+        else:
+            engine = policy  # type: ignore[assignment]
+        clock = clock or SystemClock()
+        store = open_store(database_url)
+        signer = LocalSigner.generate()
+        tools = PythonTools()
+        gateway = Gateway(
+            store=store,
+            catalog=catalog,
+            policy=engine,
+            signer=signer,
+            clock=clock,
+            tools=tools,
+            options=options,
+            step_up=TotpStepUp(store, clock),
+        )
+        keys = {k: KeyInfo(v) for k, v in signer.public_keys().items()}
+        return cls(gateway, tools, keys)
+
+    # ------------------------------------------------------------------ catalog
+
+    def add_action(self, spec: ActionSpec, *, replace: bool = False) -> None:
+        """Add an action to the catalog."""
+        self.gateway.catalog.add(spec, replace=replace)
+
+    def action(
+        self,
+        name: str,
+        *,
+        category: str,
+        baselines: Mapping[str, int],
+        summary: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        reversible: bool = False,
+        idempotent: bool = False,
+        cost: int = 0,
+        amount_param: str | None = None,
+        compensate: Callable[..., Any] | None = None,
+        simulate: Callable[..., Any] | None = None,
+        mask: Sequence[str] = (),
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator: register a Python function as the handler of a new action.
+
+        The function is called as ``fn(params, call)``; ``call.idempotency_key`` is stable
+        across retries.
+        """
+
+        def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+            handler = f"{name}:handler"
+            self._tools.register(handler, fn)
+            sim = comp = None
+            if simulate is not None:
+                sim = f"{name}:simulate"
+                self._tools.register(sim, simulate)
+            if compensate is not None:
+                comp = f"{name}:compensate"
+                self._tools.register(comp, compensate)
+            self.add_action(
+                ActionSpec(
+                    name=name,
+                    summary=summary or (fn.__doc__ or name).strip().splitlines()[0],
+                    params_schema=params or {"type": "object"},
+                    category=category,
+                    baselines=Scores.from_mapping(baselines),
+                    reversible=reversible,
+                    idempotent=idempotent,
+                    cost=cost,
+                    amount_param=amount_param,
+                    handler=handler,
+                    simulate=sim,
+                    compensate=comp,
+                    mask=tuple(mask),
+                )
+            )
+            return fn
+
+        return register
+
+    # ------------------------------------------------------------------ the flow
+
+    def submit(self, plan: Mapping[str, Any], *, sandbox: bool | None = None) -> PlanRecord:
+        """Submit a plan manifest; see ``Gateway.submit``."""
+        return self.gateway.submit(dict(plan), sandbox=sandbox)
+
+    def confirm(self, plan_id: str, principal: str, *, comment: str = "") -> PlanRecord:
+        """Confirm a plan as its on-behalf-of user."""
+        return self.gateway.confirm(plan_id, principal, comment=comment)
+
+    def approve(
+        self,
+        plan_id: str,
+        principal: str,
+        *,
+        roles: Sequence[str],
+        comment: str = "",
+        otp: str | None = None,
+    ) -> PlanRecord:
+        """Approve a plan as ``principal`` holding ``roles``."""
+        return self.gateway.approve(plan_id, principal, roles=roles, comment=comment, otp=otp)
+
+    def reject(
+        self, plan_id: str, principal: str, *, roles: Sequence[str] = (), comment: str = ""
+    ) -> PlanRecord:
+        """Reject a waiting plan."""
+        return self.gateway.reject(plan_id, principal, roles=roles, comment=comment)
+
+    def undo(self, plan_id: str, principal: str) -> PlanRecord:
+        """Undo a succeeded plan within its undo window."""
+        return self.gateway.undo(plan_id, principal)
+
+    def tick(self) -> list[PlanRecord]:
+        """Fire due timers (expiry, rollback TTLs)."""
+        return self.gateway.tick()
+
+    def enrol_totp(self, principal: str) -> tuple[str, str]:
+        """Enrol an approver for step-up; return the secret and its otpauth:// URI."""
+        step_up = self.gateway.step_up
+        assert isinstance(step_up, TotpStepUp)
+        return step_up.enrol(principal)
+
+    # ------------------------------------------------------------------ reading
+
+    def get(self, plan_id: str) -> PlanRecord:
+        """Return a plan (raises ``NotFoundError``)."""
+        return self.gateway.get(plan_id)
+
+    def plans(
+        self, *, status: str | None = None, agent_id: str | None = None, limit: int = 50
+    ) -> list[PlanRecord]:
+        """List plans, newest first."""
+        return list(self.gateway.store.list_plans(status=status, agent_id=agent_id, limit=limit))
+
+    def events(
+        self, *, after: int = -1, limit: int = 1000, plan_id: str | None = None
+    ) -> list[EventRow]:
+        """Read audit events."""
+        return self.gateway.store.read_events(after=after, limit=limit, plan_id=plan_id)
+
+    def verify(self, *, check_signatures: bool = True) -> VerifyReport:
+        """Verify the whole audit log (chain, canonical form, signatures)."""
+        rows = list(self.gateway.store.iter_events())
+        return verify_events(rows, self._keys, check_signatures=check_signatures)
+
+    @property
+    def key_infos(self) -> dict[str, KeyInfo]:
+        """Public keys that verify this instance's events."""
+        return dict(self._keys)
+
+    def close(self) -> None:
+        """Release the store."""
+        self.gateway.store.close()
+
+    def __enter__(self) -> Proctor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,943 @@
+"""The gateway: submit → validate → assess → decide → simulate → route → execute.
+
+Every transition is a store transaction that carries its audit events (``Journal``), so a
+state change without its event, or an event without its state change, cannot happen. A
+handler runs only *after* the transaction that records ``step.started`` has committed: if
+the process dies inside the handler, the log shows the step was in flight.
+
+Fail closed throughout: no policy, an engine error, a malformed policy answer or a failing
+simulation that was required never lead to execution.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import threading
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import nacl.exceptions
+import nacl.signing
+
+from proctor.app.journal import Journal, payload_hash
+from proctor.core.approvals import (
+    check_can_approve,
+    check_can_confirm,
+    check_not_expired,
+    quorum_met,
+)
+from proctor.core.assessment import Assessment, Thresholds, assess, baseline
+from proctor.core.catalog import ActionSpec, Catalog
+from proctor.core.decisions import Decision, Outcome, StepDecision
+from proctor.core.events import EventType as E
+from proctor.core.lifecycle import (
+    ApprovalRecord,
+    PlanRecord,
+    PlanStatus,
+    StepRecord,
+    StepStatus,
+)
+from proctor.core.masking import mask
+from proctor.core.plans import Limits, Plan
+from proctor.core.ports import Clock, PolicyEngine, Signer, StepUp, Store, ToolCall, Tools
+from proctor.errors import (
+    ApprovalExpiredError,
+    ConflictError,
+    InvalidRequestError,
+    NotFoundError,
+    PermissionDeniedError,
+    PlanIdReusedError,
+    PolicyEngineError,
+    ProctorError,
+    SignatureError,
+)
+
+__all__ = ["Gateway", "GatewayOptions"]
+
+_NO_POLICY = "sha256:none"
+_MAX_ERROR = 500
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GatewayOptions:
+    """Behaviour switches of the gateway.
+
+    Attributes:
+        thresholds: Pattern thresholds. Default 10 / 15.
+        limits: Manifest size limits.
+        sandbox: Run no handler at all, only simulations. Default False.
+        confirm_ttl: How long a plan waits for its user's confirmation. Default 1 hour.
+        approval_ttl: How long a plan waits for approvers. Default 24 hours.
+        store_prompt: Keep the raw intent in audit events (its hash is always kept).
+        agent_keys: Registered Ed25519 public keys by agent id; an agent with a key must
+            sign its manifests.
+    """
+
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    limits: Limits = field(default_factory=Limits)
+    sandbox: bool = False
+    confirm_ttl: timedelta = timedelta(hours=1)
+    approval_ttl: timedelta = timedelta(hours=24)
+    store_prompt: bool = False
+    agent_keys: Mapping[str, bytes] = field(default_factory=dict)
+
+
+class Gateway:
+    """The governed-action pipeline over a store, a policy engine, a signer and tools."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        catalog: Catalog,
+        policy: PolicyEngine | None,
+        signer: Signer,
+        clock: Clock,
+        tools: Tools,
+        options: GatewayOptions | None = None,
+        step_up: StepUp | None = None,
+    ) -> None:
+        self.store = store
+        self.catalog = catalog
+        self.policy = policy
+        self.signer = signer
+        self.clock = clock
+        self.tools = tools
+        self.options = options or GatewayOptions()
+        self.step_up = step_up
+        # Serialises the human actions and execution of one plan within this process; the
+        # store's transactions protect against other processes.
+        self._plan_locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+
+    # ------------------------------------------------------------------ submit
+
+    def submit(self, raw: Any, *, sandbox: bool | None = None) -> PlanRecord:
+        """Submit a manifest; return the plan as routed (and executed, for ``execute``).
+
+        Raises:
+            InvalidRequestError: the manifest breaks a rule (the rejection is audited).
+            PlanIdReusedError: the plan id exists with another digest (audited).
+        """
+        sandbox = self.options.sandbox if sandbox is None else sandbox
+        try:
+            plan = Plan.from_dict(raw, limits=self.options.limits)
+        except InvalidRequestError as exc:
+            self._audit_rejection(raw, exc)
+            raise
+        if plan.plan_id is not None:
+            existing: PlanRecord | None = self.store.get_plan(plan.plan_id)
+            if existing is not None:
+                if existing.digest == plan.digest:
+                    return existing  # idempotent resubmission: the first result
+                err = PlanIdReusedError(
+                    f"plan id {plan.plan_id!r} was already used for a different manifest",
+                    field="plan_id",
+                    hint="Use a new plan_id for a changed plan.",
+                )
+                self._audit_rejection(raw, err, digest=plan.digest)
+                raise err
+        try:
+            specs = self._validate(plan)
+        except InvalidRequestError as exc:
+            self._audit_rejection(raw, exc, digest=plan.digest)
+            raise
+        record = self._decide(plan, specs, sandbox=sandbox)
+        if record.status is PlanStatus.RUNNING:
+            record = self._execute(record)
+        return record
+
+    def _validate(self, plan: Plan) -> list[ActionSpec]:
+        specs = []
+        for i, step in enumerate(plan.steps):
+            spec = self.catalog.require(step.action, field=f"steps[{i}].action")
+            spec.validate_params(step.params, field_prefix=f"steps[{i}].params")
+            specs.append(spec)
+        self._check_signature(plan)
+        return specs
+
+    def _check_signature(self, plan: Plan) -> None:
+        key = self.options.agent_keys.get(plan.actor.agent_id)
+        if plan.signature is None:
+            if key is not None:
+                raise SignatureError(
+                    f"agent {plan.actor.agent_id!r} has a registered key: its plans must be signed",
+                    field="signature",
+                )
+            return
+        if key is None:
+            raise SignatureError(
+                f"no public key is registered for agent {plan.actor.agent_id!r}",
+                field="signature.key_id",
+                hint="Register the agent's key under [agents.<agent_id>] in config.toml.",
+            )
+        try:
+            sig = base64.b64decode(plan.signature.value, validate=True)
+            nacl.signing.VerifyKey(key).verify(plan.signing_bytes(), sig)
+        except (ValueError, nacl.exceptions.BadSignatureError) as exc:
+            raise SignatureError(
+                "the manifest signature does not verify", field="signature.value"
+            ) from exc
+
+    def _policy_input(self, plan: Plan, specs: Sequence[ActionSpec], base: Any) -> dict[str, Any]:
+        th = self.options.thresholds
+        return {
+            "contract": 1,
+            "plan": {
+                "plan_id": plan.plan_id,
+                "digest": plan.digest,
+                "actor": plan.actor.as_dict(),
+                "on_behalf_of": plan.on_behalf_of,
+                "intent": plan.intent,
+            },
+            "steps": [
+                {
+                    "id": st.id,
+                    "action": st.action,
+                    "category": spec.category,
+                    "params": dict(st.params),
+                    "amount": spec.amount(st.params),
+                    "reversible": spec.reversible,
+                    "idempotent": spec.idempotent,
+                }
+                for st, spec in zip(plan.steps, specs, strict=True)
+            ],
+            "baseline": base.as_dict(),
+            "context": {
+                "sandbox": self.options.sandbox,
+                "thresholds": {"agentic_max": th.agentic_max, "hybrid_max": th.hybrid_max},
+            },
+        }
+
+    def evaluate(self, plan: Plan, specs: Sequence[ActionSpec]) -> tuple[Decision, Assessment]:
+        """Ask the policy about a validated plan; never raises for a policy failure."""
+        step_ids = [s.id for s in plan.steps]
+        base = baseline(spec.baselines for spec in specs)
+        if self.policy is None:
+            # No policy loaded means nobody said yes: deny (fail closed).
+            decision = Decision.deny_all(
+                step_ids, "no policy is loaded: fail closed", policy_version=_NO_POLICY
+            )
+        else:
+            version = self.policy.version
+            try:
+                raw = self.policy.evaluate(self._policy_input(plan, specs, base))
+            except PolicyEngineError as exc:
+                decision = Decision.deny_all(
+                    step_ids,
+                    f"policy engine error ({exc.message}): fail closed",
+                    policy_version=version,
+                )
+            else:
+                decision = Decision.from_policy_output(raw, step_ids, policy_version=version)
+        assessment = assess(base, decision.adjustments, thresholds=self.options.thresholds)
+        return decision, assessment
+
+    def _decide(self, plan: Plan, specs: list[ActionSpec], *, sandbox: bool) -> PlanRecord:
+        decision, assessment = self.evaluate(plan, specs)
+        now = self.clock.now()
+        plan_id = plan.plan_id or _new_plan_id(now)
+        simulations: dict[str, Any] = {}
+        if decision.outcome is not Outcome.DENY and (decision.dry_run or sandbox):
+            decision, simulations = self._simulate(plan, specs, decision, plan_id, sandbox)
+        outcome = decision.outcome
+        if outcome is Outcome.DENY:
+            status = PlanStatus.DENIED
+        elif sandbox:
+            status = PlanStatus.SIMULATED
+        else:
+            status = {
+                Outcome.EXECUTE: PlanStatus.RUNNING,
+                Outcome.CONFIRM: PlanStatus.AWAITING_CONFIRMATION,
+                Outcome.APPROVE: PlanStatus.AWAITING_APPROVAL,
+            }[outcome]
+        expires_at = None
+        if status is PlanStatus.AWAITING_CONFIRMATION:
+            expires_at = now + self.options.confirm_ttl
+        elif status is PlanStatus.AWAITING_APPROVAL:
+            expires_at = now + self.options.approval_ttl
+        steps = []
+        for i, st in enumerate(plan.steps):
+            step_status = StepStatus.PENDING
+            if status is PlanStatus.DENIED:
+                step_status = StepStatus.SKIPPED
+            elif status is PlanStatus.SIMULATED:
+                step_status = StepStatus.SIMULATED
+            steps.append(
+                StepRecord(
+                    step_id=st.id,
+                    index=i,
+                    action=st.action,
+                    params=st.params,
+                    status=step_status,
+                    outcome=decision.step(st.id).outcome.value,
+                    simulation=simulations.get(st.id),
+                )
+            )
+        review = (
+            outcome is Outcome.EXECUTE
+            and not sandbox
+            and _sampled(plan.digest, decision.review_sample_rate)
+        )
+        record = PlanRecord(
+            plan_id=plan_id,
+            digest=plan.digest,
+            status=status,
+            agent_id=plan.actor.agent_id,
+            on_behalf_of=plan.on_behalf_of,
+            manifest=plan.manifest() | {"plan_id": plan_id},
+            created_at=now,
+            updated_at=now,
+            assessment=assessment.as_dict(),
+            decision=decision.as_dict(),
+            policy_version=decision.policy_version,
+            outcome=outcome.value,
+            steps=tuple(steps),
+            expires_at=expires_at,
+            sandbox=sandbox,
+            review=review,
+        )
+        with self.store.transaction() as tx:
+            if plan.plan_id is not None and tx.get_plan(plan_id) is not None:
+                # Lost a race with an identical submission: return the winner's result.
+                existing = tx.get_plan(plan_id)
+                if existing.digest == plan.digest:
+                    return existing  # type: ignore[no-any-return]
+                raise PlanIdReusedError(f"plan id {plan_id!r} was already used", field="plan_id")
+            j = self._journal(tx)
+            j.emit(
+                E.PLAN_SUBMITTED,
+                plan=record,
+                actions=[self._attempt(s, specs[s.index], "proposed") for s in record.steps],
+                data={"steps": [self._masked_step(s, specs[s.index]) for s in record.steps]},
+            )
+            j.emit(
+                E.POLICY_DECIDED,
+                plan=record,
+                data={"assessment": record.assessment, "decision": record.decision},
+            )
+            if simulations:
+                j.emit(E.SIMULATION_COMPLETED, plan=record, data={"effects": simulations})
+            j.emit(
+                E.PLAN_ROUTED,
+                plan=record,
+                data={
+                    "status": status.value,
+                    "expires_at": expires_at.isoformat() if expires_at else None,
+                    "sandbox": sandbox,
+                },
+            )
+            if review:
+                j.emit(
+                    E.REVIEW_SAMPLED, plan=record, data={"rate": str(decision.review_sample_rate)}
+                )
+            if status is PlanStatus.RUNNING:
+                record = self._start_step(j, record, 0, now)
+            tx.save_plan(record)
+            j.flush()
+        return record
+
+    def _simulate(
+        self,
+        plan: Plan,
+        specs: list[ActionSpec],
+        decision: Decision,
+        plan_id: str,
+        sandbox: bool,
+    ) -> tuple[Decision, dict[str, Any]]:
+        """Run the steps' simulations; a risk signal may escalate, never relax."""
+        effects: dict[str, Any] = {}
+        steps = []
+        for st, spec in zip(plan.steps, specs, strict=True):
+            sd = decision.step(st.id)
+            if not (sd.dry_run or sandbox):
+                steps.append(sd)
+                continue
+            if spec.simulate is None:
+                effects[st.id] = {"error": "no simulator"}
+                if sd.dry_run:
+                    sd = _escalate(sd, "a dry-run is required but the action has no simulator")
+                steps.append(sd)
+                continue
+            call = ToolCall(
+                plan_id=plan_id,
+                step_id=st.id,
+                idempotency_key=f"{plan_id}:{st.id}",
+                on_behalf_of=plan.on_behalf_of,
+                agent_id=plan.actor.agent_id,
+            )
+            try:
+                predicted = _jsonable(self.tools.run(spec.simulate, st.params, call))
+            except Exception as exc:  # noqa: BLE001 - any simulator failure escalates
+                effects[st.id] = {"error": _err(exc)}
+                sd = _escalate(sd, f"the dry-run failed: {_err(exc)}")
+                steps.append(sd)
+                continue
+            effects[st.id] = predicted
+            risk = predicted.get("risk") if isinstance(predicted, dict) else None
+            if risk in ("high", "critical"):
+                sd = _escalate(sd, f"the dry-run reported {risk} risk")
+            steps.append(sd)
+        escalated = Decision.combine(
+            steps,
+            policy_version=decision.policy_version,
+            plan_reasons=decision.plan_reasons,
+            plan_deny=decision.outcome is Outcome.DENY,
+            adjustments=decision.adjustments,
+            review_sample_rate=decision.review_sample_rate,
+        )
+        return escalated, effects
+
+    # ------------------------------------------------------------------ execute
+
+    def _start_step(self, j: Journal, record: PlanRecord, index: int, now: datetime) -> PlanRecord:
+        step = record.steps[index].moved_to(
+            StepStatus.RUNNING, started_at=now, attempts=record.steps[index].attempts + 1
+        )
+        record = record.with_step(step)
+        spec = self.catalog.get(step.action)
+        j.emit(
+            E.STEP_STARTED,
+            plan=record,
+            step_id=step.step_id,
+            actions=[self._attempt(step, spec, "started")],
+            data={"idempotency_key": record.idempotency_key(step.step_id)},
+        )
+        return record
+
+    def _execute(self, record: PlanRecord) -> PlanRecord:
+        """Run the plan's steps in order; compensate in reverse on failure."""
+        with self._lock_for(record.plan_id):
+            index = next(i for i, s in enumerate(record.steps) if s.status is StepStatus.RUNNING)
+            while True:
+                step = record.steps[index]
+                spec = self.catalog.require(step.action)
+                call = self._call(record, step)
+                try:
+                    if spec.handler is None:
+                        raise InvalidRequestError(f"action {spec.name!r} has no handler")
+                    result: Any = _jsonable(self.tools.run(spec.handler, step.params, call))
+                    error = None
+                except Exception as exc:  # noqa: BLE001 - a tool failure is recorded, not raised
+                    result, error = None, _err(exc)
+                now = self.clock.now()
+                decision = record.decision["steps"][index]
+                with self.store.transaction() as tx:
+                    j = self._journal(tx)
+                    if error is None:
+                        undo = decision["undo_window"] if spec.reversible else 0
+                        ttl = decision["rollback_ttl"] if spec.reversible else 0
+                        done = step.moved_to(
+                            StepStatus.SUCCEEDED,
+                            finished_at=now,
+                            result=result,
+                            undo_until=now + timedelta(seconds=undo) if undo else None,
+                            rollback_at=now + timedelta(seconds=ttl) if ttl else None,
+                        )
+                        record = record.with_step(done)
+                        j.emit(
+                            E.STEP_SUCCEEDED,
+                            plan=record,
+                            step_id=step.step_id,
+                            actions=[self._attempt(step, spec, "succeeded")],
+                            data={"result_hash": payload_hash({"r": result}), "result": result},
+                        )
+                        if index + 1 < len(record.steps):
+                            record = self._start_step(j, record, index + 1, now)
+                            tx.save_plan(record)
+                            j.flush()
+                            index += 1
+                            continue
+                        record = record.moved_to(PlanStatus.SUCCEEDED, at=now)
+                        j.emit(E.PLAN_FINISHED, plan=record, data={"status": "succeeded"})
+                        tx.save_plan(record)
+                        j.flush()
+                        return record
+                    failed = step.moved_to(StepStatus.FAILED, finished_at=now, error=error)
+                    record = record.with_step(failed)
+                    j.emit(
+                        E.STEP_FAILED,
+                        plan=record,
+                        step_id=step.step_id,
+                        actions=[self._attempt(step, spec, "failed")],
+                        data={"error": error},
+                    )
+                    record = self._skip_rest(record, index + 1)
+                    tx.save_plan(record)
+                    j.flush()
+                break
+            return self._compensate(
+                record, reason=f"step {step.step_id} failed: {error}", final=None
+            )
+
+    def _skip_rest(self, record: PlanRecord, start: int) -> PlanRecord:
+        for s in record.steps[start:]:
+            if s.status is StepStatus.PENDING:
+                record = record.with_step(s.moved_to(StepStatus.SKIPPED))
+        return record
+
+    def _compensate(
+        self, record: PlanRecord, *, reason: str, final: PlanStatus | None
+    ) -> PlanRecord:
+        """Undo succeeded steps in reverse order (saga), each in its own transaction.
+
+        ``final`` is the status on full success (``undone`` for an undo); None means the
+        plan failed, and it ends ``compensated`` (or ``failed`` if nothing could be undone).
+        """
+        done = [s for s in reversed(record.steps) if s.status is StepStatus.SUCCEEDED]
+        all_ok = True
+        for step in done:
+            spec = self.catalog.require(step.action)
+            call = self._call(record, step, result=step.result)
+            try:
+                if spec.compensate is not None:
+                    self.tools.run(spec.compensate, step.params, call)
+                elif spec.compensation is not None:
+                    comp = self.catalog.require(spec.compensation)
+                    params = step.params
+                    if isinstance(step.result, dict) and isinstance(
+                        step.result.get("compensation_params"), dict
+                    ):
+                        params = step.result["compensation_params"]
+                    if comp.handler is None:
+                        raise InvalidRequestError(f"action {comp.name!r} has no handler")
+                    self.tools.run(comp.handler, params, call)
+                else:
+                    raise ConflictError(f"action {spec.name!r} cannot be compensated")
+                error = None
+            except Exception as exc:  # noqa: BLE001 - recorded; the next step still compensates
+                error = _err(exc)
+            now = self.clock.now()
+            with self.store.transaction() as tx:
+                j = self._journal(tx)
+                if error is None:
+                    record = record.with_step(step.moved_to(StepStatus.COMPENSATED))
+                    j.emit(
+                        E.COMPENSATION_SUCCEEDED,
+                        plan=record,
+                        step_id=step.step_id,
+                        actions=[self._attempt(step, spec, "compensated")],
+                        data={"reason": reason},
+                    )
+                else:
+                    all_ok = False
+                    record = record.with_step(
+                        step.moved_to(StepStatus.COMPENSATION_FAILED, error=error)
+                    )
+                    j.emit(
+                        E.COMPENSATION_FAILED,
+                        plan=record,
+                        step_id=step.step_id,
+                        actions=[self._attempt(step, spec, "compensation_failed")],
+                        data={"reason": reason, "error": error},
+                    )
+                tx.save_plan(record)
+                j.flush()
+        if final is not None and all_ok:
+            status = final
+        elif final is None and all_ok and done:
+            status = PlanStatus.COMPENSATED
+        else:
+            status = PlanStatus.FAILED
+        now = self.clock.now()
+        with self.store.transaction() as tx:
+            j = self._journal(tx)
+            record = record.moved_to(status, at=now, error=reason[:_MAX_ERROR])
+            j.emit(E.PLAN_FINISHED, plan=record, data={"status": status.value, "reason": reason})
+            tx.save_plan(record)
+            j.flush()
+        return record
+
+    # ------------------------------------------------------------------ human actions
+
+    def confirm(self, plan_id: str, principal: str, *, comment: str = "") -> PlanRecord:
+        """Confirm a plan that waits for its on-behalf-of user; it runs at once.
+
+        Raises:
+            NotFoundError, InvalidTransitionError, PermissionDeniedError, ApprovalExpiredError.
+        """
+        with self._lock_for(plan_id):
+            record = self._get(plan_id)
+            self._expire_if_due(record)
+            check_can_confirm(record, principal)
+            record = self._recheck_policy(record)
+            now = self.clock.now()
+            approval = self._approval(record, principal, "confirm", (), comment, now)
+            with self.store.transaction() as tx:
+                current = self._fresh(tx, record)
+                check_can_confirm(current, principal)
+                j = self._journal(tx)
+                record = dataclasses.replace(current, approvals=(*current.approvals, approval))
+                j.emit(
+                    E.CONFIRMATION_GRANTED,
+                    plan=record,
+                    user_id=principal,
+                    data={"principal": principal, "comment": comment},
+                )
+                record = record.moved_to(PlanStatus.RUNNING, at=now)
+                record = self._start_step(j, record, 0, now)
+                tx.save_plan(record)
+                j.flush()
+        return self._execute(record)
+
+    def approve(
+        self,
+        plan_id: str,
+        principal: str,
+        *,
+        roles: Sequence[str],
+        comment: str = "",
+        otp: str | None = None,
+    ) -> PlanRecord:
+        """Record an approval; when the quorum is met the approvals are consumed and it runs.
+
+        Raises:
+            NotFoundError, InvalidTransitionError, PermissionDeniedError, ApprovalExpiredError.
+        """
+        with self._lock_for(plan_id):
+            record = self._get(plan_id)
+            self._expire_if_due(record)
+            required = record.decision["approver_roles"]
+            check_can_approve(record, principal, roles, required)
+            step_up = bool(record.decision["step_up"])
+            if step_up and (self.step_up is None or not self.step_up.verify(principal, otp)):
+                raise PermissionDeniedError(
+                    "this approval needs a valid step-up code (TOTP)",
+                    field="otp",
+                    hint="Enrol with `proctor totp enrol --as NAME` and pass --otp CODE.",
+                )
+            record = self._recheck_policy(record)
+            now = self.clock.now()
+            approval = self._approval(record, principal, "approve", roles, comment, now, step_up)
+            with self.store.transaction() as tx:
+                current = self._fresh(tx, record)
+                check_can_approve(current, principal, roles, required)
+                j = self._journal(tx)
+                record = dataclasses.replace(current, approvals=(*current.approvals, approval))
+                j.emit(
+                    E.APPROVAL_GRANTED,
+                    plan=record,
+                    user_id=principal,
+                    data={
+                        "principal": principal,
+                        "roles": list(roles),
+                        "comment": comment,
+                        "step_up": step_up,
+                        "bound_digest": record.digest,
+                        "bound_policy_version": record.policy_version,
+                    },
+                )
+                ready = quorum_met(
+                    record,
+                    record.approvals,
+                    count=record.decision["approvals"],
+                    required_roles=required,
+                )
+                if ready:
+                    # The transition to running consumes the approvals: a second approve, or a
+                    # replay of this one, finds the plan no longer awaiting approval.
+                    record = record.moved_to(PlanStatus.RUNNING, at=now)
+                    record = self._start_step(j, record, 0, now)
+                tx.save_plan(record)
+                j.flush()
+        if record.status is PlanStatus.RUNNING:
+            return self._execute(record)
+        return record
+
+    def reject(
+        self, plan_id: str, principal: str, *, roles: Sequence[str] = (), comment: str = ""
+    ) -> PlanRecord:
+        """Reject a waiting plan: its user for a confirmation, an approver for an approval.
+
+        Raises:
+            NotFoundError, InvalidTransitionError, PermissionDeniedError, ApprovalExpiredError.
+        """
+        with self._lock_for(plan_id):
+            record = self._get(plan_id)
+            self._expire_if_due(record)
+            if record.status is PlanStatus.AWAITING_CONFIRMATION:
+                check_can_confirm(record, principal)
+            else:
+                check_can_approve(record, principal, roles, record.decision["approver_roles"])
+            now = self.clock.now()
+            approval = self._approval(record, principal, "reject", roles, comment, now)
+            with self.store.transaction() as tx:
+                current = self._fresh(tx, record)
+                j = self._journal(tx)
+                record = dataclasses.replace(current, approvals=(*current.approvals, approval))
+                record = record.moved_to(
+                    PlanStatus.REJECTED, at=now, error=f"rejected by {principal}: {comment}"
+                )
+                record = self._skip_rest(record, 0)
+                j.emit(
+                    E.APPROVAL_REJECTED,
+                    plan=record,
+                    user_id=principal,
+                    data={"principal": principal, "roles": list(roles), "comment": comment},
+                )
+                tx.save_plan(record)
+                j.flush()
+        return record
+
+    def undo(
+        self, plan_id: str, principal: str, *, admin: bool = False, rollback: bool = False
+    ) -> PlanRecord:
+        """Undo a succeeded plan within its undo window (the on-behalf-of user, or an admin).
+
+        Raises:
+            NotFoundError, InvalidTransitionError, PermissionDeniedError, ConflictError.
+        """
+        with self._lock_for(plan_id):
+            record = self._get(plan_id)
+            if not admin and principal != record.on_behalf_of:
+                raise PermissionDeniedError(
+                    f"only {record.on_behalf_of!r} may undo this plan", field="principal"
+                )
+            if record.status is not PlanStatus.SUCCEEDED:
+                raise ConflictError(
+                    f"plan {plan_id} is {record.status.value}; only succeeded plans can be undone",
+                    field="plan_id",
+                )
+            now = self.clock.now()
+            if not rollback:  # a rollback TTL fires after its window by design
+                self._check_undoable(record, now)
+            with self.store.transaction() as tx:
+                j = self._journal(tx)
+                j.emit(E.UNDO_REQUESTED, plan=record, user_id=principal, data={"by": principal})
+                j.flush()
+            return self._compensate(
+                record, reason=f"undone by {principal}", final=PlanStatus.UNDONE
+            )
+
+    def _check_undoable(self, record: PlanRecord, now: datetime) -> None:
+        done = [s for s in record.steps if s.status is StepStatus.SUCCEEDED]
+        for s in done:
+            spec = self.catalog.require(s.action)
+            if not spec.reversible:
+                raise ConflictError(
+                    f"step {s.step_id} ({s.action}) is not reversible", field="plan_id"
+                )
+            if s.undo_until is None and s.rollback_at is None:
+                raise ConflictError(f"step {s.step_id} has no undo window", field="plan_id")
+            deadline = max(t for t in (s.undo_until, s.rollback_at) if t is not None)
+            if now > deadline:
+                raise ConflictError(
+                    f"the undo window of step {s.step_id} closed at {deadline.isoformat()}",
+                    field="plan_id",
+                )
+
+    def tick(self) -> list[PlanRecord]:
+        """Fire due timers: expire waiting plans past their deadline, run rollback TTLs.
+
+        Returns:
+            The plans that changed.
+        """
+        now = self.clock.now()
+        changed = []
+        for status in (PlanStatus.AWAITING_APPROVAL, PlanStatus.AWAITING_CONFIRMATION):
+            for p in self.store.list_plans(status=status.value, limit=1000):
+                if p.expires_at is not None and now >= p.expires_at:
+                    with self._lock_for(p.plan_id):
+                        changed.append(self._expire(p, "nobody decided before the deadline"))
+        for p in self.store.list_plans(status=PlanStatus.SUCCEEDED.value, limit=1000):
+            ttl = [s.rollback_at for s in p.steps if s.rollback_at is not None]
+            if ttl and now >= min(ttl):
+                changed.append(
+                    self.undo(p.plan_id, "proctor:rollback-ttl", admin=True, rollback=True)
+                )
+        return changed
+
+    # ------------------------------------------------------------------ helpers
+
+    def get(self, plan_id: str) -> PlanRecord:
+        """Return a plan.
+
+        Raises:
+            NotFoundError: if there is no such plan.
+        """
+        return self._get(plan_id)
+
+    def _get(self, plan_id: str) -> PlanRecord:
+        record = self.store.get_plan(plan_id)
+        if record is None:
+            raise NotFoundError(
+                f"no plan {plan_id!r}", field="plan_id", hint="List plans with `proctor plans`."
+            )
+        return record  # type: ignore[no-any-return]
+
+    def _fresh(self, tx: Any, record: PlanRecord) -> PlanRecord:
+        current = tx.get_plan(record.plan_id)
+        if current is None or current.digest != record.digest:
+            raise ConflictError(f"plan {record.plan_id} changed underneath", field="plan_id")
+        return current  # type: ignore[no-any-return]
+
+    def _expire_if_due(self, record: PlanRecord) -> None:
+        try:
+            check_not_expired(record, self.clock.now())
+        except ApprovalExpiredError:
+            if record.status in (PlanStatus.AWAITING_APPROVAL, PlanStatus.AWAITING_CONFIRMATION):
+                self._expire(record, "the deadline passed before a decision")
+            raise
+
+    def _expire(self, record: PlanRecord, reason: str) -> PlanRecord:
+        now = self.clock.now()
+        with self.store.transaction() as tx:
+            current = self._fresh(tx, record)
+            if current.status not in (
+                PlanStatus.AWAITING_APPROVAL,
+                PlanStatus.AWAITING_CONFIRMATION,
+            ):
+                return current
+            j = self._journal(tx)
+            record = self._skip_rest(current.moved_to(PlanStatus.EXPIRED, at=now, error=reason), 0)
+            j.emit(E.PLAN_EXPIRED, plan=record, data={"reason": reason})
+            tx.save_plan(record)
+            j.flush()
+        return record
+
+    def _recheck_policy(self, record: PlanRecord) -> PlanRecord:
+        """Right before execution: the policy that decided must still be the one in force."""
+        current = self.policy.version if self.policy is not None else _NO_POLICY
+        if current != record.policy_version:
+            self._expire(record, "the policy changed since the plan was decided")
+            raise ConflictError(
+                f"the policy changed since plan {record.plan_id} was decided; it has expired",
+                field="policy_version",
+                hint="Ask the agent to submit the plan again under the current policy.",
+            )
+        return record
+
+    def _approval(
+        self,
+        record: PlanRecord,
+        principal: str,
+        kind: str,
+        roles: Sequence[str],
+        comment: str,
+        now: datetime,
+        step_up: bool = False,
+    ) -> ApprovalRecord:
+        if len(comment) > 2000:
+            raise InvalidRequestError("comment is longer than 2,000 characters", field="comment")
+        return ApprovalRecord(
+            principal=principal,
+            kind=kind,
+            roles=tuple(roles),
+            digest=record.digest,
+            policy_version=record.policy_version,
+            comment=comment,
+            created_at=now,
+            step_up=step_up,
+        )
+
+    def _call(self, record: PlanRecord, step: StepRecord, result: Any = None) -> ToolCall:
+        return ToolCall(
+            plan_id=record.plan_id,
+            step_id=step.step_id,
+            idempotency_key=record.idempotency_key(step.step_id),
+            on_behalf_of=record.on_behalf_of,
+            agent_id=record.agent_id,
+            result=result,
+        )
+
+    def _journal(self, tx: Any) -> Journal:
+        return Journal(tx, self.signer, self.clock, store_prompt=self.options.store_prompt)
+
+    def _attempt(self, step: StepRecord, spec: ActionSpec | None, status: str) -> dict[str, Any]:
+        return {"api": step.action, "payload_hash": payload_hash(step.params), "status": status}
+
+    def _masked_step(self, step: StepRecord, spec: ActionSpec) -> dict[str, Any]:
+        return {
+            "id": step.step_id,
+            "action": step.action,
+            "params": mask(step.params, spec.mask),
+            "summary": spec.describe(mask(step.params, spec.mask)),
+        }
+
+    def _audit_rejection(self, raw: Any, exc: ProctorError, digest: str | None = None) -> None:
+        plan_id = raw.get("plan_id") if isinstance(raw, dict) else None
+        try:
+            body_hash = payload_hash({"raw": raw})
+        except ProctorError:
+            body_hash = None
+        with self.store.transaction() as tx:
+            j = self._journal(tx)
+            actor = raw.get("actor") if isinstance(raw, dict) else None
+            j.emit(
+                E.PLAN_REJECTED,
+                actor=actor if isinstance(actor, dict) and _small(actor) else None,
+                data={
+                    "plan_id": plan_id if isinstance(plan_id, str) and len(plan_id) < 200 else None,
+                    "digest": digest,
+                    "payload_hash": body_hash,
+                    "code": exc.code,
+                    "field": exc.field,
+                    "message": exc.message[:_MAX_ERROR],
+                },
+            )
+            j.flush()
+
+    def _lock_for(self, plan_id: str) -> threading.Lock:
+        with self._locks_guard:
+            lock = self._plan_locks.get(plan_id)
+            if lock is None:
+                if len(self._plan_locks) > 10_000:
+                    self._plan_locks.clear()  # bounded: locks are cheap to recreate
+                lock = self._plan_locks[plan_id] = threading.Lock()
+            return lock
+
+
+def _new_plan_id(now: datetime) -> str:
+    # Time-ordered prefix so ids sort by creation, random suffix so they never collide.
+    return f"p-{now.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:12]}"
+
+
+def _sampled(digest: str, rate: float) -> bool:
+    """Deterministic sampling: the digest's first 32 bits as a fraction of 2**32.
+
+    Deterministic so an auditor can recompute which plans had to be reviewed.
+    """
+    if rate <= 0:
+        return False
+    value = int(digest.removeprefix("sha256:")[:8], 16) / 2**32
+    return value < rate
+
+
+def _escalate(sd: StepDecision, reason: str) -> StepDecision:
+    if sd.outcome.severity >= Outcome.APPROVE.severity:
+        return dataclasses.replace(sd, reasons=(*sd.reasons, reason))
+    return dataclasses.replace(
+        sd,
+        outcome=Outcome.APPROVE,
+        approvals=max(1, sd.approvals),
+        approver_roles=sd.approver_roles or ("supervisor",),
+        reasons=(*sd.reasons, reason + ": escalated to approval"),
+    )
+
+
+def _err(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text[:_MAX_ERROR]
+
+
+def _jsonable(value: Any) -> Any:
+    """Return a JSON-safe, canonicalisable form of a tool's result (floats become strings)."""
+    if value is None or isinstance(value, (str, bool, int)):
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**53 - 1:
+            return str(value)
+        return value
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return str(value)
+
+
+def _small(obj: Mapping[str, Any]) -> bool:
+    return all(isinstance(v, str) and len(v) < 200 for v in obj.values()) and len(obj) <= 4

@@ -1,0 +1,109 @@
+"""Writing audit events in the same transaction as the state change they record.
+
+A ``Journal`` collects the events of one transaction and seals them (chain + signature)
+against the log head read *inside* that transaction, so the chain has no fork or gap even
+when several writers race: the store's write lock orders them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from proctor.audit.events import seal
+from proctor.core.canonical import canonical
+from proctor.core.lifecycle import PlanRecord
+from proctor.core.ports import Clock, EventRow, Signer, Transaction
+
+__all__ = ["Journal", "payload_hash"]
+
+
+def payload_hash(params: Mapping[str, Any]) -> str:
+    """Return ``sha256:<hex>`` of the canonical, unmasked params."""
+    return "sha256:" + hashlib.sha256(canonical(params)).hexdigest()
+
+
+class Journal:
+    """Events of one transaction, sealed and appended by ``flush``."""
+
+    __slots__ = ("_bodies", "_clock", "_signer", "_tx", "store_prompt")
+
+    def __init__(
+        self, tx: Transaction, signer: Signer, clock: Clock, *, store_prompt: bool = False
+    ) -> None:
+        self._tx = tx
+        self._signer = signer
+        self._clock = clock
+        self._bodies: list[dict[str, Any]] = []
+        self.store_prompt = store_prompt
+
+    def emit(
+        self,
+        type_: str,
+        *,
+        plan: PlanRecord | None = None,
+        step_id: str | None = None,
+        actions: list[dict[str, Any]] | None = None,
+        data: Mapping[str, Any] | None = None,
+        user_id: str | None = None,
+        actor: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Queue one event with the DESIGN section 4 fields."""
+        body: dict[str, Any] = {
+            "event_id": uuid.uuid4().hex,
+            "type": type_,
+            "timestamp": self._clock.now().isoformat(),
+            "plan_id": plan.plan_id if plan else None,
+            "step_id": step_id,
+            "trace_id": None,
+            "span_id": None,
+            "actions_attempted": actions or [],
+            "data": dict(data) if data else {},
+        }
+        if plan is not None:
+            m = plan.manifest
+            a = m.get("actor", {})
+            body["actor"] = {
+                "type": a.get("type"),
+                "name": a.get("name"),
+                "model_version": a.get("model_version"),
+                "agent_id": a.get("agent_id"),
+            }
+            body["user_id"] = user_id or plan.on_behalf_of
+            intent = m.get("intent", "")
+            body["prompt_hash"] = "sha256:" + hashlib.sha256(intent.encode()).hexdigest()
+            if self.store_prompt:
+                body["prompt"] = intent
+            body["plan"] = {"digest": plan.digest, "summary": _summary(plan)}
+            body["policy_version"] = plan.policy_version
+        else:
+            body["actor"] = dict(actor) if actor else None
+            body["user_id"] = user_id
+            body["prompt_hash"] = None
+            body["plan"] = None
+            body["policy_version"] = None
+        self._bodies.append(body)
+
+    def flush(self) -> list[EventRow]:
+        """Seal the queued events against the head and append them; return the rows."""
+        if not self._bodies:
+            return []
+        head = self._tx.audit_head()
+        seq, prev = head.size, head.last_hash
+        rows = []
+        for body in self._bodies:
+            row = seal(body, seq=seq, prev_hash=prev, signer=self._signer)
+            rows.append(row)
+            seq, prev = seq + 1, row.hash
+        self._tx.append_events(rows)
+        self._bodies.clear()
+        return rows
+
+
+def _summary(plan: PlanRecord) -> str:
+    steps = plan.steps
+    names = ", ".join(s.action for s in steps[:5])
+    more = f" (+{len(steps) - 5} more)" if len(steps) > 5 else ""
+    return f"{len(steps)} step(s): {names}{more}"

@@ -1,0 +1,1 @@
+"""The audit log: signed events, a Merkle transparency log and its checkpoints."""

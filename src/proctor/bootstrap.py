@@ -1,0 +1,254 @@
+"""The composition root: settings → store, policy engine, signer, tools → ``Gateway``.
+
+This is the one module where adapters meet. Everything else receives its collaborators.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import shutil
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from importlib import resources
+from pathlib import Path
+
+from proctor.app.gateway import Gateway, GatewayOptions
+from proctor.app.stepup import TotpStepUp
+from proctor.audit.events import KeyInfo
+from proctor.audit.keys import Keyring
+from proctor.config import Settings, load, load_catalog_file
+from proctor.core.assessment import Thresholds
+from proctor.core.catalog import Catalog
+from proctor.core.ports import Clock, PolicyEngine, Store
+from proctor.errors import ConfigError, ProctorError
+from proctor.policy import RegoPolicyEngine, default_bundle_path
+from proctor.storage import open_store
+from proctor.tools import PythonTools
+
+__all__ = [
+    "InitReport",
+    "SystemClock",
+    "build_gateway",
+    "init_home",
+    "load_catalog",
+    "load_policy",
+    "open_instance",
+    "starter_catalog_path",
+]
+
+
+class SystemClock:
+    """The real clock (UTC). The one place that reads the system time."""
+
+    def now(self) -> datetime:
+        """Return the current UTC time."""
+        return _dt.datetime.now(_dt.UTC)  # noqa: TID251 - the Clock port's one real reader
+
+
+def starter_catalog_path() -> Path:
+    """Return the packaged starter catalog (the demo tools)."""
+    return Path(str(resources.files("proctor.demo").joinpath("catalog.toml")))
+
+
+_CONFIG_TEMPLATE = """\
+# Proctor instance configuration. Precedence: this file, then PROCTOR_* variables, then flags.
+
+[instance]
+id = "{instance_id}"
+
+[database]
+# sqlite:///relative/to/home.db, sqlite:////absolute/path.db, or memory://
+url = "sqlite:///proctor.db"
+# FULL: every acknowledged action survives power loss. NORMAL: survives a crash only.
+synchronous = "FULL"
+
+[policy]
+# Directory with *.rego files and data.json (compiled once at start-up)
+bundle = "policy"
+
+[catalog]
+files = ["catalog.toml"]
+
+[thresholds]
+agentic_max = 10
+hybrid_max = 15
+
+[execution]
+# sandbox = true runs no handler at all: only simulations, every decision recorded
+sandbox = false
+confirm_ttl_seconds = 3600
+approval_ttl_seconds = 86400
+
+[audit]
+# The raw intent (prompt) is stored in audit events only when true; its hash always is.
+store_prompt = false
+
+# Agents that sign their manifests (Ed25519, base64 of the 32-byte public key):
+# [agents.travel-bot]
+# public_key = "..."
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class InitReport:
+    """What ``init_home`` created and what already existed."""
+
+    home: Path
+    created: list[str] = field(default_factory=list)
+    existing: list[str] = field(default_factory=list)
+
+
+def init_home(
+    home: Path, *, clock: Clock | None = None, instance_id: str | None = None
+) -> InitReport:
+    """Create an instance directory; idempotent (existing files are left untouched).
+
+    Raises:
+        ConfigError: if ``home`` exists and is not a directory, or cannot be written.
+    """
+    clock = clock or SystemClock()
+    report = InitReport(home=home)
+    if home.exists() and not home.is_dir():
+        raise ConfigError(f"{home} exists and is not a directory", field="home")
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        cfg = home / "config.toml"
+        if cfg.exists():
+            report.existing.append("config.toml")
+        else:
+            iid = instance_id or f"proctor-{home.resolve().name.strip('.') or 'instance'}"
+            cfg.write_text(_CONFIG_TEMPLATE.format(instance_id=iid))
+            report.created.append("config.toml")
+        catalog = home / "catalog.toml"
+        if catalog.exists():
+            report.existing.append("catalog.toml")
+        else:
+            shutil.copyfile(starter_catalog_path(), catalog)
+            report.created.append("catalog.toml")
+        policy = home / "policy"
+        if policy.exists():
+            report.existing.append("policy/")
+        else:
+            shutil.copytree(default_bundle_path(), policy)
+            report.created.append("policy/")
+        keyring = Keyring(home / "keys")
+        if keyring.exists():
+            report.existing.append("keys/")
+        else:
+            keyring.create(clock.now())
+            report.created.append("keys/")
+    except OSError as exc:
+        raise ConfigError(f"cannot write the instance at {home}: {exc}", field="home") from exc
+    settings = load(home)
+    db_existed = _db_exists(settings)
+    store = open_store(settings.database_url, synchronous=settings.synchronous)
+    store.close()
+    (report.existing if db_existed else report.created).append("database")
+    return report
+
+
+def _db_exists(settings: Settings) -> bool:
+    url = settings.database_url
+    return url.startswith("sqlite:///") and Path(url.removeprefix("sqlite:///")).exists()
+
+
+def load_catalog(settings: Settings) -> Catalog:
+    """Read every catalog file of the settings into one catalog."""
+    catalog = Catalog()
+    for path in settings.catalog_files:
+        for spec in load_catalog_file(path):
+            catalog.add(spec)
+    return catalog
+
+
+def load_policy(settings: Settings) -> PolicyEngine:
+    """Compile the instance's policy bundle.
+
+    Raises:
+        ConfigError: if the bundle directory is missing.
+        InvalidPolicyError: if it does not compile.
+    """
+    bundle = settings.policy_bundle or settings.home / "policy"
+    if not bundle.is_dir():
+        raise ConfigError(
+            f"policy bundle {bundle} is missing",
+            field="policy.bundle",
+            hint="Run `proctor init` to install the default policy.",
+        )
+    return RegoPolicyEngine.from_directory(bundle)
+
+
+def build_gateway(
+    settings: Settings,
+    *,
+    store: Store,
+    catalog: Catalog,
+    policy: PolicyEngine | None,
+    clock: Clock,
+    tools: PythonTools,
+    signer: object,
+) -> Gateway:
+    """Wire a gateway from parts."""
+    options = GatewayOptions(
+        thresholds=Thresholds(agentic_max=settings.agentic_max, hybrid_max=settings.hybrid_max),
+        sandbox=settings.sandbox,
+        confirm_ttl=timedelta(seconds=settings.confirm_ttl_seconds),
+        approval_ttl=timedelta(seconds=settings.approval_ttl_seconds),
+        store_prompt=settings.store_prompt,
+        agent_keys=settings.agent_keys,
+    )
+    return Gateway(
+        store=store,
+        catalog=catalog,
+        policy=policy,
+        signer=signer,  # type: ignore[arg-type]
+        clock=clock,
+        tools=tools,
+        options=options,
+        step_up=TotpStepUp(store, clock),
+    )
+
+
+@dataclass(slots=True)
+class Instance:
+    """An opened instance: its settings, gateway and key infos for verification."""
+
+    settings: Settings
+    gateway: Gateway
+    keys: dict[str, KeyInfo]
+    tools: PythonTools
+
+
+def open_instance(settings: Settings, *, clock: Clock | None = None) -> Instance:
+    """Open the store, keys, catalog and policy of an instance.
+
+    Raises:
+        ProctorError: a ``ConfigError``, ``InvalidPolicyError`` or ``StorageError`` saying
+            which part is missing or broken.
+    """
+    clock = clock or SystemClock()
+    keyring = Keyring(settings.keys_dir)
+    signer = keyring.signer()
+    catalog = load_catalog(settings)
+    policy = load_policy(settings)
+    tools = PythonTools()
+    store = open_store(settings.database_url, synchronous=settings.synchronous)
+    try:
+        gateway = build_gateway(
+            settings,
+            store=store,
+            catalog=catalog,
+            policy=policy,
+            clock=clock,
+            tools=tools,
+            signer=signer,
+        )
+    except ProctorError:
+        store.close()
+        raise
+    return Instance(settings=settings, gateway=gateway, keys=keyring.key_infos(), tools=tools)
+
+
+def open_home(home: Path, *, clock: Clock | None = None) -> Instance:
+    """Load the settings of ``home`` and open it."""
+    return open_instance(load(home), clock=clock)

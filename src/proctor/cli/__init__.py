@@ -1,0 +1,43 @@
+"""The ``proctor`` command.
+
+Exit codes (DESIGN section 5): 0 success, 1 a failed check or a denied or rejected request,
+2 a usage error. ``ProctorError`` is caught in exactly one place, ``main``, which prints its
+diagnostics (or, with ``--json``, the error object) and exits 1; ``--verbose`` re-raises for
+a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from proctor.errors import ProctorError
+
+__all__ = ["main"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI and exit with its status."""
+    from proctor.cli.commands import app
+
+    args = sys.argv[1:] if argv is None else argv
+    want_json = "--json" in args
+    try:
+        code = app(args=args, prog_name="proctor", standalone_mode=False)
+    except click.exceptions.UsageError as exc:
+        exc.show()
+        sys.exit(2)
+    except click.exceptions.Abort:
+        print("Aborted.", file=sys.stderr)
+        sys.exit(130)
+    except ProctorError as exc:
+        if "--verbose" in args:
+            raise
+        if want_json:
+            print(json.dumps({"error": exc.to_dict()}))
+        else:
+            print(exc.diagnostics(), file=sys.stderr)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

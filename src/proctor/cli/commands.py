@@ -1,0 +1,438 @@
+"""The ``proctor`` commands (Typer)."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import Progress
+from rich.table import Table
+
+from proctor._library import Proctor
+from proctor.audit.events import verify_events
+from proctor.bootstrap import init_home
+from proctor.cli.render import (
+    console,
+    err_console,
+    plan_json,
+    print_json,
+    render_plan,
+    render_plans,
+    render_scores,
+)
+from proctor.config import home_from
+from proctor.core.assessment import CONTROLS, Scores, Thresholds, scores_from_checklist
+from proctor.core.lifecycle import PlanRecord, PlanStatus
+from proctor.errors import InvalidRequestError
+
+app = typer.Typer(
+    name="proctor",
+    help=(
+        "Proctor supervises AI-agent actions: it validates an agent's plan, scores it on five "
+        "axes, asks a Rego policy, routes it (execute, confirm, approve, deny), runs it with "
+        "undo, and records every step in a signed, verifiable audit log.\n\n"
+        "Start with `proctor init`, then `proctor demo` or `proctor submit PLAN.json`."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+audit_app = typer.Typer(help="Verify and read the signed audit log.", no_args_is_help=True)
+totp_app = typer.Typer(help="Step-up codes (TOTP) for approvers.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+app.add_typer(totp_app, name="totp")
+
+Home = Annotated[
+    Path | None,
+    typer.Option(
+        "--home",
+        envvar="PROCTOR_HOME",
+        help="Instance directory (default ./.proctor).",
+        show_default=False,
+    ),
+]
+Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+Verbose = Annotated[bool, typer.Option("--verbose", help="Show tracebacks on errors.")]
+As = Annotated[str, typer.Option("--as", help="Who you are (principal name).")]
+Comment = Annotated[str, typer.Option("--comment", "-m", help="A comment for the record.")]
+
+_DENIED = {PlanStatus.DENIED, PlanStatus.REJECTED, PlanStatus.FAILED, PlanStatus.EXPIRED}
+
+
+def _open(home: Path | None) -> Proctor:
+    return Proctor.open(home_from(home))
+
+
+def _read_json_or_toml(path: Path, what: str) -> Any:
+    try:
+        text = path.read_text()
+    except FileNotFoundError as exc:
+        raise InvalidRequestError(f"{what} file {path} does not exist", field=str(path)) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidRequestError(f"cannot read {path}: {exc}", field=str(path)) from exc
+    if path.suffix == ".toml":
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise InvalidRequestError(f"{path} is not valid TOML: {exc}", field=str(path)) from exc
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidRequestError(
+            f"{path} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+            field=str(path),
+        ) from exc
+
+
+def _status_exit(rec: PlanRecord) -> int:
+    return 1 if rec.status in _DENIED else 0
+
+
+def _emit(rec: PlanRecord, as_json: bool, p: Proctor | None = None, *, events: bool = False) -> int:
+    evs = p.events(plan_id=rec.plan_id) if (p is not None and events) else None
+    if as_json:
+        print_json(plan_json(rec, events=evs))
+    else:
+        render_plan(rec, events=evs)
+    return _status_exit(rec)
+
+
+# --------------------------------------------------------------------------- init / demo
+
+
+@app.command()
+def init(home: Home = None, as_json: Json = False, verbose: Verbose = False) -> int:
+    """Create an instance: config, signing key, database, starter catalog and policy.
+
+    Creates config.toml, the signing key (mode 0600), the SQLite database, a starter catalog
+    and the default Rego policy. Running it again changes nothing and says so.
+    """
+    path = home_from(home)
+    report = init_home(path)
+    if as_json:
+        print_json({"home": str(path), "created": report.created, "existing": report.existing})
+        return 0
+    if report.created:
+        console.print(f"[green]Created[/green] {', '.join(report.created)} in {path}")
+    if report.existing and not report.created:
+        console.print(f"Nothing to do: the instance at {path} already exists (unchanged).")
+    elif report.existing:
+        console.print(f"Kept existing: {', '.join(report.existing)}")
+    console.print("Next: proctor demo, or proctor submit PLAN.json")
+    return 0
+
+
+@app.command()
+def demo(as_json: Json = False, verbose: Verbose = False) -> int:
+    """Run the six scenarios of the decision framework against a throwaway instance.
+
+    The scenarios are travel, subscription, restaurant, devops, procurement and hr. For each
+    it prints the scores, the decision and its reasons, plays the human side (confirm,
+    approve, undo), then verifies the audit log.
+    """
+    from proctor.demo.scenarios import run_all
+
+    with tempfile.TemporaryDirectory(prefix="proctor-demo-") as tmp:
+        home = Path(tmp) / "instance"
+        init_home(home, instance_id="proctor-demo")
+        with Proctor.open(home) as p:
+            results = run_all(p)
+            report = p.verify()
+    if as_json:
+        print_json(
+            {
+                "scenarios": [r.as_dict() for r in results],
+                "audit": {"ok": report.ok, "events": report.events},
+            }
+        )
+        return 0 if report.ok else 1
+    for r in results:
+        console.rule(f"[bold]{r.title}[/bold] ({r.name})")
+        console.print(f"expected: {r.expected}")
+        console.print(render_scores(r.scores, r.total, r.pattern))
+        console.print(f"decision: [bold]{r.outcome}[/bold] → {r.decided_status}")
+        for reason in r.reasons:
+            console.print(f"  • {reason}")
+        if r.waits_for:
+            console.print(f"waits for: {r.waits_for}")
+        for h in r.human:
+            console.print(f"[cyan]human[/cyan]: {h}")
+        for ran in r.ran:
+            console.print(f"  ran {ran}")
+        for extra in r.extra:
+            console.print(f"  {json.dumps(extra, default=str)[:300]}")
+        console.print(f"final status: [bold]{r.status}[/bold]")
+    console.rule("audit log")
+    if report.ok:
+        console.print(f"[green]audit log verified[/green]: {report.events} signed events, intact")
+    else:
+        console.print(f"[red]audit log broken at {report.first_bad_seq}: {report.problem}[/red]")
+    return 0 if report.ok else 1
+
+
+# --------------------------------------------------------------------------- plans
+
+
+@app.command()
+def submit(
+    plan_file: Annotated[Path, typer.Argument(help="The plan manifest (JSON).")],
+    home: Home = None,
+    sandbox: Annotated[
+        bool, typer.Option("--sandbox", help="Run no handler: only simulate and record.")
+    ] = False,
+    as_json: Json = False,
+    verbose: Verbose = False,
+) -> int:
+    """Submit a plan and print the decision. Exit 1 if it is denied or rejected."""
+    raw = _read_json_or_toml(plan_file, "plan")
+    with _open(home) as p:
+        rec = p.submit(raw, sandbox=True if sandbox else None)
+        return _emit(rec, as_json)
+
+
+@app.command("plans")
+def list_plans(
+    home: Home = None,
+    status: Annotated[str | None, typer.Option("--status", help="Only this status.")] = None,
+    agent: Annotated[str | None, typer.Option("--agent", help="Only this agent.")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=1000)] = 50,
+    as_json: Json = False,
+    verbose: Verbose = False,
+) -> int:
+    """List plans, newest first."""
+    if status is not None and status not in {s.value for s in PlanStatus}:
+        raise InvalidRequestError(
+            f"unknown status {status!r}; one of {', '.join(s.value for s in PlanStatus)}",
+            field="status",
+        )
+    with _open(home) as p:
+        p.tick()
+        plans = p.plans(status=status, agent_id=agent, limit=limit)
+        if as_json:
+            print_json({"plans": [plan_json(r) for r in plans]})
+        else:
+            render_plans(plans)
+    return 0
+
+
+@app.command()
+def show(
+    plan_id: Annotated[str, typer.Argument(help="The plan id.")],
+    home: Home = None,
+    as_json: Json = False,
+    verbose: Verbose = False,
+) -> int:
+    """Show one plan with steps, scores, reasons, approvals and its audit events."""
+    with _open(home) as p:
+        p.tick()
+        rec = p.get(plan_id)
+        _emit(rec, as_json, p, events=True)
+        return 0
+
+
+@app.command()
+def confirm(
+    plan_id: str,
+    principal: As,
+    home: Home = None,
+    comment: Comment = "",
+    as_json: Json = False,
+    verbose: Verbose = False,
+) -> int:
+    """Confirm a plan as the user it acts for; it runs at once."""
+    with _open(home) as p:
+        return _emit(p.confirm(plan_id, principal, comment=comment), as_json)
+
+
+@app.command()
+def approve(
+    plan_id: str,
+    principal: As,
+    role: Annotated[
+        list[str], typer.Option("--role", help="A role or approver group you hold (repeat).")
+    ],
+    home: Home = None,
+    comment: Comment = "",
+    otp: Annotated[str | None, typer.Option("--otp", help="Step-up code (TOTP).")] = None,
+    as_json: Json = False,
+    verbose: Verbose = False,
+) -> int:
+    """Approve a plan. It runs when enough distinct approvers with the right roles agree."""
+    with _open(home) as p:
+        return _emit(p.approve(plan_id, principal, roles=role, comment=comment, otp=otp), as_json)
+
+
+@app.command()
+def reject(
+    plan_id: str,
+    principal: As,
+    home: Home = None,
+    role: Annotated[list[str] | None, typer.Option("--role", help="Your roles (repeat).")] = None,
+    comment: Comment = "",
+    as_json: Json = False,
+    verbose: Verbose = False,
+) -> int:
+    """Reject a plan that waits for you (its user, or an approver)."""
+    with _open(home) as p:
+        rec = p.reject(plan_id, principal, roles=role or [], comment=comment)
+        _emit(rec, as_json)
+        return 0
+
+
+@app.command()
+def undo(
+    plan_id: str,
+    principal: As,
+    home: Home = None,
+    as_json: Json = False,
+    verbose: Verbose = False,
+) -> int:
+    """Undo a succeeded plan within its undo window (compensates its steps in reverse)."""
+    with _open(home) as p:
+        return _emit(p.undo(plan_id, principal), as_json)
+
+
+# --------------------------------------------------------------------------- assess
+
+
+@app.command()
+def assess(
+    scenario_file: Annotated[
+        Path, typer.Argument(help="TOML or JSON: [scores] with the five axes, or [checklist].")
+    ],
+    as_json: Json = False,
+    verbose: Verbose = False,
+) -> int:
+    """Score a product scenario on the five axes and recommend a pattern with its controls.
+
+    The pattern is agentic, hybrid or orchestrator-first.
+
+    Give either `scores = {risk, auditability, ux, recovery, cost}` (each 1-5) or a
+    `checklist` with answers for harm_if_wrong, regulation, speed_need, recovery and
+    cost_per_action. Optional `thresholds = {agentic_max, hybrid_max}`.
+    """
+    doc = _read_json_or_toml(scenario_file, "scenario")
+    if not isinstance(doc, dict):
+        raise InvalidRequestError("the scenario must be an object", field="scenario")
+    th = doc.get("thresholds", {})
+    thresholds = Thresholds(**th) if isinstance(th, dict) else Thresholds()
+    if "scores" in doc:
+        if not isinstance(doc["scores"], dict):
+            raise InvalidRequestError("scores must be a table of the five axes", field="scores")
+        scores = Scores.from_mapping(doc["scores"], field_prefix="scores.")
+        reasons: tuple[str, ...] = tuple(f"{k} {v}: given" for k, v in scores.as_dict().items())
+    elif "checklist" in doc:
+        if not isinstance(doc["checklist"], dict):
+            raise InvalidRequestError("checklist must be a table of answers", field="checklist")
+        scores, reasons = scores_from_checklist(doc["checklist"])
+    else:
+        raise InvalidRequestError(
+            "the scenario needs a `scores` or a `checklist` table", field="scores"
+        )
+    pattern = thresholds.pattern(scores.total)
+    controls = list(CONTROLS[pattern])
+    out = {
+        "name": doc.get("name"),
+        "scores": scores.as_dict(),
+        "total": scores.total,
+        "pattern": pattern.value,
+        "reasons": [*reasons, f"total {scores.total} -> {pattern.value}"],
+        "controls": controls,
+    }
+    if as_json:
+        print_json(out)
+        return 0
+    console.print(render_scores(scores.as_dict(), scores.total, pattern.value))
+    console.print(f"recommended: [bold]{pattern.value}[/bold]")
+    for c in controls:
+        console.print(f"  • {c}")
+    return 0
+
+
+# --------------------------------------------------------------------------- audit
+
+
+@audit_app.command("verify")
+def audit_verify(
+    home: Home = None,
+    fast: Annotated[
+        bool, typer.Option("--fast", help="Check the chain only, not every signature.")
+    ] = False,
+    as_json: Json = False,
+    verbose: Verbose = False,
+) -> int:
+    """Verify the whole audit log: canonical form, hash chain and every signature.
+
+    Exits 1 with the first bad seq and the kind of problem on tampering.
+    """
+    with _open(home) as p:
+        rows = list(p.gateway.store.iter_events())
+        with Progress(console=err_console, transient=True, disable=as_json) as bar:
+            task = bar.add_task("verifying", total=len(rows) or 1)
+            report = verify_events(
+                rows,
+                p.key_infos,
+                check_signatures=not fast,
+                progress=lambda n: bar.update(task, completed=n),
+            )
+    if as_json:
+        print_json(report.as_dict())
+    elif report.ok:
+        console.print(f"[green]ok[/green]: {report.events} events verified, chain intact")
+    else:
+        console.print(
+            f"[red]FAILED[/red] at seq {report.first_bad_seq}: {report.problem} ({report.detail})"
+        )
+    return 0 if report.ok else 1
+
+
+@audit_app.command("events")
+def audit_events(
+    home: Home = None,
+    after: Annotated[int, typer.Option("--after", help="Only events after this seq.")] = -1,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=10_000)] = 50,
+    plan: Annotated[str | None, typer.Option("--plan", help="Only this plan's events.")] = None,
+    as_json: Json = False,
+    verbose: Verbose = False,
+) -> int:
+    """Print audit events."""
+    from proctor.cli.render import event_json
+
+    with _open(home) as p:
+        rows = p.events(after=after, limit=limit, plan_id=plan)
+    if as_json:
+        print_json({"events": [event_json(e) for e in rows]})
+        return 0
+    table = Table(title=f"{len(rows)} event(s)", title_justify="left")
+    for col in ("seq", "type", "plan", "step", "time"):
+        table.add_column(col)
+    for e in rows:
+        table.add_row(str(e.seq), e.type, e.plan_id or "", e.step_id or "", e.timestamp)
+    console.print(table)
+    return 0
+
+
+# --------------------------------------------------------------------------- totp
+
+
+@totp_app.command("enrol")
+def totp_enrol(
+    principal: As,
+    home: Home = None,
+    as_json: Json = False,
+    verbose: Verbose = False,
+) -> int:
+    """Enrol an approver for step-up approvals; prints the secret once."""
+    with _open(home) as p:
+        secret, uri = p.enrol_totp(principal)
+    if as_json:
+        print_json({"principal": principal, "secret": secret, "uri": uri})
+    else:
+        console.print(f"secret for {principal}: [bold]{secret}[/bold]")
+        console.print(f"add to an authenticator app: {uri}")
+    return 0

@@ -1,0 +1,272 @@
+"""Settings: the instance's ``config.toml``, then ``PROCTOR_*`` environment, then flags.
+
+Precedence, lowest to highest:
+
+1. defaults (the attribute docstrings below);
+2. ``<home>/config.toml``;
+3. environment variables: ``PROCTOR_DATABASE_URL``, ``PROCTOR_SANDBOX``,
+   ``PROCTOR_POLICY_BUNDLE``, ``PROCTOR_SYNCHRONOUS``;
+4. command-line flags (applied by the CLI with ``dataclasses.replace``).
+
+The home itself comes from ``--home``, else ``PROCTOR_HOME``, else ``./.proctor``. Only entry
+points (the CLI, ``bootstrap``) call ``load``; the core and the app receive values.
+
+This module also reads catalog TOML files into ``ActionSpec`` values.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from proctor.core.assessment import Scores
+from proctor.core.catalog import ActionSpec
+from proctor.errors import ConfigError, InvalidRequestError, ProctorError
+
+__all__ = [
+    "DEFAULT_HOME",
+    "Settings",
+    "home_from",
+    "load",
+    "load_catalog_file",
+    "parse_bool",
+]
+
+DEFAULT_HOME = Path(".proctor")
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
+
+
+def parse_bool(value: str, *, name: str) -> bool:
+    """Parse a boolean environment value from a fixed vocabulary.
+
+    Raises:
+        ConfigError: for anything outside ``1/true/yes/on`` and ``0/false/no/off``.
+    """
+    v = value.strip().lower()
+    if v in _TRUE:
+        return True
+    if v in _FALSE:
+        return False
+    raise ConfigError(f"{name}={value!r} is not a boolean", field=name, hint="Use true or false.")
+
+
+def home_from(flag: str | Path | None, env: Mapping[str, str] | None = None) -> Path:
+    """Return the instance home: the flag, else ``PROCTOR_HOME``, else ``./.proctor``."""
+    env = os.environ if env is None else env
+    if flag:
+        return Path(flag)
+    if env.get("PROCTOR_HOME"):
+        return Path(env["PROCTOR_HOME"])
+    return DEFAULT_HOME
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """Everything an instance is configured with."""
+
+    home: Path
+    """The instance directory."""
+    instance_id: str = "proctor"
+    """A name for this instance; the audit log's origin derives from it."""
+    database_url: str = ""
+    """Store URL. Default ``sqlite:///<home>/proctor.db``."""
+    synchronous: str = "FULL"
+    """SQLite durability: FULL (default, survives power loss) or NORMAL."""
+    policy_bundle: Path | None = None
+    """Directory of the Rego bundle. Default ``<home>/policy``."""
+    catalog_files: tuple[Path, ...] = ()
+    """Catalog TOML files. Default ``(<home>/catalog.toml,)``."""
+    agentic_max: int = 10
+    """Highest total still agentic. Default 10."""
+    hybrid_max: int = 15
+    """Highest total still hybrid. Default 15."""
+    sandbox: bool = False
+    """Run no handler, only simulations. Default False."""
+    confirm_ttl_seconds: int = 3600
+    """How long a plan waits for its user's confirmation. Default 3600."""
+    approval_ttl_seconds: int = 86_400
+    """How long a plan waits for approvers. Default 86400."""
+    store_prompt: bool = False
+    """Keep the raw intent in audit events; its hash is always kept. Default False."""
+    agent_keys: Mapping[str, bytes] = field(default_factory=dict)
+    """Ed25519 public keys of agents that sign their manifests, by agent id."""
+
+    @property
+    def keys_dir(self) -> Path:
+        """Where the signing keyring lives."""
+        return self.home / "keys"
+
+
+def _section(doc: Mapping[str, Any], name: str, path: Path) -> Mapping[str, Any]:
+    value = doc.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"[{name}] in {path} must be a table", field=name)
+    return value
+
+
+def load(home: Path, env: Mapping[str, str] | None = None) -> Settings:
+    """Read ``<home>/config.toml`` and the environment.
+
+    Raises:
+        ConfigError: if the home or its config is missing, unreadable or invalid; the
+            message names the file and the key.
+    """
+    env = os.environ if env is None else env
+    path = home / "config.toml"
+    if not home.is_dir():
+        raise ConfigError(
+            f"no Proctor instance at {home}",
+            field="home",
+            hint=f"Run `proctor init --home {home}` first, or pass --home / set PROCTOR_HOME.",
+        )
+    try:
+        doc = tomllib.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(
+            f"{path} is missing", field="config.toml", hint="Run `proctor init` to create it."
+        ) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}", field="config.toml") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}", field="config.toml") from exc
+    try:
+        return _settings(home, doc, path, env)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid value in {path}: {exc}", field="config.toml") from exc
+
+
+def _settings(home: Path, doc: Mapping[str, Any], path: Path, env: Mapping[str, str]) -> Settings:
+    inst = _section(doc, "instance", path)
+    db = _section(doc, "database", path)
+    pol = _section(doc, "policy", path)
+    cat = _section(doc, "catalog", path)
+    th = _section(doc, "thresholds", path)
+    ex = _section(doc, "execution", path)
+    au = _section(doc, "audit", path)
+    agents = _section(doc, "agents", path)
+
+    def rel(p: str) -> Path:
+        q = Path(p)
+        return q if q.is_absolute() else home / q
+
+    url = str(db.get("url", "sqlite:///proctor.db"))
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        rest = url.removeprefix("sqlite:///")
+        url = "sqlite:///" + str(rel(rest))
+    url = env.get("PROCTOR_DATABASE_URL") or url
+    bundle = env.get("PROCTOR_POLICY_BUNDLE") or str(pol.get("bundle", "policy"))
+    sandbox = bool(ex.get("sandbox", False))
+    if "PROCTOR_SANDBOX" in env:
+        sandbox = parse_bool(env["PROCTOR_SANDBOX"], name="PROCTOR_SANDBOX")
+    keys: dict[str, bytes] = {}
+    for agent_id, spec in agents.items():
+        if not isinstance(spec, dict) or not isinstance(spec.get("public_key"), str):
+            raise ConfigError(
+                f"[agents.{agent_id}] needs public_key = base64 of a 32-byte Ed25519 key",
+                field=f"agents.{agent_id}.public_key",
+            )
+        raw = base64.b64decode(spec["public_key"], validate=True)
+        if len(raw) != 32:
+            raise ConfigError(
+                f"agents.{agent_id}.public_key is {len(raw)} bytes, not 32",
+                field=f"agents.{agent_id}.public_key",
+            )
+        keys[agent_id] = raw
+    files = cat.get("files", ["catalog.toml"])
+    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+        raise ConfigError("catalog.files must be a list of paths", field="catalog.files")
+    return Settings(
+        home=home,
+        instance_id=str(inst.get("id", "proctor")),
+        database_url=url,
+        synchronous=env.get("PROCTOR_SYNCHRONOUS") or str(db.get("synchronous", "FULL")),
+        policy_bundle=rel(bundle),
+        catalog_files=tuple(rel(f) for f in files),
+        agentic_max=int(th.get("agentic_max", 10)),
+        hybrid_max=int(th.get("hybrid_max", 15)),
+        sandbox=sandbox,
+        confirm_ttl_seconds=int(ex.get("confirm_ttl_seconds", 3600)),
+        approval_ttl_seconds=int(ex.get("approval_ttl_seconds", 86_400)),
+        store_prompt=bool(au.get("store_prompt", False)),
+        agent_keys=keys,
+    )
+
+
+_ACTION_KEYS = frozenset(
+    {
+        "summary",
+        "category",
+        "params",
+        "baselines",
+        "reversible",
+        "compensation",
+        "idempotent",
+        "cost",
+        "amount_param",
+        "handler",
+        "simulate",
+        "compensate",
+        "mask",
+    }
+)
+
+
+def load_catalog_file(path: Path) -> list[ActionSpec]:
+    """Read the ``[actions."name"]`` tables of a catalog TOML file.
+
+    Raises:
+        ConfigError: naming the file and the action or key at fault.
+    """
+    try:
+        doc = tomllib.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"catalog file {path} is missing", field="catalog.files") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read catalog {path}: {exc}", field="catalog.files") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"catalog {path} is not valid TOML: {exc}", field=str(path)) from exc
+    actions = doc.get("actions", {})
+    if not isinstance(actions, dict):
+        raise ConfigError(f"[actions] in {path} must be a table", field="actions")
+    specs = []
+    for name, d in actions.items():
+        where = f"{path.name}: actions.{name}"
+        if not isinstance(d, dict):
+            raise ConfigError(f"{where} must be a table", field=f"actions.{name}")
+        unknown = sorted(set(d) - _ACTION_KEYS)
+        if unknown:
+            raise ConfigError(
+                f"{where} has unknown key {unknown[0]!r}", field=f"actions.{name}.{unknown[0]}"
+            )
+        try:
+            specs.append(
+                ActionSpec(
+                    name=name,
+                    summary=str(d.get("summary", name)),
+                    params_schema=d.get("params", {"type": "object"}),
+                    category=str(d.get("category", "")),
+                    baselines=Scores.from_mapping(
+                        d.get("baselines", {}), field_prefix=f"actions.{name}.baselines."
+                    ),
+                    reversible=bool(d.get("reversible", False)),
+                    compensation=d.get("compensation"),
+                    idempotent=bool(d.get("idempotent", False)),
+                    cost=d.get("cost", 0),
+                    amount_param=d.get("amount_param"),
+                    handler=d.get("handler"),
+                    simulate=d.get("simulate"),
+                    compensate=d.get("compensate"),
+                    mask=tuple(d.get("mask", ())),
+                )
+            )
+        except InvalidRequestError as exc:
+            raise ConfigError(f"{where}: {exc.message}", field=exc.field) from exc
+        except ProctorError as exc:
+            raise ConfigError(f"{path.name}: {exc.message}", field=exc.field) from exc
+    return specs

@@ -1,0 +1,221 @@
+"""Actions an agent may request: their schema, category, baselines and handlers.
+
+The catalog is the allow-list of the whole system: an action that is not in it is rejected at
+validation, before any policy runs. Each action names a category of the risk taxonomy
+(``CATEGORIES``); an unknown category is a configuration error, because the policy could not
+reason about it (fail closed). Handlers are import paths (``package.module:function``) that the
+``tools`` adapter resolves; the core never imports user code.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import fastjsonschema
+
+from proctor.core.assessment import Scores
+from proctor.errors import ConfigError, InvalidRequestError
+
+__all__ = ["CATEGORIES", "HIGH_RISK_CATEGORIES", "ActionSpec", "Catalog"]
+
+CATEGORIES: Mapping[str, str] = MappingProxyType(
+    {
+        "general": "low-impact actions with no external commitment",
+        "read": "read-only look-ups",
+        "booking": "reservations that can be cancelled (travel, restaurants)",
+        "payment": "payments to a merchant for the user's own purchase",
+        "subscription": "changes to a customer's subscription or payment method",
+        "purchase": "purchase orders within a procurement budget",
+        "financial": "money transfers and refunds",
+        "pii": "access to personal data (candidates, customers, employees)",
+        "health": "health records",
+        "iam": "permission changes: IAM, roles, firewall rules",
+        "legal": "legally binding communications and signatures",
+        "production": "changes to production systems: deploys, restarts, schema changes",
+        "communication": "messages sent on the user's behalf (email, chat)",
+    }
+)
+"""The risk taxonomy: category name -> what belongs in it."""
+
+HIGH_RISK_CATEGORIES: frozenset[str] = frozenset(
+    {"financial", "pii", "health", "iam", "legal", "production"}
+)
+"""Categories that default to orchestrator-first with human approval (DESIGN section 2)."""
+
+_NAME = re.compile(r"^[a-z][a-z0-9_]*(?:[.\-][a-z0-9_]+)*$")
+_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+_PLACEHOLDER = re.compile(r"{(\w+)}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ActionSpec:
+    """One action of the catalog.
+
+    Attributes:
+        name: Dotted name, for example ``payments.refund``.
+        summary: Plain-words template, for example ``"Refund {amount} {currency} to {customer}"``.
+        params_schema: JSON Schema of the params object.
+        category: One of ``CATEGORIES``.
+        baselines: Baseline scores on the five axes.
+        reversible: Whether a completed step can be undone (compensated).
+        compensation: Name of the catalog action that undoes this one, if any.
+        idempotent: Whether re-running with the same idempotency key is harmless.
+        cost: Cost per call in minor currency units (cents).
+        amount_param: Name of the param holding a money amount in minor units, if any.
+        handler: Import path of the function that performs the action.
+        simulate: Import path of the dry-run function, if any.
+        compensate: Import path of the undo function, if any.
+        mask: JSON pointers into params whose values are masked in the audit log.
+    """
+
+    name: str
+    summary: str
+    params_schema: Mapping[str, Any]
+    category: str
+    baselines: Scores
+    reversible: bool = False
+    compensation: str | None = None
+    idempotent: bool = False
+    cost: int = 0
+    amount_param: str | None = None
+    handler: str | None = None
+    simulate: str | None = None
+    compensate: str | None = None
+    mask: tuple[str, ...] = ()
+    _validator: Callable[[Any], Any] = field(repr=False, compare=False, default=lambda v: v)
+
+    def __post_init__(self) -> None:
+        where = f"catalog.{self.name}"
+        if not _NAME.match(self.name):
+            raise ConfigError(
+                f"action name {self.name!r} must be dotted lower-case words", field=where
+            )
+        if self.category not in CATEGORIES:
+            raise ConfigError(
+                f"action {self.name!r} has unknown category {self.category!r}",
+                field=f"{where}.category",
+                hint=f"Use one of: {', '.join(CATEGORIES)}.",
+            )
+        for attr in ("handler", "simulate", "compensate"):
+            path = getattr(self, attr)
+            if path is not None and not _IMPORT_PATH.match(path):
+                raise ConfigError(
+                    f"{attr} {path!r} must be an import path 'package.module:function'",
+                    field=f"{where}.{attr}",
+                )
+        if type(self.cost) is not int or self.cost < 0:
+            raise ConfigError("cost must be a non-negative integer (minor units)", field=where)
+        if self.reversible and not (self.compensate or self.compensation):
+            raise ConfigError(
+                f"reversible action {self.name!r} needs a compensate handler or a compensation",
+                field=f"{where}.reversible",
+            )
+        try:
+            validator = fastjsonschema.compile(dict(self.params_schema))
+        except fastjsonschema.JsonSchemaDefinitionException as exc:
+            raise ConfigError(
+                f"params schema of {self.name!r} is not valid JSON Schema: {exc}",
+                field=f"{where}.params",
+            ) from exc
+        object.__setattr__(self, "_validator", validator)
+
+    def validate_params(self, params: Mapping[str, Any], *, field_prefix: str) -> None:
+        """Check params against the schema.
+
+        Raises:
+            InvalidRequestError: naming the offending field and the violated rule.
+        """
+        try:
+            self._validator(params)
+        except fastjsonschema.JsonSchemaValueException as exc:
+            # fastjsonschema names the value "data", "data.amount", ...; rewrite to our path.
+            name = exc.name or "data"
+            suffix = name[4:] if name.startswith("data") else f".{name}"
+            message = exc.message.replace(name, "params" + suffix, 1)
+            raise InvalidRequestError(
+                f"{message} (rule: {exc.rule})",
+                field=f"{field_prefix}{suffix}",
+                rule=exc.rule,
+            ) from None
+
+    def describe(self, params: Mapping[str, Any]) -> str:
+        """Render the summary template with the params; unknown placeholders stay visible."""
+
+        def sub(match: re.Match[str]) -> str:
+            key = match.group(1)
+            return str(params[key]) if key in params else match.group(0)
+
+        return _PLACEHOLDER.sub(sub, self.summary)
+
+    def amount(self, params: Mapping[str, Any]) -> int:
+        """Return the money amount of a call (minor units): its amount param plus cost."""
+        value = params.get(self.amount_param, 0) if self.amount_param else 0
+        return (value if type(value) is int else 0) + self.cost
+
+    def policy_view(self) -> dict[str, Any]:
+        """Return the per-action constants the policy sees in ``data.proctor.catalog``."""
+        return {
+            "category": self.category,
+            "reversible": self.reversible,
+            "idempotent": self.idempotent,
+            "cost": self.cost,
+            "amount_param": self.amount_param,
+            "baselines": self.baselines.as_dict(),
+        }
+
+
+class Catalog:
+    """The set of actions, by name. Registering a name twice is a configuration error."""
+
+    __slots__ = ("_actions",)
+
+    def __init__(self, actions: Iterable[ActionSpec] = ()) -> None:
+        self._actions: dict[str, ActionSpec] = {}
+        for spec in actions:
+            self.add(spec)
+
+    def add(self, spec: ActionSpec, *, replace: bool = False) -> None:
+        """Add an action.
+
+        Raises:
+            ConfigError: if the name is taken and ``replace`` is false.
+        """
+        if spec.name in self._actions and not replace:
+            raise ConfigError(f"action {spec.name!r} is declared twice", field="catalog")
+        self._actions[spec.name] = spec
+
+    def get(self, name: str) -> ActionSpec | None:
+        """Return the action or None."""
+        return self._actions.get(name)
+
+    def require(self, name: str, *, field: str = "action") -> ActionSpec:
+        """Return the action.
+
+        Raises:
+            InvalidRequestError: if the action is not in the catalog.
+        """
+        spec = self._actions.get(name)
+        if spec is None:
+            raise InvalidRequestError(
+                f"unknown action {name!r}: it is not in the catalog",
+                field=field,
+                hint="Declare the action in a catalog TOML file or with @proctor.action.",
+            )
+        return spec
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._actions
+
+    def __iter__(self) -> Any:
+        return iter(sorted(self._actions.values(), key=lambda s: s.name))
+
+    def __len__(self) -> int:
+        return len(self._actions)
+
+    def policy_data(self) -> dict[str, Any]:
+        """Return ``{name: policy_view}`` for the policy's data document."""
+        return {name: spec.policy_view() for name, spec in sorted(self._actions.items())}

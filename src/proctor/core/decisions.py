@@ -1,0 +1,310 @@
+"""Decisions: what the policy says about each step and about the plan.
+
+A decision is a value, never an exception: the gateway persists and audits it. The policy's
+raw output is untrusted until ``Decision.from_policy_output`` has checked every field; any
+shape it does not expect becomes a *deny* with a reason that says why (fail closed). A rule
+that silently never matches must not turn into "allowed".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, assert_never
+
+from proctor.core.assessment import Adjustment
+from proctor.errors import InvalidRequestError
+
+__all__ = ["Decision", "Outcome", "StepDecision"]
+
+_MAX_APPROVALS = 10
+_MAX_WINDOW = 90 * 24 * 3600  # 90 days: a longer undo window is a configuration mistake
+
+
+class Outcome(StrEnum):
+    """What to do with a step or a plan, from least to most restrictive."""
+
+    EXECUTE = "execute"
+    CONFIRM = "confirm"
+    APPROVE = "approve"
+    DENY = "deny"
+
+    @property
+    def severity(self) -> int:
+        """Order used to combine outcomes: the most severe wins."""
+        match self:
+            case Outcome.EXECUTE:
+                return 0
+            case Outcome.CONFIRM:
+                return 1
+            case Outcome.APPROVE:
+                return 2
+            case Outcome.DENY:
+                return 3
+            case _:
+                assert_never(self)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StepDecision:
+    """The policy's verdict on one step."""
+
+    step_id: str
+    outcome: Outcome
+    reasons: tuple[str, ...]
+    approvals: int = 0
+    approver_roles: tuple[str, ...] = ()
+    dry_run: bool = False
+    step_up: bool = False
+    undo_window: int = 0  # seconds
+    rollback_ttl: int = 0  # seconds
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the JSON form stored with the plan."""
+        return {
+            "step_id": self.step_id,
+            "outcome": self.outcome.value,
+            "reasons": list(self.reasons),
+            "approvals": self.approvals,
+            "approver_roles": list(self.approver_roles),
+            "dry_run": self.dry_run,
+            "step_up": self.step_up,
+            "undo_window": self.undo_window,
+            "rollback_ttl": self.rollback_ttl,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> StepDecision:
+        """Rebuild from ``as_dict`` output (trusted: it came from our own store)."""
+        return cls(
+            step_id=data["step_id"],
+            outcome=Outcome(data["outcome"]),
+            reasons=tuple(data["reasons"]),
+            approvals=data["approvals"],
+            approver_roles=tuple(data["approver_roles"]),
+            dry_run=data["dry_run"],
+            step_up=data["step_up"],
+            undo_window=data["undo_window"],
+            rollback_ttl=data["rollback_ttl"],
+        )
+
+    @classmethod
+    def denied(cls, step_id: str, reason: str) -> StepDecision:
+        """Return a deny for one step."""
+        return cls(step_id=step_id, outcome=Outcome.DENY, reasons=(reason,))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Decision:
+    """The policy's verdict on a plan: per-step decisions combined.
+
+    Attributes:
+        outcome: The most severe step outcome, or deny when a plan-level rule denies.
+        steps: One decision per step, in plan order.
+        plan_reasons: Reasons of plan-level (flow) rules.
+        adjustments: Score adjustments the policy made.
+        approvals: Distinct approvers needed (``approve`` only).
+        approver_roles: Roles the approvers must together cover.
+        dry_run: Whether simulations must run before routing.
+        step_up: Whether approvers must present a second factor.
+        review_sample_rate: Fraction of auto-executed plans sampled for post-hoc review.
+        policy_version: Digest of the policy bundle that decided.
+    """
+
+    outcome: Outcome
+    steps: tuple[StepDecision, ...]
+    policy_version: str
+    plan_reasons: tuple[str, ...] = ()
+    adjustments: tuple[Adjustment, ...] = ()
+    approvals: int = 0
+    approver_roles: tuple[str, ...] = ()
+    dry_run: bool = False
+    step_up: bool = False
+    review_sample_rate: float = 0.0
+    _by_id: Mapping[str, StepDecision] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_id", {s.step_id: s for s in self.steps})
+
+    @property
+    def reasons(self) -> tuple[str, ...]:
+        """Plan-level reasons first, then each step's, prefixed by its id."""
+        out = list(self.plan_reasons)
+        for s in self.steps:
+            out.extend(f"{s.step_id}: {r}" for r in s.reasons)
+        return tuple(out)
+
+    def step(self, step_id: str) -> StepDecision:
+        """Return the decision for one step."""
+        return self._by_id[step_id]
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the JSON form stored with the plan and written to the audit log."""
+        return {
+            "outcome": self.outcome.value,
+            "policy_version": self.policy_version,
+            "plan_reasons": list(self.plan_reasons),
+            "adjustments": [
+                {"axis": a.axis, "delta": a.delta, "reason": a.reason} for a in self.adjustments
+            ],
+            "approvals": self.approvals,
+            "approver_roles": list(self.approver_roles),
+            "dry_run": self.dry_run,
+            "step_up": self.step_up,
+            # Stored as a string: canonical JSON keeps floats out of the signed events.
+            "review_sample_rate": str(self.review_sample_rate),
+            "steps": [s.as_dict() for s in self.steps],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Decision:
+        """Rebuild from ``as_dict`` output (trusted: it came from our own store)."""
+        return cls.combine(
+            [StepDecision.from_dict(s) for s in data["steps"]],
+            policy_version=data["policy_version"],
+            plan_reasons=tuple(data["plan_reasons"]),
+            adjustments=tuple(Adjustment(**a) for a in data["adjustments"]),
+            review_sample_rate=float(data["review_sample_rate"]),
+        )
+
+    @classmethod
+    def combine(
+        cls,
+        steps: Sequence[StepDecision],
+        *,
+        policy_version: str,
+        plan_reasons: tuple[str, ...] = (),
+        plan_deny: bool = False,
+        adjustments: tuple[Adjustment, ...] = (),
+        review_sample_rate: float = 0.0,
+    ) -> Decision:
+        """Combine step decisions into the plan's decision."""
+        outcome = max((s.outcome for s in steps), key=lambda o: o.severity)
+        if plan_deny:
+            outcome = Outcome.DENY
+        approving = [s for s in steps if s.outcome is Outcome.APPROVE]
+        roles = sorted({r for s in approving for r in s.approver_roles})
+        return cls(
+            outcome=outcome,
+            steps=tuple(steps),
+            policy_version=policy_version,
+            plan_reasons=plan_reasons,
+            adjustments=adjustments,
+            approvals=max((s.approvals for s in approving), default=0),
+            approver_roles=tuple(roles),
+            dry_run=any(s.dry_run for s in steps),
+            step_up=any(s.step_up for s in steps),
+            review_sample_rate=review_sample_rate,
+        )
+
+    @classmethod
+    def deny_all(cls, step_ids: Sequence[str], reason: str, *, policy_version: str) -> Decision:
+        """Return a decision that denies every step for one reason (the fail-closed path)."""
+        return cls.combine(
+            [StepDecision.denied(sid, reason) for sid in step_ids],
+            policy_version=policy_version,
+            plan_reasons=(reason,),
+            plan_deny=True,
+        )
+
+    @classmethod
+    def from_policy_output(
+        cls, raw: Any, step_ids: Sequence[str], *, policy_version: str
+    ) -> Decision:
+        """Check the policy's raw output (docs/policy.md) and build the decision.
+
+        Anything malformed denies the whole plan: a decision we cannot read is not a yes.
+        """
+        try:
+            return cls._parse(raw, step_ids, policy_version)
+        except (InvalidRequestError, KeyError, TypeError, ValueError) as exc:
+            msg = exc.message if isinstance(exc, InvalidRequestError) else repr(exc)
+            return cls.deny_all(
+                step_ids,
+                f"policy output is malformed ({msg}): fail closed",
+                policy_version=policy_version,
+            )
+
+    @classmethod
+    def _parse(cls, raw: Any, step_ids: Sequence[str], policy_version: str) -> Decision:
+        out = _obj(raw, "decision")
+        raw_steps = _obj(out.get("steps"), "decision.steps")
+        plan = _obj(out.get("plan", {}), "decision.plan")
+        steps = []
+        for sid in step_ids:
+            if sid not in raw_steps:
+                # A step without a decision is denied, not skipped.
+                steps.append(StepDecision.denied(sid, "the policy gave no decision: fail closed"))
+                continue
+            steps.append(_step(sid, _obj(raw_steps[sid], f"decision.steps.{sid}")))
+        deny = _str_list(plan.get("deny", []), "decision.plan.deny")
+        adjustments = tuple(
+            Adjustment(
+                axis=_obj(a, "adjustment")["axis"],
+                delta=a["delta"],
+                reason=str(a.get("reason", "")),
+            )
+            for a in _list(plan.get("adjustments", []), "decision.plan.adjustments")
+        )
+        rate = plan.get("review_sample_rate", 0)
+        if type(rate) not in (int, float) or not 0 <= rate <= 1:
+            raise InvalidRequestError("review_sample_rate must be a number from 0 to 1")
+        return cls.combine(
+            steps,
+            policy_version=policy_version,
+            plan_reasons=deny,
+            plan_deny=bool(deny),
+            adjustments=adjustments,
+            review_sample_rate=float(rate),
+        )
+
+
+def _step(sid: str, d: Mapping[str, Any]) -> StepDecision:
+    outcome = Outcome(d["outcome"])  # ValueError on an unknown outcome -> deny
+    approvals = d.get("approvals", 1 if outcome is Outcome.APPROVE else 0)
+    if type(approvals) is not int or not 0 <= approvals <= _MAX_APPROVALS:
+        raise InvalidRequestError(f"steps.{sid}.approvals must be an integer 0-{_MAX_APPROVALS}")
+    if outcome is Outcome.APPROVE and approvals < 1:
+        # "approve by nobody" would execute without a human: treat as one approval.
+        approvals = 1
+    windows = []
+    for key in ("undo_window", "rollback_ttl"):
+        v = d.get(key, 0)
+        if type(v) is not int or not 0 <= v <= _MAX_WINDOW:
+            raise InvalidRequestError(f"steps.{sid}.{key} must be whole seconds 0-{_MAX_WINDOW}")
+        windows.append(v)
+    for key in ("dry_run", "step_up"):
+        if type(d.get(key, False)) is not bool:
+            raise InvalidRequestError(f"steps.{sid}.{key} must be a boolean")
+    reasons = _str_list(d.get("reasons", []), f"steps.{sid}.reasons")
+    return StepDecision(
+        step_id=sid,
+        outcome=outcome,
+        reasons=reasons or (f"policy outcome {outcome.value}",),
+        approvals=approvals,
+        approver_roles=_str_list(d.get("approver_roles", []), f"steps.{sid}.approver_roles"),
+        dry_run=d.get("dry_run", False),
+        step_up=d.get("step_up", False),
+        undo_window=windows[0],
+        rollback_ttl=windows[1],
+    )
+
+
+def _obj(v: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(v, Mapping):
+        raise InvalidRequestError(f"{where} must be an object")
+    return v
+
+
+def _list(v: Any, where: str) -> list[Any]:
+    if not isinstance(v, list):
+        raise InvalidRequestError(f"{where} must be an array")
+    return v
+
+
+def _str_list(v: Any, where: str) -> tuple[str, ...]:
+    items = _list(v, where)
+    if not all(isinstance(x, str) for x in items):
+        raise InvalidRequestError(f"{where} must be an array of strings")
+    return tuple(items)

@@ -1,0 +1,33 @@
+"""Audit event types: every transition of the flow appends one of these."""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = ["EventType"]
+
+
+class EventType:
+    """Names of audit events (the ``type`` field)."""
+
+    PLAN_SUBMITTED: Final = "plan.submitted"
+    PLAN_REJECTED: Final = "plan.rejected"
+    POLICY_DECIDED: Final = "policy.decided"
+    SIMULATION_COMPLETED: Final = "simulation.completed"
+    PLAN_ROUTED: Final = "plan.routed"
+    CONFIRMATION_GRANTED: Final = "confirmation.granted"
+    APPROVAL_GRANTED: Final = "approval.granted"
+    APPROVAL_REJECTED: Final = "approval.rejected"
+    PLAN_EXPIRED: Final = "plan.expired"
+    PLAN_STARTED: Final = "plan.started"
+    STEP_STARTED: Final = "step.started"
+    STEP_SUCCEEDED: Final = "step.succeeded"
+    STEP_FAILED: Final = "step.failed"
+    STEP_SIMULATED: Final = "step.simulated"
+    COMPENSATION_STARTED: Final = "compensation.started"
+    COMPENSATION_SUCCEEDED: Final = "compensation.succeeded"
+    COMPENSATION_FAILED: Final = "compensation.failed"
+    UNDO_REQUESTED: Final = "undo.requested"
+    PLAN_FINISHED: Final = "plan.finished"
+    REVIEW_SAMPLED: Final = "review.sampled"
+    INSTANCE_CREATED: Final = "instance.created"

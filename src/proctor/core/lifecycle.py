@@ -1,0 +1,189 @@
+"""Plan and step state machines, and the records the store keeps.
+
+Only the transitions listed in ``PLAN_TRANSITIONS`` and ``STEP_TRANSITIONS`` are legal;
+``PlanRecord.moved_to`` raises ``InvalidTransitionError`` for any other. A terminal plan never
+moves again except ``succeeded → undone`` (within the undo window) and the compensation path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from proctor.errors import InvalidTransitionError
+
+__all__ = [
+    "PLAN_TRANSITIONS",
+    "STEP_TRANSITIONS",
+    "ApprovalRecord",
+    "PlanRecord",
+    "PlanStatus",
+    "StepRecord",
+    "StepStatus",
+]
+
+
+class PlanStatus(StrEnum):
+    """Where a plan is in its life."""
+
+    REJECTED = "rejected"  # invalid input, or a human rejected it
+    DENIED = "denied"  # the policy said no
+    AWAITING_CONFIRMATION = "awaiting_confirmation"
+    AWAITING_APPROVAL = "awaiting_approval"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # a step failed and the plan could not be fully compensated
+    COMPENSATED = "compensated"  # a step failed and completed steps were undone
+    UNDONE = "undone"  # the user (or a rollback TTL) undid a succeeded plan
+    EXPIRED = "expired"  # nobody confirmed or approved in time
+    SIMULATED = "simulated"  # sandbox mode: decided and dry-run, no handler ran
+
+
+class StepStatus(StrEnum):
+    """Where a step is in its life."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"  # never ran: the plan was denied, rejected, expired or failed earlier
+    COMPENSATED = "compensated"
+    COMPENSATION_FAILED = "compensation_failed"
+    SIMULATED = "simulated"
+
+
+_P = PlanStatus
+PLAN_TRANSITIONS: Mapping[PlanStatus, frozenset[PlanStatus]] = {
+    _P.AWAITING_CONFIRMATION: frozenset({_P.RUNNING, _P.REJECTED, _P.EXPIRED, _P.SIMULATED}),
+    _P.AWAITING_APPROVAL: frozenset({_P.RUNNING, _P.REJECTED, _P.EXPIRED, _P.SIMULATED}),
+    _P.RUNNING: frozenset({_P.SUCCEEDED, _P.FAILED, _P.COMPENSATED}),
+    _P.SUCCEEDED: frozenset({_P.UNDONE, _P.FAILED}),
+    _P.REJECTED: frozenset(),
+    _P.DENIED: frozenset(),
+    _P.FAILED: frozenset(),
+    _P.COMPENSATED: frozenset(),
+    _P.UNDONE: frozenset(),
+    _P.EXPIRED: frozenset(),
+    _P.SIMULATED: frozenset(),
+}
+"""Legal plan transitions. New plans start in any status (the first decision)."""
+
+_S = StepStatus
+STEP_TRANSITIONS: Mapping[StepStatus, frozenset[StepStatus]] = {
+    _S.PENDING: frozenset({_S.RUNNING, _S.SKIPPED, _S.SIMULATED}),
+    _S.RUNNING: frozenset({_S.SUCCEEDED, _S.FAILED}),
+    _S.SUCCEEDED: frozenset({_S.COMPENSATED, _S.COMPENSATION_FAILED}),
+    _S.FAILED: frozenset(),
+    _S.SKIPPED: frozenset(),
+    _S.COMPENSATED: frozenset(),
+    _S.COMPENSATION_FAILED: frozenset(),
+    _S.SIMULATED: frozenset(),
+}
+
+TERMINAL: frozenset[PlanStatus] = frozenset(s for s, nxt in PLAN_TRANSITIONS.items() if not nxt) | {
+    PlanStatus.SUCCEEDED
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StepRecord:
+    """A step's stored state."""
+
+    step_id: str
+    index: int
+    action: str
+    params: Mapping[str, Any]
+    status: StepStatus = StepStatus.PENDING
+    outcome: str = ""
+    attempts: int = 0
+    result: Any = None
+    error: str | None = None
+    simulation: Any = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    undo_until: datetime | None = None
+    rollback_at: datetime | None = None
+
+    def moved_to(self, status: StepStatus, **changes: Any) -> StepRecord:
+        """Return a copy in ``status``.
+
+        Raises:
+            InvalidTransitionError: if the transition is not legal.
+        """
+        if status not in STEP_TRANSITIONS[self.status]:
+            raise InvalidTransitionError(
+                f"step {self.step_id} cannot go from {self.status.value} to {status.value}",
+                field="status",
+            )
+        return dataclasses.replace(self, status=status, **changes)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ApprovalRecord:
+    """A human decision on a waiting plan: a confirmation, an approval or a rejection."""
+
+    principal: str
+    kind: str  # "confirm" | "approve" | "reject"
+    roles: tuple[str, ...]
+    digest: str
+    policy_version: str
+    comment: str
+    created_at: datetime
+    step_up: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlanRecord:
+    """A plan's stored state: manifest, decision, status, steps and approvals."""
+
+    plan_id: str
+    digest: str
+    status: PlanStatus
+    agent_id: str
+    on_behalf_of: str
+    manifest: Mapping[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    assessment: Mapping[str, Any]
+    decision: Mapping[str, Any]
+    policy_version: str
+    outcome: str
+    steps: tuple[StepRecord, ...]
+    approvals: tuple[ApprovalRecord, ...] = ()
+    expires_at: datetime | None = None
+    error: str | None = None
+    sandbox: bool = False
+    review: bool = False  # sampled for post-hoc review
+
+    def moved_to(self, status: PlanStatus, *, at: datetime, **changes: Any) -> PlanRecord:
+        """Return a copy in ``status``.
+
+        Raises:
+            InvalidTransitionError: if the transition is not legal.
+        """
+        if status not in PLAN_TRANSITIONS[self.status]:
+            raise InvalidTransitionError(
+                f"plan {self.plan_id} is {self.status.value}; it cannot become {status.value}",
+                field="status",
+                hint="Run `proctor show ID` to see its state.",
+            )
+        return dataclasses.replace(self, status=status, updated_at=at, **changes)
+
+    def with_step(self, step: StepRecord) -> PlanRecord:
+        """Return a copy with one step replaced."""
+        steps = list(self.steps)
+        steps[step.index] = step
+        return dataclasses.replace(self, steps=tuple(steps))
+
+    def idempotency_key(self, step_id: str) -> str:
+        """Return the key passed to tools; the same on every retry of the step."""
+        return f"{self.plan_id}:{step_id}"
+
+    @property
+    def terminal(self) -> bool:
+        """Whether the plan has finished (succeeded plans may still be undone)."""
+        return self.status in TERMINAL

@@ -1,0 +1,249 @@
+"""Plans: the deterministic manifest an agent submits, and its digest.
+
+A plan is exactly what will run: every step is an action name plus literal params. Params
+never refer to the results of other steps; an agent that needs a result submits a new plan
+after it. That is what makes an approval meaningful: the approver sees, and the digest binds,
+every byte that will execute.
+
+The digest is ``sha256:<hex>`` over the RFC 8785 canonical form of the manifest without its
+``signature`` member. A ``Plan`` that exists has passed structural validation; catalog and
+schema checks come after, in the gateway, because they need the catalog.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from proctor.core.canonical import canonical, digest
+from proctor.errors import InvalidRequestError
+
+__all__ = ["Actor", "Limits", "Plan", "Signature", "Step"]
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$")
+_MANIFEST_KEYS = frozenset(
+    {"plan_id", "actor", "on_behalf_of", "intent", "reasoning", "steps", "signature"}
+)
+_ACTOR_KEYS = frozenset({"type", "name", "model_version", "agent_id"})
+_STEP_KEYS = frozenset({"id", "action", "params"})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    """Size limits on a manifest.
+
+    Attributes:
+        max_steps: Most steps a plan may have. Default 32.
+        max_text: Longest intent or reasoning, in characters. Default 8,000.
+        max_string: Longest other string (names, ids, param strings). Default 2,000.
+        max_bytes: Largest manifest, in canonical bytes. Default 256 KiB.
+        max_depth: Deepest nesting of params. Default 8.
+    """
+
+    max_steps: int = 32
+    max_text: int = 8_000
+    max_string: int = 2_000
+    max_bytes: int = 256 * 1024
+    max_depth: int = 8
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Actor:
+    """Who proposes the plan: the agent and the model behind it."""
+
+    type: str
+    name: str
+    model_version: str
+    agent_id: str
+
+    def as_dict(self) -> dict[str, str]:
+        """Return the manifest form."""
+        return {
+            "type": self.type,
+            "name": self.name,
+            "model_version": self.model_version,
+            "agent_id": self.agent_id,
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Step:
+    """One action with literal params."""
+
+    id: str
+    action: str
+    params: Mapping[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the manifest form."""
+        return {"id": self.id, "action": self.action, "params": dict(self.params)}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Signature:
+    """An agent's Ed25519 signature over the canonical manifest without ``signature``."""
+
+    key_id: str
+    value: str  # base64 of the 64-byte signature
+
+    def as_dict(self) -> dict[str, str]:
+        """Return the manifest form."""
+        return {"key_id": self.key_id, "value": self.value}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Plan:
+    """A validated manifest. Build it with ``Plan.from_dict``."""
+
+    plan_id: str | None
+    actor: Actor
+    on_behalf_of: str
+    intent: str
+    reasoning: str
+    steps: tuple[Step, ...]
+    signature: Signature | None = None
+    digest: str = field(default="")
+
+    def manifest(self) -> dict[str, Any]:
+        """Return the manifest without its signature: the object the digest covers."""
+        out: dict[str, Any] = {
+            "actor": self.actor.as_dict(),
+            "on_behalf_of": self.on_behalf_of,
+            "intent": self.intent,
+            "reasoning": self.reasoning,
+            "steps": [s.as_dict() for s in self.steps],
+        }
+        if self.plan_id is not None:
+            out["plan_id"] = self.plan_id
+        return out
+
+    def signing_bytes(self) -> bytes:
+        """Return the bytes an agent signs: the canonical manifest without ``signature``."""
+        return canonical(self.manifest())
+
+    @classmethod
+    def from_dict(cls, data: Any, *, limits: Limits | None = None) -> Plan:
+        """Parse and check a manifest.
+
+        Raises:
+            InvalidRequestError: naming the field and the rule it breaks.
+        """
+        lim = limits or Limits()
+        obj = _require_object(data, "plan")
+        _no_unknown(obj, _MANIFEST_KEYS, "")
+        plan_id = obj.get("plan_id")
+        if plan_id is not None:
+            _require_id(plan_id, "plan_id")
+        actor = _require_object(obj.get("actor"), "actor")
+        _no_unknown(actor, _ACTOR_KEYS, "actor.")
+        actor_v = Actor(
+            type=_require_str(actor.get("type", "agent"), "actor.type", lim.max_string),
+            name=_require_str(actor.get("name"), "actor.name", lim.max_string),
+            model_version=_require_str(
+                actor.get("model_version"), "actor.model_version", lim.max_string
+            ),
+            agent_id=_require_id(actor.get("agent_id"), "actor.agent_id"),
+        )
+        on_behalf_of = _require_id(obj.get("on_behalf_of"), "on_behalf_of")
+        intent = _require_str(obj.get("intent"), "intent", lim.max_text)
+        reasoning = _require_str(obj.get("reasoning", ""), "reasoning", lim.max_text, empty=True)
+        raw_steps = obj.get("steps")
+        if not isinstance(raw_steps, list) or not raw_steps:
+            raise InvalidRequestError("steps must be a non-empty array", field="steps")
+        if len(raw_steps) > lim.max_steps:
+            raise InvalidRequestError(
+                f"a plan may have at most {lim.max_steps} steps, got {len(raw_steps)}",
+                field="steps",
+            )
+        steps: list[Step] = []
+        seen: set[str] = set()
+        for i, raw in enumerate(raw_steps):
+            where = f"steps[{i}]"
+            st = _require_object(raw, where)
+            _no_unknown(st, _STEP_KEYS, f"{where}.")
+            step_id = _require_id(st.get("id", f"s{i + 1}"), f"{where}.id")
+            if step_id in seen:
+                raise InvalidRequestError(f"duplicate step id {step_id!r}", field=f"{where}.id")
+            seen.add(step_id)
+            action = _require_str(st.get("action"), f"{where}.action", 200)
+            params = _require_object(st.get("params", {}), f"{where}.params")
+            _check_value(params, f"{where}.params", lim, 0)
+            steps.append(Step(id=step_id, action=action, params=params))
+        signature = None
+        if obj.get("signature") is not None:
+            sig = _require_object(obj["signature"], "signature")
+            _no_unknown(sig, frozenset({"key_id", "value"}), "signature.")
+            signature = Signature(
+                key_id=_require_str(sig.get("key_id"), "signature.key_id", 200),
+                value=_require_str(sig.get("value"), "signature.value", 200),
+            )
+        plan = cls(
+            plan_id=plan_id,
+            actor=actor_v,
+            on_behalf_of=on_behalf_of,
+            intent=intent,
+            reasoning=reasoning,
+            steps=tuple(steps),
+            signature=signature,
+        )
+        body = plan.signing_bytes()
+        if len(body) > lim.max_bytes:
+            raise InvalidRequestError(
+                f"the manifest is {len(body)} bytes; the limit is {lim.max_bytes}", field="plan"
+            )
+        object.__setattr__(plan, "digest", digest(plan.manifest()))
+        return plan
+
+
+def _require_object(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise InvalidRequestError(f"{where} must be an object", field=where)
+    return value
+
+
+def _no_unknown(obj: Mapping[str, Any], allowed: frozenset[str], prefix: str) -> None:
+    for key in obj:
+        if key not in allowed:
+            raise InvalidRequestError(
+                f"unknown field {prefix}{key}; allowed: {', '.join(sorted(allowed))}",
+                field=f"{prefix}{key}",
+            )
+
+
+def _require_str(value: Any, where: str, max_len: int, *, empty: bool = False) -> str:
+    if not isinstance(value, str) or (not value and not empty):
+        raise InvalidRequestError(f"{where} must be a non-empty string", field=where)
+    if len(value) > max_len:
+        raise InvalidRequestError(
+            f"{where} is {len(value)} characters; the limit is {max_len}", field=where
+        )
+    return value
+
+
+def _require_id(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not _ID.match(value):
+        raise InvalidRequestError(
+            f"{where} must be 1-128 characters of letters, digits, '_', '.', ':' or '-'",
+            field=where,
+        )
+    return value
+
+
+def _check_value(value: Any, where: str, lim: Limits, depth: int) -> None:
+    if depth > lim.max_depth:
+        raise InvalidRequestError(f"{where} nests deeper than {lim.max_depth}", field=where)
+    if isinstance(value, str):
+        if len(value) > lim.max_string:
+            raise InvalidRequestError(
+                f"{where} is {len(value)} characters; the limit is {lim.max_string}", field=where
+            )
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_value(v, f"{where}.{k}", lim, depth + 1)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_value(v, f"{where}[{i}]", lim, depth + 1)
+    elif isinstance(value, float) and value != value:  # NaN has no JSON form
+        raise InvalidRequestError(f"{where} is NaN", field=where)

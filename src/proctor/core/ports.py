@@ -1,0 +1,191 @@
+"""The protocols the core and the app need from the outside world.
+
+Adapters implement them (``storage/``, ``policy/``, ``audit/keys.py``, ``tools/``) and meet in
+``bootstrap.py``. ``proctor.testing`` ships in-memory stand-ins.
+
+NOTE(design): the ports are synchronous. SQLite, the default store, is synchronous, and the
+governed hot path (one plan through validate → decide → execute → audit) is measured in
+hundreds of microseconds, where an event-loop hop per call is a visible cost. The HTTP
+service runs the gateway in a worker thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+__all__ = [
+    "AuditHead",
+    "Clock",
+    "EventRow",
+    "PolicyEngine",
+    "Signer",
+    "StepUp",
+    "Store",
+    "ToolCall",
+    "Tools",
+    "Transaction",
+]
+
+
+class Clock(Protocol):
+    """Where time comes from. Always timezone-aware UTC."""
+
+    def now(self) -> datetime:
+        """Return the current time (UTC)."""
+        ...
+
+
+class Signer(Protocol):
+    """Signs audit events and checkpoints; a KMS can hold the private key."""
+
+    @property
+    def key_id(self) -> str:
+        """The id of the key that signs now."""
+        ...
+
+    def sign(self, data: bytes) -> bytes:
+        """Return the Ed25519 signature of ``data``."""
+        ...
+
+    def public_keys(self) -> Mapping[str, bytes]:
+        """Return every public key that may verify this log's events, by key id."""
+        ...
+
+
+class PolicyEngine(Protocol):
+    """Answers one policy query per plan (see docs/policy.md for the contract)."""
+
+    @property
+    def version(self) -> str:
+        """``sha256:<hex>`` of the loaded bundle."""
+        ...
+
+    def evaluate(self, input: Mapping[str, Any]) -> Any:
+        """Return the raw value of ``data.proctor.decision`` for ``input``.
+
+        Raises:
+            PolicyEngineError: when the result is undefined or the engine reports an error.
+        """
+        ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ToolCall:
+    """What a handler receives besides its params."""
+
+    plan_id: str
+    step_id: str
+    idempotency_key: str
+    on_behalf_of: str
+    agent_id: str
+    result: Any = None  # for compensations: the result of the step being undone
+
+
+class StepUp(Protocol):
+    """Checks a second factor (a TOTP code) presented by an approver."""
+
+    def verify(self, principal: str, code: str | None) -> bool:
+        """Return whether ``code`` is a valid, unused second factor for ``principal``."""
+        ...
+
+
+class Tools(Protocol):
+    """Runs the handlers bound to catalog actions."""
+
+    def run(self, path: str, params: Mapping[str, Any], call: ToolCall) -> Any:
+        """Call the handler at import path ``path``; exceptions propagate."""
+        ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EventRow:
+    """One stored audit event: its index, canonical bytes and hash."""
+
+    seq: int
+    type: str
+    plan_id: str | None
+    step_id: str | None
+    timestamp: str
+    body: bytes  # the canonical JCS form, signature included: the Merkle leaf bytes
+    hash: str  # sha256:<hex> of body; the next event's prev_hash
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditHead:
+    """The end of the log as seen inside a write transaction."""
+
+    size: int  # number of events; the next event's seq
+    last_hash: str  # hash of the last event, or the genesis value for an empty log
+
+
+class Transaction(Protocol):
+    """A write transaction: everything in it commits together or not at all."""
+
+    def get_plan(self, plan_id: str) -> Any:
+        """Return the ``PlanRecord`` or None (reads see this transaction's writes)."""
+        ...
+
+    def save_plan(self, record: Any) -> None:
+        """Insert or replace a ``PlanRecord`` and its steps."""
+        ...
+
+    def audit_head(self) -> AuditHead:
+        """Return the log's head, locked for this transaction."""
+        ...
+
+    def append_events(self, rows: Sequence[EventRow]) -> None:
+        """Append events; their seqs must continue the head without a gap."""
+        ...
+
+    def put_meta(self, key: str, value: str) -> None:
+        """Set an instance metadata value."""
+        ...
+
+
+class Store(Protocol):
+    """Durable state: plans, steps, approvals and the audit log."""
+
+    def transaction(self) -> AbstractContextManager[Transaction]:
+        """Open a write transaction; it commits when the block exits without an exception."""
+        ...
+
+    def get_plan(self, plan_id: str) -> Any:
+        """Return the ``PlanRecord`` or None."""
+        ...
+
+    def list_plans(
+        self,
+        *,
+        status: str | None = None,
+        agent_id: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> list[Any]:
+        """Return plans, newest first; ``before`` is a cursor (a plan's ``created_at|id``)."""
+        ...
+
+    def read_events(
+        self, *, after: int = -1, limit: int = 1000, plan_id: str | None = None
+    ) -> list[EventRow]:
+        """Return events with ``seq > after`` in order."""
+        ...
+
+    def iter_events(self, *, batch: int = 5000) -> Iterator[EventRow]:
+        """Yield every event in order."""
+        ...
+
+    def event_count(self) -> int:
+        """Return the number of events."""
+        ...
+
+    def get_meta(self, key: str) -> str | None:
+        """Return an instance metadata value."""
+        ...
+
+    def close(self) -> None:
+        """Release resources."""
+        ...

@@ -1,0 +1,239 @@
+# Tests of the default policy. Run them with `proctor policy test` (or
+# proctor.policy.run_policy_tests); they are not compiled into the engine.
+#
+# rego-cpp crashes on `with input as {...}` when the rule under test refers to other rules,
+# so these tests replace single fields (`with input.steps as ...`) through `decide`.
+package proctor_test
+
+import rego.v1
+
+base := {"risk": 2, "auditability": 3, "ux": 4, "recovery": 2, "cost": 1}
+
+high := {"risk": 5, "auditability": 4, "ux": 4, "recovery": 2, "cost": 1}
+
+decide(steps, baseline, context) := d if {
+	d := data.proctor.decision with input.steps as steps
+		with input.baseline as baseline
+		with input.context as context
+}
+
+one(step) := decide([object.union({"id": "s1", "params": {}}, step)], base, {})
+
+# A decision for a step with every default field, as the contract requires.
+defaults(d) if {
+	is_string(d.outcome)
+	count(d.reasons) > 0
+	is_number(d.approvals)
+	is_array(d.approver_roles)
+	is_boolean(d.dry_run)
+	is_boolean(d.step_up)
+	is_number(d.undo_window)
+	d.rollback_ttl == 0
+}
+
+test_read_executes if {
+	d := one({"category": "read"})
+	d.steps.s1.outcome == "execute"
+	d.steps.s1.reasons == ["read-only look-up"]
+	d.steps.s1.approvals == 0
+	defaults(d.steps.s1)
+	d.plan == {"deny": set(), "adjustments": set(), "review_sample_rate": 0}
+}
+
+test_general_executes if {
+	d := one({"category": "general"})
+	d.steps.s1.outcome == "execute"
+	defaults(d.steps.s1)
+}
+
+test_booking_executes_with_undo_window if {
+	d := one({"category": "booking"})
+	d.steps.s1.outcome == "execute"
+	d.steps.s1.undo_window == 900
+}
+
+test_payment_within_limit_executes if {
+	d := one({"category": "payment", "amount": 50000, "reversible": true})
+	d.steps.s1.outcome == "execute"
+	d.steps.s1.undo_window == 900
+	d.plan.adjustments == set()
+}
+
+test_irreversible_payment_has_no_undo_window if {
+	d := one({"category": "payment", "amount": 100, "reversible": false})
+	d.steps.s1.outcome == "execute"
+	d.steps.s1.undo_window == 0
+}
+
+test_payment_over_limit_needs_finance_with_step_up if {
+	d := one({"category": "payment", "amount": 180000, "reversible": true})
+	s := d.steps.s1
+	s.outcome == "approve"
+	s.approvals == 1
+	s.approver_roles == ["finance"]
+	s.step_up == true
+	s.reasons == ["payment of 180000 exceeds auto_payment_max 50000"]
+	d.plan.adjustments == {{"axis": "risk", "delta": 1, "reason": "a payment exceeds auto_payment_max 50000"}}
+}
+
+test_payment_without_numeric_amount_needs_approval if {
+	d := one({"category": "payment", "amount": "lots"})
+	d.steps.s1.outcome == "approve"
+}
+
+test_payment_limit_is_a_setting if {
+	d := one({"category": "payment", "amount": 100}) with data.proctor.settings.auto_payment_max as 50
+	d.steps.s1.outcome == "approve"
+}
+
+test_subscription_needs_confirmation if {
+	d := one({"category": "subscription"})
+	d.steps.s1.outcome == "confirm"
+	d.steps.s1.reasons == ["changes a customer's payment or subscription: the customer confirms"]
+	d.steps.s1.approvals == 0
+}
+
+test_small_purchase_executes_and_is_sampled if {
+	d := one({"category": "purchase", "amount": 100000})
+	d.steps.s1.outcome == "execute"
+	d.plan.review_sample_rate == 0.1
+}
+
+test_large_purchase_needs_finance if {
+	d := one({"category": "purchase", "amount": 100001})
+	d.steps.s1.outcome == "approve"
+	d.steps.s1.approver_roles == ["finance"]
+	d.plan.review_sample_rate == 0
+}
+
+test_high_risk_categories_need_their_group if {
+	every category, group in {
+		"financial": "finance", "pii": "hr", "health": "privacy",
+		"iam": "security", "legal": "legal", "production": "sre",
+	} {
+		d := one({"category": category})
+		d.steps.s1.outcome == "approve"
+		d.steps.s1.approvals == 1
+		d.steps.s1.approver_roles == [group]
+		defaults(d.steps.s1)
+	}
+}
+
+test_production_runs_a_dry_run_first if {
+	d := one({"category": "production", "params": {"environment": "prod"}})
+	d.steps.s1.outcome == "approve"
+	d.steps.s1.dry_run == true
+}
+
+test_staging_executes_after_a_dry_run if {
+	d := one({"category": "production", "params": {"environment": "staging"}})
+	d.steps.s1.outcome == "execute"
+	d.steps.s1.dry_run == true
+}
+
+test_internal_message_executes if {
+	d := one({"category": "communication", "params": {"external": false}})
+	d.steps.s1.outcome == "execute"
+}
+
+test_external_message_needs_confirmation if {
+	d := one({"category": "communication", "params": {"external": true}})
+	d.steps.s1.outcome == "confirm"
+}
+
+test_unknown_category_is_denied if {
+	d := one({"category": "teleport"})
+	d.steps.s1.outcome == "deny"
+	d.steps.s1.reasons == ["unknown category teleport: fail closed"]
+}
+
+test_missing_category_is_denied if {
+	d := decide([{"id": "s1", "params": {}}], base, {})
+	d.steps.s1.outcome == "deny"
+}
+
+test_personal_data_and_external_email_deny_the_plan if {
+	d := decide(
+		[
+			{"id": "s1", "category": "pii", "params": {}},
+			{"id": "s2", "category": "communication", "params": {"external": true}},
+		],
+		base, {},
+	)
+	d.plan.deny == {"a plan that reads personal data must not also send external email"}
+}
+
+test_personal_data_and_internal_email_are_allowed if {
+	d := decide(
+		[
+			{"id": "s1", "category": "health", "params": {}},
+			{"id": "s2", "category": "communication", "params": {"external": false}},
+		],
+		base, {},
+	)
+	d.plan.deny == set()
+}
+
+test_orchestrator_guard_turns_execute_into_supervisor_approval if {
+	# 5 + 4 + 4 + 2 + 1 = 16 > 15
+	d := decide([{"id": "s1", "category": "read", "params": {}}], high, {})
+	s := d.steps.s1
+	s.outcome == "approve"
+	s.approver_roles == ["supervisor"]
+	s.approvals == 1
+	s.reasons[1] == "adjusted total 16 exceeds hybrid_max 15: orchestrator-first, approval by supervisor"
+}
+
+test_orchestrator_guard_keeps_approvals_and_denials if {
+	d := decide(
+		[
+			{"id": "s1", "category": "iam", "params": {}},
+			{"id": "s2", "category": "teleport", "params": {}},
+		],
+		high, {},
+	)
+	d.steps.s1.approver_roles == ["security"]
+	d.steps.s2.outcome == "deny"
+}
+
+test_hybrid_max_comes_from_the_context if {
+	d := decide([{"id": "s1", "category": "read", "params": {}}], high, {"thresholds": {"hybrid_max": 16}})
+	d.steps.s1.outcome == "execute"
+}
+
+test_adjustment_counts_towards_the_guard if {
+	# 4 + 3 + 4 + 2 + 1 = 14, + 1 for the payment = 15: still hybrid; hybrid_max 14 tips it
+	baseline := {"risk": 4, "auditability": 3, "ux": 4, "recovery": 2, "cost": 1}
+	steps := [
+		{"id": "s1", "category": "booking", "params": {}},
+		{"id": "s2", "category": "payment", "amount": 90000, "params": {}},
+	]
+	decide(steps, baseline, {}).steps.s1.outcome == "execute"
+	decide(steps, baseline, {"thresholds": {"hybrid_max": 14}}).steps.s1.outcome == "approve"
+}
+
+test_adjusted_axis_is_clamped if {
+	# risk 5 + 1 is clamped to 5: 5 + 3 + 4 + 2 + 1 = 15, not 16
+	baseline := {"risk": 5, "auditability": 3, "ux": 4, "recovery": 2, "cost": 1}
+	steps := [
+		{"id": "s1", "category": "booking", "params": {}},
+		{"id": "s2", "category": "payment", "amount": 90000, "params": {}},
+	]
+	decide(steps, baseline, {}).steps.s1.outcome == "execute"
+}
+
+test_every_step_gets_one_decision if {
+	d := decide(
+		[
+			{"id": "a", "category": "read", "params": {}},
+			{"id": "b", "category": "payment", "amount": 10, "params": {}},
+			{"id": "c", "category": "nope", "params": {}},
+		],
+		base, {},
+	)
+	count(d.steps) == 3
+}
+
+test_missing_baseline_leaves_the_decision_undefined if {
+	not decide([{"id": "s1", "category": "read", "params": {}}], {"risk": 1}, {})
+}

@@ -1,0 +1,135 @@
+"""The in-memory store: the same contract as SQLite, kept in dictionaries.
+
+For tests, benchmarks and throwaway instances (``proctor demo``). A write transaction
+buffers its writes and applies them only on commit, so a failure mid-way leaves nothing
+half-written, as in the durable stores.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+from proctor.core.lifecycle import PlanRecord
+from proctor.core.ports import AuditHead, EventRow
+from proctor.errors import StorageError
+
+__all__ = ["MemoryStore"]
+
+_GENESIS = "sha256:" + "0" * 64
+
+
+class _Tx:
+    __slots__ = ("_events", "_meta", "_plans", "_store")
+
+    def __init__(self, store: MemoryStore) -> None:
+        self._store = store
+        self._plans: dict[str, PlanRecord] = {}
+        self._events: list[EventRow] = []
+        self._meta: dict[str, str] = {}
+
+    def get_plan(self, plan_id: str) -> PlanRecord | None:
+        return self._plans.get(plan_id) or self._store._plans.get(plan_id)
+
+    def save_plan(self, record: PlanRecord) -> None:
+        self._plans[record.plan_id] = record
+
+    def audit_head(self) -> AuditHead:
+        events = self._events or self._store._events
+        if not events:
+            return AuditHead(size=0, last_hash=_GENESIS)
+        last = events[-1]
+        return AuditHead(size=last.seq + 1, last_hash=last.hash)
+
+    def append_events(self, rows: Sequence[EventRow]) -> None:
+        expected = self.audit_head().size
+        for r in rows:
+            if r.seq != expected:
+                raise StorageError(f"event seq {r.seq} does not continue the log at {expected}")
+            self._events.append(r)
+            expected += 1
+
+    def put_meta(self, key: str, value: str) -> None:
+        self._meta[key] = value
+
+
+class MemoryStore:
+    """Plans and events in process memory; lost when the process ends."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._plans: dict[str, PlanRecord] = {}
+        self._order: list[str] = []
+        self._events: list[EventRow] = []
+        self._meta: dict[str, str] = {}
+
+    @contextmanager
+    def transaction(self) -> Iterator[_Tx]:
+        """Open a write transaction; its writes apply only if the block succeeds."""
+        with self._lock:
+            tx = _Tx(self)
+            yield tx
+            for pid, rec in tx._plans.items():
+                if pid not in self._plans:
+                    self._order.append(pid)
+                self._plans[pid] = rec
+            self._events.extend(tx._events)
+            self._meta.update(tx._meta)
+
+    def get_plan(self, plan_id: str) -> PlanRecord | None:
+        """Return a plan or None."""
+        return self._plans.get(plan_id)
+
+    def list_plans(
+        self,
+        *,
+        status: str | None = None,
+        agent_id: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> list[PlanRecord]:
+        """Return plans newest first, filtered; ``before`` is ``created_at|plan_id``."""
+        with self._lock:
+            plans = sorted(
+                self._plans.values(), key=lambda p: (p.created_at.isoformat(), p.plan_id)
+            )
+        out = []
+        for p in reversed(plans):
+            if status and p.status.value != status:
+                continue
+            if agent_id and p.agent_id != agent_id:
+                continue
+            if before and (p.created_at.isoformat(), p.plan_id) >= tuple(before.split("|", 1)):
+                continue
+            out.append(p)
+            if len(out) >= limit:
+                break
+        return out
+
+    def read_events(
+        self, *, after: int = -1, limit: int = 1000, plan_id: str | None = None
+    ) -> list[EventRow]:
+        """Return events with ``seq > after``, in order."""
+        with self._lock:
+            rows = self._events[after + 1 :]
+        if plan_id is not None:
+            rows = [r for r in rows if r.plan_id == plan_id]
+        return rows[:limit]
+
+    def iter_events(self, *, batch: int = 5000) -> Iterator[EventRow]:
+        """Yield every event in order."""
+        with self._lock:
+            rows = list(self._events)
+        yield from rows
+
+    def event_count(self) -> int:
+        """Return the number of events."""
+        return len(self._events)
+
+    def get_meta(self, key: str) -> str | None:
+        """Return a metadata value."""
+        return self._meta.get(key)
+
+    def close(self) -> None:
+        """Nothing to release."""

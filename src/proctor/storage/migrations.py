@@ -1,0 +1,53 @@
+"""Schema migrations: one ordered list, applied in one transaction, recorded in ``meta``.
+
+Each migration is plain SQL that both SQLite and (later) PostgreSQL accept; a migration is
+never edited once released, only followed by a new one.
+"""
+
+from __future__ import annotations
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION"]
+
+MIGRATIONS: tuple[tuple[int, str], ...] = (
+    (
+        1,
+        """
+        CREATE TABLE IF NOT EXISTS meta (
+            key TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS plans (
+            plan_id TEXT PRIMARY KEY,
+            digest TEXT NOT NULL,
+            status TEXT NOT NULL,
+            agent_id TEXT NOT NULL,
+            on_behalf_of TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            expires_at TEXT,
+            outcome TEXT NOT NULL,
+            policy_version TEXT NOT NULL,
+            sandbox INTEGER NOT NULL DEFAULT 0,
+            review INTEGER NOT NULL DEFAULT 0,
+            error TEXT,
+            doc BLOB NOT NULL
+        );
+        CREATE INDEX IF NOT EXISTS plans_by_status ON plans (status, created_at);
+        CREATE INDEX IF NOT EXISTS plans_by_agent ON plans (agent_id, created_at);
+        CREATE INDEX IF NOT EXISTS plans_by_created ON plans (created_at, plan_id);
+        CREATE TABLE IF NOT EXISTS events (
+            seq INTEGER PRIMARY KEY,
+            type TEXT NOT NULL,
+            plan_id TEXT,
+            step_id TEXT,
+            ts TEXT NOT NULL,
+            body BLOB NOT NULL,
+            hash TEXT NOT NULL
+        );
+        CREATE INDEX IF NOT EXISTS events_by_plan ON events (plan_id, seq);
+        """,
+    ),
+)
+
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+"""The schema version this code expects."""

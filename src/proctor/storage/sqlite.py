@@ -1,0 +1,270 @@
+"""The SQLite store (WAL): the embedded default.
+
+One connection, guarded by a lock, serves the process. Write transactions start with
+``BEGIN IMMEDIATE`` so the write lock is taken up front: two processes on one file (a CLI
+next to a server) serialise instead of failing half-way with ``SQLITE_BUSY``.
+
+Durability is ``synchronous=FULL`` by default: with WAL, NORMAL may lose the last commits on
+power loss, and an acknowledged governed action must not disappear from the audit log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from proctor.core.lifecycle import PlanRecord
+from proctor.core.ports import AuditHead, EventRow
+from proctor.errors import StorageError
+from proctor.storage._codec import dump_plan, load_plan
+from proctor.storage.migrations import MIGRATIONS, SCHEMA_VERSION
+
+__all__ = ["SqliteStore"]
+
+_GENESIS = "sha256:" + "0" * 64
+_PLAN_COLS = (
+    "plan_id, digest, status, agent_id, on_behalf_of, created_at, updated_at, expires_at, "
+    "outcome, policy_version, sandbox, review, error, doc"
+)
+
+
+def _event(r: sqlite3.Row) -> EventRow:
+    return EventRow(
+        seq=r["seq"],
+        type=r["type"],
+        plan_id=r["plan_id"],
+        step_id=r["step_id"],
+        timestamp=r["ts"],
+        body=bytes(r["body"]),
+        hash=r["hash"],
+    )
+
+
+class _Tx:
+    """A write transaction on the store's connection (see ``Transaction`` port)."""
+
+    __slots__ = ("_c",)
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._c = conn
+
+    def get_plan(self, plan_id: str) -> PlanRecord | None:
+        row = self._c.execute(
+            f"SELECT {_PLAN_COLS} FROM plans WHERE plan_id = ?",  # noqa: S608 - constant columns
+            (plan_id,),
+        ).fetchone()
+        return load_plan(row) if row else None
+
+    def save_plan(self, p: PlanRecord) -> None:
+        self._c.execute(
+            f"INSERT OR REPLACE INTO plans ({_PLAN_COLS}) "  # noqa: S608 - constant columns
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                p.plan_id,
+                p.digest,
+                p.status.value,
+                p.agent_id,
+                p.on_behalf_of,
+                p.created_at.isoformat(),
+                p.updated_at.isoformat(),
+                p.expires_at.isoformat() if p.expires_at else None,
+                p.outcome,
+                p.policy_version,
+                int(p.sandbox),
+                int(p.review),
+                p.error,
+                dump_plan(p),
+            ),
+        )
+
+    def audit_head(self) -> AuditHead:
+        row = self._c.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+        if row is None:
+            return AuditHead(size=0, last_hash=_GENESIS)
+        return AuditHead(size=row[0] + 1, last_hash=row[1])
+
+    def append_events(self, rows: Sequence[EventRow]) -> None:
+        self._c.executemany(
+            "INSERT INTO events (seq, type, plan_id, step_id, ts, body, hash) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(e.seq, e.type, e.plan_id, e.step_id, e.timestamp, e.body, e.hash) for e in rows],
+        )
+
+    def put_meta(self, key: str, value: str) -> None:
+        self._c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+
+class SqliteStore:
+    """Plans, steps, approvals and the audit log in one SQLite file.
+
+    Args:
+        path: The database file (created if missing), or ``:memory:``.
+        synchronous: ``FULL`` (default) or ``NORMAL``.
+        busy_timeout_ms: How long to wait for another process's write lock. Five seconds is
+            SQLite's usual choice; we take 30 because a CLI command may wait behind a busy
+            server and should not fail for it.
+    """
+
+    def __init__(
+        self, path: str, *, synchronous: str = "FULL", busy_timeout_ms: int = 30_000
+    ) -> None:
+        if synchronous not in ("FULL", "NORMAL", "EXTRA", "OFF"):
+            raise StorageError(f"unknown synchronous mode {synchronous!r}", field="synchronous")
+        self.path = path
+        self._lock = threading.RLock()
+        try:
+            if path != ":memory:" and not Path(path).parent.is_dir():
+                raise StorageError(
+                    f"directory of database {path} does not exist",
+                    field="database.url",
+                    hint="Run `proctor init` first.",
+                )
+            self._c = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._c.row_factory = sqlite3.Row
+            self._c.execute("PRAGMA journal_mode=WAL")
+            self._c.execute(f"PRAGMA synchronous={synchronous}")
+            self._c.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+            self._migrate()
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open SQLite database {path}: {exc}") from exc
+
+    def _migrate(self) -> None:
+        with self._lock:
+            self._c.execute("BEGIN IMMEDIATE")
+            try:
+                self._c.execute(
+                    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+                )
+                row = self._c.execute(
+                    "SELECT value FROM meta WHERE key = 'schema_version'"
+                ).fetchone()
+                current = int(row[0]) if row else 0
+                if current > SCHEMA_VERSION:
+                    raise StorageError(
+                        f"database schema {current} is newer than this Proctor ({SCHEMA_VERSION})",
+                        hint="Upgrade Proctor.",
+                    )
+                for version, sql in MIGRATIONS:
+                    if version > current:
+                        for statement in sql.split(";"):
+                            if statement.strip():
+                                self._c.execute(statement)
+                self._c.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+                self._c.execute("COMMIT")
+            except BaseException:
+                self._c.execute("ROLLBACK")
+                raise
+
+    @contextmanager
+    def transaction(self) -> Iterator[_Tx]:
+        """Open a write transaction (``BEGIN IMMEDIATE``); commit on success.
+
+        Raises:
+            StorageError: wrapping any driver error; the transaction is rolled back.
+        """
+        with self._lock:
+            try:
+                self._c.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise StorageError(f"cannot start a transaction: {exc}") from exc
+            try:
+                yield _Tx(self._c)
+                self._c.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise StorageError(f"transaction failed: {exc}") from exc
+            except BaseException:
+                self._rollback()
+                raise
+
+    def _rollback(self) -> None:
+        # SQLite may already have rolled back after an error; a second ROLLBACK then fails.
+        with contextlib.suppress(sqlite3.Error):
+            self._c.execute("ROLLBACK")
+
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            try:
+                return self._c.execute(sql, args).fetchall()
+            except sqlite3.Error as exc:
+                raise StorageError(f"query failed: {exc}") from exc
+
+    def get_plan(self, plan_id: str) -> PlanRecord | None:
+        """Return a plan or None."""
+        sql = f"SELECT {_PLAN_COLS} FROM plans WHERE plan_id = ?"  # noqa: S608 - constant columns
+        rows = self._query(sql, (plan_id,))
+        return load_plan(rows[0]) if rows else None
+
+    def list_plans(
+        self,
+        *,
+        status: str | None = None,
+        agent_id: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> list[PlanRecord]:
+        """Return plans newest first, filtered; ``before`` is ``created_at|plan_id``."""
+        where, args = [], []
+        if status:
+            where.append("status = ?")
+            args.append(status)
+        if agent_id:
+            where.append("agent_id = ?")
+            args.append(agent_id)
+        if before:
+            at, _, pid = before.partition("|")
+            where.append("(created_at < ? OR (created_at = ? AND plan_id < ?))")
+            args += [at, at, pid]
+        # Only constant column names and placeholders are interpolated; values are bound.
+        sql = f"SELECT {_PLAN_COLS} FROM plans"  # noqa: S608 - constant columns
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at DESC, plan_id DESC LIMIT ?"
+        return [load_plan(r) for r in self._query(sql, (*args, int(limit)))]
+
+    def read_events(
+        self, *, after: int = -1, limit: int = 1000, plan_id: str | None = None
+    ) -> list[EventRow]:
+        """Return events with ``seq > after``, in order."""
+        if plan_id is None:
+            rows = self._query(
+                "SELECT * FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+            )
+        else:
+            rows = self._query(
+                "SELECT * FROM events WHERE plan_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (plan_id, after, limit),
+            )
+        return [_event(r) for r in rows]
+
+    def iter_events(self, *, batch: int = 5000) -> Iterator[EventRow]:
+        """Yield every event in storage order (by ``seq`` column)."""
+        after = -1
+        while True:
+            rows = self.read_events(after=after, limit=batch)
+            if not rows:
+                return
+            yield from rows
+            after = rows[-1].seq
+
+    def event_count(self) -> int:
+        """Return the number of events."""
+        return int(self._query("SELECT COUNT(*) FROM events")[0][0])
+
+    def get_meta(self, key: str) -> str | None:
+        """Return a metadata value."""
+        rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
+        return str(rows[0][0]) if rows else None
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self._lock:
+            self._c.close()

@@ -1,0 +1,85 @@
+"""Public test helpers: a frozen clock, a recording tool and plan builders.
+
+For Proctor's own tests and for users testing their policies and tools.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from proctor.core.ports import ToolCall
+from proctor.storage.memory import MemoryStore
+
+__all__ = ["FrozenClock", "InMemoryStore", "RecordingTool", "make_plan"]
+
+InMemoryStore = MemoryStore
+
+
+class FrozenClock:
+    """A clock that only moves when told to."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self._now = start or datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+
+    def now(self) -> datetime:
+        """Return the frozen time."""
+        return self._now
+
+    def advance(self, delta: timedelta | float) -> None:
+        """Move time forward by a ``timedelta`` or a number of seconds."""
+        self._now += delta if isinstance(delta, timedelta) else timedelta(seconds=delta)
+
+
+class RecordingTool:
+    """A handler that records its calls, and can be told to fail."""
+
+    def __init__(self, result: Any = None, *, fail_with: BaseException | None = None) -> None:
+        self.calls: list[tuple[dict[str, Any], ToolCall]] = []
+        self.result = result if result is not None else {"ok": True}
+        self.fail_with = fail_with
+        self._lock = threading.Lock()
+
+    def __call__(self, params: dict[str, Any], call: ToolCall) -> Any:
+        """Record the call; raise ``fail_with`` if set, else return ``result``."""
+        with self._lock:
+            self.calls.append((params, call))
+        if self.fail_with is not None:
+            raise self.fail_with
+        return self.result
+
+    @property
+    def keys(self) -> list[str]:
+        """The idempotency keys seen, in order."""
+        return [c.idempotency_key for _, c in self.calls]
+
+
+def make_plan(
+    steps: Iterable[tuple[str, Mapping[str, Any]]],
+    *,
+    plan_id: str | None = None,
+    agent_id: str = "test-agent",
+    on_behalf_of: str = "alice",
+    intent: str = "test intent",
+    model_version: str = "test-model-1",
+) -> dict[str, Any]:
+    """Build a manifest dict from ``(action, params)`` pairs."""
+    plan: dict[str, Any] = {
+        "actor": {
+            "type": "agent",
+            "name": agent_id,
+            "model_version": model_version,
+            "agent_id": agent_id,
+        },
+        "on_behalf_of": on_behalf_of,
+        "intent": intent,
+        "reasoning": "",
+        "steps": [
+            {"id": f"s{i + 1}", "action": a, "params": dict(p)} for i, (a, p) in enumerate(steps)
+        ],
+    }
+    if plan_id is not None:
+        plan["plan_id"] = plan_id
+    return plan

@@ -1,0 +1,332 @@
+"""The gateway end to end, in memory, with a scripted policy and recording tools."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from proctor import Proctor
+from proctor.app.gateway import GatewayOptions
+from proctor.core.catalog import Catalog
+from proctor.core.lifecycle import PlanStatus, StepStatus
+from proctor.errors import (
+    ApprovalExpiredError,
+    ConflictError,
+    InvalidRequestError,
+    InvalidTransitionError,
+    PermissionDeniedError,
+    PlanIdReusedError,
+    PolicyEngineError,
+)
+from proctor.testing import FrozenClock, RecordingTool, make_plan
+
+LOW = {"risk": 1, "auditability": 1, "ux": 1, "recovery": 1, "cost": 1}
+
+
+class ScriptedPolicy:
+    """A policy engine answering from a function of the input (a fake, not a mock)."""
+
+    def __init__(self, answer, version="sha256:scripted-1"):
+        self.answer = answer
+        self.version = version
+        self.inputs: list[Mapping[str, Any]] = []
+
+    def evaluate(self, input):
+        self.inputs.append(input)
+        return self.answer(input)
+
+
+def outcome_for(outcomes: dict[str, Any], **extra):
+    """Answer: each step gets the outcome of its action (default execute)."""
+
+    def answer(inp):
+        steps = {}
+        for s in inp["steps"]:
+            o = outcomes.get(s["action"], "execute")
+            d = {"outcome": o, "reasons": [f"{s['action']} -> {o}"]}
+            d.update(extra.get(s["action"], {}))
+            steps[s["id"]] = d
+        return {"steps": steps, "plan": {"deny": [], "adjustments": []}}
+
+    return answer
+
+
+@pytest.fixture
+def clock():
+    return FrozenClock()
+
+
+def make(policy, clock, **opts):
+    p = Proctor.in_memory(
+        catalog=Catalog(), policy=policy, clock=clock, options=GatewayOptions(**opts)
+    )
+    tools = {}
+    for name, reversible in [
+        ("shop.order", True),
+        ("shop.pay", True),
+        ("shop.read", False),
+        ("shop.fail", False),
+    ]:
+        tool = RecordingTool(fail_with=RuntimeError("boom") if name == "shop.fail" else None)
+        undo = RecordingTool()
+        tools[name] = (tool, undo)
+        p.action(
+            name,
+            category="general",
+            baselines=LOW,
+            reversible=reversible,
+            compensate=undo if reversible else None,
+            params={
+                "type": "object",
+                "properties": {"n": {"type": "integer"}},
+                "additionalProperties": False,
+            },
+        )(tool)
+    return p, tools
+
+
+class TestSubmit:
+    def test_execute_runs_with_idempotency_key(self, clock):
+        """An execute plan runs at once; the handler gets plan_id:step_id."""
+        p, tools = make(ScriptedPolicy(outcome_for({})), clock)
+        rec = p.submit(make_plan([("shop.order", {"n": 1})], plan_id="p-1"))
+        assert rec.status is PlanStatus.SUCCEEDED
+        assert tools["shop.order"][0].keys == ["p-1:s1"]
+
+    def test_one_policy_query_per_plan(self, clock):
+        """A three-step plan costs one policy evaluation."""
+        pol = ScriptedPolicy(outcome_for({}))
+        p, _ = make(pol, clock)
+        p.submit(make_plan([("shop.order", {}), ("shop.pay", {}), ("shop.read", {})]))
+        assert len(pol.inputs) == 1
+        assert [s["id"] for s in pol.inputs[0]["steps"]] == ["s1", "s2", "s3"]
+
+    def test_unknown_action_rejected_and_audited(self, clock):
+        """An unknown action is rejected naming the field; nothing runs; the log says so."""
+        p, tools = make(ScriptedPolicy(outcome_for({})), clock)
+        with pytest.raises(InvalidRequestError) as ei:
+            p.submit(make_plan([("shop.order", {}), ("rm.rf", {})]))
+        assert ei.value.field == "steps[1].action"
+        assert tools["shop.order"][0].calls == []
+        assert p.plans() == []
+        types = [e.type for e in p.events()]
+        assert types == ["plan.rejected"]
+
+    def test_bad_params_rejected(self, clock):
+        """Params violating the schema are rejected naming the param."""
+        p, _ = make(ScriptedPolicy(outcome_for({})), clock)
+        with pytest.raises(InvalidRequestError) as ei:
+            p.submit(make_plan([("shop.order", {"n": "three"})]))
+        assert ei.value.field == "steps[0].params.n"
+
+    def test_idempotent_resubmission(self, clock):
+        """The same plan id and digest returns the first result without running again."""
+        p, tools = make(ScriptedPolicy(outcome_for({})), clock)
+        plan = make_plan([("shop.order", {"n": 1})], plan_id="p-same")
+        first = p.submit(plan)
+        again = p.submit(plan)
+        assert again.plan_id == first.plan_id and again.status is first.status
+        assert len(tools["shop.order"][0].calls) == 1
+
+    def test_plan_id_reuse_with_other_digest(self, clock):
+        """The same plan id with another manifest is refused and audited."""
+        p, _ = make(ScriptedPolicy(outcome_for({})), clock)
+        p.submit(make_plan([("shop.order", {"n": 1})], plan_id="p-x"))
+        with pytest.raises(PlanIdReusedError):
+            p.submit(make_plan([("shop.order", {"n": 2})], plan_id="p-x"))
+        assert p.events()[-1].type == "plan.rejected"
+
+    def test_no_policy_denies(self, clock):
+        """With no policy loaded nothing executes."""
+        p, tools = make(None, clock)
+        rec = p.submit(make_plan([("shop.read", {})]))
+        assert rec.status is PlanStatus.DENIED
+        assert tools["shop.read"][0].calls == []
+
+    def test_engine_error_denies(self, clock):
+        """An engine error denies (fail closed) and is recorded as the reason."""
+
+        def broken(_):
+            raise PolicyEngineError("rule conflict")
+
+        p, tools = make(ScriptedPolicy(broken), clock)
+        rec = p.submit(make_plan([("shop.read", {})]))
+        assert rec.status is PlanStatus.DENIED
+        assert "policy engine error" in rec.decision["plan_reasons"][0]
+        assert tools["shop.read"][0].calls == []
+
+
+class TestFailureAndCompensation:
+    def test_failure_compensates_in_reverse(self, clock):
+        """When a step fails, completed steps are compensated in reverse order."""
+        p, tools = make(ScriptedPolicy(outcome_for({})), clock)
+        rec = p.submit(
+            make_plan([("shop.order", {}), ("shop.pay", {}), ("shop.fail", {}), ("shop.read", {})])
+        )
+        assert rec.status is PlanStatus.COMPENSATED
+        assert [s.status for s in rec.steps] == [
+            StepStatus.COMPENSATED,
+            StepStatus.COMPENSATED,
+            StepStatus.FAILED,
+            StepStatus.SKIPPED,
+        ]
+        assert tools["shop.read"][0].calls == []
+        order = [e.step_id for e in p.events() if e.type == "compensation.succeeded"]
+        assert order == ["s2", "s1"]
+        assert p.verify().ok
+
+    def test_first_step_failure_is_failed(self, clock):
+        """If nothing completed, the plan is failed, with the error recorded."""
+        p, _ = make(ScriptedPolicy(outcome_for({})), clock)
+        rec = p.submit(make_plan([("shop.fail", {})]))
+        assert rec.status is PlanStatus.FAILED
+        assert "boom" in rec.steps[0].error
+
+
+class TestConfirm:
+    def test_only_user_confirms_then_runs(self, clock):
+        """A confirm plan waits; only the on-behalf-of user's confirmation runs it."""
+        p, tools = make(ScriptedPolicy(outcome_for({"shop.pay": "confirm"})), clock)
+        rec = p.submit(make_plan([("shop.pay", {})], on_behalf_of="alice"))
+        assert rec.status is PlanStatus.AWAITING_CONFIRMATION
+        with pytest.raises(PermissionDeniedError):
+            p.confirm(rec.plan_id, "mallory")
+        assert tools["shop.pay"][0].calls == []
+        assert p.confirm(rec.plan_id, "alice").status is PlanStatus.SUCCEEDED
+
+    def test_expired_confirmation(self, clock):
+        """After the deadline a confirmation fails and the plan is expired."""
+        p, tools = make(ScriptedPolicy(outcome_for({"shop.pay": "confirm"})), clock)
+        rec = p.submit(make_plan([("shop.pay", {})]))
+        clock.advance(3601)
+        with pytest.raises(ApprovalExpiredError):
+            p.confirm(rec.plan_id, "alice")
+        assert p.get(rec.plan_id).status is PlanStatus.EXPIRED
+        assert tools["shop.pay"][0].calls == []
+
+
+class TestApprove:
+    def _p(self, clock, n=2):
+        pol = ScriptedPolicy(
+            outcome_for(
+                {"shop.pay": "approve"},
+                **{"shop.pay": {"approvals": n, "approver_roles": ["finance"]}},
+            )
+        )
+        return (*make(pol, clock), pol)
+
+    def test_quorum_then_runs_once(self, clock):
+        """Two distinct finance approvers are needed; the plan runs exactly once."""
+        p, tools, _ = self._p(clock)
+        rec = p.submit(make_plan([("shop.pay", {})], agent_id="bot", on_behalf_of="alice"))
+        assert rec.status is PlanStatus.AWAITING_APPROVAL
+        rec = p.approve(rec.plan_id, "fiona", roles=["finance"])
+        assert rec.status is PlanStatus.AWAITING_APPROVAL
+        rec = p.approve(rec.plan_id, "frank", roles=["finance"])
+        assert rec.status is PlanStatus.SUCCEEDED
+        with pytest.raises(InvalidTransitionError):
+            p.approve(rec.plan_id, "gina", roles=["finance"])
+        assert len(tools["shop.pay"][0].calls) == 1
+
+    def test_separation_of_duties(self, clock):
+        """The requester and beneficiary cannot approve; a second vote does not count."""
+        p, _, _ = self._p(clock)
+        rec = p.submit(make_plan([("shop.pay", {})], agent_id="bot", on_behalf_of="alice"))
+        for who in ("bot", "alice"):
+            with pytest.raises(PermissionDeniedError):
+                p.approve(rec.plan_id, who, roles=["finance"])
+        p.approve(rec.plan_id, "fiona", roles=["finance"])
+        with pytest.raises(PermissionDeniedError):
+            p.approve(rec.plan_id, "fiona", roles=["finance"])
+        with pytest.raises(PermissionDeniedError):
+            p.approve(rec.plan_id, "harry", roles=["hr"])
+
+    def test_policy_change_invalidates(self, clock):
+        """An approval after the policy changed does not run the plan."""
+        p, tools, pol = self._p(clock, n=1)
+        rec = p.submit(make_plan([("shop.pay", {})]))
+        pol.version = "sha256:scripted-2"
+        with pytest.raises(ConflictError):
+            p.approve(rec.plan_id, "fiona", roles=["finance"])
+        assert p.get(rec.plan_id).status is PlanStatus.EXPIRED
+        assert tools["shop.pay"][0].calls == []
+
+    def test_reject(self, clock):
+        """A rejection ends the plan; nothing runs."""
+        p, tools, _ = self._p(clock)
+        rec = p.submit(make_plan([("shop.pay", {})]))
+        rec = p.reject(rec.plan_id, "fiona", roles=["finance"], comment="no")
+        assert rec.status is PlanStatus.REJECTED
+        assert tools["shop.pay"][0].calls == []
+
+    def test_expiry_by_tick(self, clock):
+        """The timer sweep expires plans nobody decided."""
+        p, _, _ = self._p(clock)
+        rec = p.submit(make_plan([("shop.pay", {})]))
+        clock.advance(86_401)
+        changed = p.tick()
+        assert [c.plan_id for c in changed] == [rec.plan_id]
+        assert p.get(rec.plan_id).status is PlanStatus.EXPIRED
+
+
+class TestUndo:
+    def _p(self, clock):
+        pol = ScriptedPolicy(outcome_for({}, **{"shop.order": {"undo_window": 60}}))
+        return make(pol, clock)
+
+    def test_undo_within_window(self, clock):
+        """The user undoes within the window; the compensation runs with the same key."""
+        p, tools = self._p(clock)
+        rec = p.submit(make_plan([("shop.order", {})], plan_id="p-u", on_behalf_of="alice"))
+        with pytest.raises(PermissionDeniedError):
+            p.undo(rec.plan_id, "mallory")
+        rec = p.undo(rec.plan_id, "alice")
+        assert rec.status is PlanStatus.UNDONE
+        assert tools["shop.order"][1].keys == ["p-u:s1"]
+
+    def test_undo_after_window(self, clock):
+        """After the window, undo is refused and nothing is compensated."""
+        p, tools = self._p(clock)
+        rec = p.submit(make_plan([("shop.order", {})]))
+        clock.advance(61)
+        with pytest.raises(ConflictError):
+            p.undo(rec.plan_id, "alice")
+        assert tools["shop.order"][1].calls == []
+
+    def test_rollback_ttl(self, clock):
+        """A rollback TTL undoes automatically when it fires."""
+        pol = ScriptedPolicy(outcome_for({}, **{"shop.order": {"rollback_ttl": 30}}))
+        p, tools = make(pol, clock)
+        rec = p.submit(make_plan([("shop.order", {})]))
+        clock.advance(31)
+        p.tick()
+        assert p.get(rec.plan_id).status is PlanStatus.UNDONE
+        assert len(tools["shop.order"][1].calls) == 1
+
+
+class TestSandbox:
+    def test_sandbox_runs_no_handler(self, clock):
+        """In sandbox mode the decision is recorded and no handler runs."""
+        p, tools = make(ScriptedPolicy(outcome_for({})), clock, sandbox=True)
+        rec = p.submit(make_plan([("shop.order", {})]))
+        assert rec.status is PlanStatus.SIMULATED and rec.outcome == "execute"
+        assert tools["shop.order"][0].calls == []
+
+
+class TestAudit:
+    def test_every_transition_is_logged_and_verifies(self, clock):
+        """An executed plan logs submit, decide, route, step start/success and finish."""
+        p, _ = make(ScriptedPolicy(outcome_for({})), clock)
+        rec = p.submit(make_plan([("shop.order", {"n": 3})]))
+        types = [e.type for e in p.events(plan_id=rec.plan_id)]
+        assert types == [
+            "plan.submitted",
+            "policy.decided",
+            "plan.routed",
+            "step.started",
+            "step.succeeded",
+            "plan.finished",
+        ]
+        assert p.verify().ok

@@ -1,0 +1,126 @@
+"""Separation of duties, quorum and expiry."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from proctor.core.approvals import (
+    check_can_approve,
+    check_can_confirm,
+    check_not_expired,
+    quorum_met,
+)
+from proctor.core.lifecycle import ApprovalRecord, PlanRecord, PlanStatus
+from proctor.errors import ApprovalExpiredError, InvalidTransitionError, PermissionDeniedError
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _plan(status=PlanStatus.AWAITING_APPROVAL, approvals=()):
+    return PlanRecord(
+        plan_id="p1",
+        digest="sha256:d",
+        status=status,
+        agent_id="bot",
+        on_behalf_of="alice",
+        manifest={},
+        created_at=T0,
+        updated_at=T0,
+        assessment={},
+        decision={},
+        policy_version="v1",
+        outcome="approve",
+        steps=(),
+        approvals=tuple(approvals),
+        expires_at=T0 + timedelta(hours=1),
+    )
+
+
+def _ok(principal, roles=("finance",), digest="sha256:d", version="v1", kind="approve"):
+    return ApprovalRecord(
+        principal=principal,
+        kind=kind,
+        roles=tuple(roles),
+        digest=digest,
+        policy_version=version,
+        comment="",
+        created_at=T0,
+    )
+
+
+class TestCheckCanApprove:
+    @pytest.mark.parametrize("who", ["bot", "alice"])
+    def test_requester_and_beneficiary_cannot_approve(self, who):
+        """Neither the agent nor the on-behalf-of user may approve."""
+        with pytest.raises(PermissionDeniedError):
+            check_can_approve(_plan(), who, ["finance"], ["finance"])
+
+    def test_needs_role(self):
+        """An approver without a required role is refused."""
+        with pytest.raises(PermissionDeniedError) as ei:
+            check_can_approve(_plan(), "fiona", ["hr"], ["finance"])
+        assert ei.value.field == "role"
+
+    def test_no_double_vote(self):
+        """The same approver cannot approve twice."""
+        with pytest.raises(PermissionDeniedError):
+            check_can_approve(_plan(approvals=[_ok("fiona")]), "fiona", ["finance"], ["finance"])
+
+    def test_not_waiting(self):
+        """Approving a finished plan is an invalid transition."""
+        with pytest.raises(InvalidTransitionError):
+            check_can_approve(_plan(PlanStatus.SUCCEEDED), "fiona", ["finance"], ["finance"])
+
+
+class TestQuorum:
+    def test_empty_is_not_met(self):
+        """No approvals never meet a quorum."""
+        assert not quorum_met(_plan(), [], count=1, required_roles=["finance"])
+
+    def test_two_distinct_needed(self):
+        """Two approvals from one person do not make two approvers."""
+        p = _plan()
+        assert not quorum_met(p, [_ok("fiona"), _ok("fiona")], count=2, required_roles=["finance"])
+        assert quorum_met(p, [_ok("fiona"), _ok("frank")], count=2, required_roles=["finance"])
+
+    def test_bound_to_digest_and_policy(self):
+        """Approvals for another digest or policy version do not count."""
+        p = _plan()
+        assert not quorum_met(
+            p, [_ok("fiona", digest="sha256:other")], count=1, required_roles=["finance"]
+        )
+        assert not quorum_met(p, [_ok("fiona", version="v0")], count=1, required_roles=["finance"])
+
+    def test_roles_must_be_covered(self):
+        """Every required role is covered by some approver."""
+        p = _plan()
+        assert not quorum_met(
+            p, [_ok("fiona"), _ok("frank")], count=2, required_roles=["finance", "sre"]
+        )
+        assert quorum_met(
+            p, [_ok("fiona"), _ok("sam", roles=["sre"])], count=2, required_roles=["finance", "sre"]
+        )
+
+    def test_rejections_do_not_count(self):
+        """A reject is not an approval."""
+        assert not quorum_met(
+            _plan(), [_ok("fiona", kind="reject")], count=1, required_roles=["finance"]
+        )
+
+
+class TestConfirmAndExpiry:
+    def test_only_beneficiary_confirms(self):
+        """Only the on-behalf-of user confirms."""
+        p = _plan(PlanStatus.AWAITING_CONFIRMATION)
+        check_can_confirm(p, "alice")
+        with pytest.raises(PermissionDeniedError):
+            check_can_confirm(p, "mallory")
+
+    def test_expired(self):
+        """At or after the deadline the plan is expired."""
+        p = _plan()
+        check_not_expired(p, T0)
+        with pytest.raises(ApprovalExpiredError):
+            check_not_expired(p, T0 + timedelta(hours=1))

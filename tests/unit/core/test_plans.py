@@ -1,0 +1,90 @@
+"""Plan manifests: structural validation and the digest."""
+
+from __future__ import annotations
+
+import pytest
+
+from proctor.core.plans import Limits, Plan
+from proctor.errors import InvalidRequestError
+from proctor.testing import make_plan
+
+
+def _plan(**overrides):
+    p = make_plan([("travel.search", {"destination": "Lisbon", "date": "2027-01-01"})])
+    p.update(overrides)
+    return p
+
+
+class TestPlanFromDict:
+    def test_not_an_object(self):
+        """A manifest that is not an object is rejected naming `plan`."""
+        with pytest.raises(InvalidRequestError) as ei:
+            Plan.from_dict([1, 2])
+        assert ei.value.field == "plan"
+
+    def test_valid_plan(self):
+        """A valid manifest parses with a digest."""
+        plan = Plan.from_dict(_plan())
+        assert plan.digest.startswith("sha256:")
+        assert plan.steps[0].id == "s1"
+
+    def test_digest_is_stable_and_content_bound(self):
+        """The same manifest has the same digest; any param change changes it."""
+        a = Plan.from_dict(_plan())
+        b = Plan.from_dict(_plan())
+        changed = _plan()
+        changed["steps"][0]["params"]["destination"] = "Porto"
+        assert a.digest == b.digest
+        assert Plan.from_dict(changed).digest != a.digest
+
+    def test_signature_not_in_digest(self):
+        """The signature member is excluded from the digest."""
+        signed = _plan(signature={"key_id": "k", "value": "AAAA"})
+        assert Plan.from_dict(signed).digest == Plan.from_dict(_plan()).digest
+
+    @pytest.mark.parametrize(
+        ("mutate", "field"),
+        [
+            (lambda p: p.pop("steps"), "steps"),
+            (lambda p: p.update(steps=[]), "steps"),
+            (lambda p: p["actor"].pop("agent_id"), "actor.agent_id"),
+            (lambda p: p.update(on_behalf_of=""), "on_behalf_of"),
+            (lambda p: p.update(surprise=1), "surprise"),
+            (lambda p: p["steps"][0].update(params=[1]), "steps[0].params"),
+            (lambda p: p["steps"].append(dict(p["steps"][0])), "steps[1].id"),
+            (lambda p: p.update(plan_id="bad id with spaces"), "plan_id"),
+            (lambda p: p.update(intent="x" * 9000), "intent"),
+        ],
+    )
+    def test_bad_input_names_the_field(self, mutate, field):
+        """Each structural error names the field at fault."""
+        p = _plan()
+        mutate(p)
+        with pytest.raises(InvalidRequestError) as ei:
+            Plan.from_dict(p)
+        assert ei.value.field == field
+
+    def test_too_many_steps(self):
+        """More steps than the limit is rejected."""
+        p = make_plan([("a.b", {})] * 5)
+        with pytest.raises(InvalidRequestError) as ei:
+            Plan.from_dict(p, limits=Limits(max_steps=4))
+        assert ei.value.field == "steps"
+        assert "at most 4" in ei.value.message
+
+    def test_too_large(self):
+        """A manifest over the byte limit is rejected."""
+        p = make_plan([("a.b", {"x": "y" * 1500})] * 3)
+        with pytest.raises(InvalidRequestError) as ei:
+            Plan.from_dict(p, limits=Limits(max_bytes=2000))
+        assert ei.value.field == "plan"
+
+    def test_deep_nesting(self):
+        """Params nested deeper than the limit are rejected."""
+        deep: dict = {}
+        node = deep
+        for _ in range(12):
+            node["x"] = {}
+            node = node["x"]
+        with pytest.raises(InvalidRequestError):
+            Plan.from_dict(make_plan([("a.b", deep)]))
