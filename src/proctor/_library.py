@@ -6,20 +6,24 @@ register actions with ``@proctor.action``, submit plans, act as the humans, read
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from proctor.app.auditlog import AuditLog
 from proctor.app.gateway import Gateway, GatewayOptions
 from proctor.app.stepup import TotpStepUp
 from proctor.audit.events import KeyInfo, VerifyReport, verify_events
-from proctor.audit.keys import LocalSigner
+from proctor.audit.keys import Keyring, LocalSigner
+from proctor.audit.note import vkey
 from proctor.bootstrap import SystemClock, open_home, starter_catalog_path
 from proctor.config import home_from, load_catalog_file
 from proctor.core.assessment import Scores
 from proctor.core.catalog import ActionSpec, Catalog
 from proctor.core.lifecycle import PlanRecord
-from proctor.core.ports import Clock, EventRow, PolicyEngine
+from proctor.core.ports import CheckpointRow, Clock, EventRow, PolicyEngine
+from proctor.errors import ConfigError
 from proctor.policy import RegoPolicyEngine, default_bundle_path
 from proctor.storage import open_store
 from proctor.tools import PythonTools
@@ -35,10 +39,18 @@ class Proctor:
         >>> record = p.submit(plan_dict)  # doctest: +SKIP
     """
 
-    def __init__(self, gateway: Gateway, tools: PythonTools, keys: Mapping[str, KeyInfo]) -> None:
+    def __init__(
+        self,
+        gateway: Gateway,
+        tools: PythonTools,
+        keys: Mapping[str, KeyInfo],
+        *,
+        keyring: Keyring | None = None,
+    ) -> None:
         self.gateway = gateway
         self._tools = tools
         self._keys = dict(keys)
+        self.keyring = keyring
 
     # ------------------------------------------------------------------ construction
 
@@ -50,7 +62,7 @@ class Proctor:
             ConfigError: if the home is missing or broken.
         """
         inst = open_home(home_from(home), clock=clock)
-        return cls(inst.gateway, inst.tools, inst.keys)
+        return cls(inst.gateway, inst.tools, inst.keys, keyring=inst.keyring)
 
     @classmethod
     def in_memory(
@@ -62,6 +74,7 @@ class Proctor:
         clock: Clock | None = None,
         options: GatewayOptions | None = None,
         database_url: str = "memory://",
+        origin: str = "proctor/in-memory",
     ) -> Proctor:
         """Configure an instance in code, with an in-memory store and a throwaway key.
 
@@ -72,6 +85,7 @@ class Proctor:
             clock: The clock; default the system clock.
             options: Gateway options.
             database_url: Store URL, ``memory://`` by default.
+            origin: The audit log's origin line for checkpoints.
         """
         if catalog is None:
             catalog = Catalog(load_catalog_file(starter_catalog_path()) if starter_catalog else ())
@@ -84,6 +98,8 @@ class Proctor:
         store = open_store(database_url)
         signer = LocalSigner.generate()
         tools = PythonTools()
+        audit_log = AuditLog(store, signer, clock, origin=origin)
+        audit_log.open()
         gateway = Gateway(
             store=store,
             catalog=catalog,
@@ -93,6 +109,7 @@ class Proctor:
             tools=tools,
             options=options,
             step_up=TotpStepUp(store, clock),
+            audit_log=audit_log,
         )
         keys = {k: KeyInfo(v) for k, v in signer.public_keys().items()}
         return cls(gateway, tools, keys)
@@ -220,6 +237,66 @@ class Proctor:
         """Verify the whole audit log (chain, canonical form, signatures)."""
         rows = list(self.gateway.store.iter_events())
         return verify_events(rows, self._keys, check_signatures=check_signatures)
+
+    # ------------------------------------------------------------------ transparency log
+
+    @property
+    def audit_log(self) -> AuditLog:
+        """The Merkle tree and checkpoints over this instance's events."""
+        log = self.gateway.audit_log
+        assert log is not None
+        return log
+
+    @property
+    def origin(self) -> str:
+        """The audit log's origin (first line of its checkpoints, key name of its notes)."""
+        return self.audit_log.origin
+
+    def checkpoint(self) -> CheckpointRow | None:
+        """Sign a checkpoint of the log as it is now; None while the log is empty."""
+        return self.audit_log.checkpoint()
+
+    def latest_checkpoint(self) -> CheckpointRow | None:
+        """Return the latest signed checkpoint."""
+        return self.audit_log.latest_checkpoint()
+
+    def inclusion_proof(self, index: int, size: int | None = None) -> dict[str, Any]:
+        """Return an RFC 9162 inclusion proof for event ``index`` in the tree of ``size``."""
+        tree_size, hashes = self.audit_log.inclusion_proof(index, size)
+        return {
+            "index": index,
+            "tree_size": tree_size,
+            "leaf_hash": base64.b64encode(self.audit_log.leaf_hash(index)).decode(),
+            "hashes": [base64.b64encode(h).decode() for h in hashes],
+            "root_hash": base64.b64encode(self.audit_log.root(tree_size)).decode(),
+        }
+
+    def consistency_proof(self, old: int, new: int) -> dict[str, Any]:
+        """Return an RFC 9162 consistency proof between two tree sizes."""
+        hashes = self.audit_log.consistency_proof(old, new)
+        return {
+            "from": old,
+            "to": new,
+            "hashes": [base64.b64encode(h).decode() for h in hashes],
+            "from_root": base64.b64encode(self.audit_log.root(old)).decode(),
+            "to_root": base64.b64encode(self.audit_log.root(new)).decode(),
+        }
+
+    def vkeys(self) -> list[str]:
+        """Return the signed-note verifier keys of every signing key, oldest first."""
+        return [vkey(self.origin, info.public_key) for info in self._keys.values()]
+
+    def rotate_key(self) -> str:
+        """Make a new signing key current (old public keys are kept); return its id.
+
+        Raises:
+            ConfigError: for an in-memory instance, which has no keyring on disk.
+        """
+        if self.keyring is None:
+            raise ConfigError("this instance has no keyring on disk", field="keys")
+        entry = self.keyring.create(self.gateway.clock.now())
+        self._keys = self.keyring.key_infos()
+        return entry.key_id
 
     @property
     def key_infos(self) -> dict[str, KeyInfo]:

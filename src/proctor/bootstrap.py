@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from importlib import resources
 from pathlib import Path
 
+from proctor.app.auditlog import AuditLog, CheckpointPolicy
 from proctor.app.gateway import Gateway, GatewayOptions
 from proctor.app.stepup import TotpStepUp
 from proctor.audit.events import KeyInfo
@@ -19,7 +20,7 @@ from proctor.audit.keys import Keyring
 from proctor.config import Settings, load, load_catalog_file
 from proctor.core.assessment import Thresholds
 from proctor.core.catalog import Catalog
-from proctor.core.ports import Clock, PolicyEngine, Store
+from proctor.core.ports import Clock, PolicyEngine, Signer, Store
 from proctor.errors import ConfigError, ProctorError
 from proctor.policy import RegoPolicyEngine, default_bundle_path
 from proctor.storage import open_store
@@ -82,6 +83,14 @@ approval_ttl_seconds = 86400
 [audit]
 # The raw intent (prompt) is stored in audit events only when true; its hash always is.
 store_prompt = false
+# First line of every signed checkpoint (default "proctor/<instance id>")
+# origin = "example.com/proctor"
+checkpoint_every = 1000
+checkpoint_interval_seconds = 60
+
+[keys]
+# Rotate the signing key automatically when it is older than this (0 = never)
+rotate_every_days = 0
 
 # Agents that sign their manifests (Ed25519, base64 of the 32-byte public key):
 # [agents.travel-bot]
@@ -186,9 +195,9 @@ def build_gateway(
     policy: PolicyEngine | None,
     clock: Clock,
     tools: PythonTools,
-    signer: object,
+    signer: Signer,
 ) -> Gateway:
-    """Wire a gateway from parts."""
+    """Wire a gateway from parts (the audit log is opened and checked here)."""
     options = GatewayOptions(
         thresholds=Thresholds(agentic_max=settings.agentic_max, hybrid_max=settings.hybrid_max),
         sandbox=settings.sandbox,
@@ -197,15 +206,27 @@ def build_gateway(
         store_prompt=settings.store_prompt,
         agent_keys=settings.agent_keys,
     )
+    audit_log = AuditLog(
+        store,
+        signer,
+        clock,
+        origin=settings.origin or f"proctor/{settings.instance_id}",
+        policy=CheckpointPolicy(
+            every=settings.checkpoint_every,
+            interval=timedelta(seconds=settings.checkpoint_interval_seconds),
+        ),
+    )
+    audit_log.open()
     return Gateway(
         store=store,
         catalog=catalog,
         policy=policy,
-        signer=signer,  # type: ignore[arg-type]
+        signer=signer,
         clock=clock,
         tools=tools,
         options=options,
         step_up=TotpStepUp(store, clock),
+        audit_log=audit_log,
     )
 
 
@@ -217,6 +238,7 @@ class Instance:
     gateway: Gateway
     keys: dict[str, KeyInfo]
     tools: PythonTools
+    keyring: Keyring | None = None
 
 
 def open_instance(settings: Settings, *, clock: Clock | None = None) -> Instance:
@@ -228,6 +250,10 @@ def open_instance(settings: Settings, *, clock: Clock | None = None) -> Instance
     """
     clock = clock or SystemClock()
     keyring = Keyring(settings.keys_dir)
+    if settings.rotate_every_days > 0:
+        age = clock.now() - keyring.current().created_at
+        if age >= timedelta(days=settings.rotate_every_days):
+            keyring.create(clock.now())  # the rotation schedule of config.toml
     signer = keyring.signer()
     catalog = load_catalog(settings)
     policy = load_policy(settings)
@@ -246,7 +272,9 @@ def open_instance(settings: Settings, *, clock: Clock | None = None) -> Instance
     except ProctorError:
         store.close()
         raise
-    return Instance(settings=settings, gateway=gateway, keys=keyring.key_infos(), tools=tools)
+    return Instance(
+        settings=settings, gateway=gateway, keys=keyring.key_infos(), tools=tools, keyring=keyring
+    )
 
 
 def open_home(home: Path, *, clock: Clock | None = None) -> Instance:

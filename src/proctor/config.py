@@ -96,6 +96,14 @@ class Settings:
     """Keep the raw intent in audit events; its hash is always kept. Default False."""
     agent_keys: Mapping[str, bytes] = field(default_factory=dict)
     """Ed25519 public keys of agents that sign their manifests, by agent id."""
+    origin: str = ""
+    """The audit log's origin (checkpoint first line). Default ``proctor/<instance id>``."""
+    checkpoint_every: int = 1000
+    """Sign a checkpoint after this many events. Default 1000."""
+    checkpoint_interval_seconds: int = 60
+    """Sign a checkpoint when the last is older than this and there are new events."""
+    rotate_every_days: int = 0
+    """Rotate the signing key when it is older than this many days; 0 (default) never."""
 
     @property
     def keys_dir(self) -> Path:
@@ -195,6 +203,10 @@ def _settings(home: Path, doc: Mapping[str, Any], path: Path, env: Mapping[str, 
         approval_ttl_seconds=int(ex.get("approval_ttl_seconds", 86_400)),
         store_prompt=bool(au.get("store_prompt", False)),
         agent_keys=keys,
+        origin=str(au.get("origin") or f"proctor/{inst.get('id', 'proctor')}"),
+        checkpoint_every=int(au.get("checkpoint_every", 1000)),
+        checkpoint_interval_seconds=int(au.get("checkpoint_interval_seconds", 60)),
+        rotate_every_days=int(_section(doc, "keys", path).get("rotate_every_days", 0)),
     )
 
 

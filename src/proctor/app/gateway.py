@@ -23,6 +23,7 @@ from typing import Any
 import nacl.exceptions
 import nacl.signing
 
+from proctor.app.auditlog import AuditLog
 from proctor.app.journal import Journal, payload_hash
 from proctor.core.approvals import (
     check_can_approve,
@@ -100,6 +101,7 @@ class Gateway:
         tools: Tools,
         options: GatewayOptions | None = None,
         step_up: StepUp | None = None,
+        audit_log: AuditLog | None = None,
     ) -> None:
         self.store = store
         self.catalog = catalog
@@ -109,6 +111,7 @@ class Gateway:
         self.tools = tools
         self.options = options or GatewayOptions()
         self.step_up = step_up
+        self.audit_log = audit_log
         # Serialises the human actions and execution of one plan within this process; the
         # store's transactions protect against other processes.
         self._plan_locks: dict[str, threading.Lock] = {}
@@ -845,7 +848,13 @@ class Gateway:
         )
 
     def _journal(self, tx: Any) -> Journal:
-        return Journal(tx, self.signer, self.clock, store_prompt=self.options.store_prompt)
+        return Journal(
+            tx,
+            self.signer,
+            self.clock,
+            store_prompt=self.options.store_prompt,
+            log=self.audit_log,
+        )
 
     def _attempt(self, step: StepRecord, spec: ActionSpec | None, status: str) -> dict[str, Any]:
         return {"api": step.action, "payload_hash": payload_hash(step.params), "status": status}

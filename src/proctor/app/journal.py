@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from proctor.app.auditlog import AuditLog
 from proctor.audit.events import seal
 from proctor.core.canonical import canonical
 from proctor.core.lifecycle import PlanRecord
@@ -28,15 +29,22 @@ def payload_hash(params: Mapping[str, Any]) -> str:
 class Journal:
     """Events of one transaction, sealed and appended by ``flush``."""
 
-    __slots__ = ("_bodies", "_clock", "_signer", "_tx", "store_prompt")
+    __slots__ = ("_bodies", "_clock", "_log", "_signer", "_tx", "store_prompt")
 
     def __init__(
-        self, tx: Transaction, signer: Signer, clock: Clock, *, store_prompt: bool = False
+        self,
+        tx: Transaction,
+        signer: Signer,
+        clock: Clock,
+        *,
+        store_prompt: bool = False,
+        log: AuditLog | None = None,
     ) -> None:
         self._tx = tx
         self._signer = signer
         self._clock = clock
         self._bodies: list[dict[str, Any]] = []
+        self._log = log
         self.store_prompt = store_prompt
 
     def emit(
@@ -98,6 +106,9 @@ class Journal:
             rows.append(row)
             seq, prev = seq + 1, row.hash
         self._tx.append_events(rows)
+        if self._log is not None:
+            # Same transaction: the Merkle leaves and any checkpoint commit with the events.
+            self._log.on_append(self._tx, rows, head.size)
         self._bodies.clear()
         return rows
 

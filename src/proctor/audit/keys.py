@@ -16,9 +16,10 @@ import base64
 import hashlib
 import json
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from proctor.audit.events import KeyInfo
 from proctor.errors import ConfigError
 
-__all__ = ["KeyEntry", "Keyring", "LocalSigner", "key_id_for"]
+__all__ = ["ROTATION_GRACE", "KeyEntry", "Keyring", "KeyringSigner", "LocalSigner", "key_id_for"]
+
+ROTATION_GRACE = timedelta(minutes=5)
+"""How long a rotated-out key may still sign: the window for other processes to reload."""
 
 
 def key_id_for(public_key: bytes) -> str:
@@ -143,8 +147,12 @@ class Keyring:
         """Return verification info for every key."""
         return {e.key_id: e.info() for e in self.entries()}
 
-    def create(self, now: datetime) -> KeyEntry:
-        """Create a new key and make it current; the previous key's validity ends now."""
+    def create(self, now: datetime, *, grace: timedelta = ROTATION_GRACE) -> KeyEntry:
+        """Create a new key and make it current.
+
+        The previous key stays valid for ``grace`` more, so processes that still hold it
+        (they reload the keyring within a second) do not sign events verification rejects.
+        """
         self.directory.mkdir(parents=True, exist_ok=True)
         entries = self.entries() if self.exists() else []
         private = Ed25519PrivateKey.generate()
@@ -168,7 +176,7 @@ class Keyring:
                 key_id=last.key_id,
                 public_key=last.public_key,
                 created_at=last.created_at,
-                not_after=now,
+                not_after=now + grace,
             )
         entries.append(entry)
         tmp = self._index.with_suffix(".tmp")
@@ -176,7 +184,15 @@ class Keyring:
         tmp.replace(self._index)
         return entry
 
-    def signer(self) -> LocalSigner:
+    def signer(self) -> KeyringSigner:
+        """Return a signer that follows rotations of this keyring.
+
+        Raises:
+            ConfigError: if the private key file is missing or unreadable.
+        """
+        return KeyringSigner(self)
+
+    def local_signer(self) -> LocalSigner:
         """Return a signer for the current key that knows every public key.
 
         Raises:
@@ -200,3 +216,46 @@ class Keyring:
 
     def _private_path(self, key_id: str) -> Path:
         return self.directory / (key_id.replace(":", "-") + ".pem")
+
+    def mtime(self) -> float:
+        """Return keyring.json's modification time (changes on rotation)."""
+        return self._index.stat().st_mtime
+
+
+class KeyringSigner:
+    """The ``Signer`` port over a keyring on disk, following rotations.
+
+    Another process (``proctor keys rotate``) may rotate the keyring while this one runs; at
+    most once a second the signer looks at keyring.json's modification time and reloads.
+    """
+
+    __slots__ = ("_checked", "_keyring", "_mtime", "_signer")
+
+    def __init__(self, keyring: Keyring) -> None:
+        self._keyring = keyring
+        self._mtime = keyring.mtime()
+        self._signer = keyring.local_signer()
+        self._checked = time.monotonic()
+
+    def _current(self) -> LocalSigner:
+        now = time.monotonic()
+        if now - self._checked >= 1.0:
+            self._checked = now
+            mtime = self._keyring.mtime()
+            if mtime != self._mtime:
+                self._signer = self._keyring.local_signer()
+                self._mtime = mtime
+        return self._signer
+
+    @property
+    def key_id(self) -> str:
+        """The current key's id."""
+        return self._current().key_id
+
+    def sign(self, data: bytes) -> bytes:
+        """Sign with the current key."""
+        return self._current().sign(data)
+
+    def public_keys(self) -> Mapping[str, bytes]:
+        """Every public key of the keyring."""
+        return self._current().public_keys()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import sys
 import tempfile
 import tomllib
 from pathlib import Path
@@ -44,8 +46,10 @@ app = typer.Typer(
 )
 audit_app = typer.Typer(help="Verify and read the signed audit log.", no_args_is_help=True)
 totp_app = typer.Typer(help="Step-up codes (TOTP) for approvers.", no_args_is_help=True)
+keys_app = typer.Typer(help="Signing keys: list, verifier keys, rotate.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 app.add_typer(totp_app, name="totp")
+app.add_typer(keys_app, name="keys")
 
 Home = Annotated[
     Path | None,
@@ -414,6 +418,120 @@ def audit_events(
     for e in rows:
         table.add_row(str(e.seq), e.type, e.plan_id or "", e.step_id or "", e.timestamp)
     console.print(table)
+    return 0
+
+
+@audit_app.command("checkpoint")
+def audit_checkpoint(
+    home: Home = None,
+    sign: Annotated[
+        bool, typer.Option("--sign", help="Sign a new checkpoint of the log as it is now.")
+    ] = False,
+    as_json: Json = False,
+    verbose: Verbose = False,
+) -> int:
+    """Print the latest signed checkpoint (a C2SP signed note) exactly as signed."""
+    with _open(home) as p:
+        cp = p.checkpoint() if sign else p.latest_checkpoint()
+    if cp is None:
+        raise InvalidRequestError(
+            "the log has no checkpoint yet", field="checkpoint", hint="Submit a plan first."
+        )
+    if as_json:
+        print_json(
+            {"size": cp.size, "root_hash": base64.b64encode(cp.root).decode(), "note": cp.note}
+        )
+    else:
+        sys.stdout.write(cp.note)
+    return 0
+
+
+@audit_app.command("prove")
+def audit_prove(
+    home: Home = None,
+    index: Annotated[int | None, typer.Option("--index", help="Prove this event.")] = None,
+    size: Annotated[int | None, typer.Option("--size", help="Tree size (default: now).")] = None,
+    from_: Annotated[int | None, typer.Option("--from", help="Older tree size.")] = None,
+    to: Annotated[int | None, typer.Option("--to", help="Newer tree size.")] = None,
+    as_json: Json = False,
+    verbose: Verbose = False,
+) -> int:
+    """Print an inclusion proof (--index N [--size M]) or a consistency proof (--from A --to B).
+
+    Hashes are standard base64, as in RFC 9162 tooling.
+    """
+    with _open(home) as p:
+        if index is not None and from_ is None and to is None:
+            out = p.inclusion_proof(index, size)
+        elif index is None and size is None and from_ is not None and to is not None:
+            out = p.consistency_proof(from_, to)
+        else:
+            raise InvalidRequestError(
+                "give --index N [--size M] for inclusion, or --from A --to B for consistency",
+                field="index",
+            )
+    if as_json:
+        print_json(out)
+    else:
+        for key, value in out.items():
+            if isinstance(value, list):
+                console.print(f"{key}:")
+                for h in value:
+                    console.print(f"  {h}")
+            else:
+                console.print(f"{key}: {value}")
+    return 0
+
+
+# --------------------------------------------------------------------------- keys
+
+
+@keys_app.command("list")
+def keys_list(
+    home: Home = None,
+    vkey: Annotated[
+        bool, typer.Option("--vkey", help="Print signed-note verifier keys, one per line.")
+    ] = False,
+    as_json: Json = False,
+    verbose: Verbose = False,
+) -> int:
+    """List the signing keys with their validity; --vkey prints verifier keys."""
+    with _open(home) as p:
+        if p.keyring is None:
+            raise InvalidRequestError("this instance has no keyring", field="keys")
+        entries = p.keyring.entries()
+        vkeys = p.vkeys()
+    if vkey and not as_json:
+        for line in vkeys:
+            print(line)
+        return 0
+    rows = [
+        e.as_dict() | {"vkey": v, "current": i == len(entries) - 1}
+        for i, (e, v) in enumerate(zip(entries, vkeys, strict=True))
+    ]
+    if as_json:
+        print_json({"keys": rows})
+        return 0
+    table = Table(title=f"{len(rows)} key(s)", title_justify="left")
+    for col in ("key id", "created", "valid until", "current"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r["key_id"], r["created_at"], r["not_after"] or "-", "yes" if r["current"] else ""
+        )
+    console.print(table)
+    return 0
+
+
+@keys_app.command("rotate")
+def keys_rotate(home: Home = None, as_json: Json = False, verbose: Verbose = False) -> int:
+    """Make a new current signing key; old public keys stay for verification."""
+    with _open(home) as p:
+        key_id = p.rotate_key()
+    if as_json:
+        print_json({"key_id": key_id})
+    else:
+        console.print(f"new signing key [bold]{key_id}[/bold]; old keys kept for verification")
     return 0
 
 

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 __all__ = [
     "AuditHead",
+    "CheckpointRow",
     "Clock",
     "EventRow",
     "PolicyEngine",
@@ -115,6 +116,16 @@ class EventRow:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class CheckpointRow:
+    """A signed checkpoint as stored: tree size, root and the signed note text."""
+
+    size: int
+    root: bytes
+    note: str
+    created_at: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AuditHead:
     """The end of the log as seen inside a write transaction."""
 
@@ -143,6 +154,26 @@ class Transaction(Protocol):
 
     def put_meta(self, key: str, value: str) -> None:
         """Set an instance metadata value."""
+        ...
+
+    def append_nodes(self, nodes: Sequence[tuple[int, int, bytes]]) -> None:
+        """Store Merkle perfect-subtree hashes as ``(level, index, hash)``."""
+        ...
+
+    def add_checkpoint(self, row: CheckpointRow) -> None:
+        """Store a signed checkpoint."""
+        ...
+
+    def latest_checkpoint(self) -> CheckpointRow | None:
+        """Return the largest checkpoint (reads see this transaction's writes)."""
+        ...
+
+    def node(self, level: int, index: int) -> bytes | None:
+        """Return one stored Merkle node (reads see this transaction's writes)."""
+        ...
+
+    def load_nodes(self, start: Mapping[int, int]) -> dict[int, list[bytes]]:
+        """Return stored nodes per level from index ``start[level]`` (default 0) on."""
         ...
 
 
@@ -184,6 +215,18 @@ class Store(Protocol):
 
     def get_meta(self, key: str) -> str | None:
         """Return an instance metadata value."""
+        ...
+
+    def checkpoints(self) -> list[CheckpointRow]:
+        """Return every signed checkpoint, smallest first."""
+        ...
+
+    def latest_checkpoint(self) -> CheckpointRow | None:
+        """Return the largest checkpoint."""
+        ...
+
+    def load_nodes(self, start: Mapping[int, int]) -> dict[int, list[bytes]]:
+        """Return stored Merkle nodes per level from index ``start[level]`` on."""
         ...
 
     def close(self) -> None:

@@ -8,11 +8,11 @@ half-written, as in the durable stores.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 from proctor.core.lifecycle import PlanRecord
-from proctor.core.ports import AuditHead, EventRow
+from proctor.core.ports import AuditHead, CheckpointRow, EventRow
 from proctor.errors import StorageError
 
 __all__ = ["MemoryStore"]
@@ -21,13 +21,15 @@ _GENESIS = "sha256:" + "0" * 64
 
 
 class _Tx:
-    __slots__ = ("_events", "_meta", "_plans", "_store")
+    __slots__ = ("_checkpoints", "_events", "_meta", "_nodes", "_plans", "_store")
 
     def __init__(self, store: MemoryStore) -> None:
         self._store = store
         self._plans: dict[str, PlanRecord] = {}
         self._events: list[EventRow] = []
         self._meta: dict[str, str] = {}
+        self._nodes: list[tuple[int, int, bytes]] = []
+        self._checkpoints: list[CheckpointRow] = []
 
     def get_plan(self, plan_id: str) -> PlanRecord | None:
         return self._plans.get(plan_id) or self._store._plans.get(plan_id)
@@ -53,6 +55,28 @@ class _Tx:
     def put_meta(self, key: str, value: str) -> None:
         self._meta[key] = value
 
+    def append_nodes(self, nodes: Sequence[tuple[int, int, bytes]]) -> None:
+        self._nodes.extend(nodes)
+
+    def add_checkpoint(self, row: CheckpointRow) -> None:
+        if any(c.size == row.size for c in (*self._store._checkpoints, *self._checkpoints)):
+            raise StorageError(f"a checkpoint of size {row.size} exists")
+        self._checkpoints.append(row)
+
+    def latest_checkpoint(self) -> CheckpointRow | None:
+        rows = [*self._store._checkpoints, *self._checkpoints]
+        return max(rows, key=lambda c: c.size) if rows else None
+
+    def node(self, level: int, index: int) -> bytes | None:
+        for lv, i, h in self._nodes:
+            if (lv, i) == (level, index):
+                return h
+        nodes = self._store._nodes
+        return nodes[level][index] if level < len(nodes) and index < len(nodes[level]) else None
+
+    def load_nodes(self, start: Mapping[int, int]) -> dict[int, list[bytes]]:
+        return self._store.load_nodes(start)
+
 
 class MemoryStore:
     """Plans and events in process memory; lost when the process ends."""
@@ -63,6 +87,8 @@ class MemoryStore:
         self._order: list[str] = []
         self._events: list[EventRow] = []
         self._meta: dict[str, str] = {}
+        self._nodes: list[list[bytes]] = []
+        self._checkpoints: list[CheckpointRow] = []
 
     @contextmanager
     def transaction(self) -> Iterator[_Tx]:
@@ -76,6 +102,14 @@ class MemoryStore:
                 self._plans[pid] = rec
             self._events.extend(tx._events)
             self._meta.update(tx._meta)
+            for level, index, h in tx._nodes:
+                while len(self._nodes) <= level:
+                    self._nodes.append([])
+                if index != len(self._nodes[level]):
+                    raise StorageError(f"Merkle node ({level}, {index}) out of order")
+                self._nodes[level].append(h)
+            self._checkpoints.extend(tx._checkpoints)
+            self._checkpoints.sort(key=lambda c: c.size)
 
     def get_plan(self, plan_id: str) -> PlanRecord | None:
         """Return a plan or None."""
@@ -130,6 +164,19 @@ class MemoryStore:
     def get_meta(self, key: str) -> str | None:
         """Return a metadata value."""
         return self._meta.get(key)
+
+    def checkpoints(self) -> list[CheckpointRow]:
+        """Return every checkpoint, smallest first."""
+        return list(self._checkpoints)
+
+    def latest_checkpoint(self) -> CheckpointRow | None:
+        """Return the largest checkpoint."""
+        return self._checkpoints[-1] if self._checkpoints else None
+
+    def load_nodes(self, start: Mapping[int, int]) -> dict[int, list[bytes]]:
+        """Return stored Merkle nodes per level from index ``start[level]`` on."""
+        with self._lock:
+            return {lv: list(nodes[start.get(lv, 0) :]) for lv, nodes in enumerate(self._nodes)}
 
     def close(self) -> None:
         """Nothing to release."""

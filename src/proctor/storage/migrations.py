@@ -47,6 +47,23 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         CREATE INDEX IF NOT EXISTS events_by_plan ON events (plan_id, seq);
         """,
     ),
+    (
+        2,
+        """
+        CREATE TABLE IF NOT EXISTS merkle_nodes (
+            level INTEGER NOT NULL,
+            idx INTEGER NOT NULL,
+            hash BLOB NOT NULL,
+            PRIMARY KEY (level, idx)
+        );
+        CREATE TABLE IF NOT EXISTS checkpoints (
+            size INTEGER PRIMARY KEY,
+            root BLOB NOT NULL,
+            note TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        );
+        """,
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]

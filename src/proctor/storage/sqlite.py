@@ -13,13 +13,13 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from proctor.core.lifecycle import PlanRecord
-from proctor.core.ports import AuditHead, EventRow
+from proctor.core.ports import AuditHead, CheckpointRow, EventRow
 from proctor.errors import StorageError
 from proctor.storage._codec import dump_plan, load_plan
 from proctor.storage.migrations import MIGRATIONS, SCHEMA_VERSION
@@ -48,10 +48,11 @@ def _event(r: sqlite3.Row) -> EventRow:
 class _Tx:
     """A write transaction on the store's connection (see ``Transaction`` port)."""
 
-    __slots__ = ("_c",)
+    __slots__ = ("_c", "_head")
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._c = conn
+        self._head: AuditHead | None = None
 
     def get_plan(self, plan_id: str) -> PlanRecord | None:
         row = self._c.execute(
@@ -83,12 +84,26 @@ class _Tx:
         )
 
     def audit_head(self) -> AuditHead:
-        row = self._c.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
-        if row is None:
-            return AuditHead(size=0, last_hash=_GENESIS)
-        return AuditHead(size=row[0] + 1, last_hash=row[1])
+        if self._head is None:
+            row = self._c.execute(
+                "SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1"
+            ).fetchone()
+            self._head = (
+                AuditHead(size=0, last_hash=_GENESIS)
+                if row is None
+                else AuditHead(size=row[0] + 1, last_hash=row[1])
+            )
+        return self._head
 
     def append_events(self, rows: Sequence[EventRow]) -> None:
+        if not rows:
+            return
+        expected = self.audit_head().size
+        for offset, e in enumerate(rows):
+            # The log is one linear sequence: a gap or a fork must never be written.
+            if e.seq != expected + offset:
+                raise StorageError(f"event seq {e.seq} does not continue the log at {expected}")
+        self._head = AuditHead(size=expected + len(rows), last_hash=rows[-1].hash)
         self._c.executemany(
             "INSERT INTO events (seq, type, plan_id, step_id, ts, body, hash) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -97,6 +112,52 @@ class _Tx:
 
     def put_meta(self, key: str, value: str) -> None:
         self._c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def append_nodes(self, nodes: Sequence[tuple[int, int, bytes]]) -> None:
+        self._c.executemany("INSERT INTO merkle_nodes (level, idx, hash) VALUES (?, ?, ?)", nodes)
+
+    def add_checkpoint(self, row: CheckpointRow) -> None:
+        self._c.execute(
+            "INSERT INTO checkpoints (size, root, note, created_at) VALUES (?, ?, ?, ?)",
+            (row.size, row.root, row.note, row.created_at),
+        )
+
+    def latest_checkpoint(self) -> CheckpointRow | None:
+        return _latest_checkpoint(self._c)
+
+    def node(self, level: int, index: int) -> bytes | None:
+        row = self._c.execute(
+            "SELECT hash FROM merkle_nodes WHERE level = ? AND idx = ?", (level, index)
+        ).fetchone()
+        return bytes(row[0]) if row else None
+
+    def load_nodes(self, start: Mapping[int, int]) -> dict[int, list[bytes]]:
+        return _load_nodes(self._c, start)
+
+
+def _latest_checkpoint(c: sqlite3.Connection) -> CheckpointRow | None:
+    row = c.execute(
+        "SELECT size, root, note, created_at FROM checkpoints ORDER BY size DESC LIMIT 1"
+    ).fetchone()
+    if row is None:
+        return None
+    return CheckpointRow(size=row[0], root=bytes(row[1]), note=row[2], created_at=row[3])
+
+
+def _load_nodes(c: sqlite3.Connection, start: Mapping[int, int]) -> dict[int, list[bytes]]:
+    out: dict[int, list[bytes]] = {}
+    level = 0
+    while True:
+        rows = c.execute(
+            "SELECT idx, hash FROM merkle_nodes WHERE level = ? AND idx >= ? ORDER BY idx",
+            (level, start.get(level, 0)),
+        ).fetchall()
+        if not rows and not c.execute(
+            "SELECT 1 FROM merkle_nodes WHERE level = ? LIMIT 1", (level,)
+        ).fetchone():
+            return out
+        out[level] = [bytes(r[1]) for r in rows]
+        level += 1
 
 
 class SqliteStore:
@@ -263,6 +324,23 @@ class SqliteStore:
         """Return a metadata value."""
         rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
         return str(rows[0][0]) if rows else None
+
+    def checkpoints(self) -> list[CheckpointRow]:
+        """Return every checkpoint, smallest first."""
+        rows = self._query("SELECT size, root, note, created_at FROM checkpoints ORDER BY size")
+        return [
+            CheckpointRow(size=r[0], root=bytes(r[1]), note=r[2], created_at=r[3]) for r in rows
+        ]
+
+    def latest_checkpoint(self) -> CheckpointRow | None:
+        """Return the largest checkpoint."""
+        with self._lock:
+            return _latest_checkpoint(self._c)
+
+    def load_nodes(self, start: Mapping[int, int]) -> dict[int, list[bytes]]:
+        """Return stored Merkle nodes per level from index ``start[level]`` on."""
+        with self._lock:
+            return _load_nodes(self._c, start)
 
     def close(self) -> None:
         """Close the connection."""

@@ -1,0 +1,263 @@
+"""The transparency log over the event chain: Merkle tree, signed checkpoints, proofs.
+
+Every event appended by a ``Journal`` becomes a leaf (its canonical bytes, signature
+included) of an RFC 9162 Merkle tree. The tree's perfect-subtree hashes are stored in the
+same transaction as the events, so the tree never lags or leads the log. This process keeps a
+copy of the tree in memory for fast proofs; before each append it checks the copy against
+the store (size and last leaf) and reloads what another process, or a rolled-back
+transaction, changed.
+
+Checkpoints are C2SP signed notes over (origin, size, root), issued every N events, every T
+seconds, or on demand. Before signing, the new tree is proven consistent with the last
+signed checkpoint: the log never signs two views of history that disagree.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from proctor.audit.merkle import MemoryNodes, MerkleTree, leaf_hash, verify_consistency
+from proctor.audit.note import Checkpoint, sign_note
+from proctor.core.ports import CheckpointRow, Clock, EventRow, Signer, Store, Transaction
+from proctor.errors import AuditIntegrityError, InvalidRequestError
+
+__all__ = ["AuditLog", "CheckpointPolicy"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CheckpointPolicy:
+    """When checkpoints are signed.
+
+    Attributes:
+        every: Sign after this many new events. Default 1,000.
+        interval: Sign when the last checkpoint is older than this and there are new events.
+            Default 60 seconds.
+    """
+
+    every: int = 1000
+    interval: timedelta = timedelta(seconds=60)
+
+
+class _Recording:
+    """A node store that appends to a ``MemoryNodes`` and remembers what it wrote."""
+
+    __slots__ = ("inner", "written")
+
+    def __init__(self, inner: MemoryNodes) -> None:
+        self.inner = inner
+        self.written: list[tuple[int, int, bytes]] = []
+
+    def get(self, level: int, index: int) -> bytes:
+        return self.inner.get(level, index)
+
+    def append(self, level: int, node: bytes) -> None:
+        self.written.append((level, self.inner.count(level), node))
+        self.inner.append(level, node)
+
+    def count(self, level: int) -> int:
+        return self.inner.count(level)
+
+
+class AuditLog:
+    """The Merkle tree and checkpoints of one store's event log."""
+
+    def __init__(
+        self,
+        store: Store,
+        signer: Signer,
+        clock: Clock,
+        *,
+        origin: str,
+        policy: CheckpointPolicy | None = None,
+    ) -> None:
+        self.store = store
+        self.signer = signer
+        self.clock = clock
+        self.origin = origin
+        self.policy = policy or CheckpointPolicy()
+        self._lock = threading.RLock()
+        self._nodes = _Recording(MemoryNodes())
+        self._tree = MerkleTree(self._nodes)
+        self._last_cp: CheckpointRow | None = None
+        self._loaded = False
+
+    # ------------------------------------------------------------------ sync
+
+    def _reload(self, source: Store | Transaction) -> None:
+        nodes = MemoryNodes()
+        for level, hashes in sorted(source.load_nodes({}).items()):
+            for h in hashes:
+                nodes.append(level, h)
+        self._nodes = _Recording(nodes)
+        self._tree = MerkleTree(self._nodes)
+        self._last_cp = source.latest_checkpoint()
+        self._loaded = True
+
+    def _sync(self, tx: Transaction, size: int) -> None:
+        """Make the in-memory tree match the store's ``size`` committed leaves."""
+        tree = self._tree
+        if self._loaded and tree.size == size:
+            if size == 0 or tx.node(0, size - 1) == self._nodes.get(0, size - 1):
+                self._last_cp = tx.latest_checkpoint()
+                return
+        if self._loaded and tree.size < size and (
+            tree.size == 0 or tx.node(0, tree.size - 1) == self._nodes.get(0, tree.size - 1)
+        ):
+            # Another writer appended: load only what is new.
+            start = {lv: self._nodes.count(lv) for lv in range(64)}
+            for level, hashes in sorted(tx.load_nodes(start).items()):
+                for h in hashes:
+                    self._nodes.inner.append(level, h)
+            self._tree = MerkleTree(self._nodes)
+            self._last_cp = tx.latest_checkpoint()
+            return
+        self._reload(tx)
+        if self._tree.size != size:
+            raise AuditIntegrityError(
+                f"the Merkle tree has {self._tree.size} leaves but the log has {size} events",
+                field="merkle",
+                hint="Run `proctor audit verify`; the tree is rebuilt from the events.",
+            )
+
+    def open(self) -> None:
+        """Load the tree and check every stored checkpoint against it (on start).
+
+        Raises:
+            AuditIntegrityError: if a checkpoint's root is not the tree's root at its size.
+        """
+        with self._lock:
+            self._reload(self.store)
+            n = self.store.event_count()
+            if self._tree.size != n:
+                raise AuditIntegrityError(
+                    f"the Merkle tree has {self._tree.size} leaves but the log has {n} events",
+                    field="merkle",
+                )
+            for cp in self.store.checkpoints():
+                if cp.size > n or self._tree.root(cp.size) != cp.root:
+                    raise AuditIntegrityError(
+                        f"signed checkpoint at size {cp.size} does not match the log",
+                        field="checkpoints",
+                        problem="inconsistent_checkpoints",
+                    )
+
+    # ------------------------------------------------------------------ append
+
+    def on_append(self, tx: Transaction, rows: Sequence[EventRow], head_size: int) -> None:
+        """Add ``rows`` (just appended at ``head_size``) as leaves; checkpoint if due."""
+        with self._lock:
+            self._sync(tx, head_size)
+            self._nodes.written = []
+            for row in rows:
+                self._tree.append(leaf_hash(row.body))
+            tx.append_nodes(self._nodes.written)
+            self._nodes.written = []
+            if self._due():
+                self._sign(tx)
+
+    def _due(self) -> bool:
+        size = self._tree.size
+        last = self._last_cp
+        if last is None:
+            return size >= 1
+        if size - last.size >= self.policy.every:
+            return True
+        age = self.clock.now() - datetime.fromisoformat(last.created_at)
+        return size > last.size and age >= self.policy.interval
+
+    def _sign(self, tx: Transaction) -> CheckpointRow:
+        size = self._tree.size
+        root = self._tree.root()
+        last = self._last_cp
+        if last is not None:
+            if size < last.size:
+                raise AuditIntegrityError(
+                    f"the log shrank from {last.size} to {size} events", field="checkpoints"
+                )
+            if size == last.size:
+                if root != last.root:
+                    raise AuditIntegrityError("same size, different root", field="checkpoints")
+                return last
+            # Never sign a view of history inconsistent with one signed before.
+            proof = self._tree.consistency_proof(last.size, size) if last.size else []
+            if last.size:
+                verify_consistency(last.size, size, last.root, root, proof)
+        body = Checkpoint(origin=self.origin, size=size, root=root).body()
+        pub = self.signer.public_keys()[self.signer.key_id]
+        note = sign_note(body, self.origin, self.signer.sign, pub)
+        row = CheckpointRow(
+            size=size, root=root, note=note, created_at=self.clock.now().isoformat()
+        )
+        tx.add_checkpoint(row)
+        self._last_cp = row
+        return row
+
+    def checkpoint(self) -> CheckpointRow | None:
+        """Sign a checkpoint of the current tree now (no-op if the log is empty)."""
+        with self._lock, self.store.transaction() as tx:
+            head = tx.audit_head()
+            self._sync(tx, head.size)
+            if head.size == 0:
+                return None
+            return self._sign(tx)
+
+    # ------------------------------------------------------------------ read
+
+    def _fresh(self) -> MerkleTree:
+        with self.store.transaction() as tx:
+            self._sync(tx, tx.audit_head().size)
+        return self._tree
+
+    @property
+    def size(self) -> int:
+        """The number of leaves (events) now."""
+        with self._lock:
+            return self._fresh().size
+
+    def root(self, size: int | None = None) -> bytes:
+        """Return the tree root at ``size`` (default: now)."""
+        with self._lock:
+            return self._fresh().root(size)
+
+    def latest_checkpoint(self) -> CheckpointRow | None:
+        """Return the latest signed checkpoint."""
+        return self.store.latest_checkpoint()
+
+    def inclusion_proof(self, index: int, size: int | None = None) -> tuple[int, list[bytes]]:
+        """Return ``(tree_size, hashes)`` proving leaf ``index`` is in the tree of ``size``.
+
+        Raises:
+            InvalidRequestError: if ``index`` or ``size`` is out of range.
+        """
+        with self._lock:
+            tree = self._fresh()
+            size = tree.size if size is None else size
+            if not 0 <= index < size <= tree.size:
+                raise InvalidRequestError(
+                    f"need 0 <= index < size <= {tree.size}; got index {index}, size {size}",
+                    field="index",
+                )
+            return size, tree.inclusion_proof(index, size)
+
+    def consistency_proof(self, old: int, new: int) -> list[bytes]:
+        """Return the RFC 9162 consistency proof between two tree sizes.
+
+        Raises:
+            InvalidRequestError: unless 0 < old <= new <= size.
+        """
+        with self._lock:
+            tree = self._fresh()
+            if not 0 < old <= new <= tree.size:
+                raise InvalidRequestError(
+                    f"need 0 < from <= to <= {tree.size}; got {old}, {new}", field="from"
+                )
+            return tree.consistency_proof(old, new)
+
+    def leaf_hash(self, index: int) -> bytes:
+        """Return the stored leaf hash of event ``index``."""
+        with self._lock:
+            self._fresh()
+            return self._nodes.get(0, index)

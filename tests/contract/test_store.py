@@ -1,0 +1,140 @@
+"""One storage suite, run against every backend (memory and SQLite)."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from proctor.audit.events import GENESIS, seal
+from proctor.audit.keys import LocalSigner
+from proctor.core.lifecycle import ApprovalRecord, PlanRecord, PlanStatus, StepRecord, StepStatus
+from proctor.errors import StorageError
+from proctor.storage import open_store
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+SIGNER = LocalSigner(b"\x03" * 32)
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request, tmp_path):
+    url = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path / 'p.db'}"
+    s = open_store(url)
+    yield s
+    s.close()
+
+
+def _plan(pid="p1", status=PlanStatus.AWAITING_APPROVAL, at=T0, agent="bot"):
+    return PlanRecord(
+        plan_id=pid, digest="sha256:" + "a" * 64, status=status, agent_id=agent,
+        on_behalf_of="alice", manifest={"intent": "x", "steps": []}, created_at=at,
+        updated_at=at, assessment={"total": 12}, decision={"outcome": "approve"},
+        policy_version="v1", outcome="approve",
+        steps=(StepRecord(step_id="s1", index=0, action="a.b", params={"n": 1},
+                          status=StepStatus.PENDING, undo_until=at + timedelta(minutes=5)),),
+        approvals=(ApprovalRecord(principal="fiona", kind="approve", roles=("finance",),
+                                  digest="sha256:d", policy_version="v1", comment="ok",
+                                  created_at=at),),
+        expires_at=at + timedelta(hours=1),
+    )
+
+
+def _event(tx, type_="t.e"):
+    head = tx.audit_head()
+    body = {"type": type_, "timestamp": T0.isoformat(), "plan_id": None, "step_id": None}
+    row = seal(body, seq=head.size, prev_hash=head.last_hash, signer=SIGNER)
+    tx.append_events([row])
+    return row
+
+
+class TestPlans:
+    def test_missing_plan(self, store):
+        """An unknown plan id reads as None."""
+        assert store.get_plan("nope") is None
+
+    def test_round_trip(self, store):
+        """A saved plan reads back equal, steps and approvals included."""
+        with store.transaction() as tx:
+            tx.save_plan(_plan())
+        assert store.get_plan("p1") == _plan()
+
+    def test_replace(self, store):
+        """Saving again replaces the plan."""
+        with store.transaction() as tx:
+            tx.save_plan(_plan())
+        with store.transaction() as tx:
+            tx.save_plan(dataclasses.replace(_plan(), status=PlanStatus.RUNNING))
+        assert store.get_plan("p1").status is PlanStatus.RUNNING
+
+    def test_reads_inside_transaction_see_writes(self, store):
+        """A transaction reads its own writes."""
+        with store.transaction() as tx:
+            tx.save_plan(_plan())
+            assert tx.get_plan("p1") is not None
+
+    def test_rollback_on_error(self, store):
+        """An exception inside a transaction leaves nothing written."""
+        with pytest.raises(RuntimeError), store.transaction() as tx:
+            tx.save_plan(_plan())
+            _event(tx)
+            raise RuntimeError("crash mid-way")
+        assert store.get_plan("p1") is None
+        assert store.event_count() == 0
+
+    def test_list_filters_and_cursor(self, store):
+        """Listing filters by status and agent, newest first, and pages with a cursor."""
+        with store.transaction() as tx:
+            for i in range(5):
+                tx.save_plan(_plan(f"p{i}", at=T0 + timedelta(seconds=i),
+                                   status=PlanStatus.SUCCEEDED if i % 2 else PlanStatus.DENIED,
+                                   agent="a" if i < 3 else "b"))
+        assert [p.plan_id for p in store.list_plans()] == ["p4", "p3", "p2", "p1", "p0"]
+        assert [p.plan_id for p in store.list_plans(status="succeeded")] == ["p3", "p1"]
+        assert [p.plan_id for p in store.list_plans(agent_id="b")] == ["p4", "p3"]
+        first = store.list_plans(limit=2)
+        cursor = f"{first[-1].created_at.isoformat()}|{first[-1].plan_id}"
+        assert [p.plan_id for p in store.list_plans(limit=2, before=cursor)] == ["p2", "p1"]
+
+
+class TestEvents:
+    def test_empty_head(self, store):
+        """An empty log's head is size 0 with the genesis hash."""
+        with store.transaction() as tx:
+            head = tx.audit_head()
+        assert (head.size, head.last_hash) == (0, GENESIS)
+
+    def test_append_and_read(self, store):
+        """Events append in order and read back byte-identical."""
+        with store.transaction() as tx:
+            rows = [_event(tx) for _ in range(3)]
+        assert store.event_count() == 3
+        assert store.read_events() == rows
+        assert store.read_events(after=0, limit=1) == rows[1:2]
+        assert list(store.iter_events(batch=2)) == rows
+
+    def test_gap_is_refused(self, store):
+        """An event that does not continue the log is refused and nothing is written."""
+        with store.transaction() as tx:
+            _event(tx)
+        head_row = store.read_events()[0]
+        bad = dataclasses.replace(head_row, seq=5)
+        with pytest.raises(StorageError), store.transaction() as tx:
+            tx.append_events([bad])
+        assert store.event_count() == 1
+
+    def test_filter_by_plan(self, store):
+        """Events can be read per plan."""
+        with store.transaction() as tx:
+            head = tx.audit_head()
+            body = {"type": "x", "timestamp": T0.isoformat(), "plan_id": "p9", "step_id": "s1"}
+            tx.append_events([seal(body, seq=head.size, prev_hash=head.last_hash, signer=SIGNER)])
+            _event(tx)
+        assert [e.plan_id for e in store.read_events(plan_id="p9")] == ["p9"]
+
+    def test_meta(self, store):
+        """Metadata values persist."""
+        with store.transaction() as tx:
+            tx.put_meta("k", "v")
+        assert store.get_meta("k") == "v"
+        assert store.get_meta("missing") is None
