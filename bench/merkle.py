@@ -12,7 +12,6 @@ import platform
 import random
 import statistics
 import time
-from collections.abc import Callable
 
 from proctor.audit.merkle import (
     MerkleTree,
@@ -24,17 +23,11 @@ from proctor.audit.merkle import (
 
 def _percentiles(samples_ns: list[int]) -> dict[str, float]:
     ordered = sorted(samples_ns)
-    at = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1000  # noqa: E731
+
+    def at(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1000
+
     return {"p50_us": at(0.50), "p99_us": at(0.99), "mean_us": statistics.fmean(ordered) / 1000}
-
-
-def _time_each(calls: list[Callable[[], object]]) -> list[int]:
-    out = []
-    for call in calls:
-        start = time.perf_counter_ns()
-        call()
-        out.append(time.perf_counter_ns() - start)
-    return out
 
 
 def main() -> None:
@@ -61,16 +54,17 @@ def main() -> None:
         size = rng.randint(1, n)
         incl_cases.append((rng.randrange(size), size))
     incl_proofs: list[list[bytes]] = []
-    gen_incl = _time_each(
-        [lambda i=i, s=s: incl_proofs.append(tree.inclusion_proof(i, s)) for i, s in incl_cases]
-    )
-    incl_roots = [tree.root(s) for _, s in incl_cases]
-    ver_incl = _time_each(
-        [
-            lambda i=i, s=s, p=p, r=r: verify_inclusion(leaves[i], i, s, p, r)
-            for (i, s), p, r in zip(incl_cases, incl_proofs, incl_roots, strict=True)
-        ]
-    )
+    gen_incl: list[int] = []
+    for i, size in incl_cases:
+        t0 = time.perf_counter_ns()
+        incl_proofs.append(tree.inclusion_proof(i, size))
+        gen_incl.append(time.perf_counter_ns() - t0)
+    ver_incl: list[int] = []
+    for (i, size), proof in zip(incl_cases, incl_proofs, strict=True):
+        r = tree.root(size)
+        t0 = time.perf_counter_ns()
+        verify_inclusion(leaves[i], i, size, proof, r)
+        ver_incl.append(time.perf_counter_ns() - t0)
 
     # Consistency: random 1 <= old <= new <= n.
     cons_cases = []
@@ -78,16 +72,17 @@ def main() -> None:
         a, b = rng.randint(1, n), rng.randint(1, n)
         cons_cases.append((min(a, b), max(a, b)))
     cons_proofs: list[list[bytes]] = []
-    gen_cons = _time_each(
-        [lambda m=m, s=s: cons_proofs.append(tree.consistency_proof(m, s)) for m, s in cons_cases]
-    )
-    cons_roots = [(tree.root(m), tree.root(s)) for m, s in cons_cases]
-    ver_cons = _time_each(
-        [
-            lambda m=m, s=s, p=p, r=r: verify_consistency(m, s, r[0], r[1], p)
-            for (m, s), p, r in zip(cons_cases, cons_proofs, cons_roots, strict=True)
-        ]
-    )
+    gen_cons: list[int] = []
+    for m, size in cons_cases:
+        t0 = time.perf_counter_ns()
+        cons_proofs.append(tree.consistency_proof(m, size))
+        gen_cons.append(time.perf_counter_ns() - t0)
+    ver_cons: list[int] = []
+    for (m, size), proof in zip(cons_cases, cons_proofs, strict=True):
+        old, new = tree.root(m), tree.root(size)
+        t0 = time.perf_counter_ns()
+        verify_consistency(m, size, old, new, proof)
+        ver_cons.append(time.perf_counter_ns() - t0)
 
     results = {
         "inclusion_proof": _percentiles(gen_incl),
@@ -100,8 +95,8 @@ def main() -> None:
     print(
         f"{'operation':<20} {'p50 µs':>8} {'p99 µs':>8} {'mean µs':>8}   ({args.samples} samples)"
     )
-    for name, r in results.items():
-        print(f"{name:<20} {r['p50_us']:>8.1f} {r['p99_us']:>8.1f} {r['mean_us']:>8.1f}")
+    for name, pct in results.items():
+        print(f"{name:<20} {pct['p50_us']:>8.1f} {pct['p99_us']:>8.1f} {pct['mean_us']:>8.1f}")
     print(
         json.dumps(
             {
@@ -113,7 +108,7 @@ def main() -> None:
                 "root_us": round(root_us, 1),
                 "max_inclusion_proof_len": max(map(len, incl_proofs)),
                 "root_hex": root.hex(),
-                **{k: {q: round(v, 2) for q, v in r.items()} for k, r in results.items()},
+                **{k: {q: round(v, 2) for q, v in p.items()} for k, p in results.items()},
             }
         )
     )

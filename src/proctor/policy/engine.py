@@ -192,7 +192,11 @@ def _escaped_copy(value: Any) -> Any:
     """Return a JSON-shaped copy of ``value`` with strings escaped (the slow path)."""
     if isinstance(value, str):
         return _encode(value).decode("utf-8")
-    if value is None or isinstance(value, bool | int):
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        if not _INT64_MIN <= value <= _INT64_MAX:
+            raise OverflowError("integer out of the 64-bit range")
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
@@ -432,7 +436,7 @@ class RegoPolicyEngine:
         except regopy.RegoError as exc:
             raise _invalid_policy(str(exc), modules, self._origin) from exc
         if not bundle.ok():
-            raise _invalid_policy(_bundle_errors(bundle), modules, self._origin)
+            raise _invalid_policy(_node_errors(bundle), modules, self._origin)
         return interpreter, bundle
 
     @classmethod
@@ -503,10 +507,18 @@ class RegoPolicyEngine:
                 f"the policy input is not JSON-shaped: {exc}",
                 hint="Pass only dicts, lists, strings, integers, finite floats, booleans, None.",
             ) from exc
+        except Exception as exc:  # any failure must fail closed
+            raise PolicyEngineError(
+                f"the policy input could not be built: {type(exc).__name__}: {exc}"
+            ) from exc
         with self._lock:
+            output = None
             try:
                 self._interpreter.set_input(term)
                 output = self._interpreter.query_bundle_entrypoint(self._bundle, ENTRYPOINT)
+                return _decision_value(output)
+            except PolicyEngineError:
+                raise
             except json.JSONDecodeError as exc:  # an error text that regopy took for JSON
                 raise PolicyEngineError(
                     f"the policy failed: {_summarise(exc.doc)}",
@@ -516,20 +528,14 @@ class RegoPolicyEngine:
                 raise PolicyEngineError(
                     f"the policy engine failed: {type(exc).__name__}: {_summarise(str(exc))}"
                 ) from exc
-            try:
-                return _decision_value(output)
             finally:
                 del output  # free the native output while holding the lock
 
 
-def _bundle_errors(bundle: Any) -> str:
-    """Return the error text of a bundle that did not build (best effort)."""
-    return _node_errors(bundle.node())
-
-
-def _node_errors(node: Any) -> str:
-    """Return the error s-expressions under an error-sequence node (best effort)."""
+def _node_errors(owner: Any) -> str:
+    """Return the error s-expressions of a failed bundle or output (best effort)."""
     try:
+        node = owner.node()
         return "\n".join(node.at(i).json() for i in range(len(node)))
     except Exception:  # noqa: BLE001 - diagnostics only; the caller fails closed anyway
         return "no details"
@@ -539,7 +545,7 @@ def _decision_value(output: Any) -> Any:
     """Return the single value of an entrypoint query, or raise ``PolicyEngineError``."""
     if not output.ok():
         raise PolicyEngineError(
-            f"the policy failed: {_summarise(_node_errors(output.node()))}",
+            f"the policy failed: {_summarise(_node_errors(output))}",
             hint="A rule conflict (two values for one rule) or a builtin error; "
             "run `proctor policy test`.",
         )

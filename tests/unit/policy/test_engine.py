@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import json
 import shutil
 import threading
 from pathlib import Path
 from types import MappingProxyType
 
 import pytest
+import regopy
 
 from proctor.core.canonical import canonical
 from proctor.errors import InvalidPolicyError, PolicyEngineError
@@ -20,6 +22,7 @@ from proctor.policy import (
     default_bundle_path,
     run_policy_tests,
 )
+from proctor.policy.engine import _escaped_copy
 
 HEAD = "package proctor\n\nimport rego.v1\n\n"
 ECHO = HEAD + 'decision := {"echo": input.value, "limit": data.proctor.settings.limit}\n'
@@ -274,6 +277,27 @@ class TestInputConversion:
         """Mapping proxies, tuples and str enums are converted to plain JSON."""
         value = MappingProxyType({"t": (1, 2), "e": Colour.RED})
         assert echo.evaluate({"value": value})["value"] == {"t": [1, 2], "e": "red"}
+
+
+class TestSlowInputPath:
+    def test_escaped_copy_escapes_strings_and_keys(self) -> None:
+        """The fallback converter stores strings as rego-cpp's JSON parser would."""
+        value = {'k"': ['a"b', "n\n", 1, None, True, 1.5, (2,)]}
+        assert _escaped_copy(value) == {'k\\"': ['a\\"b', "n\\n", 1, None, True, 1.5, [2]]}
+
+    def test_escaped_copy_round_trips_through_regopy(self) -> None:
+        """regopy.Input of the escaped copy gives the original strings back."""
+        interpreter = regopy.Interpreter()
+        interpreter.log_level = regopy.LogLevel.NONE
+        value = {"s": 'a"b\\c\nd', "n": [1, 2.5, None]}
+        interpreter.set_input(regopy.Input(_escaped_copy(value)))
+        assert json.loads(str(interpreter.query("input")))["expressions"] == [value]
+
+    @pytest.mark.parametrize("bad", [{1, 2}, float("inf"), {1: "x"}, 2**64, b"bytes"])
+    def test_escaped_copy_rejects_non_json(self, bad: object) -> None:
+        """Values JSON cannot hold are rejected by the fallback converter too."""
+        with pytest.raises((TypeError, ValueError, OverflowError)):
+            _escaped_copy({"v": bad})
 
 
 class TestThreadSafety:

@@ -13,9 +13,15 @@
 #   rule bodies that iterate with `some`;
 # - the orchestrator guard is decided once per query, not once per step.
 #
-# rego-cpp quirk: sprintf("%s", [x]) wraps x in quotes when x was computed by a builtin such as
-# concat or upper (the output is then not even valid JSON). Join computed strings with concat,
-# never pass them through sprintf.
+# rego-cpp quirks (regopy 1.5.2) this file avoids:
+# - sprintf("%s", [x]) wraps x in quotes when x was computed by a builtin such as concat or
+#   upper (and the output is then not valid JSON): join computed strings with concat instead;
+# - `some k, v in x` inside a comprehension does not parse, and a parenthesised comprehension
+#   head evaluates to an error: bind with `some k; v := x[k]` and name the head;
+# - a rule named like a data path (`settings` here) recurses into data.proctor.settings.
+#
+# plan.deny and plan.adjustments are sets (one entry however many steps match); they come
+# out of the engine as JSON arrays.
 package proctor
 
 import rego.v1
@@ -164,22 +170,19 @@ hybrid_max := h if {
 
 # The baseline's total after the adjustments, each axis clamped to 1..5 (the deltas of an
 # axis are summed, then clamped). Undefined when an axis is missing, and then so is the
-# decision.
-adjusted_total := t if {
+# decision. Only the adjusted axes are visited.
+adjusted_total := _base_total if {
 	count(adjustments) == 0
-	b := input.baseline
-	t := (((b.risk + b.auditability) + b.ux) + b.recovery) + b.cost
 } else := t if {
 	b := input.baseline
-	r := _axis(b.risk, "risk")
-	a := _axis(b.auditability, "auditability")
-	u := _axis(b.ux, "ux")
-	v := _axis(b.recovery, "recovery")
-	c := _axis(b.cost, "cost")
-	t := (((r + a) + u) + v) + c
+	deltas := {a.axis: sum([x.delta | some x in adjustments; x.axis == a.axis]) | some a in adjustments}
+	t := _base_total + sum([g | some axis; d := deltas[axis]; g := _clamp(b[axis] + d) - b[axis]])
 }
 
-_axis(score, name) := _clamp(score + sum([a.delta | some a in adjustments; a.axis == name]))
+_base_total := t if {
+	b := input.baseline
+	t := (((b.risk + b.auditability) + b.ux) + b.recovery) + b.cost
+}
 
 _clamp(x) := 1 if x < 1 else := 5 if x > 5 else := x
 
