@@ -21,7 +21,15 @@ from datetime import datetime, timedelta
 
 from proctor.audit.merkle import MemoryNodes, MerkleTree, leaf_hash, verify_consistency
 from proctor.audit.note import Checkpoint, sign_note
-from proctor.core.ports import CheckpointRow, Clock, EventRow, Signer, Store, Transaction
+from proctor.core.ports import (
+    AuditHead,
+    CheckpointRow,
+    Clock,
+    EventRow,
+    Signer,
+    Store,
+    Transaction,
+)
 from proctor.errors import AuditIntegrityError, InvalidRequestError
 
 __all__ = ["AuditLog", "CheckpointPolicy"]
@@ -82,6 +90,7 @@ class AuditLog:
         self._nodes = _Recording(MemoryNodes())
         self._tree = MerkleTree(self._nodes)
         self._last_cp: CheckpointRow | None = None
+        self._last_hash: str | None = None  # hash of the last event this copy has seen
         self._loaded = False
 
     # ------------------------------------------------------------------ sync
@@ -96,9 +105,14 @@ class AuditLog:
         self._last_cp = source.latest_checkpoint()
         self._loaded = True
 
-    def _sync(self, tx: Transaction, size: int) -> None:
+    def _sync(self, tx: Transaction, size: int, last_hash: str | None = None) -> None:
         """Make the in-memory tree match the store's ``size`` committed leaves."""
         tree = self._tree
+        if self._loaded and tree.size == size and last_hash is not None:
+            # The head's hash commits to the last event, hence to its leaf: if it is the one
+            # this copy appended last, nothing changed underneath and no query is needed.
+            if last_hash == self._last_hash:
+                return
         if self._loaded and tree.size == size:
             if size == 0 or tx.node(0, size - 1) == self._nodes.get(0, size - 1):
                 self._last_cp = tx.latest_checkpoint()
@@ -146,15 +160,18 @@ class AuditLog:
 
     # ------------------------------------------------------------------ append
 
-    def on_append(self, tx: Transaction, rows: Sequence[EventRow], head_size: int) -> None:
-        """Add ``rows`` (just appended at ``head_size``) as leaves; checkpoint if due."""
+    def on_append(self, tx: Transaction, rows: Sequence[EventRow], head: AuditHead) -> None:
+        """Add ``rows`` (just appended after ``head``) as leaves; checkpoint if due."""
         with self._lock:
-            self._sync(tx, head_size)
+            self._sync(tx, head.size, head.last_hash)
             self._nodes.written = []
             for row in rows:
                 self._tree.append(leaf_hash(row.body))
             tx.append_nodes(self._nodes.written)
             self._nodes.written = []
+            # Valid only once the transaction commits; a rollback leaves the store's head
+            # different from this hash, and the next sync then reloads.
+            self._last_hash = rows[-1].hash if rows else self._last_hash
             if self._due():
                 self._sign(tx)
 
@@ -171,7 +188,8 @@ class AuditLog:
     def _sign(self, tx: Transaction) -> CheckpointRow:
         size = self._tree.size
         root = self._tree.root()
-        last = self._last_cp
+        # Another process may have signed since we last looked: compare with the store's.
+        last = self._last_cp = tx.latest_checkpoint()
         if last is not None:
             if size < last.size:
                 raise AuditIntegrityError(

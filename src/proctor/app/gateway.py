@@ -304,7 +304,8 @@ class Gateway:
             sandbox=sandbox,
             review=review,
         )
-        with self.store.transaction() as tx:
+        # A plan that runs now is acknowledged only after its final, durable commit.
+        with self.store.transaction(durable=status is not PlanStatus.RUNNING) as tx:
             if plan.plan_id is not None and tx.get_plan(plan_id) is not None:
                 # Lost a race with an identical submission: return the winner's result.
                 existing = tx.get_plan(plan_id)
@@ -429,7 +430,8 @@ class Gateway:
                     result, error = None, _err(exc)
                 now = self.clock.now()
                 decision = record.decision["steps"][index]
-                with self.store.transaction() as tx:
+                last = index + 1 >= len(record.steps) or error is not None
+                with self.store.transaction(durable=last) as tx:
                     j = self._journal(tx)
                     if error is None:
                         undo = decision["undo_window"] if spec.reversible else 0

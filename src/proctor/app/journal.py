@@ -14,7 +14,7 @@ from typing import Any
 
 from proctor.app.auditlog import AuditLog
 from proctor.audit.events import seal
-from proctor.core.canonical import canonical
+from proctor.core.canonical import canonical, fast_path_ok
 from proctor.core.lifecycle import PlanRecord
 from proctor.core.ports import Clock, EventRow, Signer, Transaction
 
@@ -29,7 +29,7 @@ def payload_hash(params: Mapping[str, Any]) -> str:
 class Journal:
     """Events of one transaction, sealed and appended by ``flush``."""
 
-    __slots__ = ("_bodies", "_clock", "_log", "_signer", "_tx", "store_prompt")
+    __slots__ = ("_bodies", "_clock", "_fast", "_log", "_signer", "_tx", "store_prompt")
 
     def __init__(
         self,
@@ -44,6 +44,7 @@ class Journal:
         self._signer = signer
         self._clock = clock
         self._bodies: list[dict[str, Any]] = []
+        self._fast: list[bool] = []
         self._log = log
         self.store_prompt = store_prompt
 
@@ -93,6 +94,11 @@ class Journal:
             body["plan"] = None
             body["policy_version"] = None
         self._bodies.append(body)
+        # Everything but ``data`` (and a rejected plan's actor) is built here from strings,
+        # ints and validated ids, so only those need the canonical-shape check.
+        self._fast.append(
+            fast_path_ok(body["data"]) and (plan is not None or fast_path_ok(body["actor"]))
+        )
 
     def flush(self) -> list[EventRow]:
         """Seal the queued events against the head and append them; return the rows."""
@@ -101,15 +107,16 @@ class Journal:
         head = self._tx.audit_head()
         seq, prev = head.size, head.last_hash
         rows = []
-        for body in self._bodies:
-            row = seal(body, seq=seq, prev_hash=prev, signer=self._signer)
+        for body, fast in zip(self._bodies, self._fast, strict=True):
+            row = seal(body, seq=seq, prev_hash=prev, signer=self._signer, fast=fast)
             rows.append(row)
             seq, prev = seq + 1, row.hash
         self._tx.append_events(rows)
         if self._log is not None:
             # Same transaction: the Merkle leaves and any checkpoint commit with the events.
-            self._log.on_append(self._tx, rows, head.size)
+            self._log.on_append(self._tx, rows, head)
         self._bodies.clear()
+        self._fast.clear()
         return rows
 
 

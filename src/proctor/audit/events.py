@@ -33,7 +33,7 @@ import nacl.exceptions
 import nacl.signing
 import orjson
 
-from proctor.core.canonical import canonical
+from proctor.core.canonical import canonical, fast_path_ok
 from proctor.core.ports import EventRow, Signer
 
 __all__ = ["GENESIS", "VerifyReport", "seal", "verify_events"]
@@ -42,17 +42,23 @@ GENESIS = "sha256:" + "0" * 64
 """``prev_hash`` of the first event."""
 
 
-def seal(body: dict[str, Any], *, seq: int, prev_hash: str, signer: Signer) -> EventRow:
+def seal(
+    body: dict[str, Any], *, seq: int, prev_hash: str, signer: Signer, fast: bool | None = None
+) -> EventRow:
     """Chain and sign one event; return the row to store.
 
     ``body`` is completed in place with ``seq``, ``prev_hash``, ``key_id`` and ``signature``.
+    ``fast`` is the caller's knowledge of ``fast_path_ok(body)`` (None: check here).
     """
     body["seq"] = seq
     body["prev_hash"] = prev_hash
     body["key_id"] = signer.key_id
-    signature = signer.sign(canonical(body))
+    # One shape check serves both encodings: the signature adds only a base64 string.
+    if fast is None:
+        fast = fast_path_ok(body)
+    signature = signer.sign(canonical(body, fast=fast))
     body["signature"] = base64.b64encode(signature).decode()
-    leaf = canonical(body)
+    leaf = canonical(body, fast=fast)
     return EventRow(
         seq=seq,
         type=body["type"],

@@ -4,7 +4,7 @@ The reference implementation is the ``rfc8785`` package; it is pure Python and c
 114 µs for an audit event. ``orjson`` with sorted keys produces the same bytes for the values
 Proctor's events are made of (objects, arrays, strings, booleans, null and integers in the
 IEEE-754 safe range, with keys in the Basic Multilingual Plane), in about 1 µs. ``canonical``
-takes the fast path only after ``_fast_path_ok`` has proven the value is of that shape;
+takes the fast path only after ``fast_path_ok`` has proven the value is of that shape;
 anything else (a float, a big integer, a key outside the BMP) goes to the reference
 implementation. ``tests/unit/core/test_canonical.py`` proves byte equality with Hypothesis.
 """
@@ -19,7 +19,7 @@ import rfc8785
 
 from proctor.errors import InvalidRequestError
 
-__all__ = ["canonical", "digest", "sha256_tagged"]
+__all__ = ["canonical", "digest", "fast_path_ok", "sha256_tagged"]
 
 # JCS serialises numbers as IEEE-754 doubles; integers beyond 2**53 are not representable,
 # and rfc8785 rejects them. We reject them too rather than silently change a value.
@@ -27,7 +27,7 @@ _SAFE_INT = 2**53 - 1
 _SORT = orjson.OPT_SORT_KEYS
 
 
-def _fast_path_ok(value: Any) -> bool:
+def fast_path_ok(value: Any) -> bool:
     """Return True when orjson's sorted output is byte-equal to RFC 8785 for ``value``."""
     stack = [value]
     while stack:
@@ -54,14 +54,19 @@ def _fast_path_ok(value: Any) -> bool:
     return True
 
 
-def canonical(value: Any) -> bytes:
+def canonical(value: Any, *, fast: bool | None = None) -> bytes:
     """Return the RFC 8785 canonical JSON bytes of ``value``.
+
+    Args:
+        value: A JSON-shaped value.
+        fast: The caller already knows whether ``_fast_path_ok(value)`` holds (for a value
+            it built from one it checked); None checks here.
 
     Raises:
         InvalidRequestError: if the value cannot be represented in JCS (a NaN, an integer
             beyond the IEEE-754 safe range, a non-string key).
     """
-    if _fast_path_ok(value):
+    if fast if fast is not None else fast_path_ok(value):
         return orjson.dumps(value, option=_SORT)
     try:
         return rfc8785.dumps(value)

@@ -180,8 +180,12 @@ class Transaction(Protocol):
 class Store(Protocol):
     """Durable state: plans, steps, approvals and the audit log."""
 
-    def transaction(self) -> AbstractContextManager[Transaction]:
-        """Open a write transaction; it commits when the block exits without an exception."""
+    def transaction(self, *, durable: bool = True) -> AbstractContextManager[Transaction]:
+        """Open a write transaction; it commits when the block exits without an exception.
+
+        ``durable=False`` may skip the fsync: the commit survives a process crash but not
+        necessarily a power loss. Use it only for records that no client has been told of.
+        """
         ...
 
     def get_plan(self, plan_id: str) -> Any:

@@ -91,7 +91,7 @@ class MemoryStore:
         self._checkpoints: list[CheckpointRow] = []
 
     @contextmanager
-    def transaction(self) -> Iterator[_Tx]:
+    def transaction(self, *, durable: bool = True) -> Iterator[_Tx]:
         """Open a write transaction; its writes apply only if the block succeeds."""
         with self._lock:
             tx = _Tx(self)

@@ -177,6 +177,7 @@ class SqliteStore:
         if synchronous not in ("FULL", "NORMAL", "EXTRA", "OFF"):
             raise StorageError(f"unknown synchronous mode {synchronous!r}", field="synchronous")
         self.path = path
+        self._synchronous = synchronous
         self._lock = threading.RLock()
         try:
             if path != ":memory:" and not Path(path).parent.is_dir():
@@ -215,24 +216,35 @@ class SqliteStore:
                         for statement in sql.split(";"):
                             if statement.strip():
                                 self._c.execute(statement)
-                self._c.execute(
-                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
-                    (str(SCHEMA_VERSION),),
-                )
+                if current != SCHEMA_VERSION:  # an up-to-date database is not written to
+                    self._c.execute(
+                        "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
+                        (str(SCHEMA_VERSION),),
+                    )
                 self._c.execute("COMMIT")
             except BaseException:
                 self._c.execute("ROLLBACK")
                 raise
 
     @contextmanager
-    def transaction(self) -> Iterator[_Tx]:
+    def transaction(self, *, durable: bool = True) -> Iterator[_Tx]:
         """Open a write transaction (``BEGIN IMMEDIATE``); commit on success.
+
+        Args:
+            durable: False for a commit that only has to survive a *process* crash, not a
+                power loss: the in-flight marker written before a handler runs. It commits
+                with ``synchronous=NORMAL`` (no fsync); the next durable commit fsyncs the
+                WAL, and with it every earlier commit. Nothing is acknowledged to a client
+                on a non-durable commit.
 
         Raises:
             StorageError: wrapping any driver error; the transaction is rolled back.
         """
         with self._lock:
+            relax = not durable and self._synchronous in ("FULL", "EXTRA")
             try:
+                if relax:
+                    self._c.execute("PRAGMA synchronous=NORMAL")
                 self._c.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
                 raise StorageError(f"cannot start a transaction: {exc}") from exc
@@ -245,6 +257,9 @@ class SqliteStore:
             except BaseException:
                 self._rollback()
                 raise
+            finally:
+                if relax:
+                    self._c.execute(f"PRAGMA synchronous={self._synchronous}")
 
     def _rollback(self) -> None:
         # SQLite may already have rolled back after an error; a second ROLLBACK then fails.

@@ -1,0 +1,156 @@
+"""The live transparency log: tree in step with events, checkpoints, proofs, reloads."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from proctor import Proctor
+from proctor.app.auditlog import AuditLog, CheckpointPolicy
+from proctor.audit.merkle import leaf_hash, verify_consistency, verify_inclusion
+from proctor.audit.note import Checkpoint, open_note, verifiers_from_vkeys
+from proctor.bootstrap import init_home
+from proctor.errors import AuditIntegrityError, InvalidRequestError
+from proctor.testing import FrozenClock, make_plan
+
+READ = ("travel.search", {"destination": "Lisbon", "date": "2027-01-01"})
+
+
+def _b(s):
+    return base64.b64decode(s)
+
+
+@pytest.fixture
+def p():
+    with Proctor.in_memory(clock=FrozenClock()) as instance:
+        yield instance
+
+
+class TestTree:
+    def test_empty_log_has_no_checkpoint(self, p):
+        """A new log has no events and signing a checkpoint is a no-op."""
+        assert p.audit_log.size == 0
+        assert p.checkpoint() is None
+
+    def test_every_event_is_a_leaf(self, p):
+        """Each stored event's canonical bytes are a leaf with a verifying inclusion proof."""
+        p.submit(make_plan([READ]))
+        events = p.events()
+        assert p.audit_log.size == len(events) > 0
+        root = p.audit_log.root()
+        for e in events:
+            proof = p.inclusion_proof(e.seq)
+            assert _b(proof["leaf_hash"]) == leaf_hash(e.body)
+            verify_inclusion(leaf_hash(e.body), e.seq, proof["tree_size"],
+                             [_b(h) for h in proof["hashes"]], root)
+
+    def test_consistency_between_sizes(self, p):
+        """A consistency proof links the tree before and after more plans."""
+        p.submit(make_plan([READ]))
+        old = p.audit_log.size
+        old_root = p.audit_log.root()
+        p.submit(make_plan([READ]))
+        proof = p.consistency_proof(old, p.audit_log.size)
+        verify_consistency(old, p.audit_log.size, old_root, p.audit_log.root(),
+                           [_b(h) for h in proof["hashes"]])
+
+    def test_proof_out_of_range(self, p):
+        """Proofs outside the tree are refused with the field named."""
+        p.submit(make_plan([READ]))
+        with pytest.raises(InvalidRequestError) as ei:
+            p.inclusion_proof(10_000)
+        assert ei.value.field == "index"
+        with pytest.raises(InvalidRequestError):
+            p.consistency_proof(0, 1)
+
+
+class TestCheckpoints:
+    def test_signed_note_verifies_with_vkeys(self, p):
+        """The checkpoint is a signed note that opens with the published verifier keys."""
+        p.submit(make_plan([READ]))
+        cp = p.checkpoint()
+        text, signers = open_note(cp.note, verifiers_from_vkeys(p.vkeys()))
+        parsed = Checkpoint.parse(text)
+        assert (parsed.origin, parsed.size, parsed.root) == (p.origin, cp.size, cp.root)
+        assert signers
+
+    def test_every_n_events(self):
+        """With every=5 a checkpoint is signed at least every five events."""
+        clock = FrozenClock()
+        with Proctor.in_memory(clock=clock) as p:
+            p.audit_log.policy = CheckpointPolicy(every=5)
+            for _ in range(4):
+                p.submit(make_plan([READ]))
+            sizes = [c.size for c in p.gateway.store.checkpoints()]
+            assert len(sizes) >= 3
+            assert all(b - a <= 5 + 6 for a, b in zip(sizes, sizes[1:], strict=False))
+
+    def test_interval(self):
+        """After the interval, the next append signs a checkpoint."""
+        clock = FrozenClock()
+        with Proctor.in_memory(clock=clock) as p:
+            p.submit(make_plan([READ]))
+            n = len(p.gateway.store.checkpoints())
+            p.submit(make_plan([READ]))
+            assert len(p.gateway.store.checkpoints()) == n
+            clock.advance(61)
+            p.submit(make_plan([READ]))
+            assert len(p.gateway.store.checkpoints()) == n + 1
+
+    def test_refuses_inconsistent_history(self, p):
+        """If the stored tree no longer extends the last checkpoint, signing fails."""
+        p.submit(make_plan([READ]))
+        p.checkpoint()
+        # Corrupt this process's copy of the tree: the store still has the truth, so the
+        # next sync must reload and the signed history stays consistent.
+        p.audit_log._nodes.inner._levels[0][0] = b"\x00" * 32
+        p.submit(make_plan([READ]))
+        cp = p.checkpoint()
+        assert cp.root == p.audit_log.root()
+
+
+class TestReopen:
+    def test_reopen_checks_and_continues(self, tmp_path):
+        """A reopened SQLite instance rebuilds the tree and keeps the same roots."""
+        home = tmp_path / "h"
+        init_home(home)
+        with Proctor.open(home) as p:
+            p.submit(make_plan([READ]))
+            cp = p.checkpoint()
+        with Proctor.open(home) as p:
+            assert p.audit_log.root(cp.size) == cp.root
+            p.submit(make_plan([READ]))
+            assert p.verify().ok
+
+    def test_tampered_checkpoint_detected_on_start(self, tmp_path):
+        """A stored checkpoint whose root does not match the tree stops the start."""
+        import sqlite3
+
+        home = tmp_path / "h"
+        init_home(home)
+        with Proctor.open(home) as p:
+            p.submit(make_plan([READ]))
+            p.checkpoint()
+        with sqlite3.connect(home / "proctor.db") as db:
+            db.execute("UPDATE checkpoints SET root = ?", (b"\x01" * 32,))
+        with pytest.raises(AuditIntegrityError):
+            Proctor.open(home)
+
+    def test_two_processes_share_one_tree(self, tmp_path):
+        """Two instances on one database append to one linear log and one tree."""
+        home = tmp_path / "h"
+        init_home(home)
+        a, b = Proctor.open(home), Proctor.open(home)
+        try:
+            for _ in range(3):
+                a.submit(make_plan([READ]))
+                b.submit(make_plan([READ]))
+            assert a.audit_log.root() == b.audit_log.root()
+            assert a.verify().ok
+            assert isinstance(a.audit_log, AuditLog)
+            a.checkpoint()
+            b.checkpoint()
+        finally:
+            a.close()
+            b.close()
