@@ -68,10 +68,24 @@ def floor_policy(n: int = 3000) -> float:
     engine = RegoPolicyEngine.from_directory(default_bundle_path())
     inp = {
         "contract": 1,
-        "plan": {"plan_id": None, "digest": "sha256:x", "on_behalf_of": "u", "intent": "i",
-                 "actor": {"type": "agent", "name": "a", "model_version": "m", "agent_id": "a"}},
-        "steps": [{"id": "s1", "action": "bench.noop", "category": "general", "params": {"n": 1},
-                   "amount": 0, "reversible": False, "idempotent": True}],
+        "plan": {
+            "plan_id": None,
+            "digest": "sha256:x",
+            "on_behalf_of": "u",
+            "intent": "i",
+            "actor": {"type": "agent", "name": "a", "model_version": "m", "agent_id": "a"},
+        },
+        "steps": [
+            {
+                "id": "s1",
+                "action": "bench.noop",
+                "category": "general",
+                "params": {"n": 1},
+                "amount": 0,
+                "reversible": False,
+                "idempotent": True,
+            }
+        ],
         "baseline": LOW,
         "context": {"sandbox": False, "thresholds": {"agentic_max": 10, "hybrid_max": 15}},
     }
@@ -90,12 +104,18 @@ def run(plans: int, synchronous: str) -> dict[str, float]:
         home = Path(tmp) / "home"
         init_home(home, instance_id="bench")
         cfg = home / "config.toml"
-        cfg.write_text(cfg.read_text().replace('synchronous = "FULL"',
-                                               f'synchronous = "{synchronous}"'))
+        cfg.write_text(
+            cfg.read_text().replace('synchronous = "FULL"', f'synchronous = "{synchronous}"')
+        )
         p = Proctor.open(home)
 
-        @p.action("bench.noop", category="general", baselines=LOW, idempotent=True,
-                  params={"type": "object", "properties": {"n": {"type": "integer"}}})
+        @p.action(
+            "bench.noop",
+            category="general",
+            baselines=LOW,
+            idempotent=True,
+            params={"type": "object", "properties": {"n": {"type": "integer"}}},
+        )
         def noop(params, call):
             return None
 
@@ -142,7 +162,7 @@ def main() -> None:
     ap.add_argument("--synchronous", default="FULL", choices=["FULL", "NORMAL"])
     args = ap.parse_args()
     r = run(args.plans, args.synchronous)
-    print(f"pipeline: {r['plans']} single-step execute plans, SQLite synchronous={r['synchronous']}")
+    print(f"pipeline: {r['plans']} single-step plans, SQLite synchronous={r['synchronous']}")
     print(f"{'figure':<28}{'value':>12}   target")
     rows = [
         ("p50 latency (µs)", r["p50_us"], "<= 1500"),

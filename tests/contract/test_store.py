@@ -27,15 +27,39 @@ def store(request, tmp_path):
 
 def _plan(pid="p1", status=PlanStatus.AWAITING_APPROVAL, at=T0, agent="bot"):
     return PlanRecord(
-        plan_id=pid, digest="sha256:" + "a" * 64, status=status, agent_id=agent,
-        on_behalf_of="alice", manifest={"intent": "x", "steps": []}, created_at=at,
-        updated_at=at, assessment={"total": 12}, decision={"outcome": "approve"},
-        policy_version="v1", outcome="approve",
-        steps=(StepRecord(step_id="s1", index=0, action="a.b", params={"n": 1},
-                          status=StepStatus.PENDING, undo_until=at + timedelta(minutes=5)),),
-        approvals=(ApprovalRecord(principal="fiona", kind="approve", roles=("finance",),
-                                  digest="sha256:d", policy_version="v1", comment="ok",
-                                  created_at=at),),
+        plan_id=pid,
+        digest="sha256:" + "a" * 64,
+        status=status,
+        agent_id=agent,
+        on_behalf_of="alice",
+        manifest={"intent": "x", "steps": []},
+        created_at=at,
+        updated_at=at,
+        assessment={"total": 12},
+        decision={"outcome": "approve"},
+        policy_version="v1",
+        outcome="approve",
+        steps=(
+            StepRecord(
+                step_id="s1",
+                index=0,
+                action="a.b",
+                params={"n": 1},
+                status=StepStatus.PENDING,
+                undo_until=at + timedelta(minutes=5),
+            ),
+        ),
+        approvals=(
+            ApprovalRecord(
+                principal="fiona",
+                kind="approve",
+                roles=("finance",),
+                digest="sha256:d",
+                policy_version="v1",
+                comment="ok",
+                created_at=at,
+            ),
+        ),
         expires_at=at + timedelta(hours=1),
     )
 
@@ -75,10 +99,15 @@ class TestPlans:
 
     def test_rollback_on_error(self, store):
         """An exception inside a transaction leaves nothing written."""
-        with pytest.raises(RuntimeError), store.transaction() as tx:
-            tx.save_plan(_plan())
-            _event(tx)
-            raise RuntimeError("crash mid-way")
+
+        def crash():
+            with store.transaction() as tx:
+                tx.save_plan(_plan())
+                _event(tx)
+                raise RuntimeError("crash mid-way")
+
+        with pytest.raises(RuntimeError):
+            crash()
         assert store.get_plan("p1") is None
         assert store.event_count() == 0
 
@@ -86,9 +115,14 @@ class TestPlans:
         """Listing filters by status and agent, newest first, and pages with a cursor."""
         with store.transaction() as tx:
             for i in range(5):
-                tx.save_plan(_plan(f"p{i}", at=T0 + timedelta(seconds=i),
-                                   status=PlanStatus.SUCCEEDED if i % 2 else PlanStatus.DENIED,
-                                   agent="a" if i < 3 else "b"))
+                tx.save_plan(
+                    _plan(
+                        f"p{i}",
+                        at=T0 + timedelta(seconds=i),
+                        status=PlanStatus.SUCCEEDED if i % 2 else PlanStatus.DENIED,
+                        agent="a" if i < 3 else "b",
+                    )
+                )
         assert [p.plan_id for p in store.list_plans()] == ["p4", "p3", "p2", "p1", "p0"]
         assert [p.plan_id for p in store.list_plans(status="succeeded")] == ["p3", "p1"]
         assert [p.plan_id for p in store.list_plans(agent_id="b")] == ["p4", "p3"]

@@ -108,17 +108,18 @@ class AuditLog:
     def _sync(self, tx: Transaction, size: int, last_hash: str | None = None) -> None:
         """Make the in-memory tree match the store's ``size`` committed leaves."""
         tree = self._tree
-        if self._loaded and tree.size == size and last_hash is not None:
-            # The head's hash commits to the last event, hence to its leaf: if it is the one
-            # this copy appended last, nothing changed underneath and no query is needed.
-            if last_hash == self._last_hash:
-                return
-        if self._loaded and tree.size == size:
-            if size == 0 or tx.node(0, size - 1) == self._nodes.get(0, size - 1):
-                self._last_cp = tx.latest_checkpoint()
-                return
-        if self._loaded and tree.size < size and (
-            tree.size == 0 or tx.node(0, tree.size - 1) == self._nodes.get(0, tree.size - 1)
+        # The head's hash commits to the last event, hence to its leaf: if it is the one
+        # this copy appended last, nothing changed underneath and no query is needed.
+        same_size = self._loaded and tree.size == size
+        if same_size and last_hash is not None and last_hash == self._last_hash:
+            return
+        if same_size and (size == 0 or tx.node(0, size - 1) == self._nodes.get(0, size - 1)):
+            self._last_cp = tx.latest_checkpoint()
+            return
+        if (
+            self._loaded
+            and tree.size < size
+            and (tree.size == 0 or tx.node(0, tree.size - 1) == self._nodes.get(0, tree.size - 1))
         ):
             # Another writer appended: load only what is new.
             start = {lv: self._nodes.count(lv) for lv in range(64)}

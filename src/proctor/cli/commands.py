@@ -27,6 +27,7 @@ from proctor.cli.render import (
     render_scores,
 )
 from proctor.config import home_from
+from proctor.config import load as load_settings
 from proctor.core.assessment import CONTROLS, Scores, Thresholds, scores_from_checklist
 from proctor.core.lifecycle import PlanRecord, PlanStatus
 from proctor.errors import InvalidRequestError
@@ -132,7 +133,17 @@ def init(home: Home = None, as_json: Json = False, verbose: Verbose = False) -> 
 
 
 @app.command()
-def demo(as_json: Json = False, verbose: Verbose = False) -> int:
+def demo(
+    home: Annotated[
+        Path | None,
+        typer.Option(
+            "--home",
+            help="Keep the demo instance in this new directory (default: a temporary one).",
+        ),
+    ] = None,
+    as_json: Json = False,
+    verbose: Verbose = False,
+) -> int:
     """Run the six scenarios of the decision framework against a throwaway instance.
 
     The scenarios are travel, subscription, restaurant, devops, procurement and hr. For each
@@ -142,9 +153,13 @@ def demo(as_json: Json = False, verbose: Verbose = False) -> int:
     from proctor.demo.scenarios import run_all
 
     with tempfile.TemporaryDirectory(prefix="proctor-demo-") as tmp:
-        home = Path(tmp) / "instance"
-        init_home(home, instance_id="proctor-demo")
-        with Proctor.open(home) as p:
+        target = home if home is not None else Path(tmp) / "instance"
+        if home is not None and home.exists() and any(home.iterdir()):
+            raise InvalidRequestError(
+                f"{home} is not empty; the demo needs a new directory", field="home"
+            )
+        init_home(target, instance_id="proctor-demo")
+        with Proctor.open(target) as p:
             results = run_all(p)
             report = p.verify()
     if as_json:
@@ -307,8 +322,9 @@ def undo(
 @app.command()
 def assess(
     scenario_file: Annotated[
-        Path, typer.Argument(help="TOML or JSON: [scores] with the five axes, or [checklist].")
+        Path, typer.Argument(help="TOML or JSON: a scores table with the five axes, or a checklist.")
     ],
+    home: Home = None,
     as_json: Json = False,
     verbose: Verbose = False,
 ) -> int:
@@ -316,15 +332,24 @@ def assess(
 
     The pattern is agentic, hybrid or orchestrator-first.
 
-    Give either `scores = {risk, auditability, ux, recovery, cost}` (each 1-5) or a
-    `checklist` with answers for harm_if_wrong, regulation, speed_need, recovery and
-    cost_per_action. Optional `thresholds = {agentic_max, hybrid_max}`.
+    Give either a scores table (risk, auditability, ux, recovery, cost: each 1-5) or a
+    checklist table with answers for harm_if_wrong, regulation, speed_need, recovery and
+    cost_per_action (see docs/concepts.md). An optional thresholds table (agentic_max,
+    hybrid_max) overrides the instance's.
     """
     doc = _read_json_or_toml(scenario_file, "scenario")
     if not isinstance(doc, dict):
         raise InvalidRequestError("the scenario must be an object", field="scenario")
-    th = doc.get("thresholds", {})
-    thresholds = Thresholds(**th) if isinstance(th, dict) else Thresholds()
+    th = doc.get("thresholds")
+    if th is None:
+        thresholds = _instance_thresholds(home)
+    elif isinstance(th, dict):
+        try:
+            thresholds = Thresholds(**th)
+        except TypeError as exc:
+            raise InvalidRequestError(f"bad thresholds: {exc}", field="thresholds") from exc
+    else:
+        raise InvalidRequestError("thresholds must be a table", field="thresholds")
     if "scores" in doc:
         if not isinstance(doc["scores"], dict):
             raise InvalidRequestError("scores must be a table of the five axes", field="scores")
@@ -356,6 +381,15 @@ def assess(
     for c in controls:
         console.print(f"  • {c}")
     return 0
+
+
+def _instance_thresholds(home: Path | None) -> Thresholds:
+    """Thresholds of the instance at ``home`` if there is one, else the defaults."""
+    path = home_from(home)
+    if not (path / "config.toml").is_file():
+        return Thresholds()
+    settings = load_settings(path)
+    return Thresholds(agentic_max=settings.agentic_max, hybrid_max=settings.hybrid_max)
 
 
 # --------------------------------------------------------------------------- audit

@@ -152,9 +152,12 @@ def _load_nodes(c: sqlite3.Connection, start: Mapping[int, int]) -> dict[int, li
             "SELECT idx, hash FROM merkle_nodes WHERE level = ? AND idx >= ? ORDER BY idx",
             (level, start.get(level, 0)),
         ).fetchall()
-        if not rows and not c.execute(
-            "SELECT 1 FROM merkle_nodes WHERE level = ? LIMIT 1", (level,)
-        ).fetchone():
+        if (
+            not rows
+            and not c.execute(
+                "SELECT 1 FROM merkle_nodes WHERE level = ? LIMIT 1", (level,)
+            ).fetchone()
+        ):
             return out
         out[level] = [bytes(r[1]) for r in rows]
         level += 1

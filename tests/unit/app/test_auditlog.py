@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import itertools
 
 import pytest
 
@@ -42,8 +43,9 @@ class TestTree:
         for e in events:
             proof = p.inclusion_proof(e.seq)
             assert _b(proof["leaf_hash"]) == leaf_hash(e.body)
-            verify_inclusion(leaf_hash(e.body), e.seq, proof["tree_size"],
-                             [_b(h) for h in proof["hashes"]], root)
+            verify_inclusion(
+                leaf_hash(e.body), e.seq, proof["tree_size"], [_b(h) for h in proof["hashes"]], root
+            )
 
     def test_consistency_between_sizes(self, p):
         """A consistency proof links the tree before and after more plans."""
@@ -52,8 +54,9 @@ class TestTree:
         old_root = p.audit_log.root()
         p.submit(make_plan([READ]))
         proof = p.consistency_proof(old, p.audit_log.size)
-        verify_consistency(old, p.audit_log.size, old_root, p.audit_log.root(),
-                           [_b(h) for h in proof["hashes"]])
+        verify_consistency(
+            old, p.audit_log.size, old_root, p.audit_log.root(), [_b(h) for h in proof["hashes"]]
+        )
 
     def test_proof_out_of_range(self, p):
         """Proofs outside the tree are refused with the field named."""
@@ -84,7 +87,7 @@ class TestCheckpoints:
                 p.submit(make_plan([READ]))
             sizes = [c.size for c in p.gateway.store.checkpoints()]
             assert len(sizes) >= 3
-            assert all(b - a <= 5 + 6 for a, b in zip(sizes, sizes[1:], strict=False))
+            assert all(b - a <= 5 + 6 for a, b in itertools.pairwise(sizes))
 
     def test_interval(self):
         """After the interval, the next append signs a checkpoint."""

@@ -33,7 +33,10 @@ class TestScenarios:
         """A subscription change waits for the customer's confirmation."""
         r = scenarios.subscription(p)
         assert (r.outcome, r.decided_status, r.status) == (
-            "confirm", "awaiting_confirmation", "succeeded")
+            "confirm",
+            "awaiting_confirmation",
+            "succeeded",
+        )
         assert WORLD.subscriptions["cust-42"] == "pro"
 
     def test_restaurant_executes_with_undo(self, p):
@@ -46,13 +49,18 @@ class TestScenarios:
     def test_devops_dry_run_then_approval(self, p):
         """DevOps remediation dry-runs, needs SRE approval, and runs staging before production."""
         r = scenarios.devops(p)
-        assert (r.outcome, r.decided_status, r.status) == ("approve", "awaiting_approval",
-                                                           "succeeded")
+        assert (r.outcome, r.decided_status, r.status) == (
+            "approve",
+            "awaiting_approval",
+            "succeeded",
+        )
         assert set(r.extra[0]["dry_run"]) == {"s1", "s3"}
-        assert [x.split(":")[0] for x in r.ran] == ["s1 devops.restart_service",
-                                                    "s2 devops.check_health",
-                                                    "s3 devops.restart_service",
-                                                    "s4 devops.check_health"]
+        assert [x.split(":")[0] for x in r.ran] == [
+            "s1 devops.restart_service",
+            "s2 devops.check_health",
+            "s3 devops.restart_service",
+            "s4 devops.check_health",
+        ]
 
     def test_devops_failing_check_stops_before_production(self, p):
         """If the staging check fails, production is never touched and staging is rolled back."""
@@ -62,11 +70,21 @@ class TestScenarios:
             return {"state": "still broken"}
 
         p.gateway.tools.register("proctor.demo.tools:devops_restart", broken_restart)
-        rec = p.submit(scenarios._plan("ops-bot", "oncall", "restart", [
-            ("devops.restart_service", {"service": "checkout", "environment": "staging"}),
-            ("devops.check_health", {"service": "checkout", "environment": "staging"}),
-            ("devops.restart_service", {"service": "checkout", "environment": "production"}),
-        ]))
+        rec = p.submit(
+            scenarios._plan(
+                "ops-bot",
+                "oncall",
+                "restart",
+                [
+                    ("devops.restart_service", {"service": "checkout", "environment": "staging"}),
+                    ("devops.check_health", {"service": "checkout", "environment": "staging"}),
+                    (
+                        "devops.restart_service",
+                        {"service": "checkout", "environment": "production"},
+                    ),
+                ],
+            )
+        )
         rec = p.approve(rec.plan_id, "sam", roles=["sre"])
         assert rec.status.value == "compensated"
         assert [s.status.value for s in rec.steps] == ["compensated", "failed", "skipped"]
@@ -80,9 +98,19 @@ class TestScenarios:
 
     def test_procurement_over_limit_needs_finance(self, p):
         """A purchase order over the limit waits for finance."""
-        rec = p.submit(scenarios._plan("procure-bot", "carol", "big order", [
-            ("procurement.create_po", {"supplier": "S", "item": "servers", "quantity": 2,
-                                       "amount": 2_500_000})]))
+        rec = p.submit(
+            scenarios._plan(
+                "procure-bot",
+                "carol",
+                "big order",
+                [
+                    (
+                        "procurement.create_po",
+                        {"supplier": "S", "item": "servers", "quantity": 2, "amount": 2_500_000},
+                    )
+                ],
+            )
+        )
         assert rec.status.value == "awaiting_approval"
         assert rec.decision["approver_roles"] == ["finance"]
 
@@ -90,21 +118,34 @@ class TestScenarios:
         """PII search waits for HR (orchestrator-first); with external email it is denied."""
         r = scenarios.hr(p)
         assert (r.pattern, r.outcome, r.decided_status, r.status) == (
-            "orchestrator-first", "approve", "awaiting_approval", "succeeded")
+            "orchestrator-first",
+            "approve",
+            "awaiting_approval",
+            "succeeded",
+        )
         assert r.extra[0]["flow_rule"] == "denied"
 
     def test_hr_approver_without_role_is_refused(self, p):
         """An approver without the hr role cannot approve the PII search."""
         from proctor.errors import PermissionDeniedError
 
-        rec = p.submit(scenarios._plan("recruit-bot", "hm", "search",
-                                       [("hr.search_candidates", {"skill": "python"})]))
+        rec = p.submit(
+            scenarios._plan(
+                "recruit-bot", "hm", "search", [("hr.search_candidates", {"skill": "python"})]
+            )
+        )
         with pytest.raises(PermissionDeniedError):
             p.approve(rec.plan_id, "fiona", roles=["finance"])
 
     def test_run_all_verifies(self, p):
         """All scenarios together leave an intact audit log."""
         results = scenarios.run_all(p)
-        assert [r.name for r in results] == ["travel", "subscription", "restaurant", "devops",
-                                             "procurement", "hr"]
+        assert [r.name for r in results] == [
+            "travel",
+            "subscription",
+            "restaurant",
+            "devops",
+            "procurement",
+            "hr",
+        ]
         assert p.verify().ok
