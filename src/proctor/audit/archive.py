@@ -13,8 +13,9 @@ Object keys mirror the bundle layout under the prefix (``<prefix>/events/...json
 Re-running is safe: an object whose current version has the same SHA-256 and is already
 under a COMPLIANCE lock is skipped (its retention is left as it was; it is not extended).
 ``keys.json`` and ``manifest.json`` grow with the log, so a changed one is uploaded as a
-new version (the bucket keeps the locked old ones). A segment or checkpoint is immutable:
-if the archive holds *different* bytes under its name, archiving stops with
+new version (the bucket keeps the locked old ones), and so is a checkpoint that gained
+signatures (a cosignature) over the same signed text. Otherwise segments and checkpoints
+are immutable: if the archive holds *different* bytes under the name, archiving stops with
 ``AuditIntegrityError`` and uploads nothing more.
 
 Before anything is uploaded the whole bundle is checked: the manifest's shape, each
@@ -35,7 +36,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -266,6 +267,8 @@ def _collect(directory: Path) -> tuple[list[_File], list[str]]:
         if not isinstance(seg, Mapping):
             raise _bundle_error(directory, f"segments[{i}] is not an object")
         rel = seg.get("file")
+        if not isinstance(rel, str):
+            raise _bundle_error(directory, f"segments[{i}].file is not a file name")
         first = _int(directory, seg.get("first"), f"segments[{i}].first")
         last = _int(directory, seg.get("last"), f"segments[{i}].last")
         count = _int(directory, seg.get("count"), f"segments[{i}].count")
@@ -275,17 +278,17 @@ def _collect(directory: Path) -> tuple[list[_File], list[str]]:
         if not isinstance(expected, str) or not _HEX64.fullmatch(expected):
             raise _bundle_error(directory, f"segments[{i}].sha256 is not 64 lowercase hex")
         if count != segment_size or last + 1 > covered:
-            unsealed.append(str(rel))
+            unsealed.append(rel)
             continue
         data = _read(directory, rel)
         digest = hashlib.sha256(data).hexdigest()
         if digest != expected:
             raise AuditIntegrityError(
                 f"segment {rel} does not match its SHA-256 in manifest.json",
-                field=str(rel),
+                field=rel,
                 hint="the export was modified or is incomplete; export the log again",
             )
-        sealed.append(_File(str(rel), data, digest, immutable=True))
+        sealed.append(_File(rel, data, digest, immutable=True))
 
     keys = _read(directory, "keys.json")
     mutable = [
@@ -298,6 +301,12 @@ def _collect(directory: Path) -> tuple[list[_File], list[str]]:
         ),
     ]
     return sealed + notes + mutable, unsealed
+
+
+def _version(head: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``VersionId`` argument that reads exactly the version ``head`` describes."""
+    version = head.get("VersionId")
+    return {"VersionId": version} if isinstance(version, str) and version else {}
 
 
 class _Bucket:
@@ -354,15 +363,35 @@ class _Bucket:
                 return base64.b64decode(checksum, validate=True).hex()
             except ValueError:
                 pass
-        body = self.call(
-            f"read s3://{self.bucket}/{key}", "get_object", Key=key, VersionId=head["VersionId"]
-        )
+        body = self.call(f"read s3://{self.bucket}/{key}", "get_object", Key=key, **_version(head))
         try:
             return hashlib.sha256(body["Body"].read()).hexdigest()
         except self.errors as exc:
             raise wrap_aws_error(
                 exc, f"read s3://{self.bucket}/{key}", field="archive_url"
             ) from exc
+
+
+def _note_text(data: bytes) -> bytes | None:
+    split = data.rfind(b"\n\n")
+    return data[: split + 1] if split >= 0 else None
+
+
+def _cosigned(s3: _Bucket, key: str, head: Mapping[str, Any], f: _File) -> bool:
+    """Whether ``f`` is the archived checkpoint with other signatures (a cosignature, say).
+
+    A checkpoint may gain signatures after it was archived; its signed text may not change.
+    """
+    if not f.path.startswith("checkpoints/"):
+        return False
+    what = f"read s3://{s3.bucket}/{key}"
+    got = s3.call(what, "get_object", Key=key, **_version(head))
+    try:
+        archived = got["Body"].read()
+    except s3.errors as exc:
+        raise wrap_aws_error(exc, what, field="archive_url") from exc
+    text = _note_text(f.data)
+    return text is not None and _note_text(archived) == text
 
 
 def _key(prefix: str, rel: str) -> str:
@@ -429,7 +458,10 @@ def archive_export(
     prefix = prefix.strip("/")
     directory = Path(directory)
     files, unsealed = _collect(directory)
-    retain_until = now + timedelta(days=retention_days)
+    # Whole seconds, rounded up, in UTC: what S3 stores, so the report and log are exact.
+    retain_until = (now + timedelta(days=retention_days)).astimezone(UTC)
+    if retain_until.microsecond:
+        retain_until = retain_until.replace(microsecond=0) + timedelta(seconds=1)
 
     s3 = _Bucket(
         client
@@ -459,7 +491,7 @@ def archive_export(
                     )
                 )
                 continue
-            if not same and f.immutable:
+            if not same and f.immutable and not _cosigned(s3, key, head, f):
                 raise AuditIntegrityError(
                     f"s3://{bucket}/{key} already holds different content than {f.path}",
                     field=f.path,

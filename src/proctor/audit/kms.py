@@ -44,7 +44,10 @@ __all__ = [
     "ED25519",
     "KMS_MAX_MESSAGE",
     "AwsKmsSigner",
+    "aws_errors",
     "ecdsa_key_id_for",
+    "make_client",
+    "wrap_aws_error",
 ]
 
 ED25519: Final = "ed25519"
@@ -161,6 +164,11 @@ def wrap_aws_error(exc: Exception, what: str, *, field: str) -> ProctorError:
 
 
 def aws_errors() -> tuple[type[Exception], ...]:
+    """Return the botocore exception classes to catch around a boto3 call.
+
+    Raises:
+        MissingDependencyError: botocore is not installed.
+    """
     exceptions = _import("botocore.exceptions")
     return (exceptions.BotoCoreError, exceptions.ClientError)
 

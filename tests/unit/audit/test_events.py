@@ -153,3 +153,42 @@ class TestVerify:
         r = verify_events(rows, KEYS)
         assert not r.ok
         assert r.first_bad_seq == index
+
+
+class _EcdsaSigner:
+    """An ECDSA P-256 signer shaped like the KMS one (DER key, DER signatures)."""
+
+    def __init__(self):
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        self._key = ec.generate_private_key(ec.SECP256R1())
+        self.public_der = self._key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        self.key_id = "ecdsa-p256:" + hashlib.sha256(self.public_der).hexdigest()[:16]
+
+    def sign(self, data):
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        return self._key.sign(data, ec.ECDSA(hashes.SHA256()))
+
+    def public_keys(self):
+        return {self.key_id: self.public_der}
+
+
+class TestEcdsaEvents:
+    def test_ecdsa_events_verify(self):
+        """Events signed with an ECDSA P-256 key (as a KMS may hold) verify."""
+        signer = _EcdsaSigner()
+        rows = _log(5, signer=signer)
+        keys = {signer.key_id: KeyInfo(signer.public_der)}
+        assert verify_events(rows, keys).ok
+
+    def test_wrong_key_type_is_bad_signature_not_crash(self):
+        """An Ed25519 key id bound to a key of the wrong length reports bad_signature."""
+        rows = _log(2)
+        keys = {SIGNER.key_id: KeyInfo(b"\x00" * 31)}
+        r = verify_events(rows, keys)
+        assert (r.first_bad_seq, r.problem) == (0, "bad_signature")
