@@ -38,12 +38,15 @@ app = typer.Typer(
         "Proctor supervises AI-agent actions: it validates an agent's plan, scores it on five "
         "axes, asks a Rego policy, routes it (execute, confirm, approve, deny), runs it with "
         "undo, and records every step in a signed, verifiable audit log.\n\n"
-        "Start with `proctor init`, then `proctor demo` or `proctor submit PLAN.json`."
+        "Start with `proctor init`, then `proctor demo` or `proctor submit PLAN.json`.\n\n"
+        "Every command takes `--home DIR` (or `PROCTOR_HOME`; default `./.proctor`) and "
+        "`--json` for machine output. Exit codes: 0 success, 1 a failed check or a denied "
+        "or rejected request, 2 a usage error."
     ),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+    rich_markup_mode="markdown",
 )
 audit_app = typer.Typer(help="Verify and read the signed audit log.", no_args_is_help=True)
 totp_app = typer.Typer(help="Step-up codes (TOTP) for approvers.", no_args_is_help=True)
@@ -322,7 +325,8 @@ def undo(
 @app.command()
 def assess(
     scenario_file: Annotated[
-        Path, typer.Argument(help="TOML or JSON: a scores table with the five axes, or a checklist.")
+        Path,
+        typer.Argument(help="TOML or JSON: a scores table with the five axes, or a checklist."),
     ],
     home: Home = None,
     as_json: Json = False,
