@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytest
 
@@ -25,10 +26,19 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         _SKIPPED.append(f"{report.nodeid}: {reason}")
 
 
+def _on_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Say why a CI run with skipped tests fails."""
+    if _on_ci() and _SKIPPED:
+        terminalreporter.write_line("CI does not allow skipped tests; these skipped:", red=True)
+        for line in _SKIPPED:
+            terminalreporter.write_line(f"  {line}", red=True)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """On CI (CI=true) a skipped test is a failure: every service a test needs must be there."""
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes") and _SKIPPED:
-        print("\nCI does not allow skipped tests; these skipped:")
-        for line in _SKIPPED:
-            print(f"  {line}")
+    if _on_ci() and _SKIPPED:
         session.exitstatus = 1
