@@ -34,6 +34,7 @@ __all__ = [
     "load_catalog",
     "load_policy",
     "open_instance",
+    "open_log_view",
     "starter_catalog_path",
 ]
 
@@ -274,6 +275,31 @@ def open_instance(settings: Settings, *, clock: Clock | None = None) -> Instance
         raise
     return Instance(
         settings=settings, gateway=gateway, keys=keyring.key_infos(), tools=tools, keyring=keyring
+    )
+
+
+@dataclass(slots=True)
+class LogView:
+    """What verifying an instance's log needs, opened without checking it first."""
+
+    store: Store
+    keys: dict[str, KeyInfo]
+    origin: str
+
+
+def open_log_view(home: Path) -> LogView:
+    """Open the store and public keys of ``home`` for verification only.
+
+    Unlike ``open_instance`` this does not load the Merkle tree or check checkpoints, which
+    refuse a tampered log: the verifier must be able to open it to say what is wrong.
+    """
+    settings = load(home)
+    keyring = Keyring(settings.keys_dir)
+    store = open_store(settings.database_url, synchronous=settings.synchronous)
+    return LogView(
+        store=store,
+        keys=keyring.key_infos(),
+        origin=settings.origin or f"proctor/{settings.instance_id}",
     )
 
 

@@ -13,6 +13,8 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import orjson
+
 from proctor.core.ports import ToolCall
 from proctor.errors import ConfigError
 
@@ -61,5 +63,9 @@ class PythonTools:
         return found  # type: ignore[no-any-return]
 
     def run(self, path: str, params: Mapping[str, Any], call: ToolCall) -> Any:
-        """Call the handler with a copy of the params (handlers must not mutate the plan)."""
-        return self.resolve(path)(dict(params), call)
+        """Call the handler with a deep copy of the params.
+
+        A handler that mutates its params (nested values included) must not change what the
+        plan records as approved; a JSON round trip is the cheapest deep copy of JSON data.
+        """
+        return self.resolve(path)(orjson.loads(orjson.dumps(params)), call)
