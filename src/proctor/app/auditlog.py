@@ -146,6 +146,8 @@ class AuditLog:
         with self._lock:
             self._reload(self.store)
             n = self.store.event_count()
+            if self._tree.size == 0 and n > 0:
+                self._build_missing_tree(n)
             if self._tree.size != n:
                 raise AuditIntegrityError(
                     f"the Merkle tree has {self._tree.size} leaves but the log has {n} events",
@@ -158,6 +160,21 @@ class AuditLog:
                         field="checkpoints",
                         problem="inconsistent_checkpoints",
                     )
+
+    def _build_missing_tree(self, n: int) -> None:
+        """Build the tree of a log written before the tree existed (schema 1 databases).
+
+        Only when *no* node is stored: a partial tree is an integrity problem, not a
+        migration, and ``open`` refuses it.
+        """
+        with self.store.transaction() as tx:
+            if tx.audit_head().size != n:
+                return
+            self._nodes.written = []
+            for row in self.store.iter_events():
+                self._tree.append(leaf_hash(row.body))
+            tx.append_nodes(self._nodes.written)
+            self._nodes.written = []
 
     # ------------------------------------------------------------------ append
 

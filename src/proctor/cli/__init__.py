@@ -12,10 +12,28 @@ import json
 import sys
 
 import click
+import typer
 
 from proctor.errors import ProctorError
 
 __all__ = ["main"]
+
+
+def _usage_errors() -> tuple[type[BaseException], ...]:
+    # NOTE(cli): typer >= 0.29 raises usage errors from its own bundled click
+    # (``typer._click``), a different class from the installed click's; catch both.
+    classes: list[type[BaseException]] = [click.exceptions.UsageError]
+    try:
+        from typer._click.exceptions import UsageError as TyperUsageError
+    except ImportError:  # older typer: plain click
+        pass
+    else:
+        classes.append(TyperUsageError)
+    return tuple(classes)
+
+
+_USAGE_ERRORS = _usage_errors()
+_ABORTS: tuple[type[BaseException], ...] = (click.exceptions.Abort, typer.Abort)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -26,10 +44,10 @@ def main(argv: list[str] | None = None) -> None:
     want_json = "--json" in args
     try:
         code = app(args=args, prog_name="proctor", standalone_mode=False)
-    except click.exceptions.UsageError as exc:
-        exc.show()
+    except _USAGE_ERRORS as exc:
+        exc.show()  # type: ignore[attr-defined]
         sys.exit(2)
-    except click.exceptions.Abort:
+    except _ABORTS:
         print("Aborted.", file=sys.stderr)
         sys.exit(130)
     except ProctorError as exc:

@@ -16,7 +16,7 @@ from rich.table import Table
 
 from proctor._library import Proctor
 from proctor.audit.events import verify_events
-from proctor.bootstrap import init_home
+from proctor.bootstrap import init_home, open_log_view
 from proctor.cli.render import (
     console,
     err_console,
@@ -412,16 +412,21 @@ def audit_verify(
 
     Exits 1 with the first bad seq and the kind of problem on tampering.
     """
-    with _open(home) as p:
-        rows = list(p.gateway.store.iter_events())
+    # Opened without the start-up checks of the Merkle tree, which refuse a tampered log:
+    # the verifier must open it to say where and how it was tampered with.
+    view = open_log_view(home_from(home))
+    try:
+        rows = list(view.store.iter_events())
         with Progress(console=err_console, transient=True, disable=as_json) as bar:
             task = bar.add_task("verifying", total=len(rows) or 1)
             report = verify_events(
                 rows,
-                p.key_infos,
+                view.keys,
                 check_signatures=not fast,
                 progress=lambda n: bar.update(task, completed=n),
             )
+    finally:
+        view.store.close()
     if as_json:
         print_json(report.as_dict())
     elif report.ok:

@@ -33,15 +33,21 @@ _PLAN_COLS = (
 )
 
 
+def _bytes(value: Any) -> bytes:
+    # A BLOB edited with SQL string functions comes back as TEXT: the verifier must still
+    # read it (and report it), not crash on it.
+    return value.encode() if isinstance(value, str) else bytes(value)
+
+
 def _event(r: sqlite3.Row) -> EventRow:
     return EventRow(
         seq=r["seq"],
         type=r["type"],
         plan_id=r["plan_id"],
         step_id=r["step_id"],
-        timestamp=r["ts"],
-        body=bytes(r["body"]),
-        hash=r["hash"],
+        timestamp=str(r["ts"]),
+        body=_bytes(r["body"]),
+        hash=str(r["hash"]),
     )
 
 
@@ -129,7 +135,7 @@ class _Tx:
         row = self._c.execute(
             "SELECT hash FROM merkle_nodes WHERE level = ? AND idx = ?", (level, index)
         ).fetchone()
-        return bytes(row[0]) if row else None
+        return _bytes(row[0]) if row else None
 
     def load_nodes(self, start: Mapping[int, int]) -> dict[int, list[bytes]]:
         return _load_nodes(self._c, start)
@@ -141,7 +147,7 @@ def _latest_checkpoint(c: sqlite3.Connection) -> CheckpointRow | None:
     ).fetchone()
     if row is None:
         return None
-    return CheckpointRow(size=row[0], root=bytes(row[1]), note=row[2], created_at=row[3])
+    return CheckpointRow(size=row[0], root=_bytes(row[1]), note=row[2], created_at=row[3])
 
 
 def _load_nodes(c: sqlite3.Connection, start: Mapping[int, int]) -> dict[int, list[bytes]]:
@@ -159,7 +165,7 @@ def _load_nodes(c: sqlite3.Connection, start: Mapping[int, int]) -> dict[int, li
             ).fetchone()
         ):
             return out
-        out[level] = [bytes(r[1]) for r in rows]
+        out[level] = [_bytes(r[1]) for r in rows]
         level += 1
 
 
@@ -347,7 +353,8 @@ class SqliteStore:
         """Return every checkpoint, smallest first."""
         rows = self._query("SELECT size, root, note, created_at FROM checkpoints ORDER BY size")
         return [
-            CheckpointRow(size=r[0], root=bytes(r[1]), note=r[2], created_at=r[3]) for r in rows
+            CheckpointRow(size=r[0], root=_bytes(r[1]), note=r[2], created_at=r[3])
+            for r in rows
         ]
 
     def latest_checkpoint(self) -> CheckpointRow | None:

@@ -1,0 +1,119 @@
+"""Fixtures for the CLI tests: the installed ``proctor`` script and initialised homes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+@dataclass(frozen=True)
+class CliResult:
+    """One finished ``proctor`` run."""
+
+    args: tuple[str, ...]
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        """Parse stdout as one JSON document, with the run in the message if it is not."""
+        try:
+            return json.loads(self.out)
+        except json.JSONDecodeError as exc:
+            raise AssertionError(
+                f"stdout of proctor {' '.join(self.args)} is not JSON ({exc}):\n"
+                f"--- stdout\n{self.out}\n--- stderr\n{self.err}"
+            ) from exc
+
+    def error(self) -> dict[str, Any]:
+        """Return the ``error`` object printed with ``--json`` on a failure."""
+        doc = self.json()
+        assert isinstance(doc, dict) and "error" in doc, doc
+        return doc["error"]
+
+    def __str__(self) -> str:
+        return (
+            f"proctor {' '.join(self.args)} -> exit {self.code}\n"
+            f"--- stdout\n{self.out}\n--- stderr\n{self.err}"
+        )
+
+
+def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Return the environment without PROCTOR_* and with a wide, colourless terminal."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROCTOR_")}
+    env.update({"COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb", "PYTHONUTF8": "1"})
+    if extra:
+        env.update(extra)
+    return env
+
+
+class Cli:
+    """Runs the installed console script as a subprocess."""
+
+    def __init__(self, exe: str, cwd: Path) -> None:
+        self.exe = exe
+        self.cwd = cwd
+
+    def __call__(
+        self,
+        *args: str | Path,
+        home: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        timeout: float = 60,
+    ) -> CliResult:
+        """Run ``proctor ARGS [--home HOME]`` and return its exit code and output."""
+        argv = [str(a) for a in args]
+        if home is not None:
+            argv += ["--home", str(home)]
+        proc = subprocess.run(
+            [self.exe, *argv],
+            capture_output=True,
+            text=True,
+            env=clean_env(env),
+            cwd=cwd or self.cwd,
+            timeout=timeout,
+            check=False,
+        )
+        return CliResult(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.fixture(scope="session")
+def proctor_exe() -> str:
+    """The path of the installed ``proctor`` console script (skip when it is absent)."""
+    exe = shutil.which("proctor")
+    if exe is None:
+        pytest.skip("the `proctor` console script is not on PATH: `pip install -e .` in a venv")
+    return exe
+
+
+@pytest.fixture(scope="session")
+def cli(proctor_exe: str, tmp_path_factory: pytest.TempPathFactory) -> Cli:
+    """A runner for the installed CLI, in an empty working directory."""
+    return Cli(proctor_exe, tmp_path_factory.mktemp("cwd"))
+
+
+def _init(cli: Cli, home: Path) -> Path:
+    result = cli("init", home=home)
+    assert result.code == 0, str(result)
+    return home
+
+
+@pytest.fixture(scope="class")
+def shared_home(cli: Cli, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An initialised instance shared by the tests of one class (they must not interfere)."""
+    return _init(cli, tmp_path_factory.mktemp("home") / "instance")
+
+
+@pytest.fixture
+def fresh_home(cli: Cli, tmp_path: Path) -> Path:
+    """An initialised instance of this test alone."""
+    return _init(cli, tmp_path / "instance")
