@@ -172,3 +172,50 @@ class TestEvents:
             tx.put_meta("k", "v")
         assert store.get_meta("k") == "v"
         assert store.get_meta("missing") is None
+
+
+class TestTokensAndOutbox:
+    def test_tokens(self, store):
+        """Tokens are found by hash and listed; revocation persists."""
+        from proctor.core.principals import TokenRecord
+
+        t = TokenRecord(
+            token_id="t1",
+            name="bot",
+            roles=("agent",),
+            groups=(),
+            token_hash="sha256:h",
+            created_at=T0,
+        )
+        with store.transaction() as tx:
+            tx.save_token(t)
+        assert store.find_token("sha256:h") == t
+        assert store.find_token("sha256:other") is None
+        with store.transaction() as tx:
+            tx.save_token(dataclasses.replace(t, revoked_at=T0 + timedelta(hours=1)))
+        assert store.list_tokens()[0].revoked_at is not None
+
+    def test_outbox(self, store):
+        """Deliveries come due in order and leave the due list once delivered or dead."""
+        from proctor.core.notifications import Delivery, DeliveryStatus
+
+        a = Delivery(
+            delivery_id="a",
+            event="plan.decided",
+            target="hook",
+            payload=b"{}",
+            created_at=T0,
+            next_at=T0,
+        )
+        b = dataclasses.replace(a, delivery_id="b", next_at=T0 + timedelta(minutes=5))
+        with store.transaction() as tx:
+            tx.enqueue([a, b])
+        assert [d.delivery_id for d in store.due_deliveries(T0)] == ["a"]
+        assert [d.delivery_id for d in store.due_deliveries(T0 + timedelta(minutes=6))] == [
+            "a",
+            "b",
+        ]
+        with store.transaction() as tx:
+            tx.save_delivery(dataclasses.replace(a, status=DeliveryStatus.DEAD, attempts=8))
+        assert [d.delivery_id for d in store.deliveries(status="dead")] == ["a"]
+        assert store.due_deliveries(T0) == []

@@ -44,7 +44,16 @@ from proctor.core.lifecycle import (
 )
 from proctor.core.masking import mask
 from proctor.core.plans import Limits, Plan
-from proctor.core.ports import Clock, PolicyEngine, Signer, StepUp, Store, ToolCall, Tools
+from proctor.core.ports import (
+    Clock,
+    EventListener,
+    PolicyEngine,
+    Signer,
+    StepUp,
+    Store,
+    ToolCall,
+    Tools,
+)
 from proctor.errors import (
     ApprovalExpiredError,
     ConflictError,
@@ -102,6 +111,7 @@ class Gateway:
         options: GatewayOptions | None = None,
         step_up: StepUp | None = None,
         audit_log: AuditLog | None = None,
+        listeners: Sequence[EventListener] = (),
     ) -> None:
         self.store = store
         self.catalog = catalog
@@ -112,6 +122,7 @@ class Gateway:
         self.options = options or GatewayOptions()
         self.step_up = step_up
         self.audit_log = audit_log
+        self.listeners: list[EventListener] = list(listeners)
         # Serialises the human actions and execution of one plan within this process; the
         # store's transactions protect against other processes.
         self._plan_locks: dict[str, threading.Lock] = {}
@@ -856,6 +867,7 @@ class Gateway:
             self.clock,
             store_prompt=self.options.store_prompt,
             log=self.audit_log,
+            listeners=self.listeners,
         )
 
     def _attempt(self, step: StepRecord, spec: ActionSpec | None, status: str) -> dict[str, Any]:

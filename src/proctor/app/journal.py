@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from proctor.app.auditlog import AuditLog
 from proctor.audit.events import seal
 from proctor.core.canonical import canonical, fast_path_ok
 from proctor.core.lifecycle import PlanRecord
-from proctor.core.ports import Clock, EventRow, Signer, Transaction
+from proctor.core.ports import Clock, EventListener, EventRow, Signer, Transaction
 
 __all__ = ["Journal", "payload_hash"]
 
@@ -29,7 +29,16 @@ def payload_hash(params: Mapping[str, Any]) -> str:
 class Journal:
     """Events of one transaction, sealed and appended by ``flush``."""
 
-    __slots__ = ("_bodies", "_clock", "_fast", "_log", "_signer", "_tx", "store_prompt")
+    __slots__ = (
+        "_bodies",
+        "_clock",
+        "_fast",
+        "_listeners",
+        "_log",
+        "_signer",
+        "_tx",
+        "store_prompt",
+    )
 
     def __init__(
         self,
@@ -39,6 +48,7 @@ class Journal:
         *,
         store_prompt: bool = False,
         log: AuditLog | None = None,
+        listeners: Sequence[EventListener] = (),
     ) -> None:
         self._tx = tx
         self._signer = signer
@@ -46,6 +56,7 @@ class Journal:
         self._bodies: list[dict[str, Any]] = []
         self._fast: list[bool] = []
         self._log = log
+        self._listeners = listeners
         self.store_prompt = store_prompt
 
     def emit(
@@ -115,6 +126,8 @@ class Journal:
         if self._log is not None:
             # Same transaction: the Merkle leaves and any checkpoint commit with the events.
             self._log.on_append(self._tx, rows, head)
+        for listener in self._listeners:
+            listener.on_events(self._tx, rows)
         self._bodies.clear()
         self._fast.clear()
         return rows

@@ -15,12 +15,17 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from proctor.core.notifications import Delivery
+    from proctor.core.principals import TokenRecord
 
 __all__ = [
     "AuditHead",
     "CheckpointRow",
     "Clock",
+    "EventListener",
     "EventRow",
     "PolicyEngine",
     "Signer",
@@ -176,6 +181,29 @@ class Transaction(Protocol):
         """Return stored nodes per level from index ``start[level]`` (default 0) on."""
         ...
 
+    def save_token(self, token: TokenRecord) -> None:
+        """Insert or replace an API token record."""
+        ...
+
+    def enqueue(self, deliveries: Sequence[Delivery]) -> None:
+        """Add webhook deliveries to the outbox (same transaction as their event)."""
+        ...
+
+    def save_delivery(self, delivery: Delivery) -> None:
+        """Replace a delivery (after an attempt)."""
+        ...
+
+
+class EventListener(Protocol):
+    """Called inside the transaction that appends events (for example, the webhook outbox).
+
+    Whatever it writes through ``tx`` commits or rolls back with the events themselves.
+    """
+
+    def on_events(self, tx: Transaction, rows: Sequence[EventRow]) -> None:
+        """React to freshly sealed events."""
+        ...
+
 
 class Store(Protocol):
     """Durable state: plans, steps, approvals and the audit log."""
@@ -231,6 +259,22 @@ class Store(Protocol):
 
     def load_nodes(self, start: Mapping[int, int]) -> dict[int, list[bytes]]:
         """Return stored Merkle nodes per level from index ``start[level]`` on."""
+        ...
+
+    def find_token(self, token_hash: str) -> TokenRecord | None:
+        """Return the token with this hash, revoked or not."""
+        ...
+
+    def list_tokens(self) -> list[TokenRecord]:
+        """Return every token, oldest first."""
+        ...
+
+    def due_deliveries(self, now: datetime, *, limit: int = 100) -> list[Delivery]:
+        """Return pending deliveries whose ``next_at`` has come, oldest first."""
+        ...
+
+    def deliveries(self, *, status: str, limit: int = 100) -> list[Delivery]:
+        """Return deliveries in ``status``, newest first."""
         ...
 
     def close(self) -> None:

@@ -10,9 +10,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 
 from proctor.core.lifecycle import PlanRecord
+from proctor.core.notifications import Delivery, DeliveryStatus
 from proctor.core.ports import AuditHead, CheckpointRow, EventRow
+from proctor.core.principals import TokenRecord
 from proctor.errors import StorageError
 
 __all__ = ["MemoryStore"]
@@ -21,7 +24,16 @@ _GENESIS = "sha256:" + "0" * 64
 
 
 class _Tx:
-    __slots__ = ("_checkpoints", "_events", "_meta", "_nodes", "_plans", "_store")
+    __slots__ = (
+        "_checkpoints",
+        "_deliveries",
+        "_events",
+        "_meta",
+        "_nodes",
+        "_plans",
+        "_store",
+        "_tokens",
+    )
 
     def __init__(self, store: MemoryStore) -> None:
         self._store = store
@@ -30,6 +42,8 @@ class _Tx:
         self._meta: dict[str, str] = {}
         self._nodes: list[tuple[int, int, bytes]] = []
         self._checkpoints: list[CheckpointRow] = []
+        self._tokens: dict[str, TokenRecord] = {}
+        self._deliveries: dict[str, Delivery] = {}
 
     def get_plan(self, plan_id: str) -> PlanRecord | None:
         return self._plans.get(plan_id) or self._store._plans.get(plan_id)
@@ -77,6 +91,16 @@ class _Tx:
     def load_nodes(self, start: Mapping[int, int]) -> dict[int, list[bytes]]:
         return self._store.load_nodes(start)
 
+    def save_token(self, token: TokenRecord) -> None:
+        self._tokens[token.token_id] = token
+
+    def enqueue(self, deliveries: Sequence[Delivery]) -> None:
+        for d in deliveries:
+            self._deliveries[d.delivery_id] = d
+
+    def save_delivery(self, delivery: Delivery) -> None:
+        self._deliveries[delivery.delivery_id] = delivery
+
 
 class MemoryStore:
     """Plans and events in process memory; lost when the process ends."""
@@ -89,6 +113,8 @@ class MemoryStore:
         self._meta: dict[str, str] = {}
         self._nodes: list[list[bytes]] = []
         self._checkpoints: list[CheckpointRow] = []
+        self._tokens: dict[str, TokenRecord] = {}
+        self._deliveries: dict[str, Delivery] = {}
 
     @contextmanager
     def transaction(self, *, durable: bool = True) -> Iterator[_Tx]:
@@ -110,6 +136,8 @@ class MemoryStore:
                 self._nodes[level].append(h)
             self._checkpoints.extend(tx._checkpoints)
             self._checkpoints.sort(key=lambda c: c.size)
+            self._tokens.update(tx._tokens)
+            self._deliveries.update(tx._deliveries)
 
     def get_plan(self, plan_id: str) -> PlanRecord | None:
         """Return a plan or None."""
@@ -177,6 +205,30 @@ class MemoryStore:
         """Return stored Merkle nodes per level from index ``start[level]`` on."""
         with self._lock:
             return {lv: list(nodes[start.get(lv, 0) :]) for lv, nodes in enumerate(self._nodes)}
+
+    def find_token(self, token_hash: str) -> TokenRecord | None:
+        """Return the token with this hash."""
+        return next((t for t in self._tokens.values() if t.token_hash == token_hash), None)
+
+    def list_tokens(self) -> list[TokenRecord]:
+        """Return every token, oldest first."""
+        return sorted(self._tokens.values(), key=lambda t: (t.created_at, t.token_id))
+
+    def due_deliveries(self, now: datetime, *, limit: int = 100) -> list[Delivery]:
+        """Return pending deliveries that are due, oldest first."""
+        with self._lock:
+            due = [
+                d
+                for d in self._deliveries.values()
+                if d.status is DeliveryStatus.PENDING and d.next_at <= now
+            ]
+        return sorted(due, key=lambda d: d.next_at)[:limit]
+
+    def deliveries(self, *, status: str, limit: int = 100) -> list[Delivery]:
+        """Return deliveries in ``status``, newest first."""
+        with self._lock:
+            found = [d for d in self._deliveries.values() if d.status.value == status]
+        return sorted(found, key=lambda d: d.created_at, reverse=True)[:limit]
 
     def close(self) -> None:
         """Nothing to release."""

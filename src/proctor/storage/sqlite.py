@@ -15,11 +15,14 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from proctor.core.lifecycle import PlanRecord
+from proctor.core.notifications import Delivery, DeliveryStatus
 from proctor.core.ports import AuditHead, CheckpointRow, EventRow
+from proctor.core.principals import TokenRecord
 from proctor.errors import StorageError
 from proctor.storage._codec import dump_plan, load_plan
 from proctor.storage.migrations import MIGRATIONS, SCHEMA_VERSION
@@ -139,6 +142,78 @@ class _Tx:
 
     def load_nodes(self, start: Mapping[int, int]) -> dict[int, list[bytes]]:
         return _load_nodes(self._c, start)
+
+    def save_token(self, t: TokenRecord) -> None:
+        self._c.execute(
+            "INSERT OR REPLACE INTO tokens (token_id, name, roles, groups_, token_hash,"
+            " created_at, revoked_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                t.token_id,
+                t.name,
+                ",".join(t.roles),
+                ",".join(t.groups),
+                t.token_hash,
+                t.created_at.isoformat(),
+                t.revoked_at.isoformat() if t.revoked_at else None,
+            ),
+        )
+
+    def enqueue(self, deliveries: Sequence[Delivery]) -> None:
+        self._c.executemany(_DELIVERY_UPSERT, [_delivery_row(d) for d in deliveries])
+
+    def save_delivery(self, d: Delivery) -> None:
+        self._c.execute(_DELIVERY_UPSERT, _delivery_row(d))
+
+
+_DELIVERY_COLS = (
+    "delivery_id, event, target, payload, created_at, next_at, attempts, status, last_error"
+)
+_DELIVERY_UPSERT = (
+    f"INSERT OR REPLACE INTO outbox ({_DELIVERY_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"  # noqa: S608
+)
+
+
+def _delivery_row(d: Delivery) -> tuple[Any, ...]:
+    return (
+        d.delivery_id,
+        d.event,
+        d.target,
+        d.payload,
+        d.created_at.isoformat(),
+        d.next_at.isoformat(),
+        d.attempts,
+        d.status.value,
+        d.last_error,
+    )
+
+
+def _delivery(r: sqlite3.Row) -> Delivery:
+    return Delivery(
+        delivery_id=r[0],
+        event=r[1],
+        target=r[2],
+        payload=_bytes(r[3]),
+        created_at=datetime.fromisoformat(r[4]),
+        next_at=datetime.fromisoformat(r[5]),
+        attempts=r[6],
+        status=DeliveryStatus(r[7]),
+        last_error=r[8],
+    )
+
+
+def _token(r: sqlite3.Row) -> TokenRecord:
+    return TokenRecord(
+        token_id=r[0],
+        name=r[1],
+        roles=tuple(x for x in r[2].split(",") if x),
+        groups=tuple(x for x in r[3].split(",") if x),
+        token_hash=r[4],
+        created_at=datetime.fromisoformat(r[5]),
+        revoked_at=datetime.fromisoformat(r[6]) if r[6] else None,
+    )
+
+
+_TOKEN_COLS = "token_id, name, roles, groups_, token_hash, created_at, revoked_at"  # noqa: S105 - column names
 
 
 def _latest_checkpoint(c: sqlite3.Connection) -> CheckpointRow | None:
@@ -353,8 +428,7 @@ class SqliteStore:
         """Return every checkpoint, smallest first."""
         rows = self._query("SELECT size, root, note, created_at FROM checkpoints ORDER BY size")
         return [
-            CheckpointRow(size=r[0], root=_bytes(r[1]), note=r[2], created_at=r[3])
-            for r in rows
+            CheckpointRow(size=r[0], root=_bytes(r[1]), note=r[2], created_at=r[3]) for r in rows
         ]
 
     def latest_checkpoint(self) -> CheckpointRow | None:
@@ -366,6 +440,35 @@ class SqliteStore:
         """Return stored Merkle nodes per level from index ``start[level]`` on."""
         with self._lock:
             return _load_nodes(self._c, start)
+
+    def find_token(self, token_hash: str) -> TokenRecord | None:
+        """Return the token with this hash."""
+        rows = self._query(
+            f"SELECT {_TOKEN_COLS} FROM tokens WHERE token_hash = ?",  # noqa: S608 - constant
+            (token_hash,),
+        )
+        return _token(rows[0]) if rows else None
+
+    def list_tokens(self) -> list[TokenRecord]:
+        """Return every token, oldest first."""
+        sql = f"SELECT {_TOKEN_COLS} FROM tokens ORDER BY created_at, token_id"  # noqa: S608
+        return [_token(r) for r in self._query(sql)]
+
+    def due_deliveries(self, now: datetime, *, limit: int = 100) -> list[Delivery]:
+        """Return pending deliveries that are due, oldest first."""
+        sql = (
+            f"SELECT {_DELIVERY_COLS} FROM outbox WHERE status = 'pending'"  # noqa: S608
+            " AND next_at <= ? ORDER BY next_at LIMIT ?"
+        )
+        return [_delivery(r) for r in self._query(sql, (now.isoformat(), limit))]
+
+    def deliveries(self, *, status: str, limit: int = 100) -> list[Delivery]:
+        """Return deliveries in ``status``, newest first."""
+        sql = (
+            f"SELECT {_DELIVERY_COLS} FROM outbox WHERE status = ?"  # noqa: S608
+            " ORDER BY created_at DESC LIMIT ?"
+        )
+        return [_delivery(r) for r in self._query(sql, (status, limit))]
 
     def close(self) -> None:
         """Close the connection."""
