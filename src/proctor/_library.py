@@ -14,9 +14,12 @@ from typing import Any
 from proctor.app.auditlog import AuditLog
 from proctor.app.gateway import Gateway, GatewayOptions
 from proctor.app.stepup import TotpStepUp
-from proctor.audit.events import KeyInfo, VerifyReport, verify_events
-from proctor.audit.keys import Keyring, LocalSigner
+from proctor.audit.archive import ArchiveReport, archive_export, parse_s3_url
+from proctor.audit.events import KeyInfo, VerifyReport
+from proctor.audit.export import ExportManifest, export_log
+from proctor.audit.keys import KeyEntry, Keyring, LocalSigner
 from proctor.audit.note import vkey
+from proctor.audit.verify import verify_log
 from proctor.bootstrap import SystemClock, open_home, starter_catalog_path
 from proctor.config import home_from, load_catalog_file
 from proctor.core.assessment import Scores
@@ -233,10 +236,89 @@ class Proctor:
         """Read audit events."""
         return self.gateway.store.read_events(after=after, limit=limit, plan_id=plan_id)
 
-    def verify(self, *, check_signatures: bool = True) -> VerifyReport:
-        """Verify the whole audit log (chain, canonical form, signatures)."""
-        rows = list(self.gateway.store.iter_events())
-        return verify_events(rows, self._keys, check_signatures=check_signatures)
+    def verify(
+        self, *, check_signatures: bool = True, progress: Callable[[int], None] | None = None
+    ) -> VerifyReport:
+        """Verify the whole audit log: events, chain, signatures, Merkle tree, checkpoints.
+
+        Args:
+            check_signatures: Full mode (every Ed25519 signature); False is fast mode.
+            progress: Called with the number of events checked so far.
+        """
+        store = self.gateway.store
+        return verify_log(
+            list(store.iter_events()),
+            [c.note for c in store.checkpoints()],
+            self._keys,
+            origin=self.origin,
+            full=check_signatures,
+            progress=progress,
+        )
+
+    def export(
+        self,
+        directory: str | Path,
+        *,
+        segment_size: int = 10_000,
+        progress: Callable[[int], None] | None = None,
+    ) -> ExportManifest:
+        """Write a self-contained export: JSONL segments, checkpoints and verifier keys.
+
+        Raises:
+            InvalidRequestError: if the directory is not empty.
+        """
+        if self.keyring is not None:
+            keys = self.keyring.entries()
+        else:
+            now = self.gateway.clock.now()
+            keys = [
+                KeyEntry(key_id=k, public_key=v.public_key, created_at=v.not_before or now)
+                for k, v in self._keys.items()
+            ]
+        return export_log(
+            self.gateway.store,
+            keys=keys,
+            origin=self.origin,
+            directory=Path(directory),
+            segment_size=segment_size,
+            progress=progress,
+            now=self.gateway.clock.now(),
+        )
+
+    def archive(
+        self,
+        url: str,
+        *,
+        retention_days: int,
+        export_dir: str | Path,
+        endpoint_url: str | None = None,
+        region_name: str | None = None,
+    ) -> ArchiveReport:
+        """Upload the sealed segments and checkpoints of an export to S3 with Object Lock.
+
+        The archive is recorded in the audit log itself (event ``audit.archived``).
+        """
+        bucket, prefix = parse_s3_url(url)
+        report = archive_export(
+            Path(export_dir),
+            bucket=bucket,
+            prefix=prefix,
+            retention_days=retention_days,
+            now=self.gateway.clock.now(),
+            endpoint_url=endpoint_url,
+            region_name=region_name,
+        )
+        self.gateway.record(
+            "audit.archived",
+            {
+                "bucket": bucket,
+                "prefix": prefix,
+                "retain_until": report.retain_until.isoformat(),
+                "uploaded": [o.key for o in report.uploaded],
+                "sha256": [o.sha256 for o in report.uploaded],
+            },
+        )
+        return report
 
     # ------------------------------------------------------------------ transparency log
 
@@ -294,8 +376,10 @@ class Proctor:
         """
         if self.keyring is None:
             raise ConfigError("this instance has no keyring on disk", field="keys")
+        previous = self.keyring.current().key_id
         entry = self.keyring.create(self.gateway.clock.now())
         self._keys = self.keyring.key_infos()
+        self.gateway.record("keys.rotated", {"key_id": entry.key_id, "previous": previous})
         return entry.key_id
 
     @property

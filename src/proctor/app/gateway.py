@@ -729,6 +729,13 @@ class Gateway:
                 record, reason=f"undone by {principal}", final=PlanStatus.UNDONE
             )
 
+    def record(self, type_: str, data: Mapping[str, Any], *, user_id: str | None = None) -> None:
+        """Append an operational event that concerns no plan (an archive, a key rotation)."""
+        with self.store.transaction() as tx:
+            j = self._journal(tx)
+            j.emit(type_, data=data, user_id=user_id, actor={"type": "system", "name": "proctor"})
+            j.flush()
+
     def _check_undoable(self, record: PlanRecord, now: datetime) -> None:
         done = [s for s in record.steps if s.status is StepStatus.SUCCEEDED]
         for s in done:

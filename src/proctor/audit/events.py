@@ -216,9 +216,7 @@ def _within(info: KeyInfo, ts: Any) -> bool:
     return not (info.not_after is not None and at > info.not_after)
 
 
-def _signature_ok(
-    body: dict[str, Any], info: KeyInfo, key_id: str, cache: dict[str, Any]
-) -> bool:
+def _signature_ok(body: dict[str, Any], info: KeyInfo, key_id: str, cache: dict[str, Any]) -> bool:
     sig_b64 = body.get("signature")
     if not isinstance(sig_b64, str):
         return False

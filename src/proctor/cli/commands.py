@@ -15,7 +15,8 @@ from rich.progress import Progress
 from rich.table import Table
 
 from proctor._library import Proctor
-from proctor.audit.events import verify_events
+from proctor.audit.export import verify_export
+from proctor.audit.verify import verify_log
 from proctor.bootstrap import init_home, open_log_view
 from proctor.cli.render import (
     console,
@@ -402,40 +403,142 @@ def _instance_thresholds(home: Path | None) -> Thresholds:
 @audit_app.command("verify")
 def audit_verify(
     home: Home = None,
+    export: Annotated[
+        Path | None,
+        typer.Option("--export", help="Verify an export bundle instead (no database needed)."),
+    ] = None,
     fast: Annotated[
-        bool, typer.Option("--fast", help="Check the chain only, not every signature.")
+        bool,
+        typer.Option(
+            "--fast", help="Fast mode: chain, Merkle tree and checkpoints, not every signature."
+        ),
     ] = False,
     as_json: Json = False,
     verbose: Verbose = False,
 ) -> int:
-    """Verify the whole audit log: canonical form, hash chain and every signature.
+    """Verify the audit log: canonical form, chain, signatures, Merkle tree, checkpoints.
 
-    Exits 1 with the first bad seq and the kind of problem on tampering.
+    Exits 1 with the first bad seq and the kind of problem: modified, deleted, inserted,
+    reordered, truncated, bad_signature, unknown_key, bad_checkpoint or
+    inconsistent_checkpoints.
     """
-    # Opened without the start-up checks of the Merkle tree, which refuse a tampered log:
-    # the verifier must open it to say where and how it was tampered with.
-    view = open_log_view(home_from(home))
-    try:
-        rows = list(view.store.iter_events())
-        with Progress(console=err_console, transient=True, disable=as_json) as bar:
-            task = bar.add_task("verifying", total=len(rows) or 1)
-            report = verify_events(
-                rows,
-                view.keys,
-                check_signatures=not fast,
-                progress=lambda n: bar.update(task, completed=n),
-            )
-    finally:
-        view.store.close()
+    with Progress(console=err_console, transient=True, disable=as_json) as bar:
+        task = bar.add_task("verifying", total=None)
+
+        def progress(n: int) -> None:
+            bar.update(task, completed=n)
+
+        if export is not None:
+            if not (export / "manifest.json").is_file():
+                raise InvalidRequestError(
+                    f"{export} is not an export (no manifest.json)", field="export"
+                )
+            report = verify_export(export, full=not fast, progress=progress)
+        else:
+            # Opened without the start-up checks of the Merkle tree, which refuse a tampered
+            # log: the verifier must open it to say where and how it was tampered with.
+            view = open_log_view(home_from(home))
+            try:
+                rows = list(view.store.iter_events())
+                bar.update(task, total=len(rows) or 1)
+                report = verify_log(
+                    rows,
+                    [c.note for c in view.store.checkpoints()],
+                    view.keys,
+                    origin=view.origin,
+                    full=not fast,
+                    progress=progress,
+                )
+            finally:
+                view.store.close()
     if as_json:
         print_json(report.as_dict())
     elif report.ok:
-        console.print(f"[green]ok[/green]: {report.events} events verified, chain intact")
+        mode = "fast" if fast else "full"
+        console.print(f"[green]ok[/green]: {report.events} events verified ({mode}), intact")
     else:
         console.print(
             f"[red]FAILED[/red] at seq {report.first_bad_seq}: {report.problem} ({report.detail})"
         )
     return 0 if report.ok else 1
+
+
+@audit_app.command("export")
+def audit_export(
+    directory: Annotated[Path, typer.Argument(help="A new or empty directory.")],
+    home: Home = None,
+    segment_size: Annotated[
+        int, typer.Option("--segment-size", min=1, help="Events per JSONL segment.")
+    ] = 10_000,
+    as_json: Json = False,
+    verbose: Verbose = False,
+) -> int:
+    """Export the log: JSONL segments (one leaf per line), every checkpoint, verifier keys.
+
+    Verify it anywhere with `proctor audit verify --export DIR`.
+    """
+    with _open(home) as p:
+        total = p.gateway.store.event_count()
+        with Progress(console=err_console, transient=True, disable=as_json) as bar:
+            task = bar.add_task("exporting", total=total or 1)
+            manifest = p.export(
+                directory,
+                segment_size=segment_size,
+                progress=lambda n: bar.update(task, completed=n),
+            )
+    if as_json:
+        print_json(manifest.as_dict())
+    else:
+        console.print(
+            f"exported {manifest.events} events in {len(manifest.segments)} segment(s) and "
+            f"{len(manifest.checkpoints)} checkpoint(s) to {directory}"
+        )
+    return 0
+
+
+@audit_app.command("archive")
+def audit_archive(
+    to: Annotated[str, typer.Option("--to", help="s3://bucket/prefix (Object Lock enabled).")],
+    home: Home = None,
+    days: Annotated[
+        int, typer.Option("--days", min=1, help="Compliance-mode retention in days.")
+    ] = 365,
+    export_dir: Annotated[
+        Path | None, typer.Option("--export", help="An existing export to archive.")
+    ] = None,
+    endpoint_url: Annotated[
+        str | None,
+        typer.Option("--endpoint-url", envvar="PROCTOR_S3_ENDPOINT", help="S3-compatible URL."),
+    ] = None,
+    region: Annotated[str | None, typer.Option("--region", envvar="AWS_REGION")] = None,
+    as_json: Json = False,
+    verbose: Verbose = False,
+) -> int:
+    """Archive sealed segments and checkpoints to S3 with Object Lock (compliance mode).
+
+    Exports first unless --export names an existing bundle; objects already archived are
+    skipped; the archive is recorded in the audit log.
+    """
+    with _open(home) as p, tempfile.TemporaryDirectory(prefix="proctor-archive-") as tmp:
+        bundle = export_dir
+        if bundle is None:
+            bundle = Path(tmp) / "export"
+            p.export(bundle)
+        report = p.archive(
+            to,
+            retention_days=days,
+            export_dir=bundle,
+            endpoint_url=endpoint_url,
+            region_name=region,
+        )
+    if as_json:
+        print_json(report.as_dict())
+    else:
+        console.print(
+            f"archived {len(report.uploaded)} object(s), skipped {len(report.skipped)} already"
+            f" archived; retained until {report.retain_until.isoformat()}"
+        )
+    return 0
 
 
 @audit_app.command("events")

@@ -1,0 +1,325 @@
+"""verify_log: events, Merkle tree and signed checkpoints checked together."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import threading
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from proctor.audit.events import GENESIS, KeyInfo, seal
+from proctor.audit.keys import LocalSigner
+from proctor.audit.merkle import MerkleTree, leaf_hash
+from proctor.audit.note import Checkpoint, sign_note
+from proctor.audit.verify import build_tree, verify_log
+from proctor.core.canonical import canonical
+from proctor.errors import InvalidRequestError
+
+ORIGIN = "example.com/proctor-test"
+SIGNER = LocalSigner(b"\x01" * 32)
+OTHER = LocalSigner(b"\x02" * 32)
+KEYS = {SIGNER.key_id: KeyInfo(SIGNER.public_key)}
+
+
+class _Impostor:
+    """A real signer that claims another key's id: what a forger without the key can do."""
+
+    def __init__(self, claimed: str, real: LocalSigner) -> None:
+        self.key_id = claimed
+        self._real = real
+
+    def sign(self, data):
+        return self._real.sign(data)
+
+    def public_keys(self):
+        return {self.key_id: self._real.public_key}
+
+
+class _EcdsaSigner:
+    """An ECDSA P-256 signer shaped like the KMS one (DER key, DER signatures)."""
+
+    def __init__(self):
+        self._key = ec.generate_private_key(ec.SECP256R1())
+        self.public_der = self._key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        self.key_id = "ecdsa-p256:" + hashlib.sha256(self.public_der).hexdigest()[:16]
+
+    def sign(self, data):
+        return self._key.sign(data, ec.ECDSA(hashes.SHA256()))
+
+    def public_keys(self):
+        return {self.key_id: self.public_der}
+
+
+def _body(i):
+    return {
+        "type": "test.event",
+        "timestamp": f"2026-01-01T00:{i // 60 % 60:02d}:{i % 60:02d}+00:00",
+        "plan_id": f"p{i // 3}",
+        "step_id": None,
+        "data": {"i": i, "note": "x" * (i % 7), "nested": {"seq": 99, "prev_hash": "no"}},
+    }
+
+
+def _log(n, signer=SIGNER, *, start=0, prev=GENESIS):
+    rows = []
+    for i in range(start, start + n):
+        row = seal(_body(i), seq=i, prev_hash=prev, signer=signer)
+        rows.append(row)
+        prev = row.hash
+    return rows
+
+
+def _note(rows, size, *, origin=ORIGIN, signer=SIGNER, root=None):
+    tree = MerkleTree.from_leaf_hashes(leaf_hash(r.body) for r in rows[:size])
+    cp = Checkpoint(origin=origin, size=size, root=root if root is not None else tree.root())
+    return sign_note(cp.body(), origin, signer.sign, signer.public_key)
+
+
+def _verify(events, notes, keys=KEYS, **kw):
+    return verify_log(events, notes, keys, origin=ORIGIN, **kw)
+
+
+def _both(events, notes, keys=KEYS):
+    """Return the (problem, index) of full and fast mode, which must agree."""
+    full, fast = _verify(events, notes, keys), _verify(events, notes, keys, full=False)
+    assert (full.problem, full.first_bad_seq) == (fast.problem, fast.first_bad_seq), (full, fast)
+    return full.problem, full.first_bad_seq
+
+
+def _rewrite(rows, i, **changes):
+    """Return rows with event i's body changed (still canonical) and its stored hash kept."""
+    body = orjson.loads(rows[i].body)
+    body.update(changes)
+    out = list(rows)
+    out[i] = dataclasses.replace(rows[i], body=canonical(body))
+    return out
+
+
+ROWS = _log(20)
+NOTES = [_note(ROWS, s) for s in (5, 12, 20)]
+
+
+class TestBuildTree:
+    def test_same_roots_as_incremental_tree(self):
+        """The bulk-built tree has the incremental tree's root at every size."""
+        leaves = [leaf_hash(bytes([i])) for i in range(37)]
+        bulk, inc = build_tree(leaves), MerkleTree.from_leaf_hashes(leaves)
+        assert all(bulk.root(s) == inc.root(s) for s in range(38))
+        assert bulk.consistency_proof(5, 37) == inc.consistency_proof(5, 37)
+
+    def test_empty_and_single(self):
+        """Trees of zero and one leaf are well formed."""
+        assert build_tree([]).size == 0
+        assert build_tree([leaf_hash(b"a")]).root() == leaf_hash(b"a")
+
+
+class TestIntact:
+    def test_empty_log(self):
+        """An empty log without checkpoints verifies with zero events."""
+        report = _verify([], [])
+        assert report.as_dict() == {"ok": True, "events": 0, "first_bad_seq": None, "problem": None}
+
+    def test_empty_log_fast(self):
+        """An empty log verifies in fast mode too."""
+        assert _verify([], [], full=False).ok
+
+    def test_rows_and_bytes_both_modes(self):
+        """Stored rows and raw leaf bytes verify, in full and fast mode."""
+        for full in (True, False):
+            for events in (ROWS, [r.body for r in ROWS], (r.body for r in ROWS)):
+                report = _verify(events, NOTES, full=full)
+                assert report.ok and report.events == 20
+
+    def test_checkpoint_order_does_not_matter(self):
+        """Checkpoints may come in any order."""
+        assert _verify(ROWS, NOTES[::-1]).ok
+
+    def test_events_after_last_checkpoint(self):
+        """Events not yet covered by a checkpoint are fine."""
+        assert _verify(ROWS, NOTES[:1]).ok
+
+    def test_parallel_workers(self):
+        """Worker processes give the same verdict, including the exact first bad index."""
+        assert _verify(ROWS, NOTES, workers=2).ok
+        forged = _log(3, _Impostor(SIGNER.key_id, OTHER), start=20, prev=ROWS[-1].hash)
+        report = _verify(ROWS + forged, NOTES, workers=2)
+        assert (report.problem, report.first_bad_seq) == ("bad_signature", 20)
+
+    def test_threaded_process_checks_in_process(self):
+        """With other threads running, no worker is forked and the verdict is the same."""
+        stop = threading.Event()
+        thread = threading.Thread(target=stop.wait)
+        thread.start()
+        try:
+            forged = _log(3, _Impostor(SIGNER.key_id, OTHER), start=20, prev=ROWS[-1].hash)
+            report = _verify(ROWS + forged, NOTES, workers=2)
+        finally:
+            stop.set()
+            thread.join()
+        assert (report.problem, report.first_bad_seq) == ("bad_signature", 20)
+
+    def test_progress(self):
+        """Progress is reported with growing counts up to the number of events."""
+        seen: list[int] = []
+        _verify(ROWS, NOTES, progress=seen.append)
+        assert seen == sorted(seen) and seen[-1] == 20
+        fast: list[int] = []
+        _verify(ROWS, NOTES, full=False, progress=fast.append)
+        assert fast[-1] == 20
+
+    def test_ecdsa_events(self):
+        """Events signed with an ECDSA P-256 key (a KMS without EdDSA) verify in full mode."""
+        signer = _EcdsaSigner()
+        rows = _log(4, signer)
+        assert _verify(rows, [], {signer.key_id: KeyInfo(signer.public_der)}).ok
+
+
+class TestEventProblems:
+    def test_modified_middle(self):
+        """A changed event is reported at its index in both modes."""
+        rows = _rewrite(ROWS, 7, plan_id="p-evil")
+        assert _both(rows, NOTES) == ("modified", 7)
+
+    def test_modified_last_event_of_export(self):
+        """The last event has no successor: the covering checkpoint shows it was modified."""
+        bodies = [r.body for r in _rewrite(ROWS, 19, plan_id="p-evil")]
+        assert _both(bodies, NOTES) == ("modified", 19)
+
+    def test_deleted(self):
+        """A missing event is reported at its index."""
+        assert _both(ROWS[:4] + ROWS[5:], NOTES) == ("deleted", 4)
+
+    def test_inserted(self):
+        """A copied event is reported where the copy sits."""
+        assert _both([*ROWS[:10], ROWS[9], *ROWS[10:]], NOTES) == ("inserted", 10)
+
+    def test_reordered(self):
+        """Two swapped events are reported at the first of them."""
+        rows = list(ROWS)
+        rows[3], rows[4] = rows[4], rows[3]
+        assert _both(rows, NOTES) == ("reordered", 3)
+
+    def test_unknown_key(self):
+        """An event signed by a key outside the keyring is unknown_key in both modes."""
+        forged = _log(2, OTHER, start=20, prev=ROWS[-1].hash)
+        assert _both(ROWS + forged, NOTES) == ("unknown_key", 20)
+
+    def test_key_outside_validity_is_full_mode_only(self):
+        """A key used outside its validity is unknown_key in full mode; fast mode skips it."""
+        keys = {SIGNER.key_id: KeyInfo(SIGNER.public_key, None, datetime(2026, 1, 1, tzinfo=UTC))}
+        report = _verify(ROWS, NOTES, keys)
+        assert (report.problem, report.first_bad_seq) == ("unknown_key", 1)
+        assert _verify(ROWS, NOTES, keys, full=False).ok
+
+    def test_forged_event_after_last_checkpoint(self):
+        """A forged signature no checkpoint covers is bad_signature; fast mode cannot see it."""
+        forged = _log(2, _Impostor(SIGNER.key_id, OTHER), start=20, prev=ROWS[-1].hash)
+        report = _verify(ROWS + forged, NOTES)
+        assert (report.problem, report.first_bad_seq) == ("bad_signature", 20)
+        assert _verify(ROWS + forged, NOTES, full=False).ok
+
+    def test_forged_event_under_checkpoint_is_modified(self):
+        """A re-signed event that a checkpoint covers differs from what the log committed."""
+        impostor = _Impostor(SIGNER.key_id, OTHER)
+        resigned = seal(_body(19), seq=19, prev_hash=ROWS[18].hash, signer=impostor)
+        assert _both([*ROWS[:19], resigned], NOTES) == ("modified", 19)
+
+    def test_stored_hash_is_checked_for_rows(self):
+        """For store rows, the last event must hash to the hash stored beside it."""
+        rows = [*ROWS[:-1], dataclasses.replace(ROWS[-1], hash="sha256:" + "1" * 64)]
+        assert _both(rows, NOTES[:2]) == ("modified", 19)
+
+    def test_mixed_events_refused(self):
+        """Rows and bytes cannot be mixed."""
+        with pytest.raises(InvalidRequestError):
+            _verify([ROWS[0], ROWS[1].body], [])
+
+
+class TestCheckpointProblems:
+    def test_foreign_origin(self):
+        """A checkpoint of another log is bad_checkpoint at its last covered index."""
+        notes = [*NOTES, _note(ROWS, 8, origin="other.example/log")]
+        assert _both(ROWS, notes) == ("bad_checkpoint", 7)
+
+    def test_foreign_origin_signed_under_our_name(self):
+        """A checkpoint naming another origin is refused even when our key signed it."""
+        text = Checkpoint(origin="other.example/log", size=8, root=b"\x00" * 32).body()
+        note = sign_note(text, ORIGIN, SIGNER.sign, SIGNER.public_key)
+        assert _both(ROWS, [*NOTES, note]) == ("bad_checkpoint", 7)
+
+    def test_unknown_key(self):
+        """A checkpoint signed by a key outside the keyring is unknown_key."""
+        notes = [*NOTES, _note(ROWS, 9, signer=OTHER)]
+        assert _both(ROWS, notes) == ("unknown_key", 8)
+
+    def test_tampered_signature(self):
+        """A checkpoint whose signature by a known key fails is bad_checkpoint."""
+        text, _, line = NOTES[1].rstrip("\n").rpartition("\n")
+        name, blob = line.rsplit(" ", 1)
+        raw = bytearray(base64.b64decode(blob))
+        raw[-1] ^= 1
+        forged = f"{text}\n{name} {base64.b64encode(bytes(raw)).decode()}\n"
+        assert _both(ROWS, [NOTES[0], forged, NOTES[2]]) == ("bad_checkpoint", 11)
+
+    def test_malformed_note(self):
+        """A note that is not a signed note is bad_checkpoint, with no index if no size."""
+        report = _verify(ROWS, [*NOTES, "garbage"])
+        assert (report.problem, report.first_bad_seq) == ("bad_checkpoint", None)
+        report = _verify(ROWS, [*NOTES, f"{ORIGIN}\n6\nnot-base64\n\n"])
+        assert (report.problem, report.first_bad_seq) == ("bad_checkpoint", 5)
+
+    def test_same_size_different_roots(self):
+        """Two signed checkpoints of one size with different roots are inconsistent."""
+        other = _note(ROWS, 12, root=b"\x07" * 32)
+        assert _both(ROWS, [*NOTES, other]) == ("inconsistent_checkpoints", 11)
+
+    def test_not_a_prefix_of_later(self):
+        """An earlier signed root that the later, matching checkpoint does not extend."""
+        other = _note(ROWS, 12, root=b"\x07" * 32)
+        assert _both(ROWS, [NOTES[0], other, NOTES[2]]) == ("inconsistent_checkpoints", 11)
+
+    def test_signed_root_of_other_events(self):
+        """The last checkpoint signs a root its (valid) events do not have: bad_checkpoint."""
+        other = _note(ROWS, 20, root=b"\x07" * 32)
+        assert _both(ROWS, [NOTES[0], NOTES[1], other]) == ("bad_checkpoint", 19)
+
+    def test_truncated(self):
+        """A checkpoint covering more events than present: truncated at the first missing."""
+        assert _both(ROWS[:17], NOTES) == ("truncated", 17)
+
+    def test_truncated_empty_log(self):
+        """Every event gone: truncated at 0."""
+        assert _both([], NOTES) == ("truncated", 0)
+
+    def test_first_problem_in_log_order(self):
+        """A checkpoint problem before an event problem is reported first, and vice versa."""
+        rows = _rewrite(ROWS, 15, plan_id="p-evil")
+        bad = _note(ROWS, 3, signer=OTHER)
+        assert _both(rows, [*NOTES, bad]) == ("unknown_key", 2)
+        rows = _rewrite(ROWS, 1, plan_id="p-evil")
+        assert _both(rows, [*NOTES, bad]) == ("modified", 1)
+
+    def test_event_problem_wins_a_tie(self):
+        """At the same index, the event problem is reported."""
+        rows = _rewrite(ROWS, 4, plan_id="p-evil")
+        bad = _note(ROWS, 5, signer=OTHER)
+        assert _both(rows, [*NOTES[1:], bad]) == ("modified", 4)
+
+    def test_invalid_origin(self):
+        """An origin that cannot be a key name is a caller error."""
+        with pytest.raises(InvalidRequestError) as err:
+            verify_log(ROWS, NOTES, KEYS, origin="has space")
+        assert err.value.field == "origin"
+
+    def test_key_of_wrong_length_is_not_a_crash(self):
+        """A public key that is not 32 bytes cannot verify anything, and does not raise."""
+        report = _verify(ROWS, NOTES, {SIGNER.key_id: KeyInfo(b"\x00" * 31)})
+        assert (report.problem, report.first_bad_seq) == ("bad_signature", 0)
