@@ -330,3 +330,44 @@ class TestAudit:
             "plan.finished",
         ]
         assert p.verify().ok
+
+
+class TestPrivacy:
+    def test_masked_params_keep_unmasked_hash(self, clock):
+        """Masked params never reach the log, but the payload hash is of the real params."""
+        import orjson
+
+        from proctor.app.journal import payload_hash
+
+        p = Proctor.in_memory(clock=clock)
+        plan = make_plan(
+            [
+                (
+                    "travel.pay",
+                    {"amount": 100, "currency": "EUR", "traveller": "al", "card_last4": "4242"},
+                )
+            ]
+        )
+        rec = p.submit(plan)
+        raw = b"".join(e.body for e in p.events(plan_id=rec.plan_id))
+        assert b"4242" not in raw
+        submitted = orjson.loads(p.events(plan_id=rec.plan_id)[0].body)
+        assert submitted["data"]["steps"][0]["params"]["card_last4"] == "***"
+        real = plan["steps"][0]["params"]
+        assert submitted["actions_attempted"][0]["payload_hash"] == payload_hash(real)
+
+    def test_prompt_stored_only_when_configured(self, clock):
+        """The raw intent is kept only with store_prompt; its hash always."""
+        import orjson
+
+        for store_prompt in (False, True):
+            p = Proctor.in_memory(clock=clock, options=GatewayOptions(store_prompt=store_prompt))
+            p.submit(
+                make_plan(
+                    [("travel.search", {"destination": "Lisbon", "date": "2027-01-01"})],
+                    intent="secret trip to Lisbon",
+                )
+            )
+            body = orjson.loads(p.events()[0].body)
+            assert body["prompt_hash"].startswith("sha256:")
+            assert ("prompt" in body) is store_prompt
