@@ -1,11 +1,13 @@
 """The transparency log over the event chain: Merkle tree, signed checkpoints, proofs.
 
 Every event appended by a ``Journal`` becomes a leaf (its canonical bytes, signature
-included) of an RFC 9162 Merkle tree. The tree's perfect-subtree hashes are stored in the
-same transaction as the events, so the tree never lags or leads the log. This process keeps a
-copy of the tree in memory for fast proofs; before each append it checks the copy against
-the store (size and last leaf) and reloads what another process, or a rolled-back
-transaction, changed.
+included) of an RFC 9162 Merkle tree. The leaf hashes are stored in the same transaction as
+the events, so the tree never lags or leads the log. The interior nodes are kept in memory,
+maintained incrementally as leaves arrive and rebuilt from the stored leaves on start (about
+a second per million events); storing them too would put one B-tree page per tree level in
+every commit that acknowledges an action. Before each append this copy is checked against
+the store (size and last leaf) and what another process, or a rolled-back transaction,
+changed is reloaded.
 
 Checkpoints are C2SP signed notes over (origin, size, root), issued every N events, every T
 seconds, or on demand. Before signing, the new tree is proven consistent with the last
@@ -96,12 +98,11 @@ class AuditLog:
     # ------------------------------------------------------------------ sync
 
     def _reload(self, source: Store | Transaction) -> None:
-        nodes = MemoryNodes()
-        for level, hashes in sorted(source.load_nodes({}).items()):
-            for h in hashes:
-                nodes.append(level, h)
-        self._nodes = _Recording(nodes)
+        self._nodes = _Recording(MemoryNodes())
         self._tree = MerkleTree(self._nodes)
+        for h in source.load_nodes({}).get(0, []):
+            self._tree.append(h)
+        self._nodes.written = []
         self._last_cp = source.latest_checkpoint()
         self._loaded = True
 
@@ -121,12 +122,10 @@ class AuditLog:
             and tree.size < size
             and (tree.size == 0 or tx.node(0, tree.size - 1) == self._nodes.get(0, tree.size - 1))
         ):
-            # Another writer appended: load only what is new.
-            start = {lv: self._nodes.count(lv) for lv in range(64)}
-            for level, hashes in sorted(tx.load_nodes(start).items()):
-                for h in hashes:
-                    self._nodes.inner.append(level, h)
-            self._tree = MerkleTree(self._nodes)
+            # Another writer appended: load only the new leaves.
+            for h in tx.load_nodes({0: tree.size}).get(0, []):
+                self._tree.append(h)
+            self._nodes.written = []
             self._last_cp = tx.latest_checkpoint()
             return
         self._reload(tx)
@@ -173,7 +172,7 @@ class AuditLog:
             self._nodes.written = []
             for row in self.store.iter_events():
                 self._tree.append(leaf_hash(row.body))
-            tx.append_nodes(self._nodes.written)
+            tx.append_nodes([n for n in self._nodes.written if n[0] == 0])
             self._nodes.written = []
 
     # ------------------------------------------------------------------ append
@@ -185,7 +184,7 @@ class AuditLog:
             self._nodes.written = []
             for row in rows:
                 self._tree.append(leaf_hash(row.body))
-            tx.append_nodes(self._nodes.written)
+            tx.append_nodes([n for n in self._nodes.written if n[0] == 0])
             self._nodes.written = []
             # Valid only once the transaction commits; a rollback leaves the store's head
             # different from this hash, and the next sync then reloads.

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import os
 import threading
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -923,7 +923,8 @@ class Gateway:
 
 def _new_plan_id(now: datetime) -> str:
     # Time-ordered prefix so ids sort by creation, random suffix so they never collide.
-    return f"p-{now.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:12]}"
+    stamp = f"{now.year:04d}{now.month:02d}{now.day:02d}{now.hour:02d}{now.minute:02d}"
+    return f"p-{stamp}{now.second:02d}-{os.urandom(6).hex()}"
 
 
 def _sampled(digest: str, rate: float) -> bool:

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from proctor.core.canonical import canonical, digest
+from proctor.core.canonical import canonical, sha256_tagged
 from proctor.errors import InvalidRequestError
 
 __all__ = ["Actor", "Limits", "Plan", "Signature", "Step"]
@@ -193,7 +193,8 @@ class Plan:
             raise InvalidRequestError(
                 f"the manifest is {len(body)} bytes; the limit is {lim.max_bytes}", field="plan"
             )
-        object.__setattr__(plan, "digest", digest(plan.manifest()))
+        # The digest is over the same canonical bytes the agent signs.
+        object.__setattr__(plan, "digest", sha256_tagged(body))
         return plan
 
 

@@ -50,12 +50,13 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
     (
         2,
         """
+        -- Leaf hashes of the audit log's Merkle tree (level 0): interior nodes are rebuilt.
         CREATE TABLE IF NOT EXISTS merkle_nodes (
             level INTEGER NOT NULL,
             idx INTEGER NOT NULL,
             hash BLOB NOT NULL,
             PRIMARY KEY (level, idx)
-        );
+        ) WITHOUT ROWID;
         CREATE TABLE IF NOT EXISTS checkpoints (
             size INTEGER PRIMARY KEY,
             root BLOB NOT NULL,

@@ -72,8 +72,15 @@ class _Tx:
 
     def save_plan(self, p: PlanRecord) -> None:
         self._c.execute(
-            f"INSERT OR REPLACE INTO plans ({_PLAN_COLS}) "  # noqa: S608 - constant columns
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            # An upsert updates the row in place: only the indexes whose columns changed are
+            # written (REPLACE would delete and reinsert into every index: more WAL pages to
+            # fsync on the commit that acknowledges an action).
+            f"INSERT INTO plans ({_PLAN_COLS}) "  # noqa: S608 - constant columns
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (plan_id) DO UPDATE SET status = excluded.status, "
+            "updated_at = excluded.updated_at, expires_at = excluded.expires_at, "
+            "outcome = excluded.outcome, error = excluded.error, review = excluded.review, "
+            "doc = excluded.doc",
             (
                 p.plan_id,
                 p.digest,
