@@ -1,0 +1,80 @@
+"""Plan and step state machines."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from proctor.core.lifecycle import (
+    PLAN_TRANSITIONS,
+    TERMINAL,
+    PlanRecord,
+    PlanStatus,
+    StepRecord,
+    StepStatus,
+)
+from proctor.errors import InvalidTransitionError
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _plan(status):
+    return PlanRecord(
+        plan_id="p",
+        digest="d",
+        status=status,
+        agent_id="a",
+        on_behalf_of="u",
+        manifest={},
+        created_at=T0,
+        updated_at=T0,
+        assessment={},
+        decision={},
+        policy_version="v",
+        outcome="execute",
+        steps=(StepRecord(step_id="s1", index=0, action="x", params={}),),
+    )
+
+
+class TestPlanTransitions:
+    def test_every_status_has_a_row(self):
+        """The transition table covers every status."""
+        assert set(PLAN_TRANSITIONS) == set(PlanStatus)
+
+    @pytest.mark.parametrize("status", sorted(TERMINAL - {PlanStatus.SUCCEEDED}))
+    def test_terminal_never_moves(self, status):
+        """A terminal plan cannot run again."""
+        with pytest.raises(InvalidTransitionError):
+            _plan(status).moved_to(PlanStatus.RUNNING, at=T0)
+
+    def test_succeeded_can_be_undone(self):
+        """Succeeded moves only to undone or failed."""
+        assert (
+            _plan(PlanStatus.SUCCEEDED).moved_to(PlanStatus.UNDONE, at=T0).status
+            is PlanStatus.UNDONE
+        )
+        with pytest.raises(InvalidTransitionError):
+            _plan(PlanStatus.SUCCEEDED).moved_to(PlanStatus.RUNNING, at=T0)
+
+    def test_waiting_to_running(self):
+        """A waiting plan may start running (after a confirmation or quorum)."""
+        p = _plan(PlanStatus.AWAITING_APPROVAL).moved_to(PlanStatus.RUNNING, at=T0)
+        assert p.status is PlanStatus.RUNNING
+
+    def test_idempotency_key_is_stable(self):
+        """The idempotency key is plan_id:step_id."""
+        assert _plan(PlanStatus.RUNNING).idempotency_key("s1") == "p:s1"
+
+
+class TestStepTransitions:
+    def test_pending_cannot_succeed_without_running(self):
+        """A step must run before it succeeds."""
+        with pytest.raises(InvalidTransitionError):
+            StepRecord(step_id="s", index=0, action="x", params={}).moved_to(StepStatus.SUCCEEDED)
+
+    def test_failed_is_final(self):
+        """A failed step never moves again."""
+        s = StepRecord(step_id="s", index=0, action="x", params={}, status=StepStatus.FAILED)
+        with pytest.raises(InvalidTransitionError):
+            s.moved_to(StepStatus.RUNNING)
