@@ -3,9 +3,16 @@
 Each sample is one ``RegoPolicyEngine.evaluate`` call: converting the input, evaluating
 ``data.proctor.decision`` and reading the result. Run with::
 
-    PYTHONPATH=src python bench/policy.py [--iterations 5000]
+    PYTHONPATH=src python bench/policy.py [--iterations 5000] [--against HEAD]
+        [--shape gateway|minimal|both]
 
-Prints a small table, then one JSON line (the last line) for machines.
+``--shape`` picks the input: ``gateway`` is what the gateway passes today (contract, plan,
+steps with action and idempotent, baseline, context with sandbox and both thresholds);
+``minimal`` is the smaller input docs/policy.md recommends (steps first, no plan members,
+baseline_total). ``--against REV`` also loads the engine and the default bundle of a git
+revision (read with ``git show``, nothing is changed) and alternates old and new in rounds
+of 200 calls, so both see the same machine load. Prints a table, then one JSON line (the
+last line) for machines.
 """
 
 from __future__ import annotations
@@ -15,14 +22,19 @@ import gc
 import json
 import platform
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+import types
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import regopy
 
-from proctor.policy import RegoPolicyEngine, default_bundle_path
-
 BASELINE = {"risk": 2, "auditability": 3, "ux": 4, "recovery": 2, "cost": 1}
+ROUND = 200  # calls per engine and plan before switching to the next one
 
 
 def _step(step_id: str, action: str, category: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -39,7 +51,7 @@ def _step(step_id: str, action: str, category: str, params: dict[str, Any]) -> d
 
 
 def plan_input(steps: list[dict[str, Any]]) -> dict[str, Any]:
-    """Return a contract-1 policy input for the travel scenario."""
+    """Return the policy input the gateway builds today for the travel scenario."""
     return {
         "contract": 1,
         "plan": {
@@ -56,7 +68,18 @@ def plan_input(steps: list[dict[str, Any]]) -> dict[str, Any]:
         },
         "steps": steps,
         "baseline": BASELINE,
-        "context": {"sandbox": False},
+        "context": {"sandbox": False, "thresholds": {"agentic_max": 10, "hybrid_max": 15}},
+    }
+
+
+def minimal_input(value: dict[str, Any]) -> dict[str, Any]:
+    """Return the smaller input docs/policy.md recommends for the same plan."""
+    keep = ("id", "category", "amount", "reversible", "params")
+    return {
+        "steps": [{k: s[k] for k in keep} for s in value["steps"]],
+        "baseline": value["baseline"],
+        "baseline_total": sum(value["baseline"].values()),
+        "context": {"thresholds": {"hybrid_max": value["context"]["thresholds"]["hybrid_max"]}},
     }
 
 
@@ -71,19 +94,70 @@ PLANS = {
         ]
     ),
 }
+SHAPES: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "gateway": lambda value: value,
+    "minimal": minimal_input,
+}
 
 
-def measure(engine: RegoPolicyEngine, value: dict[str, Any], iterations: int) -> list[float]:
-    """Return ``iterations`` latencies of ``engine.evaluate(value)`` in microseconds."""
-    for _ in range(max(200, iterations // 10)):  # warm-up
-        engine.evaluate(value)
+def _proctor_policy() -> Any:
+    """Import proctor.policy with this script's directory off the path.
+
+    bench/http.py would shadow the standard library's ``http`` (imported by httpx, which
+    proctor imports) when this file runs as a script.
+    """
+    here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
+    import proctor.policy
+
+    return proctor.policy
+
+
+def engine_at(revision: str) -> Any:
+    """Return an engine built from ``revision``'s engine.py and default bundle (git show)."""
+    root = Path(__file__).resolve().parent.parent
+    prefix = "src/proctor/policy/"
+
+    def show(path: str) -> bytes:
+        return subprocess.run(
+            ["git", "-C", str(root), "show", f"{revision}:{path}"],
+            capture_output=True,
+            check=True,
+        ).stdout
+
+    module = types.ModuleType(f"_bench_policy_engine_{abs(hash(revision))}")
+    sys.modules[module.__name__] = module  # dataclasses look their module up
+    exec(compile(show(prefix + "engine.py"), f"{revision}:engine.py", "exec"), module.__dict__)
+    names = subprocess.run(
+        ["git", "-C", str(root), "ls-tree", "--name-only", revision, prefix + "bundle/"],
+        capture_output=True,
+        check=True,
+        text=True,
+    ).stdout.split()
+    bundle = Path(tempfile.mkdtemp(prefix="proctor-bench-bundle-"))
+    for name in names:
+        (bundle / Path(name).name).write_bytes(show(name))
+    return module.RegoPolicyEngine.from_directory(bundle)
+
+
+def measure(runs: dict[str, Callable[[], Any]], iterations: int) -> dict[str, list[float]]:
+    """Return ``iterations`` latencies in microseconds per run, alternating in rounds."""
+    for run in runs.values():  # warm-up
+        for _ in range(max(200, iterations // 10)):
+            run()
     gc.collect()
-    samples = []
+    samples: dict[str, list[float]] = {name: [] for name in runs}
     clock = time.perf_counter_ns
-    for _ in range(iterations):
-        start = clock()
-        engine.evaluate(value)
-        samples.append((clock() - start) / 1000)
+    done = 0
+    while done < iterations:
+        n = min(ROUND, iterations - done)
+        for name, run in runs.items():
+            out = samples[name]
+            for _ in range(n):
+                start = clock()
+                run()
+                out.append((clock() - start) / 1000)
+        done += n
     return samples
 
 
@@ -97,12 +171,26 @@ def main() -> None:
     """Run the benchmark and print the table and the JSON line."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--iterations", type=int, default=5000)
+    parser.add_argument("--against", metavar="REV", help="also run a git revision's engine")
+    parser.add_argument("--shape", choices=[*SHAPES, "both"], default="both")
     args = parser.parse_args()
 
-    engine = RegoPolicyEngine.from_directory(default_bundle_path())
+    policy = _proctor_policy()
+    engines: dict[str, Any] = {
+        "new": policy.RegoPolicyEngine.from_directory(policy.default_bundle_path())
+    }
+    if args.against:
+        engines = {args.against: engine_at(args.against), **engines}
+    shapes = list(SHAPES) if args.shape == "both" else [args.shape]
+    runs: dict[str, Callable[[], Any]] = {}
+    for plan, value in PLANS.items():
+        for shape in shapes:
+            shaped = SHAPES[shape](value)
+            for label, engine in engines.items():
+                runs[f"{label} {shape} {plan}"] = lambda e=engine, v=shaped: e.evaluate(v)
     results: dict[str, dict[str, float]] = {}
-    for name, value in PLANS.items():
-        samples = sorted(measure(engine, value, args.iterations))
+    for name, samples in measure(runs, args.iterations).items():
+        samples.sort()
         results[name] = {
             "p50_us": round(percentile(samples, 50), 1),
             "p99_us": round(percentile(samples, 99), 1),
@@ -111,10 +199,10 @@ def main() -> None:
         }
 
     print(f"policy decision, default bundle, {args.iterations} iterations each")
-    print(f"{'plan':<8} {'p50 µs':>9} {'p99 µs':>9} {'mean µs':>9} {'min µs':>9}")
+    print(f"{'engine shape plan':<28} {'p50 µs':>9} {'p99 µs':>9} {'mean µs':>9} {'min µs':>9}")
     for name, r in results.items():
         print(
-            f"{name:<8} {r['p50_us']:>9.1f} {r['p99_us']:>9.1f} "
+            f"{name:<28} {r['p50_us']:>9.1f} {r['p99_us']:>9.1f} "
             f"{r['mean_us']:>9.1f} {r['min_us']:>9.1f}"
         )
     print(
@@ -125,7 +213,8 @@ def main() -> None:
                 "regopy": getattr(regopy, "__version__", "?"),
                 "python": platform.python_version(),
                 "iterations": args.iterations,
-                "version": engine.version,
+                "against": args.against,
+                "version": engines["new"].version,
                 "results": results,
             },
             sort_keys=True,

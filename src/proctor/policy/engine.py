@@ -12,14 +12,17 @@ into a deny. A bundle that does not parse or build raises ``InvalidPolicyError``
 
 regopy pitfalls this module works around (regopy 1.5.2):
 
-- ``Output.binding()`` aborts the process; the value is read from ``Output.results``.
-- A rule conflict does not raise: the output prints as ``<error>`` and ``ok()`` is false. Some
-  errors (recursion, a missing function) come back with ``ok()`` true and an error text that
-  is not JSON, so ``Output`` raises ``JSONDecodeError``; the error text is in ``exc.doc``.
+- ``Output.binding()`` aborts the process, and ``Output`` fetches and parses its text twice;
+  ``evaluate`` calls rego-cpp's C API directly (``_Native``: cffi when available, else
+  regopy's ctypes handles), reads the output's JSON text once and parses it with orjson.
+- A rule conflict does not raise: the output prints as ``<error>`` and its ok flag is false.
+  Some errors (recursion, a missing function) come back marked ok with an error text that is
+  not JSON; ``_decision_from_json`` reports that text.
 - rego-cpp keeps strings in their JSON-escaped form, but ``regopy.Input`` hands it raw Python
   strings: a quote, backslash or newline in the input then breaks comparisons and the output
-  JSON. ``_to_input`` escapes strings the way a JSON parser would see them (and is faster than
-  ``regopy.Input``, which is the bulk of the per-call cost after evaluation itself).
+  JSON. ``_encode`` escapes strings the way a JSON parser would see them. The input is built
+  with one C call per value, key and member (``_make_builder``), so its size is the largest
+  fixed cost of an evaluation: pass in ``input`` only what changes per plan.
 - Errors are printed to stdout unless the interpreter's log level is ``NONE``.
 - Builtin errors become undefined (and silently fall through an ``else`` chain) unless strict
   builtin errors are on; they are on here.
@@ -28,12 +31,15 @@ regopy pitfalls this module works around (regopy 1.5.2):
   process.
 
 Thread safety: an interpreter must not be used by two threads at once, so ``evaluate`` holds a
-lock around setting the input and querying. Converting the input happens outside it.
+lock around setting the input and querying. Converting the input and parsing the output
+happen outside it.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
+import importlib
 import json
 import math
 import os
@@ -63,6 +69,8 @@ __all__ = [
 
 ENTRYPOINT = "proctor/decision"
 """The bundle entrypoint (``data.proctor.decision``)."""
+
+_ENTRYPOINT_BYTES = ENTRYPOINT.encode("ascii")
 
 DATA_FILE = "data.json"
 _TEST_SUFFIX = "_test.rego"
@@ -214,79 +222,180 @@ def _escaped_copy(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON")
 
 
-class _FastInput:
-    """Builds a rego-cpp input term with direct C calls: about twice as fast as ``regopy.Input``.
+_CDEF = """
+typedef void regoInput;
+regoInput* regoNewInput(void);
+void regoFreeInput(regoInput* input);
+uint32_t regoInputInt(regoInput* input, int64_t value);
+uint32_t regoInputFloat(regoInput* input, double value);
+uint32_t regoInputString(regoInput* input, const char* value);
+uint32_t regoInputBoolean(regoInput* input, uint8_t value);
+uint32_t regoInputNull(regoInput* input);
+uint32_t regoInputObjectItem(regoInput* input);
+uint32_t regoInputObject(regoInput* input, uint32_t size);
+uint32_t regoInputArray(regoInput* input, uint32_t size);
+uint32_t regoSetInput(void* rego, regoInput* input);
+void* regoBundleQueryEntrypoint(void* rego, void* bundle, const char* entrypoint);
+uint8_t regoOutputOk(void* output);
+uint32_t regoOutputJSONSize(void* output);
+uint32_t regoOutputJSON(void* output, char* buffer, uint32_t size);
+void regoFreeOutput(void* output);
+"""
+"""The rego-cpp C API functions on the evaluation path (rego_c.h, regopy 1.5.2)."""
 
-    It uses regopy's ctypes handles (``regopy.rego_shared.rego``); ``available`` is False when
-    a regopy release no longer has them, and callers then use ``regopy.Input``.
+
+class _Native:
+    """rego-cpp's C functions on the evaluation path, bound once.
+
+    Building the input is one C call per value, key and member, so the cost of a call matters:
+    through cffi (a dependency of cryptography and PyNaCl) the input builds about 10 % faster
+    than through ctypes. cffi opens the library regopy loaded (the same handle, so pointers are
+    shared); when cffi is missing or cannot open it, regopy's own ctypes functions are used.
+    ``available`` is False when regopy no longer exposes them, and ``evaluate`` then goes
+    through regopy's Python API.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, use_cffi: bool = True) -> None:
+        self.available = False
+        self.kind = "none"
+        self._ffi: Any = None
         try:
             lib = regopy.rego_shared.rego
-            self.new = lib.regoNewInput
-            self.free = lib.regoFreeInput
-            self.int = lib.regoInputInt
-            self.float = lib.regoInputFloat
-            self.str = lib.regoInputString
-            self.bool = lib.regoInputBoolean
-            self.null = lib.regoInputNull
-            self.item = lib.regoInputObjectItem
-            self.object = lib.regoInputObject
-            self.array = lib.regoInputArray
-            self.available = hasattr(regopy.Input, "__del__")
-        except AttributeError:
-            self.available = False
+            fns: Any = (self._open_cffi(lib) if use_cffi else None) or lib
+            for name in _CDEF_NAMES:
+                getattr(fns, name)
+        except (AttributeError, OSError):
+            return
+        self.kind = "ctypes" if fns is lib else "cffi"
+        self._fns = fns
+        self._build = _make_builder(fns)
+        self.free_input = fns.regoFreeInput
+        self.available = True
+
+    def _open_cffi(self, lib: Any) -> Any:
+        """Return the library through cffi, or None (then regopy's ctypes functions serve)."""
+        try:
+            cffi = importlib.import_module("cffi")  # optional; no type stubs
+        except ImportError:
+            return None
+        try:
+            ffi = cffi.FFI()
+            ffi.cdef(_CDEF)
+            fns = ffi.dlopen(lib._name)
+            for name in _CDEF_NAMES:
+                getattr(fns, name)
+        except Exception:  # noqa: BLE001 - any failure falls back to ctypes
+            return None
+        self._ffi = ffi
+        return fns
 
     def build(self, value: Any) -> Any:
-        """Return a ``regopy.Input`` for a JSON-shaped value."""
-        handle = self.new()
-        if not handle:
-            raise MemoryError("rego-cpp could not allocate an input")
-        try:
-            self._add(handle, value)
-        except BaseException:
-            self.free(handle)
-            raise
-        term = regopy.Input.__new__(regopy.Input)
-        term._impl = handle  # regopy.Input.__del__ frees it
-        return term
+        """Return a native ``regoInput*`` for a JSON-shaped value; the caller frees it."""
+        return self._build(value)
 
-    def _add(self, p: Any, v: Any) -> None:
+    def pointer(self, address: int) -> Any:
+        """Return a pointer argument for an address held by regopy (an ``int``)."""
+        return address if self._ffi is None else self._ffi.cast("void*", address)
+
+    def address(self, pointer: Any) -> int:
+        """Return the address of a native pointer, as regopy holds it."""
+        if self._ffi is None:
+            return int(pointer)
+        return int(self._ffi.cast("uintptr_t", pointer))
+
+    def query(self, rego: Any, bundle: Any, entrypoint: bytes, term: Any) -> tuple[int, Any]:
+        """Set the input and query the entrypoint: (regoSetInput's code, the output or NULL)."""
+        fns = self._fns
+        code = fns.regoSetInput(rego, term)
+        if code:
+            return code, None
+        return 0, fns.regoBundleQueryEntrypoint(rego, bundle, entrypoint)
+
+    def output_ok(self, output: Any) -> bool:
+        return bool(self._fns.regoOutputOk(output))
+
+    def output_json(self, output: Any) -> bytes:
+        """Return the output's JSON text (rego-cpp renders it once, at query time)."""
+        fns = self._fns
+        size = fns.regoOutputJSONSize(output)
+        if self._ffi is None:
+            buf: Any = ctypes.create_string_buffer(size)
+            if fns.regoOutputJSON(output, buf, size):
+                raise PolicyEngineError("rego-cpp could not copy the policy output")
+            return bytes(buf.value)
+        cbuf = self._ffi.new("char[]", size)
+        if fns.regoOutputJSON(output, cbuf, size):
+            raise PolicyEngineError("rego-cpp could not copy the policy output")
+        return bytes(self._ffi.string(cbuf))
+
+    def free_output(self, output: Any) -> None:
+        self._fns.regoFreeOutput(output)
+
+
+_CDEF_NAMES = tuple(re.findall(r"(rego\w+)\(", _CDEF))
+
+
+def _make_builder(fns: Any) -> Any:
+    """Return ``build(value) -> regoInput*`` over the C functions in ``fns``.
+
+    A closure over local names: an input of a 1-step plan is about 60 C calls, and attribute
+    lookups per call would cost as much as the calls themselves.
+    """
+    new, free = fns.regoNewInput, fns.regoFreeInput
+    put_int, put_float, put_str = fns.regoInputInt, fns.regoInputFloat, fns.regoInputString
+    put_bool, put_null, put_item = fns.regoInputBoolean, fns.regoInputNull, fns.regoInputObjectItem
+    put_object, put_array = fns.regoInputObject, fns.regoInputArray
+    encode = _encode
+    lo, hi = _INT64_MIN, _INT64_MAX
+
+    def add(p: Any, v: Any) -> None:
         t = type(v)
         if t is str:
-            failed = self.str(p, _encode(v))
+            failed = put_str(p, encode(v))
         elif t is dict:
             for key, item in v.items():
                 if type(key) is not str:
                     raise TypeError(f"object keys must be strings, got {type(key).__name__}")
-                if self.str(p, _encode(key)):
+                if put_str(p, encode(key)):
                     raise ValueError("rego-cpp rejected an object key")
-                self._add(p, item)
-                if self.item(p):
+                add(p, item)
+                if put_item(p):
                     raise ValueError("rego-cpp rejected an object item")
-            failed = self.object(p, len(v))
-        elif t is bool:
-            failed = self.bool(p, v)
+            failed = put_object(p, len(v))
         elif t is int:
-            if not _INT64_MIN <= v <= _INT64_MAX:
+            if not lo <= v <= hi:
                 raise OverflowError("integer out of the 64-bit range")
-            failed = self.int(p, v)
+            failed = put_int(p, v)
+        elif t is bool:
+            failed = put_bool(p, v)
         elif t is list or t is tuple:
             for item in v:
-                self._add(p, item)
-            failed = self.array(p, len(v))
+                add(p, item)
+            failed = put_array(p, len(v))
         elif v is None:
-            failed = self.null(p)
+            failed = put_null(p)
         elif t is float:
             if not math.isfinite(v):
                 raise ValueError("NaN and infinity are not JSON")
-            failed = self.float(p, v)
+            failed = put_float(p, v)
         else:  # subclasses and other mappings/sequences: normalise, then convert
-            self._add(p, _plain(v))
+            add(p, _plain(v))
             return
         if failed:
             raise ValueError(f"rego-cpp rejected a {t.__name__} value")
+
+    def build(value: Any) -> Any:
+        handle = new()
+        if not handle:
+            raise MemoryError("rego-cpp could not allocate an input")
+        try:
+            add(handle, value)
+        except BaseException:
+            free(handle)
+            raise
+        return handle
+
+    return build
 
 
 def _plain(value: Any) -> Any:
@@ -306,14 +415,7 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON")
 
 
-_FAST_INPUT = _FastInput()
-
-
-def _to_input(value: Any) -> Any:
-    """Return the ``regopy.Input`` for a JSON-shaped value."""
-    if _FAST_INPUT.available:
-        return _FAST_INPUT.build(value)
-    return regopy.Input(_escaped_copy(value))
+_NATIVE = _Native()
 
 
 # --- the engine ------------------------------------------------------------------------------
@@ -413,6 +515,11 @@ class RegoPolicyEngine:
                 bundle=origin,
             )
         self._interpreter, self._bundle = self._compile(compiled, data_json)
+        native = _NATIVE if _NATIVE.available else None
+        self._native = native
+        if native is not None:
+            self._rego_ptr = native.pointer(self._interpreter._impl)
+            self._bundle_ptr = native.pointer(self._bundle._impl)
 
     def _compile(self, modules: Mapping[str, str], data_json: str | None) -> tuple[Any, Any]:
         interpreter = regopy.Interpreter()
@@ -500,13 +607,57 @@ class RegoPolicyEngine:
             PolicyEngineError: when the input is not JSON-shaped, the decision is undefined,
                 or the engine reports an error (a rule conflict, a builtin error, ...).
         """
+        native = self._native
+        if native is None:
+            return self._evaluate_with_regopy(input)
         try:
-            term = _to_input(input)
+            term = native.build(input)
         except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+            raise _not_json(exc) from exc
+        except Exception as exc:  # any failure must fail closed
             raise PolicyEngineError(
-                f"the policy input is not JSON-shaped: {exc}",
-                hint="Pass only dicts, lists, strings, integers, finite floats, booleans, None.",
+                f"the policy input could not be built: {type(exc).__name__}: {exc}"
             ) from exc
+        with self._lock:
+            output = None
+            try:
+                try:
+                    code, output = native.query(
+                        self._rego_ptr, self._bundle_ptr, _ENTRYPOINT_BYTES, term
+                    )
+                finally:
+                    native.free_input(term)  # rego-cpp keeps a copy
+                if code or not output:
+                    raise PolicyEngineError(
+                        f"the policy engine failed: {_summarise(self._last_error())}"
+                    )
+                if not native.output_ok(output):
+                    errors = _node_errors(_OutputNodes(native.address(output)))
+                    raise _policy_failed(errors)
+                text = native.output_json(output)
+            except PolicyEngineError:
+                raise
+            except Exception as exc:  # any engine failure must fail closed
+                raise PolicyEngineError(
+                    f"the policy engine failed: {type(exc).__name__}: {_summarise(str(exc))}"
+                ) from exc
+            finally:
+                if output:
+                    native.free_output(output)  # while holding the lock
+        return _decision_from_json(text)
+
+    def _last_error(self) -> str:
+        try:
+            return str(regopy.rego_shared.rego_get_error(self._interpreter._impl))
+        except Exception:  # noqa: BLE001 - diagnostics only; the caller fails closed anyway
+            return "no details"
+
+    def _evaluate_with_regopy(self, input: Mapping[str, Any]) -> Any:
+        """``evaluate`` through regopy's Python API (when its C handles are not reachable)."""
+        try:
+            term = regopy.Input(_escaped_copy(input))
+        except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+            raise _not_json(exc) from exc
         except Exception as exc:  # any failure must fail closed
             raise PolicyEngineError(
                 f"the policy input could not be built: {type(exc).__name__}: {exc}"
@@ -520,16 +671,71 @@ class RegoPolicyEngine:
             except PolicyEngineError:
                 raise
             except json.JSONDecodeError as exc:  # an error text that regopy took for JSON
-                raise PolicyEngineError(
-                    f"the policy failed: {_summarise(exc.doc)}",
-                    hint="Run `proctor policy test` and check the rules named in the error.",
-                ) from exc
+                raise _policy_failed(exc.doc) from exc
             except Exception as exc:  # any engine failure must fail closed
                 raise PolicyEngineError(
                     f"the policy engine failed: {type(exc).__name__}: {_summarise(str(exc))}"
                 ) from exc
             finally:
                 del output  # free the native output while holding the lock
+
+
+class _OutputNodes:
+    """The error nodes of a native output that the engine still owns (for ``_node_errors``)."""
+
+    def __init__(self, address: int) -> None:
+        self._address = address
+
+    def node(self) -> Any:
+        return regopy.Node(regopy.rego_shared.rego_output_node(self._address))
+
+
+def _not_json(exc: BaseException) -> PolicyEngineError:
+    return PolicyEngineError(
+        f"the policy input is not JSON-shaped: {exc}",
+        hint="Pass only dicts, lists, strings, integers, finite floats, booleans, None.",
+    )
+
+
+def _policy_failed(errors: str) -> PolicyEngineError:
+    return PolicyEngineError(
+        f"the policy failed: {_summarise(errors)}",
+        hint="A rule conflict (two values for one rule), a builtin error, recursion or a "
+        "missing function; run `proctor policy test` and check the rules named in the error.",
+    )
+
+
+_LONG_NUMBER = re.compile(rb"[0-9]{20}").search
+
+
+def _decision_from_json(text: bytes) -> Any:
+    """Return the single value of an entrypoint query's JSON output, or raise.
+
+    rego-cpp prints ``undefined``, one result ``{"expressions": [value]}``, or a list of
+    results. Some errors (recursion, a missing function) come back marked ok with a text
+    that is not JSON.
+    """
+    if text == b"undefined":
+        raise _undefined()
+    try:
+        # orjson turns integers beyond 64 bits into floats: leave those texts to json.
+        parsed = json.loads(text) if _LONG_NUMBER(text) else orjson.loads(text)
+    except ValueError:  # orjson.JSONDecodeError and json.JSONDecodeError are ValueErrors
+        raise _policy_failed(text.decode("utf-8", "replace")) from None
+    results = parsed if isinstance(parsed, list) else [parsed]
+    expressions = [r.get("expressions", []) if isinstance(r, dict) else [] for r in results]
+    if len(results) == 1 and len(expressions[0]) == 1:
+        return expressions[0][0]
+    if len(results) == 1 and not expressions[0]:
+        raise _undefined()
+    raise PolicyEngineError(f"data.proctor.decision has {len(results)} results, expected 1")
+
+
+def _undefined() -> PolicyEngineError:
+    return PolicyEngineError(
+        "data.proctor.decision is undefined for this input: fail closed",
+        hint="The policy must define data.proctor.decision for every valid plan.",
+    )
 
 
 def _node_errors(owner: Any) -> str:
@@ -542,20 +748,13 @@ def _node_errors(owner: Any) -> str:
 
 
 def _decision_value(output: Any) -> Any:
-    """Return the single value of an entrypoint query, or raise ``PolicyEngineError``."""
+    """Return the single value of a regopy ``Output``, or raise ``PolicyEngineError``."""
     if not output.ok():
-        raise PolicyEngineError(
-            f"the policy failed: {_summarise(_node_errors(output))}",
-            hint="A rule conflict (two values for one rule) or a builtin error; "
-            "run `proctor policy test`.",
-        )
+        raise _policy_failed(_node_errors(output))
     results = output.results
     if len(results) != 1 or len(results[0].expressions) != 1:
         if len(results) == 1 and not results[0].expressions:
-            raise PolicyEngineError(
-                "data.proctor.decision is undefined for this input: fail closed",
-                hint="The policy must define data.proctor.decision for every valid plan.",
-            )
+            raise _undefined()
         raise PolicyEngineError(f"data.proctor.decision has {len(results)} results, expected 1")
     return results[0].expressions[0]
 

@@ -1,4 +1,8 @@
-"""The default policy bundle, evaluated through the engine on the scenario plans."""
+"""The default policy bundle, evaluated through the engine on the scenario plans.
+
+The policy leaves out step fields that have their default (docs/policy.md), so most tests read
+the decision as the gateway does, through ``Decision.from_policy_output``.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ from typing import Any, ClassVar
 
 import pytest
 
+from proctor.core.assessment import Adjustment
+from proctor.core.decisions import Decision, Outcome
 from proctor.errors import PolicyEngineError
 from proctor.policy import RegoPolicyEngine, default_bundle_path
 
@@ -21,6 +27,7 @@ FIELDS = {
     "rollback_ttl",
 }
 FLOW_DENY = "a plan that reads personal data must not also send external email"
+PAY_ADJUSTMENT = Adjustment(axis="risk", delta=1, reason="a payment exceeds auto_payment_max 50000")
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +81,29 @@ def plan_input(
     }
 
 
+def decide(engine: RegoPolicyEngine, value: dict[str, Any]) -> Decision:
+    """Evaluate and read the output as the gateway does (defaults for omitted fields)."""
+    raw = engine.evaluate(value)
+    decision = Decision.from_policy_output(
+        raw, [s["id"] for s in value["steps"]], policy_version="v"
+    )
+    assert not any("malformed" in r for r in decision.plan_reasons), decision.plan_reasons
+    return decision
+
+
+def minimal_input(value: dict[str, Any]) -> dict[str, Any]:
+    """The smaller input docs/policy.md recommends: no plan members, steps first."""
+    return {
+        "steps": [
+            {k: s[k] for k in ("id", "category", "amount", "reversible", "params") if k in s}
+            for s in value["steps"]
+        ],
+        "baseline": value["baseline"],
+        "baseline_total": sum(value["baseline"].values()),
+        "context": {"thresholds": {"hybrid_max": 15}},
+    }
+
+
 def payment(amount: int) -> dict[str, Any]:
     return step(
         "pay",
@@ -89,58 +119,94 @@ TRAVEL_BOOK = step("book", "travel.book_flight", "booking", {"flight": "TP 537"}
 
 
 class TestDecisionShape:
-    def test_every_step_has_every_field(self, engine: RegoPolicyEngine) -> None:
-        """Each step decision carries all eight contract fields with valid types and ranges."""
+    def test_steps_carry_only_fields_that_differ_from_the_defaults(
+        self, engine: RegoPolicyEngine
+    ) -> None:
+        """A step decision has its outcome and reasons, plus only the non-default fields."""
         out = engine.evaluate(plan_input(TRAVEL_SEARCH, TRAVEL_BOOK, payment(180000)))
         assert set(out["steps"]) == {"search", "book", "pay"}
+        assert out["steps"]["search"] == {"outcome": "execute", "reasons": ["read-only look-up"]}
+        assert set(out["steps"]["book"]) == {"outcome", "reasons", "undo_window"}
+        assert set(out["steps"]["pay"]) == {"outcome", "reasons", "approver_roles", "step_up"}
         for decision in out["steps"].values():
-            assert set(decision) == FIELDS
-            assert decision["outcome"] in {"execute", "confirm", "approve", "deny"}
+            assert set(decision) <= FIELDS
             assert decision["reasons"]
             assert all(isinstance(r, str) and r for r in decision["reasons"])
-            assert 0 <= decision["approvals"] <= 10
-            assert isinstance(decision["dry_run"], bool)
-            assert isinstance(decision["step_up"], bool)
-            assert decision["undo_window"] >= 0
-            assert decision["rollback_ttl"] == 0
+
+    def test_every_step_reads_with_valid_fields(self, engine: RegoPolicyEngine) -> None:
+        """Read with the contract's defaults, every step has all eight fields in range."""
+        decision = decide(engine, plan_input(TRAVEL_SEARCH, TRAVEL_BOOK, payment(180000)))
+        assert [s.step_id for s in decision.steps] == ["search", "book", "pay"]
+        for step_decision in decision.steps:
+            assert step_decision.reasons
+            assert 0 <= step_decision.approvals <= 10
+            assert step_decision.undo_window >= 0
+            assert step_decision.rollback_ttl == 0
+        assert decision.step("search").approvals == 0
+        assert decision.step("pay").approvals == 1
 
     def test_plan_fields(self, engine: RegoPolicyEngine) -> None:
-        """The plan part has deny, adjustments and review_sample_rate, empty by default."""
+        """The plan part is empty when no plan-level rule applies (all defaults)."""
         out = engine.evaluate(plan_input(TRAVEL_SEARCH))
-        assert out["plan"] == {"deny": [], "adjustments": [], "review_sample_rate": 0}
+        assert out["plan"] == {}
+        decision = decide(engine, plan_input(TRAVEL_SEARCH))
+        assert decision.plan_reasons == ()
+        assert decision.adjustments == ()
+        assert decision.review_sample_rate == 0
 
     def test_missing_baseline_axis_fails_closed(self, engine: RegoPolicyEngine) -> None:
         """A baseline without every axis leaves the decision undefined, an engine error."""
         with pytest.raises(PolicyEngineError, match="undefined"):
             engine.evaluate(plan_input(TRAVEL_SEARCH, baseline={"risk": 1}))
 
+    @pytest.mark.parametrize(
+        "steps",
+        [
+            (TRAVEL_SEARCH,),
+            (TRAVEL_SEARCH, TRAVEL_BOOK, payment(180000)),
+            (payment(100) | {"reversible": False},),
+            (step("s1", "x", "pii"), step("s2", "m", "communication", {"external": True})),
+            (step("po", "procurement.order", "purchase", {}, amount=100),),
+        ],
+    )
+    def test_minimal_input_decides_the_same(
+        self, engine: RegoPolicyEngine, steps: tuple[dict[str, Any], ...]
+    ) -> None:
+        """The smaller recommended input (with baseline_total) gives the same decision."""
+        full = plan_input(*steps)
+        assert decide(engine, minimal_input(full)) == decide(engine, full)
+
+    def test_baseline_total_is_used_when_given(self, engine: RegoPolicyEngine) -> None:
+        """baseline_total replaces the sum of the axes for the orchestrator guard."""
+        value = minimal_input(plan_input(TRAVEL_BOOK)) | {"baseline_total": 16}
+        assert decide(engine, value).step("book").outcome is Outcome.APPROVE
+
 
 class TestTravel:
     def test_low_cost_trip_executes(self, engine: RegoPolicyEngine) -> None:
         """Search, booking and a payment within the limit all execute, with undo windows."""
-        out = engine.evaluate(plan_input(TRAVEL_SEARCH, TRAVEL_BOOK, payment(18000)))
-        steps = out["steps"]
-        assert {s["outcome"] for s in steps.values()} == {"execute"}
-        assert steps["search"]["reasons"] == ["read-only look-up"]
-        assert steps["search"]["undo_window"] == 0
-        assert steps["book"]["undo_window"] == 900
-        assert steps["pay"]["undo_window"] == 900
-        assert steps["pay"]["reasons"] == ["payment of 18000 is within auto_payment_max 50000"]
-        assert out["plan"]["adjustments"] == []
+        decision = decide(engine, plan_input(TRAVEL_SEARCH, TRAVEL_BOOK, payment(18000)))
+        assert decision.outcome is Outcome.EXECUTE
+        assert decision.step("search").reasons == ("read-only look-up",)
+        assert decision.step("search").undo_window == 0
+        assert decision.step("book").undo_window == 900
+        assert decision.step("pay").undo_window == 900
+        assert decision.step("pay").reasons == (
+            "payment of 18000 is within auto_payment_max 50000",
+        )
+        assert decision.adjustments == ()
 
     def test_high_cost_payment_needs_finance(self, engine: RegoPolicyEngine) -> None:
         """A payment above the limit needs one finance approval with step-up, and adds risk."""
-        out = engine.evaluate(plan_input(TRAVEL_SEARCH, TRAVEL_BOOK, payment(180000)))
-        pay = out["steps"]["pay"]
-        assert pay["outcome"] == "approve"
-        assert pay["approvals"] == 1
-        assert pay["approver_roles"] == ["finance"]
-        assert pay["step_up"] is True
-        assert pay["reasons"] == ["payment of 180000 exceeds auto_payment_max 50000"]
-        assert out["plan"]["adjustments"] == [
-            {"axis": "risk", "delta": 1, "reason": "a payment exceeds auto_payment_max 50000"}
-        ]
-        assert out["steps"]["book"]["outcome"] == "execute"  # 12 + 1 stays hybrid
+        decision = decide(engine, plan_input(TRAVEL_SEARCH, TRAVEL_BOOK, payment(180000)))
+        pay = decision.step("pay")
+        assert pay.outcome is Outcome.APPROVE
+        assert pay.approvals == 1
+        assert pay.approver_roles == ("finance",)
+        assert pay.step_up is True
+        assert pay.reasons == ("payment of 180000 exceeds auto_payment_max 50000",)
+        assert decision.adjustments == (PAY_ADJUSTMENT,)
+        assert decision.step("book").outcome is Outcome.EXECUTE  # 12 + 1 stays hybrid
 
     def test_payment_at_the_limit_executes(self, engine: RegoPolicyEngine) -> None:
         """The limit itself is still within auto_payment_max."""
@@ -150,8 +216,10 @@ class TestTravel:
     def test_irreversible_payment_has_no_undo_window(self, engine: RegoPolicyEngine) -> None:
         """Only a reversible payment gets an undo window."""
         pay = payment(100) | {"reversible": False}
-        out = engine.evaluate(plan_input(pay))
-        assert out["steps"]["pay"]["undo_window"] == 0
+        assert decide(engine, plan_input(pay)).step("pay").undo_window == 0
+        unknown = {k: v for k, v in payment(100).items() if k != "reversible"}
+        decision = decide(engine, plan_input(unknown)).step("pay")
+        assert (decision.outcome, decision.undo_window) == (Outcome.EXECUTE, 0)
 
 
 class TestSubscription:
@@ -160,13 +228,12 @@ class TestSubscription:
     ) -> None:
         """Changing a subscription waits for the on-behalf-of user's confirmation."""
         change = step("s1", "billing.change_plan", "subscription", {"plan": "pro"})
-        out = engine.evaluate(plan_input(change, agent="support-bot"))
-        decision = out["steps"]["s1"]
-        assert decision["outcome"] == "confirm"
-        assert decision["approvals"] == 0
-        assert decision["reasons"] == [
-            "changes a customer's payment or subscription: the customer confirms"
-        ]
+        decision = decide(engine, plan_input(change, agent="support-bot")).step("s1")
+        assert decision.outcome is Outcome.CONFIRM
+        assert decision.approvals == 0
+        assert decision.reasons == (
+            "changes a customer's payment or subscription: the customer confirms",
+        )
 
 
 class TestRestaurant:
@@ -196,30 +263,29 @@ class TestProcurement:
     def test_small_order_executes_and_is_sampled(self, engine: RegoPolicyEngine) -> None:
         """A purchase order within po_auto_max executes and is sampled for review."""
         order = step("po", "procurement.order", "purchase", {"sku": "A4"}, amount=100000)
-        out = engine.evaluate(plan_input(order, agent="procurement-bot"))
-        assert out["steps"]["po"]["outcome"] == "execute"
-        assert out["plan"]["review_sample_rate"] == pytest.approx(0.1)
+        decision = decide(engine, plan_input(order, agent="procurement-bot"))
+        assert decision.step("po").outcome is Outcome.EXECUTE
+        assert decision.review_sample_rate == pytest.approx(0.1)
 
     def test_large_order_needs_finance(self, engine: RegoPolicyEngine) -> None:
         """A purchase order above po_auto_max needs one finance approval and is not sampled."""
         order = step("po", "procurement.order", "purchase", {"sku": "server"}, amount=250000)
-        out = engine.evaluate(plan_input(order, agent="procurement-bot"))
-        decision = out["steps"]["po"]
-        assert decision["outcome"] == "approve"
-        assert decision["approvals"] == 1
-        assert decision["approver_roles"] == ["finance"]
-        assert out["plan"]["review_sample_rate"] == 0
+        decision = decide(engine, plan_input(order, agent="procurement-bot"))
+        po = decision.step("po")
+        assert po.outcome is Outcome.APPROVE
+        assert po.approvals == 1
+        assert po.approver_roles == ("finance",)
+        assert decision.review_sample_rate == 0
 
 
 class TestHighRisk:
     def test_hr_candidate_lookup_needs_hr(self, engine: RegoPolicyEngine) -> None:
         """Reading a candidate's personal data needs an HR approval."""
         lookup = step("s1", "hr.read_candidate", "pii", {"candidate": "c-42"})
-        out = engine.evaluate(plan_input(lookup, agent="hr-bot"))
-        decision = out["steps"]["s1"]
-        assert decision["outcome"] == "approve"
-        assert decision["approvals"] == 1
-        assert decision["approver_roles"] == ["hr"]
+        decision = decide(engine, plan_input(lookup, agent="hr-bot")).step("s1")
+        assert decision.outcome is Outcome.APPROVE
+        assert decision.approvals == 1
+        assert decision.approver_roles == ("hr",)
 
     @pytest.mark.parametrize(
         ("category", "group"),
@@ -269,7 +335,7 @@ class TestFlowRule:
         """Personal data with an internal message does not trigger the flow rule."""
         lookup = step("s1", "hr.read_candidate", "pii")
         mail = step("s2", "mail.send", "communication", {"external": False})
-        assert engine.evaluate(plan_input(lookup, mail))["plan"]["deny"] == []
+        assert decide(engine, plan_input(lookup, mail)).plan_reasons == ()
 
 
 class TestUnknownCategory:
@@ -307,17 +373,17 @@ class TestOrchestratorGuard:
     ) -> None:
         """Above hybrid_max, steps that would execute or confirm need a supervisor."""
         change = step("sub", "billing.change_plan", "subscription")
-        out = engine.evaluate(plan_input(TRAVEL_BOOK, change, baseline=self.HIGH))
+        decision = decide(engine, plan_input(TRAVEL_BOOK, change, baseline=self.HIGH))
         for step_id in ("book", "sub"):
-            decision = out["steps"][step_id]
-            assert decision["outcome"] == "approve"
-            assert decision["approvals"] == 1
-            assert decision["approver_roles"] == ["supervisor"]
-            assert decision["reasons"][-1] == (
+            guarded = decision.step(step_id)
+            assert guarded.outcome is Outcome.APPROVE
+            assert guarded.approvals == 1
+            assert guarded.approver_roles == ("supervisor",)
+            assert guarded.reasons[-1] == (
                 "adjusted total 16 exceeds hybrid_max 15: orchestrator-first, "
                 "approval by supervisor"
             )
-        assert out["steps"]["book"]["undo_window"] == 900  # the base decision is kept
+        assert decision.step("book").undo_window == 900  # the base decision is kept
 
     def test_approvals_and_denials_are_kept(self, engine: RegoPolicyEngine) -> None:
         """The guard leaves steps that already need approval or are denied unchanged."""

@@ -22,7 +22,7 @@ from proctor.policy import (
     default_bundle_path,
     run_policy_tests,
 )
-from proctor.policy.engine import _escaped_copy
+from proctor.policy.engine import _NATIVE, _escaped_copy, _Native
 
 HEAD = "package proctor\n\nimport rego.v1\n\n"
 ECHO = HEAD + 'decision := {"echo": input.value, "limit": data.proctor.settings.limit}\n'
@@ -298,6 +298,71 @@ class TestSlowInputPath:
         """Values JSON cannot hold are rejected by the fallback converter too."""
         with pytest.raises((TypeError, ValueError, OverflowError)):
             _escaped_copy({"v": bad})
+
+
+def _with_native(engine: RegoPolicyEngine, path: str) -> RegoPolicyEngine:
+    """Switch an engine to one evaluation path: cffi, ctypes, or regopy's Python API."""
+    if path == "regopy":
+        engine._native = None
+        return engine
+    native = _NATIVE if path == "cffi" else _Native(use_cffi=False)
+    assert native.available
+    assert native.kind == path
+    engine._native = native
+    engine._rego_ptr = native.pointer(engine._interpreter._impl)
+    engine._bundle_ptr = native.pointer(engine._bundle._impl)
+    return engine
+
+
+@pytest.mark.parametrize("path", ["cffi", "ctypes", "regopy"])
+class TestEvaluationPaths:
+    """Every way evaluate can reach rego-cpp gives the same answers and fails closed alike."""
+
+    def test_values_round_trip(self, path: str) -> None:
+        src = HEAD + 'decision := {"value": input.value, "is_quote": input.value == "a\\"b"}\n'
+        engine = _with_native(RegoPolicyEngine.from_sources({"p.rego": src}), path)
+        value = {"s": 'a"b\\c\nd', "n": [1, -(2**63), 2.5, None, True], "e": {}, "t": (1,)}
+        assert engine.evaluate({"value": value})["value"] == value | {"t": [1]}
+        assert engine.evaluate({"value": 'a"b'})["is_quote"] is True
+
+    def test_undefined_conflict_and_errors_fail_closed(self, path: str) -> None:
+        cases = {
+            "undefined": HEAD + "decision := 1 if input.ok\n",
+            "multiple outputs": HEAD + "decision := 1 if input.x\n\ndecision := 2 if input.x\n",
+            "nosuch": HEAD + "decision := nosuch(1)\n",
+            "[Rr]ecursion": HEAD + "decision := x if { x := data.proctor.decision }\n",
+        }
+        for message, src in cases.items():
+            engine = _with_native(RegoPolicyEngine.from_sources({"p.rego": src}), path)
+            with pytest.raises(PolicyEngineError, match=message):
+                engine.evaluate({"x": True})
+
+    def test_input_that_is_not_json_fails_closed(self, path: str) -> None:
+        engine = RegoPolicyEngine.from_sources({"p.rego": HEAD + "decision := input\n"})
+        engine = _with_native(engine, path)
+        for bad in ({"s": {1, 2}}, {"f": float("nan")}, {1: "x"}, {"n": 2**64}):
+            with pytest.raises(PolicyEngineError, match="JSON-shaped"):
+                engine.evaluate(bad)  # type: ignore[arg-type]
+        assert engine.evaluate({"ok": 1}) == {"ok": 1}
+
+    def test_default_bundle_agrees(self, path: str) -> None:
+        engine = _with_native(RegoPolicyEngine.from_directory(default_bundle_path()), path)
+        reference = RegoPolicyEngine.from_directory(default_bundle_path())
+        baseline = {"risk": 2, "auditability": 3, "ux": 4, "recovery": 2, "cost": 1}
+        steps = [
+            {"id": "a", "category": "payment", "amount": 180000, "params": {}},
+            {"id": "b", "category": "booking", "params": {}},
+        ]
+        value = {"steps": steps, "baseline": baseline, "context": {}}
+        assert engine.evaluate(value) == reference.evaluate(value)
+
+
+class TestDecisionText:
+    def test_integers_beyond_64_bits_are_parsed(self) -> None:
+        """An output integer orjson refuses (beyond 64 bits) is parsed by the json fallback."""
+        src = HEAD + "decision := 4 * 9223372036854775807\n"
+        engine = RegoPolicyEngine.from_sources({"p.rego": src})
+        assert engine.evaluate({}) == 4 * (2**63 - 1)
 
 
 class TestThreadSafety:

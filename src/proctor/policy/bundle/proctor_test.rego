@@ -19,7 +19,28 @@ decide(steps, baseline, context) := d if {
 
 one(step) := decide([object.union({"id": "s1", "params": {}}, step)], base, {})
 
-# A decision for a step with every default field, as the contract requires.
+# The policy leaves out step fields that have their contract default (docs/policy.md):
+# full(d) puts the defaults back, so the tests read every field as the gateway does.
+full(d) := object.union(
+	{
+		"approvals": _default_approvals(d.outcome),
+		"approver_roles": [],
+		"dry_run": false,
+		"step_up": false,
+		"undo_window": 0,
+		"rollback_ttl": 0,
+	},
+	d,
+)
+
+_default_approvals("approve") := 1
+
+_default_approvals(outcome) := 0 if outcome != "approve"
+
+# The plan part with its defaults put back.
+plan_of(d) := object.union({"deny": [], "adjustments": [], "review_sample_rate": 0}, d.plan)
+
+# A step decision (with its defaults put back) has every field with the right type.
 defaults(d) if {
 	is_string(d.outcome)
 	count(d.reasons) > 0
@@ -33,17 +54,32 @@ defaults(d) if {
 
 test_read_executes if {
 	d := one({"category": "read"})
-	d.steps.s1.outcome == "execute"
-	d.steps.s1.reasons == ["read-only look-up"]
-	d.steps.s1.approvals == 0
-	defaults(d.steps.s1)
-	d.plan == {"deny": set(), "adjustments": set(), "review_sample_rate": 0}
+	s := full(d.steps.s1)
+	s.outcome == "execute"
+	s.reasons == ["read-only look-up"]
+	s.approvals == 0
+	defaults(s)
+	plan_of(d) == {"deny": [], "adjustments": [], "review_sample_rate": 0}
+}
+
+test_only_fields_that_differ_from_the_defaults if {
+	d := decide(
+		[
+			{"id": "r", "category": "read", "params": {}},
+			{"id": "p", "category": "payment", "amount": 180000, "params": {}},
+		],
+		base, {},
+	)
+	d.steps.r == {"outcome": "execute", "reasons": ["read-only look-up"]}
+	object.keys(d.steps.p) == {"outcome", "reasons", "approver_roles", "step_up"}
+	object.keys(d.plan) == {"adjustments"}
+	one({"category": "read"}).plan == {}
 }
 
 test_general_executes if {
 	d := one({"category": "general"})
 	d.steps.s1.outcome == "execute"
-	defaults(d.steps.s1)
+	defaults(full(d.steps.s1))
 }
 
 test_booking_executes_with_undo_window if {
@@ -56,24 +92,41 @@ test_payment_within_limit_executes if {
 	d := one({"category": "payment", "amount": 50000, "reversible": true})
 	d.steps.s1.outcome == "execute"
 	d.steps.s1.undo_window == 900
-	d.plan.adjustments == set()
+	plan_of(d).adjustments == []
 }
 
 test_irreversible_payment_has_no_undo_window if {
 	d := one({"category": "payment", "amount": 100, "reversible": false})
 	d.steps.s1.outcome == "execute"
-	d.steps.s1.undo_window == 0
+	full(d.steps.s1).undo_window == 0
+}
+
+test_payment_without_reversible_executes_without_undo_window if {
+	d := one({"category": "payment", "amount": 100})
+	d.steps.s1.outcome == "execute"
+	full(d.steps.s1).undo_window == 0
 }
 
 test_payment_over_limit_needs_finance_with_step_up if {
 	d := one({"category": "payment", "amount": 180000, "reversible": true})
-	s := d.steps.s1
+	s := full(d.steps.s1)
 	s.outcome == "approve"
 	s.approvals == 1
 	s.approver_roles == ["finance"]
 	s.step_up == true
 	s.reasons == ["payment of 180000 exceeds auto_payment_max 50000"]
-	d.plan.adjustments == {{"axis": "risk", "delta": 1, "reason": "a payment exceeds auto_payment_max 50000"}}
+	d.plan.adjustments == [{"axis": "risk", "delta": 1, "reason": "a payment exceeds auto_payment_max 50000"}]
+}
+
+test_one_adjustment_however_many_payments_exceed if {
+	d := decide(
+		[
+			{"id": "a", "category": "payment", "amount": 60000, "params": {}},
+			{"id": "b", "category": "payment", "amount": 70000, "params": {}},
+		],
+		base, {},
+	)
+	count(d.plan.adjustments) == 1
 }
 
 test_payment_without_numeric_amount_needs_approval if {
@@ -88,9 +141,10 @@ test_payment_limit_is_a_setting if {
 
 test_subscription_needs_confirmation if {
 	d := one({"category": "subscription"})
-	d.steps.s1.outcome == "confirm"
-	d.steps.s1.reasons == ["changes a customer's payment or subscription: the customer confirms"]
-	d.steps.s1.approvals == 0
+	s := full(d.steps.s1)
+	s.outcome == "confirm"
+	s.reasons == ["changes a customer's payment or subscription: the customer confirms"]
+	s.approvals == 0
 }
 
 test_small_purchase_executes_and_is_sampled if {
@@ -103,7 +157,18 @@ test_large_purchase_needs_finance if {
 	d := one({"category": "purchase", "amount": 100001})
 	d.steps.s1.outcome == "approve"
 	d.steps.s1.approver_roles == ["finance"]
-	d.plan.review_sample_rate == 0
+	plan_of(d).review_sample_rate == 0
+}
+
+test_one_review_rate_however_many_orders_are_sampled if {
+	d := decide(
+		[
+			{"id": "a", "category": "purchase", "amount": 10, "params": {}},
+			{"id": "b", "category": "purchase", "amount": 20, "params": {}},
+		],
+		base, {},
+	)
+	d.plan.review_sample_rate == 0.1
 }
 
 test_high_risk_categories_need_their_group if {
@@ -111,11 +176,11 @@ test_high_risk_categories_need_their_group if {
 		"financial": "finance", "pii": "hr", "health": "privacy",
 		"iam": "security", "legal": "legal", "production": "sre",
 	} {
-		d := one({"category": category})
-		d.steps.s1.outcome == "approve"
-		d.steps.s1.approvals == 1
-		d.steps.s1.approver_roles == [group]
-		defaults(d.steps.s1)
+		s := full(one({"category": category}).steps.s1)
+		s.outcome == "approve"
+		s.approvals == 1
+		s.approver_roles == [group]
+		defaults(s)
 	}
 }
 
@@ -160,7 +225,20 @@ test_personal_data_and_external_email_deny_the_plan if {
 		],
 		base, {},
 	)
-	d.plan.deny == {"a plan that reads personal data must not also send external email"}
+	d.plan.deny == ["a plan that reads personal data must not also send external email"]
+}
+
+test_one_flow_denial_however_many_steps_match if {
+	d := decide(
+		[
+			{"id": "s1", "category": "pii", "params": {}},
+			{"id": "s2", "category": "health", "params": {}},
+			{"id": "s3", "category": "communication", "params": {"external": true}},
+			{"id": "s4", "category": "communication", "params": {"external": true}},
+		],
+		base, {},
+	)
+	d.plan.deny == ["a plan that reads personal data must not also send external email"]
 }
 
 test_personal_data_and_internal_email_are_allowed if {
@@ -171,13 +249,13 @@ test_personal_data_and_internal_email_are_allowed if {
 		],
 		base, {},
 	)
-	d.plan.deny == set()
+	plan_of(d).deny == []
 }
 
 test_orchestrator_guard_turns_execute_into_supervisor_approval if {
 	# 5 + 4 + 4 + 2 + 1 = 16 > 15
 	d := decide([{"id": "s1", "category": "read", "params": {}}], high, {})
-	s := d.steps.s1
+	s := full(d.steps.s1)
 	s.outcome == "approve"
 	s.approver_roles == ["supervisor"]
 	s.approvals == 1
@@ -232,6 +310,14 @@ test_every_step_gets_one_decision if {
 		base, {},
 	)
 	count(d.steps) == 3
+}
+
+test_baseline_total_replaces_the_sum_of_the_axes if {
+	d := data.proctor.decision with input.steps as [{"id": "s1", "category": "read", "params": {}}]
+		with input.baseline as base
+		with input.baseline_total as 16
+		with input.context as {}
+	d.steps.s1.outcome == "approve"
 }
 
 test_missing_baseline_leaves_the_decision_undefined if {
