@@ -14,6 +14,12 @@ Prints a table, then one JSON object as the last line.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# bench/http.py shadows the standard library's http package for scripts run from bench/.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
 import argparse
 import json
 import sqlite3

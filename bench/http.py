@@ -1,0 +1,239 @@
+# ruff: noqa: E402 - the path fix below must run before the imports
+"""End-to-end plans per second over HTTP against a real ``proctor serve`` subprocess.
+
+A fresh instance (SQLite, WAL, synchronous=FULL: every acknowledged plan is durable) is
+served by ``proctor serve`` on 127.0.0.1 (a free port, no access log). N client threads,
+each with its own keep-alive ``httpx.Client``, submit single-step plans that the default
+policy routes to ``execute`` (``travel.search``) with an agent's API token, and time every
+request from send to parsed response. The run is bounded by a plan count and a duration.
+
+Usage: python bench/http.py [--plans 3000] [--seconds 30] [--clients 16] [--warmup 200]
+Prints a table, then one JSON object as the last line.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# This file is named http.py: drop its directory from the path so that ``import http``
+# (inside httpx) finds the standard library, not this script.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+from typing import Any
+
+import httpx
+
+TARGETS = {"plans_per_s": 400, "p99_ms": 50}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def proctor_exe() -> str:
+    exe = shutil.which("proctor") or str(Path(sys.executable).with_name("proctor"))
+    if not Path(exe).exists():
+        sys.exit("the `proctor` console script is not installed (pip install -e '.[server]')")
+    return exe
+
+
+def run(args: list[str], env: dict[str, str]) -> str:
+    done = subprocess.run(args, capture_output=True, text=True, env=env, check=False)
+    if done.returncode != 0:
+        sys.exit(f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+    return done.stdout
+
+
+def manifest(i: int, worker: int) -> dict[str, Any]:
+    return {
+        "actor": {"type": "agent", "name": "bench", "model_version": "b-1", "agent_id": "bench"},
+        "on_behalf_of": "alice",
+        "intent": f"bench plan {worker}-{i}",
+        "steps": [
+            {
+                "id": "s1",
+                "action": "travel.search",
+                "params": {"destination": "Lisbon", "date": "2027-03-12"},
+            }
+        ],
+    }
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--plans", type=int, default=3000, help="measured plans (default 3000)")
+    ap.add_argument("--seconds", type=float, default=30.0, help="time bound (default 30)")
+    ap.add_argument("--clients", type=int, default=16, help="concurrent clients (default 16)")
+    ap.add_argument("--warmup", type=int, default=200, help="plans before measuring")
+    ap.add_argument("--synchronous", default="FULL", choices=["FULL", "NORMAL"])
+    ap.add_argument("--access-log", action="store_true", help="serve with the access log on")
+    opts = ap.parse_args()
+
+    exe = proctor_exe()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROCTOR_")}
+    env["PROCTOR_SYNCHRONOUS"] = opts.synchronous
+    with tempfile.TemporaryDirectory(prefix="proctor-bench-http-") as tmp:
+        home = Path(tmp) / "home"
+        run([exe, "init", "--home", str(home)], env)
+        token = json.loads(
+            run(
+                [
+                    exe,
+                    "tokens",
+                    "create",
+                    "--home",
+                    str(home),
+                    "--name",
+                    "bench",
+                    "--role",
+                    "agent",
+                    "--json",
+                ],
+                env,
+            )
+        )["token"]
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        log = (Path(tmp) / "serve.log").open("w")
+        server = subprocess.Popen(
+            [
+                exe,
+                "serve",
+                "--home",
+                str(home),
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+                "--access-log" if opts.access_log else "--no-access-log",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline or server.poll() is not None:
+                    sys.exit(f"the server did not start:\n{Path(tmp, 'serve.log').read_text()}")
+                time.sleep(0.05)
+            result = drive(base, token, opts)
+        finally:
+            server.send_signal(signal.SIGTERM)
+            try:
+                server.wait(15)
+            except subprocess.TimeoutExpired:
+                server.kill()
+            log.close()
+        report(result, opts)
+
+
+def drive(base: str, token: str, opts: argparse.Namespace) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {token}"}
+    lock = threading.Lock()
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    counter = {"issued": 0}
+    total = opts.warmup + opts.plans
+    start_gate = threading.Barrier(opts.clients + 1)
+    measure_from = {"t": 0.0, "n": 0}
+    stop_at = {"t": float("inf")}
+
+    def worker(w: int) -> None:
+        with httpx.Client(base_url=base, headers=headers, timeout=30) as client:
+            start_gate.wait()
+            i = 0
+            while True:
+                with lock:
+                    if counter["issued"] >= total or time.monotonic() > stop_at["t"]:
+                        return
+                    counter["issued"] += 1
+                    n = counter["issued"]
+                    if n == opts.warmup + 1:
+                        measure_from["t"] = time.perf_counter()
+                t0 = time.perf_counter()
+                try:
+                    resp = client.post("/v1/plans", json=manifest(i, w))
+                    ok = resp.status_code == 201 and resp.json()["status"] == "succeeded"
+                    key = "ok" if ok else f"http {resp.status_code}"
+                except httpx.HTTPError as exc:
+                    key = type(exc).__name__
+                dt = (time.perf_counter() - t0) * 1000
+                i += 1
+                with lock:
+                    if n > opts.warmup:
+                        if key == "ok":
+                            latencies.append(dt)
+                            measure_from["n"] += 1
+                        else:
+                            errors[key] = errors.get(key, 0) + 1
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(opts.clients)]
+    for t in threads:
+        t.start()
+    start_gate.wait()
+    stop_at["t"] = time.monotonic() + opts.seconds
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - measure_from["t"]
+    return {"latencies": latencies, "errors": errors, "elapsed": elapsed}
+
+
+def report(result: dict[str, Any], opts: argparse.Namespace) -> None:
+    lat = result["latencies"]
+    n = len(lat)
+    rate = n / result["elapsed"] if n and result["elapsed"] > 0 else 0.0
+    out = {
+        "plans": n,
+        "clients": opts.clients,
+        "synchronous": opts.synchronous,
+        "access_log": opts.access_log,
+        "plans_per_s": round(rate, 1),
+        "p50_ms": round(pct(lat, 0.50), 2) if lat else None,
+        "p99_ms": round(pct(lat, 0.99), 2) if lat else None,
+        "max_ms": round(max(lat), 2) if lat else None,
+        "mean_ms": round(statistics.fmean(lat), 2) if lat else None,
+        "errors": result["errors"],
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+    }
+    print(
+        f"http: {n} single-step execute plans, {opts.clients} clients, SQLite "
+        f"synchronous={opts.synchronous}, loopback"
+    )
+    print(f"{'figure':<28}{'value':>10}   target")
+    print(f"{'throughput (plans/s)':<28}{out['plans_per_s']:>10}   >= {TARGETS['plans_per_s']}")
+    print(f"{'p50 latency (ms)':<28}{out['p50_ms']!s:>10}")
+    print(f"{'p99 latency (ms)':<28}{out['p99_ms']!s:>10}   <= {TARGETS['p99_ms']}")
+    print(f"{'max latency (ms)':<28}{out['max_ms']!s:>10}")
+    print(f"{'errors':<28}{sum(result['errors'].values()):>10}")
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
