@@ -1,4 +1,3 @@
-# ruff: noqa: E402 - the path fix below must run before the imports
 """End-to-end plans per second over HTTP against a real ``proctor serve`` subprocess.
 
 A fresh instance (SQLite, WAL, synchronous=FULL: every acknowledged plan is durable) is

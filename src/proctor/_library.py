@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from proctor.app.auditlog import AuditLog
+from proctor.app.dispatch import Dispatcher
 from proctor.app.gateway import Gateway, GatewayOptions
+from proctor.app.notify import Notifier
 from proctor.app.stepup import TotpStepUp
 from proctor.audit.archive import ArchiveReport, archive_export, parse_s3_url
 from proctor.audit.events import KeyInfo, VerifyReport
@@ -21,7 +23,7 @@ from proctor.audit.keys import KeyEntry, Keyring, LocalSigner
 from proctor.audit.note import vkey
 from proctor.audit.verify import verify_log
 from proctor.bootstrap import SystemClock, open_home, starter_catalog_path
-from proctor.config import home_from, load_catalog_file
+from proctor.config import WebhookSettings, home_from, load_catalog_file
 from proctor.core.assessment import Scores
 from proctor.core.catalog import ActionSpec, Catalog
 from proctor.core.lifecycle import PlanRecord
@@ -78,6 +80,8 @@ class Proctor:
         options: GatewayOptions | None = None,
         database_url: str = "memory://",
         origin: str = "proctor/in-memory",
+        webhooks: Sequence[WebhookSettings] = (),
+        console_url: str = "http://127.0.0.1:8700",
     ) -> Proctor:
         """Configure an instance in code, with an in-memory store and a throwaway key.
 
@@ -89,6 +93,9 @@ class Proctor:
             options: Gateway options.
             database_url: Store URL, ``memory://`` by default.
             origin: The audit log's origin line for checkpoints.
+            webhooks: Notification targets; their deliveries are queued in the outbox with
+                the events that announce them (send them with ``dispatcher()``).
+            console_url: Base URL of the web console, for links in notifications.
         """
         if catalog is None:
             catalog = Catalog(load_catalog_file(starter_catalog_path()) if starter_catalog else ())
@@ -114,6 +121,8 @@ class Proctor:
             step_up=TotpStepUp(store, clock),
             audit_log=audit_log,
         )
+        if webhooks:
+            gateway.listeners.append(Notifier(webhooks, clock=clock, console_url=console_url))
         keys = {k: KeyInfo(v) for k, v in signer.public_keys().items()}
         return cls(gateway, tools, keys)
 
@@ -211,6 +220,15 @@ class Proctor:
     def tick(self) -> list[PlanRecord]:
         """Fire due timers (expiry, rollback TTLs)."""
         return self.gateway.tick()
+
+    def dispatcher(self, **options: Any) -> Dispatcher:
+        """Return a webhook dispatcher for this instance's outbox (not started).
+
+        Call ``run_once()`` to send what is due, or ``start()`` / ``stop()`` for a background
+        thread. ``options`` are ``Dispatcher``'s keyword arguments (``retry``, ``timeout``,
+        ``interval``, ...).
+        """
+        return Dispatcher.for_gateway(self.gateway, **options)
 
     def enrol_totp(self, principal: str) -> tuple[str, str]:
         """Enrol an approver for step-up; return the secret and its otpauth:// URI."""

@@ -13,7 +13,9 @@ from importlib import resources
 from pathlib import Path
 
 from proctor.app.auditlog import AuditLog, CheckpointPolicy
+from proctor.app.dispatch import Dispatcher
 from proctor.app.gateway import Gateway, GatewayOptions
+from proctor.app.notify import Notifier
 from proctor.app.stepup import TotpStepUp
 from proctor.audit.events import KeyInfo
 from proctor.audit.keys import Keyring
@@ -35,6 +37,7 @@ __all__ = [
     "load_policy",
     "open_instance",
     "open_log_view",
+    "start_dispatcher",
     "starter_catalog_path",
 ]
 
@@ -96,6 +99,23 @@ rotate_every_days = 0
 # Agents that sign their manifests (Ed25519, base64 of the 32-byte public key):
 # [agents.travel-bot]
 # public_key = "..."
+
+# Base URL of the web console, for the links in webhook notifications:
+# [console]
+# url = "https://proctor.example.com"
+
+# Webhooks (docs/webhooks.md). Deliveries are signed with HMAC-SHA256; the secret is read
+# from the environment variable named by secret_env, never from this file.
+# [[webhooks]]
+# url = "https://hooks.example.com/proctor"
+# events = ["approval.needed", "plan.decided", "plan.executed", "plan.failed", "plan.undone"]
+# secret_env = "PROCTOR_WEBHOOK_SECRET"
+# format = "json"  # or "slack"
+#
+# Escalations (anomaly, breaker opened) to a ticketing endpoint:
+# [[tickets]]
+# url = "https://tickets.example.com/hooks/proctor"
+# secret_env = "PROCTOR_TICKETS_SECRET"
 """
 
 
@@ -218,7 +238,7 @@ def build_gateway(
         ),
     )
     audit_log.open()
-    return Gateway(
+    gateway = Gateway(
         store=store,
         catalog=catalog,
         policy=policy,
@@ -229,6 +249,29 @@ def build_gateway(
         step_up=TotpStepUp(store, clock),
         audit_log=audit_log,
     )
+    if settings.notification_targets:
+        # Runs inside each event-appending transaction: a delivery commits with its event.
+        gateway.listeners.append(
+            Notifier(settings.notification_targets, clock=clock, console_url=settings.console_url)
+        )
+    return gateway
+
+
+def start_dispatcher(gateway: Gateway, *, interval: float = 1.0) -> Dispatcher:
+    """Start sending the webhook outbox of ``gateway`` in a background thread.
+
+    ``proctor serve`` calls this at start-up (``start_dispatcher(proctor.gateway)``) and
+    ``stop()`` on the result at shutdown. The targets are those ``build_gateway`` wired from
+    the settings. With no webhook configured the dispatcher idles (deliveries left for
+    targets removed from the configuration fail and end in the dead letters).
+
+    Args:
+        gateway: The instance's gateway (its store, clock and notifier listeners).
+        interval: Seconds between outbox polls when idle; new deliveries wake it at once.
+    """
+    dispatcher = Dispatcher.for_gateway(gateway, interval=interval)
+    dispatcher.start()
+    return dispatcher
 
 
 @dataclass(slots=True)

@@ -5,7 +5,8 @@ Precedence, lowest to highest:
 1. defaults (the attribute docstrings below);
 2. ``<home>/config.toml``;
 3. environment variables: ``PROCTOR_DATABASE_URL``, ``PROCTOR_SANDBOX``,
-   ``PROCTOR_POLICY_BUNDLE``, ``PROCTOR_SYNCHRONOUS``;
+   ``PROCTOR_POLICY_BUNDLE``, ``PROCTOR_SYNCHRONOUS``; webhook secrets are only ever read from
+   the environment (the variable each ``secret_env`` names), never from the file;
 4. command-line flags (applied by the CLI with ``dataclasses.replace``).
 
 The home itself comes from ``--home``, else ``PROCTOR_HOME``, else ``./.proctor``. Only entry
@@ -19,10 +20,10 @@ from __future__ import annotations
 import base64
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from proctor.core.assessment import Scores
 from proctor.core.catalog import ActionSpec
@@ -30,7 +31,10 @@ from proctor.errors import ConfigError, InvalidRequestError, ProctorError
 
 __all__ = [
     "DEFAULT_HOME",
+    "TICKET_EVENTS",
+    "WEBHOOK_EVENTS",
     "Settings",
+    "WebhookSettings",
     "home_from",
     "load",
     "load_catalog_file",
@@ -64,6 +68,72 @@ def home_from(flag: str | Path | None, env: Mapping[str, str] | None = None) -> 
     if env.get("PROCTOR_HOME"):
         return Path(env["PROCTOR_HOME"])
     return DEFAULT_HOME
+
+
+WEBHOOK_EVENTS: Final = (
+    "approval.needed",
+    "plan.decided",
+    "plan.executed",
+    "plan.failed",
+    "plan.undone",
+    "breaker.opened",
+    "anomaly",
+)
+"""Every event a webhook can subscribe to (docs/webhooks.md)."""
+TICKET_EVENTS: Final = ("anomaly", "breaker.opened")
+"""The escalations a ``[[tickets]]`` target receives."""
+_FORMATS = ("json", "slack")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WebhookSettings:
+    """One notification target: a ``[[webhooks]]`` or ``[[tickets]]`` table.
+
+    Invariants are checked at construction (``ConfigError``): an http(s) URL, known events,
+    a known format and a non-empty secret. Every delivery is signed: there is no unsigned
+    mode, because a receiver that cannot authenticate a POST would act on forged approvals.
+    """
+
+    url: str
+    """Where deliveries are POSTed (http or https)."""
+    secret: bytes = field(repr=False)
+    """The HMAC-SHA256 key, read from the environment variable ``secret_env``."""
+    events: tuple[str, ...] = WEBHOOK_EVENTS
+    """Events to deliver. Default all of ``WEBHOOK_EVENTS``."""
+    format: str = "json"
+    """``json`` (default) or ``slack`` (incoming-webhook ``text`` + ``blocks``)."""
+    name: str = ""
+    """The target's name in the outbox. Default the URL."""
+    secret_env: str = ""
+    """The environment variable the secret came from (for messages only)."""
+
+    def __post_init__(self) -> None:
+        where = self.name or self.url
+        if not self.url.startswith(("http://", "https://")):
+            raise ConfigError(f"webhook URL {self.url!r} is not http(s)", field="webhooks.url")
+        unknown = sorted(set(self.events) - set(WEBHOOK_EVENTS))
+        if unknown:
+            raise ConfigError(
+                f"webhook {where}: unknown event {unknown[0]!r}",
+                field="webhooks.events",
+                hint="Known events: " + ", ".join(WEBHOOK_EVENTS) + ".",
+            )
+        if self.format not in _FORMATS:
+            raise ConfigError(
+                f"webhook {where}: format {self.format!r} is not json or slack",
+                field="webhooks.format",
+            )
+        if not self.secret:
+            raise ConfigError(
+                f"webhook {where} has an empty secret",
+                field="webhooks.secret_env",
+                hint="Set the variable named by secret_env to a long random value.",
+            )
+
+    @property
+    def target(self) -> str:
+        """The name deliveries are stored under: ``name``, else the URL."""
+        return self.name or self.url
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -104,6 +174,17 @@ class Settings:
     """Sign a checkpoint when the last is older than this and there are new events."""
     rotate_every_days: int = 0
     """Rotate the signing key when it is older than this many days; 0 (default) never."""
+    webhooks: tuple[WebhookSettings, ...] = ()
+    """``[[webhooks]]`` targets. Default none."""
+    tickets: tuple[WebhookSettings, ...] = ()
+    """``[[tickets]]`` targets: escalations (anomaly, breaker opened). Default none."""
+    console_url: str = "http://127.0.0.1:8700"
+    """Base URL of the web console, for links in notifications (``[console] url``)."""
+
+    @property
+    def notification_targets(self) -> tuple[WebhookSettings, ...]:
+        """Every webhook and ticket target, webhooks first."""
+        return (*self.webhooks, *self.tickets)
 
     @property
     def keys_dir(self) -> Path:
@@ -207,7 +288,88 @@ def _settings(home: Path, doc: Mapping[str, Any], path: Path, env: Mapping[str, 
         checkpoint_every=int(au.get("checkpoint_every", 1000)),
         checkpoint_interval_seconds=int(au.get("checkpoint_interval_seconds", 60)),
         rotate_every_days=int(_section(doc, "keys", path).get("rotate_every_days", 0)),
+        **_notification_settings(doc, path, env),
     )
+
+
+_WEBHOOK_KEYS = frozenset({"url", "events", "secret_env", "format", "name"})
+_TICKET_KEYS = frozenset({"url", "secret_env", "format", "name"})
+
+
+def _notification_settings(
+    doc: Mapping[str, Any], path: Path, env: Mapping[str, str]
+) -> dict[str, Any]:
+    console = _section(doc, "console", path)
+    webhooks = _targets(doc, "webhooks", path, env, keys=_WEBHOOK_KEYS)
+    tickets = _targets(doc, "tickets", path, env, keys=_TICKET_KEYS)
+    seen: set[str] = set()
+    for i, t in enumerate((*webhooks, *tickets)):
+        if t.target in seen:
+            table = "webhooks" if i < len(webhooks) else "tickets"
+            raise ConfigError(
+                f"two notification targets in {path} are named {t.target!r}",
+                field=f"{table}.name",
+                hint="Give each [[webhooks]] / [[tickets]] table a distinct name.",
+            )
+        seen.add(t.target)
+    return {
+        "webhooks": webhooks,
+        "tickets": tickets,
+        "console_url": str(console.get("url", "http://127.0.0.1:8700")).rstrip("/"),
+    }
+
+
+def _targets(
+    doc: Mapping[str, Any],
+    table: str,
+    path: Path,
+    env: Mapping[str, str],
+    *,
+    keys: frozenset[str],
+) -> tuple[WebhookSettings, ...]:
+    raw = doc.get(table, [])
+    if not isinstance(raw, list) or not all(isinstance(t, dict) for t in raw):
+        raise ConfigError(f"[[{table}]] in {path} must be an array of tables", field=table)
+    out = []
+    for i, t in enumerate(raw):
+        where = f"{table}[{i}]"
+        unknown = sorted(set(t) - keys)
+        if unknown:
+            raise ConfigError(
+                f"{where} in {path} has unknown key {unknown[0]!r}", field=f"{where}.{unknown[0]}"
+            )
+        for key in ("url", "secret_env"):
+            if not isinstance(t.get(key), str) or not t[key]:
+                raise ConfigError(f'{where} in {path} needs {key} = "..."', field=f"{where}.{key}")
+        var = t["secret_env"]
+        if var not in env:
+            raise ConfigError(
+                f"{where} reads its HMAC secret from ${var}, which is not set",
+                field=var,
+                hint=f"export {var}=<a long random value>, shared with the receiver.",
+            )
+        events: Sequence[str] = (
+            TICKET_EVENTS if table == "tickets" else t.get("events", WEBHOOK_EVENTS)
+        )
+        if not isinstance(events, list | tuple) or not all(isinstance(e, str) for e in events):
+            raise ConfigError(f"{where}.events must be a list of strings", field=f"{where}.events")
+        try:
+            out.append(
+                WebhookSettings(
+                    url=t["url"],
+                    secret=env[var].encode(),
+                    events=tuple(events),
+                    format=str(t.get("format", "json")),
+                    # A ticket target is named apart from a webhook with the same URL.
+                    name=str(t.get("name", "" if table == "webhooks" else f"ticket:{t['url']}")),
+                    secret_env=var,
+                )
+            )
+        except ConfigError as exc:
+            raise ConfigError(
+                f"{where} in {path}: {exc.message}", field=exc.field, hint=exc.hint
+            ) from exc
+    return tuple(out)
 
 
 _ACTION_KEYS = frozenset(

@@ -700,3 +700,11 @@ def totp_enrol(
         console.print(f"secret for {principal}: [bold]{secret}[/bold]")
         console.print(f"add to an authenticator app: {uri}")
     return 0
+
+
+# --------------------------------------------------------------------------- service
+
+from proctor.cli import service  # noqa: E402 - registered last: service.py stands alone
+
+app.command("serve")(service.serve)
+app.add_typer(service.tokens_app, name="tokens")

@@ -1,0 +1,232 @@
+"""``proctor serve`` and ``proctor tokens``: the HTTP service and its API tokens."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from proctor._library import Proctor
+from proctor.app.tokens import TokenService
+from proctor.cli.render import console, print_json
+from proctor.config import home_from
+
+__all__ = ["serve", "tokens_app"]
+
+tokens_app = typer.Typer(
+    help="API tokens for the HTTP service: create, list, revoke; TOTP enrolment.",
+    no_args_is_help=True,
+)
+
+Home = Annotated[
+    Path | None,
+    typer.Option(
+        "--home",
+        envvar="PROCTOR_HOME",
+        help="Instance directory (default ./.proctor).",
+        show_default=False,
+    ),
+]
+Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+Verbose = Annotated[bool, typer.Option("--verbose", help="Show tracebacks on errors.")]
+
+_UNSAFE_BANNER = """\
+*****************************************************************************
+  WARNING: --unsafe-no-auth: AUTHENTICATION IS OFF.
+  Every request is served as 'local' (admin, approver, user). Anyone who can
+  reach {url} can approve, reject and undo any plan and read
+  the whole audit log. Use this on a laptop for a demo, never anywhere else.
+*****************************************************************************"""
+
+
+def serve(
+    home: Home = None,
+    host: Annotated[
+        str, typer.Option("--host", envvar="PROCTOR_HOST", help="Address to listen on.")
+    ] = "127.0.0.1",
+    port: Annotated[
+        int,
+        typer.Option("--port", envvar="PROCTOR_PORT", min=0, max=65535, help="Port."),
+    ] = 8700,
+    unsafe_no_auth: Annotated[
+        bool,
+        typer.Option(
+            "--unsafe-no-auth",
+            help="Serve every request as 'local' (admin, approver, user) WITHOUT "
+            "authentication. A local demo only.",
+        ),
+    ] = False,
+    access_log: Annotated[
+        bool, typer.Option("--access-log/--no-access-log", help="Log every request.")
+    ] = True,
+    log_level: Annotated[
+        str, typer.Option("--log-level", help="critical, error, warning, info or debug.")
+    ] = "info",
+    verbose: Verbose = False,
+) -> int:
+    """Run the HTTP API (docs/http.md) and the timers (expiry, rollback TTLs).
+
+    Listens on 127.0.0.1:8700 by default. Requests need `Authorization: Bearer TOKEN`
+    (create one with `proctor tokens create`) or a JWT when `[auth.jwt]` is configured.
+    SIGTERM or Ctrl-C stops it gracefully: requests in flight finish first.
+    """
+    import uvicorn
+
+    from proctor.http import create_app, load_http_settings  # needs the `server` extra
+    from proctor.http.ticker import Ticker
+
+    path = home_from(home)
+    settings = load_http_settings(path)
+    proctor = Proctor.open(path)
+    try:
+        app = create_app(proctor, settings=settings, unsafe_no_auth=unsafe_no_auth)
+        if unsafe_no_auth:
+            print(_UNSAFE_BANNER.format(url=f"http://{host}:{port}"), file=sys.stderr)
+        server = uvicorn.Server(
+            uvicorn.Config(
+                app,
+                host=host,
+                port=port,
+                # Client addresses key the failed-authentication limit: a forwarded header
+                # from any local process must not be able to choose its own address.
+                proxy_headers=False,
+                server_header=False,
+                access_log=access_log,
+                log_level=log_level.lower(),
+                timeout_graceful_shutdown=10,
+                lifespan="off",
+            )
+        )
+        ticker = Ticker(proctor.tick)
+        caught: list[int] = []
+
+        def note(signum: int, frame: FrameType | None) -> None:
+            # uvicorn handles SIGINT/SIGTERM while it runs, then re-raises the signal once it
+            # has shut down; this handler receives it so the cleanup below still runs.
+            caught.append(signum)
+
+        previous: dict[int, Any] = {
+            sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+        ticker.start()
+        try:
+            server.run()
+        finally:
+            ticker.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    finally:
+        proctor.close()
+    return 0
+
+
+def _open(home: Path | None) -> Proctor:
+    return Proctor.open(home_from(home))
+
+
+def _tokens(p: Proctor) -> TokenService:
+    return TokenService(p.gateway.store, p.gateway.clock)
+
+
+@tokens_app.command("create")
+def tokens_create(
+    name: Annotated[str, typer.Option("--name", help="The principal's name.")],
+    role: Annotated[
+        list[str],
+        typer.Option("--role", help="agent, user, approver, auditor or admin (repeat)."),
+    ],
+    groups: Annotated[
+        str, typer.Option("--groups", help="Approver groups, comma-separated (finance,hr).")
+    ] = "",
+    home: Home = None,
+    as_json: Json = False,
+    verbose: Verbose = False,
+) -> int:
+    """Create an API token; it is printed once and only its SHA-256 is stored."""
+    group_list = [g.strip() for g in groups.split(",") if g.strip()]
+    with _open(home) as p:
+        new = _tokens(p).create(name=name, roles=role, groups=group_list)
+    if as_json:
+        print_json(new.as_dict())
+        return 0
+    roles = ", ".join(new.record.roles)
+    console.print(f"token for [bold]{name}[/bold] ({roles}), id {new.record.token_id}:")
+    print(new.token)
+    console.print("[yellow]It is shown only now: store it safely.[/yellow]")
+    return 0
+
+
+@tokens_app.command("list")
+def tokens_list(home: Home = None, as_json: Json = False, verbose: Verbose = False) -> int:
+    """List API tokens (never the tokens themselves)."""
+    with _open(home) as p:
+        records = _tokens(p).list()
+    rows = [
+        {
+            "id": t.token_id,
+            "name": t.name,
+            "roles": list(t.roles),
+            "groups": list(t.groups),
+            "created_at": t.created_at.isoformat(),
+            "revoked_at": t.revoked_at.isoformat() if t.revoked_at else None,
+        }
+        for t in records
+    ]
+    if as_json:
+        print_json({"tokens": rows})
+        return 0
+    table = Table(title=f"{len(rows)} token(s)", title_justify="left")
+    for col in ("id", "name", "roles", "groups", "created", "revoked"):
+        table.add_column(col)
+    for t in records:
+        table.add_row(
+            t.token_id,
+            t.name,
+            ", ".join(t.roles),
+            ", ".join(t.groups),
+            t.created_at.isoformat(),
+            t.revoked_at.isoformat() if t.revoked_at else "",
+        )
+    console.print(table)
+    return 0
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(
+    token_id: Annotated[str, typer.Argument(metavar="ID", help="The token id (tok_...).")],
+    home: Home = None,
+    as_json: Json = False,
+    verbose: Verbose = False,
+) -> int:
+    """Revoke an API token (a running server stops accepting it within 2 seconds)."""
+    with _open(home) as p:
+        record = _tokens(p).revoke(token_id)
+    revoked_at = record.revoked_at.isoformat() if record.revoked_at else None
+    if as_json:
+        print_json({"id": record.token_id, "name": record.name, "revoked_at": revoked_at})
+    else:
+        console.print(f"revoked {record.token_id} ({record.name})")
+    return 0
+
+
+@tokens_app.command("enrol-totp")
+def tokens_enrol_totp(
+    name: Annotated[str, typer.Option("--name", help="The approver's principal name.")],
+    home: Home = None,
+    as_json: Json = False,
+    verbose: Verbose = False,
+) -> int:
+    """Enrol an approver for step-up (TOTP) approvals; prints the secret once."""
+    with _open(home) as p:
+        secret, uri = p.enrol_totp(name)
+    if as_json:
+        print_json({"name": name, "secret": secret, "uri": uri})
+    else:
+        console.print(f"secret for {name}: [bold]{secret}[/bold]")
+        console.print(f"add to an authenticator app: {uri}")
+    return 0

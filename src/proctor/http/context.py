@@ -1,0 +1,84 @@
+"""What the routes share: the library object, the settings, auth, and small helpers."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from starlette.responses import Response
+
+from proctor._library import Proctor
+from proctor.http.auth import Auth
+from proctor.http.schemas import ErrorBody
+from proctor.http.settings import HttpSettings
+
+__all__ = ["Context", "KeyedLocks", "errors_doc", "json_response"]
+
+_DESCRIPTIONS = {
+    400: "Malformed JSON (`invalid_request`, field `body`).",
+    401: "No or invalid credentials (`unauthenticated`).",
+    403: "The principal may not do this (`permission_denied`).",
+    404: "No such plan, event or checkpoint (`not_found`).",
+    409: "Conflicts with the current state (`conflict`, `invalid_transition`, `plan_id_reused`).",
+    410: "The confirmation or approval window has closed (`approval_expired`).",
+    413: "The body is larger than 256 KiB (`payload_too_large`).",
+    422: "The input breaks a rule (`invalid_request`, `bad_signature`); `field` names it.",
+    429: "Too many failed authentications from this address (`rate_limited`).",
+    503: "The store, policy or configuration is unavailable.",
+}
+
+
+def errors_doc(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """Return the OpenAPI ``responses`` entries of these error statuses."""
+    return {s: {"model": ErrorBody, "description": _DESCRIPTIONS[s]} for s in statuses}
+
+
+AUTH_ERRORS = (401, 403, 422, 429, 503)
+"""What every authenticated route may answer besides its success."""
+
+
+def json_response(
+    body: Any, status: int = 200, headers: Mapping[str, str] | None = None
+) -> Response:
+    """Serialise with orjson (the plan JSON is built once, not validated again)."""
+    return Response(
+        orjson.dumps(body), status_code=status, media_type="application/json", headers=headers
+    )
+
+
+class KeyedLocks:
+    """One lock per key (bounded): serialises identical idempotent submissions."""
+
+    def __init__(self, max_keys: int = 10_000) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+        self._max = max_keys
+
+    @contextmanager
+    def hold(self, key: str | None) -> Iterator[None]:
+        """Hold the lock of ``key`` (no lock for None)."""
+        if key is None:
+            yield
+            return
+        with self._guard:
+            lock = self._locks.get(key)
+            if lock is None:
+                if len(self._locks) >= self._max:
+                    self._locks.clear()  # cheap to recreate; a cleared lock only loses a race
+                lock = self._locks[key] = threading.Lock()
+        with lock:
+            yield
+
+
+@dataclass(slots=True)
+class Context:
+    """Everything a route needs."""
+
+    proctor: Proctor
+    settings: HttpSettings
+    auth: Auth
+    submit_locks: KeyedLocks = field(default_factory=KeyedLocks)

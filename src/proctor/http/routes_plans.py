@@ -1,0 +1,400 @@
+"""``/v1/plans``: submit, read, list, wait, stream events, confirm, approve, reject, undo.
+
+The gateway calls are synchronous; they run in the threadpool (``def`` routes, or
+``run_in_threadpool`` in ``async`` ones), so the event loop only moves bytes.
+"""
+
+# NOTE(http): no `from __future__ import annotations` here: FastAPI reads the route
+# signatures at runtime, and the aliases they use (Caller, PlanId) are local names.
+
+import asyncio
+import base64
+import binascii
+import hashlib
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Header, Path, Query, Request
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from proctor.cli.render import plan_json
+from proctor.core.lifecycle import PlanRecord, PlanStatus
+from proctor.core.principals import (
+    Principal,
+    may_approve,
+    may_confirm,
+    may_read_plan,
+    may_reject,
+    may_submit,
+    may_undo,
+    reads_every_plan,
+)
+from proctor.errors import InvalidRequestError, PermissionDeniedError
+from proctor.http.context import AUTH_ERRORS, Context, errors_doc, json_response
+from proctor.http.schemas import (
+    ID_PATTERN,
+    ApproveBody,
+    CommentBody,
+    PlanList,
+    PlanOut,
+)
+
+__all__ = ["idempotent_plan_id", "router"]
+
+_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
+_SCAN_BUDGET = 1000  # most plans one list request reads to fill a page for a filtered reader
+_EVENT_BATCH = 500
+
+
+def idempotent_plan_id(principal: str, key: str) -> str:
+    """The plan id derived from an ``Idempotency-Key``: stable per principal and key."""
+    return "idem-" + hashlib.sha256(f"{principal}:{key}".encode()).hexdigest()[:24]
+
+
+def _bad_json() -> Response:
+    return json_response(
+        {"code": "invalid_request", "message": "the body is not valid JSON", "field": "body"},
+        400,
+    )
+
+
+def encode_cursor(rec: PlanRecord) -> str:
+    """Return the opaque cursor that continues after ``rec``."""
+    raw = f"{rec.created_at.isoformat()}|{rec.plan_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    """Return the store's ``created_at|plan_id`` form of a cursor.
+
+    Raises:
+        InvalidRequestError: if the cursor was not made by ``encode_cursor``.
+    """
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        raise InvalidRequestError("cursor is not valid", field="cursor") from exc
+    at, sep, plan_id = raw.partition("|")
+    if not sep or not at or not plan_id:
+        raise InvalidRequestError("cursor is not valid", field="cursor")
+    return raw
+
+
+def router(ctx: Context) -> APIRouter:
+    """Build the plan routes over ``ctx``."""
+    r = APIRouter(prefix="/v1/plans", tags=["plans"])
+    proctor = ctx.proctor
+    store = proctor.gateway.store
+    settings = ctx.settings
+    Caller = Annotated[Principal, Depends(ctx.auth)]
+    PlanId = Annotated[str, Path(pattern=ID_PATTERN, description="The plan id.")]
+    act_errors = errors_doc(400, *AUTH_ERRORS, 404, 409, 410, 413)
+
+    # ------------------------------------------------------------------ helpers
+
+    def readable(p: Principal, plan_id: str) -> PlanRecord:
+        rec = proctor.get(plan_id)
+        if not may_read_plan(p, rec):
+            raise PermissionDeniedError(f"{p.name!r} may not read plan {plan_id}", field="plan_id")
+        return rec
+
+    def actionable(
+        p: Principal, plan_id: str, role: str, allowed: Callable[[Principal, PlanRecord], bool]
+    ) -> PlanRecord:
+        if not p.has(role):
+            raise PermissionDeniedError(f"this needs the {role} role", field="role")
+        rec = proctor.get(plan_id)
+        if not allowed(p, rec):
+            raise PermissionDeniedError(
+                f"{p.name!r} may not do this to plan {plan_id}", field="principal"
+            )
+        return rec
+
+    # ------------------------------------------------------------------ submit
+
+    def do_submit(p: Principal, raw: Any, key: str | None) -> tuple[int, dict[str, Any]]:
+        if not p.has("agent"):
+            raise PermissionDeniedError("submitting a plan needs the agent role", field="role")
+        if isinstance(raw, dict):
+            actor = raw.get("actor")
+            agent_id = actor.get("agent_id") if isinstance(actor, dict) else None
+            if isinstance(agent_id, str) and not may_submit(p, agent_id):
+                raise PermissionDeniedError(
+                    f"{p.name!r} may only submit plans with actor.agent_id {p.name!r}",
+                    field="actor.agent_id",
+                )
+            if key is not None and raw.get("plan_id") is None:
+                raw["plan_id"] = idempotent_plan_id(p.name, key)
+        plan_id = raw.get("plan_id") if isinstance(raw, dict) else None
+        if not isinstance(plan_id, str):
+            plan_id = None
+        with ctx.submit_locks.hold(plan_id):
+            existed = plan_id is not None and store.get_plan(plan_id) is not None
+            # The gateway itself, not ``Proctor.submit``: any JSON value goes to the
+            # validator, so a body that is not an object is rejected (and audited) there.
+            rec = proctor.gateway.submit(raw)
+        return (200 if existed else 201), plan_json(rec)
+
+    @r.post(
+        "",
+        status_code=201,
+        response_model=PlanOut,
+        summary="Submit a plan",
+        responses={
+            200: {"model": PlanOut, "description": "A replay: the original plan."},
+            **errors_doc(400, *AUTH_ERRORS, 409, 413),
+        },
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/PlanManifest"}}
+                },
+            }
+        },
+    )
+    async def submit(
+        request: Request,
+        caller: Caller,
+        idempotency_key: Annotated[
+            str | None,
+            Header(
+                alias="Idempotency-Key",
+                pattern=_KEY_PATTERN,
+                description="Same key and same manifest: the original plan (200).",
+            ),
+        ] = None,
+    ) -> Response:
+        """Submit a plan manifest as the calling agent (``actor.agent_id`` is its name)."""
+        body = await request.body()
+        try:
+            raw = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return _bad_json()
+        status, doc = await run_in_threadpool(do_submit, caller, raw, idempotency_key)
+        return json_response(doc, status, {"Location": f"/v1/plans/{doc['plan_id']}"})
+
+    # ------------------------------------------------------------------ read
+
+    @r.get(
+        "",
+        response_model=PlanList,
+        summary="List plans",
+        responses=errors_doc(*AUTH_ERRORS),
+    )
+    def list_plans(
+        caller: Caller,
+        status: Annotated[PlanStatus | None, Query(description="Only this status.")] = None,
+        agent: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
+        limit: Annotated[int, Query(ge=1, le=200)] = 50,
+        cursor: Annotated[str | None, Query(max_length=400)] = None,
+    ) -> Response:
+        """Plans the caller may read, newest first, a page at a time."""
+        before = decode_cursor(cursor) if cursor is not None else None
+        if not reads_every_plan(caller) and caller.roles == ("agent",):
+            if agent is not None and agent != caller.name:
+                return json_response({"plans": [], "next_cursor": None})
+            agent = caller.name  # an agent alone sees its own plans: let the index filter
+        out: list[PlanRecord] = []
+        every = reads_every_plan(caller)
+        scanned = 0
+        last: PlanRecord | None = None
+        exhausted = False
+        while True:
+            # One query fills the page of a reader who sees everything; a filtered reader
+            # reads batches until the page is full or the scan budget is spent, and the
+            # cursor then continues where the scan stopped.
+            want = limit - len(out) if every else 100
+            batch = store.list_plans(
+                status=status.value if status else None,
+                agent_id=agent,
+                limit=want + 1,
+                before=before,
+            )
+            more = len(batch) > want
+            page = batch[:want]
+            full = False
+            for i, rec in enumerate(page):
+                scanned += 1
+                last = rec
+                if may_read_plan(caller, rec):
+                    out.append(rec)
+                    if len(out) == limit:
+                        full = True
+                        exhausted = i == len(page) - 1 and not more
+                        break
+            if full:
+                break
+            if not more or last is None:
+                exhausted = True
+                break
+            before = f"{last.created_at.isoformat()}|{last.plan_id}"
+            if scanned >= _SCAN_BUDGET:
+                break
+        next_cursor = None if exhausted or last is None else encode_cursor(last)
+        return json_response({"plans": [plan_json(p) for p in out], "next_cursor": next_cursor})
+
+    @r.get(
+        "/{plan_id}",
+        response_model=PlanOut,
+        summary="Read a plan (optionally wait for its status to change)",
+        responses=errors_doc(*AUTH_ERRORS, 404),
+    )
+    async def get_plan(
+        plan_id: PlanId,
+        request: Request,
+        caller: Caller,
+        wait: Annotated[
+            float,
+            Query(ge=0, le=60, description="Long-poll up to this many seconds for a change."),
+        ] = 0,
+    ) -> Response:
+        """A plan; with ``wait``, returns as soon as its status changes (or on timeout)."""
+        rec = await run_in_threadpool(readable, caller, plan_id)
+        wait = min(wait, settings.max_wait_seconds)
+        if wait > 0 and not rec.terminal:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + wait
+            first = rec.status
+            while (left := deadline - loop.time()) > 0:
+                await asyncio.sleep(min(settings.poll_interval_seconds, left))
+                fresh = await run_in_threadpool(store.get_plan, plan_id)
+                if fresh is None:
+                    break
+                rec = fresh
+                if rec.status is not first or await request.is_disconnected():
+                    break
+        return json_response(plan_json(rec))
+
+    @r.get(
+        "/{plan_id}/events",
+        summary="Stream a plan's audit events (SSE)",
+        response_class=StreamingResponse,
+        responses={
+            200: {
+                "description": "One SSE event per audit event (`id` the seq, `event` the"
+                " type, `data` the signed event); closes when the plan is terminal.",
+                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            },
+            **errors_doc(*AUTH_ERRORS, 404),
+        },
+    )
+    async def plan_events(
+        plan_id: PlanId,
+        request: Request,
+        caller: Caller,
+        last_event_id: Annotated[
+            int | None,
+            Header(alias="Last-Event-ID", ge=-1, le=2**53, description="Resume after this seq."),
+        ] = None,
+    ) -> StreamingResponse:
+        """Server-sent events: the plan's audit events, live, until the plan is terminal."""
+        await run_in_threadpool(readable, caller, plan_id)
+        start = -1 if last_event_id is None else last_event_id
+        return StreamingResponse(
+            _stream(request, plan_id, start),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+
+    async def _stream(request: Request, plan_id: str, after: int) -> AsyncIterator[bytes]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + settings.stream_max_seconds
+        quiet_since = loop.time()
+        while True:
+            # The status first: a terminal status commits with its events, so the read
+            # after it sees them all.
+            rec = await run_in_threadpool(store.get_plan, plan_id)
+            rows = await run_in_threadpool(
+                store.read_events, after=after, limit=_EVENT_BATCH, plan_id=plan_id
+            )
+            for row in rows:
+                yield b"id: %d\nevent: %s\ndata: %s\n\n" % (row.seq, row.type.encode(), row.body)
+                after = row.seq
+            if len(rows) == _EVENT_BATCH:
+                continue
+            if rec is None or rec.terminal or loop.time() >= deadline:
+                return
+            if rows:
+                quiet_since = loop.time()
+            elif loop.time() - quiet_since >= settings.stream_keepalive_seconds:
+                yield b": keep-alive\n\n"
+                quiet_since = loop.time()
+            if await request.is_disconnected():
+                return
+            await asyncio.sleep(settings.poll_interval_seconds)
+
+    # ------------------------------------------------------------------ human actions
+
+    @r.post(
+        "/{plan_id}/confirm",
+        response_model=PlanOut,
+        summary="Confirm a plan (its on-behalf-of user)",
+        responses=act_errors,
+    )
+    def confirm(plan_id: PlanId, caller: Caller, body: CommentBody | None = None) -> Response:
+        """Confirm a plan waiting for the caller's confirmation; it runs at once."""
+        actionable(caller, plan_id, "user", may_confirm)
+        comment = body.comment if body else ""
+        return json_response(plan_json(proctor.confirm(plan_id, caller.name, comment=comment)))
+
+    @r.post(
+        "/{plan_id}/approve",
+        response_model=PlanOut,
+        summary="Approve a plan (an approver of its groups)",
+        responses=act_errors,
+    )
+    def approve(plan_id: PlanId, caller: Caller, body: ApproveBody | None = None) -> Response:
+        """Approve as the caller, holding its groups as approval roles.
+
+        The plan runs when enough distinct approvers covering its roles agreed.
+        """
+        actionable(caller, plan_id, "approver", may_approve)
+        body = body or ApproveBody()
+        rec = proctor.approve(
+            plan_id, caller.name, roles=caller.groups, comment=body.comment, otp=body.otp
+        )
+        return json_response(plan_json(rec))
+
+    @r.post(
+        "/{plan_id}/reject",
+        response_model=PlanOut,
+        summary="Reject a plan (an approver, or the user for a confirmation)",
+        responses=act_errors,
+    )
+    def reject(plan_id: PlanId, caller: Caller, body: CommentBody | None = None) -> Response:
+        """Reject a plan waiting for an approval (approvers) or a confirmation (its user)."""
+        if not (caller.has("approver") or caller.has("user")):
+            raise PermissionDeniedError("this needs the approver or user role", field="role")
+        rec = proctor.get(plan_id)
+        if not may_reject(caller, rec):
+            raise PermissionDeniedError(
+                f"{caller.name!r} may not reject plan {plan_id}", field="principal"
+            )
+        comment = body.comment if body else ""
+        rec = proctor.reject(plan_id, caller.name, roles=caller.groups, comment=comment)
+        return json_response(plan_json(rec))
+
+    @r.post(
+        "/{plan_id}/undo",
+        response_model=PlanOut,
+        summary="Undo a succeeded plan (its user, or an admin)",
+        responses=act_errors,
+    )
+    def undo(plan_id: PlanId, caller: Caller, body: CommentBody | None = None) -> Response:
+        """Undo a succeeded plan within its undo window; its steps are compensated."""
+        if not (caller.has("user") or caller.has("admin")):
+            raise PermissionDeniedError("this needs the user or admin role", field="role")
+        rec = proctor.get(plan_id)
+        if not may_undo(caller, rec):
+            raise PermissionDeniedError(
+                f"{caller.name!r} may not undo plan {plan_id}", field="principal"
+            )
+        as_admin = caller.has("admin") and not may_confirm(caller, rec)
+        rec = proctor.gateway.undo(plan_id, caller.name, admin=as_admin)
+        return json_response(plan_json(rec))
+
+    return r

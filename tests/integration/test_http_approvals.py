@@ -1,0 +1,312 @@
+"""The approval workflow over HTTP: quorum, separation of duties, expiry, replay, step-up.
+
+The gateway implements the rules; these tests check that the API maps each of them to the
+documented status and error code, and that comments land in the plan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pyotp
+import pytest
+
+from proctor import Proctor
+from proctor.app.tokens import TokenService
+from proctor.core.catalog import Catalog
+from proctor.http import create_app
+from proctor.testing import FrozenClock, RecordingTool, make_plan
+
+pytestmark = pytest.mark.anyio
+
+LOW = {"risk": 1, "auditability": 1, "ux": 1, "recovery": 1, "cost": 1}
+BIG_PAYMENT = ("travel.pay", {"amount": 640_000, "currency": "EUR", "traveller": "alice"})
+SUBSCRIPTION = ("billing.change_subscription", {"customer": "cust-42", "plan": "pro"})
+BOOKING = ("restaurant.book", {"restaurant": "Tasca", "party": 2, "time": "2027-03-12T20:00"})
+
+
+class QuorumPolicy:
+    """A policy engine (a fake, not a mock): shop.buy needs two finance approvals."""
+
+    version = "sha256:quorum-1"
+
+    def evaluate(self, input: Mapping[str, Any]) -> Any:
+        steps = {
+            s["id"]: {
+                "outcome": "approve",
+                "reasons": ["two finance approvers"],
+                "approvals": 2,
+                "approver_roles": ["finance"],
+            }
+            for s in input["steps"]
+        }
+        return {"steps": steps, "plan": {"deny": [], "adjustments": []}}
+
+
+@dataclass
+class Api:
+    """An ASGI client over an instance, with a token per principal."""
+
+    client: httpx.AsyncClient
+    proctor: Proctor
+    clock: FrozenClock
+    tokens: dict[str, str]
+
+    async def call(self, who: str, method: str, path: str, body: Any = None) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self.tokens[who]}"}
+        return await self.client.request(method, path, json=body, headers=headers)
+
+    async def submit(self, *steps: tuple[str, dict[str, Any]]) -> dict[str, Any]:
+        resp = await self.call(
+            "bot", "POST", "/v1/plans", make_plan([*steps], agent_id="bot", on_behalf_of="alice")
+        )
+        assert resp.status_code == 201, resp.text
+        return resp.json()
+
+
+PRINCIPALS = {
+    "bot": (("agent",), ()),
+    "ann": (("approver",), ("finance",)),
+    "fred": (("approver",), ("finance",)),
+    "sam": (("approver",), ("sre",)),
+    "alice": (("user", "approver"), ("finance",)),  # the beneficiary, also an approver
+    "bot-approver": (("approver",), ("finance",)),
+}
+
+
+async def _api(proctor: Proctor, clock: FrozenClock) -> AsyncIterator[Api]:
+    tokens = TokenService(proctor.gateway.store, clock)
+    secrets = {
+        name: tokens.create(name=name, roles=roles, groups=groups).token
+        for name, (roles, groups) in PRINCIPALS.items()
+    }
+    transport = httpx.ASGITransport(app=create_app(proctor))
+    async with httpx.AsyncClient(transport=transport, base_url="http://proctor") as client:
+        yield Api(client, proctor, clock, secrets)
+
+
+@pytest.fixture
+async def quorum() -> AsyncIterator[Api]:
+    """An instance whose policy asks two finance approvals for shop.buy."""
+    clock = FrozenClock()
+    proctor = Proctor.in_memory(catalog=Catalog(), policy=QuorumPolicy(), clock=clock)
+    proctor.action("shop.buy", category="general", baselines=LOW)(RecordingTool())
+    async for api in _api(proctor, clock):
+        yield api
+
+
+@pytest.fixture
+async def default() -> AsyncIterator[Api]:
+    """An instance with the default policy and the starter catalog."""
+    clock = FrozenClock()
+    async for api in _api(Proctor.in_memory(clock=clock), clock):
+        yield api
+
+
+class TestQuorum:
+    async def test_two_distinct_approvers_are_needed(self, quorum):
+        """The first approval leaves the plan waiting; the second one runs it."""
+        plan = await quorum.submit(("shop.buy", {}))
+        path = f"/v1/plans/{plan['plan_id']}/approve"
+
+        first = await quorum.call("ann", "POST", path, {"comment": "looks right"})
+        second = await quorum.call("fred", "POST", path, {"comment": "ok"})
+
+        assert plan["status"] == "awaiting_approval"
+        assert first.status_code == 200
+        assert first.json()["status"] == "awaiting_approval"
+        assert second.status_code == 200
+        assert second.json()["status"] == "succeeded"
+        approvals = second.json()["approvals"]
+        assert [(a["principal"], a["kind"], a["comment"]) for a in approvals] == [
+            ("ann", "approve", "looks right"),
+            ("fred", "approve", "ok"),
+        ]
+        assert approvals[0]["roles"] == ["finance"]
+
+    async def test_the_same_approver_counts_once(self, quorum):
+        """A second approval by the same principal is refused (403)."""
+        plan = await quorum.submit(("shop.buy", {}))
+        path = f"/v1/plans/{plan['plan_id']}/approve"
+
+        await quorum.call("ann", "POST", path)
+        again = await quorum.call("ann", "POST", path)
+
+        assert again.status_code == 403
+        assert again.json()["code"] == "permission_denied"
+
+    async def test_a_replayed_approval_after_the_quorum_conflicts(self, quorum):
+        """Once the approvals are consumed, another approval gets 409 invalid_transition."""
+        plan = await quorum.submit(("shop.buy", {}))
+        path = f"/v1/plans/{plan['plan_id']}/approve"
+        await quorum.call("ann", "POST", path)
+        await quorum.call("fred", "POST", path)
+
+        replay = await quorum.call("fred", "POST", path)
+
+        assert replay.status_code == 409
+        assert replay.json()["code"] == "invalid_transition"
+
+    async def test_an_approver_outside_the_groups_is_refused(self, quorum):
+        """An approver without one of the plan's groups gets 403 before any state check."""
+        plan = await quorum.submit(("shop.buy", {}))
+
+        resp = await quorum.call("sam", "POST", f"/v1/plans/{plan['plan_id']}/approve")
+
+        assert resp.status_code == 403
+
+
+class TestSeparationOfDuties:
+    async def test_the_beneficiary_cannot_approve(self, quorum):
+        """The on-behalf-of user, even holding the group, cannot approve its own plan."""
+        plan = await quorum.submit(("shop.buy", {}))
+
+        resp = await quorum.call("alice", "POST", f"/v1/plans/{plan['plan_id']}/approve")
+
+        assert resp.status_code == 403
+        assert resp.json()["field"] == "principal"
+        assert "Separation of duties" in resp.json()["hint"]
+
+    async def test_the_requesting_agent_cannot_approve(self, quorum):
+        """A principal named like the plan's agent cannot approve it."""
+        plan = make_plan([("shop.buy", {})], agent_id="bot-approver", on_behalf_of="alice")
+        rec = quorum.proctor.submit(plan)
+
+        resp = await quorum.call("bot-approver", "POST", f"/v1/plans/{rec.plan_id}/approve")
+
+        assert resp.status_code == 403
+
+
+class TestExpiry:
+    async def test_an_approval_after_the_deadline_is_gone(self, quorum):
+        """Past the approval window: 410 approval_expired, and the plan reads expired."""
+        plan = await quorum.submit(("shop.buy", {}))
+        quorum.clock.advance(25 * 3600)
+
+        resp = await quorum.call("ann", "POST", f"/v1/plans/{plan['plan_id']}/approve")
+        after = await quorum.call("bot", "GET", f"/v1/plans/{plan['plan_id']}")
+
+        assert resp.status_code == 410
+        assert resp.json()["code"] == "approval_expired"
+        assert after.json()["status"] == "expired"
+
+    async def test_a_confirmation_after_the_deadline_is_gone(self, default):
+        """Past the confirmation window the user's confirm gets 410."""
+        plan = await default.submit(SUBSCRIPTION)
+        default.clock.advance(2 * 3600)
+
+        resp = await default.call("alice", "POST", f"/v1/plans/{plan['plan_id']}/confirm")
+
+        assert resp.status_code == 410
+
+
+class TestStepUp:
+    async def test_a_step_up_approval_needs_a_fresh_totp(self, default):
+        """No code or a wrong code: 403 on field otp; the right code runs the plan once."""
+        secret, _ = default.proctor.enrol_totp("ann")
+        plan = await default.submit(BIG_PAYMENT)
+        path = f"/v1/plans/{plan['plan_id']}/approve"
+        code = pyotp.TOTP(secret).at(default.clock.now())
+        wrong = "000000" if code != "000000" else "111111"
+
+        missing = await default.call("ann", "POST", path, {"comment": "big one"})
+        bad = await default.call("ann", "POST", path, {"otp": wrong})
+        good = await default.call("ann", "POST", path, {"otp": code, "comment": "checked"})
+
+        assert plan["step_up"] is True
+        assert missing.status_code == 403
+        assert missing.json()["field"] == "otp"
+        assert bad.status_code == 403
+        assert good.status_code == 200, good.text
+        assert good.json()["status"] == "succeeded"
+        assert good.json()["approvals"][0]["comment"] == "checked"
+
+    async def test_a_used_code_cannot_be_replayed(self, default):
+        """The same TOTP code does not approve a second plan."""
+        secret, _ = default.proctor.enrol_totp("ann")
+        first = await default.submit(BIG_PAYMENT)
+        second = await default.submit(BIG_PAYMENT)
+        code = pyotp.TOTP(secret).at(default.clock.now())
+
+        ok = await default.call(
+            "ann", "POST", f"/v1/plans/{first['plan_id']}/approve", {"otp": code}
+        )
+        replay = await default.call(
+            "ann", "POST", f"/v1/plans/{second['plan_id']}/approve", {"otp": code}
+        )
+
+        assert ok.status_code == 200
+        assert replay.status_code == 403
+        assert replay.json()["field"] == "otp"
+
+
+class TestHumanActions:
+    async def test_reject_records_the_comment(self, quorum):
+        """A rejection ends the plan with the approver's comment; approving it then is 409."""
+        plan = await quorum.submit(("shop.buy", {}))
+        base = f"/v1/plans/{plan['plan_id']}"
+
+        rejected = await quorum.call("ann", "POST", f"{base}/reject", {"comment": "not now"})
+        late = await quorum.call("fred", "POST", f"{base}/approve")
+
+        assert rejected.status_code == 200
+        body = rejected.json()
+        assert body["status"] == "rejected"
+        assert body["approvals"][-1]["kind"] == "reject"
+        assert body["approvals"][-1]["comment"] == "not now"
+        assert late.status_code == 409
+
+    async def test_confirm_runs_the_plan_once(self, default):
+        """The user confirms with a comment; a second confirmation is 409."""
+        plan = await default.submit(SUBSCRIPTION)
+        path = f"/v1/plans/{plan['plan_id']}/confirm"
+
+        first = await default.call("alice", "POST", path, {"comment": "yes please"})
+        second = await default.call("alice", "POST", path)
+
+        assert plan["status"] == "awaiting_confirmation"
+        assert first.status_code == 200
+        assert first.json()["status"] == "succeeded"
+        assert first.json()["approvals"][0]["comment"] == "yes please"
+        assert second.status_code == 409
+        assert second.json()["code"] == "invalid_transition"
+
+    async def test_the_user_rejects_a_confirmation(self, default):
+        """The on-behalf-of user may reject what waits for its confirmation."""
+        plan = await default.submit(SUBSCRIPTION)
+
+        resp = await default.call(
+            "alice", "POST", f"/v1/plans/{plan['plan_id']}/reject", {"comment": "no"}
+        )
+
+        assert resp.status_code == 200
+        assert resp.json()["status"] == "rejected"
+
+    async def test_undo_once(self, default):
+        """The user undoes a succeeded booking; a second undo is 409 conflict."""
+        plan = await default.submit(BOOKING)
+        path = f"/v1/plans/{plan['plan_id']}/undo"
+
+        first = await default.call("alice", "POST", path)
+        second = await default.call("alice", "POST", path)
+
+        assert plan["status"] == "succeeded"
+        assert first.status_code == 200
+        assert first.json()["status"] == "undone"
+        assert second.status_code == 409
+        assert second.json()["code"] == "conflict"
+
+    async def test_a_comment_longer_than_the_limit_is_refused(self, quorum):
+        """A 2,001-character comment is 422 on field comment, and nothing is recorded."""
+        plan = await quorum.submit(("shop.buy", {}))
+
+        resp = await quorum.call(
+            "ann", "POST", f"/v1/plans/{plan['plan_id']}/approve", {"comment": "x" * 2001}
+        )
+
+        assert resp.status_code == 422
+        assert resp.json()["field"] == "comment"
+        assert quorum.proctor.get(plan["plan_id"]).approvals == ()

@@ -1,0 +1,203 @@
+"""The HTTP API's authorization matrix: every route for every kind of caller.
+
+Each cell of ``MATRIX`` is the status a caller gets on a route, on a fresh plan made for
+that cell. Callers hold real API tokens (``TokenService``); the plans come from the default
+policy and starter catalog:
+
+* ``bot`` (agent) submits every plan, on behalf of ``alice`` (user);
+* ``ann`` (approver, group finance) approves purchase orders; ``sam`` (approver, sre) does
+  not; ``bot2`` and ``bob`` are another agent and another user;
+* ``aud`` is an auditor, ``root`` an admin; ``none`` sends no token, ``wrong`` a bad one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from proctor import Proctor
+from proctor.app.tokens import TokenService
+from proctor.http import HttpSettings, create_app
+from proctor.testing import FrozenClock, make_plan
+
+pytestmark = pytest.mark.anyio
+
+CALLERS = ("bot", "bot2", "alice", "bob", "ann", "sam", "aud", "root", "none", "wrong")
+ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "bot": (("agent",), ()),
+    "bot2": (("agent",), ()),
+    "alice": (("user",), ()),
+    "bob": (("user",), ()),
+    "ann": (("approver",), ("finance",)),
+    "sam": (("approver",), ("sre",)),
+    "aud": (("auditor",), ()),
+    "root": (("admin",), ()),
+}
+
+SEARCH = ("travel.search", {"destination": "Lisbon", "date": "2027-03-12"})
+BOOKING = ("restaurant.book", {"restaurant": "Tasca", "party": 2, "time": "2027-03-12T20:00"})
+SUBSCRIPTION = ("billing.change_subscription", {"customer": "cust-42", "plan": "pro"})
+BIG_PO = (
+    "procurement.create_po",
+    {"supplier": "acme", "item": "servers", "quantity": 10, "amount": 250_000},
+)
+
+#                                          bot  bot2 alice bob  ann  sam  aud  root none wrong
+MATRIX: dict[str, tuple[int, ...]] = {
+    "POST /v1/plans":                       (201, 201, 403, 403, 403, 403, 403, 403, 401, 401),
+    "GET /v1/plans/{waiting}":              (200, 403, 200, 403, 200, 403, 200, 200, 401, 401),
+    "GET /v1/plans/{decided}":              (200, 403, 200, 403, 200, 403, 200, 200, 401, 401),
+    "GET /v1/plans/{done}":                 (200, 403, 200, 403, 403, 403, 200, 200, 401, 401),
+    "GET /v1/plans":                        (200, 200, 200, 200, 200, 200, 200, 200, 401, 401),
+    "GET /v1/plans/{done}/events":          (200, 403, 200, 403, 403, 403, 200, 200, 401, 401),
+    "POST /v1/plans/{confirmable}/confirm": (403, 403, 200, 403, 403, 403, 403, 403, 401, 401),
+    "POST /v1/plans/{waiting}/approve":     (403, 403, 403, 403, 200, 403, 403, 403, 401, 401),
+    "POST /v1/plans/{waiting}/reject":      (403, 403, 403, 403, 200, 403, 403, 403, 401, 401),
+    "POST /v1/plans/{confirmable}/reject":  (403, 403, 200, 403, 403, 403, 403, 403, 401, 401),
+    "POST /v1/plans/{undoable}/undo":       (403, 403, 200, 403, 403, 403, 403, 200, 401, 401),
+    "GET /v1/audit/events":                 (403, 403, 403, 403, 403, 403, 200, 200, 401, 401),
+    "GET /v1/audit/checkpoint":             (403, 403, 403, 403, 403, 403, 200, 200, 401, 401),
+    "GET /v1/audit/proofs/inclusion?index=0": (403, 403, 403, 403, 403, 403, 200, 200, 401, 401),
+    "GET /v1/audit/proofs/consistency?from=1&to=2":
+                                            (403, 403, 403, 403, 403, 403, 200, 200, 401, 401),
+    "GET /v1/audit/keys":                   (403, 403, 403, 403, 403, 403, 200, 200, 401, 401),
+    "GET /v1/webhooks/dead-letters":        (403, 403, 403, 403, 403, 403, 403, 200, 401, 401),
+    "GET /healthz":                         (200, 200, 200, 200, 200, 200, 200, 200, 200, 200),
+    "GET /readyz":                          (200, 200, 200, 200, 200, 200, 200, 200, 200, 200),
+    "GET /openapi.json":                    (200, 200, 200, 200, 200, 200, 200, 200, 200, 200),
+}  # fmt: skip
+
+CASES = [
+    pytest.param(route, caller, MATRIX[route][i], id=f"{route} as {caller}")
+    for route in MATRIX
+    for i, caller in enumerate(CALLERS)
+]
+
+
+@pytest.fixture(scope="module")
+def world() -> dict[str, Any]:
+    """One instance with a token per caller (cells make their own plans)."""
+    clock = FrozenClock()
+    proctor = Proctor.in_memory(clock=clock)
+    tokens = TokenService(proctor.gateway.store, clock)
+    secrets = {
+        name: tokens.create(name=name, roles=roles, groups=groups).token
+        for name, (roles, groups) in ROLES.items()
+    }
+    secrets["wrong"] = "prt_" + "x" * 43
+    app = create_app(proctor, settings=HttpSettings(auth_failures_per_minute=1000))
+    return {"proctor": proctor, "tokens": secrets, "app": app, "clock": clock}
+
+
+def _plan(proctor: Proctor, *step: tuple[str, dict[str, Any]]) -> str:
+    return proctor.submit(make_plan([*step], agent_id="bot", on_behalf_of="alice")).plan_id
+
+
+SETUP: dict[str, Callable[[Proctor], str]] = {
+    "waiting": lambda p: _plan(p, BIG_PO),
+    "decided": lambda p: p.approve(_plan(p, BIG_PO), "ann", roles=["finance"]).plan_id,
+    "done": lambda p: _plan(p, SEARCH),
+    "confirmable": lambda p: _plan(p, SUBSCRIPTION),
+    "undoable": lambda p: _plan(p, BOOKING),
+}
+
+
+def _request(route: str, caller: str, proctor: Proctor) -> tuple[str, str, Any]:
+    method, _, path = route.partition(" ")
+    for key, make in SETUP.items():
+        if "{" + key + "}" in path:
+            path = path.replace("{" + key + "}", make(proctor))
+    body: Any = None
+    if method == "POST" and path == "/v1/plans":
+        agent = caller if caller in ROLES else "bot"
+        body = make_plan([SEARCH], agent_id=agent, on_behalf_of="alice")
+    elif method == "POST":
+        body = {"comment": f"by {caller}"}
+    return method, path, body
+
+
+@pytest.mark.parametrize(("route", "caller", "expected"), CASES)
+async def test_matrix(world, route, caller, expected, request):
+    """The caller gets the status of its cell, and errors use the JSON error shape."""
+    method, path, body = _request(route, caller, world["proctor"])
+    headers = {}
+    if caller != "none":
+        headers["Authorization"] = f"Bearer {world['tokens'][caller]}"
+    transport = httpx.ASGITransport(app=world["app"])
+
+    async with httpx.AsyncClient(transport=transport, base_url="http://proctor") as client:
+        resp = await client.request(method, path, json=body, headers=headers)
+
+    assert resp.status_code == expected, (route, caller, resp.text)
+    if expected >= 400:
+        error = resp.json()
+        assert set(error) >= {"code", "message", "field"}
+        assert error["code"] == {401: "unauthenticated", 403: "permission_denied"}[expected]
+
+
+async def test_list_is_filtered_to_what_the_caller_may_read(world):
+    """GET /v1/plans returns only plans the caller may read, for every caller."""
+    proctor = world["proctor"]
+    mine = SETUP["done"](proctor)
+    others = proctor.submit(make_plan([SEARCH], agent_id="bot2", on_behalf_of="bob")).plan_id
+    waiting = SETUP["waiting"](proctor)
+    transport = httpx.ASGITransport(app=world["app"])
+    seen: dict[str, set[str]] = {}
+
+    async with httpx.AsyncClient(transport=transport, base_url="http://proctor") as client:
+        for caller in ROLES:
+            headers = {"Authorization": f"Bearer {world['tokens'][caller]}"}
+            resp = await client.get("/v1/plans?limit=200", headers=headers)
+            assert resp.status_code == 200
+            seen[caller] = {p["plan_id"] for p in resp.json()["plans"]}
+
+    assert mine in seen["bot"] and others not in seen["bot"]
+    assert others in seen["bot2"] and mine not in seen["bot2"]
+    assert mine in seen["alice"] and waiting in seen["alice"] and others not in seen["alice"]
+    assert others in seen["bob"] and mine not in seen["bob"]
+    assert waiting in seen["ann"] and mine not in seen["ann"]
+    assert not {mine, others, waiting} & seen["sam"]
+    for caller in ("aud", "root"):
+        assert {mine, others, waiting} <= seen[caller]
+    for caller in ROLES:
+        for plan_id in seen[caller]:
+            proctor.get(plan_id)  # every listed plan exists
+
+
+async def test_an_agent_submits_only_as_itself(world):
+    """An agent whose manifest names another agent gets 403 and nothing is stored."""
+    proctor = world["proctor"]
+    before = len(proctor.plans(limit=1000))
+    transport = httpx.ASGITransport(app=world["app"])
+    plan = make_plan([SEARCH], agent_id="bot2", on_behalf_of="alice")
+
+    async with httpx.AsyncClient(transport=transport, base_url="http://proctor") as client:
+        resp = await client.post(
+            "/v1/plans", json=plan, headers={"Authorization": f"Bearer {world['tokens']['bot']}"}
+        )
+
+    assert resp.status_code == 403
+    assert resp.json()["field"] == "actor.agent_id"
+    assert len(proctor.plans(limit=1000)) == before
+
+
+async def test_a_revoked_token_stops_working(world):
+    """After revocation (and the cache's two seconds) a token gets 401."""
+    proctor = world["proctor"]
+    tokens = TokenService(proctor.gateway.store, world["clock"])
+    new = tokens.create(name="temp", roles=["auditor"])
+    app = create_app(proctor, settings=HttpSettings(token_cache_seconds=0))
+    headers = {"Authorization": f"Bearer {new.token}"}
+    transport = httpx.ASGITransport(app=app)
+
+    async with httpx.AsyncClient(transport=transport, base_url="http://proctor") as client:
+        ok = await client.get("/v1/audit/keys", headers=headers)
+        tokens.revoke(new.record.token_id)
+        after = await client.get("/v1/audit/keys", headers=headers)
+
+    assert ok.status_code == 200
+    assert after.status_code == 401
+    assert after.json()["code"] == "unauthenticated"
