@@ -69,6 +69,9 @@ from proctor.errors import (
 __all__ = ["Gateway", "GatewayOptions"]
 
 _NO_POLICY = "sha256:none"
+# Results of actions over personal or health data are kept out of the append-only audit log
+# (it can never be erased): the event keeps their hash; the result stays with the plan.
+_UNLOGGED_RESULTS = frozenset({"pii", "health"})
 _MAX_ERROR = 500
 
 
@@ -421,65 +424,85 @@ class Gateway:
             index = next(i for i, s in enumerate(record.steps) if s.status is StepStatus.RUNNING)
             while True:
                 step = record.steps[index]
-                spec = self.catalog.require(step.action)
-                call = self._call(record, step)
-                try:
-                    if spec.handler is None:
-                        raise InvalidRequestError(f"action {spec.name!r} has no handler")
-                    result: Any = _jsonable(self.tools.run(spec.handler, step.params, call))
-                    error = None
-                except Exception as exc:  # noqa: BLE001 - a tool failure is recorded, not raised
-                    result, error = None, _err(exc)
-                now = self.clock.now()
-                decision = record.decision["steps"][index]
-                last = index + 1 >= len(record.steps) or error is not None
-                with self.store.transaction(durable=last) as tx:
-                    j = self._journal(tx)
-                    if error is None:
-                        undo = decision["undo_window"] if spec.reversible else 0
-                        ttl = decision["rollback_ttl"] if spec.reversible else 0
-                        done = step.moved_to(
-                            StepStatus.SUCCEEDED,
-                            finished_at=now,
-                            result=result,
-                            undo_until=now + timedelta(seconds=undo) if undo else None,
-                            rollback_at=now + timedelta(seconds=ttl) if ttl else None,
-                        )
-                        record = record.with_step(done)
-                        j.emit(
-                            E.STEP_SUCCEEDED,
-                            plan=record,
-                            step_id=step.step_id,
-                            actions=[self._attempt(step, spec, "succeeded")],
-                            data={"result_hash": payload_hash({"r": result}), "result": result},
-                        )
-                        if index + 1 < len(record.steps):
-                            record = self._start_step(j, record, index + 1, now)
-                            tx.save_plan(record)
-                            j.flush()
-                            index += 1
-                            continue
-                        record = record.moved_to(PlanStatus.SUCCEEDED, at=now)
-                        j.emit(E.PLAN_FINISHED, plan=record, data={"status": "succeeded"})
-                        tx.save_plan(record)
-                        j.flush()
-                        return record
-                    failed = step.moved_to(StepStatus.FAILED, finished_at=now, error=error)
-                    record = record.with_step(failed)
-                    j.emit(
-                        E.STEP_FAILED,
-                        plan=record,
-                        step_id=step.step_id,
-                        actions=[self._attempt(step, spec, "failed")],
-                        data={"error": error},
+                result, error = self._run_handler(record, step)
+                record = self._record_step(record, index, result, error)
+                if error is not None:
+                    return self._compensate(
+                        record, reason=f"step {step.step_id} failed: {error}", final=None
                     )
-                    record = self._skip_rest(record, index + 1)
-                    tx.save_plan(record)
-                    j.flush()
-                break
-            return self._compensate(
-                record, reason=f"step {step.step_id} failed: {error}", final=None
-            )
+                if record.status is PlanStatus.SUCCEEDED:
+                    return record
+                index += 1
+
+    def _run_handler(self, record: PlanRecord, step: StepRecord) -> tuple[Any, str | None]:
+        """Call a step's handler outside any transaction; never raises for a tool failure."""
+        spec = self.catalog.require(step.action)
+        try:
+            if spec.handler is None:
+                raise InvalidRequestError(f"action {spec.name!r} has no handler")
+            return _jsonable(
+                self.tools.run(spec.handler, step.params, self._call(record, step))
+            ), None
+        except Exception as exc:  # noqa: BLE001 - a tool failure is recorded, not raised
+            return None, _err(exc)
+
+    def _record_step(
+        self, record: PlanRecord, index: int, result: Any, error: str | None
+    ) -> PlanRecord:
+        """Record a step's outcome; start the next step or finish the plan, in one commit.
+
+        Only the commit that finishes the plan (or fails it) is durable: the intermediate
+        ones are in-flight markers that nobody has been told of.
+        """
+        step = record.steps[index]
+        spec = self.catalog.require(step.action)
+        now = self.clock.now()
+        last = index + 1 >= len(record.steps) or error is not None
+        with self.store.transaction(durable=last) as tx:
+            j = self._journal(tx)
+            if error is not None:
+                record = record.with_step(
+                    step.moved_to(StepStatus.FAILED, finished_at=now, error=error)
+                )
+                j.emit(
+                    E.STEP_FAILED,
+                    plan=record,
+                    step_id=step.step_id,
+                    actions=[self._attempt(step, spec, "failed")],
+                    data={"error": error},
+                )
+                record = self._skip_rest(record, index + 1)
+            else:
+                decision = record.decision["steps"][index]
+                undo = decision["undo_window"] if spec.reversible else 0
+                ttl = decision["rollback_ttl"] if spec.reversible else 0
+                record = record.with_step(
+                    step.moved_to(
+                        StepStatus.SUCCEEDED,
+                        finished_at=now,
+                        result=result,
+                        undo_until=now + timedelta(seconds=undo) if undo else None,
+                        rollback_at=now + timedelta(seconds=ttl) if ttl else None,
+                    )
+                )
+                data: dict[str, Any] = {"result_hash": payload_hash({"r": result})}
+                if spec.category not in _UNLOGGED_RESULTS:
+                    data["result"] = result
+                j.emit(
+                    E.STEP_SUCCEEDED,
+                    plan=record,
+                    step_id=step.step_id,
+                    actions=[self._attempt(step, spec, "succeeded")],
+                    data=data,
+                )
+                if not last:
+                    record = self._start_step(j, record, index + 1, now)
+                else:
+                    record = record.moved_to(PlanStatus.SUCCEEDED, at=now)
+                    j.emit(E.PLAN_FINISHED, plan=record, data={"status": "succeeded"})
+            tx.save_plan(record)
+            j.flush()
+        return record
 
     def _skip_rest(self, record: PlanRecord, start: int) -> PlanRecord:
         for s in record.steps[start:]:

@@ -371,3 +371,17 @@ class TestPrivacy:
             body = orjson.loads(p.events()[0].body)
             assert body["prompt_hash"].startswith("sha256:")
             assert ("prompt" in body) is store_prompt
+
+    def test_personal_data_results_stay_out_of_the_log(self, clock):
+        """A PII search's results are hashed in the audit log, never written into it."""
+        p = Proctor.in_memory(clock=clock)
+        rec = p.submit(
+            make_plan(
+                [("hr.search_candidates", {"skill": "python"})], agent_id="bot", on_behalf_of="hm"
+            )
+        )
+        rec = p.approve(rec.plan_id, "hannah", roles=["hr"])
+        assert rec.steps[0].result["candidates"]
+        raw = b"".join(e.body for e in p.events(plan_id=rec.plan_id))
+        assert b"ada@example.org" not in raw
+        assert b"result_hash" in raw
