@@ -58,6 +58,15 @@ def run(args: list[str], env: dict[str, str]) -> str:
     return done.stdout
 
 
+def server_cpu(pid: int) -> float | None:
+    """CPU seconds (user + system) of a process so far, from /proc (Linux only)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def manifest(i: int, worker: int) -> dict[str, Any]:
     return {
         "actor": {"type": "agent", "name": "bench", "model_version": "b-1", "agent_id": "bench"},
@@ -141,7 +150,11 @@ def main() -> None:
                 if time.monotonic() > deadline or server.poll() is not None:
                     sys.exit(f"the server did not start:\n{Path(tmp, 'serve.log').read_text()}")
                 time.sleep(0.05)
+            cpu0, own0 = server_cpu(server.pid), os.times()
             result = drive(base, token, opts)
+            cpu1, own1 = server_cpu(server.pid), os.times()
+            result["server_cpu_s"] = cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None
+            result["client_cpu_s"] = (own1.user + own1.system) - (own0.user + own0.system)
         finally:
             server.send_signal(signal.SIGTERM)
             try:
@@ -218,6 +231,14 @@ def report(result: dict[str, Any], opts: argparse.Namespace) -> None:
         "max_ms": round(max(lat), 2) if lat else None,
         "mean_ms": round(statistics.fmean(lat), 2) if lat else None,
         "errors": result["errors"],
+        "server_cpu_ms_per_plan": (
+            round(result["server_cpu_s"] * 1000 / (n + opts.warmup), 2)
+            if result.get("server_cpu_s") is not None and n
+            else None
+        ),
+        "client_cpu_ms_per_plan": round(result["client_cpu_s"] * 1000 / (n + opts.warmup), 2)
+        if n
+        else None,
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
     }
@@ -231,6 +252,8 @@ def report(result: dict[str, Any], opts: argparse.Namespace) -> None:
     print(f"{'p99 latency (ms)':<28}{out['p99_ms']!s:>10}   <= {TARGETS['p99_ms']}")
     print(f"{'max latency (ms)':<28}{out['max_ms']!s:>10}")
     print(f"{'errors':<28}{sum(result['errors'].values()):>10}")
+    print(f"{'server CPU per plan (ms)':<28}{out['server_cpu_ms_per_plan']!s:>10}")
+    print(f"{'client CPU per plan (ms)':<28}{out['client_cpu_ms_per_plan']!s:>10}")
     print(json.dumps(out))
 
 

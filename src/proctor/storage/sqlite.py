@@ -255,8 +255,8 @@ class _WalCheckpointer(threading.Thread):
     """Runs ``wal_checkpoint(PASSIVE)`` on its own connection every ``interval`` seconds.
 
     PASSIVE never blocks the writer: it copies what it can and leaves the rest for next time.
-    Every 60th round it tries TRUNCATE, which resets the WAL file when no one is reading, so
-    the file does not grow for ever under a busy writer.
+    Once everything is copied, SQLite's next write starts the WAL from its beginning again, so
+    the file stops growing. (TRUNCATE or RESTART would block the writer while they run.)
     """
 
     def __init__(self, path: str, busy_timeout_ms: int, interval: float = 0.5) -> None:
@@ -273,12 +273,9 @@ class _WalCheckpointer(threading.Thread):
             return
         try:
             conn.execute("PRAGMA busy_timeout=100")
-            rounds = 0
             while not self._halt.wait(self._interval):
-                rounds += 1
-                mode = "TRUNCATE" if rounds % 60 == 0 else "PASSIVE"
                 with contextlib.suppress(sqlite3.Error):  # busy: try again next round
-                    conn.execute(f"PRAGMA wal_checkpoint({mode})")
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
         finally:
