@@ -219,3 +219,21 @@ class TestTokensAndOutbox:
             tx.save_delivery(dataclasses.replace(a, status=DeliveryStatus.DEAD, attempts=8))
         assert [d.delivery_id for d in store.deliveries(status="dead")] == ["a"]
         assert store.due_deliveries(T0) == []
+
+
+class TestTimers:
+    def test_due_plans(self, store):
+        """Only plans whose expiry or rollback TTL has come are due."""
+        waiting = _plan("wait", status=PlanStatus.AWAITING_APPROVAL)  # expires at T0 + 1 h
+        done = dataclasses.replace(_plan("done", status=PlanStatus.SUCCEEDED), expires_at=None)
+        step = dataclasses.replace(
+            done.steps[0], status=StepStatus.SUCCEEDED, rollback_at=T0 + timedelta(minutes=30)
+        )
+        done = done.with_step(step)
+        quiet = dataclasses.replace(_plan("quiet", status=PlanStatus.DENIED), expires_at=None)
+        with store.transaction() as tx:
+            for p in (waiting, done, quiet):
+                tx.save_plan(p)
+        assert store.due_plans(T0) == []
+        assert [p.plan_id for p in store.due_plans(T0 + timedelta(minutes=31))] == ["done"]
+        assert [p.plan_id for p in store.due_plans(T0 + timedelta(hours=2))] == ["done", "wait"]

@@ -775,14 +775,12 @@ class Gateway:
         """
         now = self.clock.now()
         changed = []
-        for status in (PlanStatus.AWAITING_APPROVAL, PlanStatus.AWAITING_CONFIRMATION):
-            for p in self.store.list_plans(status=status.value, limit=1000):
-                if p.expires_at is not None and now >= p.expires_at:
-                    with self._lock_for(p.plan_id):
-                        changed.append(self._expire(p, "nobody decided before the deadline"))
-        for p in self.store.list_plans(status=PlanStatus.SUCCEEDED.value, limit=1000):
-            ttl = [s.rollback_at for s in p.steps if s.rollback_at is not None]
-            if ttl and now >= min(ttl):
+        # One indexed range scan: each plan stores when its next timer fires (timer_at).
+        for p in self.store.due_plans(now):
+            if p.status in (PlanStatus.AWAITING_APPROVAL, PlanStatus.AWAITING_CONFIRMATION):
+                with self._lock_for(p.plan_id):
+                    changed.append(self._expire(p, "nobody decided before the deadline"))
+            elif p.status is PlanStatus.SUCCEEDED:
                 changed.append(
                     self.undo(p.plan_id, "proctor:rollback-ttl", admin=True, rollback=True)
                 )

@@ -184,6 +184,20 @@ class PlanRecord:
         return f"{self.plan_id}:{step_id}"
 
     @property
+    def timer_at(self) -> datetime | None:
+        """When this plan's next timer fires, or None.
+
+        Its expiry while it waits, its earliest rollback TTL once it succeeded. Stores index
+        it so that firing timers costs one range scan.
+        """
+        if self.status in (PlanStatus.AWAITING_APPROVAL, PlanStatus.AWAITING_CONFIRMATION):
+            return self.expires_at
+        if self.status is PlanStatus.SUCCEEDED:
+            ttl = [s.rollback_at for s in self.steps if s.rollback_at is not None]
+            return min(ttl) if ttl else None
+        return None
+
+    @property
     def terminal(self) -> bool:
         """Whether the plan has finished (succeeded plans may still be undone)."""
         return self.status in TERMINAL

@@ -237,6 +237,10 @@ class Store(Protocol):
         """Return events with ``seq > after`` in order."""
         ...
 
+    def due_plans(self, now: datetime, *, limit: int = 500) -> list[Any]:
+        """Return ``PlanRecord``s whose next timer (expiry, rollback TTL) is due."""
+        ...
+
     def iter_events(self, *, batch: int = 5000) -> Iterator[EventRow]:
         """Yield every event in order."""
         ...

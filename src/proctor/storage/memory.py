@@ -169,6 +169,13 @@ class MemoryStore:
                 break
         return out
 
+    def due_plans(self, now: datetime, *, limit: int = 500) -> list[PlanRecord]:
+        """Return plans whose next timer (expiry, rollback TTL) is at or before ``now``."""
+        with self._lock:
+            due = [p for p in self._plans.values() if p.timer_at is not None and p.timer_at <= now]
+        due.sort(key=lambda p: p.timer_at or now)
+        return due[:limit]
+
     def read_events(
         self, *, after: int = -1, limit: int = 1000, plan_id: str | None = None
     ) -> list[EventRow]:

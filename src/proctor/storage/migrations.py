@@ -91,6 +91,13 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         CREATE INDEX IF NOT EXISTS outbox_due ON outbox (status, next_at);
         """,
     ),
+    (
+        4,
+        """
+        ALTER TABLE plans ADD COLUMN timer_at TEXT;
+        CREATE INDEX IF NOT EXISTS plans_by_timer ON plans (timer_at) WHERE timer_at IS NOT NULL;
+        """,
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]

@@ -75,9 +75,10 @@ class _Tx:
             # An upsert updates the row in place: only the indexes whose columns changed are
             # written (REPLACE would delete and reinsert into every index: more WAL pages to
             # fsync on the commit that acknowledges an action).
-            f"INSERT INTO plans ({_PLAN_COLS}) "  # noqa: S608 - constant columns
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            f"INSERT INTO plans ({_PLAN_COLS}"  # noqa: S608 - constant columns
+            ", timer_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (plan_id) DO UPDATE SET status = excluded.status, "
+            "timer_at = excluded.timer_at, "
             "updated_at = excluded.updated_at, expires_at = excluded.expires_at, "
             "outcome = excluded.outcome, error = excluded.error, review = excluded.review, "
             "doc = excluded.doc",
@@ -96,6 +97,7 @@ class _Tx:
                 int(p.review),
                 p.error,
                 dump_plan(p),
+                p.timer_at.isoformat() if p.timer_at else None,
             ),
         )
 
@@ -441,6 +443,14 @@ class SqliteStore:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY created_at DESC, plan_id DESC LIMIT ?"
         return [load_plan(r) for r in self._query(sql, (*args, int(limit)))]
+
+    def due_plans(self, now: datetime, *, limit: int = 500) -> list[PlanRecord]:
+        """Return plans whose next timer (expiry, rollback TTL) is at or before ``now``."""
+        sql = (
+            f"SELECT {_PLAN_COLS} FROM plans WHERE timer_at IS NOT NULL"  # noqa: S608
+            " AND timer_at <= ? ORDER BY timer_at LIMIT ?"
+        )
+        return [load_plan(r) for r in self._query(sql, (now.isoformat(), int(limit)))]
 
     def read_events(
         self, *, after: int = -1, limit: int = 1000, plan_id: str | None = None
