@@ -187,9 +187,15 @@ class Proctor:
 
     # ------------------------------------------------------------------ the flow
 
-    def submit(self, plan: Mapping[str, Any], *, sandbox: bool | None = None) -> PlanRecord:
-        """Submit a plan manifest; see ``Gateway.submit``."""
-        return self.gateway.submit(dict(plan), sandbox=sandbox)
+    def submit(self, plan: Any, *, sandbox: bool | None = None) -> PlanRecord:
+        """Submit a plan manifest (a JSON object); see ``Gateway.submit``.
+
+        Raises:
+            InvalidRequestError: for anything that is not a valid manifest (audited).
+        """
+        return self.gateway.submit(
+            dict(plan) if isinstance(plan, Mapping) else plan, sandbox=sandbox
+        )
 
     def confirm(self, plan_id: str, principal: str, *, comment: str = "") -> PlanRecord:
         """Confirm a plan as its on-behalf-of user."""
@@ -213,9 +219,9 @@ class Proctor:
         """Reject a waiting plan."""
         return self.gateway.reject(plan_id, principal, roles=roles, comment=comment)
 
-    def undo(self, plan_id: str, principal: str) -> PlanRecord:
-        """Undo a succeeded plan within its undo window."""
-        return self.gateway.undo(plan_id, principal)
+    def undo(self, plan_id: str, principal: str, *, admin: bool = False) -> PlanRecord:
+        """Undo a succeeded plan within its undo window (its user, or an admin)."""
+        return self.gateway.undo(plan_id, principal, admin=admin)
 
     def tick(self) -> list[PlanRecord]:
         """Fire due timers (expiry, rollback TTLs)."""
