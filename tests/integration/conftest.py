@@ -117,3 +117,33 @@ def shared_home(cli: Cli, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def fresh_home(cli: Cli, tmp_path: Path) -> Path:
     """An initialised instance of this test alone."""
     return _init(cli, tmp_path / "instance")
+
+
+# ---------------------------------------------------------------------------- moto (S3, KMS)
+
+
+@pytest.fixture(scope="module")
+def endpoint() -> Any:
+    """A moto server (S3, KMS) on a free port of 127.0.0.1, for one test module."""
+    moto_server = pytest.importorskip(
+        "moto.server", reason="moto's server mode is not installed: pip install 'moto[server]'"
+    )
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Fake credentials, and nothing from the host's AWS config or instance metadata."""
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))

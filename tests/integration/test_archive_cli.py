@@ -11,24 +11,12 @@ from pathlib import Path
 import pytest
 
 boto3 = pytest.importorskip("boto3", reason="boto3 is not installed: pip install -e '.[test]'")
-moto_server = pytest.importorskip(
-    "moto.server", reason="moto's server mode is not installed: pip install 'moto[server]'"
-)
 
 from proctor import Proctor  # noqa: E402
 from proctor.bootstrap import init_home  # noqa: E402
 from proctor.testing import make_plan  # noqa: E402
 
 READ = ("travel.search", {"destination": "Lisbon", "date": "2027-01-01"})
-
-
-@pytest.fixture(scope="module")
-def endpoint():
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
 
 
 @pytest.fixture
