@@ -8,7 +8,7 @@ import sys
 import tempfile
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.progress import Progress
@@ -24,7 +24,9 @@ from proctor.cli.render import (
     plan_json,
     print_json,
     render_plan,
+    render_plan_json,
     render_plans,
+    render_plans_json,
     render_scores,
 )
 from proctor.config import home_from
@@ -32,6 +34,9 @@ from proctor.config import load as load_settings
 from proctor.core.assessment import CONTROLS, Scores, Thresholds, scores_from_checklist
 from proctor.core.lifecycle import PlanRecord, PlanStatus
 from proctor.errors import InvalidRequestError
+
+if TYPE_CHECKING:
+    from proctor.cli.remote import Remote
 
 app = typer.Typer(
     name="proctor",
@@ -41,8 +46,10 @@ app = typer.Typer(
         "undo, and records every step in a signed, verifiable audit log.\n\n"
         "Start with `proctor init`, then `proctor demo` or `proctor submit PLAN.json`.\n\n"
         "Every command takes `--home DIR` (or `PROCTOR_HOME`; default `./.proctor`) and "
-        "`--json` for machine output. Exit codes: 0 success, 1 a failed check or a denied "
-        "or rejected request, 2 a usage error."
+        "`--json` for machine output. The plan, audit-reading and `keys list` commands also "
+        "work against a running `proctor serve`: `--server URL --token TOKEN` (or "
+        "`PROCTOR_SERVER`, `PROCTOR_TOKEN`). Exit codes: 0 success, 1 a failed check or a "
+        "denied or rejected request, 2 a usage error."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -68,7 +75,38 @@ Home = Annotated[
 Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 Verbose = Annotated[bool, typer.Option("--verbose", help="Show tracebacks on errors.")]
 As = Annotated[str, typer.Option("--as", help="Who you are (principal name).")]
+AsLocal = Annotated[
+    str | None,
+    typer.Option(
+        "--as",
+        help="Who you are (principal name). Required without --server; with --server the "
+        "token's principal acts.",
+        show_default=False,
+    ),
+]
+Server = Annotated[
+    str | None,
+    typer.Option(
+        "--server",
+        envvar="PROCTOR_SERVER",
+        help="Talk to `proctor serve` at this URL (http://HOST:PORT) instead of opening "
+        "--home. --home on the command line beats PROCTOR_SERVER.",
+        show_default=False,
+    ),
+]
+Token = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        envvar="PROCTOR_TOKEN",
+        help="API token for --server (`proctor tokens create`). Prefer PROCTOR_TOKEN: a "
+        "command line is visible to other local users.",
+        show_default=False,
+    ),
+]
 Comment = Annotated[str, typer.Option("--comment", "-m", help="A comment for the record.")]
+
+_T = TypeVar("_T")
 
 _DENIED = {PlanStatus.DENIED, PlanStatus.REJECTED, PlanStatus.FAILED, PlanStatus.EXPIRED}
 
@@ -109,6 +147,81 @@ def _emit(rec: PlanRecord, as_json: bool, p: Proctor | None = None, *, events: b
     else:
         render_plan(rec, events=evs)
     return _status_exit(rec)
+
+
+# --------------------------------------------------------------------------- remote mode
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether the option ``name`` was given on the command line (not by env or default)."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name == "COMMANDLINE"
+
+
+def _remote(
+    ctx: typer.Context, server: str | None, token: str | None, *, ignored: tuple[str, ...] = ()
+) -> Remote | None:
+    """Return the server to talk to, or None to open the local instance.
+
+    ``--server`` (or ``PROCTOR_SERVER``) selects remote mode, except that ``--home`` on the
+    command line beats ``PROCTOR_SERVER``; ``--home`` and ``--server`` together are a usage
+    error. ``ignored`` names the parameters with no remote meaning (``--as``, ``--role``: the
+    token says who acts): given on the command line, each draws a warning.
+    """
+    if not server:
+        if token and _given(ctx, "token"):
+            raise typer.BadParameter("needs --server (or PROCTOR_SERVER)", param_hint="'--token'")
+        return None
+    if _given(ctx, "home"):
+        if _given(ctx, "server"):
+            raise typer.BadParameter(
+                "give --home (a local instance) or --server (a remote one), not both",
+                param_hint="'--server'",
+            )
+        return None
+    if not server.startswith(("http://", "https://")):
+        raise typer.BadParameter(
+            f"{server!r} is not an http:// or https:// URL", param_hint="'--server'"
+        )
+    for name in ignored:
+        if _given(ctx, name):
+            flag = {"principal": "--as"}.get(name, f"--{name}")
+            print(
+                f"warning: {flag} is ignored with --server: the server takes the principal "
+                "and its approver groups from the token",
+                file=sys.stderr,
+            )
+    from proctor.cli.remote import Remote
+
+    return Remote(server, token)
+
+
+def _local_only(remote: Remote | None, flag: str, why: str) -> None:
+    """Refuse a local-only option in remote mode (a usage error)."""
+    if remote is not None:
+        remote.close()
+        raise typer.BadParameter(f"not available with --server: {why}", param_hint=f"'{flag}'")
+
+
+def _required_locally(value: _T | None, flag: str) -> _T:
+    """Return a value that only remote mode can do without (a usage error when missing)."""
+    if value is None or value == []:
+        raise typer.BadParameter("required without --server", param_hint=f"'{flag}'")
+    return value
+
+
+def _emit_doc(
+    doc: dict[str, Any], as_json: bool, remote: Remote, *, intent: str | None = None
+) -> int:
+    """Print a plan JSON from the server as a local record is printed; exit as ``_emit``.
+
+    The plan JSON has no intent: ``submit`` passes the manifest's.
+    """
+    if as_json:
+        print_json(doc)
+    else:
+        render_plan_json(doc, intent=intent, server=remote.url)
+    return 1 if doc["status"] in {s.value for s in _DENIED} else 0
 
 
 # --------------------------------------------------------------------------- init / demo
@@ -203,6 +316,7 @@ def demo(
 
 @app.command()
 def submit(
+    ctx: typer.Context,
     plan_file: Annotated[Path, typer.Argument(help="The plan manifest (JSON).")],
     home: Home = None,
     sandbox: Annotated[
@@ -210,9 +324,23 @@ def submit(
     ] = False,
     as_json: Json = False,
     verbose: Verbose = False,
+    server: Server = None,
+    token: Token = None,
 ) -> int:
-    """Submit a plan and print the decision. Exit 1 if it is denied or rejected."""
+    """Submit a plan and print the decision. Exit 1 if it is denied or rejected.
+
+    With --server the token's principal submits: an agent whose name is the manifest's
+    `actor.agent_id`.
+    """
+    remote = _remote(ctx, server, token)
+    if sandbox:
+        _local_only(remote, "--sandbox", "the server's configuration decides")
     raw = _read_json_or_toml(plan_file, "plan")
+    if remote is not None:
+        with remote:
+            intent = raw.get("intent") if isinstance(raw, dict) else None
+            doc = remote.submit(raw)
+            return _emit_doc(doc, as_json, remote, intent=str(intent or ""))
     with _open(home) as p:
         rec = p.submit(raw, sandbox=True if sandbox else None)
         return _emit(rec, as_json)
@@ -220,19 +348,31 @@ def submit(
 
 @app.command("plans")
 def list_plans(
+    ctx: typer.Context,
     home: Home = None,
     status: Annotated[str | None, typer.Option("--status", help="Only this status.")] = None,
     agent: Annotated[str | None, typer.Option("--agent", help="Only this agent.")] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, max=1000)] = 50,
     as_json: Json = False,
     verbose: Verbose = False,
+    server: Server = None,
+    token: Token = None,
 ) -> int:
-    """List plans, newest first."""
+    """List plans, newest first (with --server: those the token may read)."""
     if status is not None and status not in {s.value for s in PlanStatus}:
         raise InvalidRequestError(
             f"unknown status {status!r}; one of {', '.join(s.value for s in PlanStatus)}",
             field="status",
         )
+    remote = _remote(ctx, server, token)
+    if remote is not None:
+        with remote:
+            docs = remote.plans(status=status, agent=agent, limit=limit)
+        if as_json:
+            print_json({"plans": docs})
+        else:
+            render_plans_json(docs)
+        return 0
     with _open(home) as p:
         p.tick()
         plans = p.plans(status=status, agent_id=agent, limit=limit)
@@ -245,12 +385,20 @@ def list_plans(
 
 @app.command()
 def show(
+    ctx: typer.Context,
     plan_id: Annotated[str, typer.Argument(help="The plan id.")],
     home: Home = None,
     as_json: Json = False,
     verbose: Verbose = False,
+    server: Server = None,
+    token: Token = None,
 ) -> int:
     """Show one plan with steps, scores, reasons, approvals and its audit events."""
+    remote = _remote(ctx, server, token)
+    if remote is not None:
+        with remote:
+            _emit_doc(remote.plan(plan_id, events=True), as_json, remote)
+        return 0
     with _open(home) as p:
         p.tick()
         rec = p.get(plan_id)
@@ -260,64 +408,108 @@ def show(
 
 @app.command()
 def confirm(
+    ctx: typer.Context,
     plan_id: str,
-    principal: As,
+    principal: AsLocal = None,
     home: Home = None,
     comment: Comment = "",
     as_json: Json = False,
     verbose: Verbose = False,
+    server: Server = None,
+    token: Token = None,
 ) -> int:
     """Confirm a plan as the user it acts for; it runs at once."""
+    remote = _remote(ctx, server, token, ignored=("principal",))
+    if remote is not None:
+        with remote:
+            return _emit_doc(remote.confirm(plan_id, comment=comment), as_json, remote)
+    name = _required_locally(principal, "--as")
     with _open(home) as p:
-        return _emit(p.confirm(plan_id, principal, comment=comment), as_json)
+        return _emit(p.confirm(plan_id, name, comment=comment), as_json)
 
 
 @app.command()
 def approve(
+    ctx: typer.Context,
     plan_id: str,
-    principal: As,
+    principal: AsLocal = None,
     role: Annotated[
-        list[str], typer.Option("--role", help="A role or approver group you hold (repeat).")
-    ],
+        list[str] | None,
+        typer.Option(
+            "--role",
+            help="A role or approver group you hold (repeat). Required without --server; "
+            "with --server the token's approver groups count.",
+            show_default=False,
+        ),
+    ] = None,
     home: Home = None,
     comment: Comment = "",
     otp: Annotated[str | None, typer.Option("--otp", help="Step-up code (TOTP).")] = None,
     as_json: Json = False,
     verbose: Verbose = False,
+    server: Server = None,
+    token: Token = None,
 ) -> int:
     """Approve a plan. It runs when enough distinct approvers with the right roles agree."""
+    remote = _remote(ctx, server, token, ignored=("principal", "role"))
+    if remote is not None:
+        with remote:
+            doc = remote.approve(plan_id, comment=comment, otp=otp)
+            return _emit_doc(doc, as_json, remote)
+    name = _required_locally(principal, "--as")
+    roles = _required_locally(role, "--role")
     with _open(home) as p:
-        return _emit(p.approve(plan_id, principal, roles=role, comment=comment, otp=otp), as_json)
+        return _emit(p.approve(plan_id, name, roles=roles, comment=comment, otp=otp), as_json)
 
 
 @app.command()
 def reject(
+    ctx: typer.Context,
     plan_id: str,
-    principal: As,
+    principal: AsLocal = None,
     home: Home = None,
-    role: Annotated[list[str] | None, typer.Option("--role", help="Your roles (repeat).")] = None,
+    role: Annotated[
+        list[str] | None,
+        typer.Option("--role", help="Your roles (repeat). With --server the token's groups count."),
+    ] = None,
     comment: Comment = "",
     as_json: Json = False,
     verbose: Verbose = False,
+    server: Server = None,
+    token: Token = None,
 ) -> int:
     """Reject a plan that waits for you (its user, or an approver)."""
+    remote = _remote(ctx, server, token, ignored=("principal", "role"))
+    if remote is not None:
+        with remote:
+            _emit_doc(remote.reject(plan_id, comment=comment), as_json, remote)
+        return 0
+    name = _required_locally(principal, "--as")
     with _open(home) as p:
-        rec = p.reject(plan_id, principal, roles=role or [], comment=comment)
+        rec = p.reject(plan_id, name, roles=role or [], comment=comment)
         _emit(rec, as_json)
         return 0
 
 
 @app.command()
 def undo(
+    ctx: typer.Context,
     plan_id: str,
-    principal: As,
+    principal: AsLocal = None,
     home: Home = None,
     as_json: Json = False,
     verbose: Verbose = False,
+    server: Server = None,
+    token: Token = None,
 ) -> int:
     """Undo a succeeded plan within its undo window (compensates its steps in reverse)."""
+    remote = _remote(ctx, server, token, ignored=("principal",))
+    if remote is not None:
+        with remote:
+            return _emit_doc(remote.undo(plan_id), as_json, remote)
+    name = _required_locally(principal, "--as")
     with _open(home) as p:
-        return _emit(p.undo(plan_id, principal), as_json)
+        return _emit(p.undo(plan_id, name), as_json)
 
 
 # --------------------------------------------------------------------------- assess
@@ -543,57 +735,86 @@ def audit_archive(
 
 @audit_app.command("events")
 def audit_events(
+    ctx: typer.Context,
     home: Home = None,
     after: Annotated[int, typer.Option("--after", help="Only events after this seq.")] = -1,
     limit: Annotated[int, typer.Option("--limit", min=1, max=10_000)] = 50,
     plan: Annotated[str | None, typer.Option("--plan", help="Only this plan's events.")] = None,
     as_json: Json = False,
     verbose: Verbose = False,
+    server: Server = None,
+    token: Token = None,
 ) -> int:
-    """Print audit events."""
+    """Print audit events.
+
+    With --server the whole log needs an auditor's token; `--plan ID` needs only read
+    access to that plan.
+    """
     from proctor.cli.render import event_json
 
-    with _open(home) as p:
-        rows = p.events(after=after, limit=limit, plan_id=plan)
+    remote = _remote(ctx, server, token)
+    if remote is not None:
+        with remote:
+            bodies = remote.audit_events(after=after, limit=limit, plan_id=plan)
+    else:
+        with _open(home) as p:
+            bodies = [event_json(e) for e in p.events(after=after, limit=limit, plan_id=plan)]
     if as_json:
-        print_json({"events": [event_json(e) for e in rows]})
+        print_json({"events": bodies})
         return 0
-    table = Table(title=f"{len(rows)} event(s)", title_justify="left")
+    table = Table(title=f"{len(bodies)} event(s)", title_justify="left")
     for col in ("seq", "type", "plan", "step", "time"):
         table.add_column(col)
-    for e in rows:
-        table.add_row(str(e.seq), e.type, e.plan_id or "", e.step_id or "", e.timestamp)
+    for b in bodies:
+        table.add_row(
+            str(b["seq"]),
+            b["type"],
+            b.get("plan_id") or "",
+            b.get("step_id") or "",
+            b["timestamp"],
+        )
     console.print(table)
     return 0
 
 
 @audit_app.command("checkpoint")
 def audit_checkpoint(
+    ctx: typer.Context,
     home: Home = None,
     sign: Annotated[
-        bool, typer.Option("--sign", help="Sign a new checkpoint of the log as it is now.")
+        bool,
+        typer.Option("--sign", help="Sign a new checkpoint of the log as it is now (local only)."),
     ] = False,
     as_json: Json = False,
     verbose: Verbose = False,
+    server: Server = None,
+    token: Token = None,
 ) -> int:
     """Print the latest signed checkpoint (a C2SP signed note) exactly as signed."""
-    with _open(home) as p:
-        cp = p.checkpoint() if sign else p.latest_checkpoint()
-    if cp is None:
-        raise InvalidRequestError(
-            "the log has no checkpoint yet", field="checkpoint", hint="Submit a plan first."
-        )
-    if as_json:
-        print_json(
-            {"size": cp.size, "root_hash": base64.b64encode(cp.root).decode(), "note": cp.note}
-        )
+    remote = _remote(ctx, server, token)
+    if sign:
+        _local_only(remote, "--sign", "the server signs its own checkpoints")
+    if remote is not None:
+        with remote:
+            out = remote.checkpoint()
     else:
-        sys.stdout.write(cp.note)
+        with _open(home) as p:
+            cp = p.checkpoint() if sign else p.latest_checkpoint()
+        if cp is None:
+            raise InvalidRequestError(
+                "the log has no checkpoint yet", field="checkpoint", hint="Submit a plan first."
+            )
+        out = {"size": cp.size, "root_hash": base64.b64encode(cp.root).decode(), "note": cp.note}
+    if as_json:
+        print_json(out)
+    else:
+        sys.stdout.write(out["note"])
     return 0
 
 
 @audit_app.command("prove")
 def audit_prove(
+    ctx: typer.Context,
     home: Home = None,
     index: Annotated[int | None, typer.Option("--index", help="Prove this event.")] = None,
     size: Annotated[int | None, typer.Option("--size", help="Tree size (default: now).")] = None,
@@ -601,16 +822,20 @@ def audit_prove(
     to: Annotated[int | None, typer.Option("--to", help="Newer tree size.")] = None,
     as_json: Json = False,
     verbose: Verbose = False,
+    server: Server = None,
+    token: Token = None,
 ) -> int:
     """Print an inclusion proof (--index N [--size M]) or a consistency proof (--from A --to B).
 
     Hashes are standard base64, as in RFC 9162 tooling.
     """
-    with _open(home) as p:
+    remote = _remote(ctx, server, token)
+    source: Remote | Proctor = remote if remote is not None else _open(home)
+    with source:
         if index is not None and from_ is None and to is None:
-            out = p.inclusion_proof(index, size)
+            out = source.inclusion_proof(index, size)
         elif index is None and size is None and from_ is not None and to is not None:
-            out = p.consistency_proof(from_, to)
+            out = source.consistency_proof(from_, to)
         else:
             raise InvalidRequestError(
                 "give --index N [--size M] for inclusion, or --from A --to B for consistency",
@@ -634,27 +859,38 @@ def audit_prove(
 
 @keys_app.command("list")
 def keys_list(
+    ctx: typer.Context,
     home: Home = None,
     vkey: Annotated[
         bool, typer.Option("--vkey", help="Print signed-note verifier keys, one per line.")
     ] = False,
     as_json: Json = False,
     verbose: Verbose = False,
+    server: Server = None,
+    token: Token = None,
 ) -> int:
-    """List the signing keys with their validity; --vkey prints verifier keys."""
-    with _open(home) as p:
-        if p.keyring is None:
-            raise InvalidRequestError("this instance has no keyring", field="keys")
-        entries = p.keyring.entries()
-        vkeys = p.vkeys()
+    """List the signing keys with their validity; --vkey prints verifier keys.
+
+    With --server (an auditor's token) they are the server's, from GET /v1/audit/keys.
+    """
+    remote = _remote(ctx, server, token)
+    if remote is not None:
+        with remote:
+            rows, vkeys = remote.keys()
+    else:
+        with _open(home) as p:
+            if p.keyring is None:
+                raise InvalidRequestError("this instance has no keyring", field="keys")
+            entries = p.keyring.entries()
+            vkeys = p.vkeys()
+        rows = [
+            e.as_dict() | {"vkey": v, "current": i == len(entries) - 1}
+            for i, (e, v) in enumerate(zip(entries, vkeys, strict=True))
+        ]
     if vkey and not as_json:
         for line in vkeys:
             print(line)
         return 0
-    rows = [
-        e.as_dict() | {"vkey": v, "current": i == len(entries) - 1}
-        for i, (e, v) in enumerate(zip(entries, vkeys, strict=True))
-    ]
     if as_json:
         print_json({"keys": rows})
         return 0

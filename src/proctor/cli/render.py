@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -13,7 +14,19 @@ from proctor.core.assessment import AXES
 from proctor.core.lifecycle import PlanRecord
 from proctor.core.ports import EventRow
 
-__all__ = ["console", "plan_json", "print_json", "render_plan", "render_plans", "render_scores"]
+__all__ = [
+    "console",
+    "err_console",
+    "event_json",
+    "plan_json",
+    "print_json",
+    "render_plan",
+    "render_plan_json",
+    "render_plans",
+    "render_plans_json",
+    "render_scores",
+    "split_reasons",
+]
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -113,77 +126,144 @@ def render_scores(scores: dict[str, int], total: int, pattern: str) -> Table:
 
 def render_plan(rec: PlanRecord, *, events: list[EventRow] | None = None) -> None:
     """Print a plan: status, decision, scores, steps and (optionally) its events."""
-    style = _STATUS_STYLE.get(rec.status.value, "white")
-    o_style = _OUTCOME_STYLE.get(rec.outcome, "white")
-    console.print(
-        f"[bold]{rec.plan_id}[/bold]  status [{style}]{rec.status.value}[/{style}]  "
-        f"outcome [{o_style}]{rec.outcome}[/{o_style}]"
-    )
-    console.print(
-        f"agent {rec.agent_id} on behalf of {rec.on_behalf_of}; "
-        f"intent: {rec.manifest.get('intent', '')}"
-    )
-    a = rec.assessment
-    console.print(render_scores(a["scores"], a["total"], a["pattern"]))
     d = rec.decision
-    for r in d["plan_reasons"]:
+    render_plan_json(
+        plan_json(rec, events=events or None),
+        intent=str(rec.manifest.get("intent", "")),
+        plan_reasons=list(d["plan_reasons"]),
+        step_reasons=[list(sd["reasons"]) for sd in d["steps"]],
+    )
+
+
+def split_reasons(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Split a plan JSON's flat ``reasons`` into the plan's and each step's.
+
+    ``plan_json`` lists the plan's reasons first, then every step's as ``"STEP_ID: reason"``
+    in step order; read from the end, step by step, the prefixes are unambiguous.
+    """
+    reasons = list(doc.get("reasons") or [])
+    steps = doc.get("steps") or []
+    per_step: list[list[str]] = [[] for _ in steps]
+    end = len(reasons)
+    for i in range(len(steps) - 1, -1, -1):
+        prefix = f"{steps[i]['id']}: "
+        start = end
+        while start > 0 and reasons[start - 1].startswith(prefix):
+            start -= 1
+        per_step[i] = [r.removeprefix(prefix) for r in reasons[start:end]]
+        end = start
+    return reasons[:end], per_step
+
+
+def _when(iso: str | None) -> str:
+    return datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M:%S") if iso else ""
+
+
+def render_plan_json(
+    doc: dict[str, Any],
+    *,
+    intent: str | None = None,
+    plan_reasons: list[str] | None = None,
+    step_reasons: list[list[str]] | None = None,
+    server: str | None = None,
+) -> None:
+    """Print a plan given as its JSON (``plan_json``, or the HTTP API's answer).
+
+    Args:
+        doc: The plan JSON; its ``events``, if any, are listed too.
+        intent: The manifest's intent (not part of the plan JSON), printed when given.
+        plan_reasons: The plan's own reasons; default: split from ``doc["reasons"]``.
+        step_reasons: Each step's reasons; default: split from ``doc["reasons"]``.
+        server: The server's URL in remote mode: the hints name it instead of ``--as``.
+    """
+    if plan_reasons is None or step_reasons is None:
+        plan_reasons, step_reasons = split_reasons(doc)
+    status, outcome, plan_id = doc["status"], doc["outcome"], doc["plan_id"]
+    style = _STATUS_STYLE.get(status, "white")
+    o_style = _OUTCOME_STYLE.get(outcome, "white")
+    console.print(
+        f"[bold]{plan_id}[/bold]  status [{style}]{status}[/{style}]  "
+        f"outcome [{o_style}]{outcome}[/{o_style}]"
+    )
+    who = f"agent {doc['agent_id']} on behalf of {doc['on_behalf_of']}"
+    console.print(who if intent is None else f"{who}; intent: {intent}")
+    a = doc["assessment"]
+    console.print(render_scores(a["scores"], a["total"], a["pattern"]))
+    for r in plan_reasons:
         console.print(f"  [red]plan[/red]: {r}")
     steps = Table(title="Steps", title_justify="left")
     for col in ("id", "action", "outcome", "status", "detail"):
         steps.add_column(col)
-    for s, sd in zip(rec.steps, d["steps"], strict=True):
-        detail = "; ".join(sd["reasons"])
-        if s.error:
-            detail += f" | error: {s.error}"
-        if s.undo_until:
-            detail += f" | undo until {s.undo_until.strftime('%Y-%m-%d %H:%M:%S')}"
+    for s, reasons in zip(doc["steps"], step_reasons, strict=True):
+        detail = "; ".join(reasons)
+        if s["error"]:
+            detail += f" | error: {s['error']}"
+        if s["undo_until"]:
+            detail += f" | undo until {_when(s['undo_until'])}"
         steps.add_row(
-            s.step_id,
-            s.action,
-            f"[{_OUTCOME_STYLE.get(s.outcome, 'white')}]{s.outcome}[/]",
-            f"[{_STATUS_STYLE.get(s.status.value, 'white')}]{s.status.value}[/]",
+            s["id"],
+            s["action"],
+            f"[{_OUTCOME_STYLE.get(s['outcome'], 'white')}]{s['outcome']}[/]",
+            f"[{_STATUS_STYLE.get(s['status'], 'white')}]{s['status']}[/]",
             detail,
         )
     console.print(steps)
-    if rec.status.value == "awaiting_approval":
-        roles = ", ".join(d["approver_roles"]) or "any approver"
-        extra = " with step-up (TOTP)" if d["step_up"] else ""
+    target = f" --server {server}" if server else ""
+    if status == "awaiting_approval":
+        roles = ", ".join(doc["approver_roles"]) or "any approver"
+        extra = " with step-up (TOTP)" if doc["step_up"] else ""
         console.print(
-            f"[yellow]waiting for {d['approvals']} approval(s) from {roles}{extra}"
-            f" until {rec.expires_at.isoformat() if rec.expires_at else '-'}[/yellow]"
+            f"[yellow]waiting for {doc['approvals_required']} approval(s) from {roles}{extra}"
+            f" until {doc['expires_at'] or '-'}[/yellow]"
         )
-        console.print(f"  next: proctor approve {rec.plan_id} --as NAME --role ROLE")
-    elif rec.status.value == "awaiting_confirmation":
-        console.print(f"[yellow]waiting for {rec.on_behalf_of} to confirm[/yellow]")
-        console.print(f"  next: proctor confirm {rec.plan_id} --as {rec.on_behalf_of}")
-    if rec.approvals:
+        if server:
+            console.print(f"  next: proctor approve {plan_id}{target} (an approver's token)")
+        else:
+            console.print(f"  next: proctor approve {plan_id} --as NAME --role ROLE")
+    elif status == "awaiting_confirmation":
+        user = doc["on_behalf_of"]
+        console.print(f"[yellow]waiting for {user} to confirm[/yellow]")
+        if server:
+            console.print(f"  next: proctor confirm {plan_id}{target} ({user}'s token)")
+        else:
+            console.print(f"  next: proctor confirm {plan_id} --as {user}")
+    if doc["approvals"]:
         console.print(
             "approvals: "
-            + ", ".join(f"{a.kind} by {a.principal} ({', '.join(a.roles)})" for a in rec.approvals)
+            + ", ".join(
+                f"{a['kind']} by {a['principal']} ({', '.join(a['roles'])})"
+                for a in doc["approvals"]
+            )
         )
+    events = doc.get("events")
     if events:
         table = Table(title="Audit events", title_justify="left")
         for col in ("seq", "type", "step", "time"):
             table.add_column(col)
         for e in events:
-            table.add_row(str(e.seq), e.type, e.step_id or "", e.timestamp)
+            table.add_row(str(e["seq"]), e["type"], e.get("step_id") or "", e["timestamp"])
         console.print(table)
 
 
 def render_plans(plans: list[PlanRecord]) -> None:
     """Print a table of plans."""
+    render_plans_json([plan_json(p) for p in plans])
+
+
+def render_plans_json(plans: list[dict[str, Any]]) -> None:
+    """Print a table of plans given as their JSON (``plan_json``, or the HTTP API's)."""
     table = Table(title=f"{len(plans)} plan(s)", title_justify="left")
     for col in ("plan", "created", "agent", "for", "outcome", "status", "steps"):
         table.add_column(col)
     for p in plans:
         table.add_row(
-            p.plan_id,
-            p.created_at.strftime("%Y-%m-%d %H:%M:%S"),
-            p.agent_id,
-            p.on_behalf_of,
-            f"[{_OUTCOME_STYLE.get(p.outcome, 'white')}]{p.outcome}[/]",
-            f"[{_STATUS_STYLE.get(p.status.value, 'white')}]{p.status.value}[/]",
-            ", ".join(s.action for s in p.steps),
+            p["plan_id"],
+            _when(p["created_at"]),
+            p["agent_id"],
+            p["on_behalf_of"],
+            f"[{_OUTCOME_STYLE.get(p['outcome'], 'white')}]{p['outcome']}[/]",
+            f"[{_STATUS_STYLE.get(p['status'], 'white')}]{p['status']}[/]",
+            ", ".join(s["action"] for s in p["steps"]),
         )
     console.print(table)
 
