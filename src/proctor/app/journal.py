@@ -8,7 +8,7 @@ when several writers race: the store's write lock orders them.
 from __future__ import annotations
 
 import hashlib
-import uuid
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -35,6 +35,7 @@ class Journal:
         "_fast",
         "_listeners",
         "_log",
+        "_parts",
         "_signer",
         "_tx",
         "store_prompt",
@@ -55,6 +56,7 @@ class Journal:
         self._clock = clock
         self._bodies: list[dict[str, Any]] = []
         self._fast: list[bool] = []
+        self._parts: dict[str, tuple[dict[str, Any], str, str]] = {}
         self._log = log
         self._listeners = listeners
         self.store_prompt = store_prompt
@@ -72,7 +74,7 @@ class Journal:
     ) -> None:
         """Queue one event with the DESIGN section 4 fields."""
         body: dict[str, Any] = {
-            "event_id": uuid.uuid4().hex,
+            "event_id": os.urandom(16).hex(),
             "type": type_,
             "timestamp": self._clock.now().isoformat(),
             "plan_id": plan.plan_id if plan else None,
@@ -83,20 +85,13 @@ class Journal:
             "data": dict(data) if data else {},
         }
         if plan is not None:
-            m = plan.manifest
-            a = m.get("actor", {})
-            body["actor"] = {
-                "type": a.get("type"),
-                "name": a.get("name"),
-                "model_version": a.get("model_version"),
-                "agent_id": a.get("agent_id"),
-            }
+            actor_v, prompt_hash, summary = self._plan_parts(plan)
+            body["actor"] = dict(actor_v)
             body["user_id"] = user_id or plan.on_behalf_of
-            intent = m.get("intent", "")
-            body["prompt_hash"] = "sha256:" + hashlib.sha256(intent.encode()).hexdigest()
+            body["prompt_hash"] = prompt_hash
             if self.store_prompt:
-                body["prompt"] = intent
-            body["plan"] = {"digest": plan.digest, "summary": _summary(plan)}
+                body["prompt"] = plan.manifest.get("intent", "")
+            body["plan"] = {"digest": plan.digest, "summary": summary}
             body["policy_version"] = plan.policy_version
         else:
             body["actor"] = dict(actor) if actor else None
@@ -110,6 +105,23 @@ class Journal:
         self._fast.append(
             fast_path_ok(body["data"]) and (plan is not None or fast_path_ok(body["actor"]))
         )
+
+    def _plan_parts(self, plan: PlanRecord) -> tuple[dict[str, Any], str, str]:
+        """Actor, prompt hash and summary of a plan: the same for all its events, so cached."""
+        cached = self._parts.get(plan.plan_id)
+        if cached is None:
+            m = plan.manifest
+            a = m.get("actor", {})
+            actor = {
+                "type": a.get("type"),
+                "name": a.get("name"),
+                "model_version": a.get("model_version"),
+                "agent_id": a.get("agent_id"),
+            }
+            intent = m.get("intent", "")
+            prompt_hash = "sha256:" + hashlib.sha256(intent.encode()).hexdigest()
+            cached = self._parts[plan.plan_id] = (actor, prompt_hash, _summary(plan))
+        return cached
 
     def flush(self) -> list[EventRow]:
         """Seal the queued events against the head and append them; return the rows."""

@@ -192,3 +192,29 @@ class TestEcdsaEvents:
         keys = {SIGNER.key_id: KeyInfo(b"\x00" * 31)}
         r = verify_events(rows, keys)
         assert (r.first_bad_seq, r.problem) == (0, "bad_signature")
+
+
+class TestSealShortcut:
+    @settings(max_examples=200, deadline=None)
+    @given(
+        st.dictionaries(
+            st.text(max_size=12),
+            st.text(max_size=20) | st.integers(-(2**53) + 1, 2**53 - 1),
+            max_size=6,
+        ),
+        st.text(max_size=30),
+    )
+    def test_spliced_signature_equals_canonical(self, data, user):
+        """Splicing the signature into the canonical bytes equals serialising the event."""
+        body = {
+            "type": "t",
+            "timestamp": "2026-01-01T00:00:00+00:00",
+            "plan_id": None,
+            "step_id": None,
+            "trace_id": None,
+            "span_id": None,
+            "data": data,
+            "user_id": user,
+        }
+        row = seal(body, seq=0, prev_hash=GENESIS, signer=SIGNER)
+        assert row.body == canonical(orjson.loads(row.body))
