@@ -927,15 +927,13 @@ def totp_enrol(
     as_json: Json = False,
     verbose: Verbose = False,
 ) -> int:
-    """Enrol an approver for step-up approvals; prints the secret once."""
-    with _open(home) as p:
-        secret, uri = p.enrol_totp(principal)
-    if as_json:
-        print_json({"principal": principal, "secret": secret, "uri": uri})
-    else:
-        console.print(f"secret for {principal}: [bold]{secret}[/bold]")
-        console.print(f"add to an authenticator app: {uri}")
-    return 0
+    """Enrol an approver for step-up approvals; prints the secret once.
+
+    The same as `proctor tokens enrol-totp --name NAME`.
+    """
+    from proctor.cli.service import tokens_enrol_totp
+
+    return tokens_enrol_totp(name=principal, home=home, as_json=as_json, verbose=verbose)
 
 
 # --------------------------------------------------------------------------- service
