@@ -225,7 +225,7 @@ def tokens_enrol_totp(
     with _open(home) as p:
         secret, uri = p.enrol_totp(name)
     if as_json:
-        print_json({"name": name, "secret": secret, "uri": uri})
+        print_json({"name": name, "principal": name, "secret": secret, "uri": uri})
     else:
         console.print(f"secret for {name}: [bold]{secret}[/bold]")
         console.print(f"add to an authenticator app: {uri}")
