@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,8 +89,12 @@ class Cli:
 
 @pytest.fixture(scope="session")
 def proctor_exe() -> str:
-    """The path of the installed ``proctor`` console script (skip when it is absent)."""
-    exe = shutil.which("proctor")
+    """The path of the installed ``proctor`` console script (skip when it is absent).
+
+    The script next to this interpreter comes first: a venv's bin/ need not be on PATH.
+    """
+    beside = Path(sys.executable).parent / "proctor"
+    exe = str(beside) if beside.is_file() else shutil.which("proctor")
     if exe is None:
         pytest.skip("the `proctor` console script is not on PATH: `pip install -e .` in a venv")
     return exe

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -34,11 +33,11 @@ def env(tmp_path):
 
 
 class TestArchiveCommand:
-    def test_archive_uploads_sealed_segments_and_records_it(self, tmp_path, endpoint, env):
+    def test_archive_uploads_sealed_segments_and_records_it(
+        self, tmp_path, endpoint, env, proctor_exe
+    ):
         """The CLI exports, archives sealed segments under Object Lock and logs the archive."""
-        exe = shutil.which("proctor")
-        if exe is None:
-            pytest.skip("the proctor console script is not on PATH: pip install -e .")
+        exe = proctor_exe
         home = tmp_path / "home"
         init_home(home)
         with Proctor.open(home) as p:
@@ -110,11 +109,9 @@ class TestArchiveCommand:
             assert sorted(last["data"]["uploaded"]) == sorted(keys)
             assert p.verify().ok
 
-    def test_bad_url(self, tmp_path, env):
+    def test_bad_url(self, tmp_path, env, proctor_exe):
         """A URL that is not s3:// fails with exit 1 and a message naming it."""
-        exe = shutil.which("proctor")
-        if exe is None:
-            pytest.skip("the proctor console script is not on PATH: pip install -e .")
+        exe = proctor_exe
         home = tmp_path / "home"
         init_home(home)
         run = subprocess.run(
