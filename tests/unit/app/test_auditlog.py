@@ -157,3 +157,40 @@ class TestReopen:
         finally:
             a.close()
             b.close()
+
+
+class TestKeyRotation:
+    def test_rotation_keeps_old_events_verifiable(self, tmp_path):
+        """After a rotation new events use the new key and the whole log still verifies."""
+        home = tmp_path / "h"
+        init_home(home)
+        with Proctor.open(home) as p:
+            p.submit(make_plan([READ]))
+            old = p.gateway.signer.key_id
+            new = p.rotate_key()
+        with Proctor.open(home) as p:
+            p.submit(make_plan([READ]))
+            last = p.events()[-1].body
+            assert new.encode() in last
+            assert new != old
+            assert [e.key_id for e in p.keyring.entries()] == [old, new]
+            assert p.keyring.entries()[0].not_after is not None
+            assert p.verify().ok
+            assert any(b'"keys.rotated"' in e.body for e in p.events())
+
+    def test_rotation_schedule(self, tmp_path):
+        """With rotate_every_days, opening an instance whose key is older rotates it."""
+        from datetime import timedelta
+
+        home = tmp_path / "h"
+        clock = FrozenClock()
+        init_home(home, clock=clock)
+        cfg = home / "config.toml"
+        cfg.write_text(cfg.read_text().replace("rotate_every_days = 0", "rotate_every_days = 30"))
+        with Proctor.open(home, clock=clock) as p:
+            assert len(p.keyring.entries()) == 1
+        clock.advance(timedelta(days=31))
+        with Proctor.open(home, clock=clock) as p:
+            assert len(p.keyring.entries()) == 2
+            p.submit(make_plan([READ]))
+            assert p.verify().ok
