@@ -253,3 +253,60 @@ class TestTokensCli:
         assert doc["name"] == "ann"
         assert doc["uri"].startswith("otpauth://totp/")
         assert len(doc["secret"]) >= 16
+
+
+class TestServeWebhooks:
+    def test_serve_delivers_signed_webhooks(
+        self, cli, proctor_exe, fresh_home, tmp_path, monkeypatch
+    ):
+        """`proctor serve` sends the outbox: a real receiver gets a signed plan.executed."""
+        import hashlib
+        import hmac
+        import threading
+        from http.server import BaseHTTPRequestHandler, HTTPServer
+
+        received: list[tuple[dict[str, str], bytes]] = []
+
+        class Receiver(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                received.append((dict(self.headers), body))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        httpd = HTTPServer(("127.0.0.1", 0), Receiver)
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        cfg = fresh_home / "config.toml"
+        cfg.write_text(
+            cfg.read_text()
+            + (
+                "\n[[webhooks]]\n"
+                f'url = "http://127.0.0.1:{httpd.server_port}/hook"\n'
+                'events = ["plan.executed"]\n'
+                'secret_env = "TEST_HOOK_SECRET"\n'
+            )
+        )
+        monkeypatch.setenv("TEST_HOOK_SECRET", "s3cret")
+        bot = _token(cli, fresh_home, "bot", "agent")
+        try:
+            with serve(proctor_exe, fresh_home, tmp_path) as s:
+                auth = {"Authorization": f"Bearer {bot['token']}"}
+                r = httpx.post(f"{s.url}/v1/plans", json=_manifest(SEARCH), headers=auth)
+                deadline = time.monotonic() + 15
+                while not received and time.monotonic() < deadline:
+                    time.sleep(0.05)
+        finally:
+            httpd.shutdown()
+            httpd.server_close()
+
+        assert r.status_code == 201, r.text
+        assert received, "no webhook arrived"
+        headers, body = received[0]
+        assert headers["Proctor-Event"] == "plan.executed"
+        ts = headers["Proctor-Timestamp"]
+        expected = hmac.new(b"s3cret", f"{ts}.".encode() + body, hashlib.sha256).hexdigest()
+        assert headers["Proctor-Signature"] == f"v1={expected}"
+        assert json.loads(body)["plan_id"] == r.json()["plan_id"]

@@ -77,6 +77,7 @@ def serve(
     """
     import uvicorn
 
+    from proctor.bootstrap import start_dispatcher
     from proctor.http import create_app, load_http_settings  # needs the `server` extra
     from proctor.http.ticker import Ticker
 
@@ -114,9 +115,12 @@ def serve(
             sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)
         }
         ticker.start()
+        # The webhook outbox is sent from a background thread; without webhooks it idles.
+        dispatcher = start_dispatcher(proctor.gateway)
         try:
             server.run()
         finally:
+            dispatcher.stop()
             ticker.stop()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
