@@ -348,7 +348,11 @@ class TestInserted:
             db,
             ("UPDATE events SET seq = seq + 1000000 WHERE seq > ?", (i,)),
             ("UPDATE events SET seq = seq - 999999 WHERE seq > 1000000", ()),
-            ("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?)", (i + 1, *row[1:])),
+            (
+                "INSERT INTO events (seq, type, plan_id, step_id, ts, body, hash)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (i + 1, *row[1:7]),
+            ),
         )
         assert _verdicts_db(built, db) == _both("inserted", i + 1)
 
@@ -412,7 +416,8 @@ class TestBadSignature:
         _sql(
             db,
             (
-                "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO events (seq, type, plan_id, step_id, ts, body, hash)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (built.n, "step.succeeded", None, None, last[4], body, digest),
             ),
         )

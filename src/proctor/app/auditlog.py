@@ -97,10 +97,12 @@ class AuditLog:
 
     # ------------------------------------------------------------------ sync
 
-    def _reload(self, source: Store | Transaction) -> None:
+    def _reload(self, source: Store | Transaction, size: int | None = None) -> None:
         self._nodes = _Recording(MemoryNodes())
         self._tree = MerkleTree(self._nodes)
-        for h in source.load_nodes({}).get(0, []):
+        # Inside an append the store already holds the new events: take only ``size`` leaves.
+        leaves = source.load_nodes({}).get(0, [])
+        for h in leaves if size is None else leaves[:size]:
             self._tree.append(h)
         self._nodes.written = []
         self._last_cp = source.latest_checkpoint()
@@ -123,12 +125,12 @@ class AuditLog:
             and (tree.size == 0 or tx.node(0, tree.size - 1) == self._nodes.get(0, tree.size - 1))
         ):
             # Another writer appended: load only the new leaves.
-            for h in tx.load_nodes({0: tree.size}).get(0, []):
+            for h in tx.load_nodes({0: tree.size}).get(0, [])[: size - tree.size]:
                 self._tree.append(h)
             self._nodes.written = []
             self._last_cp = tx.latest_checkpoint()
             return
-        self._reload(tx)
+        self._reload(tx, size)
         if self._tree.size != size:
             raise AuditIntegrityError(
                 f"the Merkle tree has {self._tree.size} leaves but the log has {size} events",
@@ -145,8 +147,6 @@ class AuditLog:
         with self._lock:
             self._reload(self.store)
             n = self.store.event_count()
-            if self._tree.size == 0 and n > 0:
-                self._build_missing_tree(n)
             if self._tree.size != n:
                 raise AuditIntegrityError(
                     f"the Merkle tree has {self._tree.size} leaves but the log has {n} events",
@@ -160,21 +160,6 @@ class AuditLog:
                         problem="inconsistent_checkpoints",
                     )
 
-    def _build_missing_tree(self, n: int) -> None:
-        """Build the tree of a log written before the tree existed (schema 1 databases).
-
-        Only when *no* node is stored: a partial tree is an integrity problem, not a
-        migration, and ``open`` refuses it.
-        """
-        with self.store.transaction() as tx:
-            if tx.audit_head().size != n:
-                return
-            self._nodes.written = []
-            for row in self.store.iter_events():
-                self._tree.append(leaf_hash(row.body))
-            tx.append_nodes([n for n in self._nodes.written if n[0] == 0])
-            self._nodes.written = []
-
     # ------------------------------------------------------------------ append
 
     def on_append(self, tx: Transaction, rows: Sequence[EventRow], head: AuditHead) -> None:
@@ -182,9 +167,9 @@ class AuditLog:
         with self._lock:
             self._sync(tx, head.size, head.last_hash)
             self._nodes.written = []
+            # The store keeps each event's leaf hash in its row; the interior nodes live here.
             for row in rows:
                 self._tree.append(leaf_hash(row.body))
-            tx.append_nodes([n for n in self._nodes.written if n[0] == 0])
             self._nodes.written = []
             # Valid only once the transaction commits; a rollback leaves the store's head
             # different from this hash, and the next sync then reloads.

@@ -328,6 +328,7 @@ class Gateway:
                 E.POLICY_DECIDED,
                 plan=record,
                 data={"assessment": record.assessment, "decision": record.decision},
+                trusted=True,
             )
             if simulations:
                 j.emit(E.SIMULATION_COMPLETED, plan=record, data={"effects": simulations})
@@ -339,6 +340,7 @@ class Gateway:
                     "expires_at": expires_at.isoformat() if expires_at else None,
                     "sandbox": sandbox,
                 },
+                trusted=True,
             )
             if review:
                 j.emit(
@@ -415,6 +417,7 @@ class Gateway:
             step_id=step.step_id,
             actions=[self._attempt(step, spec, "started")],
             data={"idempotency_key": record.idempotency_key(step.step_id)},
+            trusted=True,
         )
         return record
 
@@ -499,7 +502,7 @@ class Gateway:
                     record = self._start_step(j, record, index + 1, now)
                 else:
                     record = record.moved_to(PlanStatus.SUCCEEDED, at=now)
-                    j.emit(E.PLAN_FINISHED, plan=record, data={"status": "succeeded"})
+                    j.emit(E.PLAN_FINISHED, plan=record, data={"status": "succeeded"}, trusted=True)
             tx.save_plan(record)
             j.flush()
         return record

@@ -161,10 +161,6 @@ class Transaction(Protocol):
         """Set an instance metadata value."""
         ...
 
-    def append_nodes(self, nodes: Sequence[tuple[int, int, bytes]]) -> None:
-        """Store Merkle perfect-subtree hashes as ``(level, index, hash)``."""
-        ...
-
     def add_checkpoint(self, row: CheckpointRow) -> None:
         """Store a signed checkpoint."""
         ...
@@ -174,7 +170,7 @@ class Transaction(Protocol):
         ...
 
     def node(self, level: int, index: int) -> bytes | None:
-        """Return one stored Merkle node (reads see this transaction's writes)."""
+        """Return a stored Merkle node: only leaves (level 0) are stored, with their events."""
         ...
 
     def load_nodes(self, start: Mapping[int, int]) -> dict[int, list[bytes]]:

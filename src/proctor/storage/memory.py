@@ -7,6 +7,7 @@ half-written, as in the durable stores.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -23,13 +24,17 @@ __all__ = ["MemoryStore"]
 _GENESIS = "sha256:" + "0" * 64
 
 
+def _leaf(body: bytes) -> bytes:
+    """RFC 9162 leaf hash of an event's bytes (as ``proctor.audit.merkle.leaf_hash``)."""
+    return hashlib.sha256(b"\x00" + body).digest()
+
+
 class _Tx:
     __slots__ = (
         "_checkpoints",
         "_deliveries",
         "_events",
         "_meta",
-        "_nodes",
         "_plans",
         "_store",
         "_tokens",
@@ -40,7 +45,6 @@ class _Tx:
         self._plans: dict[str, PlanRecord] = {}
         self._events: list[EventRow] = []
         self._meta: dict[str, str] = {}
-        self._nodes: list[tuple[int, int, bytes]] = []
         self._checkpoints: list[CheckpointRow] = []
         self._tokens: dict[str, TokenRecord] = {}
         self._deliveries: dict[str, Delivery] = {}
@@ -69,9 +73,6 @@ class _Tx:
     def put_meta(self, key: str, value: str) -> None:
         self._meta[key] = value
 
-    def append_nodes(self, nodes: Sequence[tuple[int, int, bytes]]) -> None:
-        self._nodes.extend(nodes)
-
     def add_checkpoint(self, row: CheckpointRow) -> None:
         if any(c.size == row.size for c in (*self._store._checkpoints, *self._checkpoints)):
             raise StorageError(f"a checkpoint of size {row.size} exists")
@@ -82,11 +83,10 @@ class _Tx:
         return max(rows, key=lambda c: c.size) if rows else None
 
     def node(self, level: int, index: int) -> bytes | None:
-        for lv, i, h in self._nodes:
-            if (lv, i) == (level, index):
-                return h
-        nodes = self._store._nodes
-        return nodes[level][index] if level < len(nodes) and index < len(nodes[level]) else None
+        events = self._store._events + self._events
+        if level != 0 or not 0 <= index < len(events):
+            return None
+        return _leaf(events[index].body)
 
     def load_nodes(self, start: Mapping[int, int]) -> dict[int, list[bytes]]:
         return self._store.load_nodes(start)
@@ -111,7 +111,6 @@ class MemoryStore:
         self._order: list[str] = []
         self._events: list[EventRow] = []
         self._meta: dict[str, str] = {}
-        self._nodes: list[list[bytes]] = []
         self._checkpoints: list[CheckpointRow] = []
         self._tokens: dict[str, TokenRecord] = {}
         self._deliveries: dict[str, Delivery] = {}
@@ -128,12 +127,6 @@ class MemoryStore:
                 self._plans[pid] = rec
             self._events.extend(tx._events)
             self._meta.update(tx._meta)
-            for level, index, h in tx._nodes:
-                while len(self._nodes) <= level:
-                    self._nodes.append([])
-                if index != len(self._nodes[level]):
-                    raise StorageError(f"Merkle node ({level}, {index}) out of order")
-                self._nodes[level].append(h)
             self._checkpoints.extend(tx._checkpoints)
             self._checkpoints.sort(key=lambda c: c.size)
             self._tokens.update(tx._tokens)
@@ -209,9 +202,10 @@ class MemoryStore:
         return self._checkpoints[-1] if self._checkpoints else None
 
     def load_nodes(self, start: Mapping[int, int]) -> dict[int, list[bytes]]:
-        """Return stored Merkle nodes per level from index ``start[level]`` on."""
+        """Return the Merkle leaves (level 0, the only one stored) from ``start[0]`` on."""
         with self._lock:
-            return {lv: list(nodes[start.get(lv, 0) :]) for lv, nodes in enumerate(self._nodes)}
+            events = self._events[start.get(0, 0) :]
+        return {0: [_leaf(e.body) for e in events]} if events else {}
 
     def find_token(self, token_hash: str) -> TokenRecord | None:
         """Return the token with this hash."""

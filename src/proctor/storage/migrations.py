@@ -98,6 +98,16 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         CREATE INDEX IF NOT EXISTS plans_by_timer ON plans (timer_at) WHERE timer_at IS NOT NULL;
         """,
     ),
+    (
+        5,
+        """
+        -- Merkle leaf hashes move into the events rows (one B-tree fewer per commit), rows
+        -- written before keep NULL and their leaf is computed from the body when read.
+        ALTER TABLE events ADD COLUMN leaf BLOB;
+        DROP TABLE IF EXISTS merkle_nodes;
+        DROP INDEX IF EXISTS plans_by_agent;
+        """,
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]

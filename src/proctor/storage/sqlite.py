@@ -11,6 +11,7 @@ power loss, and an acknowledged governed action must not disappear from the audi
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -123,16 +124,16 @@ class _Tx:
                 raise StorageError(f"event seq {e.seq} does not continue the log at {expected}")
         self._head = AuditHead(size=expected + len(rows), last_hash=rows[-1].hash)
         self._c.executemany(
-            "INSERT INTO events (seq, type, plan_id, step_id, ts, body, hash) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [(e.seq, e.type, e.plan_id, e.step_id, e.timestamp, e.body, e.hash) for e in rows],
+            "INSERT INTO events (seq, type, plan_id, step_id, ts, body, hash, leaf) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (e.seq, e.type, e.plan_id, e.step_id, e.timestamp, e.body, e.hash, _leaf(e.body))
+                for e in rows
+            ],
         )
 
     def put_meta(self, key: str, value: str) -> None:
         self._c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
-
-    def append_nodes(self, nodes: Sequence[tuple[int, int, bytes]]) -> None:
-        self._c.executemany("INSERT INTO merkle_nodes (level, idx, hash) VALUES (?, ?, ?)", nodes)
 
     def add_checkpoint(self, row: CheckpointRow) -> None:
         self._c.execute(
@@ -144,10 +145,10 @@ class _Tx:
         return _latest_checkpoint(self._c)
 
     def node(self, level: int, index: int) -> bytes | None:
-        row = self._c.execute(
-            "SELECT hash FROM merkle_nodes WHERE level = ? AND idx = ?", (level, index)
-        ).fetchone()
-        return _bytes(row[0]) if row else None
+        if level != 0:
+            return None
+        row = self._c.execute("SELECT leaf, body FROM events WHERE seq = ?", (index,)).fetchone()
+        return _leaf_of(row) if row else None
 
     def load_nodes(self, start: Mapping[int, int]) -> dict[int, list[bytes]]:
         return _load_nodes(self._c, start)
@@ -234,23 +235,21 @@ def _latest_checkpoint(c: sqlite3.Connection) -> CheckpointRow | None:
     return CheckpointRow(size=row[0], root=_bytes(row[1]), note=row[2], created_at=row[3])
 
 
+def _leaf(body: bytes) -> bytes:
+    """RFC 9162 leaf hash of an event's bytes (as ``proctor.audit.merkle.leaf_hash``)."""
+    return hashlib.sha256(b"\x00" + body).digest()
+
+
+def _leaf_of(row: Any) -> bytes:
+    return _bytes(row[0]) if row[0] is not None else _leaf(_bytes(row[1]))
+
+
 def _load_nodes(c: sqlite3.Connection, start: Mapping[int, int]) -> dict[int, list[bytes]]:
-    out: dict[int, list[bytes]] = {}
-    level = 0
-    while True:
-        rows = c.execute(
-            "SELECT idx, hash FROM merkle_nodes WHERE level = ? AND idx >= ? ORDER BY idx",
-            (level, start.get(level, 0)),
-        ).fetchall()
-        if (
-            not rows
-            and not c.execute(
-                "SELECT 1 FROM merkle_nodes WHERE level = ? LIMIT 1", (level,)
-            ).fetchone()
-        ):
-            return out
-        out[level] = [_bytes(r[1]) for r in rows]
-        level += 1
+    # Only leaves are stored (level 0): the interior nodes are rebuilt in memory.
+    rows = c.execute(
+        "SELECT leaf, body FROM events WHERE seq >= ? ORDER BY seq", (start.get(0, 0),)
+    ).fetchall()
+    return {0: [_leaf_of(r) for r in rows]} if rows else {}
 
 
 class SqliteStore:
@@ -313,7 +312,9 @@ class SqliteStore:
                     )
                 for version, sql in MIGRATIONS:
                     if version > current:
-                        for statement in sql.split(";"):
+                        # Comments are dropped first: a ';' in one must not split a statement.
+                        code = "\n".join(line.split("--", 1)[0] for line in sql.splitlines())
+                        for statement in code.split(";"):
                             if statement.strip():
                                 self._c.execute(statement)
                 if current != SCHEMA_VERSION:  # an up-to-date database is not written to
