@@ -1,0 +1,120 @@
+"""The transparency-log commands through the installed script: checkpoint, prove, keys,
+export, offline verification, and their bad input."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+
+from proctor.audit.merkle import verify_consistency, verify_inclusion
+
+pytestmark = pytest.mark.cli
+
+PLAN = {
+    "actor": {"type": "agent", "name": "bot", "model_version": "m-1", "agent_id": "bot"},
+    "on_behalf_of": "alice",
+    "intent": "find flights",
+    "steps": [
+        {
+            "id": "s1",
+            "action": "travel.search",
+            "params": {"destination": "Lisbon", "date": "2027-03-12"},
+        }
+    ],
+}
+
+
+def _b(s):
+    return base64.b64decode(s)
+
+
+@pytest.fixture
+def home(cli, fresh_home, tmp_path):
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps(PLAN))
+    for _ in range(3):
+        assert cli("submit", plan, home=fresh_home).code == 0
+    return fresh_home
+
+
+class TestCheckpointAndProofs:
+    def test_checkpoint_and_proofs_verify(self, cli, home):
+        """A signed checkpoint, and inclusion/consistency proofs that verify against roots."""
+        cp = cli("audit", "checkpoint", "--sign", "--json", home=home)
+        assert cp.code == 0, str(cp)
+        size = cp.json()["size"]
+        root = _b(cp.json()["root_hash"])
+        assert cp.json()["note"].splitlines()[1] == str(size)
+
+        inc = cli("audit", "prove", "--index", "2", "--size", str(size), "--json", home=home)
+        con = cli("audit", "prove", "--from", "3", "--to", str(size), "--json", home=home)
+
+        assert inc.code == 0, str(inc)
+        d = inc.json()
+        verify_inclusion(_b(d["leaf_hash"]), 2, size, [_b(h) for h in d["hashes"]], root)
+        c = con.json()
+        verify_consistency(3, size, _b(c["from_root"]), root, [_b(h) for h in c["hashes"]])
+
+    @pytest.mark.parametrize(
+        "args",
+        [
+            ("--index", "100000"),
+            ("--from", "0", "--to", "2"),
+            ("--index", "1", "--from", "1", "--to", "2"),
+        ],
+    )
+    def test_bad_proof_requests_exit_1(self, cli, home, args):
+        """Out-of-range or mixed proof requests exit 1 with a field, no traceback."""
+        r = cli("audit", "prove", *args, "--json", home=home)
+        assert r.code == 1, str(r)
+        assert "Traceback" not in r.err
+        assert r.json()["error"]["field"] in {"index", "from"}
+
+
+class TestKeys:
+    def test_vkey_and_rotation(self, cli, home):
+        """keys list --vkey prints name+id+key; after a rotation the log still verifies."""
+        vk = cli("keys", "list", "--vkey", home=home)
+        assert vk.code == 0
+        name, key_id, key = vk.out.strip().split("+", 2)
+        assert name.startswith("proctor/")
+        assert len(key_id) == 8
+        assert _b(key)[0] == 1
+
+        rot = cli("keys", "rotate", "--json", home=home)
+        keys = cli("keys", "list", "--json", home=home).json()["keys"]
+        verify = cli("audit", "verify", "--json", home=home)
+
+        assert rot.code == 0
+        assert [k["current"] for k in keys] == [False, True]
+        assert verify.json()["ok"] is True
+
+
+class TestExport:
+    def test_export_then_verify_offline(self, cli, home, tmp_path):
+        """An export verifies with nothing but itself, full and fast."""
+        out = tmp_path / "bundle"
+        e = cli("audit", "export", out, "--segment-size", "5", "--json", home=home)
+        assert e.code == 0, str(e)
+        for mode in ((), ("--fast",)):
+            v = cli("audit", "verify", "--export", out, *mode, "--json")
+            assert v.code == 0, str(v)
+            assert v.json()["ok"] is True
+
+    def test_export_refuses_a_non_empty_directory(self, cli, home, tmp_path):
+        """Exporting into a non-empty directory exits 1, naming it, and writes nothing."""
+        out = tmp_path / "busy"
+        out.mkdir()
+        (out / "keep.txt").write_text("x")
+        r = cli("audit", "export", out, "--json", home=home)
+        assert r.code == 1
+        assert r.json()["error"]["field"] == "directory"
+        assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+
+    def test_verify_export_of_a_non_export(self, cli, tmp_path):
+        """A directory without manifest.json is a clear error, exit 1."""
+        r = cli("audit", "verify", "--export", tmp_path, "--json")
+        assert r.code == 1
+        assert r.json()["error"]["field"] == "export"
