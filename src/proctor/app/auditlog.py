@@ -51,26 +51,6 @@ class CheckpointPolicy:
     interval: timedelta = timedelta(seconds=60)
 
 
-class _Recording:
-    """A node store that appends to a ``MemoryNodes`` and remembers what it wrote."""
-
-    __slots__ = ("inner", "written")
-
-    def __init__(self, inner: MemoryNodes) -> None:
-        self.inner = inner
-        self.written: list[tuple[int, int, bytes]] = []
-
-    def get(self, level: int, index: int) -> bytes:
-        return self.inner.get(level, index)
-
-    def append(self, level: int, node: bytes) -> None:
-        self.written.append((level, self.inner.count(level), node))
-        self.inner.append(level, node)
-
-    def count(self, level: int) -> int:
-        return self.inner.count(level)
-
-
 class AuditLog:
     """The Merkle tree and checkpoints of one store's event log."""
 
@@ -89,7 +69,7 @@ class AuditLog:
         self.origin = origin
         self.policy = policy or CheckpointPolicy()
         self._lock = threading.RLock()
-        self._nodes = _Recording(MemoryNodes())
+        self._nodes = MemoryNodes()
         self._tree = MerkleTree(self._nodes)
         self._last_cp: CheckpointRow | None = None
         self._last_hash: str | None = None  # hash of the last event this copy has seen
@@ -98,13 +78,12 @@ class AuditLog:
     # ------------------------------------------------------------------ sync
 
     def _reload(self, source: Store | Transaction, size: int | None = None) -> None:
-        self._nodes = _Recording(MemoryNodes())
+        self._nodes = MemoryNodes()
         self._tree = MerkleTree(self._nodes)
         # Inside an append the store already holds the new events: take only ``size`` leaves.
         leaves = source.load_nodes({}).get(0, [])
         for h in leaves if size is None else leaves[:size]:
             self._tree.append(h)
-        self._nodes.written = []
         self._last_cp = source.latest_checkpoint()
         self._loaded = True
 
@@ -127,7 +106,6 @@ class AuditLog:
             # Another writer appended: load only the new leaves.
             for h in tx.load_nodes({0: tree.size}).get(0, [])[: size - tree.size]:
                 self._tree.append(h)
-            self._nodes.written = []
             self._last_cp = tx.latest_checkpoint()
             return
         self._reload(tx, size)
@@ -166,11 +144,9 @@ class AuditLog:
         """Add ``rows`` (just appended after ``head``) as leaves; checkpoint if due."""
         with self._lock:
             self._sync(tx, head.size, head.last_hash)
-            self._nodes.written = []
             # The store keeps each event's leaf hash in its row; the interior nodes live here.
             for row in rows:
                 self._tree.append(leaf_hash(row.body))
-            self._nodes.written = []
             # Valid only once the transaction commits; a rollback leaves the store's head
             # different from this hash, and the next sync then reloads.
             self._last_hash = rows[-1].hash if rows else self._last_hash

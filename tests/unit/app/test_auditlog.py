@@ -107,7 +107,7 @@ class TestCheckpoints:
         p.checkpoint()
         # Corrupt this process's copy of the tree: the store still has the truth, so the
         # next sync must reload and the signed history stays consistent.
-        p.audit_log._nodes.inner._levels[0][0] = b"\x00" * 32
+        p.audit_log._nodes._levels[0][0] = b"\x00" * 32
         p.submit(make_plan([READ]))
         cp = p.checkpoint()
         assert cp.root == p.audit_log.root()
