@@ -237,3 +237,81 @@ class TestTimers:
         assert store.due_plans(T0) == []
         assert [p.plan_id for p in store.due_plans(T0 + timedelta(minutes=31))] == ["done"]
         assert [p.plan_id for p in store.due_plans(T0 + timedelta(hours=2))] == ["done", "wait"]
+
+
+class TestLeasesAndGuardState:
+    def test_lease_fields_round_trip_and_claimable(self, store):
+        running = dataclasses.replace(_plan("r1", status=PlanStatus.RUNNING), updated_at=T0)
+        held = running.leased("host:1:2", T0 + timedelta(seconds=30))
+        lapsed = dataclasses.replace(running, plan_id="r2").leased("dead", T0 - timedelta(1))
+        free = dataclasses.replace(running, plan_id="r3")
+        waiting = _plan("w1")
+        with store.transaction() as tx:
+            for p in (held, lapsed, free, waiting):
+                tx.save_plan(p)
+        got = store.get_plan("r1")
+        assert got.lease_owner == "host:1:2"
+        assert got.lease_until == T0 + timedelta(seconds=30)
+        ids = {p.plan_id for p in store.claimable_plans(T0)}
+        assert ids == {"r2", "r3"}
+        # Once the lease lapses, the held plan is claimable too.
+        later = {p.plan_id for p in store.claimable_plans(T0 + timedelta(seconds=31))}
+        assert later == {"r1", "r2", "r3"}
+
+    def test_new_plan_fields_round_trip(self, store):
+        p = dataclasses.replace(
+            _plan(status=PlanStatus.COMPENSATING),
+            review_verdict="wrong",
+            deadline=T0 + timedelta(minutes=15),
+            compensation={"reason": "undo", "final": "undone"},
+        )
+        p = p.with_step(dataclasses.replace(p.steps[0], canary={"ok": True}, drift={"n": 1}))
+        with store.transaction() as tx:
+            tx.save_plan(p)
+        got = store.get_plan(p.plan_id)
+        assert got == p
+
+    def test_guard_state_set_read_delete(self, store):
+        with store.transaction() as tx:
+            assert tx.get_state("kill", "global") is None
+            tx.put_state("kill", "global", {"on": True, "by": "ops"}, at=T0)
+            tx.put_state("kill", "agent:bot", {"on": True}, at=T0)
+            # Reads inside the transaction see its own writes.
+            assert tx.get_state("kill", "global") == {"on": True, "by": "ops"}
+        assert store.list_state("kill") == {
+            "global": {"on": True, "by": "ops"},
+            "agent:bot": {"on": True},
+        }
+        with store.transaction() as tx:
+            tx.put_state("kill", "global", None, at=T0)
+        assert store.list_state("kill") == {"agent:bot": {"on": True}}
+        assert store.list_state("breaker") == {}
+
+    def test_state_write_rolls_back_with_its_transaction(self, store):
+        def fail():
+            with store.transaction() as tx:
+                tx.put_state("kill", "global", {"on": True}, at=T0)
+                raise RuntimeError("boom")
+
+        with pytest.raises(RuntimeError):
+            fail()
+        assert store.list_state("kill") == {}
+
+    def test_counters_bump_and_sum_over_buckets(self, store):
+        with store.transaction() as tx:
+            assert tx.bump("rate:agent:bot", "2026-01-01T00:00") == (1, 0)
+            assert tx.bump("rate:agent:bot", "2026-01-01T00:00", amount=250) == (2, 250)
+            tx.bump("rate:agent:bot", "2026-01-01T00:01", count=3, amount=5)
+            tx.bump("rate:agent:other", "2026-01-01T00:01")
+            assert tx.counter_sum("rate:agent:bot", "2026-01-01T00:00") == (5, 255)
+        assert store.counter_sum("rate:agent:bot", "2026-01-01T00:01") == (3, 5)
+        assert store.counter_sum("rate:agent:bot", "2026-01-01T00:02") == (0, 0)
+        assert store.counter_sum("nothing", "") == (0, 0)
+        def fail():
+            with store.transaction() as tx:
+                tx.bump("rate:agent:bot", "2026-01-01T00:01", count=100)
+                raise RuntimeError("boom")
+
+        with pytest.raises(RuntimeError):
+            fail()
+        assert store.counter_sum("rate:agent:bot", "") == (5, 255)

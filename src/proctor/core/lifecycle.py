@@ -35,6 +35,8 @@ class PlanStatus(StrEnum):
     AWAITING_CONFIRMATION = "awaiting_confirmation"
     AWAITING_APPROVAL = "awaiting_approval"
     RUNNING = "running"
+    COMPENSATING = "compensating"  # a saga is undoing completed steps (failure, undo, TTL)
+    NEEDS_ATTENTION = "needs_attention"  # a step's effect is unknown: a human must resolve it
     SUCCEEDED = "succeeded"
     FAILED = "failed"  # a step failed and the plan could not be fully compensated
     COMPENSATED = "compensated"  # a step failed and completed steps were undone
@@ -51,6 +53,8 @@ class StepStatus(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     SKIPPED = "skipped"  # never ran: the plan was denied, rejected, expired or failed earlier
+    UNKNOWN = "unknown"  # interrupted mid-flight and not idempotent: never retried blindly
+    COMPENSATING = "compensating"  # its compensation is in flight
     COMPENSATED = "compensated"
     COMPENSATION_FAILED = "compensation_failed"
     SIMULATED = "simulated"
@@ -60,8 +64,12 @@ _P = PlanStatus
 PLAN_TRANSITIONS: Mapping[PlanStatus, frozenset[PlanStatus]] = {
     _P.AWAITING_CONFIRMATION: frozenset({_P.RUNNING, _P.REJECTED, _P.EXPIRED, _P.SIMULATED}),
     _P.AWAITING_APPROVAL: frozenset({_P.RUNNING, _P.REJECTED, _P.EXPIRED, _P.SIMULATED}),
-    _P.RUNNING: frozenset({_P.SUCCEEDED, _P.FAILED, _P.COMPENSATED}),
-    _P.SUCCEEDED: frozenset({_P.UNDONE, _P.FAILED}),
+    _P.RUNNING: frozenset(
+        {_P.SUCCEEDED, _P.FAILED, _P.COMPENSATED, _P.COMPENSATING, _P.NEEDS_ATTENTION}
+    ),
+    _P.COMPENSATING: frozenset({_P.COMPENSATED, _P.FAILED, _P.UNDONE}),
+    _P.NEEDS_ATTENTION: frozenset({_P.RUNNING, _P.SUCCEEDED, _P.COMPENSATING, _P.FAILED}),
+    _P.SUCCEEDED: frozenset({_P.COMPENSATING, _P.UNDONE, _P.FAILED}),
     _P.REJECTED: frozenset(),
     _P.DENIED: frozenset(),
     _P.FAILED: frozenset(),
@@ -75,8 +83,10 @@ PLAN_TRANSITIONS: Mapping[PlanStatus, frozenset[PlanStatus]] = {
 _S = StepStatus
 STEP_TRANSITIONS: Mapping[StepStatus, frozenset[StepStatus]] = {
     _S.PENDING: frozenset({_S.RUNNING, _S.SKIPPED, _S.SIMULATED}),
-    _S.RUNNING: frozenset({_S.SUCCEEDED, _S.FAILED}),
-    _S.SUCCEEDED: frozenset({_S.COMPENSATED, _S.COMPENSATION_FAILED}),
+    _S.RUNNING: frozenset({_S.SUCCEEDED, _S.FAILED, _S.UNKNOWN}),
+    _S.UNKNOWN: frozenset({_S.SUCCEEDED, _S.FAILED}),
+    _S.SUCCEEDED: frozenset({_S.COMPENSATING, _S.COMPENSATED, _S.COMPENSATION_FAILED}),
+    _S.COMPENSATING: frozenset({_S.COMPENSATED, _S.COMPENSATION_FAILED}),
     _S.FAILED: frozenset(),
     _S.SKIPPED: frozenset(),
     _S.COMPENSATED: frozenset(),
@@ -107,6 +117,8 @@ class StepRecord:
     finished_at: datetime | None = None
     undo_until: datetime | None = None
     rollback_at: datetime | None = None
+    canary: Any = None  # the staging run and its success check, for canaried actions
+    drift: Any = None  # predicted (simulation) versus actual effects
 
     def moved_to(self, status: StepStatus, **changes: Any) -> StepRecord:
         """Return a copy in ``status``.
@@ -158,6 +170,11 @@ class PlanRecord:
     error: str | None = None
     sandbox: bool = False
     review: bool = False  # sampled for post-hoc review
+    review_verdict: str | None = None  # "fine" | "wrong", once a reviewer looked
+    lease_owner: str | None = None  # the worker running it now
+    lease_until: datetime | None = None  # when that lease lapses (another worker may take over)
+    deadline: datetime | None = None  # no step starts (or retries) after this
+    compensation: Mapping[str, Any] | None = None  # {"reason", "final"} while compensating
 
     def moved_to(self, status: PlanStatus, *, at: datetime, **changes: Any) -> PlanRecord:
         """Return a copy in ``status``.
@@ -193,9 +210,17 @@ class PlanRecord:
         if self.status in (PlanStatus.AWAITING_APPROVAL, PlanStatus.AWAITING_CONFIRMATION):
             return self.expires_at
         if self.status is PlanStatus.SUCCEEDED:
-            ttl = [s.rollback_at for s in self.steps if s.rollback_at is not None]
+            ttl = [
+                s.rollback_at
+                for s in self.steps
+                if s.rollback_at is not None and s.status is StepStatus.SUCCEEDED
+            ]
             return min(ttl) if ttl else None
         return None
+
+    def leased(self, owner: str | None, until: datetime | None) -> PlanRecord:
+        """Return a copy held by ``owner`` until ``until`` (None, None releases it)."""
+        return dataclasses.replace(self, lease_owner=owner, lease_until=until)
 
     @property
     def terminal(self) -> bool:

@@ -142,7 +142,11 @@ class Transaction(Protocol):
     """A write transaction: everything in it commits together or not at all."""
 
     def get_plan(self, plan_id: str) -> Any:
-        """Return the ``PlanRecord`` or None (reads see this transaction's writes)."""
+        """Return the ``PlanRecord`` or None, locked until the transaction ends.
+
+        Reads see this transaction's writes. The lock makes read-check-write sequences (a
+        lease claim, consuming an approval) atomic across processes and replicas.
+        """
         ...
 
     def save_plan(self, record: Any) -> None:
@@ -187,6 +191,22 @@ class Transaction(Protocol):
 
     def save_delivery(self, delivery: Delivery) -> None:
         """Replace a delivery (after an attempt)."""
+        ...
+
+    def get_state(self, kind: str, key: str) -> Any:
+        """Return a guard state value (a JSON value) or None; locked for this transaction."""
+        ...
+
+    def put_state(self, kind: str, key: str, value: Any, *, at: datetime) -> None:
+        """Set a guard state value (a JSON value); None deletes it."""
+        ...
+
+    def bump(self, name: str, bucket: str, *, count: int = 1, amount: int = 0) -> tuple[int, int]:
+        """Add to a counter's bucket atomically; return the bucket's new (count, amount)."""
+        ...
+
+    def counter_sum(self, name: str, since: str) -> tuple[int, int]:
+        """Return (count, amount) summed over the counter's buckets ``>= since``."""
         ...
 
 
@@ -237,6 +257,10 @@ class Store(Protocol):
         """Return ``PlanRecord``s whose next timer (expiry, rollback TTL) is due."""
         ...
 
+    def claimable_plans(self, now: datetime, *, limit: int = 100) -> list[Any]:
+        """Return running or compensating ``PlanRecord``s whose lease is absent or lapsed."""
+        ...
+
     def iter_events(self, *, batch: int = 5000) -> Iterator[EventRow]:
         """Yield every event in order."""
         ...
@@ -275,6 +299,14 @@ class Store(Protocol):
 
     def deliveries(self, *, status: str, limit: int = 100) -> list[Delivery]:
         """Return deliveries in ``status``, newest first."""
+        ...
+
+    def list_state(self, kind: str) -> dict[str, Any]:
+        """Return every guard state value of ``kind``, by key."""
+        ...
+
+    def counter_sum(self, name: str, since: str) -> tuple[int, int]:
+        """Return (count, amount) summed over the counter's buckets ``>= since``."""
         ...
 
     def close(self) -> None:

@@ -43,6 +43,8 @@ def dump_plan(p: PlanRecord) -> bytes:
                     "finished_at": _ts(s.finished_at),
                     "undo_until": _ts(s.undo_until),
                     "rollback_at": _ts(s.rollback_at),
+                    "canary": s.canary,
+                    "drift": s.drift,
                 }
                 for s in p.steps
             ],
@@ -59,6 +61,9 @@ def dump_plan(p: PlanRecord) -> bytes:
                 }
                 for a in p.approvals
             ],
+            "review_verdict": p.review_verdict,
+            "deadline": _ts(p.deadline),
+            "compensation": p.compensation,
         },
         default=str,
     )
@@ -100,6 +105,8 @@ def load_plan(row: Any) -> PlanRecord:
                 finished_at=_dt(s["finished_at"]),
                 undo_until=_dt(s["undo_until"]),
                 rollback_at=_dt(s["rollback_at"]),
+                canary=s.get("canary"),
+                drift=s.get("drift"),
             )
             for s in doc["steps"]
         ),
@@ -116,4 +123,9 @@ def load_plan(row: Any) -> PlanRecord:
             )
             for a in doc["approvals"]
         ),
+        review_verdict=doc.get("review_verdict"),
+        deadline=_dt(doc.get("deadline")),
+        compensation=doc.get("compensation"),
+        lease_owner=row["lease_owner"],
+        lease_until=_dt(row["lease_until"]),
     )

@@ -7,13 +7,15 @@ half-written, as in the durable stores.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
+from typing import Any
 
-from proctor.core.lifecycle import PlanRecord
+from proctor.core.lifecycle import PlanRecord, PlanStatus
 from proctor.core.notifications import Delivery, DeliveryStatus
 from proctor.core.ports import AuditHead, CheckpointRow, EventRow
 from proctor.core.principals import TokenRecord
@@ -22,6 +24,7 @@ from proctor.errors import StorageError
 __all__ = ["MemoryStore"]
 
 _GENESIS = "sha256:" + "0" * 64
+_WORKING = (PlanStatus.RUNNING, PlanStatus.COMPENSATING)
 
 
 def _leaf(body: bytes) -> bytes:
@@ -32,10 +35,12 @@ def _leaf(body: bytes) -> bytes:
 class _Tx:
     __slots__ = (
         "_checkpoints",
+        "_counters",
         "_deliveries",
         "_events",
         "_meta",
         "_plans",
+        "_state",
         "_store",
         "_tokens",
     )
@@ -48,6 +53,8 @@ class _Tx:
         self._checkpoints: list[CheckpointRow] = []
         self._tokens: dict[str, TokenRecord] = {}
         self._deliveries: dict[str, Delivery] = {}
+        self._state: dict[tuple[str, str], Any] = {}
+        self._counters: dict[tuple[str, str], tuple[int, int]] = {}
 
     def get_plan(self, plan_id: str) -> PlanRecord | None:
         return self._plans.get(plan_id) or self._store._plans.get(plan_id)
@@ -101,6 +108,35 @@ class _Tx:
     def save_delivery(self, delivery: Delivery) -> None:
         self._deliveries[delivery.delivery_id] = delivery
 
+    def get_state(self, kind: str, key: str) -> Any:
+        k = (kind, key)
+        value = self._state[k] if k in self._state else self._store._state.get(k)
+        return copy.deepcopy(value)
+
+    def put_state(self, kind: str, key: str, value: Any, *, at: datetime) -> None:
+        self._state[(kind, key)] = copy.deepcopy(value)
+
+    def bump(self, name: str, bucket: str, *, count: int = 1, amount: int = 0) -> tuple[int, int]:
+        k = (name, bucket)
+        c, a = self._counters.get(k) or self._store._counters.get(k, (0, 0))
+        self._counters[k] = (c + count, a + amount)
+        return self._counters[k]
+
+    def counter_sum(self, name: str, since: str) -> tuple[int, int]:
+        merged = {**self._store._counters, **self._counters}
+        return _sum(merged, name, since)
+
+
+def _sum(
+    counters: Mapping[tuple[str, str], tuple[int, int]], name: str, since: str
+) -> tuple[int, int]:
+    count = amount = 0
+    for (n, bucket), (c, a) in counters.items():
+        if n == name and bucket >= since:
+            count += c
+            amount += a
+    return count, amount
+
 
 class MemoryStore:
     """Plans and events in process memory; lost when the process ends."""
@@ -114,6 +150,8 @@ class MemoryStore:
         self._checkpoints: list[CheckpointRow] = []
         self._tokens: dict[str, TokenRecord] = {}
         self._deliveries: dict[str, Delivery] = {}
+        self._state: dict[tuple[str, str], Any] = {}
+        self._counters: dict[tuple[str, str], tuple[int, int]] = {}
 
     @contextmanager
     def transaction(self, *, durable: bool = True) -> Iterator[_Tx]:
@@ -131,6 +169,12 @@ class MemoryStore:
             self._checkpoints.sort(key=lambda c: c.size)
             self._tokens.update(tx._tokens)
             self._deliveries.update(tx._deliveries)
+            for k, v in tx._state.items():
+                if v is None:
+                    self._state.pop(k, None)
+                else:
+                    self._state[k] = v
+            self._counters.update(tx._counters)
 
     def get_plan(self, plan_id: str) -> PlanRecord | None:
         """Return a plan or None."""
@@ -230,6 +274,26 @@ class MemoryStore:
         with self._lock:
             found = [d for d in self._deliveries.values() if d.status.value == status]
         return sorted(found, key=lambda d: d.created_at, reverse=True)[:limit]
+
+    def claimable_plans(self, now: datetime, *, limit: int = 100) -> list[PlanRecord]:
+        """Return running or compensating plans with no live lease, oldest first."""
+        with self._lock:
+            found = [
+                p
+                for p in self._plans.values()
+                if p.status in _WORKING and (p.lease_until is None or p.lease_until <= now)
+            ]
+        return sorted(found, key=lambda p: p.updated_at)[:limit]
+
+    def list_state(self, kind: str) -> dict[str, Any]:
+        """Return every guard state value of ``kind``, by key."""
+        with self._lock:
+            return {k: copy.deepcopy(v) for (kd, k), v in self._state.items() if kd == kind}
+
+    def counter_sum(self, name: str, since: str) -> tuple[int, int]:
+        """Return (count, amount) summed over the counter's buckets ``>= since``."""
+        with self._lock:
+            return _sum(self._counters, name, since)
 
     def close(self) -> None:
         """Nothing to release."""

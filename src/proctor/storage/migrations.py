@@ -108,6 +108,31 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         DROP INDEX IF EXISTS plans_by_agent;
         """,
     ),
+    (
+        6,
+        """
+        -- Durable execution: the lease of the worker running a plan (its timer_at is the
+        -- lease expiry, so an expired lease is due work like any other timer).
+        ALTER TABLE plans ADD COLUMN lease_owner TEXT;
+        ALTER TABLE plans ADD COLUMN lease_until TEXT;
+        -- Guards: kill switches, breakers, whitelists, autonomy levels (one JSON value per
+        -- kind and key) and windowed counters for rate limits and budgets.
+        CREATE TABLE IF NOT EXISTS guard_state (
+            kind TEXT NOT NULL,
+            key TEXT NOT NULL,
+            value TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (kind, key)
+        );
+        CREATE TABLE IF NOT EXISTS counters (
+            name TEXT NOT NULL,
+            bucket TEXT NOT NULL,
+            count INTEGER NOT NULL DEFAULT 0,
+            amount BIGINT NOT NULL DEFAULT 0,
+            PRIMARY KEY (name, bucket)
+        );
+        """,
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]

@@ -20,6 +20,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from proctor.core.lifecycle import PlanRecord
 from proctor.core.notifications import Delivery, DeliveryStatus
 from proctor.core.ports import AuditHead, CheckpointRow, EventRow
@@ -33,7 +35,7 @@ __all__ = ["SqliteStore"]
 _GENESIS = "sha256:" + "0" * 64
 _PLAN_COLS = (
     "plan_id, digest, status, agent_id, on_behalf_of, created_at, updated_at, expires_at, "
-    "outcome, policy_version, sandbox, review, error, doc"
+    "outcome, policy_version, sandbox, review, error, doc, lease_owner, lease_until"
 )
 
 
@@ -77,9 +79,10 @@ class _Tx:
             # written (REPLACE would delete and reinsert into every index: more WAL pages to
             # fsync on the commit that acknowledges an action).
             f"INSERT INTO plans ({_PLAN_COLS}"  # noqa: S608 - constant columns
-            ", timer_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            ", timer_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (plan_id) DO UPDATE SET status = excluded.status, "
-            "timer_at = excluded.timer_at, "
+            "timer_at = excluded.timer_at, lease_owner = excluded.lease_owner, "
+            "lease_until = excluded.lease_until, "
             "updated_at = excluded.updated_at, expires_at = excluded.expires_at, "
             "outcome = excluded.outcome, error = excluded.error, review = excluded.review, "
             "doc = excluded.doc",
@@ -98,6 +101,8 @@ class _Tx:
                 int(p.review),
                 p.error,
                 dump_plan(p),
+                p.lease_owner,
+                p.lease_until.isoformat() if p.lease_until else None,
                 p.timer_at.isoformat() if p.timer_at else None,
             ),
         )
@@ -173,6 +178,42 @@ class _Tx:
 
     def save_delivery(self, d: Delivery) -> None:
         self._c.execute(_DELIVERY_UPSERT, _delivery_row(d))
+
+    def get_state(self, kind: str, key: str) -> Any:
+        row = self._c.execute(
+            "SELECT value FROM guard_state WHERE kind = ? AND key = ?", (kind, key)
+        ).fetchone()
+        return orjson.loads(row[0]) if row else None
+
+    def put_state(self, kind: str, key: str, value: Any, *, at: datetime) -> None:
+        if value is None:
+            self._c.execute("DELETE FROM guard_state WHERE kind = ? AND key = ?", (kind, key))
+            return
+        self._c.execute(
+            "INSERT OR REPLACE INTO guard_state (kind, key, value, updated_at) VALUES (?, ?, ?, ?)",
+            (kind, key, orjson.dumps(value).decode(), at.isoformat()),
+        )
+
+    def bump(self, name: str, bucket: str, *, count: int = 1, amount: int = 0) -> tuple[int, int]:
+        row = self._c.execute(
+            "INSERT INTO counters (name, bucket, count, amount) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (name, bucket) DO UPDATE SET count = count + excluded.count, "
+            "amount = amount + excluded.amount RETURNING count, amount",
+            (name, bucket, count, amount),
+        ).fetchone()
+        return int(row[0]), int(row[1])
+
+    def counter_sum(self, name: str, since: str) -> tuple[int, int]:
+        return _counter_sum(self._c, name, since)
+
+
+def _counter_sum(c: sqlite3.Connection, name: str, since: str) -> tuple[int, int]:
+    row = c.execute(
+        "SELECT COALESCE(SUM(count), 0), COALESCE(SUM(amount), 0) FROM counters"
+        " WHERE name = ? AND bucket >= ?",
+        (name, since),
+    ).fetchone()
+    return int(row[0]), int(row[1])
 
 
 _DELIVERY_COLS = (
@@ -415,6 +456,14 @@ class SqliteStore:
         )
         return [load_plan(r) for r in self._query(sql, (now.isoformat(), int(limit)))]
 
+    def claimable_plans(self, now: datetime, *, limit: int = 100) -> list[PlanRecord]:
+        """Return running or compensating plans with no live lease, oldest first."""
+        sql = (
+            f"SELECT {_PLAN_COLS} FROM plans WHERE status IN ('running', 'compensating')"  # noqa: S608
+            " AND (lease_until IS NULL OR lease_until <= ?) ORDER BY updated_at LIMIT ?"
+        )
+        return [load_plan(r) for r in self._query(sql, (now.isoformat(), int(limit)))]
+
     def read_events(
         self, *, after: int = -1, limit: int = 1000, plan_id: str | None = None
     ) -> list[EventRow]:
@@ -494,6 +543,19 @@ class SqliteStore:
             " ORDER BY created_at DESC LIMIT ?"
         )
         return [_delivery(r) for r in self._query(sql, (status, limit))]
+
+    def list_state(self, kind: str) -> dict[str, Any]:
+        """Return every guard state value of ``kind``, by key."""
+        rows = self._query("SELECT key, value FROM guard_state WHERE kind = ?", (kind,))
+        return {r[0]: orjson.loads(r[1]) for r in rows}
+
+    def counter_sum(self, name: str, since: str) -> tuple[int, int]:
+        """Return (count, amount) summed over the counter's buckets ``>= since``."""
+        with self._lock:
+            try:
+                return _counter_sum(self._c, name, since)
+            except sqlite3.Error as exc:
+                raise StorageError(f"query failed: {exc}") from exc
 
     def close(self) -> None:
         """Close the connection."""
