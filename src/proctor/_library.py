@@ -147,11 +147,16 @@ class Proctor:
         compensate: Callable[..., Any] | None = None,
         simulate: Callable[..., Any] | None = None,
         mask: Sequence[str] = (),
+        timeout: float | None = None,
+        runner: str | None = None,
+        canary: Mapping[str, Any] | None = None,
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Decorator: register a Python function as the handler of a new action.
 
         The function is called as ``fn(params, call)``; ``call.idempotency_key`` is stable
-        across retries.
+        across retries. ``canary`` is ``{"param": name, "staging": value, "check": fn}``:
+        the step first runs with ``params[name] = value`` and ``fn({"result": staged},
+        call)`` must return ``{"ok": True, ...}`` (or True) for it to run for real.
         """
 
         def register(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -164,6 +169,12 @@ class Proctor:
             if compensate is not None:
                 comp = f"{name}:compensate"
                 self._tools.register(comp, compensate)
+            canary_spec = None
+            if canary is not None:
+                canary_spec = dict(canary)
+                if callable(canary_spec.get("check")):
+                    self._tools.register(f"{name}:canary_check", canary_spec["check"])
+                    canary_spec["check"] = f"{name}:canary_check"
             self.add_action(
                 ActionSpec(
                     name=name,
@@ -179,6 +190,9 @@ class Proctor:
                     simulate=sim,
                     compensate=comp,
                     mask=tuple(mask),
+                    timeout=timeout,
+                    runner=runner,
+                    canary=canary_spec,
                 )
             )
             return fn
@@ -226,6 +240,18 @@ class Proctor:
     def tick(self) -> list[PlanRecord]:
         """Fire due timers (expiry, rollback TTLs)."""
         return self.gateway.tick()
+
+    def resolve(
+        self, plan_id: str, step_id: str, *, succeeded: bool, principal: str, comment: str = ""
+    ) -> PlanRecord:
+        """Say what happened to a step whose outcome is unknown; the plan carries on."""
+        return self.gateway.resolve(
+            plan_id, step_id, succeeded=succeeded, principal=principal, comment=comment
+        )
+
+    def recover(self) -> int:
+        """Hand plans whose worker died (or whose lease lapsed) to worker threads."""
+        return self.gateway.recover()
 
     def dispatcher(self, **options: Any) -> Dispatcher:
         """Return a webhook dispatcher for this instance's outbox (not started).

@@ -387,6 +387,9 @@ _ACTION_KEYS = frozenset(
         "simulate",
         "compensate",
         "mask",
+        "timeout",
+        "runner",
+        "canary",
     }
 )
 
@@ -437,6 +440,9 @@ def load_catalog_file(path: Path) -> list[ActionSpec]:
                     simulate=d.get("simulate"),
                     compensate=d.get("compensate"),
                     mask=tuple(d.get("mask", ())),
+                    timeout=d.get("timeout"),
+                    runner=d.get("runner"),
+                    canary=d.get("canary"),
                 )
             )
         except InvalidRequestError as exc:

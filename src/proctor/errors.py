@@ -16,6 +16,7 @@ that clients can rely on, an optional ``field`` naming the part of the input at 
      │    ├── InvalidTransitionError  invalid_transition
      │    ├── ApprovalExpiredError    approval_expired
      │    └── PlanIdReusedError       plan_id_reused
+     ├── RetryableError               retryable (raised by tools: a transient failure)
      ├── StorageError                 storage_error
      ├── AuditIntegrityError          audit_integrity
      └── MissingDependencyError       missing_dependency
@@ -44,6 +45,7 @@ __all__ = [
     "PlanIdReusedError",
     "PolicyEngineError",
     "ProctorError",
+    "RetryableError",
     "SignatureError",
     "StorageError",
 ]
@@ -153,6 +155,16 @@ class PlanIdReusedError(ConflictError):
     """A plan id was submitted again with a different manifest digest."""
 
     code = "plan_id_reused"
+
+
+class RetryableError(ProctorError):
+    """Raised by a tool for a transient failure that had no effect: the step is retried.
+
+    The gateway retries it with exponential backoff and jitter, under the same idempotency
+    key, up to the configured attempts and never past the plan's deadline.
+    """
+
+    code = "retryable"
 
 
 class StorageError(ProctorError):

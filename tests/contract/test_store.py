@@ -307,6 +307,7 @@ class TestLeasesAndGuardState:
         assert store.counter_sum("rate:agent:bot", "2026-01-01T00:01") == (3, 5)
         assert store.counter_sum("rate:agent:bot", "2026-01-01T00:02") == (0, 0)
         assert store.counter_sum("nothing", "") == (0, 0)
+
         def fail():
             with store.transaction() as tx:
                 tx.bump("rate:agent:bot", "2026-01-01T00:01", count=100)

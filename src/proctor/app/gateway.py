@@ -24,6 +24,7 @@ import nacl.exceptions
 import nacl.signing
 
 from proctor.app.auditlog import AuditLog
+from proctor.app.executor import Executor, _err, _jsonable, owner_alive
 from proctor.app.journal import Journal, payload_hash
 from proctor.core.approvals import (
     check_can_approve,
@@ -88,6 +89,16 @@ class GatewayOptions:
         store_prompt: Keep the raw intent in audit events (its hash is always kept).
         agent_keys: Registered Ed25519 public keys by agent id; an agent with a key must
             sign its manifests.
+        lease_ttl: How long a worker's claim on a running plan lasts without renewal; a dead
+            worker's plans are taken over after it. Default 30 s.
+        plan_deadline: No step starts or retries later than this after the plan started.
+        step_timeout: Seconds one attempt may run (an action's ``timeout`` overrides it).
+        max_attempts: Attempts per step for retryable failures (and resumed idempotent steps).
+        retry_backoff: First backoff; it doubles per attempt (full jitter), capped at
+            ``retry_backoff_max``.
+        worker_threads: Threads that resume plans in the background.
+        runners: Runner names this process serves (actions with another ``runner`` wait for
+            a process that serves it).
     """
 
     thresholds: Thresholds = field(default_factory=Thresholds)
@@ -97,6 +108,14 @@ class GatewayOptions:
     approval_ttl: timedelta = timedelta(hours=24)
     store_prompt: bool = False
     agent_keys: Mapping[str, bytes] = field(default_factory=dict)
+    lease_ttl: timedelta = timedelta(seconds=30)
+    plan_deadline: timedelta = timedelta(minutes=15)
+    step_timeout: float | None = 60.0
+    max_attempts: int = 3
+    retry_backoff: timedelta = timedelta(milliseconds=200)
+    retry_backoff_max: timedelta = timedelta(seconds=5)
+    worker_threads: int = 4
+    runners: frozenset[str] = frozenset()
 
 
 class Gateway:
@@ -115,6 +134,7 @@ class Gateway:
         step_up: StepUp | None = None,
         audit_log: AuditLog | None = None,
         listeners: Sequence[EventListener] = (),
+        guards: Any = None,
     ) -> None:
         self.store = store
         self.catalog = catalog
@@ -126,10 +146,12 @@ class Gateway:
         self.step_up = step_up
         self.audit_log = audit_log
         self.listeners: list[EventListener] = list(listeners)
+        self.guards = guards  # proctor.app.guards.Guards, when guards are configured
         # Serialises the human actions and execution of one plan within this process; the
         # store's transactions protect against other processes.
-        self._plan_locks: dict[str, threading.Lock] = {}
+        self._plan_locks: dict[str, threading.RLock] = {}
         self._locks_guard = threading.Lock()
+        self.executor = Executor(self)
 
     # ------------------------------------------------------------------ submit
 
@@ -165,7 +187,7 @@ class Gateway:
             raise
         record = self._decide(plan, specs, sandbox=sandbox)
         if record.status is PlanStatus.RUNNING:
-            record = self._execute(record)
+            record = self.executor.run(record)
         return record
 
     def _validate(self, plan: Plan) -> list[ActionSpec]:
@@ -347,7 +369,7 @@ class Gateway:
                     E.REVIEW_SAMPLED, plan=record, data={"rate": str(decision.review_sample_rate)}
                 )
             if status is PlanStatus.RUNNING:
-                record = self._start_step(j, record, 0, now)
+                record = self.executor.begin(j, record, now)
             tx.save_plan(record)
             j.flush()
         return record
@@ -403,186 +425,10 @@ class Gateway:
         )
         return escalated, effects
 
-    # ------------------------------------------------------------------ execute
-
-    def _start_step(self, j: Journal, record: PlanRecord, index: int, now: datetime) -> PlanRecord:
-        step = record.steps[index].moved_to(
-            StepStatus.RUNNING, started_at=now, attempts=record.steps[index].attempts + 1
-        )
-        record = record.with_step(step)
-        spec = self.catalog.get(step.action)
-        j.emit(
-            E.STEP_STARTED,
-            plan=record,
-            step_id=step.step_id,
-            actions=[self._attempt(step, spec, "started")],
-            data={"idempotency_key": record.idempotency_key(step.step_id)},
-            trusted=True,
-        )
-        return record
-
-    def _execute(self, record: PlanRecord) -> PlanRecord:
-        """Run the plan's steps in order; compensate in reverse on failure."""
-        with self._lock_for(record.plan_id):
-            index = next(i for i, s in enumerate(record.steps) if s.status is StepStatus.RUNNING)
-            while True:
-                step = record.steps[index]
-                result, error = self._run_handler(record, step)
-                record = self._record_step(record, index, result, error)
-                if error is not None:
-                    return self._compensate(
-                        record, reason=f"step {step.step_id} failed: {error}", final=None
-                    )
-                if record.status is PlanStatus.SUCCEEDED:
-                    return record
-                index += 1
-
-    def _run_handler(self, record: PlanRecord, step: StepRecord) -> tuple[Any, str | None]:
-        """Call a step's handler outside any transaction; never raises for a tool failure."""
-        spec = self.catalog.require(step.action)
-        try:
-            if spec.handler is None:
-                raise InvalidRequestError(f"action {spec.name!r} has no handler")
-            return _jsonable(
-                self.tools.run(spec.handler, step.params, self._call(record, step))
-            ), None
-        except Exception as exc:  # noqa: BLE001 - a tool failure is recorded, not raised
-            return None, _err(exc)
-
-    def _record_step(
-        self, record: PlanRecord, index: int, result: Any, error: str | None
-    ) -> PlanRecord:
-        """Record a step's outcome; start the next step or finish the plan, in one commit.
-
-        Only the commit that finishes the plan (or fails it) is durable: the intermediate
-        ones are in-flight markers that nobody has been told of.
-        """
-        step = record.steps[index]
-        spec = self.catalog.require(step.action)
-        now = self.clock.now()
-        last = index + 1 >= len(record.steps) or error is not None
-        with self.store.transaction(durable=last) as tx:
-            j = self._journal(tx)
-            if error is not None:
-                record = record.with_step(
-                    step.moved_to(StepStatus.FAILED, finished_at=now, error=error)
-                )
-                j.emit(
-                    E.STEP_FAILED,
-                    plan=record,
-                    step_id=step.step_id,
-                    actions=[self._attempt(step, spec, "failed")],
-                    data={"error": error},
-                )
-                record = self._skip_rest(record, index + 1)
-            else:
-                decision = record.decision["steps"][index]
-                undo = decision["undo_window"] if spec.reversible else 0
-                ttl = decision["rollback_ttl"] if spec.reversible else 0
-                record = record.with_step(
-                    step.moved_to(
-                        StepStatus.SUCCEEDED,
-                        finished_at=now,
-                        result=result,
-                        undo_until=now + timedelta(seconds=undo) if undo else None,
-                        rollback_at=now + timedelta(seconds=ttl) if ttl else None,
-                    )
-                )
-                data: dict[str, Any] = {"result_hash": payload_hash({"r": result})}
-                if spec.category not in _UNLOGGED_RESULTS:
-                    data["result"] = result
-                j.emit(
-                    E.STEP_SUCCEEDED,
-                    plan=record,
-                    step_id=step.step_id,
-                    actions=[self._attempt(step, spec, "succeeded")],
-                    data=data,
-                )
-                if not last:
-                    record = self._start_step(j, record, index + 1, now)
-                else:
-                    record = record.moved_to(PlanStatus.SUCCEEDED, at=now)
-                    j.emit(E.PLAN_FINISHED, plan=record, data={"status": "succeeded"}, trusted=True)
-            tx.save_plan(record)
-            j.flush()
-        return record
-
     def _skip_rest(self, record: PlanRecord, start: int) -> PlanRecord:
         for s in record.steps[start:]:
             if s.status is StepStatus.PENDING:
                 record = record.with_step(s.moved_to(StepStatus.SKIPPED))
-        return record
-
-    def _compensate(
-        self, record: PlanRecord, *, reason: str, final: PlanStatus | None
-    ) -> PlanRecord:
-        """Undo succeeded steps in reverse order (saga), each in its own transaction.
-
-        ``final`` is the status on full success (``undone`` for an undo); None means the
-        plan failed, and it ends ``compensated`` (or ``failed`` if nothing could be undone).
-        """
-        done = [s for s in reversed(record.steps) if s.status is StepStatus.SUCCEEDED]
-        all_ok = True
-        for step in done:
-            spec = self.catalog.require(step.action)
-            call = self._call(record, step, result=step.result)
-            try:
-                if spec.compensate is not None:
-                    self.tools.run(spec.compensate, step.params, call)
-                elif spec.compensation is not None:
-                    comp = self.catalog.require(spec.compensation)
-                    params = step.params
-                    if isinstance(step.result, dict) and isinstance(
-                        step.result.get("compensation_params"), dict
-                    ):
-                        params = step.result["compensation_params"]
-                    if comp.handler is None:
-                        raise InvalidRequestError(f"action {comp.name!r} has no handler")
-                    self.tools.run(comp.handler, params, call)
-                else:
-                    raise ConflictError(f"action {spec.name!r} cannot be compensated")
-                error = None
-            except Exception as exc:  # noqa: BLE001 - recorded; the next step still compensates
-                error = _err(exc)
-            now = self.clock.now()
-            with self.store.transaction() as tx:
-                j = self._journal(tx)
-                if error is None:
-                    record = record.with_step(step.moved_to(StepStatus.COMPENSATED))
-                    j.emit(
-                        E.COMPENSATION_SUCCEEDED,
-                        plan=record,
-                        step_id=step.step_id,
-                        actions=[self._attempt(step, spec, "compensated")],
-                        data={"reason": reason},
-                    )
-                else:
-                    all_ok = False
-                    record = record.with_step(
-                        step.moved_to(StepStatus.COMPENSATION_FAILED, error=error)
-                    )
-                    j.emit(
-                        E.COMPENSATION_FAILED,
-                        plan=record,
-                        step_id=step.step_id,
-                        actions=[self._attempt(step, spec, "compensation_failed")],
-                        data={"reason": reason, "error": error},
-                    )
-                tx.save_plan(record)
-                j.flush()
-        if final is not None and all_ok:
-            status = final
-        elif final is None and all_ok and done:
-            status = PlanStatus.COMPENSATED
-        else:
-            status = PlanStatus.FAILED
-        now = self.clock.now()
-        with self.store.transaction() as tx:
-            j = self._journal(tx)
-            record = record.moved_to(status, at=now, error=reason[:_MAX_ERROR])
-            j.emit(E.PLAN_FINISHED, plan=record, data={"status": status.value, "reason": reason})
-            tx.save_plan(record)
-            j.flush()
         return record
 
     # ------------------------------------------------------------------ human actions
@@ -612,10 +458,10 @@ class Gateway:
                     data={"principal": principal, "comment": comment},
                 )
                 record = record.moved_to(PlanStatus.RUNNING, at=now)
-                record = self._start_step(j, record, 0, now)
+                record = self.executor.begin(j, record, now)
                 tx.save_plan(record)
                 j.flush()
-        return self._execute(record)
+        return self.executor.run(record)
 
     def approve(
         self,
@@ -674,11 +520,11 @@ class Gateway:
                     # The transition to running consumes the approvals: a second approve, or a
                     # replay of this one, finds the plan no longer awaiting approval.
                     record = record.moved_to(PlanStatus.RUNNING, at=now)
-                    record = self._start_step(j, record, 0, now)
+                    record = self.executor.begin(j, record, now)
                 tx.save_plan(record)
                 j.flush()
         if record.status is PlanStatus.RUNNING:
-            return self._execute(record)
+            return self.executor.run(record)
         return record
 
     def reject(
@@ -738,13 +584,45 @@ class Gateway:
             now = self.clock.now()
             if not rollback:  # a rollback TTL fires after its window by design
                 self._check_undoable(record, now)
-            with self.store.transaction() as tx:
-                j = self._journal(tx)
-                j.emit(E.UNDO_REQUESTED, plan=record, user_id=principal, data={"by": principal})
-                j.flush()
-            return self._compensate(
-                record, reason=f"undone by {principal}", final=PlanStatus.UNDONE
+            # The first commit re-checks that the plan is still succeeded: of two concurrent
+            # undos (in any processes) one wins and the other gets a conflict.
+            return self.executor.compensate(
+                record,
+                reason=f"undone by {principal}",
+                final=PlanStatus.UNDONE,
+                requested_by=principal,
             )
+
+    def resolve(
+        self, plan_id: str, step_id: str, *, succeeded: bool, principal: str, comment: str = ""
+    ) -> PlanRecord:
+        """Say what happened to a step whose outcome is unknown (see ``Executor.resolve``).
+
+        Raises:
+            NotFoundError, ConflictError.
+        """
+        self._get(plan_id)
+        return self.executor.resolve(
+            plan_id, step_id, succeeded=succeeded, principal=principal, comment=comment
+        )
+
+    def recover(self, *, limit: int = 200) -> int:
+        """Resume, on worker threads, every plan whose worker died or whose lease lapsed.
+
+        Returns:
+            How many plans were handed to a worker thread.
+        """
+        now = self.clock.now()
+        # Leases still running are included: an owner process gone from this host frees its
+        # plans at once instead of after its lease (``owner_alive``).
+        found = self.store.claimable_plans(now + self.options.lease_ttl, limit=limit)
+        count = 0
+        for p in found:
+            expired = p.lease_until is None or p.lease_until <= now
+            if (expired or not owner_alive(p.lease_owner or "")) and self.executor.runnable_here(p):
+                self.executor.submit_resume(p.plan_id)
+                count += 1
+        return count
 
     def record(self, type_: str, data: Mapping[str, Any], *, user_id: str | None = None) -> None:
         """Append an operational event that concerns no plan (an archive, a key rotation)."""
@@ -926,13 +804,14 @@ class Gateway:
             )
             j.flush()
 
-    def _lock_for(self, plan_id: str) -> threading.Lock:
+    def _lock_for(self, plan_id: str) -> threading.RLock:
+        # Re-entrant: a failing run compensates, and compensation takes the same lock.
         with self._locks_guard:
             lock = self._plan_locks.get(plan_id)
             if lock is None:
                 if len(self._plan_locks) > 10_000:
                     self._plan_locks.clear()  # bounded: locks are cheap to recreate
-                lock = self._plan_locks[plan_id] = threading.Lock()
+                lock = self._plan_locks[plan_id] = threading.RLock()
             return lock
 
 
@@ -963,26 +842,6 @@ def _escalate(sd: StepDecision, reason: str) -> StepDecision:
         approver_roles=sd.approver_roles or ("supervisor",),
         reasons=(*sd.reasons, reason + ": escalated to approval"),
     )
-
-
-def _err(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}"
-    return text[:_MAX_ERROR]
-
-
-def _jsonable(value: Any) -> Any:
-    """Return a JSON-safe, canonicalisable form of a tool's result (floats become strings)."""
-    if value is None or isinstance(value, (str, bool, int)):
-        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**53 - 1:
-            return str(value)
-        return value
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return str(value)
 
 
 def _small(obj: Mapping[str, Any]) -> bool:

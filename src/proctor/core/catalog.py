@@ -70,6 +70,13 @@ class ActionSpec:
         simulate: Import path of the dry-run function, if any.
         compensate: Import path of the undo function, if any.
         mask: JSON pointers into params whose values are masked in the audit log.
+        timeout: Seconds one attempt may take before it counts as timed out (None: the
+            gateway's default).
+        runner: Name of the runner that must execute it (for example ``mcp``: only a process
+            serving that runner has the handler's connection); None runs anywhere.
+        canary: Staging first: ``{"param": name, "staging": value, "check": import path}``.
+            The step runs with ``params[param] = staging``, the check decides from that
+            result whether it is promoted to the real params.
     """
 
     name: str
@@ -86,6 +93,9 @@ class ActionSpec:
     simulate: str | None = None
     compensate: str | None = None
     mask: tuple[str, ...] = ()
+    timeout: float | None = None
+    runner: str | None = None
+    canary: Mapping[str, Any] | None = None
     _validator: Callable[[Any], Any] = field(repr=False, compare=False, default=lambda v: v)
 
     def __post_init__(self) -> None:
@@ -109,6 +119,12 @@ class ActionSpec:
                 )
         if type(self.cost) is not int or self.cost < 0:
             raise ConfigError("cost must be a non-negative integer (minor units)", field=where)
+        if self.timeout is not None and not (
+            type(self.timeout) in (int, float) and 0 < self.timeout <= 86_400
+        ):
+            raise ConfigError("timeout must be seconds in (0, 86400]", field=f"{where}.timeout")
+        if self.canary is not None:
+            _check_canary(self.canary, f"{where}.canary")
         if self.reversible and not (self.compensate or self.compensation):
             raise ConfigError(
                 f"reversible action {self.name!r} needs a compensate handler or a compensation",
@@ -162,10 +178,27 @@ class ActionSpec:
             "category": self.category,
             "reversible": self.reversible,
             "idempotent": self.idempotent,
+            "canary": self.canary is not None,
             "cost": self.cost,
             "amount_param": self.amount_param,
             "baselines": self.baselines.as_dict(),
         }
+
+
+def _check_canary(canary: Mapping[str, Any], where: str) -> None:
+    unknown = sorted(set(canary) - {"param", "staging", "check"})
+    if unknown:
+        raise ConfigError(f"unknown canary key {unknown[0]!r}", field=f"{where}.{unknown[0]}")
+    if not isinstance(canary.get("param"), str) or not canary["param"]:
+        raise ConfigError("canary.param must name the target param", field=f"{where}.param")
+    if "staging" not in canary:
+        raise ConfigError("canary.staging must give the staging value", field=f"{where}.staging")
+    check = canary.get("check")
+    if not isinstance(check, str) or not _IMPORT_PATH.match(check):
+        raise ConfigError(
+            "canary.check must be an import path 'package.module:function'",
+            field=f"{where}.check",
+        )
 
 
 class Catalog:

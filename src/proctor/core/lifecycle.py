@@ -64,12 +64,10 @@ _P = PlanStatus
 PLAN_TRANSITIONS: Mapping[PlanStatus, frozenset[PlanStatus]] = {
     _P.AWAITING_CONFIRMATION: frozenset({_P.RUNNING, _P.REJECTED, _P.EXPIRED, _P.SIMULATED}),
     _P.AWAITING_APPROVAL: frozenset({_P.RUNNING, _P.REJECTED, _P.EXPIRED, _P.SIMULATED}),
-    _P.RUNNING: frozenset(
-        {_P.SUCCEEDED, _P.FAILED, _P.COMPENSATED, _P.COMPENSATING, _P.NEEDS_ATTENTION}
-    ),
+    _P.RUNNING: frozenset({_P.SUCCEEDED, _P.FAILED, _P.COMPENSATING, _P.NEEDS_ATTENTION}),
     _P.COMPENSATING: frozenset({_P.COMPENSATED, _P.FAILED, _P.UNDONE}),
     _P.NEEDS_ATTENTION: frozenset({_P.RUNNING, _P.SUCCEEDED, _P.COMPENSATING, _P.FAILED}),
-    _P.SUCCEEDED: frozenset({_P.COMPENSATING, _P.UNDONE, _P.FAILED}),
+    _P.SUCCEEDED: frozenset({_P.COMPENSATING}),
     _P.REJECTED: frozenset(),
     _P.DENIED: frozenset(),
     _P.FAILED: frozenset(),
@@ -85,7 +83,7 @@ STEP_TRANSITIONS: Mapping[StepStatus, frozenset[StepStatus]] = {
     _S.PENDING: frozenset({_S.RUNNING, _S.SKIPPED, _S.SIMULATED}),
     _S.RUNNING: frozenset({_S.SUCCEEDED, _S.FAILED, _S.UNKNOWN}),
     _S.UNKNOWN: frozenset({_S.SUCCEEDED, _S.FAILED}),
-    _S.SUCCEEDED: frozenset({_S.COMPENSATING, _S.COMPENSATED, _S.COMPENSATION_FAILED}),
+    _S.SUCCEEDED: frozenset({_S.COMPENSATING}),
     _S.COMPENSATING: frozenset({_S.COMPENSATED, _S.COMPENSATION_FAILED}),
     _S.FAILED: frozenset(),
     _S.SKIPPED: frozenset(),

@@ -63,6 +63,7 @@ STATUS: Final[Mapping[str, int]] = {
     "rate_limited": 429,
     "method_not_allowed": 405,
     "storage_error": 503,
+    "retryable": 503,  # a tool's transient failure never escapes the gateway; if it did
     "policy_engine_error": 503,
     "config_error": 503,
     "invalid_policy": 503,

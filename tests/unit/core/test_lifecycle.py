@@ -48,14 +48,21 @@ class TestPlanTransitions:
         with pytest.raises(InvalidTransitionError):
             _plan(status).moved_to(PlanStatus.RUNNING, at=T0)
 
-    def test_succeeded_can_be_undone(self):
-        """Succeeded moves only to undone or failed."""
-        assert (
-            _plan(PlanStatus.SUCCEEDED).moved_to(PlanStatus.UNDONE, at=T0).status
-            is PlanStatus.UNDONE
-        )
+    def test_succeeded_is_undone_through_compensating(self):
+        """Succeeded moves only to compensating (undo, rollback TTL), which ends undone."""
+        p = _plan(PlanStatus.SUCCEEDED).moved_to(PlanStatus.COMPENSATING, at=T0)
+        assert p.moved_to(PlanStatus.UNDONE, at=T0).status is PlanStatus.UNDONE
+        for target in (PlanStatus.RUNNING, PlanStatus.UNDONE, PlanStatus.FAILED):
+            with pytest.raises(InvalidTransitionError):
+                _plan(PlanStatus.SUCCEEDED).moved_to(target, at=T0)
+
+    def test_needs_attention_resolves_either_way(self):
+        """An unknown step is resolved by a human: the plan runs on or compensates."""
+        p = _plan(PlanStatus.RUNNING).moved_to(PlanStatus.NEEDS_ATTENTION, at=T0)
+        assert p.moved_to(PlanStatus.RUNNING, at=T0).status is PlanStatus.RUNNING
+        assert p.moved_to(PlanStatus.COMPENSATING, at=T0).status is PlanStatus.COMPENSATING
         with pytest.raises(InvalidTransitionError):
-            _plan(PlanStatus.SUCCEEDED).moved_to(PlanStatus.RUNNING, at=T0)
+            p.moved_to(PlanStatus.UNDONE, at=T0)
 
     def test_waiting_to_running(self):
         """A waiting plan may start running (after a confirmation or quorum)."""

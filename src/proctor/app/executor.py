@@ -1,0 +1,964 @@
+"""Durable execution: steps under a lease, retries, timeouts, canaries and the saga.
+
+The executor runs a plan's steps in order. Plan and step state live in the store and every
+change commits with its audit event, so any process can pick up where another stopped:
+
+- **Lease.** A running (or compensating) plan is held by one owner (``host:pid:start:nonce``)
+  until ``lease_until``. Every commit by the owner renews it, and a heartbeat renews it while a
+  handler runs. An expired lease, or one whose owner process is gone from this host, makes the
+  plan claimable: ``resume`` takes it over. Each commit re-reads the plan and checks that the
+  lease and the step's attempt are still its own (fencing): a stale owner that wakes up late
+  records nothing but a ``step.late_result`` event.
+- **At-least-once, never blindly.** A step interrupted mid-flight is run again under the same
+  idempotency key (``plan_id:step_id``) only if its action is idempotent; otherwise it becomes
+  ``unknown`` and the plan ``needs_attention`` until a human resolves it.
+- **Retries.** A tool raising ``RetryableError`` (or, for an idempotent tool, a timeout or a
+  connection error) is retried with exponential backoff and full jitter, up to
+  ``max_attempts``, never past the plan's deadline.
+- **Timeouts.** Handlers run in the caller's thread (no thread hop on the hot path); a watchdog
+  thread notices an attempt past its timeout, records ``step.timed_out``, releases the lease
+  and hands the plan to ``resume`` on a worker thread, which retries or marks it ``unknown``.
+- **Canary.** An action with a ``canary`` runs first against its staging target; a
+  deterministic check decides whether it is promoted to the real params.
+- **Saga.** Compensation is durable too: the plan is ``compensating`` with its reason and
+  final status stored, each compensation is an in-flight marker then an outcome, and a crash
+  mid-compensation resumes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from proctor.app.journal import Journal, payload_hash
+from proctor.core.catalog import ActionSpec
+from proctor.core.drift import drift
+from proctor.core.events import EventType as E
+from proctor.core.lifecycle import PlanRecord, PlanStatus, StepRecord, StepStatus
+from proctor.core.ports import ToolCall
+from proctor.errors import ConflictError, InvalidRequestError, RetryableError
+
+if TYPE_CHECKING:
+    from proctor.app.gateway import Gateway
+
+__all__ = ["Executor", "owner_alive", "process_owner_id"]
+
+_MAX_ERROR = 500
+# Results of actions over personal or health data are kept out of the append-only audit log
+# (it can never be erased): the event keeps their hash; the result stays with the plan.
+_UNLOGGED_RESULTS = frozenset({"pii", "health"})
+_WORKING = (PlanStatus.RUNNING, PlanStatus.COMPENSATING)
+
+
+def _start_time(pid: int) -> str | None:
+    """Return the process's start time in clock ticks since boot (Linux), or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read().decode(errors="replace")
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    fields = stat.rsplit(")", 1)[-1].split()
+    return fields[19] if len(fields) > 19 else None
+
+
+def process_owner_id() -> str:
+    """Return this process's lease owner id: ``host:pid:start-time:nonce``."""
+    pid = os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_start_time(pid) or '0'}:{os.urandom(3).hex()}"
+
+
+def owner_alive(owner: str) -> bool:
+    """Whether a lease owner may still be alive.
+
+    An owner on this host is dead when its pid is gone or now belongs to another process (a
+    different start time). An owner on another host is presumed alive: only its lease expiry
+    frees its plans.
+    """
+    host, _, rest = owner.partition(":")
+    pid_s, _, rest = rest.partition(":")
+    start, _, _ = rest.partition(":")
+    if host != socket.gethostname() or not pid_s.isdigit():
+        return True
+    current = _start_time(int(pid_s))
+    return current is not None and (start == "0" or current == start)
+
+
+@dataclass(slots=True)
+class _Flight:
+    """A handler call in progress in this process."""
+
+    step_id: str
+    attempts: int
+    timeout_at: float | None  # monotonic
+    timed_out: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Outcome:
+    result: Any = None
+    error: str | None = None
+    retryable: bool = False
+    canary: Any = None
+
+
+class _LostLease(Exception):
+    """The plan moved on without us (takeover, timeout): our result is not recorded."""
+
+    def __init__(self, record: PlanRecord) -> None:
+        super().__init__(record.plan_id)
+        self.record = record
+
+
+class Executor:
+    """Runs a gateway's plans durably (see the module docstring)."""
+
+    def __init__(self, gateway: Gateway, *, owner: str | None = None) -> None:
+        self.gw = gateway
+        self.owner = owner or process_owner_id()
+        self._flights: dict[str, _Flight] = {}
+        # Plans this process is running or compensating, each with its holder's token: a
+        # stale holder (an attempt that timed out and was resumed) must not drop the new one.
+        self._held: dict[str, object] = {}
+        self._guard = threading.Lock()
+        self._watchdog: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._pool: ThreadPoolExecutor | None = None
+        self._sleep: Callable[[float], None] = time.sleep
+
+    # ------------------------------------------------------------------ helpers
+
+    @property
+    def _opts(self) -> Any:
+        return self.gw.options
+
+    def _until(self, now: datetime) -> datetime:
+        ttl: timedelta = self._opts.lease_ttl
+        return now + ttl
+
+    def runnable_here(self, record: PlanRecord) -> bool:
+        """Whether every step's action runs in this process (its runner is served here)."""
+        for s in record.steps:
+            spec = self.gw.catalog.get(s.action)
+            if spec is None or (spec.runner is not None and spec.runner not in self._opts.runners):
+                return False
+        return True
+
+    def _journal(self, tx: Any) -> Journal:
+        return self.gw._journal(tx)
+
+    def _attempt(self, step: StepRecord, status: str) -> dict[str, Any]:
+        return {"api": step.action, "payload_hash": payload_hash(step.params), "status": status}
+
+    def _call(self, record: PlanRecord, step: StepRecord, result: Any = None) -> ToolCall:
+        return ToolCall(
+            plan_id=record.plan_id,
+            step_id=step.step_id,
+            idempotency_key=record.idempotency_key(step.step_id),
+            on_behalf_of=record.on_behalf_of,
+            agent_id=record.agent_id,
+            result=result,
+        )
+
+    def _hold(self, plan_id: str) -> object:
+        token = object()
+        with self._guard:
+            self._held[plan_id] = token
+        self._ensure_watchdog()
+        return token
+
+    def _release(self, plan_id: str, token: object) -> None:
+        with self._guard:
+            if self._held.get(plan_id) is token:
+                del self._held[plan_id]
+
+    # ------------------------------------------------------------------ starting
+
+    def start(self, j: Journal, record: PlanRecord, index: int, now: datetime) -> PlanRecord:
+        """Start step ``index`` under this process's lease (inside the caller's transaction)."""
+        step = record.steps[index]
+        step = dataclasses.replace(step, error=None) if step.error else step
+        if step.status is StepStatus.PENDING:
+            step = step.moved_to(StepStatus.RUNNING, started_at=now, attempts=step.attempts + 1)
+        else:  # a retry or a resumed attempt of a step already running
+            step = dataclasses.replace(step, started_at=now, attempts=step.attempts + 1)
+        record = record.with_step(step).leased(self.owner, self._until(now))
+        if record.deadline is None:
+            record = dataclasses.replace(record, deadline=now + self._opts.plan_deadline)
+        j.emit(
+            E.STEP_STARTED,
+            plan=record,
+            step_id=step.step_id,
+            actions=[self._attempt(step, "started")],
+            data={
+                "idempotency_key": record.idempotency_key(step.step_id),
+                "attempt": step.attempts,
+            },
+            trusted=True,
+        )
+        return record
+
+    def begin(self, j: Journal, record: PlanRecord, now: datetime) -> PlanRecord:
+        """Start a plan that just became running: its first step here, or queue it.
+
+        A plan whose actions need a runner this process does not serve is left queued
+        (running, no lease): a worker serving that runner claims it.
+        """
+        if not self.runnable_here(record):
+            return record.leased(None, None)
+        return self.start(j, record, 0, now)
+
+    # ------------------------------------------------------------------ running
+
+    def run(self, record: PlanRecord) -> PlanRecord:
+        """Run a plan this process holds, from its running step to the end."""
+        if record.status is not PlanStatus.RUNNING or record.lease_owner != self.owner:
+            return record
+        token = self._hold(record.plan_id)
+        try:
+            return self._run(record)
+        except _LostLease as lost:
+            return lost.record
+        finally:
+            self._release(record.plan_id, token)
+
+    def _run(self, record: PlanRecord) -> PlanRecord:
+        while True:
+            index = next(i for i, s in enumerate(record.steps) if s.status is StepStatus.RUNNING)
+            step = record.steps[index]
+            spec = self.gw.catalog.require(step.action)
+            out = self._invoke(record, step, spec)
+            if out.error is not None and self._should_retry(record, step, spec, out):
+                record = self._retry(record, index, out)
+                continue
+            record = self._record_step(record, index, out)
+            if out.error is not None:
+                return self.compensate(
+                    record, reason=f"step {step.step_id} failed: {out.error}", final=None
+                )
+            if record.status is not PlanStatus.RUNNING:
+                return record
+
+    def _invoke(self, record: PlanRecord, step: StepRecord, spec: ActionSpec) -> _Outcome:
+        """Call the handler (after its canary, if any); never raises for a tool failure."""
+        now = self.gw.clock.now()
+        if record.deadline is not None and now > record.deadline:
+            return _Outcome(error=f"the plan's deadline passed at {record.deadline.isoformat()}")
+        timeout = spec.timeout if spec.timeout is not None else self._opts.step_timeout
+        flight = _Flight(
+            step.step_id,
+            step.attempts,
+            time.monotonic() + timeout if timeout else None,
+        )
+        with self._guard:
+            self._flights[record.plan_id] = flight
+        try:
+            canary = None
+            if spec.canary is not None:
+                canary, error = self._canary(record, step, spec)
+                if error is not None:
+                    return _Outcome(error=error, canary=canary)
+            if spec.handler is None:
+                raise InvalidRequestError(f"action {spec.name!r} has no handler")
+            result = self.gw.tools.run(spec.handler, step.params, self._call(record, step))
+            return _Outcome(result=_jsonable(result), canary=canary)
+        except RetryableError as exc:
+            return _Outcome(error=_err(exc), retryable=True)
+        except (TimeoutError, ConnectionError) as exc:
+            return _Outcome(error=_err(exc), retryable=spec.idempotent)
+        except Exception as exc:  # noqa: BLE001 - a tool failure is recorded, not raised
+            return _Outcome(error=_err(exc))
+        finally:
+            with self._guard:
+                if self._flights.get(record.plan_id) is flight:
+                    del self._flights[record.plan_id]
+
+    def _canary(
+        self, record: PlanRecord, step: StepRecord, spec: ActionSpec
+    ) -> tuple[dict[str, Any], str | None]:
+        """Run the step against staging and its success check; return (record, error)."""
+        assert spec.canary is not None
+        assert spec.handler is not None
+        params = {**step.params, spec.canary["param"]: spec.canary["staging"]}
+        call = dataclasses.replace(
+            self._call(record, step),
+            idempotency_key=record.idempotency_key(step.step_id) + ":staging",
+        )
+        try:
+            staged = _jsonable(self.gw.tools.run(spec.handler, params, call))
+        except Exception as exc:  # noqa: BLE001 - a failed canary fails the step
+            info = {"target": spec.canary["staging"], "ok": False, "output": _err(exc)}
+            self._note_canary(record, step, info)
+            return info, f"the staging run failed: {_err(exc)}"
+        try:
+            verdict = self.gw.tools.run(spec.canary["check"], {"result": staged}, call)
+        except Exception as exc:  # noqa: BLE001 - a failing check is a failed check
+            verdict = {"ok": False, "output": _err(exc)}
+        if isinstance(verdict, dict):
+            ok, output = verdict.get("ok") is True, _jsonable(verdict.get("output"))
+        else:
+            ok, output = verdict is True, None
+        info = {"target": spec.canary["staging"], "ok": ok, "output": output, "result": staged}
+        self._note_canary(record, step, info)
+        if not ok:
+            return info, f"the canary check failed on {spec.canary['staging']}: {output}"
+        return info, None
+
+    def _note_canary(self, record: PlanRecord, step: StepRecord, info: dict[str, Any]) -> None:
+        # An in-flight marker: nobody is told of it, a crash after it resumes the step.
+        with self.gw.store.transaction(durable=False) as tx:
+            current = self._fenced(tx, record, step)
+            j = self._journal(tx)
+            current = current.with_step(
+                dataclasses.replace(current.steps[step.index], canary=info)
+            ).leased(self.owner, self._until(self.gw.clock.now()))
+            j.emit(
+                E.CANARY_CHECKED,
+                plan=current,
+                step_id=step.step_id,
+                data={"target": info["target"], "ok": info["ok"], "output": info["output"]},
+            )
+            tx.save_plan(current)
+            j.flush()
+
+    def _should_retry(
+        self, record: PlanRecord, step: StepRecord, spec: ActionSpec, out: _Outcome
+    ) -> bool:
+        if not out.retryable or step.attempts >= self._opts.max_attempts:
+            return False
+        deadline = record.deadline
+        return deadline is None or self.gw.clock.now() + self._backoff(step) < deadline
+
+    def _backoff(self, step: StepRecord) -> timedelta:
+        base = self._opts.retry_backoff.total_seconds() * 2 ** (step.attempts - 1)
+        return timedelta(seconds=min(base, self._opts.retry_backoff_max.total_seconds()))
+
+    def _retry(self, record: PlanRecord, index: int, out: _Outcome) -> PlanRecord:
+        step = record.steps[index]
+        # Full jitter (AWS architecture blog, "Exponential Backoff And Jitter").
+        delay = random.uniform(0, self._backoff(step).total_seconds())  # noqa: S311 - jitter
+        with self.gw.store.transaction(durable=False) as tx:
+            current = self._fenced(tx, record, step)
+            j = self._journal(tx)
+            j.emit(
+                E.STEP_RETRYING,
+                plan=current,
+                step_id=step.step_id,
+                data={"attempt": step.attempts, "delay_ms": int(delay * 1000), "error": out.error},
+            )
+            current = self.start(j, current, index, self.gw.clock.now())
+            tx.save_plan(current)
+            j.flush()
+        self._sleep(delay)
+        return current
+
+    def _fenced(self, tx: Any, record: PlanRecord, step: StepRecord | None) -> PlanRecord:
+        """Re-read the plan in ``tx``; raise ``_LostLease`` unless it is still ours, as left."""
+        current: PlanRecord | None = tx.get_plan(record.plan_id)
+        if current is None:
+            raise ConflictError(f"plan {record.plan_id} vanished", field="plan_id")
+        ours = current.lease_owner == self.owner and current.status is record.status
+        if ours and step is not None:
+            now_step = current.steps[step.index]
+            ours = now_step.status is step.status and now_step.attempts == step.attempts
+        if not ours:
+            raise _LostLease(current)
+        return current
+
+    def _record_step(self, record: PlanRecord, index: int, out: _Outcome) -> PlanRecord:
+        """Record a step's outcome; start the next step or finish the plan, in one commit.
+
+        Only the commit that finishes the plan (or fails it) is durable: the intermediate
+        ones are in-flight markers that nobody has been told of.
+        """
+        step = record.steps[index]
+        now = self.gw.clock.now()
+        last = index + 1 >= len(record.steps) or out.error is not None
+        lost: _LostLease | None = None
+        current = record
+        with self.gw.store.transaction(durable=last) as tx:
+            try:
+                current = self._fenced(tx, record, step)
+            except _LostLease as exc:
+                # Commit the late-result event, then leave (raising here would roll it back).
+                self._late_result(tx, exc.record, step, out)
+                lost = exc
+            else:
+                current = self._apply_step(tx, current, index, out, last=last, now=now)
+        if lost is not None:
+            raise lost
+        return current
+
+    def _apply_step(
+        self,
+        tx: Any,
+        current: PlanRecord,
+        index: int,
+        out: _Outcome,
+        *,
+        last: bool,
+        now: datetime,
+    ) -> PlanRecord:
+        step = current.steps[index]
+        spec = self.gw.catalog.require(step.action)
+        j = self._journal(tx)
+        guards = self.gw.guards
+        if out.error is not None:
+            current = current.with_step(
+                step.moved_to(
+                    StepStatus.FAILED, finished_at=now, error=out.error, canary=out.canary
+                )
+            )
+            j.emit(
+                E.STEP_FAILED,
+                plan=current,
+                step_id=step.step_id,
+                actions=[self._attempt(step, "failed")],
+                data={"error": out.error, "attempt": step.attempts},
+            )
+            current = self.gw._skip_rest(current, index + 1)
+            if guards is not None:
+                guards.on_step(tx, j.emit, current, current.steps[index], ok=False)
+        else:
+            decision = current.decision["steps"][index]
+            undo = decision["undo_window"] if spec.reversible else 0
+            ttl = decision["rollback_ttl"] if spec.reversible else 0
+            gap = drift(step.simulation, out.result) if step.simulation is not None else None
+            current = current.with_step(
+                step.moved_to(
+                    StepStatus.SUCCEEDED,
+                    finished_at=now,
+                    result=out.result,
+                    canary=out.canary,
+                    drift=gap,
+                    undo_until=now + timedelta(seconds=undo) if undo else None,
+                    rollback_at=now + timedelta(seconds=ttl) if ttl else None,
+                )
+            )
+            data: dict[str, Any] = {"result_hash": payload_hash({"r": out.result})}
+            if spec.category not in _UNLOGGED_RESULTS:
+                data["result"] = out.result
+            if gap is not None:
+                data["drift"] = gap
+            j.emit(
+                E.STEP_SUCCEEDED,
+                plan=current,
+                step_id=step.step_id,
+                actions=[self._attempt(step, "succeeded")],
+                data=data,
+            )
+            if guards is not None:
+                guards.on_step(tx, j.emit, current, current.steps[index], ok=True)
+            if not last:
+                current = self.start(j, current, index + 1, now)
+            else:
+                current = current.moved_to(PlanStatus.SUCCEEDED, at=now).leased(None, None)
+                j.emit(E.PLAN_FINISHED, plan=current, data={"status": "succeeded"}, trusted=True)
+                if guards is not None:
+                    guards.on_finish(tx, j.emit, current)
+        tx.save_plan(current)
+        j.flush()
+        return current
+
+    def _late_result(self, tx: Any, current: PlanRecord, step: StepRecord, out: _Outcome) -> None:
+        """Record that an attempt we no longer own returned (its result is not applied)."""
+        j = self._journal(tx)
+        j.emit(
+            E.STEP_LATE_RESULT,
+            plan=current,
+            step_id=step.step_id,
+            data={
+                "attempt": step.attempts,
+                "owner": self.owner,
+                "error": out.error,
+                "result_hash": payload_hash({"r": out.result}),
+            },
+        )
+        tx.save_plan(current)
+        j.flush()
+
+    # ------------------------------------------------------------------ compensation
+
+    def compensate(
+        self,
+        record: PlanRecord,
+        *,
+        reason: str,
+        final: PlanStatus | None,
+        requested_by: str | None = None,
+    ) -> PlanRecord:
+        """Undo succeeded steps in reverse order (saga), durably.
+
+        ``final`` is the status on full success (``undone`` for an undo); None means the
+        plan failed, and it ends ``compensated`` (or ``failed`` if something could not be
+        undone). The first commit moves the plan to ``compensating`` under this process's
+        lease; for an undo it also checks the plan is still ``succeeded`` (two concurrent
+        undos: one wins, the other gets a conflict).
+        """
+        now = self.gw.clock.now()
+        with self.gw.store.transaction() as tx:
+            current: PlanRecord | None = tx.get_plan(record.plan_id)
+            if current is None:
+                raise ConflictError(f"plan {record.plan_id} vanished", field="plan_id")
+            if requested_by is not None:
+                if current.status is not PlanStatus.SUCCEEDED:
+                    raise ConflictError(
+                        f"plan {record.plan_id} is {current.status.value}; "
+                        "only succeeded plans can be undone",
+                        field="plan_id",
+                    )
+            elif current.lease_owner != self.owner or current.status is not PlanStatus.RUNNING:
+                return current
+            j = self._journal(tx)
+            if requested_by is not None:
+                j.emit(
+                    E.UNDO_REQUESTED,
+                    plan=current,
+                    user_id=requested_by,
+                    data={"by": requested_by},
+                )
+            current = current.moved_to(
+                PlanStatus.COMPENSATING,
+                at=now,
+                compensation={"reason": reason[:_MAX_ERROR], "final": final and final.value},
+            ).leased(self.owner, self._until(now))
+            j.emit(E.COMPENSATION_STARTED, plan=current, data={"reason": reason[:_MAX_ERROR]})
+            tx.save_plan(current)
+            j.flush()
+        return self.continue_compensation(current)
+
+    def continue_compensation(self, record: PlanRecord) -> PlanRecord:
+        """Compensate the plan's remaining steps and finish it (it is ours, compensating)."""
+        token = self._hold(record.plan_id)
+        try:
+            return self._compensate_rest(record)
+        except _LostLease as lost:
+            return lost.record
+        finally:
+            self._release(record.plan_id, token)
+
+    def _compensate_rest(self, record: PlanRecord) -> PlanRecord:
+        info = record.compensation or {}
+        reason = str(info.get("reason", "compensation"))
+        for step in reversed(record.steps):
+            if step.status is StepStatus.COMPENSATING:
+                # Interrupted mid-compensation (we are resuming): retry only if harmless.
+                if not self._compensation_idempotent(step):
+                    record = self._compensated(
+                        record,
+                        step,
+                        "the compensation was interrupted and is not idempotent: "
+                        "its effect is unknown",
+                        reason,
+                    )
+                    continue
+            elif step.status is not StepStatus.SUCCEEDED:
+                continue
+            with self.gw.store.transaction(durable=False) as tx:
+                current = self._fenced(tx, record, None)
+                marker = current.steps[step.index]
+                if marker.status is StepStatus.SUCCEEDED:
+                    marker = marker.moved_to(StepStatus.COMPENSATING)
+                record = current.with_step(marker).leased(
+                    self.owner, self._until(self.gw.clock.now())
+                )
+                tx.save_plan(record)
+            record = self._compensated(
+                record, record.steps[step.index], self._undo(record, step), reason
+            )
+        return self._finish_compensation(record, reason, info.get("final"))
+
+    def _compensation_idempotent(self, step: StepRecord) -> bool:
+        spec = self.gw.catalog.require(step.action)
+        if spec.compensate is None and spec.compensation is not None:
+            comp = self.gw.catalog.get(spec.compensation)
+            return comp is not None and comp.idempotent
+        return spec.idempotent
+
+    def _undo(self, record: PlanRecord, step: StepRecord) -> str | None:
+        """Run a step's compensation; return the error, or None."""
+        spec = self.gw.catalog.require(step.action)
+        call = self._call(record, step, result=step.result)
+        try:
+            if spec.compensate is not None:
+                self.gw.tools.run(spec.compensate, step.params, call)
+            elif spec.compensation is not None:
+                comp = self.gw.catalog.require(spec.compensation)
+                params = step.params
+                if isinstance(step.result, dict) and isinstance(
+                    step.result.get("compensation_params"), dict
+                ):
+                    params = step.result["compensation_params"]
+                if comp.handler is None:
+                    raise InvalidRequestError(f"action {comp.name!r} has no handler")
+                self.gw.tools.run(comp.handler, params, call)
+            else:
+                raise ConflictError(f"action {spec.name!r} cannot be compensated")
+        except Exception as exc:  # noqa: BLE001 - recorded; the next step still compensates
+            return _err(exc)
+        return None
+
+    def _compensated(
+        self, record: PlanRecord, step: StepRecord, error: str | None, reason: str
+    ) -> PlanRecord:
+        with self.gw.store.transaction(durable=False) as tx:
+            current = self._fenced(tx, record, None)
+            now_step = current.steps[step.index]
+            j = self._journal(tx)
+            if error is None:
+                current = current.with_step(now_step.moved_to(StepStatus.COMPENSATED))
+                j.emit(
+                    E.COMPENSATION_SUCCEEDED,
+                    plan=current,
+                    step_id=step.step_id,
+                    actions=[self._attempt(step, "compensated")],
+                    data={"reason": reason},
+                )
+            else:
+                current = current.with_step(
+                    now_step.moved_to(StepStatus.COMPENSATION_FAILED, error=error)
+                )
+                j.emit(
+                    E.COMPENSATION_FAILED,
+                    plan=current,
+                    step_id=step.step_id,
+                    actions=[self._attempt(step, "compensation_failed")],
+                    data={"reason": reason, "error": error},
+                )
+            current = current.leased(self.owner, self._until(self.gw.clock.now()))
+            tx.save_plan(current)
+            j.flush()
+        return current
+
+    def _finish_compensation(
+        self, record: PlanRecord, reason: str, final: str | None
+    ) -> PlanRecord:
+        statuses = [s.status for s in record.steps]
+        all_ok = StepStatus.COMPENSATION_FAILED not in statuses
+        undone_any = StepStatus.COMPENSATED in statuses
+        if final is not None and all_ok:
+            status = PlanStatus(final)
+        elif final is None and all_ok and undone_any:
+            status = PlanStatus.COMPENSATED
+        else:
+            status = PlanStatus.FAILED
+        now = self.gw.clock.now()
+        with self.gw.store.transaction() as tx:
+            current = self._fenced(tx, record, None)
+            j = self._journal(tx)
+            current = current.moved_to(status, at=now, error=reason[:_MAX_ERROR]).leased(None, None)
+            j.emit(E.PLAN_FINISHED, plan=current, data={"status": status.value, "reason": reason})
+            if self.gw.guards is not None:
+                self.gw.guards.on_finish(tx, j.emit, current)
+            tx.save_plan(current)
+            j.flush()
+        return current
+
+    # ------------------------------------------------------------------ resuming
+
+    def resume(self, plan_id: str) -> PlanRecord | None:
+        """Claim a running or compensating plan whose lease lapsed, and carry it on.
+
+        Returns the plan as it ends here, or None when it is not ours to take (held by a live
+        owner, finished, or needing a runner this process does not serve).
+        """
+        with self._guard:
+            if plan_id in self._held:
+                return None
+        claimed = self._claim(plan_id)
+        if claimed is None:
+            return None
+        record, then = claimed
+        if then == "compensate":
+            return self.continue_compensation(record)
+        if then == "fail":
+            step = next(s for s in record.steps if s.status is StepStatus.RUNNING)
+            failure = _Outcome(error=step.error or "interrupted, and no attempts are left")
+            record = self._with_lock(record, lambda r: self._record_step(r, step.index, failure))
+            if record.status is PlanStatus.RUNNING:
+                return self.compensate(record, reason=f"step {step.step_id} failed", final=None)
+            return record
+        if then == "run":
+            return self.run(record)
+        return record
+
+    def _with_lock(self, record: PlanRecord, fn: Callable[[PlanRecord], PlanRecord]) -> PlanRecord:
+        token = self._hold(record.plan_id)
+        try:
+            return fn(record)
+        except _LostLease as lost:
+            return lost.record
+        finally:
+            self._release(record.plan_id, token)
+
+    def _claim(self, plan_id: str) -> tuple[PlanRecord, str] | None:
+        now = self.gw.clock.now()
+        with self.gw.store.transaction() as tx:
+            current: PlanRecord | None = tx.get_plan(plan_id)
+            if current is None or current.status not in _WORKING:
+                return None
+            if not self.runnable_here(current):
+                return None
+            previous = current.lease_owner
+            if (
+                previous is not None
+                and current.lease_until is not None
+                and current.lease_until > now
+                and (previous == self.owner or owner_alive(previous))
+            ):
+                return None
+            j = self._journal(tx)
+            current = current.leased(self.owner, self._until(now))
+            if previous is not None:
+                j.emit(
+                    E.PLAN_RESUMED,
+                    plan=current,
+                    data={"previous_owner": previous, "owner": self.owner},
+                )
+            if current.status is PlanStatus.COMPENSATING:
+                tx.save_plan(current)
+                j.flush()
+                return current, "compensate"
+            running = next(
+                (i for i, s in enumerate(current.steps) if s.status is StepStatus.RUNNING), None
+            )
+            if running is None:
+                index = next(
+                    i for i, s in enumerate(current.steps) if s.status is StepStatus.PENDING
+                )
+                current = self.start(j, current, index, now)
+                then = "run"
+            else:
+                step = current.steps[running]
+                spec = self.gw.catalog.require(step.action)
+                if spec.idempotent and step.attempts < self._opts.max_attempts:
+                    current = self.start(j, current, running, now)
+                    then = "run"
+                elif spec.idempotent:
+                    then = "fail"
+                else:
+                    current = self._unknown(j, current, running, now)
+                    then = "done"
+            tx.save_plan(current)
+            j.flush()
+        return current, then
+
+    def _unknown(self, j: Journal, record: PlanRecord, index: int, now: datetime) -> PlanRecord:
+        step = record.steps[index]
+        reason = step.error or "interrupted mid-flight"
+        record = record.with_step(step.moved_to(StepStatus.UNKNOWN, error=reason))
+        record = record.moved_to(
+            PlanStatus.NEEDS_ATTENTION,
+            at=now,
+            error=f"step {step.step_id} is not idempotent and its outcome is unknown ({reason})",
+        ).leased(None, None)
+        j.emit(
+            E.STEP_UNKNOWN,
+            plan=record,
+            step_id=step.step_id,
+            actions=[self._attempt(step, "unknown")],
+            data={"reason": reason, "attempt": step.attempts},
+        )
+        return record
+
+    def resolve(
+        self, plan_id: str, step_id: str, *, succeeded: bool, principal: str, comment: str = ""
+    ) -> PlanRecord:
+        """A human says what happened to an ``unknown`` step; the plan carries on from there.
+
+        ``succeeded`` runs the remaining steps (or finishes the plan); otherwise the completed
+        steps are compensated.
+
+        Raises:
+            ConflictError: if the plan does not need attention or the step is not unknown.
+        """
+        now = self.gw.clock.now()
+        with self.gw.store.transaction() as tx:
+            current: PlanRecord | None = tx.get_plan(plan_id)
+            if current is None or current.status is not PlanStatus.NEEDS_ATTENTION:
+                raise ConflictError(f"plan {plan_id} does not need attention", field="plan_id")
+            step = next((s for s in current.steps if s.step_id == step_id), None)
+            if step is None or step.status is not StepStatus.UNKNOWN:
+                raise ConflictError(f"step {step_id!r} is not unknown", field="step_id")
+            if len(comment) > 2000:
+                raise InvalidRequestError(
+                    "comment is longer than 2,000 characters", field="comment"
+                )
+            j = self._journal(tx)
+            j.emit(
+                E.STEP_RESOLVED,
+                plan=current,
+                step_id=step_id,
+                user_id=principal,
+                data={"by": principal, "succeeded": succeeded, "comment": comment},
+            )
+            if succeeded:
+                current = current.with_step(
+                    step.moved_to(StepStatus.SUCCEEDED, finished_at=now, error=None)
+                )
+                nxt = step.index + 1
+                if nxt < len(current.steps):
+                    current = current.moved_to(PlanStatus.RUNNING, at=now, error=None)
+                    current = self.start(j, current, nxt, now)
+                    then = "run"
+                else:
+                    current = current.moved_to(PlanStatus.SUCCEEDED, at=now, error=None)
+                    j.emit(E.PLAN_FINISHED, plan=current, data={"status": "succeeded"})
+                    then = "done"
+            else:
+                current = current.with_step(step.moved_to(StepStatus.FAILED, finished_at=now))
+                current = self.gw._skip_rest(current, step.index + 1)
+                if any(s.status is StepStatus.SUCCEEDED for s in current.steps):
+                    current = current.moved_to(
+                        PlanStatus.COMPENSATING,
+                        at=now,
+                        compensation={"reason": f"step {step_id} failed", "final": None},
+                    ).leased(self.owner, self._until(now))
+                    j.emit(
+                        E.COMPENSATION_STARTED,
+                        plan=current,
+                        data={"reason": f"step {step_id} failed"},
+                    )
+                    then = "compensate"
+                else:
+                    current = current.moved_to(
+                        PlanStatus.FAILED, at=now, error=f"step {step_id} failed"
+                    )
+                    j.emit(E.PLAN_FINISHED, plan=current, data={"status": "failed"})
+                    then = "done"
+            tx.save_plan(current)
+            j.flush()
+        if then == "run":
+            return self.run(current)
+        if then == "compensate":
+            return self.continue_compensation(current)
+        return current
+
+    # ------------------------------------------------------------------ background
+
+    def submit_resume(self, plan_id: str) -> None:
+        """Resume a plan on one of this executor's worker threads."""
+        if self._pool is None:
+            with self._guard:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(
+                        max_workers=self._opts.worker_threads,
+                        thread_name_prefix="proctor-worker",
+                    )
+        self._pool.submit(self._resume_quietly, plan_id)
+
+    def _resume_quietly(self, plan_id: str) -> None:
+        with contextlib.suppress(Exception):
+            self.resume(plan_id)
+
+    def _ensure_watchdog(self) -> None:
+        if self._watchdog is not None and self._watchdog.is_alive():
+            return
+        with self._guard:
+            if self._watchdog is not None and self._watchdog.is_alive():
+                return
+            self._watchdog = threading.Thread(
+                target=self._watch, name="proctor-lease-watchdog", daemon=True
+            )
+            self._watchdog.start()
+
+    def _watch(self) -> None:
+        """Renew the leases of held plans; time out attempts that overran."""
+        renew_every = max(self._opts.lease_ttl.total_seconds() / 3, 0.05)
+        last_renew = idle_since = time.monotonic()
+        while not self._stop.wait(0.1):
+            mono = time.monotonic()
+            with self._guard:
+                held = set(self._held)
+                if held or self._flights:
+                    idle_since = mono
+                elif mono - idle_since > 5.0:
+                    # Idle: exit; the next plan this process holds starts a new watchdog.
+                    self._watchdog = None
+                    return
+                overdue = [
+                    (pid, f)
+                    for pid, f in self._flights.items()
+                    if f.timeout_at is not None and mono > f.timeout_at and not f.timed_out
+                ]
+                for _, f in overdue:
+                    f.timed_out = True
+            for pid, f in overdue:
+                with contextlib.suppress(Exception):
+                    self._time_out(pid, f)
+            if mono - last_renew >= renew_every and held:
+                last_renew = mono
+                for pid in held:
+                    with contextlib.suppress(Exception):
+                        self._renew(pid)
+
+    def _renew(self, plan_id: str) -> None:
+        # Lease renewal is bookkeeping, not a state change: no audit event.
+        with self.gw.store.transaction(durable=False) as tx:
+            current: PlanRecord | None = tx.get_plan(plan_id)
+            if current is not None and current.lease_owner == self.owner:
+                tx.save_plan(current.leased(self.owner, self._until(self.gw.clock.now())))
+
+    def _time_out(self, plan_id: str, flight: _Flight) -> None:
+        """An attempt overran its timeout: record it and let a worker take the plan on."""
+        with self.gw.store.transaction() as tx:
+            current: PlanRecord | None = tx.get_plan(plan_id)
+            if current is None or current.lease_owner != self.owner:
+                return
+            step = next((s for s in current.steps if s.step_id == flight.step_id), None)
+            if step is None or step.status is not StepStatus.RUNNING:
+                return
+            if step.attempts != flight.attempts:
+                return
+            spec = self.gw.catalog.require(step.action)
+            timeout = spec.timeout if spec.timeout is not None else self._opts.step_timeout
+            error = f"TimeoutError: attempt {step.attempts} took longer than {timeout} s"
+            j = self._journal(tx)
+            j.emit(
+                E.STEP_TIMED_OUT,
+                plan=current,
+                step_id=step.step_id,
+                data={"attempt": step.attempts, "timeout_s": str(timeout)},
+            )
+            current = current.with_step(dataclasses.replace(step, error=error)).leased(None, None)
+            tx.save_plan(current)
+            j.flush()
+        with self._guard:
+            self._held.pop(plan_id, None)
+        self.submit_resume(plan_id)
+
+    def close(self) -> None:
+        """Stop the watchdog and the worker threads (running handlers finish first)."""
+        self._stop.set()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _err(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text[:_MAX_ERROR]
+
+
+def _jsonable(value: Any) -> Any:
+    """Return a JSON-safe, canonicalisable form of a tool's result (floats become strings)."""
+    if value is None or isinstance(value, (str, bool, int)):
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**53 - 1:
+            return str(value)
+        return value
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return str(value)
