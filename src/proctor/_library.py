@@ -438,7 +438,8 @@ class Proctor:
         return dict(self._keys)
 
     def close(self) -> None:
-        """Release the store."""
+        """Stop the worker threads (running handlers finish first), then release the store."""
+        self.gateway.executor.close()
         self.gateway.store.close()
 
     def __enter__(self) -> Proctor:

@@ -83,6 +83,12 @@ hybrid_max = 15
 sandbox = false
 confirm_ttl_seconds = 3600
 approval_ttl_seconds = 86400
+# Durable execution (docs/execution.md): a dead worker's plans are taken over after its
+# lease; attempts past their timeout are retried (idempotent actions) or need attention.
+lease_ttl_seconds = 30
+step_timeout_seconds = 60
+max_attempts = 3
+plan_deadline_seconds = 900
 
 [audit]
 # The raw intent (prompt) is stored in audit events only when true; its hash always is.
@@ -226,6 +232,12 @@ def build_gateway(
         approval_ttl=timedelta(seconds=settings.approval_ttl_seconds),
         store_prompt=settings.store_prompt,
         agent_keys=settings.agent_keys,
+        lease_ttl=timedelta(seconds=settings.lease_ttl_seconds),
+        plan_deadline=timedelta(seconds=settings.plan_deadline_seconds),
+        step_timeout=settings.step_timeout_seconds or None,
+        max_attempts=settings.max_attempts,
+        worker_threads=settings.worker_threads,
+        runners=frozenset(settings.runners),
     )
     audit_log = AuditLog(
         store,

@@ -177,6 +177,13 @@ def _action(plan_id: str, verb: str, body: dict[str, Any]) -> _Call:
     return _Call("POST", f"{_p(plan_id)}/{verb}", body=body)
 
 
+def _resolve(plan_id: str, step_id: str, succeeded: bool, comment: str | None) -> _Call:
+    outcome = "succeeded" if succeeded else "failed"
+    return _action(
+        plan_id, f"steps/{quote(step_id, safe='')}/resolve", _comment(comment, outcome=outcome)
+    )
+
+
 def _audit_events(after: int, limit: int | None) -> _Call:
     return _Call("GET", "/v1/audit/events", params=_params(after=after, limit=limit))
 
@@ -455,6 +462,13 @@ class ProctorClient:
         result: dict[str, Any] = self._send(_action(plan_id, "undo", _comment(comment)))
         return result
 
+    def resolve(
+        self, plan_id: str, step_id: str, *, succeeded: bool, comment: str | None = None
+    ) -> dict[str, Any]:
+        """Say whether a step whose outcome is unknown took effect (admin); return the plan."""
+        result: dict[str, Any] = self._send(_resolve(plan_id, step_id, succeeded, comment))
+        return result
+
     # audit
 
     def audit_events(self, *, after: int = -1, limit: int | None = None) -> dict[str, Any]:
@@ -634,6 +648,13 @@ class AsyncProctorClient:
     async def undo(self, plan_id: str, *, comment: str | None = None) -> dict[str, Any]:
         """See ``ProctorClient.undo``."""
         result: dict[str, Any] = await self._send(_action(plan_id, "undo", _comment(comment)))
+        return result
+
+    async def resolve(
+        self, plan_id: str, step_id: str, *, succeeded: bool, comment: str | None = None
+    ) -> dict[str, Any]:
+        """See ``ProctorClient.resolve``."""
+        result: dict[str, Any] = await self._send(_resolve(plan_id, step_id, succeeded, comment))
         return result
 
     async def audit_events(self, *, after: int = -1, limit: int | None = None) -> dict[str, Any]:

@@ -162,6 +162,18 @@ class Settings:
     """How long a plan waits for its user's confirmation. Default 3600."""
     approval_ttl_seconds: int = 86_400
     """How long a plan waits for approvers. Default 86400."""
+    lease_ttl_seconds: float = 30.0
+    """How long a worker's claim on a running plan lasts without renewal. Default 30."""
+    plan_deadline_seconds: int = 900
+    """No step starts or retries later than this after a plan started. Default 900."""
+    step_timeout_seconds: float = 60.0
+    """Seconds one attempt may run (0: no limit; an action's timeout wins). Default 60."""
+    max_attempts: int = 3
+    """Attempts per step for retryable failures. Default 3."""
+    worker_threads: int = 4
+    """Threads that resume interrupted plans. Default 4."""
+    runners: tuple[str, ...] = ()
+    """Runner names this process serves (actions with another runner wait for one)."""
     store_prompt: bool = False
     """Keep the raw intent in audit events; its hash is always kept. Default False."""
     agent_keys: Mapping[str, bytes] = field(default_factory=dict)
@@ -282,6 +294,7 @@ def _settings(home: Path, doc: Mapping[str, Any], path: Path, env: Mapping[str, 
         sandbox=sandbox,
         confirm_ttl_seconds=int(ex.get("confirm_ttl_seconds", 3600)),
         approval_ttl_seconds=int(ex.get("approval_ttl_seconds", 86_400)),
+        **_execution_settings(ex),
         store_prompt=bool(au.get("store_prompt", False)),
         agent_keys=keys,
         origin=str(au.get("origin") or f"proctor/{inst.get('id', 'proctor')}"),
@@ -290,6 +303,30 @@ def _settings(home: Path, doc: Mapping[str, Any], path: Path, env: Mapping[str, 
         rotate_every_days=int(_section(doc, "keys", path).get("rotate_every_days", 0)),
         **_notification_settings(doc, path, env),
     )
+
+
+def _number(ex: Mapping[str, Any], key: str, default: float, *, low: float, integer: bool) -> Any:
+    value = ex.get(key, default)
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or value < low:
+        raise ConfigError(f"execution.{key} must be a number >= {low}", field=f"execution.{key}")
+    return value
+
+
+def _execution_settings(ex: Mapping[str, Any]) -> dict[str, Any]:
+    runners = ex.get("runners", [])
+    if not isinstance(runners, list) or not all(isinstance(r, str) for r in runners):
+        raise ConfigError("execution.runners must be a list of names", field="execution.runners")
+    return {
+        "lease_ttl_seconds": float(_number(ex, "lease_ttl_seconds", 30, low=1, integer=False)),
+        "plan_deadline_seconds": _number(ex, "plan_deadline_seconds", 900, low=1, integer=True),
+        "step_timeout_seconds": float(
+            _number(ex, "step_timeout_seconds", 60, low=0, integer=False)
+        ),
+        "max_attempts": _number(ex, "max_attempts", 3, low=1, integer=True),
+        "worker_threads": _number(ex, "worker_threads", 4, low=1, integer=True),
+        "runners": tuple(runners),
+    }
 
 
 _WEBHOOK_KEYS = frozenset({"url", "events", "secret_env", "format", "name"})

@@ -123,14 +123,19 @@ class AuditLog:
             AuditIntegrityError: if a checkpoint's root is not the tree's root at its size.
         """
         with self._lock:
-            self._reload(self.store)
-            n = self.store.event_count()
+            # Under the write lock: another process (a server next to this CLI) may append
+            # at any moment, and the tree must be loaded from one consistent view of the log.
+            with self.store.transaction(durable=False) as tx:
+                n = tx.audit_head().size
+                self._reload(tx, n)
             if self._tree.size != n:
                 raise AuditIntegrityError(
                     f"the Merkle tree has {self._tree.size} leaves but the log has {n} events",
                     field="merkle",
                 )
             for cp in self.store.checkpoints():
+                if cp.size > n and self.store.event_count() >= cp.size:
+                    continue  # signed by another process since: checked when this one syncs
                 if cp.size > n or self._tree.root(cp.size) != cp.root:
                     raise AuditIntegrityError(
                         f"signed checkpoint at size {cp.size} does not match the log",

@@ -27,8 +27,8 @@ change commits with its audit event, so any process can pick up where another st
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
+import logging
 import os
 import random
 import socket
@@ -52,6 +52,8 @@ if TYPE_CHECKING:
     from proctor.app.gateway import Gateway
 
 __all__ = ["Executor", "owner_alive", "process_owner_id"]
+
+log = logging.getLogger("proctor.executor")
 
 _MAX_ERROR = 500
 # Results of actions over personal or health data are kept out of the append-only audit log
@@ -242,10 +244,8 @@ class Executor:
                 record = self._retry(record, index, out)
                 continue
             record = self._record_step(record, index, out)
-            if out.error is not None:
-                return self.compensate(
-                    record, reason=f"step {step.step_id} failed: {out.error}", final=None
-                )
+            if record.status is PlanStatus.COMPENSATING:
+                return self._compensate_rest(record)
             if record.status is not PlanStatus.RUNNING:
                 return record
 
@@ -429,6 +429,10 @@ class Executor:
             current = self.gw._skip_rest(current, index + 1)
             if guards is not None:
                 guards.on_step(tx, j.emit, current, current.steps[index], ok=False)
+            # In the same commit: a crash right after it resumes the compensation.
+            current = self._start_compensation(
+                j, current, f"step {step.step_id} failed: {out.error}", None, now
+            )
         else:
             decision = current.decision["steps"][index]
             undo = decision["undo_window"] if spec.reversible else 0
@@ -527,15 +531,26 @@ class Executor:
                     user_id=requested_by,
                     data={"by": requested_by},
                 )
-            current = current.moved_to(
-                PlanStatus.COMPENSATING,
-                at=now,
-                compensation={"reason": reason[:_MAX_ERROR], "final": final and final.value},
-            ).leased(self.owner, self._until(now))
-            j.emit(E.COMPENSATION_STARTED, plan=current, data={"reason": reason[:_MAX_ERROR]})
+            current = self._start_compensation(j, current, reason, final, now)
             tx.save_plan(current)
             j.flush()
         return self.continue_compensation(current)
+
+    def _start_compensation(
+        self,
+        j: Journal,
+        record: PlanRecord,
+        reason: str,
+        final: PlanStatus | None,
+        now: datetime,
+    ) -> PlanRecord:
+        record = record.moved_to(
+            PlanStatus.COMPENSATING,
+            at=now,
+            compensation={"reason": reason[:_MAX_ERROR], "final": final and final.value},
+        ).leased(self.owner, self._until(now))
+        j.emit(E.COMPENSATION_STARTED, plan=record, data={"reason": reason[:_MAX_ERROR]})
+        return record
 
     def continue_compensation(self, record: PlanRecord) -> PlanRecord:
         """Compensate the plan's remaining steps and finish it (it is ours, compensating)."""
@@ -685,8 +700,8 @@ class Executor:
             step = next(s for s in record.steps if s.status is StepStatus.RUNNING)
             failure = _Outcome(error=step.error or "interrupted, and no attempts are left")
             record = self._with_lock(record, lambda r: self._record_step(r, step.index, failure))
-            if record.status is PlanStatus.RUNNING:
-                return self.compensate(record, reason=f"step {step.step_id} failed", final=None)
+            if record.status is PlanStatus.COMPENSATING:
+                return self.continue_compensation(record)
             return record
         if then == "run":
             return self.run(record)
@@ -732,11 +747,21 @@ class Executor:
             running = next(
                 (i for i, s in enumerate(current.steps) if s.status is StepStatus.RUNNING), None
             )
-            if running is None:
-                index = next(
-                    i for i, s in enumerate(current.steps) if s.status is StepStatus.PENDING
-                )
-                current = self.start(j, current, index, now)
+            pending = next(
+                (i for i, s in enumerate(current.steps) if s.status is StepStatus.PENDING), None
+            )
+            if running is None and pending is None:
+                # Nothing left to start (a state only older versions could leave): settle.
+                if any(s.status is StepStatus.FAILED for s in current.steps):
+                    current = self._start_compensation(j, current, "a step failed", None, now)
+                    then = "compensate"
+                else:
+                    current = current.moved_to(PlanStatus.SUCCEEDED, at=now).leased(None, None)
+                    j.emit(E.PLAN_FINISHED, plan=current, data={"status": "succeeded"})
+                    then = "done"
+            elif running is None:
+                assert pending is not None
+                current = self.start(j, current, pending, now)
                 then = "run"
             else:
                 step = current.steps[running]
@@ -858,8 +883,10 @@ class Executor:
         self._pool.submit(self._resume_quietly, plan_id)
 
     def _resume_quietly(self, plan_id: str) -> None:
-        with contextlib.suppress(Exception):
+        try:
             self.resume(plan_id)
+        except Exception:  # logged; the worker's next pass tries again
+            log.exception("resuming plan %s failed", plan_id)
 
     def _ensure_watchdog(self) -> None:
         if self._watchdog is not None and self._watchdog.is_alive():
@@ -894,13 +921,17 @@ class Executor:
                 for _, f in overdue:
                     f.timed_out = True
             for pid, f in overdue:
-                with contextlib.suppress(Exception):
+                try:
                     self._time_out(pid, f)
+                except Exception:  # logged; the lease lapses and a worker takes over
+                    log.exception("timing out plan %s failed", pid)
             if mono - last_renew >= renew_every and held:
                 last_renew = mono
                 for pid in held:
-                    with contextlib.suppress(Exception):
+                    try:
                         self._renew(pid)
+                    except Exception:  # logged; the next renewal tries again
+                        log.exception("renewing the lease of plan %s failed", pid)
 
     def _renew(self, plan_id: str) -> None:
         # Lease renewal is bookkeeping, not a state change: no audit event.

@@ -942,3 +942,8 @@ from proctor.cli import service  # noqa: E402 - registered last: service.py stan
 
 app.command("serve")(service.serve)
 app.add_typer(service.tokens_app, name="tokens")
+
+from proctor.cli import worker_cmd  # noqa: E402 - registered last: it uses this module's options
+
+app.command("worker")(worker_cmd.worker)
+app.command("resolve")(worker_cmd.resolve)

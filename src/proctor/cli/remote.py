@@ -181,6 +181,15 @@ class Remote:
         with self._errors():
             return self._client.undo(plan_id)
 
+    def resolve(
+        self, plan_id: str, step_id: str, *, succeeded: bool, comment: str = ""
+    ) -> dict[str, Any]:
+        """Resolve an unknown step as the token's admin; return the plan JSON."""
+        with self._errors():
+            return self._client.resolve(
+                plan_id, step_id, succeeded=succeeded, comment=comment or None
+            )
+
     # ------------------------------------------------------------------ audit
 
     def plan_events(self, plan_id: str, *, terminal: bool, after: int = -1) -> list[dict[str, Any]]:

@@ -69,7 +69,7 @@ def serve(
     ] = "info",
     verbose: Verbose = False,
 ) -> int:
-    """Run the HTTP API (docs/http.md) and the timers (expiry, rollback TTLs).
+    """Run the HTTP API (docs/http.md) and the worker (timers, recovery of interrupted plans).
 
     Listens on 127.0.0.1:8700 by default. Requests need `Authorization: Bearer TOKEN`
     (create one with `proctor tokens create`) or a JWT when `[auth.jwt]` is configured.
@@ -77,9 +77,9 @@ def serve(
     """
     import uvicorn
 
+    from proctor.app.worker import Worker
     from proctor.bootstrap import start_dispatcher
     from proctor.http import create_app, load_http_settings  # needs the `server` extra
-    from proctor.http.ticker import Ticker
 
     path = home_from(home)
     settings = load_http_settings(path)
@@ -103,7 +103,7 @@ def serve(
                 lifespan="off",
             )
         )
-        ticker = Ticker(proctor.tick)
+        worker = Worker(proctor.gateway)
         caught: list[int] = []
 
         def note(signum: int, frame: FrameType | None) -> None:
@@ -114,14 +114,14 @@ def serve(
         previous: dict[int, Any] = {
             sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)
         }
-        ticker.start()
+        worker.start()
         # The webhook outbox is sent from a background thread; without webhooks it idles.
         dispatcher = start_dispatcher(proctor.gateway)
         try:
             server.run()
         finally:
             dispatcher.stop()
-            ticker.stop()
+            worker.stop()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
     finally:

@@ -40,6 +40,7 @@ from proctor.http.schemas import (
     CommentBody,
     PlanList,
     PlanOut,
+    ResolveBody,
 )
 
 __all__ = ["idempotent_plan_id", "router"]
@@ -395,6 +396,33 @@ def router(ctx: Context) -> APIRouter:
             )
         as_admin = caller.has("admin") and not may_confirm(caller, rec)
         rec = proctor.gateway.undo(plan_id, caller.name, admin=as_admin)
+        return json_response(plan_json(rec))
+
+    @r.post(
+        "/{plan_id}/steps/{step_id}/resolve",
+        response_model=PlanOut,
+        summary="Resolve a step whose outcome is unknown (an admin)",
+        responses=act_errors,
+    )
+    def resolve(
+        plan_id: PlanId,
+        step_id: Annotated[str, Path(pattern=ID_PATTERN, max_length=128)],
+        caller: Caller,
+        body: ResolveBody,
+    ) -> Response:
+        """Say whether an interrupted, non-idempotent step took effect; the plan carries on.
+
+        ``succeeded`` runs the remaining steps; ``failed`` compensates the completed ones.
+        """
+        if not caller.has("admin"):
+            raise PermissionDeniedError("resolving a step needs the admin role", field="role")
+        rec = proctor.resolve(
+            plan_id,
+            step_id,
+            succeeded=body.outcome == "succeeded",
+            principal=caller.name,
+            comment=body.comment,
+        )
         return json_response(plan_json(rec))
 
     return r

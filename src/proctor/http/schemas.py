@@ -60,6 +60,15 @@ class CommentBody(_In):
     comment: str = Field(default="", max_length=MAX_COMMENT)
 
 
+class ResolveBody(_In):
+    """Body of resolve: what happened to a step whose outcome is unknown."""
+
+    outcome: Literal["succeeded", "failed"] = Field(
+        description="What an operator found: the step's effect happened, or it did not."
+    )
+    comment: str = Field(default="", max_length=MAX_COMMENT)
+
+
 class ApproveBody(_In):
     """Body of approve: a comment and, when the policy asks for step-up, a TOTP code."""
 

@@ -340,6 +340,22 @@ class TestDurableCompensation:
         assert undo.keys == ["u-1:s1"]
         assert p.verify().ok
 
+    def test_a_failed_step_and_the_start_of_its_saga_commit_together(self):
+        clock = FrozenClock()
+        p = make(clock)
+        undo = Crashing()
+        register(p, "trip.book", RecordingTool(), reversible=True, compensate=undo, idempotent=True)
+        register(p, "trip.fail", RecordingTool(fail_with=ValueError("no seats")))
+        with pytest.raises(Crash):
+            p.submit(make_plan([("trip.book", {}), ("trip.fail", {})], plan_id="u-4"))
+        mid = p.get("u-4")
+        assert mid.status is PlanStatus.COMPENSATING
+        assert [s.status for s in mid.steps] == [StepStatus.COMPENSATING, StepStatus.FAILED]
+        clock.advance(p.gateway.options.lease_ttl + timedelta(seconds=1))
+        rec = other_worker(p).resume("u-4")
+        assert rec.status is PlanStatus.COMPENSATED
+        assert "no seats" in rec.error
+
     def test_non_idempotent_compensation_is_not_rerun(self):
         clock = FrozenClock()
         p = make(clock)

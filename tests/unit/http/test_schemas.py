@@ -95,6 +95,7 @@ class TestOpenApi:
             ("POST", "/v1/plans/{plan_id}/approve"),
             ("POST", "/v1/plans/{plan_id}/reject"),
             ("POST", "/v1/plans/{plan_id}/undo"),
+            ("POST", "/v1/plans/{plan_id}/steps/{step_id}/resolve"),
             ("GET", "/v1/audit/events"),
             ("GET", "/v1/audit/checkpoint"),
             ("GET", "/v1/audit/proofs/inclusion"),

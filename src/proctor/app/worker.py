@@ -1,0 +1,74 @@
+"""The worker: fires due timers and resumes plans whose worker died, in a background thread.
+
+It runs inside ``proctor serve`` and alone as ``proctor worker``. Each pass:
+
+1. ``Gateway.tick`` fires due timers — approval and confirmation expiry, rollback TTLs —
+   from the indexed ``timer_at`` column, so they fire after a restart too;
+2. ``Gateway.recover`` hands every running or compensating plan without a live lease (its
+   lease lapsed, or its owner process is gone from this host) to the executor's worker
+   threads, which claim it under a new lease and carry it on.
+
+The first pass runs at once on ``start``: after a crash, a restarted process resumes the
+interrupted plans without waiting for their leases to lapse.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from proctor.app.gateway import Gateway
+
+__all__ = ["Worker", "WorkerPass"]
+
+log = logging.getLogger("proctor.worker")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerPass:
+    """What one pass did."""
+
+    timers_fired: int
+    plans_resumed: int
+
+
+class Worker:
+    """Runs ``run_once`` every ``interval`` seconds in a daemon thread until ``stop``.
+
+    A failing pass is logged and the next one runs: a store that is busy for a moment must
+    not stop timers or recovery for the rest of the process's life.
+    """
+
+    def __init__(self, gateway: Gateway, *, interval: float = 1.0) -> None:
+        self.gateway = gateway
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="proctor-worker", daemon=True)
+
+    def run_once(self) -> WorkerPass:
+        """Fire due timers and hand interrupted plans to worker threads."""
+        fired = len(self.gateway.tick())
+        resumed = self.gateway.recover()
+        return WorkerPass(timers_fired=fired, plans_resumed=resumed)
+
+    def start(self) -> None:
+        """Start the thread (its first pass runs at once)."""
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self.run_once()
+            except Exception:  # logged; the next pass retries
+                log.exception("worker pass failed")
+            if self._stop.wait(self._interval):
+                return
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Ask the thread to stop and wait for the pass in progress to finish."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
