@@ -132,6 +132,7 @@ class Executor:
         # Plans this process is running or compensating, each with its holder's token: a
         # stale holder (an attempt that timed out and was resumed) must not drop the new one.
         self._held: dict[str, object] = {}
+        self._queued: set[str] = set()  # handed to a worker thread, not started yet
         self._guard = threading.Lock()
         self._watchdog: threading.Thread | None = None
         self._stop = threading.Event()
@@ -718,7 +719,8 @@ class Executor:
 
     def _claim(self, plan_id: str) -> tuple[PlanRecord, str] | None:
         now = self.gw.clock.now()
-        with self.gw.store.transaction() as tx:
+        # Not durable: nobody is told of a claim; lost on power failure, it is claimed again.
+        with self.gw.store.transaction(durable=False) as tx:
             current: PlanRecord | None = tx.get_plan(plan_id)
             if current is None or current.status not in _WORKING:
                 return None
@@ -871,8 +873,12 @@ class Executor:
 
     # ------------------------------------------------------------------ background
 
-    def submit_resume(self, plan_id: str) -> None:
-        """Resume a plan on one of this executor's worker threads."""
+    def submit_resume(self, plan_id: str) -> bool:
+        """Resume a plan on one of this executor's worker threads (once, if asked twice)."""
+        with self._guard:
+            if plan_id in self._queued or plan_id in self._held:
+                return False
+            self._queued.add(plan_id)
         if self._pool is None:
             with self._guard:
                 if self._pool is None:
@@ -881,12 +887,16 @@ class Executor:
                         thread_name_prefix="proctor-worker",
                     )
         self._pool.submit(self._resume_quietly, plan_id)
+        return True
 
     def _resume_quietly(self, plan_id: str) -> None:
         try:
             self.resume(plan_id)
         except Exception:  # logged; the worker's next pass tries again
             log.exception("resuming plan %s failed", plan_id)
+        finally:
+            with self._guard:
+                self._queued.discard(plan_id)
 
     def _ensure_watchdog(self) -> None:
         if self._watchdog is not None and self._watchdog.is_alive():

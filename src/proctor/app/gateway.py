@@ -606,7 +606,7 @@ class Gateway:
             plan_id, step_id, succeeded=succeeded, principal=principal, comment=comment
         )
 
-    def recover(self, *, limit: int = 200) -> int:
+    def recover(self, *, limit: int = 10_000) -> int:
         """Resume, on worker threads, every plan whose worker died or whose lease lapsed.
 
         Returns:
