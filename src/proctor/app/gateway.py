@@ -274,6 +274,80 @@ class Gateway:
         simulations: dict[str, Any] = {}
         if decision.outcome is not Outcome.DENY and (decision.dry_run or sandbox):
             decision, simulations = self._simulate(plan, specs, decision, plan_id, sandbox)
+        record = self._route(plan, plan_id, decision, assessment, simulations, now, sandbox)
+        # A plan that runs now is acknowledged only after its final, durable commit.
+        runs_now = record.status is PlanStatus.RUNNING
+        with self.store.transaction(durable=not runs_now) as tx:
+            if plan.plan_id is not None and tx.get_plan(plan_id) is not None:
+                # Lost a race with an identical submission: return the winner's result.
+                existing = tx.get_plan(plan_id)
+                if existing.digest == plan.digest:
+                    return existing  # type: ignore[no-any-return]
+                raise PlanIdReusedError(f"plan id {plan_id!r} was already used", field="plan_id")
+            j = self._journal(tx)
+            j.emit(
+                E.PLAN_SUBMITTED,
+                plan=record,
+                actions=[self._attempt(s, specs[s.index], "proposed") for s in record.steps],
+                data={"steps": [self._masked_step(s, specs[s.index]) for s in record.steps]},
+            )
+            if self.guards is not None and not sandbox:
+                # Guards decide inside the transaction (budgets are reserved exactly); they
+                # may escalate the outcome, never relax it.
+                admitted = self.guards.admit(tx, j.emit, record, specs, decision)
+                if admitted is not decision:
+                    decision = admitted
+                    record = self._route(
+                        plan, plan_id, decision, assessment, simulations, now, sandbox
+                    )
+            j.emit(
+                E.POLICY_DECIDED,
+                plan=record,
+                data={"assessment": record.assessment, "decision": record.decision},
+                trusted=True,
+            )
+            if simulations:
+                j.emit(E.SIMULATION_COMPLETED, plan=record, data={"effects": simulations})
+            j.emit(
+                E.PLAN_ROUTED,
+                plan=record,
+                data={
+                    "status": record.status.value,
+                    "expires_at": record.expires_at.isoformat() if record.expires_at else None,
+                    "sandbox": sandbox,
+                },
+                trusted=True,
+            )
+            if record.review:
+                j.emit(
+                    E.REVIEW_SAMPLED, plan=record, data={"rate": str(decision.review_sample_rate)}
+                )
+            if record.status is PlanStatus.RUNNING:
+                record = self.executor.begin(j, record, now)
+            tx.save_plan(record)
+            j.flush()
+        if runs_now and record.lease_owner is None:
+            # Acknowledged without running here (escalated by a guard, or queued for another
+            # runner): make the commit durable before the client hears of it.
+            self._sync()
+        return record
+
+    def _sync(self) -> None:
+        """Make every earlier commit durable (a durable commit fsyncs the log before it)."""
+        with self.store.transaction() as tx:
+            tx.put_meta("durable_at", self.clock.now().isoformat())
+
+    def _route(
+        self,
+        plan: Plan,
+        plan_id: str,
+        decision: Decision,
+        assessment: Assessment,
+        simulations: Mapping[str, Any],
+        now: datetime,
+        sandbox: bool,
+    ) -> PlanRecord:
+        """Build the plan record a decision routes to (status, deadline, steps, sampling)."""
         outcome = decision.outcome
         if outcome is Outcome.DENY:
             status = PlanStatus.DENIED
@@ -313,7 +387,7 @@ class Gateway:
             and not sandbox
             and _sampled(plan.digest, decision.review_sample_rate)
         )
-        record = PlanRecord(
+        return PlanRecord(
             plan_id=plan_id,
             digest=plan.digest,
             status=status,
@@ -331,48 +405,6 @@ class Gateway:
             sandbox=sandbox,
             review=review,
         )
-        # A plan that runs now is acknowledged only after its final, durable commit.
-        with self.store.transaction(durable=status is not PlanStatus.RUNNING) as tx:
-            if plan.plan_id is not None and tx.get_plan(plan_id) is not None:
-                # Lost a race with an identical submission: return the winner's result.
-                existing = tx.get_plan(plan_id)
-                if existing.digest == plan.digest:
-                    return existing  # type: ignore[no-any-return]
-                raise PlanIdReusedError(f"plan id {plan_id!r} was already used", field="plan_id")
-            j = self._journal(tx)
-            j.emit(
-                E.PLAN_SUBMITTED,
-                plan=record,
-                actions=[self._attempt(s, specs[s.index], "proposed") for s in record.steps],
-                data={"steps": [self._masked_step(s, specs[s.index]) for s in record.steps]},
-            )
-            j.emit(
-                E.POLICY_DECIDED,
-                plan=record,
-                data={"assessment": record.assessment, "decision": record.decision},
-                trusted=True,
-            )
-            if simulations:
-                j.emit(E.SIMULATION_COMPLETED, plan=record, data={"effects": simulations})
-            j.emit(
-                E.PLAN_ROUTED,
-                plan=record,
-                data={
-                    "status": status.value,
-                    "expires_at": expires_at.isoformat() if expires_at else None,
-                    "sandbox": sandbox,
-                },
-                trusted=True,
-            )
-            if review:
-                j.emit(
-                    E.REVIEW_SAMPLED, plan=record, data={"rate": str(decision.review_sample_rate)}
-                )
-            if status is PlanStatus.RUNNING:
-                record = self.executor.begin(j, record, now)
-            tx.save_plan(record)
-            j.flush()
-        return record
 
     def _simulate(
         self,
@@ -444,6 +476,7 @@ class Gateway:
             self._expire_if_due(record)
             check_can_confirm(record, principal)
             record = self._recheck_policy(record)
+            self._recheck_guards(record)
             now = self.clock.now()
             approval = self._approval(record, principal, "confirm", (), comment, now)
             with self.store.transaction() as tx:
@@ -490,6 +523,7 @@ class Gateway:
                     hint="Enrol with `proctor totp enrol --as NAME` and pass --otp CODE.",
                 )
             record = self._recheck_policy(record)
+            self._recheck_guards(record)
             now = self.clock.now()
             approval = self._approval(record, principal, "approve", roles, comment, now, step_up)
             with self.store.transaction() as tx:
@@ -558,6 +592,8 @@ class Gateway:
                     user_id=principal,
                     data={"principal": principal, "roles": list(roles), "comment": comment},
                 )
+                if self.guards is not None:
+                    self.guards.on_finish(tx, j.emit, record)
                 tx.save_plan(record)
                 j.flush()
         return record
@@ -711,9 +747,26 @@ class Gateway:
             j = self._journal(tx)
             record = self._skip_rest(current.moved_to(PlanStatus.EXPIRED, at=now, error=reason), 0)
             j.emit(E.PLAN_EXPIRED, plan=record, data={"reason": reason})
+            if self.guards is not None:
+                self.guards.on_finish(tx, j.emit, record)
             tx.save_plan(record)
             j.flush()
         return record
+
+    def _recheck_guards(self, record: PlanRecord) -> None:
+        """Right before execution: kill switches, breakers and budgets may forbid it now."""
+        if self.guards is None:
+            return
+        with self.store.transaction() as tx:
+            j = self._journal(tx)
+            reason = self.guards.recheck(tx, j.emit, record)
+            j.flush()
+        if reason:
+            raise ConflictError(
+                f"plan {record.plan_id} cannot run now: {reason}",
+                field="plan_id",
+                hint="It keeps waiting: try again once the guard allows it (`proctor guards`).",
+            )
 
     def _recheck_policy(self, record: PlanRecord) -> PlanRecord:
         """Right before execution: the policy that decided must still be the one in force."""
