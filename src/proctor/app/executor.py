@@ -28,6 +28,7 @@ change commits with its audit event, so any process can pick up where another st
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 import random
@@ -39,6 +40,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from proctor.app.journal import Journal, payload_hash
 from proctor.core.catalog import ActionSpec
@@ -272,7 +275,7 @@ class Executor:
             if spec.handler is None:
                 raise InvalidRequestError(f"action {spec.name!r} has no handler")
             result = self.gw.tools.run(spec.handler, step.params, self._call(record, step))
-            return _Outcome(result=_jsonable(result), canary=canary)
+            return _Outcome(result=_bounded(_jsonable(result)), canary=canary)
         except RetryableError as exc:
             return _Outcome(error=_err(exc), retryable=True)
         except (TimeoutError, ConnectionError) as exc:
@@ -983,6 +986,26 @@ class Executor:
         self._stop.set()
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+_MAX_RESULT = 64 * 1024
+
+
+def _bounded(result: Any) -> Any:
+    """Keep a result that fits in the log; a bigger one is replaced by its size and hash.
+
+    The effect happened either way: the step succeeds, and the hash proves what it returned.
+    """
+    if result is None or isinstance(result, (bool, int)):
+        return result
+    body = orjson.dumps(result)
+    if len(body) <= _MAX_RESULT:
+        return result
+    return {
+        "truncated": True,
+        "bytes": len(body),
+        "sha256": hashlib.sha256(body).hexdigest(),
+    }
 
 
 def _err(exc: BaseException) -> str:
