@@ -251,6 +251,10 @@ class TestLeasesAndGuardState:
                 tx.save_plan(p)
         got = store.get_plan("r1")
         assert got.lease_owner == "host:1:2"
+        with store.transaction() as tx:
+            assert tx.lease_of("r1") == ("host:1:2", "running")
+            assert tx.lease_of("r3") == (None, "running")
+            assert tx.lease_of("nope") is None
         assert got.lease_until == T0 + timedelta(seconds=30)
         ids = {p.plan_id for p in store.claimable_plans(T0)}
         assert ids == {"r2", "r3"}

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import logging
 import os
 import random
@@ -131,6 +132,9 @@ class Executor:
     def __init__(self, gateway: Gateway, *, owner: str | None = None) -> None:
         self.gw = gateway
         self.owner = owner or process_owner_id()
+        # Each start or claim takes a fresh lease token ``owner#n``: a stale attempt of this
+        # same process (one that timed out and was resumed) no longer matches it.
+        self._tokens = itertools.count(1)
         self._flights: dict[str, _Flight] = {}
         # Plans this process is running or compensating, each with its holder's token: a
         # stale holder (an attempt that timed out and was resumed) must not drop the new one.
@@ -147,6 +151,12 @@ class Executor:
     @property
     def _opts(self) -> Any:
         return self.gw.options
+
+    def _token(self) -> str:
+        return f"{self.owner}#{next(self._tokens)}"
+
+    def _mine(self, lease_owner: str | None) -> bool:
+        return lease_owner is not None and lease_owner.partition("#")[0] == self.owner
 
     def _until(self, now: datetime) -> datetime:
         ttl: timedelta = self._opts.lease_ttl
@@ -198,7 +208,7 @@ class Executor:
             step = step.moved_to(StepStatus.RUNNING, started_at=now, attempts=step.attempts + 1)
         else:  # a retry or a resumed attempt of a step already running
             step = dataclasses.replace(step, started_at=now, attempts=step.attempts + 1)
-        record = record.with_step(step).leased(self.owner, self._until(now))
+        record = record.with_step(step).leased(self._token(), self._until(now))
         if record.deadline is None:
             record = dataclasses.replace(record, deadline=now + self._opts.plan_deadline)
         j.emit(
@@ -228,7 +238,7 @@ class Executor:
 
     def run(self, record: PlanRecord) -> PlanRecord:
         """Run a plan this process holds, from its running step to the end."""
-        if record.status is not PlanStatus.RUNNING or record.lease_owner != self.owner:
+        if record.status is not PlanStatus.RUNNING or not self._mine(record.lease_owner):
             return record
         token = self._hold(record.plan_id)
         try:
@@ -325,7 +335,7 @@ class Executor:
             j = self._journal(tx)
             current = current.with_step(
                 dataclasses.replace(current.steps[step.index], canary=info)
-            ).leased(self.owner, self._until(self.gw.clock.now()))
+            ).leased(current.lease_owner, self._until(self.gw.clock.now()))
             j.emit(
                 E.CANARY_CHECKED,
                 plan=current,
@@ -367,17 +377,18 @@ class Executor:
         return current
 
     def _fenced(self, tx: Any, record: PlanRecord, step: StepRecord | None) -> PlanRecord:
-        """Re-read the plan in ``tx``; raise ``_LostLease`` unless it is still ours, as left."""
+        """Check in ``tx`` that the plan is still ours as we left it; raise ``_LostLease`` if not.
+
+        Cheap on the hot path: the lease token changes on every start and claim, so reading
+        the lease column suffices; the plan is loaded in full only when it was lost.
+        """
+        lease = tx.lease_of(record.plan_id)
+        if lease is not None and lease == (record.lease_owner, record.status.value):
+            return record
         current: PlanRecord | None = tx.get_plan(record.plan_id)
         if current is None:
             raise ConflictError(f"plan {record.plan_id} vanished", field="plan_id")
-        ours = current.lease_owner == self.owner and current.status is record.status
-        if ours and step is not None:
-            now_step = current.steps[step.index]
-            ours = now_step.status is step.status and now_step.attempts == step.attempts
-        if not ours:
-            raise _LostLease(current)
-        return current
+        raise _LostLease(current)
 
     def _record_step(self, record: PlanRecord, index: int, out: _Outcome) -> PlanRecord:
         """Record a step's outcome; start the next step or finish the plan, in one commit.
@@ -525,7 +536,7 @@ class Executor:
                         "only succeeded plans can be undone",
                         field="plan_id",
                     )
-            elif current.lease_owner != self.owner or current.status is not PlanStatus.RUNNING:
+            elif not self._mine(current.lease_owner) or current.status is not PlanStatus.RUNNING:
                 return current
             j = self._journal(tx)
             if requested_by is not None:
@@ -552,7 +563,7 @@ class Executor:
             PlanStatus.COMPENSATING,
             at=now,
             compensation={"reason": reason[:_MAX_ERROR], "final": final and final.value},
-        ).leased(self.owner, self._until(now))
+        ).leased(self._token(), self._until(now))
         j.emit(E.COMPENSATION_STARTED, plan=record, data={"reason": reason[:_MAX_ERROR]})
         return record
 
@@ -589,7 +600,7 @@ class Executor:
                 if marker.status is StepStatus.SUCCEEDED:
                     marker = marker.moved_to(StepStatus.COMPENSATING)
                 record = current.with_step(marker).leased(
-                    self.owner, self._until(self.gw.clock.now())
+                    current.lease_owner, self._until(self.gw.clock.now())
                 )
                 tx.save_plan(record)
             record = self._compensated(
@@ -654,7 +665,7 @@ class Executor:
                     actions=[self._attempt(step, "compensation_failed")],
                     data={"reason": reason, "error": error},
                 )
-            current = current.leased(self.owner, self._until(self.gw.clock.now()))
+            current = current.leased(current.lease_owner, self._until(self.gw.clock.now()))
             tx.save_plan(current)
             j.flush()
         return current
@@ -734,11 +745,11 @@ class Executor:
                 previous is not None
                 and current.lease_until is not None
                 and current.lease_until > now
-                and (previous == self.owner or owner_alive(previous))
+                and (self._mine(previous) or owner_alive(previous))
             ):
                 return None
             j = self._journal(tx)
-            current = current.leased(self.owner, self._until(now))
+            current = current.leased(self._token(), self._until(now))
             if previous is not None:
                 j.emit(
                     E.PLAN_RESUMED,
@@ -853,7 +864,7 @@ class Executor:
                         PlanStatus.COMPENSATING,
                         at=now,
                         compensation={"reason": f"step {step_id} failed", "final": None},
-                    ).leased(self.owner, self._until(now))
+                    ).leased(self._token(), self._until(now))
                     j.emit(
                         E.COMPENSATION_STARTED,
                         plan=current,
@@ -950,14 +961,14 @@ class Executor:
         # Lease renewal is bookkeeping, not a state change: no audit event.
         with self.gw.store.transaction(durable=False) as tx:
             current: PlanRecord | None = tx.get_plan(plan_id)
-            if current is not None and current.lease_owner == self.owner:
-                tx.save_plan(current.leased(self.owner, self._until(self.gw.clock.now())))
+            if current is not None and self._mine(current.lease_owner):
+                tx.save_plan(current.leased(current.lease_owner, self._until(self.gw.clock.now())))
 
     def _time_out(self, plan_id: str, flight: _Flight) -> None:
         """An attempt overran its timeout: record it and let a worker take the plan on."""
         with self.gw.store.transaction() as tx:
             current: PlanRecord | None = tx.get_plan(plan_id)
-            if current is None or current.lease_owner != self.owner:
+            if current is None or not self._mine(current.lease_owner):
                 return
             step = next((s for s in current.steps if s.step_id == flight.step_id), None)
             if step is None or step.status is not StepStatus.RUNNING:

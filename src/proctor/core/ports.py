@@ -153,6 +153,13 @@ class Transaction(Protocol):
         """Insert or replace a ``PlanRecord`` and its steps."""
         ...
 
+    def lease_of(self, plan_id: str) -> tuple[str | None, str] | None:
+        """Return the plan's ``(lease_owner, status)`` (locked, as ``get_plan``), or None.
+
+        The executor's fencing check on every commit: cheaper than loading the plan.
+        """
+        ...
+
     def audit_head(self) -> AuditHead:
         """Return the log's head, locked for this transaction."""
         ...

@@ -62,6 +62,10 @@ class _Tx:
     def save_plan(self, record: PlanRecord) -> None:
         self._plans[record.plan_id] = record
 
+    def lease_of(self, plan_id: str) -> tuple[str | None, str] | None:
+        p = self.get_plan(plan_id)
+        return (p.lease_owner, p.status.value) if p is not None else None
+
     def audit_head(self) -> AuditHead:
         events = self._events or self._store._events
         if not events:

@@ -73,6 +73,12 @@ class _Tx:
         ).fetchone()
         return load_plan(row) if row else None
 
+    def lease_of(self, plan_id: str) -> tuple[str | None, str] | None:
+        row = self._c.execute(
+            "SELECT lease_owner, status FROM plans WHERE plan_id = ?", (plan_id,)
+        ).fetchone()
+        return (row[0], row[1]) if row else None
+
     def save_plan(self, p: PlanRecord) -> None:
         self._c.execute(
             # An upsert updates the row in place: only the indexes whose columns changed are
