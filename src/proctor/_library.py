@@ -14,6 +14,7 @@ from typing import Any
 from proctor.app.auditlog import AuditLog
 from proctor.app.dispatch import Dispatcher
 from proctor.app.gateway import Gateway, GatewayOptions
+from proctor.app.guards import Guards
 from proctor.app.notify import Notifier
 from proctor.app.stepup import TotpStepUp
 from proctor.audit.archive import ArchiveReport, archive_export, parse_s3_url
@@ -26,6 +27,7 @@ from proctor.bootstrap import SystemClock, open_home, starter_catalog_path
 from proctor.config import WebhookSettings, home_from, load_catalog_file
 from proctor.core.assessment import Scores
 from proctor.core.catalog import ActionSpec, Catalog
+from proctor.core.guards import GuardSettings
 from proctor.core.lifecycle import PlanRecord
 from proctor.core.ports import CheckpointRow, Clock, EventRow, PolicyEngine
 from proctor.errors import ConfigError
@@ -82,6 +84,7 @@ class Proctor:
         origin: str = "proctor/in-memory",
         webhooks: Sequence[WebhookSettings] = (),
         console_url: str = "http://127.0.0.1:8700",
+        guards: GuardSettings | None = None,
     ) -> Proctor:
         """Configure an instance in code, with an in-memory store and a throwaway key.
 
@@ -96,6 +99,8 @@ class Proctor:
             webhooks: Notification targets; their deliveries are queued in the outbox with
                 the events that announce them (send them with ``dispatcher()``).
             console_url: Base URL of the web console, for links in notifications.
+            guards: Rate limits, budgets and thresholds; default none configured (kill
+                switches, whitelists, breakers and autonomy work regardless).
         """
         if catalog is None:
             catalog = Catalog(load_catalog_file(starter_catalog_path()) if starter_catalog else ())
@@ -120,6 +125,7 @@ class Proctor:
             options=options,
             step_up=TotpStepUp(store, clock),
             audit_log=audit_log,
+            guards=Guards(guards or GuardSettings(), store=store, clock=clock, catalog=catalog),
         )
         if webhooks:
             gateway.listeners.append(Notifier(webhooks, clock=clock, console_url=console_url))
@@ -252,6 +258,24 @@ class Proctor:
     def recover(self) -> int:
         """Hand plans whose worker died (or whose lease lapsed) to worker threads."""
         return self.gateway.recover()
+
+    # ------------------------------------------------------------------ guards
+
+    @property
+    def guards(self) -> Guards:
+        """The guards (docs/guards.md): kill switches, whitelists, autonomy, reviews."""
+        if self.gateway.guards is None:
+            raise ConfigError("this instance has no guards")
+        guards: Guards = self.gateway.guards
+        return guards
+
+    def kill(self, scope: str, key: str | None = None, *, by: str, reason: str = "") -> str:
+        """Engage a kill switch: ``kill("global")``, ``kill("agent", "bot")``, or an action."""
+        return self.guards.kill(scope, key, by=by, reason=reason)
+
+    def unkill(self, scope: str, key: str | None = None, *, by: str) -> bool:
+        """Release a kill switch; False if it was not engaged."""
+        return self.guards.unkill(scope, key, by=by)
 
     def dispatcher(self, **options: Any) -> Dispatcher:
         """Return a webhook dispatcher for this instance's outbox (not started).

@@ -15,6 +15,7 @@ from pathlib import Path
 from proctor.app.auditlog import AuditLog, CheckpointPolicy
 from proctor.app.dispatch import Dispatcher
 from proctor.app.gateway import Gateway, GatewayOptions
+from proctor.app.guards import Guards
 from proctor.app.notify import Notifier
 from proctor.app.stepup import TotpStepUp
 from proctor.audit.events import KeyInfo
@@ -260,6 +261,7 @@ def build_gateway(
         options=options,
         step_up=TotpStepUp(store, clock),
         audit_log=audit_log,
+        guards=Guards(settings.guards, store=store, clock=clock, catalog=catalog),
     )
     if settings.notification_targets:
         # Runs inside each event-appending transaction: a delivery commits with its event.

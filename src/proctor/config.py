@@ -18,6 +18,7 @@ This module also reads catalog TOML files into ``ActionSpec`` values.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import os
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -27,6 +28,14 @@ from typing import Any, Final
 
 from proctor.core.assessment import Scores
 from proctor.core.catalog import ActionSpec
+from proctor.core.guards import (
+    AnomalySettings,
+    AutonomySettings,
+    BreakerSettings,
+    Budget,
+    GuardSettings,
+    RateLimit,
+)
 from proctor.errors import ConfigError, InvalidRequestError, ProctorError
 
 __all__ = [
@@ -192,6 +201,8 @@ class Settings:
     """``[[tickets]]`` targets: escalations (anomaly, breaker opened). Default none."""
     console_url: str = "http://127.0.0.1:8700"
     """Base URL of the web console, for links in notifications (``[console] url``)."""
+    guards: GuardSettings = field(default_factory=GuardSettings)
+    """``[guards]``: rate limits, budgets, breaker, anomaly and autonomy thresholds."""
 
     @property
     def notification_targets(self) -> tuple[WebhookSettings, ...]:
@@ -302,6 +313,59 @@ def _settings(home: Path, doc: Mapping[str, Any], path: Path, env: Mapping[str, 
         checkpoint_interval_seconds=int(au.get("checkpoint_interval_seconds", 60)),
         rotate_every_days=int(_section(doc, "keys", path).get("rotate_every_days", 0)),
         **_notification_settings(doc, path, env),
+        guards=guard_settings(_section(doc, "guards", path)),
+    )
+
+
+def _table(g: Mapping[str, Any], key: str, cls: Any) -> Any:
+    t = g.get(key, {})
+    if not isinstance(t, dict):
+        raise ConfigError(f"guards.{key} must be a table", field=f"guards.{key}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(t) - names)
+    if unknown:
+        raise ConfigError(
+            f"guards.{key} has unknown key {unknown[0]!r}", field=f"guards.{key}.{unknown[0]}"
+        )
+    for k, v in t.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+            raise ConfigError(f"guards.{key}.{k} must be a number >= 0", field=f"guards.{key}.{k}")
+    return cls(**t)
+
+
+def _entries(g: Mapping[str, Any], key: str, cls: Any) -> tuple[Any, ...]:
+    items = g.get(key, [])
+    if not isinstance(items, list):
+        raise ConfigError(f"guards.{key} must be an array of tables", field=f"guards.{key}")
+    out = []
+    for i, t in enumerate(items):
+        where = f"guards.{key}[{i}]"
+        if not isinstance(t, dict):
+            raise ConfigError(f"{where} must be a table", field=where)
+        try:
+            out.append(cls(**t))
+        except TypeError as exc:
+            raise ConfigError(f"{where}: {exc}", field=where) from None
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc.message}", field=where) from None
+    return tuple(out)
+
+
+def guard_settings(g: Mapping[str, Any]) -> GuardSettings:
+    """Read ``[guards]`` (docs/guards.md).
+
+    Raises:
+        ConfigError: naming the key at fault.
+    """
+    unknown = sorted(set(g) - {"rate_limits", "budgets", "breaker", "anomaly", "autonomy"})
+    if unknown:
+        raise ConfigError(f"[guards] has unknown key {unknown[0]!r}", field=f"guards.{unknown[0]}")
+    return GuardSettings(
+        rate_limits=_entries(g, "rate_limits", RateLimit),
+        budgets=_entries(g, "budgets", Budget),
+        breaker=_table(g, "breaker", BreakerSettings),
+        anomaly=_table(g, "anomaly", AnomalySettings),
+        autonomy=_table(g, "autonomy", AutonomySettings),
     )
 
 

@@ -147,6 +147,8 @@ class Gateway:
         self.audit_log = audit_log
         self.listeners: list[EventListener] = list(listeners)
         self.guards = guards  # proctor.app.guards.Guards, when guards are configured
+        if guards is not None:
+            guards.bind(self)
         # Serialises the human actions and execution of one plan within this process; the
         # store's transactions protect against other processes.
         self._plan_locks: dict[str, threading.RLock] = {}
@@ -225,7 +227,7 @@ class Gateway:
     def _policy_input(self, plan: Plan, specs: Sequence[ActionSpec], base: Any) -> dict[str, Any]:
         # Only what the policy needs, in the order it reads it: with rego-cpp every input
         # value costs 1-3 µs to build and every key lookup scans (docs/policy.md).
-        return {
+        inp: dict[str, Any] = {
             "steps": [
                 {
                     "id": st.id,
@@ -242,6 +244,13 @@ class Gateway:
             "context": {"thresholds": {"hybrid_max": self.options.thresholds.hybrid_max}},
             "plan": {"agent_id": plan.actor.agent_id, "on_behalf_of": plan.on_behalf_of},
         }
+        if self.guards is not None:
+            # Only what applies (kill switches, open breakers, autonomy, whitelist): an
+            # empty object costs the policy nothing.
+            guards = self.guards.policy_input(plan, specs)
+            if guards:
+                inp["guards"] = guards
+        return inp
 
     def evaluate(self, plan: Plan, specs: Sequence[ActionSpec]) -> tuple[Decision, Assessment]:
         """Ask the policy about a validated plan; never raises for a policy failure."""

@@ -38,7 +38,12 @@ _FINISHED = {
     "compensated": "plan.failed",
     "undone": "plan.undone",
 }
-_PASS_THROUGH = frozenset({"breaker.opened", "anomaly"})
+# Escalations, passed through under their webhook name (the guards write anomaly.detected).
+_PASS_THROUGH = {
+    "breaker.opened": "breaker.opened",
+    "anomaly": "anomaly",
+    "anomaly.detected": "anomaly",
+}
 # Audit event types that can produce a webhook event, by the webhook events they produce.
 _SOURCES = {
     "approval.needed": "plan.routed",
@@ -49,8 +54,16 @@ _SOURCES = {
     "breaker.opened": "breaker.opened",
     "anomaly": "anomaly",
 }
-_ALL_SOURCES = frozenset(_SOURCES.values())
+_ALL_SOURCES = frozenset(_SOURCES.values()) | {"anomaly.detected"}
 _MAX_SUMMARY = 500
+
+
+def _sources(events: Any) -> frozenset[str]:
+    """The audit event types that can produce the webhook ``events``."""
+    out = {_SOURCES[e] for e in events}
+    if "anomaly" in out:
+        out.add("anomaly.detected")
+    return frozenset(out)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -88,7 +101,7 @@ def notifications(
         rows: The events, in log order.
         wanted: Only build these webhook events (None: all).
     """
-    sources = frozenset(_SOURCES[e] for e in (wanted if wanted is not None else _SOURCES))
+    sources = _sources(wanted if wanted is not None else _SOURCES)
     # policy.decided and plan.routed lend each other details, so both are parsed.
     parse = _ALL_SOURCES if sources else frozenset()
     bodies = {r.seq: _body(r) for r in rows if r.type in parse}
@@ -168,7 +181,7 @@ def _notification(
         reason = data.get("reason")
         summary = f"Plan {pid} {status}: {reason or what}"
     elif row.type in _PASS_THROUGH:
-        event = row.type
+        event = _PASS_THROUGH[row.type]
         status = str(data["status"]) if "status" in data else None
         text = data.get("summary") or data.get("reason") or data.get("message") or row.type
         summary = str(text) if pid is None else f"{text} (plan {pid})"
@@ -265,7 +278,7 @@ class Notifier:
         self.console_url = console_url
         self.on_enqueue = on_enqueue
         self._wanted = frozenset(e for t in self.targets for e in t.events)
-        self._sources = frozenset(_SOURCES[e] for e in self._wanted)
+        self._sources = _sources(self._wanted)
 
     def on_events(self, tx: Transaction, rows: Sequence[EventRow]) -> None:
         """Queue deliveries for the webhook events that ``rows`` announce."""

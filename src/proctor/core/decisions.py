@@ -8,6 +8,7 @@ that silently never matches must not turn into "allowed".
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -196,6 +197,37 @@ class Decision:
             dry_run=any(s.dry_run for s in steps),
             step_up=any(s.step_up for s in steps),
             review_sample_rate=review_sample_rate,
+        )
+
+    def at_least(
+        self, outcome: Outcome, reason: str, step_ids: Sequence[str] | None = None
+    ) -> Decision:
+        """Return this decision with the given steps (default all) raised to ``outcome``.
+
+        Steps already at or above it keep their outcome and gain the reason; nothing is ever
+        relaxed. An escalation to ``approve`` needs one approver, a supervisor by default.
+        """
+        wanted = set(step_ids) if step_ids is not None else None
+        steps = []
+        for s in self.steps:
+            if wanted is not None and s.step_id not in wanted:
+                steps.append(s)
+                continue
+            if s.outcome.severity >= outcome.severity:
+                steps.append(dataclasses.replace(s, reasons=(*s.reasons, reason)))
+                continue
+            changes: dict[str, Any] = {"outcome": outcome, "reasons": (*s.reasons, reason)}
+            if outcome is Outcome.APPROVE:
+                changes["approvals"] = max(1, s.approvals)
+                changes["approver_roles"] = s.approver_roles or ("supervisor",)
+            steps.append(dataclasses.replace(s, **changes))
+        return Decision.combine(
+            steps,
+            policy_version=self.policy_version,
+            plan_reasons=self.plan_reasons,
+            plan_deny=self.outcome is Outcome.DENY or (outcome is Outcome.DENY and wanted is None),
+            adjustments=self.adjustments,
+            review_sample_rate=self.review_sample_rate,
         )
 
     @classmethod

@@ -1,0 +1,768 @@
+"""Guards around routing and execution, kept in the store (docs/guards.md).
+
+The gateway calls, for every plan:
+
+- ``policy_input(plan, specs)`` — ``input.guards`` for the policy, read outside any
+  transaction from a snapshot at most ``SNAPSHOT_TTL`` old (empty when no guard applies);
+- ``admit(tx, emit, record, specs, decision)`` — inside the decide transaction, exactly:
+  kill switches and whitelists deny, rate limits deny, budgets reserve spend (or route to
+  approval or deny), open breakers turn ``execute`` into ``approve``, autonomy settings turn
+  ``execute`` into ``confirm``, anomalies raise an escalation; returns the decision, which
+  is only ever escalated;
+- ``recheck(tx, emit, record)`` — right before an approved or confirmed plan runs: a kill
+  switch stops it (an open breaker does not: a human approved);
+- ``on_step(tx, emit, record, step, ok=)`` — after every executed step: settle the budget,
+  feed the breakers' windows;
+- ``on_finish(tx, emit, record)`` — when a plan ends: release unsettled reservations, count
+  rollbacks, count accepted and declined proposals for progressive autonomy.
+
+Every state change is written through the caller's transaction with its audit event.
+Administrative operations (kill, whitelist, autonomy, review, complaints) run in their own
+transaction, also with their event.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from proctor.core.catalog import ActionSpec, Catalog
+from proctor.core.decisions import Decision, Outcome
+from proctor.core.events import EventType as E
+from proctor.core.guards import (
+    AutonomyLevel,
+    BreakerState,
+    GuardSettings,
+    anomalies,
+    autonomy_outcome,
+    breaker_after,
+    breaker_before,
+    kill_keys,
+    minute,
+    next_level,
+    period_bucket,
+    promotion_due,
+    window_start,
+)
+from proctor.core.lifecycle import PlanRecord, PlanStatus, StepRecord, StepStatus
+from proctor.core.ports import Clock, Store, Transaction
+from proctor.errors import ConflictError, InvalidRequestError, NotFoundError
+
+if TYPE_CHECKING:
+    from proctor.app.gateway import Gateway
+
+__all__ = ["SNAPSHOT_TTL", "Guards"]
+
+Emit = Callable[..., None]
+SNAPSHOT_TTL = 0.5  # seconds: how stale the policy's view of guard state may be
+_KINDS = ("kill", "breaker", "autonomy", "whitelist")
+_RAN = frozenset(
+    {PlanStatus.SUCCEEDED, PlanStatus.FAILED, PlanStatus.COMPENSATED, PlanStatus.UNDONE}
+)
+_VERDICTS = ("fine", "wrong")
+
+
+class Guards:
+    """Rate limits, budgets, breakers, kill switches, whitelists, anomalies and autonomy."""
+
+    def __init__(
+        self, settings: GuardSettings, *, store: Store, clock: Clock, catalog: Catalog
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.clock = clock
+        self.catalog = catalog
+        self._gw: Gateway | None = None
+        self._snap: tuple[float, dict[str, dict[str, Any]]] = (-1e9, {})
+        self._lock = threading.Lock()
+
+    def bind(self, gateway: Gateway) -> None:
+        """Attach to the gateway that calls these hooks (for the admin operations)."""
+        self._gw = gateway
+
+    # ------------------------------------------------------------------ policy input
+
+    def _snapshot(self) -> dict[str, dict[str, Any]]:
+        at, snap = self._snap
+        now = time.monotonic()
+        if now - at > SNAPSHOT_TTL:
+            snap = {kind: self.store.list_state(kind) for kind in _KINDS}
+            with self._lock:
+                self._snap = (now, snap)
+        return snap
+
+    def _invalidate(self) -> None:
+        with self._lock:
+            self._snap = (-1e9, {})
+
+    def policy_input(self, plan: Any, specs: Sequence[ActionSpec]) -> dict[str, Any]:
+        """``input.guards``: what applies to this plan (an empty object when nothing does)."""
+        snap = self._snapshot()
+        agent, user = plan.actor.agent_id, plan.on_behalf_of
+        actions = [s.action for s in plan.steps]
+        out: dict[str, Any] = {}
+        kills = [k for k in kill_keys(agent, actions) if k in snap["kill"]]
+        if kills:
+            out["kill"] = kills
+        breakers = {
+            k: v.get("state")
+            for k in (f"agent:{agent}", *(f"action:{a}" for a in actions))
+            if isinstance(v := snap["breaker"].get(k), dict) and v.get("state") != "closed"
+        }
+        if breakers:
+            out["breakers"] = breakers
+        autonomy = {
+            st.id: v["level"]
+            for st in plan.steps
+            if isinstance(v := snap["autonomy"].get(f"{user}|{st.action}"), dict)
+        }
+        if autonomy:
+            out["autonomy"] = autonomy
+        allowed = snap["whitelist"].get(agent)
+        if isinstance(allowed, dict):
+            out["whitelisted"] = all(a in allowed.get("actions", ()) for a in actions)
+        return out
+
+    # ------------------------------------------------------------------ admission
+
+    def admit(
+        self,
+        tx: Transaction,
+        emit: Emit,
+        record: PlanRecord,
+        specs: Sequence[ActionSpec],
+        decision: Decision,
+    ) -> Decision:
+        """Apply the guards inside the decide transaction; never relaxes ``decision``."""
+        now = self.clock.now()
+        agent, user = record.agent_id, record.on_behalf_of
+        actions = [s.action for s in record.steps]
+        step_ids = [s.step_id for s in record.steps]
+        deny = self._hard_stop(tx, emit, record, agent, actions)
+        if deny is not None:
+            return Decision.deny_all(step_ids, deny, policy_version=decision.policy_version)
+        tx.bump(f"activity:agent:{agent}", minute(now))
+        if decision.outcome is Outcome.DENY:
+            tx.bump(f"denials:agent:{agent}", minute(now))
+            self._anomaly(tx, emit, record, 0, now)
+            return decision
+        limited = self._rate_limit(tx, emit, record, agent, user, actions, now)
+        if limited is not None:
+            return Decision.deny_all(step_ids, limited, policy_version=decision.policy_version)
+        amounts = [spec.amount(s.params) for s, spec in zip(record.steps, specs, strict=True)]
+        self._anomaly(tx, emit, record, sum(amounts), now)
+        decision = self._budgets(tx, emit, record, amounts, decision, now)
+        if decision.outcome is Outcome.DENY:
+            return decision
+        decision = self._breakers(tx, emit, record, decision, now)
+        return self._autonomy(tx, record, amounts, decision)
+
+    def _hard_stop(
+        self, tx: Transaction, emit: Emit, record: PlanRecord, agent: str, actions: list[str]
+    ) -> str | None:
+        for key in kill_keys(agent, actions):
+            engaged = tx.get_state("kill", key)
+            if engaged is not None:
+                reason = f"kill switch {key} is engaged: {engaged.get('reason') or 'no reason'}"
+                emit(E.GUARD_KILLED, plan=record, data={"switch": key}, trusted=True)
+                return reason
+        allowed = tx.get_state("whitelist", agent)
+        if isinstance(allowed, dict):
+            outside = [a for a in actions if a not in allowed.get("actions", ())]
+            if outside:
+                emit(E.GUARD_WHITELIST_DENIED, plan=record, data={"actions": outside})
+                return f"agent {agent!r} may not use {', '.join(sorted(set(outside)))}"
+        return None
+
+    def _rate_limit(
+        self,
+        tx: Transaction,
+        emit: Emit,
+        record: PlanRecord,
+        agent: str,
+        user: str,
+        actions: list[str],
+        now: Any,
+    ) -> str | None:
+        wanted: list[tuple[str, int]] = []
+        for rl in self.settings.rate_limits:
+            values = {
+                "agent": Counter([agent]),
+                "user": Counter([user]),
+                "action": Counter(actions),
+            }
+            for value, n in values[rl.scope].items():
+                if not rl.applies(value):
+                    continue
+                name = f"rate:{rl.scope}:{value}"
+                used = tx.counter_sum(name, window_start(now, rl.per_seconds))[0]
+                if used + n > rl.limit:
+                    emit(
+                        E.GUARD_RATE_LIMITED,
+                        plan=record,
+                        data={
+                            "scope": rl.scope,
+                            "key": value,
+                            "limit": rl.limit,
+                            "per_seconds": rl.per_seconds,
+                            "used": used,
+                        },
+                    )
+                    return (
+                        f"rate limit: {rl.scope} {value!r} used {used} of {rl.limit} "
+                        f"per {rl.per_seconds} s"
+                    )
+                wanted.append((name, n))
+        for name, n in wanted:
+            tx.bump(name, minute(now), count=n)
+        return None
+
+    def _budgets(
+        self,
+        tx: Transaction,
+        emit: Emit,
+        record: PlanRecord,
+        amounts: list[int],
+        decision: Decision,
+        now: Any,
+    ) -> Decision:
+        if not self.settings.budgets or not any(amounts):
+            return decision
+        entries: list[dict[str, Any]] = []
+        for b in self.settings.budgets:
+            bucket = period_bucket(now, b.period)
+            portions: dict[str, list[int]] = {}
+            for s, a in zip(record.steps, amounts, strict=True):
+                value = self._scope_value(b.scope, record, s)
+                if a and b.applies(value):
+                    portions.setdefault(b.counter(value), [0] * len(amounts))[s.index] += a
+            for counter, portion in portions.items():
+                spent = tx.counter_sum(counter, bucket)[1]
+                need = sum(portion)
+                if spent + need > b.limit:
+                    emit(
+                        E.BUDGET_EXCEEDED,
+                        plan=record,
+                        data={
+                            "budget": counter,
+                            "period": bucket,
+                            "limit": b.limit,
+                            "spent": spent,
+                            "amount": need,
+                            "then": b.on_exceed,
+                        },
+                    )
+                    reason = f"budget {counter} ({bucket}): {spent} spent + {need} > {b.limit}"
+                    if b.on_exceed == "deny":
+                        self._release(tx, entries)
+                        return Decision.deny_all(
+                            [s.step_id for s in record.steps],
+                            reason,
+                            policy_version=decision.policy_version,
+                        )
+                    decision = decision.at_least(Outcome.APPROVE, reason)
+                tx.bump(counter, bucket, count=0, amount=need)
+                entries.append({"counter": counter, "bucket": bucket, "steps": portion})
+        if entries:
+            tx.put_state("reservation", record.plan_id, {"entries": entries}, at=now)
+            emit(
+                E.BUDGET_RESERVED,
+                plan=record,
+                data={
+                    "reservations": [
+                        {"budget": e["counter"], "period": e["bucket"], "amount": sum(e["steps"])}
+                        for e in entries
+                    ]
+                },
+            )
+        return decision
+
+    @staticmethod
+    def _scope_value(scope: str, record: PlanRecord, step: StepRecord) -> str:
+        return {
+            "agent": record.agent_id,
+            "user": record.on_behalf_of,
+            "action": step.action,
+            "global": "*",
+        }[scope]
+
+    @staticmethod
+    def _release(tx: Transaction, entries: list[dict[str, Any]]) -> None:
+        for e in entries:
+            tx.bump(e["counter"], e["bucket"], count=0, amount=-sum(e["steps"]))
+
+    def _breakers(
+        self, tx: Transaction, emit: Emit, record: PlanRecord, decision: Decision, now: Any
+    ) -> Decision:
+        keys = [
+            f"agent:{record.agent_id}",
+            *dict.fromkeys(f"action:{s.action}" for s in record.steps),
+        ]
+        for key in keys:
+            stored = tx.get_state("breaker", key)
+            if stored is None:
+                continue
+            state = BreakerState.from_value(stored)
+            if decision.outcome is not Outcome.EXECUTE:
+                continue
+            new, agentic = breaker_before(state, now, self.settings.breaker)
+            if new != state:
+                tx.put_state("breaker", key, new.value(), at=now)
+                self._invalidate()
+                if new.state != state.state:
+                    emit(E.BREAKER_HALF_OPEN, plan=record, data={"breaker": key}, trusted=True)
+            if not agentic:
+                steps = (
+                    None
+                    if key.startswith("agent:")
+                    else [s.step_id for s in record.steps if f"action:{s.action}" == key]
+                )
+                decision = decision.at_least(
+                    Outcome.APPROVE, f"circuit breaker {key} is {new.state}: {new.reason}", steps
+                )
+        return decision
+
+    def _autonomy(
+        self, tx: Transaction, record: PlanRecord, amounts: list[int], decision: Decision
+    ) -> Decision:
+        for s, amount in zip(record.steps, amounts, strict=True):
+            setting = tx.get_state("autonomy", f"{record.on_behalf_of}|{s.action}")
+            if not isinstance(setting, dict):
+                continue
+            level = AutonomyLevel(setting["level"])
+            if autonomy_outcome(level, setting.get("below"), amount) == "confirm":
+                decision = decision.at_least(
+                    Outcome.CONFIRM,
+                    f"{record.on_behalf_of}'s autonomy for {s.action} is {level.value}"
+                    + (f" below {setting['below']}" if setting.get("below") is not None else ""),
+                    [s.step_id],
+                )
+        return decision
+
+    def _anomaly(
+        self, tx: Transaction, emit: Emit, record: PlanRecord, cost: int, now: Any
+    ) -> None:
+        agent = record.agent_id
+        last_minute = tx.counter_sum(f"activity:agent:{agent}", minute(now))[0]
+        last_hour, hour_cost = tx.counter_sum(f"activity:agent:{agent}", window_start(now, 3600))
+        denials = tx.counter_sum(f"denials:agent:{agent}", window_start(now, 600))[0]
+        if cost:
+            tx.bump(f"activity:agent:{agent}", minute(now), count=0, amount=cost)
+        found = anomalies(
+            last_minute=last_minute,
+            last_hour=last_hour,
+            denials=denials,
+            plan_cost=cost,
+            hour_cost=hour_cost,
+            hour_plans=last_hour,
+            settings=self.settings.anomaly,
+        )
+        if not found:
+            return
+        # One escalation per agent per ten minutes, not one per plan.
+        last = tx.get_state("anomaly", agent)
+        if isinstance(last, dict) and last.get("bucket", "") >= window_start(now, 600):
+            return
+        tx.put_state("anomaly", agent, {"bucket": minute(now), "reasons": found}, at=now)
+        emit(
+            E.ANOMALY_DETECTED,
+            plan=record,
+            data={
+                "agent_id": agent,
+                "reasons": found,
+                "summary": f"agent {agent}: " + "; ".join(found),
+                "severity": "high",
+            },
+        )
+
+    # ------------------------------------------------------------------ execution
+
+    def recheck(self, tx: Transaction, emit: Emit, record: PlanRecord) -> str | None:
+        """Right before a confirmed or approved plan runs: a kill switch stops it."""
+        actions = [s.action for s in record.steps]
+        return self._hard_stop(tx, emit, record, record.agent_id, actions)
+
+    def on_step(
+        self, tx: Transaction, emit: Emit, record: PlanRecord, step: StepRecord, *, ok: bool
+    ) -> None:
+        """After a step ran: settle its budget, feed the breakers' windows."""
+        now = self.clock.now()
+        spec = self.catalog.get(step.action)
+        planned = spec.amount(step.params) if spec is not None else 0
+        cost = planned
+        if ok and isinstance(step.result, dict) and type(step.result.get("cost")) is int:
+            cost = step.result["cost"]  # what the tool says it really cost
+        self._settle(tx, emit, record, step, cost if ok else 0, now)
+        for key in (f"action:{step.action}", f"agent:{record.agent_id}"):
+            tx.bump(f"calls:{key}", minute(now), amount=cost)
+            if not ok:
+                tx.bump(f"errors:{key}", minute(now))
+            stored = tx.get_state("breaker", key)
+            if ok and not cost and stored is None:
+                continue  # a cheap success cannot open a closed breaker
+            self._judge(tx, emit, record, key, stored, ok=ok, cost=cost, now=now)
+
+    def _judge(
+        self,
+        tx: Transaction,
+        emit: Emit,
+        record: PlanRecord,
+        key: str,
+        stored: Any,
+        *,
+        ok: bool,
+        cost: int,
+        now: Any,
+    ) -> None:
+        since = window_start(now, self.settings.breaker.window_seconds)
+        calls, window_cost = tx.counter_sum(f"calls:{key}", since)
+        errors = tx.counter_sum(f"errors:{key}", since)[0]
+        rollbacks = tx.counter_sum(f"rollbacks:{key}", since)[0]
+        state = BreakerState.from_value(stored)
+        new = breaker_after(
+            state,
+            ok=ok,
+            calls=calls,
+            errors=errors,
+            rollbacks=rollbacks,
+            cost=cost,
+            window_cost=window_cost,
+            now=now,
+            settings=self.settings.breaker,
+        )
+        if new == state:
+            return
+        tx.put_state("breaker", key, new.value(), at=now)
+        self._invalidate()
+        event = {"open": E.BREAKER_OPENED, "closed": E.BREAKER_CLOSED}.get(new.state)
+        if event is not None and new.state != state.state:
+            emit(
+                event,
+                plan=record,
+                data={"breaker": key, "reason": new.reason, "severity": "high"},
+            )
+
+    def _settle(
+        self, tx: Transaction, emit: Emit, record: PlanRecord, step: StepRecord, cost: int, now: Any
+    ) -> None:
+        res = tx.get_state("reservation", record.plan_id)
+        if not isinstance(res, dict):
+            return
+        settled = []
+        for e in res["entries"]:
+            reserved = e["steps"][step.index]
+            if not reserved:
+                continue
+            actual = cost if e["steps"][step.index] else 0
+            tx.bump(e["counter"], e["bucket"], count=0, amount=actual - reserved)
+            e["steps"][step.index] = 0
+            settled.append({"budget": e["counter"], "reserved": reserved, "spent": actual})
+            limit = self._limit_of(e["counter"])
+            spent = tx.counter_sum(e["counter"], e["bucket"])[1]
+            if limit is not None and spent > limit:
+                emit(
+                    E.BUDGET_EXCEEDED,
+                    plan=record,
+                    step_id=step.step_id,
+                    data={
+                        "budget": e["counter"],
+                        "period": e["bucket"],
+                        "limit": limit,
+                        "spent": spent,
+                        "amount": actual,
+                        "then": "recorded",
+                    },
+                )
+        if settled:
+            tx.put_state("reservation", record.plan_id, res, at=now)
+            emit(E.BUDGET_SETTLED, plan=record, step_id=step.step_id, data={"settled": settled})
+
+    def _limit_of(self, counter: str) -> int | None:
+        for b in self.settings.budgets:
+            _, scope, who = counter.split(":", 2)
+            if b.scope == scope and b.applies(who):
+                return b.limit
+        return None
+
+    def on_finish(self, tx: Transaction, emit: Emit, record: PlanRecord) -> None:
+        """When a plan ends: release what it did not spend, count rollbacks and proposals."""
+        now = self.clock.now()
+        res = tx.get_state("reservation", record.plan_id)
+        if isinstance(res, dict):
+            released = []
+            for e in res["entries"]:
+                left = sum(e["steps"])
+                if left:
+                    tx.bump(e["counter"], e["bucket"], count=0, amount=-left)
+                    released.append({"budget": e["counter"], "amount": left})
+            tx.put_state("reservation", record.plan_id, None, at=now)
+            if released:
+                emit(E.BUDGET_RELEASED, plan=record, data={"released": released})
+        if record.status in (PlanStatus.UNDONE, PlanStatus.COMPENSATED):
+            undone = {s.action for s in record.steps if s.status is StepStatus.COMPENSATED}
+            for key in (*(f"action:{a}" for a in sorted(undone)), f"agent:{record.agent_id}"):
+                tx.bump(f"rollbacks:{key}", minute(now))
+                self._judge(
+                    tx, emit, record, key, tx.get_state("breaker", key), ok=True, cost=0, now=now
+                )
+        if record.outcome == "confirm" and record.status in (
+            *_RAN,
+            PlanStatus.REJECTED,
+            PlanStatus.EXPIRED,
+        ):
+            self._count_proposal(tx, emit, record, record.status in _RAN, now)
+
+    def _count_proposal(
+        self, tx: Transaction, emit: Emit, record: PlanRecord, accepted: bool, now: Any
+    ) -> None:
+        user = record.on_behalf_of
+        for action in dict.fromkeys(s.action for s in record.steps):
+            key = f"{user}|{action}"
+            tx.bump(f"proposals:{key}", "all", count=1, amount=1 if accepted else 0)
+            setting = tx.get_state("autonomy", key)
+            level = AutonomyLevel(setting["level"]) if isinstance(setting, dict) else None
+            if level is None or next_level(level) is None:
+                continue
+            if tx.get_state("promotion", key) is not None:
+                continue  # a suggestion is pending (or was declined for this streak)
+            total, yes = tx.counter_sum(f"proposals:{key}", "all")
+            if promotion_due(yes, total - yes, self.settings.autonomy):
+                target = next_level(level)
+                assert target is not None
+                tx.put_state(
+                    "promotion",
+                    key,
+                    {
+                        "from": level.value,
+                        "to": target.value,
+                        "accepted": yes,
+                        "total": total,
+                        "status": "suggested",
+                    },
+                    at=now,
+                )
+                emit(
+                    E.AUTONOMY_PROMOTION_SUGGESTED,
+                    plan=record,
+                    user_id=user,
+                    data={
+                        "user": user,
+                        "action": action,
+                        "from": level.value,
+                        "to": target.value,
+                        "accepted": yes,
+                        "total": total,
+                    },
+                )
+
+    # ------------------------------------------------------------------ administration
+
+    def _admin(self, fn: Callable[[Transaction, Emit, Any], Any]) -> Any:
+        if self._gw is None:
+            raise ConflictError("the guards are not attached to a gateway")
+        with self.store.transaction() as tx:
+            j = self._gw._journal(tx)
+
+            def emit(type_: str, **kw: Any) -> None:
+                kw.setdefault("actor", {"type": "human", "name": kw.get("user_id") or "admin"})
+                j.emit(type_, **kw)
+
+            out = fn(tx, emit, self.clock.now())
+            j.flush()
+        self._invalidate()
+        return out
+
+    @staticmethod
+    def _switch(scope: str, key: str | None) -> str:
+        if scope == "global":
+            return "global"
+        if scope not in ("agent", "action") or not key:
+            raise InvalidRequestError(
+                "a kill switch is global, or for an agent or an action with its name",
+                field="scope",
+            )
+        return f"{scope}:{key}"
+
+    def kill(self, scope: str, key: str | None, *, by: str, reason: str = "") -> str:
+        """Engage a kill switch (``global``, ``agent`` NAME or ``action`` NAME)."""
+        switch = self._switch(scope, key)
+
+        def op(tx: Transaction, emit: Emit, now: Any) -> str:
+            tx.put_state(
+                "kill", switch, {"by": by, "reason": reason, "at": now.isoformat()}, at=now
+            )
+            emit(E.KILL_ENGAGED, user_id=by, data={"switch": switch, "by": by, "reason": reason})
+            return switch
+
+        result: str = self._admin(op)
+        return result
+
+    def unkill(self, scope: str, key: str | None, *, by: str) -> bool:
+        """Release a kill switch; False if it was not engaged."""
+        switch = self._switch(scope, key)
+
+        def op(tx: Transaction, emit: Emit, now: Any) -> bool:
+            if tx.get_state("kill", switch) is None:
+                return False
+            tx.put_state("kill", switch, None, at=now)
+            emit(E.KILL_RELEASED, user_id=by, data={"switch": switch, "by": by})
+            return True
+
+        result: bool = self._admin(op)
+        return result
+
+    def set_whitelist(self, agent: str, actions: Sequence[str] | None, *, by: str) -> None:
+        """Limit ``agent`` to ``actions`` (None removes the limit)."""
+        unknown = [a for a in actions or () if a not in self.catalog]
+        if unknown:
+            raise InvalidRequestError(f"unknown action {unknown[0]!r}", field="actions")
+
+        def op(tx: Transaction, emit: Emit, now: Any) -> None:
+            value = None if actions is None else {"actions": sorted(set(actions))}
+            tx.put_state("whitelist", agent, value, at=now)
+            emit(
+                E.WHITELIST_CHANGED,
+                user_id=by,
+                data={"agent": agent, "actions": None if value is None else value["actions"]},
+            )
+
+        self._admin(op)
+
+    def set_autonomy(
+        self, user: str, action: str, level: str, *, below: int | None = None, by: str
+    ) -> None:
+        """Set a user's autonomy level (and tolerance) for one action."""
+        if action not in self.catalog:
+            raise InvalidRequestError(f"unknown action {action!r}", field="action")
+        try:
+            lvl = AutonomyLevel(level)
+        except ValueError:
+            raise InvalidRequestError(
+                "level must be propose, confirm or auto", field="level"
+            ) from None
+        if below is not None and (type(below) is not int or below < 0):
+            raise InvalidRequestError("below must be a non-negative amount", field="below")
+
+        def op(tx: Transaction, emit: Emit, now: Any) -> None:
+            key = f"{user}|{action}"
+            tx.put_state("autonomy", key, {"level": lvl.value, "below": below, "by": by}, at=now)
+            tx.put_state("promotion", key, None, at=now)
+            emit(
+                E.AUTONOMY_CHANGED,
+                user_id=user,
+                data={"user": user, "action": action, "level": lvl.value, "below": below, "by": by},
+            )
+
+        self._admin(op)
+
+    def answer_promotion(self, user: str, action: str, *, accept: bool) -> str:
+        """The user opts in (the level goes up one) or out of a suggested promotion."""
+        key = f"{user}|{action}"
+
+        def op(tx: Transaction, emit: Emit, now: Any) -> str:
+            pending = tx.get_state("promotion", key)
+            if not isinstance(pending, dict) or pending.get("status") != "suggested":
+                raise NotFoundError(
+                    f"no promotion is suggested for {user} on {action}", field="action"
+                )
+            setting = tx.get_state("autonomy", key) or {}
+            level = pending["to"] if accept else pending["from"]
+            if accept:
+                tx.put_state("autonomy", key, {**setting, "level": level, "by": user}, at=now)
+                tx.put_state("promotion", key, None, at=now)
+            else:
+                tx.put_state("promotion", key, {**pending, "status": "declined"}, at=now)
+            emit(
+                E.AUTONOMY_CHANGED,
+                user_id=user,
+                data={
+                    "user": user,
+                    "action": action,
+                    "level": level,
+                    "promotion": "accepted" if accept else "declined",
+                    "by": user,
+                },
+            )
+            return str(level)
+
+        result: str = self._admin(op)
+        return result
+
+    def mark_review(self, plan_id: str, verdict: str, *, reviewer: str, note: str = "") -> None:
+        """Mark a sampled plan fine or wrong (a wrong one is a false action in the KPIs)."""
+        if verdict not in _VERDICTS:
+            raise InvalidRequestError("verdict must be fine or wrong", field="verdict")
+
+        def op(tx: Transaction, emit: Emit, now: Any) -> None:
+            rec = tx.get_plan(plan_id)
+            if rec is None:
+                raise NotFoundError(f"no plan {plan_id!r}", field="plan_id")
+            if not rec.review:
+                raise ConflictError(f"plan {plan_id} was not sampled for review", field="plan_id")
+            tx.save_plan(dataclasses.replace(rec, review_verdict=verdict))
+            emit(
+                E.REVIEW_MARKED,
+                plan=rec,
+                user_id=reviewer,
+                data={"verdict": verdict, "reviewer": reviewer, "note": note[:2000]},
+            )
+
+        self._admin(op)
+
+    def complain(self, plan_id: str, *, by: str, reason: str) -> None:
+        """A user says an action was wrong (a false action in the KPIs)."""
+        if not reason.strip():
+            raise InvalidRequestError("say what was wrong", field="reason")
+
+        def op(tx: Transaction, emit: Emit, now: Any) -> None:
+            rec = tx.get_plan(plan_id)
+            if rec is None:
+                raise NotFoundError(f"no plan {plan_id!r}", field="plan_id")
+            emit(E.COMPLAINT_FILED, plan=rec, user_id=by, data={"by": by, "reason": reason[:2000]})
+
+        self._admin(op)
+
+    def review_queue(self, limit: int = 100) -> list[PlanRecord]:
+        """Sampled plans that no reviewer has marked yet, newest first."""
+        out: list[PlanRecord] = []
+        before = None
+        while len(out) < limit:
+            page = self.store.list_plans(limit=500, before=before)
+            if not page:
+                break
+            out.extend(p for p in page if p.review and p.review_verdict is None)
+            last = page[-1]
+            before = f"{last.created_at.isoformat()}|{last.plan_id}"
+        return out[:limit]
+
+    def status(self) -> dict[str, Any]:
+        """Kill switches, breakers, whitelists, autonomy settings, promotions, budget use."""
+        now = self.clock.now()
+        budgets = []
+        for b in self.settings.budgets:
+            bucket = period_bucket(now, b.period)
+            one = b.scope == "global" or b.key != "*"
+            used = self.store.counter_sum(b.counter(b.key), bucket)[1] if one else None
+            budgets.append(
+                {
+                    "scope": b.scope,
+                    "key": b.key,
+                    "period": bucket,
+                    "limit": b.limit,
+                    "used": used,
+                    "on_exceed": b.on_exceed,
+                }
+            )
+        return {
+            "kill": self.store.list_state("kill"),
+            "breakers": self.store.list_state("breaker"),
+            "whitelists": self.store.list_state("whitelist"),
+            "autonomy": self.store.list_state("autonomy"),
+            "promotions": self.store.list_state("promotion"),
+            "budgets": budgets,
+            "rate_limits": [dataclasses.asdict(r) for r in self.settings.rate_limits],
+        }

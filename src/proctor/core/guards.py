@@ -1,0 +1,335 @@
+"""Guard rules: rate limits, budgets, breakers, kill switches, whitelists, anomalies, autonomy.
+
+Pure functions and value types: no I/O, no clock (time is passed in). ``proctor.app.guards``
+keeps their state in the store and applies them around routing and execution.
+
+Counters are keyed by a name and a *bucket*, a sortable string: the UTC minute
+(``2026-11-24T03:41``) for sliding windows, the day (``2026-11-24``) or the month
+(``2026-11``) for budget periods. A sliding window of ``s`` seconds sums the minute buckets
+from ``window_start(now, s)`` on (minute granularity: a window is never shorter than asked).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from proctor.errors import ConfigError
+
+__all__ = [
+    "AnomalySettings",
+    "AutonomyLevel",
+    "AutonomySettings",
+    "BreakerSettings",
+    "BreakerState",
+    "Budget",
+    "GuardSettings",
+    "RateLimit",
+    "anomalies",
+    "autonomy_outcome",
+    "breaker_after",
+    "breaker_before",
+    "minute",
+    "period_bucket",
+    "promotion_due",
+    "window_start",
+]
+
+SCOPES = ("agent", "action", "user", "global")
+
+
+def minute(now: datetime) -> str:
+    """The minute bucket of ``now`` (UTC)."""
+    return now.strftime("%Y-%m-%dT%H:%M")
+
+
+def window_start(now: datetime, seconds: int) -> str:
+    """The first minute bucket of a sliding window of ``seconds`` ending at ``now``."""
+    return minute(now - timedelta(seconds=max(seconds - 60, 0)))
+
+
+def period_bucket(now: datetime, period: str) -> str:
+    """The bucket of a budget period: ``day`` or ``month``."""
+    return now.strftime("%Y-%m-%d") if period == "day" else now.strftime("%Y-%m")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RateLimit:
+    """At most ``limit`` plans (agent, user) or steps (action) per ``per_seconds``.
+
+    ``key`` is one agent/action/user name, or ``*`` for each one separately.
+    """
+
+    scope: str
+    key: str
+    limit: int
+    per_seconds: int = 60
+
+    def __post_init__(self) -> None:
+        _check_scope(self.scope, "guards.rate_limits", allow_global=False)
+        if self.limit < 1 or self.per_seconds < 60:
+            raise ConfigError(
+                "a rate limit needs limit >= 1 and per_seconds >= 60",
+                field="guards.rate_limits",
+            )
+
+    def applies(self, value: str) -> bool:
+        """Whether this limit counts ``value`` (an agent, action or user name)."""
+        return self.key in ("*", value)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Budget:
+    """At most ``limit`` minor units spent per ``period`` by a scope (or ``global``).
+
+    Spend is reserved when a plan is decided, settled when its step runs, released when it
+    does not. A plan that would exceed it routes to ``on_exceed``: ``approve`` or ``deny``.
+    """
+
+    scope: str
+    key: str
+    limit: int
+    period: str = "day"
+    on_exceed: str = "approve"
+
+    def __post_init__(self) -> None:
+        _check_scope(self.scope, "guards.budgets", allow_global=True)
+        if self.limit < 0 or self.period not in ("day", "month"):
+            raise ConfigError(
+                "a budget needs limit >= 0 and period day or month", field="guards.budgets"
+            )
+        if self.on_exceed not in ("approve", "deny"):
+            raise ConfigError(
+                "budget on_exceed must be approve or deny", field="guards.budgets.on_exceed"
+            )
+
+    def applies(self, value: str) -> bool:
+        """Whether this budget counts ``value``."""
+        return self.scope == "global" or self.key in ("*", value)
+
+    def counter(self, value: str) -> str:
+        """The counter this budget keeps for ``value``."""
+        who = "*" if self.scope == "global" else value
+        return f"budget:{self.scope}:{who}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BreakerSettings:
+    """When a breaker (per action and per agent) opens, and how it closes again."""
+
+    window_seconds: int = 300
+    min_calls: int = 10
+    error_rate: float = 0.5
+    rollback_rate: float = 0.5
+    cost_spike: float = 10.0  # a step costing this many times the window's average
+    open_seconds: int = 60
+    trials: int = 3
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AnomalySettings:
+    """What counts as an anomaly for an agent."""
+
+    rate_factor: float = 5.0  # actions in the last minute above k x its hourly baseline
+    min_rate: int = 20  # ... and above this many per minute
+    denials: int = 5  # denials within ten minutes
+    cost_factor: float = 10.0  # a plan costing k x the agent's hourly average
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AutonomySettings:
+    """When Proctor suggests promoting a user's autonomy for an action."""
+
+    min_accepted: int = 20
+    min_rate: float = 0.9
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GuardSettings:
+    """Every guard's configuration (``[guards]`` in config.toml)."""
+
+    rate_limits: tuple[RateLimit, ...] = ()
+    budgets: tuple[Budget, ...] = ()
+    breaker: BreakerSettings = field(default_factory=BreakerSettings)
+    anomaly: AnomalySettings = field(default_factory=AnomalySettings)
+    autonomy: AutonomySettings = field(default_factory=AutonomySettings)
+
+
+def _check_scope(scope: str, where: str, *, allow_global: bool) -> None:
+    allowed = SCOPES if allow_global else SCOPES[:3]
+    if scope not in allowed:
+        raise ConfigError(
+            f"scope must be one of {', '.join(allowed)}, not {scope!r}", field=f"{where}.scope"
+        )
+
+
+# --------------------------------------------------------------------------- breakers
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BreakerState:
+    """A circuit breaker: ``closed`` → ``open`` → ``half_open`` → ``closed`` (or open)."""
+
+    state: str = "closed"
+    opened_at: str | None = None
+    trials: int = 0  # trial calls let through while half-open
+    reason: str = ""
+
+    @classmethod
+    def from_value(cls, value: Any) -> BreakerState:
+        """Read a stored value (None: closed)."""
+        if not isinstance(value, Mapping):
+            return cls()
+        return cls(
+            state=str(value.get("state", "closed")),
+            opened_at=value.get("opened_at"),
+            trials=int(value.get("trials", 0)),
+            reason=str(value.get("reason", "")),
+        )
+
+    def value(self) -> dict[str, Any]:
+        """The stored form."""
+        return {
+            "state": self.state,
+            "opened_at": self.opened_at,
+            "trials": self.trials,
+            "reason": self.reason,
+        }
+
+
+def breaker_before(
+    state: BreakerState, now: datetime, settings: BreakerSettings
+) -> tuple[BreakerState, bool]:
+    """Before an agentic execution: the state to keep, and whether it may run agentically.
+
+    An open breaker turns half-open after ``open_seconds``; half-open lets ``trials`` calls
+    through; everything else must be approved by a human.
+    """
+    if state.state == "open" and state.opened_at is not None:
+        opened = datetime.fromisoformat(state.opened_at)
+        if now >= opened + timedelta(seconds=settings.open_seconds):
+            state = BreakerState(state="half_open", opened_at=state.opened_at, reason=state.reason)
+    if state.state == "closed":
+        return state, True
+    if state.state == "half_open" and state.trials < settings.trials:
+        return BreakerState(
+            state="half_open",
+            opened_at=state.opened_at,
+            trials=state.trials + 1,
+            reason=state.reason,
+        ), True
+    return state, False
+
+
+def breaker_after(
+    state: BreakerState,
+    *,
+    ok: bool,
+    calls: int,
+    errors: int,
+    rollbacks: int,
+    cost: int,
+    window_cost: int,
+    now: datetime,
+    settings: BreakerSettings,
+) -> BreakerState:
+    """After a step (or a rollback): the breaker's next state.
+
+    ``calls``, ``errors``, ``rollbacks`` and ``window_cost`` are the window's totals,
+    including this outcome; ``cost`` is this step's.
+    """
+    if state.state == "half_open":
+        if not ok:
+            return BreakerState(
+                state="open", opened_at=now.isoformat(), reason="a trial call failed"
+            )
+        if state.trials >= settings.trials:
+            return BreakerState()
+        return state
+    if state.state == "open":
+        return state
+    reason = ""
+    if calls >= settings.min_calls:
+        if errors / calls >= settings.error_rate:
+            reason = f"error rate {errors}/{calls} over {settings.window_seconds} s"
+        elif rollbacks / calls >= settings.rollback_rate:
+            reason = f"rollback rate {rollbacks}/{calls} over {settings.window_seconds} s"
+        elif cost and window_cost and cost * calls >= settings.cost_spike * window_cost:
+            reason = f"cost spike: {cost} against an average of {window_cost // calls}"
+    if reason:
+        return BreakerState(state="open", opened_at=now.isoformat(), reason=reason)
+    return state
+
+
+# --------------------------------------------------------------------------- anomalies
+
+
+def anomalies(
+    *,
+    last_minute: int,
+    last_hour: int,
+    denials: int,
+    plan_cost: int,
+    hour_cost: int,
+    hour_plans: int,
+    settings: AnomalySettings,
+) -> list[str]:
+    """Return why an agent's activity looks anomalous (empty: it does not)."""
+    found = []
+    baseline = last_hour / 60
+    if last_minute >= settings.min_rate and last_minute > settings.rate_factor * max(baseline, 1):
+        found.append(
+            f"{last_minute} actions in the last minute, {settings.rate_factor:g}x above its "
+            f"hourly baseline of {baseline:.1f}/min"
+        )
+    if denials >= settings.denials:
+        found.append(f"{denials} denials in ten minutes")
+    if hour_plans >= 5 and plan_cost and hour_cost:
+        average = hour_cost / hour_plans
+        if plan_cost > settings.cost_factor * average:
+            found.append(f"a plan costing {plan_cost} against an hourly average of {average:.0f}")
+    return found
+
+
+# --------------------------------------------------------------------------- autonomy
+
+
+class AutonomyLevel(StrEnum):
+    """How much a user lets an agent do alone for one action."""
+
+    PROPOSE = "propose"  # the agent proposes; the user accepts each one
+    CONFIRM = "confirm"  # the user confirms each one with a click
+    AUTO = "auto"  # the policy's outcome stands (within the tolerance, if any)
+
+
+_NEXT = {AutonomyLevel.PROPOSE: AutonomyLevel.CONFIRM, AutonomyLevel.CONFIRM: AutonomyLevel.AUTO}
+
+
+def next_level(level: AutonomyLevel) -> AutonomyLevel | None:
+    """The level a promotion moves to, or None at the top."""
+    return _NEXT.get(level)
+
+
+def autonomy_outcome(level: AutonomyLevel, below: int | None, amount: int) -> str | None:
+    """The least outcome a user's autonomy setting requires for one step, or None.
+
+    ``propose`` and ``confirm`` need the user's confirmation; ``auto`` needs nothing, except
+    at or above its tolerance (``below``), where it needs a confirmation too.
+    """
+    if level is AutonomyLevel.AUTO:
+        return "confirm" if below is not None and amount >= below else None
+    return "confirm"
+
+
+def promotion_due(accepted: int, declined: int, settings: AutonomySettings) -> bool:
+    """Whether a user's record on an action earns a promotion suggestion."""
+    total = accepted + declined
+    return accepted >= settings.min_accepted and total > 0 and accepted / total >= settings.min_rate
+
+
+def kill_keys(agent: str, actions: Sequence[str]) -> list[str]:
+    """The kill-switch keys that can stop a plan: global, its agent, each action."""
+    return ["global", f"agent:{agent}", *(f"action:{a}" for a in dict.fromkeys(actions))]
