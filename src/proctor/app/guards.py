@@ -396,7 +396,7 @@ class Guards:
         cost = planned
         if ok and isinstance(step.result, dict) and type(step.result.get("cost")) is int:
             cost = step.result["cost"]  # what the tool says it really cost
-        self._settle(tx, emit, record, step, cost if ok else 0, now)
+        self._settle(tx, emit, record, step, cost if ok else 0, now, ok=ok)
         for key in (f"action:{step.action}", f"agent:{record.agent_id}"):
             tx.bump(f"calls:{key}", minute(now), amount=cost)
             if not ok:
@@ -447,8 +447,17 @@ class Guards:
             )
 
     def _settle(
-        self, tx: Transaction, emit: Emit, record: PlanRecord, step: StepRecord, cost: int, now: Any
+        self,
+        tx: Transaction,
+        emit: Emit,
+        record: PlanRecord,
+        step: StepRecord,
+        cost: int,
+        now: Any,
+        *,
+        ok: bool,
     ) -> None:
+        """Settle a step's reservation at its real cost (a failed step: released)."""
         res = tx.get_state("reservation", record.plan_id)
         if not isinstance(res, dict):
             return
@@ -479,7 +488,16 @@ class Guards:
                 )
         if settled:
             tx.put_state("reservation", record.plan_id, res, at=now)
-            emit(E.BUDGET_SETTLED, plan=record, step_id=step.step_id, data={"settled": settled})
+            if ok:
+                emit(E.BUDGET_SETTLED, plan=record, step_id=step.step_id, data={"settled": settled})
+            else:
+                released = [{"budget": x["budget"], "amount": x["reserved"]} for x in settled]
+                emit(
+                    E.BUDGET_RELEASED,
+                    plan=record,
+                    step_id=step.step_id,
+                    data={"released": released},
+                )
 
     def _limit_of(self, counter: str) -> int | None:
         for b in self.settings.budgets:

@@ -257,8 +257,12 @@ def breaker_after(
             reason = f"error rate {errors}/{calls} over {settings.window_seconds} s"
         elif rollbacks / calls >= settings.rollback_rate:
             reason = f"rollback rate {rollbacks}/{calls} over {settings.window_seconds} s"
-        elif cost and window_cost and cost * calls >= settings.cost_spike * window_cost:
-            reason = f"cost spike: {cost} against an average of {window_cost // calls}"
+        elif cost and calls > 1 and window_cost > cost:
+            # Against the average of the window's other calls (this one included would dilute
+            # the very spike it is).
+            others = (window_cost - cost) / (calls - 1)
+            if cost >= settings.cost_spike * others:
+                reason = f"cost spike: {cost} against an average of {others:.0f}"
     if reason:
         return BreakerState(state="open", opened_at=now.isoformat(), reason=reason)
     return state
