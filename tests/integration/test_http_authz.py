@@ -65,6 +65,15 @@ MATRIX: dict[str, tuple[int, ...]] = {
                                             (403, 403, 403, 403, 403, 403, 200, 200, 401, 401),
     "GET /v1/audit/keys":                   (403, 403, 403, 403, 403, 403, 200, 200, 401, 401),
     "GET /v1/webhooks/dead-letters":        (403, 403, 403, 403, 403, 403, 403, 200, 401, 401),
+    "GET /v1/guards":                       (403, 403, 403, 403, 403, 403, 200, 200, 401, 401),
+    "POST /v1/guards/kill":                 (403, 403, 403, 403, 403, 403, 403, 200, 401, 401),
+    "POST /v1/guards/unkill":               (403, 403, 403, 403, 403, 403, 403, 200, 401, 401),
+    "PUT /v1/guards/whitelists/bot9":       (403, 403, 403, 403, 403, 403, 403, 200, 401, 401),
+    "GET /v1/autonomy":                     (403, 403, 200, 200, 403, 403, 403, 200, 401, 401),
+    "PUT /v1/autonomy":                     (403, 403, 200, 200, 403, 403, 403, 200, 401, 401),
+    "GET /v1/reviews":                      (403, 403, 403, 403, 403, 403, 200, 200, 401, 401),
+    "POST /v1/plans/{sampled}/review":      (403, 403, 403, 403, 403, 403, 200, 200, 401, 401),
+    "POST /v1/plans/{done}/complaints":     (403, 403, 201, 403, 403, 403, 403, 201, 401, 401),
     "GET /healthz":                         (200, 200, 200, 200, 200, 200, 200, 200, 200, 200),
     "GET /readyz":                          (200, 200, 200, 200, 200, 200, 200, 200, 200, 200),
     "GET /openapi.json":                    (200, 200, 200, 200, 200, 200, 200, 200, 200, 200),
@@ -102,6 +111,25 @@ SETUP: dict[str, Callable[[Proctor], str]] = {
     "done": lambda p: _plan(p, SEARCH),
     "confirmable": lambda p: _plan(p, SUBSCRIPTION),
     "undoable": lambda p: _plan(p, BOOKING),
+    "sampled": lambda p: _sampled(p),
+}
+
+
+def _sampled(proctor: Proctor) -> str:
+    """A plan picked for post-hoc review (the sampling itself is deterministic by digest)."""
+    import dataclasses
+
+    plan_id = _plan(proctor, SEARCH)
+    with proctor.gateway.store.transaction() as tx:
+        tx.save_plan(dataclasses.replace(tx.get_plan(plan_id), review=True))
+    return plan_id
+
+
+BODIES: dict[str, Any] = {
+    "/v1/guards/kill": {"scope": "action", "key": "nothing.here", "reason": "authz test"},
+    "/v1/guards/unkill": {"scope": "action", "key": "nothing.here"},
+    "/v1/guards/whitelists/bot9": {"actions": None},
+    "/v1/autonomy": {"action": "travel.search", "level": "auto"},
 }
 
 
@@ -114,6 +142,12 @@ def _request(route: str, caller: str, proctor: Proctor) -> tuple[str, str, Any]:
     if method == "POST" and path == "/v1/plans":
         agent = caller if caller in ROLES else "bot"
         body = make_plan([SEARCH], agent_id=agent, on_behalf_of="alice")
+    elif path in BODIES:
+        body = BODIES[path]
+    elif path.endswith("/review"):
+        body = {"verdict": "fine", "note": f"by {caller}"}
+    elif path.endswith("/complaints"):
+        body = {"reason": f"by {caller}"}
     elif method == "POST":
         body = {"comment": f"by {caller}"}
     return method, path, body

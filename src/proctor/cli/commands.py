@@ -947,3 +947,13 @@ from proctor.cli import worker_cmd  # noqa: E402 - registered last: it uses this
 
 app.command("worker")(worker_cmd.worker)
 app.command("resolve")(worker_cmd.resolve)
+
+from proctor.cli import guards_cmd  # noqa: E402 - registered last: it uses this module's options
+
+app.command("kill")(guards_cmd.kill)
+app.command("unkill")(guards_cmd.unkill)
+app.command("guards")(guards_cmd.guards)
+app.command("whitelist")(guards_cmd.whitelist)
+app.command("complain")(guards_cmd.complain)
+app.add_typer(guards_cmd.autonomy_app, name="autonomy")
+app.add_typer(guards_cmd.review_app, name="review")

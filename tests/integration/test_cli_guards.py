@@ -1,0 +1,87 @@
+"""The guard commands through the installed script: kill, unkill, guards, whitelist, autonomy,
+review, complain, resolve and worker."""
+
+from __future__ import annotations
+
+import pytest
+
+from .test_cli import BOOKING, SEARCH, SUBSCRIPTION, manifest, submit
+
+pytestmark = pytest.mark.cli
+
+
+class TestKill:
+    def test_kill_denies_and_unkill_restores(self, cli, fresh_home, tmp_path):
+        r = cli("kill", "--agent", "test-bot", "--as", "ops", "-m", "incident 7", home=fresh_home)
+        assert r.code == 0, str(r)
+        denied = submit(cli, fresh_home, tmp_path, manifest(SEARCH))
+        assert denied["status"] == "denied"
+        assert "incident 7" in " ".join(denied["reasons"])
+        status = cli("guards", "--json", home=fresh_home).json()
+        assert status["kill"]["agent:test-bot"]["reason"] == "incident 7"
+        assert cli("unkill", "--agent", "test-bot", "--as", "ops", home=fresh_home).code == 0
+        assert cli("unkill", "--agent", "test-bot", "--as", "ops", home=fresh_home).code == 1
+        assert submit(cli, fresh_home, tmp_path, manifest(SEARCH))["status"] == "succeeded"
+
+    @pytest.mark.parametrize(
+        "args",
+        [
+            ("kill", "--as", "ops"),
+            ("kill", "--global", "--agent", "x", "--as", "ops"),
+            ("whitelist", "bot"),
+        ],
+    )
+    def test_usage_errors_exit_2(self, cli, fresh_home, args):
+        r = cli(*args, home=fresh_home)
+        assert r.code == 2, str(r)
+
+
+class TestWhitelistAndAutonomy:
+    def test_whitelist(self, cli, fresh_home, tmp_path):
+        assert cli("whitelist", "test-bot", "travel.search", home=fresh_home).code == 0
+        assert submit(cli, fresh_home, tmp_path, manifest(SEARCH))["status"] == "succeeded"
+        assert submit(cli, fresh_home, tmp_path, manifest(BOOKING))["status"] == "denied"
+        bad = cli("whitelist", "test-bot", "no.such", "--json", home=fresh_home)
+        assert bad.code == 1 and bad.error()["field"] == "actions"
+        assert cli("whitelist", "test-bot", "--clear", home=fresh_home).code == 0
+        assert submit(cli, fresh_home, tmp_path, manifest(BOOKING))["status"] == "succeeded"
+
+    def test_autonomy_confirm_level(self, cli, fresh_home, tmp_path):
+        r = cli("autonomy", "set", "alice", "travel.search", "confirm", home=fresh_home)
+        assert r.code == 0, str(r)
+        doc = submit(cli, fresh_home, tmp_path, manifest(SEARCH))
+        assert doc["status"] == "awaiting_confirmation"
+        shown = cli("autonomy", "show", "--json", home=fresh_home).json()
+        assert shown["autonomy"]["alice|travel.search"]["level"] == "confirm"
+        bad = cli("autonomy", "set", "alice", "travel.search", "yolo", "--json", home=fresh_home)
+        assert bad.code == 1 and bad.error()["field"] == "level"
+        none = cli("autonomy", "accept", "alice", "travel.search", "--json", home=fresh_home)
+        assert none.code == 1 and none.error()["code"] == "not_found"
+
+
+class TestReviewAndComplaints:
+    def test_complain_and_review_errors(self, cli, fresh_home, tmp_path):
+        doc = submit(cli, fresh_home, tmp_path, manifest(SUBSCRIPTION))
+        r = cli("complain", doc["plan_id"], "--as", "alice", "-m", "not me", home=fresh_home)
+        assert r.code == 0, str(r)
+        assert cli("review", "list", "--json", home=fresh_home).json()["plans"] == []
+        r = cli(
+            "review", "mark", doc["plan_id"], "wrong", "--as", "rita", "--json", home=fresh_home
+        )
+        assert r.code == 1 and r.error()["code"] == "conflict"  # it was not sampled
+        missing = cli("complain", "nope", "--as", "alice", "-m", "x", "--json", home=fresh_home)
+        assert missing.code == 1 and missing.error()["code"] == "not_found"
+
+
+class TestWorkerAndResolve:
+    def test_worker_once_and_resolve_of_a_plan_without_attention(self, cli, fresh_home, tmp_path):
+        r = cli("worker", "--once", "--json", home=fresh_home)
+        assert r.code == 0, str(r)
+        assert r.json() == {"timers_fired": 0, "plans_resumed": 0}
+        doc = submit(cli, fresh_home, tmp_path, manifest(SEARCH))
+        r = cli(
+            "resolve", doc["plan_id"], "s1", "--succeeded", "--as", "ops", "--json", home=fresh_home
+        )
+        assert r.code == 1 and r.error()["code"] == "conflict"
+        r = cli("resolve", doc["plan_id"], "s1", "--as", "ops", home=fresh_home)
+        assert r.code == 2
