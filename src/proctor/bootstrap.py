@@ -363,3 +363,46 @@ def open_log_view(home: Path) -> LogView:
 def open_home(home: Path, *, clock: Clock | None = None) -> Instance:
     """Load the settings of ``home`` and open it."""
     return open_instance(load(home), clock=clock)
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseStatus:
+    """A home's database: where, and which schema version against this Proctor's."""
+
+    url: str  # without a password
+    version: int
+    expected: int
+
+
+def _redacted(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    creds, at, host = rest.rpartition("@")
+    if not at or ":" not in creds:
+        return url
+    return f"{scheme}{sep}{creds.split(':', 1)[0]}:***@{host}"
+
+
+def database_status(home: Path, *, upgrade: bool = False) -> tuple[DatabaseStatus, DatabaseStatus]:
+    """Return the database status of ``home`` before and after (``upgrade``: migrate it)."""
+    from proctor.storage import SCHEMA_VERSION
+
+    settings = load(home)
+    if settings.database_url.startswith("memory:"):
+        raise ConfigError("an in-memory database has no schema to upgrade", field="database.url")
+    store = open_store(settings.database_url, synchronous=settings.synchronous, migrate=False)
+    try:
+        before = int(store.schema_version())  # type: ignore[attr-defined]
+    finally:
+        store.close()
+    after = before
+    if upgrade:
+        store = open_store(settings.database_url, synchronous=settings.synchronous)
+        try:
+            after = int(store.schema_version())  # type: ignore[attr-defined]
+        finally:
+            store.close()
+    url = _redacted(settings.database_url)
+    return (
+        DatabaseStatus(url=url, version=before, expected=SCHEMA_VERSION),
+        DatabaseStatus(url=url, version=after, expected=SCHEMA_VERSION),
+    )

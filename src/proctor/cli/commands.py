@@ -957,3 +957,7 @@ app.command("whitelist")(guards_cmd.whitelist)
 app.command("complain")(guards_cmd.complain)
 app.add_typer(guards_cmd.autonomy_app, name="autonomy")
 app.add_typer(guards_cmd.review_app, name="review")
+
+from proctor.cli import db_cmd  # noqa: E402 - registered last: it uses this module's options
+
+app.add_typer(db_cmd.db_app, name="db")

@@ -1,12 +1,16 @@
-"""Schema migrations: one ordered list, applied in one transaction, recorded in ``meta``.
+"""Schema migrations: one ordered list, for SQLite and PostgreSQL, recorded in ``meta``.
 
-Each migration is plain SQL that both SQLite and (later) PostgreSQL accept; a migration is
-never edited once released, only followed by a new one.
+Each migration is written once, in the SQL both databases share; ``migrations_for`` renders it
+for a dialect (for PostgreSQL: ``BLOB`` is ``BYTEA``, integer keys are ``BIGINT``, and
+``WITHOUT ROWID`` is SQLite's alone). A migration is never edited once released, only
+followed by a new one.
 """
 
 from __future__ import annotations
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION"]
+import re
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "migrations_for"]
 
 MIGRATIONS: tuple[tuple[int, str], ...] = (
     (
@@ -137,3 +141,31 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 """The schema version this code expects."""
+
+
+_POSTGRES = (
+    (re.compile(r"\bBLOB\b"), "BYTEA"),
+    (re.compile(r"\bseq INTEGER PRIMARY KEY\b"), "seq BIGINT PRIMARY KEY"),
+    (re.compile(r"\bsize INTEGER PRIMARY KEY\b"), "size BIGINT PRIMARY KEY"),
+    (re.compile(r"\)\s*WITHOUT ROWID"), ")"),
+)
+
+
+def _statements(sql: str) -> list[str]:
+    # Comments go first: a ';' in one must not split a statement.
+    code = "\n".join(line.split("--", 1)[0] for line in sql.splitlines())
+    return [s.strip() for s in code.split(";") if s.strip()]
+
+
+def migrations_for(dialect: str) -> list[tuple[int, list[str]]]:
+    """Return ``(version, statements)`` for ``sqlite`` or ``postgresql``."""
+    if dialect not in ("sqlite", "postgresql"):
+        raise ValueError(f"unknown SQL dialect {dialect!r}")
+    out = []
+    for version, sql in MIGRATIONS:
+        statements = _statements(sql)
+        if dialect == "postgresql":
+            for pattern, replacement in _POSTGRES:
+                statements = [pattern.sub(replacement, st) for st in statements]
+        out.append((version, statements))
+    return out

@@ -28,7 +28,7 @@ from proctor.core.ports import AuditHead, CheckpointRow, EventRow
 from proctor.core.principals import TokenRecord
 from proctor.errors import StorageError
 from proctor.storage._codec import dump_plan, load_plan
-from proctor.storage.migrations import MIGRATIONS, SCHEMA_VERSION
+from proctor.storage.migrations import SCHEMA_VERSION, migrations_for
 
 __all__ = ["SqliteStore"]
 
@@ -311,7 +311,12 @@ class SqliteStore:
     """
 
     def __init__(
-        self, path: str, *, synchronous: str = "FULL", busy_timeout_ms: int = 30_000
+        self,
+        path: str,
+        *,
+        synchronous: str = "FULL",
+        busy_timeout_ms: int = 30_000,
+        migrate: bool = True,
     ) -> None:
         if synchronous not in ("FULL", "NORMAL", "EXTRA", "OFF"):
             raise StorageError(f"unknown synchronous mode {synchronous!r}", field="synchronous")
@@ -330,7 +335,8 @@ class SqliteStore:
             self._c.execute("PRAGMA journal_mode=WAL")
             self._c.execute(f"PRAGMA synchronous={synchronous}")
             self._c.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-            self._migrate()
+            if migrate:
+                self._migrate()
             # NOTE(perf): checkpoint the WAL every 10,000 pages instead of SQLite's 1,000.
             # Measured (bench/pipeline.py, 5,000 plans): at 1,000 the commit that crosses the
             # threshold copies and fsyncs inside a client's call often enough to push p99 to
@@ -357,13 +363,10 @@ class SqliteStore:
                         f"database schema {current} is newer than this Proctor ({SCHEMA_VERSION})",
                         hint="Upgrade Proctor.",
                     )
-                for version, sql in MIGRATIONS:
+                for version, statements in migrations_for("sqlite"):
                     if version > current:
-                        # Comments are dropped first: a ';' in one must not split a statement.
-                        code = "\n".join(line.split("--", 1)[0] for line in sql.splitlines())
-                        for statement in code.split(";"):
-                            if statement.strip():
-                                self._c.execute(statement)
+                        for statement in statements:
+                            self._c.execute(statement)
                 if current != SCHEMA_VERSION:  # an up-to-date database is not written to
                     self._c.execute(
                         "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
@@ -562,6 +565,13 @@ class SqliteStore:
                 return _counter_sum(self._c, name, since)
             except sqlite3.Error as exc:
                 raise StorageError(f"query failed: {exc}") from exc
+
+    def schema_version(self) -> int:
+        """Return the schema version recorded in the database (0: none yet)."""
+        try:
+            return int(self.get_meta("schema_version") or 0)
+        except StorageError:
+            return 0  # no meta table: an empty database
 
     def close(self) -> None:
         """Close the connection."""
