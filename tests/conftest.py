@@ -3,9 +3,40 @@
 from __future__ import annotations
 
 import os
+import secrets
+from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import pytest
+
+# Read before ``clean_environ`` removes PROCTOR_* from each test's environment.
+POSTGRES_URL = os.environ.get(
+    "PROCTOR_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL store URL on a schema of this test alone (dropped afterwards).
+
+    The server is ``PROCTOR_TEST_POSTGRES_URL`` (default the local one CI starts).
+    """
+    psycopg = pytest.importorskip(
+        "psycopg", reason="psycopg is not installed: pip install -e '.[postgres]'"
+    )
+    try:
+        admin = psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"no PostgreSQL server at {POSTGRES_URL}: {exc}")
+    schema = "t_" + secrets.token_hex(6)
+    admin.execute(f"CREATE SCHEMA {schema}")
+    sep = "&" if "?" in POSTGRES_URL else "?"
+    try:
+        yield f"{POSTGRES_URL}{sep}options={quote(f'-csearch_path={schema}')}"
+    finally:
+        admin.execute(f"DROP SCHEMA {schema} CASCADE")
+        admin.close()
 
 
 @pytest.fixture(autouse=True)

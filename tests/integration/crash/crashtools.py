@@ -67,3 +67,11 @@ def undo(params: dict[str, Any], call: Any) -> None:
     _log("undo", call.idempotency_key)
     _nap()
     _effect_once("undo", call.idempotency_key)
+
+
+def spend(params: dict[str, Any], call: Any) -> dict[str, Any]:
+    """Spend an amount once per idempotency key (the effect file names the amount)."""
+    _log("spend", call.idempotency_key)
+    _nap()
+    key = f"{call.idempotency_key}={params['amount']}"
+    return {"applied": _effect_once("spend", key)}
