@@ -78,6 +78,9 @@ class Guards:
         self.catalog = catalog
         self._gw: Gateway | None = None
         self._snap: tuple[float, dict[str, dict[str, Any]]] = (-1e9, {})
+        # Agents escalated recently, by monotonic time until which they are not re-checked
+        # here (the store's ``anomaly`` state deduplicates across replicas as well).
+        self._escalated: dict[str, float] = {}
         self._lock = threading.Lock()
 
     def bind(self, gateway: Gateway) -> None:
@@ -142,35 +145,57 @@ class Guards:
         agent, user = record.agent_id, record.on_behalf_of
         actions = [s.action for s in record.steps]
         step_ids = [s.step_id for s in record.steps]
-        deny = self._hard_stop(tx, emit, record, agent, actions)
+        # One read for every state row that could apply (most plans find none).
+        breakers = [f"agent:{agent}", *dict.fromkeys(f"action:{a}" for a in actions)]
+        state = tx.get_states(
+            [
+                *self._stop_keys(agent, actions),
+                *(("breaker", k) for k in breakers),
+                *(("autonomy", f"{user}|{a}") for a in dict.fromkeys(actions)),
+            ]
+        )
+        deny = self._hard_stop(emit, record, agent, actions, state)
         if deny is not None:
             return Decision.deny_all(step_ids, deny, policy_version=decision.policy_version)
-        tx.bump(f"activity:agent:{agent}", minute(now))
+        per_minute = tx.bump(f"activity:agent:{agent}", minute(now))[0]
         if decision.outcome is Outcome.DENY:
             tx.bump(f"denials:agent:{agent}", minute(now))
-            self._anomaly(tx, emit, record, 0, now)
+            self._anomaly(tx, emit, record, 0, now, per_minute=per_minute, denied=True)
             return decision
         limited = self._rate_limit(tx, emit, record, agent, user, actions, now)
         if limited is not None:
             return Decision.deny_all(step_ids, limited, policy_version=decision.policy_version)
         amounts = [spec.amount(s.params) for s, spec in zip(record.steps, specs, strict=True)]
-        self._anomaly(tx, emit, record, sum(amounts), now)
+        self._anomaly(tx, emit, record, sum(amounts), now, per_minute=per_minute, denied=False)
         decision = self._budgets(tx, emit, record, amounts, decision, now)
         if decision.outcome is Outcome.DENY:
             return decision
-        decision = self._breakers(tx, emit, record, decision, now)
-        return self._autonomy(tx, record, amounts, decision)
+        decision = self._breakers(tx, emit, record, breakers, state, decision, now)
+        return self._autonomy(record, amounts, state, decision)
+
+    @staticmethod
+    def _stop_keys(agent: str, actions: list[str]) -> list[tuple[str, str]]:
+        return (
+            [("kill", "global"), ("kill", f"agent:{agent}")]
+            + [("kill", f"action:{a}") for a in dict.fromkeys(actions)]
+            + [("whitelist", agent)]
+        )
 
     def _hard_stop(
-        self, tx: Transaction, emit: Emit, record: PlanRecord, agent: str, actions: list[str]
+        self,
+        emit: Emit,
+        record: PlanRecord,
+        agent: str,
+        actions: list[str],
+        state: dict[tuple[str, str], Any],
     ) -> str | None:
-        for key in kill_keys(agent, actions):
-            engaged = tx.get_state("kill", key)
+        for kind, key in self._stop_keys(agent, actions):
+            engaged = state.get((kind, key)) if kind == "kill" else None
             if engaged is not None:
                 reason = f"kill switch {key} is engaged: {engaged.get('reason') or 'no reason'}"
                 emit(E.GUARD_KILLED, plan=record, data={"switch": key}, trusted=True)
                 return reason
-        allowed = tx.get_state("whitelist", agent)
+        allowed = state.get(("whitelist", agent))
         if isinstance(allowed, dict):
             outside = [a for a in actions if a not in allowed.get("actions", ())]
             if outside:
@@ -296,24 +321,25 @@ class Guards:
             tx.bump(e["counter"], e["bucket"], count=0, amount=-sum(e["steps"]))
 
     def _breakers(
-        self, tx: Transaction, emit: Emit, record: PlanRecord, decision: Decision, now: Any
+        self,
+        tx: Transaction,
+        emit: Emit,
+        record: PlanRecord,
+        keys: list[str],
+        state: dict[tuple[str, str], Any],
+        decision: Decision,
+        now: Any,
     ) -> Decision:
-        keys = [
-            f"agent:{record.agent_id}",
-            *dict.fromkeys(f"action:{s.action}" for s in record.steps),
-        ]
         for key in keys:
-            stored = tx.get_state("breaker", key)
-            if stored is None:
+            if ("breaker", key) not in state or decision.outcome is not Outcome.EXECUTE:
                 continue
-            state = BreakerState.from_value(stored)
-            if decision.outcome is not Outcome.EXECUTE:
-                continue
-            new, agentic = breaker_before(state, now, self.settings.breaker)
-            if new != state:
+            # Locked re-read: half-open trials are counted exactly across replicas.
+            before = BreakerState.from_value(tx.get_state("breaker", key))
+            new, agentic = breaker_before(before, now, self.settings.breaker)
+            if new != before:
                 tx.put_state("breaker", key, new.value(), at=now)
                 self._invalidate()
-                if new.state != state.state:
+                if new.state != before.state:
                     emit(E.BREAKER_HALF_OPEN, plan=record, data={"breaker": key}, trusted=True)
             if not agentic:
                 steps = (
@@ -327,44 +353,67 @@ class Guards:
         return decision
 
     def _autonomy(
-        self, tx: Transaction, record: PlanRecord, amounts: list[int], decision: Decision
+        self,
+        record: PlanRecord,
+        amounts: list[int],
+        state: dict[tuple[str, str], Any],
+        decision: Decision,
     ) -> Decision:
         for s, amount in zip(record.steps, amounts, strict=True):
-            setting = tx.get_state("autonomy", f"{record.on_behalf_of}|{s.action}")
+            setting = state.get(("autonomy", f"{record.on_behalf_of}|{s.action}"))
             if not isinstance(setting, dict):
                 continue
             level = AutonomyLevel(setting["level"])
             if autonomy_outcome(level, setting.get("below"), amount) == "confirm":
+                below = setting.get("below")
                 decision = decision.at_least(
                     Outcome.CONFIRM,
                     f"{record.on_behalf_of}'s autonomy for {s.action} is {level.value}"
-                    + (f" below {setting['below']}" if setting.get("below") is not None else ""),
+                    + (f" below {below}" if below is not None else ""),
                     [s.step_id],
                 )
         return decision
 
     def _anomaly(
-        self, tx: Transaction, emit: Emit, record: PlanRecord, cost: int, now: Any
+        self,
+        tx: Transaction,
+        emit: Emit,
+        record: PlanRecord,
+        cost: int,
+        now: Any,
+        *,
+        per_minute: int,
+        denied: bool,
     ) -> None:
+        a = self.settings.anomaly
         agent = record.agent_id
-        last_minute = tx.counter_sum(f"activity:agent:{agent}", minute(now))[0]
-        last_hour, hour_cost = tx.counter_sum(f"activity:agent:{agent}", window_start(now, 3600))
-        denials = tx.counter_sum(f"denials:agent:{agent}", window_start(now, 600))[0]
         if cost:
             tx.bump(f"activity:agent:{agent}", minute(now), count=0, amount=cost)
+        # Most plans can be no anomaly at all: skip the window reads for them.
+        if per_minute < a.min_rate and not denied and not cost:
+            return
+        if self._escalated.get(agent, 0.0) > time.monotonic():
+            return
+        hour, hour_cost = tx.counter_sum(f"activity:agent:{agent}", window_start(now, 3600))
+        denials = 0
+        if denied:
+            denials = tx.counter_sum(f"denials:agent:{agent}", window_start(now, 600))[0]
         found = anomalies(
-            last_minute=last_minute,
-            last_hour=last_hour,
+            last_minute=per_minute,
+            last_hour=hour,
             denials=denials,
             plan_cost=cost,
-            hour_cost=hour_cost,
-            hour_plans=last_hour,
-            settings=self.settings.anomaly,
+            hour_cost=hour_cost - cost,
+            hour_plans=max(hour - 1, 0),
+            settings=a,
         )
         if not found:
             return
         # One escalation per agent per ten minutes, not one per plan.
         last = tx.get_state("anomaly", agent)
+        if len(self._escalated) > 10_000:
+            self._escalated.clear()  # bounded: it is only a shortcut
+        self._escalated[agent] = time.monotonic() + 60
         if isinstance(last, dict) and last.get("bucket", "") >= window_start(now, 600):
             return
         tx.put_state("anomaly", agent, {"bucket": minute(now), "reasons": found}, at=now)
@@ -384,7 +433,8 @@ class Guards:
     def recheck(self, tx: Transaction, emit: Emit, record: PlanRecord) -> str | None:
         """Right before a confirmed or approved plan runs: a kill switch stops it."""
         actions = [s.action for s in record.steps]
-        return self._hard_stop(tx, emit, record, record.agent_id, actions)
+        state = tx.get_states(self._stop_keys(record.agent_id, actions))
+        return self._hard_stop(emit, record, record.agent_id, actions, state)
 
     def on_step(
         self, tx: Transaction, emit: Emit, record: PlanRecord, step: StepRecord, *, ok: bool
@@ -396,14 +446,20 @@ class Guards:
         cost = planned
         if ok and isinstance(step.result, dict) and type(step.result.get("cost")) is int:
             cost = step.result["cost"]  # what the tool says it really cost
-        self._settle(tx, emit, record, step, cost if ok else 0, now, ok=ok)
-        for key in (f"action:{step.action}", f"agent:{record.agent_id}"):
+        keys = [f"action:{step.action}", f"agent:{record.agent_id}"]
+        wanted = [("breaker", k) for k in keys]
+        if self.settings.budgets:
+            wanted.append(("reservation", record.plan_id))
+        state = tx.get_states(wanted)
+        if ("reservation", record.plan_id) in state:
+            self._settle(tx, emit, record, step, cost if ok else 0, now, ok=ok)
+        for key in keys:
             tx.bump(f"calls:{key}", minute(now), amount=cost)
             if not ok:
                 tx.bump(f"errors:{key}", minute(now))
-            stored = tx.get_state("breaker", key)
-            if ok and not cost and stored is None:
+            if ok and not cost and ("breaker", key) not in state:
                 continue  # a cheap success cannot open a closed breaker
+            stored = tx.get_state("breaker", key)
             self._judge(tx, emit, record, key, stored, ok=ok, cost=cost, now=now)
 
     def _judge(
@@ -509,7 +565,7 @@ class Guards:
     def on_finish(self, tx: Transaction, emit: Emit, record: PlanRecord) -> None:
         """When a plan ends: release what it did not spend, count rollbacks and proposals."""
         now = self.clock.now()
-        res = tx.get_state("reservation", record.plan_id)
+        res = tx.get_state("reservation", record.plan_id) if self.settings.budgets else None
         if isinstance(res, dict):
             released = []
             for e in res["entries"]:

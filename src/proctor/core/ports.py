@@ -204,6 +204,10 @@ class Transaction(Protocol):
         """Return a guard state value (a JSON value) or None; locked for this transaction."""
         ...
 
+    def get_states(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Any]:
+        """Return the values present among ``(kind, key)`` pairs, in one read (not locked)."""
+        ...
+
     def put_state(self, kind: str, key: str, value: Any, *, at: datetime) -> None:
         """Set a guard state value (a JSON value); None deletes it."""
         ...

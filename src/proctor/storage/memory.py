@@ -117,6 +117,14 @@ class _Tx:
         value = self._state[k] if k in self._state else self._store._state.get(k)
         return copy.deepcopy(value)
 
+    def get_states(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Any]:
+        out = {}
+        for kind, key in keys:
+            value = self.get_state(kind, key)
+            if value is not None:
+                out[(kind, key)] = value
+        return out
+
     def put_state(self, kind: str, key: str, value: Any, *, at: datetime) -> None:
         self._state[(kind, key)] = copy.deepcopy(value)
 

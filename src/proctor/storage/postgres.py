@@ -251,6 +251,16 @@ class _Tx:
         )
         return orjson.loads(row["value"]) if row else None
 
+    def get_states(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Any]:
+        if not keys:
+            return {}
+        where = " OR ".join(["(kind = %s AND key = %s)"] * len(keys))
+        rows = self._c.execute(
+            f"SELECT kind, key, value FROM guard_state WHERE {where}",  # noqa: S608 - placeholders
+            [x for pair in keys for x in pair],
+        ).fetchall()
+        return {(r["kind"], r["key"]): orjson.loads(r["value"]) for r in rows}
+
     def put_state(self, kind: str, key: str, value: Any, *, at: datetime) -> None:
         if value is None:
             self._c.execute("DELETE FROM guard_state WHERE kind = %s AND key = %s", (kind, key))

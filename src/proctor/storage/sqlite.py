@@ -191,6 +191,16 @@ class _Tx:
         ).fetchone()
         return orjson.loads(row[0]) if row else None
 
+    def get_states(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Any]:
+        if not keys:
+            return {}
+        where = " OR ".join(["(kind = ? AND key = ?)"] * len(keys))
+        rows = self._c.execute(
+            f"SELECT kind, key, value FROM guard_state WHERE {where}",  # noqa: S608 - placeholders
+            [x for pair in keys for x in pair],
+        ).fetchall()
+        return {(r[0], r[1]): orjson.loads(r[2]) for r in rows}
+
     def put_state(self, kind: str, key: str, value: Any, *, at: datetime) -> None:
         if value is None:
             self._c.execute("DELETE FROM guard_state WHERE kind = ? AND key = ?", (kind, key))
