@@ -207,14 +207,20 @@ class Proctor:
 
     # ------------------------------------------------------------------ the flow
 
-    def submit(self, plan: Any, *, sandbox: bool | None = None) -> PlanRecord:
+    def submit(
+        self, plan: Any, *, sandbox: bool | None = None, traceparent: str | None = None
+    ) -> PlanRecord:
         """Submit a plan manifest (a JSON object); see ``Gateway.submit``.
+
+        ``traceparent`` (W3C trace context) joins the caller's trace.
 
         Raises:
             InvalidRequestError: for anything that is not a valid manifest (audited).
         """
         return self.gateway.submit(
-            dict(plan) if isinstance(plan, Mapping) else plan, sandbox=sandbox
+            dict(plan) if isinstance(plan, Mapping) else plan,
+            sandbox=sandbox,
+            traceparent=traceparent,
         )
 
     def confirm(self, plan_id: str, principal: str, *, comment: str = "") -> PlanRecord:

@@ -284,7 +284,8 @@ class Executor:
                     return _Outcome(error=error, canary=canary)
             if spec.handler is None:
                 raise InvalidRequestError(f"action {spec.name!r} has no handler")
-            result = self.gw.tools.run(spec.handler, step.params, self._call(record, step))
+            with self.gw.telemetry.stage("step", action=spec.name, step=step.step_id):
+                result = self.gw.tools.run(spec.handler, step.params, self._call(record, step))
             return _Outcome(result=_bounded(_jsonable(result)), canary=canary)
         except RetryableError as exc:
             return _Outcome(error=_err(exc), retryable=True)
@@ -467,6 +468,11 @@ class Executor:
             data: dict[str, Any] = {"result_hash": payload_hash({"r": out.result})}
             if spec.category not in _UNLOGGED_RESULTS:
                 data["result"] = out.result
+            cost = spec.amount(step.params)
+            if isinstance(out.result, dict) and type(out.result.get("cost")) is int:
+                cost = out.result["cost"]  # what the tool says it really cost
+            if cost:
+                data["cost"] = cost
             if gap is not None:
                 data["drift"] = gap
             j.emit(
@@ -620,23 +626,27 @@ class Executor:
         spec = self.gw.catalog.require(step.action)
         call = self._call(record, step, result=step.result)
         try:
-            if spec.compensate is not None:
-                self.gw.tools.run(spec.compensate, step.params, call)
-            elif spec.compensation is not None:
-                comp = self.gw.catalog.require(spec.compensation)
-                params = step.params
-                if isinstance(step.result, dict) and isinstance(
-                    step.result.get("compensation_params"), dict
-                ):
-                    params = step.result["compensation_params"]
-                if comp.handler is None:
-                    raise InvalidRequestError(f"action {comp.name!r} has no handler")
-                self.gw.tools.run(comp.handler, params, call)
-            else:
-                raise ConflictError(f"action {spec.name!r} cannot be compensated")
+            with self.gw.telemetry.stage("compensation", action=spec.name, step=step.step_id):
+                self._run_compensation(spec, step, call)
         except Exception as exc:  # noqa: BLE001 - recorded; the next step still compensates
             return _err(exc)
         return None
+
+    def _run_compensation(self, spec: ActionSpec, step: StepRecord, call: ToolCall) -> None:
+        if spec.compensate is not None:
+            self.gw.tools.run(spec.compensate, step.params, call)
+        elif spec.compensation is not None:
+            comp = self.gw.catalog.require(spec.compensation)
+            params = step.params
+            if isinstance(step.result, dict) and isinstance(
+                step.result.get("compensation_params"), dict
+            ):
+                params = step.result["compensation_params"]
+            if comp.handler is None:
+                raise InvalidRequestError(f"action {comp.name!r} has no handler")
+            self.gw.tools.run(comp.handler, params, call)
+        else:
+            raise ConflictError(f"action {spec.name!r} cannot be compensated")
 
     def _compensated(
         self, record: PlanRecord, step: StepRecord, error: str | None, reason: str
@@ -705,6 +715,10 @@ class Executor:
         with self._guard:
             if plan_id in self._held:
                 return None
+        with self.gw.telemetry.plan("proctor.resume", None, plan_id=plan_id):
+            return self._resume(plan_id)
+
+    def _resume(self, plan_id: str) -> PlanRecord | None:
         claimed = self._claim(plan_id)
         if claimed is None:
             return None

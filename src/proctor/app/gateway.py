@@ -26,6 +26,7 @@ import nacl.signing
 from proctor.app.auditlog import AuditLog
 from proctor.app.executor import Executor, _err, _jsonable, owner_alive
 from proctor.app.journal import Journal, payload_hash
+from proctor.app.telemetry import Telemetry
 from proctor.core.approvals import (
     check_can_approve,
     check_can_confirm,
@@ -135,6 +136,7 @@ class Gateway:
         audit_log: AuditLog | None = None,
         listeners: Sequence[EventListener] = (),
         guards: Any = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.store = store
         self.catalog = catalog
@@ -146,6 +148,7 @@ class Gateway:
         self.step_up = step_up
         self.audit_log = audit_log
         self.listeners: list[EventListener] = list(listeners)
+        self.telemetry = telemetry or Telemetry()
         self.guards = guards  # proctor.app.guards.Guards, when guards are configured
         if guards is not None:
             guards.bind(self)
@@ -157,36 +160,45 @@ class Gateway:
 
     # ------------------------------------------------------------------ submit
 
-    def submit(self, raw: Any, *, sandbox: bool | None = None) -> PlanRecord:
+    def submit(
+        self, raw: Any, *, sandbox: bool | None = None, traceparent: str | None = None
+    ) -> PlanRecord:
         """Submit a manifest; return the plan as routed (and executed, for ``execute``).
+
+        ``traceparent`` (W3C) joins the agent's trace: spans, and the audit events' ids.
 
         Raises:
             InvalidRequestError: the manifest breaks a rule (the rejection is audited).
             PlanIdReusedError: the plan id exists with another digest (audited).
         """
+        with self.telemetry.plan("proctor.submit", traceparent):
+            return self._submit(raw, sandbox)
+
+    def _submit(self, raw: Any, sandbox: bool | None) -> PlanRecord:
         sandbox = self.options.sandbox if sandbox is None else sandbox
-        try:
-            plan = Plan.from_dict(raw, limits=self.options.limits)
-        except InvalidRequestError as exc:
-            self._audit_rejection(raw, exc)
-            raise
-        if plan.plan_id is not None:
-            existing: PlanRecord | None = self.store.get_plan(plan.plan_id)
-            if existing is not None:
-                if existing.digest == plan.digest:
-                    return existing  # idempotent resubmission: the first result
-                err = PlanIdReusedError(
-                    f"plan id {plan.plan_id!r} was already used for a different manifest",
-                    field="plan_id",
-                    hint="Use a new plan_id for a changed plan.",
-                )
-                self._audit_rejection(raw, err, digest=plan.digest)
-                raise err
-        try:
-            specs = self._validate(plan)
-        except InvalidRequestError as exc:
-            self._audit_rejection(raw, exc, digest=plan.digest)
-            raise
+        with self.telemetry.stage("validate"):
+            try:
+                plan = Plan.from_dict(raw, limits=self.options.limits)
+            except InvalidRequestError as exc:
+                self._audit_rejection(raw, exc)
+                raise
+            if plan.plan_id is not None:
+                existing: PlanRecord | None = self.store.get_plan(plan.plan_id)
+                if existing is not None:
+                    if existing.digest == plan.digest:
+                        return existing  # idempotent resubmission: the first result
+                    err = PlanIdReusedError(
+                        f"plan id {plan.plan_id!r} was already used for a different manifest",
+                        field="plan_id",
+                        hint="Use a new plan_id for a changed plan.",
+                    )
+                    self._audit_rejection(raw, err, digest=plan.digest)
+                    raise err
+            try:
+                specs = self._validate(plan)
+            except InvalidRequestError as exc:
+                self._audit_rejection(raw, exc, digest=plan.digest)
+                raise
         record = self._decide(plan, specs, sandbox=sandbox)
         if record.status is PlanStatus.RUNNING:
             record = self.executor.run(record)
@@ -277,16 +289,18 @@ class Gateway:
         return decision, assessment
 
     def _decide(self, plan: Plan, specs: list[ActionSpec], *, sandbox: bool) -> PlanRecord:
-        decision, assessment = self.evaluate(plan, specs)
+        with self.telemetry.stage("decide"):
+            decision, assessment = self.evaluate(plan, specs)
         now = self.clock.now()
         plan_id = plan.plan_id or _new_plan_id(now)
         simulations: dict[str, Any] = {}
         if decision.outcome is not Outcome.DENY and (decision.dry_run or sandbox):
-            decision, simulations = self._simulate(plan, specs, decision, plan_id, sandbox)
+            with self.telemetry.stage("simulate"):
+                decision, simulations = self._simulate(plan, specs, decision, plan_id, sandbox)
         record = self._route(plan, plan_id, decision, assessment, simulations, now, sandbox)
         # A plan that runs now is acknowledged only after its final, durable commit.
         runs_now = record.status is PlanStatus.RUNNING
-        with self.store.transaction(durable=not runs_now) as tx:
+        with self.telemetry.stage("route"), self.store.transaction(durable=not runs_now) as tx:
             if plan.plan_id is not None and tx.get_plan(plan_id) is not None:
                 # Lost a race with an identical submission: return the winner's result.
                 existing = tx.get_plan(plan_id)
@@ -474,12 +488,23 @@ class Gateway:
 
     # ------------------------------------------------------------------ human actions
 
-    def confirm(self, plan_id: str, principal: str, *, comment: str = "") -> PlanRecord:
+    def confirm(
+        self,
+        plan_id: str,
+        principal: str,
+        *,
+        comment: str = "",
+        traceparent: str | None = None,
+    ) -> PlanRecord:
         """Confirm a plan that waits for its on-behalf-of user; it runs at once.
 
         Raises:
             NotFoundError, InvalidTransitionError, PermissionDeniedError, ApprovalExpiredError.
         """
+        with self.telemetry.plan("proctor.confirm", traceparent, plan_id=plan_id):
+            return self._confirm(plan_id, principal, comment)
+
+    def _confirm(self, plan_id: str, principal: str, comment: str) -> PlanRecord:
         with self._lock_for(plan_id):
             record = self._get(plan_id)
             self._expire_if_due(record)
@@ -503,6 +528,7 @@ class Gateway:
                 record = self.executor.begin(j, record, now)
                 tx.save_plan(record)
                 j.flush()
+            self.telemetry.waited("approval_wait", record.created_at, now, plan_id=plan_id)
         return self.executor.run(record)
 
     def approve(
@@ -513,12 +539,24 @@ class Gateway:
         roles: Sequence[str],
         comment: str = "",
         otp: str | None = None,
+        traceparent: str | None = None,
     ) -> PlanRecord:
         """Record an approval; when the quorum is met the approvals are consumed and it runs.
 
         Raises:
             NotFoundError, InvalidTransitionError, PermissionDeniedError, ApprovalExpiredError.
         """
+        with self.telemetry.plan("proctor.approve", traceparent, plan_id=plan_id):
+            return self._approve(plan_id, principal, roles, comment, otp)
+
+    def _approve(
+        self,
+        plan_id: str,
+        principal: str,
+        roles: Sequence[str],
+        comment: str,
+        otp: str | None,
+    ) -> PlanRecord:
         with self._lock_for(plan_id):
             record = self._get(plan_id)
             self._expire_if_due(record)
@@ -567,6 +605,9 @@ class Gateway:
                 tx.save_plan(record)
                 j.flush()
         if record.status is PlanStatus.RUNNING:
+            self.telemetry.waited(
+                "approval_wait", record.created_at, record.updated_at, plan_id=plan_id
+            )
             return self.executor.run(record)
         return record
 

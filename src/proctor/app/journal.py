@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from proctor.app.auditlog import AuditLog
+from proctor.app.telemetry import current_ids
 from proctor.audit.events import seal
 from proctor.core.canonical import canonical, fast_path_ok
 from proctor.core.lifecycle import PlanRecord
@@ -78,14 +79,15 @@ class Journal:
         ``trusted`` says ``data`` holds only values Proctor built itself (strings, integers,
         booleans, fixed keys), so the canonical-shape check can be skipped for it.
         """
+        ids = current_ids()
         body: dict[str, Any] = {
             "event_id": os.urandom(16).hex(),
             "type": type_,
             "timestamp": self._clock.now().isoformat(),
             "plan_id": plan.plan_id if plan else None,
             "step_id": step_id,
-            "trace_id": None,
-            "span_id": None,
+            "trace_id": ids[0] if ids else None,
+            "span_id": ids[1] if ids else None,
             "actions_attempted": actions or [],
             "data": dict(data) if data else {},
         }

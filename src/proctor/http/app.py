@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from proctor._library import Proctor
 from proctor.app.tokens import TokenService
 from proctor.errors import ConfigError, StorageError
-from proctor.http import routes_audit, routes_guards, routes_plans
+from proctor.http import routes_audit, routes_guards, routes_observe, routes_plans
 from proctor.http.auth import Auth, FailureLimiter
 from proctor.http.context import Context, errors_doc, json_response
 from proctor.http.errors import install_error_handlers
@@ -158,6 +158,7 @@ def create_app(
     app.include_router(routes_plans.router(ctx))
     app.include_router(routes_audit.router(ctx))
     app.include_router(routes_guards.router(ctx))
+    app.include_router(routes_observe.router(ctx))
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     if unsafe_no_auth:
         app.add_middleware(_UnsafeWarning)

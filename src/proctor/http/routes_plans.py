@@ -116,7 +116,9 @@ def router(ctx: Context) -> APIRouter:
 
     # ------------------------------------------------------------------ submit
 
-    def do_submit(p: Principal, raw: Any, key: str | None) -> tuple[int, dict[str, Any]]:
+    def do_submit(
+        p: Principal, raw: Any, key: str | None, traceparent: str | None = None
+    ) -> tuple[int, dict[str, Any]]:
         if not p.has("agent"):
             raise PermissionDeniedError("submitting a plan needs the agent role", field="role")
         if isinstance(raw, dict):
@@ -136,7 +138,7 @@ def router(ctx: Context) -> APIRouter:
             existed = plan_id is not None and store.get_plan(plan_id) is not None
             # The gateway itself, not ``Proctor.submit``: any JSON value goes to the
             # validator, so a body that is not an object is rejected (and audited) there.
-            rec = proctor.gateway.submit(raw)
+            rec = proctor.gateway.submit(raw, traceparent=traceparent)
         return (200 if existed else 201), plan_json(rec)
 
     @r.post(
@@ -168,6 +170,10 @@ def router(ctx: Context) -> APIRouter:
                 description="Same key and same manifest: the original plan (200).",
             ),
         ] = None,
+        traceparent: Annotated[
+            str | None,
+            Header(max_length=128, description="W3C trace context: the plan joins the trace."),
+        ] = None,
     ) -> Response:
         """Submit a plan manifest as the calling agent (``actor.agent_id`` is its name)."""
         body = await request.body()
@@ -175,7 +181,7 @@ def router(ctx: Context) -> APIRouter:
             raw = orjson.loads(body)
         except orjson.JSONDecodeError:
             return _bad_json()
-        status, doc = await run_in_threadpool(do_submit, caller, raw, idempotency_key)
+        status, doc = await run_in_threadpool(do_submit, caller, raw, idempotency_key, traceparent)
         return json_response(doc, status, {"Location": f"/v1/plans/{doc['plan_id']}"})
 
     # ------------------------------------------------------------------ read

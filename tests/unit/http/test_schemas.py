@@ -97,6 +97,8 @@ class TestOpenApi:
             ("POST", "/v1/plans/{plan_id}/undo"),
             ("POST", "/v1/plans/{plan_id}/steps/{step_id}/resolve"),
             ("GET", "/v1/guards"),
+            ("GET", "/metrics"),
+            ("GET", "/v1/kpis"),
             ("POST", "/v1/guards/kill"),
             ("POST", "/v1/guards/unkill"),
             ("PUT", "/v1/guards/whitelists/{agent}"),
