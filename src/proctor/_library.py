@@ -223,9 +223,11 @@ class Proctor:
             traceparent=traceparent,
         )
 
-    def confirm(self, plan_id: str, principal: str, *, comment: str = "") -> PlanRecord:
+    def confirm(
+        self, plan_id: str, principal: str, *, comment: str = "", traceparent: str | None = None
+    ) -> PlanRecord:
         """Confirm a plan as its on-behalf-of user."""
-        return self.gateway.confirm(plan_id, principal, comment=comment)
+        return self.gateway.confirm(plan_id, principal, comment=comment, traceparent=traceparent)
 
     def approve(
         self,
@@ -235,9 +237,12 @@ class Proctor:
         roles: Sequence[str],
         comment: str = "",
         otp: str | None = None,
+        traceparent: str | None = None,
     ) -> PlanRecord:
         """Approve a plan as ``principal`` holding ``roles``."""
-        return self.gateway.approve(plan_id, principal, roles=roles, comment=comment, otp=otp)
+        return self.gateway.approve(
+            plan_id, principal, roles=roles, comment=comment, otp=otp, traceparent=traceparent
+        )
 
     def reject(
         self, plan_id: str, principal: str, *, roles: Sequence[str] = (), comment: str = ""

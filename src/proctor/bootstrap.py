@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from proctor.app.auditlog import AuditLog, CheckpointPolicy
 from proctor.app.dispatch import Dispatcher
@@ -18,13 +19,14 @@ from proctor.app.gateway import Gateway, GatewayOptions
 from proctor.app.guards import Guards
 from proctor.app.notify import Notifier
 from proctor.app.stepup import TotpStepUp
+from proctor.app.telemetry import Telemetry
 from proctor.audit.events import KeyInfo
 from proctor.audit.keys import Keyring
 from proctor.config import Settings, load, load_catalog_file
 from proctor.core.assessment import Thresholds
 from proctor.core.catalog import Catalog
 from proctor.core.ports import Clock, PolicyEngine, Signer, Store
-from proctor.errors import ConfigError, ProctorError
+from proctor.errors import ConfigError, MissingDependencyError, ProctorError
 from proctor.policy import RegoPolicyEngine, default_bundle_path
 from proctor.storage import open_store
 from proctor.tools import PythonTools
@@ -262,6 +264,7 @@ def build_gateway(
         step_up=TotpStepUp(store, clock),
         audit_log=audit_log,
         guards=Guards(settings.guards, store=store, clock=clock, catalog=catalog),
+        telemetry=Telemetry(tracer_provider(settings)),
     )
     if settings.notification_targets:
         # Runs inside each event-appending transaction: a delivery commits with its event.
@@ -269,6 +272,33 @@ def build_gateway(
             Notifier(settings.notification_targets, clock=clock, console_url=settings.console_url)
         )
     return gateway
+
+
+def tracer_provider(settings: Settings) -> Any:
+    """An OpenTelemetry tracer provider exporting to ``otlp_endpoint``, or None.
+
+    Raises:
+        MissingDependencyError: when an endpoint is set but the SDK is not installed.
+    """
+    if not settings.otlp_endpoint:
+        return None
+    try:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    except ImportError as exc:
+        raise MissingDependencyError(
+            "OTLP export needs the OpenTelemetry SDK",
+            field="observability.otlp_endpoint",
+            hint="pip install 'proctor[otel]'",
+        ) from exc
+    provider = TracerProvider(resource=Resource.create({"service.name": settings.service_name}))
+    endpoint = settings.otlp_endpoint.rstrip("/")
+    if not endpoint.endswith("/v1/traces"):
+        endpoint += "/v1/traces"
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
+    return provider
 
 
 def start_dispatcher(gateway: Gateway, *, interval: float = 1.0) -> Dispatcher:

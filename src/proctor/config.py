@@ -201,6 +201,12 @@ class Settings:
     """``[[tickets]]`` targets: escalations (anomaly, breaker opened). Default none."""
     console_url: str = "http://127.0.0.1:8700"
     """Base URL of the web console, for links in notifications (``[console] url``)."""
+    otlp_endpoint: str | None = None
+    """``[observability] otlp_endpoint``: send spans there (OTLP over HTTP). Default none."""
+    service_name: str = "proctor"
+    """``[observability] service_name`` of the spans. Default ``proctor``."""
+    log_format: str = "text"
+    """``[observability] log_format``: ``text`` or ``json`` (JSON lines, masked)."""
     guards: GuardSettings = field(default_factory=GuardSettings)
     """``[guards]``: rate limits, budgets, breaker, anomaly and autonomy thresholds."""
 
@@ -314,6 +320,7 @@ def _settings(home: Path, doc: Mapping[str, Any], path: Path, env: Mapping[str, 
         rotate_every_days=int(_section(doc, "keys", path).get("rotate_every_days", 0)),
         **_notification_settings(doc, path, env),
         guards=guard_settings(_section(doc, "guards", path)),
+        **_observability(_section(doc, "observability", path), env),
     )
 
 
@@ -349,6 +356,32 @@ def _entries(g: Mapping[str, Any], key: str, cls: Any) -> tuple[Any, ...]:
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc.message}", field=where) from None
     return tuple(out)
+
+
+def _observability(o: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    unknown = sorted(set(o) - {"otlp_endpoint", "service_name", "log_format"})
+    if unknown:
+        raise ConfigError(
+            f"[observability] has unknown key {unknown[0]!r}", field=f"observability.{unknown[0]}"
+        )
+    endpoint = env.get("PROCTOR_OTLP_ENDPOINT") or o.get("otlp_endpoint")
+    if endpoint is not None and not (
+        isinstance(endpoint, str) and endpoint.startswith(("http://", "https://"))
+    ):
+        raise ConfigError(
+            "observability.otlp_endpoint must be an http(s) URL",
+            field="observability.otlp_endpoint",
+        )
+    fmt = env.get("PROCTOR_LOG_FORMAT") or o.get("log_format", "text")
+    if fmt not in ("text", "json"):
+        raise ConfigError(
+            "observability.log_format must be text or json", field="observability.log_format"
+        )
+    return {
+        "otlp_endpoint": endpoint,
+        "service_name": str(o.get("service_name", "proctor")),
+        "log_format": fmt,
+    }
 
 
 def guard_settings(g: Mapping[str, Any]) -> GuardSettings:

@@ -85,3 +85,21 @@ class TestWorkerAndResolve:
         assert r.code == 1 and r.error()["code"] == "conflict"
         r = cli("resolve", doc["plan_id"], "s1", "--as", "ops", home=fresh_home)
         assert r.code == 2
+
+
+class TestKpiAndReport:
+    def test_kpi_and_report_commands(self, cli, fresh_home, tmp_path):
+        submit(cli, fresh_home, tmp_path, manifest(SEARCH))
+        r = cli("kpi", "--json", "--by", "action", home=fresh_home)
+        assert r.code == 0, str(r)
+        assert r.json()["kpis"]["travel.search"]["counts"]["executed_steps"] == 1
+        assert cli("kpi", "--since", "not-a-date", home=fresh_home).code == 2
+        assert cli("kpi", "--by", "planet", home=fresh_home).code == 2
+        month = cli("kpi", "--json", home=fresh_home).json()["until"][:7]
+        out = tmp_path / "review"
+        r = cli("report", "--month", month, "--out", out, "--json", home=fresh_home)
+        assert r.code == 0, str(r)
+        assert r.json()["figures"]["kpis"]["counts"]["proposed"] == 1
+        assert (out / f"review-{month}.md").read_text().startswith(f"# Governance review {month}")
+        assert (out / f"review-{month}.html").exists()
+        assert cli("report", "--month", "2026-13", home=fresh_home).code == 2

@@ -961,3 +961,8 @@ app.add_typer(guards_cmd.review_app, name="review")
 from proctor.cli import db_cmd  # noqa: E402 - registered last: it uses this module's options
 
 app.add_typer(db_cmd.db_app, name="db")
+
+from proctor.cli import observe_cmd  # noqa: E402 - registered last: it uses this module's options
+
+app.command("kpi")(observe_cmd.kpi)
+app.command("report")(observe_cmd.report)

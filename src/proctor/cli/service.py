@@ -64,6 +64,14 @@ def serve(
     access_log: Annotated[
         bool, typer.Option("--access-log/--no-access-log", help="Log every request.")
     ] = True,
+    log_format: Annotated[
+        bool,
+        typer.Option(
+            "--json-logs",
+            help="Log JSON lines (every audit event too, masked); also "
+            '[observability] log_format = "json".',
+        ),
+    ] = False,
     log_level: Annotated[
         str, typer.Option("--log-level", help="critical, error, warning, info or debug.")
     ] = "info",
@@ -79,11 +87,17 @@ def serve(
 
     from proctor.app.worker import Worker
     from proctor.bootstrap import start_dispatcher
+    from proctor.config import load as load_settings
     from proctor.http import create_app, load_http_settings  # needs the `server` extra
 
     path = home_from(home)
     settings = load_http_settings(path)
     proctor = Proctor.open(path)
+    if log_format or load_settings(path).log_format == "json":
+        from proctor.app.logs import EventLogListener, configure_json_logging
+
+        configure_json_logging()
+        proctor.gateway.listeners.append(EventLogListener())
     try:
         app = create_app(proctor, settings=settings, unsafe_no_auth=unsafe_no_auth)
         if unsafe_no_auth:

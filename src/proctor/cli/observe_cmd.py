@@ -1,0 +1,122 @@
+"""``proctor kpi`` and ``proctor report``: the operational KPIs and the monthly review."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Annotated
+
+import orjson
+import typer
+from rich.table import Table
+
+from proctor.cli.commands import Home, Json, Verbose, _open
+from proctor.cli.render import console, print_json
+
+__all__ = ["kpi", "report"]
+
+
+def _when(value: str | None, flag: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(
+            "an ISO 8601 date or time, e.g. 2026-11-01", param_hint=flag
+        ) from None
+    return at if at.tzinfo else at.astimezone()
+
+
+def kpi(
+    since: Annotated[
+        str | None, typer.Option("--since", help="Start (ISO 8601); default 30 days ago.")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option("--until", help="End (ISO 8601); default now.")
+    ] = None,
+    by: Annotated[str | None, typer.Option("--by", help="Group by agent, action or user.")] = None,
+    home: Home = None,
+    as_json: Json = False,
+    verbose: Verbose = False,
+) -> int:
+    """Show the operational KPIs for a period, overall or per agent, action or user.
+
+    Acceptance and false-action rates, time to recovery, audit coverage, cost per action and
+    anomaly delta (docs/observability.md).
+    """
+    if by is not None and by not in ("agent", "action", "user"):
+        raise typer.BadParameter("agent, action or user", param_hint="'--by'")
+    from proctor.app.kpis import from_store
+
+    with _open(home) as p:
+        end = _when(until, "'--until'") or p.gateway.clock.now()
+        start = _when(since, "'--since'") or end - timedelta(days=30)
+        if start >= end:
+            raise typer.BadParameter("--since must be before --until", param_hint="'--since'")
+        groups = from_store(p.gateway.store, since=start, until=end, by=by)
+    if as_json:
+        print_json({"since": start.isoformat(), "until": end.isoformat(), "by": by, "kpis": groups})
+        return 0
+    t = Table(title=f"KPIs {start:%Y-%m-%d %H:%M} → {end:%Y-%m-%d %H:%M}")
+    for col in (
+        by or "scope",
+        "acceptance",
+        "false actions",
+        "recovery (median s)",
+        "coverage",
+        "cost/action",
+        "anomaly Δ",
+        "executed",
+    ):
+        t.add_column(col)
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.1f}%"
+
+    for name, k in groups.items():
+        t.add_row(
+            name,
+            pct(k["acceptance_rate"]),
+            pct(k["false_action_rate"]),
+            "-"
+            if k["time_to_recovery_s"]["median"] is None
+            else str(k["time_to_recovery_s"]["median"]),
+            pct(k["audit_coverage"]),
+            "-" if k["cost_per_action"] is None else str(k["cost_per_action"]),
+            f"{k['anomaly_delta']:+d}",
+            str(k["counts"]["executed_steps"]),
+        )
+    console.print(t)
+    return 0
+
+
+def report(
+    month: Annotated[str, typer.Option("--month", help="The month to review, YYYY-MM.")],
+    out: Annotated[Path, typer.Option("--out", help="Directory for the Markdown and HTML.")] = Path(
+        "."
+    ),
+    home: Home = None,
+    as_json: Json = False,
+    verbose: Verbose = False,
+) -> int:
+    """Write the monthly governance review (Markdown and HTML with charts)."""
+    from proctor.app.report import build_report, month_bounds
+
+    try:
+        month_bounds(month)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'--month'") from None
+    with _open(home) as p:
+        bodies = (orjson.loads(r.body) for r in p.gateway.store.iter_events())
+        origin = p.gateway.audit_log.origin if p.gateway.audit_log is not None else "proctor"
+        rep = build_report(bodies, month, origin=origin)
+    out.mkdir(parents=True, exist_ok=True)
+    md, page = out / f"review-{month}.md", out / f"review-{month}.html"
+    md.write_text(rep.markdown)
+    page.write_text(rep.html)
+    if as_json:
+        print_json({"month": month, "markdown": str(md), "html": str(page), "figures": rep.figures})
+    else:
+        console.print(f"Wrote {md} and {page}.")
+    return 0
