@@ -217,6 +217,24 @@ def load_policy(settings: Settings) -> PolicyEngine:
     return RegoPolicyEngine.from_directory(bundle)
 
 
+def start_policy_reloader(gateway: Gateway, home: Path, *, interval: float = 2.0) -> Any:
+    """Start hot reload of ``home``'s policy bundle (``proctor serve`` does)."""
+    from proctor.app.policy_reload import PolicyReloader
+
+    settings = load(home)
+    bundle = settings.policy_bundle or settings.home / "policy"
+    reloader = PolicyReloader(gateway, bundle, RegoPolicyEngine.from_directory, interval=interval)
+    reloader.start()
+    return reloader
+
+
+def policy_tools() -> Any:
+    """The policy adapter's authoring functions, for the CLI (which may not import it)."""
+    from proctor import policy
+
+    return policy
+
+
 def build_gateway(
     settings: Settings,
     *,

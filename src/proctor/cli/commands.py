@@ -966,3 +966,7 @@ from proctor.cli import observe_cmd  # noqa: E402 - registered last: it uses thi
 
 app.command("kpi")(observe_cmd.kpi)
 app.command("report")(observe_cmd.report)
+
+from proctor.cli import policy_cmd  # noqa: E402 - registered last: it uses this module's options
+
+app.add_typer(policy_cmd.policy_app, name="policy")

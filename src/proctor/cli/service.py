@@ -86,7 +86,7 @@ def serve(
     import uvicorn
 
     from proctor.app.worker import Worker
-    from proctor.bootstrap import start_dispatcher
+    from proctor.bootstrap import start_dispatcher, start_policy_reloader
     from proctor.config import load as load_settings
     from proctor.http import create_app, load_http_settings  # needs the `server` extra
 
@@ -131,10 +131,12 @@ def serve(
         worker.start()
         # The webhook outbox is sent from a background thread; without webhooks it idles.
         dispatcher = start_dispatcher(proctor.gateway)
+        reloader = start_policy_reloader(proctor.gateway, path)
         try:
             server.run()
         finally:
             dispatcher.stop()
+            reloader.stop()
             worker.stop()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)

@@ -1,0 +1,184 @@
+"""``proctor policy test|check|eval|explain``: authoring and debugging Rego policies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import typer
+from rich.table import Table
+
+from proctor.cli.commands import Home, Json, Verbose, _open
+from proctor.cli.render import console, print_json
+from proctor.config import home_from
+from proctor.errors import InvalidRequestError
+
+__all__ = ["policy_app"]
+
+policy_app: typer.Typer = typer.Typer(
+    help="Rego policies: unit tests, validation, one evaluation, why a plan got its decision.",
+    no_args_is_help=True,
+)
+
+Bundle = Annotated[
+    Path | None,
+    typer.Argument(help="The bundle directory (*.rego, data.json); default the home's policy/."),
+]
+
+
+def _bundle(directory: Path | None, home: Path | None) -> Path:
+    if directory is not None:
+        return directory
+    from proctor.config import load
+
+    settings = load(home_from(home))
+    return settings.policy_bundle or settings.home / "policy"
+
+
+@policy_app.command("test")
+def run_tests(
+    directory: Bundle = None,
+    home: Home = None,
+    as_json: Json = False,
+    verbose: Verbose = False,
+) -> int:
+    """Run the bundle's Rego unit tests (rules named test_*). Exit 1 if any fails."""
+    from proctor.bootstrap import policy_tools
+
+    results = policy_tools().run_policy_tests(_bundle(directory, home))
+    failed = [r for r in results if not r.passed]
+    if as_json:
+        print_json(
+            {
+                "passed": len(results) - len(failed),
+                "failed": len(failed),
+                "tests": [
+                    {"package": r.package, "name": r.name, "passed": r.passed, "error": r.error}
+                    for r in results
+                ],
+            }
+        )
+    else:
+        t = Table(title=f"{len(results)} policy test(s), {len(failed)} failed")
+        for col in ("package", "test", "result"):
+            t.add_column(col)
+        for r in results:
+            t.add_row(
+                r.package, r.name, "[green]pass[/]" if r.passed else f"[red]FAIL[/] {r.error}"
+            )
+        console.print(t if results else "No test_* rules found.")
+    return 1 if failed else 0
+
+
+@policy_app.command("check")
+def check(
+    directory: Bundle = None,
+    home: Home = None,
+    as_json: Json = False,
+    verbose: Verbose = False,
+) -> int:
+    """Compile a bundle before it is loaded: exit 1 with the first error, else its version."""
+    from proctor.bootstrap import policy_tools
+
+    engine = policy_tools().RegoPolicyEngine.from_directory(_bundle(directory, home))
+    if as_json:
+        print_json({"ok": True, "version": engine.version})
+    else:
+        console.print(f"ok: {engine.version}")
+    return 0
+
+
+@policy_app.command("eval")
+def evaluate(
+    input_file: Annotated[Path, typer.Argument(metavar="INPUT.json", help="A policy input.")],
+    bundle: Annotated[
+        Path | None, typer.Option("--bundle", help="The bundle; default the home's policy/.")
+    ] = None,
+    home: Home = None,
+    as_json: Json = False,
+    verbose: Verbose = False,
+) -> int:
+    """Evaluate one policy input (docs/policy.md) and print the decision with its reasons.
+
+    The raw answer is checked the way the gateway checks it: a malformed answer is reported
+    (and would deny).
+    """
+    from proctor.bootstrap import policy_tools
+    from proctor.core.decisions import Decision
+
+    try:
+        doc = orjson.loads(input_file.read_bytes())
+    except FileNotFoundError:
+        raise typer.BadParameter(
+            f"{input_file} does not exist", param_hint="'INPUT.json'"
+        ) from None
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequestError(f"{input_file} is not JSON: {exc}", field="input") from None
+    steps = doc.get("steps") if isinstance(doc, dict) else None
+    if not isinstance(steps, list) or not all(isinstance(s, dict) and "id" in s for s in steps):
+        raise InvalidRequestError("the input needs steps: [{id, ...}]", field="input.steps")
+    engine = policy_tools().RegoPolicyEngine.from_directory(_bundle(bundle, home))
+    raw = engine.evaluate(doc)
+    decision = Decision.from_policy_output(
+        raw, [s["id"] for s in steps], policy_version=engine.version
+    )
+    out: dict[str, Any] = {"decision": decision.as_dict(), "raw": raw}
+    if as_json:
+        print_json(out)
+    else:
+        console.print(f"[bold]{decision.outcome.value}[/] (policy {engine.version})")
+        for reason in decision.reasons:
+            console.print(f"  - {reason}")
+    return 1 if decision.outcome.value == "deny" else 0
+
+
+@policy_app.command("explain")
+def explain(
+    plan_id: Annotated[str, typer.Argument(help="The plan.")],
+    home: Home = None,
+    as_json: Json = False,
+    verbose: Verbose = False,
+) -> int:
+    """Why a plan got its decision: scores, the rules' reasons, the policy version."""
+    with _open(home) as p:
+        rec = p.get(plan_id)
+        current = p.gateway.policy.version if p.gateway.policy is not None else None
+    doc = {
+        "plan_id": rec.plan_id,
+        "outcome": rec.outcome,
+        "status": rec.status.value,
+        "policy_version": rec.policy_version,
+        "policy_in_force": current,
+        "assessment": rec.assessment,
+        "plan_reasons": rec.decision["plan_reasons"],
+        "adjustments": rec.decision["adjustments"],
+        "steps": [
+            {
+                "step": s["step_id"],
+                "action": rec.steps[i].action,
+                "outcome": s["outcome"],
+                "reasons": s["reasons"],
+                "approvals": s["approvals"],
+                "approver_roles": s["approver_roles"],
+            }
+            for i, s in enumerate(rec.decision["steps"])
+        ],
+    }
+    if as_json:
+        print_json(doc)
+        return 0
+    a = rec.assessment
+    console.print(f"[bold]{rec.plan_id}[/]: {rec.outcome} ({rec.status.value})")
+    console.print(
+        f"policy {rec.policy_version}"
+        + ("" if current == rec.policy_version else f" (in force now: {current})")
+    )
+    console.print(f"scores {a['scores']} total {a['total']} → {a['pattern']}")
+    for adj in rec.decision["adjustments"]:
+        console.print(f"  adjusted {adj['axis']} {adj['delta']:+d}: {adj['reason']}")
+    for reason in rec.decision["plan_reasons"]:
+        console.print(f"  plan: {reason}")
+    for s in doc["steps"]:
+        console.print(f"  {s['step']} {s['action']} → {s['outcome']}: {'; '.join(s['reasons'])}")
+    return 0
