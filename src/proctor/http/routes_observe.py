@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 
 from proctor.app.kpis import from_store
 from proctor.app.metrics import MetricsListener, StoreCollector
@@ -48,7 +48,12 @@ def router(ctx: Context) -> APIRouter:
         if not (p.has("auditor") or p.has("admin")):
             raise PermissionDeniedError("this needs the auditor or admin role", field="role")
 
-    @r.get("/metrics", summary="Prometheus metrics (auditor, admin)", responses=errors)
+    @r.get(
+        "/metrics",
+        summary="Prometheus metrics (auditor, admin)",
+        responses=errors,
+        response_class=PlainTextResponse,
+    )
     def metrics(caller: Caller) -> Response:
         """Counters, histograms and gauges in the Prometheus text format."""
         need_reader(caller)
