@@ -28,12 +28,9 @@ change commits with its audit event, so any process can pick up where another st
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
 import logging
-import os
 import random
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -42,9 +39,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
+from proctor.app._outcomes import LostLease, Outcome, bounded, err, jsonable
 from proctor.app.journal import Journal, payload_hash
+from proctor.app.leases import owner_alive, process_owner_id
+from proctor.app.saga import Saga
 from proctor.core.catalog import ActionSpec
 from proctor.core.drift import drift
 from proctor.core.events import EventType as E
@@ -55,49 +53,14 @@ from proctor.errors import ConflictError, InvalidRequestError, RetryableError
 if TYPE_CHECKING:
     from proctor.app.gateway import Gateway
 
-__all__ = ["Executor", "owner_alive", "process_owner_id"]
+__all__ = ["Executor", "owner_alive", "process_owner_id"]  # owner ids: re-exported
 
 log = logging.getLogger("proctor.executor")
 
-_MAX_ERROR = 500
 # Results of actions over personal or health data are kept out of the append-only audit log
 # (it can never be erased): the event keeps their hash; the result stays with the plan.
 _UNLOGGED_RESULTS = frozenset({"pii", "health"})
 _WORKING = (PlanStatus.RUNNING, PlanStatus.COMPENSATING)
-
-
-def _start_time(pid: int) -> str | None:
-    """Return the process's start time in clock ticks since boot (Linux), or None."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            stat = fh.read().decode(errors="replace")
-    except OSError:
-        return None
-    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
-    fields = stat.rsplit(")", 1)[-1].split()
-    return fields[19] if len(fields) > 19 else None
-
-
-def process_owner_id() -> str:
-    """Return this process's lease owner id: ``host:pid:start-time:nonce``."""
-    pid = os.getpid()
-    return f"{socket.gethostname()}:{pid}:{_start_time(pid) or '0'}:{os.urandom(3).hex()}"
-
-
-def owner_alive(owner: str) -> bool:
-    """Whether a lease owner may still be alive.
-
-    An owner on this host is dead when its pid is gone or now belongs to another process (a
-    different start time). An owner on another host is presumed alive: only its lease expiry
-    frees its plans.
-    """
-    host, _, rest = owner.partition(":")
-    pid_s, _, rest = rest.partition(":")
-    start, _, _ = rest.partition(":")
-    if host != socket.gethostname() or not pid_s.isdigit():
-        return True
-    current = _start_time(int(pid_s))
-    return current is not None and (start == "0" or current == start)
 
 
 @dataclass(slots=True)
@@ -108,22 +71,6 @@ class _Flight:
     attempts: int
     timeout_at: float | None  # monotonic
     timed_out: bool = False
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _Outcome:
-    result: Any = None
-    error: str | None = None
-    retryable: bool = False
-    canary: Any = None
-
-
-class _LostLease(Exception):
-    """The plan moved on without us (takeover, timeout): our result is not recorded."""
-
-    def __init__(self, record: PlanRecord) -> None:
-        super().__init__(record.plan_id)
-        self.record = record
 
 
 class Executor:
@@ -145,6 +92,7 @@ class Executor:
         self._stop = threading.Event()
         self._pool: ThreadPoolExecutor | None = None
         self._sleep: Callable[[float], None] = time.sleep
+        self.saga = Saga(self)
 
     # ------------------------------------------------------------------ helpers
 
@@ -243,7 +191,7 @@ class Executor:
         token = self._hold(record.plan_id)
         try:
             return self._run(record)
-        except _LostLease as lost:
+        except LostLease as lost:
             return lost.record
         finally:
             self._release(record.plan_id, token)
@@ -259,15 +207,15 @@ class Executor:
                 continue
             record = self._record_step(record, index, out)
             if record.status is PlanStatus.COMPENSATING:
-                return self._compensate_rest(record)
+                return self.saga.rest(record)
             if record.status is not PlanStatus.RUNNING:
                 return record
 
-    def _invoke(self, record: PlanRecord, step: StepRecord, spec: ActionSpec) -> _Outcome:
+    def _invoke(self, record: PlanRecord, step: StepRecord, spec: ActionSpec) -> Outcome:
         """Call the handler (after its canary, if any); never raises for a tool failure."""
         now = self.gw.clock.now()
         if record.deadline is not None and now > record.deadline:
-            return _Outcome(error=f"the plan's deadline passed at {record.deadline.isoformat()}")
+            return Outcome(error=f"the plan's deadline passed at {record.deadline.isoformat()}")
         timeout = spec.timeout if spec.timeout is not None else self._opts.step_timeout
         flight = _Flight(
             step.step_id,
@@ -281,18 +229,18 @@ class Executor:
             if spec.canary is not None:
                 canary, error = self._canary(record, step, spec)
                 if error is not None:
-                    return _Outcome(error=error, canary=canary)
+                    return Outcome(error=error, canary=canary)
             if spec.handler is None:
                 raise InvalidRequestError(f"action {spec.name!r} has no handler")
             with self.gw.telemetry.stage("step", action=spec.name, step=step.step_id):
                 result = self.gw.tools.run(spec.handler, step.params, self._call(record, step))
-            return _Outcome(result=_bounded(_jsonable(result)), canary=canary)
+            return Outcome(result=bounded(jsonable(result)), canary=canary)
         except RetryableError as exc:
-            return _Outcome(error=_err(exc), retryable=True)
+            return Outcome(error=err(exc), retryable=True)
         except (TimeoutError, ConnectionError) as exc:
-            return _Outcome(error=_err(exc), retryable=spec.idempotent)
+            return Outcome(error=err(exc), retryable=spec.idempotent)
         except Exception as exc:  # noqa: BLE001 - a tool failure is recorded, not raised
-            return _Outcome(error=_err(exc))
+            return Outcome(error=err(exc))
         finally:
             with self._guard:
                 if self._flights.get(record.plan_id) is flight:
@@ -310,17 +258,17 @@ class Executor:
             idempotency_key=record.idempotency_key(step.step_id) + ":staging",
         )
         try:
-            staged = _jsonable(self.gw.tools.run(spec.handler, params, call))
+            staged = jsonable(self.gw.tools.run(spec.handler, params, call))
         except Exception as exc:  # noqa: BLE001 - a failed canary fails the step
-            info = {"target": spec.canary["staging"], "ok": False, "output": _err(exc)}
+            info = {"target": spec.canary["staging"], "ok": False, "output": err(exc)}
             self._note_canary(record, step, info)
-            return info, f"the staging run failed: {_err(exc)}"
+            return info, f"the staging run failed: {err(exc)}"
         try:
             verdict = self.gw.tools.run(spec.canary["check"], {"result": staged}, call)
         except Exception as exc:  # noqa: BLE001 - a failing check is a failed check
-            verdict = {"ok": False, "output": _err(exc)}
+            verdict = {"ok": False, "output": err(exc)}
         if isinstance(verdict, dict):
-            ok, output = verdict.get("ok") is True, _jsonable(verdict.get("output"))
+            ok, output = verdict.get("ok") is True, jsonable(verdict.get("output"))
         else:
             ok, output = verdict is True, None
         info = {"target": spec.canary["staging"], "ok": ok, "output": output, "result": staged}
@@ -347,7 +295,7 @@ class Executor:
             j.flush()
 
     def _should_retry(
-        self, record: PlanRecord, step: StepRecord, spec: ActionSpec, out: _Outcome
+        self, record: PlanRecord, step: StepRecord, spec: ActionSpec, out: Outcome
     ) -> bool:
         if not out.retryable or step.attempts >= self._opts.max_attempts:
             return False
@@ -358,7 +306,7 @@ class Executor:
         base = self._opts.retry_backoff.total_seconds() * 2 ** (step.attempts - 1)
         return timedelta(seconds=min(base, self._opts.retry_backoff_max.total_seconds()))
 
-    def _retry(self, record: PlanRecord, index: int, out: _Outcome) -> PlanRecord:
+    def _retry(self, record: PlanRecord, index: int, out: Outcome) -> PlanRecord:
         step = record.steps[index]
         # Full jitter (AWS architecture blog, "Exponential Backoff And Jitter").
         delay = random.uniform(0, self._backoff(step).total_seconds())  # noqa: S311 - jitter
@@ -378,7 +326,7 @@ class Executor:
         return current
 
     def _fenced(self, tx: Any, record: PlanRecord, step: StepRecord | None) -> PlanRecord:
-        """Check in ``tx`` that the plan is still ours as we left it; raise ``_LostLease`` if not.
+        """Check in ``tx`` that the plan is still ours as we left it; raise ``LostLease`` if not.
 
         Cheap on the hot path: the lease token changes on every start and claim, so reading
         the lease column suffices; the plan is loaded in full only when it was lost.
@@ -389,9 +337,9 @@ class Executor:
         current: PlanRecord | None = tx.get_plan(record.plan_id)
         if current is None:
             raise ConflictError(f"plan {record.plan_id} vanished", field="plan_id")
-        raise _LostLease(current)
+        raise LostLease(current)
 
-    def _record_step(self, record: PlanRecord, index: int, out: _Outcome) -> PlanRecord:
+    def _record_step(self, record: PlanRecord, index: int, out: Outcome) -> PlanRecord:
         """Record a step's outcome; start the next step or finish the plan, in one commit.
 
         Only the commit that finishes the plan (or fails it) is durable: the intermediate
@@ -400,12 +348,12 @@ class Executor:
         step = record.steps[index]
         now = self.gw.clock.now()
         last = index + 1 >= len(record.steps) or out.error is not None
-        lost: _LostLease | None = None
+        lost: LostLease | None = None
         current = record
         with self.gw.store.transaction(durable=last) as tx:
             try:
                 current = self._fenced(tx, record, step)
-            except _LostLease as exc:
+            except LostLease as exc:
                 # Commit the late-result event, then leave (raising here would roll it back).
                 self._late_result(tx, exc.record, step, out)
                 lost = exc
@@ -420,7 +368,7 @@ class Executor:
         tx: Any,
         current: PlanRecord,
         index: int,
-        out: _Outcome,
+        out: Outcome,
         *,
         last: bool,
         now: datetime,
@@ -446,7 +394,7 @@ class Executor:
             if guards is not None:
                 guards.on_step(tx, j.emit, current, current.steps[index], ok=False)
             # In the same commit: a crash right after it resumes the compensation.
-            current = self._start_compensation(
+            current = self.saga.start(
                 j, current, f"step {step.step_id} failed: {out.error}", None, now
             )
         else:
@@ -495,7 +443,7 @@ class Executor:
         j.flush()
         return current
 
-    def _late_result(self, tx: Any, current: PlanRecord, step: StepRecord, out: _Outcome) -> None:
+    def _late_result(self, tx: Any, current: PlanRecord, step: StepRecord, out: Outcome) -> None:
         """Record that an attempt we no longer own returned (its result is not applied)."""
         j = self._journal(tx)
         j.emit(
@@ -522,187 +470,12 @@ class Executor:
         final: PlanStatus | None,
         requested_by: str | None = None,
     ) -> PlanRecord:
-        """Undo succeeded steps in reverse order (saga), durably.
-
-        ``final`` is the status on full success (``undone`` for an undo); None means the
-        plan failed, and it ends ``compensated`` (or ``failed`` if something could not be
-        undone). The first commit moves the plan to ``compensating`` under this process's
-        lease; for an undo it also checks the plan is still ``succeeded`` (two concurrent
-        undos: one wins, the other gets a conflict).
-        """
-        now = self.gw.clock.now()
-        with self.gw.store.transaction() as tx:
-            current: PlanRecord | None = tx.get_plan(record.plan_id)
-            if current is None:
-                raise ConflictError(f"plan {record.plan_id} vanished", field="plan_id")
-            if requested_by is not None:
-                if current.status is not PlanStatus.SUCCEEDED:
-                    raise ConflictError(
-                        f"plan {record.plan_id} is {current.status.value}; "
-                        "only succeeded plans can be undone",
-                        field="plan_id",
-                    )
-            elif not self._mine(current.lease_owner) or current.status is not PlanStatus.RUNNING:
-                return current
-            j = self._journal(tx)
-            if requested_by is not None:
-                j.emit(
-                    E.UNDO_REQUESTED,
-                    plan=current,
-                    user_id=requested_by,
-                    data={"by": requested_by},
-                )
-            current = self._start_compensation(j, current, reason, final, now)
-            tx.save_plan(current)
-            j.flush()
-        return self.continue_compensation(current)
-
-    def _start_compensation(
-        self,
-        j: Journal,
-        record: PlanRecord,
-        reason: str,
-        final: PlanStatus | None,
-        now: datetime,
-    ) -> PlanRecord:
-        record = record.moved_to(
-            PlanStatus.COMPENSATING,
-            at=now,
-            compensation={"reason": reason[:_MAX_ERROR], "final": final and final.value},
-        ).leased(self._token(), self._until(now))
-        j.emit(E.COMPENSATION_STARTED, plan=record, data={"reason": reason[:_MAX_ERROR]})
-        return record
+        """Undo succeeded steps in reverse order, durably (see ``Saga.compensate``)."""
+        return self.saga.compensate(record, reason=reason, final=final, requested_by=requested_by)
 
     def continue_compensation(self, record: PlanRecord) -> PlanRecord:
-        """Compensate the plan's remaining steps and finish it (it is ours, compensating)."""
-        token = self._hold(record.plan_id)
-        try:
-            return self._compensate_rest(record)
-        except _LostLease as lost:
-            return lost.record
-        finally:
-            self._release(record.plan_id, token)
-
-    def _compensate_rest(self, record: PlanRecord) -> PlanRecord:
-        info = record.compensation or {}
-        reason = str(info.get("reason", "compensation"))
-        for step in reversed(record.steps):
-            if step.status is StepStatus.COMPENSATING:
-                # Interrupted mid-compensation (we are resuming): retry only if harmless.
-                if not self._compensation_idempotent(step):
-                    record = self._compensated(
-                        record,
-                        step,
-                        "the compensation was interrupted and is not idempotent: "
-                        "its effect is unknown",
-                        reason,
-                    )
-                    continue
-            elif step.status is not StepStatus.SUCCEEDED:
-                continue
-            with self.gw.store.transaction(durable=False) as tx:
-                current = self._fenced(tx, record, None)
-                marker = current.steps[step.index]
-                if marker.status is StepStatus.SUCCEEDED:
-                    marker = marker.moved_to(StepStatus.COMPENSATING)
-                record = current.with_step(marker).leased(
-                    current.lease_owner, self._until(self.gw.clock.now())
-                )
-                tx.save_plan(record)
-            record = self._compensated(
-                record, record.steps[step.index], self._undo(record, step), reason
-            )
-        return self._finish_compensation(record, reason, info.get("final"))
-
-    def _compensation_idempotent(self, step: StepRecord) -> bool:
-        spec = self.gw.catalog.require(step.action)
-        if spec.compensate is None and spec.compensation is not None:
-            comp = self.gw.catalog.get(spec.compensation)
-            return comp is not None and comp.idempotent
-        return spec.idempotent
-
-    def _undo(self, record: PlanRecord, step: StepRecord) -> str | None:
-        """Run a step's compensation; return the error, or None."""
-        spec = self.gw.catalog.require(step.action)
-        call = self._call(record, step, result=step.result)
-        try:
-            with self.gw.telemetry.stage("compensation", action=spec.name, step=step.step_id):
-                self._run_compensation(spec, step, call)
-        except Exception as exc:  # noqa: BLE001 - recorded; the next step still compensates
-            return _err(exc)
-        return None
-
-    def _run_compensation(self, spec: ActionSpec, step: StepRecord, call: ToolCall) -> None:
-        if spec.compensate is not None:
-            self.gw.tools.run(spec.compensate, step.params, call)
-        elif spec.compensation is not None:
-            comp = self.gw.catalog.require(spec.compensation)
-            params = step.params
-            if isinstance(step.result, dict) and isinstance(
-                step.result.get("compensation_params"), dict
-            ):
-                params = step.result["compensation_params"]
-            if comp.handler is None:
-                raise InvalidRequestError(f"action {comp.name!r} has no handler")
-            self.gw.tools.run(comp.handler, params, call)
-        else:
-            raise ConflictError(f"action {spec.name!r} cannot be compensated")
-
-    def _compensated(
-        self, record: PlanRecord, step: StepRecord, error: str | None, reason: str
-    ) -> PlanRecord:
-        with self.gw.store.transaction(durable=False) as tx:
-            current = self._fenced(tx, record, None)
-            now_step = current.steps[step.index]
-            j = self._journal(tx)
-            if error is None:
-                current = current.with_step(now_step.moved_to(StepStatus.COMPENSATED))
-                j.emit(
-                    E.COMPENSATION_SUCCEEDED,
-                    plan=current,
-                    step_id=step.step_id,
-                    actions=[self._attempt(step, "compensated")],
-                    data={"reason": reason},
-                )
-            else:
-                current = current.with_step(
-                    now_step.moved_to(StepStatus.COMPENSATION_FAILED, error=error)
-                )
-                j.emit(
-                    E.COMPENSATION_FAILED,
-                    plan=current,
-                    step_id=step.step_id,
-                    actions=[self._attempt(step, "compensation_failed")],
-                    data={"reason": reason, "error": error},
-                )
-            current = current.leased(current.lease_owner, self._until(self.gw.clock.now()))
-            tx.save_plan(current)
-            j.flush()
-        return current
-
-    def _finish_compensation(
-        self, record: PlanRecord, reason: str, final: str | None
-    ) -> PlanRecord:
-        statuses = [s.status for s in record.steps]
-        all_ok = StepStatus.COMPENSATION_FAILED not in statuses
-        undone_any = StepStatus.COMPENSATED in statuses
-        if final is not None and all_ok:
-            status = PlanStatus(final)
-        elif final is None and all_ok and undone_any:
-            status = PlanStatus.COMPENSATED
-        else:
-            status = PlanStatus.FAILED
-        now = self.gw.clock.now()
-        with self.gw.store.transaction() as tx:
-            current = self._fenced(tx, record, None)
-            j = self._journal(tx)
-            current = current.moved_to(status, at=now, error=reason[:_MAX_ERROR]).leased(None, None)
-            j.emit(E.PLAN_FINISHED, plan=current, data={"status": status.value, "reason": reason})
-            if self.gw.guards is not None:
-                self.gw.guards.on_finish(tx, j.emit, current)
-            tx.save_plan(current)
-            j.flush()
-        return current
+        """Compensate the plan's remaining steps and finish it (see ``Saga.carry_on``)."""
+        return self.saga.carry_on(record)
 
     # ------------------------------------------------------------------ resuming
 
@@ -727,7 +500,7 @@ class Executor:
             return self.continue_compensation(record)
         if then == "fail":
             step = next(s for s in record.steps if s.status is StepStatus.RUNNING)
-            failure = _Outcome(error=step.error or "interrupted, and no attempts are left")
+            failure = Outcome(error=step.error or "interrupted, and no attempts are left")
             record = self._with_lock(record, lambda r: self._record_step(r, step.index, failure))
             if record.status is PlanStatus.COMPENSATING:
                 return self.continue_compensation(record)
@@ -740,7 +513,7 @@ class Executor:
         token = self._hold(record.plan_id)
         try:
             return fn(record)
-        except _LostLease as lost:
+        except LostLease as lost:
             return lost.record
         finally:
             self._release(record.plan_id, token)
@@ -783,7 +556,7 @@ class Executor:
             if running is None and pending is None:
                 # Nothing left to start (a state only older versions could leave): settle.
                 if any(s.status is StepStatus.FAILED for s in current.steps):
-                    current = self._start_compensation(j, current, "a step failed", None, now)
+                    current = self.saga.start(j, current, "a step failed", None, now)
                     then = "compensate"
                 else:
                     current = current.moved_to(PlanStatus.SUCCEEDED, at=now).leased(None, None)
@@ -1011,43 +784,3 @@ class Executor:
         self._stop.set()
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
-
-
-_MAX_RESULT = 64 * 1024
-
-
-def _bounded(result: Any) -> Any:
-    """Keep a result that fits in the log; a bigger one is replaced by its size and hash.
-
-    The effect happened either way: the step succeeds, and the hash proves what it returned.
-    """
-    if result is None or isinstance(result, (bool, int)):
-        return result
-    body = orjson.dumps(result)
-    if len(body) <= _MAX_RESULT:
-        return result
-    return {
-        "truncated": True,
-        "bytes": len(body),
-        "sha256": hashlib.sha256(body).hexdigest(),
-    }
-
-
-def _err(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}"
-    return text[:_MAX_ERROR]
-
-
-def _jsonable(value: Any) -> Any:
-    """Return a JSON-safe, canonicalisable form of a tool's result (floats become strings)."""
-    if value is None or isinstance(value, (str, bool, int)):
-        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**53 - 1:
-            return str(value)
-        return value
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return str(value)

@@ -23,9 +23,12 @@ from typing import Any
 import nacl.exceptions
 import nacl.signing
 
+from proctor.app._outcomes import err as _err
+from proctor.app._outcomes import jsonable as _jsonable
 from proctor.app.auditlog import AuditLog
-from proctor.app.executor import Executor, _err, _jsonable, owner_alive
+from proctor.app.executor import Executor
 from proctor.app.journal import Journal, payload_hash
+from proctor.app.leases import owner_alive
 from proctor.app.telemetry import Telemetry
 from proctor.core.approvals import (
     check_can_approve,

@@ -1,0 +1,225 @@
+"""The saga: completed steps undone in reverse order, durably (docs/execution.md).
+
+A failed step and the move to ``compensating`` commit together; each compensation is an
+in-flight marker, then its outcome; a crash mid-compensation resumes it, re-running an
+interrupted compensation only if it is idempotent. An undo is the same saga ending
+``undone``, and its first commit checks the plan is still ``succeeded`` (of two concurrent
+undos, in any processes, one wins).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from proctor.app._outcomes import MAX_ERROR, LostLease, err
+from proctor.app.journal import Journal
+from proctor.core.catalog import ActionSpec
+from proctor.core.events import EventType as E
+from proctor.core.lifecycle import PlanRecord, PlanStatus, StepRecord, StepStatus
+from proctor.core.ports import ToolCall
+from proctor.errors import ConflictError, InvalidRequestError
+
+if TYPE_CHECKING:
+    from proctor.app.executor import Executor
+
+__all__ = ["Saga"]
+
+
+class Saga:
+    """Compensation for one executor (it holds the leases and the fencing)."""
+
+    def __init__(self, executor: Executor) -> None:
+        self.ex = executor
+
+    def compensate(
+        self,
+        record: PlanRecord,
+        *,
+        reason: str,
+        final: PlanStatus | None,
+        requested_by: str | None = None,
+    ) -> PlanRecord:
+        """Undo succeeded steps in reverse order (saga), durably.
+
+        ``final`` is the status on full success (``undone`` for an undo); None means the
+        plan failed, and it ends ``compensated`` (or ``failed`` if something could not be
+        undone). The first commit moves the plan to ``compensating`` under this process's
+        lease; for an undo it also checks the plan is still ``succeeded`` (two concurrent
+        undos: one wins, the other gets a conflict).
+        """
+        now = self.ex.gw.clock.now()
+        with self.ex.gw.store.transaction() as tx:
+            current: PlanRecord | None = tx.get_plan(record.plan_id)
+            if current is None:
+                raise ConflictError(f"plan {record.plan_id} vanished", field="plan_id")
+            if requested_by is not None:
+                if current.status is not PlanStatus.SUCCEEDED:
+                    raise ConflictError(
+                        f"plan {record.plan_id} is {current.status.value}; "
+                        "only succeeded plans can be undone",
+                        field="plan_id",
+                    )
+            elif not self.ex._mine(current.lease_owner) or current.status is not PlanStatus.RUNNING:
+                return current
+            j = self.ex._journal(tx)
+            if requested_by is not None:
+                j.emit(
+                    E.UNDO_REQUESTED,
+                    plan=current,
+                    user_id=requested_by,
+                    data={"by": requested_by},
+                )
+            current = self.start(j, current, reason, final, now)
+            tx.save_plan(current)
+            j.flush()
+        return self.carry_on(current)
+
+    def start(
+        self,
+        j: Journal,
+        record: PlanRecord,
+        reason: str,
+        final: PlanStatus | None,
+        now: datetime,
+    ) -> PlanRecord:
+        """Move the plan to ``compensating`` with its reason (inside the caller's transaction)."""
+        record = record.moved_to(
+            PlanStatus.COMPENSATING,
+            at=now,
+            compensation={"reason": reason[:MAX_ERROR], "final": final and final.value},
+        ).leased(self.ex._token(), self.ex._until(now))
+        j.emit(E.COMPENSATION_STARTED, plan=record, data={"reason": reason[:MAX_ERROR]})
+        return record
+
+    def carry_on(self, record: PlanRecord) -> PlanRecord:
+        """Compensate the plan's remaining steps and finish it (it is ours, compensating)."""
+        token = self.ex._hold(record.plan_id)
+        try:
+            return self.rest(record)
+        except LostLease as lost:
+            return lost.record
+        finally:
+            self.ex._release(record.plan_id, token)
+
+    def rest(self, record: PlanRecord) -> PlanRecord:
+        """Compensate what is left of a compensating plan this executor holds; finish it."""
+        info = record.compensation or {}
+        reason = str(info.get("reason", "compensation"))
+        for step in reversed(record.steps):
+            if step.status is StepStatus.COMPENSATING:
+                # Interrupted mid-compensation (we are resuming): retry only if harmless.
+                if not self._idempotent(step):
+                    record = self._compensated(
+                        record,
+                        step,
+                        "the compensation was interrupted and is not idempotent: "
+                        "its effect is unknown",
+                        reason,
+                    )
+                    continue
+            elif step.status is not StepStatus.SUCCEEDED:
+                continue
+            with self.ex.gw.store.transaction(durable=False) as tx:
+                current = self.ex._fenced(tx, record, None)
+                marker = current.steps[step.index]
+                if marker.status is StepStatus.SUCCEEDED:
+                    marker = marker.moved_to(StepStatus.COMPENSATING)
+                record = current.with_step(marker).leased(
+                    current.lease_owner, self.ex._until(self.ex.gw.clock.now())
+                )
+                tx.save_plan(record)
+            record = self._compensated(
+                record, record.steps[step.index], self._undo(record, step), reason
+            )
+        return self._finish_compensation(record, reason, info.get("final"))
+
+    def _idempotent(self, step: StepRecord) -> bool:
+        spec = self.ex.gw.catalog.require(step.action)
+        if spec.compensate is None and spec.compensation is not None:
+            comp = self.ex.gw.catalog.get(spec.compensation)
+            return comp is not None and comp.idempotent
+        return spec.idempotent
+
+    def _undo(self, record: PlanRecord, step: StepRecord) -> str | None:
+        """Run a step's compensation; return the error, or None."""
+        spec = self.ex.gw.catalog.require(step.action)
+        call = self.ex._call(record, step, result=step.result)
+        try:
+            with self.ex.gw.telemetry.stage("compensation", action=spec.name, step=step.step_id):
+                self._run_compensation(spec, step, call)
+        except Exception as exc:  # noqa: BLE001 - recorded; the next step still compensates
+            return err(exc)
+        return None
+
+    def _run_compensation(self, spec: ActionSpec, step: StepRecord, call: ToolCall) -> None:
+        if spec.compensate is not None:
+            self.ex.gw.tools.run(spec.compensate, step.params, call)
+        elif spec.compensation is not None:
+            comp = self.ex.gw.catalog.require(spec.compensation)
+            params = step.params
+            if isinstance(step.result, dict) and isinstance(
+                step.result.get("compensation_params"), dict
+            ):
+                params = step.result["compensation_params"]
+            if comp.handler is None:
+                raise InvalidRequestError(f"action {comp.name!r} has no handler")
+            self.ex.gw.tools.run(comp.handler, params, call)
+        else:
+            raise ConflictError(f"action {spec.name!r} cannot be compensated")
+
+    def _compensated(
+        self, record: PlanRecord, step: StepRecord, error: str | None, reason: str
+    ) -> PlanRecord:
+        with self.ex.gw.store.transaction(durable=False) as tx:
+            current = self.ex._fenced(tx, record, None)
+            now_step = current.steps[step.index]
+            j = self.ex._journal(tx)
+            if error is None:
+                current = current.with_step(now_step.moved_to(StepStatus.COMPENSATED))
+                j.emit(
+                    E.COMPENSATION_SUCCEEDED,
+                    plan=current,
+                    step_id=step.step_id,
+                    actions=[self.ex._attempt(step, "compensated")],
+                    data={"reason": reason},
+                )
+            else:
+                current = current.with_step(
+                    now_step.moved_to(StepStatus.COMPENSATION_FAILED, error=error)
+                )
+                j.emit(
+                    E.COMPENSATION_FAILED,
+                    plan=current,
+                    step_id=step.step_id,
+                    actions=[self.ex._attempt(step, "compensation_failed")],
+                    data={"reason": reason, "error": error},
+                )
+            current = current.leased(current.lease_owner, self.ex._until(self.ex.gw.clock.now()))
+            tx.save_plan(current)
+            j.flush()
+        return current
+
+    def _finish_compensation(
+        self, record: PlanRecord, reason: str, final: str | None
+    ) -> PlanRecord:
+        statuses = [s.status for s in record.steps]
+        all_ok = StepStatus.COMPENSATION_FAILED not in statuses
+        undone_any = StepStatus.COMPENSATED in statuses
+        if final is not None and all_ok:
+            status = PlanStatus(final)
+        elif final is None and all_ok and undone_any:
+            status = PlanStatus.COMPENSATED
+        else:
+            status = PlanStatus.FAILED
+        now = self.ex.gw.clock.now()
+        with self.ex.gw.store.transaction() as tx:
+            current = self.ex._fenced(tx, record, None)
+            j = self.ex._journal(tx)
+            current = current.moved_to(status, at=now, error=reason[:MAX_ERROR]).leased(None, None)
+            j.emit(E.PLAN_FINISHED, plan=current, data={"status": status.value, "reason": reason})
+            if self.ex.gw.guards is not None:
+                self.ex.gw.guards.on_finish(tx, j.emit, current)
+            tx.save_plan(current)
+            j.flush()
+        return current
