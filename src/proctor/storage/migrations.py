@@ -137,6 +137,24 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         );
         """,
     ),
+    (
+        7,
+        """
+        -- Counters as one B-tree keyed by (name, bucket): every plan bumps them, and a table
+        -- plus its primary-key index were two more pages to write per commit.
+        CREATE TABLE counters_v7 (
+            name TEXT NOT NULL,
+            bucket TEXT NOT NULL,
+            count INTEGER NOT NULL DEFAULT 0,
+            amount BIGINT NOT NULL DEFAULT 0,
+            PRIMARY KEY (name, bucket)
+        ) WITHOUT ROWID;
+        INSERT INTO counters_v7 (name, bucket, count, amount)
+            SELECT name, bucket, count, amount FROM counters;
+        DROP TABLE counters;
+        ALTER TABLE counters_v7 RENAME TO counters;
+        """,
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]
