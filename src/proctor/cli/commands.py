@@ -970,3 +970,7 @@ app.command("report")(observe_cmd.report)
 from proctor.cli import policy_cmd  # noqa: E402 - registered last: it uses this module's options
 
 app.add_typer(policy_cmd.policy_app, name="policy")
+
+from proctor.cli import mcp_cmd  # noqa: E402 - registered last: it uses this module's options
+
+app.command("mcp")(mcp_cmd.mcp)
