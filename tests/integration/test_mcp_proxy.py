@@ -203,7 +203,7 @@ def test_over_streamable_http_with_elicitation_and_trace(cli, proctor_exe, home,
             ],
             env=env,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
         )
         try:
             _wait_port(proxy_port, proxy, "proctor mcp --http")
