@@ -292,3 +292,36 @@ def test_an_upstream_that_fails_hangs_and_crashes(cli, proctor_exe, home):
     assert any("kaput" in f for f in failed)
     assert len(failed) >= 3  # fail, hang (timed out), crash
     assert cli("audit", "verify", home=home).code == 0
+
+
+def test_templates_completions_and_log_messages_pass_through(proctor_exe, home):
+    logs = []
+
+    async def on_log(params):
+        logs.append(params)
+
+    async def go():
+        async with (
+            stdio_client(proxy_params(proctor_exe, home)) as (r, w),
+            ClientSession(r, w, logging_callback=on_log) as s,
+        ):
+            await s.initialize()
+            templates = (await s.list_resource_templates()).resource_templates
+            assert any("{resourceId}" in t.uri_template for t in templates)
+            prompt = next(
+                p for p in (await s.list_prompts()).prompts if p.name == "completable-prompt"
+            )
+            arg = prompt.arguments[0].name
+            done = await s.complete(
+                types.PromptReference(type="ref/prompt", name=prompt.name),
+                {"name": arg, "value": ""},
+            )
+            assert done.completion.values
+            toggled = await s.call_tool("toggle-simulated-logging", {})
+            assert not toggled.is_error, text(toggled)
+            with anyio.fail_after(30):
+                while not logs:
+                    await anyio.sleep(0.2)
+
+    run(go)
+    assert logs[0].level

@@ -155,6 +155,8 @@ class McpProxy:
         self.approval_wait = approval_wait
         self.namespace = namespace
         self.sessions: dict[str, ClientSession] = {}
+        self.clients: set[Any] = set()  # downstream sessions seen, for forwarded notifications
+        self._declared: dict[str, ActionSpec | None] = {}
         self.tools: dict[str, tuple[str, types.Tool]] = {}  # exposed name -> (server, tool)
         gw = proctor.gateway
         gw.options = dataclasses.replace(gw.options, runners=gw.options.runners | {"mcp"})
@@ -172,10 +174,50 @@ class McpProxy:
             else:
                 assert up.url is not None
                 read, write, *_ = await stack.enter_async_context(streamable_http_client(up.url))
-            session = await stack.enter_async_context(ClientSession(read, write))
+            session = await stack.enter_async_context(
+                ClientSession(
+                    read,
+                    write,
+                    logging_callback=self._on_log,
+                    message_handler=self._on_message,
+                )
+            )
             await session.initialize()
             self.sessions[up.name] = session
         await self.refresh_tools()
+
+    async def _on_log(self, params: types.LoggingMessageNotificationParams) -> None:
+        """Pass an upstream's log message on to the clients."""
+        for client in list(self.clients):
+            try:
+                await client.send_log_message(params.level, params.data, params.logger)
+            except Exception:  # noqa: BLE001 - a client that went away
+                self.clients.discard(client)
+
+    async def _on_message(self, message: Any) -> None:
+        """Pass list-changed notifications on (re-reading the tools first)."""
+        if isinstance(message, Exception):
+            return
+        kind = type(getattr(message, "root", message))
+        if kind is types.ToolListChangedNotification:
+            await self.refresh_tools()
+            send = "send_tool_list_changed"
+        elif kind is types.ResourceListChangedNotification:
+            send = "send_resource_list_changed"
+        elif kind is types.PromptListChangedNotification:
+            send = "send_prompt_list_changed"
+        else:
+            return
+        for client in list(self.clients):
+            try:
+                await getattr(client, send)()
+            except Exception:  # noqa: BLE001 - a client that went away
+                self.clients.discard(client)
+
+    def _seen(self, ctx: Any) -> None:
+        if len(self.clients) > 1000:
+            self.clients.clear()  # bounded: clients are re-added on their next request
+        self.clients.add(ctx.session)
 
     async def refresh_tools(self) -> None:
         """Re-read the upstream tools and register them as catalog actions."""
@@ -199,9 +241,12 @@ class McpProxy:
         catalog = self.proctor.gateway.catalog
         handler = f"{name}:handler"
         self.proctor._tools.register(handler, functools.partial(self._forward, server, tool.name))
-        declared = catalog.get(name)
-        spec = declared if declared is not None and declared.handler is None else None
-        base = spec or _spec_from_annotations(name, tool)
+        if name not in self._declared:
+            # What the catalog files say, remembered before the first registration replaces
+            # it: a later tools/list_changed must not lose the declared category or masks.
+            found = catalog.get(name)
+            self._declared[name] = found if found is not None and found.handler is None else None
+        base = self._declared[name] or _spec_from_annotations(name, tool)
         catalog.add(dataclasses.replace(base, handler=handler, runner="mcp"), replace=True)
 
     def _forward(self, server: str, tool: str, params: dict[str, Any], call: Any) -> dict[str, Any]:
@@ -239,30 +284,67 @@ class McpProxy:
             on_call_tool=self._call_tool,
             on_list_resources=self._pass("list_resources", "resources"),
             on_read_resource=self._read_resource,
+            on_list_resource_templates=self._pass(
+                "list_resource_templates", "resource_templates", capability="resources"
+            ),
+            on_subscribe_resource=self._subscribe,
             on_list_prompts=self._pass("list_prompts", "prompts"),
             on_get_prompt=self._get_prompt,
+            on_completion=self._complete,
         )
 
     async def _list_tools(self, ctx: Any, params: Any) -> types.ListToolsResult:
+        self._seen(ctx)
         tools = [t.model_copy(update={"name": exposed}) for exposed, (_, t) in self.tools.items()]
         return types.ListToolsResult(tools=tools)
 
-    def _pass(self, method: str, field: str) -> Any:
+    def _pass(self, method: str, field: str, *, capability: str | None = None) -> Any:
+        """A list request answered with the union of the upstreams' answers."""
+        empty = {
+            "resources": types.ListResourcesResult,
+            "prompts": types.ListPromptsResult,
+            "resource_templates": types.ListResourceTemplatesResult,
+        }[field]
+
         async def handler(ctx: Any, params: Any) -> Any:
             merged: list[Any] = []
             result: Any = None
-            for session in self.sessions.values():
-                caps = session.server_capabilities
-                if caps is None or getattr(caps, field, None) is None:
-                    continue
+            for session in self._having(capability or field):
                 result = await getattr(session, method)()
                 merged += getattr(result, field)
             if result is None:
-                kind = {"resources": types.ListResourcesResult, "prompts": types.ListPromptsResult}
-                return kind[field](**{field: []})
+                return empty(**{field: []})
             return result.model_copy(update={field: merged})
 
         return handler
+
+    def _having(self, capability: str) -> list[ClientSession]:
+        out = []
+        for session in self.sessions.values():
+            caps = session.server_capabilities
+            if caps is not None and getattr(caps, capability, None) is not None:
+                out.append(session)
+        return out
+
+    async def _subscribe(self, ctx: Any, params: types.SubscribeRequestParams) -> Any:
+        for session in self._having("resources"):
+            caps = session.server_capabilities
+            if caps is not None and caps.resources is not None and caps.resources.subscribe:
+                return await session.subscribe_resource(params.uri)
+        raise ValueError(f"no upstream supports subscribing to {params.uri}")
+
+    async def _complete(self, ctx: Any, params: types.CompleteRequestParams) -> Any:
+        argument = {"name": params.argument.name, "value": params.argument.value}
+        context = dict(params.context.arguments or {}) if params.context else None
+        last: Exception | None = None
+        for session in self._having("completions"):
+            try:
+                return await session.complete(params.ref, argument, context)
+            except Exception as exc:  # noqa: BLE001 - try the next upstream
+                last = exc
+        if last is not None:
+            raise last
+        return types.CompleteResult(completion=types.Completion(values=[]))
 
     async def _read_resource(self, ctx: Any, params: types.ReadResourceRequestParams) -> Any:
         last: Exception | None = None

@@ -17,6 +17,8 @@ step_decision(s) := {"outcome": "deny", "reasons": ["a write outside the allowed
 	inside(s)
 } else := {"outcome": "execute", "reasons": ["the test server"]} if {
 	startswith(s.action, "mcp.flaky.")
+} else := {"outcome": "execute", "reasons": ["logging is harmless"]} if {
+	s.action == "mcp.everything.toggle_simulated_logging"
 } else := {"outcome": "confirm", "reasons": ["echo asks its user"]} if {
 	s.action == "mcp.everything.echo"
 } else := {"outcome": "approve", "reasons": ["needs ops"], "approvals": 1, "approver_roles": ["ops"]}
