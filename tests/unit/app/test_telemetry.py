@@ -112,3 +112,38 @@ class TestTraceparent:
             "4bf92f3577b34da6a3ce929d0e0e4736",
             "00f067aa0ba902b7",
         )
+
+
+class TestOtlpConfiguration:
+    def test_an_endpoint_builds_an_exporting_provider(self, tmp_path):
+        from opentelemetry.sdk.trace import TracerProvider as SdkProvider
+
+        from proctor.bootstrap import init_home, tracer_provider
+        from proctor.config import load
+
+        init_home(tmp_path / "h")
+        settings = load(tmp_path / "h")
+        assert settings.otlp_endpoint is None and tracer_provider(settings) is None
+        cfg = (tmp_path / "h" / "config.toml").read_text()
+        cfg += '\n[observability]\notlp_endpoint = "http://127.0.0.1:4318"\nservice_name = "p1"\n'
+        (tmp_path / "h" / "config.toml").write_text(cfg)
+        provider = tracer_provider(load(tmp_path / "h"))
+        try:
+            assert isinstance(provider, SdkProvider)
+            assert provider.resource.attributes["service.name"] == "p1"
+        finally:
+            provider.shutdown()
+
+    def test_a_bad_endpoint_names_the_field(self, tmp_path):
+        from proctor.bootstrap import init_home
+        from proctor.config import load
+        from proctor.errors import ConfigError
+
+        init_home(tmp_path / "h")
+        cfg = (
+            tmp_path / "h" / "config.toml"
+        ).read_text() + '\n[observability]\notlp_endpoint = "grpc:x"\n'
+        (tmp_path / "h" / "config.toml").write_text(cfg)
+        with pytest.raises(ConfigError) as e:
+            load(tmp_path / "h")
+        assert e.value.field == "observability.otlp_endpoint"
