@@ -159,6 +159,11 @@ def create_app(
     app.include_router(routes_audit.router(ctx))
     app.include_router(routes_guards.router(ctx))
     app.include_router(routes_observe.router(ctx))
+    # Imported here: proctor.web builds on proctor.http, so a module-level import would
+    # be circular.
+    from proctor.web import mount_console
+
+    mount_console(app, ctx)  # the web console at / (docs/console.md)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     if unsafe_no_auth:
         app.add_middleware(_UnsafeWarning)

@@ -1,0 +1,974 @@
+"""The console's pages and forms: sign-in, inbox, plan, timeline, audit, dashboard.
+
+Every page is rendered on the server and every action is a plain HTML form, so the console
+works without JavaScript; ``static/console.js`` only adds live updates, countdowns and the
+in-browser check of inclusion proofs. Who may see or do what is the core's role table
+(``proctor.core.principals``), asked the same way as the ``/v1`` routes ask it; the gateway
+re-checks everything that matters (state, expiry, separation of duties, step-up).
+"""
+
+# NOTE(web): no `from __future__ import annotations` here: FastAPI reads the route
+# signatures at runtime.
+
+import asyncio
+import base64
+import functools
+import logging
+import re
+import secrets
+from collections.abc import AsyncIterator, Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote, urlsplit
+
+import orjson
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import RedirectResponse, StreamingResponse
+from fastapi.templating import Jinja2Templates
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
+from starlette.responses import Response
+
+from proctor._library import Proctor
+from proctor.app.kpis import compute
+from proctor.app.tokens import hash_token
+from proctor.audit.merkle import leaf_hash, verify_inclusion
+from proctor.audit.note import Checkpoint, open_note, verifiers_from_vkeys
+from proctor.core.lifecycle import PlanRecord, PlanStatus
+from proctor.core.principals import (
+    Principal,
+    may_admin,
+    may_approve,
+    may_confirm,
+    may_read_audit,
+    may_read_plan,
+    may_reject,
+    may_undo,
+)
+from proctor.errors import (
+    ConfigError,
+    InvalidRequestError,
+    NotFoundError,
+    PermissionDeniedError,
+    ProctorError,
+)
+from proctor.http.auth import UNSAFE_LOCAL
+from proctor.http.context import Context
+from proctor.http.errors import STATUS, RateLimitedError, UnauthenticatedError
+from proctor.http.jwt import looks_like_jwt
+from proctor.http.schemas import ID_PATTERN, MAX_COMMENT
+from proctor.web.sessions import Session, SessionStore, check_csrf
+from proctor.web.views import chart, plan_view
+
+__all__ = ["COOKIE", "console_router"]
+
+log = logging.getLogger("proctor.web")
+
+COOKIE = "proctor_session"
+LOGIN_COOKIE = "proctor_login"
+_HERE = Path(__file__).parent
+_SCAN = 1000  # most plans one page reads to find the caller's
+_EVENT_SCAN = 5000  # most audit events one filtered explorer page reads
+_DONE = {
+    "approved": "You approved this plan.",
+    "rejected": "You rejected this plan.",
+    "confirmed": "You confirmed this plan.",
+    "undone": "You undid this plan: its steps were compensated.",
+}
+_HEADERS = {
+    # No inline script or style anywhere: the CSP forbids both, so injected markup cannot
+    # run even if escaping were ever missed.
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; "
+        "object-src 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+
+class _Forbidden(PermissionDeniedError):
+    """A console page the principal's roles do not open."""
+
+
+def _roles_text(p: Principal) -> str:
+    groups = f" (groups: {', '.join(p.groups)})" if p.groups else ""
+    return ", ".join(p.roles) + groups
+
+
+def _nav(p: Principal) -> list[tuple[str, str]]:
+    """The pages this principal may open, in menu order."""
+    items = []
+    if p.has("approver") or p.has("user"):
+        items.append(("/inbox", "Inbox"))
+    if p.has("user") or p.has("admin"):
+        items.append(("/timeline", "Timeline"))
+    if may_read_audit(p):
+        items.append(("/audit", "Audit"))
+        items.append(("/dashboard", "Dashboard"))
+    return items
+
+
+def _when(at: datetime | None) -> str:
+    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if at else ""
+
+
+def _safe_next(target: str | None) -> str:
+    """A same-site path to go to after sign-in (never another host)."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/"
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc:
+        return "/"
+    return target
+
+
+def _text(form: FormData, name: str, *, limit: int, required: bool = False) -> str:
+    value = form.get(name, "")
+    if not isinstance(value, str):
+        raise InvalidRequestError(f"{name} must be text", field=name)
+    value = value.strip()
+    if len(value) > limit:
+        raise InvalidRequestError(f"{name} is longer than {limit} characters", field=name)
+    if required and not value:
+        raise InvalidRequestError(f"{name} is required", field=name)
+    return value
+
+
+def console_router(ctx: Context) -> APIRouter:
+    """Build the console routes over ``ctx`` (the same context as the ``/v1`` routes)."""
+    r = APIRouter(include_in_schema=False)
+    proctor: Proctor = ctx.proctor
+    gateway = proctor.gateway
+    store = gateway.store
+    sessions = SessionStore(store, gateway.clock)
+    templates = Jinja2Templates(directory=str(_HERE / "templates"))
+    templates.env.globals["nav_for"] = _nav
+    templates.env.globals["roles_text"] = _roles_text
+    templates.env.filters["when"] = _when
+
+    # ------------------------------------------------------------------ plumbing
+
+    def render(
+        request: Request,
+        name: str,
+        session: Session | None,
+        status: int = 200,
+        **values: Any,
+    ) -> Response:
+        resp = templates.TemplateResponse(
+            request,
+            name,
+            {
+                "principal": session.principal if session else None,
+                "csrf": session.csrf if session else "",
+                "now": gateway.clock.now(),
+                **values,
+            },
+            status_code=status,
+        )
+        resp.headers.update(_HEADERS)
+        return resp
+
+    def error_page(request: Request, session: Session | None, exc: ProctorError) -> Response:
+        status = STATUS.get(exc.code, 500)
+        if status >= 500:
+            log.warning("%s %s failed: %s", request.method, request.url.path, exc.diagnostics())
+        back = request.headers.get("referer")
+        return render(
+            request,
+            "error.html",
+            session,
+            status,
+            code=exc.code,
+            message=exc.message,
+            field=exc.field,
+            hint=exc.hint,
+            back=_safe_next(urlsplit(back).path if back else None),
+        )
+
+    async def session_of(request: Request) -> Session | None:
+        return await run_in_threadpool(sessions.get, request.cookies.get(COOKIE))
+
+    def to_login(request: Request) -> Response:
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse(f"/login?next={quote(target, safe='')}", status_code=303)
+
+    def same_origin(request: Request) -> bool:
+        # Defence in depth besides the CSRF token: a browser sends Origin on every POST;
+        # one from another site is refused whatever the form carries.
+        origin = request.headers.get("origin")
+        if origin is None or origin == "null":
+            return origin is None
+        return origin == f"{request.url.scheme}://{request.url.netloc}"
+
+    async def posted(request: Request) -> tuple[Session, FormData]:
+        """The session and form of a state-changing POST, CSRF-checked.
+
+        Raises:
+            UnauthenticatedError: no live session.
+            PermissionDeniedError: the CSRF token is missing or wrong, or another origin.
+        """
+        session = await session_of(request)
+        if session is None:
+            raise UnauthenticatedError(
+                "your session has ended: sign in again", field="session", hint="Sign in."
+            )
+        form = await request.form(max_files=0, max_fields=20)
+        token = form.get("csrf")
+        if not same_origin(request) or not check_csrf(
+            session, token if isinstance(token, str) else None
+        ):
+            raise PermissionDeniedError(
+                "the form's CSRF token is missing or wrong; reload the page and try again",
+                field="csrf",
+            )
+        return session, form
+
+    def guarded(
+        fn: Callable[..., Any],
+    ) -> Callable[..., Any]:
+        """Turn a ProctorError of a page handler into an HTML error page with its status."""
+
+        @functools.wraps(fn)  # FastAPI reads the parameters of the wrapped handler
+        async def wrapper(request: Request, *args: Any, **kwargs: Any) -> Response:
+            try:
+                result: Response = await fn(request, *args, **kwargs)
+                return result
+            except ProctorError as exc:
+                session = None
+                if not isinstance(exc, UnauthenticatedError):
+                    session = await session_of(request)
+                resp = error_page(request, session, exc)
+                if isinstance(exc, RateLimitedError):
+                    resp.headers["Retry-After"] = str(exc.details.get("retry_after", 60))
+                return resp
+
+        return wrapper
+
+    def plan_for(p: Principal, plan_id: str) -> PlanRecord:
+        rec = gateway.get(plan_id)
+        if not may_read_plan(p, rec):
+            raise PermissionDeniedError(f"{p.name!r} may not read plan {plan_id}", field="plan_id")
+        return rec
+
+    def check_id(plan_id: str) -> str:
+        if not re.fullmatch(ID_PATTERN, plan_id):
+            raise InvalidRequestError("plan id is not valid", field="plan_id")
+        return plan_id
+
+    # ------------------------------------------------------------------ sign-in
+
+    @r.get("/")
+    async def home(request: Request) -> Response:
+        """Send each principal to its first page."""
+        session = await session_of(request)
+        if session is None:
+            return RedirectResponse("/login", status_code=303)
+        nav = _nav(session.principal)
+        return RedirectResponse(nav[0][0] if nav else "/login", status_code=303)
+
+    def login_page(
+        request: Request, status: int = 200, message: str | None = None, nxt: str = "/"
+    ) -> Response:
+        nonce = secrets.token_urlsafe(24)
+        resp = render(
+            request,
+            "login.html",
+            None,
+            status,
+            login_csrf=sessions.login_token(nonce),
+            message=message,
+            next=_safe_next(nxt),
+            unsafe=ctx.auth.unsafe_no_auth,
+        )
+        resp.set_cookie(
+            LOGIN_COOKIE,
+            nonce,
+            max_age=3600,
+            path="/login",
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+        )
+        return resp
+
+    @r.get("/login")
+    async def login_form(request: Request, next: str | None = None) -> Response:
+        """The sign-in form."""
+        return await run_in_threadpool(login_page, request, 200, None, next or "/")
+
+    @r.post("/login")
+    async def login(request: Request) -> Response:
+        """Check a token and open a session (the token is never stored in the browser)."""
+        form = await request.form(max_files=0, max_fields=10)
+        nxt = form.get("next")
+        nxt = nxt if isinstance(nxt, str) else "/"
+        csrf = form.get("csrf")
+        ok = same_origin(request) and await run_in_threadpool(
+            sessions.check_login_token,
+            request.cookies.get(LOGIN_COOKIE),
+            csrf if isinstance(csrf, str) else None,
+        )
+        if not ok:
+            return await run_in_threadpool(
+                login_page, request, 403, "The form expired or came from elsewhere: try again.", nxt
+            )
+        client = request.client.host if request.client else "unknown"
+        auth = ctx.auth
+        if auth.unsafe_no_auth:
+            principal = UNSAFE_LOCAL
+            token = ""
+        else:
+            retry = auth.limiter.retry_after(client)
+            if retry is not None:
+                resp = await run_in_threadpool(
+                    login_page, request, 429, f"Too many failed sign-ins: retry in {retry} s.", nxt
+                )
+                resp.headers["Retry-After"] = str(retry)
+                return resp
+            raw = form.get("token")
+            token = raw.strip() if isinstance(raw, str) else ""
+            found = None
+            if token and len(token) <= 8192:
+                found = await run_in_threadpool(auth.verify, token)
+            if found is None:
+                auth.limiter.failed(client)
+                return await run_in_threadpool(
+                    login_page,
+                    request,
+                    401,
+                    "That token is not valid (unknown, revoked or expired).",
+                    nxt,
+                )
+            principal = found
+        if principal.has("agent"):
+            # An agent's token lives in an agent's process; it has no business in a browser,
+            # and a console session must never let anyone act as an agent.
+            return await run_in_threadpool(
+                login_page, request, 403, "Agent tokens cannot sign in to the console.", nxt
+            )
+        if not _nav(principal):
+            return await run_in_threadpool(
+                login_page, request, 403, "This token has no role the console serves.", nxt
+            )
+        not_after = None
+        token_hash = None
+        if token and looks_like_jwt(token):
+            not_after = _jwt_expiry(token)
+        elif token:
+            token_hash = hash_token(token)
+        session_id, _ = await run_in_threadpool(
+            lambda: sessions.open(principal, token_hash=token_hash, not_after=not_after)
+        )
+        resp = RedirectResponse(_safe_next(nxt), status_code=303)
+        resp.set_cookie(
+            COOKIE,
+            session_id,
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+            path="/",
+        )
+        resp.delete_cookie(LOGIN_COOKIE, path="/login")
+        return resp
+
+    @r.post("/logout")
+    @guarded
+    async def logout(request: Request) -> Response:
+        """End the session."""
+        await posted(request)
+        await run_in_threadpool(sessions.end, request.cookies.get(COOKIE))
+        resp = RedirectResponse("/login", status_code=303)
+        resp.delete_cookie(COOKIE, path="/")
+        return resp
+
+    # ------------------------------------------------------------------ inbox
+
+    def inbox_items(p: Principal) -> tuple[list[PlanRecord], list[PlanRecord]]:
+        approvals: list[PlanRecord] = []
+        confirmations: list[PlanRecord] = []
+        if p.has("approver"):
+            for rec in store.list_plans(status=PlanStatus.AWAITING_APPROVAL.value, limit=_SCAN):
+                if may_approve(p, rec):
+                    approvals.append(rec)
+        if p.has("user"):
+            for rec in store.list_plans(status=PlanStatus.AWAITING_CONFIRMATION.value, limit=_SCAN):
+                if may_confirm(p, rec):
+                    confirmations.append(rec)
+        # Oldest deadline first: what expires soonest is on top.
+        key: Callable[[PlanRecord], Any] = lambda rec: (rec.expires_at is None, rec.expires_at)  # noqa: E731
+        return sorted(approvals, key=key), sorted(confirmations, key=key)
+
+    @r.get("/inbox")
+    @guarded
+    async def inbox(request: Request) -> Response:
+        """Every plan waiting for this principal: approvals and confirmations."""
+        session = await session_of(request)
+        if session is None:
+            return to_login(request)
+        p = session.principal
+        if not (p.has("approver") or p.has("user")):
+            raise _Forbidden("the inbox is for approvers and users", field="role")
+        approvals, confirmations = await run_in_threadpool(inbox_items, p)
+        now = gateway.clock.now()
+        catalog = gateway.catalog
+
+        def card(rec: PlanRecord) -> dict[str, Any]:
+            v = plan_view(rec, catalog, now)
+            v["voted"] = any(a.principal == p.name for a in rec.approvals)
+            v["own"] = p.name in (rec.agent_id, rec.on_behalf_of)
+            return v
+
+        return render(
+            request,
+            "inbox.html",
+            session,
+            approvals=[card(x) for x in approvals],
+            confirmations=[card(x) for x in confirmations],
+        )
+
+    # ------------------------------------------------------------------ plan page
+
+    @r.get("/plans/{plan_id}")
+    @guarded
+    async def plan_page(request: Request, plan_id: str) -> Response:
+        """A plan: its steps, the timeline of its audit events, the approvals so far."""
+        session = await session_of(request)
+        if session is None:
+            return to_login(request)
+        p = session.principal
+        check_id(plan_id)
+        rec = await run_in_threadpool(plan_for, p, plan_id)
+        rows = await run_in_threadpool(
+            lambda: store.read_events(after=-1, limit=1000, plan_id=plan_id)
+        )
+        events = []
+        for row in rows:
+            body = orjson.loads(row.body)
+            events.append(
+                {
+                    "seq": row.seq,
+                    "type": row.type,
+                    "at": row.timestamp,
+                    "step": row.step_id or "",
+                    "who": (body.get("actor") or {}).get("name", ""),
+                    "user": body.get("user_id") or "",
+                }
+            )
+        view = plan_view(rec, gateway.catalog, gateway.clock.now())
+        done = request.query_params.get("done")
+        return render(
+            request,
+            "plan.html",
+            session,
+            plan=view,
+            events=events,
+            audit_links=may_read_audit(p),
+            notice=_DONE.get(done or ""),
+            can_approve=rec.status is PlanStatus.AWAITING_APPROVAL
+            and may_approve(p, rec)
+            and not any(a.principal == p.name for a in rec.approvals),
+            can_confirm=rec.status is PlanStatus.AWAITING_CONFIRMATION and may_confirm(p, rec),
+            can_reject=rec.status
+            in (PlanStatus.AWAITING_APPROVAL, PlanStatus.AWAITING_CONFIRMATION)
+            and may_reject(p, rec),
+            can_undo=view["undo_until"] is not None
+            and view["undo_left"] != "closed"
+            and (p.has("user") or p.has("admin"))
+            and may_undo(p, rec),
+        )
+
+    # ------------------------------------------------------------------ human actions
+
+    def do_action(p: Principal, kind: str, plan_id: str, form: FormData) -> PlanRecord:
+        comment = _text(form, "comment", limit=MAX_COMMENT)
+        rec = gateway.get(plan_id)
+        # The same order of checks as /v1/plans/{id}/...: the role, the plan is this
+        # principal's business, then the gateway's own rules (state, expiry, step-up...).
+        if kind == "approve":
+            if not p.has("approver"):
+                raise PermissionDeniedError("approving needs the approver role", field="role")
+            if not may_approve(p, rec):
+                raise PermissionDeniedError(
+                    f"{p.name!r} may not approve plan {plan_id}", field="principal"
+                )
+            otp = _text(form, "otp", limit=16) or None
+            return proctor.approve(plan_id, p.name, roles=p.groups, comment=comment, otp=otp)
+        if kind == "reject":
+            if not (p.has("approver") or p.has("user")):
+                raise PermissionDeniedError("this needs the approver or user role", field="role")
+            if not may_reject(p, rec):
+                raise PermissionDeniedError(
+                    f"{p.name!r} may not reject plan {plan_id}", field="principal"
+                )
+            return proctor.reject(plan_id, p.name, roles=p.groups, comment=comment)
+        if kind == "confirm":
+            if not p.has("user"):
+                raise PermissionDeniedError("confirming needs the user role", field="role")
+            if not may_confirm(p, rec):
+                raise PermissionDeniedError(
+                    f"{p.name!r} may not confirm plan {plan_id}", field="principal"
+                )
+            return proctor.confirm(plan_id, p.name, comment=comment)
+        if kind == "undo":
+            if not (p.has("user") or p.has("admin")):
+                raise PermissionDeniedError("this needs the user or admin role", field="role")
+            if not may_undo(p, rec):
+                raise PermissionDeniedError(
+                    f"{p.name!r} may not undo plan {plan_id}", field="principal"
+                )
+            as_admin = p.has("admin") and not may_confirm(p, rec)
+            return gateway.undo(plan_id, p.name, admin=as_admin)
+        raise NotFoundError(f"no action {kind!r}", field="action")
+
+    def action_route(kind: str, done: str) -> None:
+        @r.post(f"/plans/{{plan_id}}/{kind}", name=f"console_{kind}")
+        @guarded
+        async def act(request: Request, plan_id: str) -> Response:
+            session, form = await posted(request)
+            check_id(plan_id)
+            await run_in_threadpool(do_action, session.principal, kind, plan_id, form)
+            back = form.get("back")
+            if back == "timeline":
+                return RedirectResponse(f"/timeline?done={done}", status_code=303)
+            return RedirectResponse(f"/plans/{quote(plan_id)}?done={done}", status_code=303)
+
+        act.__doc__ = f"{kind.capitalize()} a plan from a form; then show the plan."
+
+    for kind, done in (
+        ("approve", "approved"),
+        ("reject", "rejected"),
+        ("confirm", "confirmed"),
+        ("undo", "undone"),
+    ):
+        action_route(kind, done)
+
+    # ------------------------------------------------------------------ timeline
+
+    def timeline_items(user: str) -> list[PlanRecord]:
+        out = []
+        ran = {
+            PlanStatus.RUNNING,
+            PlanStatus.SUCCEEDED,
+            PlanStatus.UNDONE,
+            PlanStatus.COMPENSATED,
+            PlanStatus.COMPENSATING,
+            PlanStatus.FAILED,
+            PlanStatus.NEEDS_ATTENTION,
+        }
+        for rec in store.list_plans(limit=_SCAN):
+            if rec.on_behalf_of == user and rec.status in ran:
+                out.append(rec)
+        return out
+
+    @r.get("/timeline")
+    @guarded
+    async def timeline(
+        request: Request, user: Annotated[str | None, Query(max_length=128)] = None
+    ) -> Response:
+        """A user's executed actions, newest first, with undo while the window is open."""
+        session = await session_of(request)
+        if session is None:
+            return to_login(request)
+        p = session.principal
+        if not (p.has("user") or p.has("admin")):
+            raise _Forbidden("the timeline is for users and admins", field="role")
+        who = p.name
+        if user and user != p.name:
+            if not may_admin(p):
+                raise PermissionDeniedError(
+                    "only an admin reads another user's timeline", field="user"
+                )
+            who = user
+        now = gateway.clock.now()
+        recs = await run_in_threadpool(timeline_items, who)
+        items = []
+        for rec in recs:
+            v = plan_view(rec, gateway.catalog, now)
+            v["can_undo"] = (
+                v["undo_until"] is not None and v["undo_left"] != "closed" and may_undo(p, rec)
+            )
+            items.append(v)
+        autonomy: dict[str, Any] = {}
+        promotions: dict[str, Any] = {}
+        try:
+            st = await run_in_threadpool(proctor.guards.status)
+        except ConfigError:
+            st = None
+        if st is not None:
+            autonomy = {k: v for k, v in st["autonomy"].items() if k.partition("|")[0] == who}
+            promotions = {k: v for k, v in st["promotions"].items() if k.partition("|")[0] == who}
+        return render(
+            request,
+            "timeline.html",
+            session,
+            items=items,
+            who=who,
+            notice=_DONE.get(request.query_params.get("done") or ""),
+            autonomy=sorted(
+                (k.partition("|")[2], v) for k, v in autonomy.items() if isinstance(v, dict)
+            ),
+            promotions=sorted(
+                (k.partition("|")[2], v) for k, v in promotions.items() if isinstance(v, dict)
+            ),
+            actions=sorted(spec.name for spec in gateway.catalog),
+            guards=st is not None,
+        )
+
+    @r.post("/autonomy")
+    @guarded
+    async def set_autonomy(request: Request) -> Response:
+        """Set an autonomy level: users their own, admins anyone's."""
+        session, form = await posted(request)
+        p = session.principal
+        user = _text(form, "user", limit=128) or p.name
+        if user != p.name and not may_admin(p):
+            raise PermissionDeniedError("only an admin sets another user's autonomy", field="user")
+        if not (p.has("user") or p.has("admin")):
+            raise PermissionDeniedError("this needs the user or admin role", field="role")
+        action = _text(form, "action", limit=128, required=True)
+        level = _text(form, "level", limit=16, required=True)
+        below_raw = _text(form, "below", limit=12)
+        below = None
+        if below_raw:
+            if not below_raw.isdigit():
+                raise InvalidRequestError(
+                    "below must be a whole amount (minor units)", field="below"
+                )
+            below = int(below_raw)
+        await run_in_threadpool(
+            lambda: proctor.guards.set_autonomy(user, action, level, below=below, by=p.name)
+        )
+        back = "/dashboard" if form.get("back") == "dashboard" else "/timeline"
+        return RedirectResponse(f"{back}?done=autonomy", status_code=303)
+
+    # ------------------------------------------------------------------ audit explorer
+
+    def checkpoint_status() -> dict[str, Any]:
+        cp = proctor.latest_checkpoint()
+        if cp is None:
+            return {"present": False}
+        out: dict[str, Any] = {"present": True, "note": cp.note, "size": cp.size}
+        try:
+            text, signers = open_note(cp.note, verifiers_from_vkeys(proctor.vkeys()))
+            parsed = Checkpoint.parse(text)
+            if parsed.origin != proctor.origin:
+                raise InvalidRequestError(f"origin {parsed.origin!r} is not this log's")
+            if parsed.root != proctor.audit_log.root(parsed.size):
+                raise InvalidRequestError("its root is not the log's root at that size")
+        except ProctorError as exc:
+            out.update(ok=False, problem=exc.message)
+            return out
+        out.update(
+            ok=True,
+            root=base64.b64encode(parsed.root).decode(),
+            signers=[f"{name}+{kid.hex()}" for name, kid in signers],
+        )
+        return out
+
+    def explore(
+        type_: str | None, plan: str | None, user: str | None, after: int | None, limit: int
+    ) -> tuple[list[dict[str, Any]], int | None, int]:
+        count = store.event_count()
+        filtered = bool(type_ or user)
+        if after is None:
+            # No position given: the latest events (of the plan, if one is named).
+            after = -1 if (filtered or plan) else max(-1, count - limit - 1)
+        matches: list[dict[str, Any]] = []
+        scanned = 0
+        cursor = after
+        more = False
+        while len(matches) < limit and scanned < _EVENT_SCAN:
+            rows = store.read_events(after=cursor, limit=500, plan_id=plan or None)
+            if not rows:
+                break
+            for row in rows:
+                scanned += 1
+                cursor = row.seq
+                if type_ and not row.type.startswith(type_):
+                    continue
+                body = orjson.loads(row.body)
+                if user and body.get("user_id") != user:
+                    continue
+                matches.append(
+                    {
+                        "seq": row.seq,
+                        "type": row.type,
+                        "at": row.timestamp,
+                        "plan": row.plan_id or "",
+                        "step": row.step_id or "",
+                        "user": body.get("user_id") or "",
+                        "actor": (body.get("actor") or {}).get("name", ""),
+                    }
+                )
+                if len(matches) == limit:
+                    break
+            if len(rows) < 500 and cursor == rows[-1].seq and len(matches) < limit:
+                break
+        more = bool(store.read_events(after=cursor, limit=1, plan_id=plan or None))
+        return matches, (cursor if more else None), count
+
+    @r.get("/audit")
+    @guarded
+    async def audit(
+        request: Request,
+        type: Annotated[str | None, Query(max_length=64)] = None,
+        plan: Annotated[str | None, Query(max_length=128)] = None,
+        user: Annotated[str | None, Query(max_length=128)] = None,
+        after: Annotated[int | None, Query(ge=-1, le=2**53)] = None,
+        limit: Annotated[int, Query(ge=1, le=200)] = 50,
+        verify: bool = False,
+    ) -> Response:
+        """The audit explorer: filtered events, the latest checkpoint, a full verification."""
+        session = await session_of(request)
+        if session is None:
+            return to_login(request)
+        if not may_read_audit(session.principal):
+            raise _Forbidden("the audit explorer needs the auditor or admin role", field="role")
+        if plan:
+            check_id(plan)
+        events, next_after, count = await run_in_threadpool(
+            explore, type or None, plan or None, user or None, after, limit
+        )
+        cp = await run_in_threadpool(checkpoint_status)
+        report = None
+        if verify:
+            report = (await run_in_threadpool(proctor.verify)).as_dict()
+        return render(
+            request,
+            "audit.html",
+            session,
+            events=events,
+            next_after=next_after,
+            count=count,
+            checkpoint=cp,
+            report=report,
+            filters={
+                "type": type or "",
+                "plan": plan or "",
+                "user": user or "",
+                "limit": limit,
+            },
+        )
+
+    def event_proof(seq: int) -> dict[str, Any]:
+        rows = store.read_events(after=seq - 1, limit=1)
+        if not rows or rows[0].seq != seq:
+            raise NotFoundError(f"no audit event {seq}", field="seq")
+        row = rows[0]
+        cp = checkpoint_status()
+        signed = bool(cp.get("present") and cp.get("ok") and seq < cp["size"])
+        size = cp["size"] if signed else proctor.audit_log.size
+        proof = proctor.inclusion_proof(seq, size)
+        root = base64.b64decode(proof["root_hash"])
+        hashes = [base64.b64decode(h) for h in proof["hashes"]]
+        leaf = leaf_hash(row.body)
+        problem = None
+        try:
+            if base64.b64decode(proof["leaf_hash"]) != leaf:
+                raise InvalidRequestError("the stored leaf hash is not the hash of the event")
+            if signed and proof["root_hash"] != cp["root"]:
+                raise InvalidRequestError("the proof's root is not the checkpoint's root")
+            verify_inclusion(leaf, seq, size, hashes, root)
+        except ProctorError as exc:
+            problem = exc.message
+        return {
+            "seq": seq,
+            "type": row.type,
+            "plan": row.plan_id,
+            "pretty": orjson.dumps(orjson.loads(row.body), option=orjson.OPT_INDENT_2).decode(),
+            "body_b64": base64.b64encode(row.body).decode(),
+            "leaf": base64.b64encode(leaf).decode(),
+            "hashes": proof["hashes"],
+            "size": size,
+            "root": proof["root_hash"],
+            "signed": signed,
+            "ok": problem is None,
+            "problem": problem,
+            "checkpoint": cp,
+        }
+
+    @r.get("/audit/events/{seq}")
+    @guarded
+    async def audit_event(request: Request, seq: int) -> Response:
+        """One event and its inclusion proof, checked here and again in the browser."""
+        session = await session_of(request)
+        if session is None:
+            return to_login(request)
+        if not may_read_audit(session.principal):
+            raise _Forbidden("the audit explorer needs the auditor or admin role", field="role")
+        if not 0 <= seq < 2**53:
+            raise InvalidRequestError("seq must be a non-negative integer", field="seq")
+        ev = await run_in_threadpool(event_proof, seq)
+        return render(request, "event.html", session, ev=ev)
+
+    # ------------------------------------------------------------------ dashboard
+
+    _KPI_CHARTS = (
+        ("acceptance_rate", "Acceptance rate", "{:.0%}", 1.0),
+        ("false_action_rate", "False-action rate", "{:.0%}", 1.0),
+        ("time_to_recovery_s", "Time to recovery (median, s)", "{:.1f}", None),
+        ("audit_coverage", "Audit coverage", "{:.0%}", 1.0),
+        ("cost_per_action", "Cost per action (minor units)", "{:.2f}", None),
+        ("anomaly_delta", "Anomaly delta", "{:+.0f}", None),
+    )
+
+    def kpi_series(days: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        # One pass to parse the log, then one computation per day; fine for a console
+        # page over logs of up to a few hundred thousand events.
+        bodies = [orjson.loads(row.body) for row in store.iter_events()]
+        end = gateway.clock.now()
+        start = end - timedelta(days=days)
+        buckets = []
+        for i in range(days):
+            lo = start + timedelta(days=i)
+            hi = lo + timedelta(days=1)
+            buckets.append((lo.strftime("%m-%d"), compute(bodies, since=lo, until=hi)["all"]))
+        total = compute(bodies, since=start, until=end)["all"]
+        charts = []
+        for key, title, fmt, ceiling in _KPI_CHARTS:
+            points = []
+            for label, k in buckets:
+                value = k[key]
+                if key == "time_to_recovery_s":
+                    value = value["median"]
+                points.append((label, value))
+            overall = total[key]["median"] if key == "time_to_recovery_s" else total[key]
+            charts.append(
+                {
+                    "key": key,
+                    "title": title,
+                    "chart": chart(points, fmt=fmt, ceiling=ceiling),
+                    "overall": "no data" if overall is None else fmt.format(overall),
+                }
+            )
+        return charts, total
+
+    @r.get("/dashboard")
+    @guarded
+    async def dashboard(
+        request: Request, days: Annotated[int, Query(ge=1, le=90)] = 14
+    ) -> Response:
+        """KPIs over time, guard status with admin toggles, autonomy settings."""
+        session = await session_of(request)
+        if session is None:
+            return to_login(request)
+        p = session.principal
+        if not may_read_audit(p):
+            raise _Forbidden("the dashboard needs the auditor or admin role", field="role")
+        charts, total = await run_in_threadpool(kpi_series, days)
+        try:
+            st: dict[str, Any] | None = await run_in_threadpool(proctor.guards.status)
+        except ConfigError:
+            st = None
+        return render(
+            request,
+            "dashboard.html",
+            session,
+            charts=charts,
+            counts=total["counts"],
+            days=days,
+            guards=st,
+            is_admin=may_admin(p),
+            actions=sorted(spec.name for spec in gateway.catalog),
+            notice="Saved." if request.query_params.get("done") else None,
+        )
+
+    @r.post("/guards/{verb}")
+    @guarded
+    async def guard_toggle(request: Request, verb: str) -> Response:
+        """Engage or release a kill switch (admins)."""
+        session, form = await posted(request)
+        p = session.principal
+        if not may_admin(p):
+            raise PermissionDeniedError("kill switches need the admin role", field="role")
+        if verb not in ("kill", "unkill"):
+            raise NotFoundError(f"no guard action {verb!r}", field="action")
+        scope = _text(form, "scope", limit=16, required=True)
+        key = _text(form, "key", limit=128) or None
+        reason = _text(form, "reason", limit=MAX_COMMENT)
+        if verb == "kill":
+            await run_in_threadpool(
+                lambda: proctor.guards.kill(scope, key, by=p.name, reason=reason)
+            )
+        else:
+            await run_in_threadpool(lambda: proctor.guards.unkill(scope, key, by=p.name))
+        return RedirectResponse("/dashboard?done=guards", status_code=303)
+
+    # ------------------------------------------------------------------ live updates (SSE)
+
+    async def sse(request: Request, poll: Callable[[], Any]) -> AsyncIterator[bytes]:
+        """Send ``poll()``'s value whenever it changes, until the client leaves (or 5 min)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ctx.settings.stream_max_seconds
+        last: Any = None
+        quiet = loop.time()
+        while loop.time() < deadline and not await request.is_disconnected():
+            value = await run_in_threadpool(poll)
+            if value != last:
+                yield b"data: " + orjson.dumps(value) + b"\n\n"
+                last = value
+                quiet = loop.time()
+            elif loop.time() - quiet >= ctx.settings.stream_keepalive_seconds:
+                yield b": keep-alive\n\n"
+                quiet = loop.time()
+            await asyncio.sleep(max(ctx.settings.poll_interval_seconds, 0.5))
+
+    def stream(body: AsyncIterator[bytes]) -> StreamingResponse:
+        return StreamingResponse(
+            body,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+
+    @r.get("/live/plans/{plan_id}")
+    @guarded
+    async def live_plan(request: Request, plan_id: str) -> Response:
+        """SSE: the plan's status, its steps' statuses and its last event seq, on change."""
+        session = await session_of(request)
+        if session is None:
+            raise UnauthenticatedError("sign in first", field="session")
+        check_id(plan_id)
+        await run_in_threadpool(plan_for, session.principal, plan_id)
+
+        def poll() -> Mapping[str, Any] | None:
+            rec = store.get_plan(plan_id)
+            if rec is None:
+                return None
+            return {
+                "status": rec.status.value,
+                "steps": {s.step_id: s.status.value for s in rec.steps},
+                "approvals": len(rec.approvals),
+            }
+
+        return stream(sse(request, poll))
+
+    @r.get("/live/inbox")
+    @guarded
+    async def live_inbox(request: Request) -> Response:
+        """SSE: the ids of the plans waiting for this principal, on change."""
+        session = await session_of(request)
+        if session is None:
+            raise UnauthenticatedError("sign in first", field="session")
+        p = session.principal
+
+        def poll() -> list[str]:
+            a, c = inbox_items(p)
+            return sorted(rec.plan_id for rec in (*a, *c))
+
+        return stream(sse(request, poll))
+
+    return r
+
+
+def _jwt_expiry(token: str) -> datetime:
+    """The ``exp`` of a JWT that ``Auth.verify`` already accepted (no check here)."""
+    import jwt  # the `server` extra; only JWT sign-ins get here
+
+    claims = jwt.decode(token, options={"verify_signature": False})
+    return datetime.fromtimestamp(int(claims["exp"]), tz=UTC)

@@ -1,0 +1,175 @@
+"""The console's pure parts, in-process: sessions, CSRF tokens and what the pages compute."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from proctor import Proctor
+from proctor.app.tokens import TokenService, hash_token
+from proctor.core.principals import Principal
+from proctor.testing import FrozenClock
+from proctor.web.sessions import SESSION_LIFETIME, SessionStore, check_csrf
+from proctor.web.views import chart, diff_rows, left, plan_view, undo_deadline
+
+T0 = datetime(2027, 3, 1, 12, 0, tzinfo=UTC)
+TABLE = ("restaurant.book", {"restaurant": "Casa", "party": 2, "time": "20:00"})
+
+
+def _plan(*steps, user="alice"):
+    return {
+        "actor": {"type": "agent", "name": "bot", "model_version": "m-1", "agent_id": "bot"},
+        "on_behalf_of": user,
+        "intent": "dinner",
+        "steps": [{"id": f"s{i + 1}", "action": a, "params": p} for i, (a, p) in enumerate(steps)],
+    }
+
+
+@pytest.fixture
+def world():
+    clock = FrozenClock(T0)
+    p = Proctor.in_memory(clock=clock)
+    yield p, clock
+    p.close()
+
+
+class TestSessions:
+    def test_an_unknown_or_empty_cookie_is_no_session(self, world):
+        """Nothing, garbage, or an over-long value opens nothing."""
+        p, clock = world
+        sessions = SessionStore(p.gateway.store, clock)
+
+        assert sessions.get(None) is None
+        assert sessions.get("") is None
+        assert sessions.get("x" * 500) is None
+        assert sessions.get("not-a-session") is None
+
+    def test_open_get_end(self, world):
+        """A session reads back with its principal and CSRF token; ended, it is gone."""
+        p, clock = world
+        sessions = SessionStore(p.gateway.store, clock)
+        who = Principal(name="fiona", roles=("approver",), groups=("finance",))
+        sid, opened = sessions.open(who, token_hash=None)
+
+        got = sessions.get(sid)
+        sessions.end(sid)
+
+        assert got is not None and got.principal == who and got.csrf == opened.csrf
+        assert sessions.get(sid) is None
+
+    def test_the_store_keeps_only_a_hash_of_the_session_id(self, world):
+        """A leaked database holds no usable session id."""
+        p, clock = world
+        sid, _ = SessionStore(p.gateway.store, clock).open(
+            Principal(name="a", roles=("user",)), token_hash=None
+        )
+
+        assert p.gateway.store.get_meta(f"console:session:{sid}") is None
+
+    def test_a_session_expires(self, world):
+        """After its lifetime (or a JWT's earlier expiry) a session is over."""
+        p, clock = world
+        sessions = SessionStore(p.gateway.store, clock)
+        who = Principal(name="a", roles=("user",))
+        long_sid, _ = sessions.open(who, token_hash=None)
+        short_sid, _ = sessions.open(who, token_hash=None, not_after=T0 + timedelta(minutes=5))
+        clock.advance(timedelta(minutes=6))
+        mid = (sessions.get(long_sid), sessions.get(short_sid))
+        clock.advance(SESSION_LIFETIME)
+
+        assert mid[0] is not None and mid[1] is None
+        assert sessions.get(long_sid) is None
+
+    def test_revoking_the_token_ends_its_sessions(self, world):
+        """A session opened with an API token dies when the token is revoked."""
+        p, clock = world
+        tokens = TokenService(p.gateway.store, clock)
+        new = tokens.create(name="alice", roles=["user"])
+        sessions = SessionStore(p.gateway.store, clock)
+        sid, _ = sessions.open(new.record.principal(), token_hash=hash_token(new.token))
+        before = sessions.get(sid)
+        tokens.revoke(new.record.token_id)
+
+        assert before is not None
+        assert sessions.get(sid) is None
+
+    def test_csrf_tokens(self, world):
+        """The synchronizer token must match exactly; the sign-in token is bound to its nonce."""
+        p, clock = world
+        sessions = SessionStore(p.gateway.store, clock)
+        _sid, s = sessions.open(Principal(name="a", roles=("user",)), token_hash=None)
+        login = sessions.login_token("nonce-1")
+
+        assert check_csrf(s, s.csrf)
+        assert not check_csrf(s, None) and not check_csrf(s, "") and not check_csrf(s, "x")
+        assert sessions.check_login_token("nonce-1", login)
+        assert not sessions.check_login_token("nonce-2", login)
+        assert not sessions.check_login_token(None, login)
+        assert not sessions.check_login_token("nonce-1", None)
+
+
+class TestViews:
+    def test_left(self):
+        """Time left in words; past or now is closed; none is empty."""
+        assert left(None, T0) == ""
+        assert left(T0, T0) == "closed"
+        assert left(T0 + timedelta(seconds=5), T0) == "5 s"
+        assert left(T0 + timedelta(seconds=905), T0) == "15 min 5 s"
+        assert left(T0 + timedelta(hours=2, minutes=3), T0) == "2 h 3 min"
+        assert left(T0 + timedelta(days=1, hours=1), T0) == "1 d 1 h"
+
+    def test_diff_rows(self):
+        """A simulator's diff becomes before/after rows; the rest is listed as is."""
+        assert diff_rows(None) == ([], [])
+        assert diff_rows({"diff": {"plan": ["basic", "pro"]}, "risk": "low"}) == (
+            [("plan", "basic", "pro")],
+            [("risk", "low")],
+        )
+        assert diff_rows({"charge": 5}) == ([], [("charge", "5")])
+
+    def test_a_booking_can_be_undone_until_its_window_closes(self, world):
+        """The undo deadline is the step's window; a plan with a step that cannot be undone
+        has none."""
+        p, _clock = world
+        rec = p.submit(_plan(TABLE))
+        search = p.submit(_plan(("travel.search", {"destination": "Lisbon", "date": "2027-03-12"})))
+
+        deadline = undo_deadline(rec, p.gateway.catalog)
+
+        assert deadline == rec.steps[0].undo_until is not None and deadline > T0
+        assert undo_deadline(search, p.gateway.catalog) is None
+
+    def test_plan_view_masks_and_summarises(self, world):
+        """The summary comes from the template; masked params stay masked on the page."""
+        p, _ = world
+        rec = p.submit(
+            _plan(
+                (
+                    "travel.pay",
+                    {"amount": 100, "currency": "EUR", "traveller": "alice", "card_last4": "4242"},
+                )
+            )
+        )
+
+        v = plan_view(rec, p.gateway.catalog, T0)
+
+        assert v["summary"] == "Charge 100 EUR (minor units) to the card of alice"
+        assert ("card_last4", "***") in v["steps"][0]["params"]
+        assert [axis for axis, _, _ in v["scores"]] == [
+            "risk",
+            "auditability",
+            "ux",
+            "recovery",
+            "cost",
+        ]
+
+    def test_chart_geometry(self):
+        """Bars scale to the ceiling, gaps stay empty, negatives are marked."""
+        c = chart([("a", 1.0), ("b", None), ("c", 0.5), ("d", -2.0)], ceiling=1.0, height=134)
+
+        heights = [b["h"] for b in c.bars]
+
+        assert heights == [100.0, 0.0, 50.0, 100.0]
+        assert c.bars[1]["empty"] and c.bars[3]["negative"]
+        assert all(b["y"] + b["h"] == 114 for b in c.bars)
