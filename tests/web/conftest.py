@@ -162,9 +162,14 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         assert "Traceback" not in errors, errors
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """Debian's Chromium, headless, for the whole session."""
+    """Debian's Chromium, headless, for one module.
+
+    Not for the session: Playwright's sync API keeps an event loop running in the main
+    thread while it is open, and the anyio tests of other modules would then fail to start
+    theirs (seen with pytest-randomly's module order).
+    """
     sync_api = pytest.importorskip(
         "playwright.sync_api", reason="playwright is not installed: pip install -e '.[test]'"
     )
