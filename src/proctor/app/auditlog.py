@@ -17,7 +17,8 @@ signed checkpoint: the log never signs two views of history that disagree.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -122,26 +123,29 @@ class AuditLog:
         Raises:
             AuditIntegrityError: if a checkpoint's root is not the tree's root at its size.
         """
-        with self._lock:
-            # Under the write lock: another process (a server next to this CLI) may append
-            # at any moment, and the tree must be loaded from one consistent view of the log.
-            with self.store.transaction(durable=False) as tx:
-                n = tx.audit_head().size
+        # Under the write lock: another process (a server next to this CLI) may append
+        # at any moment, and the tree must be loaded from one consistent view of the log.
+        # Lock order, here and in every method: the log's lock (``audit_head`` takes it:
+        # PostgreSQL locks there, SQLite when the transaction begins), then ``_lock``. An
+        # append holds the first when it calls ``on_append``; the reverse order deadlocks.
+        with self.store.transaction(durable=False) as tx:
+            n = tx.audit_head().size
+            with self._lock:
                 self._reload(tx, n)
-            if self._tree.size != n:
-                raise AuditIntegrityError(
-                    f"the Merkle tree has {self._tree.size} leaves but the log has {n} events",
-                    field="merkle",
-                )
-            for cp in self.store.checkpoints():
-                if cp.size > n and self.store.event_count() >= cp.size:
-                    continue  # signed by another process since: checked when this one syncs
-                if cp.size > n or self._tree.root(cp.size) != cp.root:
+                if self._tree.size != n:
                     raise AuditIntegrityError(
-                        f"signed checkpoint at size {cp.size} does not match the log",
-                        field="checkpoints",
-                        problem="inconsistent_checkpoints",
+                        f"the Merkle tree has {self._tree.size} leaves but the log has {n} events",
+                        field="merkle",
                     )
+                for cp in self.store.checkpoints():
+                    if cp.size > n and self.store.event_count() >= cp.size:
+                        continue  # signed by another process since: checked when it syncs
+                    if cp.size > n or self._tree.root(cp.size) != cp.root:
+                        raise AuditIntegrityError(
+                            f"signed checkpoint at size {cp.size} does not match the log",
+                            field="checkpoints",
+                            problem="inconsistent_checkpoints",
+                        )
 
     # ------------------------------------------------------------------ append
 
@@ -198,30 +202,37 @@ class AuditLog:
 
     def checkpoint(self) -> CheckpointRow | None:
         """Sign a checkpoint of the current tree now (no-op if the log is empty)."""
-        with self._lock, self.store.transaction() as tx:
-            head = tx.audit_head()
-            self._sync(tx, head.size)
-            if head.size == 0:
-                return None
-            return self._sign(tx)
+        with self.store.transaction() as tx:
+            head = tx.audit_head()  # the log's lock first (see ``open``)
+            with self._lock:
+                self._sync(tx, head.size)
+                if head.size == 0:
+                    return None
+                return self._sign(tx)
 
     # ------------------------------------------------------------------ read
 
-    def _fresh(self) -> MerkleTree:
+    @contextmanager
+    def _fresh(self) -> Iterator[MerkleTree]:
+        """Hold the tree, synced with the committed log, until the block ends."""
+        # The log's lock first, then ours (see ``open``): taking ours first deadlocks
+        # against an append that waits in ``on_append`` while holding the log's.
         with self.store.transaction() as tx:
-            self._sync(tx, tx.audit_head().size)
-        return self._tree
+            size = tx.audit_head().size
+            with self._lock:
+                self._sync(tx, size)
+                yield self._tree
 
     @property
     def size(self) -> int:
         """The number of leaves (events) now."""
-        with self._lock:
-            return self._fresh().size
+        with self._fresh() as tree:
+            return tree.size
 
     def root(self, size: int | None = None) -> bytes:
         """Return the tree root at ``size`` (default: now)."""
-        with self._lock:
-            return self._fresh().root(size)
+        with self._fresh() as tree:
+            return tree.root(size)
 
     def latest_checkpoint(self) -> CheckpointRow | None:
         """Return the latest signed checkpoint."""
@@ -233,8 +244,7 @@ class AuditLog:
         Raises:
             InvalidRequestError: if ``index`` or ``size`` is out of range.
         """
-        with self._lock:
-            tree = self._fresh()
+        with self._fresh() as tree:
             size = tree.size if size is None else size
             if not 0 <= index < size <= tree.size:
                 raise InvalidRequestError(
@@ -249,8 +259,7 @@ class AuditLog:
         Raises:
             InvalidRequestError: unless 0 < old <= new <= size.
         """
-        with self._lock:
-            tree = self._fresh()
+        with self._fresh() as tree:
             if not 0 < old <= new <= tree.size:
                 raise InvalidRequestError(
                     f"need 0 < from <= to <= {tree.size}; got {old}, {new}", field="from"
@@ -259,6 +268,5 @@ class AuditLog:
 
     def leaf_hash(self, index: int) -> bytes:
         """Return the stored leaf hash of event ``index``."""
-        with self._lock:
-            self._fresh()
+        with self._fresh():
             return self._nodes.get(0, index)
