@@ -408,6 +408,12 @@ class TestAsyncClient:
                 waited, _ = await asyncio.gather(
                     agent.get(doc["plan_id"], wait=20), approve_later()
                 )
+                # A long poll returns at the first change: the plan may be caught while its
+                # step runs (status running); poll again until it settles.
+                for _ in range(10):
+                    if waited["status"] != "running":
+                        break
+                    waited = await agent.get(doc["plan_id"], wait=20)
                 return doc, waited
 
         doc, waited = asyncio.run(go())
