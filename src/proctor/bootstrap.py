@@ -188,6 +188,12 @@ def init_home(
 
 def _db_exists(settings: Settings) -> bool:
     url = settings.database_url
+    if url.startswith(("postgresql://", "postgres://")):
+        store = open_store(url, migrate=False)  # a server database exists: has it a schema?
+        try:
+            return int(store.schema_version()) > 0  # type: ignore[attr-defined]
+        finally:
+            store.close()
     return url.startswith("sqlite:///") and Path(url.removeprefix("sqlite:///")).exists()
 
 

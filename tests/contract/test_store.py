@@ -412,3 +412,371 @@ class TestSeveralWriters:
         finally:
             for s in stores:
                 s.close()
+
+
+class TestMerkleLeavesAndCheckpoints:
+    def test_leaves_are_stored_with_their_events(self, store):
+        """Each event's leaf hash is readable by index, in a transaction and from the store."""
+        from proctor.audit.merkle import leaf_hash
+
+        with store.transaction() as tx:
+            rows = [_event(tx) for _ in range(4)]
+            # Inside the appending transaction the new leaves are already visible.
+            assert tx.node(0, 3) == leaf_hash(rows[3].body)
+        leaves = [leaf_hash(r.body) for r in rows]
+
+        assert store.load_nodes({}) == {0: leaves}
+        assert store.load_nodes({0: 2}) == {0: leaves[2:]}
+        assert store.load_nodes({0: 4}) == {}
+        with store.transaction() as tx:
+            assert tx.node(0, 0) == leaves[0]
+            assert tx.node(0, 4) is None
+            assert tx.node(1, 0) is None  # interior nodes are never stored
+            assert tx.load_nodes({0: 1}) == {0: leaves[1:]}
+
+    def test_checkpoints(self, store):
+        """Checkpoints list smallest first; the latest is the largest, in and out of a tx."""
+        from proctor.core.ports import CheckpointRow
+
+        def cp(size):
+            return CheckpointRow(
+                size=size, root=bytes([size]) * 32, note=f"n{size}\n", created_at=T0.isoformat()
+            )
+
+        assert store.latest_checkpoint() is None
+        assert store.checkpoints() == []
+        with store.transaction() as tx:
+            assert tx.latest_checkpoint() is None
+            tx.add_checkpoint(cp(3))
+            tx.add_checkpoint(cp(1))
+            assert tx.latest_checkpoint() == cp(3)  # its own writes
+        assert store.checkpoints() == [cp(1), cp(3)]
+        assert store.latest_checkpoint() == cp(3)
+
+    def test_a_second_checkpoint_of_one_size_is_refused(self, store):
+        """Two checkpoints of one size would be two views of one tree: refused, rolled back."""
+        from proctor.core.ports import CheckpointRow
+
+        row = CheckpointRow(size=2, root=b"\x01" * 32, note="n\n", created_at=T0.isoformat())
+        with store.transaction() as tx:
+            tx.add_checkpoint(row)
+
+        def second():
+            with store.transaction() as tx:
+                tx.put_meta("half", "written")
+                tx.add_checkpoint(dataclasses.replace(row, root=b"\x02" * 32))
+
+        with pytest.raises(StorageError):
+            second()
+        assert store.checkpoints() == [row]
+        assert store.get_meta("half") is None
+
+
+class TestTransactions:
+    def test_non_durable_transaction_commits(self, store):
+        """``durable=False`` only relaxes the flush: the writes commit and are read back."""
+        with store.transaction(durable=False) as tx:
+            tx.save_plan(_plan("nd"))
+            row = _event(tx)
+        with store.transaction() as tx:
+            _event(tx)
+        assert store.get_plan("nd") == _plan("nd")
+        assert store.read_events()[0] == row
+        assert store.event_count() == 2
+
+    def test_get_states_reads_present_values_only(self, store):
+        """A batched state read returns the pairs that exist, with their values."""
+        with store.transaction() as tx:
+            tx.put_state("kill", "global", {"on": True}, at=T0)
+            tx.put_state("breaker", "agent:bot", {"state": "open"}, at=T0)
+            assert tx.get_states([]) == {}
+            got = tx.get_states([("kill", "global"), ("kill", "agent:x"), ("breaker", "agent:bot")])
+        assert got == {
+            ("kill", "global"): {"on": True},
+            ("breaker", "agent:bot"): {"state": "open"},
+        }
+
+    def test_gap_in_a_batch_is_refused(self, store):
+        """A batch whose seqs skip one is refused whole: no prefix of it is written."""
+        with store.transaction() as tx:
+            first = _event(tx)
+            second = _event(tx)
+
+        def gapped():
+            with store.transaction() as tx:
+                head = tx.audit_head()
+                ok = dataclasses.replace(second, seq=head.size)
+                tx.append_events([ok, dataclasses.replace(first, seq=head.size + 2)])
+
+        with pytest.raises(StorageError):
+            gapped()
+        assert store.event_count() == 2
+
+
+class TestSchema:
+    def test_reopening_is_idempotent_and_reports_the_version(self, shared_url):
+        """Opening a migrated database again changes nothing and reports the current schema."""
+        from proctor.storage import SCHEMA_VERSION
+
+        s = open_store(shared_url)
+        with s.transaction() as tx:
+            tx.put_meta("k", "v")
+        s.close()
+        s = open_store(shared_url)
+        try:
+            assert s.schema_version() == SCHEMA_VERSION
+            assert s.get_meta("k") == "v"
+        finally:
+            s.close()
+
+    def test_unmigrated_database_reports_zero(self, shared_url):
+        """``migrate=False`` opens an empty database as it is: schema 0, nothing created."""
+        s = open_store(shared_url, migrate=False)
+        try:
+            assert s.schema_version() == 0
+        finally:
+            s.close()
+
+    def test_newer_schema_is_refused(self, shared_url):
+        """A database migrated by a newer Proctor is not opened by this one."""
+        from proctor.storage import SCHEMA_VERSION
+
+        s = open_store(shared_url)
+        with s.transaction() as tx:
+            tx.put_meta("schema_version", str(SCHEMA_VERSION + 1))
+        s.close()
+
+        with pytest.raises(StorageError, match="newer"):
+            open_store(shared_url)
+
+    def test_replicas_starting_together_migrate_once(self, shared_url):
+        """Several stores opening a fresh database at once all end up on the same schema."""
+        from proctor.storage import SCHEMA_VERSION
+
+        opened = []
+
+        def start(_):
+            opened.append(open_store(shared_url))
+
+        try:
+            _in_threads(start, 4)
+            assert [s.schema_version() for s in opened] == [SCHEMA_VERSION] * 4
+        finally:
+            for s in opened:
+                s.close()
+
+
+class TestGuardStateUnderConcurrency:
+    def test_read_modify_write_of_a_missing_state_is_exact(self, shared_url):
+        """Concurrent writers of a state that does not exist yet lose no update.
+
+        ``get_state`` locks the value for the transaction, also when there is no row yet (on
+        PostgreSQL ``FOR UPDATE`` alone locks nothing then: both would read None).
+        """
+        stores = [open_store(shared_url) for _ in range(4)]
+        try:
+
+            def incr(i):
+                for n in range(10):
+                    with stores[i].transaction() as tx:
+                        key = f"k{n}"  # every round starts from a missing row
+                        value = tx.get_state("trial", key) or {"n": 0}
+                        tx.put_state("trial", key, {"n": value["n"] + 1}, at=T0)
+
+            _in_threads(incr, 4)
+            assert stores[0].list_state("trial") == {f"k{n}": {"n": 4} for n in range(10)}
+        finally:
+            for s in stores:
+                s.close()
+
+
+_APPENDER = r"""
+import sys, time
+from pathlib import Path
+from datetime import UTC, datetime
+from proctor.audit.events import seal
+from proctor.audit.keys import LocalSigner
+from proctor.storage import open_store
+
+url, name, n, go = sys.argv[1], sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
+signer = LocalSigner(b"\x03" * 32)
+store = open_store(url)
+while not go.exists():
+    time.sleep(0.01)
+for _ in range(n):
+    with store.transaction() as tx:
+        head = tx.audit_head()
+        body = {"type": name, "timestamp": "2026-01-01T00:00:00+00:00",
+                "plan_id": None, "step_id": None}
+        tx.append_events([seal(body, seq=head.size, prev_hash=head.last_hash, signer=signer)])
+store.close()
+"""
+
+
+class TestSeveralProcesses:
+    def test_appending_processes_make_one_linear_chain(self, shared_url, tmp_path):
+        """Three processes appending at once (as replicas do) leave one verifiable chain."""
+        import subprocess
+        import sys
+
+        from proctor.audit.events import KeyInfo, verify_events
+
+        open_store(shared_url).close()  # migrated before the writers start
+        go = tmp_path / "go"
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", _APPENDER, shared_url, f"proc.{i}", "30", str(go)],
+                stderr=subprocess.PIPE,
+            )
+            for i in range(3)
+        ]
+        go.touch()
+        for p in procs:
+            _, err = p.communicate(timeout=110)
+            assert p.returncode == 0, err.decode()
+
+        s = open_store(shared_url)
+        try:
+            rows = list(s.iter_events())
+        finally:
+            s.close()
+        assert [r.seq for r in rows] == list(range(90))
+        assert sorted({r.type for r in rows}) == ["proc.0", "proc.1", "proc.2"]
+        keys = {k: KeyInfo(v) for k, v in SIGNER.public_keys().items()}
+        assert verify_events(rows, keys).ok
+
+
+class TestPostgresFailures:
+    """What only a server database can do to a store: drop connections, deadlock, vanish."""
+
+    def test_connections_killed_by_the_server_are_replaced(self, pg_url):
+        """After the server ends every connection of the store, the next calls still work."""
+        import secrets
+
+        import psycopg
+
+        name = "proctor_t_" + secrets.token_hex(4)
+        s = open_store(f"{pg_url}&application_name={name}")
+        try:
+            with s.transaction() as tx:
+                tx.save_plan(_plan("before"))
+            with psycopg.connect(pg_url, autocommit=True) as admin:
+                killed = admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE application_name = %s",
+                    (name,),
+                ).fetchall()
+            assert killed  # the pool held at least one connection
+
+            assert s.get_plan("before") is not None
+            with s.transaction() as tx:
+                tx.save_plan(_plan("after"))
+            assert s.get_plan("after") is not None
+        finally:
+            s.close()
+
+    def test_a_deadlock_is_a_retryable_storage_error(self, pg_url):
+        """Two transactions locking plans in opposite orders: one fails, marked retryable."""
+        import threading
+
+        stores = [open_store(pg_url) for _ in range(2)]
+        try:
+            with stores[0].transaction() as tx:
+                tx.save_plan(_plan("x"))
+                tx.save_plan(_plan("y"))
+            both_hold = threading.Barrier(2, timeout=30)
+            outcomes = {}
+
+            def lock(i, first, second):
+                try:
+                    with stores[i].transaction() as tx:
+                        tx.get_plan(first)
+                        both_hold.wait()
+                        tx.get_plan(second)
+                    outcomes[i] = "committed"
+                except StorageError as exc:
+                    outcomes[i] = exc
+
+            threads = [
+                threading.Thread(target=lock, args=(0, "x", "y")),
+                threading.Thread(target=lock, args=(1, "y", "x")),
+            ]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+
+            failed = [o for o in outcomes.values() if isinstance(o, StorageError)]
+            assert sorted(map(str, outcomes.values())).count("committed") == 1
+            assert len(failed) == 1
+            assert failed[0].details["retryable"] is True
+            assert "deadlock" in failed[0].message
+        finally:
+            for s in stores:
+                s.close()
+
+    def test_unreachable_server_is_a_storage_error_naming_the_setting(self):
+        """A server that does not answer fails the open with a StorageError, not a driver one."""
+        from proctor.storage.postgres import PostgresStore
+
+        with pytest.raises(StorageError) as info:
+            PostgresStore("postgresql://postgres@127.0.0.1:1/none?connect_timeout=1", timeout=1)
+        assert info.value.field == "database.url"
+
+
+class TestMigrationSource:
+    """One list of migrations, rendered per dialect."""
+
+    def test_both_dialects_get_every_version_in_order(self):
+        """SQLite and PostgreSQL run the same versions, 1 to SCHEMA_VERSION, in order."""
+        from proctor.storage.migrations import SCHEMA_VERSION, migrations_for
+
+        for dialect in ("sqlite", "postgresql"):
+            versions = [v for v, _ in migrations_for(dialect)]
+            assert versions == list(range(1, SCHEMA_VERSION + 1))
+
+    def test_postgres_rendering(self):
+        """PostgreSQL gets BYTEA, BIGINT keys, byte-order text and no SQLite-only syntax."""
+        import re
+
+        from proctor.storage.migrations import migrations_for
+
+        sql = "\n".join(st for _, sts in migrations_for("postgresql") for st in sts)
+        assert "BLOB" not in sql
+        assert "WITHOUT ROWID" not in sql
+        assert "seq BIGINT PRIMARY KEY" in sql
+        assert not re.search(r'\bTEXT\b(?! COLLATE "C")', sql)
+        sqlite = "\n".join(st for _, sts in migrations_for("sqlite") for st in sts)
+        assert "COLLATE" not in sqlite
+        assert "WITHOUT ROWID" in sqlite
+
+    def test_unknown_dialect(self):
+        """A dialect nobody renders for is an error, not SQLite by default."""
+        from proctor.storage.migrations import migrations_for
+
+        with pytest.raises(ValueError, match="mysql"):
+            migrations_for("mysql")
+
+
+class TestPostgresDurability:
+    def test_commits_are_durable_even_if_the_url_turns_them_off(self, pg_url):
+        """``synchronous_commit=off`` from the URL is overridden; ``durable=False`` relaxes it."""
+        from urllib.parse import quote
+
+        url = pg_url.replace("options=", "options=" + quote("-csynchronous_commit=off "))
+        assert "synchronous_commit" in url
+        s = open_store(url)
+        try:
+            with s.transaction() as tx:
+                durable = tx._c.execute("SHOW synchronous_commit").fetchone()
+            with s.transaction(durable=False) as tx:
+                relaxed = tx._c.execute("SHOW synchronous_commit").fetchone()
+            with s.transaction() as tx:
+                again = tx._c.execute("SHOW synchronous_commit").fetchone()
+                path = tx._c.execute("SHOW search_path").fetchone()
+        finally:
+            s.close()
+        assert durable["synchronous_commit"] == "on"
+        assert relaxed["synchronous_commit"] == "off"  # SET LOCAL: this transaction only
+        assert again["synchronous_commit"] == "on"
+        assert path["search_path"].startswith("t_")  # the rest of the options still apply

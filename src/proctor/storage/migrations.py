@@ -1,9 +1,14 @@
 """Schema migrations: one ordered list, for SQLite and PostgreSQL, recorded in ``meta``.
 
 Each migration is written once, in the SQL both databases share; ``migrations_for`` renders it
-for a dialect (for PostgreSQL: ``BLOB`` is ``BYTEA``, integer keys are ``BIGINT``, and
-``WITHOUT ROWID`` is SQLite's alone). A migration is never edited once released, only
-followed by a new one.
+for a dialect (for PostgreSQL: ``BLOB`` is ``BYTEA``, integer keys are ``BIGINT``, ``TEXT``
+is ``TEXT COLLATE "C"``, and ``WITHOUT ROWID`` is SQLite's alone). A migration is never
+edited once released, only followed by a new one.
+
+Times are ISO-8601 ``TEXT`` (UTC, ``datetime.isoformat``) in both databases, compared as
+strings (timers, leases, counter buckets, paging cursors). The ``"C"`` collation makes
+PostgreSQL compare them, and order plan ids, byte by byte as SQLite does, whatever the
+database's locale (``en_US`` ignores punctuation at first and orders ``p-2`` before ``p1``).
 """
 
 from __future__ import annotations
@@ -163,6 +168,7 @@ SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 _POSTGRES = (
     (re.compile(r"\bBLOB\b"), "BYTEA"),
+    (re.compile(r"\bTEXT\b"), 'TEXT COLLATE "C"'),
     (re.compile(r"\bseq INTEGER PRIMARY KEY\b"), "seq BIGINT PRIMARY KEY"),
     (re.compile(r"\bsize INTEGER PRIMARY KEY\b"), "size BIGINT PRIMARY KEY"),
     (re.compile(r"\)\s*WITHOUT ROWID"), ")"),

@@ -6,11 +6,22 @@ section 6 come from the database:
 
 - **One linear log.** ``audit_head`` takes a transaction-scoped advisory lock before reading
   the last event: appenders in every replica queue on it, so seqs never fork or gap (and the
-  primary key on ``seq`` would refuse a duplicate anyway).
-- **Locked reads.** ``Transaction.get_plan`` and ``lease_of`` read with ``FOR UPDATE``: a
-  lease claim, consuming an approval or a human action is read-check-write under a row lock.
-- **Durability.** Commits use ``synchronous_commit = on`` (the server's default); an
-  in-flight marker (``durable=False``) sets it ``off`` for its own transaction only.
+  primary key on ``seq`` would refuse a duplicate anyway). Advisory locks are per database,
+  so the lock's second key is the schema's: instances in different schemas (tenants, tests)
+  never wait for each other.
+- **Locked reads.** ``Transaction.get_plan``, ``lease_of`` and ``get_state`` read with
+  ``FOR UPDATE``: a lease claim, consuming an approval, a human action or a breaker update is
+  read-check-write under a row lock. ``FOR UPDATE`` locks nothing when the row is missing, so
+  a missing guard state is locked by key (advisory) and read again.
+- **Errors.** Driver errors become ``StorageError``; a deadlock or a serialization failure
+  carries ``details["retryable"] = True`` (the server rolled it all back: the transaction can
+  be run again), as does waiting too long for a pooled connection. The pool checks a
+  connection before lending it: one broken by a server restart is replaced, not handed out.
+- **Ordering.** Text columns use the ``"C"`` collation (see ``storage.migrations``): byte
+  order, as in SQLite, whatever the database's locale.
+- **Durability.** Commits use ``synchronous_commit = on`` (the server's default; a session
+  that starts with ``off`` is set back to ``on``); an in-flight marker (``durable=False``)
+  sets it ``off`` for its own transaction only.
 """
 
 from __future__ import annotations
@@ -23,6 +34,7 @@ from typing import Any
 
 import orjson
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
@@ -37,8 +49,12 @@ from proctor.storage.migrations import SCHEMA_VERSION, migrations_for
 __all__ = ["PostgresStore"]
 
 _GENESIS = "sha256:" + "0" * 64
-_LOG_LOCK = 0x70726F63  # "proc": the advisory lock that orders appends to the audit log
+# Advisory lock classes: the first key; the second is a hash of the schema (and of a name).
+_LOG_LOCK = 0x70726F63  # "proc": orders appends to the audit log
 _MIGRATE_LOCK = 0x70726F64  # replicas starting together migrate one at a time
+_STATE_LOCK = 0x70726F65  # a guard state key that has no row yet
+_LOCK_SQL = "SELECT pg_advisory_xact_lock(%s, hashtext(current_schema() || %s))"
+_META = 'CREATE TABLE IF NOT EXISTS meta (key TEXT COLLATE "C" PRIMARY KEY, value TEXT NOT NULL)'
 _PLAN_COLS = (
     "plan_id, digest, status, agent_id, on_behalf_of, created_at, updated_at, expires_at, "
     "outcome, policy_version, sandbox, review, error, doc, lease_owner, lease_until"
@@ -51,6 +67,19 @@ _TOKEN_COLS = "token_id, name, roles, groups_, token_hash, created_at, revoked_a
 
 def _leaf(body: bytes) -> bytes:
     return hashlib.sha256(b"\x00" + body).digest()
+
+
+def _retryable(exc: psycopg.Error) -> bool:
+    # SQLSTATE class 40 (deadlock, serialization failure): the server rolled the whole
+    # transaction back, so running it again is safe. A lost connection is not: a commit in
+    # flight may have landed.
+    return (exc.sqlstate or "").startswith("40")
+
+
+def _wrap(what: str, exc: psycopg.Error | PoolTimeout) -> StorageError:
+    if isinstance(exc, PoolTimeout):
+        return StorageError(f"no database connection available: {exc}", retryable=True)
+    return StorageError(f"{what}: {exc}", retryable=_retryable(exc))
 
 
 def _event(r: Mapping[str, Any]) -> EventRow:
@@ -154,9 +183,12 @@ class _Tx:
 
     def audit_head(self) -> AuditHead:
         if self._head is None:
-            # Held until this transaction ends: appenders in every replica take turns.
-            self._c.execute("SELECT pg_advisory_xact_lock(%s)", (_LOG_LOCK,))
-            row = self._one("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
+            # Held until this transaction ends: appenders in every replica take turns. One
+            # round trip for both (a pipeline): the head is read the moment the lock is ours.
+            with self._c.pipeline():
+                self._c.execute(_LOCK_SQL, (_LOG_LOCK, ""))
+                cur = self._c.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
+            row = cur.fetchone()
             self._head = (
                 AuditHead(size=0, last_hash=_GENESIS)
                 if row is None
@@ -246,9 +278,17 @@ class _Tx:
         self._c.execute(_DELIVERY_UPSERT, _delivery_row(d))
 
     def get_state(self, kind: str, key: str) -> Any:
-        row = self._one(
-            "SELECT value FROM guard_state WHERE kind = %s AND key = %s FOR UPDATE", (kind, key)
-        )
+        sql = "SELECT value FROM guard_state WHERE kind = %s AND key = %s FOR UPDATE"
+        row = self._one(sql, (kind, key))
+        if row is None:
+            # No row, nothing locked: two replicas would both read None and both write (two
+            # "breaker opened" events). Lock the key itself, then read again: a transaction
+            # that held it may have committed the row meanwhile (READ COMMITTED: the next
+            # statement sees it).
+            with self._c.pipeline():
+                self._c.execute(_LOCK_SQL, (_STATE_LOCK, f"{kind}/{key}"))
+                cur = self._c.execute(sql, (kind, key))
+            row = cur.fetchone()
         return orjson.loads(row["value"]) if row else None
 
     def get_states(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Any]:
@@ -324,6 +364,19 @@ def _load_nodes(c: psycopg.Connection[Any], start: Mapping[int, int]) -> dict[in
     return {0: leaves} if leaves else {}
 
 
+def _durable_commits(conn: psycopg.Connection[Any]) -> None:
+    # An acknowledged action must survive a crash of the server: a server (or a URL's
+    # options) with synchronous_commit = off would lose the last acknowledged commits. Any
+    # other level (local, remote_write, on, remote_apply) flushes at least locally: kept.
+    row = conn.execute("SHOW synchronous_commit").fetchone()
+    if row is not None and row["synchronous_commit"] == "off":
+        conn.execute("SET synchronous_commit = on")
+
+
+def _app_name(url: str) -> str:
+    return str(conninfo_to_dict(url).get("application_name") or "proctor")
+
+
 class PostgresStore:
     """Plans, steps, approvals, guards and the audit log in PostgreSQL.
 
@@ -351,10 +404,16 @@ class PostgresStore:
                 min_size=min_size,
                 max_size=max_size,
                 timeout=timeout,
-                kwargs={"row_factory": dict_row, "autocommit": True},
+                kwargs={
+                    "row_factory": dict_row,
+                    "autocommit": True,
+                    # Named in pg_stat_activity; a URL's own application_name wins.
+                    "application_name": _app_name(url),
+                },
                 open=True,
                 # A connection broken by a server restart is replaced, not handed out.
                 check=ConnectionPool.check_connection,
+                configure=_durable_commits,
             )
             self._pool.wait(timeout=timeout)
             if migrate:
@@ -368,8 +427,8 @@ class PostgresStore:
 
     def _migrate(self) -> None:
         with self._pool.connection() as c, c.transaction():
-            c.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATE_LOCK,))
-            c.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            c.execute(_LOCK_SQL, (_MIGRATE_LOCK, ""))
+            c.execute(_META)
             row = c.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             current = int(row["value"]) if row else 0
             if current > SCHEMA_VERSION:
@@ -400,17 +459,15 @@ class PostgresStore:
                 if not durable:
                     c.execute("SET LOCAL synchronous_commit = off")
                 yield _Tx(c)
-        except psycopg.Error as exc:
-            raise StorageError(f"transaction failed: {exc}") from exc
-        except PoolTimeout as exc:
-            raise StorageError(f"no database connection available: {exc}") from exc
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise _wrap("transaction failed", exc) from exc
 
     def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         try:
             with self._pool.connection() as c:
                 return c.execute(sql, args).fetchall()
         except (psycopg.Error, PoolTimeout) as exc:
-            raise StorageError(f"query failed: {exc}") from exc
+            raise _wrap("query failed", exc) from exc
 
     def get_plan(self, plan_id: str) -> PlanRecord | None:
         """Return a plan or None."""
@@ -510,8 +567,8 @@ class PostgresStore:
         try:
             with self._pool.connection() as c:
                 return _load_nodes(c, start)
-        except psycopg.Error as exc:
-            raise StorageError(f"query failed: {exc}") from exc
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise _wrap("query failed", exc) from exc
 
     def find_token(self, token_hash: str) -> TokenRecord | None:
         """Return the token with this hash."""
@@ -552,8 +609,8 @@ class PostgresStore:
         try:
             with self._pool.connection() as c:
                 return _counter_sum(c, name, since)
-        except psycopg.Error as exc:
-            raise StorageError(f"query failed: {exc}") from exc
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise _wrap("query failed", exc) from exc
 
     def schema_version(self) -> int:
         """Return the schema version recorded in the database (0: none yet)."""

@@ -1,0 +1,130 @@
+"""``proctor db status|upgrade`` and an instance on PostgreSQL, end to end.
+
+The database comes from ``config.toml`` or ``PROCTOR_DATABASE_URL``; the schema is the one
+of ``storage.migrations`` for either dialect.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from proctor.storage import SCHEMA_VERSION, open_store
+
+pytestmark = pytest.mark.cli
+
+PLAN = {
+    "actor": {"type": "agent", "name": "bot", "model_version": "m-1", "agent_id": "bot"},
+    "on_behalf_of": "alice",
+    "intent": "find flights",
+    "steps": [
+        {
+            "id": "s1",
+            "action": "travel.search",
+            "params": {"destination": "Lisbon", "date": "2027-03-12"},
+        }
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def exe() -> str:
+    beside = Path(sys.executable).parent / "proctor"
+    found = str(beside) if beside.is_file() else shutil.which("proctor")
+    if found is None:
+        pytest.skip("the `proctor` console script is not on PATH: `pip install -e .` in a venv")
+    return found
+
+
+def _run(exe, *args, env_url=None, check_code=0):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROCTOR_")}
+    if env_url is not None:
+        env["PROCTOR_DATABASE_URL"] = env_url
+    done = subprocess.run(
+        [exe, *args], capture_output=True, text=True, env=env, timeout=110, check=False
+    )
+    assert done.returncode == check_code, done.stdout + done.stderr
+    return done.stdout if check_code == 0 else done.stdout + done.stderr
+
+
+def _json(out):
+    return json.loads(out)
+
+
+class TestDbCommands:
+    def test_sqlite_home_is_up_to_date_after_init(self, exe, tmp_path):
+        """``proctor init`` creates the SQLite schema; status and upgrade then report it."""
+        home = str(tmp_path / "h")
+        _run(exe, "init", "--home", home)
+
+        status = _json(_run(exe, "db", "status", "--home", home, "--json"))
+        upgrade = _json(_run(exe, "db", "upgrade", "--home", home, "--json"))
+
+        assert (status["version"], status["expected"]) == (SCHEMA_VERSION, SCHEMA_VERSION)
+        assert (upgrade["from"], upgrade["to"]) == (SCHEMA_VERSION, SCHEMA_VERSION)
+
+    def test_postgres_from_the_environment_is_migrated_by_upgrade(self, exe, tmp_path, pg_url):
+        """On an empty PostgreSQL schema, status exits 1 until ``db upgrade`` migrates it."""
+        home = str(tmp_path / "h")
+        _run(exe, "init", "--home", home)  # its own SQLite file; the env URL comes after
+
+        before = _json(
+            _run(exe, "db", "status", "--home", home, "--json", env_url=pg_url, check_code=1)
+        )
+        upgrade = _json(_run(exe, "db", "upgrade", "--home", home, "--json", env_url=pg_url))
+        after = _json(_run(exe, "db", "status", "--home", home, "--json", env_url=pg_url))
+        again = _json(_run(exe, "db", "upgrade", "--home", home, "--json", env_url=pg_url))
+
+        assert before["version"] == 0
+        assert before["url"].startswith("postgresql://")
+        assert (upgrade["from"], upgrade["to"]) == (0, SCHEMA_VERSION)
+        assert after["version"] == SCHEMA_VERSION
+        assert (again["from"], again["to"]) == (SCHEMA_VERSION, SCHEMA_VERSION)
+
+    def test_memory_database_has_no_schema_to_upgrade(self, exe, tmp_path):
+        """An in-memory database is refused by ``db upgrade`` with an error naming the field."""
+        home = str(tmp_path / "h")
+        _run(exe, "init", "--home", home)
+
+        out = _run(exe, "db", "upgrade", "--home", home, env_url="memory://", check_code=1)
+
+        assert "database.url" in out
+
+
+class TestInstanceOnPostgres:
+    def test_config_url_runs_plans_and_verifies(self, exe, tmp_path, pg_url):
+        """With a ``postgresql://`` URL in config.toml, init, submit and audit verify work."""
+        from proctor import Proctor
+
+        home = tmp_path / "h"
+        _run(exe, "init", "--home", str(home))
+        cfg = home / "config.toml"
+        text = cfg.read_text()
+        assert 'url = "sqlite:///proctor.db"' in text
+        cfg.write_text(text.replace('url = "sqlite:///proctor.db"', f'url = "{pg_url}"'))
+
+        init = _run(exe, "init", "--home", str(home), "--json")
+        with Proctor.open(home) as p:
+            record = p.submit(PLAN)
+        plan_file = tmp_path / "plan.json"
+        plan_file.write_text(json.dumps({**PLAN, "intent": "second"}))
+        _run(exe, "submit", str(plan_file), "--home", str(home), "--json")
+        verify = _json(_run(exe, "audit", "verify", "--home", str(home), "--json"))
+        listed = _json(_run(exe, "plans", "--home", str(home), "--json"))
+
+        assert "database" in json.loads(init)["created"]  # the PostgreSQL schema was new
+        assert record.status.value == "succeeded"
+        assert verify["ok"] is True
+        assert verify["events"] >= 2 * 4
+        assert len(listed["plans"]) == 2
+        pg = open_store(pg_url)  # the events are in PostgreSQL
+        try:
+            assert pg.event_count() == verify["events"]
+        finally:
+            pg.close()
