@@ -390,7 +390,8 @@ def guard_settings(g: Mapping[str, Any]) -> GuardSettings:
     Raises:
         ConfigError: naming the key at fault.
     """
-    unknown = sorted(set(g) - {"rate_limits", "budgets", "breaker", "anomaly", "autonomy"})
+    known = {"rate_limits", "budgets", "breaker", "anomaly", "autonomy", "review_sample_rate"}
+    unknown = sorted(set(g) - known)
     if unknown:
         raise ConfigError(f"[guards] has unknown key {unknown[0]!r}", field=f"guards.{unknown[0]}")
     return GuardSettings(
@@ -399,6 +400,7 @@ def guard_settings(g: Mapping[str, Any]) -> GuardSettings:
         breaker=_table(g, "breaker", BreakerSettings),
         anomaly=_table(g, "anomaly", AnomalySettings),
         autonomy=_table(g, "autonomy", AutonomySettings),
+        review_sample_rate=g.get("review_sample_rate", 0.0),
     )
 
 

@@ -1,24 +1,34 @@
 """Guards around routing and execution, kept in the store (docs/guards.md).
 
-The gateway calls, for every plan:
+The gateway calls, for every plan (``emit`` is the transaction's ``Journal.emit``):
 
-- ``policy_input(plan, specs)`` — ``input.guards`` for the policy, read outside any
-  transaction from a snapshot at most ``SNAPSHOT_TTL`` old (empty when no guard applies);
-- ``admit(tx, emit, record, specs, decision)`` — inside the decide transaction, exactly:
-  kill switches and whitelists deny, rate limits deny, budgets reserve spend (or route to
-  approval or deny), open breakers turn ``execute`` into ``approve``, autonomy settings turn
-  ``execute`` into ``confirm``, anomalies raise an escalation; returns the decision, which
-  is only ever escalated;
-- ``recheck(tx, emit, record)`` — right before an approved or confirmed plan runs: a kill
-  switch stops it (an open breaker does not: a human approved);
-- ``on_step(tx, emit, record, step, ok=)`` — after every executed step: settle the budget,
-  feed the breakers' windows;
+- ``policy_input(plan, specs) -> dict`` — ``input.guards`` for the policy, read outside any
+  transaction: kill switches, breakers (as the next call would find them), autonomy and
+  whitelists from a per-process snapshot at most ``SNAPSHOT_TTL`` old (refreshed at once when
+  this process changes them, so another replica's change shows within ``SNAPSHOT_TTL``),
+  budgets fresh from the store when configured; empty when no guard applies (~1 µs);
+- ``admit(tx, emit, record, specs, decision) -> Decision`` — inside the decide transaction,
+  exactly: kill switches and whitelists deny, rate limits deny, budgets reserve spend (or
+  route to approval or deny), open breakers turn ``execute`` into ``approve`` (half-open ones
+  let their trials through), autonomy settings turn ``execute`` into ``confirm``, anomalies
+  raise an escalation, and ``[guards] review_sample_rate`` may raise the decision's review
+  sampling rate; returns the decision, which is only ever escalated;
+- ``recheck(tx, emit, record) -> str | None`` — right before a confirmed or approved plan
+  runs: a kill switch or the whitelist stops any plan; an open breaker stops a plan that was
+  only confirmed (an approved one runs: an approver decided); a plan holding no reservation
+  reserves now, and a budget it would exceed stops it (unless approved and the budget says
+  ``approve``); the reason, or None to go;
+- ``on_step(tx, emit, record, step, ok=)`` — after every executed step: settle the budget at
+  the step's cost (the tool may report ``{"cost": n}``; a failed step releases), feed the
+  breakers' windows (errors, calls, cost spikes), which may open a breaker;
 - ``on_finish(tx, emit, record)`` — when a plan ends: release unsettled reservations, count
-  rollbacks, count accepted and declined proposals for progressive autonomy.
+  undone and compensated plans as rollbacks, count accepted and declined proposals for
+  progressive autonomy (and suggest a promotion).
 
 Every state change is written through the caller's transaction with its audit event.
-Administrative operations (kill, whitelist, autonomy, review, complaints) run in their own
-transaction, also with their event.
+Administrative operations (``kill``, ``unkill``, ``set_whitelist``, ``set_autonomy``,
+``answer_promotion``, ``mark_review``, ``complain``) run in their own transaction, also with
+their event; ``status``, ``suggestions`` and ``review_queue`` only read.
 """
 
 from __future__ import annotations
@@ -41,9 +51,12 @@ from proctor.core.guards import (
     autonomy_outcome,
     breaker_after,
     breaker_before,
+    breaker_view,
     kill_keys,
     minute,
     next_level,
+    outside_whitelist,
+    over_budget,
     period_bucket,
     promotion_due,
     window_start,
@@ -103,32 +116,93 @@ class Guards:
             self._snap = (-1e9, {})
 
     def policy_input(self, plan: Any, specs: Sequence[ActionSpec]) -> dict[str, Any]:
-        """``input.guards``: what applies to this plan (an empty object when nothing does)."""
+        """``input.guards``: what applies to this plan (an empty object when nothing does).
+
+        Members, each present only when it applies: ``kill`` (engaged switches covering the
+        plan), ``whitelisted`` (when the agent has a whitelist: whether it covers the plan),
+        ``breakers`` (``{"agent:A" | "action:X": "open" | "half_open"}``, as the next call
+        would find them), ``autonomy`` (``{step_id: {"level", "below"?}}``) and
+        ``over_budget`` (budgets this plan would exceed: ``budget``, ``period``, ``limit``,
+        ``spent``, ``amount``, ``on_exceed``, ``steps``).
+
+        Kill switches, breakers, autonomy and whitelists come from a per-process snapshot at
+        most ``SNAPSHOT_TTL`` old (refreshed at once when this process changes them); budgets
+        are read fresh, and only when budgets are configured and the plan has an amount.
+        ``admit`` enforces all of them exactly, so a stale view only ever costs a reason.
+        """
         snap = self._snapshot()
         agent, user = plan.actor.agent_id, plan.on_behalf_of
         actions = [s.action for s in plan.steps]
         out: dict[str, Any] = {}
-        kills = [k for k in kill_keys(agent, actions) if k in snap["kill"]]
-        if kills:
-            out["kill"] = kills
-        breakers = {
-            k: v.get("state")
-            for k in (f"agent:{agent}", *(f"action:{a}" for a in actions))
-            if isinstance(v := snap["breaker"].get(k), dict) and v.get("state") != "closed"
-        }
-        if breakers:
-            out["breakers"] = breakers
-        autonomy = {
-            st.id: v["level"]
-            for st in plan.steps
-            if isinstance(v := snap["autonomy"].get(f"{user}|{st.action}"), dict)
-        }
+        kill = snap["kill"]
+        if kill:
+            kills = [k for k in kill_keys(agent, actions) if k in kill]
+            if kills:
+                out["kill"] = kills
+        breaker = snap["breaker"]
+        if breaker:
+            now = self.clock.now()
+            views = {}
+            for k in (f"agent:{agent}", *dict.fromkeys(f"action:{a}" for a in actions)):
+                if k in breaker:
+                    view = breaker_view(
+                        BreakerState.from_value(breaker[k]), now, self.settings.breaker
+                    )
+                    if view != "closed":
+                        views[k] = view
+            if views:
+                out["breakers"] = views
+        autonomy = snap["autonomy"]
         if autonomy:
-            out["autonomy"] = autonomy
-        allowed = snap["whitelist"].get(agent)
-        if isinstance(allowed, dict):
-            out["whitelisted"] = all(a in allowed.get("actions", ()) for a in actions)
+            levels = {}
+            for st in plan.steps:
+                v = autonomy.get(f"{user}|{st.action}")
+                if isinstance(v, dict):
+                    levels[st.id] = {"level": v.get("level")}
+                    if v.get("below") is not None:
+                        levels[st.id]["below"] = v["below"]
+            if levels:
+                out["autonomy"] = levels
+        whitelist = snap["whitelist"]
+        if agent in whitelist:
+            out["whitelisted"] = not outside_whitelist(whitelist[agent], actions)
+        if self.settings.budgets:
+            over = self._over_budget(plan, specs)
+            if over:
+                out["over_budget"] = over
         return out
+
+    def _over_budget(self, plan: Any, specs: Sequence[ActionSpec]) -> list[dict[str, Any]]:
+        """The budgets ``plan`` would exceed, read from the store now (not reserved)."""
+        amounts = [spec.amount(s.params) for s, spec in zip(plan.steps, specs, strict=True)]
+        if not any(amounts):
+            return []
+        now = self.clock.now()
+        agent, user = plan.actor.agent_id, plan.on_behalf_of
+        over = []
+        for b in self.settings.budgets:
+            bucket = period_bucket(now, b.period)
+            portions: dict[str, tuple[int, list[str]]] = {}
+            for st, amount in zip(plan.steps, amounts, strict=True):
+                value = {"agent": agent, "user": user, "action": st.action, "global": "*"}[b.scope]
+                if amount and b.applies(value):
+                    need, ids = portions.get(b.counter(value), (0, []))
+                    portions[b.counter(value)] = (need + amount, [*ids, st.id])
+            for counter, (need, ids) in portions.items():
+                spent = self.store.counter_sum(counter, bucket)[1]
+                if over_budget(spent, need, b.limit):
+                    over.append(
+                        {
+                            "budget": counter,
+                            "period": bucket,
+                            "limit": b.limit,
+                            "spent": spent,
+                            "amount": need,
+                            "on_exceed": b.on_exceed,
+                            "steps": ids,
+                        }
+                    )
+        return over
 
     # ------------------------------------------------------------------ admission
 
@@ -171,7 +245,12 @@ class Guards:
         if decision.outcome is Outcome.DENY:
             return decision
         decision = self._breakers(tx, emit, record, breakers, state, decision, now)
-        return self._autonomy(record, amounts, state, decision)
+        decision = self._autonomy(record, amounts, state, decision)
+        floor = self.settings.review_sample_rate
+        if floor > decision.review_sample_rate and decision.outcome is Outcome.EXECUTE:
+            # More review is stricter, never laxer: the configured floor may raise the rate.
+            decision = dataclasses.replace(decision, review_sample_rate=floor)
+        return decision
 
     @staticmethod
     def _stop_keys(agent: str, actions: list[str]) -> list[tuple[str, str]]:
@@ -195,12 +274,10 @@ class Guards:
                 reason = f"kill switch {key} is engaged: {engaged.get('reason') or 'no reason'}"
                 emit(E.GUARD_KILLED, plan=record, data={"switch": key}, trusted=True)
                 return reason
-        allowed = state.get(("whitelist", agent))
-        if isinstance(allowed, dict):
-            outside = [a for a in actions if a not in allowed.get("actions", ())]
-            if outside:
-                emit(E.GUARD_WHITELIST_DENIED, plan=record, data={"actions": outside})
-                return f"agent {agent!r} may not use {', '.join(sorted(set(outside)))}"
+        outside = outside_whitelist(state.get(("whitelist", agent)), actions)
+        if outside:
+            emit(E.GUARD_WHITELIST_DENIED, plan=record, data={"actions": outside})
+            return f"agent {agent!r} may not use {', '.join(sorted(outside))}"
         return None
 
     def _rate_limit(
@@ -257,7 +334,35 @@ class Guards:
     ) -> Decision:
         if not self.settings.budgets or not any(amounts):
             return decision
+        entries, approve, deny = self._reserve(tx, emit, record, amounts, now)
+        if deny is not None:
+            return Decision.deny_all(
+                [s.step_id for s in record.steps], deny, policy_version=decision.policy_version
+            )
+        for reason in approve:
+            decision = decision.at_least(Outcome.APPROVE, reason)
+        self._keep(tx, emit, record, entries, now)
+        return decision
+
+    def _reserve(
+        self,
+        tx: Transaction,
+        emit: Emit,
+        record: PlanRecord,
+        amounts: list[int],
+        now: Any,
+        *,
+        then: dict[str, str] | None = None,
+    ) -> tuple[list[dict[str, Any]], list[str], str | None]:
+        """Reserve the plan's spend under every budget that counts it.
+
+        Returns the reservation entries, the reasons of budgets exceeded with ``approve``, and
+        the reason of the first budget exceeded with ``deny`` (then nothing stays reserved).
+        Every exceeded budget is a ``budget.exceeded`` event whose ``then`` says what follows:
+        the budget's ``on_exceed``, or what ``then`` maps it to.
+        """
         entries: list[dict[str, Any]] = []
+        approve: list[str] = []
         for b in self.settings.budgets:
             bucket = period_bucket(now, b.period)
             portions: dict[str, list[int]] = {}
@@ -268,7 +373,7 @@ class Guards:
             for counter, portion in portions.items():
                 spent = tx.counter_sum(counter, bucket)[1]
                 need = sum(portion)
-                if spent + need > b.limit:
+                if over_budget(spent, need, b.limit):
                     emit(
                         E.BUDGET_EXCEEDED,
                         plan=record,
@@ -278,33 +383,36 @@ class Guards:
                             "limit": b.limit,
                             "spent": spent,
                             "amount": need,
-                            "then": b.on_exceed,
+                            "then": (then or {}).get(b.on_exceed, b.on_exceed),
                         },
                     )
                     reason = f"budget {counter} ({bucket}): {spent} spent + {need} > {b.limit}"
                     if b.on_exceed == "deny":
                         self._release(tx, entries)
-                        return Decision.deny_all(
-                            [s.step_id for s in record.steps],
-                            reason,
-                            policy_version=decision.policy_version,
-                        )
-                    decision = decision.at_least(Outcome.APPROVE, reason)
+                        return [], [], reason
+                    approve.append(reason)
                 tx.bump(counter, bucket, count=0, amount=need)
                 entries.append({"counter": counter, "bucket": bucket, "steps": portion})
-        if entries:
-            tx.put_state("reservation", record.plan_id, {"entries": entries}, at=now)
-            emit(
-                E.BUDGET_RESERVED,
-                plan=record,
-                data={
-                    "reservations": [
-                        {"budget": e["counter"], "period": e["bucket"], "amount": sum(e["steps"])}
-                        for e in entries
-                    ]
-                },
-            )
-        return decision
+        return entries, approve, None
+
+    @staticmethod
+    def _keep(
+        tx: Transaction, emit: Emit, record: PlanRecord, entries: list[dict[str, Any]], now: Any
+    ) -> None:
+        """Record a plan's reservation (settled by ``on_step``, released by ``on_finish``)."""
+        if not entries:
+            return
+        tx.put_state("reservation", record.plan_id, {"entries": entries}, at=now)
+        emit(
+            E.BUDGET_RESERVED,
+            plan=record,
+            data={
+                "reservations": [
+                    {"budget": e["counter"], "period": e["bucket"], "amount": sum(e["steps"])}
+                    for e in entries
+                ]
+            },
+        )
 
     @staticmethod
     def _scope_value(scope: str, record: PlanRecord, step: StepRecord) -> str:
@@ -336,11 +444,7 @@ class Guards:
             # Locked re-read: half-open trials are counted exactly across replicas.
             before = BreakerState.from_value(tx.get_state("breaker", key))
             new, agentic = breaker_before(before, now, self.settings.breaker)
-            if new != before:
-                tx.put_state("breaker", key, new.value(), at=now)
-                self._invalidate()
-                if new.state != before.state:
-                    emit(E.BREAKER_HALF_OPEN, plan=record, data={"breaker": key}, trusted=True)
+            self._store_breaker(tx, emit, record, key, before, new, now)
             if not agentic:
                 steps = (
                     None
@@ -431,19 +535,84 @@ class Guards:
     # ------------------------------------------------------------------ execution
 
     def recheck(self, tx: Transaction, emit: Emit, record: PlanRecord) -> str | None:
-        """Right before a confirmed or approved plan runs: a kill switch stops it."""
+        """Right before a confirmed or approved plan runs: why it may not run now, or None.
+
+        - A kill switch covering the plan, or the agent's whitelist, stops any plan.
+        - A plan its user only confirmed (outcome ``confirm``) also waits while a breaker
+          covering it is open; a half-open one lets it through as one of its trial calls. An
+          approved plan is not held by a breaker: a human approver decided.
+        - Budgets: a plan reserved its spend when it was decided, and that reservation holds.
+          A plan with an amount but no reservation (decided before the budget existed)
+          reserves now; a budget it would exceed with ``deny`` stops it, and one with
+          ``approve`` stops a plan nobody approved.
+
+        The gateway keeps a stopped plan waiting and tells the caller why.
+        """
+        agent = record.agent_id
         actions = [s.action for s in record.steps]
-        state = tx.get_states(self._stop_keys(record.agent_id, actions))
-        return self._hard_stop(emit, record, record.agent_id, actions, state)
+        confirmed = record.outcome != "approve"
+        breakers = [f"agent:{agent}", *dict.fromkeys(f"action:{a}" for a in actions)]
+        wanted = self._stop_keys(agent, actions)
+        if confirmed:
+            wanted += [("breaker", k) for k in breakers]
+        if self.settings.budgets:
+            wanted.append(("reservation", record.plan_id))
+        state = tx.get_states(wanted)
+        stop = self._hard_stop(emit, record, agent, actions, state)
+        if stop is not None:
+            return stop
+        now = self.clock.now()
+        if confirmed:
+            for key in breakers:
+                if ("breaker", key) not in state:
+                    continue
+                before = BreakerState.from_value(tx.get_state("breaker", key))
+                new, agentic = breaker_before(before, now, self.settings.breaker)
+                self._store_breaker(tx, emit, record, key, before, new, now)
+                if not agentic:
+                    return f"circuit breaker {key} is {new.state}: {new.reason}"
+        if self.settings.budgets and ("reservation", record.plan_id) not in state:
+            amounts = [self._amount(s) for s in record.steps]
+            if any(amounts):
+                then = {"approve": "wait" if confirmed else "run", "deny": "wait"}
+                entries, approve, deny = self._reserve(tx, emit, record, amounts, now, then=then)
+                if deny is None and approve and confirmed:
+                    self._release(tx, entries)
+                    deny = approve[0]
+                if deny is not None:
+                    return deny
+                self._keep(tx, emit, record, entries, now)
+        return None
+
+    def _amount(self, step: StepRecord) -> int:
+        """A step's amount as its action's spec computes it (0 for an unknown action)."""
+        spec = self.catalog.get(step.action)
+        return spec.amount(step.params) if spec is not None else 0
+
+    def _store_breaker(
+        self,
+        tx: Transaction,
+        emit: Emit,
+        record: PlanRecord,
+        key: str,
+        before: BreakerState,
+        new: BreakerState,
+        now: Any,
+    ) -> None:
+        """Write a breaker's new state before a call (half-open trials); audit a transition."""
+        if new == before:
+            return
+        tx.put_state("breaker", key, new.value(), at=now)
+        self._invalidate()
+        if new.state != before.state:
+            emit(E.BREAKER_HALF_OPEN, plan=record, data={"breaker": key}, trusted=True)
 
     def on_step(
         self, tx: Transaction, emit: Emit, record: PlanRecord, step: StepRecord, *, ok: bool
     ) -> None:
         """After a step ran: settle its budget, feed the breakers' windows."""
         now = self.clock.now()
-        spec = self.catalog.get(step.action)
-        planned = spec.amount(step.params) if spec is not None else 0
-        cost = planned
+        cost = self._amount(step)
         if ok and isinstance(step.result, dict) and type(step.result.get("cost")) is int:
             cost = step.result["cost"]  # what the tool says it really cost
         keys = [f"action:{step.action}", f"agent:{record.agent_id}"]
@@ -766,6 +935,29 @@ class Guards:
         result: str = self._admin(op)
         return result
 
+    def suggestions(self, user: str) -> list[dict[str, Any]]:
+        """The promotions Proctor suggests to ``user`` and that await an answer, by action.
+
+        Each is ``{"user", "action", "from", "to", "accepted", "total"}``; answer with
+        ``answer_promotion``.
+        """
+        out = []
+        for key, v in sorted(self.store.list_state("promotion").items()):
+            who, _, action = key.partition("|")
+            if who != user or not isinstance(v, dict) or v.get("status") != "suggested":
+                continue
+            out.append(
+                {
+                    "user": who,
+                    "action": action,
+                    "from": v.get("from"),
+                    "to": v.get("to"),
+                    "accepted": v.get("accepted"),
+                    "total": v.get("total"),
+                }
+            )
+        return out
+
     def mark_review(self, plan_id: str, verdict: str, *, reviewer: str, note: str = "") -> None:
         """Mark a sampled plan fine or wrong (a wrong one is a false action in the KPIs)."""
         if verdict not in _VERDICTS:
@@ -831,12 +1023,23 @@ class Guards:
                     "on_exceed": b.on_exceed,
                 }
             )
+        breakers = {}
+        for key, v in self.store.list_state("breaker").items():
+            st = BreakerState.from_value(v)
+            breakers[key] = {**st.value(), "view": breaker_view(st, now, self.settings.breaker)}
+        rate_limits = []
+        for r in self.settings.rate_limits:
+            used = None
+            if r.key != "*":
+                since = window_start(now, r.per_seconds)
+                used = self.store.counter_sum(f"rate:{r.scope}:{r.key}", since)[0]
+            rate_limits.append({**dataclasses.asdict(r), "used": used})
         return {
             "kill": self.store.list_state("kill"),
-            "breakers": self.store.list_state("breaker"),
+            "breakers": breakers,
             "whitelists": self.store.list_state("whitelist"),
             "autonomy": self.store.list_state("autonomy"),
             "promotions": self.store.list_state("promotion"),
             "budgets": budgets,
-            "rate_limits": [dataclasses.asdict(r) for r in self.settings.rate_limits],
+            "rate_limits": rate_limits,
         }

@@ -1,20 +1,47 @@
 """``proctor kill``, ``unkill``, ``guards``, ``whitelist``, ``autonomy``, ``review``, ``complain``.
 
-They act on the instance of ``--home``; over HTTP the same operations are under
-``/v1/guards``, ``/v1/autonomy`` and ``/v1/reviews`` (docs/guards.md).
+They act on the instance of ``--home``, or with ``--server`` (``PROCTOR_SERVER``) on a running
+``proctor serve`` through the same routes as any HTTP client: ``/v1/guards``,
+``/v1/autonomy``, ``/v1/reviews`` and the plan's ``review`` and ``complaints`` (docs/guards.md).
+Remotely the token's principal acts, so ``--as`` is ignored there.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Annotated, Any
+from urllib.parse import quote
 
 import typer
 from rich.table import Table
 
-from proctor.cli.commands import As, Home, Json, Verbose, _open
+from proctor.cli.commands import (
+    As,
+    AsLocal,
+    Home,
+    Json,
+    Server,
+    Token,
+    Verbose,
+    _open,
+    _remote,
+    _required_locally,
+)
 from proctor.cli.render import console, print_json
 
-__all__ = ["autonomy_app", "complain", "guards", "kill", "review_app", "unkill", "whitelist"]
+if TYPE_CHECKING:
+    from proctor.cli.remote import Remote
+
+__all__ = [
+    "autonomy_app",
+    "complain",
+    "guards",
+    "kill",
+    "review_app",
+    "unkill",
+    "whitelist",
+]
 
 autonomy_app: typer.Typer = typer.Typer(
     help="Progressive autonomy: per user and action, propose → confirm → auto.",
@@ -29,6 +56,28 @@ Action = Annotated[str | None, typer.Option("--action", help="An action's kill s
 Global = Annotated[bool, typer.Option("--global", help="The global kill switch.")]
 
 
+def _send(remote: Remote, method: str, path: str, body: Any = None) -> Any:
+    """One request to the server, its errors reported as the other remote commands do."""
+    # NOTE(cli): ProctorClient has no guard methods yet; its private request path keeps the
+    # auth header, timeouts and error mapping identical to the plan commands.
+    from proctor.client import _Call
+
+    with remote._errors():
+        return remote._client._send(_Call(method, path, body=body))
+
+
+@contextmanager
+def _target(
+    ctx: typer.Context, server: str | None, token: str | None, *, ignored: tuple[str, ...] = ()
+) -> Iterator[Remote | None]:
+    remote = _remote(ctx, server, token, ignored=ignored)
+    if remote is None:
+        yield None
+        return
+    with remote:
+        yield remote
+
+
 def _switch(agent: str | None, action: str | None, everything: bool) -> tuple[str, str | None]:
     given = [x for x in (agent, action) if x] + (["global"] if everything else [])
     if len(given) != 1:
@@ -41,7 +90,8 @@ def _switch(agent: str | None, action: str | None, everything: bool) -> tuple[st
 
 
 def kill(
-    principal: As,
+    ctx: typer.Context,
+    principal: AsLocal = None,
     agent: Agent = None,
     action: Action = None,
     everything: Global = False,
@@ -49,6 +99,8 @@ def kill(
     home: Home = None,
     as_json: Json = False,
     verbose: Verbose = False,
+    server: Server = None,
+    token: Token = None,
 ) -> int:
     """Stop agentic work at once: globally, for an agent, or for an action.
 
@@ -56,8 +108,14 @@ def kill(
     until `proctor unkill` releases it. The switch and its release are audited.
     """
     scope, key = _switch(agent, action, everything)
-    with _open(home) as p:
-        switch = p.kill(scope, key, by=principal, reason=reason)
+    with _target(ctx, server, token, ignored=("principal",)) as remote:
+        if remote is not None:
+            doc = _send(remote, "POST", "/v1/guards/kill", _kill_body(scope, key, reason))
+            switch = str(doc["switch"])
+        else:
+            name = _required_locally(principal, "--as")
+            with _open(home) as p:
+                switch = p.kill(scope, key, by=name, reason=reason)
     if as_json:
         print_json({"switch": switch, "engaged": True})
     else:
@@ -65,19 +123,32 @@ def kill(
     return 0
 
 
+def _kill_body(scope: str, key: str | None, reason: str = "") -> dict[str, Any]:
+    return {"scope": scope, "key": key, "reason": reason}
+
+
 def unkill(
-    principal: As,
+    ctx: typer.Context,
+    principal: AsLocal = None,
     agent: Agent = None,
     action: Action = None,
     everything: Global = False,
     home: Home = None,
     as_json: Json = False,
     verbose: Verbose = False,
+    server: Server = None,
+    token: Token = None,
 ) -> int:
     """Release a kill switch. Exit 1 if it was not engaged."""
     scope, key = _switch(agent, action, everything)
-    with _open(home) as p:
-        released = p.unkill(scope, key, by=principal)
+    with _target(ctx, server, token, ignored=("principal",)) as remote:
+        if remote is not None:
+            doc = _send(remote, "POST", "/v1/guards/unkill", _kill_body(scope, key))
+            released = bool(doc["released"])
+        else:
+            name = _required_locally(principal, "--as")
+            with _open(home) as p:
+                released = p.unkill(scope, key, by=name)
     if as_json:
         print_json({"released": released})
     else:
@@ -85,10 +156,21 @@ def unkill(
     return 0 if released else 1
 
 
-def guards(home: Home = None, as_json: Json = False, verbose: Verbose = False) -> int:
-    """Show kill switches, circuit breakers, whitelists, budgets and autonomy settings."""
-    with _open(home) as p:
-        st = p.guards.status()
+def guards(
+    ctx: typer.Context,
+    home: Home = None,
+    as_json: Json = False,
+    verbose: Verbose = False,
+    server: Server = None,
+    token: Token = None,
+) -> int:
+    """Show kill switches, circuit breakers, whitelists, budgets, rate limits and autonomy."""
+    with _target(ctx, server, token) as remote:
+        if remote is not None:
+            st: dict[str, Any] = _send(remote, "GET", "/v1/guards")
+        else:
+            with _open(home) as p:
+                st = p.guards.status()
     if as_json:
         print_json(st)
         return 0
@@ -98,14 +180,19 @@ def guards(home: Home = None, as_json: Json = False, verbose: Verbose = False) -
     for key, v in st["kill"].items():
         t.add_row("kill switch", key, f"engaged by {v.get('by')}: {v.get('reason') or '-'}")
     for key, v in st["breakers"].items():
-        t.add_row("breaker", key, f"{v['state']} {v.get('reason') or ''}".strip())
+        state = v.get("view", v["state"])
+        trials = f" ({v['trials']} trial(s) out)" if state == "half_open" else ""
+        t.add_row("breaker", key, f"{state}{trials} {v.get('reason') or ''}".strip())
     for key, v in st["whitelists"].items():
         t.add_row("whitelist", key, ", ".join(v.get("actions", ())))
     for b in st["budgets"]:
         used = "per " + b["scope"] if b["used"] is None else f"{b['used']} of {b['limit']}"
         t.add_row("budget", f"{b['scope']}:{b['key']} ({b['period']})", used)
     for r in st["rate_limits"]:
-        t.add_row("rate limit", f"{r['scope']}:{r['key']}", f"{r['limit']} / {r['per_seconds']} s")
+        used = "" if r.get("used") is None else f"{r['used']} used, "
+        t.add_row(
+            "rate limit", f"{r['scope']}:{r['key']}", f"{used}{r['limit']} / {r['per_seconds']} s"
+        )
     for key, v in st["autonomy"].items():
         below = f" below {v['below']}" if v.get("below") is not None else ""
         t.add_row("autonomy", key, f"{v['level']}{below}")
@@ -116,6 +203,7 @@ def guards(home: Home = None, as_json: Json = False, verbose: Verbose = False) -
 
 
 def whitelist(
+    ctx: typer.Context,
     agent: Annotated[str, typer.Argument(help="The agent.")],
     actions: Annotated[
         list[str] | None, typer.Argument(help="The actions it may use (all others: denied).")
@@ -125,140 +213,243 @@ def whitelist(
     home: Home = None,
     as_json: Json = False,
     verbose: Verbose = False,
+    server: Server = None,
+    token: Token = None,
 ) -> int:
     """Limit an agent to a list of actions (or --clear the limit)."""
     if not clear and not actions:
         raise typer.BadParameter("name the actions, or pass --clear", param_hint="'ACTIONS'")
-    with _open(home) as p:
-        p.guards.set_whitelist(agent, None if clear else actions, by=principal)
+    wanted = None if clear else list(actions or ())
+    with _target(ctx, server, token, ignored=("principal",)) as remote:
+        if remote is not None:
+            path = "/v1/guards/whitelists/" + quote(agent, safe="")
+            _send(remote, "PUT", path, {"actions": wanted})
+        else:
+            with _open(home) as p:
+                p.guards.set_whitelist(agent, wanted, by=principal)
     if as_json:
-        print_json({"agent": agent, "actions": None if clear else actions})
+        print_json({"agent": agent, "actions": wanted})
     else:
-        console.print(f"{agent}: " + ("no whitelist" if clear else ", ".join(actions or ())))
+        console.print(f"{agent}: " + ("no whitelist" if wanted is None else ", ".join(wanted)))
     return 0
 
 
 @autonomy_app.command("set")
 def autonomy_set(
+    ctx: typer.Context,
     user: Annotated[str, typer.Argument(help="The user.")],
     action: Annotated[str, typer.Argument(help="The action.")],
     level: Annotated[str, typer.Argument(help="propose, confirm or auto.")],
     below: Annotated[
-        int | None, typer.Option("--below", help="auto only below this amount (minor units).")
+        int | None,
+        typer.Option("--below", min=0, help="auto only below this amount (minor units)."),
     ] = None,
     principal: As = "admin",
     home: Home = None,
     as_json: Json = False,
     verbose: Verbose = False,
+    server: Server = None,
+    token: Token = None,
 ) -> int:
-    """Set a user's autonomy level for an action."""
-    with _open(home) as p:
-        p.guards.set_autonomy(user, action, level, below=below, by=principal)
+    """Set a user's autonomy level for an action (remotely: yours, or anyone's as an admin)."""
+    with _target(ctx, server, token, ignored=("principal",)) as remote:
+        if remote is not None:
+            body = {"user": user, "action": action, "level": level, "below": below}
+            _send(remote, "PUT", "/v1/autonomy", body)
+        else:
+            with _open(home) as p:
+                p.guards.set_autonomy(user, action, level, below=below, by=principal)
     doc = {"user": user, "action": action, "level": level, "below": below}
     print_json(doc) if as_json else console.print(f"{user} / {action}: {level}")
     return 0
 
 
 @autonomy_app.command("show")
-def autonomy_show(home: Home = None, as_json: Json = False, verbose: Verbose = False) -> int:
-    """Show autonomy levels and promotion suggestions."""
-    with _open(home) as p:
-        st = p.guards.status()
-    doc = {"autonomy": st["autonomy"], "promotions": st["promotions"]}
+def autonomy_show(
+    ctx: typer.Context,
+    user: Annotated[
+        str | None, typer.Argument(help="Only this user's (locally; remotely: the token's).")
+    ] = None,
+    home: Home = None,
+    as_json: Json = False,
+    verbose: Verbose = False,
+    server: Server = None,
+    token: Token = None,
+) -> int:
+    """Show autonomy levels and the promotions Proctor suggests."""
+    with _target(ctx, server, token) as remote:
+        if remote is not None:
+            doc: dict[str, Any] = _send(remote, "GET", "/v1/autonomy")
+        else:
+            with _open(home) as p:
+                st = p.guards.status()
+                doc = {"autonomy": st["autonomy"], "promotions": st["promotions"]}
+                if user is not None:
+                    doc = {
+                        kind: {k: v for k, v in d.items() if k.partition("|")[0] == user}
+                        for kind, d in doc.items()
+                    }
+                    doc["suggestions"] = p.guards.suggestions(user)
     if as_json:
         print_json(doc)
         return 0
     t = Table(title="Autonomy")
     for col in ("user", "action", "level", "suggestion"):
         t.add_column(col)
-    for key in sorted({*st["autonomy"], *st["promotions"]}):
-        user, _, action = key.partition("|")
-        a: dict[str, Any] = st["autonomy"].get(key, {})
-        pr: dict[str, Any] = st["promotions"].get(key, {})
+    for key in sorted({*doc["autonomy"], *doc["promotions"]}):
+        who, _, action = key.partition("|")
+        a: dict[str, Any] = doc["autonomy"].get(key, {})
+        pr: dict[str, Any] = doc["promotions"].get(key, {})
         level = a.get("level", "-") + (f" below {a['below']}" if a.get("below") is not None else "")
         sug = f"{pr['from']} → {pr['to']} ({pr['status']})" if pr else ""
-        t.add_row(user, action, level, sug)
+        t.add_row(who, action, level, sug)
     console.print(t)
     return 0
 
 
-def _answer(user: str, action: str, accept: bool, home: Any, as_json: bool) -> int:
-    with _open(home) as p:
-        level = p.guards.answer_promotion(user, action, accept=accept)
+def _answer(
+    ctx: typer.Context,
+    user: str,
+    action: str,
+    accept: bool,
+    home: Any,
+    as_json: bool,
+    server: str | None,
+    token: str | None,
+) -> int:
+    with _target(ctx, server, token) as remote:
+        if remote is not None:
+            body = {"action": action, "accept": accept}
+            level = str(_send(remote, "POST", "/v1/autonomy/promotions", body)["level"])
+        else:
+            with _open(home) as p:
+                level = p.guards.answer_promotion(user, action, accept=accept)
     doc = {"user": user, "action": action, "level": level}
     print_json(doc) if as_json else console.print(f"{user} / {action}: {level}")
     return 0
 
 
+User = Annotated[str, typer.Argument(help="The user (remotely, the token's user answers).")]
+ActionArg = Annotated[str, typer.Argument(help="The action.")]
+
+
 @autonomy_app.command("accept")
+@autonomy_app.command("accept-promotion")
 def autonomy_accept(
-    user: str, action: str, home: Home = None, as_json: Json = False, verbose: Verbose = False
+    ctx: typer.Context,
+    user: User,
+    action: ActionArg,
+    home: Home = None,
+    as_json: Json = False,
+    verbose: Verbose = False,
+    server: Server = None,
+    token: Token = None,
 ) -> int:
     """Opt in to the promotion Proctor suggested (the level goes up one)."""
-    return _answer(user, action, True, home, as_json)
+    return _answer(ctx, user, action, True, home, as_json, server, token)
 
 
 @autonomy_app.command("decline")
+@autonomy_app.command("decline-promotion")
 def autonomy_decline(
-    user: str, action: str, home: Home = None, as_json: Json = False, verbose: Verbose = False
+    ctx: typer.Context,
+    user: User,
+    action: ActionArg,
+    home: Home = None,
+    as_json: Json = False,
+    verbose: Verbose = False,
+    server: Server = None,
+    token: Token = None,
 ) -> int:
-    """Opt out of the promotion Proctor suggested (the level stays)."""
-    return _answer(user, action, False, home, as_json)
+    """Opt out of the promotion Proctor suggested (the level stays; it is not asked again)."""
+    return _answer(ctx, user, action, False, home, as_json, server, token)
 
 
 @review_app.command("list")
-def review_list(home: Home = None, as_json: Json = False, verbose: Verbose = False) -> int:
+def review_list(
+    ctx: typer.Context,
+    home: Home = None,
+    as_json: Json = False,
+    verbose: Verbose = False,
+    server: Server = None,
+    token: Token = None,
+) -> int:
     """Sampled auto-executed plans waiting for a reviewer, newest first."""
     from proctor.cli.render import plan_json
 
-    with _open(home) as p:
-        queue = p.guards.review_queue()
+    with _target(ctx, server, token) as remote:
+        if remote is not None:
+            plans: list[dict[str, Any]] = _send(remote, "GET", "/v1/reviews")["plans"]
+        else:
+            with _open(home) as p:
+                plans = [plan_json(r) for r in p.guards.review_queue()]
     if as_json:
-        print_json({"plans": [plan_json(r) for r in queue]})
+        print_json({"plans": plans})
         return 0
-    t = Table(title=f"{len(queue)} plan(s) to review")
+    t = Table(title=f"{len(plans)} plan(s) to review")
     for col in ("plan", "created", "agent", "for", "steps"):
         t.add_column(col)
-    for r in queue:
+    for doc in plans:
         t.add_row(
-            r.plan_id,
-            r.created_at.isoformat(timespec="seconds"),
-            r.agent_id,
-            r.on_behalf_of,
-            ", ".join(s.action for s in r.steps),
+            doc["plan_id"],
+            doc["created_at"][:19],
+            doc["agent_id"],
+            doc["on_behalf_of"],
+            ", ".join(s["action"] for s in doc["steps"]),
         )
     console.print(t)
     return 0
 
 
+def _plan_path(plan_id: str, tail: str) -> str:
+    return "/v1/plans/" + quote(plan_id, safe="") + tail
+
+
 @review_app.command("mark")
 def review_mark(
+    ctx: typer.Context,
     plan_id: Annotated[str, typer.Argument(help="The sampled plan.")],
     verdict: Annotated[str, typer.Argument(help="fine or wrong.")],
-    principal: As,
+    principal: AsLocal = None,
     note: Annotated[str, typer.Option("--note", "-m", help="What you found.")] = "",
     home: Home = None,
     as_json: Json = False,
     verbose: Verbose = False,
+    server: Server = None,
+    token: Token = None,
 ) -> int:
     """Mark a sampled plan fine or wrong (wrong counts as a false action in the KPIs)."""
-    with _open(home) as p:
-        p.guards.mark_review(plan_id, verdict, reviewer=principal, note=note)
+    with _target(ctx, server, token, ignored=("principal",)) as remote:
+        if remote is not None:
+            body = {"verdict": verdict, "note": note}
+            _send(remote, "POST", _plan_path(plan_id, "/review"), body)
+        else:
+            name = _required_locally(principal, "--as")
+            with _open(home) as p:
+                p.guards.mark_review(plan_id, verdict, reviewer=name, note=note)
     doc = {"plan_id": plan_id, "verdict": verdict}
     print_json(doc) if as_json else console.print(f"{plan_id}: {verdict}")
     return 0
 
 
 def complain(
+    ctx: typer.Context,
     plan_id: Annotated[str, typer.Argument(help="The plan that did something wrong.")],
-    principal: As,
     reason: Annotated[str, typer.Option("--reason", "-m", help="What was wrong.")],
+    principal: AsLocal = None,
     home: Home = None,
     as_json: Json = False,
     verbose: Verbose = False,
+    server: Server = None,
+    token: Token = None,
 ) -> int:
     """File a complaint about an action (a false action in the KPIs)."""
-    with _open(home) as p:
-        p.guards.complain(plan_id, by=principal, reason=reason)
+    with _target(ctx, server, token, ignored=("principal",)) as remote:
+        if remote is not None:
+            _send(remote, "POST", _plan_path(plan_id, "/complaints"), {"reason": reason})
+        else:
+            name = _required_locally(principal, "--as")
+            with _open(home) as p:
+                p.guards.complain(plan_id, by=name, reason=reason)
     print_json({"plan_id": plan_id, "filed": True}) if as_json else console.print("Filed.")
     return 0

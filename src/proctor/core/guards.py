@@ -32,7 +32,12 @@ __all__ = [
     "autonomy_outcome",
     "breaker_after",
     "breaker_before",
+    "breaker_view",
+    "kill_keys",
     "minute",
+    "next_level",
+    "outside_whitelist",
+    "over_budget",
     "period_bucket",
     "promotion_due",
     "window_start",
@@ -156,6 +161,18 @@ class GuardSettings:
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
     anomaly: AnomalySettings = field(default_factory=AnomalySettings)
     autonomy: AutonomySettings = field(default_factory=AutonomySettings)
+    review_sample_rate: float = 0.0
+    """The least fraction of auto-executed plans sampled for post-hoc review, whatever the
+    policy's ``review_sample_rate`` (the larger applies); default 0: the policy's alone."""
+
+    def __post_init__(self) -> None:
+        # Typed float, but read from TOML as it comes: check the type as well as the range.
+        rate: object = self.review_sample_rate
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
+            raise ConfigError(
+                "review_sample_rate must be a number from 0 to 1",
+                field="guards.review_sample_rate",
+            )
 
 
 def _check_scope(scope: str, where: str, *, allow_global: bool) -> None:
@@ -177,6 +194,7 @@ class BreakerState:
     opened_at: str | None = None
     trials: int = 0  # trial calls let through while half-open
     reason: str = ""
+    trial_at: str | None = None  # when the last trial call was let through
 
     @classmethod
     def from_value(cls, value: Any) -> BreakerState:
@@ -188,6 +206,7 @@ class BreakerState:
             opened_at=value.get("opened_at"),
             trials=int(value.get("trials", 0)),
             reason=str(value.get("reason", "")),
+            trial_at=value.get("trial_at"),
         )
 
     def value(self) -> dict[str, Any]:
@@ -197,6 +216,7 @@ class BreakerState:
             "opened_at": self.opened_at,
             "trials": self.trials,
             "reason": self.reason,
+            "trial_at": self.trial_at,
         }
 
 
@@ -206,22 +226,46 @@ def breaker_before(
     """Before an agentic execution: the state to keep, and whether it may run agentically.
 
     An open breaker turns half-open after ``open_seconds``; half-open lets ``trials`` calls
-    through; everything else must be approved by a human.
+    through; everything else must be approved by a human. A trial let through may never
+    report back (its plan was escalated after all, or never ran): when all trials are out
+    and ``open_seconds`` pass without a verdict, a new round of trials starts, so a breaker
+    cannot stay half-open for good.
+    """
+    if state.state == "open" and breaker_view(state, now, settings) == "half_open":
+        state = BreakerState(state="half_open", opened_at=state.opened_at, reason=state.reason)
+    if state.state == "closed":
+        return state, True
+    if state.state != "half_open":
+        return state, False
+    trials = state.trials
+    if trials >= settings.trials and state.trial_at is not None:
+        last = datetime.fromisoformat(state.trial_at)
+        if now >= last + timedelta(seconds=settings.open_seconds):
+            trials = 0
+    if trials < settings.trials:
+        return BreakerState(
+            state="half_open",
+            opened_at=state.opened_at,
+            trials=trials + 1,
+            reason=state.reason,
+            trial_at=now.isoformat(),
+        ), True
+    return state, False
+
+
+def breaker_view(state: BreakerState, now: datetime, settings: BreakerSettings) -> str:
+    """The state a reader (the policy, a status page) should see, without consuming a trial.
+
+    A breaker stored ``open`` whose ``open_seconds`` have passed is effectively half-open: the
+    next agentic call turns it so and is let through as a trial. A policy that escalated a
+    half-open breaker too would starve it of trials and keep it from ever closing, so readers
+    must tell the two apart.
     """
     if state.state == "open" and state.opened_at is not None:
         opened = datetime.fromisoformat(state.opened_at)
         if now >= opened + timedelta(seconds=settings.open_seconds):
-            state = BreakerState(state="half_open", opened_at=state.opened_at, reason=state.reason)
-    if state.state == "closed":
-        return state, True
-    if state.state == "half_open" and state.trials < settings.trials:
-        return BreakerState(
-            state="half_open",
-            opened_at=state.opened_at,
-            trials=state.trials + 1,
-            reason=state.reason,
-        ), True
-    return state, False
+            return "half_open"
+    return state.state
 
 
 def breaker_after(
@@ -332,6 +376,28 @@ def promotion_due(accepted: int, declined: int, settings: AutonomySettings) -> b
     """Whether a user's record on an action earns a promotion suggestion."""
     total = accepted + declined
     return accepted >= settings.min_accepted and total > 0 and accepted / total >= settings.min_rate
+
+
+def outside_whitelist(allowed: Any, actions: Sequence[str]) -> list[str]:
+    """The actions of a plan outside an agent's whitelist (``allowed``: its stored value).
+
+    No whitelist (None) allows everything; a whitelist value that is not the stored shape
+    allows nothing (fail closed: a damaged row must not open the agent up).
+    """
+    if allowed is None:
+        return []
+    names = allowed.get("actions") if isinstance(allowed, Mapping) else None
+    if not isinstance(names, (list, tuple)):
+        return list(dict.fromkeys(actions))
+    return list(dict.fromkeys(a for a in actions if a not in names))
+
+
+def over_budget(spent: int, amount: int, limit: int) -> bool:
+    """Whether spending ``amount`` more on top of ``spent`` goes past ``limit``.
+
+    Reaching the limit exactly is within it. A refund-like negative amount never exceeds.
+    """
+    return amount > 0 and spent + amount > limit
 
 
 def kill_keys(agent: str, actions: Sequence[str]) -> list[str]:

@@ -119,7 +119,11 @@ def router(ctx: Context) -> APIRouter:
 
     @r.get("/autonomy", summary="Autonomy settings (yours; all for admins)", responses=errors)
     def autonomy(caller: Caller) -> Response:
-        """Your autonomy levels and pending promotion suggestions (an admin sees everyone's)."""
+        """Your autonomy levels and promotions (an admin sees everyone's).
+
+        ``suggestions`` lists the promotions that wait for your answer (``POST
+        /v1/autonomy/promotions``).
+        """
         need(caller, "user", "admin")
         st = proctor.guards.status()
 
@@ -129,7 +133,11 @@ def router(ctx: Context) -> APIRouter:
             return {k: v for k, v in d.items() if k.partition("|")[0] == caller.name}
 
         return json_response(
-            {"autonomy": mine(st["autonomy"]), "promotions": mine(st["promotions"])}
+            {
+                "autonomy": mine(st["autonomy"]),
+                "promotions": mine(st["promotions"]),
+                "suggestions": proctor.guards.suggestions(caller.name),
+            }
         )
 
     @r.put("/autonomy", summary="Set an autonomy level", responses=errors)

@@ -35,7 +35,11 @@ import rego.v1
 cfg := data.proctor.settings
 
 # Undefined (so the engine fails closed) when the baseline or the thresholds are malformed.
-decision := {"steps": steps_out, "plan": plan_out} if {
+decision := {"steps": _policy_steps, "plan": plan_out} if {
+	not input.guards
+	is_number(adjusted_total)
+	is_number(hybrid_max)
+} else := {"steps": _guarded_steps, "plan": plan_out} if {
 	is_number(adjusted_total)
 	is_number(hybrid_max)
 }
@@ -138,11 +142,104 @@ _payment_execute(s, a) := d if {
 	"reasons": [sprintf("payment of %v is within auto_payment_max %v", [a, cfg.auto_payment_max])],
 }
 
+# --- guards ---------------------------------------------------------------------------------
+
+# input.guards is present only when a guard applies to the plan (docs/guards.md): without it
+# `decision` takes the rules' own step decisions, for the price of one lookup. The gateway
+# enforces every guard exactly in the decide transaction as well; these rules put the guards'
+# view in the policy's reasons and let a custom policy be stricter (never laxer) about them.
+# Every rule in the bundle costs each decision a little (~0.4 µs), guards or not: keep this
+# part small.
+_guarded_steps := {s.id: _guarded(s, d) | some s in input.steps; d := _policy_steps[s.id]}
+
+# A kill switch or the agent's whitelist denies every step; otherwise budgets, breakers and
+# the user's autonomy level each may raise a step's outcome, in that order.
+_guarded(s, d) := out if {
+	count(_guard_stops) > 0
+	out := {"outcome": "deny", "reasons": array.concat(d.reasons, _guard_stops)}
+} else := _autonomy_step(s, _breaker_step(s, _budget_step(s, d)))
+
+_guard_stops := array.concat(
+	[concat("", ["kill switch ", k, " is engaged"]) | some k in input.guards.kill],
+	[r | input.guards.whitelisted == false; r := "an action of the plan is outside the agent's whitelist"],
+)
+
+# Budgets this step spends under and the plan would exceed: deny when the budget says so or
+# data's budget_exceeded is "deny", otherwise approval.
+_budget_step(s, d) := out if {
+	denying := [b | some b in input.guards.over_budget; s.id in b.steps; _budget_denies(b)]
+	count(denying) > 0
+	out := {"outcome": "deny", "reasons": array.concat(d.reasons, [_budget_reason(denying[0])])}
+} else := out if {
+	over := [b | some b in input.guards.over_budget; s.id in b.steps]
+	count(over) > 0
+	out := _approval(d, _budget_reason(over[0]))
+} else := d
+
+_budget_denies(b) if {
+	some x in [b.on_exceed, cfg.budget_exceeded]
+	x == "deny"
+}
+
+_budget_reason(b) := concat("", [
+	"budget ", b.budget, " (", b.period, "): ",
+	sprintf("%v spent + %v > %v", [b.spent, b.amount, b.limit]),
+])
+
+# Raise d to approve (by the default approver group) unless it is approve or deny already.
+_approval(d, r) := d if {
+	d.outcome in {"approve", "deny"}
+} else := out if {
+	out := object.union(d, {
+		"outcome": "approve",
+		"reasons": array.concat(d.reasons, [r]),
+		"approver_roles": cfg.approver_groups.default,
+	})
+}
+
+# An open circuit breaker (the agent's, or the step's action's) turns agentic execution into
+# an approval. A half-open one does not: its trial calls are how it closes again.
+_breaker_step(s, d) := out if {
+	d.outcome == "execute"
+	b := input.guards.breakers
+	keys := [concat("", ["agent:", input.plan.agent_id]), concat("", ["action:", s.action])]
+	opened := [k | some k in keys; b[k] == "open"]
+	count(opened) > 0
+	out := _approval(d, concat("", ["circuit breaker ", opened[0], " is open: agentic execution is off"]))
+} else := d
+
+# The user's autonomy level for the step's action: only auto lets a step execute on its own,
+# and with a tolerance (below) only a numeric amount under it; anything else (propose,
+# confirm, an unreadable setting) needs the user's confirmation.
+_autonomy_step(s, d) := out if {
+	d.outcome == "execute"
+	a := input.guards.autonomy[s.id]
+	not _autonomous(a, s.amount)
+	r := concat("", ["the user's autonomy level is ", _level(a), ": the user confirms"])
+	out := object.union(d, {"outcome": "confirm", "reasons": array.concat(d.reasons, [r])})
+} else := d
+
+_autonomous(a, amount) if {
+	a.level == "auto"
+	object.get(a, "below", null) == null
+} else if {
+	a.level == "auto"
+	is_number(amount)
+	amount < a.below
+}
+
+_level(a) := concat("", [a.level, " below ", sprintf("%v", [a.below])]) if {
+	is_string(a.level)
+	is_number(a.below)
+} else := a.level if {
+	is_string(a.level)
+} else := "unreadable"
+
 # --- orchestrator guard ----------------------------------------------------------------------
 
 # Above hybrid_max the plan is orchestrator-first: a step that would execute or wait for the
 # user's confirmation needs a supervisor's approval instead.
-steps_out := {s.id: step_decision(s, object.get(s, "category", null)) | some s in input.steps} if {
+_policy_steps := {s.id: step_decision(s, object.get(s, "category", null)) | some s in input.steps} if {
 	adjusted_total <= hybrid_max
 } else := {s.id: _guard(step_decision(s, object.get(s, "category", null))) | some s in input.steps}
 

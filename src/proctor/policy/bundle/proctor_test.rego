@@ -323,3 +323,111 @@ test_baseline_total_replaces_the_sum_of_the_axes if {
 test_missing_baseline_leaves_the_decision_undefined if {
 	not decide([{"id": "s1", "category": "read", "params": {}}], {"risk": 1}, {})
 }
+
+# --- guards (input.guards, docs/guards.md) -----------------------------------------------------
+
+# NOTE(policy): a `with` value must be a local variable or a literal: rego-cpp leaves the
+# decision undefined when it is a rule reference such as `base`.
+guarded(steps, guards) := d if {
+	b := base
+	d := data.proctor.decision with input.steps as steps
+		with input.baseline as b
+		with input.context as {}
+		with input.plan as {"agent_id": "bot", "on_behalf_of": "alice"}
+		with input.guards as guards
+}
+
+buy(id, amount) := {"id": id, "category": "general", "action": "shop.buy", "amount": amount, "params": {}}
+
+read_step(id) := {"id": id, "category": "read", "action": "shop.read", "amount": 0, "params": {}}
+
+test_guards_with_nothing_engaged_change_nothing if {
+	d := guarded([buy("s1", 10), read_step("s2")], {"whitelisted": true})
+	d.steps.s1 == {"outcome": "execute", "reasons": ["low-impact action with no external commitment"]}
+	d.steps.s2 == {"outcome": "execute", "reasons": ["read-only look-up"]}
+}
+
+test_a_kill_switch_denies_every_step if {
+	d := guarded([buy("s1", 10), read_step("s2")], {"kill": ["global", "agent:bot"]})
+	d.steps.s1.outcome == "deny"
+	d.steps.s2.outcome == "deny"
+	"kill switch agent:bot is engaged" in d.steps.s2.reasons
+	"kill switch global is engaged" in d.steps.s1.reasons
+}
+
+test_outside_the_whitelist_is_denied if {
+	d := guarded([buy("s1", 10)], {"whitelisted": false})
+	d.steps.s1.outcome == "deny"
+	"an action of the plan is outside the agent's whitelist" in d.steps.s1.reasons
+}
+
+test_an_open_breaker_turns_execute_into_approve if {
+	d := guarded([buy("s1", 10), read_step("s2")], {"breakers": {"action:shop.buy": "open"}})
+	d.steps.s1.outcome == "approve"
+	d.steps.s1.approver_roles == ["supervisor"]
+	"circuit breaker action:shop.buy is open: agentic execution is off" in d.steps.s1.reasons
+	d.steps.s2.outcome == "execute"
+	a := guarded([read_step("s2")], {"breakers": {"agent:bot": "open"}})
+	a.steps.s2.outcome == "approve"
+}
+
+test_a_half_open_breaker_lets_its_trials_through if {
+	d := guarded([buy("s1", 10)], {"breakers": {"agent:bot": "half_open"}})
+	d.steps.s1.outcome == "execute"
+}
+
+test_guards_never_relax if {
+	pay := {"id": "s1", "category": "payment", "action": "pay", "amount": 900000, "params": {}}
+	d := guarded([pay], {"breakers": {"agent:bot": "open"}, "autonomy": {"s1": {"level": "auto"}}})
+	d.steps.s1.outcome == "approve"
+	d.steps.s1.approver_roles == ["finance"]
+	d.steps.s1.step_up == true
+	ext := {"id": "s1", "category": "communication", "action": "mail", "amount": 0, "params": {"external": true}}
+	guarded([ext], {"autonomy": {"s1": {"level": "auto"}}}).steps.s1.outcome == "confirm"
+}
+
+test_over_budget_routes_to_approval if {
+	over := {
+		"budget": "budget:agent:bot", "period": "2026-11-24", "limit": 1000, "spent": 900,
+		"amount": 200, "on_exceed": "approve", "steps": ["s1"],
+	}
+	d := guarded([buy("s1", 200), read_step("s2")], {"over_budget": [over]})
+	d.steps.s1.outcome == "approve"
+	"budget budget:agent:bot (2026-11-24): 900 spent + 200 > 1000" in d.steps.s1.reasons
+	d.steps.s2.outcome == "execute"
+}
+
+test_over_budget_denies_when_the_budget_or_the_setting_says_so if {
+	over := {
+		"budget": "budget:global:*", "period": "2026-11", "limit": 10, "spent": 0,
+		"amount": 200, "on_exceed": "deny", "steps": ["s1"],
+	}
+	guarded([buy("s1", 200)], {"over_budget": [over]}).steps.s1.outcome == "deny"
+	lax := object.union(over, {"on_exceed": "approve"})
+	guarded([buy("s1", 200)], {"over_budget": [lax]}).steps.s1.outcome == "approve"
+	strict := guarded([buy("s1", 200)], {"over_budget": [lax]}) with data.proctor.settings.budget_exceeded as "deny"
+	strict.steps.s1.outcome == "deny"
+}
+
+test_autonomy_levels if {
+	guarded([buy("s1", 10)], {"autonomy": {"s1": {"level": "propose"}}}).steps.s1.outcome == "confirm"
+	c := guarded([buy("s1", 10)], {"autonomy": {"s1": {"level": "confirm"}}})
+	c.steps.s1.outcome == "confirm"
+	"the user's autonomy level is confirm: the user confirms" in c.steps.s1.reasons
+	guarded([buy("s1", 10)], {"autonomy": {"s1": {"level": "auto"}}}).steps.s1.outcome == "execute"
+}
+
+test_auto_below_a_tolerance if {
+	tol := {"autonomy": {"s1": {"level": "auto", "below": 5000}}}
+	guarded([buy("s1", 4999)], tol).steps.s1.outcome == "execute"
+	at := guarded([buy("s1", 5000)], tol)
+	at.steps.s1.outcome == "confirm"
+	"the user's autonomy level is auto below 5000: the user confirms" in at.steps.s1.reasons
+	# An amount that is not a number cannot be shown to be below the tolerance.
+	guarded([buy("s1", "lots")], tol).steps.s1.outcome == "confirm"
+}
+
+test_an_unreadable_autonomy_level_needs_a_confirmation if {
+	guarded([buy("s1", 10)], {"autonomy": {"s1": {"level": "sometimes"}}}).steps.s1.outcome == "confirm"
+	guarded([buy("s1", 10)], {"autonomy": {"s1": {}}}).steps.s1.outcome == "confirm"
+}

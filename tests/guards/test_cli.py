@@ -1,0 +1,188 @@
+"""The guard commands, in process: local (--home) and remote (--server/--token) mode.
+
+Remote mode talks to a real uvicorn server on 127.0.0.1 (a thread) serving an instance with
+real API tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+
+from proctor.app.tokens import TokenService
+from proctor.cli import main
+from proctor.http import HttpSettings, create_app
+
+from .conftest import World
+
+
+class Result:
+    def __init__(self, code: int, out: str, err: str) -> None:
+        self.code, self.out, self.err = code, out, err
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+    def __str__(self) -> str:
+        return f"exit {self.code}\n{self.out}\n{self.err}"
+
+
+@pytest.fixture
+def run(capsys):
+    def run(*args: str) -> Result:
+        capsys.readouterr()
+        try:
+            main(list(args))
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        else:  # pragma: no cover - main always exits
+            code = 0
+        out, err = capsys.readouterr()
+        return Result(code, out, err)
+
+    return run
+
+
+@pytest.fixture
+def home(run, tmp_path) -> Path:
+    h = tmp_path / "instance"
+    assert run("init", "--home", str(h)).code == 0
+    return h
+
+
+class TestLocal:
+    def test_kill_guards_unkill(self, run, home):
+        """kill engages (exit 0), guards shows it, unkill releases it once (then exit 1)."""
+        h = ("--home", str(home))
+        assert (
+            run("kill", "--action", "travel.search", "--as", "ops", "--reason", "x", *h).code == 0
+        )
+
+        shown = run("guards", "--json", *h).json()
+
+        assert shown["kill"]["action:travel.search"]["reason"] == "x"
+        assert "Kill switch" not in run("guards", *h).out  # the table, not the kill message
+        assert "action:travel.search" in run("guards", *h).out
+        assert run("unkill", "--action", "travel.search", "--as", "ops", *h).code == 0
+        assert run("unkill", "--action", "travel.search", "--as", "ops", *h).code == 1
+
+    def test_local_mode_needs_a_principal(self, run, home):
+        """Without --server, kill, review mark and complain need --as: a usage error (2)."""
+        h = ("--home", str(home))
+        assert run("kill", "--global", *h).code == 2
+        assert run("complain", "p-1", "--reason", "bad", *h).code == 2
+        assert run("review", "mark", "p-1", "fine", *h).code == 2
+
+    def test_promotion_aliases_and_per_user_show(self, run, home):
+        """accept-promotion is accept; show USER lists that user's suggestions."""
+        h = ("--home", str(home))
+        assert run("autonomy", "set", "alice", "travel.search", "confirm", *h).code == 0
+
+        shown = run("autonomy", "show", "alice", "--json", *h).json()
+        none = run("autonomy", "accept-promotion", "alice", "travel.search", "--json", *h)
+
+        assert shown == {
+            "autonomy": {"alice|travel.search": {"level": "confirm", "below": None, "by": "admin"}},
+            "promotions": {},
+            "suggestions": [],
+        }
+        assert run("autonomy", "show", "bob", "--json", *h).json()["autonomy"] == {}
+        assert none.code == 1
+        assert none.json()["error"]["code"] == "not_found"
+        assert run("autonomy", "decline-promotion", "alice", "travel.search", *h).code == 1
+        assert (
+            run("autonomy", "set", "alice", "travel.search", "auto", "--below", "-1", *h).code == 2
+        )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def served(tmp_path):
+    """An instance served by uvicorn in a thread, with one token per principal."""
+    w = World(f"sqlite:///{tmp_path / 'served.db'}", policy="default")
+    tokens = TokenService(w.store, w.clock)
+    secrets = {
+        name: tokens.create(name=name, roles=roles).token
+        for name, roles in (
+            ("bot", ("agent",)),
+            ("alice", ("user",)),
+            ("aud", ("auditor",)),
+            ("root", ("admin",)),
+        )
+    }
+    port = _free_port()
+    app = create_app(w.p, settings=HttpSettings(auth_failures_per_minute=1000))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield w, f"http://127.0.0.1:{port}", secrets
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@pytest.mark.server
+class TestRemote:
+    def test_admin_commands_over_http(self, run, served):
+        """kill, guards, whitelist and unkill with an admin token; the server's state changes."""
+        w, url, secrets = served
+
+        def as_(who: str) -> tuple[str, ...]:
+            return ("--server", url, "--token", secrets[who])
+
+        r = run("kill", "--agent", "bot", "--reason", "remote", "--json", *as_("root"))
+        assert r.code == 0, str(r)
+        assert r.json() == {"switch": "agent:bot", "engaged": True}
+        assert w.store.list_state("kill")["agent:bot"]["by"] == "root"  # the token's principal
+        assert run("guards", "--json", *as_("aud")).json()["kill"]["agent:bot"]["reason"] == (
+            "remote"
+        )
+        denied = run("kill", "--global", "--json", *as_("alice"))
+        assert denied.code == 1
+        assert denied.json()["error"]["code"] == "permission_denied"
+        assert run("whitelist", "bot", "shop.read", *as_("root")).code == 0
+        assert w.store.list_state("whitelist")["bot"] == {"actions": ["shop.read"]}
+        assert run("unkill", "--agent", "bot", *as_("root")).code == 0
+        assert run("unkill", "--agent", "bot", *as_("root")).code == 1
+        assert w.store.list_state("kill") == {}
+
+    def test_user_commands_over_http(self, run, served):
+        """A user sets and shows their autonomy, complains; reviews are an auditor's."""
+        w, url, secrets = served
+
+        def as_(who: str) -> tuple[str, ...]:
+            return ("--server", url, "--token", secrets[who])
+
+        assert run("autonomy", "set", "alice", "shop.buy", "confirm", *as_("alice")).code == 0
+        shown = run("autonomy", "show", "--json", *as_("alice")).json()
+        assert shown["autonomy"]["alice|shop.buy"]["level"] == "confirm"
+        assert shown["suggestions"] == []
+        plan = w.p.submit(w.plan())
+        assert plan.on_behalf_of == "alice"
+        r = run("complain", plan.plan_id, "--reason", "not this shop", *as_("alice"))
+        assert r.code == 0, str(r)
+        assert "complaint.filed" in w.types(plan.plan_id)
+        assert run("review", "list", "--json", *as_("aud")).json() == {"plans": []}
+        mark = run("review", "mark", plan.plan_id, "fine", "--json", *as_("aud"))
+        assert mark.code == 1
+        assert mark.json()["error"]["code"] == "conflict"  # it was not sampled
+        none = run("autonomy", "accept", "alice", "shop.buy", *as_("alice"))
+        assert none.code == 1
+        assert "not_found" in none.err

@@ -1,0 +1,136 @@
+"""Guards over the HTTP API (in-process ASGI, real tokens, the default policy)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from proctor.app.tokens import TokenService
+from proctor.core.guards import AutonomySettings
+from proctor.http import HttpSettings, create_app
+
+from .conftest import World
+
+pytestmark = pytest.mark.anyio
+
+ROLES = {
+    "bot": ("agent",),
+    "alice": ("user",),
+    "bob": ("user",),
+    "aud": ("auditor",),
+    "root": ("admin",),
+    "sue": ("approver",),
+}
+
+
+@pytest.fixture
+def api(tmp_path):
+    w = World(
+        f"sqlite:///{tmp_path / 'http.db'}",
+        policy="default",
+        autonomy=AutonomySettings(min_accepted=2, min_rate=1.0),
+    )
+    tokens = TokenService(w.store, w.clock)
+    secrets = {
+        name: tokens.create(
+            name=name, roles=roles, groups=("supervisor",) if name == "sue" else ()
+        ).token
+        for name, roles in ROLES.items()
+    }
+    app = create_app(w.p, settings=HttpSettings(auth_failures_per_minute=1000))
+    return w, app, secrets
+
+
+async def call(app, secrets, who: str, method: str, path: str, body: Any = None) -> httpx.Response:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://proctor") as client:
+        return await client.request(
+            method, path, json=body, headers={"Authorization": f"Bearer {secrets[who]}"}
+        )
+
+
+async def test_admin_kill_switch_stops_agent_plans(api):
+    """POST /v1/guards/kill (admin): the agent's next plan is denied, nothing runs; unkill."""
+    w, app, secrets = api
+    kill = {"scope": "action", "key": "shop.buy", "reason": "bad supplier"}
+    assert (await call(app, secrets, "bot", "POST", "/v1/guards/kill", kill)).status_code == 403
+
+    r = await call(app, secrets, "root", "POST", "/v1/guards/kill", kill)
+    plan = await call(app, secrets, "bot", "POST", "/v1/plans", w.plan())
+
+    assert r.status_code == 200
+    assert r.json() == {"switch": "action:shop.buy", "engaged": True}
+    assert plan.status_code == 201
+    assert plan.json()["status"] == "denied"
+    assert w.tools["shop.buy"].calls == []
+    status = (await call(app, secrets, "aud", "GET", "/v1/guards")).json()
+    assert status["kill"]["action:shop.buy"]["reason"] == "bad supplier"
+    r = await call(app, secrets, "root", "POST", "/v1/guards/unkill", kill | {"reason": ""})
+    assert r.json() == {"released": True}
+    plan = await call(app, secrets, "bot", "POST", "/v1/plans", w.plan())
+    assert plan.json()["status"] == "succeeded"
+
+
+async def test_bad_guard_input_is_a_4xx_naming_the_field(api):
+    """An agent switch without a name, an unknown action, a bad level: 422 naming the field."""
+    _w, app, secrets = api
+    cases = [
+        ("root", "POST", "/v1/guards/kill", {"scope": "agent"}, "scope"),
+        ("root", "PUT", "/v1/guards/whitelists/bot", {"actions": ["x.y"]}, "actions"),
+        ("alice", "PUT", "/v1/autonomy", {"action": "shop.buy", "level": "x"}, "level"),
+        ("alice", "PUT", "/v1/autonomy", {"action": "no.such", "level": "auto"}, "action"),
+        ("root", "POST", "/v1/guards/kill", {"scope": "everything"}, "scope"),
+    ]
+    for who, method, path, body, field in cases:
+        r = await call(app, secrets, who, method, path, body)
+        assert r.status_code == 422, (path, body, r.text)
+        assert r.json()["code"] == "invalid_request"
+        assert field in r.json()["field"], r.json()
+
+
+async def test_autonomy_promotion_over_http(api):
+    """alice sets confirm for herself, confirms twice, sees the suggestion, opts in: auto."""
+    w, app, secrets = api
+    body = {"action": "shop.buy", "level": "confirm"}
+    assert (await call(app, secrets, "alice", "PUT", "/v1/autonomy", body)).status_code == 200
+    other = {"user": "bob", "action": "shop.buy", "level": "auto"}
+    assert (await call(app, secrets, "alice", "PUT", "/v1/autonomy", other)).status_code == 403
+    for _ in range(2):
+        plan = (await call(app, secrets, "bot", "POST", "/v1/plans", w.plan())).json()
+        assert plan["status"] == "awaiting_confirmation"
+        path = f"/v1/plans/{plan['plan_id']}/confirm"
+        assert (await call(app, secrets, "alice", "POST", path, {})).status_code == 200
+
+    mine = (await call(app, secrets, "alice", "GET", "/v1/autonomy")).json()
+    bobs = (await call(app, secrets, "bob", "GET", "/v1/autonomy")).json()
+
+    assert [(s["action"], s["from"], s["to"]) for s in mine["suggestions"]] == [
+        ("shop.buy", "confirm", "auto")
+    ]
+    assert bobs == {"autonomy": {}, "promotions": {}, "suggestions": []}
+    r = await call(
+        app,
+        secrets,
+        "alice",
+        "POST",
+        "/v1/autonomy/promotions",
+        {"action": "shop.buy", "accept": True},
+    )
+    assert r.json() == {"action": "shop.buy", "level": "auto"}
+    plan = (await call(app, secrets, "bot", "POST", "/v1/plans", w.plan())).json()
+    assert plan["status"] == "succeeded"
+
+
+async def test_only_the_plans_user_may_complain(api):
+    """bob may not complain about alice's plan; alice may (complaint.filed)."""
+    w, app, secrets = api
+    plan = (await call(app, secrets, "bot", "POST", "/v1/plans", w.plan())).json()
+    path = f"/v1/plans/{plan['plan_id']}/complaints"
+
+    assert (await call(app, secrets, "bob", "POST", path, {"reason": "no"})).status_code == 403
+    r = await call(app, secrets, "alice", "POST", path, {"reason": "wrong shop"})
+
+    assert r.status_code == 201
+    assert "complaint.filed" in w.types(plan["plan_id"])

@@ -1,0 +1,367 @@
+"""The Guards service's hooks, called directly in a store transaction with a Journal.
+
+This is how the gateway calls them (admit in the decide transaction, recheck before running,
+on_step after each step, on_finish at the end); each test runs on memory, SQLite and
+PostgreSQL stores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import timedelta
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from proctor.core.decisions import Outcome
+from proctor.core.guards import BreakerSettings, BreakerState, Budget, RateLimit
+from proctor.core.lifecycle import PlanStatus, StepStatus
+from proctor.errors import InvalidRequestError, NotFoundError
+
+from .conftest import World
+
+
+def day(w: World) -> str:
+    return w.clock.now().strftime("%Y-%m-%d")
+
+
+class TestAdmit:
+    def test_nothing_configured_leaves_the_decision_alone(self, url):
+        """No guard row and no configuration: the same decision object comes back."""
+        w = World(url)
+        rec = w.record()
+        decision = w.decision(rec)
+
+        assert w.run("admit", rec, [w.p.gateway.catalog.get("shop.buy")], decision) is decision
+
+    def test_kill_switch_and_whitelist_deny_with_their_events(self, url):
+        """An engaged switch denies (guard.killed); a whitelist denies what it lacks."""
+        w = World(url)
+        spec = [w.p.gateway.catalog.get("shop.buy")]
+        w.guards.kill("action", "shop.buy", by="ops", reason="incident")
+        rec = w.record()
+
+        out = w.run("admit", rec, spec, w.decision(rec))
+
+        assert out.outcome is Outcome.DENY
+        assert out.plan_reasons == ("kill switch action:shop.buy is engaged: incident",)
+        assert "guard.killed" in w.types(rec.plan_id)
+        w.guards.unkill("action", "shop.buy", by="ops")
+        w.guards.set_whitelist("bot", ["shop.read"], by="ops")
+        rec = w.record()
+        out = w.run("admit", rec, spec, w.decision(rec))
+        assert out.outcome is Outcome.DENY
+        assert out.plan_reasons == ("agent 'bot' may not use shop.buy",)
+        assert "guard.whitelist_denied" in w.types(rec.plan_id)
+
+    def test_rate_limit_counts_steps_and_denies_over_the_limit(self, url):
+        """Per action: three steps fit a limit of three, the fourth is denied and audited."""
+        w = World(url, rate_limits=(RateLimit(scope="action", key="*", limit=3),))
+        spec = [w.p.gateway.catalog.get("shop.buy")] * 3
+        rec = w.record(n=3)
+        assert w.run("admit", rec, spec, w.decision(rec)).outcome is Outcome.EXECUTE
+
+        rec = w.record()
+        out = w.run("admit", rec, spec[:1], w.decision(rec))
+
+        assert out.outcome is Outcome.DENY
+        [ev] = w.events("guard.rate_limited")
+        assert ev["data"]["used"] == 3
+
+    def test_budget_reserves_then_routes_to_approval(self, url):
+        """Spend is reserved at decision (budget.reserved); a plan over the limit needs approval."""
+        w = World(url, budgets=(Budget(scope="user", key="*", limit=1000),))
+        spec = [w.p.gateway.catalog.get("shop.buy")]
+        first = w.record(amount=700)
+        assert w.run("admit", first, spec, w.decision(first)).outcome is Outcome.EXECUTE
+        assert w.store.counter_sum("budget:user:alice", day(w)) == (0, 700)
+        assert "budget.reserved" in w.types(first.plan_id)
+
+        second = w.record(amount=400)
+        out = w.run("admit", second, spec, w.decision(second))
+
+        assert out.outcome is Outcome.APPROVE
+        assert "budget budget:user:alice" in out.steps[0].reasons[-1]
+        assert w.store.counter_sum("budget:user:alice", day(w)) == (0, 1100)
+
+    def test_budget_deny_reserves_nothing(self, url):
+        """A deny budget that would be exceeded denies and leaves the counters as they were."""
+        w = World(url, budgets=(Budget(scope="global", key="*", limit=100, on_exceed="deny"),))
+        rec = w.record(amount=101)
+
+        out = w.run("admit", rec, [w.p.gateway.catalog.get("shop.buy")], w.decision(rec))
+
+        assert out.outcome is Outcome.DENY
+        assert w.store.counter_sum("budget:global:*", day(w))[1] == 0
+        assert "budget.reserved" not in w.types(rec.plan_id)
+
+    def test_open_breaker_turns_execute_into_approve_but_not_confirm(self, url):
+        """execute → approve while a breaker is open; other outcomes keep theirs."""
+        w = World(url)
+        with w.store.transaction() as tx:
+            tx.put_state(
+                "breaker",
+                "agent:bot",
+                BreakerState(state="open", opened_at=w.clock.now().isoformat()).value(),
+                at=w.clock.now(),
+            )
+        spec = [w.p.gateway.catalog.get("shop.buy")]
+        rec = w.record()
+        assert w.run("admit", rec, spec, w.decision(rec)).outcome is Outcome.APPROVE
+        rec = w.record()
+        assert w.run("admit", rec, spec, w.decision(rec, Outcome.CONFIRM)).outcome is (
+            Outcome.CONFIRM
+        )
+
+    def test_autonomy_confirm_and_tolerance(self, url):
+        """confirm: every step is confirmed; auto below 500: 499 runs, 500 is confirmed."""
+        w = World(url)
+        spec = [w.p.gateway.catalog.get("shop.buy")]
+        w.guards.set_autonomy("alice", "shop.buy", "auto", below=500, by="alice")
+        rec = w.record(amount=499)
+        assert w.run("admit", rec, spec, w.decision(rec)).outcome is Outcome.EXECUTE
+        rec = w.record(amount=500)
+        assert w.run("admit", rec, spec, w.decision(rec)).outcome is Outcome.CONFIRM
+        w.guards.set_autonomy("alice", "shop.buy", "propose", by="alice")
+        rec = w.record(amount=1)
+        assert w.run("admit", rec, spec, w.decision(rec)).outcome is Outcome.CONFIRM
+
+
+SEVERITY = [Outcome.EXECUTE, Outcome.CONFIRM, Outcome.APPROVE, Outcome.DENY]
+
+
+class TestNeverRelaxes:
+    @settings(
+        max_examples=40,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
+    @given(
+        outcome=st.sampled_from(SEVERITY),
+        kill=st.booleans(),
+        listed=st.sampled_from([None, ["shop.buy"], ["shop.read"]]),
+        breaker=st.sampled_from([None, "open", "half_open", "closed"]),
+        level=st.sampled_from([None, "propose", "confirm", "auto"]),
+        below=st.sampled_from([None, 0, 50, 10_000]),
+        amount=st.integers(min_value=0, max_value=2000),
+    )
+    def test_admit_only_ever_escalates(self, outcome, kill, listed, breaker, level, below, amount):
+        """Whatever the guard state, admit's outcome is at least the policy's."""
+        w = World("memory://", budgets=(Budget(scope="agent", key="*", limit=1000),))
+        now = w.clock.now()
+        with w.store.transaction() as tx:
+            if kill:
+                tx.put_state("kill", "agent:bot", {"reason": "x"}, at=now)
+            if listed is not None:
+                tx.put_state("whitelist", "bot", {"actions": listed}, at=now)
+            if breaker is not None:
+                value = BreakerState(state=breaker, opened_at=now.isoformat()).value()
+                tx.put_state("breaker", "action:shop.buy", value, at=now)
+            if level is not None:
+                tx.put_state("autonomy", "alice|shop.buy", {"level": level, "below": below}, at=now)
+        rec = w.record(amount=amount)
+
+        out = w.run("admit", rec, [w.p.gateway.catalog.get("shop.buy")], w.decision(rec, outcome))
+
+        assert SEVERITY.index(out.outcome) >= SEVERITY.index(outcome)
+        if kill or listed == ["shop.read"]:
+            assert out.outcome is Outcome.DENY
+
+
+class TestRecheck:
+    def test_a_kill_switch_stops_any_plan(self, url):
+        """Approved or confirmed: an engaged switch is a reason not to run."""
+        w = World(url)
+        w.guards.kill("global", None, by="ops")
+        for outcome in ("approve", "confirm"):
+            reason = w.run("recheck", w.record(outcome=outcome))
+            assert reason is not None
+            assert reason.startswith("kill switch global is engaged")
+
+    def test_an_open_breaker_holds_a_confirmed_plan_not_an_approved_one(self, url):
+        """A confirmation is not an approval: only the approved plan runs past an open breaker."""
+        w = World(url, breaker=BreakerSettings(open_seconds=60, trials=1))
+        now = w.clock.now()
+        with w.store.transaction() as tx:
+            value = BreakerState(state="open", opened_at=now.isoformat(), reason="errors").value()
+            tx.put_state("breaker", "action:shop.buy", value, at=now)
+
+        assert w.run("recheck", w.record(outcome="approve")) is None
+        held = w.run("recheck", w.record(outcome="confirm"))
+        assert held == "circuit breaker action:shop.buy is open: errors"
+
+        # Half-open: the confirmed plan runs as the trial call, and only one does.
+        w.clock.advance(timedelta(seconds=61))
+        assert w.run("recheck", w.record(outcome="confirm")) is None
+        assert w.store.list_state("breaker")["action:shop.buy"]["trials"] == 1
+        assert "breaker.half_open" in w.types()
+        assert w.run("recheck", w.record(outcome="confirm")) is not None
+
+    def test_a_reservation_made_at_decision_holds(self, url):
+        """A plan that reserved its spend runs even if others pushed the budget over since."""
+        w = World(url, budgets=(Budget(scope="agent", key="*", limit=1000, on_exceed="deny"),))
+        rec = w.record(amount=800, outcome="confirm")
+        w.run("admit", rec, [w.p.gateway.catalog.get("shop.buy")], w.decision(rec))
+        with w.store.transaction() as tx:
+            tx.bump("budget:agent:bot", day(w), count=0, amount=500)  # spent elsewhere
+
+        assert w.run("recheck", rec) is None
+
+    def test_an_unreserved_plan_reserves_now_or_waits(self, url):
+        """Decided before the budget existed: it reserves at recheck, or waits when over."""
+        w = World(url, budgets=(Budget(scope="agent", key="*", limit=1000),))
+        fits = w.record(amount=600, outcome="confirm")
+        assert w.run("recheck", fits) is None
+        assert w.store.counter_sum("budget:agent:bot", day(w))[1] == 600
+        assert w.store.list_state("reservation")[fits.plan_id]["entries"]
+
+        over = w.record(amount=600, outcome="confirm")
+        reason = w.run("recheck", over)
+        assert reason is not None
+        assert "600 spent + 600 > 1000" in reason
+        assert w.store.counter_sum("budget:agent:bot", day(w))[1] == 600  # nothing held
+        assert [e["data"]["then"] for e in w.events("budget.exceeded")] == ["wait"]
+
+        approved = w.record(amount=600, outcome="approve")
+        assert w.run("recheck", approved) is None  # a human approved: it runs, and counts
+        assert w.store.counter_sum("budget:agent:bot", day(w))[1] == 1200
+        assert [e["data"]["then"] for e in w.events("budget.exceeded")] == ["wait", "run"]
+
+
+class TestOnStepAndFinish:
+    def test_settle_at_the_tools_cost_and_release_the_rest(self, url):
+        """A step settles at what it cost; on_finish releases what was not spent."""
+        w = World(url, budgets=(Budget(scope="agent", key="*", limit=10_000),))
+        rec = w.record(amount=500, n=2)
+        spec = [w.p.gateway.catalog.get("shop.buy")] * 2
+        w.run("admit", rec, spec, w.decision(rec))
+        assert w.store.counter_sum("budget:agent:bot", day(w))[1] == 1000
+        ran = (
+            rec.steps[0]
+            .moved_to(StepStatus.RUNNING)
+            .moved_to(StepStatus.SUCCEEDED, result={"cost": 120})
+        )
+
+        w.run("on_step", rec.with_step(ran), ran, ok=True)
+
+        assert w.store.counter_sum("budget:agent:bot", day(w))[1] == 620
+        finished = dataclasses.replace(rec.with_step(ran), status=PlanStatus.FAILED)
+        w.run("on_finish", finished)
+        assert w.store.counter_sum("budget:agent:bot", day(w))[1] == 120
+        assert {"budget.settled", "budget.released"} <= set(w.types(rec.plan_id))
+        assert rec.plan_id not in w.store.list_state("reservation")
+
+    def test_errors_open_the_breakers(self, url):
+        """Failed steps over min_calls open the action's and the agent's breaker (events)."""
+        w = World(url, breaker=BreakerSettings(min_calls=3, error_rate=0.6))
+        for _ in range(3):
+            rec = w.record("shop.flaky")
+            w.run("on_step", rec, rec.steps[0], ok=False)
+
+        breakers = w.guards.status()["breakers"]
+        assert breakers["action:shop.flaky"]["state"] == "open"
+        assert breakers["agent:bot"]["view"] == "open"
+        assert len(w.events("breaker.opened")) == 2
+
+    def test_a_cost_spike_opens_the_breaker(self, url):
+        """A step costing far above the window's average opens its breaker."""
+        w = World(url, breaker=BreakerSettings(min_calls=4, cost_spike=10))
+        for amount in (10, 10, 10, 500):
+            rec = w.record(amount=amount)
+            w.run("on_step", rec, rec.steps[0], ok=True)
+
+        [ev, *_] = w.events("breaker.opened")
+        assert "cost spike" in ev["data"]["reason"]
+
+    def test_undone_plans_count_as_rollbacks(self, url):
+        """Plans that end undone feed the rollback rate, which opens the breaker."""
+        w = World(url, breaker=BreakerSettings(min_calls=2, rollback_rate=0.5))
+        for _ in range(2):
+            rec = w.record()
+            w.run("on_step", rec, rec.steps[0], ok=True)
+            undone = rec.with_step(dataclasses.replace(rec.steps[0], status=StepStatus.COMPENSATED))
+            w.run("on_finish", dataclasses.replace(undone, status=PlanStatus.UNDONE))
+
+        assert w.guards.status()["breakers"]["action:shop.buy"]["state"] == "open"
+        assert "rollback rate" in w.events("breaker.opened")[0]["data"]["reason"]
+
+    def test_accepted_proposals_lead_to_a_suggestion(self, url):
+        """N confirmed plans that ran: autonomy.promotion_suggested, listed in suggestions()."""
+        from proctor.core.guards import AutonomySettings
+
+        w = World(url, autonomy=AutonomySettings(min_accepted=3, min_rate=0.75))
+        w.guards.set_autonomy("alice", "shop.buy", "propose", by="alice")
+        w.run("on_finish", w.record(outcome="confirm", status=PlanStatus.REJECTED))
+        for _ in range(2):
+            w.run("on_finish", w.record(outcome="confirm", status=PlanStatus.SUCCEEDED))
+        assert w.guards.suggestions("alice") == []  # 2 of 3
+
+        w.run("on_finish", w.record(outcome="confirm", status=PlanStatus.SUCCEEDED))
+
+        assert w.guards.suggestions("alice") == [
+            {
+                "user": "alice",
+                "action": "shop.buy",
+                "from": "propose",
+                "to": "confirm",
+                "accepted": 3,
+                "total": 4,
+            }
+        ]
+        assert w.guards.suggestions("bob") == []
+        assert len(w.events("autonomy.promotion_suggested")) == 1
+        # Declining keeps the level and stops the suggestion from coming back.
+        assert w.guards.answer_promotion("alice", "shop.buy", accept=False) == "propose"
+        w.run("on_finish", w.record(outcome="confirm", status=PlanStatus.SUCCEEDED))
+        assert w.guards.suggestions("alice") == []
+        with pytest.raises(NotFoundError):
+            w.guards.answer_promotion("alice", "shop.buy", accept=True)
+        assert w.p.verify().ok
+
+
+class TestAdministration:
+    def test_status_shows_rate_limit_use_and_breaker_views(self, url):
+        """status(): a named rate limit's use in its window; a breaker's effective state."""
+        w = World(
+            url,
+            rate_limits=(RateLimit(scope="agent", key="bot", limit=5),),
+            breaker=BreakerSettings(open_seconds=60),
+        )
+        spec = [w.p.gateway.catalog.get("shop.buy")]
+        for _ in range(2):
+            rec = w.record()
+            w.run("admit", rec, spec, w.decision(rec))
+        now = w.clock.now()
+        with w.store.transaction() as tx:
+            value = BreakerState(state="open", opened_at=now.isoformat()).value()
+            tx.put_state("breaker", "agent:x", value, at=now)
+        assert w.guards.status()["rate_limits"] == [
+            {"scope": "agent", "key": "bot", "limit": 5, "per_seconds": 60, "used": 2}
+        ]
+        w.clock.advance(timedelta(seconds=61))
+
+        st = w.guards.status()
+
+        assert st["rate_limits"][0]["used"] == 0  # a new window
+        assert st["breakers"]["agent:x"]["state"] == "open"
+        assert st["breakers"]["agent:x"]["view"] == "half_open"
+
+    def test_bad_input_names_the_field(self, url):
+        """Unknown actions, levels, verdicts and empty complaints are refused by field."""
+        w = World(url)
+        cases = [
+            (lambda: w.guards.set_whitelist("bot", ["nope"], by="ops"), "actions"),
+            (lambda: w.guards.set_autonomy("a", "shop.buy", "max", by="a"), "level"),
+            (lambda: w.guards.set_autonomy("a", "nope", "auto", by="a"), "action"),
+            (lambda: w.guards.set_autonomy("a", "shop.buy", "auto", below=-1, by="a"), "below"),
+            (lambda: w.guards.mark_review("x", "meh", reviewer="r"), "verdict"),
+            (lambda: w.guards.kill("team", "x", by="ops"), "scope"),
+        ]
+        for call, field in cases:
+            with pytest.raises(InvalidRequestError) as e:
+                call()
+            assert e.value.field == field
+        with pytest.raises(NotFoundError):
+            w.guards.complain("no-such-plan", by="alice", reason="why")
+        assert w.types() == []  # nothing was written
