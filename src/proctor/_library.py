@@ -288,6 +288,23 @@ class Proctor:
         """Release a kill switch; False if it was not engaged."""
         return self.guards.unkill(scope, key, by=by)
 
+    def set_autonomy(
+        self, user: str, action: str, level: str, *, below: int | None = None, by: str
+    ) -> None:
+        """Set ``user``'s autonomy level (``propose``, ``confirm``, ``auto``) for ``action``.
+
+        ``below`` is auto's tolerance in minor units: at or above it the user confirms.
+        """
+        self.guards.set_autonomy(user, action, level, below=below, by=by)
+
+    def mark_review(self, plan_id: str, verdict: str, *, reviewer: str, note: str = "") -> None:
+        """Mark a plan sampled for post-hoc review ``fine`` or ``wrong``."""
+        self.guards.mark_review(plan_id, verdict, reviewer=reviewer, note=note)
+
+    def complain(self, plan_id: str, *, by: str, reason: str) -> None:
+        """File a user's complaint about a plan (a false action in the KPIs)."""
+        self.guards.complain(plan_id, by=by, reason=reason)
+
     def dispatcher(self, **options: Any) -> Dispatcher:
         """Return a webhook dispatcher for this instance's outbox (not started).
 
@@ -475,6 +492,7 @@ class Proctor:
     def close(self) -> None:
         """Stop the worker threads (running handlers finish first), then release the store."""
         self.gateway.executor.close()
+        self.gateway.telemetry.shutdown()  # export the spans still queued
         self.gateway.store.close()
 
     def __enter__(self) -> Proctor:

@@ -3,52 +3,63 @@
 Pure computation over event bodies (``compute``), so every figure can be checked against a
 hand-built history, and the same figures come out of a live store, an export, or a replica.
 
-For a period ``[since, until)`` and optionally per agent, action or user:
+For a period ``[since, until)`` and optionally per agent, action or user. A plan belongs to
+the period in which it was *submitted*; what happened to it is what the log says by
+``as_of`` (default ``until``: a complaint filed after the period does not rewrite that
+period's figures; the monthly review judges each week as of the month's end):
 
 - **acceptance rate** — plans that were proposed (routed, not sandboxed) and executed
   without modification: they finished ``succeeded`` and were not undone, rolled back,
   complained about or reviewed ``wrong``; over the plans proposed;
-- **false-action rate** — executed plans later undone or rolled back, reviewed ``wrong`` or
-  complained about; over the plans executed;
-- **time to recovery** — from detection (an undo request, a failed step) to the revert (the
-  plan finished ``undone`` or ``compensated``): median and worst, in seconds;
-- **audit coverage** — executed steps with full provenance (their plan's submission and
-  decision in the log, a policy version, a model version, a signature and a trace id), over
-  the executed steps;
+- **false-action rate** — executed plans later undone by a user, rolled back by their
+  rollback TTL, reviewed ``wrong`` or complained about; over the plans executed. A plan
+  counts once, whatever the number of signals; ``counts.false_signals`` breaks them down;
+- **time to recovery** — from detection (an undo request, a complaint, a ``wrong`` review,
+  a failed, timed-out or unknown step) to the revert (the plan finished ``undone`` or
+  ``compensated``): median and worst, in seconds;
+- **audit coverage** — executed steps in the period with full provenance (their plan's
+  submission and decision in the log, a policy version, a model version, a signature and a
+  trace id), over the executed steps; ``counts.uncovered`` says what was missing;
 - **cost per action** — the cost recorded on executed steps, over the executed steps;
 - **anomaly delta** — anomalies in the period minus those in the period of equal length
-  just before it.
+  just before it (per agent, or per user and action of the plan that raised them).
 """
 
 from __future__ import annotations
 
 import statistics
-from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import orjson
 
-from proctor.core.ports import Store
+from proctor.core.ports import EventRow, Store
 
-__all__ = ["KpiSet", "compute", "from_store"]
+__all__ = ["KpiSet", "compute", "from_store", "relevant"]
 
 _BY = ("agent", "action", "user")
+# Events before the period matter only for these: who a plan was for, and that it was
+# decided (provenance of a step that runs in the period after a long approval).
+_BEFORE = frozenset({"plan.submitted", "policy.decided", "anomaly.detected"})
+_DETECT = frozenset({"undo.requested", "step.failed", "step.timed_out", "step.unknown"})
+_PROVENANCE = ("submission", "decision", "policy_version", "model_version", "signature", "trace")
 
 
 @dataclass(slots=True)
 class _Plan:
     agent: str | None = None
     user: str | None = None
-    actions: set[str] = field(default_factory=set)
-    submitted: bool = False
+    actions: list[str] = field(default_factory=list)
+    seen: bool = False  # its submission is in the log (any time)
+    in_period: bool = False  # submitted in [since, until)
     decided: bool = False
     proposed: bool = False
     executed: bool = False
     succeeded: bool = False
-    false: bool = False
+    signals: set[str] = field(default_factory=set)
     detected: datetime | None = None
     recovered_s: float | None = None
 
@@ -67,9 +78,11 @@ class KpiSet:
     recoveries: tuple[float, ...]
     anomalies: int
     anomalies_before: int
+    false_signals: Mapping[str, int] = field(default_factory=dict)
+    uncovered: Mapping[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        """The JSON form (rates as fractions, None when undefined)."""
+        """The JSON form (rates as fractions rounded to 4 places, None when undefined)."""
 
         def rate(a: int, b: int) -> float | None:
             return round(a / b, 4) if b else None
@@ -92,8 +105,10 @@ class KpiSet:
                 "accepted": self.accepted,
                 "executed_plans": self.executed_plans,
                 "false_actions": self.false_actions,
+                "false_signals": dict(sorted(self.false_signals.items())),
                 "executed_steps": self.executed_steps,
                 "covered_steps": self.covered_steps,
+                "uncovered": dict(sorted(self.uncovered.items())),
                 "cost": self.cost,
                 "anomalies": self.anomalies,
                 "anomalies_before": self.anomalies_before,
@@ -101,16 +116,34 @@ class KpiSet:
         }
 
 
+def relevant(
+    rows: Iterable[EventRow],
+    *,
+    since: datetime,
+    until: datetime,
+    as_of: datetime | None = None,
+) -> Iterator[EventRow]:
+    """The rows ``compute`` needs for ``[since, until)``, chosen without parsing bodies.
+
+    Skips events at or after ``as_of`` (default ``until``) and, before ``since``, all but
+    submissions, decisions and anomalies: on a long log most rows are never parsed.
+    """
+    horizon = max(until, as_of or until)
+    for row in rows:
+        t = datetime.fromisoformat(row.timestamp)
+        if t >= horizon:
+            continue
+        if t < since and row.type not in _BEFORE:
+            continue
+        yield row
+
+
 def from_store(
     store: Store, *, since: datetime, until: datetime, by: str | None = None
 ) -> dict[str, Any]:
-    """``compute`` over a store's whole log (one pass, in order)."""
-    bodies = (orjson.loads(row.body) for row in store.iter_events())
-    return compute(bodies, since=since, until=until, by=by)
-
-
-def _ts(body: Mapping[str, Any]) -> datetime:
-    return datetime.fromisoformat(body["timestamp"])
+    """``compute`` over a store's log (one pass, in order; only the rows that matter)."""
+    rows = relevant(store.iter_events(), since=since, until=until)
+    return compute((orjson.loads(r.body) for r in rows), since=since, until=until, by=by)
 
 
 def compute(
@@ -119,71 +152,116 @@ def compute(
     since: datetime,
     until: datetime,
     by: str | None = None,
+    as_of: datetime | None = None,
 ) -> dict[str, Any]:
     """Return ``{"all": KPIs}`` or, with ``by``, ``{group: KPIs}`` for the period.
 
-    ``events`` are audit event bodies in log order (the whole log, or at least everything
-    from one period before ``since``: the anomaly delta looks back that far).
+    Args:
+        events: Audit event bodies in log order: the whole log, or at least everything
+            from one period before ``since`` (the anomaly delta looks back that far) plus
+            the submissions of plans whose steps run in the period.
+        since: Start of the period (inclusive, timezone-aware).
+        until: End of the period (exclusive).
+        by: ``agent``, ``action`` or ``user`` to group; None for one group ``all``.
+        as_of: Judge the period's plans by what the log says up to this time (exclusive);
+            default ``until``. Never earlier than ``until``.
+
+    Raises:
+        ValueError: if ``by`` is not one of those, or the period is empty.
     """
     if by is not None and by not in _BY:
         raise ValueError(f"by must be one of {_BY}")
+    if since >= until:
+        raise ValueError("since must be before until")
     before = since - (until - since)
+    horizon = max(until, as_of or until)
     plans: dict[str, _Plan] = defaultdict(_Plan)
-    steps: list[tuple[Mapping[str, Any], str]] = []  # executed step events, with their plan
-    anomalies: list[tuple[datetime, str | None]] = []
+    steps: list[tuple[Mapping[str, Any], _Plan]] = []  # executed steps in the period
+    anomalies: list[tuple[datetime, str | None, _Plan | None]] = []
     for body in events:
-        t = _ts(body)
-        kind = body["type"]
-        if kind in ("anomaly.detected", "anomaly"):
-            agent = (body.get("data") or {}).get("agent_id")
-            anomalies.append((t, agent))
+        t = datetime.fromisoformat(body["timestamp"])
+        if t >= horizon:
             continue
+        kind = body["type"]
         pid = body.get("plan_id")
-        if pid is None or t >= until:
+        data = body.get("data") or {}
+        if kind == "anomaly.detected":
+            anomalies.append((t, data.get("agent_id"), plans[pid] if pid else None))
+            continue
+        if pid is None:
             continue
         p = plans[pid]
-        actor = body.get("actor") or {}
-        p.agent = p.agent or actor.get("agent_id")
         if kind == "plan.submitted":
+            p.seen = True
+            p.in_period = since <= t < until
+            p.agent = (body.get("actor") or {}).get("agent_id")
             p.user = body.get("user_id")
-        data = body.get("data") or {}
-        if kind == "plan.submitted":
-            p.submitted = t >= since
-            p.actions.update(a["api"] for a in body.get("actions_attempted") or [])
+            p.actions = [a["api"] for a in body.get("actions_attempted") or []]
         elif kind == "policy.decided":
             p.decided = True
         elif kind == "plan.routed":
-            p.proposed = p.submitted and not data.get("sandbox")
+            p.proposed = p.in_period and not data.get("sandbox")
         elif kind == "step.succeeded":
             p.executed = True
-            if t >= since:
-                steps.append((body, pid))
+            if since <= t < until:
+                steps.append((body, p))
         elif kind == "plan.finished":
             status = data.get("status")
-            if status == "succeeded":
-                p.succeeded = True
-            elif status in ("undone", "compensated") and p.detected is not None:
+            p.succeeded = p.succeeded or status == "succeeded"
+            if status in ("undone", "compensated") and p.detected is not None:
                 p.recovered_s = (t - p.detected).total_seconds()
-            if status == "undone":
-                p.false = True
-        elif kind in ("undo.requested", "step.failed"):
-            p.detected = p.detected or t
-        elif kind == "complaint.filed" or (
-            kind == "review.marked" and data.get("verdict") == "wrong"
+        elif kind == "undo.requested":
+            # The rollback TTL undoes as ``proctor:rollback-ttl``; people undo as themselves.
+            by_whom = str(data.get("by") or body.get("user_id") or "")
+            p.signals.add("rollback" if by_whom.startswith("proctor:") else "undo")
+        elif kind == "complaint.filed":
+            p.signals.add("complaint")
+        elif kind == "review.marked" and data.get("verdict") == "wrong":
+            p.signals.add("review_wrong")
+        if p.detected is None and (
+            kind in _DETECT
+            or kind == "complaint.filed"
+            or (kind == "review.marked" and data.get("verdict") == "wrong")
         ):
-            p.false = True
+            p.detected = t
+    return _aggregate(plans, steps, anomalies, since=since, until=until, before=before, by=by)
 
-    def group_of(p: _Plan) -> list[str]:
-        if by is None:
-            return ["all"]
-        if by == "agent":
-            return [p.agent or "?"]
-        if by == "user":
-            return [p.user or "?"]
-        return sorted(p.actions) or ["?"]
 
-    acc: dict[str, dict[str, Any]] = defaultdict(
-        lambda: {
+def _groups(p: _Plan, by: str | None) -> list[str]:
+    if by is None:
+        return ["all"]
+    if by == "agent":
+        return [p.agent or "?"]
+    if by == "user":
+        return [p.user or "?"]
+    return sorted(set(p.actions)) or ["?"]
+
+
+def _missing(body: Mapping[str, Any], p: _Plan) -> list[str]:
+    """What a step event lacks of full provenance (``_PROVENANCE``), in that order."""
+    have = (
+        p.seen,
+        p.decided,
+        bool(body.get("policy_version")),
+        bool((body.get("actor") or {}).get("model_version")),
+        bool(body.get("signature")),
+        bool(body.get("trace_id")),
+    )
+    return [name for name, ok in zip(_PROVENANCE, have, strict=True) if not ok]
+
+
+def _aggregate(
+    plans: Mapping[str, _Plan],
+    steps: list[tuple[Mapping[str, Any], _Plan]],
+    anomalies: list[tuple[datetime, str | None, _Plan | None]],
+    *,
+    since: datetime,
+    until: datetime,
+    before: datetime,
+    by: str | None,
+) -> dict[str, Any]:
+    def empty() -> dict[str, Any]:
+        return {
             "proposed": 0,
             "accepted": 0,
             "executed_plans": 0,
@@ -194,50 +272,58 @@ def compute(
             "recoveries": [],
             "anomalies": 0,
             "anomalies_before": 0,
+            "false_signals": Counter(),
+            "uncovered": Counter(),
         }
-    )
+
+    acc: dict[str, dict[str, Any]] = defaultdict(empty)
     for p in plans.values():
-        if not p.submitted:
+        if not p.in_period:
             continue
-        for g in group_of(p):
+        for g in _groups(p, by):
             a = acc[g]
             if p.proposed:
                 a["proposed"] += 1
-                if p.succeeded and not p.false:
-                    a["accepted"] += 1
+                a["accepted"] += int(p.succeeded and not p.signals)
             if p.executed:
                 a["executed_plans"] += 1
-                if p.false:
+                if p.signals:
                     a["false_actions"] += 1
+                    a["false_signals"].update(p.signals)
             if p.recovered_s is not None:
                 a["recoveries"].append(p.recovered_s)
-    for body, pid in steps:
-        p = plans[pid]
-        action = next((x["api"] for x in body.get("actions_attempted") or []), "?")
-        groups = [action] if by == "action" else group_of(p)
-        covered = (
-            p.submitted
-            and p.decided
-            and bool(body.get("policy_version"))
-            and bool((body.get("actor") or {}).get("model_version"))
-            and bool(body.get("signature"))
-            and bool(body.get("trace_id"))
-        )
+    for body, p in steps:
+        if by == "action":
+            groups = [next((x["api"] for x in body.get("actions_attempted") or []), "?")]
+        else:
+            groups = _groups(p, by)
+        missing = _missing(body, p)
         cost = (body.get("data") or {}).get("cost", 0)
         for g in groups:
             a = acc[g]
             a["executed_steps"] += 1
-            a["covered_steps"] += int(covered)
+            a["covered_steps"] += int(not missing)
+            a["uncovered"].update(missing)
             a["cost"] += cost if type(cost) is int else 0
-    for t, agent in anomalies:
-        if by in (None, "agent"):
-            g = "all" if by is None else (agent or "?")
-            if since <= t < until:
-                acc[g]["anomalies"] += 1
-            elif before <= t < since:
-                acc[g]["anomalies_before"] += 1
-    if by is None and "all" not in acc:
-        acc["all"]
+    for t, agent, of in anomalies:
+        if by is None:
+            groups = ["all"]
+        elif by == "agent":
+            groups = [agent or (of.agent if of is not None else None) or "?"]
+        elif of is not None and of.seen:
+            groups = _groups(of, by)
+        else:
+            continue  # an anomaly of no known plan has no user or action
+        if since <= t < until:
+            key = "anomalies"
+        elif before <= t < since:
+            key = "anomalies_before"
+        else:
+            continue
+        for g in groups:
+            acc[g][key] += 1
+    if by is None:
+        acc.setdefault("all", empty())  # "all" exists even when empty
     return {
         g: KpiSet(**{**a, "recoveries": tuple(a["recoveries"])}).as_dict()
         for g, a in sorted(acc.items())

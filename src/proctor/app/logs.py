@@ -4,6 +4,10 @@
 logs every audit event as it is appended, built from the sealed event itself: its params
 were masked by the action's rules before sealing, so a log line can never carry more than
 the audit log does (a masked value is ``"***"``; a personal-data result only its hash).
+
+Fields a log call adds with ``extra=`` pass through one more net: a value under a key that
+names a credential (``authorization``, ``token``, ``password``, ``secret``, ``cookie``,
+``api_key``...), at any depth, is written as ``"***"`` like a masked audit param.
 """
 
 from __future__ import annotations
@@ -15,11 +19,44 @@ from typing import Any
 
 import orjson
 
+from proctor.core.masking import MASK
 from proctor.core.ports import EventRow, Transaction
 
-__all__ = ["EventLogListener", "JsonFormatter", "configure_json_logging"]
+__all__ = ["EventLogListener", "JsonFormatter", "configure_json_logging", "redact"]
 
 _STANDARD = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
+# Substrings of a key (lowercased, "-" as "_") whose value is a credential.
+_SECRET_KEYS = (
+    "authorization",
+    "token",
+    "password",
+    "passwd",
+    "secret",
+    "cookie",
+    "api_key",
+    "apikey",
+    "private_key",
+)
+_SECRET_EXACT = frozenset({"otp", "totp", "otp_code"})  # too short to match as substrings
+
+
+def _secret(key: str) -> bool:
+    k = key.lower().replace("-", "_")
+    return k in _SECRET_EXACT or any(s in k for s in _SECRET_KEYS)
+
+
+def redact(value: Any, *, depth: int = 0) -> Any:
+    """Return ``value`` with every credential-named key's value replaced by ``"***"``."""
+    if depth > 20:
+        return MASK  # deeper than any record we write: refuse rather than recurse forever
+    if isinstance(value, dict):
+        return {
+            k: MASK if isinstance(k, str) and _secret(k) else redact(v, depth=depth + 1)
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [redact(v, depth=depth + 1) for v in value]
+    return value
 
 
 class JsonFormatter(logging.Formatter):
@@ -35,7 +72,7 @@ class JsonFormatter(logging.Formatter):
         }
         for key, value in vars(record).items():
             if key not in _STANDARD and not key.startswith("_"):
-                doc[key] = value
+                doc[key] = MASK if _secret(key) else redact(value)
         if record.exc_info:
             doc["exception"] = self.formatException(record.exc_info)
         return orjson.dumps(doc, default=str).decode()

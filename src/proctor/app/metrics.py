@@ -1,13 +1,25 @@
 """Prometheus metrics: counters fed by the audit events, gauges read from the store at scrape.
 
+Two halves, because they answer different questions:
+
+- ``MetricsListener`` is an ``EventListener``: the journal calls it inside the transaction
+  that appends events, so every counter is derived from what the audit log records (a
+  decision, a rate-limit rejection, a breaker transition...), never from a second code path
+  that could drift from it. It reads each row's ``type`` and parses the body only for the
+  few types whose data labels a metric. Counters count what *this process* appended (the
+  Prometheus convention: sum over replicas in the query); a rolled-back transaction may
+  already have counted, an accepted imprecision of a few events.
+- ``StoreCollector`` reads the shared store at each scrape (approvals waiting and their age,
+  audit log size, checkpoint age, webhook outbox depth, breaker states, budget use), so the
+  gauges are the same on every replica.
+
 Counters and histograms live in the process-wide default registry (several gateways in one
-process add up); ``StoreCollector`` reads the store of one instance when ``/metrics`` is
-scraped, so the gauges are true across replicas.
+process add up; tests compare before and after).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -25,36 +37,204 @@ __all__ = ["STAGE_SECONDS", "MetricsListener", "StoreCollector"]
 
 STAGE_SECONDS = Histogram(
     "proctor_stage_seconds",
-    "Duration of each stage of the flow (validate, decide, simulate, route, step, "
+    "Duration of each stage of the flow (validate, assess, decide, simulate, route, step, "
     "compensation, approval_wait).",
     ["stage"],
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5, 30, 300, 3600),
 )
 EVENTS = Counter("proctor_audit_events", "Audit events appended, by type.", ["type"])
 DECISIONS = Counter(
-    "proctor_decisions", "Plans routed, by outcome and pattern.", ["outcome", "pattern"]
+    "proctor_decisions", "Plans decided, by outcome and pattern.", ["outcome", "pattern"]
 )
 RATE_LIMITED = Counter("proctor_rate_limit_rejections", "Plans denied by a rate limit.", ["scope"])
 BREAKER_TRIPS = Counter("proctor_breaker_trips", "Circuit breakers opened.", ["breaker"])
+BREAKER_CHANGES = Counter(
+    "proctor_breaker_transitions",
+    "Circuit breaker state changes, by breaker and new state (open, half_open, closed).",
+    ["breaker", "state"],
+)
+GUARD_DENIALS = Counter(
+    "proctor_guard_denials",
+    "Plans stopped by a guard: rate_limit, whitelist, kill_switch, budget.",
+    ["guard"],
+)
+BUDGET = Counter(
+    "proctor_budget_amount",
+    "Budget amounts (minor units) reserved, settled or released, by budget counter.",
+    ["budget", "kind"],
+)
+KILLS = Counter(
+    "proctor_kill_switch_changes", "Kill switches engaged or released.", ["switch", "change"]
+)
+ANOMALIES = Counter("proctor_anomalies", "Anomalies detected, by agent.", ["agent"])
+STEPS = Counter(
+    "proctor_steps",
+    "Step outcomes: succeeded, failed, timed_out, unknown, retrying, simulated.",
+    ["outcome"],
+)
+FINISHED = Counter("proctor_plans_finished", "Plans that reached an end, by status.", ["status"])
+FALSE_ACTIONS = Counter(
+    "proctor_false_action_signals",
+    "Signals that an executed plan was wrong: undo, rollback (TTL), review_wrong, complaint.",
+    ["kind"],
+)
+
+_STEP_OUTCOMES = {
+    "step.succeeded": "succeeded",
+    "step.failed": "failed",
+    "step.timed_out": "timed_out",
+    "step.unknown": "unknown",
+    "step.retrying": "retrying",
+    "step.simulated": "simulated",
+}
+_GUARDS = {
+    "guard.rate_limited": "rate_limit",
+    "guard.whitelist_denied": "whitelist",
+    "guard.killed": "kill_switch",
+}
+_BREAKER_STATES = {
+    "breaker.opened": "open",
+    "breaker.half_open": "half_open",
+    "breaker.closed": "closed",
+}
+
+
+def _s(value: Any) -> str:
+    """A label value: labels must be strings; a missing field is ``?``."""
+    return "?" if value is None else str(value)
+
+
+def _decided(data: Mapping[str, Any]) -> None:
+    decision = data.get("decision") or {}
+    assessment = data.get("assessment") or {}
+    DECISIONS.labels(_s(decision.get("outcome")), _s(assessment.get("pattern"))).inc()
+
+
+def _rate_limited(data: Mapping[str, Any]) -> None:
+    RATE_LIMITED.labels(_s(data.get("scope"))).inc()
+
+
+def _breaker(kind: str) -> Callable[[Mapping[str, Any]], None]:
+    state = _BREAKER_STATES[kind]
+
+    def count(data: Mapping[str, Any]) -> None:
+        breaker = _s(data.get("breaker"))
+        BREAKER_CHANGES.labels(breaker, state).inc()
+        if state == "open":
+            BREAKER_TRIPS.labels(breaker).inc()
+
+    return count
+
+
+def _budget_reserved(data: Mapping[str, Any]) -> None:
+    for r in data.get("reservations") or ():
+        BUDGET.labels(_s(r.get("budget")), "reserved").inc(_amount(r.get("amount")))
+
+
+def _budget_settled(data: Mapping[str, Any]) -> None:
+    for r in data.get("settled") or ():
+        BUDGET.labels(_s(r.get("budget")), "settled").inc(_amount(r.get("spent")))
+
+
+def _budget_released(data: Mapping[str, Any]) -> None:
+    for r in data.get("released") or ():
+        BUDGET.labels(_s(r.get("budget")), "released").inc(_amount(r.get("amount")))
+
+
+def _budget_exceeded(data: Mapping[str, Any]) -> None:
+    # Only "deny" stops the plan; "approve" escalates it, "wait"/"run" are re-checks before
+    # running, and "recorded" is a settlement that ran over after the fact.
+    if data.get("then") == "deny":
+        GUARD_DENIALS.labels("budget").inc()
+
+
+def _kill(change: str) -> Callable[[Mapping[str, Any]], None]:
+    def count(data: Mapping[str, Any]) -> None:
+        KILLS.labels(_s(data.get("switch")), change).inc()
+
+    return count
+
+
+def _anomaly(data: Mapping[str, Any]) -> None:
+    ANOMALIES.labels(_s(data.get("agent_id"))).inc()
+
+
+def _finished(data: Mapping[str, Any]) -> None:
+    FINISHED.labels(_s(data.get("status"))).inc()
+
+
+def _undo(data: Mapping[str, Any]) -> None:
+    # The rollback TTL undoes as the principal ``proctor:rollback-ttl`` (app/gateway.py).
+    by = str(data.get("by") or "")
+    FALSE_ACTIONS.labels("rollback" if by.startswith("proctor:") else "undo").inc()
+
+
+def _reviewed(data: Mapping[str, Any]) -> None:
+    if data.get("verdict") == "wrong":
+        FALSE_ACTIONS.labels("review_wrong").inc()
+
+
+def _complaint(data: Mapping[str, Any]) -> None:
+    FALSE_ACTIONS.labels("complaint").inc()
+
+
+def _amount(value: Any) -> int:
+    # Money is integers in minor units; anything else (or a refund) adds nothing to a counter.
+    return value if type(value) is int and value > 0 else 0
+
+
+# The types whose data labels a metric; every other event only bumps EVENTS{type}.
+_PARSED: dict[str, Callable[[Mapping[str, Any]], None]] = {
+    "policy.decided": _decided,
+    "guard.rate_limited": _rate_limited,
+    "breaker.opened": _breaker("breaker.opened"),
+    "breaker.half_open": _breaker("breaker.half_open"),
+    "breaker.closed": _breaker("breaker.closed"),
+    "budget.reserved": _budget_reserved,
+    "budget.settled": _budget_settled,
+    "budget.released": _budget_released,
+    "budget.exceeded": _budget_exceeded,
+    "kill.engaged": _kill("engaged"),
+    "kill.released": _kill("released"),
+    "anomaly.detected": _anomaly,
+    "plan.finished": _finished,
+    "undo.requested": _undo,
+    "review.marked": _reviewed,
+    "complaint.filed": _complaint,
+}
 
 
 class MetricsListener:
     """Counts events as they are appended (called inside the appending transaction)."""
 
+    __slots__ = ("_events", "_steps")
+
+    def __init__(self) -> None:
+        self._events: dict[str, Any] = {}
+        self._steps: dict[str, Any] = {}
+
     def on_events(self, tx: Transaction, rows: Sequence[EventRow]) -> None:
         """Count ``rows``; parse only the few types whose data labels a metric."""
         for row in rows:
-            EVENTS.labels(row.type).inc()
-            if row.type == "policy.decided":
-                data = orjson.loads(row.body).get("data", {})
-                DECISIONS.labels(
-                    data.get("decision", {}).get("outcome", "?"),
-                    data.get("assessment", {}).get("pattern", "?"),
-                ).inc()
-            elif row.type == "guard.rate_limited":
-                RATE_LIMITED.labels(orjson.loads(row.body)["data"].get("scope", "?")).inc()
-            elif row.type == "breaker.opened":
-                BREAKER_TRIPS.labels(orjson.loads(row.body)["data"].get("breaker", "?")).inc()
+            kind = row.type
+            child = self._events.get(kind)
+            if child is None:
+                child = self._events[kind] = EVENTS.labels(kind)
+            child.inc()
+            outcome = _STEP_OUTCOMES.get(kind)
+            if outcome is not None:
+                step = self._steps.get(outcome)
+                if step is None:
+                    step = self._steps[outcome] = STEPS.labels(outcome)
+                step.inc()
+                continue
+            guard = _GUARDS.get(kind)
+            if guard is not None:
+                GUARD_DENIALS.labels(guard).inc()
+            handler = _PARSED.get(kind)
+            if handler is not None:
+                data = orjson.loads(row.body).get("data")
+                handler(data if isinstance(data, dict) else {})
 
 
 class StoreCollector(Collector):
@@ -93,40 +273,47 @@ class StoreCollector(Collector):
         if cp is not None:
             age.add_metric([], (now - datetime.fromisoformat(cp.created_at)).total_seconds())
         yield age
+        signed = GaugeMetricFamily(
+            "proctor_checkpoint_size", "Events covered by the latest signed checkpoint."
+        )
+        signed.add_metric([], cp.size if cp is not None else 0)
+        yield signed
         depth = GaugeMetricFamily(
             "proctor_webhook_outbox", "Webhook deliveries by status.", labels=["status"]
         )
         for status in ("pending", "dead"):
             depth.add_metric([status], len(store.deliveries(status=status, limit=100_000)))
         yield depth
+        yield from self._guards()
+
+    def _guards(self) -> Iterator[Any]:
         guards = self.gateway.guards
-        if guards is not None:
-            st = guards.status()
-            breakers = GaugeMetricFamily(
-                "proctor_breaker_open",
-                "1 if a circuit breaker is not closed.",
-                labels=["breaker", "state"],
-            )
-            for key, v in st["breakers"].items():
-                breakers.add_metric(
-                    [key, v.get("state", "?")], 0 if v.get("state") == "closed" else 1
-                )
-            yield breakers
-            kills = GaugeMetricFamily("proctor_kill_switches", "Kill switches engaged.")
-            kills.add_metric([], len(st["kill"]))
-            yield kills
-            budget = GaugeMetricFamily(
-                "proctor_budget_used",
-                "Budget used in the current period.",
-                labels=["budget", "period"],
-            )
-            limit = GaugeMetricFamily(
-                "proctor_budget_limit", "Budget limit per period.", labels=["budget", "period"]
-            )
-            for b in st["budgets"]:
-                name = f"{b['scope']}:{b['key']}"
-                limit.add_metric([name, b["period"]], b["limit"])
-                if b["used"] is not None:
-                    budget.add_metric([name, b["period"]], b["used"])
-            yield budget
-            yield limit
+        if guards is None:
+            return
+        st = guards.status()
+        breakers = GaugeMetricFamily(
+            "proctor_breaker_open",
+            "1 if a circuit breaker is not closed.",
+            labels=["breaker", "state"],
+        )
+        for key, v in st["breakers"].items():
+            breakers.add_metric([key, v.get("state", "?")], 0 if v.get("state") == "closed" else 1)
+        yield breakers
+        kills = GaugeMetricFamily("proctor_kill_switches", "Kill switches engaged.")
+        kills.add_metric([], len(st["kill"]))
+        yield kills
+        budget = GaugeMetricFamily(
+            "proctor_budget_used",
+            "Budget used in the current period.",
+            labels=["budget", "period"],
+        )
+        limit = GaugeMetricFamily(
+            "proctor_budget_limit", "Budget limit per period.", labels=["budget", "period"]
+        )
+        for b in st["budgets"]:
+            name = f"{b['scope']}:{b['key']}"
+            limit.add_metric([name, b["period"]], b["limit"])
+            if b["used"] is not None:
+                budget.add_metric([name, b["period"]], b["used"])
+        yield budget
+        yield limit

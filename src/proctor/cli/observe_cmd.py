@@ -101,14 +101,18 @@ def report(
     verbose: Verbose = False,
 ) -> int:
     """Write the monthly governance review (Markdown and HTML with charts)."""
+    from proctor.app.kpis import relevant
     from proctor.app.report import build_report, month_bounds
 
     try:
-        month_bounds(month)
+        start, end = month_bounds(month)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="'--month'") from None
+    # The month before is the trend's baseline; older rows are parsed only when they matter.
+    prev_start = (start - timedelta(days=1)).replace(day=1)
     with _open(home) as p:
-        bodies = (orjson.loads(r.body) for r in p.gateway.store.iter_events())
+        rows = relevant(p.gateway.store.iter_events(), since=prev_start, until=end)
+        bodies = (orjson.loads(r.body) for r in rows)
         origin = p.gateway.audit_log.origin if p.gateway.audit_log is not None else "proctor"
         rep = build_report(bodies, month, origin=origin)
     out.mkdir(parents=True, exist_ok=True)

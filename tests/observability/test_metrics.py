@@ -1,0 +1,262 @@
+"""Prometheus counters fed by audit events, and gauges read from the store at scrape."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import timedelta
+
+import orjson
+from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from proctor import Proctor
+from proctor.app.gateway import GatewayOptions
+from proctor.app.metrics import MetricsListener, StoreCollector
+from proctor.core.catalog import Catalog
+from proctor.core.guards import Budget, GuardSettings, RateLimit
+from proctor.testing import FrozenClock, RecordingTool, make_plan
+
+from .conftest import LOW, History
+
+
+def value(name: str, **labels: str) -> float:
+    """The current value of a sample of the default registry (0 when absent)."""
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+class Snapshot:
+    """Counter values before a workload, to compare deltas (the registry is per process)."""
+
+    def __init__(self, *samples: tuple[str, dict[str, str]]) -> None:
+        self.samples = samples
+        self.before = {i: value(n, **lab) for i, (n, lab) in enumerate(samples)}
+
+    def deltas(self) -> list[float]:
+        return [value(n, **lab) - self.before[i] for i, (n, lab) in enumerate(self.samples)]
+
+
+class TestListenerOnHandBuiltEvents:
+    def test_each_event_type_feeds_its_counter_with_its_labels(self):
+        """Decisions, guards, breakers, budgets, kills, anomalies, steps, ends, false signals."""
+        h = History()
+        h.ev(
+            "policy.decided",
+            "p1",
+            data={"decision": {"outcome": "approve"}, "assessment": {"pattern": "orchestrator"}},
+        )
+        h.ev("guard.rate_limited", "p2", data={"scope": "agent", "key": "bot"})
+        h.ev("guard.whitelist_denied", "p3", data={"actions": ["x"]})
+        h.ev("guard.killed", "p4", data={"switch": "global"})
+        h.ev("budget.exceeded", "p5", data={"budget": "b", "then": "deny"})
+        h.ev("budget.exceeded", "p6", data={"budget": "b", "then": "approve"})  # escalates
+        h.ev("budget.exceeded", "p7", data={"budget": "b", "then": "recorded"})  # after the fact
+        h.ev("breaker.opened", "p8", data={"breaker": "action:t.x", "reason": "errors"})
+        h.ev("breaker.half_open", "p8", data={"breaker": "action:t.x"})
+        h.ev("breaker.closed", "p8", data={"breaker": "action:t.x"})
+        h.ev("budget.reserved", "p9", data={"reservations": [{"budget": "bud:t", "amount": 700}]})
+        h.ev("budget.settled", "p9", data={"settled": [{"budget": "bud:t", "spent": 650}]})
+        h.ev("budget.released", "p9", data={"released": [{"budget": "bud:t", "amount": 50}]})
+        h.ev("kill.engaged", data={"switch": "agent:t-bot", "by": "ops"})
+        h.ev("kill.released", data={"switch": "agent:t-bot", "by": "ops"})
+        h.ev("anomaly.detected", "p10", data={"agent_id": "t-bot"})
+        for kind in ("step.succeeded", "step.failed", "step.unknown", "step.retrying"):
+            h.ev(kind, "p11")
+        h.ev("plan.finished", "p11", data={"status": "compensated"})
+        h.ev("undo.requested", "p12", data={"by": "alice"})
+        h.ev("undo.requested", "p13", data={"by": "proctor:rollback-ttl"})
+        h.ev("review.marked", "p14", data={"verdict": "wrong", "reviewer": "r"})
+        h.ev("review.marked", "p15", data={"verdict": "fine", "reviewer": "r"})
+        h.ev("complaint.filed", "p16", data={"by": "alice", "reason": "no"})
+        snap = Snapshot(
+            ("proctor_decisions_total", {"outcome": "approve", "pattern": "orchestrator"}),
+            ("proctor_rate_limit_rejections_total", {"scope": "agent"}),
+            ("proctor_guard_denials_total", {"guard": "rate_limit"}),
+            ("proctor_guard_denials_total", {"guard": "whitelist"}),
+            ("proctor_guard_denials_total", {"guard": "kill_switch"}),
+            ("proctor_guard_denials_total", {"guard": "budget"}),
+            ("proctor_breaker_trips_total", {"breaker": "action:t.x"}),
+            ("proctor_breaker_transitions_total", {"breaker": "action:t.x", "state": "open"}),
+            ("proctor_breaker_transitions_total", {"breaker": "action:t.x", "state": "half_open"}),
+            ("proctor_breaker_transitions_total", {"breaker": "action:t.x", "state": "closed"}),
+            ("proctor_budget_amount_total", {"budget": "bud:t", "kind": "reserved"}),
+            ("proctor_budget_amount_total", {"budget": "bud:t", "kind": "settled"}),
+            ("proctor_budget_amount_total", {"budget": "bud:t", "kind": "released"}),
+            ("proctor_kill_switch_changes_total", {"switch": "agent:t-bot", "change": "engaged"}),
+            ("proctor_kill_switch_changes_total", {"switch": "agent:t-bot", "change": "released"}),
+            ("proctor_anomalies_total", {"agent": "t-bot"}),
+            ("proctor_steps_total", {"outcome": "unknown"}),
+            ("proctor_steps_total", {"outcome": "retrying"}),
+            ("proctor_plans_finished_total", {"status": "compensated"}),
+            ("proctor_false_action_signals_total", {"kind": "undo"}),
+            ("proctor_false_action_signals_total", {"kind": "rollback"}),
+            ("proctor_false_action_signals_total", {"kind": "review_wrong"}),
+            ("proctor_false_action_signals_total", {"kind": "complaint"}),
+            ("proctor_audit_events_total", {"type": "budget.exceeded"}),
+        )
+
+        MetricsListener().on_events(None, h.rows())
+
+        assert snap.deltas() == [1] * 10 + [700, 650, 50] + [1] * 10 + [3]
+
+    def test_odd_data_never_raises_and_labels_a_question_mark(self):
+        """A listener runs inside the appending transaction: it must not fail it."""
+        h = History()
+        h.ev("policy.decided", "p1", data=None)
+        h.ev("guard.rate_limited", "p1")
+        h.ev("budget.settled", "p1", data={"settled": [{"budget": "odd", "spent": "12"}]})
+        h.events[0]["data"] = ["not", "a", "mapping"]
+        snap = Snapshot(
+            ("proctor_decisions_total", {"outcome": "?", "pattern": "?"}),
+            ("proctor_rate_limit_rejections_total", {"scope": "?"}),
+            ("proctor_budget_amount_total", {"budget": "odd", "kind": "settled"}),
+        )
+
+        MetricsListener().on_events(None, h.rows())
+
+        assert snap.deltas() == [1, 1, 0]
+
+
+LIMITS = GuardSettings(
+    rate_limits=(RateLimit(scope="agent", key="*", limit=3, per_seconds=60),),
+    budgets=(Budget(scope="global", key="*", limit=10_000, period="day", on_exceed="deny"),),
+)
+
+
+class Everything:
+    version = "sha256:everything"
+
+    def evaluate(self, input):
+        steps = {s["id"]: {"outcome": "execute"} for s in input["steps"]}
+        return {"steps": steps, "plan": {}}
+
+
+def _live(guards=LIMITS, clock=None):
+    p = Proctor.in_memory(
+        catalog=Catalog(),
+        policy=Everything(),
+        clock=clock or FrozenClock(),
+        options=GatewayOptions(),
+        guards=guards,
+    )
+    p.action("shop.buy", category="general", baselines=LOW, cost=400)(RecordingTool())
+    p.action("shop.fail", category="general", baselines=LOW)(
+        RecordingTool(fail_with=RuntimeError("down"))
+    )
+    listener = MetricsListener()
+    p.gateway.listeners.append(listener)
+    return p
+
+
+class TestCountersAgreeWithTheLog:
+    def test_a_guarded_workload_counts_exactly_what_the_log_records(self):
+        """Per event type, per decision and per guard: counter deltas equal the log's counts."""
+        p = _live()
+        types_before = {
+            t: value("proctor_audit_events_total", type=t)
+            for t in ("plan.submitted", "guard.rate_limited", "budget.reserved", "kill.engaged")
+        }
+        snap = Snapshot(
+            ("proctor_rate_limit_rejections_total", {"scope": "agent"}),
+            ("proctor_budget_amount_total", {"budget": "budget:global:*", "kind": "reserved"}),
+            ("proctor_budget_amount_total", {"budget": "budget:global:*", "kind": "settled"}),
+            ("proctor_decisions_total", {"outcome": "execute", "pattern": "agentic"}),
+            ("proctor_steps_total", {"outcome": "failed"}),
+        )
+
+        for _ in range(2):
+            p.submit(make_plan([("shop.buy", {})], agent_id="bot"))
+        p.submit(make_plan([("shop.fail", {})], agent_id="bot"))
+        limited = p.submit(make_plan([("shop.buy", {})], agent_id="bot"))
+        p.guards.kill("action", "shop.buy", by="ops", reason="drill")
+        p.guards.unkill("action", "shop.buy", by="ops")
+
+        bodies = [orjson.loads(r.body) for r in p.gateway.store.iter_events()]
+        types = Counter(b["type"] for b in bodies)
+        decided = Counter(
+            (b["data"]["decision"]["outcome"], b["data"]["assessment"]["pattern"])
+            for b in bodies
+            if b["type"] == "policy.decided"
+        )
+        reserved = sum(
+            r["amount"]
+            for b in bodies
+            if b["type"] == "budget.reserved"
+            for r in b["data"]["reservations"]
+        )
+        assert limited.status.value == "denied"
+        assert types["guard.rate_limited"] == 1
+        assert reserved == 800
+        assert {
+            t: value("proctor_audit_events_total", type=t) - v for t, v in types_before.items()
+        } == {t: types[t] for t in types_before}
+        assert snap.deltas() == [
+            1,
+            reserved,
+            800,
+            decided[("execute", "agentic")],
+            types["step.failed"],
+        ]
+
+
+class TestStoreGauges:
+    def _scrape(self, p) -> dict:
+        registry = CollectorRegistry()
+        registry.register(StoreCollector(p.gateway))
+        from prometheus_client import generate_latest
+
+        out = {}
+        for family in text_string_to_metric_families(generate_latest(registry).decode()):
+            for s in family.samples:
+                out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+        return out
+
+    def test_waiting_plans_their_age_and_the_log_size(self):
+        """Known answers: two plans waiting, the oldest for 90 s; the log's event count."""
+
+        class Approve(Everything):
+            def evaluate(self, input):
+                d = {"outcome": "approve", "approvals": 1, "approver_roles": ["ops"]}
+                return {"steps": {s["id"]: d for s in input["steps"]}, "plan": {}}
+
+        clock = FrozenClock()
+        p = Proctor.in_memory(
+            catalog=Catalog(), policy=Approve(), clock=clock, options=GatewayOptions()
+        )
+        p.action("shop.buy", category="general", baselines=LOW)(RecordingTool())
+        p.submit(make_plan([("shop.buy", {})]))
+        clock.advance(60)
+        p.submit(make_plan([("shop.buy", {})]))
+        clock.advance(30)
+
+        m = self._scrape(p)
+
+        assert m[("proctor_approvals_pending", (("kind", "approval"),))] == 2
+        assert m[("proctor_approvals_pending", (("kind", "confirm"),))] == 0
+        assert m[("proctor_approvals_oldest_seconds", (("kind", "approval"),))] == 90
+        assert m[("proctor_audit_log_events", ())] == p.gateway.store.event_count()
+        assert m[("proctor_webhook_outbox", (("status", "pending"),))] == 0
+
+    def test_a_checkpoint_has_an_age_and_a_size(self):
+        """After a signed checkpoint, its age grows with the clock and its size is the log's."""
+        clock = FrozenClock()
+        p = _live(guards=GuardSettings(), clock=clock)
+        p.submit(make_plan([("shop.buy", {})]))
+        assert p.checkpoint() is not None
+        clock.advance(timedelta(minutes=2))
+
+        m = self._scrape(p)
+
+        assert m[("proctor_checkpoint_age_seconds", ())] == 120
+        assert m[("proctor_checkpoint_size", ())] == p.gateway.store.event_count()
+
+    def test_guard_gauges_show_budget_use_and_kill_switches(self):
+        """The global budget's use is the cost settled; an engaged switch counts one."""
+        p = _live()
+        p.submit(make_plan([("shop.buy", {})]))
+        p.guards.kill("agent", "other-bot", by="ops")
+
+        m = self._scrape(p)
+
+        budget = {k: v for k, v in m.items() if k[0] == "proctor_budget_used"}
+        assert list(budget.values()) == [400]
+        assert m[("proctor_kill_switches", ())] == 1

@@ -1,0 +1,197 @@
+"""The monthly review generated for a seeded month and checked for its figures; the CLI."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+
+from proctor import Proctor
+from proctor.app.gateway import GatewayOptions
+from proctor.app.report import build_report, month_bounds
+from proctor.core.catalog import Catalog
+from proctor.core.guards import GuardSettings
+from proctor.testing import FrozenClock, RecordingTool, make_plan
+
+from .conftest import LOW, manifest, run_cli
+
+OUTCOMES = {"shop.buy": "execute", "shop.big": "approve", "shop.ask": "confirm", "shop.no": "deny"}
+
+
+class Scripted:
+    version = "sha256:november"
+
+    def evaluate(self, input):
+        steps = {}
+        for s in input["steps"]:
+            d = {"outcome": OUTCOMES[s["action"]], "undo_window": 3600}
+            if d["outcome"] == "approve":
+                d |= {"approvals": 1, "approver_roles": ["finance"]}
+            steps[s["id"]] = d
+        return {"steps": steps, "plan": {"review_sample_rate": 1}}
+
+
+def _seeded_month():
+    """November 2026, by hand: every figure below is counted from this script."""
+    clock = FrozenClock(datetime(2026, 10, 20, 9, tzinfo=UTC))
+    p = Proctor.in_memory(
+        catalog=Catalog(),
+        policy=Scripted(),
+        clock=clock,
+        options=GatewayOptions(),
+        guards=GuardSettings(),
+    )
+    for name in OUTCOMES:
+        p.action(
+            name, category="general", baselines=LOW, reversible=True, compensate=RecordingTool()
+        )(RecordingTool())
+
+    def submit(action, agent="bot-a"):
+        return p.submit(make_plan([(action, {})], agent_id=agent))
+
+    # October (the baseline month): two plans, one undone.
+    old = submit("shop.buy")
+    submit("shop.buy")
+    p.undo(old.plan_id, "alice")
+    # Week 1 of November (day 2): three buys by bot-a, one denied, one to confirm.
+    clock.advance(datetime(2026, 11, 2, 9, tzinfo=UTC) - clock.now())
+    buys = [submit("shop.buy") for _ in range(3)]
+    submit("shop.no")
+    ask = submit("shop.ask", agent="bot-b")
+    clock.advance(300)
+    p.confirm(ask.plan_id, "alice")
+    # Week 2 (day 10): bot-b; two approvals after 2 minutes and 2 hours; a complaint.
+    clock.advance(datetime(2026, 11, 10, 9, tzinfo=UTC) - clock.now())
+    big1, big2 = submit("shop.big", agent="bot-b"), submit("shop.big", agent="bot-b")
+    submit("shop.no", agent="bot-b")
+    clock.advance(120)
+    p.approve(big1.plan_id, "fiona", roles=["finance"])
+    clock.advance(7200 - 120)
+    p.approve(big2.plan_id, "fiona", roles=["finance"])
+    p.guards.complain(buys[0].plan_id, by="alice", reason="not what I asked")
+    p.guards.mark_review(buys[1].plan_id, "fine", reviewer="rita")
+    p.guards.mark_review(buys[2].plan_id, "wrong", reviewer="rita")
+    p.guards.kill("action", "shop.big", by="ops", reason="supplier incident")
+    # December: outside the month.
+    clock.advance(datetime(2026, 12, 1, 0, tzinfo=UTC) - clock.now())
+    submit("shop.buy")
+    bodies = [orjson.loads(e.body) for e in p.gateway.store.iter_events()]
+    return build_report(bodies, "2026-11", origin="test/november"), buys
+
+
+class TestSeededMonth:
+    def test_the_figures_are_the_ones_the_script_produced(self):
+        """KPIs, their trend, weeks, agents, denials, latencies, kills, reviews, versions."""
+        rep, buys = _seeded_month()
+        f = rep.figures
+
+        k, before = f["kpis"], f["kpis_before"]
+        assert k["counts"]["proposed"] == 8
+        # Executed: 3 buys, the confirmed ask, the 2 approved bigs = 6; the complaint and
+        # the wrong review make 2 false; accepted = 6 - 2 = 4 of 8 proposed.
+        assert k["counts"]["executed_plans"] == 6
+        assert k["false_action_rate"] == round(2 / 6, 4)
+        assert k["counts"]["false_signals"] == {"complaint": 1, "review_wrong": 1}
+        assert k["acceptance_rate"] == 0.5
+        assert before["counts"]["proposed"] == 2 and before["false_action_rate"] == 0.5
+        assert [w["proposed"] for w in f["weeks"]] == [5, 3, 0, 0, 0]
+        assert [w["label"] for w in f["weeks"]][::4] == ["11-01-11-07", "11-29-11-30"]
+        # Each week is judged as of the month's end: the complaint and the review of the
+        # 10th count against the plans of the 2nd.
+        assert f["weeks"][0]["acceptance_rate"] == round(2 / 5, 4)
+        assert f["weeks"][0]["false_action_rate"] == 0.5
+        assert f["weeks"][1]["acceptance_rate"] == round(2 / 3, 4)
+        assert set(f["kpis_by_agent"]) == {"bot-a", "bot-b"}
+        assert f["kpis_by_agent"]["bot-a"]["counts"]["proposed"] == 4
+        assert f["top_denied"] == [("shop.no", 2)]
+        assert f["approval_latency_s"] == {"count": 2, "median": 3660.0, "p90": 7200.0}
+        assert f["confirmation_latency_s"] == {"count": 1, "median": 300.0, "p90": 300.0}
+        assert dict(f["latency_histogram"]["approval"])["≤5 min"] == 1
+        assert dict(f["latency_histogram"]["approval"])["≤4 h"] == 1
+        assert [(x["switch"], x["reason"]) for x in f["kill_switches"]] == [
+            ("action:shop.big", "supplier incident")
+        ]
+        sampled = {s["plan_id"]: (s["verdict"], s["reviewer"]) for s in f["sampled_reviews"]}
+        assert sampled[buys[1].plan_id] == ("fine", "rita")
+        assert sampled[buys[2].plan_id] == ("wrong", "rita")
+        assert f["reviews"] == {
+            "sampled": 3,
+            "fine": 1,
+            "wrong": 1,
+            "pending": 1,
+        }  # the auto-run buys
+        assert f["policy_versions"]["sha256:november"]["plans"] == 8
+
+    def test_both_renderings_carry_the_figures_and_load_nothing(self):
+        """Markdown and HTML show the same numbers; the HTML has charts and no outside request."""
+        rep, _ = _seeded_month()
+
+        assert "| False-action rate | 33.3% (-16.7 pts) |" in rep.markdown
+        assert "| 11-01-11-07 | 5 | 40.0% | 50.0% |" in rep.markdown
+        assert "| bot-b | 4 | 75.0% | 0.0% |" in rep.markdown
+        assert "2 approvals; median 3660.0 s, p90 7200.0 s." in rep.markdown
+        assert "`action:shop.big` by ops: supplier incident" in rep.markdown
+        assert rep.html.count("<svg") == 3
+        assert "33.3% (-16.7 pts)" in rep.html
+        assert "supplier incident" in rep.html
+        assert not re.search(r"<script|<link|<img|src=|href=|@import|url\(", rep.html)
+
+
+class TestMonthBounds:
+    @pytest.mark.parametrize(
+        ("month", "end"),
+        [("2026-02", "2026-03-01"), ("2028-02", "2028-03-01"), ("2026-12", "2027-01-01")],
+    )
+    def test_a_month_ends_where_the_next_begins(self, month, end):
+        """Month lengths, leap years and the year boundary."""
+        assert month_bounds(month)[1] == datetime.fromisoformat(end).replace(tzinfo=UTC)
+
+    @pytest.mark.parametrize("bad", ["2026-13", "2026-1", "26-11", "2026-11-01", "", "1970-01"])
+    def test_a_bad_month_is_refused(self, bad):
+        """Anything but YYYY-MM (from 1970-02 on) is a ValueError naming the value."""
+        with pytest.raises(ValueError, match="month must be"):
+            month_bounds(bad)
+
+
+@pytest.mark.cli
+@pytest.mark.slow
+class TestCli:
+    def test_kpi_and_report_on_an_instance(self, proctor_exe, home, tmp_path):
+        """`proctor kpi` and `proctor report` read the instance; bad flags exit 2."""
+        plan = tmp_path / "plan.json"
+        plan.write_text(
+            json.dumps(manifest(("travel.search", {"destination": "Lisbon", "date": "2027-03-12"})))
+        )
+        submitted = run_cli(proctor_exe, "submit", plan, "--json", home=home)
+        assert submitted.returncode == 0, submitted.stderr
+        month = json.loads(submitted.stdout)["created_at"][:7]
+
+        kpi = run_cli(proctor_exe, "kpi", "--by", "agent", "--json", home=home)
+        table = run_cli(proctor_exe, "kpi", home=home)
+        report = run_cli(
+            proctor_exe, "report", "--month", month, "--out", tmp_path / "out", "--json", home=home
+        )
+        bad_by = run_cli(proctor_exe, "kpi", "--by", "planet", home=home)
+        bad_since = run_cli(proctor_exe, "kpi", "--since", "yesterday", home=home)
+        inverted = run_cli(
+            proctor_exe, "kpi", "--since", "2030-01-02", "--until", "2030-01-01", home=home
+        )
+        bad_month = run_cli(proctor_exe, "report", "--month", "2026-13", home=home)
+
+        assert kpi.returncode == 0, kpi.stderr
+        groups = json.loads(kpi.stdout)["kpis"]
+        assert groups["bot"]["counts"]["executed_steps"] == 1
+        assert groups["bot"]["acceptance_rate"] == 1.0
+        assert table.returncode == 0 and "acceptance" in table.stdout
+        assert report.returncode == 0, report.stderr
+        doc = json.loads(report.stdout)
+        assert doc["figures"]["kpis"]["counts"]["proposed"] == 1
+        md = (tmp_path / "out" / f"review-{month}.md").read_text()
+        assert f"# Governance review {month}" in md
+        assert (tmp_path / "out" / f"review-{month}.html").read_text().count("<svg") == 3
+        for bad in (bad_by, bad_since, inverted, bad_month):
+            assert bad.returncode == 2, bad.stderr
+        assert "--month" in bad_month.stderr and "--by" in bad_by.stderr
