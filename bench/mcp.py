@@ -1,13 +1,13 @@
 """Latency that the MCP governance proxy adds to a ``tools/call``.
 
 The same ``echo`` call of ``@modelcontextprotocol/server-everything`` (from the npm registry,
-installed under tests/integration/mcp_data/npm by the MCP tests or ``npm install`` there), made
+installed with ``npm ci`` from tests/mcp/npm into ~/.cache/proctor-tests, as the tests do), made
 by the SDK's client directly to the server and through ``proctor mcp``, over stdio and over
 streamable HTTP. Through the proxy every call is a governed plan that the policy executes:
 validated, scored, decided by Rego, audited with signed events, durably committed (SQLite,
 synchronous=FULL).
 
-Usage: python bench/mcp.py [--calls 300]
+Usage: python bench/mcp.py [--calls 300] [--synchronous FULL|NORMAL] [--store sqlite|memory]
 Prints a table, then one JSON object as the last line. Target: <= 3 ms added at p50.
 """
 
@@ -20,8 +20,10 @@ from pathlib import Path
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import argparse
+import hashlib
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -36,11 +38,17 @@ from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
 ROOT = Path(__file__).resolve().parent.parent
-NPM = ROOT / "tests/integration/mcp_data/npm/node_modules/@modelcontextprotocol"
-EVERYTHING = NPM / "server-everything/dist/index.js"
+LOCK = ROOT / "tests/mcp/npm/package-lock.json"
+CACHE = (
+    Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    / "proctor-tests"
+    / f"mcp-npm-{hashlib.sha256(LOCK.read_bytes()).hexdigest()[:16]}"
+)
+EVERYTHING = CACHE / "node_modules/@modelcontextprotocol/server-everything/dist/index.js"
 CATALOG = """
 [actions."mcp.everything.echo"]
 summary = "Echo {message}"
+runner = "mcp"
 category = "read"
 idempotent = true
 baselines = { risk = 1, auditability = 1, ux = 1, recovery = 1, cost = 1 }
@@ -96,12 +104,55 @@ async def http_session(url: str) -> Any:
         yield s
 
 
+def governance(home: Path, calls: int) -> list[float]:
+    """The same plan submitted in process with a Python handler: the gateway's share."""
+    from proctor import Proctor
+
+    p = Proctor.open(home)
+
+    @p.action(
+        "bench.echo",
+        category="read",
+        idempotent=True,
+        baselines={"risk": 1, "auditability": 1, "ux": 1, "recovery": 1, "cost": 1},
+    )
+    def echo(params: dict[str, Any], call: Any) -> dict[str, Any]:
+        return {"content": [{"type": "text", "text": params["message"]}]}
+
+    out = []
+    for i in range(30 + calls):
+        plan = {
+            "actor": {"type": "agent", "name": "bench", "model_version": "1", "agent_id": "b"},
+            "on_behalf_of": "u",
+            "intent": "bench",
+            "steps": [{"id": "s1", "action": "bench.echo", "params": {"message": f"m{i}"}}],
+        }
+        t0 = time.perf_counter()
+        record = p.submit(plan)
+        if i >= 30:
+            out.append((time.perf_counter() - t0) * 1000)
+        if record.status.value != "succeeded":
+            sys.exit(f"the governed echo did not run: {record.status}")
+    p.close()
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--calls", type=int, default=300)
+    ap.add_argument("--synchronous", choices=["FULL", "NORMAL"], default="FULL")
+    ap.add_argument(
+        "--store",
+        choices=["sqlite", "memory"],
+        default="sqlite",
+        help="memory: the proxy's own share, without durable commits",
+    )
     opts = ap.parse_args()
     if not EVERYTHING.exists():
-        sys.exit(f"run `npm install` in {EVERYTHING.parents[3]} first")
+        CACHE.mkdir(parents=True, exist_ok=True)
+        shutil.copy(LOCK.with_name("package.json"), CACHE / "package.json")
+        shutil.copy(LOCK, CACHE / "package-lock.json")
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=CACHE, check=True)
     exe = str(Path(sys.executable).with_name("proctor"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("PROCTOR_")}
     results: dict[str, list[float]] = {}
@@ -110,6 +161,13 @@ def main() -> None:
         home = Path(tmp) / "home"
         subprocess.run([exe, "init", "--home", str(home)], check=True, capture_output=True, env=env)
         (home / "catalog.toml").write_text(CATALOG)
+        cfg = (home / "config.toml").read_text()
+        (home / "config.toml").write_text(
+            cfg.replace('synchronous = "FULL"', f'synchronous = "{opts.synchronous}"').replace(
+                'url = "sqlite:///proctor.db"',
+                'url = "memory://"' if opts.store == "memory" else 'url = "sqlite:///proctor.db"',
+            )
+        )
         stdio_cfg = {"mcpServers": {"everything": {"command": "node", "args": [str(EVERYTHING)]}}}
         (home / "stdio.json").write_text(json.dumps(stdio_cfg))
         try:
@@ -156,6 +214,7 @@ def main() -> None:
                     results["http via proxy"] = await measure(s, opts.calls)
 
             anyio.run(run_all)
+            results["governance only"] = governance(home, opts.calls)
         finally:
             for p in procs:
                 p.terminate()
@@ -171,7 +230,10 @@ def main() -> None:
         }
         for t in ("stdio", "http")
     }
-    print(f"tools/call echo, {opts.calls} calls each (durable SQLite home, signed audit events)")
+    print(
+        f"tools/call echo, {opts.calls} calls each (store {opts.store}, SQLite synchronous="
+        f"{opts.synchronous}, signed audit events)"
+    )
     print(f"{'path':<18} {'p50 ms':>8} {'p99 ms':>8}")
     for k, r in rows.items():
         print(f"{k:<18} {r['p50_ms']:>8} {r['p99_ms']:>8}")
@@ -180,11 +242,18 @@ def main() -> None:
             f"added by the proxy over {t}: p50 {a['p50_ms']} ms, p99 {a['p99_ms']} ms"
             " (target p50 <= 3 ms)"
         )
+    gov = rows["governance only"]["p50_ms"]
+    print(
+        f"of which the governed plan itself (gateway, in process): p50 {gov} ms; the proxy's"
+        f" own share over stdio: p50 {round(added['stdio']['p50_ms'] - gov, 3)} ms"
+    )
     print(
         json.dumps(
             {
                 "bench": "mcp",
                 "calls": opts.calls,
+                "synchronous": opts.synchronous,
+                "store": opts.store,
                 "results": rows,
                 "added": added,
                 "target_p50_ms": 3.0,

@@ -1,0 +1,182 @@
+"""From an MCP tool to a catalog action, and from a ``tools/call`` to a one-step plan.
+
+- **Actions.** Tool ``t`` of server ``s`` is the action ``mcp.<s>.<t>`` (lower-cased, other
+  characters as ``_``). A catalog entry of that name (TOML, with no handler) declares its
+  category, baselines, masks and timeout; the proxy binds the handler and the runner
+  ``mcp``. A tool with no entry is scored from its annotations, which are *untrusted
+  hints* from the server: they may lower the risk of a read-only tool to 3, never below,
+  and every other axis stays at 4, so the default policy asks for approval (fail closed).
+  The tool's ``inputSchema`` becomes the params schema when the entry gives none, so bad
+  arguments are refused by validation, audited, and never reach the server.
+- **Plan ids.** A call is identified by (agent, client, action, canonical arguments) plus
+  a *generation*: ``mcp-<hash>-<n>``. Generation ``n`` is reused while its plan waits
+  (confirmation, approval, or approved and queued for this runner): an agent retrying the
+  same call after an approval finds that plan and its approval. Once it is over (done,
+  denied, rejected, expired) the same call is a new plan ``n + 1``. Generations fill up
+  contiguously, so the current one is found with an exponential then binary search.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import mcp_types as types
+import orjson
+
+from proctor.core.assessment import Scores
+from proctor.core.catalog import ActionSpec
+from proctor.core.lifecycle import PlanRecord, PlanStatus
+
+__all__ = [
+    "WAITING",
+    "action_name",
+    "bind_spec",
+    "call_key",
+    "current_plan_id",
+    "manifest",
+    "spec_from_annotations",
+]
+
+_BAD = re.compile(r"[^a-z0-9_]+")
+WAITING = frozenset(
+    {PlanStatus.AWAITING_APPROVAL, PlanStatus.AWAITING_CONFIRMATION, PlanStatus.RUNNING}
+)
+"""Statuses in which a retried call belongs to the same plan."""
+
+_TRIVIAL_SCHEMA: Mapping[str, Any] = {"type": "object"}
+
+
+def _slug(text: str) -> str:
+    return _BAD.sub("_", text.lower()).strip("_") or "x"
+
+
+def action_name(server: str, tool: str) -> str:
+    """Return the catalog action of ``tool`` on ``server``: ``mcp.<server>.<tool>``."""
+    return f"mcp.{_slug(server)}.{_slug(tool)}"
+
+
+def spec_from_annotations(name: str, tool: types.Tool) -> ActionSpec:
+    """A catalog entry for a tool nobody declared: scores high enough to need approval.
+
+    Args:
+        name: The action name.
+        tool: The upstream's description of the tool.
+
+    Returns:
+        An entry in ``read`` (read-only hint) or ``general``; baselines risk 3 (read-only)
+        or 5, every other axis 4: a total of at least 19.
+    """
+    a = tool.annotations
+    # Hints, not facts: a server may say anything. Only "read-only" lowers anything, and only
+    # to a middle risk; "destructive: false" or "idempotent" never lower a score.
+    read_only = bool(a and a.read_only_hint is True)
+    risk = 3 if read_only else 5
+    return ActionSpec(
+        name=name,
+        summary=f"MCP tool {tool.name}"
+        + (f": {tool.description[:120]}" if tool.description else ""),
+        params_schema=_TRIVIAL_SCHEMA,
+        category="read" if read_only else "general",
+        baselines=Scores(risk=risk, auditability=4, ux=4, recovery=4, cost=4),
+        # Idempotent only matters for retries after a timeout or a lost connection; a hint
+        # cannot make a call that may write safe to repeat.
+        idempotent=bool(read_only and a and a.idempotent_hint is True),
+    )
+
+
+def bind_spec(
+    base: ActionSpec, tool: types.Tool, handler: str, *, on_bad_schema: Callable[[str], None]
+) -> ActionSpec:
+    """Return ``base`` bound to the proxy: handler, runner ``mcp``, the tool's schema.
+
+    The tool's ``inputSchema`` replaces a trivial params schema. A schema that does not
+    compile is not used (the server still validates its own input) and reported through
+    ``on_bad_schema``.
+    """
+    spec = dataclasses.replace(base, handler=handler, runner="mcp")
+    if dict(base.params_schema) != _TRIVIAL_SCHEMA:
+        return spec
+    schema = dict(tool.input_schema or {})
+    # The upstream's $schema often names draft 2020-12, which the validator does not know;
+    # the keywords tools use (type, properties, required, items, enum) mean the same.
+    schema.pop("$schema", None)
+    if not schema or schema == _TRIVIAL_SCHEMA:
+        return spec
+    try:
+        return dataclasses.replace(spec, params_schema=schema)
+    except Exception as exc:  # noqa: BLE001 - an unusable schema only loses early validation
+        on_bad_schema(f"{base.name}: {exc}")
+        return spec
+
+
+def call_key(agent_id: str, client: str, action: str, arguments: Mapping[str, Any]) -> str:
+    """Return the stable identity of a call (hex, 24 chars) from its canonical form."""
+    body = orjson.dumps([agent_id, client, action, arguments], option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(body).hexdigest()[:24]
+
+
+def current_plan_id(key: str, get: Callable[[str], PlanRecord | None]) -> str:
+    """Return the plan id a call with identity ``key`` belongs to now.
+
+    Args:
+        key: ``call_key(...)``.
+        get: Reads a plan by id (None when absent).
+
+    Returns:
+        The id of the latest generation when its plan still waits, else the next one.
+    """
+
+    def pid(n: int) -> str:
+        return f"mcp-{key}-{n}"
+
+    if get(pid(0)) is None:
+        return pid(0)
+    # Generations 0..last exist: find the first absent one, exponentially then binary.
+    hi = 1
+    while get(pid(hi)) is not None:
+        hi *= 2
+    lo = hi // 2  # present (or 0)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if get(pid(mid)) is None:
+            hi = mid
+        else:
+            lo = mid
+    last = get(pid(lo))
+    if last is not None and last.status in WAITING:
+        return pid(lo)
+    return pid(hi)
+
+
+def manifest(
+    *,
+    plan_id: str | None,
+    agent_id: str,
+    client: str,
+    on_behalf_of: str,
+    action: str,
+    tool: str,
+    arguments: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Return the one-step plan of a ``tools/call`` (deterministic for a given call).
+
+    ``plan_id`` None lets the gateway choose one (for calls that can never be retried).
+    """
+    doc: dict[str, Any] = {
+        "actor": {
+            "type": "agent",
+            "name": f"{agent_id} via {client}"[:200],
+            "model_version": client[:200] or "unknown",
+            "agent_id": agent_id,
+        },
+        "on_behalf_of": on_behalf_of,
+        "intent": f"MCP tools/call {tool}"[:1000],
+        "steps": [{"id": "s1", "action": action, "params": dict(arguments)}],
+    }
+    if plan_id is not None:
+        doc["plan_id"] = plan_id
+    return doc

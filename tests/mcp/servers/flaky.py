@@ -1,0 +1,82 @@
+"""An upstream MCP server written for the tests: it answers, fails, hangs, crashes or lies.
+
+- ``ok``: answers "fine"; ``numbers``: structured content with floats;
+- ``fail``: a tool error ("kaput");
+- ``hang``: never answers; ``crash``: the process exits mid-call;
+- ``garbage``: writes a line that is not JSON to stdout, then answers "fine";
+- ``malformed``: answers its request with a result that is not a CallToolResult, then hangs;
+- ``grow``: adds the tool ``extra`` and says so (``notifications/tools/list_changed``).
+
+It lists its tools three per page.
+"""
+
+import json
+import os
+
+import anyio
+import mcp_types as types
+from mcp.server.lowlevel import Server
+from mcp.server.stdio import stdio_server
+
+SCHEMA = {"type": "object", "properties": {"n": {"type": "integer"}}, "additionalProperties": False}
+TOOLS = ["ok", "numbers", "fail", "hang", "crash", "garbage", "malformed", "grow"]
+
+
+async def list_tools(ctx, params):
+    # Pages of three tools: the proxy must follow the cursor.
+    start = int(params.cursor) if params is not None and params.cursor else 0
+    page = TOOLS[start : start + 3]
+    more = str(start + 3) if start + 3 < len(TOOLS) else None
+    return types.ListToolsResult(
+        tools=[
+            types.Tool(name=n, description=f"{n} on purpose", input_schema=SCHEMA) for n in page
+        ],
+        next_cursor=more,
+    )
+
+
+def text(t):
+    return types.CallToolResult(content=[types.TextContent(type="text", text=t)])
+
+
+async def call_tool(ctx, params):
+    name = params.name
+    if name == "ok":
+        return text(f"fine {os.getpid()}")
+    if name == "numbers":
+        return types.CallToolResult(
+            content=[types.TextContent(type="text", text="numbers")],
+            structured_content={"ratio": 0.25, "big": 1.5e300, "n": 3},
+        )
+    if name == "fail":
+        return types.CallToolResult(
+            content=[types.TextContent(type="text", text="kaput")], is_error=True
+        )
+    if name == "hang":
+        await anyio.sleep(3600)
+    if name == "grow":
+        if "extra" not in TOOLS:
+            TOOLS.append("extra")
+        await ctx.session.send_tool_list_changed()
+        return text("grown")
+    if name == "extra":
+        return text("extra")
+    if name == "garbage":
+        os.write(1, b"this line is not JSON-RPC\n")
+        return text("fine after garbage")
+    if name == "malformed":
+        bad = {"jsonrpc": "2.0", "id": ctx.request_id, "result": {"content": "not a list"}}
+        os.write(1, (json.dumps(bad) + "\n").encode())
+        await anyio.sleep(3600)
+    os._exit(3)  # crash
+
+
+server = Server("flaky", on_list_tools=list_tools, on_call_tool=call_tool)
+
+
+async def main():
+    async with stdio_server() as (read, write):
+        await server.run(read, write, server.create_initialization_options())
+
+
+anyio.run(main)

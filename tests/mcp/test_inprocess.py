@@ -1,0 +1,210 @@
+"""The proxy in this process (memory streams to the client, the test server over stdio).
+
+Faster than a ``proctor mcp`` subprocess, and it lets the test act as the approver while
+a call waits.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import anyio
+import mcp_types as types
+import pytest
+from mcp import ClientSession
+from mcp.shared.memory import create_client_server_memory_streams
+
+from proctor import Proctor
+from proctor.core.catalog import Catalog
+from proctor.core.lifecycle import PlanStatus
+from proctor.mcp import McpProxy, UpstreamConfig
+from proctor.policy import RegoPolicyEngine
+
+pytestmark = [pytest.mark.slow]
+
+FLAKY = Path(__file__).parent / "servers" / "flaky.py"
+EXAMPLE = Path(__file__).parent.parent.parent / "src" / "proctor" / "mcp" / "examples" / "mcp.rego"
+
+
+def instance(execute=()):
+    policy = RegoPolicyEngine.from_sources(
+        {"mcp.rego": EXAMPLE.read_text()},
+        {"mcp": {"roots": ["/nowhere"], "approver_roles": ["ops"], "execute": list(execute)}},
+    )
+    return Proctor.in_memory(catalog=Catalog(()), policy=policy)
+
+
+def text(result):
+    return " ".join(c.text for c in result.content if isinstance(c, types.TextContent))
+
+
+async def connected(
+    p: Proctor, stack: AsyncExitStack, mask_result=(), message_handler=None, **options
+) -> tuple[McpProxy, ClientSession]:
+    upstream = UpstreamConfig(
+        name="flaky", command=sys.executable, args=(str(FLAKY),), mask_result=mask_result
+    )
+    proxy = McpProxy(p, [upstream], **options)
+    await proxy.connect(stack)
+    server = proxy.server()
+    client_streams, server_streams = await stack.enter_async_context(
+        create_client_server_memory_streams()
+    )
+    tg = await stack.enter_async_context(anyio.create_task_group())
+    stack.callback(tg.cancel_scope.cancel)
+    tg.start_soon(
+        lambda: server.run(
+            server_streams[0], server_streams[1], server.create_initialization_options()
+        )
+    )
+    session = await stack.enter_async_context(
+        ClientSession(client_streams[0], client_streams[1], message_handler=message_handler)
+    )
+    await session.initialize()
+    return proxy, session
+
+
+def test_an_approval_given_while_the_call_waits_runs_it():
+    """With --approval-wait, an approver's decision in time lets the waiting call return."""
+    p = instance()
+
+    def approver():
+        for _ in range(300):
+            pending = [
+                r for r in p.gateway.store.list_plans() if r.status is PlanStatus.AWAITING_APPROVAL
+            ]
+            if pending:
+                p.approve(pending[0].plan_id, "olga", roles=["ops"])
+                return
+            threading.Event().wait(0.05)
+
+    async def go():
+        async with AsyncExitStack() as stack:
+            _, s = await connected(p, stack, approval_wait=30)
+            helper = threading.Thread(target=approver)
+            helper.start()
+            result = await s.call_tool("ok", {})
+            helper.join()
+            return result
+
+    result = anyio.run(go)
+
+    assert not result.is_error and text(result).startswith("fine")
+
+
+def test_killed_and_unlisted_actions_are_hidden():
+    """A kill switch or an agent whitelist removes the tools from tools/list."""
+    p = instance(execute=["mcp.flaky.ok"])
+
+    async def go():
+        async with AsyncExitStack() as stack:
+            _, s = await connected(p, stack, agent_id="bot")
+            everything = {t.name for t in (await s.list_tools()).tools}
+            p.gateway.guards.kill("action", "mcp.flaky.crash", by="ops")
+            after_kill = {t.name for t in (await s.list_tools()).tools}
+            p.gateway.guards.set_whitelist("bot", ["mcp.flaky.ok", "mcp.flaky.fail"], by="ops")
+            after_list = {t.name for t in (await s.list_tools()).tools}
+            killed = await s.call_tool("crash", {})  # hidden, and the gateway still refuses it
+            return everything, after_kill, after_list, killed
+
+    everything, after_kill, after_list, killed = anyio.run(go)
+
+    assert everything == {"ok", "numbers", "fail", "hang", "crash", "garbage", "malformed", "grow"}
+    assert "crash" not in after_kill and "hang" in after_kill
+    assert after_list == {"ok", "fail"}
+    assert killed.is_error and "denied" in text(killed)
+
+
+def test_identical_concurrent_calls_share_one_plan_and_distinct_ones_do_not():
+    """Two identical calls at once are one plan; different arguments are another."""
+    p = instance(execute=["mcp.flaky.ok"])
+
+    async def go():
+        async with AsyncExitStack() as stack:
+            _, s = await connected(p, stack)
+            results = []
+
+            async def call(args):
+                results.append(await s.call_tool("ok", args))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(call, {"n": 1})
+                tg.start_soon(call, {"n": 1})
+                tg.start_soon(call, {"n": 2})
+            return results
+
+    results = anyio.run(go)
+
+    assert all(not r.is_error for r in results), [text(r) for r in results]
+    plans = p.gateway.store.list_plans()
+    assert sorted(len(r.steps) for r in plans) == [1, 1]
+    assert {tuple(r.steps[0].params.items()) for r in plans} == {(("n", 1),), (("n", 2),)}
+
+
+def test_the_client_gets_the_exact_result_and_the_log_a_masked_copy():
+    """Floats reach the client as numbers; the log masks the configured pointers."""
+    p = instance(execute=["mcp.flaky.numbers"])
+
+    async def go():
+        async with AsyncExitStack() as stack:
+            _, s = await connected(p, stack, mask_result=("/structuredContent/ratio",))
+            return await s.call_tool("numbers", {})
+
+    result = anyio.run(go)
+
+    assert result.structured_content == {"ratio": 0.25, "big": 1.5e300, "n": 3}
+    (plan,) = p.gateway.store.list_plans()
+    bodies = [json.loads(e.body) for e in p.gateway.store.read_events(plan_id=plan.plan_id)]
+    (done,) = [b for b in bodies if b["type"] == "step.succeeded"]
+    logged = done["data"]["result"]
+    assert logged["structuredContent"]["ratio"] == "***"
+    assert logged["structuredContent"]["n"] == 3
+    assert len(logged["unmasked_sha256"]) == 64
+
+
+def test_the_default_policy_asks_approval_for_an_undeclared_tool():
+    """No catalog entry, the packaged policy: the call waits for an approver (fail closed)."""
+    p = Proctor.in_memory(catalog=Catalog(()), policy="default")
+
+    async def go():
+        async with AsyncExitStack() as stack:
+            _, s = await connected(p, stack)
+            return await s.call_tool("ok", {})
+
+    result = anyio.run(go)
+
+    assert result.is_error and "pending approval mcp-" in text(result)
+    (plan,) = p.gateway.store.list_plans()
+    assert plan.status is PlanStatus.AWAITING_APPROVAL
+
+
+def test_a_tools_list_change_passes_through_and_new_tools_are_governed():
+    """The upstream's list_changed reaches the client; its new tool is listed and governed."""
+    p = instance(execute=["mcp.flaky.grow"])
+    changed = anyio.Event()
+
+    async def on_message(message):
+        if isinstance(getattr(message, "root", message), types.ToolListChangedNotification):
+            changed.set()
+
+    async def go():
+        async with AsyncExitStack() as stack:
+            _, s = await connected(p, stack, message_handler=on_message)
+            assert s.server_capabilities.tools.list_changed is True
+            before = {t.name for t in (await s.list_tools()).tools}
+            grown = await s.call_tool("grow", {})
+            with anyio.fail_after(30):
+                await changed.wait()
+            after = {t.name for t in (await s.list_tools()).tools}
+            extra = await s.call_tool("extra", {})
+            return before, grown, after, extra
+
+    before, grown, after, extra = anyio.run(go)
+
+    assert "extra" not in before and not grown.is_error
+    assert "extra" in after
+    assert extra.is_error and "pending approval" in text(extra)  # undeclared: approval
