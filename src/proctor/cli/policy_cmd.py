@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from proctor.cli.commands import Home, Json, Verbose, _open
-from proctor.cli.render import console, print_json
+from proctor.cli.render import console, print_json, render_scores
 from proctor.config import home_from
 from proctor.errors import InvalidRequestError
 
@@ -130,6 +130,19 @@ def evaluate(
         console.print(f"[bold]{decision.outcome.value}[/] (policy {engine.version})")
         for reason in decision.reasons:
             console.print(f"  - {reason}")
+        t = Table()
+        for col in ("step", "outcome", "approvals", "step-up", "reasons"):
+            t.add_column(col)
+        for step in decision.as_dict()["steps"]:
+            roles = f" ({', '.join(step['approver_roles'])})" if step["approver_roles"] else ""
+            t.add_row(
+                step["step_id"],
+                step["outcome"],
+                f"{step['approvals']}{roles}",
+                "yes" if step["step_up"] else "no",
+                "\n".join(step["reasons"]),
+            )
+        console.print(t)
     return 1 if decision.outcome.value == "deny" else 0
 
 
@@ -174,11 +187,24 @@ def explain(
         f"policy {rec.policy_version}"
         + ("" if current == rec.policy_version else f" (in force now: {current})")
     )
-    console.print(f"scores {a['scores']} total {a['total']} → {a['pattern']}")
+    console.print(render_scores(a["scores"], a["total"], a["pattern"]))
     for adj in rec.decision["adjustments"]:
         console.print(f"  adjusted {adj['axis']} {adj['delta']:+d}: {adj['reason']}")
     for reason in rec.decision["plan_reasons"]:
-        console.print(f"  plan: {reason}")
+        console.print(f"  plan rule: {reason}")
+    t = Table(
+        title="Steps: outcome and the reasons of the rules that matched", title_justify="left"
+    )
+    for col in ("step", "action", "outcome", "approvals", "reasons"):
+        t.add_column(col)
     for s in doc["steps"]:
-        console.print(f"  {s['step']} {s['action']} → {s['outcome']}: {'; '.join(s['reasons'])}")
+        roles = f" ({', '.join(s['approver_roles'])})" if s["approver_roles"] else ""
+        t.add_row(
+            s["step"],
+            s["action"],
+            s["outcome"],
+            f"{s['approvals']}{roles}",
+            "\n".join(s["reasons"]),
+        )
+    console.print(t)
     return 0

@@ -5,8 +5,8 @@ keyword arguments) and acts on the decision:
 
 - ``execute``: Proctor runs the function (as the action's handler, with the idempotency
   key in ``call``) and the call returns its result;
-- ``confirm`` / ``approve``: raises ``ApprovalPending`` with the plan id; call again with the
-  same arguments and ``plan_id=`` once a human decided, and it returns the result;
+- ``confirm`` / ``approve``: raises ``ApprovalPending`` with the plan id; call again with
+  ``plan_id=`` once a human decided, and it returns the result;
 - ``deny``: raises ``ToolDenied`` whose message gives the reasons, for the model to read.
 
 In process, pass a ``Proctor``: the function is registered as the action's handler. Over
@@ -17,22 +17,19 @@ the function's body is only its documentation here.
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from proctor._library import Proctor
 from proctor.client import ProctorClient
-from proctor.core.lifecycle import PlanRecord
 from proctor.errors import ProctorError
+from proctor.integrations._governor import Governor, ToolOutcome
 
-__all__ = ["ApprovalPending", "ToolDenied", "ToolFailed", "governed"]
-
-LOW = {"risk": 1, "auditability": 1, "ux": 1, "recovery": 1, "cost": 1}
+__all__ = ["ApprovalPending", "ToolDenied", "ToolFailed", "governed", "raise_for_outcome"]
 
 
 class ToolDenied(ProctorError):
-    """The policy (or a guard) denied the call; the message says why."""
+    """The policy (or a guard, or a human) denied the call; the message says why."""
 
     code = "tool_denied"
 
@@ -54,26 +51,28 @@ class ApprovalPending(ProctorError):
         self.status = status
 
 
-def _outcome(plan_id: str, status: str, reasons: list[str], result: Any, error: str | None) -> Any:
-    if status == "succeeded":
-        return result
-    if status in ("awaiting_confirmation", "awaiting_approval"):
-        who = "its user's confirmation" if status == "awaiting_confirmation" else "approval"
-        raise ApprovalPending(
-            f"plan {plan_id} waits for {who} ({'; '.join(reasons)}); "
-            f"call again with plan_id={plan_id!r} once it is decided",
-            plan_id=plan_id,
-            status=status,
-        )
-    if status in ("denied", "rejected", "expired"):
-        raise ToolDenied(f"the call was {status}: {'; '.join(reasons) or error or 'no reason'}")
-    if status == "running":
-        raise ApprovalPending(
-            f"plan {plan_id} is running; call again with plan_id={plan_id!r}",
-            plan_id=plan_id,
-            status=status,
-        )
-    raise ToolFailed(f"the call {status}: {error or 'see the audit log'}")
+def raise_for_outcome(outcome: ToolOutcome) -> Any:
+    """Return an executed call's result, or raise the exception that says why not.
+
+    Raises:
+        ApprovalPending: a human must decide first (or the approved call still runs).
+        ToolDenied: the call was denied, rejected or expired.
+        ToolFailed: the tool failed.
+    """
+    match outcome.kind:
+        case "executed":
+            return outcome.result
+        case "pending":
+            raise ApprovalPending(
+                f"{outcome.message()}; call again with plan_id={outcome.plan_id!r} "
+                "once it is decided",
+                plan_id=outcome.plan_id,
+                status=outcome.status,
+            )
+        case "denied":
+            raise ToolDenied(outcome.message())
+        case "failed":
+            raise ToolFailed(outcome.message())
 
 
 def governed(
@@ -101,61 +100,27 @@ def governed(
         params_schema: Its params' JSON Schema.
         **spec: Other ``Proctor.action`` options (``reversible``, ``compensate``, ...).
     """
+    governor = Governor(
+        proctor, agent_id=agent_id, on_behalf_of=on_behalf_of, model_version=model_version
+    )
 
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
         name = action or f"{fn.__module__.split('.')[-1]}.{fn.__name__}".lower()
-        if isinstance(proctor, Proctor) and name not in proctor.gateway.catalog:
-            proctor.action(
-                name,
-                category=category,
-                baselines=baselines or LOW,
-                params=params_schema,
-                **spec,
-            )(lambda params, call: fn(**params))
+        governor.register(
+            name,
+            fn,
+            category=category,
+            baselines=baselines,
+            params_schema=params_schema,
+            **spec,
+        )
 
         @functools.wraps(fn)
         def call(*, plan_id: str | None = None, intent: str = "", **kwargs: Any) -> Any:
             if plan_id is not None:
-                return _wait(plan_id)
-            manifest = {
-                "plan_id": f"gov-{os.urandom(8).hex()}",
-                "actor": {
-                    "type": "agent",
-                    "name": agent_id,
-                    "model_version": model_version,
-                    "agent_id": agent_id,
-                },
-                "on_behalf_of": on_behalf_of,
-                "intent": intent or f"call {name}",
-                "steps": [{"id": "s1", "action": name, "params": kwargs}],
-            }
-            if isinstance(proctor, Proctor):
-                return _local(proctor.submit(manifest))
-            return _remote(proctor.submit(manifest))
-
-        def _wait(plan_id: str) -> Any:
-            if isinstance(proctor, Proctor):
-                return _local(proctor.get(plan_id))
-            return _remote(proctor.get(plan_id))
+                return raise_for_outcome(governor.outcome(plan_id))
+            return raise_for_outcome(governor.call(name, kwargs, intent=intent))
 
         return call
 
     return wrap
-
-
-def _local(rec: PlanRecord) -> Any:
-    reasons = [r for s in rec.decision["steps"] for r in s["reasons"]] + list(
-        rec.decision["plan_reasons"]
-    )
-    return _outcome(rec.plan_id, rec.status.value, reasons, rec.steps[0].result, rec.error)
-
-
-def _remote(doc: Mapping[str, Any]) -> Any:
-    step = doc["steps"][0]
-    return _outcome(
-        doc["plan_id"],
-        doc["status"],
-        list(doc.get("reasons", [])),
-        step.get("result"),
-        doc.get("error"),
-    )

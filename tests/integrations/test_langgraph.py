@@ -1,0 +1,244 @@
+"""LangGraph: a scripted chat model drives a real graph whose ToolNode is governed by Proctor,
+in process and over HTTP; approvals surface as LangGraph interrupts and resume."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+
+pytest.importorskip("langgraph", reason="the langgraph extra is not installed")
+
+from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+from langchain_core.messages import AIMessage, ToolMessage
+from langchain_core.tools import tool
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.graph import START, MessagesState, StateGraph
+from langgraph.prebuilt import ToolNode, tools_condition
+from langgraph.types import Command
+
+from proctor.integrations.langgraph import ProctorToolMiddleware, governed_tool_node
+
+from .conftest import assert_audited, event_types, serving
+
+CALLS: list[tuple[int, str]] = []
+
+
+@tool
+def refund(amount: int, customer: str) -> dict[str, Any]:
+    """Refund a customer."""
+    CALLS.append((amount, customer))
+    return {"refunded": amount, "customer": customer}
+
+
+@pytest.fixture(autouse=True)
+def _reset_calls():
+    CALLS.clear()
+
+
+def scripted(*tool_calls: dict[str, Any]) -> GenericFakeChatModel:
+    """A chat model that asks for ``tool_calls`` once, then answers "done"."""
+    return GenericFakeChatModel(
+        messages=iter(
+            [
+                AIMessage(
+                    content="",
+                    tool_calls=[
+                        {"name": "refund", "args": args, "id": f"call_{i}_{args['amount']}"}
+                        for i, args in enumerate(tool_calls)
+                    ],
+                ),
+                AIMessage(content="done"),
+            ]
+        )
+    )
+
+
+def build(model: GenericFakeChatModel, tools: ToolNode):
+    def agent(state: MessagesState):
+        return {"messages": [model.invoke(state["messages"])]}
+
+    g = StateGraph(MessagesState)
+    g.add_node("agent", agent)
+    g.add_node("tools", tools)
+    g.add_edge(START, "agent")
+    g.add_conditional_edges("agent", tools_condition)
+    g.add_edge("tools", "agent")
+    return g.compile(checkpointer=InMemorySaver())
+
+
+def node(target) -> ToolNode:
+    return governed_tool_node(target, [refund], agent_id="bot", on_behalf_of="alice")
+
+
+def tool_messages(state) -> list[ToolMessage]:
+    return [m for m in state["messages"] if isinstance(m, ToolMessage)]
+
+
+CONFIG = {"configurable": {"thread_id": "t1"}}
+
+
+class TestInProcess:
+    def test_execute_returns_the_result_and_audits_it(self, proctor):
+        """An allowed call runs once, in Proctor, and its result is the ToolMessage."""
+        graph = build(scripted({"amount": 50, "customer": "c1"}), node(proctor))
+
+        state = graph.invoke({"messages": [("user", "refund c1")]}, CONFIG)
+
+        (msg,) = tool_messages(state)
+        assert msg.status == "success"
+        assert json.loads(msg.content) == {"customer": "c1", "refunded": 50}
+        assert CALLS == [(50, "c1")]
+        plan_id = msg.artifact["plan_id"]
+        assert_audited(proctor, plan_id, "policy.decided", "step.succeeded", "plan.finished")
+        assert state["messages"][-1].content == "done"
+
+    def test_deny_is_a_tool_error_the_model_reads(self, proctor):
+        """A denied call never runs; the model gets an error ToolMessage with the reasons."""
+        graph = build(scripted({"amount": 50_000, "customer": "c1"}), node(proctor))
+
+        state = graph.invoke({"messages": [("user", "refund c1")]}, CONFIG)
+
+        (msg,) = tool_messages(state)
+        assert msg.status == "error"
+        assert "denied" in msg.content and "10000 or more are not allowed" in msg.content
+        assert CALLS == []
+        assert proctor.get(msg.artifact["plan_id"]).status.value == "denied"
+        assert_audited(proctor, msg.artifact["plan_id"], "policy.decided", "plan.routed")
+
+    def test_invalid_arguments_are_a_tool_error(self, proctor):
+        """Arguments that break the tool's schema are rejected by Proctor, nothing runs."""
+        graph = build(scripted({"amount": "lots", "customer": "c1"}), node(proctor))
+
+        state = graph.invoke({"messages": [("user", "refund c1")]}, CONFIG)
+
+        (msg,) = tool_messages(state)
+        assert msg.status == "error" and "invalid arguments" in msg.content
+        assert "amount" in msg.content
+        assert CALLS == []
+
+    def test_approve_interrupts_then_resumes_with_the_executed_result(self, proctor):
+        """approve → interrupt; resumed early it interrupts again; after approval the run
+        resumes and the ToolMessage is the executed result, run exactly once."""
+        graph = build(scripted({"amount": 500, "customer": "c2"}), node(proctor))
+
+        state = graph.invoke({"messages": [("user", "refund c2")]}, CONFIG)
+        (intr,) = state["__interrupt__"]
+        payload = intr.value
+        plan_id = payload["plan_id"]
+        assert payload["status"] == "awaiting_approval"
+        assert payload["approver_roles"] == ["finance"]
+        assert payload["tool_call_id"] == "call_0_500"
+        assert CALLS == []
+
+        # A resume that claims approval is not an approval: Proctor's record decides.
+        state = graph.invoke(Command(resume={"approved": True}), CONFIG)
+        assert state["__interrupt__"][0].value["plan_id"] == plan_id
+        assert CALLS == []
+
+        proctor.approve(plan_id, "fiona", roles=["finance"])
+        assert CALLS == [(500, "c2")]  # Proctor executed it at approval
+        state = graph.invoke(Command(resume="approved"), CONFIG)
+
+        assert "__interrupt__" not in state
+        (msg,) = tool_messages(state)
+        assert json.loads(msg.content) == {"customer": "c2", "refunded": 500}
+        assert msg.artifact["plan_id"] == plan_id
+        assert CALLS == [(500, "c2")]  # the resumed node did not run it again
+        assert_audited(
+            proctor,
+            plan_id,
+            "plan.submitted",
+            "policy.decided",
+            "plan.routed",
+            "approval.granted",
+            "step.started",
+            "step.succeeded",
+            "plan.finished",
+        )
+        assert proctor.verify().ok
+
+    def test_rejection_is_a_tool_error(self, proctor):
+        """A human's rejection reaches the model as an error with who rejected and why."""
+        graph = build(scripted({"amount": 700, "customer": "c3"}), node(proctor))
+        state = graph.invoke({"messages": [("user", "refund c3")]}, CONFIG)
+        plan_id = state["__interrupt__"][0].value["plan_id"]
+
+        proctor.reject(plan_id, "fiona", roles=["finance"], comment="duplicate request")
+        state = graph.invoke(Command(resume="decided"), CONFIG)
+
+        (msg,) = tool_messages(state)
+        assert msg.status == "error"
+        assert "rejected" in msg.content and "duplicate request" in msg.content
+        assert CALLS == []
+
+    def test_async_graph(self, proctor):
+        """The async path (awrap_tool_call) interrupts and resumes the same way."""
+        graph = build(scripted({"amount": 300, "customer": "c4"}), node(proctor))
+
+        async def run():
+            state = await graph.ainvoke({"messages": [("user", "refund c4")]}, CONFIG)
+            plan_id = state["__interrupt__"][0].value["plan_id"]
+            await asyncio.to_thread(proctor.approve, plan_id, "fiona", roles=["finance"])
+            return await graph.ainvoke(Command(resume=True), CONFIG)
+
+        state = asyncio.run(run())
+
+        (msg,) = tool_messages(state)
+        assert json.loads(msg.content)["refunded"] == 300
+        assert CALLS == [(300, "c4")]
+
+    def test_a_reused_tool_call_id_is_a_new_call(self, proctor):
+        """A model that reuses a tool-call id (same args, another turn) gets a new plan: the
+        tool runs again instead of returning the first call's result."""
+        tools = node(proctor)
+        for thread in ("a", "b"):
+            graph = build(scripted({"amount": 5, "customer": "c7"}), tools)
+            graph.invoke(
+                {"messages": [("user", "refund")]}, {"configurable": {"thread_id": thread}}
+            )
+
+        assert CALLS == [(5, "c7"), (5, "c7")]
+        assert len(proctor.plans()) == 2
+
+    def test_middleware_on_your_own_tool_node(self, proctor):
+        """ProctorToolMiddleware plugs into a ToolNode built by hand (the one-line form)."""
+        mw = ProctorToolMiddleware(proctor, [refund], agent_id="bot", on_behalf_of="alice")
+        graph = build(
+            scripted({"amount": 10, "customer": "c5"}, {"amount": 20_000, "customer": "c6"}),
+            ToolNode([refund], wrap_tool_call=mw, awrap_tool_call=mw.awrap),
+        )
+
+        state = graph.invoke({"messages": [("user", "two refunds")]}, CONFIG)
+
+        ok, denied = sorted(tool_messages(state), key=lambda m: m.status != "success")
+        assert json.loads(ok.content)["refunded"] == 10
+        assert denied.status == "error" and "10000" in denied.content
+        assert CALLS == [(10, "c5")]
+
+
+@pytest.mark.server
+def test_over_http(proctor):
+    """Over HTTP the server executes (its catalog's handler); the graph only asks and reads."""
+    node(proctor)  # registers the tool as the server's action handler
+    with serving(proctor) as client:
+        graph = build(
+            scripted({"amount": 40, "customer": "h1"}, {"amount": 900, "customer": "h2"}),
+            node(client),
+        )
+
+        state = graph.invoke({"messages": [("user", "refunds")]}, CONFIG)
+        (intr,) = state["__interrupt__"]
+        plan_id = intr.value["plan_id"]
+        assert CALLS == [(40, "h1")]
+
+        proctor.approve(plan_id, "fiona", roles=["finance"])
+        state = graph.invoke(Command(resume=True), CONFIG)
+
+        by_id = {m.tool_call_id: m for m in tool_messages(state)}
+        assert json.loads(by_id["call_0_40"].content)["refunded"] == 40
+        assert json.loads(by_id["call_1_900"].content)["refunded"] == 900
+        assert sorted(CALLS) == [(40, "h1"), (900, "h2")]
+        assert event_types(proctor, plan_id)[-1] == "plan.finished"

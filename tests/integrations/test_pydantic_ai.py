@@ -1,0 +1,214 @@
+"""pydantic-ai: a ``FunctionModel`` drives a real agent whose toolset is governed by Proctor, in
+process and over HTTP; approvals use pydantic-ai's deferred-tool flow."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+
+pytest.importorskip("pydantic_ai", reason="the pydantic-ai extra is not installed")
+
+from pydantic_ai import Agent, DeferredToolRequests, DeferredToolResults, ToolApproved
+from pydantic_ai.messages import (
+    ModelMessage,
+    ModelResponse,
+    TextPart,
+    ToolCallPart,
+    ToolReturnPart,
+)
+from pydantic_ai.models.function import AgentInfo, FunctionModel
+from pydantic_ai.models.test import TestModel
+
+from proctor.integrations.pydantic_ai import ProctorToolset
+
+from .conftest import assert_audited, serving
+
+CALLS: list[tuple[int, str]] = []
+
+
+def refund(amount: int, customer: str) -> dict[str, Any]:
+    """Refund a customer."""
+    CALLS.append((amount, customer))
+    return {"refunded": amount, "customer": customer}
+
+
+@pytest.fixture(autouse=True)
+def _reset_calls():
+    CALLS.clear()
+
+
+def scripted(*calls: dict[str, Any]) -> FunctionModel:
+    """Asks for ``calls`` first; then answers with every tool result it read."""
+
+    def respond(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        returns = [
+            p
+            for m in messages
+            for p in getattr(m, "parts", [])
+            if isinstance(p, ToolReturnPart) or p.part_kind == "retry-prompt"
+        ]
+        if not returns:
+            return ModelResponse(
+                parts=[
+                    ToolCallPart("refund", args, tool_call_id=f"call_{i}_{args['amount']}")
+                    for i, args in enumerate(calls)
+                ]
+            )
+        text = " | ".join(p.model_response_str() for p in returns)
+        return ModelResponse(parts=[TextPart(text)])
+
+    return FunctionModel(respond)
+
+
+def toolset(target) -> ProctorToolset:
+    return ProctorToolset.of(
+        target,
+        [refund],
+        agent_id="bot",
+        on_behalf_of="alice",
+        specs={"refund": {"category": "financial"}},
+    )
+
+
+def go(coro):
+    # One asyncio.run per call: ``run_sync`` leaves its event loop open for reuse, which
+    # this suite's warnings-as-errors reports as a leak when mixed with ``asyncio.run``.
+    return asyncio.run(coro)
+
+
+def agent(model, ts: ProctorToolset) -> Agent:
+    return Agent(model, toolsets=[ts], output_type=[str, DeferredToolRequests])
+
+
+class TestInProcess:
+    def test_execute(self, proctor):
+        """An allowed call runs once, in Proctor; the model reads its result."""
+        result = go(
+            agent(scripted({"amount": 50, "customer": "c1"}), toolset(proctor)).run("refund c1")
+        )
+
+        assert json.loads(result.output) == {"customer": "c1", "refunded": 50}
+        assert CALLS == [(50, "c1")]
+        (plan,) = proctor.plans()
+        assert_audited(proctor, plan.plan_id, "policy.decided", "step.succeeded", "plan.finished")
+
+    def test_test_model(self, proctor):
+        """pydantic-ai's own TestModel (it calls every tool with generated args) is governed."""
+        result = go(Agent(TestModel(), toolsets=[toolset(proctor)]).run("go"))
+
+        assert "refund" in result.output
+        assert len(CALLS) == 1
+        assert proctor.plans()[0].status.value == "succeeded"
+
+    def test_a_reused_tool_call_id_is_a_new_call(self, proctor):
+        """TestModel reuses its tool-call ids and args on every run: each run is still its
+        own plan, and the tool runs each time."""
+        a = Agent(TestModel(), toolsets=[toolset(proctor)])
+
+        go(a.run("one"))
+        go(a.run("two"))
+
+        assert len(CALLS) == 2
+        assert len(proctor.plans()) == 2
+
+    def test_deny_is_a_failed_tool_result_the_model_reads(self, proctor):
+        """A denied call never runs; the model gets a failed tool result with the reasons."""
+        result = go(
+            agent(scripted({"amount": 50_000, "customer": "c1"}), toolset(proctor)).run("refund c1")
+        )
+
+        assert "denied" in result.output and "10000 or more are not allowed" in result.output
+        assert CALLS == []
+        assert proctor.plans()[0].status.value == "denied"
+
+    def test_approve_defers_then_resumes_with_the_executed_result(self, proctor):
+        """approve → DeferredToolRequests; after Proctor's approval, the results built from its
+        record resume the run and the model reads the executed result."""
+        ts = toolset(proctor)
+        a = agent(scripted({"amount": 500, "customer": "c2"}), ts)
+
+        first = go(a.run("refund c2"))
+        assert isinstance(first.output, DeferredToolRequests)
+        (part,) = first.output.approvals
+        meta = first.output.metadata[part.tool_call_id]
+        assert meta["status"] == "awaiting_approval" and meta["approver_roles"] == ["finance"]
+        assert CALLS == []
+        # Not decided yet: no results to give.
+        assert go(ts.results(first.output)).approvals == {}
+
+        proctor.approve(meta["plan_id"], "fiona", roles=["finance"])
+        results = go(ts.results(first.output))
+        assert isinstance(results.approvals[part.tool_call_id], ToolApproved)
+        second = go(a.run(message_history=first.all_messages(), deferred_tool_results=results))
+
+        assert json.loads(second.output) == {"customer": "c2", "refunded": 500}
+        assert CALLS == [(500, "c2")]
+        assert_audited(
+            proctor, meta["plan_id"], "approval.granted", "step.succeeded", "plan.finished"
+        )
+        assert proctor.verify().ok
+
+    def test_approval_in_pydantic_ai_alone_runs_nothing(self, proctor):
+        """Approving the deferred call without Proctor's approval executes nothing."""
+        a = agent(scripted({"amount": 600, "customer": "c3"}), toolset(proctor))
+        first = go(a.run("refund c3"))
+        (part,) = first.output.approvals
+
+        second = go(
+            a.run(
+                message_history=first.all_messages(),
+                deferred_tool_results=DeferredToolResults(approvals={part.tool_call_id: True}),
+            )
+        )
+
+        assert "waits for approval by finance" in second.output
+        assert CALLS == []
+
+    def test_rejection_reaches_the_model(self, proctor):
+        """A human's rejection in Proctor is a denial with the comment."""
+        ts = toolset(proctor)
+        a = agent(scripted({"amount": 700, "customer": "c4"}), ts)
+        first = go(a.run("refund c4"))
+        (part,) = first.output.approvals
+        plan_id = first.output.metadata[part.tool_call_id]["plan_id"]
+
+        proctor.reject(plan_id, "fiona", roles=["finance"], comment="duplicate")
+        second = go(
+            a.run(
+                message_history=first.all_messages(),
+                deferred_tool_results=go(ts.results(first.output)),
+            )
+        )
+
+        assert "rejected by fiona: duplicate" in second.output
+        assert CALLS == []
+
+
+@pytest.mark.server
+def test_over_http(proctor):
+    """Over HTTP the server runs the tool; the deferred flow resumes the same way."""
+    toolset(proctor)  # registers refund as the server's action handler
+    with serving(proctor) as client:
+        ts = toolset(client)
+        a = agent(scripted({"amount": 20, "customer": "h1"}, {"amount": 400, "customer": "h2"}), ts)
+
+        first = go(a.run("refunds"))
+        (part,) = first.output.approvals
+        assert part.tool_call_id == "call_1_400"
+        assert CALLS == [(20, "h1")]
+        proctor.approve(
+            first.output.metadata[part.tool_call_id]["plan_id"], "fiona", roles=["finance"]
+        )
+        second = go(
+            a.run(
+                message_history=first.all_messages(),
+                deferred_tool_results=go(ts.results(first.output)),
+            )
+        )
+
+    refunded = sorted(json.loads(x)["refunded"] for x in second.output.split(" | "))
+    assert refunded == [20, 400]
+    assert sorted(CALLS) == [(20, "h1"), (400, "h2")]
