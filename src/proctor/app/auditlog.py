@@ -2,10 +2,12 @@
 
 Every event appended by a ``Journal`` becomes a leaf (its canonical bytes, signature
 included) of an RFC 9162 Merkle tree. The leaf hashes are stored in the same transaction as
-the events, so the tree never lags or leads the log. The interior nodes are kept in memory,
-maintained incrementally as leaves arrive and rebuilt from the stored leaves on start (about
-a second per million events); storing them too would put one B-tree page per tree level in
-every commit that acknowledges an action. Before each append this copy is checked against
+the events, so the tree never lags or leads the log. The upper interior nodes (one per 128
+leaves) are kept in memory, maintained incrementally as leaves arrive and rebuilt from the
+stored leaves on start (about a second per million events); the lower ones are recomputed
+from a block of 256 stored leaves when a proof needs them (``CompactNodes``), so memory does
+not grow with every action. Storing them would put one B-tree page per tree level in every
+commit that acknowledges an action. Before each append this copy is checked against
 the store (size and last leaf) and what another process, or a rolled-back transaction,
 changed is reloaded.
 
@@ -22,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from proctor.audit.merkle import MemoryNodes, MerkleTree, leaf_hash, verify_consistency
+from proctor.audit.merkle import CompactNodes, MerkleTree, leaf_hash, verify_consistency
 from proctor.audit.note import Checkpoint, sign_note
 from proctor.core.ports import (
     AuditHead,
@@ -70,7 +72,11 @@ class AuditLog:
         self.origin = origin
         self.policy = policy or CheckpointPolicy()
         self._lock = threading.RLock()
-        self._nodes = MemoryNodes()
+        # The transaction the tree reads stored leaves through, set while ``_lock`` is held
+        # inside one (``_reading``): its own appends are visible to it, and on PostgreSQL a
+        # pooled connection would not see them.
+        self._source: Transaction | None = None
+        self._nodes = CompactNodes(self._read_leaves)
         self._tree = MerkleTree(self._nodes)
         self._last_cp: CheckpointRow | None = None
         self._last_hash: str | None = None  # hash of the last event this copy has seen
@@ -78,13 +84,35 @@ class AuditLog:
 
     # ------------------------------------------------------------------ sync
 
-    def _reload(self, source: Store | Transaction, size: int | None = None) -> None:
-        self._nodes = MemoryNodes()
+    def _read_leaves(self, start: int, count: int) -> list[bytes]:
+        if self._source is None:  # internal invariant: reads happen inside ``_reading``
+            raise AuditIntegrityError("the Merkle tree read leaves outside a transaction")
+        return self._source.load_nodes({0: start}, limit=count).get(0, [])
+
+    @contextmanager
+    def _reading(self, tx: Transaction) -> Iterator[None]:
+        """Hold ``_lock`` with ``tx`` as the source of stored leaves."""
+        with self._lock:
+            outer, self._source = self._source, tx
+            try:
+                yield
+            finally:
+                self._source = outer
+
+    def _reload(self, source: Transaction, size: int) -> None:
+        self._nodes = CompactNodes(self._read_leaves)
         self._tree = MerkleTree(self._nodes)
         # Inside an append the store already holds the new events: take only ``size`` leaves.
-        leaves = source.load_nodes({}).get(0, [])
-        for h in leaves if size is None else leaves[:size]:
-            self._tree.append(h)
+        # Read in chunks: the whole log's leaf hashes never sit in memory at once.
+        chunk = 1 << 16
+        while self._tree.size < size:
+            leaves = source.load_nodes(
+                {0: self._tree.size}, limit=min(chunk, size - self._tree.size)
+            )
+            if not leaves.get(0):
+                break  # fewer events than ``size``: the caller reports the mismatch
+            for h in leaves[0]:
+                self._tree.append(h)
         self._last_cp = source.latest_checkpoint()
         self._loaded = True
 
@@ -105,7 +133,7 @@ class AuditLog:
             and (tree.size == 0 or tx.node(0, tree.size - 1) == self._nodes.get(0, tree.size - 1))
         ):
             # Another writer appended: load only the new leaves.
-            for h in tx.load_nodes({0: tree.size}).get(0, [])[: size - tree.size]:
+            for h in tx.load_nodes({0: tree.size}, limit=size - tree.size).get(0, []):
                 self._tree.append(h)
             self._last_cp = tx.latest_checkpoint()
             return
@@ -130,7 +158,7 @@ class AuditLog:
         # append holds the first when it calls ``on_append``; the reverse order deadlocks.
         with self.store.transaction(durable=False) as tx:
             n = tx.audit_head().size
-            with self._lock:
+            with self._reading(tx):
                 self._reload(tx, n)
                 if self._tree.size != n:
                     raise AuditIntegrityError(
@@ -151,7 +179,7 @@ class AuditLog:
 
     def on_append(self, tx: Transaction, rows: Sequence[EventRow], head: AuditHead) -> None:
         """Add ``rows`` (just appended after ``head``) as leaves; checkpoint if due."""
-        with self._lock:
+        with self._reading(tx):
             self._sync(tx, head.size, head.last_hash)
             # The store keeps each event's leaf hash in its row; the interior nodes live here.
             for row in rows:
@@ -204,7 +232,7 @@ class AuditLog:
         """Sign a checkpoint of the current tree now (no-op if the log is empty)."""
         with self.store.transaction() as tx:
             head = tx.audit_head()  # the log's lock first (see ``open``)
-            with self._lock:
+            with self._reading(tx):
                 self._sync(tx, head.size)
                 if head.size == 0:
                     return None
@@ -219,7 +247,7 @@ class AuditLog:
         # against an append that waits in ``on_append`` while holding the log's.
         with self.store.transaction() as tx:
             size = tx.audit_head().size
-            with self._lock:
+            with self._reading(tx):
                 self._sync(tx, size)
                 yield self._tree
 

@@ -184,8 +184,13 @@ class Transaction(Protocol):
         """Return a stored Merkle node: only leaves (level 0) are stored, with their events."""
         ...
 
-    def load_nodes(self, start: Mapping[int, int]) -> dict[int, list[bytes]]:
-        """Return stored nodes per level from index ``start[level]`` (default 0) on."""
+    def load_nodes(
+        self, start: Mapping[int, int], *, limit: int | None = None
+    ) -> dict[int, list[bytes]]:
+        """Return stored nodes per level from index ``start[level]`` (default 0) on.
+
+        At most ``limit`` per level when given (the tree reads a block of leaves at a time).
+        """
         ...
 
     def save_token(self, token: TokenRecord) -> None:
@@ -292,8 +297,13 @@ class Store(Protocol):
         """Return the largest checkpoint."""
         ...
 
-    def load_nodes(self, start: Mapping[int, int]) -> dict[int, list[bytes]]:
-        """Return stored Merkle nodes per level from index ``start[level]`` on."""
+    def load_nodes(
+        self, start: Mapping[int, int], *, limit: int | None = None
+    ) -> dict[int, list[bytes]]:
+        """Return stored Merkle nodes per level from index ``start[level]`` on.
+
+        At most ``limit`` per level when given.
+        """
         ...
 
     def find_token(self, token_hash: str) -> TokenRecord | None:

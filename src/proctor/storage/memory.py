@@ -94,13 +94,25 @@ class _Tx:
         return max(rows, key=lambda c: c.size) if rows else None
 
     def node(self, level: int, index: int) -> bytes | None:
-        events = self._store._events + self._events
-        if level != 0 or not 0 <= index < len(events):
+        done = self._store._events
+        if level != 0 or index < 0:
             return None
-        return _leaf(events[index].body)
+        if index < len(done):
+            return _leaf(done[index].body)
+        index -= len(done)
+        return _leaf(self._events[index].body) if index < len(self._events) else None
 
-    def load_nodes(self, start: Mapping[int, int]) -> dict[int, list[bytes]]:
-        return self._store.load_nodes(start)
+    def load_nodes(
+        self, start: Mapping[int, int], *, limit: int | None = None
+    ) -> dict[int, list[bytes]]:
+        # The transaction's own events count, as in ``node``.
+        first = start.get(0, 0)
+        end = None if limit is None else first + limit
+        done = self._store._events
+        n = len(done)
+        mine = self._events[max(first - n, 0) : None if end is None else max(end - n, 0)]
+        events = done[first:end] + mine
+        return {0: [_leaf(e.body) for e in events]} if events else {}
 
     def save_token(self, token: TokenRecord) -> None:
         self._tokens[token.token_id] = token
@@ -257,10 +269,13 @@ class MemoryStore:
         """Return the largest checkpoint."""
         return self._checkpoints[-1] if self._checkpoints else None
 
-    def load_nodes(self, start: Mapping[int, int]) -> dict[int, list[bytes]]:
+    def load_nodes(
+        self, start: Mapping[int, int], *, limit: int | None = None
+    ) -> dict[int, list[bytes]]:
         """Return the Merkle leaves (level 0, the only one stored) from ``start[0]`` on."""
+        first = start.get(0, 0)
         with self._lock:
-            events = self._events[start.get(0, 0) :]
+            events = self._events[first : None if limit is None else first + limit]
         return {0: [_leaf(e.body) for e in events]} if events else {}
 
     def find_token(self, token_hash: str) -> TokenRecord | None:

@@ -250,8 +250,10 @@ class _Tx:
             return None
         return bytes(row["leaf"]) if row["leaf"] is not None else _leaf(bytes(row["body"]))
 
-    def load_nodes(self, start: Mapping[int, int]) -> dict[int, list[bytes]]:
-        return _load_nodes(self._c, start)
+    def load_nodes(
+        self, start: Mapping[int, int], *, limit: int | None = None
+    ) -> dict[int, list[bytes]]:
+        return _load_nodes(self._c, start, limit)
 
     def save_token(self, t: TokenRecord) -> None:
         self._c.execute(
@@ -356,9 +358,12 @@ def _counter_sum(c: psycopg.Connection[Any], name: str, since: str) -> tuple[int
     return int(row["c"]), int(row["a"])
 
 
-def _load_nodes(c: psycopg.Connection[Any], start: Mapping[int, int]) -> dict[int, list[bytes]]:
-    rows = c.execute(
-        "SELECT leaf, body FROM events WHERE seq >= %s ORDER BY seq", (start.get(0, 0),)
+def _load_nodes(
+    c: psycopg.Connection[Any], start: Mapping[int, int], limit: int | None
+) -> dict[int, list[bytes]]:
+    rows = c.execute(  # LIMIT NULL is no limit
+        "SELECT leaf, body FROM events WHERE seq >= %s ORDER BY seq LIMIT %s",
+        (start.get(0, 0), limit),
     ).fetchall()
     leaves = [bytes(r["leaf"]) if r["leaf"] is not None else _leaf(bytes(r["body"])) for r in rows]
     return {0: leaves} if leaves else {}
@@ -562,11 +567,13 @@ class PostgresStore:
         )
         return _checkpoint(rows[0]) if rows else None
 
-    def load_nodes(self, start: Mapping[int, int]) -> dict[int, list[bytes]]:
-        """Return the stored Merkle leaves from ``start[0]`` on."""
+    def load_nodes(
+        self, start: Mapping[int, int], *, limit: int | None = None
+    ) -> dict[int, list[bytes]]:
+        """Return the stored Merkle leaves from ``start[0]`` on (``limit`` at most)."""
         try:
             with self._pool.connection() as c:
-                return _load_nodes(c, start)
+                return _load_nodes(c, start, limit)
         except (psycopg.Error, PoolTimeout) as exc:
             raise _wrap("query failed", exc) from exc
 

@@ -161,8 +161,10 @@ class _Tx:
         row = self._c.execute("SELECT leaf, body FROM events WHERE seq = ?", (index,)).fetchone()
         return _leaf_of(row) if row else None
 
-    def load_nodes(self, start: Mapping[int, int]) -> dict[int, list[bytes]]:
-        return _load_nodes(self._c, start)
+    def load_nodes(
+        self, start: Mapping[int, int], *, limit: int | None = None
+    ) -> dict[int, list[bytes]]:
+        return _load_nodes(self._c, start, limit)
 
     def save_token(self, t: TokenRecord) -> None:
         self._c.execute(
@@ -301,10 +303,13 @@ def _leaf_of(row: Any) -> bytes:
     return _bytes(row[0]) if row[0] is not None else _leaf(_bytes(row[1]))
 
 
-def _load_nodes(c: sqlite3.Connection, start: Mapping[int, int]) -> dict[int, list[bytes]]:
+def _load_nodes(
+    c: sqlite3.Connection, start: Mapping[int, int], limit: int | None
+) -> dict[int, list[bytes]]:
     # Only leaves are stored (level 0): the interior nodes are rebuilt in memory.
     rows = c.execute(
-        "SELECT leaf, body FROM events WHERE seq >= ? ORDER BY seq", (start.get(0, 0),)
+        "SELECT leaf, body FROM events WHERE seq >= ? ORDER BY seq LIMIT ?",
+        (start.get(0, 0), -1 if limit is None else limit),
     ).fetchall()
     return {0: [_leaf_of(r) for r in rows]} if rows else {}
 
@@ -529,10 +534,12 @@ class SqliteStore:
         with self._lock:
             return _latest_checkpoint(self._c)
 
-    def load_nodes(self, start: Mapping[int, int]) -> dict[int, list[bytes]]:
-        """Return stored Merkle nodes per level from index ``start[level]`` on."""
+    def load_nodes(
+        self, start: Mapping[int, int], *, limit: int | None = None
+    ) -> dict[int, list[bytes]]:
+        """Return stored Merkle nodes per level from ``start[level]`` on (``limit`` at most)."""
         with self._lock:
-            return _load_nodes(self._c, start)
+            return _load_nodes(self._c, start, limit)
 
     def find_token(self, token_hash: str) -> TokenRecord | None:
         """Return the token with this hash."""

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from proctor.audit.merkle import (
     EMPTY_ROOT,
+    CompactNodes,
     MemoryNodes,
     MerkleTree,
     leaf_hash,
@@ -584,3 +585,75 @@ class TestVerifyConsistency:
             verify_consistency(3, 8, old, new, proof[:-1])
         with pytest.raises(AuditIntegrityError, match=f"expected {len(proof)}"):
             verify_consistency(3, 8, old, new, [*proof, proof[0]])
+
+
+# ---------------------------------------------------------------------------- compact nodes
+
+
+class TestCompactNodes:
+    """``CompactNodes`` (upper levels in memory, lower ones from stored leaves) is exact."""
+
+    @staticmethod
+    def _tree(n: int, *, low: int = 2, cache: int = 1) -> tuple[MerkleTree, list[int]]:
+        leaves = [leaf(i) for i in range(n)]
+        reads: list[int] = []
+
+        def read(start: int, count: int) -> list[bytes]:
+            reads.append(start)
+            return leaves[start : start + count]
+
+        tree = MerkleTree(CompactNodes(read, low=low, cache=cache))
+        for h in leaves:
+            tree.append(h)
+        return tree, reads
+
+    @given(st.integers(min_value=1, max_value=70), st.data())
+    @settings(max_examples=150, deadline=None)
+    def test_roots_paths_and_proofs_equal_the_reference(self, n, data):
+        """Any size, index and old size: the same answers as the RFC recursion."""
+        tree, _ = self._tree(n)
+        size = data.draw(st.integers(min_value=1, max_value=n))
+        index = data.draw(st.integers(min_value=0, max_value=size - 1))
+        old = data.draw(st.integers(min_value=1, max_value=size))
+
+        assert tree.root(size) == ref_mth(0, size)
+        assert tree.inclusion_proof(index, size) == ref_path(index, 0, size)
+        assert tree.consistency_proof(old, size) == ref_proof(old, size)
+
+    def test_appends_read_nothing_and_old_blocks_are_read_once(self):
+        """The hot path (append, current root) never reads; a proof reads one block."""
+        tree, reads = self._tree(64, low=3, cache=1)
+        assert reads == []  # appends and their parents come from memory
+        assert tree.root() == ref_mth(0, 64)
+        assert reads == []
+
+        assert tree.inclusion_proof(5, 64) == ref_path(5, 0, 64)
+        assert reads == [0]  # block 0 (leaves 0-7), read once for the whole path
+        tree.inclusion_proof(6, 64)
+        assert reads == [0]  # cached
+
+    def test_memory_holds_a_fraction_of_the_nodes(self):
+        """At low=4, 4,096 leaves keep ~ n/8 hashes, not the 2n of ``MemoryNodes``."""
+        hashes = [leaf_hash(i.to_bytes(4, "big")) for i in range(4096)]
+        tree = MerkleTree(CompactNodes(lambda s, c: hashes[s : s + c], low=4, cache=2))
+        for h in hashes:
+            tree.append(h)
+        nodes = tree._nodes
+        assert isinstance(nodes, CompactNodes)
+        held = sum(len(x) for x in nodes._upper) + sum(len(x) for x in nodes._block)
+        held += sum(len(x) for levels in nodes._cache.values() for x in levels)
+        assert held < 4096 // 8 + 3 * 32  # upper levels, the block being filled, the cache
+        full = MerkleTree.from_leaf_hashes(hashes)
+        assert tree.root() == full.root()
+        assert tree.inclusion_proof(1234, 4096) == full.inclusion_proof(1234, 4096)
+        assert tree.consistency_proof(777, 4001) == full.consistency_proof(777, 4001)
+
+    def test_a_store_returning_too_few_leaves_fails_closed(self):
+        """A short read (a truncated log) is an integrity error, never a wrong proof."""
+        leaves = [leaf(i) for i in range(16)]
+        tree = MerkleTree(CompactNodes(lambda s, c: leaves[s : s + c - 1], low=2, cache=1))
+        for h in leaves:
+            tree.append(h)
+        tree.inclusion_proof(15, 16)  # current block: from memory
+        with pytest.raises(AuditIntegrityError, match="leaf hashes for block"):
+            tree.inclusion_proof(0, 16)
