@@ -300,8 +300,8 @@ def demo(
             console.print(f"[cyan]human[/cyan]: {h}")
         for ran in r.ran:
             console.print(f"  ran {ran}")
-        for extra in r.extra:
-            console.print(f"  {json.dumps(extra, default=str)[:300]}")
+        for note in r.notes:
+            console.print(f"  {note}", highlight=False)
         console.print(f"final status: [bold]{r.status}[/bold]")
     console.rule("audit log")
     if report.ok:

@@ -38,6 +38,7 @@ class ScenarioResult:
     waits_for: str = ""
     human: list[str] = field(default_factory=list)
     extra: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # the extras, in words, for people
 
     def as_dict(self) -> dict[str, Any]:
         """Return the JSON form printed by ``proctor demo --json``."""
@@ -57,6 +58,19 @@ class ScenarioResult:
             "human": self.human,
             "extra": self.extra,
         }
+
+
+def _brief(effects: Any) -> str:
+    """A simulation's effects on one line (``state: degraded → healthy, downtime 5 s``)."""
+    if not isinstance(effects, dict):
+        return str(effects)
+    parts = []
+    for key, value in effects.items():
+        if key == "diff" and isinstance(value, dict):
+            parts += [f"{k}: {a} → {b}" for k, (a, b) in value.items()]
+        else:
+            parts.append(f"{key.replace('_', ' ')} {value}")
+    return ", ".join(parts)
 
 
 def _result(name: str, title: str, expected: str, rec: PlanRecord) -> ScenarioResult:
@@ -155,6 +169,10 @@ def travel(p: Proctor) -> ScenarioResult:
     )
     sub = _finish(sub, after)
     res.extra.append(sub.as_dict() | {"decided_status": big.status.value})
+    res.notes.append(
+        f"second plan, business class to Tokyo (640000): total {sub.total} → {sub.pattern},"
+        f" decision {sub.outcome} → {big.status.value}; after fiona's approval: {sub.status}"
+    )
     del secret
     return res
 
@@ -206,6 +224,7 @@ def restaurant(p: Proctor) -> ScenarioResult:
         )
         undone = p.undo(rec.plan_id, "bob")
         res.extra.append({"after_undo": undone.status.value})
+        res.notes.append(f"after the undo the plan is {undone.status.value}")
         res.status = undone.status.value
     return res
 
@@ -232,7 +251,10 @@ def devops(p: Proctor) -> ScenarioResult:
         "dry-run and staging first; production only after a passing check",
         rec,
     )
-    res.extra.append({"dry_run": {s.step_id: s.simulation for s in rec.steps if s.simulation}})
+    dry_run = {s.step_id: s.simulation for s in rec.steps if s.simulation}
+    res.extra.append({"dry_run": dry_run})
+    for step_id, effects in dry_run.items():
+        res.notes.append(f"dry run of {step_id} predicts {_brief(effects)}")
     res.human.append("sam (sre) reviews the dry-run and approves")
     return _finish(res, p.approve(rec.plan_id, "sam", roles=["sre"], comment="dry-run looks right"))
 
@@ -261,8 +283,11 @@ def procurement(p: Proctor) -> ScenarioResult:
         ),
         rec,
     )
-    res.extra.append(
-        {"sampled_for_review": rec.review, "review_sample_rate": rec.decision["review_sample_rate"]}
+    rate = rec.decision["review_sample_rate"]
+    res.extra.append({"sampled_for_review": rec.review, "review_sample_rate": rate})
+    res.notes.append(
+        f"sampled for post-hoc review: {'yes' if rec.review else 'no'}"
+        f" (one plan in {round(1 / float(rate))} is, by its digest)"
     )
     return res
 
@@ -299,6 +324,10 @@ def hr(p: Proctor) -> ScenarioResult:
     )
     res.extra.append(
         {"flow_rule": flow.status.value, "reasons": list(flow.decision["plan_reasons"])}
+    )
+    res.notes.append(
+        f"a second plan that also emails the candidates outside: {flow.status.value}"
+        + "".join(f" ({r})" for r in flow.decision["plan_reasons"][:1])
     )
     res.human.append("hannah (hr) approves the search")
     return _finish(res, p.approve(rec.plan_id, "hannah", roles=["hr"], comment="open req 311"))

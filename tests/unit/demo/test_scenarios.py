@@ -28,6 +28,10 @@ class TestScenarios:
         assert big["outcome"] == "approve"
         assert "step-up" in big["waits_for"]
         assert big["status"] == "succeeded"
+        assert r.notes == [
+            "second plan, business class to Tokyo (640000): total 13 → hybrid,"
+            " decision approve → awaiting_approval; after fiona's approval: succeeded"
+        ]
 
     def test_subscription_waits_for_customer(self, p):
         """A subscription change waits for the customer's confirmation."""
@@ -124,6 +128,9 @@ class TestScenarios:
             "succeeded",
         )
         assert r.extra[0]["flow_rule"] == "denied"
+        assert r.notes[0].startswith(
+            "a second plan that also emails the candidates outside: denied ("
+        )
 
     def test_hr_approver_without_role_is_refused(self, p):
         """An approver without the hr role cannot approve the PII search."""
