@@ -250,9 +250,14 @@ class Proctor:
         """Reject a waiting plan."""
         return self.gateway.reject(plan_id, principal, roles=roles, comment=comment)
 
-    def undo(self, plan_id: str, principal: str, *, admin: bool = False) -> PlanRecord:
-        """Undo a succeeded plan within its undo window (its user, or an admin)."""
-        return self.gateway.undo(plan_id, principal, admin=admin)
+    def undo(
+        self, plan_id: str, principal: str, *, admin: bool = False, comment: str = ""
+    ) -> PlanRecord:
+        """Undo a succeeded plan within its undo window (its user, or an admin).
+
+        ``comment`` says why; the audit log records it with the undo.
+        """
+        return self.gateway.undo(plan_id, principal, admin=admin, comment=comment)
 
     def tick(self) -> list[PlanRecord]:
         """Fire due timers (expiry, rollback TTLs)."""
@@ -287,6 +292,18 @@ class Proctor:
     def unkill(self, scope: str, key: str | None = None, *, by: str) -> bool:
         """Release a kill switch; False if it was not engaged."""
         return self.guards.unkill(scope, key, by=by)
+
+    def open_breaker(self, scope: str, key: str, *, by: str, reason: str = "") -> str:
+        """Force a circuit breaker open (``"agent", "bot"`` or ``"action", "shop.buy"``).
+
+        It stays open until ``reset_breaker``: agentic execution needs approval meanwhile.
+        Returns the breaker's key (``agent:bot``).
+        """
+        return self.guards.open_breaker(scope, key, by=by, reason=reason)
+
+    def reset_breaker(self, scope: str, key: str, *, by: str, reason: str = "") -> bool:
+        """Close an open or half-open circuit breaker; False if it was not open."""
+        return self.guards.reset_breaker(scope, key, by=by, reason=reason)
 
     def set_autonomy(
         self, user: str, action: str, level: str, *, below: int | None = None, by: str

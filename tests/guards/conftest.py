@@ -1,18 +1,29 @@
-"""A world for the guard tests: an embedded Proctor on a memory, SQLite or PostgreSQL store."""
+"""A world for the guard tests: an embedded Proctor on a memory, SQLite or PostgreSQL store.
+
+Also the CLI's fixtures: ``run`` (``proctor`` in process) and ``served`` (an instance behind a
+real uvicorn on 127.0.0.1, with one API token per principal).
+"""
 
 from __future__ import annotations
 
 import json
+import socket
+import threading
+import time
 from typing import Any
 
 import pytest
+import uvicorn
 
 from proctor import Proctor
 from proctor.app.gateway import GatewayOptions
+from proctor.app.tokens import TokenService
+from proctor.cli import main
 from proctor.core.catalog import Catalog
 from proctor.core.decisions import Decision, Outcome, StepDecision
 from proctor.core.guards import GuardSettings
 from proctor.core.lifecycle import PlanRecord, PlanStatus, StepRecord
+from proctor.http import HttpSettings, create_app
 from proctor.testing import FrozenClock, RecordingTool, make_plan
 
 LOW = {"risk": 1, "auditability": 1, "ux": 1, "recovery": 1, "cost": 1}
@@ -172,3 +183,66 @@ class World:
         return [
             json.loads(e.body) for e in self.store.read_events(limit=100_000) if e.type == type_
         ]
+
+
+class Result:
+    def __init__(self, code: int, out: str, err: str) -> None:
+        self.code, self.out, self.err = code, out, err
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+    def __str__(self) -> str:
+        return f"exit {self.code}\n{self.out}\n{self.err}"
+
+
+@pytest.fixture
+def run(capsys):
+    def run(*args: str) -> Result:
+        capsys.readouterr()
+        try:
+            main(list(args))
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        else:  # pragma: no cover - main always exits
+            code = 0
+        out, err = capsys.readouterr()
+        return Result(code, out, err)
+
+    return run
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def served(tmp_path):
+    """An instance served by uvicorn in a thread, with one token per principal."""
+    w = World(f"sqlite:///{tmp_path / 'served.db'}", policy="default")
+    tokens = TokenService(w.store, w.clock)
+    secrets = {
+        name: tokens.create(name=name, roles=roles).token
+        for name, roles in (
+            ("bot", ("agent",)),
+            ("alice", ("user",)),
+            ("aud", ("auditor",)),
+            ("root", ("admin",)),
+        )
+    }
+    port = _free_port()
+    app = create_app(w.p, settings=HttpSettings(auth_failures_per_minute=1000))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield w, f"http://127.0.0.1:{port}", secrets
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

@@ -6,48 +6,9 @@ real API tokens.
 
 from __future__ import annotations
 
-import json
-import socket
-import threading
-import time
 from pathlib import Path
-from typing import Any
 
 import pytest
-import uvicorn
-
-from proctor.app.tokens import TokenService
-from proctor.cli import main
-from proctor.http import HttpSettings, create_app
-
-from .conftest import World
-
-
-class Result:
-    def __init__(self, code: int, out: str, err: str) -> None:
-        self.code, self.out, self.err = code, out, err
-
-    def json(self) -> Any:
-        return json.loads(self.out)
-
-    def __str__(self) -> str:
-        return f"exit {self.code}\n{self.out}\n{self.err}"
-
-
-@pytest.fixture
-def run(capsys):
-    def run(*args: str) -> Result:
-        capsys.readouterr()
-        try:
-            main(list(args))
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-        else:  # pragma: no cover - main always exits
-            code = 0
-        out, err = capsys.readouterr()
-        return Result(code, out, err)
-
-    return run
 
 
 @pytest.fixture
@@ -100,42 +61,6 @@ class TestLocal:
         assert (
             run("autonomy", "set", "alice", "travel.search", "auto", "--below", "-1", *h).code == 2
         )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def served(tmp_path):
-    """An instance served by uvicorn in a thread, with one token per principal."""
-    w = World(f"sqlite:///{tmp_path / 'served.db'}", policy="default")
-    tokens = TokenService(w.store, w.clock)
-    secrets = {
-        name: tokens.create(name=name, roles=roles).token
-        for name, roles in (
-            ("bot", ("agent",)),
-            ("alice", ("user",)),
-            ("aud", ("auditor",)),
-            ("root", ("admin",)),
-        )
-    }
-    port = _free_port()
-    app = create_app(w.p, settings=HttpSettings(auth_failures_per_minute=1000))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield w, f"http://127.0.0.1:{port}", secrets
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 @pytest.mark.server

@@ -69,6 +69,8 @@ MATRIX: dict[str, tuple[int, ...]] = {
     "GET /v1/guards":                       (403, 403, 403, 403, 403, 403, 200, 200, 401, 401),
     "POST /v1/guards/kill":                 (403, 403, 403, 403, 403, 403, 403, 200, 401, 401),
     "POST /v1/guards/unkill":               (403, 403, 403, 403, 403, 403, 403, 200, 401, 401),
+    "POST /v1/guards/breakers/open":        (403, 403, 403, 403, 403, 403, 403, 200, 401, 401),
+    "POST /v1/guards/breakers/reset":       (403, 403, 403, 403, 403, 403, 403, 200, 401, 401),
     "PUT /v1/guards/whitelists/bot9":       (403, 403, 403, 403, 403, 403, 403, 200, 401, 401),
     "GET /v1/autonomy":                     (403, 403, 200, 200, 403, 403, 403, 200, 401, 401),
     "PUT /v1/autonomy":                     (403, 403, 200, 200, 403, 403, 403, 200, 401, 401),
@@ -135,6 +137,8 @@ def _sampled(proctor: Proctor) -> str:
 BODIES: dict[str, Any] = {
     "/v1/guards/kill": {"scope": "action", "key": "nothing.here", "reason": "authz test"},
     "/v1/guards/unkill": {"scope": "action", "key": "nothing.here"},
+    "/v1/guards/breakers/open": {"scope": "action", "key": "nothing.here", "reason": "authz"},
+    "/v1/guards/breakers/reset": {"scope": "action", "key": "nothing.here"},
     "/v1/guards/whitelists/bot9": {"actions": None},
     "/v1/autonomy": {"action": "travel.search", "level": "auto"},
 }

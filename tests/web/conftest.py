@@ -97,6 +97,28 @@ class Server:
         assert r.status_code == 201, r.text
         return r.json()
 
+    def events(self, *, plan_id: str | None = None, type_: str = "") -> list[dict[str, Any]]:
+        """The audit log's events (of one plan, of types starting ``type_``), as the admin."""
+        out: list[dict[str, Any]] = []
+        after = -1
+        while True:
+            r = httpx.get(
+                f"{self.url}/v1/audit/events",
+                params={"after": after, "limit": 1000},
+                headers={"Authorization": f"Bearer {self.tokens['root']}"},
+                timeout=30,
+            )
+            assert r.status_code == 200, r.text
+            doc = r.json()
+            out += [
+                e
+                for e in doc["events"]
+                if e["type"].startswith(type_) and plan_id in (None, e["plan_id"])
+            ]
+            if doc["next_after"] is None:
+                return out
+            after = doc["next_after"]
+
     def plan(self, plan_id: str) -> dict[str, Any]:
         """Read a plan through the API as the admin."""
         r = httpx.get(

@@ -282,10 +282,12 @@ class TestTimeline:
         row = page.locator(f"#tl-{plan['plan_id']}")
         text = row.inner_text()
         shot(page, "timeline")
+        row.get_by_label("Why undo (optional)").fill("booked the wrong evening")
         row.get_by_role("button", name="Undo").click()
         page.wait_for_url(re.compile(r"/timeline\?done=undone"))
         shot(page, "timeline-undone")
         after = server.plan(plan["plan_id"])
+        started = server.events(plan_id=plan["plan_id"], type_="compensation.started")
 
         assert plan["status"] == "succeeded"
         assert re.search(r"Undo window: \d+ min \d+ s left", text)
@@ -293,6 +295,35 @@ class TestTimeline:
         assert (
             page.locator(f"#tl-{plan['plan_id']}").get_by_role("button", name="Undo").count() == 0
         )
+        assert [e["data"]["reason"] for e in started] == [
+            "undone by alice: booked the wrong evening"
+        ]
+
+    def test_an_admin_undoes_from_the_plan_page_with_a_comment(self, people, server):
+        """The plan page's undo form carries the comment too; one too long for the record is
+        refused naming the field, and nothing is undone."""
+        plan = server.submit(TABLE)
+        p = people(js=False)
+        page = p.sign_in("root")
+        page.goto(f"/plans/{plan['plan_id']}")
+        csrf = page.locator("input[name=csrf]").first.get_attribute("value")
+        too_long = httpx.post(
+            f"{server.url}/plans/{plan['plan_id']}/undo",
+            data={"csrf": csrf, "comment": "x" * 301},
+            cookies={"proctor_session": p.cookie() or ""},
+        )
+        still = server.plan(plan["plan_id"])["status"]
+        page.get_by_label("Why undo (optional)").fill("the user asked support")
+        page.get_by_role("button", name=re.compile(r"^Undo")).click()
+        page.wait_for_url(re.compile(r"done=undone"))
+        shot(page, "plan-undone-by-admin")
+        started = server.events(plan_id=plan["plan_id"], type_="compensation.started")
+
+        assert too_long.status_code == 422
+        assert "comment" in too_long.text
+        assert still == "succeeded"
+        assert page.locator("#plan-status").inner_text() == "undone"
+        assert [e["data"]["reason"] for e in started] == ["undone by root: the user asked support"]
 
     def test_a_forged_form_without_the_csrf_token_is_refused(self, people, server):
         """A same-origin form without (or with a wrong) CSRF token, and a cross-site form,
@@ -396,16 +427,184 @@ class TestDashboard:
         p = people(js=False)
         page = p.sign_in("audrey")
         page.goto("/dashboard")
-        forms = page.locator("form[action='/guards/kill']").count()
+        forms = page.locator("form[action^='/guards/']").count()
         shot(page, "dashboard-auditor")
         csrf = page.locator("input[name=csrf]").first.get_attribute("value")
+        cookies = {"proctor_session": p.cookie() or ""}
         posted = httpx.post(
             f"{server.url}/guards/kill",
             data={"csrf": csrf, "scope": "global", "reason": "not mine to pull"},
-            cookies={"proctor_session": p.cookie() or ""},
+            cookies=cookies,
+        )
+        breaker = httpx.post(
+            f"{server.url}/guards/breakers/open",
+            data={"csrf": csrf, "scope": "agent", "key": "bot"},
+            cookies=cookies,
         )
 
         assert page.locator("figure.kpi").count() == 6
         assert forms == 0
         assert posted.status_code == 403
         assert "admin role" in posted.text
+        assert breaker.status_code == 403
+        assert "admin role" in breaker.text
+        assert "agent:bot" not in guards(server)["breakers"]
+
+    def test_breaker_toggles(self, people, server):
+        """The admin forces a breaker open (plans it covers wait for an approver), an
+        auditor's reset is refused, the admin resets it; both toggles are in the audit log."""
+        search = ("travel.search", {"destination": "Lisbon", "date": "2027-03-12"})
+        p = people(js=False)
+        page = p.sign_in("root")
+        page.goto("/dashboard")
+        page.get_by_label("Breaker of").select_option("action")
+        page.get_by_label("Breaker name (the action or agent)").fill("travel.search")
+        page.get_by_label("Why (recorded)").fill("search provider incident")
+        page.get_by_role("button", name="Force breaker open").click()
+        page.wait_for_url(re.compile(r"done=breaker-opened"))
+        shot(page, "dashboard-breaker-open")
+        row = page.locator("[id='breaker-action:travel.search']").inner_text()
+        held = server.submit(search)
+        a = people(js=False)
+        a.sign_in("audrey")
+        a.page.goto("/dashboard")
+        refused = httpx.post(
+            f"{server.url}/guards/breakers/reset",
+            data={
+                "csrf": a.page.locator("input[name=csrf]").first.get_attribute("value"),
+                "scope": "action",
+                "key": "travel.search",
+            },
+            cookies={"proctor_session": a.cookie() or ""},
+        )
+        still = guards(server)["breakers"]["action:travel.search"]["view"]
+        page.get_by_role("button", name="Reset action:travel.search").click()
+        page.wait_for_url(re.compile(r"done=breaker-reset"))
+        shot(page, "dashboard-breaker-reset")
+        after = page.locator("[id='breaker-action:travel.search']").inner_text()
+        ran = server.submit(search)
+        events = [
+            (e["type"], e["data"]["breaker"], e["data"]["by"])
+            for e in server.events(type_="breaker.")
+            if e["data"].get("manual")
+        ]
+        httpx.post(
+            f"{server.url}/v1/plans/{held['plan_id']}/reject",
+            json={"comment": "test cleanup"},
+            headers={"Authorization": f"Bearer {server.tokens['fiona']}"},
+            timeout=30,
+        )
+
+        assert "open" in row and "held open by root until reset" in row
+        assert "search provider incident" in row
+        assert held["status"] == "awaiting_approval"
+        assert refused.status_code == 403 and "admin role" in refused.text
+        assert still == "open"
+        assert "closed" in after
+        assert page.locator("#notice").inner_text() == "The breaker is closed."
+        assert ran["status"] == "succeeded"
+        assert ("breaker.opened", "action:travel.search", "root") in events
+        assert ("breaker.closed", "action:travel.search", "root") in events
+
+
+class TestAutonomy:
+    def test_users_set_their_own_admins_anyones(self, people, server):
+        """alice saves a level on her timeline (no JavaScript); setting bob's is refused;
+        the admin sets carol's on the dashboard, where it is listed."""
+        p = people(js=False)
+        page = p.sign_in("alice")
+        page.goto("/timeline")
+        page.get_by_label("Action").select_option("hr.search_candidates")
+        page.get_by_label("Level").select_option("auto")
+        page.get_by_label("Auto only below (minor units, optional)").fill("500")
+        page.get_by_role("button", name="Save").click()
+        page.wait_for_url(re.compile(r"/timeline\?done=autonomy"))
+        shot(page, "timeline-autonomy")
+        mine = page.get_by_role("table", name="Your autonomy levels").inner_text()
+        forged = httpx.post(
+            f"{server.url}/autonomy",
+            data={
+                "csrf": page.locator("input[name=csrf]").first.get_attribute("value"),
+                "user": "bob",
+                "action": "hr.search_candidates",
+                "level": "propose",
+            },
+            cookies={"proctor_session": p.cookie() or ""},
+        )
+        admin = people(js=False)
+        apage = admin.sign_in("root")
+        apage.goto("/dashboard")
+        form = apage.get_by_role("form", name="Set a user's autonomy")
+        form.get_by_label("User").fill("carol")
+        form.get_by_label("Action").select_option("hr.search_candidates")
+        form.get_by_label("Level").select_option("confirm")
+        form.get_by_role("button", name="Save").click()
+        apage.wait_for_url(re.compile(r"/dashboard\?done=autonomy"))
+        listed = apage.locator("#autonomy").inner_text()
+        state = guards(server)["autonomy"]
+
+        assert "hr.search_candidates" in mine and "auto" in mine and "500" in mine
+        assert forged.status_code == 403 and "autonomy" in forged.text
+        assert "bob|hr.search_candidates" not in state
+        assert state["alice|hr.search_candidates"] == {"level": "auto", "below": 500, "by": "alice"}
+        assert state["carol|hr.search_candidates"]["by"] == "root"
+        assert "carol" in listed and "confirm" in listed
+
+
+class TestBasics:
+    def test_no_request_leaves_the_server(self, people, server):
+        """With JavaScript on, every page loads only from the console's own origin."""
+        plan = server.submit(TABLE)
+        p = people(js=True)
+        seen: list[str] = []
+        p.page.on("request", lambda req: seen.append(req.url))
+        page = p.sign_in("root")
+        for path in (
+            "/timeline?user=alice",
+            f"/plans/{plan['plan_id']}",
+            "/audit",
+            "/audit/events/0",
+            "/dashboard",
+            "/no-such-page",
+        ):
+            page.goto(path)
+            page.wait_for_load_state("networkidle")
+        fiona = people(js=True)
+        fiona.page.on("request", lambda req: seen.append(req.url))
+        fiona.sign_in("fiona").goto("/inbox")
+        fiona.page.wait_for_load_state("domcontentloaded")
+
+        assert len(seen) > 10
+        assert [u for u in seen if not u.startswith(server.url + "/")] == []
+        assert any(u.endswith("/static/console.js") for u in seen)
+
+    def test_sign_in_and_act_with_the_keyboard_alone(self, people, server):
+        """The token field has focus; Enter signs in; Tab reaches the skip link, then the
+        menu; a confirm form submits with Enter on its button."""
+        plan = server.submit(SUBSCRIPTION)
+        p = people(js=False)
+        page = p.page
+        page.goto("/login")
+        page.keyboard.type(server.tokens["alice"])
+        page.keyboard.press("Enter")
+        page.wait_for_url(re.compile(r"/inbox"))
+        page.keyboard.press("Tab")
+        first = page.evaluate("document.activeElement.textContent")
+        button = page.locator(f"form[action='/plans/{plan['plan_id']}/confirm'] button")
+        button.focus()
+        page.keyboard.press("Enter")
+        page.wait_for_url(re.compile(r"done=confirmed"))
+
+        assert first == "Skip to content"
+        assert server.plan(plan["plan_id"])["status"] == "succeeded"
+
+
+def guards(server: Any) -> dict[str, Any]:
+    """GET /v1/guards as the admin."""
+    r = httpx.get(
+        f"{server.url}/v1/guards",
+        headers={"Authorization": f"Bearer {server.tokens['root']}"},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    return dict(r.json())

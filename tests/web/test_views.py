@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -10,7 +11,7 @@ from proctor import Proctor
 from proctor.app.tokens import TokenService, hash_token
 from proctor.core.principals import Principal
 from proctor.testing import FrozenClock
-from proctor.web.sessions import SESSION_LIFETIME, SessionStore, check_csrf
+from proctor.web.sessions import KIND, SESSION_LIFETIME, SessionStore, check_csrf
 from proctor.web.views import chart, diff_rows, left, plan_view, undo_deadline
 
 T0 = datetime(2027, 3, 1, 12, 0, tzinfo=UTC)
@@ -65,7 +66,75 @@ class TestSessions:
             Principal(name="a", roles=("user",)), token_hash=None
         )
 
-        assert p.gateway.store.get_meta(f"console:session:{sid}") is None
+        stored = p.gateway.store.list_state(KIND)
+
+        assert list(stored) == [hashlib.sha256(sid.encode()).hexdigest()]
+        assert sid not in str(stored)
+
+    def test_sign_out_deletes_the_record(self, world):
+        """Ending a session removes it from the store, not just marks it."""
+        p, clock = world
+        sessions = SessionStore(p.gateway.store, clock)
+        keep, _ = sessions.open(Principal(name="a", roles=("user",)), token_hash=None)
+        gone, _ = sessions.open(Principal(name="b", roles=("user",)), token_hash=None)
+
+        sessions.end(gone)
+        sessions.end(gone)  # twice: nothing to do
+        sessions.end("never-opened")
+
+        assert list(p.gateway.store.list_state(KIND)) == [hashlib.sha256(keep.encode()).hexdigest()]
+        assert sessions.get(keep) is not None
+
+    def test_expired_sessions_are_deleted_when_a_session_opens(self, world):
+        """Opening a session deletes every expired one; live ones stay."""
+        p, clock = world
+        sessions = SessionStore(p.gateway.store, clock)
+        who = Principal(name="a", roles=("user",))
+        for _ in range(3):
+            sessions.open(who, token_hash=None, not_after=T0 + timedelta(minutes=5))
+        live, _ = sessions.open(who, token_hash=None)
+        clock.advance(timedelta(minutes=6))
+        before = len(p.gateway.store.list_state(KIND))
+
+        new, _ = sessions.open(who, token_hash=None)
+
+        assert before == 4
+        assert sorted(p.gateway.store.list_state(KIND)) == sorted(
+            hashlib.sha256(s.encode()).hexdigest() for s in (live, new)
+        )
+        assert sessions.get(live) is not None and sessions.get(new) is not None
+
+    def test_an_expired_session_found_is_deleted_and_purge_sweeps_the_rest(self, world):
+        """Reading an expired session deletes it; purge() deletes the others at once."""
+        p, clock = world
+        sessions = SessionStore(p.gateway.store, clock)
+        who = Principal(name="a", roles=("user",))
+        read, _ = sessions.open(who, token_hash=None)
+        sessions.open(who, token_hash=None)
+        sessions.open(who, token_hash=None)
+        clock.advance(SESSION_LIFETIME)
+
+        found = sessions.get(read)
+        left_after_read = len(p.gateway.store.list_state(KIND))
+        purged = sessions.purge()
+
+        assert found is None
+        assert left_after_read == 2
+        assert purged == 2
+        assert p.gateway.store.list_state(KIND) == {}
+        assert sessions.purge() == 0
+
+    def test_an_unreadable_record_is_no_session_and_is_purged(self, world):
+        """A damaged record opens nothing (fail closed) and goes with the next purge."""
+        p, clock = world
+        sessions = SessionStore(p.gateway.store, clock)
+        sid = "damaged-session-id"
+        digest = hashlib.sha256(sid.encode()).hexdigest()
+        with p.gateway.store.transaction() as tx:
+            tx.put_state(KIND, digest, {"name": "a", "roles": ["root"]}, at=T0)
+
+        assert sessions.get(sid) is None
+        assert sessions.purge() == 1
 
     def test_a_session_expires(self, world):
         """After its lifetime (or a JWT's earlier expiry) a session is over."""
@@ -173,3 +242,51 @@ class TestViews:
         assert heights == [100.0, 0.0, 50.0, 100.0]
         assert c.bars[1]["empty"] and c.bars[3]["negative"]
         assert all(b["y"] + b["h"] == 114 for b in c.bars)
+
+
+class TestContrast:
+    """The stylesheet's colour pairs meet WCAG AA (4.5:1 for text)."""
+
+    @staticmethod
+    def _luminance(hex_: str) -> float:
+        rgb = [int(hex_[i : i + 2], 16) / 255 for i in (1, 3, 5)]
+        lin = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in rgb]
+        return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+    def _ratio(self, a: str, b: str) -> float:
+        hi, lo = sorted((self._luminance(a), self._luminance(b)), reverse=True)
+        return (hi + 0.05) / (lo + 0.05)
+
+    def test_text_colours_on_their_backgrounds(self):
+        """Text, muted text, links, badges, buttons and notices against what they sit on."""
+        import re
+        from pathlib import Path
+
+        import proctor.web
+
+        css = (Path(proctor.web.__file__).parent / "static" / "console.css").read_text()
+        colour = dict(re.findall(r"--([a-z-]+):\s*(#[0-9a-fA-F]{6})", css))
+        white = "#ffffff"
+        pairs = [
+            ("fg", "bg"),
+            ("fg", "card"),
+            ("muted", "bg"),
+            ("muted", "card"),
+            ("accent", "bg"),
+            ("accent", "card"),
+            ("ok", "ok-bg"),
+            ("no", "no-bg"),
+            ("warn", "warn-bg"),
+            ("ok", "bg"),
+            ("no", "bg"),
+            ("warn", "bg"),
+        ]
+
+        low = [(f, b, round(self._ratio(colour[f], colour[b]), 2)) for f, b in pairs]
+        low += [
+            (b, "white text", round(self._ratio(white, colour[b]), 2))
+            for b in ("accent", "ok", "no")
+        ]
+
+        assert len(low) == 15  # every pair was found in the stylesheet
+        assert [x for x in low if x[2] < 4.5] == []

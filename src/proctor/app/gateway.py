@@ -652,13 +652,30 @@ class Gateway:
         return record
 
     def undo(
-        self, plan_id: str, principal: str, *, admin: bool = False, rollback: bool = False
+        self,
+        plan_id: str,
+        principal: str,
+        *,
+        admin: bool = False,
+        rollback: bool = False,
+        comment: str = "",
     ) -> PlanRecord:
         """Undo a succeeded plan within its undo window (the on-behalf-of user, or an admin).
 
+        ``comment`` (why) is recorded in the compensation's reason, which the
+        ``compensation.started`` audit event carries: ``undone by NAME: COMMENT``.
+
         Raises:
-            NotFoundError, InvalidTransitionError, PermissionDeniedError, ConflictError.
+            NotFoundError, InvalidTransitionError, PermissionDeniedError, ConflictError,
+            InvalidRequestError (a comment too long for the reason).
         """
+        reason = f"undone by {principal}" + (f": {comment}" if comment else "")
+        if len(reason) > _MAX_ERROR:
+            # The reason is stored up to _MAX_ERROR characters: refuse rather than cut it.
+            room = max(_MAX_ERROR - len(f"undone by {principal}: "), 0)
+            raise InvalidRequestError(
+                f"comment is too long for an undo: at most {room} characters", field="comment"
+            )
         with self._lock_for(plan_id):
             record = self._get(plan_id)
             if not admin and principal != record.on_behalf_of:
@@ -677,7 +694,7 @@ class Gateway:
             # undos (in any processes) one wins and the other gets a conflict.
             return self.executor.compensate(
                 record,
-                reason=f"undone by {principal}",
+                reason=reason,
                 final=PlanStatus.UNDONE,
                 requested_by=principal,
             )

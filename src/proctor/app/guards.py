@@ -26,9 +26,10 @@ The gateway calls, for every plan (``emit`` is the transaction's ``Journal.emit`
   progressive autonomy (and suggest a promotion).
 
 Every state change is written through the caller's transaction with its audit event.
-Administrative operations (``kill``, ``unkill``, ``set_whitelist``, ``set_autonomy``,
-``answer_promotion``, ``mark_review``, ``complain``) run in their own transaction, also with
-their event; ``status``, ``suggestions`` and ``review_queue`` only read.
+Administrative operations (``kill``, ``unkill``, ``open_breaker``, ``reset_breaker``,
+``set_whitelist``, ``set_autonomy``, ``answer_promotion``, ``mark_review``, ``complain``) run
+in their own transaction, also with their event; ``status``, ``suggestions`` and
+``review_queue`` only read.
 """
 
 from __future__ import annotations
@@ -643,10 +644,7 @@ class Guards:
         cost: int,
         now: Any,
     ) -> None:
-        since = window_start(now, self.settings.breaker.window_seconds)
-        calls, window_cost = tx.counter_sum(f"calls:{key}", since)
-        errors = tx.counter_sum(f"errors:{key}", since)[0]
-        rollbacks = tx.counter_sum(f"rollbacks:{key}", since)[0]
+        calls, window_cost, errors, rollbacks = self._window(tx, key, stored, now)
         state = BreakerState.from_value(stored)
         new = breaker_after(
             state,
@@ -670,6 +668,32 @@ class Guards:
                 plan=record,
                 data={"breaker": key, "reason": new.reason, "severity": "high"},
             )
+
+    def _window(
+        self, tx: Transaction, key: str, stored: Any, now: Any
+    ) -> tuple[int, int, int, int]:
+        """A breaker's window totals: calls, their cost, errors and rollbacks.
+
+        After an admin's reset only what happened since counts: otherwise the very errors
+        that opened the breaker would open it again on its next call, success or not. The
+        reset recorded its minute bucket and what that bucket already held; while the
+        bucket is in the window, the sums start there and leave out what it held.
+        """
+        since = window_start(now, self.settings.breaker.window_seconds)
+        reset = stored.get("reset") if isinstance(stored, dict) else None
+        held: dict[str, Any] = {}
+        if isinstance(reset, dict) and str(reset.get("since", "")) >= since:
+            since = str(reset["since"])
+            held = reset.get("held") or {}
+        calls, cost = tx.counter_sum(f"calls:{key}", since)
+        errors = tx.counter_sum(f"errors:{key}", since)[0]
+        rollbacks = tx.counter_sum(f"rollbacks:{key}", since)[0]
+        if held:
+            calls -= int(held.get("calls", 0))
+            cost -= int(held.get("cost", 0))
+            errors -= int(held.get("errors", 0))
+            rollbacks -= int(held.get("rollbacks", 0))
+        return max(calls, 0), max(cost, 0), max(errors, 0), max(rollbacks, 0)
 
     def _settle(
         self,
@@ -858,6 +882,97 @@ class Guards:
         result: bool = self._admin(op)
         return result
 
+    @staticmethod
+    def _breaker_key(scope: str, key: str | None) -> str:
+        if scope not in ("agent", "action") or not key:
+            raise InvalidRequestError(
+                "a circuit breaker is an agent's or an action's: give its scope and name",
+                field="scope" if scope not in ("agent", "action") else "key",
+            )
+        return f"{scope}:{key}"
+
+    def open_breaker(self, scope: str, key: str | None, *, by: str, reason: str = "") -> str:
+        """Force a breaker open (``agent`` NAME or ``action`` NAME) until ``reset_breaker``.
+
+        While open, agentic execution it covers needs an approver, and plans their user only
+        confirmed wait (as for a tripped breaker). A forced breaker does not turn half-open
+        by itself: an admin opened it, an admin closes it. Audited as ``breaker.opened``
+        with ``manual: true``.
+
+        Returns:
+            The breaker's key (``agent:bot``, ``action:shop.buy``).
+        """
+        breaker = self._breaker_key(scope, key)
+        why = f"forced open by {by}" + (f": {reason}" if reason else "")
+
+        def op(tx: Transaction, emit: Emit, now: Any) -> str:
+            # NOTE(guards): no ``opened_at``: ``breaker_view`` and ``breaker_before`` only
+            # turn an open breaker half-open ``open_seconds`` after it opened, so one without
+            # that time stays open, and ``breaker_after`` leaves an open breaker as it is.
+            state = BreakerState(state="open", reason=why)
+            forced = {"by": by, "at": now.isoformat(), "reason": reason}
+            tx.put_state("breaker", breaker, {**state.value(), "forced": forced}, at=now)
+            emit(
+                E.BREAKER_OPENED,
+                user_id=by,
+                data={
+                    "breaker": breaker,
+                    "reason": why,
+                    "severity": "high",
+                    "by": by,
+                    "manual": True,
+                },
+            )
+            return breaker
+
+        result: str = self._admin(op)
+        return result
+
+    def reset_breaker(self, scope: str, key: str | None, *, by: str, reason: str = "") -> bool:
+        """Close an open or half-open breaker (``agent`` NAME or ``action`` NAME).
+
+        Only calls after the reset count towards opening it again. Audited as
+        ``breaker.closed`` with ``manual: true``.
+
+        Returns:
+            False (and nothing is recorded) if the breaker was not open or half-open.
+        """
+        breaker = self._breaker_key(scope, key)
+
+        def op(tx: Transaction, emit: Emit, now: Any) -> bool:
+            stored = tx.get_state("breaker", breaker)
+            before = BreakerState.from_value(stored)
+            if stored is None or before.state == "closed":
+                return False
+            bucket = minute(now)
+            calls, cost = tx.counter_sum(f"calls:{breaker}", bucket)
+            held = {
+                "calls": calls,
+                "cost": cost,
+                "errors": tx.counter_sum(f"errors:{breaker}", bucket)[0],
+                "rollbacks": tx.counter_sum(f"rollbacks:{breaker}", bucket)[0],
+            }
+            value = {
+                **BreakerState().value(),
+                "reset": {"by": by, "at": now.isoformat(), "since": bucket, "held": held},
+            }
+            tx.put_state("breaker", breaker, value, at=now)
+            emit(
+                E.BREAKER_CLOSED,
+                user_id=by,
+                data={
+                    "breaker": breaker,
+                    "reason": reason,
+                    "was": breaker_view(before, now, self.settings.breaker),
+                    "by": by,
+                    "manual": True,
+                },
+            )
+            return True
+
+        result: bool = self._admin(op)
+        return result
+
     def set_whitelist(self, agent: str, actions: Sequence[str] | None, *, by: str) -> None:
         """Limit ``agent`` to ``actions`` (None removes the limit)."""
         unknown = [a for a in actions or () if a not in self.catalog]
@@ -1026,7 +1141,12 @@ class Guards:
         breakers = {}
         for key, v in self.store.list_state("breaker").items():
             st = BreakerState.from_value(v)
-            breakers[key] = {**st.value(), "view": breaker_view(st, now, self.settings.breaker)}
+            breakers[key] = {
+                **st.value(),
+                "view": breaker_view(st, now, self.settings.breaker),
+                # Who forced it open (it then stays open until reset), or None.
+                "forced": v.get("forced") if isinstance(v, dict) and st.state == "open" else None,
+            }
         rate_limits = []
         for r in self.settings.rate_limits:
             used = None

@@ -1,23 +1,30 @@
 """Principals, roles and API tokens: who is acting, and what each role may do.
 
-A principal has a name, roles and approver groups. The role table (``may_read``,
-``ROLE_ACTIONS``) is pure data here so the HTTP API, the console and the CLI ask the same
-question the same way. Tokens are stored only as SHA-256 hashes.
+A principal has a name, roles and approver groups. The role table (the ``may_*``
+predicates, ``ACTION_ROLES``, ``check_role`` and ``check_plan_action``) is pure here so the
+HTTP API, the console and the CLI ask the same question the same way. Tokens are stored only
+as SHA-256 hashes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final
+from typing import Final, Literal
 
 from proctor.core.lifecycle import PlanRecord, PlanStatus
-from proctor.errors import InvalidRequestError
+from proctor.errors import InvalidRequestError, PermissionDeniedError
 
 __all__ = [
+    "ACTION_ROLES",
     "ROLES",
+    "PlanAction",
     "Principal",
     "TokenRecord",
+    "check_plan_action",
+    "check_role",
+    "may_act",
     "may_admin",
     "may_approve",
     "may_confirm",
@@ -27,6 +34,7 @@ __all__ = [
     "may_submit",
     "may_undo",
     "reads_every_plan",
+    "undo_as_admin",
 ]
 
 ROLES: Final = ("agent", "user", "approver", "auditor", "admin")
@@ -148,3 +156,65 @@ def may_read_plan(p: Principal, plan: PlanRecord) -> bool:
         if waiting and (not roles or set(roles) & set(p.groups)):
             return True
     return False
+
+
+PlanAction = Literal["confirm", "approve", "reject", "undo"]
+"""A human action on a waiting or finished plan."""
+
+ACTION_ROLES: Final[Mapping[str, tuple[str, ...]]] = {
+    "confirm": ("user",),
+    "approve": ("approver",),
+    "reject": ("approver", "user"),
+    "undo": ("user", "admin"),
+}
+"""The roles that may attempt each human action at all (any one of them is enough)."""
+
+_MAY: Final[Mapping[str, Callable[[Principal, PlanRecord], bool]]] = {
+    "confirm": may_confirm,
+    "approve": may_approve,
+    "reject": may_reject,
+    "undo": may_undo,
+}
+
+
+def check_role(p: Principal, action: PlanAction) -> None:
+    """Refuse ``p`` if it holds none of the roles that may attempt ``action``.
+
+    Asked before the plan is read, so a principal without the role learns nothing about
+    which plans exist.
+
+    Raises:
+        PermissionDeniedError: ``field="role"``.
+    """
+    roles = ACTION_ROLES.get(action)
+    if roles is None:  # an unknown action is nobody's (fail closed)
+        raise PermissionDeniedError(f"no plan action {action!r}", field="action")
+    if not any(p.has(role) for role in roles):
+        raise PermissionDeniedError(f"this needs the {' or '.join(roles)} role", field="role")
+
+
+def check_plan_action(p: Principal, action: PlanAction, plan: PlanRecord) -> None:
+    """Refuse ``p`` unless ``plan`` is its business for ``action`` (the role, then the plan).
+
+    Separation of duties, quorum, expiry, step-up and the plan's state are the gateway's to
+    check afterwards.
+
+    Raises:
+        PermissionDeniedError: ``field="role"`` or ``field="principal"``.
+    """
+    check_role(p, action)
+    if not _MAY[action](p, plan):
+        raise PermissionDeniedError(
+            f"{p.name!r} may not {action} plan {plan.plan_id}", field="principal"
+        )
+
+
+def may_act(p: Principal, action: PlanAction, plan: PlanRecord) -> bool:
+    """Whether ``check_plan_action`` lets ``p`` attempt ``action`` on ``plan``."""
+    roles = ACTION_ROLES.get(action, ())
+    return any(p.has(role) for role in roles) and _MAY[action](p, plan)
+
+
+def undo_as_admin(p: Principal, plan: PlanRecord) -> bool:
+    """Whether ``p`` undoes ``plan`` as an admin rather than as its on-behalf-of user."""
+    return p.has("admin") and not may_confirm(p, plan)

@@ -1,6 +1,7 @@
-"""Guards over HTTP: kill switches, whitelists, status, autonomy, reviews, complaints.
+"""Guards over HTTP: kill switches, breakers, whitelists, status, autonomy, reviews, complaints.
 
-Admins engage and release kill switches and set whitelists; admins and auditors read the
+Admins engage and release kill switches, force circuit breakers open and reset them, and set
+whitelists; admins and auditors read the
 guard status and the review queue and mark reviews; users read and set their own autonomy,
 answer promotion suggestions, and complain about actions done on their behalf.
 """
@@ -34,6 +35,14 @@ class KillBody(_In):
 
     scope: Literal["global", "agent", "action"]
     key: str | None = Field(default=None, pattern=_NAME)
+    reason: str = Field(default="", max_length=MAX_COMMENT)
+
+
+class BreakerBody(_In):
+    """Which circuit breaker: an agent's or an action's, by name."""
+
+    scope: Literal["agent", "action"]
+    key: str = Field(pattern=_NAME)
     reason: str = Field(default="", max_length=MAX_COMMENT)
 
 
@@ -103,6 +112,26 @@ def router(ctx: Context) -> APIRouter:
         need(caller, "admin")
         released = proctor.guards.unkill(body.scope, body.key, by=caller.name)
         return json_response({"released": released})
+
+    @r.post(
+        "/guards/breakers/open", summary="Force a circuit breaker open (admin)", responses=errors
+    )
+    def open_breaker(caller: Caller, body: BreakerBody) -> Response:
+        """Hold an agent's or an action's breaker open until reset: agentic work needs approval."""
+        need(caller, "admin")
+        key = proctor.open_breaker(body.scope, body.key, by=caller.name, reason=body.reason)
+        return json_response({"breaker": key, "state": "open"})
+
+    @r.post(
+        "/guards/breakers/reset",
+        summary="Reset (close) a circuit breaker (admin)",
+        responses=errors,
+    )
+    def reset_breaker(caller: Caller, body: BreakerBody) -> Response:
+        """Close an open or half-open breaker; ``reset`` is false when it was not open."""
+        need(caller, "admin")
+        done = proctor.reset_breaker(body.scope, body.key, by=caller.name, reason=body.reason)
+        return json_response({"breaker": f"{body.scope}:{body.key}", "reset": done})
 
     @r.put(
         "/guards/whitelists/{agent}",

@@ -1,7 +1,9 @@
 """``/v1/plans``: submit, read, list, wait, stream events, confirm, approve, reject, undo.
 
 The gateway calls are synchronous; they run in the threadpool (``def`` routes, or
-``run_in_threadpool`` in ``async`` ones), so the event loop only moves bytes.
+``run_in_threadpool`` in ``async`` ones), so the event loop only moves bytes. Submissions,
+the hot path, run on the context's own small pool, and ``SubmitRoute`` serves them as plain
+ASGI in front of FastAPI (docs/http.md, "Performance").
 """
 
 # NOTE(http): no `from __future__ import annotations` here: FastAPI reads the route
@@ -11,7 +13,9 @@ import asyncio
 import base64
 import binascii
 import hashlib
-from collections.abc import AsyncIterator, Callable
+import logging
+import re
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import orjson
@@ -19,21 +23,24 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from proctor.cli.render import plan_json
 from proctor.core.lifecycle import PlanRecord, PlanStatus
 from proctor.core.principals import (
+    PlanAction,
     Principal,
-    may_approve,
-    may_confirm,
+    check_plan_action,
+    check_role,
     may_read_plan,
-    may_reject,
     may_submit,
-    may_undo,
     reads_every_plan,
+    undo_as_admin,
 )
-from proctor.errors import InvalidRequestError, PermissionDeniedError
+from proctor.errors import InvalidRequestError, PermissionDeniedError, ProctorError
+from proctor.http.auth import bearer_token
 from proctor.http.context import AUTH_ERRORS, Context, errors_doc, json_response
+from proctor.http.errors import STATUS, error_response
 from proctor.http.schemas import (
     ID_PATTERN,
     ApproveBody,
@@ -43,9 +50,13 @@ from proctor.http.schemas import (
     ResolveBody,
 )
 
-__all__ = ["idempotent_plan_id", "router"]
+__all__ = ["SubmitRoute", "idempotent_plan_id", "router", "submit_plan"]
+
+log = logging.getLogger("proctor.http")
 
 _KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
+_KEY_RE = re.compile(_KEY_PATTERN)
+_TRACEPARENT_MAX = 128
 _SCAN_BUDGET = 1000  # most plans one list request reads to fill a page for a filtered reader
 _EVENT_BATCH = 500
 
@@ -84,6 +95,124 @@ def decode_cursor(cursor: str) -> str:
     return raw
 
 
+def submit_plan(
+    ctx: Context, p: Principal, raw: Any, key: str | None, traceparent: str | None = None
+) -> tuple[int, dict[str, Any]]:
+    """Submit a parsed manifest as ``p`` (blocking); return the status and the plan JSON.
+
+    Raises:
+        PermissionDeniedError: ``p`` is not an agent, or submits for another agent.
+        ProctorError: whatever the gateway refuses (the rejection is audited there).
+    """
+    if not p.has("agent"):
+        raise PermissionDeniedError("submitting a plan needs the agent role", field="role")
+    if isinstance(raw, dict):
+        actor = raw.get("actor")
+        agent_id = actor.get("agent_id") if isinstance(actor, dict) else None
+        if isinstance(agent_id, str) and not may_submit(p, agent_id):
+            raise PermissionDeniedError(
+                f"{p.name!r} may only submit plans with actor.agent_id {p.name!r}",
+                field="actor.agent_id",
+            )
+        if key is not None and raw.get("plan_id") is None:
+            raw["plan_id"] = idempotent_plan_id(p.name, key)
+    plan_id = raw.get("plan_id") if isinstance(raw, dict) else None
+    if not isinstance(plan_id, str):
+        plan_id = None
+    gateway = ctx.proctor.gateway
+    with ctx.submit_locks.hold(plan_id):
+        existed = plan_id is not None and gateway.store.get_plan(plan_id) is not None
+        # The gateway itself, not ``Proctor.submit``: any JSON value goes to the
+        # validator, so a body that is not an object is rejected (and audited) there.
+        rec = gateway.submit(raw, traceparent=traceparent)
+    return (200 if existed else 201), plan_json(rec)
+
+
+def _invalid_header(name: str, rule: str) -> Response:
+    # The body FastAPI's header validation gives the declared route (errors._validation).
+    return json_response(
+        {"code": "invalid_request", "message": f"{name}: {rule}", "field": name}, 422
+    )
+
+
+class SubmitRoute:
+    """``POST /v1/plans`` as plain ASGI, in front of FastAPI's router.
+
+    Submitting is what agents do all day, and FastAPI's routing, dependency solving and
+    header models cost more of the GIL per request than the rest of the HTTP layer. This
+    serves the declared route's contract without them: the same authentication
+    (``Auth.authenticate``), header rules, error bodies and status codes; the body limit is
+    the ``BodyLimit`` middleware outside it. Other methods and paths, and apps served under a
+    ``root_path``, go on to ``app``.
+    """
+
+    def __init__(self, app: ASGIApp, *, ctx: Context) -> None:
+        self.app = app
+        self.ctx = ctx
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve a submission, or pass anything else on to ``app``."""
+        if (
+            scope["type"] != "http"
+            or scope["path"] != "/v1/plans"
+            or scope["method"] != "POST"
+            or scope.get("root_path")
+        ):
+            await self.app(scope, receive, send)
+            return
+        response = await self._serve(scope, receive)
+        if response is not None:
+            await response(scope, receive, send)
+
+    async def _serve(self, scope: Scope, receive: Receive) -> Response | None:
+        ctx = self.ctx
+        authorization = key = traceparent = None
+        for name, value in scope["headers"]:
+            # The first of repeated headers, as Starlette's ``Headers.get`` reads them.
+            if name == b"authorization":
+                authorization = authorization or value.decode("latin-1")
+            elif name == b"idempotency-key":
+                key = key or value.decode("latin-1")
+            elif name == b"traceparent":
+                traceparent = traceparent or value.decode("latin-1")
+        client = scope.get("client")
+        try:
+            # Credentials first, as the route's dependency: a bad header of an
+            # unauthenticated request is a 401, not a 422.
+            caller = await ctx.auth.authenticate(
+                client[0] if client else "unknown", bearer_token(authorization)
+            )
+        except ProctorError as exc:
+            return error_response(exc)
+        if key is not None and not _KEY_RE.match(key):
+            return _invalid_header(
+                "Idempotency-Key", f"String should match pattern '{_KEY_PATTERN}'"
+            )
+        if traceparent is not None and len(traceparent) > _TRACEPARENT_MAX:
+            return _invalid_header(
+                "traceparent", f"String should have at most {_TRACEPARENT_MAX} characters"
+            )
+        chunks = []
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None  # gone, or over the limit (``BodyLimit`` answers 413)
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        try:
+            raw = orjson.loads(b"".join(chunks))
+        except orjson.JSONDecodeError:
+            return _bad_json()
+        try:
+            status, doc = await ctx.run_submit(submit_plan, ctx, caller, raw, key, traceparent)
+        except ProctorError as exc:
+            if STATUS.get(exc.code, 500) >= 500:
+                log.warning("POST /v1/plans failed: %s", exc.diagnostics())
+            return error_response(exc)
+        return json_response(doc, status, {"Location": f"/v1/plans/{doc['plan_id']}"})
+
+
 def router(ctx: Context) -> APIRouter:
     """Build the plan routes over ``ctx``."""
     r = APIRouter(prefix="/v1/plans", tags=["plans"])
@@ -102,44 +231,14 @@ def router(ctx: Context) -> APIRouter:
             raise PermissionDeniedError(f"{p.name!r} may not read plan {plan_id}", field="plan_id")
         return rec
 
-    def actionable(
-        p: Principal, plan_id: str, role: str, allowed: Callable[[Principal, PlanRecord], bool]
-    ) -> PlanRecord:
-        if not p.has(role):
-            raise PermissionDeniedError(f"this needs the {role} role", field="role")
+    def actionable(p: Principal, plan_id: str, action: PlanAction) -> PlanRecord:
+        # The role before the plan is read; the same checks as the console's forms.
+        check_role(p, action)
         rec = proctor.get(plan_id)
-        if not allowed(p, rec):
-            raise PermissionDeniedError(
-                f"{p.name!r} may not do this to plan {plan_id}", field="principal"
-            )
+        check_plan_action(p, action, rec)
         return rec
 
     # ------------------------------------------------------------------ submit
-
-    def do_submit(
-        p: Principal, raw: Any, key: str | None, traceparent: str | None = None
-    ) -> tuple[int, dict[str, Any]]:
-        if not p.has("agent"):
-            raise PermissionDeniedError("submitting a plan needs the agent role", field="role")
-        if isinstance(raw, dict):
-            actor = raw.get("actor")
-            agent_id = actor.get("agent_id") if isinstance(actor, dict) else None
-            if isinstance(agent_id, str) and not may_submit(p, agent_id):
-                raise PermissionDeniedError(
-                    f"{p.name!r} may only submit plans with actor.agent_id {p.name!r}",
-                    field="actor.agent_id",
-                )
-            if key is not None and raw.get("plan_id") is None:
-                raw["plan_id"] = idempotent_plan_id(p.name, key)
-        plan_id = raw.get("plan_id") if isinstance(raw, dict) else None
-        if not isinstance(plan_id, str):
-            plan_id = None
-        with ctx.submit_locks.hold(plan_id):
-            existed = plan_id is not None and store.get_plan(plan_id) is not None
-            # The gateway itself, not ``Proctor.submit``: any JSON value goes to the
-            # validator, so a body that is not an object is rejected (and audited) there.
-            rec = proctor.gateway.submit(raw, traceparent=traceparent)
-        return (200 if existed else 201), plan_json(rec)
 
     @r.post(
         "",
@@ -172,16 +271,23 @@ def router(ctx: Context) -> APIRouter:
         ] = None,
         traceparent: Annotated[
             str | None,
-            Header(max_length=128, description="W3C trace context: the plan joins the trace."),
+            Header(
+                max_length=_TRACEPARENT_MAX,
+                description="W3C trace context: the plan joins the trace.",
+            ),
         ] = None,
     ) -> Response:
         """Submit a plan manifest as the calling agent (``actor.agent_id`` is its name)."""
+        # ``SubmitRoute`` serves this route in ``proctor serve``; this declaration is its
+        # OpenAPI contract and serves the requests that reach the router all the same.
         body = await request.body()
         try:
             raw = orjson.loads(body)
         except orjson.JSONDecodeError:
             return _bad_json()
-        status, doc = await run_in_threadpool(do_submit, caller, raw, idempotency_key, traceparent)
+        status, doc = await ctx.run_submit(
+            submit_plan, ctx, caller, raw, idempotency_key, traceparent
+        )
         return json_response(doc, status, {"Location": f"/v1/plans/{doc['plan_id']}"})
 
     # ------------------------------------------------------------------ read
@@ -344,7 +450,7 @@ def router(ctx: Context) -> APIRouter:
     )
     def confirm(plan_id: PlanId, caller: Caller, body: CommentBody | None = None) -> Response:
         """Confirm a plan waiting for the caller's confirmation; it runs at once."""
-        actionable(caller, plan_id, "user", may_confirm)
+        actionable(caller, plan_id, "confirm")
         comment = body.comment if body else ""
         return json_response(plan_json(proctor.confirm(plan_id, caller.name, comment=comment)))
 
@@ -359,7 +465,7 @@ def router(ctx: Context) -> APIRouter:
 
         The plan runs when enough distinct approvers covering its roles agreed.
         """
-        actionable(caller, plan_id, "approver", may_approve)
+        actionable(caller, plan_id, "approve")
         body = body or ApproveBody()
         rec = proctor.approve(
             plan_id, caller.name, roles=caller.groups, comment=body.comment, otp=body.otp
@@ -374,13 +480,7 @@ def router(ctx: Context) -> APIRouter:
     )
     def reject(plan_id: PlanId, caller: Caller, body: CommentBody | None = None) -> Response:
         """Reject a plan waiting for an approval (approvers) or a confirmation (its user)."""
-        if not (caller.has("approver") or caller.has("user")):
-            raise PermissionDeniedError("this needs the approver or user role", field="role")
-        rec = proctor.get(plan_id)
-        if not may_reject(caller, rec):
-            raise PermissionDeniedError(
-                f"{caller.name!r} may not reject plan {plan_id}", field="principal"
-            )
+        actionable(caller, plan_id, "reject")
         comment = body.comment if body else ""
         rec = proctor.reject(plan_id, caller.name, roles=caller.groups, comment=comment)
         return json_response(plan_json(rec))
@@ -392,16 +492,13 @@ def router(ctx: Context) -> APIRouter:
         responses=act_errors,
     )
     def undo(plan_id: PlanId, caller: Caller, body: CommentBody | None = None) -> Response:
-        """Undo a succeeded plan within its undo window; its steps are compensated."""
-        if not (caller.has("user") or caller.has("admin")):
-            raise PermissionDeniedError("this needs the user or admin role", field="role")
-        rec = proctor.get(plan_id)
-        if not may_undo(caller, rec):
-            raise PermissionDeniedError(
-                f"{caller.name!r} may not undo plan {plan_id}", field="principal"
-            )
-        as_admin = caller.has("admin") and not may_confirm(caller, rec)
-        rec = proctor.gateway.undo(plan_id, caller.name, admin=as_admin)
+        """Undo a succeeded plan within its undo window; its steps are compensated.
+
+        The optional ``comment`` is recorded with the undo (the compensation's reason).
+        """
+        rec = actionable(caller, plan_id, "undo")
+        comment = body.comment if body else ""
+        rec = proctor.undo(plan_id, caller.name, admin=undo_as_admin(caller, rec), comment=comment)
         return json_response(plan_json(rec))
 
     @r.post(

@@ -19,7 +19,7 @@ import secrets
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, assert_never
 from urllib.parse import quote, urlsplit
 
 import orjson
@@ -37,14 +37,15 @@ from proctor.audit.merkle import leaf_hash, verify_inclusion
 from proctor.audit.note import Checkpoint, open_note, verifiers_from_vkeys
 from proctor.core.lifecycle import PlanRecord, PlanStatus
 from proctor.core.principals import (
+    PlanAction,
     Principal,
+    check_plan_action,
+    check_role,
+    may_act,
     may_admin,
-    may_approve,
-    may_confirm,
     may_read_audit,
     may_read_plan,
-    may_reject,
-    may_undo,
+    undo_as_admin,
 )
 from proctor.errors import (
     ConfigError,
@@ -76,6 +77,14 @@ _DONE = {
     "confirmed": "You confirmed this plan.",
     "undone": "You undid this plan: its steps were compensated.",
 }
+_SAVED = {
+    "guards": "Saved.",
+    "autonomy": "Saved.",
+    "breaker-opened": "The breaker is open until an admin resets it.",
+    "breaker-reset": "The breaker is closed.",
+    "breaker-closed": "That breaker was not open: nothing changed.",
+}
+_UNDO_COMMENT_MAX = 300  # in the undo's reason, which gateway.undo caps at 500 with the name
 _HEADERS = {
     # No inline script or style anywhere: the CSP forbids both, so injected markup cannot
     # run even if escaping were ever missed.
@@ -394,11 +403,11 @@ def console_router(ctx: Context) -> APIRouter:
         confirmations: list[PlanRecord] = []
         if p.has("approver"):
             for rec in store.list_plans(status=PlanStatus.AWAITING_APPROVAL.value, limit=_SCAN):
-                if may_approve(p, rec):
+                if may_act(p, "approve", rec):
                     approvals.append(rec)
         if p.has("user"):
             for rec in store.list_plans(status=PlanStatus.AWAITING_CONFIRMATION.value, limit=_SCAN):
-                if may_confirm(p, rec):
+                if may_act(p, "confirm", rec):
                     confirmations.append(rec)
         # Oldest deadline first: what expires soonest is on top.
         key: Callable[[PlanRecord], Any] = lambda rec: (rec.expires_at is None, rec.expires_at)  # noqa: E731
@@ -471,62 +480,42 @@ def console_router(ctx: Context) -> APIRouter:
             audit_links=may_read_audit(p),
             notice=_DONE.get(done or ""),
             can_approve=rec.status is PlanStatus.AWAITING_APPROVAL
-            and may_approve(p, rec)
+            and may_act(p, "approve", rec)
             and not any(a.principal == p.name for a in rec.approvals),
-            can_confirm=rec.status is PlanStatus.AWAITING_CONFIRMATION and may_confirm(p, rec),
+            can_confirm=rec.status is PlanStatus.AWAITING_CONFIRMATION
+            and may_act(p, "confirm", rec),
             can_reject=rec.status
             in (PlanStatus.AWAITING_APPROVAL, PlanStatus.AWAITING_CONFIRMATION)
-            and may_reject(p, rec),
+            and may_act(p, "reject", rec),
             can_undo=view["undo_until"] is not None
             and view["undo_left"] != "closed"
-            and (p.has("user") or p.has("admin"))
-            and may_undo(p, rec),
+            and may_act(p, "undo", rec),
+            undo_comment_max=_UNDO_COMMENT_MAX,
         )
 
     # ------------------------------------------------------------------ human actions
 
-    def do_action(p: Principal, kind: str, plan_id: str, form: FormData) -> PlanRecord:
-        comment = _text(form, "comment", limit=MAX_COMMENT)
+    def do_action(p: Principal, kind: PlanAction, plan_id: str, form: FormData) -> PlanRecord:
+        limit = _UNDO_COMMENT_MAX if kind == "undo" else MAX_COMMENT
+        comment = _text(form, "comment", limit=limit)
+        # The same checks as /v1/plans/{id}/... (one helper for both): the role before the
+        # plan is read, then that the plan is this principal's business; the gateway then
+        # applies its own rules (state, expiry, separation of duties, step-up).
+        check_role(p, kind)
         rec = gateway.get(plan_id)
-        # The same order of checks as /v1/plans/{id}/...: the role, the plan is this
-        # principal's business, then the gateway's own rules (state, expiry, step-up...).
+        check_plan_action(p, kind, rec)
         if kind == "approve":
-            if not p.has("approver"):
-                raise PermissionDeniedError("approving needs the approver role", field="role")
-            if not may_approve(p, rec):
-                raise PermissionDeniedError(
-                    f"{p.name!r} may not approve plan {plan_id}", field="principal"
-                )
             otp = _text(form, "otp", limit=16) or None
             return proctor.approve(plan_id, p.name, roles=p.groups, comment=comment, otp=otp)
         if kind == "reject":
-            if not (p.has("approver") or p.has("user")):
-                raise PermissionDeniedError("this needs the approver or user role", field="role")
-            if not may_reject(p, rec):
-                raise PermissionDeniedError(
-                    f"{p.name!r} may not reject plan {plan_id}", field="principal"
-                )
             return proctor.reject(plan_id, p.name, roles=p.groups, comment=comment)
         if kind == "confirm":
-            if not p.has("user"):
-                raise PermissionDeniedError("confirming needs the user role", field="role")
-            if not may_confirm(p, rec):
-                raise PermissionDeniedError(
-                    f"{p.name!r} may not confirm plan {plan_id}", field="principal"
-                )
             return proctor.confirm(plan_id, p.name, comment=comment)
         if kind == "undo":
-            if not (p.has("user") or p.has("admin")):
-                raise PermissionDeniedError("this needs the user or admin role", field="role")
-            if not may_undo(p, rec):
-                raise PermissionDeniedError(
-                    f"{p.name!r} may not undo plan {plan_id}", field="principal"
-                )
-            as_admin = p.has("admin") and not may_confirm(p, rec)
-            return gateway.undo(plan_id, p.name, admin=as_admin)
-        raise NotFoundError(f"no action {kind!r}", field="action")
+            return proctor.undo(plan_id, p.name, admin=undo_as_admin(p, rec), comment=comment)
+        assert_never(kind)
 
-    def action_route(kind: str, done: str) -> None:
+    def action_route(kind: PlanAction, done: str) -> None:
         @r.post(f"/plans/{{plan_id}}/{kind}", name=f"console_{kind}")
         @guarded
         async def act(request: Request, plan_id: str) -> Response:
@@ -540,12 +529,13 @@ def console_router(ctx: Context) -> APIRouter:
 
         act.__doc__ = f"{kind.capitalize()} a plan from a form; then show the plan."
 
-    for kind, done in (
+    actions: tuple[tuple[PlanAction, str], ...] = (
         ("approve", "approved"),
         ("reject", "rejected"),
         ("confirm", "confirmed"),
         ("undo", "undone"),
-    ):
+    )
+    for kind, done in actions:
         action_route(kind, done)
 
     # ------------------------------------------------------------------ timeline
@@ -591,7 +581,9 @@ def console_router(ctx: Context) -> APIRouter:
         for rec in recs:
             v = plan_view(rec, gateway.catalog, now)
             v["can_undo"] = (
-                v["undo_until"] is not None and v["undo_left"] != "closed" and may_undo(p, rec)
+                v["undo_until"] is not None
+                and v["undo_left"] != "closed"
+                and may_act(p, "undo", rec)
             )
             items.append(v)
         autonomy: dict[str, Any] = {}
@@ -618,6 +610,7 @@ def console_router(ctx: Context) -> APIRouter:
             ),
             actions=sorted(spec.name for spec in gateway.catalog),
             guards=st is not None,
+            undo_comment_max=_UNDO_COMMENT_MAX,
         )
 
     @r.post("/autonomy")
@@ -876,8 +869,32 @@ def console_router(ctx: Context) -> APIRouter:
             guards=st,
             is_admin=may_admin(p),
             actions=sorted(spec.name for spec in gateway.catalog),
-            notice="Saved." if request.query_params.get("done") else None,
+            notice=_SAVED.get(request.query_params.get("done") or ""),
         )
+
+    @r.post("/guards/breakers/{verb}")
+    @guarded
+    async def breaker_toggle(request: Request, verb: str) -> Response:
+        """Force a circuit breaker open, or reset (close) it (admins)."""
+        session, form = await posted(request)
+        p = session.principal
+        if not may_admin(p):
+            raise PermissionDeniedError("circuit breakers need the admin role", field="role")
+        if verb not in ("open", "reset"):
+            raise NotFoundError(f"no breaker action {verb!r}", field="action")
+        scope = _text(form, "scope", limit=16, required=True)
+        key = _text(form, "key", limit=128, required=True)
+        reason = _text(form, "reason", limit=MAX_COMMENT)
+        if verb == "open":
+            await run_in_threadpool(
+                lambda: proctor.open_breaker(scope, key, by=p.name, reason=reason)
+            )
+            return RedirectResponse("/dashboard?done=breaker-opened", status_code=303)
+        done = await run_in_threadpool(
+            lambda: proctor.reset_breaker(scope, key, by=p.name, reason=reason)
+        )
+        outcome = "breaker-reset" if done else "breaker-closed"
+        return RedirectResponse(f"/dashboard?done={outcome}", status_code=303)
 
     @r.post("/guards/{verb}")
     @guarded

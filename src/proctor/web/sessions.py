@@ -1,16 +1,18 @@
 """Console sessions and CSRF tokens.
 
 A session is server-side: the browser holds a 256-bit random id in an HttpOnly cookie, the
-store keeps ``sha256(id)`` → the session record in its metadata table (so every replica
-sharing the database knows it, and a leaked database holds no usable session id). Signing
-out overwrites the record, so a copied cookie dies with it. Each request re-checks the API
-token the session was opened with: revoking the token ends its sessions.
+store keeps ``sha256(id)`` → the session record as a keyed state row (kind
+``console_session``, so every replica sharing the database knows it, and a leaked database
+holds no usable session id). Signing out deletes the record, so a copied cookie dies with
+it; expired records are deleted whenever a session opens (and when one is found expired), so
+the table holds only live sessions. Each request re-checks the API token the session was
+opened with: revoking the token ends its sessions.
 
 CSRF protection is the **synchronizer token** pattern: each session holds a random token
 that every state-changing form carries in a hidden field; a POST whose field differs is
 refused before anything runs. The sign-in form has no session yet, so it uses a **signed
 double-submit** token instead: a random nonce in a short-lived cookie, and in the form the
-HMAC-SHA256 of that nonce under a key kept in the store (shared by replicas).
+HMAC-SHA256 of that nonce under a key kept in the store's metadata (shared by replicas).
 """
 
 from __future__ import annotations
@@ -22,18 +24,18 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import orjson
-
 from proctor.core.ports import Clock, Store
 from proctor.core.principals import Principal
-from proctor.errors import StorageError
+from proctor.errors import ProctorError, StorageError
 
-__all__ = ["SESSION_LIFETIME", "Session", "SessionStore", "check_csrf"]
+__all__ = ["KIND", "SESSION_LIFETIME", "Session", "SessionStore", "check_csrf"]
 
 SESSION_LIFETIME = timedelta(hours=8)
 """Longest life of a console session (a JWT's own expiry shortens it)."""
 
-_PREFIX = "console:session:"
+KIND = "console_session"
+"""The store's state kind that holds console sessions (key: ``sha256(id)`` in hex)."""
+
 _KEY = "console:key"
 
 
@@ -52,7 +54,7 @@ class Session:
 
 
 class SessionStore:
-    """Sessions and CSRF secrets over the ``Store`` port's metadata table."""
+    """Sessions over the ``Store`` port's state rows; CSRF secrets in its metadata."""
 
     def __init__(self, store: Store, clock: Clock) -> None:
         self._store = store
@@ -63,7 +65,11 @@ class SessionStore:
     def open(
         self, principal: Principal, *, token_hash: str | None, not_after: datetime | None = None
     ) -> tuple[str, Session]:
-        """Start a session; return the id for the cookie (shown once) and the session."""
+        """Start a session; return the id for the cookie (shown once) and the session.
+
+        Expired sessions are deleted in the same transaction, so the store never holds
+        more than the sessions opened within one ``SESSION_LIFETIME``.
+        """
         now = self._clock.now()
         expires = now + SESSION_LIFETIME
         if not_after is not None:
@@ -84,30 +90,58 @@ class SessionStore:
             "created_at": now.isoformat(),
             "expires_at": expires.isoformat(),
         }
+        stale = self._expired(now)
         with self._store.transaction() as tx:
-            tx.put_meta(_PREFIX + _digest(session_id), orjson.dumps(record).decode())
+            for digest in stale:
+                tx.put_state(KIND, digest, None, at=now)
+            tx.put_state(KIND, _digest(session_id), record, at=now)
         return session_id, session
+
+    def _expired(self, now: datetime) -> list[str]:
+        """The keys of stored sessions that are over (or unreadable, which are none)."""
+        out = []
+        for digest, doc in self._store.list_state(KIND).items():
+            try:
+                over = datetime.fromisoformat(doc["expires_at"]) <= now
+            except (KeyError, TypeError, ValueError):
+                over = True  # a record we cannot read is no session: drop it
+            if over:
+                out.append(digest)
+        return out
+
+    def purge(self) -> int:
+        """Delete every expired session now; return how many were deleted."""
+        now = self._clock.now()
+        stale = self._expired(now)
+        if stale:
+            with self._store.transaction() as tx:
+                for digest in stale:
+                    tx.put_state(KIND, digest, None, at=now)
+        return len(stale)
 
     def get(self, session_id: str | None) -> Session | None:
         """Return the live session of a cookie value, or None (unknown, ended, expired)."""
         if not session_id or len(session_id) > 128:
             return None
-        raw = self._store.get_meta(_PREFIX + _digest(session_id))
-        if not raw:
+        digest = _digest(session_id)
+        # A read-only transaction: the port reads single state rows only inside one.
+        with self._store.transaction(durable=False) as tx:
+            doc: Any = tx.get_states([(KIND, digest)]).get((KIND, digest))
+        if not isinstance(doc, dict):
             return None
         try:
-            doc: dict[str, Any] = orjson.loads(raw)
-            if doc.get("ended"):
-                return None
             expires = datetime.fromisoformat(doc["expires_at"])
             principal = Principal(
                 name=doc["name"], roles=tuple(doc["roles"]), groups=tuple(doc["groups"])
             )
             csrf = str(doc["csrf"])
             token_hash = doc.get("token_hash")
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, ProctorError):
             return None  # a record we cannot read is no session (fail closed)
-        if expires <= self._clock.now():
+        now = self._clock.now()
+        if expires <= now:
+            with self._store.transaction(durable=False) as tx:
+                tx.put_state(KIND, digest, None, at=now)
             return None
         if token_hash is not None:
             # The token may have been revoked since sign-in: the session ends with it.
@@ -117,15 +151,11 @@ class SessionStore:
         return Session(principal=principal, csrf=csrf, expires_at=expires, token_hash=token_hash)
 
     def end(self, session_id: str | None) -> None:
-        """End a session (sign-out); ending an unknown one changes nothing."""
+        """End a session (sign-out): its record is deleted; an unknown one changes nothing."""
         if not session_id or len(session_id) > 128:
             return
-        key = _PREFIX + _digest(session_id)
-        if self._store.get_meta(key) is None:
-            return
         with self._store.transaction() as tx:
-            # NOTE(web): the metadata table has no delete; an ended record stays, marked.
-            tx.put_meta(key, orjson.dumps({"ended": self._clock.now().isoformat()}).decode())
+            tx.put_state(KIND, _digest(session_id), None, at=self._clock.now())
 
     # ------------------------------------------------------------------ CSRF
 

@@ -7,8 +7,20 @@ from datetime import UTC, datetime
 import pytest
 
 from proctor.core.lifecycle import ApprovalRecord, PlanRecord, PlanStatus
-from proctor.core.principals import Principal, may_read_plan
-from proctor.errors import InvalidRequestError
+from proctor.core.principals import (
+    ACTION_ROLES,
+    Principal,
+    check_plan_action,
+    check_role,
+    may_act,
+    may_approve,
+    may_confirm,
+    may_read_plan,
+    may_reject,
+    may_undo,
+    undo_as_admin,
+)
+from proctor.errors import InvalidRequestError, PermissionDeniedError
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -68,3 +80,62 @@ class TestMayRead:
         )
         p = _plan(PlanStatus.SUCCEEDED, approvals=(a,))
         assert may_read_plan(Principal(name="harry", roles=("approver",), groups=("hr",)), p)
+
+
+class TestPlanActionChecks:
+    """``check_role`` / ``check_plan_action`` / ``may_act``: the one helper of the API and
+    the console."""
+
+    PEOPLE = (
+        Principal(name="alice", roles=("user",)),
+        Principal(name="bob", roles=("user",)),
+        Principal(name="fiona", roles=("approver",), groups=("finance",)),
+        Principal(name="harry", roles=("approver",), groups=("hr",)),
+        Principal(name="audrey", roles=("auditor",)),
+        Principal(name="root", roles=("admin",)),
+        Principal(name="alice", roles=("agent",)),
+    )
+
+    def test_nobody_may_do_an_unknown_action(self):
+        """An action outside the table is refused, even to an admin (fail closed)."""
+        root = Principal(name="root", roles=("admin",))
+
+        with pytest.raises(PermissionDeniedError) as e:
+            check_role(root, "delete")  # type: ignore[arg-type]
+
+        assert e.value.field == "action"
+        assert not may_act(root, "delete", _plan())  # type: ignore[arg-type]
+
+    @pytest.mark.parametrize("action", ["confirm", "approve", "reject", "undo"])
+    def test_the_checks_agree_with_the_table(self, action):
+        """check_plan_action refuses exactly whom may_act refuses; the role first."""
+        plan = _plan()
+        table = {"confirm": may_confirm, "approve": may_approve, "reject": may_reject}
+        table["undo"] = may_undo
+        for p in self.PEOPLE:
+            has_role = any(p.has(r) for r in ACTION_ROLES[action])
+            allowed = has_role and table[action](p, plan)
+            try:
+                check_plan_action(p, action, plan)
+            except PermissionDeniedError as exc:
+                refused: str | None = exc.field
+            else:
+                refused = None
+
+            assert may_act(p, action, plan) is allowed, (p, action)
+            assert refused == (None if allowed else "role" if not has_role else "principal")
+
+    def test_the_messages_name_the_rule(self):
+        """The role message lists the roles; the plan message names who and which plan."""
+        with pytest.raises(PermissionDeniedError, match="this needs the approver or user role"):
+            check_role(Principal(name="audrey", roles=("auditor",)), "reject")
+        with pytest.raises(PermissionDeniedError, match="'bob' may not undo plan p"):
+            check_plan_action(Principal(name="bob", roles=("user",)), "undo", _plan())
+
+    def test_undo_as_admin(self):
+        """An admin undoes as an admin unless the plan acts for it (then as its user)."""
+        plan = _plan()
+
+        assert undo_as_admin(Principal(name="root", roles=("admin",)), plan)
+        assert not undo_as_admin(Principal(name="alice", roles=("user", "admin")), plan)
+        assert not undo_as_admin(Principal(name="alice", roles=("user",)), plan)

@@ -101,6 +101,8 @@ class TestOpenApi:
             ("GET", "/v1/kpis"),
             ("POST", "/v1/guards/kill"),
             ("POST", "/v1/guards/unkill"),
+            ("POST", "/v1/guards/breakers/open"),
+            ("POST", "/v1/guards/breakers/reset"),
             ("PUT", "/v1/guards/whitelists/{agent}"),
             ("GET", "/v1/autonomy"),
             ("PUT", "/v1/autonomy"),

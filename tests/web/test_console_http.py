@@ -1,0 +1,219 @@
+"""The console in-process (httpx over ASGI): what a browser test cannot easily reach.
+
+The cookie's ``Secure`` flag over TLS, sign-out deleting the stored session, and the
+timeline's rollback TTL (it needs a policy that sets one).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+
+from proctor import Proctor
+from proctor.app.tokens import TokenService
+from proctor.http import HttpSettings, create_app
+from proctor.testing import FrozenClock
+from proctor.web.sessions import KIND
+
+pytestmark = pytest.mark.anyio
+
+T0 = datetime(2027, 3, 1, 12, 0, tzinfo=UTC)
+TABLE = ("restaurant.book", {"restaurant": "Casa", "party": 2, "time": "20:00"})
+
+
+class RollbackPolicy:
+    """Executes every step with a 15-minute undo window and a 10-minute rollback TTL."""
+
+    version = "sha256:rollback-test"
+
+    def evaluate(self, input: dict[str, Any]) -> dict[str, Any]:
+        steps = {
+            s["id"]: {
+                "outcome": "execute",
+                "reasons": ["test policy"],
+                "undo_window": 900,
+                "rollback_ttl": 600,
+            }
+            for s in input["steps"]
+        }
+        return {"steps": steps, "plan": {}}
+
+
+@pytest.fixture
+def world():
+    clock = FrozenClock(T0)
+    p = Proctor.in_memory(clock=clock, policy=RollbackPolicy())
+    tokens = TokenService(p.gateway.store, clock)
+    secrets = {
+        name: tokens.create(name=name, roles=[role]).token
+        for name, role in (("alice", "user"), ("root", "admin"))
+    }
+    app = create_app(p, settings=HttpSettings(auth_failures_per_minute=1000))
+    yield p, clock, app, secrets
+    p.close()
+
+
+async def sign_in(
+    app: Any, token: str, *, base: str = "http://proctor"
+) -> tuple[httpx.AsyncClient, httpx.Response]:
+    """A client signed in through the sign-in form, as a browser does it; and the answer."""
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=base)
+    form = await client.get("/login")
+    match = re.search(r'name="csrf" value="([^"]+)"', form.text)
+    assert match, form.text
+    r = await client.post(
+        "/login",
+        data={"csrf": match.group(1), "token": token, "next": "/"},
+        headers={"Origin": base},
+    )
+    assert r.status_code == 303, r.text
+    return client, r
+
+
+def csrf_of(html: str) -> str:
+    match = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert match
+    return match.group(1)
+
+
+async def test_the_cookie_is_secure_over_tls_only(world):
+    """Over https the session cookie is Secure (and HttpOnly, SameSite=Strict); over http
+    it cannot be, or the browser would never send it back."""
+    _p, _clock, app, secrets = world
+    tls, signed_tls = await sign_in(app, secrets["alice"], base="https://proctor")
+    plain, signed_plain = await sign_in(app, secrets["alice"])
+
+    cookie_tls = signed_tls.headers["set-cookie"].lower()
+    cookie_plain = signed_plain.headers["set-cookie"].lower()
+    await tls.aclose()
+    await plain.aclose()
+
+    assert "proctor_session=" in cookie_tls
+    assert "; secure" in cookie_tls
+    assert "httponly" in cookie_tls and "samesite=strict" in cookie_tls
+    assert "proctor_session=" in cookie_plain
+    assert "; secure" not in cookie_plain
+
+
+async def test_sign_out_deletes_the_stored_session(world):
+    """After POST /logout the store holds no record of the session."""
+    p, _clock, app, secrets = world
+    client, _ = await sign_in(app, secrets["alice"])
+    during = len(p.gateway.store.list_state(KIND))
+    page = await client.get("/timeline")
+
+    out = await client.post(
+        "/logout", data={"csrf": csrf_of(page.text)}, headers={"Origin": "http://proctor"}
+    )
+    await client.aclose()
+
+    assert during == 1
+    assert out.status_code == 303
+    assert p.gateway.store.list_state(KIND) == {}
+
+
+async def test_a_sign_in_purges_expired_sessions(world):
+    """A session that expired is deleted when someone signs in."""
+    p, clock, app, secrets = world
+    first, _ = await sign_in(app, secrets["alice"])
+    await first.aclose()
+    clock.advance(timedelta(hours=9))
+
+    second, _ = await sign_in(app, secrets["root"])
+    await second.aclose()
+
+    stored = p.gateway.store.list_state(KIND)
+    assert [v["name"] for v in stored.values()] == ["root"]
+
+
+async def test_the_timeline_shows_the_rollback_ttl(world):
+    """A step with a rollback TTL shows when it rolls back by itself and the time left."""
+    p, _clock, app, secrets = world
+    rec = p.submit(
+        {
+            "actor": {"type": "agent", "name": "bot", "model_version": "m", "agent_id": "bot"},
+            "on_behalf_of": "alice",
+            "intent": "dinner",
+            "steps": [{"id": "s1", "action": TABLE[0], "params": TABLE[1]}],
+        }
+    )
+    client, _ = await sign_in(app, secrets["alice"])
+
+    page = await client.get("/timeline")
+    await client.aclose()
+
+    assert rec.status.value == "succeeded"
+    assert page.status_code == 200
+    assert "Rolled back automatically in <strong>10 min 0 s</strong>" in page.text
+    assert "2027-03-01 12:10:00 UTC" in page.text
+    assert "Undo window:" in page.text
+
+
+async def test_breaker_forms_fail_closed(world):
+    """A bad scope or a missing name is a 422 page naming the field, an unknown verb a 404,
+    a user's toggle a 403; none of them changes a breaker."""
+    p, _clock, app, secrets = world
+    root, _ = await sign_in(app, secrets["root"])
+    alice, _ = await sign_in(app, secrets["alice"])
+    root_csrf = csrf_of((await root.get("/dashboard")).text)
+    alice_csrf = csrf_of((await alice.get("/timeline")).text)
+    origin = {"Origin": "http://proctor"}
+
+    async def post(client: httpx.AsyncClient, path: str, data: dict[str, str]) -> httpx.Response:
+        return await client.post(path, data=data, headers=origin)
+
+    global_ = await post(
+        root, "/guards/breakers/open", {"csrf": root_csrf, "scope": "global", "key": "x"}
+    )
+    nameless = await post(root, "/guards/breakers/open", {"csrf": root_csrf, "scope": "agent"})
+    verb = await post(
+        root, "/guards/breakers/melt", {"csrf": root_csrf, "scope": "agent", "key": "bot"}
+    )
+    user = await post(
+        alice, "/guards/breakers/open", {"csrf": alice_csrf, "scope": "agent", "key": "bot"}
+    )
+    await root.aclose()
+    await alice.aclose()
+
+    assert global_.status_code == 422 and "<code>scope</code>" in global_.text
+    assert nameless.status_code == 422 and "<code>key</code>" in nameless.text
+    assert verb.status_code == 404
+    assert user.status_code == 403 and "admin role" in user.text
+    assert p.gateway.store.list_state("breaker") == {}
+
+
+async def test_the_sign_in_form_is_csrf_protected(world):
+    """Without the form's token, with one minted for another nonce, or from another origin, a
+    valid token opens no session (login CSRF)."""
+    p, _clock, app, secrets = world
+    token = secrets["alice"]
+
+    async def attempt(*, csrf: bool, cookie: bool, origin: str) -> httpx.Response:
+        """Fetch the form, then post it with or without its token and its nonce cookie."""
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://proctor") as client:
+            form = await client.get("/login")
+            if not cookie:
+                client.cookies.clear()
+            data = {"token": token, "next": "/"}
+            if csrf:
+                data["csrf"] = csrf_of(form.text)
+            return await client.post("/login", data=data, headers={"Origin": origin})
+
+    no_token = await attempt(csrf=False, cookie=True, origin="http://proctor")
+    no_nonce = await attempt(csrf=True, cookie=False, origin="http://proctor")
+    cross = await attempt(csrf=True, cookie=True, origin="https://evil.example")
+    before = len(p.gateway.store.list_state(KIND))
+    ok = await attempt(csrf=True, cookie=True, origin="http://proctor")
+
+    for refused in (no_token, no_nonce, cross):
+        assert refused.status_code == 403
+        assert "proctor_session" not in refused.headers.get("set-cookie", "")
+    assert before == 0
+    assert ok.status_code == 303
+    assert "proctor_session=" in ok.headers["set-cookie"]
+    assert len(p.gateway.store.list_state(KIND)) == 1
