@@ -741,7 +741,9 @@ class TestUndo:
         """The on-behalf-of user undoes a succeeded booking within its undo window."""
         home, docs = pool
 
-        result = cli("undo", "p-undo-ok", "--as", "bob", "--json", home=home)
+        result = cli(
+            "undo", "p-undo-ok", "--as", "bob", "--comment", "booked twice", "--json", home=home
+        )
 
         assert docs["p-undo-ok"]["steps"][0]["undo_until"] is not None
         assert result.code == 0, str(result)
@@ -749,6 +751,8 @@ class TestUndo:
         types = [e["type"] for e in show(cli, home, "p-undo-ok")["events"]]
         assert "undo.requested" in types
         assert "compensation.succeeded" in types
+        events = cli("audit", "events", "--plan", "p-undo-ok", "--json", home=home)
+        assert "undone by bob: booked twice" in events.out  # the reason is on the record
 
     def test_someone_else_cannot_undo(self, cli, pool):
         """Another principal's undo exits 1 and the booking stays."""

@@ -496,20 +496,24 @@ def undo(
     ctx: typer.Context,
     plan_id: str,
     principal: AsLocal = None,
+    comment: Comment = "",
     home: Home = None,
     as_json: Json = False,
     verbose: Verbose = False,
     server: Server = None,
     token: Token = None,
 ) -> int:
-    """Undo a succeeded plan within its undo window (compensates its steps in reverse)."""
+    """Undo a succeeded plan within its undo window (compensates its steps in reverse).
+
+    `--comment` says why; the audit log records it with the undo.
+    """
     remote = _remote(ctx, server, token, ignored=("principal",))
     if remote is not None:
         with remote:
-            return _emit_doc(remote.undo(plan_id), as_json, remote)
+            return _emit_doc(remote.undo(plan_id, comment=comment), as_json, remote)
     name = _required_locally(principal, "--as")
     with _open(home) as p:
-        return _emit(p.undo(plan_id, name), as_json)
+        return _emit(p.undo(plan_id, name, comment=comment), as_json)
 
 
 # --------------------------------------------------------------------------- assess

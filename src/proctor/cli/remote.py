@@ -176,10 +176,10 @@ class Remote:
         with self._errors():
             return self._client.reject(plan_id, comment=comment or None)
 
-    def undo(self, plan_id: str) -> dict[str, Any]:
+    def undo(self, plan_id: str, *, comment: str = "") -> dict[str, Any]:
         """Undo as the token's user (or an admin); return the plan JSON."""
         with self._errors():
-            return self._client.undo(plan_id)
+            return self._client.undo(plan_id, comment=comment or None)
 
     def resolve(
         self, plan_id: str, step_id: str, *, succeeded: bool, comment: str = ""
