@@ -7,7 +7,13 @@ streamable HTTP. Through the proxy every call is a governed plan that the policy
 validated, scored, decided by Rego, audited with signed events, durably committed (SQLite,
 synchronous=FULL).
 
-Usage: python bench/mcp.py [--calls 300] [--synchronous FULL|NORMAL] [--store sqlite|memory]
+Two more paths attribute the added time: "sdk floor" is a forwarder built on the same SDK
+without governance (what any SDK-based proxy adds), "governance only" the proxy's plan
+submitted in process (the pipeline). "http via proxy, json" is ``--json-response``. The
+paths take turns in rounds, so a machine that gets busier slows them alike.
+
+Usage: python bench/mcp.py [--calls 300] [--rounds 3] [--synchronous FULL|NORMAL]
+       [--store sqlite|memory]
 Prints a table, then one JSON object as the last line. Target: <= 3 ms added at p50.
 """
 
@@ -29,7 +35,7 @@ import statistics
 import subprocess
 import tempfile
 import time
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import anyio
@@ -105,8 +111,13 @@ async def http_session(url: str) -> Any:
 
 
 def governance(home: Path, calls: int) -> list[float]:
-    """The same plan submitted in process with a Python handler: the gateway's share."""
+    """The proxy's plan submitted in process with a Python handler: the pipeline's share.
+
+    As the proxy does it: the call's plan id is looked up (``current_plan_id``), then the
+    one-step plan is submitted under that id; the handler answers at once.
+    """
     from proctor import Proctor
+    from proctor.mcp.governance import call_key, current_plan_id, manifest
 
     p = Proctor.open(home)
 
@@ -120,15 +131,21 @@ def governance(home: Path, calls: int) -> list[float]:
         return {"content": [{"type": "text", "text": params["message"]}]}
 
     out = []
+    store = p.gateway.store
     for i in range(30 + calls):
-        plan = {
-            "actor": {"type": "agent", "name": "bench", "model_version": "1", "agent_id": "b"},
-            "on_behalf_of": "u",
-            "intent": "bench",
-            "steps": [{"id": "s1", "action": "bench.echo", "params": {"message": f"m{i}"}}],
-        }
+        args = {"message": f"m{i}"}
         t0 = time.perf_counter()
-        record = p.submit(plan)
+        key = call_key("b", "bench 1", "bench.echo", args)
+        plan = manifest(
+            plan_id=current_plan_id(key, store.get_plan),
+            agent_id="b",
+            client="bench 1",
+            on_behalf_of="u",
+            action="bench.echo",
+            tool="echo",
+            arguments=args,
+        )
+        record = p.gateway.submit(plan)
         if i >= 30:
             out.append((time.perf_counter() - t0) * 1000)
         if record.status.value != "succeeded":
@@ -137,9 +154,57 @@ def governance(home: Path, calls: int) -> list[float]:
     return out
 
 
+async def null_proxy(target: str, port: int | None) -> None:
+    """The SDK alone between client and server: a forwarder with no governance.
+
+    Its added latency is the floor any proxy built on the SDK pays (its server and its client
+    parse and write every message once more).
+    """
+    import mcp_types as types
+    from mcp.server.lowlevel import Server
+
+    from proctor.mcp.stdio import serve_stdio
+
+    if target.startswith("http"):
+        transport: Any = streamable_http_client(target)
+    else:
+        transport = stdio_client(StdioServerParameters(command="node", args=[target]))
+    async with transport as streams, ClientSession(streams[0], streams[1]) as up:
+        await up.initialize()
+        tools = (await up.list_tools()).tools
+
+        async def list_tools(ctx: Any, params: Any) -> types.ListToolsResult:
+            return types.ListToolsResult(tools=tools)
+
+        async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> Any:
+            return await up.call_tool(params.name, params.arguments)
+
+        server = Server("null-proxy", on_list_tools=list_tools, on_call_tool=call_tool)
+        if port is None:
+            async with serve_stdio() as (r, w):
+                await server.run(r, w, server.create_initialization_options())
+            return
+        import uvicorn
+
+        app = server.streamable_http_app(host="127.0.0.1")
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+        await uvicorn.Server(config).serve()
+
+
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--null-proxy":
+        port = int(sys.argv[3]) if len(sys.argv) > 3 else None
+        anyio.run(null_proxy, sys.argv[2], port)
+        return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--calls", type=int, default=300)
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="the calls of each path are split into rounds, the paths taking turns: a busy "
+        "machine then slows every path alike",
+    )
     ap.add_argument("--synchronous", choices=["FULL", "NORMAL"], default="FULL")
     ap.add_argument(
         "--store",
@@ -170,51 +235,67 @@ def main() -> None:
         )
         stdio_cfg = {"mcpServers": {"everything": {"command": "node", "args": [str(EVERYTHING)]}}}
         (home / "stdio.json").write_text(json.dumps(stdio_cfg))
+
+        def background(argv: list[str], **extra: str) -> int:
+            port = free_port()
+            procs.append(
+                subprocess.Popen(
+                    [a.replace("{port}", str(port)) for a in argv],
+                    env={**env, **{k: v.replace("{port}", str(port)) for k, v in extra.items()}},
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+            wait_port(port)
+            return port
+
         try:
-            up_port, proxy_port = free_port(), free_port()
-            procs.append(
-                subprocess.Popen(
-                    ["node", str(EVERYTHING), "streamableHttp"],
-                    env={**env, "PORT": str(up_port)},
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-            )
-            wait_port(up_port)
-            http_cfg = {"mcpServers": {"everything": {"url": f"http://127.0.0.1:{up_port}/mcp"}}}
+            up_port = background(["node", str(EVERYTHING), "streamableHttp"], PORT="{port}")
+            upstream = f"http://127.0.0.1:{up_port}/mcp"
+            http_cfg = {"mcpServers": {"everything": {"url": upstream}}}
             (home / "http.json").write_text(json.dumps(http_cfg))
-            procs.append(
-                subprocess.Popen(
-                    [
-                        exe,
-                        "mcp",
-                        "--config",
-                        str(home / "http.json"),
-                        "--home",
-                        str(home),
-                        "--http",
-                        f"127.0.0.1:{proxy_port}",
-                    ],
-                    env=env,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-            )
-            wait_port(proxy_port)
+            proxy = [exe, "mcp", "--config", str(home / "http.json"), "--home", str(home)]
+            ports = {
+                "http direct": up_port,
+                "http via proxy": background([*proxy, "--http", "127.0.0.1:{port}"]),
+                "http via proxy, json": background(
+                    [*proxy, "--http", "127.0.0.1:{port}", "--json-response"]
+                ),
+                "http sdk floor": background(
+                    [sys.executable, __file__, "--null-proxy", upstream, "{port}"]
+                ),
+            }
+            stdio = {
+                "stdio direct": ("node", [str(EVERYTHING)]),
+                "stdio via proxy": (
+                    exe,
+                    ["mcp", "--config", str(home / "stdio.json"), "--home", str(home)],
+                ),
+                "stdio sdk floor": (sys.executable, [__file__, "--null-proxy", str(EVERYTHING)]),
+            }
+            per_round = max(1, opts.calls // opts.rounds)
 
             async def run_all() -> None:
-                async with stdio_session("node", [str(EVERYTHING)], env) as s:
-                    results["stdio direct"] = await measure(s, opts.calls)
-                proxy_args = ["mcp", "--config", str(home / "stdio.json"), "--home", str(home)]
-                async with stdio_session(exe, proxy_args, env) as s:
-                    results["stdio via proxy"] = await measure(s, opts.calls)
-                async with http_session(f"http://127.0.0.1:{up_port}/mcp") as s:
-                    results["http direct"] = await measure(s, opts.calls)
-                async with http_session(f"http://127.0.0.1:{proxy_port}/mcp") as s:
-                    results["http via proxy"] = await measure(s, opts.calls)
+                async with AsyncExitStack() as stack:
+                    sessions = {}
+                    for name, (command, args) in stdio.items():
+                        sessions[name] = await stack.enter_async_context(
+                            stdio_session(command, args, env)
+                        )
+                    for name, port in ports.items():
+                        sessions[name] = await stack.enter_async_context(
+                            http_session(f"http://127.0.0.1:{port}/mcp")
+                        )
+                    for _ in range(opts.rounds):
+                        for name, session in sessions.items():
+                            results.setdefault(name, []).extend(await measure(session, per_round))
+                        # In its turn too (the sessions wait meanwhile): the split below
+                        # compares figures taken under the same load.
+                        results.setdefault("governance only", []).extend(
+                            governance(home, per_round)
+                        )
 
             anyio.run(run_all)
-            results["governance only"] = governance(home, opts.calls)
         finally:
             for p in procs:
                 p.terminate()
@@ -223,39 +304,51 @@ def main() -> None:
         k: {"p50_ms": round(statistics.median(v), 3), "p99_ms": round(pct(v, 0.99), 3)}
         for k, v in results.items()
     }
+
+    def diff(a: str, b: str) -> dict[str, float]:
+        return {q: round(rows[a][q] - rows[b][q], 3) for q in ("p50_ms", "p99_ms")}
+
     added = {
-        t: {
-            "p50_ms": round(rows[f"{t} via proxy"]["p50_ms"] - rows[f"{t} direct"]["p50_ms"], 3),
-            "p99_ms": round(rows[f"{t} via proxy"]["p99_ms"] - rows[f"{t} direct"]["p99_ms"], 3),
-        }
-        for t in ("stdio", "http")
+        "stdio": diff("stdio via proxy", "stdio direct"),
+        "http": diff("http via proxy", "http direct"),
+        "http, json": diff("http via proxy, json", "http direct"),
     }
+    floor = {
+        "stdio": diff("stdio sdk floor", "stdio direct"),
+        "http": diff("http sdk floor", "http direct"),
+    }
+    gov = rows["governance only"]["p50_ms"]
     print(
-        f"tools/call echo, {opts.calls} calls each (store {opts.store}, SQLite synchronous="
-        f"{opts.synchronous}, signed audit events)"
+        f"tools/call echo, {opts.calls} calls per path in {opts.rounds} rounds (store "
+        f"{opts.store}, SQLite synchronous={opts.synchronous}, signed audit events)"
     )
-    print(f"{'path':<18} {'p50 ms':>8} {'p99 ms':>8}")
+    print(f"{'path':<22} {'p50 ms':>8} {'p99 ms':>8}")
     for k, r in rows.items():
-        print(f"{k:<18} {r['p50_ms']:>8} {r['p99_ms']:>8}")
+        print(f"{k:<22} {r['p50_ms']:>8} {r['p99_ms']:>8}")
     for t, a in added.items():
         print(
             f"added by the proxy over {t}: p50 {a['p50_ms']} ms, p99 {a['p99_ms']} ms"
             " (target p50 <= 3 ms)"
         )
-    gov = rows["governance only"]["p50_ms"]
-    print(
-        f"of which the governed plan itself (gateway, in process): p50 {gov} ms; the proxy's"
-        f" own share over stdio: p50 {round(added['stdio']['p50_ms'] - gov, 3)} ms"
-    )
+    for t in ("stdio", "http"):
+        sdk = floor[t]["p50_ms"]
+        rest = round(added[t]["p50_ms"] - sdk - gov, 3)
+        print(
+            f"p50 added over {t}, split: the SDK's floor (a forwarder without governance) "
+            f"{sdk} ms + the governed pipeline (in process) {gov} ms + the proxy's own glue "
+            f"(threads, plan lookup) {rest} ms"
+        )
     print(
         json.dumps(
             {
                 "bench": "mcp",
                 "calls": opts.calls,
+                "rounds": opts.rounds,
                 "synchronous": opts.synchronous,
                 "store": opts.store,
                 "results": rows,
                 "added": added,
+                "sdk_floor": floor,
                 "target_p50_ms": 3.0,
             }
         )

@@ -107,3 +107,130 @@ def test_elicitation_progress_and_cancellation_over_http(
     actors = {e["actor"]["name"] for e in log if e["type"] == "plan.submitted"}
     assert all(a.startswith("framework via ") for a in actors)
     assert cli("audit", "verify", home=home).code == 0
+
+
+def test_denied_resources_prompts_and_an_approval_then_retry_over_http(
+    cli, proctor_exe, home, roots, npm_servers, kit, spawn
+):
+    """Over streamable HTTP too: a denied call, pass-through, an approval elsewhere, a retry."""
+    config = kit.write_config(
+        home,
+        "http2.json",
+        {"fs": {"command": "node", "args": [str(npm_servers.filesystem), str(roots)]}},
+    )
+    everything = kit.write_config(
+        home,
+        "everything.json",
+        {"everything": {"command": "node", "args": [str(npm_servers.everything)]}},
+    )
+    port = kit.free_port()
+    proxy = spawn(
+        [
+            *(proctor_exe, "mcp", "--config", str(config), "--home", str(home)),
+            *("--http", f"127.0.0.1:{port}", "--agent", "framework"),
+        ]
+    )
+    kit.wait_port(port, proxy, "proctor mcp --http")
+    other = kit.free_port()
+    proxy2 = spawn(
+        [
+            *(proctor_exe, "mcp", "--config", str(everything), "--home", str(home)),
+            *("--http", f"127.0.0.1:{other}"),
+        ]
+    )
+    kit.wait_port(other, proxy2, "proctor mcp --http (everything)")
+    move = {"source": str(roots / "notes.txt"), "destination": str(roots / "moved.txt")}
+
+    async def session(at: int, fn):
+        async with (
+            streamable_http_client(f"http://127.0.0.1:{at}/mcp") as (r, w, *_),
+            ClientSession(r, w) as s,
+        ):
+            await s.initialize()
+            return await fn(s)
+
+    async def first(s):
+        evil = await s.call_tool("write_file", {"path": "/tmp/proctor-evil-http", "content": "x"})
+        assert evil.is_error and "denied by policy" in text(evil)
+        return await s.call_tool("move_file", move)
+
+    async def passthrough(s):
+        resources = (await s.list_resources()).resources
+        assert resources and (await s.read_resource(resources[0].uri)).contents
+        assert (await s.get_prompt("simple-prompt")).messages
+        await s.send_ping()
+
+    async def retry(s):
+        return await s.call_tool("move_file", move)
+
+    pending = anyio.run(session, port, first)
+    assert pending.is_error and "pending approval mcp-" in text(pending)
+    plan_id = text(pending).split("pending approval ")[1].split(":")[0]
+    anyio.run(session, other, passthrough)
+    r = cli("approve", plan_id, "--as", "olga", "--role", "ops", "--json", home=home)
+    assert r.json()["status"] == "running", r.out + r.err
+    done = anyio.run(session, port, retry)
+    assert not done.is_error, text(done)
+    assert (roots / "moved.txt").exists() and not (roots / "notes.txt").exists()
+    from pathlib import Path
+
+    assert not Path("/tmp/proctor-evil-http").exists()
+    mine = [e["type"] for e in kit.events(cli, home) if e.get("plan_id") == plan_id]
+    assert mine.count("step.succeeded") == 1 and "approval.granted" in mine
+
+
+def test_json_responses_answer_calls_ask_the_user_and_drop_progress(
+    cli, proctor_exe, home, roots, npm_servers, kit, spawn
+):
+    """--json-response: calls and elicitation work (on the GET stream); progress is dropped."""
+    config = kit.write_config(
+        home,
+        "json.json",
+        {
+            "fs": {"command": "node", "args": [str(npm_servers.filesystem), str(roots)]},
+            "everything": {"command": "node", "args": [str(npm_servers.everything)]},
+        },
+    )
+    port = kit.free_port()
+    proxy = spawn(
+        [
+            *(proctor_exe, "mcp", "--config", str(config), "--home", str(home)),
+            *("--http", f"127.0.0.1:{port}", "--json-response"),
+        ]
+    )
+    kit.wait_port(port, proxy, "proctor mcp --http --json-response")
+    asked = []
+
+    async def elicit(context, params):
+        asked.append(params.message)
+        return types.ElicitResult(action="accept", content={})
+
+    async def go():
+        async with (
+            streamable_http_client(f"http://127.0.0.1:{port}/mcp") as (r, w, *_),
+            ClientSession(r, w, elicitation_callback=elicit) as s,
+        ):
+            await s.initialize()
+            summed = await s.call_tool("get-sum", {"a": 20, "b": 22})
+            assert not summed.is_error and "42" in text(summed)
+            change = await s.call_tool("write_file", {"path": str(roots / "j.txt"), "content": "j"})
+            assert not change.is_error, text(change)
+            long = await s.call_tool(
+                "trigger-long-running-operation",
+                {"duration": 1, "steps": 2},
+                progress_callback=on_progress,
+            )
+            assert not long.is_error, text(long)
+
+    progress = []
+
+    async def on_progress(value, total, message):
+        progress.append(value)
+
+    anyio.run(go)
+    assert asked == [f"Allow this action? Write {roots / 'j.txt'}"]
+    assert (roots / "j.txt").read_text() == "j"
+    # A JSON body has no room for notifications about the request: the SDK drops them.
+    assert progress == []
+    r = cli("mcp", "--config", str(config), "--json-response", home=home)
+    assert r.code == 2 and "--http" in r.err  # JSON bodies are an HTTP matter

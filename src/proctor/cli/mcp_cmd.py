@@ -9,12 +9,15 @@ from __future__ import annotations
 import json
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from proctor.cli.commands import Home, Verbose, _open
+from proctor.cli.commands import Home, Server, Token, Verbose, _open, _remote
 from proctor.errors import ConfigError, MissingDependencyError, ProctorError
+
+if TYPE_CHECKING:
+    from proctor.mcp.proxy import McpProxy
 
 __all__ = ["mcp"]
 
@@ -27,6 +30,7 @@ def _address(value: str) -> tuple[str, int]:
 
 
 def mcp(
+    ctx: typer.Context,
     config: Annotated[
         Path,
         typer.Option(
@@ -57,19 +61,29 @@ def mcp(
             help="Serve streamable HTTP at http://HOST:PORT/mcp instead of stdio.",
         ),
     ] = None,
+    json_response: Annotated[
+        bool,
+        typer.Option(
+            "--json-response",
+            help="With --http: answer each request with one JSON body instead of an SSE "
+            "stream. Faster (no stream per call), but a call's progress notifications are "
+            "dropped; elicitation still reaches clients that keep the GET stream open.",
+        ),
+    ] = False,
     home: Home = None,
+    server: Server = None,
+    token: Token = None,
     verbose: Verbose = False,
 ) -> int:
     """Serve MCP in front of MCP servers: every tool call is governed and audited.
 
     Point a desktop MCP client at `proctor mcp --config servers.json --home DIR` instead of at
     the servers themselves, or an agent framework at `--http 127.0.0.1:PORT` (docs/mcp.md).
+    With `--server URL --token T` the plans, approvals and audit log are those of a running
+    `proctor serve` (the token's agent is `--agent`); calls fail closed while it is down.
     """
     try:
-        import anyio
-
         from proctor.mcp import McpProxy, load_config
-        from proctor.mcp.stdio import serve_stdio
     except ImportError as exc:  # pragma: no cover - the extra is part of the test install
         raise MissingDependencyError(
             f"proctor mcp needs the MCP SDK: {exc}", hint="pip install 'proctor[mcp]'"
@@ -81,42 +95,80 @@ def mcp(
         raise typer.BadParameter(f"cannot read {config}: {exc}", param_hint="'--config'") from None
     upstreams = load_config(doc)
     address = _address(http) if http is not None else None
-    with _open(home) as p:
-        proxy = McpProxy(
-            p,
-            upstreams,
-            agent_id=agent,
-            on_behalf_of=user,
-            approval_wait=approval_wait,
-            namespace=namespace,
-            console_url=_console_url(home),
+    if json_response and address is None:
+        raise typer.BadParameter("needs --http", param_hint="'--json-response'")
+    remote = _remote(ctx, server, token)
+    if remote is not None:
+        from proctor.mcp import RemoteMcpProxy
+
+        url, secret = remote.url, remote.token
+        remote.close()
+        _serve(
+            RemoteMcpProxy(
+                url,
+                secret,
+                upstreams,
+                agent_id=agent,
+                on_behalf_of=user,
+                approval_wait=approval_wait,
+                namespace=namespace,
+            ),
+            address,
+            json_response=json_response,
         )
-
-        async def main() -> None:
-            async with AsyncExitStack() as stack:
-                await proxy.connect(stack)
-                server = proxy.server()
-                if address is None:
-                    async with serve_stdio() as (read, write):
-                        await server.run(read, write, server.create_initialization_options())
-                    return
-                import uvicorn
-
-                host, port = address
-                app = server.streamable_http_app(host=host)
-                settings = uvicorn.Config(app, host=host, port=port, log_level="warning")
-                await uvicorn.Server(settings).serve()
-
-        try:
-            anyio.run(main)
-        except BaseExceptionGroup as group:
-            # Task groups wrap what their tasks raise; a lone ProctorError (an upstream that
-            # did not start) is reported like any other.
-            found = [e for e in _leaves(group) if isinstance(e, ProctorError)]
-            if found:
-                raise found[0] from None
-            raise
+        return 0
+    with _open(home) as p:
+        _serve(
+            McpProxy(
+                p,
+                upstreams,
+                agent_id=agent,
+                on_behalf_of=user,
+                approval_wait=approval_wait,
+                namespace=namespace,
+                console_url=_console_url(home),
+            ),
+            address,
+            json_response=json_response,
+        )
     return 0
+
+
+def _serve(
+    proxy: McpProxy, address: tuple[str, int] | None, *, json_response: bool = False
+) -> None:
+    """Run ``proxy`` over stdio, or streamable HTTP at ``address``, until it is stopped."""
+    import anyio
+
+    from proctor.mcp.stdio import serve_stdio
+
+    async def main() -> None:
+        async with AsyncExitStack() as stack:
+            await proxy.connect(stack)
+            server = proxy.server()
+            if address is None:
+                async with serve_stdio() as (read, write):
+                    await server.run(read, write, server.create_initialization_options())
+                return
+            import uvicorn
+
+            host, port = address
+            # NOTE(mcp): an SSE stream per request costs the SDK's server about 3 ms a call
+            # (bench/mcp.py); JSON bodies do not, but the SDK then drops what concerns a
+            # request in flight (progress), so they are opt-in.
+            app = server.streamable_http_app(host=host, json_response=json_response)
+            settings = uvicorn.Config(app, host=host, port=port, log_level="warning")
+            await uvicorn.Server(settings).serve()
+
+    try:
+        anyio.run(main)
+    except BaseExceptionGroup as group:
+        # Task groups wrap what their tasks raise; a lone ProctorError (an upstream that
+        # did not start) is reported like any other.
+        found = [e for e in _leaves(group) if isinstance(e, ProctorError)]
+        if found:
+            raise found[0] from None
+        raise
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:

@@ -22,23 +22,27 @@ import dataclasses
 import hashlib
 import re
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import mcp_types as types
 import orjson
 
 from proctor.core.assessment import Scores
 from proctor.core.catalog import ActionSpec
 from proctor.core.lifecycle import PlanRecord, PlanStatus
 
+if TYPE_CHECKING:
+    import mcp_types as types
+
 __all__ = [
     "WAITING",
     "action_name",
+    "bind_schema",
     "bind_spec",
     "call_key",
     "current_plan_id",
     "manifest",
     "spec_from_annotations",
+    "spec_from_hints",
 ]
 
 _BAD = re.compile(r"[^a-z0-9_]+")
@@ -67,24 +71,48 @@ def spec_from_annotations(name: str, tool: types.Tool) -> ActionSpec:
         tool: The upstream's description of the tool.
 
     Returns:
+        See ``spec_from_hints``.
+    """
+    a = tool.annotations
+    return spec_from_hints(
+        name,
+        tool_name=tool.name,
+        description=tool.description,
+        read_only=bool(a and a.read_only_hint is True),
+        idempotent=bool(a and a.idempotent_hint is True),
+    )
+
+
+def spec_from_hints(
+    name: str, *, tool_name: str, description: str | None, read_only: bool, idempotent: bool
+) -> ActionSpec:
+    """A catalog entry for an undeclared tool from its annotations (without the MCP SDK).
+
+    ``proctor serve`` builds the entries of a remote proxy's tools with it (``/v1/mcp``).
+
+    Args:
+        name: The action name.
+        tool_name: The tool's own name.
+        description: Its description, if any.
+        read_only: Its ``readOnlyHint`` is true.
+        idempotent: Its ``idempotentHint`` is true.
+
+    Returns:
         An entry in ``read`` (read-only hint) or ``general``; baselines risk 3 (read-only)
         or 5, every other axis 4: a total of at least 19.
     """
-    a = tool.annotations
     # Hints, not facts: a server may say anything. Only "read-only" lowers anything, and only
     # to a middle risk; "destructive: false" or "idempotent" never lower a score.
-    read_only = bool(a and a.read_only_hint is True)
     risk = 3 if read_only else 5
     return ActionSpec(
         name=name,
-        summary=f"MCP tool {tool.name}"
-        + (f": {tool.description[:120]}" if tool.description else ""),
+        summary=f"MCP tool {tool_name}"[:300] + (f": {description[:120]}" if description else ""),
         params_schema=_TRIVIAL_SCHEMA,
         category="read" if read_only else "general",
         baselines=Scores(risk=risk, auditability=4, ux=4, recovery=4, cost=4),
         # Idempotent only matters for retries after a timeout or a lost connection; a hint
         # cannot make a call that may write safe to repeat.
-        idempotent=bool(read_only and a and a.idempotent_hint is True),
+        idempotent=read_only and idempotent,
     )
 
 
@@ -93,6 +121,20 @@ def bind_spec(
 ) -> ActionSpec:
     """Return ``base`` bound to the proxy: handler, runner ``mcp``, the tool's schema.
 
+    See ``bind_schema``.
+    """
+    return bind_schema(base, tool.input_schema, handler, on_bad_schema=on_bad_schema)
+
+
+def bind_schema(
+    base: ActionSpec,
+    input_schema: Mapping[str, Any] | None,
+    handler: str,
+    *,
+    on_bad_schema: Callable[[str], None],
+) -> ActionSpec:
+    """Return ``base`` bound to the proxy: handler, runner ``mcp``, the tool's input schema.
+
     The tool's ``inputSchema`` replaces a trivial params schema. A schema that does not
     compile is not used (the server still validates its own input) and reported through
     ``on_bad_schema``.
@@ -100,7 +142,7 @@ def bind_spec(
     spec = dataclasses.replace(base, handler=handler, runner="mcp")
     if dict(base.params_schema) != _TRIVIAL_SCHEMA:
         return spec
-    schema = dict(tool.input_schema or {})
+    schema = dict(input_schema or {})
     # The upstream's $schema often names draft 2020-12, which the validator does not know;
     # the keywords tools use (type, properties, required, items, enum) mean the same.
     schema.pop("$schema", None)

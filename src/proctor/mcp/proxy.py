@@ -23,6 +23,10 @@ relayed.
 Everything else — resources (list, templates, read, subscribe), prompts, completions,
 logging (level and messages), pings, list-changed and resource-updated notifications — is
 passed through to the upstream that has it.
+
+``RemoteMcpProxy`` (``proctor.mcp.remote``) is this proxy governed through a running
+``proctor serve`` instead of an instance opened here: it overrides the governance hooks
+(``_call_tool``, ``_hidden``, ``_register``, ``_call_timeout``, ``_start``).
 """
 
 from __future__ import annotations
@@ -120,6 +124,33 @@ class McpProxy:
         connect_timeout: float = 30.0,
     ) -> None:
         self.proctor = proctor
+        self._setup(
+            upstreams,
+            agent_id=agent_id,
+            on_behalf_of=on_behalf_of,
+            approval_wait=approval_wait,
+            namespace=namespace,
+            console_url=console_url,
+            connect_timeout=connect_timeout,
+        )
+        gw = proctor.gateway
+        gw.options = dataclasses.replace(gw.options, runners=gw.options.runners | {"mcp"})
+        fallback = gw.tools.fallback if isinstance(gw.tools, McpTools) else gw.tools
+        self.mcp_tools = McpTools(fallback, self._forward)
+        gw.tools = self.mcp_tools
+
+    def _setup(
+        self,
+        upstreams: list[UpstreamConfig],
+        *,
+        agent_id: str,
+        on_behalf_of: str,
+        approval_wait: float,
+        namespace: bool,
+        console_url: str | None,
+        connect_timeout: float,
+    ) -> None:
+        """Set what every proxy has, local or remote."""
         self.configs = {u.name: u for u in upstreams}
         self.agent_id = agent_id
         self.on_behalf_of = on_behalf_of
@@ -135,11 +166,6 @@ class McpProxy:
         # Each governed call holds a thread while its upstream call runs (as long as the
         # tool takes): calls beyond the pool's size queue.
         self._pool = ThreadPoolExecutor(max_workers=_THREADS, thread_name_prefix="proctor-mcp")
-        gw = proctor.gateway
-        gw.options = dataclasses.replace(gw.options, runners=gw.options.runners | {"mcp"})
-        fallback = gw.tools.fallback if isinstance(gw.tools, McpTools) else gw.tools
-        self.mcp_tools = McpTools(fallback, self._forward)
-        gw.tools = self.mcp_tools
 
     @property
     def sessions(self) -> dict[str, ClientSession]:
@@ -154,7 +180,7 @@ class McpProxy:
         Raises:
             ConfigError: an upstream did not start.
         """
-        self.mcp_tools.start()
+        self._start()
         stack.callback(self._pool.shutdown, wait=False, cancel_futures=True)
         tg = await stack.enter_async_context(anyio.create_task_group())
         stack.callback(tg.cancel_scope.cancel)
@@ -169,6 +195,10 @@ class McpProxy:
             await tg.start(up.run)
             self.upstreams[config.name] = up
         await self.refresh_tools()
+
+    def _start(self) -> None:
+        """In the event loop, before any upstream starts: let steps reach the loop."""
+        self.mcp_tools.start()
 
     async def _on_reconnect(self, up: Upstream) -> None:
         try:
@@ -277,8 +307,7 @@ class McpProxy:
             ConnectionError: the server is gone (it is restarted for the next call).
             RuntimeError: the client cancelled the call.
         """
-        spec = self.proctor.gateway.catalog.get(action_name(server, tool))
-        limit = (spec.timeout if spec and spec.timeout else None) or self._step_timeout()
+        limit = self._call_timeout(server, tool)
         key = _key_of(call.plan_id)
         flight = self._flights.get(key) or _Flight()
         if flight.cancelled and self._flights.get(key) is flight:
@@ -309,6 +338,11 @@ class McpProxy:
         finally:
             flight.scopes.discard(scope)
         raise RuntimeError("cancelled by the client")
+
+    def _call_timeout(self, server: str, tool: str) -> float:
+        """Seconds an upstream call may take: the action's timeout, else the step timeout."""
+        spec = self.proctor.gateway.catalog.get(action_name(server, tool))
+        return (spec.timeout if spec and spec.timeout else None) or self._step_timeout()
 
     def _step_timeout(self) -> float:
         timeout = self.proctor.gateway.options.step_timeout
@@ -348,13 +382,17 @@ class McpProxy:
 
     async def _list_tools(self, ctx: Any, params: Any) -> types.ListToolsResult:
         self._seen(ctx)
-        hidden = await self._in_thread(self._guard_hidden)
+        hidden = await self._hidden()
         tools = [
             t.model_copy(update={"name": exposed})
             for exposed, (server, t) in self.tools.items()
             if action_name(server, t.name) not in hidden
         ]
         return types.ListToolsResult(tools=tools)
+
+    async def _hidden(self) -> set[str]:
+        """The actions not listed to this agent."""
+        return await self._in_thread(self._guard_hidden)
 
     def _guard_hidden(self) -> set[str]:
         """Actions this agent may not use at all (whitelist, kill switches): not listed."""
@@ -444,8 +482,7 @@ class McpProxy:
         self, ctx: Any, params: types.CallToolRequestParams
     ) -> types.CallToolResult:
         self._seen(ctx)
-        info = ctx.session.client_params.client_info if ctx.session.client_params else None
-        client = f"{info.name} {info.version}" if info else "mcp-client"
+        client = _client_name(ctx)
         found = self.tools.get(params.name)
         if found is None:
             await self._in_thread(functools.partial(self._audit_unknown, params.name, client))
@@ -453,13 +490,7 @@ class McpProxy:
         server, tool = found
         arguments = dict(params.arguments or {})
         action = action_name(server, tool.name)
-        meta: dict[str, Any] = dict(params.meta) if isinstance(params.meta, Mapping) else {}
-        traceparent = meta.get("traceparent") if isinstance(meta.get("traceparent"), str) else None
-        # The SDK parses _meta.progressToken as progress_token; the upstream gets its own.
-        rest = {k: v for k, v in meta.items() if k not in ("progress_token", "progressToken")}
-        flight = _Flight(meta=cast("RequestParamsMeta", rest) if rest else None)
-        if meta.get("progress_token") is not None:
-            flight.progress = ctx.session.report_progress
+        flight, traceparent = _flight_of(ctx, params)
         key = call_key(self.agent_id, client, action, arguments)
         build = functools.partial(
             manifest,
@@ -689,6 +720,24 @@ class _Server(Server[Any]):
             prompts_changed=True, resources_changed=True, tools_changed=True
         )
         return super().create_initialization_options(changes, experimental_capabilities, extensions)
+
+
+def _client_name(ctx: Any) -> str:
+    """``name version`` of the MCP client on the request's session."""
+    info = ctx.session.client_params.client_info if ctx.session.client_params else None
+    return f"{info.name} {info.version}" if info else "mcp-client"
+
+
+def _flight_of(ctx: Any, params: types.CallToolRequestParams) -> tuple[_Flight, str | None]:
+    """The flight of a ``tools/call`` (its meta and progress relay), and its traceparent."""
+    meta: dict[str, Any] = dict(params.meta) if isinstance(params.meta, Mapping) else {}
+    traceparent = meta.get("traceparent") if isinstance(meta.get("traceparent"), str) else None
+    # The SDK parses _meta.progressToken as progress_token; the upstream gets its own.
+    rest = {k: v for k, v in meta.items() if k not in ("progress_token", "progressToken")}
+    flight = _Flight(meta=cast("RequestParamsMeta", rest) if rest else None)
+    if meta.get("progress_token") is not None:
+        flight.progress = ctx.session.report_progress
+    return flight, traceparent
 
 
 def _key_of(plan_id: str) -> str:
