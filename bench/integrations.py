@@ -3,9 +3,10 @@
 One allowed tool call (routed to ``execute``, a no-op tool) through each integration, against
 an in-memory Proctor with the packaged Rego policy: the plain decorator, a LangGraph
 ``ToolNode`` (``ProctorToolMiddleware``), an OpenAI Agents SDK tool's invocation path
-(``needs_approval`` + guardrail + ``on_invoke_tool``, called directly, without a model) and
-a pydantic-ai ``ProctorToolset.call_tool``. The raw call of each framework (ungoverned) is
-measured too, so the difference is what Proctor adds.
+(``needs_approval`` + ``on_invoke_tool``, called directly, without a model) and a
+pydantic-ai agent run with ``TestModel`` and one tool call through a ``ProctorToolset``. The
+raw call of each framework (ungoverned) is measured too, alternately with the governed one,
+so the difference is what Proctor adds.
 
 Usage: python bench/integrations.py [--calls 300]
 Prints a table, then one JSON object as the last line.
@@ -37,15 +38,28 @@ def lookup(item: str) -> dict[str, Any]:
     return {"item": item}
 
 
-def median_us(fn: Callable[[int], Any], n: int) -> float:
-    for i in range(10):
-        fn(-1 - i)  # warm-up
-    times = []
+def paired_us(
+    raw: Callable[[int], Any], governed: Callable[[int], Any], n: int
+) -> tuple[float, float]:
+    """Median µs of the raw and the governed call, measured alternately.
+
+    Alternating keeps slow drift (another process on the shared cores, a growing in-memory
+    store, a garbage collection) from landing on one side only: measured one after the other,
+    a noisy run once made a governed pydantic-ai run look faster than the raw one.
+    """
+    for i in range(10):  # warm-up
+        raw(-1 - i)
+        governed(-1 - i)
+    raw_times, gov_times = [], []
     for i in range(n):
-        t = time.perf_counter()
-        fn(i)
-        times.append(time.perf_counter() - t)
-    return round(statistics.median(times) * 1e6, 1)
+        for fn, times in ((raw, raw_times), (governed, gov_times)):
+            t = time.perf_counter()
+            fn(i)
+            times.append(time.perf_counter() - t)
+    return (
+        round(statistics.median(raw_times) * 1e6, 1),
+        round(statistics.median(gov_times) * 1e6, 1),
+    )
 
 
 def proctor_instance() -> Proctor:
@@ -65,7 +79,7 @@ def bench_decorator(n: int) -> tuple[float, float]:
         category="read",
         baselines=BASE,
     )(lookup)
-    return median_us(lambda i: lookup(item=f"x{i}"), n), median_us(lambda i: tool(item=f"x{i}"), n)
+    return paired_us(lambda i: lookup(item=f"x{i}"), lambda i: tool(item=f"x{i}"), n)
 
 
 def bench_langgraph(n: int) -> tuple[float, float]:
@@ -99,7 +113,7 @@ def bench_langgraph(n: int) -> tuple[float, float]:
 
         return go
 
-    return median_us(call(raw), n), median_us(call(gov), n)
+    return paired_us(call(raw), call(gov), n)
 
 
 def bench_openai_agents(n: int) -> tuple[float, float]:
@@ -132,7 +146,7 @@ def bench_openai_agents(n: int) -> tuple[float, float]:
         return lambda i: loop.run_until_complete(one(i))
 
     try:
-        return median_us(call(raw, False), n), median_us(call(gov, True), n)
+        return paired_us(call(raw, False), call(gov, True), n)
     finally:
         loop.close()
 
@@ -159,7 +173,7 @@ def bench_pydantic_ai(n: int) -> tuple[float, float]:
         return lambda i: loop.run_until_complete(agent.run(f"go {i}"))
 
     try:
-        return median_us(run(raw_agent), n), median_us(run(gov_agent), n)
+        return paired_us(run(raw_agent), run(gov_agent), n)
     finally:
         loop.close()
 

@@ -21,7 +21,7 @@ from langgraph.types import Command
 
 from proctor.integrations.langgraph import ProctorToolMiddleware, governed_tool_node
 
-from .conftest import assert_audited, event_types, serving
+from .conftest import assert_audited
 
 CALLS: list[tuple[int, str]] = []
 
@@ -160,6 +160,33 @@ class TestInProcess:
         )
         assert proctor.verify().ok
 
+    def test_confirm_interrupts_until_the_user_confirms(self, proctor):
+        """confirm → interrupt naming the user's confirmation; after ``confirm`` the resumed
+        graph gets the executed result."""
+        graph = build(scripted({"amount": 80, "customer": "c8"}), node(proctor))
+
+        state = graph.invoke({"messages": [("user", "refund c8")]}, CONFIG)
+        payload = state["__interrupt__"][0].value
+        assert payload["status"] == "awaiting_confirmation"
+        assert "its user's confirmation" in payload["message"]
+        assert CALLS == []
+
+        proctor.confirm(payload["plan_id"], "alice")
+        state = graph.invoke(Command(resume=True), CONFIG)
+
+        (msg,) = tool_messages(state)
+        assert json.loads(msg.content)["refunded"] == 80
+        assert CALLS == [(80, "c8")]
+        assert_audited(
+            proctor,
+            payload["plan_id"],
+            "policy.decided",
+            "plan.routed",
+            "confirmation.granted",
+            "step.succeeded",
+            "plan.finished",
+        )
+
     def test_rejection_is_a_tool_error(self, proctor):
         """A human's rejection reaches the model as an error with who rejected and why."""
         graph = build(scripted({"amount": 700, "customer": "c3"}), node(proctor))
@@ -220,25 +247,120 @@ class TestInProcess:
 
 
 @pytest.mark.server
-def test_over_http(proctor):
-    """Over HTTP the server executes (its catalog's handler); the graph only asks and reads."""
-    node(proctor)  # registers the tool as the server's action handler
-    with serving(proctor) as client:
+@pytest.mark.slow
+class TestOverHttp:
+    """Against a real ``proctor serve`` subprocess: the server runs the tool (its catalog's
+    handler), humans decide through the API, the graph only asks and reads."""
+
+    def test_execute_approve_and_deny_in_one_turn(self, served):
+        """Three calls in one message: the small refund runs, the large one interrupts until
+        finance approves over HTTP, the huge one is an error the model reads; all audited."""
         graph = build(
-            scripted({"amount": 40, "customer": "h1"}, {"amount": 900, "customer": "h2"}),
-            node(client),
+            scripted(
+                {"amount": 40, "customer": "h1"},
+                {"amount": 900, "customer": "h2"},
+                {"amount": 50_000, "customer": "h3"},
+            ),
+            node(served.client("bot")),
         )
 
         state = graph.invoke({"messages": [("user", "refunds")]}, CONFIG)
         (intr,) = state["__interrupt__"]
         plan_id = intr.value["plan_id"]
-        assert CALLS == [(40, "h1")]
+        assert intr.value["status"] == "awaiting_approval"
+        assert intr.value["approver_roles"] == ["finance"]
+        assert served.calls("h1", "h2", "h3") == [(40, "h1")]
 
-        proctor.approve(plan_id, "fiona", roles=["finance"])
+        served.client("fiona").approve(plan_id, comment="ok")
         state = graph.invoke(Command(resume=True), CONFIG)
 
+        assert "__interrupt__" not in state
         by_id = {m.tool_call_id: m for m in tool_messages(state)}
-        assert json.loads(by_id["call_0_40"].content)["refunded"] == 40
+        assert json.loads(by_id["call_0_40"].content) == {
+            "by": "server",
+            "customer": "h1",
+            "refunded": 40,
+        }
         assert json.loads(by_id["call_1_900"].content)["refunded"] == 900
-        assert sorted(CALLS) == [(40, "h1"), (900, "h2")]
-        assert event_types(proctor, plan_id)[-1] == "plan.finished"
+        denied = by_id["call_2_50000"]
+        assert denied.status == "error"
+        assert "10000 or more are not allowed" in denied.content
+        assert served.calls("h1", "h2", "h3") == [
+            (40, "h1"),
+            (900, "h2"),
+        ]  # each ran once, denied never
+        executed = by_id["call_0_40"].artifact["plan_id"]
+        served.assert_audited(
+            executed, "plan.submitted", "policy.decided", "step.succeeded", "plan.finished"
+        )
+        served.assert_audited(
+            plan_id,
+            "plan.submitted",
+            "policy.decided",
+            "plan.routed",
+            "approval.granted",
+            "step.succeeded",
+            "plan.finished",
+        )
+        types = served.assert_audited(
+            denied.artifact["plan_id"], "plan.submitted", "policy.decided", "plan.routed"
+        )
+        assert "step.started" not in types
+
+    def test_confirm_by_the_user(self, served):
+        """confirm → interrupt; resumed before the user confirms it interrupts again; after
+        the user confirms over HTTP the resumed graph reads the executed result."""
+        graph = build(scripted({"amount": 70, "customer": "h4"}), node(served.client("bot")))
+
+        state = graph.invoke({"messages": [("user", "refund h4")]}, CONFIG)
+        payload = state["__interrupt__"][0].value
+        assert payload["status"] == "awaiting_confirmation"
+        assert "confirmation" in payload["message"]
+        state = graph.invoke(Command(resume="confirmed"), CONFIG)  # nobody confirmed yet
+        assert state["__interrupt__"][0].value["plan_id"] == payload["plan_id"]
+
+        served.client("alice").confirm(payload["plan_id"])
+        state = graph.invoke(Command(resume="confirmed"), CONFIG)
+
+        (msg,) = tool_messages(state)
+        assert json.loads(msg.content)["refunded"] == 70
+        assert served.calls("h4") == [(70, "h4")]
+        served.assert_audited(
+            payload["plan_id"], "policy.decided", "confirmation.granted", "step.succeeded"
+        )
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_a_tool_the_catalog_lacks_over_http_is_a_tool_error(served):
+    """Over HTTP the server's catalog decides what exists: a tool it lacks is a tool error
+    naming the unknown action (the model cannot fix it by changing the arguments)."""
+
+    @tool
+    def wire_money(amount: int) -> str:
+        """Wire money."""
+        return "sent"
+
+    model = GenericFakeChatModel(
+        messages=iter(
+            [
+                AIMessage(
+                    content="",
+                    tool_calls=[{"name": "wire_money", "args": {"amount": 5}, "id": "call_w"}],
+                ),
+                AIMessage(content="done"),
+            ]
+        )
+    )
+    graph = build(
+        model,
+        governed_tool_node(
+            served.client("bot"), [wire_money], agent_id="bot", on_behalf_of="alice"
+        ),
+    )
+
+    state = graph.invoke({"messages": [("user", "wire")]}, CONFIG)
+
+    (msg,) = tool_messages(state)
+    assert msg.status == "error"
+    assert "unknown action" in msg.content and "wire_money" in msg.content

@@ -1,5 +1,6 @@
-"""OpenAI Agents SDK: a scripted ``Model`` drives a real ``Runner`` whose tools are governed by
-Proctor, in process and over HTTP; approvals interrupt the run and resume its state."""
+"""OpenAI Agents SDK: the SDK's own ``agents.testing.ScriptedModel`` drives a real ``Runner``
+whose tools are governed by Proctor, in process and against a real ``proctor serve``;
+approvals interrupt the run and resume its state."""
 
 from __future__ import annotations
 
@@ -12,18 +13,11 @@ import pytest
 pytest.importorskip("agents", reason="the openai-agents extra is not installed")
 
 from agents import Agent, Runner, set_tracing_disabled
-from agents.items import ModelResponse
-from agents.models.interface import Model
-from agents.usage import Usage
-from openai.types.responses import (
-    ResponseFunctionToolCall,
-    ResponseOutputMessage,
-    ResponseOutputText,
-)
+from agents.testing import ModelCall, ModelStep, ScriptedModel, assistant_message, function_call
 
 from proctor.integrations.openai_agents import ProctorTools
 
-from .conftest import REFUND_SCHEMA, assert_audited, serving
+from .conftest import REFUND_SCHEMA, assert_audited
 
 set_tracing_disabled(True)  # no trace export: these runs never leave the machine
 
@@ -46,48 +40,31 @@ def _reset_calls():
     CALLS.clear()
 
 
-class ScriptedModel(Model):
-    """Asks for the scripted tool calls first; then answers with the tool outputs it read."""
+def _echo(call: ModelCall) -> list[Any]:
+    """The model's second turn: it answers with the tool outputs it read."""
+    items = [call.input] if isinstance(call.input, str) else list(call.input)
+    outputs = [
+        i["output"]
+        for i in items
+        if isinstance(i, dict) and i.get("type") == "function_call_output"
+    ]
+    return [
+        assistant_message(" | ".join(o if isinstance(o, str) else json.dumps(o) for o in outputs))
+    ]
 
-    def __init__(self, *calls: dict[str, Any]) -> None:
-        self.calls = calls
-        self.seen: list[list[Any]] = []
 
-    async def get_response(self, system_instructions, input, *args, **kwargs) -> ModelResponse:
-        items = [input] if isinstance(input, str) else list(input)
-        self.seen.append(items)
-        outputs = [
-            i["output"]
-            for i in items
-            if isinstance(i, dict) and i.get("type") == "function_call_output"
+def scripted(*calls: dict[str, Any]) -> ScriptedModel:
+    """The SDK's own deterministic test model: asks for ``calls``, then echoes the outputs."""
+    return ScriptedModel(
+        [
+            [
+                function_call("refund", args, call_id=f"call_{i}_{args['amount']}")
+                for i, args in enumerate(calls)
+            ],
+            ModelStep.respond(_echo),
+            ModelStep.respond(_echo),
         ]
-        if not outputs:
-            out: list[Any] = [
-                ResponseFunctionToolCall(
-                    type="function_call",
-                    id=f"fc_{i}",
-                    call_id=f"call_{i}_{args['amount']}",
-                    name="refund",
-                    arguments=json.dumps(args),
-                    status="completed",
-                )
-                for i, args in enumerate(self.calls)
-            ]
-        else:
-            text = " | ".join(o if isinstance(o, str) else json.dumps(o) for o in outputs)
-            out = [
-                ResponseOutputMessage(
-                    id="msg_1",
-                    type="message",
-                    role="assistant",
-                    status="completed",
-                    content=[ResponseOutputText(type="output_text", text=text, annotations=[])],
-                )
-            ]
-        return ModelResponse(output=out, usage=Usage(), response_id=None)
-
-    def stream_response(self, *args, **kwargs):
-        raise NotImplementedError("these tests do not stream")
+    )
 
 
 def agent(target, model: ScriptedModel) -> tuple[Agent, ProctorTools]:
@@ -108,7 +85,7 @@ def run(coro):
 class TestInProcess:
     def test_execute(self, proctor):
         """An allowed call runs once, in Proctor; the model reads its result."""
-        a, _ = agent(proctor, ScriptedModel({"amount": 50, "customer": "c1"}))
+        a, _ = agent(proctor, scripted({"amount": 50, "customer": "c1"}))
 
         result = run(Runner.run(a, "refund c1"))
 
@@ -119,7 +96,7 @@ class TestInProcess:
 
     def test_deny_is_a_rejection_the_model_reads(self, proctor):
         """A denied call never runs: the guardrail rejects it with Proctor's reasons."""
-        a, _ = agent(proctor, ScriptedModel({"amount": 50_000, "customer": "c1"}))
+        a, _ = agent(proctor, scripted({"amount": 50_000, "customer": "c1"}))
 
         result = run(Runner.run(a, "refund c1"))
 
@@ -135,7 +112,7 @@ class TestInProcess:
 
     def test_invalid_arguments_are_rejected(self, proctor):
         """Arguments that break the action's schema reach the model as an error."""
-        a, _ = agent(proctor, ScriptedModel({"amount": 5, "customer": "c1", "extra": 1}))
+        a, _ = agent(proctor, scripted({"amount": 5, "customer": "c1", "extra": 1}))
 
         result = run(Runner.run(a, "refund c1"))
 
@@ -145,7 +122,7 @@ class TestInProcess:
     def test_approve_interrupts_and_resumes_the_run_state(self, proctor):
         """approve → needs_approval interrupts; after Proctor's approval the state resumes
         and the tool output is the executed result."""
-        a, governance = agent(proctor, ScriptedModel({"amount": 500, "customer": "c2"}))
+        a, governance = agent(proctor, scripted({"amount": 500, "customer": "c2"}))
 
         async def scenario():
             first = await Runner.run(a, "refund c2")
@@ -175,7 +152,7 @@ class TestInProcess:
     def test_sdk_approval_alone_runs_nothing(self, proctor):
         """Approving the interruption in the SDK without Proctor's approval executes nothing:
         the model is told the call still waits."""
-        a, _ = agent(proctor, ScriptedModel({"amount": 600, "customer": "c3"}))
+        a, _ = agent(proctor, scripted({"amount": 600, "customer": "c3"}))
 
         async def scenario():
             first = await Runner.run(a, "refund c3")
@@ -188,9 +165,30 @@ class TestInProcess:
         assert "waits for approval by finance" in result.final_output
         assert CALLS == []
 
+    def test_confirm_interrupts_until_the_user_confirms(self, proctor):
+        """confirm → the run stops with the call in ``interruptions``; once the user confirms
+        in Proctor the resumed run reads the executed result."""
+        a, governance = agent(proctor, scripted({"amount": 75, "customer": "c5"}))
+
+        async def scenario():
+            first = await Runner.run(a, "refund c5")
+            (item,) = first.interruptions
+            plan_id = governance.plan_id(item)
+            assert proctor.get(plan_id).status.value == "awaiting_confirmation"
+            await asyncio.to_thread(proctor.confirm, plan_id, "alice")
+            state = first.to_state()
+            assert await governance.apply_decisions(state) == []
+            return plan_id, await Runner.run(a, state)
+
+        plan_id, result = run(scenario())
+
+        assert json.loads(result.final_output) == {"customer": "c5", "refunded": 75}
+        assert CALLS == [(75, "c5")]
+        assert_audited(proctor, plan_id, "plan.routed", "confirmation.granted", "step.succeeded")
+
     def test_rejection_reaches_the_model(self, proctor):
         """A human's rejection in Proctor becomes the SDK's rejection, with the comment."""
-        a, governance = agent(proctor, ScriptedModel({"amount": 700, "customer": "c4"}))
+        a, governance = agent(proctor, scripted({"amount": 700, "customer": "c4"}))
 
         async def scenario():
             first = await Runner.run(a, "refund c4")
@@ -213,29 +211,71 @@ class TestInProcess:
 
 
 @pytest.mark.server
-def test_over_http(proctor):
-    """Over HTTP the server runs the tool; the run interrupts and resumes the same way."""
-    agent(proctor, ScriptedModel())  # registers refund as the server's action handler
-    with serving(proctor) as client:
+@pytest.mark.slow
+class TestOverHttp:
+    """Against a real ``proctor serve`` subprocess: the server runs the tool, humans decide
+    through the API, the run interrupts and resumes its state the same way."""
+
+    def test_execute_approve_and_deny_in_one_turn(self, served):
+        """The small refund runs, the large one interrupts until finance approves over HTTP,
+        the huge one is rejected with the reasons; all three audited."""
         a, governance = agent(
-            client,
-            ScriptedModel({"amount": 30, "customer": "h1"}, {"amount": 800, "customer": "h2"}),
+            served.client("bot"),
+            scripted(
+                {"amount": 30, "customer": "h1"},
+                {"amount": 800, "customer": "h2"},
+                {"amount": 60_000, "customer": "h3"},
+            ),
         )
 
         async def scenario():
             first = await Runner.run(a, "refunds")
             (item,) = first.interruptions
             assert item.call_id == "call_1_800"
-            assert CALLS == [(30, "h1")]
-            await asyncio.to_thread(
-                proctor.approve, governance.plan_id(item), "fiona", roles=["finance"]
-            )
+            assert served.calls("h1", "h2", "h3") == [(30, "h1")]
+            plan_id = governance.plan_id(item)
+            await asyncio.to_thread(served.client("fiona").approve, plan_id)
             state = first.to_state()
             assert await governance.apply_decisions(state) == []
-            return await Runner.run(a, state)
+            return plan_id, await Runner.run(a, state)
 
-        result = run(scenario())
+        plan_id, result = run(scenario())
 
-    outputs = [json.loads(part) for part in result.final_output.split(" | ")]
-    assert sorted(o["refunded"] for o in outputs) == [30, 800]
-    assert sorted(CALLS) == [(30, "h1"), (800, "h2")]
+        parts = result.final_output.split(" | ")
+        results = sorted((json.loads(p) for p in parts if p.startswith("{")), key=str)
+        (huge,) = [p for p in parts if not p.startswith("{")]
+        assert [r["refunded"] for r in results] == [30, 800]
+        assert all(r["by"] == "server" for r in results)
+        assert "denied" in huge and "10000 or more are not allowed" in huge
+        assert served.calls("h1", "h2", "h3") == [(30, "h1"), (800, "h2")]
+        served.assert_audited(
+            plan_id, "policy.decided", "approval.granted", "step.succeeded", "plan.finished"
+        )
+        denied = served.plan_for("h3")
+        assert served.client("bot").get(denied)["status"] == "denied"
+        types = served.assert_audited(denied, "plan.submitted", "policy.decided", "plan.routed")
+        assert "step.started" not in types
+        served.assert_audited(
+            served.plan_for("h1"), "policy.decided", "step.succeeded", "plan.finished"
+        )
+
+    def test_confirm_by_the_user(self, served):
+        """confirm → interruption; after the user confirms over HTTP the state resumes."""
+        a, governance = agent(served.client("bot"), scripted({"amount": 65, "customer": "h4"}))
+
+        async def scenario():
+            first = await Runner.run(a, "refund h4")
+            (item,) = first.interruptions
+            plan_id = governance.plan_id(item)
+            outcome = await governance.outcome(item)
+            assert outcome is not None and outcome.status == "awaiting_confirmation"
+            await asyncio.to_thread(served.client("alice").confirm, plan_id)
+            state = first.to_state()
+            await governance.apply_decisions(state)
+            return plan_id, await Runner.run(a, state)
+
+        plan_id, result = run(scenario())
+
+        assert json.loads(result.final_output)["refunded"] == 65
+        assert served.calls("h4") == [(65, "h4")]
+        served.assert_audited(plan_id, "confirmation.granted", "step.succeeded", "plan.finished")

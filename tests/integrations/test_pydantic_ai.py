@@ -24,7 +24,7 @@ from pydantic_ai.models.test import TestModel
 
 from proctor.integrations.pydantic_ai import ProctorToolset
 
-from .conftest import assert_audited, serving
+from .conftest import assert_audited
 
 CALLS: list[tuple[int, str]] = []
 
@@ -167,6 +167,31 @@ class TestInProcess:
         assert "waits for approval by finance" in second.output
         assert CALLS == []
 
+    def test_confirm_defers_until_the_user_confirms(self, proctor):
+        """confirm → a deferred approval naming the user's confirmation; once the user
+        confirms in Proctor the resumed run reads the executed result."""
+        ts = toolset(proctor)
+        a = agent(scripted({"amount": 90, "customer": "c5"}), ts)
+
+        first = go(a.run("refund c5"))
+        (part,) = first.output.approvals
+        meta = first.output.metadata[part.tool_call_id]
+        assert meta["status"] == "awaiting_confirmation"
+        assert "its user's confirmation" in meta["message"]
+        proctor.confirm(meta["plan_id"], "alice")
+        second = go(
+            a.run(
+                message_history=first.all_messages(),
+                deferred_tool_results=go(ts.results(first.output)),
+            )
+        )
+
+        assert json.loads(second.output) == {"customer": "c5", "refunded": 90}
+        assert CALLS == [(90, "c5")]
+        assert_audited(
+            proctor, meta["plan_id"], "plan.routed", "confirmation.granted", "step.succeeded"
+        )
+
     def test_rejection_reaches_the_model(self, proctor):
         """A human's rejection in Proctor is a denial with the comment."""
         ts = toolset(proctor)
@@ -188,20 +213,30 @@ class TestInProcess:
 
 
 @pytest.mark.server
-def test_over_http(proctor):
-    """Over HTTP the server runs the tool; the deferred flow resumes the same way."""
-    toolset(proctor)  # registers refund as the server's action handler
-    with serving(proctor) as client:
-        ts = toolset(client)
-        a = agent(scripted({"amount": 20, "customer": "h1"}, {"amount": 400, "customer": "h2"}), ts)
+@pytest.mark.slow
+class TestOverHttp:
+    """Against a real ``proctor serve`` subprocess: the server runs the tool, humans decide
+    through the API, the deferred-tool flow resumes the same way."""
+
+    def test_execute_approve_and_deny_in_one_turn(self, served):
+        """The small refund runs, the large one is deferred until finance approves over HTTP,
+        the huge one is a failed tool result with the reasons; all three audited."""
+        ts = toolset(served.client("bot"))
+        a = agent(
+            scripted(
+                {"amount": 20, "customer": "h1"},
+                {"amount": 400, "customer": "h2"},
+                {"amount": 70_000, "customer": "h3"},
+            ),
+            ts,
+        )
 
         first = go(a.run("refunds"))
         (part,) = first.output.approvals
         assert part.tool_call_id == "call_1_400"
-        assert CALLS == [(20, "h1")]
-        proctor.approve(
-            first.output.metadata[part.tool_call_id]["plan_id"], "fiona", roles=["finance"]
-        )
+        assert served.calls("h1", "h2", "h3") == [(20, "h1")]
+        plan_id = first.output.metadata[part.tool_call_id]["plan_id"]
+        served.client("fiona").approve(plan_id)
         second = go(
             a.run(
                 message_history=first.all_messages(),
@@ -209,6 +244,40 @@ def test_over_http(proctor):
             )
         )
 
-    refunded = sorted(json.loads(x)["refunded"] for x in second.output.split(" | "))
-    assert refunded == [20, 400]
-    assert sorted(CALLS) == [(20, "h1"), (400, "h2")]
+        parts = [json.loads(p) for p in second.output.split(" | ")]
+        results = [p for p in parts if "refunded" in p]
+        assert sorted(r["refunded"] for r in results) == [20, 400]
+        assert all(r["by"] == "server" for r in results)
+        (huge,) = [p["error"] for p in parts if "error" in p]  # a failed tool result
+        assert "denied" in huge and "10000 or more are not allowed" in huge
+        assert served.calls("h1", "h2", "h3") == [(20, "h1"), (400, "h2")]
+        served.assert_audited(
+            plan_id, "policy.decided", "approval.granted", "step.succeeded", "plan.finished"
+        )
+        denied = served.plan_for("h3")
+        types = served.assert_audited(denied, "plan.submitted", "policy.decided", "plan.routed")
+        assert "step.started" not in types
+        served.assert_audited(
+            served.plan_for("h1"), "policy.decided", "step.succeeded", "plan.finished"
+        )
+
+    def test_confirm_by_the_user(self, served):
+        """confirm → deferred; after the user confirms over HTTP the run resumes."""
+        ts = toolset(served.client("bot"))
+        a = agent(scripted({"amount": 66, "customer": "h4"}), ts)
+
+        first = go(a.run("refund h4"))
+        (part,) = first.output.approvals
+        meta = first.output.metadata[part.tool_call_id]
+        assert meta["status"] == "awaiting_confirmation"
+        served.client("alice").confirm(meta["plan_id"])
+        second = go(
+            a.run(
+                message_history=first.all_messages(),
+                deferred_tool_results=go(ts.results(first.output)),
+            )
+        )
+
+        assert json.loads(second.output)["refunded"] == 66
+        assert served.calls("h4") == [(66, "h4")]
+        served.assert_audited(meta["plan_id"], "confirmation.granted", "step.succeeded")

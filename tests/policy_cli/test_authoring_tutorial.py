@@ -77,7 +77,9 @@ def test_check_and_eval_as_in_the_tutorial(bundle, tmp_path, capsys, monkeypatch
     """check prints the version eval reports; eval routes the tutorial input to finance."""
     code, out = run(capsys, monkeypatch, "policy", "check", bundle)
     assert code == 0
-    version = out.split("ok: ")[1].strip()
+    version = out.split("ok: ")[1].split()[0]
+    assert "(policy contract version 1)" in out
+    assert f"ok: {version} (policy contract version 1)" in DOC.read_text()  # the doc is current
     (input_block,) = [b for b in blocks("json") if b.startswith('{"steps"')]
     path = tmp_path / "input.json"
     path.write_text(input_block)

@@ -9,10 +9,11 @@ import orjson
 import typer
 from rich.table import Table
 
+from proctor.app.policy_reload import CONTRACT_VERSION
 from proctor.cli.commands import Home, Json, Verbose, _open
 from proctor.cli.render import console, print_json, render_scores
 from proctor.config import home_from
-from proctor.errors import InvalidRequestError
+from proctor.errors import InvalidPolicyError, InvalidRequestError
 
 __all__ = ["policy_app"]
 
@@ -78,14 +79,34 @@ def check(
     as_json: Json = False,
     verbose: Verbose = False,
 ) -> int:
-    """Compile a bundle before it is loaded: exit 1 with the first error, else its version."""
+    """Validate a bundle before it is loaded: it compiles, and it answers the contract.
+
+    The bundle is compiled as the server would compile it (tests excluded, in a child
+    process), then asked about one plan per risk category (and one with a step of each):
+    every answer must define ``data.proctor.decision`` with a well-formed decision for every
+    step (docs/policy.md). Exit 1 with the compile error, the engine's crash or the
+    violations, else print the bundle's version.
+    """
+    from proctor.app.policy_reload import validate_bundle
     from proctor.bootstrap import policy_tools
 
-    engine = policy_tools().RegoPolicyEngine.from_directory(_bundle(directory, home))
+    # In a child process, as the server's reloader does: a bundle that crashes rego-cpp is
+    # reported (exit 1) instead of killing this command with a signal.
+    version, problems = validate_bundle(
+        policy_tools().RegoPolicyEngine.from_directory, _bundle(directory, home)
+    )
+    if problems:
+        raise InvalidPolicyError(
+            f"the bundle compiles but breaks the policy contract (version {CONTRACT_VERSION}): "
+            + "; ".join(problems),
+            field="policy",
+            hint="docs/policy.md: data.proctor.decision must give every step an outcome "
+            "(execute, confirm, approve or deny) in the documented shape.",
+        )
     if as_json:
-        print_json({"ok": True, "version": engine.version})
+        print_json({"ok": True, "version": version, "contract": CONTRACT_VERSION})
     else:
-        console.print(f"ok: {engine.version}")
+        console.print(f"ok: {version} (policy contract version {CONTRACT_VERSION})")
     return 0
 
 

@@ -426,5 +426,9 @@ def _from_json(doc: Mapping[str, Any]) -> ToolOutcome:
 
 
 def invalid_call_message(action: str, exc: InvalidRequestError) -> str:
-    """The model-facing message for a call whose arguments Proctor rejected."""
-    return f"{action} was rejected by Proctor (invalid arguments): {exc}"
+    """The model-facing message for a call Proctor rejected before deciding anything.
+
+    Bad arguments are the model's to fix; an action the catalog does not have is not.
+    """
+    what = "unknown action" if (exc.field or "").endswith(".action") else "invalid arguments"
+    return f"{action} was rejected by Proctor ({what}): {exc}"
