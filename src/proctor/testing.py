@@ -1,19 +1,33 @@
-"""Public test helpers: a frozen clock, a recording tool and plan builders.
+"""Public test helpers: a frozen clock, a recording tool, plan builders, a served instance.
 
 For Proctor's own tests and for users testing their policies and tools.
 """
 
 from __future__ import annotations
 
+import signal
+import socket
+import subprocess
 import threading
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import httpx
 
 from proctor.core.ports import ToolCall
 from proctor.storage.memory import MemoryStore
 
-__all__ = ["FrozenClock", "InMemoryStore", "RecordingTool", "make_plan"]
+__all__ = [
+    "FrozenClock",
+    "InMemoryStore",
+    "RecordingTool",
+    "free_port",
+    "make_plan",
+    "stop_process",
+    "wait_until_serving",
+]
 
 InMemoryStore = MemoryStore
 
@@ -83,3 +97,51 @@ def make_plan(
     if plan_id is not None:
         plan["plan_id"] = plan_id
     return plan
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (for a server a test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until_serving(
+    url: str,
+    *,
+    proc: subprocess.Popen[Any] | None = None,
+    path: str = "/healthz",
+    timeout: float = 60.0,
+    output: Callable[[], str] = str,
+) -> None:
+    """Poll ``url + path`` until it answers 200 (a ``proctor serve`` that a test started).
+
+    Raises:
+        RuntimeError: ``proc`` exited, or nothing answered within ``timeout`` seconds; the
+            message ends with ``output()`` (the server's log, say).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {proc.returncode}:\n{output()}")
+        try:
+            if httpx.get(url + path, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"the server did not answer {url + path} in {timeout} s:\n{output()}"
+            )
+        time.sleep(0.05)
+
+
+def stop_process(proc: subprocess.Popen[Any], *, timeout: float = 20.0) -> None:
+    """SIGTERM ``proc`` and wait; SIGKILL it if it is still running after ``timeout``."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

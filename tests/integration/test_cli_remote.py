@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
+
+from proctor.testing import free_port, stop_process, wait_until_serving
 
 pytestmark = pytest.mark.cli
 
@@ -44,12 +42,6 @@ def manifest(plan_id: str, *steps: tuple[str, dict[str, Any]], user: str = "alic
         "intent": f"remote test {plan_id}",
         "steps": [{"id": f"s{i + 1}", "action": a, "params": p} for i, (a, p) in enumerate(steps)],
     }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -84,7 +76,7 @@ def world(cli, proctor_exe, tmp_path_factory) -> Iterator[World]:
         assert made.code == 0, str(made)
         tokens[name] = made.json()["token"]
 
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PROCTOR_")}
     with (tmp / "serve.err").open("wb") as err:
@@ -95,26 +87,12 @@ def world(cli, proctor_exe, tmp_path_factory) -> Iterator[World]:
             env=env,
         )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, (tmp / "serve.err").read_text()
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, (tmp / "serve.err").read_text()
-            time.sleep(0.05)
+        wait_until_serving(url, proc=proc, timeout=30, output=(tmp / "serve.err").read_text)
         plans_dir = tmp / "plans"
         plans_dir.mkdir()
         yield World(home, url, tokens, plans_dir)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 def remote(cli, w: World, who: str, *args: str | Path):
@@ -272,7 +250,7 @@ class TestErrors:
 
     def test_a_server_that_is_down(self, cli):
         """Nothing listens: exit 1 with a hint naming the URL."""
-        url = f"http://127.0.0.1:{_free_port()}"
+        url = f"http://127.0.0.1:{free_port()}"
 
         as_json = cli("plans", "--json", "--server", url, "--token", "t")
         human = cli("show", "p-x", "--server", url, "--token", "t")

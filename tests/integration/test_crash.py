@@ -20,7 +20,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -32,6 +31,7 @@ import pytest
 
 from proctor import Proctor
 from proctor.core.lifecycle import PlanStatus, StepStatus
+from proctor.testing import free_port, wait_until_serving
 
 from .conftest import clean_env
 
@@ -66,12 +66,6 @@ SETTLED = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _token(cli, home: Path, name: str, role: str, groups: str = "") -> str:
     args = ["tokens", "create", "--name", name, "--role", role, "--json"]
     if groups:
@@ -85,7 +79,7 @@ class Server:
     """One ``proctor serve`` process on the crash home."""
 
     def __init__(self, exe: str, home: Path, env: dict[str, str], log: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._log = log.open("ab")
         self.proc = subprocess.Popen(
@@ -94,16 +88,7 @@ class Server:
             stderr=self._log,
             env=env,
         )
-        deadline = time.monotonic() + 60
-        while True:
-            assert self.proc.poll() is None, f"proctor serve exited: see {log}"
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, f"proctor serve did not start: see {log}"
-            time.sleep(0.05)
+        wait_until_serving(self.url, proc=self.proc, output=lambda: f"see {log}")
 
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)

@@ -17,6 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
+from proctor.testing import free_port, stop_process, wait_until_serving
+
 
 def clean_env() -> dict[str, str]:
     """The environment without PROCTOR_* variables (as the CLI tests run the script)."""
@@ -42,12 +44,6 @@ def _manifest(*steps: tuple[str, dict[str, Any]], agent: str = "bot") -> dict[st
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Served:
     """A running ``proctor serve`` and its output files."""
 
@@ -68,7 +64,7 @@ class Served:
 @contextmanager
 def serve(exe: str, home: Path, tmp: Path, *extra: str) -> Iterator[Served]:
     """Start ``proctor serve`` on a free port and wait until /healthz answers."""
-    port = _free_port()
+    port = free_port()
     out, err = tmp / f"serve-{port}.out", tmp / f"serve-{port}.err"
     with out.open("wb") as o, err.open("wb") as e:
         proc = subprocess.Popen(
@@ -79,25 +75,10 @@ def serve(exe: str, home: Path, tmp: Path, *extra: str) -> Iterator[Served]:
         )
     served = Served(proc, f"http://127.0.0.1:{port}", out, err)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, f"proctor serve exited:\n{served.stderr()}"
-            try:
-                if httpx.get(f"{served.url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, f"proctor serve did not start:\n{served.stderr()}"
-            time.sleep(0.05)
+        wait_until_serving(served.url, proc=proc, timeout=30, output=served.stderr)
         yield served
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)
 
 
 def _token(cli, home: Path, name: str, *roles: str, groups: str = "") -> dict[str, Any]:

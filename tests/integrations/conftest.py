@@ -7,23 +7,20 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from proctor import Proctor
 from proctor.app.tokens import TokenService
 from proctor.client import ProctorClient
 from proctor.policy import RegoPolicyEngine
+from proctor.testing import free_port, stop_process, wait_until_serving
 
 ASSETS = Path(__file__).parent / "assets"
 POLICY = ASSETS / "refunds"
@@ -87,13 +84,6 @@ def _exe() -> str:
     if exe is None:
         pytest.skip("the `proctor` console script is not installed: `pip install -e .`")
     return exe
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -203,7 +193,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
                 ("audrey", "auditor", ()),
             )
         }
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = tmp / "serve.log"
     with log.open("wb") as out:
@@ -212,23 +202,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         )
     served = Served(url, home, calls_file, tokens, {})
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, f"proctor serve exited:\n{log.read_text()}"
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, f"proctor serve did not start:\n{log.read_text()}"
-            time.sleep(0.05)
+        wait_until_serving(url, proc=proc, path="/readyz", timeout=30, output=log.read_text)
         yield served
     finally:
         for c in served.clients.values():
             c.close()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)

@@ -9,14 +9,13 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
+
+from proctor.testing import free_port, wait_until_serving
 
 from .conftest import POLICY
 
@@ -103,18 +102,12 @@ def test_quickstart_first_governed_tool_call(tmp_path):
     assert "{'refunded': 90000, 'customer': 'c2'}" in out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.cli
 @pytest.mark.server
 @pytest.mark.slow
 def test_quickstart_as_a_service(tmp_path):
     """Tokens, `proctor serve &` and the client sample: the agent's search runs at once."""
-    port = _free_port()
+    port = free_port()
     env = reader_env(tmp_path, PROCTOR_PORT=str(port), PROCTOR_SERVER=f"http://127.0.0.1:{port}")
     env["PROCTOR_HOME"] = str(tmp_path / ".proctor")
     run_sh(tmp_path, ".venv/bin/proctor init", env)
@@ -133,15 +126,7 @@ def test_quickstart_as_a_service(tmp_path):
             start_new_session=True,  # `serve &` stays in this process group: killed below
         )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, f"proctor serve did not start:\n{log.read_text()}"
-            time.sleep(0.1)
+        wait_until_serving(f"http://127.0.0.1:{port}", path="/readyz", output=log.read_text)
         token = (tmp_path / "token.txt").read_text()
 
         out = run_python(tmp_path, "agent.py", client, env | {"PROCTOR_TOKEN": token})

@@ -23,6 +23,8 @@ from mcp import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.shared.exceptions import MCPError
 
+from proctor.testing import wait_until_serving
+
 pytestmark = [pytest.mark.slow, pytest.mark.cli, pytest.mark.server, pytest.mark.timeout(600)]
 
 SERVE_MCP = Path(__file__).parent / "servers" / "serve_mcp.py"
@@ -72,16 +74,7 @@ def served(cli, proctor_exe, home, kit, spawn) -> Served:
         argv = [sys.executable, str(SERVE_MCP), str(home), str(port)]
     server = spawn(argv)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        assert server.poll() is None, f"the server exited with {server.returncode}"
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "the server did not answer"
-        time.sleep(0.1)
+    wait_until_serving(url, proc=server)
     return Served(home, url, tokens)
 
 

@@ -9,11 +9,9 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,11 +20,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 import pytest
 
 from proctor.core.ports import EventRow
+from proctor.testing import free_port, stop_process, wait_until_serving
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 LOW = {"risk": 1, "auditability": 1, "ux": 1, "recovery": 1, "cost": 1}
@@ -203,12 +201,6 @@ def manifest(
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class Served:
     """A running ``proctor serve`` and its stderr file."""
@@ -230,7 +222,7 @@ class Served:
 @contextmanager
 def serve(exe: str, home: Path, tmp: Path, *extra: str) -> Iterator[Served]:
     """Start ``proctor serve`` on a free port and wait until /healthz answers."""
-    port = _free_port()
+    port = free_port()
     err = tmp / f"serve-{port}.err"
     with err.open("wb") as e:
         proc = subprocess.Popen(
@@ -241,25 +233,10 @@ def serve(exe: str, home: Path, tmp: Path, *extra: str) -> Iterator[Served]:
         )
     served = Served(proc, f"http://127.0.0.1:{port}", err)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, f"proctor serve exited:\n{served.stderr()}"
-            try:
-                if httpx.get(f"{served.url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, f"proctor serve did not start:\n{served.stderr()}"
-            time.sleep(0.05)
+        wait_until_serving(served.url, proc=proc, output=served.stderr)
         yield served
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc, timeout=30)
 
 
 # ------------------------------------------------------------------------ an OTLP/HTTP sink

@@ -11,11 +11,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +20,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from proctor.testing import free_port, stop_process, wait_until_serving
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).parent / "artifacts"
@@ -52,12 +51,6 @@ def _run(exe: str, home: Path, *args: str) -> Any:
     )
     assert proc.returncode == 0, f"proctor {' '.join(args)}: {proc.stdout}\n{proc.stderr}"
     return json.loads(proc.stdout)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -151,7 +144,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         for name, args in people.items()
     }
     secret = _run(exe, home, "totp", "enrol", "--as", "fiona")["secret"]
-    port = _free_port()
+    port = free_port()
     logs = tmp_path_factory.mktemp("serve")
     with (logs / "out").open("wb") as out, (logs / "err").open("wb") as err:
         proc = subprocess.Popen(
@@ -162,24 +155,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, (logs / "err").read_text()
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, (logs / "err").read_text()
-            time.sleep(0.05)
+        wait_until_serving(url, proc=proc, output=(logs / "err").read_text)
         yield Server(url=url, home=home, exe=exe, tokens=tokens, totp_secret=secret)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         errors = (logs / "err").read_text()
         assert "Traceback" not in errors, errors
 
