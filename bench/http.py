@@ -6,7 +6,15 @@ each with its own keep-alive ``httpx.Client``, submit single-step plans that the
 policy routes to ``execute`` (``travel.search``) with an agent's API token, and time every
 request from send to parsed response. The run is bounded by a plan count and a duration.
 
+The machine's state is printed with the figures, because on a shared 2-core machine it
+moves them more than most code changes do: the load average, and the median cost of one
+durable SQLite commit (WAL, synchronous=FULL) in the same directory just before the run.
+The server commits once per plan under its store lock, so when that floor rises from its
+usual ~0.25 ms to several ms (other processes fsyncing), it caps plans/s at about its
+inverse. Compare runs made under similar conditions, and quote medians of several.
+
 Usage: python bench/http.py [--plans 3000] [--seconds 30] [--clients 16] [--warmup 200]
+       [--submit-threads N]
 Prints a table, then one JSON object as the last line.
 """
 
@@ -26,6 +34,7 @@ import platform
 import shutil
 import signal
 import socket
+import sqlite3
 import statistics
 import subprocess
 import tempfile
@@ -67,6 +76,25 @@ def server_cpu(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def commit_floor_us(directory: Path, synchronous: str, n: int = 200) -> float:
+    """Median µs of one durable single-row SQLite commit (WAL) in ``directory``."""
+    db = sqlite3.connect(directory / "floor.db", isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={synchronous}")
+        db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, body BLOB)")
+        times = []
+        for i in range(n):
+            t0 = time.perf_counter_ns()
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("INSERT INTO t VALUES (?, ?)", (i, b"x" * 600))
+            db.execute("COMMIT")
+            times.append((time.perf_counter_ns() - t0) / 1000)
+    finally:
+        db.close()
+    return statistics.median(times)
+
+
 def manifest(i: int, worker: int) -> dict[str, Any]:
     return {
         "actor": {"type": "agent", "name": "bench", "model_version": "b-1", "agent_id": "bench"},
@@ -95,6 +123,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=200, help="plans before measuring")
     ap.add_argument("--synchronous", default="FULL", choices=["FULL", "NORMAL"])
     ap.add_argument("--access-log", action="store_true", help="serve with the access log on")
+    ap.add_argument(
+        "--submit-threads", type=int, default=None, help="proctor serve --submit-threads"
+    )
     opts = ap.parse_args()
 
     exe = proctor_exe()
@@ -134,6 +165,11 @@ def main() -> None:
                 "--log-level",
                 "warning",
                 "--access-log" if opts.access_log else "--no-access-log",
+                *(
+                    ["--submit-threads", str(opts.submit_threads)]
+                    if opts.submit_threads is not None
+                    else []
+                ),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -150,9 +186,13 @@ def main() -> None:
                 if time.monotonic() > deadline or server.poll() is not None:
                     sys.exit(f"the server did not start:\n{Path(tmp, 'serve.log').read_text()}")
                 time.sleep(0.05)
+            floor = commit_floor_us(Path(tmp), opts.synchronous)
+            load0 = os.getloadavg()[0]
             cpu0, own0 = server_cpu(server.pid), os.times()
             result = drive(base, token, opts)
             cpu1, own1 = server_cpu(server.pid), os.times()
+            result["commit_floor_us"] = floor
+            result["load_avg"] = (load0, os.getloadavg()[0])
             result["server_cpu_s"] = cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None
             result["client_cpu_s"] = (own1.user + own1.system) - (own0.user + own0.system)
         finally:
@@ -239,6 +279,9 @@ def report(result: dict[str, Any], opts: argparse.Namespace) -> None:
         "client_cpu_ms_per_plan": round(result["client_cpu_s"] * 1000 / (n + opts.warmup), 2)
         if n
         else None,
+        "commit_floor_us": round(result["commit_floor_us"], 1),
+        "load_avg": [round(x, 2) for x in result["load_avg"]],
+        "submit_threads": opts.submit_threads,
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
     }
@@ -254,6 +297,9 @@ def report(result: dict[str, Any], opts: argparse.Namespace) -> None:
     print(f"{'errors':<28}{sum(result['errors'].values()):>10}")
     print(f"{'server CPU per plan (ms)':<28}{out['server_cpu_ms_per_plan']!s:>10}")
     print(f"{'client CPU per plan (ms)':<28}{out['client_cpu_ms_per_plan']!s:>10}")
+    print(f"{'durable commit floor (µs)':<28}{out['commit_floor_us']!s:>10}")
+    load = out["load_avg"]
+    print(f"{'load average (start, end)':<28}{f'{load[0]}, {load[1]}':>10}")
     print(json.dumps(out))
 
 

@@ -72,6 +72,7 @@ MATRIX: dict[str, tuple[int, ...]] = {
     "POST /v1/guards/breakers/open":        (403, 403, 403, 403, 403, 403, 403, 200, 401, 401),
     "POST /v1/guards/breakers/reset":       (403, 403, 403, 403, 403, 403, 403, 200, 401, 401),
     "PUT /v1/guards/whitelists/bot9":       (403, 403, 403, 403, 403, 403, 403, 200, 401, 401),
+    "POST /v1/mcp/tools":                   (200, 403, 403, 403, 403, 403, 403, 403, 401, 401),
     "GET /v1/autonomy":                     (403, 403, 200, 200, 403, 403, 403, 200, 401, 401),
     "PUT /v1/autonomy":                     (403, 403, 200, 200, 403, 403, 403, 200, 401, 401),
     "GET /v1/reviews":                      (403, 403, 403, 403, 403, 403, 200, 200, 401, 401),
@@ -141,6 +142,7 @@ BODIES: dict[str, Any] = {
     "/v1/guards/breakers/reset": {"scope": "action", "key": "nothing.here"},
     "/v1/guards/whitelists/bot9": {"actions": None},
     "/v1/autonomy": {"action": "travel.search", "level": "auto"},
+    "/v1/mcp/tools": {"agent_id": "bot", "tools": []},  # only bot may speak for bot
 }
 
 

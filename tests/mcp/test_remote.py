@@ -27,19 +27,11 @@ from proctor.testing import wait_until_serving
 
 pytestmark = [pytest.mark.slow, pytest.mark.cli, pytest.mark.server, pytest.mark.timeout(600)]
 
-SERVE_MCP = Path(__file__).parent / "servers" / "serve_mcp.py"
 FLAKY = Path(__file__).parent / "servers" / "flaky.py"
 
 
 def text(result: types.CallToolResult) -> str:
     return " ".join(c.text for c in result.content if isinstance(c, types.TextContent))
-
-
-def _wired() -> bool:
-    """Whether ``proctor serve`` itself serves ``/v1/mcp`` (routes_mcp is in create_app)."""
-    import proctor.http.app as app_module
-
-    return hasattr(app_module, "routes_mcp")
 
 
 @dataclass(frozen=True)
@@ -68,10 +60,7 @@ def served(cli, proctor_exe, home, kit, spawn) -> Served:
         config.read_text().replace("step_timeout_seconds = 60", "step_timeout_seconds = 4")
     )
     port = kit.free_port()
-    if _wired():
-        argv = [proctor_exe, "serve", "--home", str(home), "--port", str(port), "--no-access-log"]
-    else:
-        argv = [sys.executable, str(SERVE_MCP), str(home), str(port)]
+    argv = [proctor_exe, "serve", "--home", str(home), "--port", str(port), "--no-access-log"]
     server = spawn(argv)
     url = f"http://127.0.0.1:{port}"
     wait_until_serving(url, proc=server)

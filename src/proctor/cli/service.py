@@ -75,6 +75,17 @@ def serve(
     log_level: Annotated[
         str, typer.Option("--log-level", help="critical, error, warning, info or debug.")
     ] = "info",
+    submit_threads: Annotated[
+        int,
+        typer.Option(
+            "--submit-threads",
+            envvar="PROCTOR_SUBMIT_THREADS",
+            min=1,
+            max=64,
+            help="Most plan submissions running at once: one, plus one per submission"
+            " stuck in a slow tool (docs/http.md, Performance).",
+        ),
+    ] = 16,
     verbose: Verbose = False,
 ) -> int:
     """Run the HTTP API (docs/http.md) and the worker (timers, recovery of interrupted plans).
@@ -83,6 +94,8 @@ def serve(
     (create one with `proctor tokens create`) or a JWT when `[auth.jwt]` is configured.
     SIGTERM or Ctrl-C stops it gracefully: requests in flight finish first.
     """
+    import dataclasses
+
     import uvicorn
 
     from proctor.app.worker import Worker
@@ -91,7 +104,7 @@ def serve(
     from proctor.http import create_app, load_http_settings  # needs the `server` extra
 
     path = home_from(home)
-    settings = load_http_settings(path)
+    settings = dataclasses.replace(load_http_settings(path), submit_threads=submit_threads)
     proctor = Proctor.open(path)
     if log_format or load_settings(path).log_format == "json":
         from proctor.app.logs import EventLogListener, configure_json_logging
@@ -135,6 +148,7 @@ def serve(
         try:
             server.run()
         finally:
+            app.state.context.close()  # submissions still running finish before the store closes
             dispatcher.stop()
             reloader.stop()
             worker.stop()

@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from proctor._library import Proctor
 from proctor.app.tokens import TokenService
 from proctor.errors import ConfigError, StorageError
-from proctor.http import routes_audit, routes_guards, routes_observe, routes_plans
+from proctor.http import routes_audit, routes_guards, routes_mcp, routes_observe, routes_plans
 from proctor.http.auth import Auth, FailureLimiter
 from proctor.http.context import Context, errors_doc, json_response
 from proctor.http.errors import install_error_handlers
@@ -122,6 +122,7 @@ def create_app(
         openapi_url="/openapi.json",
     )
     app.state.proctor = proctor
+    app.state.context = ctx  # ``proctor serve`` closes it (submissions in flight) on exit
     install_error_handlers(app)
 
     @app.get("/healthz", response_model=Health, tags=["system"], summary="Liveness")
@@ -159,11 +160,14 @@ def create_app(
     app.include_router(routes_audit.router(ctx))
     app.include_router(routes_guards.router(ctx))
     app.include_router(routes_observe.router(ctx))
+    app.include_router(routes_mcp.router(ctx))  # a remote `proctor mcp --server` (docs/mcp.md)
     # Imported here: proctor.web builds on proctor.http, so a module-level import would
     # be circular.
     from proctor.web import mount_console
 
     mount_console(app, ctx)  # the web console at / (docs/console.md)
+    # The last added is the outermost: the body limit applies to the submit path too.
+    app.add_middleware(routes_plans.SubmitRoute, ctx=ctx)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     if unsafe_no_auth:
         app.add_middleware(_UnsafeWarning)

@@ -28,7 +28,7 @@ from proctor.core.principals import Principal
 from proctor.http.errors import RateLimitedError, UnauthenticatedError
 from proctor.http.jwt import JwtVerifier, looks_like_jwt
 
-__all__ = ["UNSAFE_LOCAL", "Auth", "FailureLimiter", "bearer"]
+__all__ = ["UNSAFE_LOCAL", "Auth", "FailureLimiter", "bearer", "bearer_token"]
 
 log = logging.getLogger("proctor.http.auth")
 
@@ -149,9 +149,21 @@ class Auth:
             RateLimitedError: the client address failed too often in the last minute.
             UnauthenticatedError: no bearer credentials, or they do not verify.
         """
+        client = request.client.host if request.client else "unknown"
+        return await self.authenticate(client, credentials.credentials if credentials else None)
+
+    async def authenticate(self, client: str, token: str | None) -> Principal:
+        """Return the principal of a bearer ``token`` sent from the address ``client``.
+
+        ``token`` is None when the request has no ``Authorization: Bearer`` credentials.
+        The FastAPI dependency and the submit route's own ASGI path both come here.
+
+        Raises:
+            RateLimitedError: the client address failed too often in the last minute.
+            UnauthenticatedError: no bearer credentials, or they do not verify.
+        """
         if self.unsafe_no_auth:
             return UNSAFE_LOCAL  # create_app logs a warning for every such request
-        client = request.client.host if request.client else "unknown"
         retry = self.limiter.retry_after(client)
         if retry is not None:
             raise RateLimitedError(
@@ -159,13 +171,12 @@ class Auth:
                 retry_after=retry,
                 hint=f"Retry in {retry} s with a valid token.",
             )
-        if credentials is None:
+        if token is None:
             raise UnauthenticatedError(
                 "this route needs Authorization: Bearer <token>",
                 field="Authorization",
                 hint="Create a token with `proctor tokens create`.",
             )
-        token = credentials.credentials
         cached = self._cache.get(hashlib.sha256(token.encode()).hexdigest())
         if cached is not None:
             return cached
@@ -177,3 +188,17 @@ class Auth:
                 field="Authorization",
             )
         return principal
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The credentials of an ``Authorization: Bearer`` header value, as ``HTTPBearer`` reads it.
+
+    None when the header is missing, empty, of another scheme, or has no credentials.
+    """
+    if not authorization:
+        return None
+    scheme, _, credentials = authorization.partition(" ")
+    credentials = credentials.strip()
+    if not scheme or not credentials or scheme.lower() != "bearer":
+        return None
+    return credentials

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import functools
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from starlette.responses import Response
 
 from proctor._library import Proctor
 from proctor.http.auth import Auth
+from proctor.http.lanes import SubmitLanes
 from proctor.http.schemas import ErrorBody
 from proctor.http.settings import HttpSettings
 
 __all__ = ["Context", "KeyedLocks", "errors_doc", "json_response"]
+
+_T = TypeVar("_T")
 
 _DESCRIPTIONS = {
     400: "Malformed JSON (`invalid_request`, field `body`).",
@@ -82,3 +88,22 @@ class Context:
     settings: HttpSettings
     auth: Auth
     submit_locks: KeyedLocks = field(default_factory=KeyedLocks)
+    submit_lanes: SubmitLanes = field(init=False)
+
+    def __post_init__(self) -> None:
+        # NOTE(http): submissions get their own threads, apart from the anyio threadpool
+        # the other routes share: reads never wait behind submissions, and submissions
+        # run one at a time unless one is stuck in a slow tool (lanes.py says why).
+        self.submit_lanes = SubmitLanes(
+            self.settings.submit_threads, stall=self.settings.submit_stall_seconds
+        )
+
+    async def run_submit(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """Run ``fn(*args)`` in the submission lanes, in this task's context."""
+        call = functools.partial(contextvars.copy_context().run, fn, *args)
+        result: _T = await asyncio.wrap_future(self.submit_lanes.submit(call))
+        return result
+
+    def close(self) -> None:
+        """Wait for the submissions in flight (the caller closes the store after this)."""
+        self.submit_lanes.close()

@@ -283,7 +283,7 @@ def router(ctx: Context) -> APIRouter:
         "/tools",
         response_model=HiddenOut,
         summary="Register a remote MCP proxy's upstream tools",
-        responses=errors_doc(*AUTH_ERRORS, 409, 413),
+        responses=errors_doc(400, *AUTH_ERRORS, 409, 413),
     )
     def tools(caller: Caller, body: ToolsBody) -> Response:
         """Make each tool a catalog action; answer the actions hidden from the agent."""
@@ -374,7 +374,7 @@ def router(ctx: Context) -> APIRouter:
         "/plans/{plan_id}/outcome",
         response_model=PlanOut,
         summary="Record the upstream outcome of a remote MCP proxy's call",
-        responses=errors_doc(*AUTH_ERRORS, 404, 409, 413),
+        responses=errors_doc(400, *AUTH_ERRORS, 404, 409, 413),
     )
     def outcome(plan_id: PlanId, caller: Caller, body: OutcomeBody) -> Response:
         """Record what the upstream answered; the plan finishes (succeeded or failed)."""

@@ -2,8 +2,8 @@
 
 The gateway calls are synchronous; they run in the threadpool (``def`` routes, or
 ``run_in_threadpool`` in ``async`` ones), so the event loop only moves bytes. Submissions,
-the hot path, run on the context's own small pool, and ``SubmitRoute`` serves them as plain
-ASGI in front of FastAPI (docs/http.md, "Performance").
+the hot path, run in the context's lanes (``lanes.py``), and ``SubmitRoute`` serves them as
+plain ASGI in front of FastAPI (docs/http.md, "Performance").
 """
 
 # NOTE(http): no `from __future__ import annotations` here: FastAPI reads the route

@@ -99,6 +99,12 @@ class HttpSettings:
             ``Last-Event-ID``. Default 300.
         stream_keepalive_seconds: A comment line this often keeps proxies from closing an
             idle stream. Default 15.
+        submit_threads: Most plan submissions (``POST /v1/plans``) that run at once. One
+            runs at a time, plus one for each running submission slower than
+            ``submit_stall_seconds`` (a slow tool): more at once only contend for the GIL and
+            the store's lock (``proctor.http.lanes``). Default 16.
+        submit_stall_seconds: How long a submission runs before the next one may start
+            beside it. Default 0.02 (a plan without slow tools takes 2-3 ms here).
         jwt: OIDC / JWT validation, or None (API tokens only). Default None.
     """
 
@@ -109,7 +115,15 @@ class HttpSettings:
     poll_interval_seconds: float = 0.05
     stream_max_seconds: float = 300.0
     stream_keepalive_seconds: float = 15.0
+    submit_threads: int = 16
+    submit_stall_seconds: float = 0.02
     jwt: JwtSettings | None = None
+
+    def __post_init__(self) -> None:
+        if self.submit_threads < 1:
+            raise ConfigError("submit_threads must be at least 1", field="submit_threads")
+        if not self.submit_stall_seconds > 0:
+            raise ConfigError("submit_stall_seconds must be positive", field="submit_stall_seconds")
 
 
 def _str(table: Mapping[str, Any], key: str, default: str | None = None) -> str | None:

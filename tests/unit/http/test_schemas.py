@@ -116,6 +116,9 @@ class TestOpenApi:
             ("GET", "/v1/audit/proofs/consistency"),
             ("GET", "/v1/audit/keys"),
             ("GET", "/v1/webhooks/dead-letters"),
+            ("POST", "/v1/mcp/tools"),
+            ("POST", "/v1/mcp/calls"),
+            ("POST", "/v1/mcp/plans/{plan_id}/outcome"),
             ("GET", "/healthz"),
             ("GET", "/readyz"),
         }
