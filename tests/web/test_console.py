@@ -585,6 +585,7 @@ class TestBasics:
         p = people(js=False)
         page = p.page
         page.goto("/login")
+        expect(page.locator("#token")).to_be_focused()  # autofocus, before any typing
         page.keyboard.type(server.tokens["alice"])
         page.keyboard.press("Enter")
         page.wait_for_url(re.compile(r"/inbox"))
