@@ -7,7 +7,6 @@ real uvicorn on 127.0.0.1, with one API token per principal).
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from typing import Any
@@ -24,7 +23,7 @@ from proctor.core.decisions import Decision, Outcome, StepDecision
 from proctor.core.guards import GuardSettings
 from proctor.core.lifecycle import PlanRecord, PlanStatus, StepRecord
 from proctor.http import HttpSettings, create_app
-from proctor.testing import FrozenClock, RecordingTool, make_plan
+from proctor.testing import FrozenClock, RecordingTool, free_port, make_plan
 
 LOW = {"risk": 1, "auditability": 1, "ux": 1, "recovery": 1, "cost": 1}
 AMOUNT = {
@@ -212,12 +211,6 @@ def run(capsys):
     return run
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def served(tmp_path):
     """An instance served by uvicorn in a thread, with one token per principal."""
@@ -232,7 +225,7 @@ def served(tmp_path):
             ("root", ("admin",)),
         )
     }
-    port = _free_port()
+    port = free_port()
     app = create_app(w.p, settings=HttpSettings(auth_failures_per_minute=1000))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)

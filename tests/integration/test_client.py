@@ -39,7 +39,7 @@ from proctor.errors import (
     ProctorError,
     StorageError,
 )
-from proctor.testing import RecordingTool, make_plan
+from proctor.testing import RecordingTool, free_port, make_plan
 
 try:
     import uvicorn
@@ -53,12 +53,6 @@ except (ImportError, ProctorError) as exc:  # the server extra, or the app, is n
 needs_server = pytest.mark.skipif(bool(SERVER_MISSING), reason=SERVER_MISSING or "-")
 
 LOW = {"risk": 1, "auditability": 1, "ux": 1, "recovery": 1, "cost": 1}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # ---------------------------------------------------------------------- without a server

@@ -10,7 +10,6 @@ import hashlib
 import hmac
 import json
 import random
-import socket
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -32,7 +31,7 @@ from proctor.core.lifecycle import PlanStatus
 from proctor.core.notifications import DeliveryStatus
 from proctor.errors import ConfigError, StorageError
 from proctor.storage.sqlite import SqliteStore
-from proctor.testing import FrozenClock, RecordingTool, make_plan
+from proctor.testing import FrozenClock, RecordingTool, free_port, make_plan
 
 SECRET = b"whsec-test-0123456789abcdef"
 LOW = {"risk": 1, "auditability": 1, "ux": 1, "recovery": 1, "cost": 1}
@@ -105,12 +104,6 @@ class Receiver:
         while len(self.requests) < n and time.monotonic() < deadline:
             time.sleep(0.02)
         assert len(self.requests) >= n, f"received {len(self.requests)} of {n}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

@@ -23,6 +23,8 @@ from typing import Any
 
 import pytest
 
+from proctor.testing import free_port
+
 HERE = Path(__file__).parent
 EXAMPLES = HERE.parent.parent / "src" / "proctor" / "mcp" / "examples"
 
@@ -142,12 +144,6 @@ def write_config(home: Path, name: str, servers: dict[str, Any]) -> Path:
     path = home / name
     path.write_text(json.dumps({"mcpServers": servers}))
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_port(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
