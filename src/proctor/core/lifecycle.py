@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from proctor.errors import InvalidTransitionError
 
@@ -92,6 +92,32 @@ STEP_TRANSITIONS: Mapping[StepStatus, frozenset[StepStatus]] = {
     _S.SIMULATED: frozenset(),
 }
 
+_FIELD_NAMES: dict[type, frozenset[str]] = {}
+_R = TypeVar("_R", "StepRecord", "PlanRecord")
+
+
+def _evolve(record: _R, changes: Mapping[str, Any]) -> _R:
+    """``dataclasses.replace`` for the records below, at about half its cost.
+
+    A plan moves through 8-12 copies on its way to ``succeeded``; ``replace`` rebuilds the
+    field list and goes through ``__init__``'s keyword parsing on every one (15 µs for a
+    ``PlanRecord`` here, 7 µs this way). Valid only for frozen, slotted dataclasses without
+    ``__post_init__`` or ``InitVar`` fields, which these records are (a test keeps them so).
+    """
+    cls = type(record)
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = frozenset(f.name for f in dataclasses.fields(cls))
+    unknown = changes.keys() - names
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no field {sorted(unknown)[0]!r}")
+    new = object.__new__(cls)
+    put = object.__setattr__
+    for name in names:
+        put(new, name, changes[name] if name in changes else getattr(record, name))
+    return new
+
+
 TERMINAL: frozenset[PlanStatus] = frozenset(s for s, nxt in PLAN_TRANSITIONS.items() if not nxt) | {
     PlanStatus.SUCCEEDED
 }
@@ -129,7 +155,7 @@ class StepRecord:
                 f"step {self.step_id} cannot go from {self.status.value} to {status.value}",
                 field="status",
             )
-        return dataclasses.replace(self, status=status, **changes)
+        return _evolve(self, {**changes, "status": status})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -186,13 +212,13 @@ class PlanRecord:
                 field="status",
                 hint="Run `proctor show ID` to see its state.",
             )
-        return dataclasses.replace(self, status=status, updated_at=at, **changes)
+        return _evolve(self, {**changes, "status": status, "updated_at": at})
 
     def with_step(self, step: StepRecord) -> PlanRecord:
         """Return a copy with one step replaced."""
         steps = list(self.steps)
         steps[step.index] = step
-        return dataclasses.replace(self, steps=tuple(steps))
+        return _evolve(self, {"steps": tuple(steps)})
 
     def idempotency_key(self, step_id: str) -> str:
         """Return the key passed to tools; the same on every retry of the step."""
@@ -218,7 +244,7 @@ class PlanRecord:
 
     def leased(self, owner: str | None, until: datetime | None) -> PlanRecord:
         """Return a copy held by ``owner`` until ``until`` (None, None releases it)."""
-        return dataclasses.replace(self, lease_owner=owner, lease_until=until)
+        return _evolve(self, {"lease_owner": owner, "lease_until": until})
 
     @property
     def terminal(self) -> bool:

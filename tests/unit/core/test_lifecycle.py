@@ -85,3 +85,37 @@ class TestStepTransitions:
         s = StepRecord(step_id="s", index=0, action="x", params={}, status=StepStatus.FAILED)
         with pytest.raises(InvalidTransitionError):
             s.moved_to(StepStatus.RUNNING)
+
+
+class TestCopies:
+    """The records' copies (``moved_to``, ``with_step``, ``leased``) take a faster path than
+    ``dataclasses.replace``; they must give exactly what it gives."""
+
+    def test_records_stay_shaped_for_the_fast_copy(self):
+        # The fast copy skips __init__: a __post_init__ or InitVar added later would be
+        # silently bypassed, so this test fails first.
+        import dataclasses
+
+        for cls in (PlanRecord, StepRecord):
+            assert not hasattr(cls, "__post_init__"), cls
+            assert all(f.init for f in dataclasses.fields(cls)), cls
+            assert hasattr(cls, "__slots__"), cls
+
+    def test_moved_to_equals_replace_and_leaves_the_original(self):
+        import dataclasses
+
+        before = _plan(PlanStatus.RUNNING)
+        after = before.moved_to(PlanStatus.SUCCEEDED, at=T0.replace(year=2027), error="x")
+        assert after == dataclasses.replace(
+            before, status=PlanStatus.SUCCEEDED, updated_at=T0.replace(year=2027), error="x"
+        )
+        assert before.status is PlanStatus.RUNNING and before.error is None
+        step = before.steps[0].moved_to(StepStatus.RUNNING, attempts=1)
+        assert step == dataclasses.replace(before.steps[0], status=StepStatus.RUNNING, attempts=1)
+        assert before.with_step(step).steps == (step,)
+        leased = before.leased("w1", T0)
+        assert (leased.lease_owner, leased.lease_until, leased.plan_id) == ("w1", T0, "p")
+
+    def test_an_unknown_field_is_refused(self):
+        with pytest.raises(TypeError, match="no field 'colour'"):
+            _plan(PlanStatus.RUNNING).moved_to(PlanStatus.SUCCEEDED, at=T0, colour="red")
