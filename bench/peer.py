@@ -101,19 +101,9 @@ LABELS = {
 }
 APPROVER, APPROVER_ROLES = "fiona", ["finance"]
 
-# Proctor's circuit breaker opens on a "cost spike" (a step costing 10x the window's average,
-# by default): the approval case's refund of 500 after refunds of 50 is exactly that, and
-# would turn every later allowed call into an approval for a minute. AGT has no such guard,
-# so the benchmark raises both cost thresholds out of reach; the guards still run (counters,
-# windows, checks) on every call, only their verdict cannot change the route.
-SPIKE = 1_000_000.0
-GUARDS_TOML = f"""
-[guards.breaker]
-cost_spike = {SPIKE}
-
-[guards.anomaly]
-cost_factor = {SPIKE}
-"""
+# Proctor's guards run with their defaults on every call (counters, windows, breaker and
+# anomaly checks). The approval case's refund of 500 among refunds of 50 is no breaker "cost
+# spike": an approver saw its amount (docs/guards.md).
 
 
 def rss_kb() -> int:
@@ -153,7 +143,7 @@ def build_proctor(mode: str, directory: Path) -> dict[str, Any]:
         text = cfg.read_text()
         text = text.replace('bundle = "policy"', f"bundle = {json.dumps(str(POLICY_DIR))}")
         text = text.replace('files = ["catalog.toml"]', "files = []")  # refund: via governed
-        cfg.write_text(text + GUARDS_TOML)
+        cfg.write_text(text)
         p = Proctor.open(home)
     else:
         extra: dict[str, Any] = {}
@@ -161,15 +151,12 @@ def build_proctor(mode: str, directory: Path) -> dict[str, Any]:
             extra["audit_signatures"] = False
         else:
             label = "(c) Proctor memory, signed (unsigned mode not available)"
-        from proctor.core.guards import AnomalySettings, BreakerSettings, GuardSettings
+        from proctor.core.guards import GuardSettings
 
         p = Proctor.in_memory(
             catalog=Catalog(),
             policy=RegoPolicyEngine.from_directory(POLICY_DIR),
-            guards=GuardSettings(
-                breaker=BreakerSettings(cost_spike=SPIKE),
-                anomaly=AnomalySettings(cost_factor=SPIKE),
-            ),
+            guards=GuardSettings(),  # the defaults, as a proctor init home has them
             **extra,
         )
 

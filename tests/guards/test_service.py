@@ -274,6 +274,23 @@ class TestOnStepAndFinish:
         [ev, *_] = w.events("breaker.opened")
         assert "cost spike" in ev["data"]["reason"]
 
+    def test_an_approved_or_confirmed_large_step_is_no_spike(self, url):
+        """A human saw the amount: it joins the average but does not open the breaker."""
+        w = World(url, breaker=BreakerSettings(min_calls=4, cost_spike=10))
+        for amount in (10, 10, 10):
+            rec = w.record(amount=amount)
+            w.run("on_step", rec, rec.steps[0], ok=True)
+        for outcome in ("approve", "confirm"):
+            rec = w.record(amount=500)
+            decided = rec.with_step(dataclasses.replace(rec.steps[0], outcome=outcome))
+            w.run("on_step", decided, decided.steps[0], ok=True)
+        assert w.events("breaker.opened") == []
+
+        rec = w.record(amount=5000)  # an automatic one still does (others average 206)
+        w.run("on_step", rec, rec.steps[0], ok=True)
+        [ev, *_] = w.events("breaker.opened")
+        assert "cost spike: 5000" in ev["data"]["reason"]
+
     def test_undone_plans_count_as_rollbacks(self, url):
         """Plans that end undone feed the rollback rate, which opens the breaker."""
         w = World(url, breaker=BreakerSettings(min_calls=2, rollback_rate=0.5))

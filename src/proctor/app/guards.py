@@ -78,6 +78,7 @@ _RAN = frozenset(
     {PlanStatus.SUCCEEDED, PlanStatus.FAILED, PlanStatus.COMPENSATED, PlanStatus.UNDONE}
 )
 _VERDICTS = ("fine", "wrong")
+_HUMAN_DECIDED = frozenset({Outcome.APPROVE.value, Outcome.CONFIRM.value})
 
 
 class Guards:
@@ -623,14 +624,18 @@ class Guards:
         state = tx.get_states(wanted)
         if ("reservation", record.plan_id) in state:
             self._settle(tx, emit, record, step, cost if ok else 0, now, ok=ok)
+        # A step a human approved or confirmed had its amount in front of them: it counts in
+        # the window's average but is no "spike" (otherwise one approved large refund among
+        # small automatic ones would stop every automatic refund for open_seconds).
+        spike = 0 if step.outcome in _HUMAN_DECIDED else cost
         for key in keys:
             tx.bump(f"calls:{key}", minute(now), amount=cost)
             if not ok:
                 tx.bump(f"errors:{key}", minute(now))
-            if ok and not cost and ("breaker", key) not in state:
-                continue  # a cheap success cannot open a closed breaker
+            if ok and not spike and ("breaker", key) not in state:
+                continue  # a cheap (or human-decided) success cannot open a closed breaker
             stored = tx.get_state("breaker", key)
-            self._judge(tx, emit, record, key, stored, ok=ok, cost=cost, now=now)
+            self._judge(tx, emit, record, key, stored, ok=ok, cost=spike, now=now)
 
     def _judge(
         self,
