@@ -27,7 +27,7 @@ from proctor.core.assessment import Thresholds
 from proctor.core.catalog import Catalog
 from proctor.core.ports import Clock, PolicyEngine, Signer, Store
 from proctor.errors import ConfigError, MissingDependencyError, ProctorError
-from proctor.policy import RegoPolicyEngine, default_bundle_path
+from proctor.policy import RegoPolicyEngine, bundle_version, default_bundle_path
 from proctor.storage import open_store
 from proctor.tools import PythonTools
 
@@ -221,6 +221,31 @@ def load_policy(settings: Settings) -> PolicyEngine:
             hint="Run `proctor init` to install the default policy.",
         )
     return RegoPolicyEngine.from_directory(bundle)
+
+
+def precheck_policy(home: Path) -> list[str]:
+    """Compile ``home``'s policy bundle in a child process before a server loads it.
+
+    Some bundles crash rego-cpp (SIGSEGV) instead of failing to compile; loaded straight
+    into ``proctor serve`` such a bundle would kill it with no word of why. The packaged
+    default bundle, unchanged, is known good and skips the child (about a second).
+
+    Returns:
+        The bundle's policy-contract violations (empty when it answers the contract).
+
+    Raises:
+        InvalidPolicyError: it does not compile, or the engine crashed or hung on it.
+    """
+    from proctor.app.policy_reload import validate_bundle
+
+    settings = load(home)
+    bundle = settings.policy_bundle or settings.home / "policy"
+    if not bundle.is_dir():
+        return []  # opening the instance reports it, with its hint
+    if bundle_version(bundle) == bundle_version(default_bundle_path()):
+        return []
+    _, violations = validate_bundle(RegoPolicyEngine.from_directory, bundle)
+    return violations
 
 
 def start_policy_reloader(gateway: Gateway, home: Path, *, interval: float = 2.0) -> Any:

@@ -11,6 +11,7 @@ import pytest
 from proctor import Proctor
 from proctor.app.policy_reload import PolicyReloader
 from proctor.policy import RegoPolicyEngine
+from proctor.testing import free_port
 
 from .test_cli import SEARCH, manifest, submit
 from .test_http_serve import serve
@@ -220,6 +221,21 @@ class TestHotReload:
             assert "undefined" in rejected["reason"]
             rec = p.submit(manifest(SEARCH))
             assert rec.status.value == "succeeded" and rec.policy_version == before
+
+    @pytest.mark.server
+    def test_serve_refuses_to_start_on_a_bundle_that_crashes_the_engine(self, cli, fresh_home):
+        """`proctor serve` compiles a custom bundle in a child first: one that crashes
+        rego-cpp ends it with exit 1 and the reason (it used to die of SIGSEGV, silently)."""
+        bundle = fresh_home / "policy"
+        for path in bundle.glob("*.rego"):
+            path.unlink()
+        (bundle / "a.rego").write_text(ARITY_A)
+        (bundle / "b.rego").write_text(ARITY_B)
+
+        r = cli("serve", "--port", str(free_port()), home=fresh_home, timeout=120)
+
+        assert r.code == 1, str(r)
+        assert "crashed (signal SIGSEGV)" in r.err, str(r)
 
     def test_a_bundle_that_crashes_the_engine_is_refused_and_the_process_lives(self, fresh_home):
         """The reloader compiles a new bundle in a child process first: one that crashes

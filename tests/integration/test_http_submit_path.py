@@ -106,6 +106,32 @@ class TestSubmitRoute:
         assert resp.headers["location"] == f"/v1/plans/{resp.json()['plan_id']}"
         assert [t.startswith("proctor-submit") for t in w.threads] == [True]
 
+    @pytest.mark.parametrize("root_path", ["", "/r"])
+    async def test_a_bug_is_a_json_500_both_ways(self, world, monkeypatch, root_path):
+        """An exception that is no ProctorError (a bug) answers the JSON error shape, code
+        ``internal_error``, without its text; it is not a plain-text 500."""
+        w, _, _ = world
+
+        def broken(*args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("secret detail of a bug")
+
+        monkeypatch.setattr(w.proctor.gateway, "submit", broken)
+        # ServerErrorMiddleware re-raises after answering (for the server's log): take the
+        # answer the client got.
+        transport = httpx.ASGITransport(app=w.app, root_path=root_path, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url=f"http://p{root_path}") as c:
+            resp = await c.post(
+                "/v1/plans", json=w.manifest(), headers={"Authorization": f"Bearer {w.bot}"}
+            )
+
+        assert resp.status_code == 500
+        assert resp.headers["content-type"] == "application/json"
+        assert resp.json() == {
+            "code": "internal_error",
+            "message": "internal server error",
+            "field": None,
+        }
+
     @pytest.mark.parametrize(
         ("case", "headers", "body"),
         [

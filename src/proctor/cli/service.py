@@ -99,12 +99,16 @@ def serve(
     import uvicorn
 
     from proctor.app.worker import Worker
-    from proctor.bootstrap import start_dispatcher, start_policy_reloader
+    from proctor.bootstrap import precheck_policy, start_dispatcher, start_policy_reloader
     from proctor.config import load as load_settings
     from proctor.http import create_app, load_http_settings  # needs the `server` extra
 
     path = home_from(home)
     settings = dataclasses.replace(load_http_settings(path), submit_threads=submit_threads)
+    # A custom bundle is compiled in a child first: one that crashes the engine is reported
+    # (InvalidPolicyError, exit 1) instead of killing this process.
+    for problem in precheck_policy(path):
+        print(f"warning: the policy breaks the decision contract: {problem}", file=sys.stderr)
     proctor = Proctor.open(path)
     if log_format or load_settings(path).log_format == "json":
         from proctor.app.logs import EventLogListener, configure_json_logging

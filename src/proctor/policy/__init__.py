@@ -12,6 +12,7 @@ from proctor.policy.engine import (
     ENTRYPOINT,
     PolicyTestResult,
     RegoPolicyEngine,
+    bundle_version,
     default_bundle_path,
     run_policy_tests,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "ENTRYPOINT",
     "PolicyTestResult",
     "RegoPolicyEngine",
+    "bundle_version",
     "default_bundle_path",
     "run_policy_tests",
 ]

@@ -63,6 +63,7 @@ __all__ = [
     "ENTRYPOINT",
     "PolicyTestResult",
     "RegoPolicyEngine",
+    "bundle_version",
     "default_bundle_path",
     "run_policy_tests",
 ]
@@ -430,6 +431,15 @@ def _version(files: Iterable[tuple[str, bytes]]) -> str:
         h.update(content)
         h.update(b"\0")
     return "sha256:" + h.hexdigest()
+
+
+def bundle_version(directory: str | os.PathLike[str]) -> str:
+    """The version ``from_directory`` gives the bundle in ``directory``, without compiling it.
+
+    Raises:
+        InvalidPolicyError: the directory or one of its files cannot be read.
+    """
+    return _version(_read_bundle(directory)[1].items())
 
 
 def _read_bundle(directory: str | os.PathLike[str]) -> tuple[Path, dict[str, bytes]]:
