@@ -18,9 +18,9 @@ from proctor.app.guards import Guards
 from proctor.app.notify import Notifier
 from proctor.app.stepup import TotpStepUp
 from proctor.audit.archive import ArchiveReport, archive_export, parse_s3_url
-from proctor.audit.events import KeyInfo, VerifyReport
+from proctor.audit.events import UNSIGNED, KeyInfo, VerifyReport
 from proctor.audit.export import ExportManifest, export_log
-from proctor.audit.keys import KeyEntry, Keyring, LocalSigner
+from proctor.audit.keys import KeyEntry, Keyring, LocalSigner, NoSigner
 from proctor.audit.note import vkey
 from proctor.audit.verify import verify_log
 from proctor.bootstrap import SystemClock, open_home, starter_catalog_path
@@ -29,7 +29,7 @@ from proctor.core.assessment import Scores
 from proctor.core.catalog import ActionSpec, Catalog
 from proctor.core.guards import GuardSettings
 from proctor.core.lifecycle import PlanRecord
-from proctor.core.ports import CheckpointRow, Clock, EventRow, PolicyEngine
+from proctor.core.ports import CheckpointRow, Clock, EventRow, PolicyEngine, Signer
 from proctor.errors import ConfigError
 from proctor.policy import RegoPolicyEngine, default_bundle_path
 from proctor.storage import open_store
@@ -85,6 +85,7 @@ class Proctor:
         webhooks: Sequence[WebhookSettings] = (),
         console_url: str = "http://127.0.0.1:8700",
         guards: GuardSettings | None = None,
+        audit_signatures: bool = True,
     ) -> Proctor:
         """Configure an instance in code, with an in-memory store and a throwaway key.
 
@@ -101,6 +102,10 @@ class Proctor:
             console_url: Base URL of the web console, for links in notifications.
             guards: Rate limits, budgets and thresholds; default none configured (kill
                 switches, whitelists, breakers and autonomy work regardless).
+            audit_signatures: False writes the audit events without Ed25519 signatures
+                (``key_id`` ``unsigned``): still hash-chained and in the Merkle tree, but no
+                checkpoints, and only this instance's ``verify`` accepts them. For tests and
+                throwaway runs; a persistent home always signs.
         """
         if catalog is None:
             catalog = Catalog(load_catalog_file(starter_catalog_path()) if starter_catalog else ())
@@ -111,7 +116,7 @@ class Proctor:
             engine = policy  # type: ignore[assignment]
         clock = clock or SystemClock()
         store = open_store(database_url)
-        signer = LocalSigner.generate()
+        signer: Signer = LocalSigner.generate() if audit_signatures else NoSigner()
         tools = PythonTools()
         audit_log = AuditLog(store, signer, clock, origin=origin)
         audit_log.open()
@@ -485,7 +490,11 @@ class Proctor:
 
     def vkeys(self) -> list[str]:
         """Return the signed-note verifier keys of every signing key, oldest first."""
-        return [vkey(self.origin, info.public_key) for info in self._keys.values()]
+        return [
+            vkey(self.origin, info.public_key)
+            for key_id, info in self._keys.items()
+            if key_id != UNSIGNED  # an unsigned log has no key (and signs no note)
+        ]
 
     def rotate_key(self) -> str:
         """Make a new signing key current (old public keys are kept); return its id.

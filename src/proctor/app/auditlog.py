@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from proctor.audit.events import UNSIGNED
 from proctor.audit.merkle import CompactNodes, MerkleTree, leaf_hash, verify_consistency
 from proctor.audit.note import Checkpoint, sign_note
 from proctor.core.ports import (
@@ -81,6 +82,8 @@ class AuditLog:
         self._last_cp: CheckpointRow | None = None
         self._last_hash: str | None = None  # hash of the last event this copy has seen
         self._loaded = False
+        # An unsigned log (``NoSigner``) keeps the chain and the tree but signs no checkpoint.
+        self._signs = signer.key_id != UNSIGNED
 
     # ------------------------------------------------------------------ sync
 
@@ -187,7 +190,7 @@ class AuditLog:
             # Valid only once the transaction commits; a rollback leaves the store's head
             # different from this hash, and the next sync then reloads.
             self._last_hash = rows[-1].hash if rows else self._last_hash
-            if self._due():
+            if self._signs and self._due():
                 self._sign(tx)
 
     def _due(self) -> bool:
@@ -229,7 +232,16 @@ class AuditLog:
         return row
 
     def checkpoint(self) -> CheckpointRow | None:
-        """Sign a checkpoint of the current tree now (no-op if the log is empty)."""
+        """Sign a checkpoint of the current tree now (no-op if the log is empty).
+
+        Raises:
+            InvalidRequestError: the log is unsigned (it has no key to sign with).
+        """
+        if not self._signs:
+            raise InvalidRequestError(
+                "this audit log is unsigned (audit_signatures=False): it signs no checkpoints",
+                field="audit_signatures",
+            )
         with self.store.transaction() as tx:
             head = tx.audit_head()  # the log's lock first (see ``open``)
             with self._reading(tx):

@@ -39,10 +39,16 @@ from cryptography.hazmat.primitives.asymmetric import ec as ec_keys
 from proctor.core.canonical import canonical, fast_path_ok
 from proctor.core.ports import EventRow, Signer
 
-__all__ = ["GENESIS", "VerifyReport", "seal", "verify_events"]
+__all__ = ["GENESIS", "UNSIGNED", "VerifyReport", "seal", "verify_events"]
 
 GENESIS = "sha256:" + "0" * 64
 """``prev_hash`` of the first event."""
+
+UNSIGNED = "unsigned"
+"""``key_id`` of the events of a log written without signatures (an in-memory instance made
+with ``audit_signatures=False``): their ``signature`` is the empty string. Only a keyring that
+lists this id (that instance's own) accepts them; any other verifier reports ``unknown_key``.
+"""
 
 
 def seal(
@@ -236,6 +242,8 @@ def _signature_ok(body: dict[str, Any], info: KeyInfo, key_id: str, cache: dict[
     sig_b64 = body.get("signature")
     if not isinstance(sig_b64, str):
         return False
+    if key_id == UNSIGNED:  # accepted only where the keyring lists it (see UNSIGNED)
+        return sig_b64 == ""
     try:
         sig = base64.b64decode(sig_b64, validate=True)
     except ValueError:

@@ -27,10 +27,18 @@ import nacl.signing
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from proctor.audit.events import KeyInfo
+from proctor.audit.events import UNSIGNED, KeyInfo
 from proctor.errors import ConfigError
 
-__all__ = ["ROTATION_GRACE", "KeyEntry", "Keyring", "KeyringSigner", "LocalSigner", "key_id_for"]
+__all__ = [
+    "ROTATION_GRACE",
+    "KeyEntry",
+    "Keyring",
+    "KeyringSigner",
+    "LocalSigner",
+    "NoSigner",
+    "key_id_for",
+]
 
 ROTATION_GRACE = timedelta(minutes=5)
 """How long a rotated-out key may still sign: the window for other processes to reload."""
@@ -108,6 +116,30 @@ class LocalSigner:
     def public_keys(self) -> Mapping[str, bytes]:
         """Return every known public key by id."""
         return dict(self._public)
+
+
+class NoSigner:
+    """Writes events without a signature (``key_id`` ``unsigned``, empty ``signature``).
+
+    For an in-memory instance that wants the hash chain and the Merkle tree but not the cost
+    of Ed25519 (``Proctor.in_memory(audit_signatures=False)``): such a log signs no
+    checkpoints, and only its own keyring (``public_keys``) accepts its events.
+    """
+
+    __slots__ = ()
+
+    @property
+    def key_id(self) -> str:
+        """``unsigned``."""
+        return UNSIGNED
+
+    def sign(self, data: bytes) -> bytes:
+        """Return no signature."""
+        return b""
+
+    def public_keys(self) -> Mapping[str, bytes]:
+        """``{"unsigned": b""}``: the id its events carry."""
+        return {UNSIGNED: b""}
 
 
 class Keyring:

@@ -78,6 +78,7 @@ import orjson
 
 from proctor.audit.events import (
     GENESIS,
+    UNSIGNED,
     KeyInfo,
     VerifyReport,
     _signature_ok,
@@ -306,8 +307,9 @@ def _check_one(
     sig_b64 = record.get("signature")
     if not isinstance(sig_b64, str):
         return False, False
-    if key_id.startswith("ecdsa-p256:"):
-        # ECDSA-signed events (a KMS without EdDSA): exactly verify_events' check.
+    if key_id.startswith("ecdsa-p256:") or key_id == UNSIGNED:
+        # ECDSA-signed events (a KMS without EdDSA), or an unsigned log's (its own keyring
+        # lists UNSIGNED): exactly verify_events' check.
         return ok, _signature_ok(record, info, key_id, cache)
     try:
         sig = base64.b64decode(sig_b64, validate=True)

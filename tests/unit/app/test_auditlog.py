@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import itertools
 
+import orjson
 import pytest
 
 from proctor import Proctor
 from proctor.app.auditlog import AuditLog, CheckpointPolicy
+from proctor.audit.events import verify_events
 from proctor.audit.merkle import leaf_hash, verify_consistency, verify_inclusion
 from proctor.audit.note import Checkpoint, open_note, verifiers_from_vkeys
 from proctor.bootstrap import init_home
+from proctor.core.canonical import canonical
 from proctor.errors import AuditIntegrityError, InvalidRequestError
 from proctor.testing import FrozenClock, make_plan
 
@@ -234,3 +238,47 @@ class TestCompactTree:
                 verify_inclusion(
                     leaf_hash(e.body), e.seq, size, [_b(h) for h in proof["hashes"]], root
                 )
+
+
+class TestUnsigned:
+    """``Proctor.in_memory(audit_signatures=False)``: chain and tree, no signatures."""
+
+    def test_events_are_chained_unsigned_and_verify_only_here(self):
+        with Proctor.in_memory(clock=FrozenClock(), audit_signatures=False) as p:
+            for _ in range(3):
+                assert p.submit(make_plan([READ])).status.value == "succeeded"
+            events = p.events()
+            bodies = [orjson.loads(e.body) for e in events]
+            assert {(b["key_id"], b["signature"]) for b in bodies} == {("unsigned", "")}
+            assert [b["prev_hash"] for b in bodies[1:]] == [e.hash for e in events[:-1]]
+            assert p.audit_log.size == len(events)
+            assert p.verify().ok and p.verify(check_signatures=False).ok
+            assert p.gateway.store.checkpoints() == []  # nothing to sign them with
+            with pytest.raises(InvalidRequestError, match="unsigned"):
+                p.checkpoint()
+
+            # Another verifier (a signed instance's keyring) does not accept such events.
+            with Proctor.in_memory() as signed:
+                report = verify_events(events, signed._keys)
+            assert (report.ok, report.problem, report.first_bad_seq) == (
+                False,
+                "unknown_key",
+                0,
+            )
+            # And an unsigned event that claims a signature is refused.
+            forged = dict(bodies[0], signature="AAAA")
+            row = dataclasses.replace(events[0], body=canonical(forged))
+            assert not verify_events([row], p._keys, check_signatures=True).ok
+
+    def test_a_signed_instance_signs_by_default(self, p):
+        p.submit(make_plan([READ]))
+        body = orjson.loads(p.events()[0].body)
+        assert body["key_id"].startswith("ed25519:") and len(_b(body["signature"])) == 64
+
+    def test_an_unsigned_log_exports_and_has_no_note_keys(self, tmp_path):
+        """Export works (the offline verifier then needs this keyring); no vkeys to publish."""
+        with Proctor.in_memory(clock=FrozenClock(), audit_signatures=False) as p:
+            p.submit(make_plan([READ]))
+            assert p.vkeys() == []
+            manifest = p.export(tmp_path / "out")
+            assert manifest.events == len(p.events())
