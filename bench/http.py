@@ -2,9 +2,9 @@
 
 A fresh instance (SQLite, WAL, synchronous=FULL: every acknowledged plan is durable) is
 served by ``proctor serve`` on 127.0.0.1 (a free port, no access log). N client threads,
-each with its own keep-alive ``httpx.Client``, submit single-step plans that the default
-policy routes to ``execute`` (``travel.search``) with an agent's API token, and time every
-request from send to parsed response. The run is bounded by a plan count and a duration.
+each with its own keep-alive connection, submit single-step plans that the default policy
+routes to ``execute`` (``travel.search``) with an agent's API token. The run is bounded by a
+plan count and a duration.
 
 The machine's state is printed with the figures, because on a shared 2-core machine it
 moves them more than most code changes do: the load average, and the median cost of one
@@ -13,8 +13,12 @@ The server commits once per plan under its store lock, so when that floor rises 
 usual ~0.25 ms to several ms (other processes fsyncing), it caps plans/s at about its
 inverse. Compare runs made under similar conditions, and quote medians of several.
 
+The clients run in this process as threads with keep-alive connections; by default they use
+the standard library's ``http.client`` (``--client httpx`` for httpx, which costs the shared
+cores about 1 ms more CPU per request). Each request is timed from send to parsed response.
+
 Usage: python bench/http.py [--plans 3000] [--seconds 30] [--clients 16] [--warmup 200]
-       [--submit-threads N]
+       [--submit-threads N] [--client stdlib|httpx]
 Prints a table, then one JSON object as the last line.
 """
 
@@ -28,6 +32,7 @@ from pathlib import Path
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import argparse
+import http.client
 import json
 import os
 import platform
@@ -41,6 +46,7 @@ import tempfile
 import threading
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -126,6 +132,13 @@ def main() -> None:
     ap.add_argument(
         "--submit-threads", type=int, default=None, help="proctor serve --submit-threads"
     )
+    ap.add_argument(
+        "--client",
+        choices=["stdlib", "httpx"],
+        default="stdlib",
+        help="the load generator's HTTP client (default stdlib http.client: less CPU taken "
+        "from the server's cores than httpx)",
+    )
     opts = ap.parse_args()
 
     exe = proctor_exe()
@@ -205,6 +218,24 @@ def main() -> None:
         report(result, opts)
 
 
+def _stdlib_poster(base: str, headers: dict[str, str]) -> Any:
+    """A keep-alive ``POST /v1/plans`` over ``http.client``: (status, parsed body).
+
+    The load generator shares the server's two cores: httpx spends ~1.2 ms of CPU per
+    request, ``http.client`` a fraction of it, so more of the machine measures the server.
+    """
+    url = urlsplit(base)
+    conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=30)
+    sent = {**headers, "Content-Type": "application/json"}
+
+    def post(body: dict[str, Any]) -> tuple[int, Any]:
+        conn.request("POST", "/v1/plans", body=json.dumps(body).encode(), headers=sent)
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read())
+
+    return post
+
+
 def drive(base: str, token: str, opts: argparse.Namespace) -> dict[str, Any]:
     headers = {"Authorization": f"Bearer {token}"}
     lock = threading.Lock()
@@ -217,6 +248,7 @@ def drive(base: str, token: str, opts: argparse.Namespace) -> dict[str, Any]:
     stop_at = {"t": float("inf")}
 
     def worker(w: int) -> None:
+        post = _stdlib_poster(base, headers) if opts.client == "stdlib" else None
         with httpx.Client(base_url=base, headers=headers, timeout=30) as client:
             start_gate.wait()
             i = 0
@@ -230,10 +262,14 @@ def drive(base: str, token: str, opts: argparse.Namespace) -> dict[str, Any]:
                         measure_from["t"] = time.perf_counter()
                 t0 = time.perf_counter()
                 try:
-                    resp = client.post("/v1/plans", json=manifest(i, w))
-                    ok = resp.status_code == 201 and resp.json()["status"] == "succeeded"
-                    key = "ok" if ok else f"http {resp.status_code}"
-                except httpx.HTTPError as exc:
+                    if post is not None:
+                        status, doc = post(manifest(i, w))
+                    else:
+                        resp = client.post("/v1/plans", json=manifest(i, w))
+                        status, doc = resp.status_code, resp.json()
+                    ok = status == 201 and doc["status"] == "succeeded"
+                    key = "ok" if ok else f"http {status}"
+                except (httpx.HTTPError, OSError, http.client.HTTPException) as exc:
                     key = type(exc).__name__
                 dt = (time.perf_counter() - t0) * 1000
                 i += 1
@@ -282,6 +318,7 @@ def report(result: dict[str, Any], opts: argparse.Namespace) -> None:
         "commit_floor_us": round(result["commit_floor_us"], 1),
         "load_avg": [round(x, 2) for x in result["load_avg"]],
         "submit_threads": opts.submit_threads,
+        "client": opts.client,
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
     }
