@@ -145,6 +145,46 @@ def test_identical_concurrent_calls_share_one_plan_and_distinct_ones_do_not():
     assert {tuple(r.steps[0].params.items()) for r in plans} == {(("n", 1),), (("n", 2),)}
 
 
+def test_a_lone_call_runs_in_the_event_loop_and_concurrent_calls_in_threads():
+    """Calls one at a time take no thread hop; calls at once are governed in threads, all audited."""
+    p = instance(execute=["mcp.flaky.ok"])
+    hops = []
+
+    async def go():
+        async with AsyncExitStack() as stack:
+            proxy, s = await connected(p, stack)
+            await s.list_tools()  # (governed in a thread: not a call)
+            submit = proxy._pool.submit
+
+            def counted(fn, *args, **kwargs):
+                hops.append(fn)
+                return submit(fn, *args, **kwargs)
+
+            proxy._pool.submit = counted
+            alone = [await s.call_tool("ok", {"n": n}) for n in range(3)]
+            hops_alone = len(hops)
+            together = []
+
+            async def call(n):
+                together.append(await s.call_tool("ok", {"n": n}))
+
+            async with anyio.create_task_group() as tg:
+                for n in range(10, 14):
+                    tg.start_soon(call, n)
+            return alone, hops_alone, together
+
+    alone, hops_alone, together = anyio.run(go)
+
+    assert all(not r.is_error for r in alone + together), [text(r) for r in alone + together]
+    assert hops_alone == 0
+    assert hops  # the concurrent calls went through the pool
+    plans = p.gateway.store.list_plans()
+    assert len(plans) == 7 and all(r.status is PlanStatus.SUCCEEDED for r in plans)
+    for r in plans:
+        kinds = [json.loads(e.body)["type"] for e in p.gateway.store.read_events(plan_id=r.plan_id)]
+        assert kinds[-2:] == ["step.succeeded", "plan.finished"], kinds
+
+
 def test_the_client_gets_the_exact_result_and_the_log_a_masked_copy():
     """Floats reach the client as numbers; the log masks the configured pointers."""
     p = instance(execute=["mcp.flaky.numbers"])

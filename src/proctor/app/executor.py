@@ -18,6 +18,11 @@ change commits with its audit event, so any process can pick up where another st
 - **Timeouts.** Handlers run in the caller's thread (no thread hop on the hot path); a watchdog
   thread notices an attempt past its timeout, records ``step.timed_out``, releases the lease
   and hands the plan to ``resume`` on a worker thread, which retries or marks it ``unknown``.
+- **Calls made by the caller.** Inside ``deferred()``, a plan that would run is returned
+  running instead, its step started and recorded; the caller makes the handler's call itself
+  (``next_call``), for instance as a coroutine in its event loop, and hands the outcome back
+  (``complete``), which records it exactly as ``run`` would (retries, saga, fencing). The
+  plan is held meanwhile: its lease is renewed and its timeout watched.
 - **Canary.** An action with a ``canary`` runs first against its staging target; a
   deterministic check decides whether it is promoted to the real params.
 - **Saga.** Compensation is durable too: the plan is ``compensating`` with its reason and
@@ -33,8 +38,10 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -53,7 +60,7 @@ from proctor.errors import ConflictError, InvalidRequestError, RetryableError
 if TYPE_CHECKING:
     from proctor.app.gateway import Gateway
 
-__all__ = ["Executor", "owner_alive", "process_owner_id"]  # owner ids: re-exported
+__all__ = ["Executor", "StepCall", "owner_alive", "process_owner_id"]  # owner ids: re-exported
 
 log = logging.getLogger("proctor.executor")
 
@@ -61,6 +68,10 @@ log = logging.getLogger("proctor.executor")
 # (it can never be erased): the event keeps their hash; the result stays with the plan.
 _UNLOGGED_RESULTS = frozenset({"pii", "health"})
 _WORKING = (PlanStatus.RUNNING, PlanStatus.COMPENSATING)
+
+
+# Set by ``Executor.deferred``: ``run`` then leaves the handler's call to the caller.
+_DEFERRED: ContextVar[bool] = ContextVar("proctor_executor_deferred", default=False)
 
 
 @dataclass(slots=True)
@@ -71,6 +82,27 @@ class _Flight:
     attempts: int
     timeout_at: float | None  # monotonic
     timed_out: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StepCall:
+    """A running step's handler call, made by the caller (``Executor.next_call``).
+
+    Attributes:
+        record: The plan, its step started and recorded.
+        index: The step's index.
+        handler: The handler's path in the catalog.
+        params: The step's params, as approved.
+        call: The call's context (ids, idempotency key).
+    """
+
+    record: PlanRecord
+    index: int
+    handler: str
+    params: Mapping[str, Any]
+    call: ToolCall
+    _token: object
+    _flight: _Flight
 
 
 class Executor:
@@ -185,8 +217,13 @@ class Executor:
     # ------------------------------------------------------------------ running
 
     def run(self, record: PlanRecord) -> PlanRecord:
-        """Run a plan this process holds, from its running step to the end."""
+        """Run a plan this process holds, from its running step to the end.
+
+        Inside ``deferred()`` the plan is returned as it is, for ``next_call``.
+        """
         if record.status is not PlanStatus.RUNNING or not self._mine(record.lease_owner):
+            return record
+        if _DEFERRED.get() and self._deferrable(record):
             return record
         token = self._hold(record.plan_id)
         try:
@@ -202,20 +239,24 @@ class Executor:
             step = record.steps[index]
             spec = self.gw.catalog.require(step.action)
             out = self._invoke(record, step, spec)
-            if out.error is not None and self._should_retry(record, step, spec, out):
-                record = self._retry(record, index, out)
-                continue
-            record = self._record_step(record, index, out)
-            if record.status is PlanStatus.COMPENSATING:
-                return self.saga.rest(record)
-            if record.status is not PlanStatus.RUNNING:
+            record, again = self._settle(record, index, spec, out)
+            if not again:
                 return record
 
-    def _invoke(self, record: PlanRecord, step: StepRecord, spec: ActionSpec) -> Outcome:
-        """Call the handler (after its canary, if any); never raises for a tool failure."""
-        now = self.gw.clock.now()
-        if record.deadline is not None and now > record.deadline:
-            return Outcome(error=f"the plan's deadline passed at {record.deadline.isoformat()}")
+    def _settle(
+        self, record: PlanRecord, index: int, spec: ActionSpec, out: Outcome
+    ) -> tuple[PlanRecord, bool]:
+        """After an attempt: retry it or record it; return the plan and whether to run on."""
+        step = record.steps[index]
+        if out.error is not None and self._should_retry(record, step, spec, out):
+            return self._retry(record, index, out), True
+        record = self._record_step(record, index, out)
+        if record.status is PlanStatus.COMPENSATING:
+            return self.saga.rest(record), False
+        return record, record.status is PlanStatus.RUNNING
+
+    def _flight(self, record: PlanRecord, step: StepRecord, spec: ActionSpec) -> _Flight:
+        """Register an attempt in progress, for the watchdog's timeout."""
         timeout = spec.timeout if spec.timeout is not None else self._opts.step_timeout
         flight = _Flight(
             step.step_id,
@@ -224,8 +265,21 @@ class Executor:
         )
         with self._guard:
             self._flights[record.plan_id] = flight
+        return flight
+
+    def _landed(self, plan_id: str, flight: _Flight) -> None:
+        with self._guard:
+            if self._flights.get(plan_id) is flight:
+                del self._flights[plan_id]
+
+    def _invoke(self, record: PlanRecord, step: StepRecord, spec: ActionSpec) -> Outcome:
+        """Call the handler (after its canary, if any); never raises for a tool failure."""
+        now = self.gw.clock.now()
+        if record.deadline is not None and now > record.deadline:
+            return Outcome(error=f"the plan's deadline passed at {record.deadline.isoformat()}")
+        flight = self._flight(record, step, spec)
+        canary = None
         try:
-            canary = None
             if spec.canary is not None:
                 canary, error = self._canary(record, step, spec)
                 if error is not None:
@@ -234,17 +288,110 @@ class Executor:
                 raise InvalidRequestError(f"action {spec.name!r} has no handler")
             with self.gw.telemetry.stage("step", action=spec.name, step=step.step_id):
                 result = self.gw.tools.run(spec.handler, step.params, self._call(record, step))
-            return Outcome(result=bounded(jsonable(result)), canary=canary)
-        except RetryableError as exc:
-            return Outcome(error=err(exc), retryable=True)
-        except (TimeoutError, ConnectionError) as exc:
-            return Outcome(error=err(exc), retryable=spec.idempotent)
         except Exception as exc:  # noqa: BLE001 - a tool failure is recorded, not raised
-            return Outcome(error=err(exc))
+            return _outcome(spec, error=exc)
         finally:
-            with self._guard:
-                if self._flights.get(record.plan_id) is flight:
-                    del self._flights[record.plan_id]
+            self._landed(record.plan_id, flight)
+        return _outcome(spec, result=result, canary=canary)
+
+    # ------------------------------------------------------------------ calls made by the caller
+
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Within: ``run`` leaves a running plan's next call to the caller.
+
+        This holds for every way in: ``Gateway.submit``, ``confirm``, ``approve``, ``resume``.
+        A step whose call cannot be deferred (a canary) runs as usual. Otherwise the plan
+        comes back running, its step started (``step.started`` recorded), leased to
+        this process: the caller must follow with ``next_call`` and ``complete`` (or ``run``
+        outside this context). A caller that drops it leaves a plan whose lease lapses, as a
+        crash would: ``resume`` retries the step or marks it ``unknown``.
+        """
+        token = _DEFERRED.set(True)
+        try:
+            yield
+        finally:
+            _DEFERRED.reset(token)
+
+    def owns(self, record: PlanRecord) -> bool:
+        """Whether this process holds the plan's lease (as ``record`` says)."""
+        return self._mine(record.lease_owner)
+
+    def _deferrable(self, record: PlanRecord) -> bool:
+        """Whether the running step's call can be left to the caller (a handler, no canary)."""
+        step = next((s for s in record.steps if s.status is StepStatus.RUNNING), None)
+        spec = self.gw.catalog.get(step.action) if step is not None else None
+        # A canary is two calls and a check in between: run() keeps them together.
+        return spec is not None and spec.handler is not None and spec.canary is None
+
+    def next_call(self, record: PlanRecord) -> StepCall | None:
+        """Hold a running plan of this process and return its step's call, for the caller.
+
+        Until ``complete``, the plan's lease is renewed and the attempt's timeout watched, as
+        for a handler that ``run`` calls. A plan past its deadline is failed here instead,
+        as ``run`` would fail it.
+
+        Returns:
+            None when there is no call to make now: the plan is not running under this
+            process's lease, another thread of this process runs it, its step cannot be
+            deferred (``run`` carries it on), or its deadline passed (read it again).
+        """
+        if record.status is not PlanStatus.RUNNING or not self._mine(record.lease_owner):
+            return None
+        if not self._deferrable(record):
+            return None
+        index = next(i for i, s in enumerate(record.steps) if s.status is StepStatus.RUNNING)
+        step = record.steps[index]
+        spec = self.gw.catalog.require(step.action)
+        assert spec.handler is not None  # _deferrable
+        with self._guard:
+            if record.plan_id in self._held:
+                return None  # run by another thread of this process
+        token = self._hold(record.plan_id)
+        if record.deadline is not None and self.gw.clock.now() > record.deadline:
+            out = Outcome(error=f"the plan's deadline passed at {record.deadline.isoformat()}")
+            try:
+                self._settle(record, index, spec, out)
+            except LostLease:
+                pass
+            finally:
+                self._release(record.plan_id, token)
+            return None
+        return StepCall(
+            record=record,
+            index=index,
+            handler=spec.handler,
+            params=step.params,
+            call=self._call(record, step),
+            _token=token,
+            _flight=self._flight(record, step, spec),
+        )
+
+    def complete(
+        self, pending: StepCall, *, result: Any = None, error: BaseException | None = None
+    ) -> PlanRecord:
+        """Record the outcome of a call made by the caller, as ``run`` records a handler's.
+
+        Args:
+            pending: What ``next_call`` returned (each is completed once).
+            result: What the handler returned (JSON-able; masked by the caller if need be).
+            error: What it raised instead (a ``RetryableError``, ``TimeoutError`` or
+                ``ConnectionError`` is retried as ``run`` would).
+
+        Returns:
+            The plan: finished, or still running when a retry or the next step is due
+            (``next_call`` again); a plan lost meanwhile (timed out, taken over) as it is.
+        """
+        record = pending.record
+        self._landed(record.plan_id, pending._flight)
+        try:
+            spec = self.gw.catalog.require(record.steps[pending.index].action)
+            out = _outcome(spec, result=result, error=error)
+            return self._settle(record, pending.index, spec, out)[0]
+        except LostLease as lost:
+            return lost.record
+        finally:
+            self._release(record.plan_id, pending._token)
 
     def _canary(
         self, record: PlanRecord, step: StepRecord, spec: ActionSpec
@@ -784,3 +931,20 @@ class Executor:
         self._stop.set()
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _outcome(
+    spec: ActionSpec, *, result: Any = None, error: BaseException | None = None, canary: Any = None
+) -> Outcome:
+    """The recorded outcome of a handler's call: its result made fit for the log, or its error.
+
+    A failed call's outcome carries no canary record (as it always has: the step's error
+    says what failed).
+    """
+    if error is None:
+        return Outcome(result=bounded(jsonable(result)), canary=canary)
+    if isinstance(error, RetryableError):
+        return Outcome(error=err(error), retryable=True)
+    if isinstance(error, (TimeoutError, ConnectionError)):
+        return Outcome(error=err(error), retryable=spec.idempotent)
+    return Outcome(error=err(error))

@@ -14,11 +14,15 @@ becomes a one-step plan (``proctor.mcp.governance``), then:
   so no other process (``proctor serve``, ``proctor worker``) can reach the server;
 - ``deny``: a tool error with the reasons.
 
-Threads: the gateway is synchronous, the SDK asynchronous. A call is governed in one thread
-of the proxy's pool (plan id lookup, submit, resume); when its step runs, ``McpTools`` hops
-back into the event loop for the upstream call. A client's cancellation cancels that
-upstream call (the step fails, "cancelled by the client"); its progress notifications are
-relayed.
+Threads: the gateway is synchronous, the SDK asynchronous. A call's governance (plan id
+lookup, submit; confirm or resume later) runs under the executor's ``deferred()``: a step
+that is to run comes back started and recorded, and the proxy makes its upstream call in the
+event loop, then hands the outcome to ``Executor.complete`` (``_drive``). The synchronous
+parts run in the event loop itself when no other call is in progress (a thread hop costs
+more than they block), else in a thread of the proxy's pool. A client's cancellation cancels
+the upstream call (the step fails, "cancelled by the client"); its progress notifications
+are relayed. Steps run by the executor's own threads (a resumed plan) reach the event loop
+through ``McpTools``.
 
 Everything else — resources (list, templates, read, subscribe), prompts, completions,
 logging (level and messages), pings, list-changed and resource-updated notifications — is
@@ -36,6 +40,7 @@ import contextvars
 import dataclasses
 import functools
 import logging
+import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -46,6 +51,7 @@ from typing import Any, TypeVar, cast
 
 import anyio
 import mcp_types as types
+import orjson
 from mcp import ClientSession
 from mcp.server.lowlevel import NotificationOptions, Server
 from mcp.server.models import InitializationOptions
@@ -54,6 +60,7 @@ from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from mcp_types import RequestParamsMeta
 
 from proctor._library import Proctor
+from proctor.app.executor import StepCall
 from proctor.core.catalog import ActionSpec
 from proctor.core.lifecycle import PlanRecord, PlanStatus
 from proctor.core.ports import ToolCall
@@ -69,14 +76,13 @@ from proctor.mcp.governance import (
     spec_from_annotations,
 )
 from proctor.mcp.upstream import Upstream
-from proctor.tools.mcp import McpTools, text_of
+from proctor.tools.mcp import McpTools, UpstreamToolError, audit_document, text_of
 
 __all__ = ["McpProxy", "UpstreamConfig", "load_config"]
 
 log = logging.getLogger("proctor.mcp")
 _T = TypeVar("_T")
 _MAX_CLIENTS = 1000
-_MAX_FLIGHTS = 10_000
 _THREADS = 64
 _MAX_PAGES = 1000  # a server that never stops paginating must not hold a request for ever
 _BUSY = frozenset({PlanStatus.RUNNING, PlanStatus.COMPENSATING})
@@ -136,8 +142,10 @@ class McpProxy:
         gw = proctor.gateway
         gw.options = dataclasses.replace(gw.options, runners=gw.options.runners | {"mcp"})
         fallback = gw.tools.fallback if isinstance(gw.tools, McpTools) else gw.tools
-        self.mcp_tools = McpTools(fallback, self._forward)
+        self.mcp_tools: McpTools = _LoopTools(fallback, self._forward)
         gw.tools = self.mcp_tools
+        # Handler path -> (server, tool, result masks): the calls _drive makes itself.
+        self._targets: dict[str, tuple[str, str, tuple[str, ...]]] = {}
 
     def _setup(
         self,
@@ -163,8 +171,9 @@ class McpProxy:
         self._declared: dict[str, ActionSpec | None] = {}
         self._clients: OrderedDict[int, Any] = OrderedDict()  # connection -> a session on it
         self._flights: dict[str, _Flight] = {}  # call key -> the call in progress
-        # Each governed call holds a thread while its upstream call runs (as long as the
-        # tool takes): calls beyond the pool's size queue.
+        self._active = 0  # tools/call requests in progress
+        # The governance of calls made while others are in progress (the upstream calls
+        # themselves run in the event loop), list filtering, approval polls.
         self._pool = ThreadPoolExecutor(max_workers=_THREADS, thread_name_prefix="proctor-mcp")
 
     @property
@@ -275,9 +284,9 @@ class McpProxy:
         catalog = self.proctor.gateway.catalog
         handler = f"{name}:handler"
         config = self.configs.get(server)
-        self.mcp_tools.bind(
-            handler, server, tool.name, mask_result=config.mask_result if config else ()
-        )
+        masks = tuple(config.mask_result) if config else ()
+        self.mcp_tools.bind(handler, server, tool.name, mask_result=masks)
+        self._targets[handler] = (server, tool.name, masks)
         if name not in self._declared:
             # What the catalog files say, remembered before the first registration replaces
             # it: a later tools/list_changed must not lose the declared category or masks.
@@ -310,8 +319,6 @@ class McpProxy:
         limit = self._call_timeout(server, tool)
         key = _key_of(call.plan_id)
         flight = self._flights.get(key) or _Flight()
-        if flight.cancelled and self._flights.get(key) is flight:
-            del self._flights[key]
         scope = anyio.CancelScope()
         flight.scopes.add(scope)
         if flight.cancelled:
@@ -502,27 +509,31 @@ class McpProxy:
             arguments=arguments,
         )
         self._flights[key] = flight
+        self._active += 1
         try:
             try:
-                rec = await self._in_thread(
-                    functools.partial(self._govern, key, build, traceparent), flight
+                rec = await self._governed(
+                    functools.partial(self._govern, key, build, traceparent),
+                    inline=self._inline(action),
                 )
+                rec, raw = await self._drive(rec)
             except ProctorError as exc:  # refused (bad arguments, ...): audited by the gateway
                 return tool_error(tool_error_text(exc))
-            return await self._settle(ctx, rec, flight)
+            return await self._settle(ctx, rec, raw)
+        except anyio.get_cancelled_exc_class():
+            # The client cancelled: an upstream call made for this one by the executor's
+            # own threads (McpTools, a resumed plan) stops too; _drive's is cancelled already.
+            flight.cancel()
+            raise
         finally:
-            # A cancelled call's flight stays until its thread reaches the upstream call
-            # (``_forward`` removes it), so that call starts cancelled.
-            if self._flights.get(key) is flight and not flight.cancelled:
+            self._active -= 1
+            if self._flights.get(key) is flight:
                 del self._flights[key]
-            if len(self._flights) > _MAX_FLIGHTS:
-                for k in [k for k, f in self._flights.items() if f.cancelled]:
-                    del self._flights[k]
 
     def _govern(
         self, key: str, build: Callable[..., dict[str, Any]], traceparent: str | None
     ) -> PlanRecord:
-        """In a worker thread: find the call's plan, submit it, run it if it is queued here."""
+        """Find the call's plan, submit it, claim it if it is queued here (see ``_governed``)."""
         gw = self.proctor.gateway
         plan_id = current_plan_id(key, gw.store.get_plan)
         rec = gw.submit(build(plan_id=plan_id), traceparent=traceparent)
@@ -533,8 +544,104 @@ class McpProxy:
         if rec.status is not PlanStatus.RUNNING:
             return rec
         gw = self.proctor.gateway
+        if gw.executor.owns(rec):
+            return rec  # started here: _drive makes its call
         resumed = gw.executor.resume(rec.plan_id)
         return resumed if resumed is not None else gw.get(rec.plan_id)
+
+    def _inline(self, action: str) -> bool:
+        """Whether a call's governance may block the event loop: nothing else is in progress.
+
+        NOTE(mcp): the synchronous parts of a call (about 1-2 ms in all: Rego, signed
+        events, the final durable commit) then hold the loop, which saves the four thread
+        hops a call took before; with other calls in progress they go to a thread, so none
+        waits for another's. A canary's calls are made by the executor itself (through
+        ``McpTools``, which waits for the loop): never in the loop.
+        """
+        if self._active > 1:
+            return False
+        spec = self.proctor.gateway.catalog.get(action)
+        return spec is None or spec.canary is None
+
+    async def _governed(self, fn: Callable[[], _T], *, inline: bool = False) -> _T:
+        """Run a synchronous governance step under the executor's ``deferred()``, to its end.
+
+        A step it starts comes back running for ``_drive``. Shielded: a plan started here
+        must reach ``_drive``, which sees the client's cancellation and records it.
+        """
+        executor = self.proctor.gateway.executor
+
+        def deferred() -> _T:
+            with executor.deferred():
+                return fn()
+
+        if inline:
+            return deferred()
+        return await self._recorded(deferred)
+
+    async def _drive(self, rec: PlanRecord) -> tuple[PlanRecord, types.CallToolResult | None]:
+        """Make the calls of a plan started here, in the event loop; record each outcome.
+
+        Returns:
+            The plan as it ends here, and the upstream's last result (None if none).
+        """
+        executor = self.proctor.gateway.executor
+        raw: types.CallToolResult | None = None
+        while rec.status is PlanStatus.RUNNING and executor.owns(rec):
+            pending = executor.next_call(rec)
+            if pending is None:
+                # Run by another call in this process, or failed past its deadline.
+                return await self._in_thread(
+                    functools.partial(self.proctor.gateway.get, rec.plan_id)
+                ), raw
+            rec, raw = await self._make(pending)
+        return rec, raw
+
+    async def _make(self, pending: StepCall) -> tuple[PlanRecord, types.CallToolResult | None]:
+        """Make one step's call and record its outcome (the masked result, or the error)."""
+        complete = self.proctor.gateway.executor.complete
+        target = self._targets.get(pending.handler)
+        if target is None:  # not an upstream tool (a Python handler): in a thread
+            return await self._recorded(functools.partial(self._call_here, pending)), None
+        server, tool, masks = target
+        # A deep copy, as McpTools makes: the recorded params stay exactly what was approved.
+        arguments = orjson.loads(orjson.dumps(dict(pending.params)))
+        step = pending.record.steps[pending.index]
+        try:
+            with self.proctor.gateway.telemetry.stage(
+                "step", action=step.action, step=step.step_id
+            ):
+                raw = await self._forward(server, tool, arguments, pending.call)
+        except anyio.get_cancelled_exc_class():
+            cancelled = RuntimeError("cancelled by the client")
+            await self._recorded(functools.partial(complete, pending, error=cancelled))
+            raise
+        except Exception as exc:  # noqa: BLE001 - the step failed: recorded as such
+            return await self._recorded(functools.partial(complete, pending, error=exc)), None
+        if raw.is_error:
+            failed = UpstreamToolError(f"the upstream tool failed: {text_of(raw)[:400]}")
+            return await self._recorded(functools.partial(complete, pending, error=failed)), raw
+        done = functools.partial(complete, pending, result=audit_document(raw, masks))
+        # A success records in one commit (no retry, no backoff): in the loop when it is free.
+        return (done() if self._active <= 1 else await self._recorded(done)), raw
+
+    def _call_here(self, pending: StepCall) -> PlanRecord:
+        """Call a handler that is not an upstream tool, in this thread; record its outcome."""
+        complete = self.proctor.gateway.executor.complete
+        try:
+            result = self.mcp_tools.run(pending.handler, pending.params, pending.call)
+        except Exception as exc:  # noqa: BLE001 - recorded as the step's failure
+            return complete(pending, error=exc)
+        return complete(pending, result=result)
+
+    async def _recorded(self, fn: Callable[[], _T]) -> _T:
+        """Run ``fn`` in a gateway thread to its end, whatever happens to the request meanwhile.
+
+        A cancellation meanwhile is delivered afterwards (at the request's next await).
+        """
+        with anyio.CancelScope(shield=True):
+            result = await self._in_thread(fn)
+        return result
 
     def _audit_unknown(self, name: str, client: str) -> None:
         """Record a call to a tool nobody offers: a rejected plan in the audit log."""
@@ -557,50 +664,45 @@ class McpProxy:
         except ProctorError as exc:  # pragma: no cover - the store failed: still answer
             log.warning("could not audit a call to unknown tool %r: %s", name, exc)
 
-    async def _in_thread(self, fn: Callable[[], _T], flight: _Flight | None = None) -> _T:
-        """Run ``fn`` in a gateway thread; a cancellation meanwhile cancels the upstream call.
+    async def _in_thread(self, fn: Callable[[], _T]) -> _T:
+        """Run ``fn`` in a gateway thread (abandoned, not interrupted, on cancellation).
 
         The pool is ours rather than anyio's worker threads: a hop through asyncio's
         executor costs about 85 µs at p50 and 0.2 ms at p99 here, anyio's about 0.1-0.2 ms
-        and 3-4 ms at p99 (bench/mcp.py), and a governed call makes two round trips.
+        and 3-4 ms at p99 (bench/mcp.py).
         """
         loop = asyncio.get_running_loop()
         call = functools.partial(contextvars.copy_context().run, fn)
-        try:
-            # Awaiting the executor's future abandons it on cancellation: the cancellation is
-            # delivered here at once while the thread carries on.
-            result: _T = await loop.run_in_executor(self._pool, call)
-            return result
-        except anyio.get_cancelled_exc_class():
-            # The client cancelled (notifications/cancelled): the thread cannot be
-            # interrupted, the upstream call it waits for can, and the step then fails
-            # and is audited as cancelled.
-            if flight is not None:
-                flight.cancel()
-            raise
+        result: _T = await loop.run_in_executor(self._pool, call)
+        return result
 
-    async def _settle(self, ctx: Any, rec: PlanRecord, flight: _Flight) -> types.CallToolResult:
+    async def _settle(
+        self, ctx: Any, rec: PlanRecord, raw: types.CallToolResult | None
+    ) -> types.CallToolResult:
         gw = self.proctor.gateway
         if rec.status is PlanStatus.AWAITING_CONFIRMATION:
-            rec = await self._confirm(ctx, rec, flight)
+            rec, raw = await self._drive(await self._confirm(ctx, rec))
         deadline = anyio.current_time() + self.approval_wait
         while rec.status is PlanStatus.AWAITING_APPROVAL and anyio.current_time() < deadline:
             await anyio.sleep(min(0.2, max(0.0, deadline - anyio.current_time())))
             rec = await self._in_thread(functools.partial(gw.get, rec.plan_id))
             if rec.status is PlanStatus.RUNNING:
-                rec = await self._in_thread(functools.partial(self._run_queued, rec), flight)
+                rec, raw = await self._drive(
+                    await self._governed(functools.partial(self._run_queued, rec))
+                )
         # Running under another owner: an identical call at the same moment (one plan for
         # both), or another proxy on this home. Wait for its end rather than answer "running".
         deadline = anyio.current_time() + self._step_timeout() + 5.0
         while rec.status in _BUSY and anyio.current_time() < deadline:
             await anyio.sleep(0.05)
             rec = await self._in_thread(functools.partial(gw.get, rec.plan_id))
-        return self._answer(rec)
+        return self._answer(rec, raw)
 
-    def _answer(self, rec: PlanRecord) -> types.CallToolResult:
-        """The client's answer for a plan as it stands."""
+    def _answer(self, rec: PlanRecord, raw: types.CallToolResult | None) -> types.CallToolResult:
+        """The client's answer for a plan as it stands (``raw``: the upstream's, if called)."""
         step = rec.steps[0]
-        raw = self.mcp_tools.take_result(f"{rec.plan_id}:{step.step_id}")
+        kept = self.mcp_tools.take_result(f"{rec.plan_id}:{step.step_id}")  # run by McpTools
+        raw = raw if raw is not None else kept
         if rec.status is PlanStatus.SUCCEEDED:
             if raw is not None:
                 return raw
@@ -639,7 +741,7 @@ class McpProxy:
             detail = text_of(raw) or detail
         return tool_error(f"the call {rec.status.value} ({rec.plan_id}): {detail}")
 
-    async def _confirm(self, ctx: Any, rec: PlanRecord, flight: _Flight) -> PlanRecord:
+    async def _confirm(self, ctx: Any, rec: PlanRecord) -> PlanRecord:
         caps = ctx.session.client_params.capabilities if ctx.session.client_params else None
         if caps is None or caps.elicitation is None:
             return rec
@@ -662,7 +764,7 @@ class McpProxy:
                 rec.on_behalf_of,
                 comment="confirmed in the MCP client",
             )
-            return await self._in_thread(lambda: self._run_queued(confirm()), flight)
+            return await self._governed(lambda: self._run_queued(confirm()))
         return await self._in_thread(
             functools.partial(
                 self.proctor.reject,
@@ -671,6 +773,31 @@ class McpProxy:
                 comment=f"{answer.action} in the MCP client",
             )
         )
+
+
+class _LoopTools(McpTools):
+    """``McpTools`` that fails a call made from the event loop's thread instead of hanging.
+
+    Governance runs in the loop only for calls ``McpProxy._drive`` makes itself; a handler
+    that waited there for the loop would wait for ever.
+    """
+
+    _loop_thread: int | None = None
+
+    def start(self) -> None:
+        """Remember the running event loop and its thread."""
+        super().start()
+        self._loop_thread = threading.get_ident()
+
+    def run(self, path: str, params: Mapping[str, Any], call: ToolCall) -> Any:
+        """Call the handler at ``path`` (see ``McpTools.run``).
+
+        Raises:
+            RuntimeError: an upstream call from the event loop's own thread.
+        """
+        if self._loop_thread == threading.get_ident() and self.bound(path):
+            raise RuntimeError("an MCP step cannot wait for the event loop in its own thread")
+        return super().run(path, params, call)
 
 
 async def _list_page(
