@@ -237,6 +237,34 @@ class TestHotReload:
         assert r.code == 1, str(r)
         assert "crashed (signal SIGSEGV)" in r.err, str(r)
 
+    def test_the_start_up_check_skips_the_default_bundle_and_reports_contract_problems(
+        self, fresh_home, monkeypatch
+    ):
+        """The packaged bundle, unchanged, is not compiled in a child (it is known good); a
+        custom one is, and its contract violations come back for serve to print."""
+        import proctor.app.policy_reload as policy_reload
+        from proctor.bootstrap import precheck_policy
+
+        real = policy_reload.validate_bundle
+        calls: list[object] = []
+
+        def counting(*args, **kwargs):
+            calls.append(args[1])
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(policy_reload, "validate_bundle", counting)
+        assert precheck_policy(fresh_home) == [] and calls == []
+
+        bundle = fresh_home / "policy"
+        for path in bundle.glob("*.rego"):
+            path.unlink()
+        (bundle / "p.rego").write_text(
+            'package proctor\n\nimport rego.v1\n\ndecision := {"steps": {}, "plan": {}}\n'
+        )
+        problems = precheck_policy(fresh_home)
+        assert calls == [bundle]
+        assert problems and any("no decision" in p for p in problems), problems
+
     def test_a_bundle_that_crashes_the_engine_is_refused_and_the_process_lives(self, fresh_home):
         """The reloader compiles a new bundle in a child process first: one that crashes
         rego-cpp is refused (policy.rejected) and this process keeps its policy."""
