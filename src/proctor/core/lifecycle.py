@@ -99,9 +99,9 @@ _R = TypeVar("_R", "StepRecord", "PlanRecord")
 def _evolve(record: _R, changes: Mapping[str, Any]) -> _R:
     """``dataclasses.replace`` for the records below, at about half its cost.
 
-    A plan moves through 8-12 copies on its way to ``succeeded``; ``replace`` rebuilds the
-    field list and goes through ``__init__``'s keyword parsing on every one (15 µs for a
-    ``PlanRecord`` here, 7 µs this way). Valid only for frozen, slotted dataclasses without
+    A single-step plan goes through seven of these copies on its way to ``succeeded``;
+    ``replace`` rebuilds the field list and goes through ``__init__``'s keyword parsing on
+    every one (15 µs for a ``PlanRecord`` here, 7 µs this way). Valid only for frozen, slotted dataclasses without
     ``__post_init__`` or ``InitVar`` fields, which these records are (a test keeps them so).
     """
     cls = type(record)
