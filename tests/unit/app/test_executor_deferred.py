@@ -44,6 +44,16 @@ def plan(m="hi"):
     }
 
 
+def started(p):
+    """Submit under ``deferred()`` and take the step's call: (executor, plan, call)."""
+    ex = p.gateway.executor
+    with ex.deferred():
+        rec = p.gateway.submit(plan())
+    pending = ex.next_call(rec)
+    assert pending is not None
+    return ex, rec, pending
+
+
 def types_of(p, plan_id):
     return [json.loads(e.body)["type"] for e in p.gateway.store.read_events(plan_id=plan_id)]
 
@@ -78,11 +88,7 @@ class TestDeferred:
     def test_complete_records_the_result_and_finishes_the_plan(self):
         """The caller's result is recorded in step.succeeded and the plan finishes."""
         p, ran = instance()
-        ex = p.gateway.executor
-        with ex.deferred():
-            rec = p.gateway.submit(plan())
-        pending = ex.next_call(rec)
-        assert pending is not None
+        ex, rec, pending = started(p)
 
         done = ex.complete(pending, result={"echo": "from the caller"})
 
@@ -95,11 +101,7 @@ class TestDeferred:
     def test_a_failure_is_recorded_with_its_error(self):
         """An error the caller hands back fails the step with that error, audited."""
         p, _ = instance()
-        ex = p.gateway.executor
-        with ex.deferred():
-            rec = p.gateway.submit(plan())
-        pending = ex.next_call(rec)
-        assert pending is not None
+        ex, rec, pending = started(p)
 
         done = ex.complete(pending, error=ValueError("kaput"))
 
@@ -111,11 +113,7 @@ class TestDeferred:
     def test_a_retryable_failure_is_retried_under_the_same_plan(self, error):
         """A timeout (idempotent action) or RetryableError: a new attempt, then success."""
         p, _ = instance(idempotent=True)
-        ex = p.gateway.executor
-        with ex.deferred():
-            rec = p.gateway.submit(plan())
-        first = ex.next_call(rec)
-        assert first is not None
+        ex, rec, first = started(p)
 
         again = ex.complete(first, error=error)
         second = ex.next_call(again)
@@ -130,11 +128,7 @@ class TestDeferred:
     def test_a_timeout_of_a_non_idempotent_action_is_not_retried(self):
         """A call that may have happened is never repeated behind the caller's back."""
         p, _ = instance(idempotent=False)
-        ex = p.gateway.executor
-        with ex.deferred():
-            rec = p.gateway.submit(plan())
-        pending = ex.next_call(rec)
-        assert pending is not None
+        ex, rec, pending = started(p)
 
         done = ex.complete(pending, error=TimeoutError("slow"))
 
@@ -144,12 +138,8 @@ class TestDeferred:
     def test_one_call_at_a_time_per_plan(self):
         """While one caller holds the plan's call, a second next_call gets nothing."""
         p, _ = instance()
-        ex = p.gateway.executor
-        with ex.deferred():
-            rec = p.gateway.submit(plan())
-        pending = ex.next_call(rec)
+        ex, rec, pending = started(p)
 
-        assert pending is not None
         assert ex.next_call(rec) is None
         done = ex.complete(pending, result={"echo": "hi"})
         assert ex.next_call(done) is None  # finished: nothing to call
