@@ -101,8 +101,9 @@ def _evolve(record: _R, changes: Mapping[str, Any]) -> _R:
 
     A single-step plan goes through seven of these copies on its way to ``succeeded``;
     ``replace`` rebuilds the field list and goes through ``__init__``'s keyword parsing on
-    every one (15 µs for a ``PlanRecord`` here, 7 µs this way). Valid only for frozen, slotted dataclasses without
-    ``__post_init__`` or ``InitVar`` fields, which these records are (a test keeps them so).
+    every one (15 µs for a ``PlanRecord`` here, 7 µs this way). Valid only for frozen,
+    slotted dataclasses without ``__post_init__`` or ``InitVar`` fields, which these records
+    are (a test keeps them so).
     """
     cls = type(record)
     names = _FIELD_NAMES.get(cls)
