@@ -1,7 +1,8 @@
 """End-to-end plans per second over HTTP against a real ``proctor serve`` subprocess.
 
 A fresh instance (SQLite, WAL, synchronous=FULL: every acknowledged plan is durable) is
-served by ``proctor serve`` on 127.0.0.1 (a free port, no access log). N client threads,
+served by ``proctor serve --workers 2`` (one worker process per core; ``--workers 1`` for a
+single process) on 127.0.0.1 (a free port, no access log). N client threads,
 each with its own keep-alive connection, submit single-step plans that the default policy
 routes to ``execute`` (``travel.search``) with an agent's API token. The run is bounded by a
 plan count and a duration.
@@ -9,7 +10,7 @@ plan count and a duration.
 The machine's state is printed with the figures, because on a shared 2-core machine it
 moves them more than most code changes do: the load average, and the median cost of one
 durable SQLite commit (WAL, synchronous=FULL) in the same directory just before the run.
-The server commits once per plan under its store lock, so when that floor rises from its
+The server commits once per plan under its store's write lock, so when that floor rises from its
 usual ~0.25 ms to several ms (other processes fsyncing), it caps plans/s at about its
 inverse. Compare runs made under similar conditions, and quote medians of several.
 
@@ -18,7 +19,7 @@ the standard library's ``http.client`` (``--client httpx`` for httpx, which cost
 cores about 1 ms more CPU per request). Each request is timed from send to parsed response.
 
 Usage: python bench/http.py [--plans 3000] [--seconds 30] [--clients 16] [--warmup 200]
-       [--submit-threads N] [--client stdlib|httpx]
+       [--submit-threads N] [--workers N] [--client stdlib|httpx]
 Prints a table, then one JSON object as the last line.
 """
 
@@ -73,13 +74,24 @@ def run(args: list[str], env: dict[str, str]) -> str:
     return done.stdout
 
 
-def server_cpu(pid: int) -> float | None:
-    """CPU seconds (user + system) of a process so far, from /proc (Linux only)."""
+def _stat(pid: int | str) -> list[str] | None:
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def server_cpu(pid: int) -> float | None:
+    """CPU seconds (user + system) of the server and its worker processes, from /proc."""
+    fields = _stat(pid)
+    if fields is None:
+        return None
+    ticks = int(fields[11]) + int(fields[12])
+    for entry in Path("/proc").iterdir():  # --workers N: the forked workers
+        child = _stat(entry.name) if entry.name.isdigit() else None
+        if child is not None and child[1] == str(pid):
+            ticks += int(child[11]) + int(child[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def commit_floor_us(directory: Path, synchronous: str, n: int = 200) -> float:
@@ -133,6 +145,12 @@ def main() -> None:
         "--submit-threads", type=int, default=None, help="proctor serve --submit-threads"
     )
     ap.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="proctor serve --workers (default 2: one per core of the 2-core machines here)",
+    )
+    ap.add_argument(
         "--client",
         choices=["stdlib", "httpx"],
         default="stdlib",
@@ -178,6 +196,8 @@ def main() -> None:
                 "--log-level",
                 "warning",
                 "--access-log" if opts.access_log else "--no-access-log",
+                "--workers",
+                str(opts.workers),
                 *(
                     ["--submit-threads", str(opts.submit_threads)]
                     if opts.submit_threads is not None
@@ -318,13 +338,14 @@ def report(result: dict[str, Any], opts: argparse.Namespace) -> None:
         "commit_floor_us": round(result["commit_floor_us"], 1),
         "load_avg": [round(x, 2) for x in result["load_avg"]],
         "submit_threads": opts.submit_threads,
+        "workers": opts.workers,
         "client": opts.client,
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
     }
     print(
-        f"http: {n} single-step execute plans, {opts.clients} clients, SQLite "
-        f"synchronous={opts.synchronous}, loopback"
+        f"http: {n} single-step execute plans, {opts.clients} clients, "
+        f"proctor serve --workers {opts.workers}, SQLite synchronous={opts.synchronous}, loopback"
     )
     print(f"{'figure':<28}{'value':>10}   target")
     print(f"{'throughput (plans/s)':<28}{out['plans_per_s']:>10}   >= {TARGETS['plans_per_s']}")

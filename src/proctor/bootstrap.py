@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from importlib import resources
@@ -257,6 +258,22 @@ def start_policy_reloader(gateway: Gateway, home: Path, *, interval: float = 2.0
     reloader = PolicyReloader(gateway, bundle, RegoPolicyEngine.from_directory, interval=interval)
     reloader.start()
     return reloader
+
+
+def wal_checkpointer(home: Path) -> Callable[[Callable[[], bool]], int] | None:
+    """The WAL checkpointer of ``proctor serve --workers N`` for this instance's store.
+
+    Returns ``run(stop)`` (``proctor.storage.sqlite.checkpoint_wal`` on the instance's
+    SQLite file, until ``stop()``), or None when the store is not SQLite.
+    """
+    settings = load(home)
+    url = settings.database_url
+    if not url.startswith("sqlite:///"):
+        return None
+    from proctor.storage.sqlite import checkpoint_wal
+
+    path, synchronous = url.removeprefix("sqlite:///"), settings.synchronous
+    return lambda stop: checkpoint_wal(path, stop=stop, synchronous=synchronous)
 
 
 def policy_tools() -> Any:

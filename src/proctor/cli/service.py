@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import signal
+import socket
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any
@@ -15,6 +18,7 @@ from proctor._library import Proctor
 from proctor.app.tokens import TokenService
 from proctor.cli.render import console, print_json
 from proctor.config import home_from
+from proctor.errors import InvalidRequestError
 
 __all__ = ["serve", "tokens_app"]
 
@@ -86,6 +90,17 @@ def serve(
             " stuck in a slow tool (docs/http.md, Performance).",
         ),
     ] = 16,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            envvar="PROCTOR_WORKERS",
+            min=1,
+            max=64,
+            help="Server processes sharing the port and the instance; one uses one core"
+            " (docs/http.md, Workers).",
+        ),
+    ] = 1,
     verbose: Verbose = False,
 ) -> int:
     """Run the HTTP API (docs/http.md) and the worker (timers, recovery of interrupted plans).
@@ -96,12 +111,8 @@ def serve(
     """
     import dataclasses
 
-    import uvicorn
-
-    from proctor.app.worker import Worker
-    from proctor.bootstrap import precheck_policy, start_dispatcher, start_policy_reloader
-    from proctor.config import load as load_settings
-    from proctor.http import create_app, load_http_settings  # needs the `server` extra
+    from proctor.bootstrap import precheck_policy
+    from proctor.http import load_http_settings  # needs the `server` extra
 
     path = home_from(home)
     settings = dataclasses.replace(load_http_settings(path), submit_threads=submit_threads)
@@ -109,46 +120,133 @@ def serve(
     # (InvalidPolicyError, exit 1) instead of killing this process.
     for problem in precheck_policy(path):
         print(f"warning: the policy breaks the decision contract: {problem}", file=sys.stderr)
-    proctor = Proctor.open(path)
-    if log_format or load_settings(path).log_format == "json":
+    options = _ServeOptions(
+        path=path,
+        settings=settings,
+        host=host,
+        port=port,
+        unsafe_no_auth=unsafe_no_auth,
+        access_log=access_log,
+        json_logs=log_format,
+        log_level=log_level.lower(),
+    )
+    if unsafe_no_auth:
+        print(_UNSAFE_BANNER.format(url=f"http://{host}:{port}"), file=sys.stderr)
+    if workers == 1:
+        return _serve_one(options)
+    from proctor.cli.prefork import bind, run_workers
+
+    try:
+        sock = bind(host, port)
+    except OSError as exc:
+        raise InvalidRequestError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+            field="port",
+            hint="Choose a free port with --port.",
+        ) from exc
+    print(
+        f"proctor serve: {workers} worker processes on http://{host}:{sock.getsockname()[1]}",
+        file=sys.stderr,
+    )
+    return run_workers(
+        workers,
+        sock,
+        lambda index, channel: _serve_one(options, channel=channel),
+        sidecar=_wal_checkpointer(path),
+    )
+
+
+def _wal_checkpointer(home: Path) -> Callable[[socket.socket], int] | None:
+    """The sidecar that keeps an SQLite WAL short for the workers (docs/http.md, Workers)."""
+    from proctor.bootstrap import wal_checkpointer
+
+    run = wal_checkpointer(home)
+    if run is None:
+        return None  # PostgreSQL checkpoints by itself
+
+    def sidecar(channel: socket.socket) -> int:
+        import select
+        import threading
+
+        stopped = threading.Event()
+        signal.signal(signal.SIGTERM, lambda signum, frame: stopped.set())
+        # Until SIGTERM from the parent, or the parent is gone (end of file on the channel).
+        run(lambda: stopped.is_set() or bool(select.select([channel], [], [], 0)[0]))
+        return 0
+
+    return sidecar
+
+
+@dataclass(frozen=True, slots=True)
+class _ServeOptions:
+    path: Path
+    settings: Any
+    host: str
+    port: int
+    unsafe_no_auth: bool
+    access_log: bool
+    json_logs: bool
+    log_level: str
+
+
+def _serve_one(o: _ServeOptions, *, channel: socket.socket | None = None) -> int:
+    """Serve until SIGINT or SIGTERM.
+
+    On ``--host``/``--port``, or, as one worker of ``--workers N``, the connections the
+    parent passes over ``channel``.
+    """
+    import uvicorn
+
+    from proctor.app.worker import Worker
+    from proctor.bootstrap import start_dispatcher, start_policy_reloader
+    from proctor.cli.prefork import Server
+    from proctor.config import load as load_settings
+    from proctor.http import create_app
+
+    caught: list[int] = []
+
+    def note(signum: int, frame: FrameType | None) -> None:
+        # Before uvicorn runs (the instance is opening) a signal is noted and stops the
+        # server as soon as it starts. uvicorn handles SIGINT/SIGTERM while it runs, then
+        # re-raises the signal once it has shut down; this handler receives that too, so
+        # the cleanup below still runs.
+        caught.append(signum)
+
+    previous: dict[int, Any] = {
+        sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        proctor = Proctor.open(o.path)
+    except BaseException:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        raise
+    if o.json_logs or load_settings(o.path).log_format == "json":
         from proctor.app.logs import EventLogListener, configure_json_logging
 
         configure_json_logging()
         proctor.gateway.listeners.append(EventLogListener())
     try:
-        app = create_app(proctor, settings=settings, unsafe_no_auth=unsafe_no_auth)
-        if unsafe_no_auth:
-            print(_UNSAFE_BANNER.format(url=f"http://{host}:{port}"), file=sys.stderr)
-        server = uvicorn.Server(
-            uvicorn.Config(
-                app,
-                host=host,
-                port=port,
-                # Client addresses key the failed-authentication limit: a forwarded header
-                # from any local process must not be able to choose its own address.
-                proxy_headers=False,
-                server_header=False,
-                access_log=access_log,
-                log_level=log_level.lower(),
-                timeout_graceful_shutdown=10,
-                lifespan="off",
-            )
+        app = create_app(proctor, settings=o.settings, unsafe_no_auth=o.unsafe_no_auth)
+        config = uvicorn.Config(
+            app,
+            host=o.host,
+            port=o.port,
+            # Client addresses key the failed-authentication limit: a forwarded header
+            # from any local process must not be able to choose its own address.
+            proxy_headers=False,
+            server_header=False,
+            access_log=o.access_log,
+            log_level=o.log_level,
+            timeout_graceful_shutdown=10,
+            lifespan="off",
         )
+        server = Server(config, channel=channel, stop_requested=lambda: bool(caught))
         worker = Worker(proctor.gateway)
-        caught: list[int] = []
-
-        def note(signum: int, frame: FrameType | None) -> None:
-            # uvicorn handles SIGINT/SIGTERM while it runs, then re-raises the signal once it
-            # has shut down; this handler receives it so the cleanup below still runs.
-            caught.append(signum)
-
-        previous: dict[int, Any] = {
-            sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)
-        }
         worker.start()
         # The webhook outbox is sent from a background thread; without webhooks it idles.
         dispatcher = start_dispatcher(proctor.gateway)
-        reloader = start_policy_reloader(proctor.gateway, path)
+        reloader = start_policy_reloader(proctor.gateway, o.path)
         try:
             server.run()
         finally:
@@ -156,9 +254,9 @@ def serve(
             dispatcher.stop()
             reloader.stop()
             worker.stop()
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         proctor.close()
     return 0
 
