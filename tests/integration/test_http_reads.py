@@ -201,3 +201,18 @@ class TestAudit:
         assert [d["delivery_id"] for d in deliveries] == ["d1", "d0"]
         assert deliveries[0]["payload"] == '{"ok": true}'
         assert deliveries[0]["status"] == "dead"
+
+
+async def test_an_unsigned_log_publishes_no_keys():
+    """``/v1/audit/keys`` of an unsigned in-memory instance lists no key (it has none)."""
+    with Proctor.in_memory(audit_signatures=False) as p:
+        token = TokenService(p.gateway.store, p.gateway.clock).create(name="aud", roles=["auditor"])
+        transport = httpx.ASGITransport(app=create_app(p))
+        async with httpx.AsyncClient(transport=transport, base_url="http://proctor") as client:
+            resp = await client.get(
+                "/v1/audit/keys", headers={"Authorization": f"Bearer {token.token}"}
+            )
+
+    assert resp.status_code == 200
+    assert resp.json()["keys"] == []
+    assert resp.json()["vkeys"] == []

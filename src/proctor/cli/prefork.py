@@ -186,8 +186,9 @@ def run_workers(
                         conn, _ = listener.accept()
                     except (BlockingIOError, InterruptedError):
                         break
-                    except OSError as exc:  # EMFILE and the like: refuse this one, go on
+                    except OSError as exc:  # EMFILE and the like: wait a moment, go on
                         say(f"accept failed: {exc}")
+                        time.sleep(0.1)  # the socket stays readable: do not spin
                         break
                     takers = [w for w in workers.values() if w.index >= 0]
                     turn = _hand_over(conn, takers, turn)

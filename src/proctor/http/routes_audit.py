@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 from starlette.responses import Response
 
+from proctor.audit.events import UNSIGNED
 from proctor.core.notifications import DeliveryStatus
 from proctor.core.principals import Principal, may_admin, may_read_audit
 from proctor.errors import NotFoundError, PermissionDeniedError
@@ -131,6 +132,7 @@ def router(ctx: Context) -> APIRouter:
                 "current": key_id == current,
             }
             for key_id, info in proctor.key_infos.items()
+            if key_id != UNSIGNED  # an unsigned log (in memory) has no key to publish
         ]
         return json_response({"origin": proctor.origin, "vkeys": proctor.vkeys(), "keys": keys})
 

@@ -54,7 +54,7 @@ class _Tx:
         self._tokens: dict[str, TokenRecord] = {}
         self._deliveries: dict[str, Delivery] = {}
         self._state: dict[tuple[str, str], Any] = {}
-        self._counters: dict[tuple[str, str], tuple[int, int]] = {}
+        self._counters: dict[str, dict[str, tuple[int, int]]] = {}  # name → bucket → (n, sum)
 
     def get_plan(self, plan_id: str) -> PlanRecord | None:
         return self._plans.get(plan_id) or self._store._plans.get(plan_id)
@@ -141,22 +141,21 @@ class _Tx:
         self._state[(kind, key)] = copy.deepcopy(value)
 
     def bump(self, name: str, bucket: str, *, count: int = 1, amount: int = 0) -> tuple[int, int]:
-        k = (name, bucket)
-        c, a = self._counters.get(k) or self._store._counters.get(k, (0, 0))
-        self._counters[k] = (c + count, a + amount)
-        return self._counters[k]
+        mine = self._counters.setdefault(name, {})
+        c, a = mine.get(bucket) or self._store._counters.get(name, {}).get(bucket, (0, 0))
+        mine[bucket] = (c + count, a + amount)
+        return mine[bucket]
 
     def counter_sum(self, name: str, since: str) -> tuple[int, int]:
-        merged = {**self._store._counters, **self._counters}
-        return _sum(merged, name, since)
+        merged = {**self._store._counters.get(name, {}), **self._counters.get(name, {})}
+        return _sum(merged, since)
 
 
-def _sum(
-    counters: Mapping[tuple[str, str], tuple[int, int]], name: str, since: str
-) -> tuple[int, int]:
+def _sum(buckets: Mapping[str, tuple[int, int]], since: str) -> tuple[int, int]:
+    """Sum one counter's buckets ``>= since`` (its own buckets only: not every counter's)."""
     count = amount = 0
-    for (n, bucket), (c, a) in counters.items():
-        if n == name and bucket >= since:
+    for bucket, (c, a) in buckets.items():
+        if bucket >= since:
             count += c
             amount += a
     return count, amount
@@ -175,7 +174,7 @@ class MemoryStore:
         self._tokens: dict[str, TokenRecord] = {}
         self._deliveries: dict[str, Delivery] = {}
         self._state: dict[tuple[str, str], Any] = {}
-        self._counters: dict[tuple[str, str], tuple[int, int]] = {}
+        self._counters: dict[str, dict[str, tuple[int, int]]] = {}  # name → bucket → (n, sum)
 
     @contextmanager
     def transaction(self, *, durable: bool = True) -> Iterator[_Tx]:
@@ -198,7 +197,8 @@ class MemoryStore:
                     self._state.pop(k, None)
                 else:
                     self._state[k] = v
-            self._counters.update(tx._counters)
+            for name, buckets in tx._counters.items():
+                self._counters.setdefault(name, {}).update(buckets)
 
     def get_plan(self, plan_id: str) -> PlanRecord | None:
         """Return a plan or None."""
@@ -320,7 +320,7 @@ class MemoryStore:
     def counter_sum(self, name: str, since: str) -> tuple[int, int]:
         """Return (count, amount) summed over the counter's buckets ``>= since``."""
         with self._lock:
-            return _sum(self._counters, name, since)
+            return _sum(self._counters.get(name, {}), since)
 
     def close(self) -> None:
         """Nothing to release."""
