@@ -127,6 +127,9 @@ def run_workers(
                 sys.stderr.flush()
                 os._exit(code)
         child_end.close()
+        # Never block the accept loop on one worker: a full channel (a stuck worker) makes
+        # ``_hand_over`` pass the connection to the next.
+        parent_end.setblocking(False)
         workers[pid] = _Worker(index, pid, parent_end)
 
     def stop(signum: int, frame: FrameType | None) -> None:
