@@ -107,6 +107,9 @@ def world() -> dict[str, Any]:
         for name, (roles, groups) in ROLES.items()
     }
     secrets["wrong"] = "prt_" + "x" * 43
+    # One plan first, so that the log has a signed checkpoint whatever order the cells run in
+    # (GET /v1/audit/checkpoint of an empty log is a 404, not an authorization answer).
+    _plan(proctor, SEARCH)
     app = create_app(proctor, settings=HttpSettings(auth_failures_per_minute=1000))
     return {"proctor": proctor, "tokens": secrets, "app": app, "clock": clock}
 
