@@ -94,6 +94,22 @@ def server_cpu(pid: int) -> float | None:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_probe_ms(rounds: int = 5) -> float:
+    """Median ms of a fixed pure-Python loop: how fast this machine's cores are right now.
+
+    The shared virtual machines here run at different speeds from one hour to the next (the
+    same code gave 2.5 and 3.7 ms of server CPU per plan); compare runs with similar probes.
+    """
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        total = 0
+        for i in range(1_000_000):
+            total += i
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
 def commit_floor_us(directory: Path, synchronous: str, n: int = 200) -> float:
     """Median µs of one durable single-row SQLite commit (WAL) in ``directory``."""
     db = sqlite3.connect(directory / "floor.db", isolation_level=None)
@@ -220,11 +236,13 @@ def main() -> None:
                     sys.exit(f"the server did not start:\n{Path(tmp, 'serve.log').read_text()}")
                 time.sleep(0.05)
             floor = commit_floor_us(Path(tmp), opts.synchronous)
+            probe = cpu_probe_ms()
             load0 = os.getloadavg()[0]
             cpu0, own0 = server_cpu(server.pid), os.times()
             result = drive(base, token, opts)
             cpu1, own1 = server_cpu(server.pid), os.times()
             result["commit_floor_us"] = floor
+            result["cpu_probe_ms"] = probe
             result["load_avg"] = (load0, os.getloadavg()[0])
             result["server_cpu_s"] = cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None
             result["client_cpu_s"] = (own1.user + own1.system) - (own0.user + own0.system)
@@ -336,6 +354,7 @@ def report(result: dict[str, Any], opts: argparse.Namespace) -> None:
         if n
         else None,
         "commit_floor_us": round(result["commit_floor_us"], 1),
+        "cpu_probe_ms": round(result["cpu_probe_ms"], 1),
         "load_avg": [round(x, 2) for x in result["load_avg"]],
         "submit_threads": opts.submit_threads,
         "workers": opts.workers,
@@ -356,6 +375,7 @@ def report(result: dict[str, Any], opts: argparse.Namespace) -> None:
     print(f"{'server CPU per plan (ms)':<28}{out['server_cpu_ms_per_plan']!s:>10}")
     print(f"{'client CPU per plan (ms)':<28}{out['client_cpu_ms_per_plan']!s:>10}")
     print(f"{'durable commit floor (µs)':<28}{out['commit_floor_us']!s:>10}")
+    print(f"{'CPU probe (ms, lower=faster)':<28}{out['cpu_probe_ms']!s:>10}")
     load = out["load_avg"]
     print(f"{'load average (start, end)':<28}{f'{load[0]}, {load[1]}':>10}")
     print(json.dumps(out))
