@@ -75,7 +75,6 @@ def run_workers(
     *,
     sidecar: Callable[[socket.socket], int] | None = None,
     crash_window: float = 5.0,
-    log: Callable[[str], None] | None = None,
 ) -> int:
     """Fork ``count`` workers running ``target(index, channel)``; supervise them.
 
@@ -90,7 +89,6 @@ def run_workers(
     """
     if threading.active_count() != 1:
         raise RuntimeError("workers must be forked before any thread starts")
-    say = log or (lambda msg: print(f"proctor serve: {msg}", file=sys.stderr, flush=True))
     workers: dict[int, _Worker] = {}  # by pid
     stopping: list[int] = []
     failed = False
@@ -157,11 +155,11 @@ def run_workers(
                 # SIGTERM before the worker set its handlers (still forking) is a clean stop.
                 failed = failed or code not in (0, -signal.SIGTERM)
             elif time.monotonic() - w.started < crash_window:
-                say(f"{name(w.index)} (pid {pid}) exited with {code} right after starting")
+                _say(f"{name(w.index)} (pid {pid}) exited with {code} right after starting")
                 failed = True
                 stop(signal.SIGTERM, None)
             else:
-                say(f"{name(w.index)} (pid {pid}) exited with {code}; starting another")
+                _say(f"{name(w.index)} (pid {pid}) exited with {code}; starting another")
                 spawn(w.index)
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -190,7 +188,7 @@ def run_workers(
                     except (BlockingIOError, InterruptedError):
                         break
                     except OSError as exc:  # EMFILE and the like: wait a moment, go on
-                        say(f"accept failed: {exc}")
+                        _say(f"accept failed: {exc}")
                         time.sleep(0.1)  # the socket stays readable: do not spin
                         break
                     takers = [w for w in workers.values() if w.index >= 0]
@@ -202,6 +200,10 @@ def run_workers(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 1 if failed else 0
+
+
+def _say(message: str) -> None:
+    print(f"proctor serve: {message}", file=sys.stderr, flush=True)
 
 
 def _hand_over(conn: socket.socket, workers: list[_Worker], turn: int) -> int:

@@ -195,14 +195,6 @@ def _serve_one(o: _ServeOptions, *, channel: socket.socket | None = None) -> int
     On ``--host``/``--port``, or, as one worker of ``--workers N``, the connections the
     parent passes over ``channel``.
     """
-    import uvicorn
-
-    from proctor.app.worker import Worker
-    from proctor.bootstrap import start_dispatcher, start_policy_reloader
-    from proctor.cli.prefork import Server
-    from proctor.config import load as load_settings
-    from proctor.http import create_app
-
     caught: list[int] = []
 
     def note(signum: int, frame: FrameType | None) -> None:
@@ -217,48 +209,64 @@ def _serve_one(o: _ServeOptions, *, channel: socket.socket | None = None) -> int
     }
     try:
         proctor = Proctor.open(o.path)
-    except BaseException:
+        try:
+            _run_server(o, proctor, channel, stop_requested=lambda: bool(caught))
+        finally:
+            proctor.close()
+    finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        raise
+    return 0
+
+
+def _run_server(
+    o: _ServeOptions,
+    proctor: Proctor,
+    channel: socket.socket | None,
+    *,
+    stop_requested: Callable[[], bool],
+) -> None:
+    """Build the app on ``proctor`` and serve it with its background threads."""
+    import uvicorn
+
+    from proctor.app.worker import Worker
+    from proctor.bootstrap import start_dispatcher, start_policy_reloader
+    from proctor.cli.prefork import Server
+    from proctor.config import load as load_settings
+    from proctor.http import create_app
+
     if o.json_logs or load_settings(o.path).log_format == "json":
         from proctor.app.logs import EventLogListener, configure_json_logging
 
         configure_json_logging()
         proctor.gateway.listeners.append(EventLogListener())
+    app = create_app(proctor, settings=o.settings, unsafe_no_auth=o.unsafe_no_auth)
+    config = uvicorn.Config(
+        app,
+        host=o.host,
+        port=o.port,
+        # Client addresses key the failed-authentication limit: a forwarded header
+        # from any local process must not be able to choose its own address.
+        proxy_headers=False,
+        server_header=False,
+        access_log=o.access_log,
+        log_level=o.log_level,
+        timeout_graceful_shutdown=10,
+        lifespan="off",
+    )
+    server = Server(config, channel=channel, stop_requested=stop_requested)
+    worker = Worker(proctor.gateway)
+    worker.start()
+    # The webhook outbox is sent from a background thread; without webhooks it idles.
+    dispatcher = start_dispatcher(proctor.gateway)
+    reloader = start_policy_reloader(proctor.gateway, o.path)
     try:
-        app = create_app(proctor, settings=o.settings, unsafe_no_auth=o.unsafe_no_auth)
-        config = uvicorn.Config(
-            app,
-            host=o.host,
-            port=o.port,
-            # Client addresses key the failed-authentication limit: a forwarded header
-            # from any local process must not be able to choose its own address.
-            proxy_headers=False,
-            server_header=False,
-            access_log=o.access_log,
-            log_level=o.log_level,
-            timeout_graceful_shutdown=10,
-            lifespan="off",
-        )
-        server = Server(config, channel=channel, stop_requested=lambda: bool(caught))
-        worker = Worker(proctor.gateway)
-        worker.start()
-        # The webhook outbox is sent from a background thread; without webhooks it idles.
-        dispatcher = start_dispatcher(proctor.gateway)
-        reloader = start_policy_reloader(proctor.gateway, o.path)
-        try:
-            server.run()
-        finally:
-            app.state.context.close()  # submissions still running finish before the store closes
-            dispatcher.stop()
-            reloader.stop()
-            worker.stop()
+        server.run()
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        proctor.close()
-    return 0
+        app.state.context.close()  # submissions still running finish before the store closes
+        dispatcher.stop()
+        reloader.stop()
+        worker.stop()
 
 
 def _open(home: Path | None) -> Proctor:

@@ -11,8 +11,6 @@ import pytest
 
 from proctor.storage.sqlite import SqliteStore
 
-pytestmark = pytest.mark.skipif(not hasattr(fcntl, "flock"), reason="flock is POSIX")
-
 
 def test_a_second_store_waits_in_flock_and_goes_on_when_the_first_commits(tmp_path):
     """Two stores on one file (two processes' worth of descriptors): the second writer
