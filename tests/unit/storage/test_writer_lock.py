@@ -135,3 +135,32 @@ def test_the_wal_checkpointer_keeps_the_wal_short_between_writes(tmp_path):
         assert store.get_meta("k49") == blob + "3999"
     finally:
         store.close()
+
+
+def test_the_wal_checkpointer_stops_while_a_writer_holds_the_lock(tmp_path):
+    """``checkpoint_wal`` waits for the writers' lock at most a second at a time, so that a
+    stuck writer does not keep it from stopping."""
+    from proctor.storage.sqlite import checkpoint_wal
+
+    path = str(tmp_path / "p.db")
+    store = SqliteStore(path)
+    with store.transaction(durable=False) as tx:
+        tx.put_meta("k", "x" * 10_000)  # frames in the WAL: the checkpointer wants the lock
+    probe = os.open(path + "-lock", os.O_RDWR)
+    fcntl.flock(probe, fcntl.LOCK_EX)
+    done = threading.Event()
+    checkpointer = threading.Thread(
+        target=checkpoint_wal, args=(path,), kwargs={"stop": done.is_set, "interval": 0.01}
+    )
+    try:
+        checkpointer.start()
+        time.sleep(0.2)
+        assert checkpointer.is_alive()
+        done.set()
+        checkpointer.join(5)
+        assert not checkpointer.is_alive()
+    finally:
+        done.set()
+        fcntl.flock(probe, fcntl.LOCK_UN)
+        os.close(probe)
+        store.close()
