@@ -6,6 +6,8 @@ import json
 import shutil
 import sqlite3
 import stat
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -1168,3 +1170,15 @@ class TestMissingHome:
 
         assert result.code == 1, str(result)
         assert "error[invalid_policy]" in result.err
+
+
+def test_the_cli_loads_neither_httpx_nor_cffi_until_a_command_needs_them():
+    """Every CLI command imports the library; what only some commands use (httpx for
+    webhooks and remote servers, cffi for the policy engine) is imported when used."""
+    code = (
+        "import sys, proctor.cli\nprint(sorted(m for m in ('httpx', 'cffi') if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stdout

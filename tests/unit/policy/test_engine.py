@@ -22,7 +22,7 @@ from proctor.policy import (
     default_bundle_path,
     run_policy_tests,
 )
-from proctor.policy.engine import _NATIVE, _escaped_copy, _Native
+from proctor.policy.engine import _escaped_copy, _Native, _native
 
 HEAD = "package proctor\n\nimport rego.v1\n\n"
 ECHO = HEAD + 'decision := {"echo": input.value, "limit": data.proctor.settings.limit}\n'
@@ -305,7 +305,7 @@ def _with_native(engine: RegoPolicyEngine, path: str) -> RegoPolicyEngine:
     if path == "regopy":
         engine._native = None
         return engine
-    native = _NATIVE if path == "cffi" else _Native(use_cffi=False)
+    native = _native() if path == "cffi" else _Native(use_cffi=False)
     assert native.available
     assert native.kind == path
     engine._native = native
