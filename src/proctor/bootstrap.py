@@ -70,6 +70,8 @@ id = "{instance_id}"
 url = "sqlite:///proctor.db"
 # FULL: every acknowledged action survives power loss. NORMAL: survives a crash only.
 synchronous = "FULL"
+# PostgreSQL: the most connections one process holds (size max_connections for the sum).
+# pool_size = 8
 
 [policy]
 # Directory with *.rego files and data.json (compiled once at start-up)
@@ -181,7 +183,9 @@ def init_home(
         raise ConfigError(f"cannot write the instance at {home}: {exc}", field="home") from exc
     settings = load(home)
     db_existed = _db_exists(settings)
-    store = open_store(settings.database_url, synchronous=settings.synchronous)
+    store = open_store(
+        settings.database_url, synchronous=settings.synchronous, pool_size=settings.pool_size
+    )
     store.close()
     (report.existing if db_existed else report.created).append("database")
     return report
@@ -412,7 +416,9 @@ def open_instance(settings: Settings, *, clock: Clock | None = None) -> Instance
     catalog = load_catalog(settings)
     policy = load_policy(settings)
     tools = PythonTools()
-    store = open_store(settings.database_url, synchronous=settings.synchronous)
+    store = open_store(
+        settings.database_url, synchronous=settings.synchronous, pool_size=settings.pool_size
+    )
     try:
         gateway = build_gateway(
             settings,
@@ -448,7 +454,9 @@ def open_log_view(home: Path) -> LogView:
     """
     settings = load(home)
     keyring = Keyring(settings.keys_dir)
-    store = open_store(settings.database_url, synchronous=settings.synchronous)
+    store = open_store(
+        settings.database_url, synchronous=settings.synchronous, pool_size=settings.pool_size
+    )
     return LogView(
         store=store,
         keys=keyring.key_infos(),
@@ -485,14 +493,21 @@ def database_status(home: Path, *, upgrade: bool = False) -> tuple[DatabaseStatu
     settings = load(home)
     if settings.database_url.startswith("memory:"):
         raise ConfigError("an in-memory database has no schema to upgrade", field="database.url")
-    store = open_store(settings.database_url, synchronous=settings.synchronous, migrate=False)
+    store = open_store(
+        settings.database_url,
+        synchronous=settings.synchronous,
+        pool_size=settings.pool_size,
+        migrate=False,
+    )
     try:
         before = int(store.schema_version())  # type: ignore[attr-defined]
     finally:
         store.close()
     after = before
     if upgrade:
-        store = open_store(settings.database_url, synchronous=settings.synchronous)
+        store = open_store(
+            settings.database_url, synchronous=settings.synchronous, pool_size=settings.pool_size
+        )
         try:
             after = int(store.schema_version())  # type: ignore[attr-defined]
         finally:

@@ -157,6 +157,8 @@ class Settings:
     """Store URL. Default ``sqlite:///<home>/proctor.db``."""
     synchronous: str = "FULL"
     """SQLite durability: FULL (default, survives power loss) or NORMAL."""
+    pool_size: int = 8
+    """PostgreSQL: the most connections this process holds at once. Default 8."""
     policy_bundle: Path | None = None
     """Directory of the Rego bundle. Default ``<home>/policy``."""
     catalog_files: tuple[Path, ...] = ()
@@ -304,6 +306,7 @@ def _settings(home: Path, doc: Mapping[str, Any], path: Path, env: Mapping[str, 
         instance_id=str(inst.get("id", "proctor")),
         database_url=url,
         synchronous=env.get("PROCTOR_SYNCHRONOUS") or str(db.get("synchronous", "FULL")),
+        pool_size=_pool_size(db, env),
         policy_bundle=rel(bundle),
         catalog_files=tuple(rel(f) for f in files),
         agentic_max=int(th.get("agentic_max", 10)),
@@ -404,12 +407,33 @@ def guard_settings(g: Mapping[str, Any]) -> GuardSettings:
     )
 
 
-def _number(ex: Mapping[str, Any], key: str, default: float, *, low: float, integer: bool) -> Any:
+def _number(
+    ex: Mapping[str, Any],
+    key: str,
+    default: float,
+    *,
+    low: float,
+    integer: bool,
+    section: str = "execution",
+) -> Any:
     value = ex.get(key, default)
     kind = int if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kind) or value < low:
-        raise ConfigError(f"execution.{key} must be a number >= {low}", field=f"execution.{key}")
+        what = "an integer" if integer else "a number"
+        raise ConfigError(f"{section}.{key} must be {what} >= {low}", field=f"{section}.{key}")
     return value
+
+
+def _pool_size(db: Mapping[str, Any], env: Mapping[str, str]) -> int:
+    raw = env.get("PROCTOR_DATABASE_POOL_SIZE")
+    if raw is None:
+        return int(_number(db, "pool_size", 8, low=1, integer=True, section="database"))
+    if not raw.strip().isdigit() or int(raw) < 1:
+        raise ConfigError(
+            f"PROCTOR_DATABASE_POOL_SIZE must be an integer >= 1, not {raw!r}",
+            field="PROCTOR_DATABASE_POOL_SIZE",
+        )
+    return int(raw)
 
 
 def _execution_settings(ex: Mapping[str, Any]) -> dict[str, Any]:

@@ -13,7 +13,9 @@ __all__ = ["SCHEMA_VERSION", "open_store"]
 from proctor.storage.migrations import SCHEMA_VERSION
 
 
-def open_store(url: str, *, synchronous: str = "FULL", migrate: bool = True) -> Store:
+def open_store(
+    url: str, *, synchronous: str = "FULL", migrate: bool = True, pool_size: int = 8
+) -> Store:
     """Open the store at ``url``: ``memory://``, ``sqlite:///path/to.db`` or ``postgresql://…``.
 
     Args:
@@ -22,6 +24,7 @@ def open_store(url: str, *, synchronous: str = "FULL", migrate: bool = True) -> 
             (survive a process crash; the last commits may be lost on power loss).
         migrate: Bring the schema up to date on open (default). False opens as it is
             (``proctor db status``).
+        pool_size: PostgreSQL: the most connections held at once (``[database] pool_size``).
 
     Raises:
         ConfigError: for an unknown scheme.
@@ -43,7 +46,7 @@ def open_store(url: str, *, synchronous: str = "FULL", migrate: bool = True) -> 
                 field="database.url",
                 hint="pip install 'proctor[postgres]'",
             ) from exc
-        return PostgresStore(url, migrate=migrate)
+        return PostgresStore(url, migrate=migrate, max_size=pool_size)
     raise ConfigError(
         f"unsupported database URL {url!r}",
         field="database.url",
