@@ -291,10 +291,13 @@ class TestLeasesAndGuardState:
             "global": {"on": True, "by": "ops"},
             "agent:bot": {"on": True},
         }
+        assert store.read_state("kill", "global") == {"on": True, "by": "ops"}
         with store.transaction() as tx:
             tx.put_state("kill", "global", None, at=T0)
         assert store.list_state("kill") == {"agent:bot": {"on": True}}
         assert store.list_state("breaker") == {}
+        assert store.read_state("kill", "global") is None
+        assert store.read_state("breaker", "agent:bot") is None  # same key, other kind
 
     def test_state_write_rolls_back_with_its_transaction(self, store):
         def fail():

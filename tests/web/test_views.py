@@ -11,7 +11,7 @@ from proctor import Proctor
 from proctor.app.tokens import TokenService, hash_token
 from proctor.core.principals import Principal
 from proctor.testing import FrozenClock
-from proctor.web.sessions import KIND, SESSION_LIFETIME, SessionStore, check_csrf
+from proctor.web.sessions import KIND, SESSION_LIFETIME, Session, SessionStore, check_csrf
 from proctor.web.views import chart, diff_rows, left, plan_view, undo_deadline
 
 T0 = datetime(2027, 3, 1, 12, 0, tzinfo=UTC)
@@ -58,6 +58,37 @@ class TestSessions:
 
         assert got is not None and got.principal == who and got.csrf == opened.csrf
         assert sessions.get(sid) is None
+
+    def test_reading_a_session_waits_for_no_writer(self, tmp_path):
+        """Every console request reads its session: on SQLite the read takes no write
+        transaction, so a page is not queued behind another process's write."""
+        import fcntl
+        import os
+        import threading
+
+        from proctor.storage.sqlite import SqliteStore
+
+        clock = FrozenClock(T0)
+        path = str(tmp_path / "p.db")
+        store = SqliteStore(path)
+        sessions = SessionStore(store, clock)
+        who = Principal(name="fiona", roles=("approver",), groups=())
+        sid, _ = sessions.open(who, token_hash=None)
+        probe = os.open(path + "-lock", os.O_RDWR)
+        fcntl.flock(probe, fcntl.LOCK_EX)  # another process's writer holds the lock
+        got: list[object] = []
+        reader = threading.Thread(target=lambda: got.append(sessions.get(sid)))
+        try:
+            reader.start()
+            reader.join(5)
+            assert not reader.is_alive()
+        finally:
+            fcntl.flock(probe, fcntl.LOCK_UN)
+            os.close(probe)
+            reader.join(5)
+            store.close()
+        session = got[0]
+        assert isinstance(session, Session) and session.principal == who
 
     def test_the_store_keeps_only_a_hash_of_the_session_id(self, world):
         """A leaked database holds no usable session id."""

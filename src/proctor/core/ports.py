@@ -326,6 +326,10 @@ class Store(Protocol):
         """Return every guard state value of ``kind``, by key."""
         ...
 
+    def read_state(self, kind: str, key: str) -> Any:
+        """Return one state value (None if absent), outside any write transaction."""
+        ...
+
     def counter_sum(self, name: str, since: str) -> tuple[int, int]:
         """Return (count, amount) summed over the counter's buckets ``>= since``."""
         ...

@@ -317,6 +317,11 @@ class MemoryStore:
         with self._lock:
             return {k: copy.deepcopy(v) for (kd, k), v in self._state.items() if kd == kind}
 
+    def read_state(self, kind: str, key: str) -> Any:
+        """Return one state value (None if absent), outside any write transaction."""
+        with self._lock:
+            return copy.deepcopy(self._state.get((kind, key)))
+
     def counter_sum(self, name: str, since: str) -> tuple[int, int]:
         """Return (count, amount) summed over the counter's buckets ``>= since``."""
         with self._lock:

@@ -611,6 +611,11 @@ class PostgresStore:
         rows = self._rows("SELECT key, value FROM guard_state WHERE kind = %s", (kind,))
         return {r["key"]: orjson.loads(r["value"]) for r in rows}
 
+    def read_state(self, kind: str, key: str) -> Any:
+        """Return one state value (None if absent), outside any write transaction."""
+        rows = self._rows("SELECT value FROM guard_state WHERE kind = %s AND key = %s", (kind, key))
+        return orjson.loads(rows[0]["value"]) if rows else None
+
     def counter_sum(self, name: str, since: str) -> tuple[int, int]:
         """Return (count, amount) summed over the counter's buckets ``>= since``."""
         try:

@@ -760,6 +760,11 @@ class SqliteStore:
         rows = self._query("SELECT key, value FROM guard_state WHERE kind = ?", (kind,))
         return {r[0]: orjson.loads(r[1]) for r in rows}
 
+    def read_state(self, kind: str, key: str) -> Any:
+        """Return one state value (None if absent), outside any write transaction."""
+        rows = self._query("SELECT value FROM guard_state WHERE kind = ? AND key = ?", (kind, key))
+        return orjson.loads(rows[0][0]) if rows else None
+
     def counter_sum(self, name: str, since: str) -> tuple[int, int]:
         """Return (count, amount) summed over the counter's buckets ``>= since``."""
         with self._lock:

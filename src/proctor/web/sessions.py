@@ -124,9 +124,9 @@ class SessionStore:
         if not session_id or len(session_id) > 128:
             return None
         digest = _digest(session_id)
-        # A read-only transaction: the port reads single state rows only inside one.
-        with self._store.transaction(durable=False) as tx:
-            doc: Any = tx.get_states([(KIND, digest)]).get((KIND, digest))
+        # A plain read: every console request reads its session, and a write transaction
+        # (SQLite: the writers' lock) per page would queue pages behind plans.
+        doc: Any = self._store.read_state(KIND, digest)
         if not isinstance(doc, dict):
             return None
         try:
