@@ -219,6 +219,7 @@ def proctor_worker(args: argparse.Namespace) -> None:
         cases["denied"]()
     for _ in range(20):
         cases["approval"]()
+    floors = policy_floors(p, cases["allowed"]) if args.worker == "proctor-c" else None
     warm_runs = counter["runs"]
     sizes = {"allowed": args.allowed, "denied": args.denied, "approval": args.approval}
     samples = {k: array("d", bytes(8 * n)) for k, n in sizes.items()}
@@ -236,7 +237,8 @@ def proctor_worker(args: argparse.Namespace) -> None:
             events = p.gateway.store.event_count()
             p.close()
             Path(arg).write_text(json.dumps({k: list(v[: filled[k]]) for k, v in samples.items()}))
-            print(json.dumps({"done": "finish", "audit_entries": events}), flush=True)
+            done = {"done": "finish", "audit_entries": events, "floors": floors}
+            print(json.dumps(done), flush=True)
             return
         fn, buf, n = cases[cmd], samples[cmd], int(arg)
         i = filled[cmd]
@@ -248,6 +250,51 @@ def proctor_worker(args: argparse.Namespace) -> None:
         wall = time.perf_counter() - t_start
         filled[cmd] = i + n
         print(json.dumps({"done": cmd, "n": n, "wall_s": wall, "rss_kb": rss_kb()}), flush=True)
+
+
+FLOOR_CALLS = 3000
+
+
+def policy_floors(p: Any, allowed: Any) -> dict[str, float]:
+    """p50 µs of the Rego work inside one allowed call, measured alone in this process.
+
+    ``decision``: the engine's ``evaluate`` with the very input the gateway passed it in an
+    allowed call (the bundle of bench/peer_policy/). ``empty query``: regopy's least
+    possible query, a constant rule with an empty input, for what any Rego decision costs
+    through rego-cpp before it reads anything.
+    """
+    from proctor.policy import RegoPolicyEngine
+
+    engine = p.gateway.policy
+    seen: list[Any] = []
+    real = engine.evaluate
+
+    def spy(inp: Any) -> Any:
+        seen.append(inp)
+        return real(inp)
+
+    engine.evaluate = spy
+    try:
+        allowed()
+    finally:
+        del engine.evaluate  # the class's method again
+    constant = RegoPolicyEngine.from_sources(
+        {"c.rego": "package proctor\n\nimport rego.v1\n\ndecision := {}\n"}
+    )
+    out: dict[str, float] = {}
+    perf = time.perf_counter_ns
+    runs = (("decision", engine.evaluate, seen[0]), ("empty query", constant.evaluate, {}))
+    for name, fn, arg in runs:
+        for _ in range(200):
+            fn(arg)
+        t = []
+        for _ in range(FLOOR_CALLS):
+            t0 = perf()
+            fn(arg)
+            t.append((perf() - t0) / 1000)
+        t.sort()
+        out[name] = round(t[len(t) // 2], 1)
+    return out
 
 
 # ---------------------------------------------------------------------------- AGT venv
@@ -449,9 +496,11 @@ def drive(args: argparse.Namespace) -> dict[str, Any]:
                 )
     configs: dict[str, Any] = {}
     all_samples: dict[str, Any] = {}
+    floors: dict[str, float] | None = None
     for name, w in workers.items():
         out = run_dir / f"{name}.samples.json"
         fin = w.finish(out)
+        floors = fin.get("floors") or floors
         samples = json.loads(out.read_text())
         all_samples[name] = {"label": w.label, **samples}
         configs[name] = {
@@ -511,6 +560,7 @@ def drive(args: argparse.Namespace) -> dict[str, Any]:
         "machine": machine_info(agt_py),
         "configs": configs,
         "ratios": ratios,
+        "rego_floors_us": floors,
         "plot": plot,
         "samples": str(samples_path),
     }
@@ -556,6 +606,13 @@ def print_table(r: dict[str, Any]) -> None:
                 f"{pair if case == 'allowed' else '':<24}{case:<10}{e[f'{case}_p50']!s:>7}"
                 f"{e[f'{case}_p99']!s:>7}{e[f'{case}_max']!s:>7}{e[f'{case}_calls_per_s']!s:>9}{rss}"
             )
+    fl, agt = r.get("rego_floors_us"), r["configs"].get("agt-default", {}).get("allowed")
+    if fl and agt:
+        print(
+            f"\nRego alone, p50 in the (c) process: the refund decision {fl['decision']} µs, "
+            f"regopy's empty query {fl['empty query']} µs; AGT default's whole allowed call "
+            f"{agt['p50_us']} µs"
+        )
     if r.get("plot"):
         print(f"\nplot: {r['plot']}")
 
