@@ -18,7 +18,10 @@ last line) for machines.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
+import importlib.abc
+import importlib.util
 import json
 import platform
 import statistics
@@ -27,7 +30,7 @@ import sys
 import tempfile
 import time
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -113,8 +116,60 @@ def _proctor_policy() -> Any:
     return proctor.policy
 
 
+class _RevisionModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Serve modules from a revision's sources (engine.py imports its sibling modules)."""
+
+    def __init__(self, sources: dict[str, bytes], revision: str) -> None:
+        self.sources = sources
+        self.revision = revision
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname not in self.sources:
+            return None
+        return importlib.util.spec_from_loader(fullname, self)
+
+    def create_module(self, spec: Any) -> None:
+        return None
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        origin = f"{self.revision}:{module.__name__}"
+        exec(compile(self.sources[module.__name__], origin, "exec"), module.__dict__)
+
+
+@contextlib.contextmanager
+def _revision_modules(sources: dict[str, bytes], revision: str) -> Iterator[None]:
+    """Import ``sources`` (proctor.policy.<name>) from the revision, then restore the current."""
+    import proctor.policy as package
+
+    missing = object()
+    saved = {name: sys.modules.pop(name, None) for name in sources}
+    attrs = {name: getattr(package, name.rpartition(".")[2], missing) for name in sources}
+    finder = _RevisionModules(sources, revision)
+    sys.meta_path.insert(0, finder)
+    try:
+        yield
+    finally:
+        sys.meta_path.remove(finder)
+        for name, current in saved.items():
+            if current is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = current
+        for name, attr in attrs.items():
+            short = name.rpartition(".")[2]
+            if attr is missing:
+                if hasattr(package, short):
+                    delattr(package, short)
+            else:
+                setattr(package, short, attr)
+
+
 def engine_at(revision: str) -> Any:
-    """Return an engine built from ``revision``'s engine.py and default bundle (git show)."""
+    """Return an engine built from ``revision``'s policy modules and default bundle (git show).
+
+    The revision's engine.py is loaded with the sibling modules of that revision
+    (``proctor.policy.native`` and the others), not with the current ones.
+    """
     root = Path(__file__).resolve().parent.parent
     prefix = "src/proctor/policy/"
 
@@ -125,15 +180,24 @@ def engine_at(revision: str) -> Any:
             check=True,
         ).stdout
 
+    def ls(path: str) -> list[str]:
+        return subprocess.run(
+            ["git", "-C", str(root), "ls-tree", "--name-only", revision, path],
+            capture_output=True,
+            check=True,
+            text=True,
+        ).stdout.split()
+
+    siblings = {
+        f"proctor.policy.{Path(name).stem}": show(name)
+        for name in ls(prefix)
+        if name.endswith(".py") and Path(name).name not in ("__init__.py", "engine.py")
+    }
     module = types.ModuleType(f"_bench_policy_engine_{abs(hash(revision))}")
     sys.modules[module.__name__] = module  # dataclasses look their module up
-    exec(compile(show(prefix + "engine.py"), f"{revision}:engine.py", "exec"), module.__dict__)
-    names = subprocess.run(
-        ["git", "-C", str(root), "ls-tree", "--name-only", revision, prefix + "bundle/"],
-        capture_output=True,
-        check=True,
-        text=True,
-    ).stdout.split()
+    with _revision_modules(siblings, revision):
+        exec(compile(show(prefix + "engine.py"), f"{revision}:engine.py", "exec"), module.__dict__)
+    names = ls(prefix + "bundle/")
     bundle = Path(tempfile.mkdtemp(prefix="proctor-bench-bundle-"))
     for name in names:
         (bundle / Path(name).name).write_bytes(show(name))

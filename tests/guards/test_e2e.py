@@ -102,7 +102,8 @@ class TestBudgets:
         import json
         import shutil
 
-        from proctor.policy.engine import RegoPolicyEngine, default_bundle_path
+        from proctor.policy.bundle_io import default_bundle_path
+        from proctor.policy.engine import RegoPolicyEngine
 
         bundle = tmp_path / "bundle"
         shutil.copytree(default_bundle_path(), bundle)

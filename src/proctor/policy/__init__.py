@@ -8,14 +8,9 @@ the default policy shipped in ``proctor/policy/bundle``. The input and output co
 ``docs/policy.md``.
 """
 
-from proctor.policy.engine import (
-    ENTRYPOINT,
-    PolicyTestResult,
-    RegoPolicyEngine,
-    bundle_version,
-    default_bundle_path,
-    run_policy_tests,
-)
+from proctor.policy.bundle_io import bundle_version, default_bundle_path
+from proctor.policy.engine import ENTRYPOINT, RegoPolicyEngine
+from proctor.policy.policy_tests import PolicyTestResult, run_policy_tests
 
 __all__ = [
     "ENTRYPOINT",

@@ -22,7 +22,7 @@ from proctor.policy import (
     default_bundle_path,
     run_policy_tests,
 )
-from proctor.policy.engine import _escaped_copy, _Native, _native
+from proctor.policy.native import _escaped_copy, _Native, _native
 
 HEAD = "package proctor\n\nimport rego.v1\n\n"
 ECHO = HEAD + 'decision := {"echo": input.value, "limit": data.proctor.settings.limit}\n'
