@@ -1,23 +1,28 @@
-"""The console's pages and forms: sign-in, inbox, plan, timeline, audit, dashboard.
+"""The console's router: its plumbing and the pages of sign-in, inbox, plan and timeline.
 
 Every page is rendered on the server and every action is a plain HTML form, so the console
 works without JavaScript; ``static/console.js`` only adds live updates, countdowns and the
 in-browser check of inclusion proofs. Who may see or do what is the core's role table
 (``proctor.core.principals``), asked the same way as the ``/v1`` routes ask it; the gateway
 re-checks everything that matters (state, expiry, separation of duties, step-up).
+
+:func:`console_router` builds the plumbing every page shares (rendering with the security
+headers, sessions, CSRF-checked forms, error pages) and the routes of sign-in, the inbox, the
+plan page, the human actions, the timeline and the live updates (SSE). The audit explorer
+and the dashboard are added from ``audit_pages.py``; the stateless helpers (menu, form
+fields, safe redirects) are in ``page_helpers.py``.
 """
 
 # NOTE(web): no `from __future__ import annotations` here: FastAPI reads the route
 # signatures at runtime.
 
 import asyncio
-import base64
 import functools
 import logging
 import re
 import secrets
 from collections.abc import AsyncIterator, Callable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, assert_never
 from urllib.parse import quote, urlsplit
@@ -31,10 +36,7 @@ from starlette.datastructures import FormData
 from starlette.responses import Response
 
 from proctor._library import Proctor
-from proctor.app.kpis import compute
 from proctor.app.tokens import hash_token
-from proctor.audit.merkle import leaf_hash, verify_inclusion
-from proctor.audit.note import Checkpoint, open_note, verifiers_from_vkeys
 from proctor.core.lifecycle import PlanRecord, PlanStatus
 from proctor.core.principals import (
     PlanAction,
@@ -50,7 +52,6 @@ from proctor.core.principals import (
 from proctor.errors import (
     ConfigError,
     InvalidRequestError,
-    NotFoundError,
     PermissionDeniedError,
     ProctorError,
 )
@@ -59,8 +60,10 @@ from proctor.http.context import Context
 from proctor.http.errors import STATUS, RateLimitedError, UnauthenticatedError
 from proctor.http.jwt import looks_like_jwt
 from proctor.http.schemas import ID_PATTERN, MAX_COMMENT
+from proctor.web.audit_pages import add_audit_routes
+from proctor.web.page_helpers import _Forbidden, _nav, _roles_text, _safe_next, _text, _when
 from proctor.web.sessions import Session, SessionStore, check_csrf
-from proctor.web.views import chart, plan_view
+from proctor.web.views import plan_view
 
 __all__ = ["COOKIE", "console_router"]
 
@@ -70,19 +73,11 @@ COOKIE = "proctor_session"
 LOGIN_COOKIE = "proctor_login"
 _HERE = Path(__file__).parent
 _SCAN = 1000  # most plans one page reads to find the caller's
-_EVENT_SCAN = 5000  # most audit events one filtered explorer page reads
 _DONE = {
     "approved": "You approved this plan.",
     "rejected": "You rejected this plan.",
     "confirmed": "You confirmed this plan.",
     "undone": "You undid this plan: its steps were compensated.",
-}
-_SAVED = {
-    "guards": "Saved.",
-    "autonomy": "Saved.",
-    "breaker-opened": "The breaker is open until an admin resets it.",
-    "breaker-reset": "The breaker is closed.",
-    "breaker-closed": "That breaker was not open: nothing changed.",
 }
 _UNDO_COMMENT_MAX = 300  # in the undo's reason, which gateway.undo caps at 500 with the name
 _HEADERS = {
@@ -98,54 +93,6 @@ _HEADERS = {
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
-
-
-class _Forbidden(PermissionDeniedError):
-    """A console page the principal's roles do not open."""
-
-
-def _roles_text(p: Principal) -> str:
-    groups = f" (groups: {', '.join(p.groups)})" if p.groups else ""
-    return ", ".join(p.roles) + groups
-
-
-def _nav(p: Principal) -> list[tuple[str, str]]:
-    """The pages this principal may open, in menu order."""
-    items = []
-    if p.has("approver") or p.has("user"):
-        items.append(("/inbox", "Inbox"))
-    if p.has("user") or p.has("admin"):
-        items.append(("/timeline", "Timeline"))
-    if may_read_audit(p):
-        items.append(("/audit", "Audit"))
-        items.append(("/dashboard", "Dashboard"))
-    return items
-
-
-def _when(at: datetime | None) -> str:
-    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if at else ""
-
-
-def _safe_next(target: str | None) -> str:
-    """A same-site path to go to after sign-in (never another host)."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
-        return "/"
-    parts = urlsplit(target)
-    if parts.scheme or parts.netloc:
-        return "/"
-    return target
-
-
-def _text(form: FormData, name: str, *, limit: int, required: bool = False) -> str:
-    value = form.get(name, "")
-    if not isinstance(value, str):
-        raise InvalidRequestError(f"{name} must be text", field=name)
-    value = value.strip()
-    if len(value) > limit:
-        raise InvalidRequestError(f"{name} is longer than {limit} characters", field=name)
-    if required and not value:
-        raise InvalidRequestError(f"{name} is required", field=name)
-    return value
 
 
 def console_router(ctx: Context) -> APIRouter:
@@ -640,282 +587,18 @@ def console_router(ctx: Context) -> APIRouter:
         back = "/dashboard" if form.get("back") == "dashboard" else "/timeline"
         return RedirectResponse(f"{back}?done=autonomy", status_code=303)
 
-    # ------------------------------------------------------------------ audit explorer
+    # ------------------------------------------------------------------ audit explorer, dashboard
 
-    def checkpoint_status() -> dict[str, Any]:
-        cp = proctor.latest_checkpoint()
-        if cp is None:
-            return {"present": False}
-        out: dict[str, Any] = {"present": True, "note": cp.note, "size": cp.size}
-        try:
-            text, signers = open_note(cp.note, verifiers_from_vkeys(proctor.vkeys()))
-            parsed = Checkpoint.parse(text)
-            if parsed.origin != proctor.origin:
-                raise InvalidRequestError(f"origin {parsed.origin!r} is not this log's")
-            if parsed.root != proctor.audit_log.root(parsed.size):
-                raise InvalidRequestError("its root is not the log's root at that size")
-        except ProctorError as exc:
-            out.update(ok=False, problem=exc.message)
-            return out
-        out.update(
-            ok=True,
-            root=base64.b64encode(parsed.root).decode(),
-            signers=[f"{name}+{kid.hex()}" for name, kid in signers],
-        )
-        return out
-
-    def explore(
-        type_: str | None, plan: str | None, user: str | None, after: int | None, limit: int
-    ) -> tuple[list[dict[str, Any]], int | None, int]:
-        count = store.event_count()
-        filtered = bool(type_ or user)
-        if after is None:
-            # No position given: the latest events (of the plan, if one is named).
-            after = -1 if (filtered or plan) else max(-1, count - limit - 1)
-        matches: list[dict[str, Any]] = []
-        scanned = 0
-        cursor = after
-        more = False
-        while len(matches) < limit and scanned < _EVENT_SCAN:
-            rows = store.read_events(after=cursor, limit=500, plan_id=plan or None)
-            if not rows:
-                break
-            for row in rows:
-                scanned += 1
-                cursor = row.seq
-                if type_ and not row.type.startswith(type_):
-                    continue
-                body = orjson.loads(row.body)
-                if user and body.get("user_id") != user:
-                    continue
-                matches.append(
-                    {
-                        "seq": row.seq,
-                        "type": row.type,
-                        "at": row.timestamp,
-                        "plan": row.plan_id or "",
-                        "step": row.step_id or "",
-                        "user": body.get("user_id") or "",
-                        "actor": (body.get("actor") or {}).get("name", ""),
-                    }
-                )
-                if len(matches) == limit:
-                    break
-            if len(rows) < 500 and cursor == rows[-1].seq and len(matches) < limit:
-                break
-        more = bool(store.read_events(after=cursor, limit=1, plan_id=plan or None))
-        return matches, (cursor if more else None), count
-
-    @r.get("/audit")
-    @guarded
-    async def audit(
-        request: Request,
-        type: Annotated[str | None, Query(max_length=64)] = None,
-        plan: Annotated[str | None, Query(max_length=128)] = None,
-        user: Annotated[str | None, Query(max_length=128)] = None,
-        after: Annotated[int | None, Query(ge=-1, le=2**53)] = None,
-        limit: Annotated[int, Query(ge=1, le=200)] = 50,
-        verify: bool = False,
-    ) -> Response:
-        """The audit explorer: filtered events, the latest checkpoint, a full verification."""
-        session = await session_of(request)
-        if session is None:
-            return to_login(request)
-        if not may_read_audit(session.principal):
-            raise _Forbidden("the audit explorer needs the auditor or admin role", field="role")
-        if plan:
-            check_id(plan)
-        events, next_after, count = await run_in_threadpool(
-            explore, type or None, plan or None, user or None, after, limit
-        )
-        cp = await run_in_threadpool(checkpoint_status)
-        report = None
-        if verify:
-            report = (await run_in_threadpool(proctor.verify)).as_dict()
-        return render(
-            request,
-            "audit.html",
-            session,
-            events=events,
-            next_after=next_after,
-            count=count,
-            checkpoint=cp,
-            report=report,
-            filters={
-                "type": type or "",
-                "plan": plan or "",
-                "user": user or "",
-                "limit": limit,
-            },
-        )
-
-    def event_proof(seq: int) -> dict[str, Any]:
-        rows = store.read_events(after=seq - 1, limit=1)
-        if not rows or rows[0].seq != seq:
-            raise NotFoundError(f"no audit event {seq}", field="seq")
-        row = rows[0]
-        cp = checkpoint_status()
-        signed = bool(cp.get("present") and cp.get("ok") and seq < cp["size"])
-        size = cp["size"] if signed else proctor.audit_log.size
-        proof = proctor.inclusion_proof(seq, size)
-        root = base64.b64decode(proof["root_hash"])
-        hashes = [base64.b64decode(h) for h in proof["hashes"]]
-        leaf = leaf_hash(row.body)
-        problem = None
-        try:
-            if base64.b64decode(proof["leaf_hash"]) != leaf:
-                raise InvalidRequestError("the stored leaf hash is not the hash of the event")
-            if signed and proof["root_hash"] != cp["root"]:
-                raise InvalidRequestError("the proof's root is not the checkpoint's root")
-            verify_inclusion(leaf, seq, size, hashes, root)
-        except ProctorError as exc:
-            problem = exc.message
-        return {
-            "seq": seq,
-            "type": row.type,
-            "plan": row.plan_id,
-            "pretty": orjson.dumps(orjson.loads(row.body), option=orjson.OPT_INDENT_2).decode(),
-            "body_b64": base64.b64encode(row.body).decode(),
-            "leaf": base64.b64encode(leaf).decode(),
-            "hashes": proof["hashes"],
-            "size": size,
-            "root": proof["root_hash"],
-            "signed": signed,
-            "ok": problem is None,
-            "problem": problem,
-            "checkpoint": cp,
-        }
-
-    @r.get("/audit/events/{seq}")
-    @guarded
-    async def audit_event(request: Request, seq: int) -> Response:
-        """One event and its inclusion proof, checked here and again in the browser."""
-        session = await session_of(request)
-        if session is None:
-            return to_login(request)
-        if not may_read_audit(session.principal):
-            raise _Forbidden("the audit explorer needs the auditor or admin role", field="role")
-        if not 0 <= seq < 2**53:
-            raise InvalidRequestError("seq must be a non-negative integer", field="seq")
-        ev = await run_in_threadpool(event_proof, seq)
-        return render(request, "event.html", session, ev=ev)
-
-    # ------------------------------------------------------------------ dashboard
-
-    _KPI_CHARTS = (
-        ("acceptance_rate", "Acceptance rate", "{:.0%}", 1.0),
-        ("false_action_rate", "False-action rate", "{:.0%}", 1.0),
-        ("time_to_recovery_s", "Time to recovery (median, s)", "{:.1f}", None),
-        ("audit_coverage", "Audit coverage", "{:.0%}", 1.0),
-        ("cost_per_action", "Cost per action (minor units)", "{:.2f}", None),
-        ("anomaly_delta", "Anomaly delta", "{:+.0f}", None),
+    add_audit_routes(
+        r,
+        proctor,
+        render=render,
+        session_of=session_of,
+        to_login=to_login,
+        posted=posted,
+        guarded=guarded,
+        check_id=check_id,
     )
-
-    def kpi_series(days: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        # One pass to parse the log, then one computation per day; fine for a console
-        # page over logs of up to a few hundred thousand events.
-        bodies = [orjson.loads(row.body) for row in store.iter_events()]
-        end = gateway.clock.now()
-        start = end - timedelta(days=days)
-        buckets = []
-        for i in range(days):
-            lo = start + timedelta(days=i)
-            hi = lo + timedelta(days=1)
-            buckets.append((lo.strftime("%m-%d"), compute(bodies, since=lo, until=hi)["all"]))
-        total = compute(bodies, since=start, until=end)["all"]
-        charts = []
-        for key, title, fmt, ceiling in _KPI_CHARTS:
-            points = []
-            for label, k in buckets:
-                value = k[key]
-                if key == "time_to_recovery_s":
-                    value = value["median"]
-                points.append((label, value))
-            overall = total[key]["median"] if key == "time_to_recovery_s" else total[key]
-            charts.append(
-                {
-                    "key": key,
-                    "title": title,
-                    "chart": chart(points, fmt=fmt, ceiling=ceiling),
-                    "overall": "no data" if overall is None else fmt.format(overall),
-                }
-            )
-        return charts, total
-
-    @r.get("/dashboard")
-    @guarded
-    async def dashboard(
-        request: Request, days: Annotated[int, Query(ge=1, le=90)] = 14
-    ) -> Response:
-        """KPIs over time, guard status with admin toggles, autonomy settings."""
-        session = await session_of(request)
-        if session is None:
-            return to_login(request)
-        p = session.principal
-        if not may_read_audit(p):
-            raise _Forbidden("the dashboard needs the auditor or admin role", field="role")
-        charts, total = await run_in_threadpool(kpi_series, days)
-        try:
-            st: dict[str, Any] | None = await run_in_threadpool(proctor.guards.status)
-        except ConfigError:
-            st = None
-        return render(
-            request,
-            "dashboard.html",
-            session,
-            charts=charts,
-            counts=total["counts"],
-            days=days,
-            guards=st,
-            is_admin=may_admin(p),
-            actions=sorted(spec.name for spec in gateway.catalog),
-            notice=_SAVED.get(request.query_params.get("done") or ""),
-        )
-
-    @r.post("/guards/breakers/{verb}")
-    @guarded
-    async def breaker_toggle(request: Request, verb: str) -> Response:
-        """Force a circuit breaker open, or reset (close) it (admins)."""
-        session, form = await posted(request)
-        p = session.principal
-        if not may_admin(p):
-            raise PermissionDeniedError("circuit breakers need the admin role", field="role")
-        if verb not in ("open", "reset"):
-            raise NotFoundError(f"no breaker action {verb!r}", field="action")
-        scope = _text(form, "scope", limit=16, required=True)
-        key = _text(form, "key", limit=128, required=True)
-        reason = _text(form, "reason", limit=MAX_COMMENT)
-        if verb == "open":
-            await run_in_threadpool(
-                lambda: proctor.open_breaker(scope, key, by=p.name, reason=reason)
-            )
-            return RedirectResponse("/dashboard?done=breaker-opened", status_code=303)
-        done = await run_in_threadpool(
-            lambda: proctor.reset_breaker(scope, key, by=p.name, reason=reason)
-        )
-        outcome = "breaker-reset" if done else "breaker-closed"
-        return RedirectResponse(f"/dashboard?done={outcome}", status_code=303)
-
-    @r.post("/guards/{verb}")
-    @guarded
-    async def guard_toggle(request: Request, verb: str) -> Response:
-        """Engage or release a kill switch (admins)."""
-        session, form = await posted(request)
-        p = session.principal
-        if not may_admin(p):
-            raise PermissionDeniedError("kill switches need the admin role", field="role")
-        if verb not in ("kill", "unkill"):
-            raise NotFoundError(f"no guard action {verb!r}", field="action")
-        scope = _text(form, "scope", limit=16, required=True)
-        key = _text(form, "key", limit=128) or None
-        reason = _text(form, "reason", limit=MAX_COMMENT)
-        if verb == "kill":
-            await run_in_threadpool(
-                lambda: proctor.guards.kill(scope, key, by=p.name, reason=reason)
-            )
-        else:
-            await run_in_threadpool(lambda: proctor.guards.unkill(scope, key, by=p.name))
-        return RedirectResponse("/dashboard?done=guards", status_code=303)
 
     # ------------------------------------------------------------------ live updates (SSE)
 
