@@ -164,7 +164,7 @@ def _finished(data: Mapping[str, Any]) -> None:
 
 
 def _undo(data: Mapping[str, Any]) -> None:
-    # The rollback TTL undoes as the principal ``proctor:rollback-ttl`` (app/gateway.py).
+    # The rollback TTL undoes as the principal ``proctor:rollback-ttl`` (app/human_actions.py).
     by = str(data.get("by") or "")
     FALSE_ACTIONS.labels("rollback" if by.startswith("proctor:") else "undo").inc()
 

@@ -1,0 +1,409 @@
+"""The human actions on a plan: confirm, approve, reject, undo, resolve, and the timers.
+
+``HumanActions`` is a mixin of ``proctor.app.gateway.Gateway`` (its only user): the methods
+here are the gateway's own, called as ``gateway.approve(...)``, and they use the gateway's
+state and helpers. They live apart from the submit pipeline (validate → decide → simulate →
+route) because they are what people do to a plan once it is routed, with their own checks:
+who may act, the deadline, and the re-checks right before a cleared plan runs (the policy
+still in force, the guards). ``tick`` fires the deadlines those actions wait under: it
+expires waiting plans and runs rollback TTLs.
+
+Same rules as the gateway: every transition is one store transaction that carries its audit
+events, and the plan's lock serialises the actions on one plan within this process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from proctor.core.approvals import (
+    check_can_approve,
+    check_can_confirm,
+    check_not_expired,
+    quorum_met,
+)
+from proctor.core.events import EventType as E
+from proctor.core.lifecycle import ApprovalRecord, PlanRecord, PlanStatus, StepStatus
+from proctor.errors import (
+    ApprovalExpiredError,
+    ConflictError,
+    InvalidRequestError,
+    PermissionDeniedError,
+)
+
+if TYPE_CHECKING:
+    import threading
+
+    from proctor.app.executor import Executor
+    from proctor.app.journal import Journal
+    from proctor.app.telemetry import Telemetry
+    from proctor.core.catalog import Catalog
+    from proctor.core.ports import Clock, PolicyEngine, StepUp, Store
+
+__all__ = ["HumanActions"]
+
+# Shared with the gateway, which imports them from here.
+_NO_POLICY = "sha256:none"
+_MAX_ERROR = 500
+
+
+class HumanActions:
+    """The gateway's human actions on a routed plan, and its timers (a mixin of ``Gateway``)."""
+
+    # Set by ``Gateway.__init__``.
+    store: Store
+    catalog: Catalog
+    policy: PolicyEngine | None
+    clock: Clock
+    step_up: StepUp | None
+    telemetry: Telemetry
+    guards: Any
+    executor: Executor
+
+    if TYPE_CHECKING:
+        # Defined by ``Gateway``.
+        def _get(self, plan_id: str) -> PlanRecord: ...
+        def _fresh(self, tx: Any, record: PlanRecord) -> PlanRecord: ...
+        def _journal(self, tx: Any) -> Journal: ...
+        def _skip_rest(self, record: PlanRecord, start: int) -> PlanRecord: ...
+        def _lock_for(self, plan_id: str) -> threading.RLock: ...
+
+    # ------------------------------------------------------------------ human actions
+
+    def confirm(
+        self,
+        plan_id: str,
+        principal: str,
+        *,
+        comment: str = "",
+        traceparent: str | None = None,
+    ) -> PlanRecord:
+        """Confirm a plan that waits for its on-behalf-of user; it runs at once.
+
+        Raises:
+            NotFoundError, InvalidTransitionError, PermissionDeniedError, ApprovalExpiredError.
+        """
+        with self.telemetry.plan("proctor.confirm", traceparent, plan_id=plan_id):
+            return self._confirm(plan_id, principal, comment)
+
+    def _confirm(self, plan_id: str, principal: str, comment: str) -> PlanRecord:
+        with self._lock_for(plan_id):
+            record = self._get(plan_id)
+            self._expire_if_due(record)
+            check_can_confirm(record, principal)
+            record = self._recheck_policy(record)
+            self._recheck_guards(record)
+            now = self.clock.now()
+            approval = self._approval(record, principal, "confirm", (), comment, now)
+            with self.store.transaction() as tx:
+                current = self._fresh(tx, record)
+                check_can_confirm(current, principal)
+                j = self._journal(tx)
+                record = dataclasses.replace(current, approvals=(*current.approvals, approval))
+                j.emit(
+                    E.CONFIRMATION_GRANTED,
+                    plan=record,
+                    user_id=principal,
+                    data={"principal": principal, "comment": comment},
+                )
+                record = record.moved_to(PlanStatus.RUNNING, at=now)
+                record = self.executor.begin(j, record, now)
+                tx.save_plan(record)
+                j.flush()
+            self.telemetry.waited("approval_wait", record.created_at, now, plan_id=plan_id)
+        return self.executor.run(record)
+
+    def approve(
+        self,
+        plan_id: str,
+        principal: str,
+        *,
+        roles: Sequence[str],
+        comment: str = "",
+        otp: str | None = None,
+        traceparent: str | None = None,
+    ) -> PlanRecord:
+        """Record an approval; when the quorum is met the approvals are consumed and it runs.
+
+        Raises:
+            NotFoundError, InvalidTransitionError, PermissionDeniedError, ApprovalExpiredError.
+        """
+        with self.telemetry.plan("proctor.approve", traceparent, plan_id=plan_id):
+            return self._approve(plan_id, principal, roles, comment, otp)
+
+    def _approve(
+        self,
+        plan_id: str,
+        principal: str,
+        roles: Sequence[str],
+        comment: str,
+        otp: str | None,
+    ) -> PlanRecord:
+        with self._lock_for(plan_id):
+            record = self._get(plan_id)
+            self._expire_if_due(record)
+            required = record.decision["approver_roles"]
+            check_can_approve(record, principal, roles, required)
+            step_up = bool(record.decision["step_up"])
+            if step_up and (self.step_up is None or not self.step_up.verify(principal, otp)):
+                raise PermissionDeniedError(
+                    "this approval needs a valid step-up code (TOTP)",
+                    field="otp",
+                    hint="Enrol with `proctor totp enrol --as NAME` and pass --otp CODE.",
+                )
+            record = self._recheck_policy(record)
+            self._recheck_guards(record)
+            now = self.clock.now()
+            approval = self._approval(record, principal, "approve", roles, comment, now, step_up)
+            with self.store.transaction() as tx:
+                current = self._fresh(tx, record)
+                check_can_approve(current, principal, roles, required)
+                j = self._journal(tx)
+                record = dataclasses.replace(current, approvals=(*current.approvals, approval))
+                j.emit(
+                    E.APPROVAL_GRANTED,
+                    plan=record,
+                    user_id=principal,
+                    data={
+                        "principal": principal,
+                        "roles": list(roles),
+                        "comment": comment,
+                        "step_up": step_up,
+                        "bound_digest": record.digest,
+                        "bound_policy_version": record.policy_version,
+                    },
+                )
+                ready = quorum_met(
+                    record,
+                    record.approvals,
+                    count=record.decision["approvals"],
+                    required_roles=required,
+                )
+                if ready:
+                    # The transition to running consumes the approvals: a second approve, or a
+                    # replay of this one, finds the plan no longer awaiting approval.
+                    record = record.moved_to(PlanStatus.RUNNING, at=now)
+                    record = self.executor.begin(j, record, now)
+                tx.save_plan(record)
+                j.flush()
+        if record.status is PlanStatus.RUNNING:
+            self.telemetry.waited(
+                "approval_wait", record.created_at, record.updated_at, plan_id=plan_id
+            )
+            return self.executor.run(record)
+        return record
+
+    def reject(
+        self, plan_id: str, principal: str, *, roles: Sequence[str] = (), comment: str = ""
+    ) -> PlanRecord:
+        """Reject a waiting plan: its user for a confirmation, an approver for an approval.
+
+        Raises:
+            NotFoundError, InvalidTransitionError, PermissionDeniedError, ApprovalExpiredError.
+        """
+        with self._lock_for(plan_id):
+            record = self._get(plan_id)
+            self._expire_if_due(record)
+            if record.status is PlanStatus.AWAITING_CONFIRMATION:
+                check_can_confirm(record, principal)
+            else:
+                check_can_approve(record, principal, roles, record.decision["approver_roles"])
+            now = self.clock.now()
+            approval = self._approval(record, principal, "reject", roles, comment, now)
+            with self.store.transaction() as tx:
+                current = self._fresh(tx, record)
+                j = self._journal(tx)
+                record = dataclasses.replace(current, approvals=(*current.approvals, approval))
+                record = record.moved_to(
+                    PlanStatus.REJECTED, at=now, error=f"rejected by {principal}: {comment}"
+                )
+                record = self._skip_rest(record, 0)
+                j.emit(
+                    E.APPROVAL_REJECTED,
+                    plan=record,
+                    user_id=principal,
+                    data={"principal": principal, "roles": list(roles), "comment": comment},
+                )
+                if self.guards is not None:
+                    self.guards.on_finish(tx, j.emit, record)
+                tx.save_plan(record)
+                j.flush()
+        return record
+
+    def undo(
+        self,
+        plan_id: str,
+        principal: str,
+        *,
+        admin: bool = False,
+        rollback: bool = False,
+        comment: str = "",
+    ) -> PlanRecord:
+        """Undo a succeeded plan within its undo window (the on-behalf-of user, or an admin).
+
+        ``comment`` (why) is recorded in the compensation's reason, which the
+        ``compensation.started`` audit event carries: ``undone by NAME: COMMENT``.
+
+        Raises:
+            NotFoundError, InvalidTransitionError, PermissionDeniedError, ConflictError,
+            InvalidRequestError (a comment too long for the reason).
+        """
+        reason = f"undone by {principal}" + (f": {comment}" if comment else "")
+        if len(reason) > _MAX_ERROR:
+            # The reason is stored up to _MAX_ERROR characters: refuse rather than cut it.
+            room = max(_MAX_ERROR - len(f"undone by {principal}: "), 0)
+            raise InvalidRequestError(
+                f"comment is too long for an undo: at most {room} characters", field="comment"
+            )
+        with self._lock_for(plan_id):
+            record = self._get(plan_id)
+            if not admin and principal != record.on_behalf_of:
+                raise PermissionDeniedError(
+                    f"only {record.on_behalf_of!r} may undo this plan", field="principal"
+                )
+            if record.status is not PlanStatus.SUCCEEDED:
+                raise ConflictError(
+                    f"plan {plan_id} is {record.status.value}; only succeeded plans can be undone",
+                    field="plan_id",
+                )
+            now = self.clock.now()
+            if not rollback:  # a rollback TTL fires after its window by design
+                self._check_undoable(record, now)
+            # The first commit re-checks that the plan is still succeeded: of two concurrent
+            # undos (in any processes) one wins and the other gets a conflict.
+            return self.executor.compensate(
+                record,
+                reason=reason,
+                final=PlanStatus.UNDONE,
+                requested_by=principal,
+            )
+
+    def resolve(
+        self, plan_id: str, step_id: str, *, succeeded: bool, principal: str, comment: str = ""
+    ) -> PlanRecord:
+        """Say what happened to a step whose outcome is unknown (see ``Executor.resolve``).
+
+        Raises:
+            NotFoundError, ConflictError.
+        """
+        self._get(plan_id)
+        return self.executor.resolve(
+            plan_id, step_id, succeeded=succeeded, principal=principal, comment=comment
+        )
+
+    def _check_undoable(self, record: PlanRecord, now: datetime) -> None:
+        done = [s for s in record.steps if s.status is StepStatus.SUCCEEDED]
+        for s in done:
+            spec = self.catalog.require(s.action)
+            if not spec.reversible:
+                raise ConflictError(
+                    f"step {s.step_id} ({s.action}) is not reversible", field="plan_id"
+                )
+            if s.undo_until is None and s.rollback_at is None:
+                raise ConflictError(f"step {s.step_id} has no undo window", field="plan_id")
+            deadline = max(t for t in (s.undo_until, s.rollback_at) if t is not None)
+            if now > deadline:
+                raise ConflictError(
+                    f"the undo window of step {s.step_id} closed at {deadline.isoformat()}",
+                    field="plan_id",
+                )
+
+    def tick(self) -> list[PlanRecord]:
+        """Fire due timers: expire waiting plans past their deadline, run rollback TTLs.
+
+        Returns:
+            The plans that changed.
+        """
+        now = self.clock.now()
+        changed = []
+        # One indexed range scan: each plan stores when its next timer fires (timer_at).
+        for p in self.store.due_plans(now):
+            if p.status in (PlanStatus.AWAITING_APPROVAL, PlanStatus.AWAITING_CONFIRMATION):
+                with self._lock_for(p.plan_id):
+                    changed.append(self._expire(p, "nobody decided before the deadline"))
+            elif p.status is PlanStatus.SUCCEEDED:
+                changed.append(
+                    self.undo(p.plan_id, "proctor:rollback-ttl", admin=True, rollback=True)
+                )
+        return changed
+
+    # ------------------------------------------------------------------ helpers
+
+    def _expire_if_due(self, record: PlanRecord) -> None:
+        try:
+            check_not_expired(record, self.clock.now())
+        except ApprovalExpiredError:
+            if record.status in (PlanStatus.AWAITING_APPROVAL, PlanStatus.AWAITING_CONFIRMATION):
+                self._expire(record, "the deadline passed before a decision")
+            raise
+
+    def _expire(self, record: PlanRecord, reason: str) -> PlanRecord:
+        now = self.clock.now()
+        with self.store.transaction() as tx:
+            current = self._fresh(tx, record)
+            if current.status not in (
+                PlanStatus.AWAITING_APPROVAL,
+                PlanStatus.AWAITING_CONFIRMATION,
+            ):
+                return current
+            j = self._journal(tx)
+            record = self._skip_rest(current.moved_to(PlanStatus.EXPIRED, at=now, error=reason), 0)
+            j.emit(E.PLAN_EXPIRED, plan=record, data={"reason": reason})
+            if self.guards is not None:
+                self.guards.on_finish(tx, j.emit, record)
+            tx.save_plan(record)
+            j.flush()
+        return record
+
+    def _recheck_guards(self, record: PlanRecord) -> None:
+        """Right before execution: kill switches, breakers and budgets may forbid it now."""
+        if self.guards is None:
+            return
+        with self.store.transaction() as tx:
+            j = self._journal(tx)
+            reason = self.guards.recheck(tx, j.emit, record)
+            j.flush()
+        if reason:
+            raise ConflictError(
+                f"plan {record.plan_id} cannot run now: {reason}",
+                field="plan_id",
+                hint="It keeps waiting: try again once the guard allows it (`proctor guards`).",
+            )
+
+    def _recheck_policy(self, record: PlanRecord) -> PlanRecord:
+        """Right before execution: the policy that decided must still be the one in force."""
+        current = self.policy.version if self.policy is not None else _NO_POLICY
+        if current != record.policy_version:
+            self._expire(record, "the policy changed since the plan was decided")
+            raise ConflictError(
+                f"the policy changed since plan {record.plan_id} was decided; it has expired",
+                field="policy_version",
+                hint="Ask the agent to submit the plan again under the current policy.",
+            )
+        return record
+
+    def _approval(
+        self,
+        record: PlanRecord,
+        principal: str,
+        kind: str,
+        roles: Sequence[str],
+        comment: str,
+        now: datetime,
+        step_up: bool = False,
+    ) -> ApprovalRecord:
+        if len(comment) > 2000:
+            raise InvalidRequestError("comment is longer than 2,000 characters", field="comment")
+        return ApprovalRecord(
+            principal=principal,
+            kind=kind,
+            roles=tuple(roles),
+            digest=record.digest,
+            policy_version=record.policy_version,
+            comment=comment,
+            created_at=now,
+            step_up=step_up,
+        )
