@@ -30,6 +30,12 @@ Administrative operations (``kill``, ``unkill``, ``open_breaker``, ``reset_break
 ``set_whitelist``, ``set_autonomy``, ``answer_promotion``, ``mark_review``, ``complain``) run
 in their own transaction, also with their event; ``status``, ``suggestions`` and
 ``review_queue`` only read.
+
+This module holds ``Guards`` with the hooks above (policy input, admission, execution) and
+their kill switch, whitelist, rate limit, breaker, autonomy and anomaly logic. ``Guards``
+inherits the budget bookkeeping the hooks share (reserve, keep, settle, release) from
+``proctor.app.guards_budgets.GuardsBudgets`` and the administrative operations from
+``proctor.app.guards_admin.GuardsAdmin``.
 """
 
 from __future__ import annotations
@@ -38,9 +44,11 @@ import dataclasses
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from proctor.app.guards_admin import GuardsAdmin
+from proctor.app.guards_budgets import Emit, GuardsBudgets
 from proctor.core.catalog import ActionSpec, Catalog
 from proctor.core.decisions import Decision, Outcome
 from proctor.core.events import EventType as E
@@ -57,31 +65,26 @@ from proctor.core.guards import (
     minute,
     next_level,
     outside_whitelist,
-    over_budget,
-    period_bucket,
     promotion_due,
     window_start,
 )
 from proctor.core.lifecycle import PlanRecord, PlanStatus, StepRecord, StepStatus
 from proctor.core.ports import Clock, Store, Transaction
-from proctor.errors import ConflictError, InvalidRequestError, NotFoundError
 
 if TYPE_CHECKING:
     from proctor.app.gateway import Gateway
 
 __all__ = ["SNAPSHOT_TTL", "Guards"]
 
-Emit = Callable[..., None]
 SNAPSHOT_TTL = 0.5  # seconds: how stale the policy's view of guard state may be
 _KINDS = ("kill", "breaker", "autonomy", "whitelist")
 _RAN = frozenset(
     {PlanStatus.SUCCEEDED, PlanStatus.FAILED, PlanStatus.COMPENSATED, PlanStatus.UNDONE}
 )
-_VERDICTS = ("fine", "wrong")
 _HUMAN_DECIDED = frozenset({Outcome.APPROVE.value, Outcome.CONFIRM.value})
 
 
-class Guards:
+class Guards(GuardsBudgets, GuardsAdmin):
     """Rate limits, budgets, breakers, kill switches, whitelists, anomalies and autonomy."""
 
     def __init__(
@@ -173,38 +176,6 @@ class Guards:
             if over:
                 out["over_budget"] = over
         return out
-
-    def _over_budget(self, plan: Any, specs: Sequence[ActionSpec]) -> list[dict[str, Any]]:
-        """The budgets ``plan`` would exceed, read from the store now (not reserved)."""
-        amounts = [spec.amount(s.params) for s, spec in zip(plan.steps, specs, strict=True)]
-        if not any(amounts):
-            return []
-        now = self.clock.now()
-        agent, user = plan.actor.agent_id, plan.on_behalf_of
-        over = []
-        for b in self.settings.budgets:
-            bucket = period_bucket(now, b.period)
-            portions: dict[str, tuple[int, list[str]]] = {}
-            for st, amount in zip(plan.steps, amounts, strict=True):
-                value = {"agent": agent, "user": user, "action": st.action, "global": "*"}[b.scope]
-                if amount and b.applies(value):
-                    need, ids = portions.get(b.counter(value), (0, []))
-                    portions[b.counter(value)] = (need + amount, [*ids, st.id])
-            for counter, (need, ids) in portions.items():
-                spent = self.store.counter_sum(counter, bucket)[1]
-                if over_budget(spent, need, b.limit):
-                    over.append(
-                        {
-                            "budget": counter,
-                            "period": bucket,
-                            "limit": b.limit,
-                            "spent": spent,
-                            "amount": need,
-                            "on_exceed": b.on_exceed,
-                            "steps": ids,
-                        }
-                    )
-        return over
 
     # ------------------------------------------------------------------ admission
 
@@ -324,111 +295,6 @@ class Guards:
         for name, n in wanted:
             tx.bump(name, minute(now), count=n)
         return None
-
-    def _budgets(
-        self,
-        tx: Transaction,
-        emit: Emit,
-        record: PlanRecord,
-        amounts: list[int],
-        decision: Decision,
-        now: Any,
-    ) -> Decision:
-        if not self.settings.budgets or not any(amounts):
-            return decision
-        entries, approve, deny = self._reserve(tx, emit, record, amounts, now)
-        if deny is not None:
-            return Decision.deny_all(
-                [s.step_id for s in record.steps], deny, policy_version=decision.policy_version
-            )
-        for reason in approve:
-            decision = decision.at_least(Outcome.APPROVE, reason)
-        self._keep(tx, emit, record, entries, now)
-        return decision
-
-    def _reserve(
-        self,
-        tx: Transaction,
-        emit: Emit,
-        record: PlanRecord,
-        amounts: list[int],
-        now: Any,
-        *,
-        then: dict[str, str] | None = None,
-    ) -> tuple[list[dict[str, Any]], list[str], str | None]:
-        """Reserve the plan's spend under every budget that counts it.
-
-        Returns the reservation entries, the reasons of budgets exceeded with ``approve``, and
-        the reason of the first budget exceeded with ``deny`` (then nothing stays reserved).
-        Every exceeded budget is a ``budget.exceeded`` event whose ``then`` says what follows:
-        the budget's ``on_exceed``, or what ``then`` maps it to.
-        """
-        entries: list[dict[str, Any]] = []
-        approve: list[str] = []
-        for b in self.settings.budgets:
-            bucket = period_bucket(now, b.period)
-            portions: dict[str, list[int]] = {}
-            for s, a in zip(record.steps, amounts, strict=True):
-                value = self._scope_value(b.scope, record, s)
-                if a and b.applies(value):
-                    portions.setdefault(b.counter(value), [0] * len(amounts))[s.index] += a
-            for counter, portion in portions.items():
-                spent = tx.counter_sum(counter, bucket)[1]
-                need = sum(portion)
-                if over_budget(spent, need, b.limit):
-                    emit(
-                        E.BUDGET_EXCEEDED,
-                        plan=record,
-                        data={
-                            "budget": counter,
-                            "period": bucket,
-                            "limit": b.limit,
-                            "spent": spent,
-                            "amount": need,
-                            "then": (then or {}).get(b.on_exceed, b.on_exceed),
-                        },
-                    )
-                    reason = f"budget {counter} ({bucket}): {spent} spent + {need} > {b.limit}"
-                    if b.on_exceed == "deny":
-                        self._release(tx, entries)
-                        return [], [], reason
-                    approve.append(reason)
-                tx.bump(counter, bucket, count=0, amount=need)
-                entries.append({"counter": counter, "bucket": bucket, "steps": portion})
-        return entries, approve, None
-
-    @staticmethod
-    def _keep(
-        tx: Transaction, emit: Emit, record: PlanRecord, entries: list[dict[str, Any]], now: Any
-    ) -> None:
-        """Record a plan's reservation (settled by ``on_step``, released by ``on_finish``)."""
-        if not entries:
-            return
-        tx.put_state("reservation", record.plan_id, {"entries": entries}, at=now)
-        emit(
-            E.BUDGET_RESERVED,
-            plan=record,
-            data={
-                "reservations": [
-                    {"budget": e["counter"], "period": e["bucket"], "amount": sum(e["steps"])}
-                    for e in entries
-                ]
-            },
-        )
-
-    @staticmethod
-    def _scope_value(scope: str, record: PlanRecord, step: StepRecord) -> str:
-        return {
-            "agent": record.agent_id,
-            "user": record.on_behalf_of,
-            "action": step.action,
-            "global": "*",
-        }[scope]
-
-    @staticmethod
-    def _release(tx: Transaction, entries: list[dict[str, Any]]) -> None:
-        for e in entries:
-            tx.bump(e["counter"], e["bucket"], count=0, amount=-sum(e["steps"]))
 
     def _breakers(
         self,
@@ -700,66 +566,6 @@ class Guards:
             rollbacks -= int(held.get("rollbacks", 0))
         return max(calls, 0), max(cost, 0), max(errors, 0), max(rollbacks, 0)
 
-    def _settle(
-        self,
-        tx: Transaction,
-        emit: Emit,
-        record: PlanRecord,
-        step: StepRecord,
-        cost: int,
-        now: Any,
-        *,
-        ok: bool,
-    ) -> None:
-        """Settle a step's reservation at its real cost (a failed step: released)."""
-        res = tx.get_state("reservation", record.plan_id)
-        if not isinstance(res, dict):
-            return
-        settled = []
-        for e in res["entries"]:
-            reserved = e["steps"][step.index]
-            if not reserved:
-                continue
-            actual = cost if e["steps"][step.index] else 0
-            tx.bump(e["counter"], e["bucket"], count=0, amount=actual - reserved)
-            e["steps"][step.index] = 0
-            settled.append({"budget": e["counter"], "reserved": reserved, "spent": actual})
-            limit = self._limit_of(e["counter"])
-            spent = tx.counter_sum(e["counter"], e["bucket"])[1]
-            if limit is not None and spent > limit:
-                emit(
-                    E.BUDGET_EXCEEDED,
-                    plan=record,
-                    step_id=step.step_id,
-                    data={
-                        "budget": e["counter"],
-                        "period": e["bucket"],
-                        "limit": limit,
-                        "spent": spent,
-                        "amount": actual,
-                        "then": "recorded",
-                    },
-                )
-        if settled:
-            tx.put_state("reservation", record.plan_id, res, at=now)
-            if ok:
-                emit(E.BUDGET_SETTLED, plan=record, step_id=step.step_id, data={"settled": settled})
-            else:
-                released = [{"budget": x["budget"], "amount": x["reserved"]} for x in settled]
-                emit(
-                    E.BUDGET_RELEASED,
-                    plan=record,
-                    step_id=step.step_id,
-                    data={"released": released},
-                )
-
-    def _limit_of(self, counter: str) -> int | None:
-        for b in self.settings.budgets:
-            _, scope, who = counter.split(":", 2)
-            if b.scope == scope and b.applies(who):
-                return b.limit
-        return None
-
     def on_finish(self, tx: Transaction, emit: Emit, record: PlanRecord) -> None:
         """When a plan ends: release what it did not spend, count rollbacks and proposals."""
         now = self.clock.now()
@@ -830,341 +636,3 @@ class Guards:
                         "total": total,
                     },
                 )
-
-    # ------------------------------------------------------------------ administration
-
-    def _admin(self, fn: Callable[[Transaction, Emit, Any], Any]) -> Any:
-        if self._gw is None:
-            raise ConflictError("the guards are not attached to a gateway")
-        with self.store.transaction() as tx:
-            j = self._gw._journal(tx)
-
-            def emit(type_: str, **kw: Any) -> None:
-                kw.setdefault("actor", {"type": "human", "name": kw.get("user_id") or "admin"})
-                j.emit(type_, **kw)
-
-            out = fn(tx, emit, self.clock.now())
-            j.flush()
-        self._invalidate()
-        return out
-
-    @staticmethod
-    def _switch(scope: str, key: str | None) -> str:
-        if scope == "global":
-            return "global"
-        if scope not in ("agent", "action") or not key:
-            raise InvalidRequestError(
-                "a kill switch is global, or for an agent or an action with its name",
-                field="scope",
-            )
-        return f"{scope}:{key}"
-
-    def kill(self, scope: str, key: str | None, *, by: str, reason: str = "") -> str:
-        """Engage a kill switch (``global``, ``agent`` NAME or ``action`` NAME)."""
-        switch = self._switch(scope, key)
-
-        def op(tx: Transaction, emit: Emit, now: Any) -> str:
-            tx.put_state(
-                "kill", switch, {"by": by, "reason": reason, "at": now.isoformat()}, at=now
-            )
-            emit(E.KILL_ENGAGED, user_id=by, data={"switch": switch, "by": by, "reason": reason})
-            return switch
-
-        result: str = self._admin(op)
-        return result
-
-    def unkill(self, scope: str, key: str | None, *, by: str) -> bool:
-        """Release a kill switch; False if it was not engaged."""
-        switch = self._switch(scope, key)
-
-        def op(tx: Transaction, emit: Emit, now: Any) -> bool:
-            if tx.get_state("kill", switch) is None:
-                return False
-            tx.put_state("kill", switch, None, at=now)
-            emit(E.KILL_RELEASED, user_id=by, data={"switch": switch, "by": by})
-            return True
-
-        result: bool = self._admin(op)
-        return result
-
-    @staticmethod
-    def _breaker_key(scope: str, key: str | None) -> str:
-        if scope not in ("agent", "action") or not key:
-            raise InvalidRequestError(
-                "a circuit breaker is an agent's or an action's: give its scope and name",
-                field="scope" if scope not in ("agent", "action") else "key",
-            )
-        return f"{scope}:{key}"
-
-    def open_breaker(self, scope: str, key: str | None, *, by: str, reason: str = "") -> str:
-        """Force a breaker open (``agent`` NAME or ``action`` NAME) until ``reset_breaker``.
-
-        While open, agentic execution it covers needs an approver, and plans their user only
-        confirmed wait (as for a tripped breaker). A forced breaker does not turn half-open
-        by itself: an admin opened it, an admin closes it. Audited as ``breaker.opened``
-        with ``manual: true``.
-
-        Returns:
-            The breaker's key (``agent:bot``, ``action:shop.buy``).
-        """
-        breaker = self._breaker_key(scope, key)
-        why = f"forced open by {by}" + (f": {reason}" if reason else "")
-
-        def op(tx: Transaction, emit: Emit, now: Any) -> str:
-            # NOTE(guards): no ``opened_at``: ``breaker_view`` and ``breaker_before`` only
-            # turn an open breaker half-open ``open_seconds`` after it opened, so one without
-            # that time stays open, and ``breaker_after`` leaves an open breaker as it is.
-            state = BreakerState(state="open", reason=why)
-            forced = {"by": by, "at": now.isoformat(), "reason": reason}
-            tx.put_state("breaker", breaker, {**state.value(), "forced": forced}, at=now)
-            emit(
-                E.BREAKER_OPENED,
-                user_id=by,
-                data={
-                    "breaker": breaker,
-                    "reason": why,
-                    "severity": "high",
-                    "by": by,
-                    "manual": True,
-                },
-            )
-            return breaker
-
-        result: str = self._admin(op)
-        return result
-
-    def reset_breaker(self, scope: str, key: str | None, *, by: str, reason: str = "") -> bool:
-        """Close an open or half-open breaker (``agent`` NAME or ``action`` NAME).
-
-        Only calls after the reset count towards opening it again. Audited as
-        ``breaker.closed`` with ``manual: true``.
-
-        Returns:
-            False (and nothing is recorded) if the breaker was not open or half-open.
-        """
-        breaker = self._breaker_key(scope, key)
-
-        def op(tx: Transaction, emit: Emit, now: Any) -> bool:
-            stored = tx.get_state("breaker", breaker)
-            before = BreakerState.from_value(stored)
-            if stored is None or before.state == "closed":
-                return False
-            bucket = minute(now)
-            calls, cost = tx.counter_sum(f"calls:{breaker}", bucket)
-            held = {
-                "calls": calls,
-                "cost": cost,
-                "errors": tx.counter_sum(f"errors:{breaker}", bucket)[0],
-                "rollbacks": tx.counter_sum(f"rollbacks:{breaker}", bucket)[0],
-            }
-            value = {
-                **BreakerState().value(),
-                "reset": {"by": by, "at": now.isoformat(), "since": bucket, "held": held},
-            }
-            tx.put_state("breaker", breaker, value, at=now)
-            emit(
-                E.BREAKER_CLOSED,
-                user_id=by,
-                data={
-                    "breaker": breaker,
-                    "reason": reason,
-                    "was": breaker_view(before, now, self.settings.breaker),
-                    "by": by,
-                    "manual": True,
-                },
-            )
-            return True
-
-        result: bool = self._admin(op)
-        return result
-
-    def set_whitelist(self, agent: str, actions: Sequence[str] | None, *, by: str) -> None:
-        """Limit ``agent`` to ``actions`` (None removes the limit)."""
-        unknown = [a for a in actions or () if a not in self.catalog]
-        if unknown:
-            raise InvalidRequestError(f"unknown action {unknown[0]!r}", field="actions")
-
-        def op(tx: Transaction, emit: Emit, now: Any) -> None:
-            value = None if actions is None else {"actions": sorted(set(actions))}
-            tx.put_state("whitelist", agent, value, at=now)
-            emit(
-                E.WHITELIST_CHANGED,
-                user_id=by,
-                data={"agent": agent, "actions": None if value is None else value["actions"]},
-            )
-
-        self._admin(op)
-
-    def set_autonomy(
-        self, user: str, action: str, level: str, *, below: int | None = None, by: str
-    ) -> None:
-        """Set a user's autonomy level (and tolerance) for one action."""
-        if action not in self.catalog:
-            raise InvalidRequestError(f"unknown action {action!r}", field="action")
-        try:
-            lvl = AutonomyLevel(level)
-        except ValueError:
-            raise InvalidRequestError(
-                "level must be propose, confirm or auto", field="level"
-            ) from None
-        if below is not None and (type(below) is not int or below < 0):
-            raise InvalidRequestError("below must be a non-negative amount", field="below")
-
-        def op(tx: Transaction, emit: Emit, now: Any) -> None:
-            key = f"{user}|{action}"
-            tx.put_state("autonomy", key, {"level": lvl.value, "below": below, "by": by}, at=now)
-            tx.put_state("promotion", key, None, at=now)
-            emit(
-                E.AUTONOMY_CHANGED,
-                user_id=user,
-                data={"user": user, "action": action, "level": lvl.value, "below": below, "by": by},
-            )
-
-        self._admin(op)
-
-    def answer_promotion(self, user: str, action: str, *, accept: bool) -> str:
-        """The user opts in (the level goes up one) or out of a suggested promotion."""
-        key = f"{user}|{action}"
-
-        def op(tx: Transaction, emit: Emit, now: Any) -> str:
-            pending = tx.get_state("promotion", key)
-            if not isinstance(pending, dict) or pending.get("status") != "suggested":
-                raise NotFoundError(
-                    f"no promotion is suggested for {user} on {action}", field="action"
-                )
-            setting = tx.get_state("autonomy", key) or {}
-            level = pending["to"] if accept else pending["from"]
-            if accept:
-                tx.put_state("autonomy", key, {**setting, "level": level, "by": user}, at=now)
-                tx.put_state("promotion", key, None, at=now)
-            else:
-                tx.put_state("promotion", key, {**pending, "status": "declined"}, at=now)
-            emit(
-                E.AUTONOMY_CHANGED,
-                user_id=user,
-                data={
-                    "user": user,
-                    "action": action,
-                    "level": level,
-                    "promotion": "accepted" if accept else "declined",
-                    "by": user,
-                },
-            )
-            return str(level)
-
-        result: str = self._admin(op)
-        return result
-
-    def suggestions(self, user: str) -> list[dict[str, Any]]:
-        """The promotions Proctor suggests to ``user`` and that await an answer, by action.
-
-        Each is ``{"user", "action", "from", "to", "accepted", "total"}``; answer with
-        ``answer_promotion``.
-        """
-        out = []
-        for key, v in sorted(self.store.list_state("promotion").items()):
-            who, _, action = key.partition("|")
-            if who != user or not isinstance(v, dict) or v.get("status") != "suggested":
-                continue
-            out.append(
-                {
-                    "user": who,
-                    "action": action,
-                    "from": v.get("from"),
-                    "to": v.get("to"),
-                    "accepted": v.get("accepted"),
-                    "total": v.get("total"),
-                }
-            )
-        return out
-
-    def mark_review(self, plan_id: str, verdict: str, *, reviewer: str, note: str = "") -> None:
-        """Mark a sampled plan fine or wrong (a wrong one is a false action in the KPIs)."""
-        if verdict not in _VERDICTS:
-            raise InvalidRequestError("verdict must be fine or wrong", field="verdict")
-
-        def op(tx: Transaction, emit: Emit, now: Any) -> None:
-            rec = tx.get_plan(plan_id)
-            if rec is None:
-                raise NotFoundError(f"no plan {plan_id!r}", field="plan_id")
-            if not rec.review:
-                raise ConflictError(f"plan {plan_id} was not sampled for review", field="plan_id")
-            tx.save_plan(dataclasses.replace(rec, review_verdict=verdict))
-            emit(
-                E.REVIEW_MARKED,
-                plan=rec,
-                user_id=reviewer,
-                data={"verdict": verdict, "reviewer": reviewer, "note": note[:2000]},
-            )
-
-        self._admin(op)
-
-    def complain(self, plan_id: str, *, by: str, reason: str) -> None:
-        """A user says an action was wrong (a false action in the KPIs)."""
-        if not reason.strip():
-            raise InvalidRequestError("say what was wrong", field="reason")
-
-        def op(tx: Transaction, emit: Emit, now: Any) -> None:
-            rec = tx.get_plan(plan_id)
-            if rec is None:
-                raise NotFoundError(f"no plan {plan_id!r}", field="plan_id")
-            emit(E.COMPLAINT_FILED, plan=rec, user_id=by, data={"by": by, "reason": reason[:2000]})
-
-        self._admin(op)
-
-    def review_queue(self, limit: int = 100) -> list[PlanRecord]:
-        """Sampled plans that no reviewer has marked yet, newest first."""
-        out: list[PlanRecord] = []
-        before = None
-        while len(out) < limit:
-            page = self.store.list_plans(limit=500, before=before)
-            if not page:
-                break
-            out.extend(p for p in page if p.review and p.review_verdict is None)
-            last = page[-1]
-            before = f"{last.created_at.isoformat()}|{last.plan_id}"
-        return out[:limit]
-
-    def status(self) -> dict[str, Any]:
-        """Kill switches, breakers, whitelists, autonomy settings, promotions, budget use."""
-        now = self.clock.now()
-        budgets = []
-        for b in self.settings.budgets:
-            bucket = period_bucket(now, b.period)
-            one = b.scope == "global" or b.key != "*"
-            used = self.store.counter_sum(b.counter(b.key), bucket)[1] if one else None
-            budgets.append(
-                {
-                    "scope": b.scope,
-                    "key": b.key,
-                    "period": bucket,
-                    "limit": b.limit,
-                    "used": used,
-                    "on_exceed": b.on_exceed,
-                }
-            )
-        breakers = {}
-        for key, v in self.store.list_state("breaker").items():
-            st = BreakerState.from_value(v)
-            breakers[key] = {
-                **st.value(),
-                "view": breaker_view(st, now, self.settings.breaker),
-                # Who forced it open (it then stays open until reset), or None.
-                "forced": v.get("forced") if isinstance(v, dict) and st.state == "open" else None,
-            }
-        rate_limits = []
-        for r in self.settings.rate_limits:
-            used = None
-            if r.key != "*":
-                since = window_start(now, r.per_seconds)
-                used = self.store.counter_sum(f"rate:{r.scope}:{r.key}", since)[0]
-            rate_limits.append({**dataclasses.asdict(r), "used": used})
-        return {
-            "kill": self.store.list_state("kill"),
-            "breakers": breakers,
-            "whitelists": self.store.list_state("whitelist"),
-            "autonomy": self.store.list_state("autonomy"),
-            "promotions": self.store.list_state("promotion"),
-            "budgets": budgets,
-            "rate_limits": rate_limits,
-        }

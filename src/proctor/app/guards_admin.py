@@ -1,0 +1,388 @@
+"""Administration of the guards, each operation in its own transaction (docs/guards.md).
+
+``GuardsAdmin`` is a mixin of ``proctor.app.guards.Guards`` holding what people (the CLI,
+the HTTP API, the console) do to the guards rather than what the gateway's hooks do for
+every plan: ``kill``, ``unkill``, ``open_breaker``, ``reset_breaker``, ``set_whitelist``,
+``set_autonomy``, ``answer_promotion``, ``mark_review`` and ``complain`` write through
+their own transaction with their audit event (and refresh this process's snapshot), while
+``status``, ``suggestions`` and ``review_queue`` only read. It is separate because none of
+it runs on a plan's path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from proctor.app.guards_budgets import Emit
+from proctor.core.catalog import Catalog
+from proctor.core.events import EventType as E
+from proctor.core.guards import (
+    AutonomyLevel,
+    BreakerState,
+    GuardSettings,
+    breaker_view,
+    minute,
+    period_bucket,
+    window_start,
+)
+from proctor.core.lifecycle import PlanRecord
+from proctor.core.ports import Clock, Store, Transaction
+from proctor.errors import ConflictError, InvalidRequestError, NotFoundError
+
+if TYPE_CHECKING:
+    from proctor.app.gateway import Gateway
+
+__all__ = ["GuardsAdmin"]
+
+_VERDICTS = ("fine", "wrong")
+
+
+class GuardsAdmin:
+    """Administrative operations of ``Guards``: switches, breakers, settings, reviews, status."""
+
+    settings: GuardSettings
+    store: Store
+    clock: Clock
+    catalog: Catalog
+    _gw: Gateway | None
+    _invalidate: Callable[[], None]
+
+    # ------------------------------------------------------------------ administration
+
+    def _admin(self, fn: Callable[[Transaction, Emit, Any], Any]) -> Any:
+        if self._gw is None:
+            raise ConflictError("the guards are not attached to a gateway")
+        with self.store.transaction() as tx:
+            j = self._gw._journal(tx)
+
+            def emit(type_: str, **kw: Any) -> None:
+                kw.setdefault("actor", {"type": "human", "name": kw.get("user_id") or "admin"})
+                j.emit(type_, **kw)
+
+            out = fn(tx, emit, self.clock.now())
+            j.flush()
+        self._invalidate()
+        return out
+
+    @staticmethod
+    def _switch(scope: str, key: str | None) -> str:
+        if scope == "global":
+            return "global"
+        if scope not in ("agent", "action") or not key:
+            raise InvalidRequestError(
+                "a kill switch is global, or for an agent or an action with its name",
+                field="scope",
+            )
+        return f"{scope}:{key}"
+
+    def kill(self, scope: str, key: str | None, *, by: str, reason: str = "") -> str:
+        """Engage a kill switch (``global``, ``agent`` NAME or ``action`` NAME)."""
+        switch = self._switch(scope, key)
+
+        def op(tx: Transaction, emit: Emit, now: Any) -> str:
+            tx.put_state(
+                "kill", switch, {"by": by, "reason": reason, "at": now.isoformat()}, at=now
+            )
+            emit(E.KILL_ENGAGED, user_id=by, data={"switch": switch, "by": by, "reason": reason})
+            return switch
+
+        result: str = self._admin(op)
+        return result
+
+    def unkill(self, scope: str, key: str | None, *, by: str) -> bool:
+        """Release a kill switch; False if it was not engaged."""
+        switch = self._switch(scope, key)
+
+        def op(tx: Transaction, emit: Emit, now: Any) -> bool:
+            if tx.get_state("kill", switch) is None:
+                return False
+            tx.put_state("kill", switch, None, at=now)
+            emit(E.KILL_RELEASED, user_id=by, data={"switch": switch, "by": by})
+            return True
+
+        result: bool = self._admin(op)
+        return result
+
+    @staticmethod
+    def _breaker_key(scope: str, key: str | None) -> str:
+        if scope not in ("agent", "action") or not key:
+            raise InvalidRequestError(
+                "a circuit breaker is an agent's or an action's: give its scope and name",
+                field="scope" if scope not in ("agent", "action") else "key",
+            )
+        return f"{scope}:{key}"
+
+    def open_breaker(self, scope: str, key: str | None, *, by: str, reason: str = "") -> str:
+        """Force a breaker open (``agent`` NAME or ``action`` NAME) until ``reset_breaker``.
+
+        While open, agentic execution it covers needs an approver, and plans their user only
+        confirmed wait (as for a tripped breaker). A forced breaker does not turn half-open
+        by itself: an admin opened it, an admin closes it. Audited as ``breaker.opened``
+        with ``manual: true``.
+
+        Returns:
+            The breaker's key (``agent:bot``, ``action:shop.buy``).
+        """
+        breaker = self._breaker_key(scope, key)
+        why = f"forced open by {by}" + (f": {reason}" if reason else "")
+
+        def op(tx: Transaction, emit: Emit, now: Any) -> str:
+            # NOTE(guards): no ``opened_at``: ``breaker_view`` and ``breaker_before`` only
+            # turn an open breaker half-open ``open_seconds`` after it opened, so one without
+            # that time stays open, and ``breaker_after`` leaves an open breaker as it is.
+            state = BreakerState(state="open", reason=why)
+            forced = {"by": by, "at": now.isoformat(), "reason": reason}
+            tx.put_state("breaker", breaker, {**state.value(), "forced": forced}, at=now)
+            emit(
+                E.BREAKER_OPENED,
+                user_id=by,
+                data={
+                    "breaker": breaker,
+                    "reason": why,
+                    "severity": "high",
+                    "by": by,
+                    "manual": True,
+                },
+            )
+            return breaker
+
+        result: str = self._admin(op)
+        return result
+
+    def reset_breaker(self, scope: str, key: str | None, *, by: str, reason: str = "") -> bool:
+        """Close an open or half-open breaker (``agent`` NAME or ``action`` NAME).
+
+        Only calls after the reset count towards opening it again. Audited as
+        ``breaker.closed`` with ``manual: true``.
+
+        Returns:
+            False (and nothing is recorded) if the breaker was not open or half-open.
+        """
+        breaker = self._breaker_key(scope, key)
+
+        def op(tx: Transaction, emit: Emit, now: Any) -> bool:
+            stored = tx.get_state("breaker", breaker)
+            before = BreakerState.from_value(stored)
+            if stored is None or before.state == "closed":
+                return False
+            bucket = minute(now)
+            calls, cost = tx.counter_sum(f"calls:{breaker}", bucket)
+            held = {
+                "calls": calls,
+                "cost": cost,
+                "errors": tx.counter_sum(f"errors:{breaker}", bucket)[0],
+                "rollbacks": tx.counter_sum(f"rollbacks:{breaker}", bucket)[0],
+            }
+            value = {
+                **BreakerState().value(),
+                "reset": {"by": by, "at": now.isoformat(), "since": bucket, "held": held},
+            }
+            tx.put_state("breaker", breaker, value, at=now)
+            emit(
+                E.BREAKER_CLOSED,
+                user_id=by,
+                data={
+                    "breaker": breaker,
+                    "reason": reason,
+                    "was": breaker_view(before, now, self.settings.breaker),
+                    "by": by,
+                    "manual": True,
+                },
+            )
+            return True
+
+        result: bool = self._admin(op)
+        return result
+
+    def set_whitelist(self, agent: str, actions: Sequence[str] | None, *, by: str) -> None:
+        """Limit ``agent`` to ``actions`` (None removes the limit)."""
+        unknown = [a for a in actions or () if a not in self.catalog]
+        if unknown:
+            raise InvalidRequestError(f"unknown action {unknown[0]!r}", field="actions")
+
+        def op(tx: Transaction, emit: Emit, now: Any) -> None:
+            value = None if actions is None else {"actions": sorted(set(actions))}
+            tx.put_state("whitelist", agent, value, at=now)
+            emit(
+                E.WHITELIST_CHANGED,
+                user_id=by,
+                data={"agent": agent, "actions": None if value is None else value["actions"]},
+            )
+
+        self._admin(op)
+
+    def set_autonomy(
+        self, user: str, action: str, level: str, *, below: int | None = None, by: str
+    ) -> None:
+        """Set a user's autonomy level (and tolerance) for one action."""
+        if action not in self.catalog:
+            raise InvalidRequestError(f"unknown action {action!r}", field="action")
+        try:
+            lvl = AutonomyLevel(level)
+        except ValueError:
+            raise InvalidRequestError(
+                "level must be propose, confirm or auto", field="level"
+            ) from None
+        if below is not None and (type(below) is not int or below < 0):
+            raise InvalidRequestError("below must be a non-negative amount", field="below")
+
+        def op(tx: Transaction, emit: Emit, now: Any) -> None:
+            key = f"{user}|{action}"
+            tx.put_state("autonomy", key, {"level": lvl.value, "below": below, "by": by}, at=now)
+            tx.put_state("promotion", key, None, at=now)
+            emit(
+                E.AUTONOMY_CHANGED,
+                user_id=user,
+                data={"user": user, "action": action, "level": lvl.value, "below": below, "by": by},
+            )
+
+        self._admin(op)
+
+    def answer_promotion(self, user: str, action: str, *, accept: bool) -> str:
+        """The user opts in (the level goes up one) or out of a suggested promotion."""
+        key = f"{user}|{action}"
+
+        def op(tx: Transaction, emit: Emit, now: Any) -> str:
+            pending = tx.get_state("promotion", key)
+            if not isinstance(pending, dict) or pending.get("status") != "suggested":
+                raise NotFoundError(
+                    f"no promotion is suggested for {user} on {action}", field="action"
+                )
+            setting = tx.get_state("autonomy", key) or {}
+            level = pending["to"] if accept else pending["from"]
+            if accept:
+                tx.put_state("autonomy", key, {**setting, "level": level, "by": user}, at=now)
+                tx.put_state("promotion", key, None, at=now)
+            else:
+                tx.put_state("promotion", key, {**pending, "status": "declined"}, at=now)
+            emit(
+                E.AUTONOMY_CHANGED,
+                user_id=user,
+                data={
+                    "user": user,
+                    "action": action,
+                    "level": level,
+                    "promotion": "accepted" if accept else "declined",
+                    "by": user,
+                },
+            )
+            return str(level)
+
+        result: str = self._admin(op)
+        return result
+
+    def suggestions(self, user: str) -> list[dict[str, Any]]:
+        """The promotions Proctor suggests to ``user`` and that await an answer, by action.
+
+        Each is ``{"user", "action", "from", "to", "accepted", "total"}``; answer with
+        ``answer_promotion``.
+        """
+        out = []
+        for key, v in sorted(self.store.list_state("promotion").items()):
+            who, _, action = key.partition("|")
+            if who != user or not isinstance(v, dict) or v.get("status") != "suggested":
+                continue
+            out.append(
+                {
+                    "user": who,
+                    "action": action,
+                    "from": v.get("from"),
+                    "to": v.get("to"),
+                    "accepted": v.get("accepted"),
+                    "total": v.get("total"),
+                }
+            )
+        return out
+
+    def mark_review(self, plan_id: str, verdict: str, *, reviewer: str, note: str = "") -> None:
+        """Mark a sampled plan fine or wrong (a wrong one is a false action in the KPIs)."""
+        if verdict not in _VERDICTS:
+            raise InvalidRequestError("verdict must be fine or wrong", field="verdict")
+
+        def op(tx: Transaction, emit: Emit, now: Any) -> None:
+            rec = tx.get_plan(plan_id)
+            if rec is None:
+                raise NotFoundError(f"no plan {plan_id!r}", field="plan_id")
+            if not rec.review:
+                raise ConflictError(f"plan {plan_id} was not sampled for review", field="plan_id")
+            tx.save_plan(dataclasses.replace(rec, review_verdict=verdict))
+            emit(
+                E.REVIEW_MARKED,
+                plan=rec,
+                user_id=reviewer,
+                data={"verdict": verdict, "reviewer": reviewer, "note": note[:2000]},
+            )
+
+        self._admin(op)
+
+    def complain(self, plan_id: str, *, by: str, reason: str) -> None:
+        """A user says an action was wrong (a false action in the KPIs)."""
+        if not reason.strip():
+            raise InvalidRequestError("say what was wrong", field="reason")
+
+        def op(tx: Transaction, emit: Emit, now: Any) -> None:
+            rec = tx.get_plan(plan_id)
+            if rec is None:
+                raise NotFoundError(f"no plan {plan_id!r}", field="plan_id")
+            emit(E.COMPLAINT_FILED, plan=rec, user_id=by, data={"by": by, "reason": reason[:2000]})
+
+        self._admin(op)
+
+    def review_queue(self, limit: int = 100) -> list[PlanRecord]:
+        """Sampled plans that no reviewer has marked yet, newest first."""
+        out: list[PlanRecord] = []
+        before = None
+        while len(out) < limit:
+            page = self.store.list_plans(limit=500, before=before)
+            if not page:
+                break
+            out.extend(p for p in page if p.review and p.review_verdict is None)
+            last = page[-1]
+            before = f"{last.created_at.isoformat()}|{last.plan_id}"
+        return out[:limit]
+
+    def status(self) -> dict[str, Any]:
+        """Kill switches, breakers, whitelists, autonomy settings, promotions, budget use."""
+        now = self.clock.now()
+        budgets = []
+        for b in self.settings.budgets:
+            bucket = period_bucket(now, b.period)
+            one = b.scope == "global" or b.key != "*"
+            used = self.store.counter_sum(b.counter(b.key), bucket)[1] if one else None
+            budgets.append(
+                {
+                    "scope": b.scope,
+                    "key": b.key,
+                    "period": bucket,
+                    "limit": b.limit,
+                    "used": used,
+                    "on_exceed": b.on_exceed,
+                }
+            )
+        breakers = {}
+        for key, v in self.store.list_state("breaker").items():
+            st = BreakerState.from_value(v)
+            breakers[key] = {
+                **st.value(),
+                "view": breaker_view(st, now, self.settings.breaker),
+                # Who forced it open (it then stays open until reset), or None.
+                "forced": v.get("forced") if isinstance(v, dict) and st.state == "open" else None,
+            }
+        rate_limits = []
+        for r in self.settings.rate_limits:
+            used = None
+            if r.key != "*":
+                since = window_start(now, r.per_seconds)
+                used = self.store.counter_sum(f"rate:{r.scope}:{r.key}", since)[0]
+            rate_limits.append({**dataclasses.asdict(r), "used": used})
+        return {
+            "kill": self.store.list_state("kill"),
+            "breakers": breakers,
+            "whitelists": self.store.list_state("whitelist"),
+            "autonomy": self.store.list_state("autonomy"),
+            "promotions": self.store.list_state("promotion"),
+            "budgets": budgets,
+            "rate_limits": rate_limits,
+        }

@@ -1,0 +1,231 @@
+"""Budgets for the guards: reserve, settle and release a plan's spend (docs/guards.md).
+
+``GuardsBudgets`` is a mixin of ``proctor.app.guards.Guards`` holding the budget
+bookkeeping its hooks share: ``policy_input`` asks ``_over_budget`` which budgets a plan
+would exceed; ``admit`` (through ``_budgets``) and ``recheck`` reserve a plan's spend with
+``_reserve`` and record it with ``_keep``; ``on_step`` settles a step's reservation at its
+real cost with ``_settle`` (``on_finish`` releases what is left). It is separate because
+it is one concern, the counters and reservation rows of budgets, that every hook touches
+but none owns. It also defines ``Emit``, the type of the hooks' ``emit`` callable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from proctor.core.catalog import ActionSpec
+from proctor.core.decisions import Decision, Outcome
+from proctor.core.events import EventType as E
+from proctor.core.guards import GuardSettings, over_budget, period_bucket
+from proctor.core.lifecycle import PlanRecord, StepRecord
+from proctor.core.ports import Clock, Store, Transaction
+
+__all__ = ["Emit", "GuardsBudgets"]
+
+Emit = Callable[..., None]
+
+
+class GuardsBudgets:
+    """Budget reservations of ``Guards``: over-budget checks, reserve, keep, settle, release."""
+
+    settings: GuardSettings
+    store: Store
+    clock: Clock
+
+    def _over_budget(self, plan: Any, specs: Sequence[ActionSpec]) -> list[dict[str, Any]]:
+        """The budgets ``plan`` would exceed, read from the store now (not reserved)."""
+        amounts = [spec.amount(s.params) for s, spec in zip(plan.steps, specs, strict=True)]
+        if not any(amounts):
+            return []
+        now = self.clock.now()
+        agent, user = plan.actor.agent_id, plan.on_behalf_of
+        over = []
+        for b in self.settings.budgets:
+            bucket = period_bucket(now, b.period)
+            portions: dict[str, tuple[int, list[str]]] = {}
+            for st, amount in zip(plan.steps, amounts, strict=True):
+                value = {"agent": agent, "user": user, "action": st.action, "global": "*"}[b.scope]
+                if amount and b.applies(value):
+                    need, ids = portions.get(b.counter(value), (0, []))
+                    portions[b.counter(value)] = (need + amount, [*ids, st.id])
+            for counter, (need, ids) in portions.items():
+                spent = self.store.counter_sum(counter, bucket)[1]
+                if over_budget(spent, need, b.limit):
+                    over.append(
+                        {
+                            "budget": counter,
+                            "period": bucket,
+                            "limit": b.limit,
+                            "spent": spent,
+                            "amount": need,
+                            "on_exceed": b.on_exceed,
+                            "steps": ids,
+                        }
+                    )
+        return over
+
+    def _budgets(
+        self,
+        tx: Transaction,
+        emit: Emit,
+        record: PlanRecord,
+        amounts: list[int],
+        decision: Decision,
+        now: Any,
+    ) -> Decision:
+        if not self.settings.budgets or not any(amounts):
+            return decision
+        entries, approve, deny = self._reserve(tx, emit, record, amounts, now)
+        if deny is not None:
+            return Decision.deny_all(
+                [s.step_id for s in record.steps], deny, policy_version=decision.policy_version
+            )
+        for reason in approve:
+            decision = decision.at_least(Outcome.APPROVE, reason)
+        self._keep(tx, emit, record, entries, now)
+        return decision
+
+    def _reserve(
+        self,
+        tx: Transaction,
+        emit: Emit,
+        record: PlanRecord,
+        amounts: list[int],
+        now: Any,
+        *,
+        then: dict[str, str] | None = None,
+    ) -> tuple[list[dict[str, Any]], list[str], str | None]:
+        """Reserve the plan's spend under every budget that counts it.
+
+        Returns the reservation entries, the reasons of budgets exceeded with ``approve``, and
+        the reason of the first budget exceeded with ``deny`` (then nothing stays reserved).
+        Every exceeded budget is a ``budget.exceeded`` event whose ``then`` says what follows:
+        the budget's ``on_exceed``, or what ``then`` maps it to.
+        """
+        entries: list[dict[str, Any]] = []
+        approve: list[str] = []
+        for b in self.settings.budgets:
+            bucket = period_bucket(now, b.period)
+            portions: dict[str, list[int]] = {}
+            for s, a in zip(record.steps, amounts, strict=True):
+                value = self._scope_value(b.scope, record, s)
+                if a and b.applies(value):
+                    portions.setdefault(b.counter(value), [0] * len(amounts))[s.index] += a
+            for counter, portion in portions.items():
+                spent = tx.counter_sum(counter, bucket)[1]
+                need = sum(portion)
+                if over_budget(spent, need, b.limit):
+                    emit(
+                        E.BUDGET_EXCEEDED,
+                        plan=record,
+                        data={
+                            "budget": counter,
+                            "period": bucket,
+                            "limit": b.limit,
+                            "spent": spent,
+                            "amount": need,
+                            "then": (then or {}).get(b.on_exceed, b.on_exceed),
+                        },
+                    )
+                    reason = f"budget {counter} ({bucket}): {spent} spent + {need} > {b.limit}"
+                    if b.on_exceed == "deny":
+                        self._release(tx, entries)
+                        return [], [], reason
+                    approve.append(reason)
+                tx.bump(counter, bucket, count=0, amount=need)
+                entries.append({"counter": counter, "bucket": bucket, "steps": portion})
+        return entries, approve, None
+
+    @staticmethod
+    def _keep(
+        tx: Transaction, emit: Emit, record: PlanRecord, entries: list[dict[str, Any]], now: Any
+    ) -> None:
+        """Record a plan's reservation (settled by ``on_step``, released by ``on_finish``)."""
+        if not entries:
+            return
+        tx.put_state("reservation", record.plan_id, {"entries": entries}, at=now)
+        emit(
+            E.BUDGET_RESERVED,
+            plan=record,
+            data={
+                "reservations": [
+                    {"budget": e["counter"], "period": e["bucket"], "amount": sum(e["steps"])}
+                    for e in entries
+                ]
+            },
+        )
+
+    @staticmethod
+    def _scope_value(scope: str, record: PlanRecord, step: StepRecord) -> str:
+        return {
+            "agent": record.agent_id,
+            "user": record.on_behalf_of,
+            "action": step.action,
+            "global": "*",
+        }[scope]
+
+    @staticmethod
+    def _release(tx: Transaction, entries: list[dict[str, Any]]) -> None:
+        for e in entries:
+            tx.bump(e["counter"], e["bucket"], count=0, amount=-sum(e["steps"]))
+
+    def _settle(
+        self,
+        tx: Transaction,
+        emit: Emit,
+        record: PlanRecord,
+        step: StepRecord,
+        cost: int,
+        now: Any,
+        *,
+        ok: bool,
+    ) -> None:
+        """Settle a step's reservation at its real cost (a failed step: released)."""
+        res = tx.get_state("reservation", record.plan_id)
+        if not isinstance(res, dict):
+            return
+        settled = []
+        for e in res["entries"]:
+            reserved = e["steps"][step.index]
+            if not reserved:
+                continue
+            actual = cost if e["steps"][step.index] else 0
+            tx.bump(e["counter"], e["bucket"], count=0, amount=actual - reserved)
+            e["steps"][step.index] = 0
+            settled.append({"budget": e["counter"], "reserved": reserved, "spent": actual})
+            limit = self._limit_of(e["counter"])
+            spent = tx.counter_sum(e["counter"], e["bucket"])[1]
+            if limit is not None and spent > limit:
+                emit(
+                    E.BUDGET_EXCEEDED,
+                    plan=record,
+                    step_id=step.step_id,
+                    data={
+                        "budget": e["counter"],
+                        "period": e["bucket"],
+                        "limit": limit,
+                        "spent": spent,
+                        "amount": actual,
+                        "then": "recorded",
+                    },
+                )
+        if settled:
+            tx.put_state("reservation", record.plan_id, res, at=now)
+            if ok:
+                emit(E.BUDGET_SETTLED, plan=record, step_id=step.step_id, data={"settled": settled})
+            else:
+                released = [{"budget": x["budget"], "amount": x["reserved"]} for x in settled]
+                emit(
+                    E.BUDGET_RELEASED,
+                    plan=record,
+                    step_id=step.step_id,
+                    data={"released": released},
+                )
+
+    def _limit_of(self, counter: str) -> int | None:
+        for b in self.settings.budgets:
+            _, scope, who = counter.split(":", 2)
+            if b.scope == scope and b.applies(who):
+                return b.limit
+        return None
