@@ -3,7 +3,8 @@
 ``proxy`` holds the server clients talk to, ``upstream`` the connections to the governed
 servers, ``governance`` how tools become catalog actions and calls become plans,
 ``remote`` the proxy governed through a ``proctor serve`` (``--server``), ``config`` the
-``mcpServers`` file, ``errors`` what a refused call tells the client.
+``mcpServers`` file, ``errors`` what a refused call tells the client, ``calls`` what a
+``tools/call`` carries through either proxy, ``sdk`` the proxy's glue to the MCP SDK.
 
 The names below are imported on first use: ``proctor.mcp.governance`` needs no MCP SDK
 (``proctor serve`` uses it for remote proxies without the ``mcp`` extra), the rest does.

@@ -31,6 +31,11 @@ passed through to the upstream that has it.
 ``RemoteMcpProxy`` (``proctor.mcp.remote``) is this proxy governed through a running
 ``proctor serve`` instead of an instance opened here: it overrides the governance hooks
 (``_call_tool``, ``_hidden``, ``_register``, ``_call_timeout``, ``_start``).
+
+What a ``tools/call`` carries (its flight, the client's name, the call key of a plan id) is
+in ``proctor.mcp.calls``, shared with the remote proxy; the glue to the MCP SDK and its
+event loop (the server class, deprecated calls, paginated lists, ``_LoopTools``) in
+``proctor.mcp.sdk``.
 """
 
 from __future__ import annotations
@@ -40,24 +45,18 @@ import contextvars
 import dataclasses
 import functools
 import logging
-import threading
-import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import anyio
 import mcp_types as types
 import orjson
 from mcp import ClientSession
-from mcp.server.lowlevel import NotificationOptions, Server
-from mcp.server.models import InitializationOptions
-from mcp.shared.dispatcher import ProgressFnT
-from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
-from mcp_types import RequestParamsMeta
+from mcp.server.lowlevel import Server
+from mcp.shared.exceptions import MCPError
 
 from proctor._library import Proctor
 from proctor.app.executor import StepCall
@@ -65,6 +64,7 @@ from proctor.core.catalog import ActionSpec
 from proctor.core.lifecycle import PlanRecord, PlanStatus
 from proctor.core.ports import ToolCall
 from proctor.errors import InvalidRequestError, ProctorError
+from proctor.mcp.calls import _client_name, _Flight, _flight_of, _key_of
 from proctor.mcp.config import UpstreamConfig, load_config
 from proctor.mcp.errors import tool_error, tool_error_text
 from proctor.mcp.governance import (
@@ -75,6 +75,7 @@ from proctor.mcp.governance import (
     manifest,
     spec_from_annotations,
 )
+from proctor.mcp.sdk import _all_pages, _legacy, _LoopTools, _Server
 from proctor.mcp.upstream import Upstream
 from proctor.tools.mcp import McpTools, UpstreamToolError, audit_document, text_of
 
@@ -84,23 +85,7 @@ log = logging.getLogger("proctor.mcp")
 _T = TypeVar("_T")
 _MAX_CLIENTS = 1000
 _THREADS = 64
-_MAX_PAGES = 1000  # a server that never stops paginating must not hold a request for ever
 _BUSY = frozenset({PlanStatus.RUNNING, PlanStatus.COMPENSATING})
-
-
-@dataclass(slots=True)
-class _Flight:
-    """What a ``tools/call`` in progress lends to its upstream call: progress, cancel, meta."""
-
-    progress: ProgressFnT | None = None
-    meta: RequestParamsMeta | None = None
-    cancelled: bool = False
-    scopes: set[anyio.CancelScope] = field(default_factory=set)
-
-    def cancel(self) -> None:
-        self.cancelled = True
-        for scope in list(self.scopes):
-            scope.cancel()
 
 
 class McpProxy:
@@ -773,101 +758,3 @@ class McpProxy:
                 comment=f"{answer.action} in the MCP client",
             )
         )
-
-
-class _LoopTools(McpTools):
-    """``McpTools`` that fails a call made from the event loop's thread instead of hanging.
-
-    Governance runs in the loop only for calls ``McpProxy._drive`` makes itself; a handler
-    that waited there for the loop would wait for ever.
-    """
-
-    _loop_thread: int | None = None
-
-    def start(self) -> None:
-        """Remember the running event loop and its thread."""
-        super().start()
-        self._loop_thread = threading.get_ident()
-
-    def run(self, path: str, params: Mapping[str, Any], call: ToolCall) -> Any:
-        """Call the handler at ``path`` (see ``McpTools.run``).
-
-        Raises:
-            RuntimeError: an upstream call from the event loop's own thread.
-        """
-        if self._loop_thread == threading.get_ident() and self.bound(path):
-            raise RuntimeError("an MCP step cannot wait for the event loop in its own thread")
-        return super().run(path, params, call)
-
-
-async def _list_page(
-    session: ClientSession, *, method: str, page: types.PaginatedRequestParams | None
-) -> Any:
-    return await getattr(session, method)(params=page)
-
-
-async def _all_pages(up: Upstream, method: str, attr: str) -> list[Any]:
-    """Every item of a paginated list request to ``up`` (at most ``_MAX_PAGES`` pages)."""
-    items: list[Any] = []
-    cursor: str | None = None
-    for _ in range(_MAX_PAGES):
-        page = types.PaginatedRequestParams(cursor=cursor) if cursor else None
-        result = await up.request(functools.partial(_list_page, method=method, page=page))
-        items += getattr(result, attr)
-        cursor = result.next_cursor
-        if not cursor:
-            break
-    return items
-
-
-def _legacy(fn: Callable[..., _T], *args: Any) -> _T:
-    """Call an SDK method deprecated for protocol 2026-07-28, without its warning.
-
-    NOTE(mcp): the SDK deprecates logging and resources/subscribe for 2026-07-28; clients
-    and servers on 2025-11-25 (today's desktop clients, the npm servers) still use them, and
-    a transparent proxy passes them on. The SDK warns when the method is called (its
-    coroutine is awaited afterwards), so the filter is scoped to the call, never an await.
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", MCPDeprecationWarning)
-        return fn(*args)
-
-
-class _Server(Server[Any]):
-    """The SDK's server, advertising list-changed notifications (the upstreams' pass through)."""
-
-    def create_initialization_options(
-        self,
-        notification_options: NotificationOptions | None = None,
-        experimental_capabilities: dict[str, dict[str, Any]] | None = None,
-        extensions: dict[str, dict[str, Any]] | None = None,
-    ) -> InitializationOptions:
-        """Return the options with every list-changed capability on unless told otherwise."""
-        changes = notification_options or NotificationOptions(
-            prompts_changed=True, resources_changed=True, tools_changed=True
-        )
-        return super().create_initialization_options(changes, experimental_capabilities, extensions)
-
-
-def _client_name(ctx: Any) -> str:
-    """``name version`` of the MCP client on the request's session."""
-    info = ctx.session.client_params.client_info if ctx.session.client_params else None
-    return f"{info.name} {info.version}" if info else "mcp-client"
-
-
-def _flight_of(ctx: Any, params: types.CallToolRequestParams) -> tuple[_Flight, str | None]:
-    """The flight of a ``tools/call`` (its meta and progress relay), and its traceparent."""
-    meta: dict[str, Any] = dict(params.meta) if isinstance(params.meta, Mapping) else {}
-    traceparent = meta.get("traceparent") if isinstance(meta.get("traceparent"), str) else None
-    # The SDK parses _meta.progressToken as progress_token; the upstream gets its own.
-    rest = {k: v for k, v in meta.items() if k not in ("progress_token", "progressToken")}
-    flight = _Flight(meta=cast("RequestParamsMeta", rest) if rest else None)
-    if meta.get("progress_token") is not None:
-        flight.progress = ctx.session.report_progress
-    return flight, traceparent
-
-
-def _key_of(plan_id: str) -> str:
-    """The call key inside a plan id ``mcp-<key>-<generation>``."""
-    parts = plan_id.split("-")
-    return parts[1] if len(parts) == 3 and parts[0] == "mcp" else ""

@@ -46,10 +46,11 @@ from mcp.shared.exceptions import MCPError
 from proctor.client import error_from_response
 from proctor.core.ports import ToolCall
 from proctor.errors import ConflictError, ProctorError, StorageError
+from proctor.mcp.calls import _client_name, _Flight, _flight_of, _key_of
 from proctor.mcp.config import UpstreamConfig
 from proctor.mcp.errors import TOOL_ERROR_PREFIX, tool_error, tool_error_text
 from proctor.mcp.governance import action_name
-from proctor.mcp.proxy import McpProxy, _client_name, _Flight, _flight_of, _key_of
+from proctor.mcp.proxy import McpProxy
 from proctor.tools.mcp import audit_document, text_of
 
 __all__ = ["RemoteMcpProxy", "ServerUnreachableError"]
