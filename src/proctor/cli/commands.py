@@ -1,8 +1,16 @@
-"""The ``proctor`` commands (Typer)."""
+"""The ``proctor`` commands (Typer): the root app, its shared options and the plan commands.
+
+This module holds the root ``app`` with its sub-apps ``audit``, ``totp`` and ``keys``, the
+options and helpers the other command modules share (``--home``, ``--json``, ``--server``
+and remote mode), and the commands ``init``, ``demo``, the plan lifecycle (``submit``,
+``plans``, ``show``, ``confirm``, ``approve``, ``reject``, ``undo``), ``assess`` and
+``totp enrol``. The other commands live in sibling modules imported (registered) at the
+end: ``audit_cmd`` (``audit`` and ``keys``), ``service``, ``worker_cmd``, ``guards_cmd``,
+``db_cmd``, ``observe_cmd``, ``policy_cmd`` and ``mcp_cmd``.
+"""
 
 from __future__ import annotations
 
-import base64
 import json
 import sys
 import tempfile
@@ -11,16 +19,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from rich.progress import Progress
-from rich.table import Table
 
 from proctor._library import Proctor
-from proctor.audit.export import verify_export
-from proctor.audit.verify import verify_log
-from proctor.bootstrap import init_home, open_log_view
+from proctor.bootstrap import init_home
 from proctor.cli.render import (
     console,
-    err_console,
     plan_json,
     print_json,
     render_plan,
@@ -593,334 +596,6 @@ def _instance_thresholds(home: Path | None) -> Thresholds:
     return Thresholds(agentic_max=settings.agentic_max, hybrid_max=settings.hybrid_max)
 
 
-# --------------------------------------------------------------------------- audit
-
-
-@audit_app.command("verify")
-def audit_verify(
-    home: Home = None,
-    export: Annotated[
-        Path | None,
-        typer.Option("--export", help="Verify an export bundle instead (no database needed)."),
-    ] = None,
-    fast: Annotated[
-        bool,
-        typer.Option(
-            "--fast", help="Fast mode: chain, Merkle tree and checkpoints, not every signature."
-        ),
-    ] = False,
-    as_json: Json = False,
-    verbose: Verbose = False,
-) -> int:
-    """Verify the audit log: canonical form, chain, signatures, Merkle tree, checkpoints.
-
-    Exits 1 with the first bad seq and the kind of problem: modified, deleted, inserted,
-    reordered, truncated, bad_signature, unknown_key, bad_checkpoint or
-    inconsistent_checkpoints.
-    """
-    with Progress(console=err_console, transient=True, disable=as_json) as bar:
-        task = bar.add_task("verifying", total=None)
-
-        def progress(n: int) -> None:
-            bar.update(task, completed=n)
-
-        if export is not None:
-            if not (export / "manifest.json").is_file():
-                raise InvalidRequestError(
-                    f"{export} is not an export (no manifest.json)", field="export"
-                )
-            report = verify_export(export, full=not fast, progress=progress)
-        else:
-            # Opened without the start-up checks of the Merkle tree, which refuse a tampered
-            # log: the verifier must open it to say where and how it was tampered with.
-            view = open_log_view(home_from(home))
-            try:
-                rows = list(view.store.iter_events())
-                bar.update(task, total=len(rows) or 1)
-                report = verify_log(
-                    rows,
-                    [c.note for c in view.store.checkpoints()],
-                    view.keys,
-                    origin=view.origin,
-                    full=not fast,
-                    progress=progress,
-                )
-            finally:
-                view.store.close()
-    if as_json:
-        print_json(report.as_dict())
-    elif report.ok:
-        mode = "fast" if fast else "full"
-        console.print(f"[green]ok[/green]: {report.events} events verified ({mode}), intact")
-    else:
-        console.print(
-            f"[red]FAILED[/red] at seq {report.first_bad_seq}: {report.problem} ({report.detail})"
-        )
-    return 0 if report.ok else 1
-
-
-@audit_app.command("export")
-def audit_export(
-    directory: Annotated[Path, typer.Argument(help="A new or empty directory.")],
-    home: Home = None,
-    segment_size: Annotated[
-        int, typer.Option("--segment-size", min=1, help="Events per JSONL segment.")
-    ] = 10_000,
-    as_json: Json = False,
-    verbose: Verbose = False,
-) -> int:
-    """Export the log: JSONL segments (one leaf per line), every checkpoint, verifier keys.
-
-    Verify it anywhere with `proctor audit verify --export DIR`.
-    """
-    with _open(home) as p:
-        total = p.gateway.store.event_count()
-        with Progress(console=err_console, transient=True, disable=as_json) as bar:
-            task = bar.add_task("exporting", total=total or 1)
-            manifest = p.export(
-                directory,
-                segment_size=segment_size,
-                progress=lambda n: bar.update(task, completed=n),
-            )
-    if as_json:
-        print_json(manifest.as_dict())
-    else:
-        console.print(
-            f"exported {manifest.events} events in {len(manifest.segments)} segment(s) and "
-            f"{len(manifest.checkpoints)} checkpoint(s) to {directory}"
-        )
-    return 0
-
-
-@audit_app.command("archive")
-def audit_archive(
-    to: Annotated[str, typer.Option("--to", help="s3://bucket/prefix (Object Lock enabled).")],
-    home: Home = None,
-    days: Annotated[
-        int, typer.Option("--days", min=1, help="Compliance-mode retention in days.")
-    ] = 365,
-    export_dir: Annotated[
-        Path | None, typer.Option("--export", help="An existing export to archive.")
-    ] = None,
-    endpoint_url: Annotated[
-        str | None,
-        typer.Option("--endpoint-url", envvar="PROCTOR_S3_ENDPOINT", help="S3-compatible URL."),
-    ] = None,
-    region: Annotated[str | None, typer.Option("--region", envvar="AWS_REGION")] = None,
-    as_json: Json = False,
-    verbose: Verbose = False,
-) -> int:
-    """Archive sealed segments and checkpoints to S3 with Object Lock (compliance mode).
-
-    Exports first unless --export names an existing bundle; objects already archived are
-    skipped; the archive is recorded in the audit log.
-    """
-    with _open(home) as p, tempfile.TemporaryDirectory(prefix="proctor-archive-") as tmp:
-        bundle = export_dir
-        if bundle is None:
-            bundle = Path(tmp) / "export"
-            p.export(bundle)
-        report = p.archive(
-            to,
-            retention_days=days,
-            export_dir=bundle,
-            endpoint_url=endpoint_url,
-            region_name=region,
-        )
-    if as_json:
-        print_json(report.as_dict())
-    else:
-        console.print(
-            f"archived {len(report.uploaded)} object(s), skipped {len(report.skipped)} already"
-            f" archived; retained until {report.retain_until.isoformat()}"
-        )
-    return 0
-
-
-@audit_app.command("events")
-def audit_events(
-    ctx: typer.Context,
-    home: Home = None,
-    after: Annotated[int, typer.Option("--after", help="Only events after this seq.")] = -1,
-    limit: Annotated[int, typer.Option("--limit", min=1, max=10_000)] = 50,
-    plan: Annotated[str | None, typer.Option("--plan", help="Only this plan's events.")] = None,
-    as_json: Json = False,
-    verbose: Verbose = False,
-    server: Server = None,
-    token: Token = None,
-) -> int:
-    """Print audit events.
-
-    With --server the whole log needs an auditor's token; `--plan ID` needs only read
-    access to that plan.
-    """
-    from proctor.cli.render import event_json
-
-    remote = _remote(ctx, server, token)
-    if remote is not None:
-        with remote:
-            bodies = remote.audit_events(after=after, limit=limit, plan_id=plan)
-    else:
-        with _open(home) as p:
-            bodies = [event_json(e) for e in p.events(after=after, limit=limit, plan_id=plan)]
-    if as_json:
-        print_json({"events": bodies})
-        return 0
-    table = Table(title=f"{len(bodies)} event(s)", title_justify="left")
-    for col in ("seq", "type", "plan", "step", "time"):
-        table.add_column(col)
-    for b in bodies:
-        table.add_row(
-            str(b["seq"]),
-            b["type"],
-            b.get("plan_id") or "",
-            b.get("step_id") or "",
-            b["timestamp"],
-        )
-    console.print(table)
-    return 0
-
-
-@audit_app.command("checkpoint")
-def audit_checkpoint(
-    ctx: typer.Context,
-    home: Home = None,
-    sign: Annotated[
-        bool,
-        typer.Option("--sign", help="Sign a new checkpoint of the log as it is now (local only)."),
-    ] = False,
-    as_json: Json = False,
-    verbose: Verbose = False,
-    server: Server = None,
-    token: Token = None,
-) -> int:
-    """Print the latest signed checkpoint (a C2SP signed note) exactly as signed."""
-    remote = _remote(ctx, server, token)
-    if sign:
-        _local_only(remote, "--sign", "the server signs its own checkpoints")
-    if remote is not None:
-        with remote:
-            out = remote.checkpoint()
-    else:
-        with _open(home) as p:
-            cp = p.checkpoint() if sign else p.latest_checkpoint()
-        if cp is None:
-            raise InvalidRequestError(
-                "the log has no checkpoint yet", field="checkpoint", hint="Submit a plan first."
-            )
-        out = {"size": cp.size, "root_hash": base64.b64encode(cp.root).decode(), "note": cp.note}
-    if as_json:
-        print_json(out)
-    else:
-        sys.stdout.write(out["note"])
-    return 0
-
-
-@audit_app.command("prove")
-def audit_prove(
-    ctx: typer.Context,
-    home: Home = None,
-    index: Annotated[int | None, typer.Option("--index", help="Prove this event.")] = None,
-    size: Annotated[int | None, typer.Option("--size", help="Tree size (default: now).")] = None,
-    from_: Annotated[int | None, typer.Option("--from", help="Older tree size.")] = None,
-    to: Annotated[int | None, typer.Option("--to", help="Newer tree size.")] = None,
-    as_json: Json = False,
-    verbose: Verbose = False,
-    server: Server = None,
-    token: Token = None,
-) -> int:
-    """Print an inclusion proof (--index N [--size M]) or a consistency proof (--from A --to B).
-
-    Hashes are standard base64, as in RFC 9162 tooling.
-    """
-    remote = _remote(ctx, server, token)
-    source: Remote | Proctor = remote if remote is not None else _open(home)
-    with source:
-        if index is not None and from_ is None and to is None:
-            out = source.inclusion_proof(index, size)
-        elif index is None and size is None and from_ is not None and to is not None:
-            out = source.consistency_proof(from_, to)
-        else:
-            raise InvalidRequestError(
-                "give --index N [--size M] for inclusion, or --from A --to B for consistency",
-                field="index",
-            )
-    if as_json:
-        print_json(out)
-    else:
-        for key, value in out.items():
-            if isinstance(value, list):
-                console.print(f"{key}:")
-                for h in value:
-                    console.print(f"  {h}")
-            else:
-                console.print(f"{key}: {value}")
-    return 0
-
-
-# --------------------------------------------------------------------------- keys
-
-
-@keys_app.command("list")
-def keys_list(
-    ctx: typer.Context,
-    home: Home = None,
-    vkey: Annotated[
-        bool, typer.Option("--vkey", help="Print signed-note verifier keys, one per line.")
-    ] = False,
-    as_json: Json = False,
-    verbose: Verbose = False,
-    server: Server = None,
-    token: Token = None,
-) -> int:
-    """List the signing keys with their validity; --vkey prints verifier keys.
-
-    With --server (an auditor's token) they are the server's, from GET /v1/audit/keys.
-    """
-    remote = _remote(ctx, server, token)
-    if remote is not None:
-        with remote:
-            rows, vkeys = remote.keys()
-    else:
-        with _open(home) as p:
-            if p.keyring is None:
-                raise InvalidRequestError("this instance has no keyring", field="keys")
-            entries = p.keyring.entries()
-            vkeys = p.vkeys()
-        rows = [
-            e.as_dict() | {"vkey": v, "current": i == len(entries) - 1}
-            for i, (e, v) in enumerate(zip(entries, vkeys, strict=True))
-        ]
-    if vkey and not as_json:
-        for line in vkeys:
-            print(line)
-        return 0
-    if as_json:
-        print_json({"keys": rows})
-        return 0
-    table = Table(title=f"{len(rows)} key(s)", title_justify="left")
-    for col in ("key id", "created", "valid until", "current"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(
-            r["key_id"], r["created_at"], r["not_after"] or "-", "yes" if r["current"] else ""
-        )
-    console.print(table)
-    return 0
-
-
-@keys_app.command("rotate")
-def keys_rotate(home: Home = None, as_json: Json = False, verbose: Verbose = False) -> int:
-    """Make a new current signing key; old public keys stay for verification."""
-    with _open(home) as p:
-        key_id = p.rotate_key()
-    if as_json:
-        print_json({"key_id": key_id})
-    else:
-        console.print(f"new signing key [bold]{key_id}[/bold]; old keys kept for verification")
-    return 0
-
-
 # --------------------------------------------------------------------------- totp
 
 
@@ -978,3 +653,9 @@ app.add_typer(policy_cmd.policy_app, name="policy")
 from proctor.cli import mcp_cmd  # noqa: E402 - registered last: it uses this module's options
 
 app.command("mcp")(mcp_cmd.mcp)
+
+# --------------------------------------------------------------------------- audit / keys
+
+# Registered last: audit_cmd uses this module's options; importing it adds its commands to
+# audit_app and keys_app (defined and added above, so `proctor --help` keeps their place).
+from proctor.cli import audit_cmd  # noqa: E402, F401
