@@ -1,6 +1,6 @@
 """What one attempt of a step produced, and how it is made fit for the audit log.
 
-Shared by the executor and the saga (implementation only).
+Shared by the executor, its recovery mixin and the saga (implementation only).
 """
 
 from __future__ import annotations

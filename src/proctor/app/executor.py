@@ -28,13 +28,18 @@ change commits with its audit event, so any process can pick up where another st
 - **Saga.** Compensation is durable too: the plan is ``compensating`` with its reason and
   final status stored, each compensation is an in-flight marker then an outcome, and a crash
   mid-compensation resumes it.
+
+``Executor`` here runs the steps: starting them, calling handlers (with their canaries),
+retries, fencing, recording outcomes, and the calls made by the caller. Its other parts live
+in sibling modules: taking plans over (``resume``) and resolving ``unknown`` steps in
+``proctor.app.recovery``, the watchdog and the worker threads in ``proctor.app.background``
+(both mixins of ``Executor``), and the saga in ``proctor.app.saga``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
-import logging
 import random
 import threading
 import time
@@ -47,8 +52,10 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from proctor.app._outcomes import LostLease, Outcome, bounded, err, jsonable
+from proctor.app.background import Background, _Flight
 from proctor.app.journal import Journal, payload_hash
 from proctor.app.leases import owner_alive, process_owner_id
+from proctor.app.recovery import Recovery
 from proctor.app.saga import Saga
 from proctor.core.catalog import ActionSpec
 from proctor.core.drift import drift
@@ -62,26 +69,13 @@ if TYPE_CHECKING:
 
 __all__ = ["Executor", "StepCall", "owner_alive", "process_owner_id"]  # owner ids: re-exported
 
-log = logging.getLogger("proctor.executor")
-
 # Results of actions over personal or health data are kept out of the append-only audit log
 # (it can never be erased): the event keeps their hash; the result stays with the plan.
 _UNLOGGED_RESULTS = frozenset({"pii", "health"})
-_WORKING = (PlanStatus.RUNNING, PlanStatus.COMPENSATING)
 
 
 # Set by ``Executor.deferred``: ``run`` then leaves the handler's call to the caller.
 _DEFERRED: ContextVar[bool] = ContextVar("proctor_executor_deferred", default=False)
-
-
-@dataclass(slots=True)
-class _Flight:
-    """A handler call in progress in this process."""
-
-    step_id: str
-    attempts: int
-    timeout_at: float | None  # monotonic
-    timed_out: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -105,7 +99,7 @@ class StepCall:
     _flight: _Flight
 
 
-class Executor:
+class Executor(Recovery, Background):
     """Runs a gateway's plans durably (see the module docstring)."""
 
     def __init__(self, gateway: Gateway, *, owner: str | None = None) -> None:
@@ -165,18 +159,6 @@ class Executor:
             agent_id=record.agent_id,
             result=result,
         )
-
-    def _hold(self, plan_id: str) -> object:
-        token = object()
-        with self._guard:
-            self._held[plan_id] = token
-        self._ensure_watchdog()
-        return token
-
-    def _release(self, plan_id: str, token: object) -> None:
-        with self._guard:
-            if self._held.get(plan_id) is token:
-                del self._held[plan_id]
 
     # ------------------------------------------------------------------ starting
 
@@ -254,23 +236,6 @@ class Executor:
         if record.status is PlanStatus.COMPENSATING:
             return self.saga.rest(record), False
         return record, record.status is PlanStatus.RUNNING
-
-    def _flight(self, record: PlanRecord, step: StepRecord, spec: ActionSpec) -> _Flight:
-        """Register an attempt in progress, for the watchdog's timeout."""
-        timeout = spec.timeout if spec.timeout is not None else self._opts.step_timeout
-        flight = _Flight(
-            step.step_id,
-            step.attempts,
-            time.monotonic() + timeout if timeout else None,
-        )
-        with self._guard:
-            self._flights[record.plan_id] = flight
-        return flight
-
-    def _landed(self, plan_id: str, flight: _Flight) -> None:
-        with self._guard:
-            if self._flights.get(plan_id) is flight:
-                del self._flights[plan_id]
 
     def _invoke(self, record: PlanRecord, step: StepRecord, spec: ActionSpec) -> Outcome:
         """Call the handler (after its canary, if any); never raises for a tool failure."""
@@ -623,314 +588,6 @@ class Executor:
     def continue_compensation(self, record: PlanRecord) -> PlanRecord:
         """Compensate the plan's remaining steps and finish it (see ``Saga.carry_on``)."""
         return self.saga.carry_on(record)
-
-    # ------------------------------------------------------------------ resuming
-
-    def resume(self, plan_id: str) -> PlanRecord | None:
-        """Claim a running or compensating plan whose lease lapsed, and carry it on.
-
-        Returns the plan as it ends here, or None when it is not ours to take (held by a live
-        owner, finished, or needing a runner this process does not serve).
-        """
-        with self._guard:
-            if plan_id in self._held:
-                return None
-        with self.gw.telemetry.plan("proctor.resume", None, plan_id=plan_id):
-            return self._resume(plan_id)
-
-    def _resume(self, plan_id: str) -> PlanRecord | None:
-        claimed = self._claim(plan_id)
-        if claimed is None:
-            return None
-        record, then = claimed
-        if then == "compensate":
-            return self.continue_compensation(record)
-        if then == "fail":
-            step = next(s for s in record.steps if s.status is StepStatus.RUNNING)
-            failure = Outcome(error=step.error or "interrupted, and no attempts are left")
-            record = self._with_lock(record, lambda r: self._record_step(r, step.index, failure))
-            if record.status is PlanStatus.COMPENSATING:
-                return self.continue_compensation(record)
-            return record
-        if then == "run":
-            return self.run(record)
-        return record
-
-    def _with_lock(self, record: PlanRecord, fn: Callable[[PlanRecord], PlanRecord]) -> PlanRecord:
-        token = self._hold(record.plan_id)
-        try:
-            return fn(record)
-        except LostLease as lost:
-            return lost.record
-        finally:
-            self._release(record.plan_id, token)
-
-    def _claim(self, plan_id: str) -> tuple[PlanRecord, str] | None:
-        now = self.gw.clock.now()
-        # Not durable: nobody is told of a claim; lost on power failure, it is claimed again.
-        with self.gw.store.transaction(durable=False) as tx:
-            current: PlanRecord | None = tx.get_plan(plan_id)
-            if current is None or current.status not in _WORKING:
-                return None
-            if not self.runnable_here(current):
-                return None
-            previous = current.lease_owner
-            if (
-                previous is not None
-                and current.lease_until is not None
-                and current.lease_until > now
-                and (self._mine(previous) or owner_alive(previous))
-            ):
-                return None
-            j = self._journal(tx)
-            current = current.leased(self._token(), self._until(now))
-            if previous is not None:
-                j.emit(
-                    E.PLAN_RESUMED,
-                    plan=current,
-                    data={"previous_owner": previous, "owner": self.owner},
-                )
-            if current.status is PlanStatus.COMPENSATING:
-                tx.save_plan(current)
-                j.flush()
-                return current, "compensate"
-            running = next(
-                (i for i, s in enumerate(current.steps) if s.status is StepStatus.RUNNING), None
-            )
-            pending = next(
-                (i for i, s in enumerate(current.steps) if s.status is StepStatus.PENDING), None
-            )
-            if running is None and pending is None:
-                # Nothing left to start (a state only older versions could leave): settle.
-                if any(s.status is StepStatus.FAILED for s in current.steps):
-                    current = self.saga.start(j, current, "a step failed", None, now)
-                    then = "compensate"
-                else:
-                    current = current.moved_to(PlanStatus.SUCCEEDED, at=now).leased(None, None)
-                    j.emit(E.PLAN_FINISHED, plan=current, data={"status": "succeeded"})
-                    then = "done"
-            elif running is None:
-                assert pending is not None
-                current = self.start(j, current, pending, now)
-                then = "run"
-            else:
-                step = current.steps[running]
-                spec = self.gw.catalog.require(step.action)
-                if spec.idempotent and step.attempts < self._opts.max_attempts:
-                    current = self.start(j, current, running, now)
-                    then = "run"
-                elif spec.idempotent:
-                    then = "fail"
-                else:
-                    current = self._unknown(j, current, running, now)
-                    then = "done"
-            tx.save_plan(current)
-            j.flush()
-        return current, then
-
-    def _unknown(self, j: Journal, record: PlanRecord, index: int, now: datetime) -> PlanRecord:
-        step = record.steps[index]
-        reason = step.error or "interrupted mid-flight"
-        record = record.with_step(step.moved_to(StepStatus.UNKNOWN, error=reason))
-        record = record.moved_to(
-            PlanStatus.NEEDS_ATTENTION,
-            at=now,
-            error=f"step {step.step_id} is not idempotent and its outcome is unknown ({reason})",
-        ).leased(None, None)
-        j.emit(
-            E.STEP_UNKNOWN,
-            plan=record,
-            step_id=step.step_id,
-            actions=[self._attempt(step, "unknown")],
-            data={"reason": reason, "attempt": step.attempts},
-        )
-        return record
-
-    def resolve(
-        self, plan_id: str, step_id: str, *, succeeded: bool, principal: str, comment: str = ""
-    ) -> PlanRecord:
-        """A human says what happened to an ``unknown`` step; the plan carries on from there.
-
-        ``succeeded`` runs the remaining steps (or finishes the plan); otherwise the completed
-        steps are compensated.
-
-        Raises:
-            ConflictError: if the plan does not need attention or the step is not unknown.
-        """
-        now = self.gw.clock.now()
-        with self.gw.store.transaction() as tx:
-            current: PlanRecord | None = tx.get_plan(plan_id)
-            if current is None or current.status is not PlanStatus.NEEDS_ATTENTION:
-                raise ConflictError(f"plan {plan_id} does not need attention", field="plan_id")
-            step = next((s for s in current.steps if s.step_id == step_id), None)
-            if step is None or step.status is not StepStatus.UNKNOWN:
-                raise ConflictError(f"step {step_id!r} is not unknown", field="step_id")
-            if len(comment) > 2000:
-                raise InvalidRequestError(
-                    "comment is longer than 2,000 characters", field="comment"
-                )
-            j = self._journal(tx)
-            j.emit(
-                E.STEP_RESOLVED,
-                plan=current,
-                step_id=step_id,
-                user_id=principal,
-                data={"by": principal, "succeeded": succeeded, "comment": comment},
-            )
-            if succeeded:
-                current = current.with_step(
-                    step.moved_to(StepStatus.SUCCEEDED, finished_at=now, error=None)
-                )
-                nxt = step.index + 1
-                if nxt < len(current.steps):
-                    current = current.moved_to(PlanStatus.RUNNING, at=now, error=None)
-                    current = self.start(j, current, nxt, now)
-                    then = "run"
-                else:
-                    current = current.moved_to(PlanStatus.SUCCEEDED, at=now, error=None)
-                    j.emit(E.PLAN_FINISHED, plan=current, data={"status": "succeeded"})
-                    then = "done"
-            else:
-                current = current.with_step(step.moved_to(StepStatus.FAILED, finished_at=now))
-                current = self.gw._skip_rest(current, step.index + 1)
-                if any(s.status is StepStatus.SUCCEEDED for s in current.steps):
-                    current = current.moved_to(
-                        PlanStatus.COMPENSATING,
-                        at=now,
-                        compensation={"reason": f"step {step_id} failed", "final": None},
-                    ).leased(self._token(), self._until(now))
-                    j.emit(
-                        E.COMPENSATION_STARTED,
-                        plan=current,
-                        data={"reason": f"step {step_id} failed"},
-                    )
-                    then = "compensate"
-                else:
-                    current = current.moved_to(
-                        PlanStatus.FAILED, at=now, error=f"step {step_id} failed"
-                    )
-                    j.emit(E.PLAN_FINISHED, plan=current, data={"status": "failed"})
-                    then = "done"
-            tx.save_plan(current)
-            j.flush()
-        if then == "run":
-            return self.run(current)
-        if then == "compensate":
-            return self.continue_compensation(current)
-        return current
-
-    # ------------------------------------------------------------------ background
-
-    def submit_resume(self, plan_id: str) -> bool:
-        """Resume a plan on one of this executor's worker threads (once, if asked twice)."""
-        with self._guard:
-            if plan_id in self._queued or plan_id in self._held:
-                return False
-            self._queued.add(plan_id)
-        if self._pool is None:
-            with self._guard:
-                if self._pool is None:
-                    self._pool = ThreadPoolExecutor(
-                        max_workers=self._opts.worker_threads,
-                        thread_name_prefix="proctor-worker",
-                    )
-        self._pool.submit(self._resume_quietly, plan_id)
-        return True
-
-    def _resume_quietly(self, plan_id: str) -> None:
-        try:
-            self.resume(plan_id)
-        except Exception:  # logged; the worker's next pass tries again
-            log.exception("resuming plan %s failed", plan_id)
-        finally:
-            with self._guard:
-                self._queued.discard(plan_id)
-
-    def _ensure_watchdog(self) -> None:
-        if self._watchdog is not None and self._watchdog.is_alive():
-            return
-        with self._guard:
-            if self._watchdog is not None and self._watchdog.is_alive():
-                return
-            self._watchdog = threading.Thread(
-                target=self._watch, name="proctor-lease-watchdog", daemon=True
-            )
-            self._watchdog.start()
-
-    def _watch(self) -> None:
-        """Renew the leases of held plans; time out attempts that overran."""
-        renew_every = max(self._opts.lease_ttl.total_seconds() / 3, 0.05)
-        last_renew = idle_since = time.monotonic()
-        while not self._stop.wait(0.1):
-            mono = time.monotonic()
-            with self._guard:
-                held = set(self._held)
-                if held or self._flights:
-                    idle_since = mono
-                elif mono - idle_since > 5.0:
-                    # Idle: exit; the next plan this process holds starts a new watchdog.
-                    self._watchdog = None
-                    return
-                overdue = [
-                    (pid, f)
-                    for pid, f in self._flights.items()
-                    if f.timeout_at is not None and mono > f.timeout_at and not f.timed_out
-                ]
-                for _, f in overdue:
-                    f.timed_out = True
-            for pid, f in overdue:
-                try:
-                    self._time_out(pid, f)
-                except Exception:  # logged; the lease lapses and a worker takes over
-                    log.exception("timing out plan %s failed", pid)
-            if mono - last_renew >= renew_every and held:
-                last_renew = mono
-                for pid in held:
-                    try:
-                        self._renew(pid)
-                    except Exception:  # logged; the next renewal tries again
-                        log.exception("renewing the lease of plan %s failed", pid)
-
-    def _renew(self, plan_id: str) -> None:
-        # Lease renewal is bookkeeping, not a state change: no audit event.
-        with self.gw.store.transaction(durable=False) as tx:
-            current: PlanRecord | None = tx.get_plan(plan_id)
-            if current is not None and self._mine(current.lease_owner):
-                tx.save_plan(current.leased(current.lease_owner, self._until(self.gw.clock.now())))
-
-    def _time_out(self, plan_id: str, flight: _Flight) -> None:
-        """An attempt overran its timeout: record it and let a worker take the plan on."""
-        with self.gw.store.transaction() as tx:
-            current: PlanRecord | None = tx.get_plan(plan_id)
-            if current is None or not self._mine(current.lease_owner):
-                return
-            step = next((s for s in current.steps if s.step_id == flight.step_id), None)
-            if step is None or step.status is not StepStatus.RUNNING:
-                return
-            if step.attempts != flight.attempts:
-                return
-            spec = self.gw.catalog.require(step.action)
-            timeout = spec.timeout if spec.timeout is not None else self._opts.step_timeout
-            error = f"TimeoutError: attempt {step.attempts} took longer than {timeout} s"
-            j = self._journal(tx)
-            j.emit(
-                E.STEP_TIMED_OUT,
-                plan=current,
-                step_id=step.step_id,
-                data={"attempt": step.attempts, "timeout_s": str(timeout)},
-            )
-            current = current.with_step(dataclasses.replace(step, error=error)).leased(None, None)
-            tx.save_plan(current)
-            j.flush()
-        with self._guard:
-            self._held.pop(plan_id, None)
-        self.submit_resume(plan_id)
-
-    def close(self) -> None:
-        """Stop the watchdog and the worker threads (running handlers finish first)."""
-        self._stop.set()
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _outcome(

@@ -1,0 +1,255 @@
+"""Taking a plan over: ``resume`` after its lease lapsed, and a human's ``resolve``.
+
+``Recovery`` is a mixin of ``Executor`` (``proctor.app.executor``): the executor's methods
+that claim a running or compensating plan whose owner is gone (or whose lease lapsed) and
+carry it on, and that resume a plan needing attention once a human says what happened to its
+``unknown`` step. It is separate because it runs only after something went wrong (a crash, a
+timeout, a step of unknown outcome), not on the path of every step; the executor's own
+methods it calls are declared below for the type checker only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from proctor.app._outcomes import LostLease, Outcome
+from proctor.app.journal import Journal
+from proctor.app.leases import owner_alive
+from proctor.core.events import EventType as E
+from proctor.core.lifecycle import PlanRecord, PlanStatus, StepRecord, StepStatus
+from proctor.errors import ConflictError, InvalidRequestError
+
+if TYPE_CHECKING:
+    import threading
+
+    from proctor.app.gateway import Gateway
+    from proctor.app.saga import Saga
+
+__all__ = ["Recovery"]
+
+_WORKING = (PlanStatus.RUNNING, PlanStatus.COMPENSATING)
+
+
+class Recovery:
+    """Claiming plans whose lease lapsed, and resolving unknown steps (an ``Executor`` mixin)."""
+
+    if TYPE_CHECKING:  # provided by Executor
+        gw: Gateway
+        owner: str
+        saga: Saga
+        _guard: threading.Lock
+        _held: dict[str, object]
+
+        @property
+        def _opts(self) -> Any: ...
+        def _token(self) -> str: ...
+        def _mine(self, lease_owner: str | None) -> bool: ...
+        def _until(self, now: datetime) -> datetime: ...
+        def runnable_here(self, record: PlanRecord) -> bool: ...  # noqa: D102
+        def _journal(self, tx: Any) -> Journal: ...
+        def _attempt(self, step: StepRecord, status: str) -> dict[str, Any]: ...
+        def _hold(self, plan_id: str) -> object: ...
+        def _release(self, plan_id: str, token: object) -> None: ...
+        def start(  # noqa: D102
+            self, j: Journal, record: PlanRecord, index: int, now: datetime
+        ) -> PlanRecord: ...
+        def run(self, record: PlanRecord) -> PlanRecord: ...  # noqa: D102
+        def _record_step(self, record: PlanRecord, index: int, out: Outcome) -> PlanRecord: ...
+        def continue_compensation(self, record: PlanRecord) -> PlanRecord: ...  # noqa: D102
+
+    # ------------------------------------------------------------------ resuming
+
+    def resume(self, plan_id: str) -> PlanRecord | None:
+        """Claim a running or compensating plan whose lease lapsed, and carry it on.
+
+        Returns the plan as it ends here, or None when it is not ours to take (held by a live
+        owner, finished, or needing a runner this process does not serve).
+        """
+        with self._guard:
+            if plan_id in self._held:
+                return None
+        with self.gw.telemetry.plan("proctor.resume", None, plan_id=plan_id):
+            return self._resume(plan_id)
+
+    def _resume(self, plan_id: str) -> PlanRecord | None:
+        claimed = self._claim(plan_id)
+        if claimed is None:
+            return None
+        record, then = claimed
+        if then == "compensate":
+            return self.continue_compensation(record)
+        if then == "fail":
+            step = next(s for s in record.steps if s.status is StepStatus.RUNNING)
+            failure = Outcome(error=step.error or "interrupted, and no attempts are left")
+            record = self._with_lock(record, lambda r: self._record_step(r, step.index, failure))
+            if record.status is PlanStatus.COMPENSATING:
+                return self.continue_compensation(record)
+            return record
+        if then == "run":
+            return self.run(record)
+        return record
+
+    def _with_lock(self, record: PlanRecord, fn: Callable[[PlanRecord], PlanRecord]) -> PlanRecord:
+        token = self._hold(record.plan_id)
+        try:
+            return fn(record)
+        except LostLease as lost:
+            return lost.record
+        finally:
+            self._release(record.plan_id, token)
+
+    def _claim(self, plan_id: str) -> tuple[PlanRecord, str] | None:
+        now = self.gw.clock.now()
+        # Not durable: nobody is told of a claim; lost on power failure, it is claimed again.
+        with self.gw.store.transaction(durable=False) as tx:
+            current: PlanRecord | None = tx.get_plan(plan_id)
+            if current is None or current.status not in _WORKING:
+                return None
+            if not self.runnable_here(current):
+                return None
+            previous = current.lease_owner
+            if (
+                previous is not None
+                and current.lease_until is not None
+                and current.lease_until > now
+                and (self._mine(previous) or owner_alive(previous))
+            ):
+                return None
+            j = self._journal(tx)
+            current = current.leased(self._token(), self._until(now))
+            if previous is not None:
+                j.emit(
+                    E.PLAN_RESUMED,
+                    plan=current,
+                    data={"previous_owner": previous, "owner": self.owner},
+                )
+            if current.status is PlanStatus.COMPENSATING:
+                tx.save_plan(current)
+                j.flush()
+                return current, "compensate"
+            running = next(
+                (i for i, s in enumerate(current.steps) if s.status is StepStatus.RUNNING), None
+            )
+            pending = next(
+                (i for i, s in enumerate(current.steps) if s.status is StepStatus.PENDING), None
+            )
+            if running is None and pending is None:
+                # Nothing left to start (a state only older versions could leave): settle.
+                if any(s.status is StepStatus.FAILED for s in current.steps):
+                    current = self.saga.start(j, current, "a step failed", None, now)
+                    then = "compensate"
+                else:
+                    current = current.moved_to(PlanStatus.SUCCEEDED, at=now).leased(None, None)
+                    j.emit(E.PLAN_FINISHED, plan=current, data={"status": "succeeded"})
+                    then = "done"
+            elif running is None:
+                assert pending is not None
+                current = self.start(j, current, pending, now)
+                then = "run"
+            else:
+                step = current.steps[running]
+                spec = self.gw.catalog.require(step.action)
+                if spec.idempotent and step.attempts < self._opts.max_attempts:
+                    current = self.start(j, current, running, now)
+                    then = "run"
+                elif spec.idempotent:
+                    then = "fail"
+                else:
+                    current = self._unknown(j, current, running, now)
+                    then = "done"
+            tx.save_plan(current)
+            j.flush()
+        return current, then
+
+    def _unknown(self, j: Journal, record: PlanRecord, index: int, now: datetime) -> PlanRecord:
+        step = record.steps[index]
+        reason = step.error or "interrupted mid-flight"
+        record = record.with_step(step.moved_to(StepStatus.UNKNOWN, error=reason))
+        record = record.moved_to(
+            PlanStatus.NEEDS_ATTENTION,
+            at=now,
+            error=f"step {step.step_id} is not idempotent and its outcome is unknown ({reason})",
+        ).leased(None, None)
+        j.emit(
+            E.STEP_UNKNOWN,
+            plan=record,
+            step_id=step.step_id,
+            actions=[self._attempt(step, "unknown")],
+            data={"reason": reason, "attempt": step.attempts},
+        )
+        return record
+
+    def resolve(
+        self, plan_id: str, step_id: str, *, succeeded: bool, principal: str, comment: str = ""
+    ) -> PlanRecord:
+        """A human says what happened to an ``unknown`` step; the plan carries on from there.
+
+        ``succeeded`` runs the remaining steps (or finishes the plan); otherwise the completed
+        steps are compensated.
+
+        Raises:
+            ConflictError: if the plan does not need attention or the step is not unknown.
+        """
+        now = self.gw.clock.now()
+        with self.gw.store.transaction() as tx:
+            current: PlanRecord | None = tx.get_plan(plan_id)
+            if current is None or current.status is not PlanStatus.NEEDS_ATTENTION:
+                raise ConflictError(f"plan {plan_id} does not need attention", field="plan_id")
+            step = next((s for s in current.steps if s.step_id == step_id), None)
+            if step is None or step.status is not StepStatus.UNKNOWN:
+                raise ConflictError(f"step {step_id!r} is not unknown", field="step_id")
+            if len(comment) > 2000:
+                raise InvalidRequestError(
+                    "comment is longer than 2,000 characters", field="comment"
+                )
+            j = self._journal(tx)
+            j.emit(
+                E.STEP_RESOLVED,
+                plan=current,
+                step_id=step_id,
+                user_id=principal,
+                data={"by": principal, "succeeded": succeeded, "comment": comment},
+            )
+            if succeeded:
+                current = current.with_step(
+                    step.moved_to(StepStatus.SUCCEEDED, finished_at=now, error=None)
+                )
+                nxt = step.index + 1
+                if nxt < len(current.steps):
+                    current = current.moved_to(PlanStatus.RUNNING, at=now, error=None)
+                    current = self.start(j, current, nxt, now)
+                    then = "run"
+                else:
+                    current = current.moved_to(PlanStatus.SUCCEEDED, at=now, error=None)
+                    j.emit(E.PLAN_FINISHED, plan=current, data={"status": "succeeded"})
+                    then = "done"
+            else:
+                current = current.with_step(step.moved_to(StepStatus.FAILED, finished_at=now))
+                current = self.gw._skip_rest(current, step.index + 1)
+                if any(s.status is StepStatus.SUCCEEDED for s in current.steps):
+                    current = current.moved_to(
+                        PlanStatus.COMPENSATING,
+                        at=now,
+                        compensation={"reason": f"step {step_id} failed", "final": None},
+                    ).leased(self._token(), self._until(now))
+                    j.emit(
+                        E.COMPENSATION_STARTED,
+                        plan=current,
+                        data={"reason": f"step {step_id} failed"},
+                    )
+                    then = "compensate"
+                else:
+                    current = current.moved_to(
+                        PlanStatus.FAILED, at=now, error=f"step {step_id} failed"
+                    )
+                    j.emit(E.PLAN_FINISHED, plan=current, data={"status": "failed"})
+                    then = "done"
+            tx.save_plan(current)
+            j.flush()
+        if then == "run":
+            return self.run(current)
+        if then == "compensate":
+            return self.continue_compensation(current)
+        return current
