@@ -466,12 +466,17 @@ class SqliteStore:
                 )
             self._c = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._c.row_factory = sqlite3.Row
-            self._c.execute("PRAGMA journal_mode=WAL")
-            self._c.execute(f"PRAGMA synchronous={synchronous}")
             self._c.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
             self._flock_fd = _open_lock_file(path)
-            if migrate:
-                self._migrate()
+            # Stores opening one new database at once (replicas, `serve --workers`) take
+            # turns: the switch to WAL needs an exclusive lock, and SQLite answers "database
+            # is locked" there without calling the busy handler (4 threads opening a fresh
+            # file failed about 1 time in 13 before).
+            with self._writer():
+                self._c.execute("PRAGMA journal_mode=WAL")
+                if migrate:
+                    self._migrate()
+            self._c.execute(f"PRAGMA synchronous={synchronous}")
             # NOTE(perf): checkpoint the WAL every 10,000 pages instead of SQLite's 1,000.
             # Measured (bench/pipeline.py, 5,000 plans): at 1,000 the commit that crosses the
             # threshold copies and fsyncs inside a client's call often enough to push p99 to
@@ -516,34 +521,32 @@ class SqliteStore:
                 fcntl.flock(fd, fcntl.LOCK_UN)
 
     def _migrate(self) -> None:
-        with self._writer():
-            self._c.execute("BEGIN IMMEDIATE")
-            try:
-                self._c.execute(
-                    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+        """Bring the schema up to date (the caller holds ``_writer``)."""
+        self._c.execute("BEGIN IMMEDIATE")
+        try:
+            self._c.execute(
+                "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+            )
+            row = self._c.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            current = int(row[0]) if row else 0
+            if current > SCHEMA_VERSION:
+                raise StorageError(
+                    f"database schema {current} is newer than this Proctor ({SCHEMA_VERSION})",
+                    hint="Upgrade Proctor.",
                 )
-                row = self._c.execute(
-                    "SELECT value FROM meta WHERE key = 'schema_version'"
-                ).fetchone()
-                current = int(row[0]) if row else 0
-                if current > SCHEMA_VERSION:
-                    raise StorageError(
-                        f"database schema {current} is newer than this Proctor ({SCHEMA_VERSION})",
-                        hint="Upgrade Proctor.",
-                    )
-                for version, statements in migrations_for("sqlite"):
-                    if version > current:
-                        for statement in statements:
-                            self._c.execute(statement)
-                if current != SCHEMA_VERSION:  # an up-to-date database is not written to
-                    self._c.execute(
-                        "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
-                        (str(SCHEMA_VERSION),),
-                    )
-                self._c.execute("COMMIT")
-            except BaseException:
-                self._c.execute("ROLLBACK")
-                raise
+            for version, statements in migrations_for("sqlite"):
+                if version > current:
+                    for statement in statements:
+                        self._c.execute(statement)
+            if current != SCHEMA_VERSION:  # an up-to-date database is not written to
+                self._c.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+            self._c.execute("COMMIT")
+        except BaseException:
+            self._c.execute("ROLLBACK")
+            raise
 
     @contextmanager
     def transaction(self, *, durable: bool = True) -> Iterator[_Tx]:

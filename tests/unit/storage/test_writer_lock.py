@@ -164,3 +164,59 @@ def test_the_wal_checkpointer_stops_while_a_writer_holds_the_lock(tmp_path):
         fcntl.flock(probe, fcntl.LOCK_UN)
         os.close(probe)
         store.close()
+
+
+def test_stores_opening_a_new_database_at_once_all_open(tmp_path):
+    """Replicas or workers starting together on a fresh file: none fails with "locked".
+
+    The switch to WAL takes an exclusive lock, and SQLite answers "database is locked" there
+    without waiting; unserialised, 4 openers failed in about 1 round of 13 (so 25 rounds
+    fail with a probability above 0.85).
+    """
+    for round_ in range(25):
+        path = str(tmp_path / f"fresh-{round_}.db")
+        opened: list[SqliteStore] = []
+        errors: list[BaseException] = []
+
+        def open_one(path: str, opened: list, errors: list) -> None:
+            try:
+                opened.append(SqliteStore(path))
+            except BaseException as exc:  # noqa: BLE001 - asserted below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=open_one, args=(path, opened, errors)) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        for store in opened:
+            store.close()
+        assert not errors, f"round {round_}: {errors}"
+        assert len(opened) == 4
+
+
+def test_the_switch_to_wal_waits_for_the_writers_lock(tmp_path):
+    """While another process holds ``<db>-lock``, a new store neither switches the file to
+    WAL nor migrates it; it does both once the lock is released."""
+    import sqlite3
+
+    path = str(tmp_path / "p.db")
+    holder = os.open(path + "-lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    opened: list[SqliteStore] = []
+    t = threading.Thread(target=lambda: opened.append(SqliteStore(path)))
+    try:
+        t.start()
+        t.join(0.3)
+        assert t.is_alive()
+        probe = sqlite3.connect(path)
+        try:
+            assert probe.execute("PRAGMA journal_mode").fetchone()[0] != "wal"
+        finally:
+            probe.close()
+    finally:
+        fcntl.flock(holder, fcntl.LOCK_UN)
+        os.close(holder)
+        t.join(10)
+    assert opened and opened[0].schema_version() > 0
+    opened[0].close()
