@@ -6,6 +6,7 @@ client's cancellation reaching the upstream call (audited as a failed step).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 
@@ -234,3 +235,97 @@ def test_json_responses_answer_calls_ask_the_user_and_drop_progress(
     assert progress == []
     r = cli("mcp", "--config", str(config), "--json-response", home=home)
     assert r.code == 2 and "--http" in r.err  # JSON bodies are an HTTP matter
+
+
+class _CountingRelay:
+    """A TCP relay on 127.0.0.1 that counts the connections it accepts (to one target port)."""
+
+    def __init__(self, target: int) -> None:
+        import socket
+        import threading
+
+        self.accepted = 0
+        self._target = target
+        self._sockets: list[socket.socket] = []
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = self._server.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return  # closed
+            self.accepted += 1
+            upstream = socket.create_connection(("127.0.0.1", self._target))
+            self._sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src, dst) -> None:
+        import socket
+
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._server.close()
+        for s in self._sockets:
+            s.close()
+
+
+def test_calls_to_an_http_upstream_reuse_their_connections(
+    cli, proctor_exe, home, npm_servers, kit, spawn
+):
+    """The SDK closes an SSE answer before its end; the proxy still keeps the connection.
+
+    Before, every call to an HTTP upstream opened a new TCP connection to it.
+    """
+    up_port, proxy_port = kit.free_port(), kit.free_port()
+    upstream = spawn(
+        ["node", str(npm_servers.everything), "streamableHttp"],
+        env=kit.clean_env(PORT=str(up_port)),
+    )
+    kit.wait_port(up_port, upstream, "server-everything")
+    relay = _CountingRelay(up_port)
+    config = kit.write_config(
+        home, "relay.json", {"everything": {"url": f"http://127.0.0.1:{relay.port}/mcp"}}
+    )
+    proxy = spawn(
+        [
+            *(proctor_exe, "mcp", "--config", str(config), "--home", str(home)),
+            *("--http", f"127.0.0.1:{proxy_port}"),
+        ]
+    )
+    kit.wait_port(proxy_port, proxy, "proctor mcp --http")
+
+    async def go() -> int:
+        async with (
+            streamable_http_client(f"http://127.0.0.1:{proxy_port}/mcp") as (r, w, *_),
+            ClientSession(r, w) as s,
+        ):
+            await s.initialize()
+            await s.call_tool("get-sum", {"a": 0, "b": 0})  # the policy executes get-sum
+            before = relay.accepted
+            for i in range(12):
+                result = await s.call_tool("get-sum", {"a": i, "b": 1000})
+                assert not result.is_error and str(i + 1000) in text(result), text(result)
+            return relay.accepted - before
+
+    try:
+        opened = anyio.run(go)
+    finally:
+        relay.close()
+    assert opened <= 3, f"{opened} new connections to the upstream for 12 calls"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import anyio
@@ -29,11 +29,78 @@ from mcp.shared.exceptions import MCPError
 from proctor.errors import ConfigError
 from proctor.mcp.config import UpstreamConfig
 
-__all__ = ["Upstream"]
+__all__ = ["KeepAliveTransport", "Upstream"]
 
 log = logging.getLogger("proctor.mcp")
 
 _RESTART_BACKOFF = (0.2, 1.0, 5.0, 30.0)
+_DRAIN_MAX = 64 * 1024
+"""The most body bytes a response closed early is still read for, to keep its connection."""
+_DRAIN_WAIT = 0.5
+"""The longest a response closed early is still read for (seconds)."""
+
+
+class KeepAliveTransport(httpx2.AsyncBaseTransport):
+    """An HTTP transport whose responses, closed early, keep their connection when they can.
+
+    NOTE(mcp, perf): the SDK's streamable HTTP client closes an SSE response as soon as it
+    holds the JSON-RPC answer, before the end of the body has been read; the connection pool
+    then cannot reuse the connection, so every ``tools/call`` to an HTTP upstream opened a
+    new TCP connection (53 connections for 50 calls to server-everything). A server ends
+    that stream right after the answer, so the response to a POST, closed early, is read on
+    to its end, at most ``_DRAIN_MAX`` bytes for at most ``_DRAIN_WAIT`` seconds, which
+    leaves the connection reusable; past either bound it is closed, as before. The SDK
+    reads the body and closes it in a task of its own, after the answer has been handed
+    on: the call does not wait.
+    """
+
+    def __init__(self, inner: httpx2.AsyncBaseTransport) -> None:
+        self._inner = inner
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        """Send ``request`` through the inner transport; its body drains on an early close."""
+        response = await self._inner.handle_async_request(request)
+        # Only the answers to POSTs: the GET stream of notifications is long-lived.
+        if request.method == "POST" and isinstance(response.stream, httpx2.AsyncByteStream):
+            length = response.headers.get("content-length")
+            known = int(length) if length is not None and length.isdigit() else None
+            response.stream = _DrainOnClose(response.stream, known)
+        return response
+
+    async def aclose(self) -> None:
+        """Close the inner transport (its connection pool)."""
+        await self._inner.aclose()
+
+
+class _DrainOnClose(httpx2.AsyncByteStream):
+    """A response body that, closed before its end, reads on a little first (see above)."""
+
+    def __init__(self, inner: httpx2.AsyncByteStream, length: int | None) -> None:
+        self._inner = inner
+        self._left = length  # unread bytes of a body of declared length
+        self._chunks: Any = None
+
+    async def __aiter__(self) -> Any:
+        self._chunks = self._inner.__aiter__()
+        async for chunk in self._chunks:
+            if self._left is not None:
+                self._left -= len(chunk)
+            yield chunk
+
+    async def aclose(self) -> None:
+        try:
+            if self._chunks is not None and (self._left is None or self._left <= _DRAIN_MAX):
+                read = 0
+                with anyio.move_on_after(_DRAIN_WAIT):
+                    try:
+                        async for chunk in self._chunks:
+                            read += len(chunk)
+                            if read > _DRAIN_MAX:
+                                break
+                    except Exception as exc:  # noqa: BLE001 - the connection is closed below
+                        log.debug("reading the rest of a response failed: %s", exc)
+        finally:
+            await self._inner.aclose()  # returns the connection to the pool, or closes it
 
 
 class Upstream:
@@ -70,31 +137,37 @@ class Upstream:
     @asynccontextmanager
     async def _open(self) -> Any:
         c = self.config
-        if c.command is not None:
-            params = StdioServerParameters(
-                command=c.command,
-                args=list(c.args),
-                env={**os.environ, **(c.env or {})},
-                cwd=c.cwd,
+        async with AsyncExitStack() as stack:
+            if c.command is not None:
+                params = StdioServerParameters(
+                    command=c.command,
+                    args=list(c.args),
+                    env={**os.environ, **(c.env or {})},
+                    cwd=c.cwd,
+                )
+                transport: Any = stdio_client(params)
+            else:
+                assert c.url is not None
+                client = await stack.enter_async_context(
+                    httpx2.AsyncClient(
+                        headers=dict(c.headers or {}),
+                        timeout=httpx2.Timeout(30.0, read=300.0),
+                        transport=KeepAliveTransport(httpx2.AsyncHTTPTransport()),
+                    )
+                )
+                transport = streamable_http_client(c.url, http_client=client)
+            streams = await stack.enter_async_context(transport)
+            session = await stack.enter_async_context(
+                ClientSession(
+                    streams[0],
+                    streams[1],
+                    logging_callback=self._logging_callback,
+                    message_handler=self._message_handler,
+                )
             )
-            transport: Any = stdio_client(params)
-        else:
-            assert c.url is not None
-            client = httpx2.AsyncClient(
-                headers=dict(c.headers or {}), timeout=httpx2.Timeout(30.0, read=300.0)
-            )
-            transport = streamable_http_client(c.url, http_client=client)
-        async with transport as streams:
-            read, write = streams[0], streams[1]
-            async with ClientSession(
-                read,
-                write,
-                logging_callback=self._logging_callback,
-                message_handler=self._message_handler,
-            ) as session:
-                with anyio.fail_after(self._connect_timeout):
-                    await session.initialize()
-                yield session
+            with anyio.fail_after(self._connect_timeout):
+                await session.initialize()
+            yield session
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Hold the connection open; reconnect after a crash. Never returns.
