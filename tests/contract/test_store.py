@@ -592,6 +592,33 @@ class TestGuardStateUnderConcurrency:
             for s in stores:
                 s.close()
 
+    def test_a_missing_plan_read_in_a_transaction_stays_locked_until_it_ends(self, shared_url):
+        """Writers that each find a plan id free and save it: exactly one saves it first.
+
+        ``get_plan`` in a transaction locks the id also when there is no row yet (on
+        PostgreSQL ``FOR UPDATE`` alone locks nothing then: two replicas submitting one plan
+        id both found it free, both saved it, and both ran it).
+        """
+        stores = [open_store(shared_url) for _ in range(4)]
+        created: list[tuple[int, str]] = []
+        try:
+
+            def claim(i):
+                for n in range(10):
+                    with stores[i].transaction() as tx:
+                        pid = f"race-{n}"  # every round starts from a missing row
+                        if tx.get_plan(pid) is None:
+                            tx.save_plan(_plan(pid, agent=f"w{i}"))
+                            created.append((n, f"w{i}"))
+
+            _in_threads(claim, 4)
+            assert sorted(n for n, _ in created) == list(range(10))
+            for n, who in created:
+                assert stores[0].get_plan(f"race-{n}").agent_id == who
+        finally:
+            for s in stores:
+                s.close()
+
 
 _APPENDER = r"""
 import sys, time

@@ -115,7 +115,7 @@ class TestSubmitRoute:
         def broken(*args: Any, **kwargs: Any) -> Any:
             raise RuntimeError("secret detail of a bug")
 
-        monkeypatch.setattr(w.proctor.gateway, "submit", broken)
+        monkeypatch.setattr(w.proctor.gateway, "submit_created", broken)
         # ServerErrorMiddleware re-raises after answering (for the server's log): take the
         # answer the client got.
         transport = httpx.ASGITransport(app=w.app, root_path=root_path, raise_app_exceptions=False)

@@ -169,10 +169,20 @@ class Gateway(HumanActions):
             InvalidRequestError: the manifest breaks a rule (the rejection is audited).
             PlanIdReusedError: the plan id exists with another digest (audited).
         """
+        return self.submit_created(raw, sandbox=sandbox, traceparent=traceparent)[0]
+
+    def submit_created(
+        self, raw: Any, *, sandbox: bool | None = None, traceparent: str | None = None
+    ) -> tuple[PlanRecord, bool]:
+        """``submit``, and whether this call created the plan.
+
+        False: an earlier submission of the plan id (by this process or another) is the
+        answer, as it stands.
+        """
         with self.telemetry.plan("proctor.submit", traceparent):
             return self._submit(raw, sandbox)
 
-    def _submit(self, raw: Any, sandbox: bool | None) -> PlanRecord:
+    def _submit(self, raw: Any, sandbox: bool | None) -> tuple[PlanRecord, bool]:
         sandbox = self.options.sandbox if sandbox is None else sandbox
         with self.telemetry.stage("validate"):
             try:
@@ -184,7 +194,7 @@ class Gateway(HumanActions):
                 existing: PlanRecord | None = self.store.get_plan(plan.plan_id)
                 if existing is not None:
                     if existing.digest == plan.digest:
-                        return existing  # idempotent resubmission: the first result
+                        return existing, False  # idempotent resubmission: the first result
                     err = PlanIdReusedError(
                         f"plan id {plan.plan_id!r} was already used for a different manifest",
                         field="plan_id",
@@ -197,10 +207,14 @@ class Gateway(HumanActions):
             except InvalidRequestError as exc:
                 self._audit_rejection(raw, exc, digest=plan.digest)
                 raise
-        record = self._decide(plan, specs, sandbox=sandbox)
-        if record.status is PlanStatus.RUNNING:
+        try:
+            record, ours = self._decide(plan, specs, sandbox=sandbox)
+        except PlanIdReusedError as exc:  # another manifest took the id meanwhile
+            self._audit_rejection(raw, exc, digest=plan.digest)
+            raise
+        if ours and record.status is PlanStatus.RUNNING:
             record = self.executor.run(record)
-        return record
+        return record, ours
 
     def _validate(self, plan: Plan) -> list[ActionSpec]:
         specs = []
@@ -286,7 +300,13 @@ class Gateway(HumanActions):
         assessment = assess(base, decision.adjustments, thresholds=self.options.thresholds)
         return decision, assessment
 
-    def _decide(self, plan: Plan, specs: list[ActionSpec], *, sandbox: bool) -> PlanRecord:
+    def _decide(
+        self, plan: Plan, specs: list[ActionSpec], *, sandbox: bool
+    ) -> tuple[PlanRecord, bool]:
+        """Decide, route and record a new plan; return it and whether it is this call's.
+
+        Not this call's: an identical submission of the same plan id committed first.
+        """
         with self.telemetry.stage("decide"):
             decision, assessment = self.evaluate(plan, specs)
         now = self.clock.now()
@@ -299,12 +319,17 @@ class Gateway(HumanActions):
         # A plan that runs now is acknowledged only after its final, durable commit.
         runs_now = record.status is PlanStatus.RUNNING
         with self.telemetry.stage("route"), self.store.transaction(durable=not runs_now) as tx:
-            if plan.plan_id is not None and tx.get_plan(plan_id) is not None:
-                # Lost a race with an identical submission: return the winner's result.
-                existing = tx.get_plan(plan_id)
+            existing = tx.get_plan(plan_id) if plan.plan_id is not None else None
+            if existing is not None:
+                # Lost a race with an identical submission: the winner's plan, which the
+                # winner runs (run here too, it would run twice).
                 if existing.digest == plan.digest:
-                    return existing  # type: ignore[no-any-return]
-                raise PlanIdReusedError(f"plan id {plan_id!r} was already used", field="plan_id")
+                    return existing, False
+                raise PlanIdReusedError(
+                    f"plan id {plan_id!r} was already used for a different manifest",
+                    field="plan_id",
+                    hint="Use a new plan_id for a changed plan.",
+                )
             j = self._journal(tx)
             j.emit(
                 E.PLAN_SUBMITTED,
@@ -351,7 +376,7 @@ class Gateway(HumanActions):
             # Acknowledged without running here (escalated by a guard, or queued for another
             # runner): make the commit durable before the client hears of it.
             self._sync()
-        return record
+        return record, True
 
     def _sync(self) -> None:
         """Make every earlier commit durable (a durable commit fsyncs the log before it)."""

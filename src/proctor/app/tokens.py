@@ -23,7 +23,7 @@ from proctor.errors import InvalidRequestError, NotFoundError
 __all__ = ["NewToken", "TokenService", "hash_token"]
 
 TOKEN_PREFIX = "prt_"  # noqa: S105 - a prefix that marks API tokens, not a secret
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,127}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,127}\Z")
 _MAX_TOKEN = 512
 
 

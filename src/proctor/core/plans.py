@@ -22,7 +22,7 @@ from proctor.errors import InvalidRequestError
 
 __all__ = ["Actor", "Limits", "Plan", "Signature", "Step"]
 
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$")
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}\Z")  # \Z: "$" admits a final "\n"
 _MANIFEST_KEYS = frozenset(
     {"plan_id", "actor", "on_behalf_of", "intent", "reasoning", "steps", "signature"}
 )

@@ -121,11 +121,12 @@ def submit_plan(
         plan_id = None
     gateway = ctx.proctor.gateway
     with ctx.submit_locks.hold(plan_id):
-        existed = plan_id is not None and gateway.store.get_plan(plan_id) is not None
         # The gateway itself, not ``Proctor.submit``: any JSON value goes to the
-        # validator, so a body that is not an object is rejected (and audited) there.
-        rec = gateway.submit(raw, traceparent=traceparent)
-    return (200 if existed else 201), plan_json(rec)
+        # validator, so a body that is not an object is rejected (and audited) there. It
+        # says whether the plan is new: an earlier submission (here or in another worker or
+        # replica) of the same plan id is answered 200.
+        rec, created = gateway.submit_created(raw, traceparent=traceparent)
+    return (201 if created else 200), plan_json(rec)
 
 
 def _invalid_header(name: str, rule: str) -> Response:

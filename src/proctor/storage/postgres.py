@@ -12,7 +12,7 @@ section 6 come from the database:
 - **Locked reads.** ``Transaction.get_plan``, ``lease_of`` and ``get_state`` read with
   ``FOR UPDATE``: a lease claim, consuming an approval, a human action or a breaker update is
   read-check-write under a row lock. ``FOR UPDATE`` locks nothing when the row is missing, so
-  a missing guard state is locked by key (advisory) and read again.
+  a missing plan or guard state is locked by key (advisory) and read again.
 - **Errors.** Driver errors become ``StorageError``; a deadlock or a serialization failure
   carries ``details["retryable"] = True`` (the server rolled it all back: the transaction can
   be run again), as does waiting too long for a pooled connection. The pool checks a
@@ -53,6 +53,7 @@ _GENESIS = "sha256:" + "0" * 64
 _LOG_LOCK = 0x70726F63  # "proc": orders appends to the audit log
 _MIGRATE_LOCK = 0x70726F64  # replicas starting together migrate one at a time
 _STATE_LOCK = 0x70726F65  # a guard state key that has no row yet
+_PLAN_LOCK = 0x70726F66  # a plan id that has no row yet
 _LOCK_SQL = "SELECT pg_advisory_xact_lock(%s, hashtext(current_schema() || %s))"
 _META = 'CREATE TABLE IF NOT EXISTS meta (key TEXT COLLATE "C" PRIMARY KEY, value TEXT NOT NULL)'
 _PLAN_COLS = (
@@ -139,10 +140,15 @@ class _Tx:
         return self._c.execute(sql, args).fetchone()
 
     def get_plan(self, plan_id: str) -> PlanRecord | None:
-        row = self._one(
-            f"SELECT {_PLAN_COLS} FROM plans WHERE plan_id = %s FOR UPDATE",  # noqa: S608
-            (plan_id,),
-        )
+        sql = f"SELECT {_PLAN_COLS} FROM plans WHERE plan_id = %s FOR UPDATE"  # noqa: S608
+        row = self._one(sql, (plan_id,))
+        if row is None:
+            # As in get_state: no row, nothing locked, and two replicas submitting one plan id
+            # would both insert it and both run it. Lock the id itself, then read again.
+            with self._c.pipeline():
+                self._c.execute(_LOCK_SQL, (_PLAN_LOCK, plan_id))
+                cur = self._c.execute(sql, (plan_id,))
+            row = cur.fetchone()
         return load_plan(row) if row else None
 
     def lease_of(self, plan_id: str) -> tuple[str | None, str] | None:

@@ -130,6 +130,40 @@ class TestSubmit:
         assert again.plan_id == first.plan_id and again.status is first.status
         assert len(tools["shop.order"][0].calls) == 1
 
+    def test_identical_submissions_racing_run_the_plan_once(self, clock):
+        """Two threads submit one plan id at once, both past the first look-up: the one
+        that commits second gets the first one's plan and does not run it again."""
+        import threading
+
+        both_deciding = threading.Barrier(2, timeout=10)
+        execute = outcome_for({})
+
+        def answer(inp):
+            both_deciding.wait()  # each thread has found the plan id free
+            return execute(inp)
+
+        p, tools = make(ScriptedPolicy(answer), clock)
+        plan = make_plan([("shop.order", {"n": 1})], plan_id="p-race")
+        results, errors = [], []
+
+        def submit():
+            try:
+                results.append(p.gateway.submit_created(plan))
+            except BaseException as exc:  # noqa: BLE001 - asserted below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=submit) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert errors == []
+        assert [r.plan_id for r, _ in results] == ["p-race", "p-race"]
+        assert sorted(created for _, created in results) == [False, True]  # 201 once
+        assert tools["shop.order"][0].keys == ["p-race:s1"]  # once
+        assert [e.type for e in p.events()].count("plan.submitted") == 1
+        assert p.get("p-race").status is PlanStatus.SUCCEEDED
+
     def test_plan_id_reuse_with_other_digest(self, clock):
         """The same plan id with another manifest is refused and audited."""
         p, _ = make(ScriptedPolicy(outcome_for({})), clock)

@@ -53,6 +53,11 @@ class TestPlanFromDict:
             (lambda p: p["steps"][0].update(params=[1]), "steps[0].params"),
             (lambda p: p["steps"].append(dict(p["steps"][0])), "steps[1].id"),
             (lambda p: p.update(plan_id="bad id with spaces"), "plan_id"),
+            # "$" would admit a final newline: a plan id that breaks the Location header
+            (lambda p: p.update(plan_id="p-1\n"), "plan_id"),
+            (lambda p: p.update(on_behalf_of="alice\n"), "on_behalf_of"),
+            (lambda p: p["actor"].update(agent_id="bot\n"), "actor.agent_id"),
+            (lambda p: p["steps"][0].update(id="s1\n"), "steps[0].id"),
             (lambda p: p.update(intent="x" * 9000), "intent"),
         ],
     )
