@@ -340,6 +340,27 @@ def _bad_schema(tmp_path: Path) -> Path:
     return write_json(tmp_path, "p.json", manifest(pay))
 
 
+def _amount_text(tmp_path: Path, step: tuple[str, dict[str, Any]], literal: str) -> Path:
+    """A manifest whose amount is the JSON literal ``literal`` (json.dumps cannot write 6.4e5)."""
+    action, params = step
+    path = write_json(tmp_path, "p.json", manifest((action, {**params, "amount": 0})))
+    path.write_text(path.read_text().replace('"amount": 0', f'"amount": {literal}'))
+    return path
+
+
+def _float_amount(tmp_path: Path) -> Path:
+    return _amount_text(tmp_path, BIG_PAYMENT, "640000.0")
+
+
+def _exponent_amount(tmp_path: Path) -> Path:
+    return _amount_text(tmp_path, BIG_PAYMENT, "6.4e5")
+
+
+def _exponent_po(tmp_path: Path) -> Path:
+    po = ("procurement.create_po", {"supplier": "acme", "item": "desk", "quantity": 1})
+    return _amount_text(tmp_path, po, "5e7")
+
+
 def _bad_json(tmp_path: Path) -> Path:
     path = tmp_path / "p.json"
     path.write_text('{"actor": {"type": "agent",')
@@ -357,6 +378,9 @@ def _too_many_steps(tmp_path: Path) -> Path:
 BAD_INPUTS = [
     pytest.param(_bad_unknown_action, "invalid_request", "steps[0].action", id="unknown-action"),
     pytest.param(_bad_schema, "invalid_request", "steps[0].params.amount", id="schema-violation"),
+    pytest.param(_float_amount, "invalid_request", "steps[0].params.amount", id="float-amount"),
+    pytest.param(_exponent_amount, "invalid_request", "steps[0].params.amount", id="6.4e5-amount"),
+    pytest.param(_exponent_po, "invalid_request", "steps[0].params.amount", id="5e7-po"),
     pytest.param(_bad_json, "invalid_request", "<path>", id="malformed-json"),
     pytest.param(_missing_file, "invalid_request", "<path>", id="missing-file"),
     pytest.param(_too_many_steps, "invalid_request", "steps", id="33-steps"),
@@ -436,6 +460,25 @@ class TestSubmit:
         assert "error[invalid_request]" in result.err
         assert "field: steps[0].action" in result.err
         assert "Traceback" not in result.err
+
+    @pytest.mark.parametrize("make", [_float_amount, _exponent_amount, _exponent_po])
+    def test_a_float_amount_is_refused_with_a_hint_and_audited(
+        self, cli, shared_home, tmp_path, make
+    ):
+        """A float amount exits 1 naming the amount, and the rejection is in the audit log.
+
+        Regression: 640000.0 or 6.4e5 ran at once as "a payment of 0".
+        """
+        path = make(tmp_path)
+        last_seq = db_rows(shared_home, "SELECT coalesce(max(seq), -1) FROM events")[0][0]
+
+        result = cli("submit", path, home=shared_home)
+
+        assert result.code == 1, str(result)
+        assert "field: steps[0].params.amount" in result.err
+        assert "minor units" in result.err
+        new = db_rows(shared_home, f"SELECT type FROM events WHERE seq > {last_seq}")
+        assert [t for (t,) in new] == ["plan.rejected"]
 
     def test_reused_plan_id_with_other_params_is_refused(self, cli, shared_home, tmp_path):
         """The same plan_id with different params exits 1 with plan_id_reused; nothing runs."""

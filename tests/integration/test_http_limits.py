@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -148,6 +149,28 @@ class TestValidation:
         assert resp.status_code == 422, resp.text
         assert resp.json()["code"] == "invalid_request"
         assert resp.json()["field"] == field
+        assert _events(w) == ["plan.rejected"]
+        assert w.proctor.plans() == []
+
+    @pytest.mark.parametrize("amount", [b"640000.0", b"6.4e5", b"true", b'"640000"'])
+    async def test_an_amount_that_is_not_an_integer_is_422_and_audited(self, world, amount):
+        """640000.0 or 6.4e5 is refused naming the amount, not run as a payment of 0.
+
+        Regression: a float passed the schema's integer type and skipped the approval gate.
+        """
+        w, client = world
+        pay = ("travel.pay", {"amount": 0, "currency": "EUR", "traveller": "alice"})
+        body = json.dumps(make_plan([pay], agent_id="bot")).encode()
+        body = body.replace(b'"amount": 0', b'"amount": ' + amount)
+
+        resp = await client.post(
+            "/v1/plans", content=body, headers=w.auth() | {"Content-Type": "application/json"}
+        )
+
+        assert resp.status_code == 422, resp.text
+        assert resp.json()["code"] == "invalid_request"
+        assert resp.json()["field"] == "steps[0].params.amount"
+        assert "minor units" in resp.json()["hint"]
         assert _events(w) == ["plan.rejected"]
         assert w.proctor.plans() == []
 

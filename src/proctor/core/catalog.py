@@ -49,6 +49,7 @@ HIGH_RISK_CATEGORIES: frozenset[str] = frozenset(
 _NAME = re.compile(r"^[a-z][a-z0-9_]*(?:[.\-][a-z0-9_]+)*$")
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _PLACEHOLDER = re.compile(r"{(\w+)}")
+_AMOUNT_HINT = "Amounts are JSON integers in minor units (cents): 640000, not 640000.0 or 6.4e5."
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -155,8 +156,44 @@ class ActionSpec:
             raise InvalidRequestError(
                 f"{message} (rule: {exc.rule})",
                 field=f"{field_prefix}{suffix}",
+                hint=_AMOUNT_HINT if suffix == f".{self.amount_param}" else None,
                 rule=exc.rule,
             ) from None
+        self._amount_param(params, field_prefix=field_prefix)
+
+    def _amount_param(self, params: Mapping[str, Any], *, field_prefix: str) -> int:
+        """The amount param's value, which must be present and a JSON integer.
+
+        The schema alone cannot guarantee it: JSON Schema's ``integer`` admits ``640000.0``
+        (fastjsonschema follows it), and a catalog may declare no type at all. Guards,
+        budgets and the policy's limits all read this number, so a value they cannot read
+        as an integer is refused rather than counted as some default: counting it as 0 let
+        a float amount execute as "a payment of 0" past every limit (fail closed).
+
+        Raises:
+            InvalidRequestError: naming ``<field_prefix>.<amount_param>``.
+        """
+        if self.amount_param is None:
+            return 0
+        where = f"{field_prefix}.{self.amount_param}"
+        if self.amount_param not in params:
+            # The default policy would send a step without a numeric amount to approval,
+            # but budgets and autonomy tolerances need a number too: refusing the plan is
+            # the one answer that is closed for all of them, and it says what to send.
+            raise InvalidRequestError(
+                f"{self.name!r} needs its amount param {self.amount_param!r}",
+                field=where,
+                hint=_AMOUNT_HINT,
+            )
+        value = params[self.amount_param]
+        # type() and not isinstance(): True is an int to Python, and no amount to anyone.
+        if type(value) is not int:
+            raise InvalidRequestError(
+                f"{where} must be an integer amount in minor units, not {value!r}",
+                field=where,
+                hint=_AMOUNT_HINT,
+            )
+        return value
 
     def describe(self, params: Mapping[str, Any]) -> str:
         """Render the summary template with the params; unknown placeholders stay visible."""
@@ -168,9 +205,15 @@ class ActionSpec:
         return _PLACEHOLDER.sub(sub, self.summary)
 
     def amount(self, params: Mapping[str, Any]) -> int:
-        """Return the money amount of a call (minor units): its amount param plus cost."""
-        value = params.get(self.amount_param, 0) if self.amount_param else 0
-        return (value if type(value) is int else 0) + self.cost
+        """Return the money amount of a call (minor units): its amount param plus cost.
+
+        Params that passed ``validate_params`` have a valid amount. Anything else raises
+        rather than count as 0, which would pass every limit (fail closed).
+
+        Raises:
+            InvalidRequestError: the amount param is missing or not an integer.
+        """
+        return self._amount_param(params, field_prefix="params") + self.cost
 
     def policy_view(self) -> dict[str, Any]:
         """Return the per-action constants the policy sees in ``data.proctor.catalog``."""

@@ -179,6 +179,23 @@ class TestBudgets:
         assert p.submit(plan(amount=200, agent="b")).status is PlanStatus.DENIED
         assert p.submit(plan(amount=100, agent="b")).status is PlanStatus.SUCCEEDED
 
+    @pytest.mark.parametrize("amount", [2000.0, 1e9])
+    def test_a_float_amount_cannot_slip_past_a_budget(self, url, amount):
+        """A float amount is refused, not counted as 0 against a deny budget.
+
+        Regression: 2000.0 passed the schema's integer type and spent nothing of the budget.
+        """
+        p, tools = make(
+            url, budgets=(Budget(scope="agent", key="*", limit=1000, on_exceed="deny"),)
+        )
+
+        with pytest.raises(InvalidRequestError) as ei:
+            p.submit(plan(amount=amount))
+
+        assert ei.value.field == "steps[0].params.amount"
+        assert tools["shop.buy"].calls == []
+        assert types(p) == ["plan.rejected"]
+
     def test_failed_step_releases_and_tool_cost_settles(self, url):
         p, tools = make(url, budgets=(Budget(scope="user", key="alice", limit=1000),))
         tools["shop.buy"].result = {"ok": True, "cost": 250}  # what it really cost
@@ -251,6 +268,9 @@ class TestAutonomy:
         p.guards.set_autonomy("alice", "shop.buy", "auto", below=5000, by="alice")
         assert p.submit(plan(amount=4999)).status is PlanStatus.SUCCEEDED
         assert p.submit(plan(amount=5000)).status is PlanStatus.AWAITING_CONFIRMATION
+        with pytest.raises(InvalidRequestError) as e:
+            p.submit(plan(amount=5000.0))  # once counted as 0, below the tolerance
+        assert e.value.field == "steps[0].params.amount"
         with pytest.raises(InvalidRequestError) as e:
             p.guards.set_autonomy("alice", "shop.buy", "yolo", by="alice")
         assert e.value.field == "level"

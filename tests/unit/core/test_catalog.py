@@ -61,10 +61,89 @@ class TestActionSpec:
         assert _spec().describe({"qty": 2}) == "Order 2 x {item}"
 
     def test_amount(self):
-        """The amount is the amount param plus the cost per call; non-integers count 0."""
+        """The amount is the amount param plus the cost per call."""
         s = _spec(amount_param="total", cost=5)
         assert s.amount({"total": 100}) == 105
-        assert s.amount({"total": "100"}) == 5
+        assert s.amount({"total": -100}) == -95
+
+    def test_no_amount_param_counts_the_cost(self):
+        """An action without an amount param costs its cost per call, whatever the params."""
+        assert _spec(cost=5).amount({"total": 100.5}) == 5
+
+    @pytest.mark.parametrize("value", ["100", 100.0, 100.5, True, None, [100]])
+    def test_amount_of_a_non_integer_raises(self, value):
+        """amount() never counts an unreadable amount as 0, which passes every limit."""
+        s = _spec(amount_param="total", cost=5)
+
+        with pytest.raises(InvalidRequestError) as ei:
+            s.amount({"total": value})
+
+        assert ei.value.field == "params.total"
+
+    def test_amount_of_a_missing_amount_raises(self):
+        """A declared amount param that is absent is no amount of 0 either."""
+        with pytest.raises(InvalidRequestError) as ei:
+            _spec(amount_param="total").amount({})
+
+        assert ei.value.field == "params.total"
+
+
+class TestAmountValidation:
+    """The amount param is a JSON integer, or the plan is refused at validation."""
+
+    def _pay(self, amount_schema=None):
+        props = {"amount": amount_schema} if amount_schema is not None else {}
+        return _spec(
+            name="shop.pay",
+            category="payment",
+            amount_param="amount",
+            params_schema={"type": "object", "properties": props},
+        )
+
+    def test_an_integer_passes(self):
+        """An integer amount passes."""
+        self._pay({"type": "integer"}).validate_params({"amount": 640000}, field_prefix="p")
+
+    @pytest.mark.parametrize("value", [640000.0, 5e7, 0.0, -1.0, 12.5])
+    def test_a_float_is_refused_even_an_integral_one(self, value):
+        """640000.0 passes JSON Schema's integer type, but is refused naming the field.
+
+        Regression: it counted as an amount of 0 and executed past auto_payment_max.
+        """
+        spec = self._pay({"type": "integer", "minimum": 1})
+
+        with pytest.raises(InvalidRequestError) as ei:
+            spec.validate_params({"amount": value}, field_prefix="steps[0].params")
+
+        assert ei.value.field == "steps[0].params.amount"
+        assert "minor units" in (ei.value.hint or "")
+
+    @pytest.mark.parametrize("value", [True, "640000", None, [1], {"v": 1}, 640000.0])
+    def test_anything_but_an_integer_is_refused_when_the_schema_says_nothing(self, value):
+        """Without a type in the schema, the amount param is still held to be an integer."""
+        with pytest.raises(InvalidRequestError) as ei:
+            self._pay().validate_params({"amount": value}, field_prefix="steps[2].params")
+
+        assert ei.value.field == "steps[2].params.amount"
+        assert "minor units" in (ei.value.hint or "")
+
+    def test_a_missing_amount_is_refused(self):
+        """An action that declares an amount param must receive it."""
+        with pytest.raises(InvalidRequestError) as ei:
+            self._pay({"type": "integer"}).validate_params({}, field_prefix="steps[0].params")
+
+        assert ei.value.field == "steps[0].params.amount"
+
+    def test_a_schema_type_error_on_the_amount_carries_the_hint(self):
+        """The schema's own refusal of the amount says that amounts are integers."""
+        with pytest.raises(InvalidRequestError) as ei:
+            self._pay({"type": "integer"}).validate_params(
+                {"amount": "12"}, field_prefix="steps[0].params"
+            )
+
+        assert ei.value.field == "steps[0].params.amount"
+        assert ei.value.details["rule"] == "type"
+        assert "minor units" in (ei.value.hint or "")
 
 
 class TestCatalog:
