@@ -249,6 +249,30 @@ class TestInit:
         assert result.error()["code"] == "config_error"
         assert result.error()["field"] == "home"
 
+    def test_a_bad_pattern_in_the_catalog_is_a_config_error(self, cli, fresh_home):
+        """pattern = "([" makes commands exit 1 naming the action and param, not crash.
+
+        Regression: every command died with re.error: unterminated character set.
+        """
+        with (fresh_home / "catalog.toml").open("a") as catalog:
+            catalog.write(
+                '\n[actions."shop.dated"]\nsummary = "dated"\ncategory = "general"\n'
+                'handler = "a.b:c"\n'
+                "baselines = { risk = 1, auditability = 1, ux = 1, recovery = 1, cost = 1 }\n"
+                '[actions."shop.dated".params]\ntype = "object"\n'
+                'properties.date = { type = "string", pattern = "([" }\n'
+            )
+
+        result = cli("plans", "--json", home=fresh_home)
+
+        assert result.code == 1, str(result)
+        err = result.error()
+        assert err["code"] == "config_error"
+        assert err["field"] == "catalog.shop.dated.params.properties.date.pattern"
+        assert "catalog.toml" in err["message"]
+        assert "'shop.dated'" in err["message"] and "'date'" in err["message"]
+        assert "Traceback" not in result.err
+
 
 # ---------------------------------------------------------------------------- demo
 

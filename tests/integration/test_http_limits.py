@@ -134,6 +134,11 @@ class TestValidation:
             (lambda p: p.update(steps=[p["steps"][0]] * 33), "steps"),
             (lambda p: p["steps"][0].update(action="rm.rf"), "steps[0].action"),
             (lambda p: p["steps"][0]["params"].update(date=5), "steps[0].params.date"),
+            # Fullwidth digits: \d is [0-9] in JSON Schema (ECMA-262), not Python's Unicode \d.
+            (
+                lambda p: p["steps"][0]["params"].update(date="\uff12\uff10\uff12\uff17-03-12"),
+                "steps[0].params.date",
+            ),
             (lambda p: p.update(plan_id="has space"), "plan_id"),
             (lambda p: p["actor"].pop("model_version"), "actor.model_version"),
         ],

@@ -131,9 +131,12 @@ class ActionSpec:
                 f"reversible action {self.name!r} needs a compensate handler or a compensation",
                 field=f"{where}.reversible",
             )
+        schema = _ecma_patterns(self.params_schema, self.name, f"{where}.params")
         try:
-            validator = fastjsonschema.compile(dict(self.params_schema))
-        except fastjsonschema.JsonSchemaDefinitionException as exc:
+            validator = fastjsonschema.compile(schema)
+        except (fastjsonschema.JsonSchemaDefinitionException, re.error) as exc:
+            # re.error: a pattern in a place _ecma_patterns does not walk (it names the
+            # exact place for the usual ones). Either way a config error, never a crash.
             raise ConfigError(
                 f"params schema of {self.name!r} is not valid JSON Schema: {exc}",
                 field=f"{where}.params",
@@ -153,6 +156,8 @@ class ActionSpec:
             name = exc.name or "data"
             suffix = name[4:] if name.startswith("data") else f".{name}"
             message = exc.message.replace(name, "params" + suffix, 1)
+            # Show the pattern as the catalog wrote it, without the flag _ecma_patterns adds.
+            message = message.replace(f"must match pattern {_ASCII}", "must match pattern ", 1)
             raise InvalidRequestError(
                 f"{message} (rule: {exc.rule})",
                 field=f"{field_prefix}{suffix}",
@@ -242,6 +247,119 @@ def _check_canary(canary: Mapping[str, Any], where: str) -> None:
             "canary.check must be an import path 'package.module:function'",
             field=f"{where}.check",
         )
+
+
+_ASCII = "(?a)"
+r"""The inline flag that gives a Python regex ECMA-262's ASCII ``\d``, ``\w`` and ``\b``."""
+
+# Where JSON Schema (drafts 4 to 2020-12) nests subschemas: one schema, a list of schemas,
+# or a mapping of names to schemas. Values of other keywords (enum, const, default, ...) are
+# data, so a "pattern" key inside them is left alone.
+_ONE = frozenset(
+    {
+        "additionalItems",
+        "additionalProperties",
+        "contains",
+        "else",
+        "if",
+        "items",
+        "not",
+        "propertyNames",
+        "then",
+        "unevaluatedItems",
+        "unevaluatedProperties",
+    }
+)
+_LIST = frozenset({"allOf", "anyOf", "items", "oneOf", "prefixItems"})
+_MAP = frozenset({"$defs", "definitions", "dependencies", "dependentSchemas", "properties"})
+
+
+def _ecma_patterns(schema: Mapping[str, Any], action: str, where: str) -> dict[str, Any]:
+    r"""Return a copy of ``schema`` whose regexes match as JSON Schema says they do.
+
+    JSON Schema's ``pattern`` and ``patternProperties`` are ECMA-262 regexes, where ``\d``
+    is ``[0-9]`` and ``\w`` is ``[A-Za-z0-9_]``. Python's ``re`` is Unicode-aware by default:
+    its ``\d`` also matches fullwidth (U+FF10..U+FF19) or Arabic-Indic digits, so a date
+    pattern would let through values that a handler then misreads or chokes on.
+    fastjsonschema compiles patterns with plain ``re.compile`` and has no hook for flags, so
+    each pattern gets the inline ASCII flag ``(?a)`` in front: one visible token with the
+    effect of ``re.ASCII``. (Swapping the compiled regexes in the validator's globals would
+    work too, but leans on how fastjsonschema lays out its generated code.)
+
+    NOTE(catalog): ``(?a)`` also makes ``\s`` ASCII whitespace, where ECMA-262's ``\s``
+    also matches Unicode spaces (U+00A0, U+3000, ...): ``\s`` is stricter than ECMA-262
+    here and ``\S`` laxer. docs/catalog.md says so.
+
+    Each pattern is compiled here, so a bad one is a ``ConfigError`` naming its action and
+    param instead of an ``re.error`` from inside fastjsonschema.
+
+    Raises:
+        ConfigError: a pattern is not a string or not a valid regex.
+    """
+    out: dict[str, Any] = _walk(schema, action=action, where=where, param=None)
+    return out
+
+
+def _walk(node: Any, *, action: str, where: str, param: str | None) -> Any:
+    if not isinstance(node, Mapping):
+        return node  # true / false schemas, or a malformed value fastjsonschema reports
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        here = f"{where}.{key}"
+        if key == "pattern":
+            out[key] = _ascii_regex(value, action=action, where=here, param=param)
+        elif key == "patternProperties" and isinstance(value, Mapping):
+            out[key] = {
+                _ascii_regex(k, action=action, where=f"{here}.{k}", param=param): _walk(
+                    v, action=action, where=f"{here}.{k}", param=param
+                )
+                for k, v in value.items()
+            }
+        elif key in _MAP and isinstance(value, Mapping):
+            out[key] = {
+                k: _walk(v, action=action, where=f"{here}.{k}", param=_param(param, key, k))
+                for k, v in value.items()
+            }
+        elif key in _LIST and isinstance(value, list):
+            out[key] = [
+                _walk(v, action=action, where=f"{here}[{i}]", param=param)
+                for i, v in enumerate(value)
+            ]
+        elif key in _ONE:
+            out[key] = _walk(value, action=action, where=here, param=param)
+        else:
+            out[key] = value
+    return out
+
+
+def _param(parent: str | None, keyword: str, name: str) -> str | None:
+    """The param a subschema constrains, for messages (``properties`` names one)."""
+    if keyword != "properties":
+        return parent
+    return name if parent is None else f"{parent}.{name}"
+
+
+def _ascii_regex(pattern: Any, *, action: str, where: str, param: str | None) -> str:
+    what = f"param {param!r}" if param is not None else "the params object"
+    if not isinstance(pattern, str):
+        raise ConfigError(
+            f"action {action!r}: the pattern of {what} must be a string, not {pattern!r}",
+            field=where,
+        )
+    try:
+        re.compile(_ASCII + pattern)
+    except (re.error, ValueError) as exc:
+        # ValueError: a pattern with its own (?u) flag, which cannot be combined with (?a).
+        reason = str(exc)
+        if isinstance(exc, re.error) and exc.pos is not None:
+            reason = f"{exc.msg} at position {exc.pos - len(_ASCII)}"
+        raise ConfigError(
+            f"action {action!r}: the pattern {pattern!r} of {what} is not a valid regular "
+            f"expression: {reason}",
+            field=where,
+            hint="Patterns are ECMA-262 regular expressions, as in JSON Schema.",
+        ) from exc
+    return _ASCII + pattern
 
 
 class Catalog:

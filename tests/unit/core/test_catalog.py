@@ -146,6 +146,121 @@ class TestAmountValidation:
         assert "minor units" in (ei.value.hint or "")
 
 
+class TestPatterns:
+    """Schema patterns: a bad one is a ConfigError, and they match as ECMA-262 regexes do."""
+
+    def _dated(self, pattern=r"^\d{4}-\d{2}-\d{2}$", **schema):
+        return _spec(
+            params_schema={
+                "type": "object",
+                "properties": {"date": {"type": "string", "pattern": pattern}},
+                **schema,
+            }
+        )
+
+    def test_a_bad_pattern_is_a_config_error_naming_action_and_param(self):
+        """pattern = "([" is refused at load time, not an re.error on every command."""
+        with pytest.raises(ConfigError) as ei:
+            self._dated("([")
+
+        assert ei.value.field == "catalog.shop.order.params.properties.date.pattern"
+        assert "'shop.order'" in ei.value.message
+        assert "'date'" in ei.value.message
+        assert "unterminated character set at position 1" in ei.value.message
+
+    def test_a_bad_nested_pattern_names_its_place(self):
+        """A pattern deep in items or anyOf is found too."""
+        schema = {
+            "type": "object",
+            "properties": {
+                "legs": {
+                    "type": "array",
+                    "items": {"anyOf": [{"type": "string", "pattern": "(?<"}]},
+                }
+            },
+        }
+
+        with pytest.raises(ConfigError) as ei:
+            _spec(params_schema=schema)
+
+        assert ei.value.field == (
+            "catalog.shop.order.params.properties.legs.items.anyOf[0].pattern"
+        )
+        assert "'legs'" in ei.value.message
+
+    def test_a_bad_pattern_property_is_a_config_error(self):
+        """A patternProperties key that is no regex is refused the same way."""
+        with pytest.raises(ConfigError) as ei:
+            _spec(params_schema={"type": "object", "patternProperties": {"([": {}}})
+
+        assert ei.value.field == "catalog.shop.order.params.patternProperties.(["
+
+    def test_a_pattern_that_is_not_a_string_is_a_config_error(self):
+        """pattern = 5 is refused, not a TypeError."""
+        with pytest.raises(ConfigError) as ei:
+            self._dated(5)
+
+        assert ei.value.field == "catalog.shop.order.params.properties.date.pattern"
+
+    def test_ascii_digits_match(self):
+        """A date of ASCII digits passes the date pattern."""
+        self._dated().validate_params({"qty": 1, "date": "2027-03-12"}, field_prefix="p")
+
+    @pytest.mark.parametrize(
+        "date",
+        [
+            "\uff12\uff10\uff12\uff17-\uff10\uff13-\uff11\uff12",  # fullwidth
+            "\u0662\u0660\u0662\u0667-\u0660\u0663-\u0661\u0662",  # Arabic-Indic
+        ],
+    )
+    def test_non_ascii_digits_do_not_match_backslash_d(self, date):
+        """\\d is [0-9] as in ECMA-262, not Python's Unicode digits."""
+        with pytest.raises(InvalidRequestError) as ei:
+            self._dated().validate_params({"qty": 1, "date": date}, field_prefix="steps[0].params")
+
+        assert ei.value.field == "steps[0].params.date"
+        assert ei.value.details["rule"] == "pattern"
+        # The message shows the pattern as the catalog wrote it.
+        assert "must match pattern ^\\d{4}-\\d{2}-\\d{2}$ " in ei.value.message
+
+    def test_backslash_w_is_ascii(self):
+        """\\w is [A-Za-z0-9_]: an accented letter does not match."""
+        spec = self._dated(r"^\w+$")
+        spec.validate_params({"date": "abc_1"}, field_prefix="p")
+
+        with pytest.raises(InvalidRequestError):
+            spec.validate_params({"date": "caf\u00e9"}, field_prefix="p")
+
+    def test_pattern_properties_are_ascii_too(self):
+        """A patternProperties key matches property names as ECMA-262 would."""
+        spec = _spec(
+            params_schema={
+                "type": "object",
+                "patternProperties": {r"^x\d$": {"type": "integer"}},
+                "additionalProperties": False,
+            }
+        )
+        spec.validate_params({"x1": 1}, field_prefix="p")
+
+        with pytest.raises(InvalidRequestError):
+            spec.validate_params({"x\uff11": 1}, field_prefix="p")
+
+    def test_a_param_named_pattern_and_data_are_left_alone(self):
+        """Only schema keywords are rewritten: a param called "pattern" or an enum is data."""
+        spec = _spec(
+            params_schema={
+                "type": "object",
+                "properties": {
+                    "pattern": {"type": "string", "enum": ["^a$"]},
+                    "opts": {"const": {"pattern": "(["}},
+                },
+            }
+        )
+
+        spec.validate_params({"pattern": "^a$", "opts": {"pattern": "(["}}, field_prefix="p")
+        assert spec.params_schema["properties"]["pattern"]["enum"] == ["^a$"]
+
+
 class TestCatalog:
     def test_empty(self):
         """An empty catalog knows no action."""
