@@ -46,8 +46,8 @@ HIGH_RISK_CATEGORIES: frozenset[str] = frozenset(
 )
 """Categories that default to orchestrator-first with human approval (DESIGN section 2)."""
 
-_NAME = re.compile(r"^[a-z][a-z0-9_]*(?:[.\-][a-z0-9_]+)*$")
-_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+_NAME = re.compile(r"^[a-z][a-z0-9_]*(?:[.\-][a-z0-9_]+)*\Z")
+_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*\Z")
 _PLACEHOLDER = re.compile(r"{(\w+)}")
 _AMOUNT_HINT = "Amounts are JSON integers in minor units (cents): 640000, not 640000.0 or 6.4e5."
 

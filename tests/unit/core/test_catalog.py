@@ -34,10 +34,11 @@ class TestActionSpec:
             _spec(category="misc")
         assert "misc" in ei.value.message
 
-    def test_bad_name(self):
-        """Names are dotted lower-case words."""
+    @pytest.mark.parametrize("name", ["Shop Order", "shop.order\n"])
+    def test_bad_name(self, name):
+        """Names are dotted lower-case words (and nothing after them, not even a newline)."""
         with pytest.raises(ConfigError):
-            _spec(name="Shop Order")
+            _spec(name=name)
 
     def test_reversible_needs_undo(self):
         """A reversible action without a way to undo it is refused."""
