@@ -173,11 +173,9 @@ def init_home(
         else:
             shutil.copytree(default_bundle_path(), policy)
             report.created.append("policy/")
-        keyring = Keyring(home / "keys")
-        if keyring.exists():
+        if Keyring(home / "keys").create_first(clock.now()) is None:
             report.existing.append("keys/")
         else:
-            keyring.create(clock.now())
             report.created.append("keys/")
     except OSError as exc:
         raise ConfigError(f"cannot write the instance at {home}: {exc}", field="home") from exc
@@ -408,10 +406,10 @@ def open_instance(settings: Settings, *, clock: Clock | None = None) -> Instance
     """
     clock = clock or SystemClock()
     keyring = Keyring(settings.keys_dir)
-    if settings.rotate_every_days > 0:
-        age = clock.now() - keyring.current().created_at
-        if age >= timedelta(days=settings.rotate_every_days):
-            keyring.create(clock.now())  # the rotation schedule of config.toml
+    if settings.rotate_every_days > 0:  # the rotation schedule of config.toml
+        # Decided under the keyring's lock: of several processes opening the home at once
+        # (`proctor serve --workers N`) exactly one rotates.
+        keyring.rotate_if_due(clock.now(), every=timedelta(days=settings.rotate_every_days))
     signer = keyring.signer()
     catalog = load_catalog(settings)
     policy = load_policy(settings)

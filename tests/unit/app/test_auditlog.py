@@ -199,6 +199,46 @@ class TestKeyRotation:
             p.submit(make_plan([READ]))
             assert p.verify().ok
 
+    def test_instances_opening_a_due_home_at_once_rotate_once(self, tmp_path):
+        """Several instances opening a home whose key is due rotate it once, sign only with
+        keys of the keyring, and the log verifies (a lost key failed as unknown_key)."""
+        import threading
+        from datetime import timedelta
+
+        home = tmp_path / "h"
+        clock = FrozenClock()
+        init_home(home, clock=clock)
+        cfg = home / "config.toml"
+        cfg.write_text(cfg.read_text().replace("rotate_every_days = 0", "rotate_every_days = 1"))
+        clock.advance(timedelta(days=2))
+        n = 6
+        barrier = threading.Barrier(n, timeout=10)
+        signed_with: list[str] = []
+        errors: list[Exception] = []
+
+        def open_and_submit() -> None:
+            barrier.wait()
+            try:
+                with Proctor.open(home, clock=clock) as q:
+                    q.submit(make_plan([READ]))
+                    signed_with.append(q.gateway.signer.key_id)
+            except Exception as exc:  # noqa: BLE001 - collected for the assert
+                errors.append(exc)
+
+        threads = [threading.Thread(target=open_and_submit) for _ in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+
+        assert errors == []
+        with Proctor.open(home, clock=clock) as p:
+            ids = [e.key_id for e in p.keyring.entries()]
+            assert len(ids) == 2  # one rotation
+            assert set(signed_with) == {ids[-1]}
+            assert len(list((home / "keys").glob("*.pem"))) == 2
+            assert p.verify().ok
+
 
 class TestCompactTree:
     """The live tree keeps the upper levels only; proofs read old blocks from the store."""
