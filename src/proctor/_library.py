@@ -504,9 +504,13 @@ class Proctor:
         """
         if self.keyring is None:
             raise ConfigError("this instance has no keyring on disk", field="keys")
-        previous = self.keyring.current().key_id
         entry = self.keyring.create(self.gateway.clock.now())
-        self._keys = self.keyring.key_infos()
+        entries = self.keyring.entries()
+        # The key ours replaced, read back rather than before: another process may have
+        # rotated in between, and entries are only ever appended.
+        ids = [e.key_id for e in entries]
+        previous = ids[ids.index(entry.key_id) - 1]
+        self._keys = {e.key_id: e.info() for e in entries}
         self.gateway.record("keys.rotated", {"key_id": entry.key_id, "previous": previous})
         return entry.key_id
 
