@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import difflib
+import math
 import os
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -223,15 +225,122 @@ class Settings:
         return self.home / "keys"
 
 
+_MAX_SECONDS: Final = 10 * 365 * 86_400
+"""The longest duration a setting may name (ten years). Longer is a mistake, and far longer
+(``1e15``) overflows the date arithmetic of every plan submitted."""
+_MAX_STEP_SECONDS: Final = 86_400
+"""The longest attempt or lease (a day), as for an action's ``timeout``."""
+
+_SECTIONS: Final[Mapping[str, frozenset[str] | None]] = {
+    "instance": frozenset({"id"}),
+    "database": frozenset({"url", "synchronous", "pool_size"}),
+    "policy": frozenset({"bundle"}),
+    "catalog": frozenset({"files"}),
+    "thresholds": frozenset({"agentic_max", "hybrid_max"}),
+    "execution": frozenset(
+        {
+            "sandbox",
+            "confirm_ttl_seconds",
+            "approval_ttl_seconds",
+            "lease_ttl_seconds",
+            "plan_deadline_seconds",
+            "step_timeout_seconds",
+            "max_attempts",
+            "worker_threads",
+            "runners",
+        }
+    ),
+    "audit": frozenset(
+        {"store_prompt", "origin", "checkpoint_every", "checkpoint_interval_seconds"}
+    ),
+    "keys": frozenset({"rotate_every_days"}),
+    "console": frozenset({"url"}),
+    "observability": frozenset({"otlp_endpoint", "service_name", "log_format"}),
+    # [auth.jwt] is read and checked by ``proctor.http.settings`` (``proctor serve``).
+    "auth": frozenset({"jwt"}),
+    # Free-form here: one table per agent id; arrays of tables and [guards], checked by
+    # their own readers below.
+    "agents": None,
+    "webhooks": None,
+    "tickets": None,
+    "guards": None,
+}
+"""Every section of ``config.toml`` and its keys (None: checked by its own reader)."""
+
+
+def _reject_unknown(
+    table: Mapping[str, Any], known: Iterable[str], *, where: str, path: Path | None = None
+) -> None:
+    """Raise ``ConfigError`` for the first key of ``table`` not in ``known``.
+
+    A misspelt key would otherwise be ignored and its default used silently, for example
+    ``sandbx = true`` leaving handlers running: fail closed and say what was meant.
+    """
+    names = sorted(known)
+    unknown = sorted(set(table) - set(names))
+    if not unknown:
+        return
+    key = unknown[0]
+    field_name = f"{where}.{key}" if where else key
+    label = (where if "[" in where else f"[{where}]") if where else "the top level"
+    if path is not None:
+        label += f" of {path}"
+    what = "section" if not where and isinstance(table[key], dict) else "key"
+    close = difflib.get_close_matches(key, names, n=1)
+    home = [s for s, keys in _SECTIONS.items() if keys and key in keys and s != where]
+    if close:
+        hint = f"Did you mean {close[0]!r}?"
+    elif home:
+        hint = f"{key} belongs under [{home[0]}]."
+    else:
+        hint = "Known: " + ", ".join(names) + "."
+    raise ConfigError(f"{label} has unknown {what} {key!r}", field=field_name, hint=hint)
+
+
 def _section(doc: Mapping[str, Any], name: str, path: Path) -> Mapping[str, Any]:
     value = doc.get(name, {})
     if not isinstance(value, dict):
         raise ConfigError(f"[{name}] in {path} must be a table", field=name)
+    known = _SECTIONS.get(name)
+    if known is not None:
+        _reject_unknown(value, known, where=name, path=path)
+    return value
+
+
+def _flag(table: Mapping[str, Any], key: str, default: bool, *, section: str) -> bool:
+    """Return a boolean setting, which must be a TOML boolean.
+
+    ``bool("false")`` is True: a quoted value would silently mean the opposite, so anything
+    but ``true`` / ``false`` is refused.
+    """
+    value = table.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(
+            f"{section}.{key} must be true or false, not {value!r}",
+            field=f"{section}.{key}",
+            hint=f"Write {key} = true or {key} = false, without quotes.",
+        )
+    return value
+
+
+def _text(table: Mapping[str, Any], key: str, default: str, *, section: str) -> str:
+    """Return a string setting, which must be a TOML string."""
+    value = table.get(key, default)
+    if not isinstance(value, str):
+        raise ConfigError(
+            f"{section}.{key} must be a string, not {value!r}",
+            field=f"{section}.{key}",
+            hint=f'Write {key} = "...", with quotes.',
+        )
     return value
 
 
 def load(home: Path, env: Mapping[str, str] | None = None) -> Settings:
     """Read ``<home>/config.toml`` and the environment.
+
+    The file is checked strictly (docs/operations.md): every section and key must be known
+    (a misspelt one gets a suggestion), booleans must be TOML booleans, strings strings, and
+    numbers finite and within their range.
 
     Raises:
         ConfigError: if the home or its config is missing, unreadable or invalid; the
@@ -262,26 +371,28 @@ def load(home: Path, env: Mapping[str, str] | None = None) -> Settings:
 
 
 def _settings(home: Path, doc: Mapping[str, Any], path: Path, env: Mapping[str, str]) -> Settings:
+    _reject_unknown(doc, _SECTIONS, where="", path=path)
     inst = _section(doc, "instance", path)
     db = _section(doc, "database", path)
     pol = _section(doc, "policy", path)
     cat = _section(doc, "catalog", path)
-    th = _section(doc, "thresholds", path)
     ex = _section(doc, "execution", path)
     au = _section(doc, "audit", path)
     agents = _section(doc, "agents", path)
+    _section(doc, "auth", path)  # only its keys here; proctor serve reads [auth.jwt]
 
     def rel(p: str) -> Path:
         q = Path(p)
         return q if q.is_absolute() else home / q
 
-    url = str(db.get("url", "sqlite:///proctor.db"))
+    url = _text(db, "url", "sqlite:///proctor.db", section="database")
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
         rest = url.removeprefix("sqlite:///")
         url = "sqlite:///" + str(rel(rest))
     url = env.get("PROCTOR_DATABASE_URL") or url
-    bundle = env.get("PROCTOR_POLICY_BUNDLE") or str(pol.get("bundle", "policy"))
-    sandbox = bool(ex.get("sandbox", False))
+    bundle = env.get("PROCTOR_POLICY_BUNDLE") or _text(pol, "bundle", "policy", section="policy")
+    # The file is checked even when the environment overrides it: a bad file fails closed.
+    sandbox = _flag(ex, "sandbox", False, section="execution")
     if "PROCTOR_SANDBOX" in env:
         sandbox = parse_bool(env["PROCTOR_SANDBOX"], name="PROCTOR_SANDBOX")
     keys: dict[str, bytes] = {}
@@ -301,45 +412,74 @@ def _settings(home: Path, doc: Mapping[str, Any], path: Path, env: Mapping[str, 
     files = cat.get("files", ["catalog.toml"])
     if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
         raise ConfigError("catalog.files must be a list of paths", field="catalog.files")
+    instance_id = _text(inst, "id", "proctor", section="instance")
     return Settings(
         home=home,
-        instance_id=str(inst.get("id", "proctor")),
+        instance_id=instance_id,
         database_url=url,
-        synchronous=env.get("PROCTOR_SYNCHRONOUS") or str(db.get("synchronous", "FULL")),
+        synchronous=env.get("PROCTOR_SYNCHRONOUS")
+        or _text(db, "synchronous", "FULL", section="database"),
         pool_size=_pool_size(db, env),
         policy_bundle=rel(bundle),
         catalog_files=tuple(rel(f) for f in files),
-        agentic_max=int(th.get("agentic_max", 10)),
-        hybrid_max=int(th.get("hybrid_max", 15)),
+        **_thresholds(_section(doc, "thresholds", path)),
         sandbox=sandbox,
-        confirm_ttl_seconds=int(ex.get("confirm_ttl_seconds", 3600)),
-        approval_ttl_seconds=int(ex.get("approval_ttl_seconds", 86_400)),
         **_execution_settings(ex),
-        store_prompt=bool(au.get("store_prompt", False)),
+        **_audit_settings(au, _section(doc, "keys", path), instance_id=instance_id),
         agent_keys=keys,
-        origin=str(au.get("origin") or f"proctor/{inst.get('id', 'proctor')}"),
-        checkpoint_every=int(au.get("checkpoint_every", 1000)),
-        checkpoint_interval_seconds=int(au.get("checkpoint_interval_seconds", 60)),
-        rotate_every_days=int(_section(doc, "keys", path).get("rotate_every_days", 0)),
         **_notification_settings(doc, path, env),
         guards=guard_settings(_section(doc, "guards", path)),
         **_observability(_section(doc, "observability", path), env),
     )
 
 
+def _thresholds(th: Mapping[str, Any]) -> dict[str, Any]:
+    # The totals of five 1-5 axes run from 5 to 25 (``core.assessment.Thresholds``).
+    agentic = _number(th, "agentic_max", 10, low=5, high=25, integer=True, section="thresholds")
+    hybrid = _number(th, "hybrid_max", 15, low=5, high=25, integer=True, section="thresholds")
+    if not agentic < hybrid:
+        raise ConfigError(
+            f"thresholds.agentic_max ({agentic}) must be below hybrid_max ({hybrid})",
+            field="thresholds.agentic_max",
+            hint="Totals up to agentic_max are agentic, up to hybrid_max hybrid; the defaults"
+            " are 10 and 15.",
+        )
+    return {"agentic_max": agentic, "hybrid_max": hybrid}
+
+
+def _audit_settings(
+    au: Mapping[str, Any], keys: Mapping[str, Any], *, instance_id: str
+) -> dict[str, Any]:
+    origin = _text(au, "origin", "", section="audit")
+    return {
+        "store_prompt": _flag(au, "store_prompt", False, section="audit"),
+        "origin": origin or f"proctor/{instance_id}",
+        "checkpoint_every": _number(
+            au, "checkpoint_every", 1000, low=1, high=1_000_000, integer=True, section="audit"
+        ),
+        # 0 signs a checkpoint whenever there are new events.
+        "checkpoint_interval_seconds": _number(
+            au,
+            "checkpoint_interval_seconds",
+            60,
+            low=0,
+            high=_MAX_SECONDS,
+            integer=True,
+            section="audit",
+        ),
+        "rotate_every_days": _number(
+            keys, "rotate_every_days", 0, low=0, high=3650, integer=True, section="keys"
+        ),
+    }
+
+
 def _table(g: Mapping[str, Any], key: str, cls: Any) -> Any:
     t = g.get(key, {})
     if not isinstance(t, dict):
         raise ConfigError(f"guards.{key} must be a table", field=f"guards.{key}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(t) - names)
-    if unknown:
-        raise ConfigError(
-            f"guards.{key} has unknown key {unknown[0]!r}", field=f"guards.{key}.{unknown[0]}"
-        )
-    for k, v in t.items():
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-            raise ConfigError(f"guards.{key}.{k} must be a number >= 0", field=f"guards.{key}.{k}")
+    _reject_unknown(t, (f.name for f in dataclasses.fields(cls)), where=f"guards.{key}")
+    for k in t:
+        _number(t, k, 0, low=0, integer=False, section=f"guards.{key}")
     return cls(**t)
 
 
@@ -352,6 +492,11 @@ def _entries(g: Mapping[str, Any], key: str, cls: Any) -> tuple[Any, ...]:
         where = f"guards.{key}[{i}]"
         if not isinstance(t, dict):
             raise ConfigError(f"{where} must be a table", field=where)
+        _reject_unknown(t, (f.name for f in dataclasses.fields(cls)), where=where)
+        for k, v in t.items():
+            # An infinite limit or window would overflow the window arithmetic at run time.
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"{where}.{k} must be a finite number", field=f"{where}.{k}")
         try:
             out.append(cls(**t))
         except TypeError as exc:
@@ -362,11 +507,6 @@ def _entries(g: Mapping[str, Any], key: str, cls: Any) -> tuple[Any, ...]:
 
 
 def _observability(o: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
-    unknown = sorted(set(o) - {"otlp_endpoint", "service_name", "log_format"})
-    if unknown:
-        raise ConfigError(
-            f"[observability] has unknown key {unknown[0]!r}", field=f"observability.{unknown[0]}"
-        )
     endpoint = env.get("PROCTOR_OTLP_ENDPOINT") or o.get("otlp_endpoint")
     if endpoint is not None and not (
         isinstance(endpoint, str) and endpoint.startswith(("http://", "https://"))
@@ -382,7 +522,7 @@ def _observability(o: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, An
         )
     return {
         "otlp_endpoint": endpoint,
-        "service_name": str(o.get("service_name", "proctor")),
+        "service_name": _text(o, "service_name", "proctor", section="observability"),
         "log_format": fmt,
     }
 
@@ -394,9 +534,7 @@ def guard_settings(g: Mapping[str, Any]) -> GuardSettings:
         ConfigError: naming the key at fault.
     """
     known = {"rate_limits", "budgets", "breaker", "anomaly", "autonomy", "review_sample_rate"}
-    unknown = sorted(set(g) - known)
-    if unknown:
-        raise ConfigError(f"[guards] has unknown key {unknown[0]!r}", field=f"guards.{unknown[0]}")
+    _reject_unknown(g, known, where="guards")
     return GuardSettings(
         rate_limits=_entries(g, "rate_limits", RateLimit),
         budgets=_entries(g, "budgets", Budget),
@@ -413,14 +551,33 @@ def _number(
     default: float,
     *,
     low: float,
+    high: float | None = None,
     integer: bool,
     section: str = "execution",
 ) -> Any:
+    """Return a numeric setting: an int (or, unless ``integer``, a float) in ``[low, high]``.
+
+    TOML has ``inf`` and ``nan``: neither is a usable duration or count (``int(inf)`` raises
+    in every command, and ``nan`` passes every comparison's negation), so a number must be
+    finite. ``high`` keeps durations within what date arithmetic can add to now.
+    """
     value = ex.get(key, default)
     kind = int if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kind) or value < low:
+    ok = (
+        not isinstance(value, bool)
+        and isinstance(value, kind)
+        and (isinstance(value, int) or math.isfinite(value))
+        and value >= low
+        and (high is None or value <= high)
+    )
+    if not ok:
         what = "an integer" if integer else "a number"
-        raise ConfigError(f"{section}.{key} must be {what} >= {low}", field=f"{section}.{key}")
+        bounds = f">= {low}" if high is None else f"from {low} to {high}"
+        raise ConfigError(
+            f"{section}.{key} must be {what} {bounds}, not {value!r}",
+            field=f"{section}.{key}",
+            hint=f"Set it to {what} {bounds}, or remove it for the default.",
+        )
     return value
 
 
@@ -440,14 +597,26 @@ def _execution_settings(ex: Mapping[str, Any]) -> dict[str, Any]:
     runners = ex.get("runners", [])
     if not isinstance(runners, list) or not all(isinstance(r, str) for r in runners):
         raise ConfigError("execution.runners must be a list of names", field="execution.runners")
+    day, most = _MAX_STEP_SECONDS, _MAX_SECONDS
     return {
-        "lease_ttl_seconds": float(_number(ex, "lease_ttl_seconds", 30, low=1, integer=False)),
-        "plan_deadline_seconds": _number(ex, "plan_deadline_seconds", 900, low=1, integer=True),
-        "step_timeout_seconds": float(
-            _number(ex, "step_timeout_seconds", 60, low=0, integer=False)
+        # A plan that waits 0 s (or less) for its user or approvers expires at birth.
+        "confirm_ttl_seconds": _number(
+            ex, "confirm_ttl_seconds", 3600, low=1, high=most, integer=True
         ),
-        "max_attempts": _number(ex, "max_attempts", 3, low=1, integer=True),
-        "worker_threads": _number(ex, "worker_threads", 4, low=1, integer=True),
+        "approval_ttl_seconds": _number(
+            ex, "approval_ttl_seconds", 86_400, low=1, high=most, integer=True
+        ),
+        "lease_ttl_seconds": float(
+            _number(ex, "lease_ttl_seconds", 30, low=1, high=day, integer=False)
+        ),
+        "plan_deadline_seconds": _number(
+            ex, "plan_deadline_seconds", 900, low=1, high=most, integer=True
+        ),
+        "step_timeout_seconds": float(
+            _number(ex, "step_timeout_seconds", 60, low=0, high=day, integer=False)
+        ),
+        "max_attempts": _number(ex, "max_attempts", 3, low=1, high=100, integer=True),
+        "worker_threads": _number(ex, "worker_threads", 4, low=1, high=256, integer=True),
         "runners": tuple(runners),
     }
 
@@ -475,7 +644,9 @@ def _notification_settings(
     return {
         "webhooks": webhooks,
         "tickets": tickets,
-        "console_url": str(console.get("url", "http://127.0.0.1:8700")).rstrip("/"),
+        "console_url": _text(console, "url", "http://127.0.0.1:8700", section="console").rstrip(
+            "/"
+        ),
     }
 
 
@@ -493,11 +664,7 @@ def _targets(
     out = []
     for i, t in enumerate(raw):
         where = f"{table}[{i}]"
-        unknown = sorted(set(t) - keys)
-        if unknown:
-            raise ConfigError(
-                f"{where} in {path} has unknown key {unknown[0]!r}", field=f"{where}.{unknown[0]}"
-            )
+        _reject_unknown(t, keys, where=where, path=path)
         for key in ("url", "secret_env"):
             if not isinstance(t.get(key), str) or not t[key]:
                 raise ConfigError(f'{where} in {path} needs {key} = "..."', field=f"{where}.{key}")
@@ -576,11 +743,7 @@ def load_catalog_file(path: Path) -> list[ActionSpec]:
         where = f"{path.name}: actions.{name}"
         if not isinstance(d, dict):
             raise ConfigError(f"{where} must be a table", field=f"actions.{name}")
-        unknown = sorted(set(d) - _ACTION_KEYS)
-        if unknown:
-            raise ConfigError(
-                f"{where} has unknown key {unknown[0]!r}", field=f"actions.{name}.{unknown[0]}"
-            )
+        _reject_unknown(d, _ACTION_KEYS, where=f"actions.{name}", path=path)
         try:
             specs.append(
                 ActionSpec(
@@ -591,9 +754,9 @@ def load_catalog_file(path: Path) -> list[ActionSpec]:
                     baselines=Scores.from_mapping(
                         d.get("baselines", {}), field_prefix=f"actions.{name}.baselines."
                     ),
-                    reversible=bool(d.get("reversible", False)),
+                    reversible=_flag(d, "reversible", False, section=f"actions.{name}"),
                     compensation=d.get("compensation"),
-                    idempotent=bool(d.get("idempotent", False)),
+                    idempotent=_flag(d, "idempotent", False, section=f"actions.{name}"),
                     cost=d.get("cost", 0),
                     amount_param=d.get("amount_param"),
                     handler=d.get("handler"),
@@ -606,7 +769,9 @@ def load_catalog_file(path: Path) -> list[ActionSpec]:
                 )
             )
         except InvalidRequestError as exc:
-            raise ConfigError(f"{where}: {exc.message}", field=exc.field) from exc
+            raise ConfigError(f"{where}: {exc.message}", field=exc.field, hint=exc.hint) from exc
         except ProctorError as exc:
-            raise ConfigError(f"{path.name}: {exc.message}", field=exc.field) from exc
+            raise ConfigError(
+                f"{path.name}: {exc.message}", field=exc.field, hint=exc.hint
+            ) from exc
     return specs
