@@ -1239,6 +1239,39 @@ class TestMissingHome:
         assert "error[invalid_policy]" in result.err
 
 
+class TestBadConfig:
+    @pytest.mark.parametrize(
+        ("old", "new", "field"),
+        [
+            pytest.param(
+                "store_prompt = false", 'store_prompt = "false"', "audit.store_prompt", id="str"
+            ),
+            pytest.param(
+                "confirm_ttl_seconds = 3600",
+                "confirm_ttl_seconds = inf",
+                "execution.confirm_ttl_seconds",
+                id="inf",
+            ),
+            pytest.param("sandbox = false", "sandbx = true", "execution.sandbx", id="unknown"),
+        ],
+    )
+    def test_a_bad_config_value(self, cli, fresh_home, old, new, field):
+        """A bad config.toml value exits 1 with a config_error naming the field, no traceback."""
+        config = fresh_home / "config.toml"
+        config.write_text(config.read_text().replace(old, new, 1))
+
+        as_json = cli("plans", "--json", home=fresh_home)
+        human = cli("plans", home=fresh_home)
+
+        assert as_json.code == 1, str(as_json)
+        assert as_json.error()["code"] == "config_error"
+        assert as_json.error()["field"] == field
+        assert as_json.error()["hint"]
+        assert human.code == 1, str(human)
+        assert "Traceback" not in human.err
+        assert f"field: {field}" in human.err
+
+
 def test_the_cli_loads_neither_httpx_nor_cffi_until_a_command_needs_them():
     """Every CLI command imports the library; what only some commands use (httpx for
     webhooks and remote servers, cffi for the policy engine) is imported when used."""

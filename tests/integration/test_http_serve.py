@@ -194,6 +194,27 @@ class TestServe:
         assert proc.returncode != 0
         assert "Traceback" not in proc.stderr
 
+    def test_a_bad_config_stops_it_at_start(self, proctor_exe, fresh_home):
+        """An infinite TTL in config.toml: serve exits 1 naming the field, no traceback."""
+        config = fresh_home / "config.toml"
+        config.write_text(
+            config.read_text().replace("confirm_ttl_seconds = 3600", "confirm_ttl_seconds = inf")
+        )
+
+        proc = subprocess.run(
+            [proctor_exe, "serve", "--home", str(fresh_home), "--port", str(free_port())],
+            capture_output=True,
+            text=True,
+            env=clean_env(),
+            timeout=60,
+            check=False,
+        )
+
+        assert proc.returncode == 1, proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert "error[config_error]" in proc.stderr
+        assert "field: execution.confirm_ttl_seconds" in proc.stderr
+
 
 class TestTokensCli:
     def test_create_list_revoke(self, cli, fresh_home):
