@@ -19,11 +19,13 @@ import rfc8785
 
 from proctor.errors import InvalidRequestError
 
-__all__ = ["canonical", "digest", "fast_path_ok", "sha256_tagged"]
+__all__ = ["MAX_SAFE_INT", "canonical", "digest", "fast_path_ok", "sha256_tagged"]
 
 # JCS serialises numbers as IEEE-754 doubles; integers beyond 2**53 are not representable,
 # and rfc8785 rejects them. We reject them too rather than silently change a value.
-_SAFE_INT = 2**53 - 1
+MAX_SAFE_INT = 2**53 - 1
+"""The largest integer JSON carries exactly (IEEE-754); the bound of every integer input."""
+_SAFE_INT = MAX_SAFE_INT
 _SORT = orjson.OPT_SORT_KEYS
 
 
@@ -64,17 +66,81 @@ def canonical(value: Any, *, fast: bool | None = None) -> bytes:
 
     Raises:
         InvalidRequestError: if the value cannot be represented in JCS (a NaN, an integer
-            beyond the IEEE-754 safe range, a non-string key).
+            beyond the IEEE-754 safe range, a non-string key, a string with a lone UTF-16
+            surrogate); ``field`` is the path of the first such value inside ``value``.
     """
     if fast if fast is not None else fast_path_ok(value):
-        return orjson.dumps(value, option=_SORT)
+        try:
+            return orjson.dumps(value, option=_SORT)
+        except orjson.JSONEncodeError as exc:
+            # The shape check does not look inside strings: a lone surrogate ("\ud800",
+            # which JSON text may spell and Python keeps) has no UTF-8 form. Found here, on
+            # the rare failure, so the hot path pays nothing for it.
+            raise _unrepresentable(value, exc) from exc
     try:
         return rfc8785.dumps(value)
     except (rfc8785.CanonicalizationError, TypeError, ValueError) as exc:
-        raise InvalidRequestError(
-            f"value cannot be written as canonical JSON (RFC 8785): {exc}",
-            hint="Use strings or integers in minor units for money; no NaN or huge integers.",
-        ) from exc
+        raise _unrepresentable(value, exc) from exc
+
+
+def _unrepresentable(value: Any, exc: Exception) -> InvalidRequestError:
+    where = _first_unrepresentable(value, "")  # "" is the value itself
+    what = f"{where} cannot" if where else "value cannot"
+    return InvalidRequestError(
+        f"{what} be written as canonical JSON (RFC 8785): {exc}",
+        field=where or None,
+        hint="Use strings or integers in minor units for money; no NaN, no huge integers, "
+        "no lone surrogates (\\ud800-\\udfff) in strings.",
+    )
+
+
+def _first_unrepresentable(value: Any, where: str) -> str | None:
+    """Return the path (``steps[0].params.amount``) of the first value JCS cannot encode.
+
+    None when there is none (the encoder failed for another reason); "" for ``value`` itself.
+
+    The path is printable and UTF-8-safe: a key holding a lone surrogate is written with a
+    backslash escape, so the error naming it can itself be serialised and audited.
+    """
+    stack: list[tuple[Any, str]] = [(value, where)]
+    while stack:
+        v, at = stack.pop()
+        if isinstance(v, bool) or v is None:
+            continue
+        if isinstance(v, str):
+            if not _utf8_ok(v):
+                return at
+        elif isinstance(v, int):
+            if not -_SAFE_INT <= v <= _SAFE_INT:
+                return at
+        elif isinstance(v, float):
+            if v != v or v in (float("inf"), float("-inf")):
+                return at
+        elif isinstance(v, dict):
+            items = []
+            for k, item in v.items():
+                if not isinstance(k, str):
+                    return at
+                if not _utf8_ok(k):
+                    name = k.encode("utf-8", "backslashreplace").decode()
+                    return f"{at}.{name}" if at else name
+                items.append((item, f"{at}.{k}" if at else k))
+            stack.extend(reversed(items))
+        elif isinstance(v, list | tuple):
+            stack.extend(reversed([(item, f"{at}[{i}]") for i, item in enumerate(v)]))
+        else:
+            return at
+    return None
+
+
+def _utf8_ok(s: str) -> bool:
+    if s.isascii():
+        return True
+    try:
+        s.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def digest(value: Any) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
 import pytest
 
 from proctor import Proctor
@@ -120,6 +121,29 @@ class TestSubmit:
         with pytest.raises(InvalidRequestError) as ei:
             p.submit(make_plan([("shop.order", {"n": "three"})]))
         assert ei.value.field == "steps[0].params.n"
+
+    @pytest.mark.parametrize(
+        ("params", "field"),
+        [
+            ({"destination": "Lis\ud800bon"}, "steps[0].params.destination"),
+            ({"amount": 2**53}, "steps[0].params.amount"),
+            ({"nested": {"list": [1, -(2**63)]}}, "steps[0].params.nested.list[1]"),
+        ],
+    )
+    def test_unrepresentable_params_rejected_naming_them_and_audited(self, clock, params, field):
+        """A lone surrogate or an unsafe integer in free-form params: 4xx naming it, audited."""
+        p, _ = make(ScriptedPolicy(outcome_for({})), clock)
+        tool = RecordingTool()
+        p.action("free.form", category="general", baselines=LOW)(tool)  # no params schema
+
+        with pytest.raises(InvalidRequestError) as ei:
+            p.submit(make_plan([("free.form", params)]))
+
+        assert ei.value.field == field
+        assert tool.calls == [] and p.plans() == []
+        events = p.events()
+        assert [e.type for e in events] == ["plan.rejected"]
+        assert orjson.loads(events[0].body)["data"]["field"] == field
 
     def test_idempotent_resubmission(self, clock):
         """The same plan id and digest returns the first result without running again."""

@@ -68,6 +68,37 @@ class TestCanonical:
         with pytest.raises(InvalidRequestError):
             canonical({"n": 2**53 + 1})
 
+    def test_a_lone_surrogate_is_refused_naming_its_path(self):
+        """A string with a lone surrogate has no UTF-8 form: InvalidRequestError, not TypeError."""
+        value = {"steps": [{"params": {"destination": "Lis\ud800bon"}}]}
+
+        with pytest.raises(InvalidRequestError) as fast:
+            canonical(value)
+        with pytest.raises(InvalidRequestError) as told:
+            canonical(value, fast=True)
+
+        assert fast.value.field == told.value.field == "steps[0].params.destination"
+        assert "surrogate" in fast.value.message
+
+    @pytest.mark.parametrize(
+        ("value", "field"),
+        [
+            ({"a": [1, {"b": 2**53}]}, "a[1].b"),
+            ({"a": {"n": -(2**70)}}, "a.n"),
+            ({"x": float("nan")}, "x"),
+            ({"x": [float("inf")]}, "x[0]"),
+            ({"ok": "fine", "k": {"bad\udfffkey": 1}}, "k.bad\\udfffkey"),
+            ("\ud800", None),
+        ],
+    )
+    def test_the_error_names_the_first_unrepresentable_value(self, value, field):
+        """The field is the path of the value at fault, printable (a bad key is escaped)."""
+        with pytest.raises(InvalidRequestError) as info:
+            canonical(value)
+
+        assert info.value.field == field
+        assert canonical(info.value.to_dict())  # the error itself is representable
+
     def test_digest_format(self):
         """Digests are sha256: plus 64 hex digits and change with the content."""
         d = digest({"a": 1})
