@@ -81,6 +81,20 @@ async def test_bad_guard_input_is_a_4xx_naming_the_field(api):
         ("root", "PUT", "/v1/guards/whitelists/bot", {"actions": ["x.y"]}, "actions"),
         ("alice", "PUT", "/v1/autonomy", {"action": "shop.buy", "level": "x"}, "level"),
         ("alice", "PUT", "/v1/autonomy", {"action": "no.such", "level": "auto"}, "action"),
+        (
+            "alice",
+            "PUT",
+            "/v1/autonomy",
+            {"action": "shop.buy", "level": "auto", "below": 10**30},
+            "below",
+        ),
+        (
+            "alice",
+            "PUT",
+            "/v1/autonomy",
+            {"action": "shop.buy", "level": "auto", "below": 2**53},
+            "below",
+        ),
         ("root", "POST", "/v1/guards/kill", {"scope": "everything"}, "scope"),
     ]
     for who, method, path, body, field in cases:

@@ -29,11 +29,14 @@ class TestKill:
             ("kill", "--as", "ops"),
             ("kill", "--global", "--agent", "x", "--as", "ops"),
             ("whitelist", "bot"),
+            ("autonomy", "set", "alice", "travel.pay", "auto", "--below", str(10**23)),
+            ("autonomy", "set", "alice", "travel.pay", "auto", "--below", str(2**53)),
         ],
     )
     def test_usage_errors_exit_2(self, cli, fresh_home, args):
         r = cli(*args, home=fresh_home)
         assert r.code == 2, str(r)
+        assert "Traceback" not in r.err
 
 
 class TestWhitelistAndAutonomy:

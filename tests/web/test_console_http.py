@@ -217,3 +217,20 @@ async def test_the_sign_in_form_is_csrf_protected(world):
     assert ok.status_code == 303
     assert "proctor_session=" in ok.headers["set-cookie"]
     assert len(p.gateway.store.list_state(KIND)) == 1
+
+
+async def test_the_autonomy_form_takes_ascii_digits_only(world):
+    """below="²" (a digit to str.isdigit, not to int) is a 422 naming below, not a 500."""
+    p, _clock, app, secrets = world
+    alice, _ = await sign_in(app, secrets["alice"])
+    csrf = csrf_of((await alice.get("/timeline")).text)
+    action = sorted(spec.name for spec in p.gateway.catalog)[0]
+
+    r = await alice.post(
+        "/autonomy",
+        data={"csrf": csrf, "action": action, "level": "auto", "below": "²"},
+        headers={"Origin": "http://proctor"},
+    )
+    await alice.aclose()
+
+    assert r.status_code == 422 and "<code>below</code>" in r.text

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from proctor.app.guards_budgets import Emit
+from proctor.core.canonical import MAX_SAFE_INT
 from proctor.core.catalog import Catalog
 from proctor.core.events import EventType as E
 from proctor.core.guards import (
@@ -225,8 +226,12 @@ class GuardsAdmin:
             raise InvalidRequestError(
                 "level must be propose, confirm or auto", field="level"
             ) from None
-        if below is not None and (type(below) is not int or below < 0):
-            raise InvalidRequestError("below must be a non-negative amount", field="below")
+        # Bounded like every integer input: it is stored and audited as exact JSON (and a
+        # store's integer column is 64-bit).
+        if below is not None and (type(below) is not int or not 0 <= below <= MAX_SAFE_INT):
+            raise InvalidRequestError(
+                f"below must be a whole amount from 0 to {MAX_SAFE_INT}", field="below"
+            )
 
         def op(tx: Transaction, emit: Emit, now: Any) -> None:
             key = f"{user}|{action}"

@@ -32,6 +32,7 @@ from proctor.cli.commands import (
     app,
 )
 from proctor.cli.render import console, print_json
+from proctor.core.canonical import MAX_SAFE_INT
 
 if TYPE_CHECKING:
     from proctor.cli.remote import Remote
@@ -333,7 +334,12 @@ def autonomy_set(
     level: Annotated[str, typer.Argument(help="propose, confirm or auto.")],
     below: Annotated[
         int | None,
-        typer.Option("--below", min=0, help="auto only below this amount (minor units)."),
+        typer.Option(
+            "--below",
+            min=0,
+            max=MAX_SAFE_INT,
+            help="auto only below this amount (minor units).",
+        ),
     ] = None,
     principal: As = "admin",
     home: Home = None,

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from proctor.cli.render import plan_json
+from proctor.core.canonical import MAX_SAFE_INT
 from proctor.core.principals import Principal, may_confirm
 from proctor.errors import PermissionDeniedError
 from proctor.http.context import AUTH_ERRORS, Context, errors_doc, json_response
@@ -58,7 +59,9 @@ class AutonomyBody(_In):
     user: str | None = Field(default=None, pattern=_NAME)
     action: str = Field(pattern=_NAME)
     level: Literal["propose", "confirm", "auto"]
-    below: int | None = Field(default=None, ge=0, description="auto only below this amount")
+    below: int | None = Field(
+        default=None, ge=0, le=MAX_SAFE_INT, description="auto only below this amount"
+    )
 
 
 class PromotionBody(_In):

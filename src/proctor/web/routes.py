@@ -576,7 +576,7 @@ def console_router(ctx: Context) -> APIRouter:
         below_raw = _text(form, "below", limit=12)
         below = None
         if below_raw:
-            if not below_raw.isdigit():
+            if not (below_raw.isascii() and below_raw.isdigit()):  # "²".isdigit() holds
                 raise InvalidRequestError(
                     "below must be a whole amount (minor units)", field="below"
                 )

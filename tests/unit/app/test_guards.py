@@ -275,6 +275,18 @@ class TestAutonomy:
             p.guards.set_autonomy("alice", "shop.buy", "yolo", by="alice")
         assert e.value.field == "level"
 
+    @pytest.mark.parametrize("below", [-1, 2**53, 10**30])
+    def test_a_tolerance_out_of_the_json_safe_range_is_refused(self, url, below):
+        """below is 0..2**53-1: beyond it is an InvalidRequestError naming it, nothing stored."""
+        p, _ = make(url)
+
+        with pytest.raises(InvalidRequestError) as e:
+            p.guards.set_autonomy("alice", "shop.buy", "auto", below=below, by="alice")
+
+        assert e.value.field == "below"
+        assert p.guards.status()["autonomy"] == {}
+        p.guards.set_autonomy("alice", "shop.buy", "auto", below=2**53 - 1, by="alice")
+
 
 class TestReviewAndComplaints:
     def test_mark_a_sampled_plan_and_file_a_complaint(self, url):
