@@ -264,3 +264,22 @@ class TestHttp:
         assert (naive.status_code, naive.json()["field"]) == (422, "since")
         assert (inverted.status_code, inverted.json()["field"]) == (422, "since")
         assert planet.status_code == 422
+
+    async def test_dates_at_the_ends_of_the_calendar_are_answered_not_a_500(self):
+        """since=1000-01-01, since=0001-01-01, until=0001-01-05: 200, the period clamped."""
+        p, _ = _live()
+        tokens = TokenService(p.gateway.store, p.gateway.clock)
+        aud = tokens.create(name="aud", roles=["auditor"]).token
+        app = create_app(p, settings=HttpSettings(auth_failures_per_minute=1000))
+        headers = {"Authorization": f"Bearer {aud}"}
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://proctor"
+        ) as c:
+            old = await c.get("/v1/kpis?since=1000-01-01T00:00:00Z", headers=headers)
+            first = await c.get("/v1/kpis?since=0001-01-01T00:00:00Z", headers=headers)
+            early = await c.get("/v1/kpis?until=0001-01-05T00:00:00Z", headers=headers)
+            before = await c.get("/v1/kpis?until=0001-01-01T00:00:00%2B01:00", headers=headers)
+
+        assert (old.status_code, first.status_code, early.status_code) == (200, 200, 200)
+        assert early.json()["since"] == "0001-01-01T00:00:00+00:00"
+        assert (before.status_code, before.json()["field"]) == (422, "until")

@@ -155,6 +155,13 @@ class TestMonthBounds:
         with pytest.raises(ValueError, match="month must be"):
             month_bounds(bad)
 
+    def test_the_last_month_of_the_calendar_is_refused(self):
+        """9999-12 ends past the last datetime: a ValueError, not an OverflowError."""
+        with pytest.raises(ValueError, match="9999-11 or earlier"):
+            month_bounds("9999-12")
+
+        assert month_bounds("9999-11")[1] == datetime(9999, 12, 1, tzinfo=UTC)
+
 
 @pytest.mark.cli
 @pytest.mark.slow
@@ -195,3 +202,30 @@ class TestCli:
         for bad in (bad_by, bad_since, inverted, bad_month):
             assert bad.returncode == 2, bad.stderr
         assert "--month" in bad_month.stderr and "--by" in bad_by.stderr
+
+    def test_dates_at_the_ends_of_the_calendar_and_bad_out_dirs(self, proctor_exe, home, tmp_path):
+        """Years 1 and 9999 are clamped or refused (exit 2), a bad --out exits 2: no traceback."""
+        a_file = tmp_path / "a-file"
+        a_file.write_text("keep me")
+        taken = tmp_path / "taken"
+        (taken / "review-2026-11.html").mkdir(parents=True)
+
+        old = run_cli(proctor_exe, "kpi", "--since", "1000-01-01T00:00:00Z", "--json", home=home)
+        early = run_cli(proctor_exe, "kpi", "--until", "0001-01-05T00:00:00Z", "--json", home=home)
+        naive = run_cli(proctor_exe, "kpi", "--since", "0001-01-01", home=home)
+        last = run_cli(proctor_exe, "report", "--month", "9999-12", home=home)
+        runs = {
+            out: run_cli(proctor_exe, "report", "--month", "2026-11", "--out", out, home=home)
+            for out in ("/dev/null/x", a_file, taken)
+        }
+
+        assert old.returncode == 0, old.stderr
+        assert early.returncode == 0, early.stderr
+        assert json.loads(early.stdout)["since"] == "0001-01-01T00:00:00+00:00"
+        for bad in (naive, last, *runs.values()):
+            assert bad.returncode == 2, bad.stderr
+            assert "Traceback" not in bad.stderr
+        assert "--month" in last.stderr and "9999-11" in last.stderr
+        assert all("--out" in r.stderr for r in runs.values())
+        assert a_file.read_text() == "keep me"
+        assert [p.name for p in taken.iterdir()] == ["review-2026-11.html"]  # nothing half-written

@@ -31,20 +31,21 @@ import statistics
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 
 from proctor.core.ports import EventRow, Store
 
-__all__ = ["KpiSet", "compute", "from_store", "relevant"]
+__all__ = ["KpiSet", "compute", "from_store", "look_back", "relevant"]
 
 _BY = ("agent", "action", "user")
 # Events before the period matter only for these: who a plan was for, and that it was
 # decided (provenance of a step that runs in the period after a long approval).
 _BEFORE = frozenset({"plan.submitted", "policy.decided", "anomaly.detected"})
 _DETECT = frozenset({"undo.requested", "step.failed", "step.timed_out", "step.unknown"})
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
 _PROVENANCE = ("submission", "decision", "policy_version", "model_version", "signature", "trace")
 
 
@@ -116,6 +117,19 @@ class KpiSet:
         }
 
 
+def look_back(at: datetime, span: timedelta) -> datetime:
+    """Return ``at - span``, or the earliest representable instant if that is before it.
+
+    Periods that reach back past year 1 (``since=0001-01-01`` to mean "everything", or a
+    default 30-day window before ``until=0001-01-05``) are clamped rather than refused:
+    nothing in a log is older than the earliest instant, so the figures are the same.
+    """
+    try:
+        return at - span
+    except OverflowError:
+        return _EARLIEST
+
+
 def relevant(
     rows: Iterable[EventRow],
     *,
@@ -173,7 +187,7 @@ def compute(
         raise ValueError(f"by must be one of {_BY}")
     if since >= until:
         raise ValueError("since must be before until")
-    before = since - (until - since)
+    before = look_back(since, until - since)
     horizon = max(until, as_of or until)
     plans: dict[str, _Plan] = defaultdict(_Plan)
     steps: list[tuple[Mapping[str, Any], _Plan]] = []  # executed steps in the period

@@ -43,8 +43,9 @@ def month_bounds(month: str) -> tuple[datetime, datetime]:
     """Return ``[start, end)`` of ``YYYY-MM`` in UTC.
 
     Raises:
-        ValueError: if ``month`` is not ``YYYY-MM`` from 1970-02 on (the review compares
-            with the month before; the log's timestamps are Unix-era UTC).
+        ValueError: if ``month`` is not ``YYYY-MM`` from 1970-02 to 9999-11 (the review
+            compares with the month before; the log's timestamps are Unix-era UTC; the end
+            of 9999-12 is past the last instant a ``datetime`` holds).
     """
     try:
         if len(month) != 7:
@@ -54,6 +55,8 @@ def month_bounds(month: str) -> tuple[datetime, datetime]:
         raise ValueError(f"month must be YYYY-MM, not {month!r}") from None
     if start < datetime(1970, 2, 1, tzinfo=UTC):
         raise ValueError(f"month must be 1970-02 or later, not {month!r}")
+    if start.year == 9999 and start.month == 12:
+        raise ValueError(f"month must be 9999-11 or earlier, not {month!r}")
     end = (start + timedelta(days=32)).replace(day=1)
     return start, end
 

@@ -25,7 +25,16 @@ def _when(value: str | None, flag: str) -> datetime | None:
         raise typer.BadParameter(
             "an ISO 8601 date or time, e.g. 2026-11-01", param_hint=flag
         ) from None
-    return at if at.tzinfo else at.astimezone()
+    if at.tzinfo:
+        return at
+    try:
+        return at.astimezone()
+    except (OverflowError, ValueError):  # 0001-01-01 or 9999-12-31 shifted out of range
+        raise typer.BadParameter(
+            f"{value} is out of range in the local time zone; give an offset, "
+            "e.g. 0001-01-01T00:00:00+00:00",
+            param_hint=flag,
+        ) from None
 
 
 def kpi(
@@ -47,13 +56,16 @@ def kpi(
     """
     if by is not None and by not in ("agent", "action", "user"):
         raise typer.BadParameter("agent, action or user", param_hint="'--by'")
-    from proctor.app.kpis import from_store
+    from proctor.app.kpis import from_store, look_back
 
     with _open(home) as p:
         end = _when(until, "'--until'") or p.gateway.clock.now()
-        start = _when(since, "'--since'") or end - timedelta(days=30)
+        start = _when(since, "'--since'") or look_back(end, timedelta(days=30))
         if start >= end:
-            raise typer.BadParameter("--since must be before --until", param_hint="'--since'")
+            raise typer.BadParameter(
+                "--since must be before --until",
+                param_hint="'--since'" if since is not None else "'--until'",
+            )
         groups = from_store(p.gateway.store, since=start, until=end, by=by)
     if as_json:
         print_json({"since": start.isoformat(), "until": end.isoformat(), "by": by, "kpis": groups})
@@ -108,6 +120,13 @@ def report(
         start, end = month_bounds(month)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="'--month'") from None
+    # Before the work: a bad --out is a usage error, not a traceback after the figures.
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise typer.BadParameter(
+            f"cannot use {out} as a directory: {exc.strerror or exc}", param_hint="'--out'"
+        ) from None
     # The month before is the trend's baseline; older rows are parsed only when they matter.
     prev_start = (start - timedelta(days=1)).replace(day=1)
     with _open(home) as p:
@@ -115,12 +134,40 @@ def report(
         bodies = (orjson.loads(r.body) for r in rows)
         origin = p.gateway.audit_log.origin if p.gateway.audit_log is not None else "proctor"
         rep = build_report(bodies, month, origin=origin)
-    out.mkdir(parents=True, exist_ok=True)
     md, page = out / f"review-{month}.md", out / f"review-{month}.html"
-    md.write_text(rep.markdown)
-    page.write_text(rep.html)
+    _write_both(((md, rep.markdown), (page, rep.html)))
     if as_json:
         print_json({"month": month, "markdown": str(md), "html": str(page), "figures": rep.figures})
     else:
         console.print(f"Wrote {md} and {page}.")
     return 0
+
+
+def _write_both(files: tuple[tuple[Path, str], ...]) -> None:
+    """Write every file or none: each goes to a temporary name first, then all are renamed.
+
+    A rename in one directory fails only when the target is a directory, so that is checked
+    before anything is written.
+    """
+    for path, _ in files:
+        if path.is_dir():
+            raise typer.BadParameter(
+                f"cannot write {path}: it is a directory", param_hint="'--out'"
+            )
+    temps: list[Path] = []
+    try:
+        for path, text in files:
+            tmp = path.with_name(f".{path.name}.tmp")
+            temps.append(tmp)
+            try:
+                tmp.write_text(text)
+            except OSError as exc:
+                raise typer.BadParameter(
+                    f"cannot write {path}: {exc.strerror or exc}", param_hint="'--out'"
+                ) from None
+    except typer.BadParameter:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+        raise
+    for (path, _), tmp in zip(files, temps, strict=True):
+        tmp.replace(path)

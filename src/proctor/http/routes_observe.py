@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Query
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from starlette.responses import PlainTextResponse, Response
 
-from proctor.app.kpis import from_store
+from proctor.app.kpis import from_store, look_back
 from proctor.app.metrics import MetricsListener, StoreCollector
 from proctor.core.principals import Principal
 from proctor.errors import InvalidRequestError, PermissionDeniedError
@@ -64,7 +64,7 @@ def router(ctx: Context) -> APIRouter:
     def kpis(
         caller: Caller,
         since: Annotated[
-            str | None, Query(description="Start (ISO 8601); default 30 days ago.")
+            str | None, Query(description="Start (ISO 8601); default 30 days before until.")
         ] = None,
         until: Annotated[str | None, Query(description="End (ISO 8601); default now.")] = None,
         by: Annotated[Literal["agent", "action", "user"] | None, Query()] = None,
@@ -76,9 +76,11 @@ def router(ctx: Context) -> APIRouter:
         """
         need_reader(caller)
         end = _when(until, "until") or gateway.clock.now()
-        start = _when(since, "since") or end - timedelta(days=30)
+        start = _when(since, "since") or look_back(end, timedelta(days=30))
         if start >= end:
-            raise InvalidRequestError("since must be before until", field="since")
+            raise InvalidRequestError(
+                "since must be before until", field="since" if since is not None else "until"
+            )
         groups = from_store(gateway.store, since=start, until=end, by=by)
         return json_response(
             {"since": start.isoformat(), "until": end.isoformat(), "by": by, "kpis": groups}

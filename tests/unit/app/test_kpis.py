@@ -8,7 +8,7 @@ import pytest
 
 from proctor import Proctor
 from proctor.app.gateway import GatewayOptions
-from proctor.app.kpis import compute, from_store
+from proctor.app.kpis import compute, from_store, look_back
 from proctor.core.catalog import Catalog
 from proctor.testing import FrozenClock, RecordingTool, make_plan
 
@@ -133,6 +133,18 @@ class TestKnownAnswers:
         assert k["anomaly_delta"] == 1
         assert k["counts"]["proposed"] == 0
         assert k["acceptance_rate"] is None
+
+    def test_a_period_reaching_back_to_year_one_is_clamped_not_an_overflow(self):
+        """since=0001-01-01: the look-back before it is clamped; the figures are the same."""
+        h = History()
+        h.at(5).plan("p")
+        first = datetime(1, 1, 1, tzinfo=UTC)
+
+        k = compute(h.events, since=first, until=T0 + timedelta(days=30))["all"]
+
+        assert k["counts"]["proposed"] == 1
+        assert look_back(first + timedelta(days=4), timedelta(days=30)) == first
+        assert look_back(T0, timedelta(days=1)) == T0 - timedelta(days=1)
 
     def test_empty_period_and_bad_grouping(self):
         assert kpis([])["all"]["acceptance_rate"] is None
