@@ -399,6 +399,18 @@ def _too_many_steps(tmp_path: Path) -> Path:
     return write_json(tmp_path, "p.json", manifest(*[SEARCH] * 33))
 
 
+def _huge_integer(tmp_path: Path) -> Path:
+    pay = ("travel.pay", {"amount": 640000, "currency": "EUR", "traveller": "alice"})
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(manifest(pay)).replace("640000", "1" + "0" * 5000))
+    return path
+
+
+def _lone_surrogate(tmp_path: Path) -> Path:
+    search = ("travel.search", {"destination": "Lis\ud800bon", "date": "2027-03-12"})
+    return write_json(tmp_path, "p.json", manifest(search))  # json.dumps escapes it
+
+
 BAD_INPUTS = [
     pytest.param(_bad_unknown_action, "invalid_request", "steps[0].action", id="unknown-action"),
     pytest.param(_bad_schema, "invalid_request", "steps[0].params.amount", id="schema-violation"),
@@ -408,6 +420,10 @@ BAD_INPUTS = [
     pytest.param(_bad_json, "invalid_request", "<path>", id="malformed-json"),
     pytest.param(_missing_file, "invalid_request", "<path>", id="missing-file"),
     pytest.param(_too_many_steps, "invalid_request", "steps", id="33-steps"),
+    pytest.param(_huge_integer, "invalid_request", "<path>", id="5001-digit-integer"),
+    pytest.param(
+        _lone_surrogate, "invalid_request", "steps[0].params.destination", id="lone-surrogate"
+    ),
 ]
 
 

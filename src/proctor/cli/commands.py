@@ -125,17 +125,28 @@ def _read_json_or_toml(path: Path, what: str) -> Any:
         raise InvalidRequestError(f"{what} file {path} does not exist", field=str(path)) from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise InvalidRequestError(f"cannot read {path}: {exc}", field=str(path)) from exc
-    if path.suffix == ".toml":
-        try:
-            return tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise InvalidRequestError(f"{path} is not valid TOML: {exc}", field=str(path)) from exc
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
+        if path.suffix == ".toml":
+            try:
+                return tomllib.loads(text)
+            except tomllib.TOMLDecodeError as exc:
+                raise InvalidRequestError(
+                    f"{path} is not valid TOML: {exc}", field=str(path)
+                ) from exc
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InvalidRequestError(
+                f"{path} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+                field=str(path),
+            ) from exc
+    except ValueError as exc:
+        # Python refuses to convert integers longer than this many digits (a CPU-exhaustion
+        # guard, CVE-2020-10735); no amount is that long.
         raise InvalidRequestError(
-            f"{path} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+            f"{path} has an integer longer than {sys.get_int_max_str_digits()} digits",
             field=str(path),
+            hint="Amounts are integers in minor units, at most 9007199254740991.",
         ) from exc
 
 

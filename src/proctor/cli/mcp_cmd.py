@@ -91,7 +91,7 @@ def mcp(
 
     try:
         doc = json.loads(config.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON, bad UTF-8, a 5,000-digit int
         raise typer.BadParameter(f"cannot read {config}: {exc}", param_hint="'--config'") from None
     upstreams = load_config(doc)
     address = _address(http) if http is not None else None

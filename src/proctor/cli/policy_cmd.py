@@ -136,6 +136,10 @@ def evaluate(
         ) from None
     except orjson.JSONDecodeError as exc:
         raise InvalidRequestError(f"{input_file} is not JSON: {exc}", field="input") from None
+    except OSError as exc:  # a directory, no permission, ...
+        raise typer.BadParameter(
+            f"cannot read {input_file}: {exc.strerror or exc}", param_hint="'INPUT.json'"
+        ) from None
     steps = doc.get("steps") if isinstance(doc, dict) else None
     if not isinstance(steps, list) or not all(isinstance(s, dict) and "id" in s for s in steps):
         raise InvalidRequestError("the input needs steps: [{id, ...}]", field="input.steps")
