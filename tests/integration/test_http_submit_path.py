@@ -106,6 +106,45 @@ class TestSubmitRoute:
         assert resp.headers["location"] == f"/v1/plans/{resp.json()['plan_id']}"
         assert [t.startswith("proctor-submit") for t in w.threads] == [True]
 
+    @pytest.mark.parametrize("via", ["direct", "declared"])
+    @pytest.mark.parametrize(
+        ("text", "field"),
+        [
+            # orjson read 10**29 as a float, and the plan ran with n = 1e29
+            ('{"n": 100000000000000000000000000000}', "steps[0].params.n"),
+            ('{"n": 9007199254740993}', "steps[0].params.n"),  # exact, then unsafe
+            ('{"n": 1, "note": "Lis\\ud800bon"}', "steps[0].params.note"),  # orjson: 400
+        ],
+    )
+    async def test_exact_numbers_and_lone_surrogates_are_refused_naming_the_field(
+        self, world, via, text, field
+    ):
+        """The body is read as sent: a huge integer or a lone surrogate reaches validation,
+        which refuses it naming the field (422); nothing runs; the rejection is audited."""
+        w, direct, declared = world
+        client = direct if via == "direct" else declared
+        manifest = orjson.dumps(w.manifest()).decode().replace('{"n":1}', text)
+        assert text in manifest
+        resp = await client.post(
+            "/v1/plans",
+            content=manifest,
+            headers={"Authorization": f"Bearer {w.bot}", "Content-Type": "application/json"},
+        )
+        assert resp.status_code == 422, resp.text
+        assert resp.json()["field"] == field
+        assert w.threads == []
+        assert [e.type for e in w.proctor.events()] == ["plan.rejected"]
+
+    async def test_nan_is_still_not_json(self, world):
+        w, direct, _ = world
+        manifest = orjson.dumps(w.manifest()).decode().replace('{"n":1}', '{"n": NaN}')
+        resp = await direct.post(
+            "/v1/plans",
+            content=manifest,
+            headers={"Authorization": f"Bearer {w.bot}", "Content-Type": "application/json"},
+        )
+        assert resp.status_code == 400 and resp.json()["field"] == "body"
+
     @pytest.mark.parametrize("root_path", ["", "/r"])
     async def test_a_bug_is_a_json_500_both_ways(self, world, monkeypatch, root_path):
         """An exception that is no ProctorError (a bug) answers the JSON error shape, code

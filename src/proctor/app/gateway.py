@@ -604,12 +604,14 @@ class Gateway(HumanActions):
                 E.PLAN_REJECTED,
                 actor=actor if isinstance(actor, dict) and _small(actor) else None,
                 data={
-                    "plan_id": plan_id if isinstance(plan_id, str) and len(plan_id) < 200 else None,
+                    "plan_id": plan_id if _short_text(plan_id) else None,
                     "digest": digest,
                     "payload_hash": body_hash,
                     "code": exc.code,
-                    "field": exc.field,
-                    "message": exc.message[:_MAX_ERROR],
+                    # Either may quote the bad input, a lone surrogate included, which has
+                    # no UTF-8 form: escaped, the rejection is still recorded.
+                    "field": _printable(exc.field) if exc.field is not None else None,
+                    "message": _printable(exc.message[:_MAX_ERROR]),
                 },
             )
             j.flush()
@@ -655,4 +657,18 @@ def _escalate(sd: StepDecision, reason: str) -> StepDecision:
 
 
 def _small(obj: Mapping[str, Any]) -> bool:
-    return all(isinstance(v, str) and len(v) < 200 for v in obj.values()) and len(obj) <= 4
+    return len(obj) <= 4 and all(_short_text(k) and _short_text(v) for k, v in obj.items())
+
+
+def _short_text(value: Any) -> bool:
+    """A string under 200 characters that has a UTF-8 form (no lone surrogate)."""
+    if not isinstance(value, str) or len(value) >= 200:
+        return False
+    return value.isascii() or _printable(value) == value
+
+
+def _printable(text: str) -> str:
+    """``text`` with any lone surrogate written as a backslash escape (UTF-8 safe)."""
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")

@@ -207,9 +207,11 @@ def _require_object(value: Any, where: str) -> dict[str, Any]:
 def _no_unknown(obj: Mapping[str, Any], allowed: frozenset[str], prefix: str) -> None:
     for key in obj:
         if key not in allowed:
+            # The key as printable, UTF-8-safe text: it may hold a lone surrogate.
+            name = str(key).encode("utf-8", "backslashreplace").decode()
             raise InvalidRequestError(
-                f"unknown field {prefix}{key}; allowed: {', '.join(sorted(allowed))}",
-                field=f"{prefix}{key}",
+                f"unknown field {prefix}{name}; allowed: {', '.join(sorted(allowed))}",
+                field=f"{prefix}{name}",
             )
 
 

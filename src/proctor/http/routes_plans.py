@@ -13,6 +13,7 @@ import asyncio
 import base64
 import binascii
 import hashlib
+import json
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -64,6 +65,34 @@ _EVENT_BATCH = 500
 def idempotent_plan_id(principal: str, key: str) -> str:
     """The plan id derived from an ``Idempotency-Key``: stable per principal and key."""
     return "idem-" + hashlib.sha256(f"{principal}:{key}".encode()).hexdigest()[:24]
+
+
+_LONG_INTEGER = re.compile(rb"[0-9]{19}").search
+
+
+def parse_body(body: bytes) -> Any:
+    r"""The JSON value of a request body, exactly as sent.
+
+    orjson reads an integer beyond 64 bits as a float (``10**29`` became
+    ``99999999999999991433150857216.0``, and was accepted) and refuses a lone-surrogate
+    escape (``"\ud800"``) that JSON allows. A body with a run of 19 or more digits, or one
+    orjson refuses, is read again by the standard library, which keeps every integer exact
+    (the gateway then refuses one beyond 2**53, naming its field) and every string as
+    written. NaN and Infinity stay refused. The common body takes one scan more, no more.
+
+    Raises:
+        ValueError: the body is not JSON.
+    """
+    if not _LONG_INTEGER(body):
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            pass  # maybe a lone surrogate: the standard library decides
+    return json.loads(body, parse_constant=_no_constant)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _bad_json() -> Response:
@@ -202,8 +231,8 @@ class SubmitRoute:
             if not message.get("more_body", False):
                 break
         try:
-            raw = orjson.loads(b"".join(chunks))
-        except orjson.JSONDecodeError:
+            raw = parse_body(b"".join(chunks))
+        except ValueError:  # json.JSONDecodeError and orjson's are ValueErrors
             return _bad_json()
         try:
             status, doc = await ctx.run_submit(submit_plan, ctx, caller, raw, key, traceparent)
@@ -283,8 +312,8 @@ def router(ctx: Context) -> APIRouter:
         # OpenAPI contract and serves the requests that reach the router all the same.
         body = await request.body()
         try:
-            raw = orjson.loads(body)
-        except orjson.JSONDecodeError:
+            raw = parse_body(body)
+        except ValueError:  # json.JSONDecodeError and orjson's are ValueErrors
             return _bad_json()
         status, doc = await ctx.run_submit(
             submit_plan, ctx, caller, raw, idempotency_key, traceparent

@@ -188,6 +188,31 @@ class TestSubmit:
         assert [e.type for e in p.events()].count("plan.submitted") == 1
         assert p.get("p-race").status is PlanStatus.SUCCEEDED
 
+    @pytest.mark.parametrize(
+        ("where", "field"),
+        [
+            (("plan_id",), "plan_id"),
+            (("actor", "name"), "actor.name"),
+            (("actor", "agent_id"), "actor.agent_id"),
+            (("on_behalf_of",), "on_behalf_of"),
+            (("k\ud800",), "k\\ud800"),
+        ],
+    )
+    def test_a_lone_surrogate_anywhere_is_refused_and_audited(self, clock, where, field):
+        """A string with no UTF-8 form is refused naming the field, and the rejection is
+        still recorded (the event escapes it)."""
+        p, tools = make(ScriptedPolicy(outcome_for({})), clock)
+        plan = make_plan([("shop.order", {"n": 1})])
+        target = plan
+        for key in where[:-1]:
+            target = target[key]
+        target[where[-1]] = "x\ud800"
+        with pytest.raises(InvalidRequestError) as ei:
+            p.submit(plan)
+        assert ei.value.field == field
+        assert [e.type for e in p.events()] == ["plan.rejected"]
+        assert tools["shop.order"][0].calls == []
+
     def test_plan_id_reuse_with_other_digest(self, clock):
         """The same plan id with another manifest is refused and audited."""
         p, _ = make(ScriptedPolicy(outcome_for({})), clock)
