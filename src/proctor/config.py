@@ -307,31 +307,38 @@ def _section(doc: Mapping[str, Any], name: str, path: Path) -> Mapping[str, Any]
     return value
 
 
-def _flag(table: Mapping[str, Any], key: str, default: bool, *, section: str) -> bool:
-    """Return a boolean setting, which must be a TOML boolean.
+_KINDS: Final[Mapping[type, tuple[str, str]]] = {
+    bool: ("true or false", "Write {key} = true or {key} = false, without quotes."),
+    str: ("a string", 'Write {key} = "...", with quotes.'),
+}
 
-    ``bool("false")`` is True: a quoted value would silently mean the opposite, so anything
-    but ``true`` / ``false`` is refused.
+
+def _typed(table: Mapping[str, Any], key: str, default: Any, kind: type, section: str) -> Any:
+    """Return a setting of TOML type ``kind`` (bool or str), or its default when absent.
+
+    Nothing is converted: ``bool("false")`` is True, so a quoted boolean would silently mean
+    the opposite, and ``str(5)`` would hide a misplaced number. Refused, naming the field.
     """
     value = table.get(key, default)
-    if not isinstance(value, bool):
+    if not isinstance(value, kind):
+        what, hint = _KINDS[kind]
         raise ConfigError(
-            f"{section}.{key} must be true or false, not {value!r}",
+            f"{section}.{key} must be {what}, not {value!r}",
             field=f"{section}.{key}",
-            hint=f"Write {key} = true or {key} = false, without quotes.",
+            hint=hint.format(key=key),
         )
     return value
 
 
+def _flag(table: Mapping[str, Any], key: str, default: bool, *, section: str) -> bool:
+    """Return a boolean setting, which must be a TOML boolean (see ``_typed``)."""
+    value: bool = _typed(table, key, default, bool, section)
+    return value
+
+
 def _text(table: Mapping[str, Any], key: str, default: str, *, section: str) -> str:
-    """Return a string setting, which must be a TOML string."""
-    value = table.get(key, default)
-    if not isinstance(value, str):
-        raise ConfigError(
-            f"{section}.{key} must be a string, not {value!r}",
-            field=f"{section}.{key}",
-            hint=f'Write {key} = "...", with quotes.',
-        )
+    """Return a string setting, which must be a TOML string (see ``_typed``)."""
+    value: str = _typed(table, key, default, str, section)
     return value
 
 

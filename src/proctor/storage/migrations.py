@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "migrations_for"]
+from proctor.errors import StorageError
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "migrations_for", "pending"]
 
 MIGRATIONS: tuple[tuple[int, str], ...] = (
     (
@@ -193,3 +195,24 @@ def migrations_for(dialect: str) -> list[tuple[int, list[str]]]:
                 statements = [pattern.sub(replacement, st) for st in statements]
         out.append((version, statements))
     return out
+
+
+def pending(current: int, dialect: str) -> list[str]:
+    """Return the statements that bring a schema at version ``current`` up to date.
+
+    Both stores migrate with it, each under its own lock and transaction.
+
+    Raises:
+        StorageError: the schema is newer than this Proctor's.
+    """
+    if current > SCHEMA_VERSION:
+        raise StorageError(
+            f"database schema {current} is newer than this Proctor ({SCHEMA_VERSION})",
+            hint="Upgrade Proctor.",
+        )
+    return [
+        statement
+        for version, statements in migrations_for(dialect)
+        if version > current
+        for statement in statements
+    ]

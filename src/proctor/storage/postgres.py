@@ -44,7 +44,7 @@ from proctor.core.ports import AuditHead, CheckpointRow, EventRow
 from proctor.core.principals import TokenRecord
 from proctor.errors import StorageError
 from proctor.storage._codec import dump_plan, load_plan
-from proctor.storage.migrations import SCHEMA_VERSION, migrations_for
+from proctor.storage.migrations import SCHEMA_VERSION, pending
 
 __all__ = ["PostgresStore"]
 
@@ -442,15 +442,8 @@ class PostgresStore:
             c.execute(_META)
             row = c.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             current = int(row["value"]) if row else 0
-            if current > SCHEMA_VERSION:
-                raise StorageError(
-                    f"database schema {current} is newer than this Proctor ({SCHEMA_VERSION})",
-                    hint="Upgrade Proctor.",
-                )
-            for version, statements in migrations_for("postgresql"):
-                if version > current:
-                    for statement in statements:
-                        c.execute(statement)
+            for statement in pending(current, "postgresql"):
+                c.execute(statement)
             if current != SCHEMA_VERSION:
                 c.execute(
                     "INSERT INTO meta (key, value) VALUES ('schema_version', %s) "

@@ -50,7 +50,7 @@ from proctor.core.ports import AuditHead, CheckpointRow, EventRow
 from proctor.core.principals import TokenRecord
 from proctor.errors import StorageError
 from proctor.storage._codec import dump_plan, load_plan
-from proctor.storage.migrations import SCHEMA_VERSION, migrations_for
+from proctor.storage.migrations import SCHEMA_VERSION, pending
 
 __all__ = ["SqliteStore", "checkpoint_wal"]
 
@@ -529,15 +529,8 @@ class SqliteStore:
             )
             row = self._c.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             current = int(row[0]) if row else 0
-            if current > SCHEMA_VERSION:
-                raise StorageError(
-                    f"database schema {current} is newer than this Proctor ({SCHEMA_VERSION})",
-                    hint="Upgrade Proctor.",
-                )
-            for version, statements in migrations_for("sqlite"):
-                if version > current:
-                    for statement in statements:
-                        self._c.execute(statement)
+            for statement in pending(current, "sqlite"):
+                self._c.execute(statement)
             if current != SCHEMA_VERSION:  # an up-to-date database is not written to
                 self._c.execute(
                     "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
