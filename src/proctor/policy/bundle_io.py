@@ -21,6 +21,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import orjson
 
@@ -175,6 +176,34 @@ def _read_bundle(directory: str | os.PathLike[str]) -> tuple[Path, dict[str, byt
                     bundle=str(path),
                 ) from exc
     return path, files
+
+
+class _Sources(NamedTuple):
+    """A bundle read from disk: its text, and the bytes its version is computed from."""
+
+    origin: str
+    modules: dict[str, str]  # *.rego by name
+    data: str | None  # data.json, if present
+    files: dict[str, bytes]
+
+
+def _read_sources(directory: str | os.PathLike[str]) -> _Sources:
+    """Read a bundle's modules and data as UTF-8 text (the engine and the test runner).
+
+    Raises:
+        InvalidPolicyError: naming the file that does not read or decode.
+    """
+    path, files = _read_bundle(directory)
+    origin = str(path)
+    modules = {
+        name: _decode(name, content, origin)
+        for name, content in files.items()
+        if name.endswith(".rego")
+    }
+    data = files.get(DATA_FILE)
+    return _Sources(
+        origin, modules, None if data is None else _decode(DATA_FILE, data, origin), files
+    )
 
 
 def _decode(name: str, content: bytes, origin: str) -> str:

@@ -45,9 +45,8 @@ from proctor.errors import InvalidPolicyError, InvalidRequestError, PolicyEngine
 from proctor.policy.bundle_io import (
     DATA_FILE,
     _check_data,
-    _decode,
     _invalid_policy,
-    _read_bundle,
+    _read_sources,
     _summarise,
     _version,
     bundle_version,
@@ -149,16 +148,8 @@ class RegoPolicyEngine:
         Raises:
             InvalidPolicyError: naming the file that does not read, parse or build.
         """
-        directory, files = _read_bundle(path)
-        origin = str(directory)
-        modules = {
-            name: _decode(name, content, origin)
-            for name, content in files.items()
-            if name.endswith(".rego")
-        }
-        data = files.get(DATA_FILE)
-        data_json = None if data is None else _decode(DATA_FILE, data, origin)
-        return cls(modules, data_json, version=_version(files.items()), origin=origin)
+        src = _read_sources(path)
+        return cls(src.modules, src.data, version=_version(src.files.items()), origin=src.origin)
 
     @classmethod
     def from_sources(

@@ -22,7 +22,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from proctor.policy.bundle_io import DATA_FILE, _decode, _read_bundle, _summarise
+from proctor.policy.bundle_io import _read_sources, _summarise
 
 __all__ = ["PolicyTestResult", "run_policy_tests"]
 
@@ -168,20 +168,14 @@ def run_policy_tests(
     Raises:
         InvalidPolicyError: when the bundle cannot be read.
     """
-    path, files = _read_bundle(directory)
-    origin = str(path)
-    modules = {
-        name: _decode(name, content, origin)
-        for name, content in files.items()
-        if name.endswith(".rego")
-    }
+    src = _read_sources(directory)
+    modules = src.modules
     tests = _discover_tests(modules)
     if not tests:
         return []
-    data = files.get(DATA_FILE)
     request = {
         "modules": sorted(modules.items()),
-        "data": None if data is None else _decode(DATA_FILE, data, origin),
+        "data": src.data,
         "queries": [f"data.{package}.{rule}" for package, rule in tests],
         "entrypoints": [f"{package.replace('.', '/')}/{rule}" for package, rule in tests],
     }
