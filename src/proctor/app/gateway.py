@@ -37,6 +37,7 @@ from proctor.app.journal import Journal, payload_hash
 from proctor.app.leases import owner_alive
 from proctor.app.telemetry import Telemetry
 from proctor.core.assessment import Assessment, Thresholds, assess, baseline
+from proctor.core.canonical import printable
 from proctor.core.catalog import ActionSpec, Catalog
 from proctor.core.decisions import Decision, Outcome, StepDecision
 from proctor.core.events import EventType as E
@@ -610,8 +611,8 @@ class Gateway(HumanActions):
                     "code": exc.code,
                     # Either may quote the bad input, a lone surrogate included, which has
                     # no UTF-8 form: escaped, the rejection is still recorded.
-                    "field": _printable(exc.field) if exc.field is not None else None,
-                    "message": _printable(exc.message[:_MAX_ERROR]),
+                    "field": printable(exc.field) if exc.field is not None else None,
+                    "message": printable(exc.message[:_MAX_ERROR]),
                 },
             )
             j.flush()
@@ -664,11 +665,4 @@ def _short_text(value: Any) -> bool:
     """A string under 200 characters that has a UTF-8 form (no lone surrogate)."""
     if not isinstance(value, str) or len(value) >= 200:
         return False
-    return value.isascii() or _printable(value) == value
-
-
-def _printable(text: str) -> str:
-    """``text`` with any lone surrogate written as a backslash escape (UTF-8 safe)."""
-    if text.isascii():
-        return text
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return printable(value) == value

@@ -19,7 +19,7 @@ import rfc8785
 
 from proctor.errors import InvalidRequestError
 
-__all__ = ["MAX_SAFE_INT", "canonical", "digest", "fast_path_ok", "sha256_tagged"]
+__all__ = ["MAX_SAFE_INT", "canonical", "digest", "fast_path_ok", "printable", "sha256_tagged"]
 
 # JCS serialises numbers as IEEE-754 doubles; integers beyond 2**53 are not representable,
 # and rfc8785 rejects them. We reject them too rather than silently change a value.
@@ -122,7 +122,7 @@ def _first_unrepresentable(value: Any, where: str) -> str | None:
                 if not isinstance(k, str):
                     return at
                 if not _utf8_ok(k):
-                    name = k.encode("utf-8", "backslashreplace").decode()
+                    name = printable(k)
                     return f"{at}.{name}" if at else name
                 items.append((item, f"{at}.{k}" if at else k))
             stack.extend(reversed(items))
@@ -131,6 +131,16 @@ def _first_unrepresentable(value: Any, where: str) -> str | None:
         else:
             return at
     return None
+
+
+def printable(text: str) -> str:
+    """``text`` with any lone surrogate written as a backslash escape: it has a UTF-8 form.
+
+    For error messages, fields and audit events that quote bad input.
+    """
+    if _utf8_ok(text):
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _utf8_ok(s: str) -> bool:

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from proctor.core.canonical import canonical, sha256_tagged
+from proctor.core.canonical import canonical, printable, sha256_tagged
 from proctor.errors import InvalidRequestError
 
 __all__ = ["Actor", "Limits", "Plan", "Signature", "Step"]
@@ -207,8 +207,7 @@ def _require_object(value: Any, where: str) -> dict[str, Any]:
 def _no_unknown(obj: Mapping[str, Any], allowed: frozenset[str], prefix: str) -> None:
     for key in obj:
         if key not in allowed:
-            # The key as printable, UTF-8-safe text: it may hold a lone surrogate.
-            name = str(key).encode("utf-8", "backslashreplace").decode()
+            name = printable(str(key))  # it may hold a lone surrogate
             raise InvalidRequestError(
                 f"unknown field {prefix}{name}; allowed: {', '.join(sorted(allowed))}",
                 field=f"{prefix}{name}",
