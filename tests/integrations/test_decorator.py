@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from proctor.integrations import ApprovalPending, ToolDenied, ToolFailed, governed
+from proctor.testing import FrozenClock
 
 from .conftest import REFUND_SCHEMA, assert_audited
 
@@ -43,6 +44,21 @@ class TestInProcess:
         assert CALLS == [(50, "c1")]
         (plan,) = proctor.plans()
         assert_audited(proctor, plan.plan_id, "plan.submitted", "policy.decided", "step.succeeded")
+
+    def test_calls_without_a_call_id_get_plan_ids_in_time_order(self, proctor):
+        """Each call is a new plan whose id starts with the time (from Proctor's clock), so
+        the store's plan-id indexes grow at their right edge."""
+        refund = refund_for(proctor)
+        clock = proctor.gateway.clock = FrozenClock()
+
+        for _ in range(5):
+            refund(amount=50, customer="c1")
+            clock.advance(1)
+
+        ids = [p.plan_id for p in sorted(proctor.plans(), key=lambda p: p.created_at)]
+        assert len(set(ids)) == 5
+        assert ids == sorted(ids)
+        assert all(i.startswith("tc-20260105090") for i in ids)
 
     def test_deny_raises_a_readable_tool_error(self, proctor):
         """A denied call never runs; ToolDenied carries the policy's reasons."""

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import os
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -48,7 +47,7 @@ from proctor.core.lifecycle import (
     StepStatus,
 )
 from proctor.core.masking import mask
-from proctor.core.plans import Limits, Plan
+from proctor.core.plans import Limits, Plan, new_plan_id
 from proctor.core.ports import (
     Clock,
     EventListener,
@@ -311,7 +310,7 @@ class Gateway(HumanActions):
         with self.telemetry.stage("decide"):
             decision, assessment = self.evaluate(plan, specs)
         now = self.clock.now()
-        plan_id = plan.plan_id or _new_plan_id(now)
+        plan_id = plan.plan_id or new_plan_id("p", now)
         simulations: dict[str, Any] = {}
         if decision.outcome is not Outcome.DENY and (decision.dry_run or sandbox):
             with self.telemetry.stage("simulate"):
@@ -626,12 +625,6 @@ class Gateway(HumanActions):
                     self._plan_locks.clear()  # bounded: locks are cheap to recreate
                 lock = self._plan_locks[plan_id] = threading.RLock()
             return lock
-
-
-def _new_plan_id(now: datetime) -> str:
-    # Time-ordered prefix so ids sort by creation, random suffix so they never collide.
-    stamp = f"{now.year:04d}{now.month:02d}{now.day:02d}{now.hour:02d}{now.minute:02d}"
-    return f"p-{stamp}{now.second:02d}-{os.urandom(6).hex()}"
 
 
 def _sampled(digest: str, rate: float) -> bool:

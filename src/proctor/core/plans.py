@@ -12,17 +12,33 @@ schema checks come after, in the gateway, because they need the catalog.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from proctor.core.canonical import canonical, printable, sha256_tagged
 from proctor.errors import InvalidRequestError
 
-__all__ = ["Actor", "Limits", "Plan", "Signature", "Step"]
+__all__ = ["Actor", "Limits", "Plan", "Signature", "Step", "new_plan_id"]
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}\Z")  # \Z: "$" admits a final "\n"
+
+
+def new_plan_id(prefix: str, now: datetime) -> str:
+    """Return a fresh plan id, ``<prefix>-<YYYYMMDDhhmmss>-<12 random hex digits>``.
+
+    The time first, so that ids sort by creation: a store's indexes keyed by plan id (the
+    plans' primary key, the events by plan) then grow at their right edge. With random ids
+    every plan dirtied its own leaf page of ``events_by_plan``, and a WAL checkpoint wrote
+    a third more pages, scattered over the file (docs/benchmarks.md, "Peer").
+    """
+    stamp = f"{now.year:04d}{now.month:02d}{now.day:02d}{now.hour:02d}{now.minute:02d}"
+    return f"{prefix}-{stamp}{now.second:02d}-{os.urandom(6).hex()}"
+
+
 _MANIFEST_KEYS = frozenset(
     {"plan_id", "actor", "on_behalf_of", "intent", "reasoning", "steps", "signature"}
 )

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import inspect
-import os
 import threading
 import time
 from collections.abc import Callable, Coroutine, Mapping
@@ -33,8 +32,10 @@ from typing import Any, Literal
 import orjson
 
 from proctor._library import Proctor
+from proctor.bootstrap import SystemClock
 from proctor.client import ProctorClient
 from proctor.core.lifecycle import PlanRecord
+from proctor.core.plans import new_plan_id
 from proctor.errors import ConfigError, InvalidRequestError
 
 __all__ = ["LOW", "Governor", "ToolOutcome", "plan_id_for"]
@@ -303,7 +304,9 @@ class Governor:
                 adapters turn it into a tool error for the model.
         """
         if call_id is None:
-            plan_id = f"tc-{os.urandom(12).hex()}"
+            p = self.proctor
+            clock = p.gateway.clock if isinstance(p, Proctor) else SystemClock()
+            plan_id = new_plan_id("tc", clock.now())
         else:
             plan_id = plan_id_for(
                 call_id,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 
-from proctor.core.plans import Limits, Plan
+from proctor.core.plans import Limits, Plan, new_plan_id
 from proctor.errors import InvalidRequestError
 from proctor.testing import make_plan
 
@@ -93,3 +95,17 @@ class TestPlanFromDict:
             node = node["x"]
         with pytest.raises(InvalidRequestError):
             Plan.from_dict(make_plan([("a.b", deep)]))
+
+
+def test_new_plan_ids_sort_by_time_and_are_valid_plan_ids():
+    """The time comes first (indexes keyed by plan id grow at their right edge); the random
+    tail keeps ids made in the same second apart; every id is one a manifest may carry."""
+    t0 = datetime(2026, 12, 31, 23, 59, 59, tzinfo=UTC)
+    ids = [new_plan_id("p", t0 + timedelta(seconds=s)) for s in (0, 1, 1, 61, 3600 * 24)]
+
+    distinct_seconds = [ids[0], ids[1], ids[3], ids[4]]
+    assert distinct_seconds == sorted(distinct_seconds)
+    assert ids[0].startswith("p-20261231235959-") and ids[-1].startswith("p-20270101235959-")
+    assert ids[1] != ids[2]
+    for i in ids:
+        assert Plan.from_dict(make_plan([("a.b", {})], plan_id=i)).plan_id == i
