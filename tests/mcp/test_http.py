@@ -107,6 +107,9 @@ def test_elicitation_progress_and_cancellation_over_http(
     assert any(e["type"] == "approval.rejected" for e in log)
     actors = {e["actor"]["name"] for e in log if e["type"] == "plan.submitted"}
     assert all(a.startswith("framework via ") for a in actors)
+    # The log says which client took the user's answer.
+    client = next(iter(actors)).split(" via ", 1)[1]
+    assert granted[0]["data"]["comment"] == f"confirmed in the MCP client {client}"
     assert cli("audit", "verify", home=home).code == 0
 
 

@@ -132,6 +132,34 @@ def test_governed_calls_and_the_audit_log(cli, proctor_exe, home, roots, config,
     assert len(steps) == 1
 
 
+def test_no_confirm_in_client_never_asks_the_client(cli, proctor_exe, home, roots, config, kit):
+    """--no-confirm-in-client: a client that would accept in code is never asked; the call
+    waits for the user's confirmation elsewhere and nothing is written."""
+    asked: list[str] = []
+
+    async def elicit(context, params):
+        asked.append(params.message)
+        return types.ElicitResult(action="accept", content={})
+
+    async def go():
+        params = proxy(proctor_exe, home, config, kit, "--no-confirm-in-client")
+        async with (
+            stdio_client(params) as (r, w),
+            ClientSession(r, w, elicitation_callback=elicit) as s,
+        ):
+            await s.initialize()
+            return await s.call_tool(
+                "write_file", {"path": str(roots / "auto.txt"), "content": "x"}
+            )
+
+    result = anyio.run(go)
+    assert result.is_error and "needs confirmation mcp-" in text(result), text(result)
+    assert asked == []
+    assert not (roots / "auto.txt").exists()
+    log = kit.events(cli, home)
+    assert not [e for e in log if e["type"] == "confirmation.granted"]
+
+
 def test_approval_in_another_process_then_retry(cli, proctor_exe, home, roots, config, kit):
     """An approval given with `proctor approve` lets the agent's identical retry run it once."""
     params = {"source": str(roots / "notes.txt"), "destination": str(roots / "moved.txt")}

@@ -53,6 +53,16 @@ def mcp(
     namespace: Annotated[
         bool, typer.Option("--namespace", help="Always name tools server.tool.")
     ] = False,
+    confirm_in_client: Annotated[
+        bool,
+        typer.Option(
+            "--confirm-in-client/--no-confirm-in-client",
+            help="Ask the user to confirm in the MCP client (elicitation), when it can. "
+            "--no-confirm-in-client: the call answers 'needs confirmation' and the user "
+            "confirms in the console or with `proctor confirm`; use it for clients that "
+            "may answer elicitation in code (an agent framework) rather than ask a person.",
+        ),
+    ] = True,
     http: Annotated[
         str | None,
         typer.Option(
@@ -112,6 +122,7 @@ def mcp(
                 on_behalf_of=user,
                 approval_wait=approval_wait,
                 namespace=namespace,
+                confirm_in_client=confirm_in_client,
             ),
             address,
             json_response=json_response,
@@ -127,6 +138,7 @@ def mcp(
                 approval_wait=approval_wait,
                 namespace=namespace,
                 console_url=_console_url(home),
+                confirm_in_client=confirm_in_client,
             ),
             address,
             json_response=json_response,

@@ -100,6 +100,10 @@ class McpProxy:
         namespace: Always name tools ``server.tool`` (else only when names clash).
         console_url: Where humans confirm and approve, named in "pending" answers.
         connect_timeout: Seconds an upstream may take to start and initialize.
+        confirm_in_client: Ask the user through MCP elicitation when a call needs their
+            confirmation (default). False: the call answers "needs confirmation" and the
+            user confirms in the console or the CLI — for clients whose elicitation answers
+            may come from code rather than from the user.
     """
 
     def __init__(
@@ -113,6 +117,7 @@ class McpProxy:
         namespace: bool = False,
         console_url: str | None = None,
         connect_timeout: float = 30.0,
+        confirm_in_client: bool = True,
     ) -> None:
         self.proctor = proctor
         self._setup(
@@ -123,6 +128,7 @@ class McpProxy:
             namespace=namespace,
             console_url=console_url,
             connect_timeout=connect_timeout,
+            confirm_in_client=confirm_in_client,
         )
         gw = proctor.gateway
         gw.options = dataclasses.replace(gw.options, runners=gw.options.runners | {"mcp"})
@@ -142,6 +148,7 @@ class McpProxy:
         namespace: bool,
         console_url: str | None,
         connect_timeout: float,
+        confirm_in_client: bool,
     ) -> None:
         """Set what every proxy has, local or remote."""
         self.configs = {u.name: u for u in upstreams}
@@ -151,6 +158,7 @@ class McpProxy:
         self.namespace = namespace
         self.console_url = console_url
         self.connect_timeout = connect_timeout
+        self.confirm_in_client = confirm_in_client
         self.upstreams: dict[str, Upstream] = {}
         self.tools: dict[str, tuple[str, types.Tool]] = {}  # exposed name -> (server, tool)
         self._declared: dict[str, ActionSpec | None] = {}
@@ -726,28 +734,39 @@ class McpProxy:
             detail = text_of(raw) or detail
         return tool_error(f"the call {rec.status.value} ({rec.plan_id}): {detail}")
 
-    async def _confirm(self, ctx: Any, rec: PlanRecord) -> PlanRecord:
+    async def _ask(self, ctx: Any, summary: str, plan_id: str) -> str | None:
+        """Ask the client's user to allow a call (MCP elicitation).
+
+        Returns:
+            ``accept`` or ``decline``; None when the user was not asked (not wanted, the
+            client cannot, it failed) or dismissed the question: the plan still waits.
+        """
+        if not self.confirm_in_client:
+            return None
         caps = ctx.session.client_params.capabilities if ctx.session.client_params else None
         if caps is None or caps.elicitation is None:
-            return rec
-        spec = self.proctor.gateway.catalog.get(rec.steps[0].action)
-        what = spec.describe(rec.steps[0].params) if spec else rec.steps[0].action
+            return None
         try:
             answer = await ctx.session.elicit_form(
-                f"Allow this action? {what}",
-                {"type": "object", "properties": {}},
+                f"Allow this action? {summary}", {"type": "object", "properties": {}}
             )
         except Exception as exc:  # noqa: BLE001 - the client could not ask: confirm elsewhere
-            log.warning("elicitation failed for %s: %s", rec.plan_id, exc)
+            log.warning("elicitation failed for %s: %s", plan_id, exc)
+            return None
+        return None if answer.action == "cancel" else answer.action
+
+    async def _confirm(self, ctx: Any, rec: PlanRecord) -> PlanRecord:
+        spec = self.proctor.gateway.catalog.get(rec.steps[0].action)
+        what = spec.describe(rec.steps[0].params) if spec else rec.steps[0].action
+        answer = await self._ask(ctx, what, rec.plan_id)
+        if answer is None:
             return rec
-        if answer.action == "cancel":
-            return rec  # dismissed without a choice: still waiting for the user
-        if answer.action == "accept":
+        if answer == "accept":
             confirm = functools.partial(
                 self.proctor.confirm,
                 rec.plan_id,
                 rec.on_behalf_of,
-                comment="confirmed in the MCP client",
+                comment=f"confirmed in the MCP client {_client_name(ctx)}"[:500],
             )
             return await self._governed(lambda: self._run_queued(confirm()))
         return await self._in_thread(
@@ -755,6 +774,6 @@ class McpProxy:
                 self.proctor.reject,
                 rec.plan_id,
                 rec.on_behalf_of,
-                comment=f"{answer.action} in the MCP client",
+                comment=f"{answer} in the MCP client {_client_name(ctx)}"[:500],
             )
         )

@@ -148,6 +148,7 @@ class RemoteMcpProxy(McpProxy):
         connect_timeout: Seconds an upstream may take to start and initialize.
         call_timeout: Seconds an upstream call may take when the server names no limit.
         request_timeout: Seconds a request to the server may take (long polls add theirs).
+        confirm_in_client: See ``McpProxy``.
     """
 
     def __init__(
@@ -164,6 +165,7 @@ class RemoteMcpProxy(McpProxy):
         connect_timeout: float = 30.0,
         call_timeout: float = 300.0,
         request_timeout: float = 10.0,
+        confirm_in_client: bool = True,
     ) -> None:
         self._setup(
             upstreams,
@@ -173,6 +175,7 @@ class RemoteMcpProxy(McpProxy):
             namespace=namespace,
             console_url=console_url or server_url.rstrip("/"),
             connect_timeout=connect_timeout,
+            confirm_in_client=confirm_in_client,
         )
         self.api = _Api(server_url, token, timeout=request_timeout)
         self.call_timeout = call_timeout
@@ -333,25 +336,16 @@ class RemoteMcpProxy(McpProxy):
     async def _confirm_remote(
         self, ctx: Any, plan: dict[str, Any], summary: str
     ) -> tuple[dict[str, Any], str | None]:
-        caps = ctx.session.client_params.capabilities if ctx.session.client_params else None
-        if caps is None or caps.elicitation is None:
+        answer = await self._ask(ctx, summary, plan["plan_id"])
+        if answer is None:
             return plan, None
-        try:
-            answer = await ctx.session.elicit_form(
-                f"Allow this action? {summary}", {"type": "object", "properties": {}}
-            )
-        except Exception as exc:  # noqa: BLE001 - the client could not ask: confirm elsewhere
-            log.warning("elicitation failed for %s: %s", plan["plan_id"], exc)
-            return plan, None
-        if answer.action == "cancel":
-            return plan, None  # dismissed without a choice: still waiting for the user
         plan_id = plan["plan_id"]
-        if answer.action == "accept":
+        if answer == "accept":
             try:
                 return await self.api.send(
                     "POST",
                     f"/v1/plans/{plan_id}/confirm",
-                    body={"comment": "confirmed in the MCP client"},
+                    body={"comment": f"confirmed in the MCP client {_client_name(ctx)}"[:500]},
                 ), None
             except ProctorError as exc:
                 log.warning("cannot confirm %s with this token: %s", plan_id, exc.message)
@@ -360,7 +354,7 @@ class RemoteMcpProxy(McpProxy):
             rejected: dict[str, Any] = await self.api.send(
                 "POST",
                 f"/v1/plans/{plan_id}/reject",
-                body={"comment": f"{answer.action} in the MCP client"},
+                body={"comment": f"{answer} in the MCP client {_client_name(ctx)}"[:500]},
             )
             return rejected, None
         except ProctorError as exc:
