@@ -51,12 +51,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from proctor.app._outcomes import LostLease, Outcome, bounded, err, jsonable
+from proctor.app._outcomes import MAX_ERROR, LostLease, Outcome, bounded, err, jsonable
 from proctor.app.background import Background, _Flight
 from proctor.app.journal import Journal, payload_hash
 from proctor.app.leases import owner_alive, process_owner_id
 from proctor.app.recovery import Recovery
 from proctor.app.saga import Saga
+from proctor.core.canonical import printable
 from proctor.core.catalog import ActionSpec
 from proctor.core.drift import drift
 from proctor.core.events import EventType as E
@@ -196,6 +197,70 @@ class Executor(Recovery, Background):
             return record.leased(None, None)
         return self.start(j, record, 0, now)
 
+    # ------------------------------------------------------------------ the catalog as it is now
+
+    def refusal(self, step: StepRecord) -> InvalidRequestError | None:
+        """Why the catalog as it is now refuses to start ``step``, or None if it accepts it.
+
+        The same checks as at submission: the action is in the catalog, its params match
+        the schema, its amount is a JSON integer. A plan may wait for a human, for a runner
+        or for a takeover for any length of time, and the catalog may change meanwhile (a
+        restart with another catalog file, an MCP tool whose schema changed); a plan stored
+        by an older version may hold params the catalog now refuses (a float amount). A
+        step must never run with params the catalog in force refuses (fail closed).
+        """
+        try:
+            spec = self.gw.catalog.require(step.action, field=f"steps[{step.index}].action")
+            spec.validate_params(step.params, field_prefix=f"steps[{step.index}].params")
+        except InvalidRequestError as exc:
+            return exc
+        return None
+
+    def start_checked(
+        self, j: Journal, record: PlanRecord, index: int, now: datetime
+    ) -> PlanRecord:
+        """Start step ``index`` if the catalog accepts it now; else fail it, never run.
+
+        Every start but ``begin``'s goes through here: a later step, a retry, a queued or
+        interrupted plan claimed by ``resume``, the step after a resolved one.
+
+        Returns:
+            The plan with its step started, or compensating with the refused step failed
+            (the caller carries on the compensation, as after any failed step).
+        """
+        refused = self.refusal(record.steps[index])
+        if refused is None:
+            return self.start(j, record, index, now)
+        return self._refuse(j, record, index, refused, now)
+
+    def _refuse(
+        self,
+        j: Journal,
+        record: PlanRecord,
+        index: int,
+        refused: InvalidRequestError,
+        now: datetime,
+    ) -> PlanRecord:
+        """Fail a step the catalog refuses, without calling its handler (inside ``j``'s tx)."""
+        step = record.steps[index]
+        # printable: the field and message may quote a param's key or value (as a rejection
+        # at submission does), and a lone surrogate has no UTF-8 form.
+        where = printable(refused.field or "params")
+        error = f"not started: the catalog no longer accepts {where}: {printable(refused.message)}"
+        error = error[:MAX_ERROR]
+        step = step.moved_to(StepStatus.FAILED, finished_at=now, error=error)
+        record = self.gw._skip_rest(record.with_step(step), index + 1)
+        j.emit(
+            E.STEP_FAILED,
+            plan=record,
+            step_id=step.step_id,
+            actions=[self._attempt(step, "refused")],
+            data={"error": error, "attempt": step.attempts, "field": where},
+        )
+        # No guards.on_step: nothing was called, so nothing was spent and no breaker saw an
+        # error; the plan's budget reservation is released when its compensation finishes.
+        return self.saga.start(j, record, f"step {step.step_id} failed: {error}", None, now)
+
     # ------------------------------------------------------------------ running
 
     def run(self, record: PlanRecord) -> PlanRecord:
@@ -231,7 +296,10 @@ class Executor(Recovery, Background):
         """After an attempt: retry it or record it; return the plan and whether to run on."""
         step = record.steps[index]
         if out.error is not None and self._should_retry(record, step, spec, out):
-            return self._retry(record, index, out), True
+            record = self._retry(record, index, out)
+            if record.status is PlanStatus.COMPENSATING:  # the catalog refused the retry
+                return self.saga.rest(record), False
+            return record, True
         record = self._record_step(record, index, out)
         if record.status is PlanStatus.COMPENSATING:
             return self.saga.rest(record), False
@@ -431,10 +499,11 @@ class Executor(Recovery, Background):
                 step_id=step.step_id,
                 data={"attempt": step.attempts, "delay_ms": int(delay * 1000), "error": out.error},
             )
-            current = self.start(j, current, index, self.gw.clock.now())
+            current = self.start_checked(j, current, index, self.gw.clock.now())
             tx.save_plan(current)
             j.flush()
-        self._sleep(delay)
+        if current.status is PlanStatus.RUNNING:
+            self._sleep(delay)
         return current
 
     def _fenced(self, tx: Any, record: PlanRecord, step: StepRecord | None) -> PlanRecord:
@@ -545,7 +614,8 @@ class Executor(Recovery, Background):
             if guards is not None:
                 guards.on_step(tx, j.emit, current, current.steps[index], ok=True)
             if not last:
-                current = self.start(j, current, index + 1, now)
+                # Compensating instead when the catalog refuses the next step: _settle goes on.
+                current = self.start_checked(j, current, index + 1, now)
             else:
                 current = current.moved_to(PlanStatus.SUCCEEDED, at=now).leased(None, None)
                 j.emit(E.PLAN_FINISHED, plan=current, data={"status": "succeeded"}, trusted=True)

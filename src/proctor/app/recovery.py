@@ -52,7 +52,7 @@ class Recovery:
         def _attempt(self, step: StepRecord, status: str) -> dict[str, Any]: ...
         def _hold(self, plan_id: str) -> object: ...
         def _release(self, plan_id: str, token: object) -> None: ...
-        def start(  # noqa: D102
+        def start_checked(  # noqa: D102
             self, j: Journal, record: PlanRecord, index: int, now: datetime
         ) -> PlanRecord: ...
         def run(self, record: PlanRecord) -> PlanRecord: ...  # noqa: D102
@@ -146,14 +146,14 @@ class Recovery:
                     then = "done"
             elif running is None:
                 assert pending is not None
-                current = self.start(j, current, pending, now)
-                then = "run"
+                current = self.start_checked(j, current, pending, now)
+                then = _then(current)
             else:
                 step = current.steps[running]
                 spec = self.gw.catalog.require(step.action)
                 if spec.idempotent and step.attempts < self._opts.max_attempts:
-                    current = self.start(j, current, running, now)
-                    then = "run"
+                    current = self.start_checked(j, current, running, now)
+                    then = _then(current)
                 elif spec.idempotent:
                     then = "fail"
                 else:
@@ -219,8 +219,12 @@ class Recovery:
                 nxt = step.index + 1
                 if nxt < len(current.steps):
                     current = current.moved_to(PlanStatus.RUNNING, at=now, error=None)
-                    current = self.start(j, current, nxt, now)
-                    then = "run"
+                    if self.runnable_here(current):
+                        current = self.start_checked(j, current, nxt, now)
+                        then = _then(current)
+                    else:  # as ``begin`` does: queued for a process that can run it
+                        current = current.leased(None, None)
+                        then = "done"
                 else:
                     current = current.moved_to(PlanStatus.SUCCEEDED, at=now, error=None)
                     j.emit(E.PLAN_FINISHED, plan=current, data={"status": "succeeded"})
@@ -253,3 +257,8 @@ class Recovery:
         if then == "compensate":
             return self.continue_compensation(current)
         return current
+
+
+def _then(record: PlanRecord) -> str:
+    """What follows a ``start_checked``: run the step, or compensate (it was refused)."""
+    return "compensate" if record.status is PlanStatus.COMPENSATING else "run"

@@ -80,7 +80,8 @@ PLAN_TRANSITIONS: Mapping[PlanStatus, frozenset[PlanStatus]] = {
 
 _S = StepStatus
 STEP_TRANSITIONS: Mapping[StepStatus, frozenset[StepStatus]] = {
-    _S.PENDING: frozenset({_S.RUNNING, _S.SKIPPED, _S.SIMULATED}),
+    # pending -> failed: refused at its start, never run (the catalog no longer accepts it).
+    _S.PENDING: frozenset({_S.RUNNING, _S.FAILED, _S.SKIPPED, _S.SIMULATED}),
     _S.RUNNING: frozenset({_S.SUCCEEDED, _S.FAILED, _S.UNKNOWN}),
     _S.UNKNOWN: frozenset({_S.SUCCEEDED, _S.FAILED}),
     _S.SUCCEEDED: frozenset({_S.COMPENSATING}),
