@@ -12,6 +12,10 @@ change commits with its audit event, so any process can pick up where another st
 - **At-least-once, never blindly.** A step interrupted mid-flight is run again under the same
   idempotency key (``plan_id:step_id``) only if its action is idempotent; otherwise it becomes
   ``unknown`` and the plan ``needs_attention`` until a human resolves it.
+- **The catalog now.** A step starts only with params the catalog accepts when it starts
+  (``start_checked``): a plan may have waited for a human, a runner or a takeover while the
+  catalog changed. A refused step fails without running and the plan is compensated. Only
+  ``begin`` skips the check: its callers validated the params a moment before.
 - **Retries.** A tool raising ``RetryableError`` (or, for an idempotent tool, a timeout or a
   connection error) is retried with exponential backoff and full jitter, up to
   ``max_attempts``, never past the plan's deadline.
@@ -192,6 +196,10 @@ class Executor(Recovery, Background):
 
         A plan whose actions need a runner this process does not serve is left queued
         (running, no lease): a worker serving that runner claims it.
+
+        Its params are not checked against the catalog again: both callers validated them
+        just before, the submission (``Gateway._validate``) or the confirmation or approval
+        (``HumanActions._recheck_catalog``). Every other start goes through ``start_checked``.
         """
         if not self.runnable_here(record):
             return record.leased(None, None)

@@ -5,8 +5,8 @@ here are the gateway's own, called as ``gateway.approve(...)``, and they use the
 state and helpers. They live apart from the submit pipeline (validate → decide → simulate →
 route) because they are what people do to a plan once it is routed, with their own checks:
 who may act, the deadline, and the re-checks right before a cleared plan runs (the policy
-still in force, the guards). ``tick`` fires the deadlines those actions wait under: it
-expires waiting plans and runs rollback TTLs.
+still in force, the catalog as it is now, the guards). ``tick`` fires the deadlines those
+actions wait under: it expires waiting plans and runs rollback TTLs.
 
 Same rules as the gateway: every transition is one store transaction that carries its audit
 events, and the plan's lock serialises the actions on one plan within this process.
@@ -25,6 +25,7 @@ from proctor.core.approvals import (
     check_not_expired,
     quorum_met,
 )
+from proctor.core.canonical import printable
 from proctor.core.events import EventType as E
 from proctor.core.lifecycle import ApprovalRecord, PlanRecord, PlanStatus, StepStatus
 from proctor.errors import (
@@ -95,6 +96,7 @@ class HumanActions:
             self._expire_if_due(record)
             check_can_confirm(record, principal)
             record = self._recheck_policy(record)
+            self._recheck_catalog(record)
             self._recheck_guards(record)
             now = self.clock.now()
             approval = self._approval(record, principal, "confirm", (), comment, now)
@@ -155,6 +157,7 @@ class HumanActions:
                     hint="Enrol with `proctor totp enrol --as NAME` and pass --otp CODE.",
                 )
             record = self._recheck_policy(record)
+            self._recheck_catalog(record)
             self._recheck_guards(record)
             now = self.clock.now()
             approval = self._approval(record, principal, "approve", roles, comment, now, step_up)
@@ -384,6 +387,36 @@ class HumanActions:
                 hint="Ask the agent to submit the plan again under the current policy.",
             )
         return record
+
+    def _recheck_catalog(self, record: PlanRecord) -> None:
+        """Right before execution: the catalog as it is now must still accept every step.
+
+        The plan was validated when it was submitted; the catalog may have changed while it
+        waited (a restart with another catalog file, an MCP tool whose schema changed), and
+        a plan stored by an older version may hold params it now refuses (a float amount).
+        Such a plan expires, as one decided under a replaced policy does: letting it run
+        would execute params the catalog refuses, and keeping it waiting would collect
+        approvals for a plan that can never run. An action this process's catalog does not
+        have is left to the process that runs it (a runner's, or one another process
+        registered): that process checks the step when it starts it (``start_checked``).
+
+        Raises:
+            ConflictError: naming the refused field (the plan has expired).
+        """
+        for step in record.steps:
+            if step.action not in self.catalog:
+                continue
+            refused = self.executor.refusal(step)
+            if refused is None:
+                continue
+            where = printable(refused.field or "params")
+            reason = f"the catalog no longer accepts {where}: {printable(refused.message)}"
+            self._expire(record, reason[:_MAX_ERROR])
+            raise ConflictError(
+                f"{reason}; plan {record.plan_id} has expired",
+                field=where,
+                hint="Ask the agent to submit the plan again under the current catalog.",
+            ) from refused
 
     def _approval(
         self,

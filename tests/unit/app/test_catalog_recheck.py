@@ -24,7 +24,7 @@ from proctor.app.executor import Executor
 from proctor.app.gateway import GatewayOptions
 from proctor.core.catalog import Catalog
 from proctor.core.lifecycle import PlanStatus, StepStatus
-from proctor.errors import RetryableError
+from proctor.errors import ConflictError, RetryableError
 from proctor.testing import FrozenClock, RecordingTool, make_plan
 
 LOW = {"risk": 1, "auditability": 1, "ux": 1, "recovery": 1, "cost": 1}
@@ -105,6 +105,74 @@ def events(p: Proctor, plan_id: str) -> list[tuple[str, dict[str, Any]]]:
 
 def types(p: Proctor, plan_id: str) -> list[str]:
     return [t for t, _ in events(p, plan_id)]
+
+
+class TestConfirmAndApprove:
+    def test_an_approval_is_refused_when_the_restarted_catalog_refuses_the_params(self, instances):
+        """The plan expires, the error names the field, and nothing runs."""
+        before = instances.start()
+        register(before, "shop.ship", RecordingTool(), params=ANY)
+        before.submit(make_plan([("shop.ship", {"to": "anywhere"})], plan_id="a-1"))
+        after = instances.start()
+        ship = RecordingTool()
+        register(after, "shop.ship", ship, params=ONLY_HOME)
+
+        with pytest.raises(ConflictError) as refused:
+            after.approve("a-1", "olga", roles=["ops"])
+
+        assert refused.value.field == "steps[0].params.to"
+        assert "submit the plan again" in (refused.value.hint or "")
+        rec = after.get("a-1")
+        assert rec.status is PlanStatus.EXPIRED
+        assert [s.status for s in rec.steps] == [StepStatus.SKIPPED]
+        assert ship.calls == []
+        log = events(after, "a-1")
+        assert [t for t, _ in log][-1] == "plan.expired"
+        assert "steps[0].params.to" in log[-1][1]["reason"]
+        assert "approval.granted" not in [t for t, _ in log]
+
+    def test_a_confirmation_is_refused_for_a_float_amount_the_catalog_now_refuses(self):
+        """A float amount stored under a catalog without amount rules never runs."""
+        p = in_memory("confirm")
+        pay = RecordingTool()
+        register(p, "shop.pay", pay, category="payment")
+        p.submit(make_plan([("shop.pay", {"amount": 640_000.0})], plan_id="a-2"))
+        reload(p, "shop.pay", amount_param="amount")
+
+        with pytest.raises(ConflictError) as refused:
+            p.confirm("a-2", "alice")
+
+        assert refused.value.field == "steps[0].params.amount"
+        assert p.get("a-2").status is PlanStatus.EXPIRED
+        assert pay.calls == []
+        assert p.verify().ok
+
+    def test_the_first_of_several_approvals_is_refused_too(self, instances):
+        """No approval is collected for a plan the catalog refuses (quorum or not)."""
+        before = instances.start()
+        register(before, "shop.ship", RecordingTool(), params=ANY)
+        before.submit(make_plan([("shop.ship", {"to": "anywhere"})], plan_id="a-3"))
+        after = instances.start()
+        register(after, "shop.ship", RecordingTool(), params=ONLY_HOME)
+
+        with pytest.raises(ConflictError):
+            after.approve("a-3", "olga", roles=["ops"])
+
+        assert after.get("a-3").approvals == ()
+
+    def test_params_the_catalog_still_accepts_run_as_before(self, instances):
+        """The baseline: a restart with a catalog that accepts the params changes nothing."""
+        before = instances.start()
+        register(before, "shop.ship", RecordingTool(), params=ANY)
+        before.submit(make_plan([("shop.ship", {"to": "home"})], plan_id="a-4"))
+        after = instances.start()
+        ship = RecordingTool()
+        register(after, "shop.ship", ship, params=ONLY_HOME)
+
+        rec = after.approve("a-4", "olga", roles=["ops"])
+
+        assert rec.status is PlanStatus.SUCCEEDED
+        assert ship.keys == ["a-4:s1"]
 
 
 class TestStartChecked:
