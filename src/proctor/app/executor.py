@@ -269,6 +269,29 @@ class Executor(Recovery, Background):
         # error; the plan's budget reservation is released when its compensation finishes.
         return self.saga.start(j, record, f"step {step.step_id} failed: {error}", None, now)
 
+    def note_queued(self, j: Journal, record: PlanRecord) -> None:
+        """Say why a plan a human set running waits for another process (``plan.queued``).
+
+        Only when an action it needs is not in this process's catalog at all: that may be a
+        runner's (an MCP tool the proxy registered) or one another process registered, or
+        an action removed from the catalog since the plan was decided. This process cannot
+        tell them apart, so the plan waits, but the log says for what. (A known action with
+        a runner served elsewhere is the documented case and needs no note.)
+        """
+        if record.lease_owner is not None or record.status is not PlanStatus.RUNNING:
+            return
+        missing = sorted({s.action for s in record.steps if s.action not in self.gw.catalog})
+        if missing:
+            j.emit(
+                E.PLAN_QUEUED,
+                plan=record,
+                data={
+                    "actions": missing,
+                    "reason": "not in this process's catalog: the plan waits for a process "
+                    "whose catalog has them, which checks the params again when it starts it",
+                },
+            )
+
     # ------------------------------------------------------------------ running
 
     def run(self, record: PlanRecord) -> PlanRecord:

@@ -113,6 +113,7 @@ class HumanActions:
                 )
                 record = record.moved_to(PlanStatus.RUNNING, at=now)
                 record = self.executor.begin(j, record, now)
+                self.executor.note_queued(j, record)
                 tx.save_plan(record)
                 j.flush()
             self.telemetry.waited("approval_wait", record.created_at, now, plan_id=plan_id)
@@ -190,6 +191,7 @@ class HumanActions:
                     # replay of this one, finds the plan no longer awaiting approval.
                     record = record.moved_to(PlanStatus.RUNNING, at=now)
                     record = self.executor.begin(j, record, now)
+                    self.executor.note_queued(j, record)
                 tx.save_plan(record)
                 j.flush()
         if record.status is PlanStatus.RUNNING:

@@ -55,6 +55,7 @@ class Recovery:
         def start_checked(  # noqa: D102
             self, j: Journal, record: PlanRecord, index: int, now: datetime
         ) -> PlanRecord: ...
+        def note_queued(self, j: Journal, record: PlanRecord) -> None: ...  # noqa: D102
         def run(self, record: PlanRecord) -> PlanRecord: ...  # noqa: D102
         def _record_step(self, record: PlanRecord, index: int, out: Outcome) -> PlanRecord: ...
         def continue_compensation(self, record: PlanRecord) -> PlanRecord: ...  # noqa: D102
@@ -224,6 +225,7 @@ class Recovery:
                         then = _then(current)
                     else:  # as ``begin`` does: queued for a process that can run it
                         current = current.leased(None, None)
+                        self.note_queued(j, current)
                         then = "done"
                 else:
                     current = current.moved_to(PlanStatus.SUCCEEDED, at=now, error=None)

@@ -19,6 +19,9 @@ class EventType:
     APPROVAL_GRANTED: Final = "approval.granted"
     APPROVAL_REJECTED: Final = "approval.rejected"
     PLAN_EXPIRED: Final = "plan.expired"
+    # A confirmed, approved or resolved plan left for another process: an action it needs is
+    # not in this process's catalog (a runner's, or one another process registered).
+    PLAN_QUEUED: Final = "plan.queued"
     PLAN_STARTED: Final = "plan.started"
     STEP_STARTED: Final = "step.started"
     STEP_SUCCEEDED: Final = "step.succeeded"

@@ -174,6 +174,22 @@ class TestConfirmAndApprove:
         assert rec.status is PlanStatus.SUCCEEDED
         assert ship.keys == ["a-4:s1"]
 
+    def test_an_action_this_process_does_not_have_is_queued_and_says_so(self, instances):
+        """Queued for a process whose catalog has it, with a plan.queued event naming it."""
+        before = instances.start()
+        register(before, "shop.ship", RecordingTool())
+        before.submit(make_plan([("shop.ship", {"to": "anywhere"})], plan_id="a-5"))
+        after = instances.start()  # restarted without shop.ship
+
+        rec = after.approve("a-5", "olga", roles=["ops"])
+
+        assert (rec.status, rec.lease_owner) == (PlanStatus.RUNNING, None)
+        log = events(after, "a-5")
+        queued = [data for t, data in log if t == "plan.queued"]
+        assert [t for t, _ in log][-2:] == ["approval.granted", "plan.queued"]
+        assert queued[0]["actions"] == ["shop.ship"]
+        assert "not in this process's catalog" in queued[0]["reason"]
+
 
 class TestStartChecked:
     def test_a_queued_plan_whose_action_came_back_stricter_fails_without_running(self, instances):
