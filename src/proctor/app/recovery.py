@@ -56,6 +56,15 @@ class Recovery:
             self, j: Journal, record: PlanRecord, index: int, now: datetime
         ) -> PlanRecord: ...
         def note_queued(self, j: Journal, record: PlanRecord) -> None: ...  # noqa: D102
+        def refusal(self, step: StepRecord) -> InvalidRequestError | None: ...  # noqa: D102
+        def _refuse(
+            self,
+            j: Journal,
+            record: PlanRecord,
+            index: int,
+            refused: InvalidRequestError,
+            now: datetime,
+        ) -> PlanRecord: ...
         def run(self, record: PlanRecord) -> PlanRecord: ...  # noqa: D102
         def _record_step(self, record: PlanRecord, index: int, out: Outcome) -> PlanRecord: ...
         def continue_compensation(self, record: PlanRecord) -> PlanRecord: ...  # noqa: D102
@@ -91,6 +100,40 @@ class Recovery:
         if then == "run":
             return self.run(record)
         return record
+
+    def refuse_stale(self, plan_id: str) -> PlanRecord | None:
+        """Fail a queued plan whose next step the catalog refuses now; None if it accepts it.
+
+        For a process that lets someone else make a queued plan's call (``/v1/mcp/calls``
+        answers a remote MCP proxy "running": the proxy forwards the call, then reports the
+        outcome): that answer must not go out for params the catalog refuses. Any process
+        may do this, since it runs nothing. A plan that is held (leased) or has a step in
+        flight is left alone, and so is a step whose action this catalog does not have.
+
+        Returns:
+            The plan as it ends (failed, its completed steps compensated), or None.
+        """
+        now = self.gw.clock.now()
+        with self.gw.store.transaction() as tx:
+            current: PlanRecord | None = tx.get_plan(plan_id)
+            if (
+                current is None
+                or current.status is not PlanStatus.RUNNING
+                or current.lease_owner is not None
+                or any(s.status is StepStatus.RUNNING for s in current.steps)
+            ):
+                return None
+            step = next((s for s in current.steps if s.status is StepStatus.PENDING), None)
+            if step is None or step.action not in self.gw.catalog:
+                return None
+            refused = self.refusal(step)
+            if refused is None:
+                return None
+            j = self._journal(tx)
+            current = self._refuse(j, current, step.index, refused, now)
+            tx.save_plan(current)
+            j.flush()
+        return self.continue_compensation(current)
 
     def _with_lock(self, record: PlanRecord, fn: Callable[[PlanRecord], PlanRecord]) -> PlanRecord:
         token = self._hold(record.plan_id)

@@ -46,7 +46,7 @@ from starlette.responses import Response
 from proctor.app.executor import Executor
 from proctor.cli.render import plan_json
 from proctor.core.catalog import ActionSpec
-from proctor.core.lifecycle import PlanRecord, PlanStatus, StepStatus
+from proctor.core.lifecycle import PlanRecord, PlanStatus, StepRecord, StepStatus
 from proctor.core.ports import ToolCall, Tools
 from proctor.core.principals import Principal, may_submit
 from proctor.errors import ConflictError, InvalidRequestError, PermissionDeniedError
@@ -205,6 +205,16 @@ class _OutcomeExecutor(Executor):
                 return False
         return True
 
+    def refusal(self, step: StepRecord) -> InvalidRequestError | None:
+        """None: the step's call was made already; its outcome is recorded as it happened.
+
+        The catalog's check came before the proxy forwarded the call (``/calls``, which
+        fails a queued plan the catalog now refuses, and the submission, confirmation or
+        approval before it). Refusing the report now would record a call that happened as
+        one that never ran.
+        """
+        return None
+
 
 def router(ctx: Context) -> APIRouter:
     """Build the remote MCP proxy's routes over ``ctx``.
@@ -308,6 +318,11 @@ def router(ctx: Context) -> APIRouter:
         with ctx.submit_locks.hold(plan_id):
             existed = store.get_plan(plan_id) is not None
             rec = gw.submit(doc, traceparent=traceparent)
+        if existed and rec.status is PlanStatus.RUNNING and rec.lease_owner is None:
+            # A retry finds its plan queued (confirmed or approved since): "running" tells the
+            # proxy to make the call, so the catalog as it is now (the tool just registered
+            # again) must still accept it. A new plan was validated a moment ago.
+            rec = gw.executor.refuse_stale(plan_id) or rec
         return (200 if existed else 201), rec
 
     @r.post(
