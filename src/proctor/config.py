@@ -310,11 +310,13 @@ def _section(doc: Mapping[str, Any], name: str, path: Path) -> Mapping[str, Any]
 _KINDS: Final[Mapping[type, tuple[str, str]]] = {
     bool: ("true or false", "Write {key} = true or {key} = false, without quotes."),
     str: ("a string", 'Write {key} = "...", with quotes.'),
+    list: ("a list", 'Write {key} = ["...", ...], in square brackets.'),
+    dict: ("a table", "Write {key} = {{ name = value, ... }}, or a table of its own."),
 }
 
 
 def _typed(table: Mapping[str, Any], key: str, default: Any, kind: type, section: str) -> Any:
-    """Return a setting of TOML type ``kind`` (bool or str), or its default when absent.
+    """Return a setting of TOML type ``kind`` (a ``_KINDS`` key), or its default when absent.
 
     Nothing is converted: ``bool("false")`` is True, so a quoted boolean would silently mean
     the opposite, and ``str(5)`` would hide a misplaced number. Refused, naming the field.
@@ -340,6 +342,24 @@ def _text(table: Mapping[str, Any], key: str, default: str, *, section: str) -> 
     """Return a string setting, which must be a TOML string (see ``_typed``)."""
     value: str = _typed(table, key, default, str, section)
     return value
+
+
+def _optional_text(table: Mapping[str, Any], key: str, *, section: str) -> str | None:
+    """Return a string setting, or None when absent (see ``_typed``)."""
+    return _text(table, key, "", section=section) if key in table else None
+
+
+def _texts(table: Mapping[str, Any], key: str, *, section: str) -> tuple[str, ...]:
+    """Return a list-of-strings setting (see ``_typed``): ``tuple("/card")`` would be five."""
+    value: list[Any] = _typed(table, key, [], list, section)
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            raise ConfigError(
+                f"{section}.{key}[{i}] must be a string, not {item!r}",
+                field=f"{section}.{key}[{i}]",
+                hint=_KINDS[str][1].format(key=f"{key}[{i}]"),
+            )
+    return tuple(value)
 
 
 def load(home: Path, env: Mapping[str, str] | None = None) -> Settings:
@@ -751,28 +771,32 @@ def load_catalog_file(path: Path) -> list[ActionSpec]:
         if not isinstance(d, dict):
             raise ConfigError(f"{where} must be a table", field=f"actions.{name}")
         _reject_unknown(d, _ACTION_KEYS, where=f"actions.{name}", path=path)
+        # Every key is type-checked as TOML wrote it: a number where a table or a string
+        # belongs would otherwise surface as a TypeError from deep inside, naming nothing.
+        section = f"actions.{name}"
         try:
             specs.append(
                 ActionSpec(
                     name=name,
-                    summary=str(d.get("summary", name)),
-                    params_schema=d.get("params", {"type": "object"}),
-                    category=str(d.get("category", "")),
+                    summary=_text(d, "summary", name, section=section),
+                    params_schema=_typed(d, "params", {"type": "object"}, dict, section),
+                    category=_text(d, "category", "", section=section),
                     baselines=Scores.from_mapping(
-                        d.get("baselines", {}), field_prefix=f"actions.{name}.baselines."
+                        _typed(d, "baselines", {}, dict, section),
+                        field_prefix=f"actions.{name}.baselines.",
                     ),
-                    reversible=_flag(d, "reversible", False, section=f"actions.{name}"),
-                    compensation=d.get("compensation"),
-                    idempotent=_flag(d, "idempotent", False, section=f"actions.{name}"),
+                    reversible=_flag(d, "reversible", False, section=section),
+                    compensation=_optional_text(d, "compensation", section=section),
+                    idempotent=_flag(d, "idempotent", False, section=section),
                     cost=d.get("cost", 0),
-                    amount_param=d.get("amount_param"),
-                    handler=d.get("handler"),
-                    simulate=d.get("simulate"),
-                    compensate=d.get("compensate"),
-                    mask=tuple(d.get("mask", ())),
+                    amount_param=_optional_text(d, "amount_param", section=section),
+                    handler=_optional_text(d, "handler", section=section),
+                    simulate=_optional_text(d, "simulate", section=section),
+                    compensate=_optional_text(d, "compensate", section=section),
+                    mask=_texts(d, "mask", section=section),
                     timeout=d.get("timeout"),
-                    runner=d.get("runner"),
-                    canary=d.get("canary"),
+                    runner=_optional_text(d, "runner", section=section),
+                    canary=_typed(d, "canary", None, dict, section) if "canary" in d else None,
                 )
             )
         except InvalidRequestError as exc:

@@ -313,3 +313,45 @@ class TestCatalogFile:
 
         assert caught.value.field == "actions.x.do.idempotant"
         assert caught.value.hint == "Did you mean 'idempotent'?"
+
+    @pytest.mark.parametrize(
+        ("body", "field"),
+        [
+            ("params = 5\n", "actions.x.do.params"),
+            ('params = "object"\n', "actions.x.do.params"),
+            ("canary = 5\n", "actions.x.do.canary"),
+            ("summary = 5\n", "actions.x.do.summary"),
+            ('handler = ["a.b:c"]\n', "actions.x.do.handler"),
+            ("simulate = 5\n", "actions.x.do.simulate"),
+            ("compensate = { a = 1 }\n", "actions.x.do.compensate"),
+            ("compensation = 5\n", "actions.x.do.compensation"),
+            ("amount_param = 5\n", "actions.x.do.amount_param"),
+            ("runner = 5\n", "actions.x.do.runner"),
+            ("mask = 5\n", "actions.x.do.mask"),
+            ("mask = [1]\n", "actions.x.do.mask[0]"),
+        ],
+    )
+    def test_a_key_of_the_wrong_type_is_a_config_error(self, tmp_path, body, field):
+        """A key of the wrong TOML type names it, rather than escape as a TypeError."""
+        with pytest.raises(ConfigError) as caught:
+            load_catalog_file(_catalog(tmp_path, body))
+
+        assert caught.value.field == field
+
+    def test_baselines_that_are_not_a_table_are_a_config_error(self, tmp_path):
+        """``baselines = 5`` names the baselines, rather than escape as a TypeError."""
+        path = tmp_path / "catalog.toml"
+        path.write_text('[actions."x.do"]\ncategory = "general"\nbaselines = 5\n')
+
+        with pytest.raises(ConfigError) as caught:
+            load_catalog_file(path)
+
+        assert caught.value.field == "actions.x.do.baselines"
+
+    def test_a_mask_string_is_not_split_into_characters(self, tmp_path):
+        """``mask = "/card"`` is refused: read as a list it masked "/", "c", "a", "r", "d"."""
+        with pytest.raises(ConfigError) as caught:
+            load_catalog_file(_catalog(tmp_path, 'mask = "/card"\n'))
+
+        assert caught.value.field == "actions.x.do.mask"
+        assert caught.value.hint is not None and "square brackets" in caught.value.hint

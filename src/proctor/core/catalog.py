@@ -119,7 +119,9 @@ class ActionSpec:
                     field=f"{where}.{attr}",
                 )
         if type(self.cost) is not int or self.cost < 0:
-            raise ConfigError("cost must be a non-negative integer (minor units)", field=where)
+            raise ConfigError(
+                "cost must be a non-negative integer (minor units)", field=f"{where}.cost"
+            )
         if self.timeout is not None and not (
             type(self.timeout) in (int, float) and 0 < self.timeout <= 86_400
         ):
@@ -130,6 +132,12 @@ class ActionSpec:
             raise ConfigError(
                 f"reversible action {self.name!r} needs a compensate handler or a compensation",
                 field=f"{where}.reversible",
+            )
+        if not isinstance(self.params_schema, Mapping):
+            raise ConfigError(
+                f"params schema of {self.name!r} must be a JSON Schema object, not "
+                f"{self.params_schema!r}",
+                field=f"{where}.params",
             )
         schema = _ecma_patterns(self.params_schema, self.name, f"{where}.params")
         try:

@@ -50,6 +50,20 @@ class TestActionSpec:
         with pytest.raises(ConfigError):
             _spec(params_schema={"type": "nonsense"})
 
+    def test_a_schema_that_is_not_an_object_is_a_config_error(self):
+        """``params_schema=5`` names the params, rather than escape as a TypeError."""
+        with pytest.raises(ConfigError) as ei:
+            _spec(params_schema=5)
+
+        assert ei.value.field == "catalog.shop.order.params"
+
+    def test_a_bad_cost_names_the_cost(self):
+        """A fractional cost names ``cost``, not only the action."""
+        with pytest.raises(ConfigError) as ei:
+            _spec(cost=1.5)
+
+        assert ei.value.field == "catalog.shop.order.cost"
+
     def test_validate_params_names_field(self):
         """A schema violation names the param and the rule."""
         with pytest.raises(InvalidRequestError) as ei:
