@@ -505,8 +505,12 @@ def _table(g: Mapping[str, Any], key: str, cls: Any) -> Any:
     if not isinstance(t, dict):
         raise ConfigError(f"guards.{key} must be a table", field=f"guards.{key}")
     _reject_unknown(t, (f.name for f in dataclasses.fields(cls)), where=f"guards.{key}")
-    for k in t:
-        _number(t, k, 0, low=0, integer=False, section=f"guards.{key}")
+    for f in dataclasses.fields(cls):
+        # An int default marks a count or whole seconds (``trials = 2.5`` would let three
+        # trial calls through): those must be integers, the rates and factors may be floats.
+        if f.name in t:
+            integer = type(f.default) is int
+            _number(t, f.name, 0, low=0, integer=integer, section=f"guards.{key}")
     return cls(**t)
 
 
@@ -529,7 +533,9 @@ def _entries(g: Mapping[str, Any], key: str, cls: Any) -> tuple[Any, ...]:
         except TypeError as exc:
             raise ConfigError(f"{where}: {exc}", field=where) from None
         except ConfigError as exc:
-            raise ConfigError(f"{where}: {exc.message}", field=where) from None
+            # guards.budgets.limit -> guards.budgets[2].limit: name the entry and its key.
+            field_name = where + (exc.field or "").removeprefix(f"guards.{key}")
+            raise ConfigError(f"{where}: {exc.message}", field=field_name, hint=exc.hint) from None
     return tuple(out)
 
 

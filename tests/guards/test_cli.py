@@ -62,6 +62,25 @@ class TestLocal:
             run("autonomy", "set", "alice", "travel.search", "auto", "--below", "-1", *h).code == 2
         )
 
+    @pytest.mark.parametrize(
+        ("table", "field"),
+        [
+            ('[[guards.budgets]]\nscope = "agent"\nkey = "*"\nlimit = 10.5', "budgets[0].limit"),
+            ('[[guards.rate_limits]]\nscope = "agent"\nkey = "*"\nlimit = 2.5', "limit"),
+            ('[[guards.rate_limits]]\nscope = "agent"\nkey = "*"\nlimit = true', "limit"),
+        ],
+    )
+    def test_a_fractional_limit_in_the_config_is_an_error(self, run, home, table, field):
+        """A budget of 10.5 or a rate limit of 2.5 calls: exit 1 naming the field, not a run."""
+        config = home / "config.toml"
+        config.write_text(config.read_text() + "\n" + table + "\n")
+
+        r = run("guards", "--home", str(home))
+
+        assert r.code == 1, r
+        assert field in r.err, r
+        assert "integer" in r.err, r
+
 
 @pytest.mark.server
 class TestRemote:

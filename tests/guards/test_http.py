@@ -96,6 +96,17 @@ async def test_bad_guard_input_is_a_4xx_naming_the_field(api):
             "below",
         ),
         ("root", "POST", "/v1/guards/kill", {"scope": "everything"}, "scope"),
+        # An amount is a JSON integer: lax validation read these as 1, 5000 and 5000.
+        *(
+            (
+                "alice",
+                "PUT",
+                "/v1/autonomy",
+                {"action": "shop.buy", "level": "auto", "below": v},
+                "below",
+            )
+            for v in (True, 5000.0, "5000", 2.5)
+        ),
     ]
     for who, method, path, body, field in cases:
         r = await call(app, secrets, who, method, path, body)

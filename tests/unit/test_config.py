@@ -214,6 +214,27 @@ class TestNumbers:
 
         assert error.field == field
 
+    @pytest.mark.parametrize(
+        ("table", "field"),
+        [
+            (
+                '[[guards.budgets]]\nscope = "agent"\nkey = "*"\nlimit = 10.5',
+                "guards.budgets[0].limit",
+            ),
+            (
+                '[[guards.rate_limits]]\nscope = "agent"\nkey = "*"\nlimit = 2.5',
+                "guards.rate_limits[0].limit",
+            ),
+            ("[guards.breaker]\ntrials = 2.5", "guards.breaker.trials"),
+            ("[guards.anomaly]\ndenials = true", "guards.anomaly.denials"),
+        ],
+    )
+    def test_a_guard_count_must_be_an_integer(self, tmp_path, stock, table, field):
+        """A fractional limit, budget or count is refused naming the entry and its key."""
+        error = _error(_home(tmp_path, stock + "\n" + table + "\n"))
+
+        assert error.field == field
+
     def test_zero_step_timeout_and_checkpoint_interval_are_allowed(self, tmp_path, stock):
         """0 means no limit (step timeout) and sign whenever there are new events."""
         text = stock.replace("step_timeout_seconds = 60", "step_timeout_seconds = 0").replace(

@@ -78,12 +78,9 @@ class RateLimit:
     per_seconds: int = 60
 
     def __post_init__(self) -> None:
-        _check_scope(self.scope, "guards.rate_limits", allow_global=False)
-        if self.limit < 1 or self.per_seconds < 60:
-            raise ConfigError(
-                "a rate limit needs limit >= 1 and per_seconds >= 60",
-                field="guards.rate_limits",
-            )
+        _check_scope(self.scope, self.key, "guards.rate_limits", allow_global=False)
+        _check_whole(self.limit, "guards.rate_limits.limit", low=1, what="calls")
+        _check_whole(self.per_seconds, "guards.rate_limits.per_seconds", low=60, what="seconds")
 
     def applies(self, value: str) -> bool:
         """Whether this limit counts ``value`` (an agent, action or user name)."""
@@ -105,10 +102,12 @@ class Budget:
     on_exceed: str = "approve"
 
     def __post_init__(self) -> None:
-        _check_scope(self.scope, "guards.budgets", allow_global=True)
-        if self.limit < 0 or self.period not in ("day", "month"):
+        _check_scope(self.scope, self.key, "guards.budgets", allow_global=True)
+        _check_whole(self.limit, "guards.budgets.limit", low=0, what="minor units (cents)")
+        if self.period not in ("day", "month"):
             raise ConfigError(
-                "a budget needs limit >= 0 and period day or month", field="guards.budgets"
+                f"budget period must be day or month, not {self.period!r}",
+                field="guards.budgets.period",
             )
         if self.on_exceed not in ("approve", "deny"):
             raise ConfigError(
@@ -179,11 +178,34 @@ class GuardSettings:
             )
 
 
-def _check_scope(scope: str, where: str, *, allow_global: bool) -> None:
+def _check_whole(value: object, where: str, *, low: int, what: str) -> None:
+    """Refuse a limit that is not a whole number of ``what``, at least ``low``.
+
+    A float would be compared as it stands (a limit of 2.5 calls lets 2 through, a budget
+    of 10.5 allows 10) while the audit records 10.5: say what was meant instead. type() and
+    not isinstance(): True is an int to Python, and no limit to anyone.
+    """
+    if type(value) is not int or value < low:
+        name = where.rpartition(".")[2]
+        raise ConfigError(
+            f"{name} must be a whole number of {what} >= {low}, not {value!r}",
+            field=where,
+            hint="Write an integer, without quotes or a decimal point.",
+        )
+
+
+def _check_scope(scope: str, key: object, where: str, *, allow_global: bool) -> None:
     allowed = SCOPES if allow_global else SCOPES[:3]
     if scope not in allowed:
         raise ConfigError(
             f"scope must be one of {', '.join(allowed)}, not {scope!r}", field=f"{where}.scope"
+        )
+    # A key that is no name (key = 5) would match nothing, and the limit would apply to no one.
+    if not isinstance(key, str) or not key:
+        raise ConfigError(
+            f"key must be a name or *, not {key!r}",
+            field=f"{where}.key",
+            hint='Write key = "*" for each one separately, or key = "name", with quotes.',
         )
 
 

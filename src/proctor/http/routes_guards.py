@@ -59,8 +59,14 @@ class AutonomyBody(_In):
     user: str | None = Field(default=None, pattern=_NAME)
     action: str = Field(pattern=_NAME)
     level: Literal["propose", "confirm", "auto"]
+    # Strict: an amount is a JSON integer in minor units, as in a plan's params; lax
+    # validation read true as 1, "5000" as 5000 and 5000.0 as 5000.
     below: int | None = Field(
-        default=None, ge=0, le=MAX_SAFE_INT, description="auto only below this amount"
+        default=None,
+        ge=0,
+        le=MAX_SAFE_INT,
+        strict=True,
+        description="auto only below this amount (a JSON integer, minor units)",
     )
 
 

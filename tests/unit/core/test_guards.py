@@ -144,6 +144,37 @@ class TestSettings:
         with pytest.raises(ConfigError):
             Budget(scope="agent", key="*", limit=10, period="year")
 
+    @pytest.mark.parametrize("limit", [2.5, 2.0, True, "5"])
+    def test_a_rate_limit_is_a_whole_number_of_calls(self, limit):
+        """2.5 calls (or True, or "5") is refused naming the limit: it would count as 2."""
+        with pytest.raises(ConfigError) as e:
+            RateLimit(scope="agent", key="*", limit=limit)
+
+        assert e.value.field == "guards.rate_limits.limit"
+
+    def test_a_window_is_whole_seconds(self):
+        """per_seconds = 90.5 is refused naming it."""
+        with pytest.raises(ConfigError) as e:
+            RateLimit(scope="agent", key="*", limit=1, per_seconds=90.5)
+
+        assert e.value.field == "guards.rate_limits.per_seconds"
+
+    @pytest.mark.parametrize("limit", [10.5, 10.0, False, "100"])
+    def test_a_budget_is_whole_minor_units(self, limit):
+        """A budget of 10.5 (minor units are integers) or False is refused naming the limit."""
+        with pytest.raises(ConfigError) as e:
+            Budget(scope="agent", key="*", limit=limit)
+
+        assert e.value.field == "guards.budgets.limit"
+        assert "minor units" in e.value.message
+
+    def test_a_key_that_is_no_name_is_refused(self):
+        """key = 5 would match no one and leave the limit applying to nobody."""
+        with pytest.raises(ConfigError) as e:
+            Budget(scope="agent", key=5, limit=1)
+
+        assert e.value.field == "guards.budgets.key"
+
     def test_budget_counters(self):
         assert Budget(scope="agent", key="*", limit=1).counter("bot") == "budget:agent:bot"
         assert Budget(scope="global", key="*", limit=1).counter("bot") == "budget:global:*"
