@@ -115,6 +115,24 @@ async def test_bad_guard_input_is_a_4xx_naming_the_field(api):
         assert field in r.json()["field"], r.json()
 
 
+async def test_an_integer_too_long_to_read_is_a_422_naming_the_field(api):
+    """A 5000-digit integer (past Python's conversion limit) in a route's body: 422 on it,
+    not FastAPI's 400 "error parsing the body"; a body that is not UTF-8 stays a 400."""
+    _w, app, secrets = api
+    transport = httpx.ASGITransport(app=app)
+    h = {"Authorization": f"Bearer {secrets['alice']}", "Content-Type": "application/json"}
+    too_long = b'{"action": "shop.buy", "level": "auto", "below": ' + b"9" * 5000 + b"}"
+    async with httpx.AsyncClient(transport=transport, base_url="http://proctor") as client:
+        r = await client.put("/v1/autonomy", content=too_long, headers=h)
+        latin1 = await client.put("/v1/autonomy", content=b'{"action": "\xe9"}', headers=h)
+
+    assert r.status_code == 422, r.text
+    assert r.json()["code"] == "invalid_request"
+    assert r.json()["field"] == "below"
+    assert "5000 digits" in r.json()["message"]
+    assert latin1.status_code == 400, latin1.text
+
+
 async def test_autonomy_promotion_over_http(api):
     """alice sets confirm for herself, confirms twice, sees the suggestion, opts in: auto."""
     w, app, secrets = api

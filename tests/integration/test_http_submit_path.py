@@ -135,6 +135,28 @@ class TestSubmitRoute:
         assert w.threads == []
         assert [e.type for e in w.proctor.events()] == ["plan.rejected"]
 
+    @pytest.mark.parametrize("via", ["direct", "declared"])
+    async def test_an_integer_too_long_to_read_is_a_422_naming_the_field(self, world, via):
+        """5000 digits, past Python's 4300-digit conversion limit: not "not valid JSON" (400)
+        but a 422 on the field, without quoting the number; nothing runs or is recorded."""
+        w, direct, declared = world
+        client = direct if via == "direct" else declared
+        manifest = (
+            orjson.dumps(w.manifest()).decode().replace('{"n":1}', '{"n": -%s}' % ("9" * 5000))
+        )
+        resp = await client.post(
+            "/v1/plans",
+            content=manifest,
+            headers={"Authorization": f"Bearer {w.bot}", "Content-Type": "application/json"},
+        )
+
+        assert resp.status_code == 422, resp.text
+        assert resp.json()["field"] == "steps[0].params.n"
+        assert "5000 digits" in resp.json()["message"]
+        assert "9999" not in resp.text
+        assert w.threads == []
+        assert w.proctor.events() == []
+
     async def test_nan_is_still_not_json(self, world):
         w, direct, _ = world
         manifest = orjson.dumps(w.manifest()).decode().replace('{"n":1}', '{"n": NaN}')
@@ -184,6 +206,7 @@ class TestSubmitRoute:
             ("a long traceparent", {"traceparent": "t" * 129}, None),
             ("a bad key, no credentials", {"Authorization": "", "Idempotency-Key": "a b"}, None),
             ("malformed JSON", {}, b"{"),
+            ("an integer too long to read", {}, b'{"intent": ' + b"1" * 4301 + b"}"),
             ("an empty body", {}, b""),
             ("not an object", {}, b"[1]"),
             ("another agent", {}, "other-agent"),

@@ -7,6 +7,7 @@ routes are mapped here; a 500 means a bug, and is logged with its traceback.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
@@ -18,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from proctor.errors import InvalidRequestError, ProctorError
+from proctor.http.body import parse_body
 
 __all__ = [
     "STATUS",
@@ -135,10 +137,36 @@ async def _http(request: Request, exc: Exception) -> Response:
     elif exc.status_code == 405:
         body = {"code": "method_not_allowed", "message": "method not allowed", "field": None}
     elif exc.status_code == 400:
+        too_long = await _too_long_integer(request, exc)
+        if too_long is not None:
+            return error_response(too_long)
         body = {"code": "invalid_request", "message": str(exc.detail), "field": "body"}
     else:
         body = {"code": "invalid_request", "message": str(exc.detail), "field": None}
     return _json(exc.status_code, body, exc.headers)
+
+
+async def _too_long_integer(request: Request, exc: Exception) -> ProctorError | None:
+    """The error naming an integer too long to read in a route's JSON body, if that is why.
+
+    FastAPI answers 400 "error parsing the body" when ``json.loads`` raises a ValueError that
+    is no JSONDecodeError: a body that is not UTF-8, or an integer of more digits than Python
+    converts. The second is valid JSON with a value out of range, so a 422 naming its field,
+    as ``POST /v1/plans`` answers (``parse_body``). The route has read the body: the request
+    keeps it, so reading it again reads no more of the connection.
+    """
+    cause = exc.__cause__
+    if not isinstance(cause, ValueError) or isinstance(
+        cause, json.JSONDecodeError | UnicodeDecodeError
+    ):
+        return None
+    try:
+        parse_body(await request.body())
+    except ProctorError as err:
+        return err
+    except ValueError:
+        return None
+    return None
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:

@@ -13,13 +13,11 @@ import asyncio
 import base64
 import binascii
 import hashlib
-import json
 import logging
 import re
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-import orjson
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
@@ -40,6 +38,7 @@ from proctor.core.principals import (
 )
 from proctor.errors import InvalidRequestError, PermissionDeniedError, ProctorError
 from proctor.http.auth import bearer_token
+from proctor.http.body import parse_body
 from proctor.http.context import AUTH_ERRORS, Context, errors_doc, json_response
 from proctor.http.errors import STATUS, error_response
 from proctor.http.schemas import (
@@ -65,34 +64,6 @@ _EVENT_BATCH = 500
 def idempotent_plan_id(principal: str, key: str) -> str:
     """The plan id derived from an ``Idempotency-Key``: stable per principal and key."""
     return "idem-" + hashlib.sha256(f"{principal}:{key}".encode()).hexdigest()[:24]
-
-
-_LONG_INTEGER = re.compile(rb"[0-9]{19}").search
-
-
-def parse_body(body: bytes) -> Any:
-    r"""The JSON value of a request body, exactly as sent.
-
-    orjson reads an integer beyond 64 bits as a float (``10**29`` became
-    ``99999999999999991433150857216.0``, and was accepted) and refuses a lone-surrogate
-    escape (``"\ud800"``) that JSON allows. A body with a run of 19 or more digits, or one
-    orjson refuses, is read again by the standard library, which keeps every integer exact
-    (the gateway then refuses one beyond 2**53, naming its field) and every string as
-    written. NaN and Infinity stay refused. The common body takes one scan more, no more.
-
-    Raises:
-        ValueError: the body is not JSON.
-    """
-    if not _LONG_INTEGER(body):
-        try:
-            return orjson.loads(body)
-        except orjson.JSONDecodeError:
-            pass  # maybe a lone surrogate: the standard library decides
-    return json.loads(body, parse_constant=_no_constant)
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
 
 
 def _bad_json() -> Response:
@@ -234,6 +205,8 @@ class SubmitRoute:
             raw = parse_body(b"".join(chunks))
         except ValueError:  # json.JSONDecodeError and orjson's are ValueErrors
             return _bad_json()
+        except ProctorError as exc:  # an integer too long to read: 422 naming its field
+            return error_response(exc)
         try:
             status, doc = await ctx.run_submit(submit_plan, ctx, caller, raw, key, traceparent)
         except ProctorError as exc:
