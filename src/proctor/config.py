@@ -50,6 +50,7 @@ __all__ = [
     "load",
     "load_catalog_file",
     "parse_bool",
+    "reject_unknown",
 ]
 
 DEFAULT_HOME = Path(".proctor")
@@ -256,7 +257,8 @@ _SECTIONS: Final[Mapping[str, frozenset[str] | None]] = {
     "keys": frozenset({"rotate_every_days"}),
     "console": frozenset({"url"}),
     "observability": frozenset({"otlp_endpoint", "service_name", "log_format"}),
-    # [auth.jwt] is read and checked by ``proctor.http.settings`` (``proctor serve``).
+    # [auth.jwt] is read and checked by ``proctor.http.settings`` (``proctor serve``), with
+    # ``reject_unknown`` as here.
     "auth": frozenset({"jwt"}),
     # Free-form here: one table per agent id; arrays of tables and [guards], checked by
     # their own readers below.
@@ -268,13 +270,25 @@ _SECTIONS: Final[Mapping[str, frozenset[str] | None]] = {
 """Every section of ``config.toml`` and its keys (None: checked by its own reader)."""
 
 
-def _reject_unknown(
+def reject_unknown(
     table: Mapping[str, Any], known: Iterable[str], *, where: str, path: Path | None = None
 ) -> None:
     """Raise ``ConfigError`` for the first key of ``table`` not in ``known``.
 
     A misspelt key would otherwise be ignored and its default used silently, for example
     ``sandbx = true`` leaving handlers running: fail closed and say what was meant.
+    ``proctor.http.settings`` checks ``[auth.jwt]`` with it too, so every section of
+    ``config.toml`` answers a misspelt key the same way.
+
+    Args:
+        table: The table as read.
+        known: Its known keys.
+        where: Its dotted name (``auth.jwt``); empty for the top level.
+        path: The file, named in the message.
+
+    Raises:
+        ConfigError: naming ``<where>.<key>``, with the closest known key as a hint, or the
+            section the key belongs in, or the known keys.
     """
     names = sorted(known)
     unknown = sorted(set(table) - set(names))
@@ -303,7 +317,7 @@ def _section(doc: Mapping[str, Any], name: str, path: Path) -> Mapping[str, Any]
         raise ConfigError(f"[{name}] in {path} must be a table", field=name)
     known = _SECTIONS.get(name)
     if known is not None:
-        _reject_unknown(value, known, where=name, path=path)
+        reject_unknown(value, known, where=name, path=path)
     return value
 
 
@@ -398,7 +412,7 @@ def load(home: Path, env: Mapping[str, str] | None = None) -> Settings:
 
 
 def _settings(home: Path, doc: Mapping[str, Any], path: Path, env: Mapping[str, str]) -> Settings:
-    _reject_unknown(doc, _SECTIONS, where="", path=path)
+    reject_unknown(doc, _SECTIONS, where="", path=path)
     inst = _section(doc, "instance", path)
     db = _section(doc, "database", path)
     pol = _section(doc, "policy", path)
@@ -504,7 +518,7 @@ def _table(g: Mapping[str, Any], key: str, cls: Any) -> Any:
     t = g.get(key, {})
     if not isinstance(t, dict):
         raise ConfigError(f"guards.{key} must be a table", field=f"guards.{key}")
-    _reject_unknown(t, (f.name for f in dataclasses.fields(cls)), where=f"guards.{key}")
+    reject_unknown(t, (f.name for f in dataclasses.fields(cls)), where=f"guards.{key}")
     for f in dataclasses.fields(cls):
         # An int default marks a count or whole seconds (``trials = 2.5`` would let three
         # trial calls through): those must be integers, the rates and factors may be floats.
@@ -523,7 +537,7 @@ def _entries(g: Mapping[str, Any], key: str, cls: Any) -> tuple[Any, ...]:
         where = f"guards.{key}[{i}]"
         if not isinstance(t, dict):
             raise ConfigError(f"{where} must be a table", field=where)
-        _reject_unknown(t, (f.name for f in dataclasses.fields(cls)), where=where)
+        reject_unknown(t, (f.name for f in dataclasses.fields(cls)), where=where)
         for k, v in t.items():
             # An infinite limit or window would overflow the window arithmetic at run time.
             if isinstance(v, float) and not math.isfinite(v):
@@ -567,7 +581,7 @@ def guard_settings(g: Mapping[str, Any]) -> GuardSettings:
         ConfigError: naming the key at fault.
     """
     known = {"rate_limits", "budgets", "breaker", "anomaly", "autonomy", "review_sample_rate"}
-    _reject_unknown(g, known, where="guards")
+    reject_unknown(g, known, where="guards")
     return GuardSettings(
         rate_limits=_entries(g, "rate_limits", RateLimit),
         budgets=_entries(g, "budgets", Budget),
@@ -697,7 +711,7 @@ def _targets(
     out = []
     for i, t in enumerate(raw):
         where = f"{table}[{i}]"
-        _reject_unknown(t, keys, where=where, path=path)
+        reject_unknown(t, keys, where=where, path=path)
         for key in ("url", "secret_env"):
             if not isinstance(t.get(key), str) or not t[key]:
                 raise ConfigError(f'{where} in {path} needs {key} = "..."', field=f"{where}.{key}")
@@ -776,7 +790,7 @@ def load_catalog_file(path: Path) -> list[ActionSpec]:
         where = f"{path.name}: actions.{name}"
         if not isinstance(d, dict):
             raise ConfigError(f"{where} must be a table", field=f"actions.{name}")
-        _reject_unknown(d, _ACTION_KEYS, where=f"actions.{name}", path=path)
+        reject_unknown(d, _ACTION_KEYS, where=f"actions.{name}", path=path)
         # Every key is type-checked as TOML wrote it: a number where a table or a string
         # belongs would otherwise surface as a TypeError from deep inside, naming nothing.
         section = f"actions.{name}"

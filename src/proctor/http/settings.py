@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from proctor.config import reject_unknown
 from proctor.errors import ConfigError
 
 __all__ = ["HttpSettings", "JwtSettings", "load_http_settings"]
@@ -133,7 +134,7 @@ def _str(table: Mapping[str, Any], key: str, default: str | None = None) -> str 
     return value
 
 
-def _jwt(table: Mapping[str, Any], home: Path) -> JwtSettings:
+def _jwt(table: Mapping[str, Any], home: Path, config: Path) -> JwtSettings:
     known = {
         "issuer",
         "audience",
@@ -145,19 +146,22 @@ def _jwt(table: Mapping[str, Any], home: Path) -> JwtSettings:
         "algorithms",
         "leeway_seconds",
     }
-    unknown = sorted(set(table) - known)
-    if unknown:
-        raise ConfigError(f"unknown key auth.jwt.{unknown[0]}", field=f"auth.jwt.{unknown[0]}")
+    reject_unknown(table, known, where="auth.jwt", path=config)
     file = _str(table, "jwks_file")
     path = None
     if file is not None:
         path = Path(file) if Path(file).is_absolute() else home / file
     algorithms = table.get("algorithms", list(ASYMMETRIC_ALGORITHMS))
     if not isinstance(algorithms, list) or not all(isinstance(a, str) for a in algorithms):
-        raise ConfigError("auth.jwt.algorithms must be a list of names", field="auth.jwt")
+        raise ConfigError(
+            "auth.jwt.algorithms must be a list of names", field="auth.jwt.algorithms"
+        )
     leeway = table.get("leeway_seconds", 30)
     if type(leeway) is not int or not 0 <= leeway <= 300:
-        raise ConfigError("auth.jwt.leeway_seconds must be 0-300", field="auth.jwt")
+        raise ConfigError(
+            "auth.jwt.leeway_seconds must be an integer from 0 to 300",
+            field="auth.jwt.leeway_seconds",
+        )
     return JwtSettings(
         issuer=_str(table, "issuer", "") or "",
         audience=_str(table, "audience", "") or "",
@@ -192,4 +196,4 @@ def load_http_settings(home: Path) -> HttpSettings:
         return HttpSettings()
     if not isinstance(table, dict):
         raise ConfigError("[auth.jwt] must be a table", field="auth.jwt")
-    return HttpSettings(jwt=_jwt(table, home))
+    return HttpSettings(jwt=_jwt(table, home, path))

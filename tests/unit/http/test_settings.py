@@ -50,6 +50,16 @@ roles_claim = "proctor_roles"
                 "auth.jwt.surprise",
             ),
             ("[auth.jwt]\njwks_url = 1\nissuer = 'i'\naudience = 'a'\n", "auth.jwt.jwks_url"),
+            (
+                "[auth.jwt]\njwks_url = 'http://x'\nissuer = 'i'\naudience = 'a'\n"
+                "leeway_seconds = 5.5\n",
+                "auth.jwt.leeway_seconds",
+            ),
+            (
+                "[auth.jwt]\njwks_url = 'http://x'\nissuer = 'i'\naudience = 'a'\n"
+                "algorithms = 'RS256'\n",
+                "auth.jwt.algorithms",
+            ),
             ("[auth.jwt]\njwks_url = 'http://x'\naudience = 'a'\n", "auth.jwt.audience"),
             ("[auth.jwt]\nissuer = 'i'\naudience = 'a'\n", "auth.jwt"),
             ("[auth]\njwt = 3\n", "auth.jwt"),
@@ -63,6 +73,21 @@ roles_claim = "proctor_roles"
             load_http_settings(_home(tmp_path, text))
 
         assert exc.value.field == field
+
+    @pytest.mark.parametrize(
+        ("key", "meant"),
+        [("issuerr", "issuer"), ("audiance", "audience"), ("jwks_uri", "jwks_url")],
+    )
+    def test_a_misspelt_key_suggests_the_known_one(self, tmp_path, key, meant):
+        """As in every other section of config.toml: the key, the file and what was meant."""
+        text = f"[auth.jwt]\njwks_url = 'http://x'\nissuer = 'i'\naudience = 'a'\n{key} = 'v'\n"
+        with pytest.raises(ConfigError) as exc:
+            load_http_settings(_home(tmp_path, text))
+
+        assert exc.value.field == f"auth.jwt.{key}"
+        assert exc.value.hint == f"Did you mean {meant!r}?"
+        assert "[auth.jwt]" in exc.value.message
+        assert str(tmp_path / "config.toml") in exc.value.message
 
     def test_a_missing_config_is_a_config_error(self, tmp_path):
         """No config.toml: ConfigError."""
