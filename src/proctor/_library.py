@@ -505,12 +505,8 @@ class Proctor:
         if self.keyring is None:
             raise ConfigError("this instance has no keyring on disk", field="keys")
         entry = self.keyring.create(self.gateway.clock.now())
-        entries = self.keyring.entries()
-        # The key ours replaced, read back rather than before: another process may have
-        # rotated in between, and entries are only ever appended.
-        ids = [e.key_id for e in entries]
-        previous = ids[ids.index(entry.key_id) - 1]
-        self._keys = {e.key_id: e.info() for e in entries}
+        previous = self.keyring.previous(entry.key_id)
+        self._keys = self.keyring.key_infos()
         self.gateway.record("keys.rotated", {"key_id": entry.key_id, "previous": previous})
         return entry.key_id
 

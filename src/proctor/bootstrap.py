@@ -406,11 +406,7 @@ def open_instance(settings: Settings, *, clock: Clock | None = None) -> Instance
     """
     clock = clock or SystemClock()
     keyring = Keyring(settings.keys_dir)
-    if settings.rotate_every_days > 0:  # the rotation schedule of config.toml
-        # Decided under the keyring's lock: of several processes opening the home at once
-        # (`proctor serve --workers N`) exactly one rotates.
-        keyring.rotate_if_due(clock.now(), every=timedelta(days=settings.rotate_every_days))
-    signer = keyring.signer()
+    keyring.current()  # no keyring (a home without `proctor init`): stop before the store
     catalog = load_catalog(settings)
     policy = load_policy(settings)
     tools = PythonTools()
@@ -418,6 +414,16 @@ def open_instance(settings: Settings, *, clock: Clock | None = None) -> Instance
         settings.database_url, synchronous=settings.synchronous, pool_size=settings.pool_size
     )
     try:
+        # A scheduled rotation is recorded in the audit log, which needs the store: so it
+        # waits until nothing but building the gateway can stop the opening (the catalog,
+        # the policy and the store are loaded), and is recorded below.
+        rotated = None
+        if settings.rotate_every_days > 0:  # the rotation schedule of config.toml
+            # Decided under the keyring's lock: of several processes opening the home at once
+            # (`proctor serve --workers N`) exactly one rotates, and records it.
+            rotated = keyring.rotate_if_due(
+                clock.now(), every=timedelta(days=settings.rotate_every_days)
+            )
         gateway = build_gateway(
             settings,
             store=store,
@@ -425,8 +431,18 @@ def open_instance(settings: Settings, *, clock: Clock | None = None) -> Instance
             policy=policy,
             clock=clock,
             tools=tools,
-            signer=signer,
+            signer=keyring.signer(),  # after the rotation: the new key signs from the start
         )
+        if rotated is not None:
+            # As ``Proctor.rotate_key`` records a manual rotation: the first event after it.
+            gateway.record(
+                "keys.rotated",
+                {
+                    "key_id": rotated.key_id,
+                    "previous": keyring.previous(rotated.key_id),
+                    "scheduled": True,
+                },
+            )
     except ProctorError:
         store.close()
         raise

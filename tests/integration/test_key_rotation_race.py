@@ -79,4 +79,5 @@ def test_processes_opening_a_due_home_at_once_rotate_once(tmp_path):
         assert len(entries) == 2  # exactly one rotation
         assert signed_with <= {e.key_id for e in entries}
         assert len(list((home / "keys").glob("*.pem"))) == 2
+        assert sum(b'"keys.rotated"' in e.body for e in p.events()) == 1  # by the rotator
         assert p.verify().ok

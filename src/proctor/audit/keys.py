@@ -190,6 +190,21 @@ class Keyring:
         """Return the newest key."""
         return self.entries()[-1]
 
+    def previous(self, key_id: str) -> str | None:
+        """Return the id of the key ``key_id`` replaced, or None for the first key.
+
+        Read back after a rotation rather than before it: another process may have rotated
+        in between, and entries are only ever appended.
+
+        Raises:
+            ConfigError: if keyring.json is unreadable or has no key ``key_id``.
+        """
+        ids = [e.key_id for e in self.entries()]
+        if key_id not in ids:
+            raise ConfigError(f"keyring {self._index} has no key {key_id}", field="keys")
+        at = ids.index(key_id)
+        return ids[at - 1] if at else None
+
     def key_infos(self) -> dict[str, KeyInfo]:
         """Return verification info for every key."""
         return {e.key_id: e.info() for e in self.entries()}
@@ -223,6 +238,12 @@ class Keyring:
 
         The age is checked again under the keyring lock, so of several processes opening an
         instance whose key is due, exactly one rotates and the others load its new key.
+
+        NOTE(keys): it records no ``keys.rotated`` event: the keyring has no audit log, and
+        ``bootstrap.open_instance`` rotates before it builds one, so that the new key signs
+        from the first event on. The caller that gets the new key records the event once the
+        log is open (with ``"scheduled": true``), as ``Proctor.rotate_key`` does for a manual
+        rotation.
 
         Raises:
             ConfigError: if keyring.json is missing or unreadable.

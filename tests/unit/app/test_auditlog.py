@@ -199,6 +199,36 @@ class TestKeyRotation:
             p.submit(make_plan([READ]))
             assert p.verify().ok
 
+    def test_a_scheduled_rotation_is_recorded_like_a_manual_one(self, tmp_path):
+        """rotate_every_days records keys.rotated (key_id, previous, scheduled: true) as the
+        first event after the rotation, signed by the new key; the log verifies. Before, only
+        `proctor keys rotate` recorded the event."""
+        from datetime import timedelta
+
+        home = tmp_path / "h"
+        clock = FrozenClock()
+        init_home(home, clock=clock)
+        cfg = home / "config.toml"
+        cfg.write_text(cfg.read_text().replace("rotate_every_days = 0", "rotate_every_days = 30"))
+        with Proctor.open(home, clock=clock) as p:
+            p.submit(make_plan([READ]))
+            before = len(p.events())
+        clock.advance(timedelta(days=31))
+
+        with Proctor.open(home, clock=clock) as p:
+            old, new = (e.key_id for e in p.keyring.entries())
+            first = orjson.loads(p.events()[before].body)
+            p.submit(make_plan([READ]))
+            rotated = [e for e in p.events() if b'"keys.rotated"' in e.body]
+
+            assert first["type"] == "keys.rotated"
+            assert first["data"] == {"key_id": new, "previous": old, "scheduled": True}
+            assert first["key_id"] == new
+            assert len(rotated) == 1
+            assert p.verify().ok
+        with Proctor.open(home, clock=clock) as p:  # not due again: nothing more recorded
+            assert sum(b'"keys.rotated"' in e.body for e in p.events()) == 1
+
     def test_instances_opening_a_due_home_at_once_rotate_once(self, tmp_path):
         """Several instances opening a home whose key is due rotate it once, sign only with
         keys of the keyring, and the log verifies (a lost key failed as unknown_key)."""
@@ -237,6 +267,7 @@ class TestKeyRotation:
             assert len(ids) == 2  # one rotation
             assert set(signed_with) == {ids[-1]}
             assert len(list((home / "keys").glob("*.pem"))) == 2
+            assert sum(b'"keys.rotated"' in e.body for e in p.events()) == 1  # by the rotator
             assert p.verify().ok
 
 

@@ -85,6 +85,15 @@ class TestKeyring:
         assert due is not None
         assert [e.key_id for e in keyring.entries()][-1] == due.key_id
 
+    def test_previous_names_the_key_a_rotation_replaced(self, tmp_path):
+        """``previous`` of the new key is the one before it; of the first key, None."""
+        keyring = Keyring(tmp_path / "keys")
+        first = keyring.create(T0)
+        second = keyring.create(T0 + DAY)
+
+        assert keyring.previous(second.key_id) == first.key_id
+        assert keyring.previous(first.key_id) is None
+
     def test_file_modes_and_no_temporary_files_left(self, tmp_path):
         """Private keys are 0600, keyring.json keeps the umask's mode, no temp file stays."""
         keyring = Keyring(tmp_path / "keys")
