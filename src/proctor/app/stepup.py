@@ -3,10 +3,14 @@
 An approver enrols once (``proctor totp enrol``) and gets a secret for an authenticator app.
 An approval that the policy marks ``step_up`` then needs a current code. A code is accepted
 once: its time counter is remembered, so a code seen over someone's shoulder cannot be
-replayed within its 30-second life.
+replayed within its 30-second life. The counter is read and written in one transaction
+under the store's row lock, so two workers or replicas verifying the same code at the same
+moment cannot both accept it.
 """
 
 from __future__ import annotations
+
+from datetime import datetime
 
 import pyotp
 
@@ -16,6 +20,7 @@ from proctor.errors import InvalidRequestError
 __all__ = ["TotpStepUp"]
 
 _INTERVAL = 30
+_USED = "totp_used"  # guard state kind: the principal's last accepted time counter
 
 
 class TotpStepUp:
@@ -54,11 +59,17 @@ class TotpStepUp:
         # Accept the previous window too: clocks drift and people type slowly.
         for c in (counter, counter - 1):
             if totp.generate_otp(c) == code:
-                key = f"totp_used:{principal}"
-                with self._store.transaction() as tx:
-                    last = self._store.get_meta(key)
-                    if last is not None and int(last) >= c:
-                        return False
-                    tx.put_meta(key, str(c))
-                return True
+                return self._consume(principal, c, now)
         return False
+
+    def _consume(self, principal: str, counter: int, now: datetime) -> bool:
+        """Remember ``counter`` as used; False if it (or a later one) already was."""
+        with self._store.transaction() as tx:
+            # Read under the row lock (SELECT ... FOR UPDATE on PostgreSQL, the write lock on
+            # SQLite): a read outside the transaction let two replicas both see the old
+            # counter and both accept the same code.
+            last = tx.get_state(_USED, principal)
+            if isinstance(last, int) and last >= counter:
+                return False
+            tx.put_state(_USED, principal, counter, at=now)
+        return True
