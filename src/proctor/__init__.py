@@ -27,6 +27,7 @@ from proctor.errors import (
     PlanIdReusedError,
     PolicyEngineError,
     ProctorError,
+    RateLimitedError,
     SignatureError,
     StorageError,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "PolicyEngineError",
     "Proctor",
     "ProctorError",
+    "RateLimitedError",
     "Scores",
     "SignatureError",
     "StepDecision",

@@ -56,7 +56,7 @@ _MAX_WAIT = 60.0
 class ApiError(ProctorError):
     """An error response whose ``code`` has no class in ``proctor.errors``.
 
-    ``details["code"]`` is the server's code (``unauthenticated``, ``rate_limited``, ...)
+    ``details["code"]`` is the server's code (``unauthenticated``, ``payload_too_large``, ...)
     and ``details["status"]`` the HTTP status; every error the clients raise for a
     response carries both.
     """

@@ -12,6 +12,7 @@ that clients can rely on, an optional ``field`` naming the part of the input at 
      │    └── SignatureError          bad_signature
      ├── NotFoundError                not_found
      ├── PermissionDeniedError        permission_denied
+     ├── RateLimitedError             rate_limited
      ├── ConflictError                conflict
      │    ├── InvalidTransitionError  invalid_transition
      │    ├── ApprovalExpiredError    approval_expired
@@ -45,6 +46,7 @@ __all__ = [
     "PlanIdReusedError",
     "PolicyEngineError",
     "ProctorError",
+    "RateLimitedError",
     "RetryableError",
     "SignatureError",
     "StorageError",
@@ -131,6 +133,17 @@ class PermissionDeniedError(ProctorError):
     """The principal may not do this (wrong role, self-approval, not the on-behalf-of user)."""
 
     code = "permission_denied"
+
+
+class RateLimitedError(ProctorError):
+    """Too many failed attempts: refused until ``details["retry_after"]`` seconds pass.
+
+    Raised for failed authentications from one client address (the HTTP API) and for wrong
+    step-up codes of one approver (``approve``); the right credentials or code are refused
+    too until then.
+    """
+
+    code = "rate_limited"
 
 
 class ConflictError(ProctorError):

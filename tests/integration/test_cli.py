@@ -674,6 +674,7 @@ WAITING_PLANS = {
     "p-undo-other": (_BOOK, "succeeded"),
     "p-undo-twice": (_BOOK, "succeeded"),
     "p-step-up": (manifest(BIG_PAYMENT, agent="travel-bot"), "awaiting_approval"),
+    "p-step-up-locked": (manifest(BIG_PAYMENT, agent="travel-bot"), "awaiting_approval"),
 }
 
 
@@ -897,6 +898,23 @@ class TestStepUp:
         assert good.code == 0, str(good)
         assert good.json()["status"] == "succeeded"
         assert good.json()["steps"][0]["status"] == "succeeded"
+
+    def test_five_wrong_codes_lock_step_up(self, cli, pool):
+        """After 5 wrong codes the right one exits 1 with rate_limited; the plan still waits."""
+        home, _ = pool
+        approve = ("approve", "p-step-up-locked", "--as", "gwen", "--role", "finance", "--json")
+        totp = pyotp.TOTP(
+            cli("totp", "enrol", "--as", "gwen", "--json", home=home).json()["secret"]
+        )
+        wrong = f"{(int(totp.now()) + 500_000) % 1_000_000:06d}"
+
+        bad = [cli(*approve, "--otp", wrong, home=home) for _ in range(5)]
+        locked = cli(*approve, "--otp", totp.now(), home=home)
+
+        assert [(r.code, r.error()["code"]) for r in bad] == [(1, "permission_denied")] * 5
+        assert locked.code == 1, str(locked)
+        assert (locked.error()["code"], locked.error()["field"]) == ("rate_limited", "otp")
+        assert db_status(home, "p-step-up-locked") == "awaiting_approval"
 
 
 # ---------------------------------------------------------------------------- assess

@@ -242,6 +242,29 @@ class TestStepUp:
         assert replay.status_code == 403
         assert replay.json()["field"] == "otp"
 
+    async def test_five_wrong_codes_lock_step_up_with_429_and_retry_after(self, default):
+        """After 5 wrong codes in 15 minutes even the right one gets 429 until they age out."""
+        secret, _ = default.proctor.enrol_totp("ann")
+        plan = await default.submit(BIG_PAYMENT)
+        path = f"/v1/plans/{plan['plan_id']}/approve"
+        code = pyotp.TOTP(secret).at(default.clock.now())
+        wrong = "000000" if code != "000000" else "111111"
+
+        bad = [(await default.call("ann", "POST", path, {"otp": wrong})) for _ in range(5)]
+        locked = await default.call("ann", "POST", path, {"otp": code})
+        default.clock.advance(15 * 60)
+        later = await default.call(
+            "ann", "POST", path, {"otp": pyotp.TOTP(secret).at(default.clock.now())}
+        )
+
+        assert [r.status_code for r in bad] == [403] * 5
+        assert locked.status_code == 429, locked.text
+        assert locked.headers["Retry-After"] == "900"
+        assert (locked.json()["code"], locked.json()["field"]) == ("rate_limited", "otp")
+        assert later.status_code == 200, later.text
+        failed = [e for e in default.proctor.events() if e.type == "stepup.failed"]
+        assert [e.plan_id for e in failed] == [plan["plan_id"]] * 5
+
 
 class TestHumanActions:
     async def test_reject_records_the_comment(self, quorum):

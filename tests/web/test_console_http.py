@@ -1,7 +1,7 @@
 """The console in-process (httpx over ASGI): what a browser test cannot easily reach.
 
-The cookie's ``Secure`` flag over TLS, sign-out deleting the stored session, and the
-timeline's rollback TTL (it needs a policy that sets one).
+The cookie's ``Secure`` flag over TLS, sign-out deleting the stored session, the
+timeline's rollback TTL (it needs a policy that sets one), and the step-up lock.
 """
 
 from __future__ import annotations
@@ -11,12 +11,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import pyotp
 import pytest
 
 from proctor import Proctor
 from proctor.app.tokens import TokenService
 from proctor.http import HttpSettings, create_app
-from proctor.testing import FrozenClock
+from proctor.testing import FrozenClock, make_plan
 from proctor.web.sessions import KIND
 
 pytestmark = pytest.mark.anyio
@@ -234,3 +235,41 @@ async def test_the_autonomy_form_takes_ascii_digits_only(world):
     await alice.aclose()
 
     assert r.status_code == 422 and "<code>below</code>" in r.text
+
+
+async def test_five_wrong_step_up_codes_lock_the_approve_form():
+    """The console's approve form counts wrong step-up codes as the API does: after 5 the
+    right code gets a 429 page saying so (with Retry-After), and the plan still waits."""
+    clock = FrozenClock(T0)
+    p = Proctor.in_memory(clock=clock)  # the default policy: a big travel.pay needs step-up
+    fiona = TokenService(p.gateway.store, clock).create(
+        name="fiona", roles=["approver"], groups=["finance"]
+    )
+    secret, _ = p.enrol_totp("fiona")
+    code = pyotp.TOTP(secret).at(clock.now())
+    wrong = "000000" if code != "000000" else "111111"
+    big = ("travel.pay", {"amount": 640_000, "currency": "EUR", "traveller": "alice"})
+    plan = p.submit(make_plan([big], agent_id="travel-bot"))
+    app = create_app(p, settings=HttpSettings(auth_failures_per_minute=1000))
+    client, _ = await sign_in(app, fiona.token)
+    csrf = csrf_of((await client.get(f"/plans/{plan.plan_id}")).text)
+
+    async def approve(otp: str) -> httpx.Response:
+        return await client.post(
+            f"/plans/{plan.plan_id}/approve",
+            data={"csrf": csrf, "otp": otp},
+            headers={"Origin": "http://proctor"},
+        )
+
+    bad = [await approve(wrong) for _ in range(5)]
+    locked = await approve(code)
+    await client.aclose()
+    status = p.get(plan.plan_id).status.value
+    p.close()
+
+    assert [r.status_code for r in bad] == [403] * 5
+    assert "step-up code" in bad[0].text
+    assert locked.status_code == 429
+    assert locked.headers["Retry-After"] == "900"
+    assert "too many wrong step-up codes" in locked.text
+    assert status == "awaiting_approval"

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from proctor.app.stepup import check_step_up
 from proctor.core.approvals import (
     check_can_approve,
     check_can_confirm,
@@ -132,7 +133,8 @@ class HumanActions:
         """Record an approval; when the quorum is met the approvals are consumed and it runs.
 
         Raises:
-            NotFoundError, InvalidTransitionError, PermissionDeniedError, ApprovalExpiredError.
+            NotFoundError, InvalidTransitionError, PermissionDeniedError, ApprovalExpiredError,
+            RateLimitedError (too many wrong step-up codes of ``principal`` lately).
         """
         with self.telemetry.plan("proctor.approve", traceparent, plan_id=plan_id):
             return self._approve(plan_id, principal, roles, comment, otp)
@@ -151,11 +153,15 @@ class HumanActions:
             required = record.decision["approver_roles"]
             check_can_approve(record, principal, roles, required)
             step_up = bool(record.decision["step_up"])
-            if step_up and (self.step_up is None or not self.step_up.verify(principal, otp)):
-                raise PermissionDeniedError(
-                    "this approval needs a valid step-up code (TOTP)",
-                    field="otp",
-                    hint="Enrol with `proctor totp enrol --as NAME` and pass --otp CODE.",
+            if step_up:  # wrong codes are counted and audited; too many: RateLimitedError
+                check_step_up(
+                    self.store,
+                    self.step_up,
+                    self._journal,
+                    record,
+                    principal,
+                    otp,
+                    now=self.clock.now(),
                 )
             record = self._recheck_policy(record)
             self._recheck_catalog(record)

@@ -6,21 +6,37 @@ once: its time counter is remembered, so a code seen over someone's shoulder can
 replayed within its 30-second life. The counter is read and written in one transaction
 under the store's row lock, so two workers or replicas verifying the same code at the same
 moment cannot both accept it.
+
+``check_step_up`` is the gateway's step-up check on ``approve``. Wrong codes are counted per
+approver in the store (``StepUpLimiter``), so the count holds across workers and replicas:
+after 5 within 15 minutes the approver's step-up is refused (``RateLimitedError``), even
+with the right code, until the oldest of them is 15 minutes old. Each wrong code appends a
+``stepup.failed`` audit event (the code itself is never recorded).
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+import hmac
+import math
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 import pyotp
 
-from proctor.core.ports import Clock, Store
-from proctor.errors import InvalidRequestError
+from proctor.core.events import EventType as E
+from proctor.core.ports import Clock, StepUp, Store, Transaction
+from proctor.errors import InvalidRequestError, PermissionDeniedError, RateLimitedError
 
-__all__ = ["TotpStepUp"]
+if TYPE_CHECKING:
+    from proctor.app.journal import Journal
+    from proctor.core.lifecycle import PlanRecord
+
+__all__ = ["StepUpLimiter", "TotpStepUp", "check_step_up"]
 
 _INTERVAL = 30
 _USED = "totp_used"  # guard state kind: the principal's last accepted time counter
+_FAILED = "stepup_failed"  # guard state kind: the principal's recent wrong codes
 
 
 class TotpStepUp:
@@ -51,14 +67,16 @@ class TotpStepUp:
     def verify(self, principal: str, code: str | None) -> bool:
         """Return whether ``code`` is valid now and was not used before."""
         secret = self._store.get_meta(f"totp:{principal}")
-        if secret is None or not code or not code.isdigit():
+        # ASCII only: str.isdigit() also holds for other scripts' digits, which never match
+        # and which hmac.compare_digest refuses (TypeError) in a str.
+        if secret is None or not code or not (code.isascii() and code.isdigit()):
             return False
         totp = pyotp.TOTP(secret)
         now = self._clock.now()
         counter = int(now.timestamp()) // _INTERVAL
         # Accept the previous window too: clocks drift and people type slowly.
         for c in (counter, counter - 1):
-            if totp.generate_otp(c) == code:
+            if hmac.compare_digest(totp.generate_otp(c), code):
                 return self._consume(principal, c, now)
         return False
 
@@ -73,3 +91,138 @@ class TotpStepUp:
                 return False
             tx.put_state(_USED, principal, counter, at=now)
         return True
+
+
+def _at(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp)
+
+
+class StepUpLimiter:
+    """Wrong step-up codes per principal, counted in the store's guard state.
+
+    Six-digit codes with two valid at a time: 5 guesses per 15 minutes (480 a day) give a
+    guesser a 0.1% chance a day; without a limit, one client guessing 170 codes a second
+    expects a hit in about 50 minutes. The state is read under the row lock, so the count
+    is exact across workers and replicas.
+
+    Args:
+        limit: Wrong codes within ``window`` after which step-up is refused (default 5).
+        window: How long a wrong code counts (default 15 minutes).
+    """
+
+    def __init__(self, *, limit: int = 5, window: timedelta = timedelta(minutes=15)) -> None:
+        self.limit = limit
+        self.window = window
+
+    def _recent(self, tx: Transaction, principal: str, now: datetime) -> list[str]:
+        value = tx.get_state(_FAILED, principal)  # locked until the transaction ends
+        stamps = value.get("failed", []) if isinstance(value, dict) else []
+        since = now - self.window
+        return sorted((t for t in stamps if _at(t) > since), key=_at)
+
+    def _save(self, tx: Transaction, principal: str, stamps: list[str], now: datetime) -> None:
+        value = {"failed": stamps[-self.limit :]} if stamps else None  # None deletes the row
+        tx.put_state(_FAILED, principal, value, at=now)
+
+    def reserve(self, tx: Transaction, principal: str, now: datetime) -> int | None:
+        """Count an attempt as wrong before its code is checked; or refuse it.
+
+        Counting first, under the lock, is what keeps the limit exact: parallel guesses
+        (one per worker or replica) cannot all pass a check made before any was counted.
+        ``release`` takes the count back when the code was right.
+
+        Returns:
+            None when the attempt may go on; else the seconds until it may (at least 1).
+        """
+        stamps = self._recent(tx, principal, now)
+        if len(stamps) >= self.limit:
+            oldest = _at(stamps[-self.limit])
+            return max(1, math.ceil((oldest + self.window - now).total_seconds()))
+        self._save(tx, principal, [*stamps, now.isoformat()], now)
+        return None
+
+    def release(self, tx: Transaction, principal: str, now: datetime) -> None:
+        """Take back the count ``reserve`` made at ``now``: the code was right."""
+        stamps = self._recent(tx, principal, now)
+        if now.isoformat() in stamps:
+            stamps.remove(now.isoformat())
+        self._save(tx, principal, stamps, now)
+
+    def failures(self, tx: Transaction, principal: str, now: datetime) -> int:
+        """Return the wrong codes of ``principal`` within the window, as of ``now``."""
+        return len(self._recent(tx, principal, now))
+
+
+LIMITER = StepUpLimiter()
+"""The limits ``approve`` applies: 5 wrong codes per approver within 15 minutes."""
+
+
+def _needs_code(hint: str) -> PermissionDeniedError:
+    return PermissionDeniedError(
+        "this approval needs a valid step-up code (TOTP)", field="otp", hint=hint
+    )
+
+
+def check_step_up(
+    store: Store,
+    step_up: StepUp | None,
+    journal: Callable[[Transaction], Journal],
+    record: PlanRecord,
+    principal: str,
+    code: str | None,
+    *,
+    now: datetime,
+    limiter: StepUpLimiter = LIMITER,
+) -> None:
+    """Check ``principal``'s step-up ``code`` for approving ``record``; raise if it fails.
+
+    No code at all is refused without counting (nothing was guessed). A wrong code is
+    counted and audited (``stepup.failed``, in its own transaction: the refusal that
+    follows rolls nothing back).
+
+    Raises:
+        PermissionDeniedError: no step-up is configured, no code, or a wrong or used code.
+        RateLimitedError: too many wrong codes of ``principal`` lately (the right one too).
+    """
+    enrol = "Enrol with `proctor totp enrol --as NAME` and pass --otp CODE."
+    if step_up is None or not code:
+        raise _needs_code(enrol)
+    with store.transaction() as tx:
+        wait = limiter.reserve(tx, principal, now)
+    if wait is not None:
+        raise RateLimitedError(
+            f"too many wrong step-up codes for {principal!r}: step-up is refused for {wait} s",
+            field="otp",
+            hint=f"Try again with a fresh code in {wait} s. Each wrong code is in the audit "
+            "log (stepup.failed).",
+            retry_after=wait,
+        )
+    if step_up.verify(principal, code):
+        with store.transaction() as tx:
+            limiter.release(tx, principal, now)
+        return
+    with store.transaction() as tx:
+        failures = limiter.failures(tx, principal, now)
+        j = journal(tx)
+        j.emit(
+            E.STEPUP_FAILED,
+            plan=record,
+            user_id=principal,
+            data={
+                "principal": principal,
+                "failures": failures,
+                "limit": limiter.limit,
+                "window_seconds": int(limiter.window.total_seconds()),
+                "locked": failures >= limiter.limit,
+            },
+        )
+        j.flush()
+    minutes = int(limiter.window.total_seconds()) // 60
+    left = limiter.limit - failures
+    raise _needs_code(
+        f"The code is wrong or was used already; {left} more wrong codes within {minutes} "
+        "minutes lock step-up for a while."
+        if left > 0
+        else f"The code is wrong or was used already; step-up is now locked for up to "
+        f"{minutes} minutes."
+    )

@@ -4,7 +4,7 @@
 shapes of the local commands (the plan JSON is the server's ``plan_json``; lists are
 gathered page by page up to the command's ``--limit``), and makes the client's errors
 speak to a CLI user: a server that cannot be reached names the URL to check, and an error
-code with no class of its own (``unauthenticated``, ``rate_limited``, ...) is reported
+code with no class of its own (``unauthenticated``, ``payload_too_large``, ...) is reported
 with that code. The commands in ``commands.py`` and ``audit_cmd.py`` render the answers
 exactly as they render local records.
 

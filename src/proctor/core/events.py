@@ -18,6 +18,7 @@ class EventType:
     CONFIRMATION_GRANTED: Final = "confirmation.granted"
     APPROVAL_GRANTED: Final = "approval.granted"
     APPROVAL_REJECTED: Final = "approval.rejected"
+    STEPUP_FAILED: Final = "stepup.failed"  # a wrong step-up code (never the code itself)
     PLAN_EXPIRED: Final = "plan.expired"
     # A confirmed, approved or resolved plan left for another process: an action it needs is
     # not in this process's catalog (a runner's, or one another process registered).

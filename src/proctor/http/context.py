@@ -33,7 +33,10 @@ _DESCRIPTIONS = {
     410: "The confirmation or approval window has closed (`approval_expired`).",
     413: "The body is larger than 256 KiB (`payload_too_large`).",
     422: "The input breaks a rule (`invalid_request`, `bad_signature`); `field` names it.",
-    429: "Too many failed authentications from this address (`rate_limited`).",
+    429: (
+        "Too many failed authentications from this address, or (approve) too many wrong"
+        " step-up codes of this approver (`rate_limited`, with `Retry-After`)."
+    ),
     503: "The store, policy or configuration is unavailable.",
 }
 

@@ -18,7 +18,9 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from proctor.errors import InvalidRequestError, ProctorError
+# RateLimitedError lives in proctor.errors (the gateway raises it for step-up codes too);
+# it is still importable from here.
+from proctor.errors import InvalidRequestError, ProctorError, RateLimitedError
 from proctor.http.body import parse_body
 
 __all__ = [
@@ -37,12 +39,6 @@ class UnauthenticatedError(ProctorError):
     """No credentials, or credentials that do not verify (401)."""
 
     code = "unauthenticated"
-
-
-class RateLimitedError(ProctorError):
-    """Too many failed authentications from one client address (429)."""
-
-    code = "rate_limited"
 
 
 class PayloadTooLargeError(InvalidRequestError):

@@ -1,15 +1,21 @@
-"""Step-up codes (TOTP): each accepted once, also by two replicas at the same moment."""
+"""Step-up codes (TOTP): each accepted once, also by two replicas at the same moment; wrong
+codes counted per approver in the store, audited, and refused after 5 in 15 minutes."""
 
 from __future__ import annotations
 
 import threading
+from datetime import timedelta
 
 import pyotp
 import pytest
 
-from proctor.app.stepup import TotpStepUp
+from proctor import Proctor
+from proctor.app.stepup import StepUpLimiter, TotpStepUp
+from proctor.errors import PermissionDeniedError, ProctorError, RateLimitedError
 from proctor.storage import open_store
-from proctor.testing import FrozenClock
+from proctor.testing import FrozenClock, make_plan
+
+BIG_PAYMENT = ("travel.pay", {"amount": 640_000, "currency": "EUR", "traveller": "alice"})
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -50,6 +56,18 @@ class TestTotpStepUp:
         assert step_up.verify("fiona", older) is False
         assert step_up.verify("fiona", previous) is True
 
+    @pytest.mark.parametrize(
+        "code",
+        ["", "12345a", " 123456", "\u0661\u0662\u0663\u0664\u0665\u0666", "\uff11" * 6],
+    )
+    def test_codes_that_are_not_ascii_digits_are_refused(self, code):
+        """Only ASCII digits can match: other digits (Arabic-Indic, fullwidth) are refused,
+        not a TypeError from hmac.compare_digest."""
+        step_up = TotpStepUp(open_store("memory://"), FrozenClock())
+        step_up.enrol("fiona")
+
+        assert step_up.verify("fiona", code) is False
+
     def test_two_replicas_never_both_accept_one_code(self, shared_url):
         """Two replicas verifying the same code at the same moment: at most one accepts.
 
@@ -83,3 +101,165 @@ class TestTotpStepUp:
                 r._store.close()
 
         assert accepted == [1] * 40
+
+
+class TestStepUpLimiter:
+    def test_nothing_counted_nothing_refused(self):
+        """A principal without failures may try; releasing nothing leaves no state."""
+        store, clock = open_store("memory://"), FrozenClock()
+        limiter = StepUpLimiter(limit=2, window=timedelta(minutes=15))
+
+        with store.transaction() as tx:
+            wait = limiter.reserve(tx, "fiona", clock.now())
+            limiter.release(tx, "fiona", clock.now())
+
+        assert wait is None
+        assert store.list_state("stepup_failed") == {}
+
+    def test_refused_after_the_limit_until_the_oldest_failure_is_a_window_old(self):
+        """Two failures with a limit of 2: refused, with the seconds until the first expires."""
+        store, clock = open_store("memory://"), FrozenClock()
+        limiter = StepUpLimiter(limit=2, window=timedelta(minutes=15))
+        waits = []
+        for step in (0, 60, 0, 839, 1):  # seconds to advance before each attempt
+            clock.advance(step)
+            with store.transaction() as tx:
+                waits.append(limiter.reserve(tx, "fiona", clock.now()))
+
+        assert waits == [None, None, 840, 1, None]
+
+    def test_a_released_attempt_does_not_count(self):
+        """An attempt whose code was right is taken back; other principals are apart."""
+        store, clock = open_store("memory://"), FrozenClock()
+        limiter = StepUpLimiter(limit=2)
+        for _ in range(5):
+            with store.transaction() as tx:
+                assert limiter.reserve(tx, "fiona", clock.now()) is None
+                limiter.release(tx, "fiona", clock.now())
+        with store.transaction() as tx:
+            limiter.reserve(tx, "gus", clock.now())
+            limiter.reserve(tx, "gus", clock.now())
+
+            assert limiter.failures(tx, "fiona", clock.now()) == 0
+            assert limiter.reserve(tx, "gus", clock.now()) == 900
+
+
+@pytest.fixture
+def world():
+    """An instance with the default policy (travel.pay over 50,000: finance, step-up)."""
+    clock = FrozenClock()
+    p = Proctor.in_memory(clock=clock)
+    secret, _ = p.enrol_totp("fiona")
+    yield p, clock, pyotp.TOTP(secret)
+    p.close()
+
+
+def _wrong(totp, clock):
+    right = {totp.at(clock.now()), totp.at(clock.now(), counter_offset=-1)}
+    return next(c for c in ("000000", "111111", "222222") if c not in right)
+
+
+def _approve(p, plan_id, code):
+    return p.approve(plan_id, "fiona", roles=["finance"], otp=code)
+
+
+class TestCheckStepUp:
+    def test_a_wrong_code_is_audited_without_the_code(self, world):
+        """Each wrong code appends stepup.failed naming the approver and the plan, not the code."""
+        p, clock, totp = world
+        plan = p.submit(make_plan([BIG_PAYMENT], agent_id="travel-bot"))
+        wrong = _wrong(totp, clock)
+
+        with pytest.raises(PermissionDeniedError) as ei:
+            _approve(p, plan.plan_id, wrong)
+
+        assert ei.value.field == "otp"
+        assert "4 more wrong codes" in ei.value.hint
+        failed = [e for e in p.events() if e.type == "stepup.failed"]
+        assert len(failed) == 1
+        assert failed[0].plan_id == plan.plan_id
+        assert b'"principal":"fiona"' in failed[0].body
+        assert b'"failures":1' in failed[0].body
+        assert wrong.encode() not in failed[0].body
+        assert p.verify().ok
+
+    def test_after_five_wrong_codes_the_right_code_is_refused_until_the_window_passes(self, world):
+        """Five wrong codes in 15 minutes lock step-up (the right code too, unconsumed)."""
+        p, clock, totp = world
+        plan = p.submit(make_plan([BIG_PAYMENT], agent_id="travel-bot"))
+        for _ in range(5):
+            with pytest.raises(PermissionDeniedError):
+                _approve(p, plan.plan_id, _wrong(totp, clock))
+            clock.advance(60)
+
+        with pytest.raises(RateLimitedError) as locked:
+            _approve(p, plan.plan_id, totp.at(clock.now()))
+        clock.advance(locked.value.details["retry_after"])
+        done = _approve(p, plan.plan_id, totp.at(clock.now()))
+
+        assert locked.value.code == "rate_limited"
+        assert locked.value.field == "otp"
+        assert locked.value.details["retry_after"] == 15 * 60 - 5 * 60
+        assert done.status.value == "succeeded"
+        types = [e.type for e in p.events()]
+        assert types.count("stepup.failed") == 5  # the refusals while locked append nothing
+        assert b'"locked":true' in [e for e in p.events() if e.type == "stepup.failed"][-1].body
+
+    def test_a_right_code_does_not_count_and_no_code_is_no_guess(self, world):
+        """Missing codes are refused without counting; a right code takes its count back."""
+        p, clock, totp = world
+        plans = [p.submit(make_plan([BIG_PAYMENT], agent_id="travel-bot")) for _ in range(2)]
+        for _ in range(10):
+            with pytest.raises(PermissionDeniedError):
+                _approve(p, plans[0].plan_id, None)
+        for _ in range(4):
+            with pytest.raises(PermissionDeniedError):
+                _approve(p, plans[0].plan_id, _wrong(totp, clock))
+
+        done = _approve(p, plans[0].plan_id, totp.at(clock.now()))
+        with pytest.raises(PermissionDeniedError) as fifth:
+            _approve(p, plans[1].plan_id, _wrong(totp, clock))
+        with pytest.raises(RateLimitedError):
+            _approve(p, plans[1].plan_id, _wrong(totp, clock))
+
+        assert done.status.value == "succeeded"
+        assert "now locked" in fifth.value.hint
+        assert [e.type for e in p.events()].count("stepup.failed") == 5
+
+    def test_parallel_guesses_on_two_replicas_get_five_tries_in_all(self, shared_url):
+        """Guesses racing on two replicas: 5 are checked, every other one is refused (429).
+
+        Each attempt is counted (under the row lock) before its code is checked, so parallel
+        guesses cannot all pass a check made before any of them was counted.
+        """
+        clock = FrozenClock()
+        replicas = [Proctor.in_memory(clock=clock, database_url=shared_url) for _ in range(2)]
+        try:
+            secret, _ = replicas[0].enrol_totp("fiona")
+            wrong = _wrong(pyotp.TOTP(secret), clock)
+            plans = [
+                replicas[0].submit(make_plan([BIG_PAYMENT], agent_id="travel-bot")).plan_id
+                for _ in range(8)
+            ]
+            gate = threading.Barrier(len(plans), timeout=30)
+            outcomes: list[str] = []
+
+            def guess(i):
+                gate.wait()
+                try:
+                    _approve(replicas[i % 2], plans[i], wrong)
+                except ProctorError as exc:
+                    outcomes.append(exc.code)
+
+            threads = [threading.Thread(target=guess, args=(i,)) for i in range(len(plans))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+            failed = [e for e in replicas[0].events() if e.type == "stepup.failed"]
+        finally:
+            for r in replicas:
+                r.close()
+
+        assert sorted(outcomes) == ["permission_denied"] * 5 + ["rate_limited"] * 3
+        assert len(failed) == 5
