@@ -74,6 +74,10 @@ PRINCIPALS = {
     "sam": (("approver",), ("sre",)),
     "alice": (("user", "approver"), ("finance",)),  # the beneficiary, also an approver
     "bot-approver": (("approver",), ("finance",)),
+    # Other spellings of the names above: other tokens, one person to separation of duties.
+    "Alice": (("approver",), ("finance",)),
+    "Ann": (("approver",), ("finance",)),
+    "Bot-Approver": (("approver",), ("finance",)),
 }
 
 
@@ -138,6 +142,19 @@ class TestQuorum:
         assert again.status_code == 403
         assert again.json()["code"] == "permission_denied"
 
+    async def test_the_same_approver_under_another_case_counts_once(self, quorum):
+        """``Ann`` cannot add a second vote to ``ann``'s (403); the plan still waits."""
+        plan = await quorum.submit(("shop.buy", {}))
+        path = f"/v1/plans/{plan['plan_id']}/approve"
+
+        await quorum.call("ann", "POST", path)
+        again = await quorum.call("Ann", "POST", path)
+        after = await quorum.call("bot", "GET", f"/v1/plans/{plan['plan_id']}")
+
+        assert again.status_code == 403
+        assert "already approved" in again.json()["message"]
+        assert after.json()["status"] == "awaiting_approval"
+
     async def test_a_replayed_approval_after_the_quorum_conflicts(self, quorum):
         """Once the approvals are consumed, another approval gets 409 invalid_transition."""
         plan = await quorum.submit(("shop.buy", {}))
@@ -178,6 +195,26 @@ class TestSeparationOfDuties:
         resp = await quorum.call("bot-approver", "POST", f"/v1/plans/{rec.plan_id}/approve")
 
         assert resp.status_code == 403
+
+    async def test_the_beneficiary_under_another_case_cannot_approve(self, quorum):
+        """An approver token ``Alice`` cannot approve a plan made on behalf of ``alice``."""
+        plan = await quorum.submit(("shop.buy", {}))
+
+        resp = await quorum.call("Alice", "POST", f"/v1/plans/{plan['plan_id']}/approve")
+
+        assert resp.status_code == 403
+        assert resp.json()["field"] == "principal"
+        assert "Separation of duties" in resp.json()["hint"]
+
+    async def test_the_requesting_agent_under_another_case_cannot_approve(self, quorum):
+        """``Bot-Approver`` cannot approve a plan its agent ``bot-approver`` made."""
+        plan = make_plan([("shop.buy", {})], agent_id="bot-approver", on_behalf_of="alice")
+        rec = quorum.proctor.submit(plan)
+
+        resp = await quorum.call("Bot-Approver", "POST", f"/v1/plans/{rec.plan_id}/approve")
+
+        assert resp.status_code == 403
+        assert resp.json()["field"] == "principal"
 
 
 class TestExpiry:

@@ -273,3 +273,25 @@ async def test_five_wrong_step_up_codes_lock_the_approve_form():
     assert locked.headers["Retry-After"] == "900"
     assert "too many wrong step-up codes" in locked.text
     assert status == "awaiting_approval"
+
+
+async def test_the_inbox_tells_another_spelling_of_the_beneficiary_to_leave_it():
+    """An approver token ``Alice`` sees a plan made on behalf of ``alice`` as its own (the
+    gateway refuses its approval: separation of duties ignores case)."""
+    clock = FrozenClock(T0)
+    p = Proctor.in_memory(clock=clock)  # the default policy: a refund waits for finance
+    token = TokenService(p.gateway.store, clock).create(
+        name="Alice", roles=["approver"], groups=["finance"]
+    )
+    refund = ("payments.refund", {"amount": 5000, "currency": "EUR", "customer": "c-1"})
+    plan = p.submit(make_plan([refund], agent_id="bot", on_behalf_of="alice"))
+    app = create_app(p, settings=HttpSettings(auth_failures_per_minute=1000))
+    client, _ = await sign_in(app, token.token)
+
+    inbox = await client.get("/inbox")
+    await client.aclose()
+    p.close()
+
+    assert plan.status.value == "awaiting_approval"
+    assert plan.plan_id in inbox.text
+    assert "someone else must approve it" in inbox.text

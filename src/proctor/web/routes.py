@@ -37,6 +37,7 @@ from starlette.responses import Response
 
 from proctor._library import Proctor
 from proctor.app.tokens import hash_token
+from proctor.core.approvals import person_key
 from proctor.core.lifecycle import PlanRecord, PlanStatus
 from proctor.core.principals import (
     PlanAction,
@@ -374,10 +375,12 @@ def console_router(ctx: Context) -> APIRouter:
         now = gateway.clock.now()
         catalog = gateway.catalog
 
+        me = person_key(p.name)  # as the gateway's separation of duties compares names
+
         def card(rec: PlanRecord) -> dict[str, Any]:
             v = plan_view(rec, catalog, now)
-            v["voted"] = any(a.principal == p.name for a in rec.approvals)
-            v["own"] = p.name in (rec.agent_id, rec.on_behalf_of)
+            v["voted"] = any(person_key(a.principal) == me for a in rec.approvals)
+            v["own"] = me in (person_key(rec.agent_id), person_key(rec.on_behalf_of))
             return v
 
         return render(
@@ -428,7 +431,7 @@ def console_router(ctx: Context) -> APIRouter:
             notice=_DONE.get(done or ""),
             can_approve=rec.status is PlanStatus.AWAITING_APPROVAL
             and may_act(p, "approve", rec)
-            and not any(a.principal == p.name for a in rec.approvals),
+            and not any(person_key(a.principal) == person_key(p.name) for a in rec.approvals),
             can_confirm=rec.status is PlanStatus.AWAITING_CONFIRMATION
             and may_act(p, "confirm", rec),
             can_reject=rec.status

@@ -10,12 +10,18 @@ from proctor.core.approvals import (
     check_can_approve,
     check_can_confirm,
     check_not_expired,
+    person_key,
     quorum_met,
 )
 from proctor.core.lifecycle import ApprovalRecord, PlanRecord, PlanStatus
 from proctor.errors import ApprovalExpiredError, InvalidTransitionError, PermissionDeniedError
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+# Other spellings of the plan's agent "bot" and user "alice": case, fullwidth letters
+# (U+FF41...), and a mix of both.
+FULLWIDTH_ALICE = "".join(chr(0xFEE0 + ord(c)) for c in "alice")
+SPELLINGS = ["Alice", "ALICE", "BOT", "Bot", FULLWIDTH_ALICE, "\uff21lice"]
 
 
 def _plan(status=PlanStatus.AWAITING_APPROVAL, approvals=()):
@@ -57,6 +63,15 @@ class TestCheckCanApprove:
         with pytest.raises(PermissionDeniedError):
             check_can_approve(_plan(), who, ["finance"], ["finance"])
 
+    @pytest.mark.parametrize("who", SPELLINGS)
+    def test_other_spellings_of_requester_and_beneficiary_cannot_approve(self, who):
+        """Separation of duties ignores case and compatibility forms: ``Alice`` is ``alice``."""
+        with pytest.raises(PermissionDeniedError) as ei:
+            check_can_approve(_plan(), who, ["finance"], ["finance"])
+
+        assert ei.value.field == "principal"
+        assert "requested this plan or benefits from it" in ei.value.message
+
     def test_needs_role(self):
         """An approver without a required role is refused."""
         with pytest.raises(PermissionDeniedError) as ei:
@@ -67,6 +82,16 @@ class TestCheckCanApprove:
         """The same approver cannot approve twice."""
         with pytest.raises(PermissionDeniedError):
             check_can_approve(_plan(approvals=[_ok("fiona")]), "fiona", ["finance"], ["finance"])
+
+    @pytest.mark.parametrize(
+        "again", ["Fiona", "FIONA", "".join(chr(0xFEE0 + ord(c)) for c in "fiona")]
+    )
+    def test_no_double_vote_under_another_spelling(self, again):
+        """``Fiona`` cannot add a second vote to ``fiona``'s."""
+        with pytest.raises(PermissionDeniedError) as ei:
+            check_can_approve(_plan(approvals=[_ok("fiona")]), again, ["finance"], ["finance"])
+
+        assert "already approved" in ei.value.message
 
     def test_not_waiting(self):
         """Approving a finished plan is an invalid transition."""
@@ -84,6 +109,16 @@ class TestQuorum:
         p = _plan()
         assert not quorum_met(p, [_ok("fiona"), _ok("fiona")], count=2, required_roles=["finance"])
         assert quorum_met(p, [_ok("fiona"), _ok("frank")], count=2, required_roles=["finance"])
+
+    def test_two_spellings_are_one_approver(self):
+        """``fiona`` and ``Fiona`` are one approver; a requester's spelling never counts."""
+        p = _plan()
+        one = [_ok("fiona"), _ok("Fiona")]
+        parties = [_ok("Alice"), _ok("BOT")]
+
+        assert not quorum_met(p, one, count=2, required_roles=["finance"])
+        assert not quorum_met(p, parties, count=1, required_roles=["finance"])
+        assert quorum_met(p, [*parties, *one], count=1, required_roles=["finance"])
 
     def test_bound_to_digest_and_policy(self):
         """Approvals for another digest or policy version do not count."""
@@ -108,6 +143,30 @@ class TestQuorum:
         assert not quorum_met(
             _plan(), [_ok("fiona", kind="reject")], count=1, required_roles=["finance"]
         )
+
+
+class TestPersonKey:
+    def test_the_same_name_is_itself(self):
+        """A plain lower-case ASCII name is its own key."""
+        assert person_key("fiona") == "fiona"
+
+    @pytest.mark.parametrize(
+        ("name", "key"),
+        [
+            ("Alice", "alice"),
+            ("".join(chr(0xFEE0 + ord(c)) for c in "Alice"), "alice"),  # fullwidth
+            ("\u212aevin", "kevin"),  # KELVIN SIGN
+            ("o\ufb03ce", "office"),  # LATIN SMALL LIGATURE FFI
+            ("Stra\u00dfe", "strasse"),  # sharp s case-folds to "ss"
+        ],
+    )
+    def test_case_and_compatibility_forms_fold(self, name, key):
+        """NFKC and case folding map other spellings of one name to one key."""
+        assert person_key(name) == key
+
+    def test_other_scripts_stay_distinct(self):
+        """A Cyrillic look-alike is another name (no confusables table)."""
+        assert person_key("\u0430lice") != person_key("alice")
 
 
 class TestConfirmAndExpiry:
