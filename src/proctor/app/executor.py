@@ -521,6 +521,8 @@ class Executor(Recovery, Background):
         step = record.steps[index]
         # Full jitter (AWS architecture blog, "Exponential Backoff And Jitter").
         delay = random.uniform(0, self._backoff(step).total_seconds())  # noqa: S311 - jitter
+        # Not durable, whatever the action: the step's first start is on disk (a step that
+        # is not idempotent is started durably), so a power loss leaves it running, not pending.
         with self.gw.store.transaction(durable=False) as tx:
             current = self._fenced(tx, record, step)
             j = self._journal(tx)
@@ -555,14 +557,21 @@ class Executor(Recovery, Background):
         """Record a step's outcome; start the next step or finish the plan, in one commit.
 
         Only the commit that finishes the plan (or fails it) is durable: the intermediate
-        ones are in-flight markers that nobody has been told of.
+        ones are in-flight markers that nobody has been told of. Except one that starts a
+        step whose action is not idempotent: it is on disk before that handler runs, so that
+        after a power loss the step is ``running`` (then ``unknown``), never ``pending`` again
+        (and run twice).
         """
         step = record.steps[index]
         now = self.gw.clock.now()
         last = index + 1 >= len(record.steps) or out.error is not None
+        # The next action may have left the catalog (start_checked then fails that step): an
+        # unknown action counts as not idempotent.
+        nxt = None if last else self.gw.catalog.get(record.steps[index + 1].action)
+        durable = last or nxt is None or not nxt.idempotent
         lost: LostLease | None = None
         current = record
-        with self.gw.store.transaction(durable=last) as tx:
+        with self.gw.store.transaction(durable=durable) as tx:
             try:
                 current = self._fenced(tx, record, step)
             except LostLease as exc:

@@ -316,9 +316,13 @@ class Gateway(HumanActions):
             with self.telemetry.stage("simulate"):
                 decision, simulations = self._simulate(plan, specs, decision, plan_id, sandbox)
         record = self._route(plan, plan_id, decision, assessment, simulations, now, sandbox)
-        # A plan that runs now is acknowledged only after its final, durable commit.
+        # A plan that runs now is acknowledged only after its final, durable commit. The
+        # commit that starts its first step is an in-flight marker, not fsynced, unless that
+        # step is not idempotent: then it must be on disk before the handler runs, or a power
+        # loss would forget the plan and a retry of the same plan id would run it again.
         runs_now = record.status is PlanStatus.RUNNING
-        with self.telemetry.stage("route"), self.store.transaction(durable=not runs_now) as tx:
+        durable = not runs_now or not specs[0].idempotent
+        with self.telemetry.stage("route"), self.store.transaction(durable=durable) as tx:
             existing = tx.get_plan(plan_id) if plan.plan_id is not None else None
             if existing is not None:
                 # Lost a race with an identical submission: the winner's plan, which the
@@ -372,7 +376,7 @@ class Gateway(HumanActions):
                 record = self.executor.begin(j, record, now)
             tx.save_plan(record)
             j.flush()
-        if runs_now and record.lease_owner is None:
+        if runs_now and record.lease_owner is None and not durable:
             # Acknowledged without running here (escalated by a guard, or queued for another
             # runner): make the commit durable before the client hears of it.
             self._sync()

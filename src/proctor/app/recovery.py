@@ -146,6 +146,7 @@ class Recovery:
 
     def _claim(self, plan_id: str) -> tuple[PlanRecord, str] | None:
         now = self.gw.clock.now()
+        must_sync = False  # it starts a step that is not idempotent
         # Not durable: nobody is told of a claim; lost on power failure, it is claimed again.
         with self.gw.store.transaction(durable=False) as tx:
             current: PlanRecord | None = tx.get_plan(plan_id)
@@ -191,6 +192,11 @@ class Recovery:
             elif running is None:
                 assert pending is not None
                 current = self.start_checked(j, current, pending, now)
+                started = current.steps[pending]
+                spec = self.gw.catalog.get(started.action)
+                must_sync = started.status is StepStatus.RUNNING and not (
+                    spec is not None and spec.idempotent
+                )
                 then = _then(current)
             else:
                 step = current.steps[running]
@@ -205,6 +211,11 @@ class Recovery:
                     then = "done"
             tx.save_plan(current)
             j.flush()
+        if must_sync:
+            # Lost on power failure, the step would be pending again and run twice: its
+            # step.started must be on disk before its handler runs (a durable commit after
+            # it syncs it too).
+            self.gw._sync()
         return current, then
 
     def _unknown(self, j: Journal, record: PlanRecord, index: int, now: datetime) -> PlanRecord:

@@ -244,7 +244,9 @@ class Store(Protocol):
         """Open a write transaction; it commits when the block exits without an exception.
 
         ``durable=False`` may skip the fsync: the commit survives a process crash but not
-        necessarily a power loss. Use it only for records that no client has been told of.
+        necessarily a power loss. Use it only for records that no client has been told of,
+        and whose loss cannot make an effect happen twice (the start of a step whose action
+        is not idempotent is durable).
         """
         ...
 

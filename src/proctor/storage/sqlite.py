@@ -547,7 +547,8 @@ class SqliteStore:
 
         Args:
             durable: False for a commit that only has to survive a *process* crash, not a
-                power loss: the in-flight marker written before a handler runs. It commits
+                power loss: the in-flight marker written before an idempotent action's handler
+                runs (one that is not idempotent is started durably). It commits
                 with ``synchronous=NORMAL`` (no fsync); the next durable commit fsyncs the
                 WAL, and with it every earlier commit. Nothing is acknowledged to a client
                 on a non-durable commit.
