@@ -8,10 +8,12 @@ change commits with its audit event, so any process can pick up where another st
   handler runs. An expired lease, or one whose owner process is gone from this host, makes the
   plan claimable: ``resume`` takes it over. Each commit re-reads the plan and checks that the
   lease and the step's attempt are still its own (fencing): a stale owner that wakes up late
-  records nothing but a ``step.late_result`` event.
+  records nothing but a ``step.late_result`` event (and escalates a late success of a step on
+  record as failed: ``_late_result``).
 - **At-least-once, never blindly.** A step interrupted mid-flight is run again under the same
-  idempotency key (``plan_id:step_id``) only if its action is idempotent; otherwise it becomes
-  ``unknown`` and the plan ``needs_attention`` until a human resolves it.
+  idempotency key (``plan_id:step_id``) only if its action is idempotent and it has attempts
+  left; otherwise it becomes ``unknown`` and the plan ``needs_attention`` until a human
+  resolves it.
 - **The catalog now.** A step starts only with params the catalog accepts when it starts
   (``start_checked``): a plan may have waited for a human, a runner or a takeover while the
   catalog changed. A refused step fails without running and the plan is compensated. Only
@@ -666,7 +668,15 @@ class Executor(Recovery, Background):
         return current
 
     def _late_result(self, tx: Any, current: PlanRecord, step: StepRecord, out: Outcome) -> None:
-        """Record that an attempt we no longer own returned (its result is not applied)."""
+        """Record that an attempt we no longer own returned (its result is not applied).
+
+        The event says what the step is on record (``recorded``): for an ``unknown`` step,
+        what the late attempt returned is what its resolver needs. A success for a step on
+        record as ``failed`` is escalated besides (``anomaly.detected``): the effect happened
+        and nothing undoes it (the saga undoes succeeded steps only), and the plan may have
+        finished, so no state of its own can flag it.
+        """
+        recorded = current.steps[step.index].status
         j = self._journal(tx)
         j.emit(
             E.STEP_LATE_RESULT,
@@ -677,8 +687,27 @@ class Executor(Recovery, Background):
                 "owner": self.owner,
                 "error": out.error,
                 "result_hash": payload_hash({"r": out.result}),
+                "recorded": recorded.value,
             },
         )
+        if out.error is None and recorded is StepStatus.FAILED:
+            # NOTE(late success): the plan's record is not rewritten from a stale attempt
+            # (fencing); a human checks the real system, through the anomaly escalation.
+            reason = (
+                f"step {step.step_id} ({step.action}) succeeded late, after it was recorded "
+                "failed: its effect is not undone"
+            )
+            j.emit(
+                E.ANOMALY_DETECTED,
+                plan=current,
+                step_id=step.step_id,
+                data={
+                    "agent_id": current.agent_id,
+                    "reasons": [reason],
+                    "summary": reason,
+                    "severity": "high",
+                },
+            )
         tx.save_plan(current)
         j.flush()
 

@@ -90,13 +90,6 @@ class Recovery:
         record, then = claimed
         if then == "compensate":
             return self.continue_compensation(record)
-        if then == "fail":
-            step = next(s for s in record.steps if s.status is StepStatus.RUNNING)
-            failure = Outcome(error=step.error or "interrupted, and no attempts are left")
-            record = self._with_lock(record, lambda r: self._record_step(r, step.index, failure))
-            if record.status is PlanStatus.COMPENSATING:
-                return self.continue_compensation(record)
-            return record
         if then == "run":
             return self.run(record)
         return record
@@ -200,13 +193,15 @@ class Recovery:
                 then = _then(current)
             else:
                 step = current.steps[running]
-                spec = self.gw.catalog.require(step.action)
-                if spec.idempotent and step.attempts < self._opts.max_attempts:
+                spec = self.gw.catalog.get(step.action)  # None: it left the catalog
+                if spec is not None and spec.idempotent and step.attempts < self._opts.max_attempts:
                     current = self.start_checked(j, current, running, now)
                     then = _then(current)
-                elif spec.idempotent:
-                    then = "fail"
                 else:
+                    # Not idempotent, or its last attempt timed out or was interrupted:
+                    # whether it took effect is unknown. Failing it would compensate the steps
+                    # before it and leave its own effect, if any (a timed-out call can still
+                    # succeed late), neither recorded nor undone: a human says (``resolve``).
                     current = self._unknown(j, current, running, now)
                     then = "done"
             tx.save_plan(current)
@@ -221,11 +216,16 @@ class Recovery:
     def _unknown(self, j: Journal, record: PlanRecord, index: int, now: datetime) -> PlanRecord:
         step = record.steps[index]
         reason = step.error or "interrupted mid-flight"
+        spec = self.gw.catalog.get(step.action)
+        if spec is not None and spec.idempotent:
+            why = f"ran out of attempts ({step.attempts} of {self._opts.max_attempts})"
+        else:
+            why = "is not idempotent"
         record = record.with_step(step.moved_to(StepStatus.UNKNOWN, error=reason))
         record = record.moved_to(
             PlanStatus.NEEDS_ATTENTION,
             at=now,
-            error=f"step {step.step_id} is not idempotent and its outcome is unknown ({reason})",
+            error=f"step {step.step_id} {why} and its outcome is unknown ({reason})",
         ).leased(None, None)
         j.emit(
             E.STEP_UNKNOWN,

@@ -100,10 +100,11 @@ def resolve(
     server: Server = None,
     token: Token = None,
 ) -> int:
-    """Resolve a step that was interrupted mid-flight and is not idempotent.
+    """Resolve a step whose outcome is unknown (interrupted or timed out).
 
-    Proctor never re-runs such a step blindly: the plan waits in `needs_attention` until an
-    operator checks the real system and says whether the step took effect.
+    Proctor never re-runs such a step blindly (it is not idempotent, or out of attempts): the
+    plan waits in `needs_attention` until an operator checks the real system and says whether
+    the step took effect.
     """
     if succeeded is None:
         raise typer.BadParameter("say --succeeded or --failed", param_hint="'--succeeded'")

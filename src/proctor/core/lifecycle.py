@@ -53,7 +53,7 @@ class StepStatus(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     SKIPPED = "skipped"  # never ran: the plan was denied, rejected, expired or failed earlier
-    UNKNOWN = "unknown"  # interrupted mid-flight and not idempotent: never retried blindly
+    UNKNOWN = "unknown"  # interrupted or timed out, and not to be retried: a human resolves it
     COMPENSATING = "compensating"  # its compensation is in flight
     COMPENSATED = "compensated"
     COMPENSATION_FAILED = "compensation_failed"
