@@ -50,6 +50,8 @@ __all__ = ["HumanActions"]
 # Shared with the gateway, which imports them from here.
 _NO_POLICY = "sha256:none"
 _MAX_ERROR = 500
+# Who undoes when a rollback TTL fires (the KPIs tell it from people by the prefix).
+_ROLLBACK_TTL = "proctor:rollback-ttl"
 
 
 class HumanActions:
@@ -250,7 +252,6 @@ class HumanActions:
         principal: str,
         *,
         admin: bool = False,
-        rollback: bool = False,
         comment: str = "",
     ) -> PlanRecord:
         """Undo a succeeded plan within its undo window (the on-behalf-of user, or an admin).
@@ -280,9 +281,7 @@ class HumanActions:
                     f"plan {plan_id} is {record.status.value}; only succeeded plans can be undone",
                     field="plan_id",
                 )
-            now = self.clock.now()
-            if not rollback:  # a rollback TTL fires after its window by design
-                self._check_undoable(record, now)
+            self._check_undoable(record, self.clock.now())
             # The first commit re-checks that the plan is still succeeded: of two concurrent
             # undos (in any processes) one wins and the other gets a conflict.
             return self.executor.compensate(
@@ -336,10 +335,49 @@ class HumanActions:
                 with self._lock_for(p.plan_id):
                     changed.append(self._expire(p, "nobody decided before the deadline"))
             elif p.status is PlanStatus.SUCCEEDED:
-                changed.append(
-                    self.undo(p.plan_id, "proctor:rollback-ttl", admin=True, rollback=True)
-                )
+                rolled = self._roll_back(p, now)
+                if rolled is not None:
+                    changed.append(rolled)
         return changed
+
+    def _roll_back(self, record: PlanRecord, now: datetime) -> PlanRecord | None:
+        """Undo the steps of a succeeded plan whose rollback TTL passed (a step at a time).
+
+        A TTL is a step's (``steps.<id>.rollback_ttl``, set only on reversible steps): it
+        undoes that step, not the steps beside it. Those stand: an irreversible one (which
+        the user's undo would refuse), one with no TTL, one whose TTL comes later (it fires
+        then). When every completed step was due the plan ends ``undone``; otherwise it is
+        ``succeeded`` again (``Saga``). The first commit re-checks that the plan is still
+        succeeded: of two processes firing the same TTL, one does it and the other skips it.
+
+        Returns:
+            The plan, or None when there was nothing to roll back (any more).
+        """
+        with self._lock_for(record.plan_id), self.store.transaction() as tx:
+            current = self._fresh(tx, record)
+            due = [
+                s.step_id
+                for s in current.steps
+                if s.status is StepStatus.SUCCEEDED
+                and s.rollback_at is not None
+                and s.rollback_at <= now
+            ]
+            if current.status is not PlanStatus.SUCCEEDED or not due:
+                return None
+            j = self._journal(tx)
+            j.emit(
+                E.UNDO_REQUESTED,
+                plan=current,
+                user_id=_ROLLBACK_TTL,
+                data={"by": _ROLLBACK_TTL, "steps": due},
+            )
+            reason = f"undone by {_ROLLBACK_TTL}: the rollback TTL of {', '.join(due)} passed"
+            current = self.executor.saga.start(
+                j, current, reason, PlanStatus.UNDONE, now, steps=due
+            )
+            tx.save_plan(current)
+            j.flush()
+        return self.executor.continue_compensation(current)
 
     # ------------------------------------------------------------------ helpers
 

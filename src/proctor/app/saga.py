@@ -9,8 +9,9 @@ undos, in any processes, one wins).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from proctor.app._outcomes import MAX_ERROR, LostLease, err
 from proctor.app.journal import Journal
@@ -82,14 +83,22 @@ class Saga:
         reason: str,
         final: PlanStatus | None,
         now: datetime,
+        *,
+        steps: Sequence[str] | None = None,
     ) -> PlanRecord:
-        """Move the plan to ``compensating`` with its reason (inside the caller's transaction)."""
-        record = record.moved_to(
-            PlanStatus.COMPENSATING,
-            at=now,
-            compensation={"reason": reason[:MAX_ERROR], "final": final and final.value},
-        ).leased(self.ex._token(), self.ex._until(now))
-        j.emit(E.COMPENSATION_STARTED, plan=record, data={"reason": reason[:MAX_ERROR]})
+        """Move the plan to ``compensating`` with its reason (inside the caller's transaction).
+
+        ``steps`` limits the saga to those steps (a rollback TTL undoes only the steps whose
+        TTL passed); None undoes every completed step.
+        """
+        info: dict[str, Any] = {"reason": reason[:MAX_ERROR], "final": final and final.value}
+        data: dict[str, Any] = {"reason": reason[:MAX_ERROR]}
+        if steps is not None:
+            info["steps"] = data["steps"] = list(steps)
+        record = record.moved_to(PlanStatus.COMPENSATING, at=now, compensation=info).leased(
+            self.ex._token(), self.ex._until(now)
+        )
+        j.emit(E.COMPENSATION_STARTED, plan=record, data=data)
         return record
 
     def carry_on(self, record: PlanRecord) -> PlanRecord:
@@ -106,7 +115,10 @@ class Saga:
         """Compensate what is left of a compensating plan this executor holds; finish it."""
         info = record.compensation or {}
         reason = str(info.get("reason", "compensation"))
+        only = info.get("steps")
         for step in reversed(record.steps):
+            if only is not None and step.step_id not in only:
+                continue  # a rollback TTL's saga: this step's TTL has not passed, or it has none
             if step.status is StepStatus.COMPENSATING:
                 # Interrupted mid-compensation (we are resuming): retry only if harmless.
                 if not self._idempotent(step):
@@ -206,6 +218,11 @@ class Saga:
         statuses = [s.status for s in record.steps]
         all_ok = StepStatus.COMPENSATION_FAILED not in statuses
         undone_any = StepStatus.COMPENSATED in statuses
+        only = (record.compensation or {}).get("steps")
+        if only is not None and all_ok and StepStatus.SUCCEEDED in statuses:
+            # A rollback TTL undid the steps whose TTL passed; the others stand (irreversible,
+            # no TTL, or a later one).
+            return self._rolled_back(record, reason, only)
         if final is not None and all_ok:
             status = PlanStatus(final)
         elif final is None and all_ok and undone_any:
@@ -220,6 +237,24 @@ class Saga:
             j.emit(E.PLAN_FINISHED, plan=current, data={"status": status.value, "reason": reason})
             if self.ex.gw.guards is not None:
                 self.ex.gw.guards.on_finish(tx, j.emit, current)
+            tx.save_plan(current)
+            j.flush()
+        return current
+
+    def _rolled_back(self, record: PlanRecord, reason: str, steps: Sequence[str]) -> PlanRecord:
+        """A rollback TTL undid ``steps``; the plan's other steps stand: it is succeeded again.
+
+        Its event is ``plan.rolled_back``, not ``plan.finished``: the plan finished when it
+        succeeded, and its webhook, metrics, budget settlement and proposal count happened
+        then, once. Its next rollback TTL, if any, fires at its time.
+        """
+        now = self.ex.gw.clock.now()
+        with self.ex.gw.store.transaction() as tx:
+            current = self.ex._fenced(tx, record, None)
+            j = self.ex._journal(tx)
+            current = current.moved_to(PlanStatus.SUCCEEDED, at=now).leased(None, None)
+            data = {"status": current.status.value, "reason": reason, "steps": list(steps)}
+            j.emit(E.PLAN_ROLLED_BACK, plan=current, data=data)
             tx.save_plan(current)
             j.flush()
         return current

@@ -40,6 +40,8 @@ class EventType:
     COMPENSATION_FAILED: Final = "compensation.failed"
     UNDO_REQUESTED: Final = "undo.requested"
     PLAN_FINISHED: Final = "plan.finished"
+    # A rollback TTL undid some steps of a succeeded plan; the others stand, it is succeeded.
+    PLAN_ROLLED_BACK: Final = "plan.rolled_back"
     REVIEW_SAMPLED: Final = "review.sampled"
     INSTANCE_CREATED: Final = "instance.created"
     GUARD_RATE_LIMITED: Final = "guard.rate_limited"

@@ -2,7 +2,8 @@
 
 Only the transitions listed in ``PLAN_TRANSITIONS`` and ``STEP_TRANSITIONS`` are legal;
 ``PlanRecord.moved_to`` raises ``InvalidTransitionError`` for any other. A terminal plan never
-moves again except ``succeeded → undone`` (within the undo window) and the compensation path.
+moves again except ``succeeded → undone`` (within the undo window) and the compensation path
+(a rollback TTL that undoes only some steps ends ``succeeded`` again).
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ PLAN_TRANSITIONS: Mapping[PlanStatus, frozenset[PlanStatus]] = {
     _P.AWAITING_CONFIRMATION: frozenset({_P.RUNNING, _P.REJECTED, _P.EXPIRED, _P.SIMULATED}),
     _P.AWAITING_APPROVAL: frozenset({_P.RUNNING, _P.REJECTED, _P.EXPIRED, _P.SIMULATED}),
     _P.RUNNING: frozenset({_P.SUCCEEDED, _P.FAILED, _P.COMPENSATING, _P.NEEDS_ATTENTION}),
-    _P.COMPENSATING: frozenset({_P.COMPENSATED, _P.FAILED, _P.UNDONE}),
+    # Back to succeeded: a rollback TTL undid the steps whose TTL passed; the others stand.
+    _P.COMPENSATING: frozenset({_P.COMPENSATED, _P.FAILED, _P.UNDONE, _P.SUCCEEDED}),
     _P.NEEDS_ATTENTION: frozenset({_P.RUNNING, _P.SUCCEEDED, _P.COMPENSATING, _P.FAILED}),
     _P.SUCCEEDED: frozenset({_P.COMPENSATING}),
     _P.REJECTED: frozenset(),
@@ -200,7 +202,8 @@ class PlanRecord:
     lease_owner: str | None = None  # the worker running it now
     lease_until: datetime | None = None  # when that lease lapses (another worker may take over)
     deadline: datetime | None = None  # no step starts (or retries) after this
-    compensation: Mapping[str, Any] | None = None  # {"reason", "final"} while compensating
+    # {"reason", "final"} while compensating, and "steps" for a rollback TTL's (only those)
+    compensation: Mapping[str, Any] | None = None
 
     def moved_to(self, status: PlanStatus, *, at: datetime, **changes: Any) -> PlanRecord:
         """Return a copy in ``status``.
