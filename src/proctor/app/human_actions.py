@@ -15,6 +15,7 @@ events, and the plan's lock serialises the actions on one plan within this proce
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
     from proctor.core.ports import Clock, PolicyEngine, StepUp, Store
 
 __all__ = ["HumanActions"]
+
+log = logging.getLogger("proctor.timers")
 
 # Shared with the gateway, which imports them from here.
 _NO_POLICY = "sha256:none"
@@ -331,14 +334,28 @@ class HumanActions:
         changed = []
         # One indexed range scan: each plan stores when its next timer fires (timer_at).
         for p in self.store.due_plans(now):
-            if p.status in (PlanStatus.AWAITING_APPROVAL, PlanStatus.AWAITING_CONFIRMATION):
-                with self._lock_for(p.plan_id):
-                    changed.append(self._expire(p, "nobody decided before the deadline"))
-            elif p.status is PlanStatus.SUCCEEDED:
-                rolled = self._roll_back(p, now)
-                if rolled is not None:
-                    changed.append(rolled)
+            # One timer failing (a store conflict, a compensation that raises) must not stop
+            # the others, nor the worker's recovery after them: it is logged, and fires again.
+            try:
+                fired = self._fire(p, now)
+            except Exception:  # logged; the next tick tries again
+                log.exception("firing the timer of plan %s failed", p.plan_id)
+                continue
+            if fired is not None:
+                changed.append(fired)
         return changed
+
+    def _fire(self, p: PlanRecord, now: datetime) -> PlanRecord | None:
+        if p.status in (PlanStatus.AWAITING_APPROVAL, PlanStatus.AWAITING_CONFIRMATION):
+            with self._lock_for(p.plan_id):
+                return self._expire(p, "nobody decided before the deadline")
+        if p.status is PlanStatus.SUCCEEDED:
+            if not self.executor.runnable_here(p):
+                # A process that lacks one of its actions (a Python action the app registers,
+                # a runner served elsewhere) cannot compensate it: one serving them fires it.
+                return None
+            return self._roll_back(p, now)
+        return None
 
     def _roll_back(self, record: PlanRecord, now: datetime) -> PlanRecord | None:
         """Undo the steps of a succeeded plan whose rollback TTL passed (a step at a time).

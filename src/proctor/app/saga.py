@@ -132,6 +132,9 @@ class Saga:
                     continue
             elif step.status is not StepStatus.SUCCEEDED:
                 continue
+            # Before the in-flight marker: a process without the action raises here, leaving
+            # the step as it was for one that has it (not "interrupted, effect unknown").
+            spec = self.ex.gw.catalog.require(step.action)
             with self.ex.gw.store.transaction(durable=False) as tx:
                 current = self.ex._fenced(tx, record, None)
                 marker = current.steps[step.index]
@@ -142,7 +145,7 @@ class Saga:
                 )
                 tx.save_plan(record)
             record = self._compensated(
-                record, record.steps[step.index], self._undo(record, step), reason
+                record, record.steps[step.index], self._undo(record, step, spec), reason
             )
         return self._finish_compensation(record, reason, info.get("final"))
 
@@ -153,9 +156,8 @@ class Saga:
             return comp is not None and comp.idempotent
         return spec.idempotent
 
-    def _undo(self, record: PlanRecord, step: StepRecord) -> str | None:
+    def _undo(self, record: PlanRecord, step: StepRecord, spec: ActionSpec) -> str | None:
         """Run a step's compensation; return the error, or None."""
-        spec = self.ex.gw.catalog.require(step.action)
         call = self.ex._call(record, step, result=step.result)
         try:
             with self.ex.gw.telemetry.stage("compensation", action=spec.name, step=step.step_id):

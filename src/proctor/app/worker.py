@@ -3,10 +3,12 @@
 It runs inside ``proctor serve`` and alone as ``proctor worker``. Each pass:
 
 1. ``Gateway.tick`` fires due timers — approval and confirmation expiry, rollback TTLs —
-   from the indexed ``timer_at`` column, so they fire after a restart too;
-2. ``Gateway.recover`` hands every running or compensating plan without a live lease (its
-   lease lapsed, or its owner process is gone from this host) to the executor's worker
-   threads, which claim it under a new lease and carry it on.
+   from the indexed ``timer_at`` column, so they fire after a restart too (a timer that fails
+   is logged and fires on a later pass);
+2. ``Gateway.recover`` (even when firing the timers failed) hands every running or
+   compensating plan without a live lease (its lease lapsed, or its owner process is gone
+   from this host) to the executor's worker threads, which claim it under a new lease and
+   carry it on.
 
 The first pass runs at once on ``start``: after a crash, a restarted process resumes the
 interrupted plans without waiting for their leases to lapse.
@@ -50,7 +52,11 @@ class Worker:
 
     def run_once(self) -> WorkerPass:
         """Fire due timers and hand interrupted plans to worker threads."""
-        fired = len(self.gateway.tick())
+        try:
+            fired = len(self.gateway.tick())
+        except Exception:  # logged; recovery must not wait for the timers
+            log.exception("firing timers failed")
+            fired = 0
         resumed = self.gateway.recover()
         return WorkerPass(timers_fired=fired, plans_resumed=resumed)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 import orjson
@@ -10,6 +11,7 @@ import pytest
 from proctor import Proctor
 from proctor.app.executor import Executor
 from proctor.app.gateway import GatewayOptions
+from proctor.app.worker import Worker
 from proctor.core.catalog import Catalog
 from proctor.core.lifecycle import PlanStatus, StepStatus
 from proctor.testing import FrozenClock, RecordingTool, make_plan
@@ -49,6 +51,17 @@ def make(clock, **by_action):
 
 def register(p, name, fn, **kw):
     p.action(name, category="general", baselines=LOW, **kw)(fn)
+
+
+def wait_for(p, plan_id, done, timeout=10.0):
+    """Poll until ``done(record)`` holds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rec = p.gateway.store.get_plan(plan_id)
+        if done(rec):
+            return rec
+        time.sleep(0.02)
+    raise AssertionError(f"plan {plan_id} never reached the expected state")
 
 
 def statuses(rec):
@@ -186,3 +199,96 @@ class TestRollbackTTL:
         assert calls == ["t-5:s1", "t-5:s1"]
         assert car.calls == []
         assert p.verify().ok
+
+
+def on_disk(tmp_path, clock, policy):
+    """One process's instance on a database other processes share."""
+    return Proctor.in_memory(
+        catalog=Catalog(),
+        policy=policy,
+        clock=clock,
+        options=GatewayOptions(retry_backoff=timedelta(milliseconds=1)),
+        database_url=f"sqlite:///{tmp_path / 'shared.db'}",
+    )
+
+
+class TestTimersOfOtherProcesses:
+    def test_a_process_without_the_action_leaves_the_ttl_to_one_that_has_it(self, tmp_path):
+        """`proctor worker` lacks the app's Python action: it does not fire its TTL; the app does."""
+        clock = FrozenClock()
+        policy = PerAction(**{"hotel.hold": {"rollback_ttl": 600}})
+        app = on_disk(tmp_path, clock, policy)
+        release = RecordingTool()
+        register(app, "hotel.hold", RecordingTool(), reversible=True, compensate=release)
+        app.submit(make_plan([("hotel.hold", {})], plan_id="u-1"))
+        worker = on_disk(tmp_path, clock, policy)
+        clock.advance(601)
+
+        assert worker.tick() == []
+
+        untouched = app.get("u-1")
+        assert untouched.status is PlanStatus.SUCCEEDED and untouched.lease_owner is None
+        assert statuses(untouched) == [StepStatus.SUCCEEDED]
+        assert [c.plan_id for c in app.tick()] == ["u-1"]
+        assert app.get("u-1").status is PlanStatus.UNDONE
+        assert release.keys == ["u-1:s1"]
+        assert app.verify().ok
+
+    def test_a_ttl_fired_meanwhile_by_another_process_is_skipped_and_the_rest_fire(self, tmp_path):
+        """Two workers race on one TTL: the loser skips it (no conflict) and fires the next."""
+        clock = FrozenClock()
+        policy = PerAction(**{"a.hold": {"rollback_ttl": 60}, "b.hold": {"rollback_ttl": 60}})
+        mine, other = on_disk(tmp_path, clock, policy), on_disk(tmp_path, clock, policy)
+        fired_elsewhere = []
+
+        def release_a(params, call):
+            # While this worker undoes A, the other one fires the TTLs now due (B's).
+            fired_elsewhere.extend(c.plan_id for c in other.tick())
+
+        register(mine, "a.hold", RecordingTool(), reversible=True, compensate=release_a)
+        register(mine, "b.hold", RecordingTool(), reversible=True, compensate=RecordingTool())
+        register(other, "b.hold", RecordingTool(), reversible=True, compensate=RecordingTool())
+        mine.submit(make_plan([("a.hold", {})], plan_id="r-a"))
+        clock.advance(1)
+        mine.submit(make_plan([("b.hold", {})], plan_id="r-b"))
+        clock.advance(1)
+        mine.submit(make_plan([("a.hold", {})], plan_id="r-c"))
+        clock.advance(60)
+
+        changed = mine.tick()
+
+        assert fired_elsewhere == ["r-b"]
+        assert sorted(c.plan_id for c in changed) == ["r-a", "r-c"]
+        for plan_id in ("r-a", "r-b", "r-c"):
+            assert mine.get(plan_id).status is PlanStatus.UNDONE
+        assert len(events(mine, "r-b", "undo.requested")) == 1
+
+    def test_a_worker_pass_recovers_plans_though_a_timer_is_not_its_own(self, tmp_path):
+        """A TTL this worker cannot fire does not stop it resuming a plan whose lease lapsed."""
+        clock = FrozenClock()
+        policy = PerAction(**{"hotel.hold": {"rollback_ttl": 60}})
+        app = on_disk(tmp_path, clock, policy)
+        register(app, "hotel.hold", RecordingTool(), reversible=True, compensate=RecordingTool())
+        app.submit(make_plan([("hotel.hold", {})], plan_id="w-1"))
+        worker = on_disk(tmp_path, clock, policy)
+        calls = []
+
+        def flaky(params, call):
+            calls.append(call.idempotency_key)
+            if len(calls) == 1:
+                raise Crash  # the process running it dies
+            return {"ok": True}
+
+        register(app, "shop.idem", flaky, idempotent=True)
+        register(worker, "shop.idem", flaky, idempotent=True)
+        with pytest.raises(Crash):
+            app.submit(make_plan([("shop.idem", {})], plan_id="w-2"))
+        clock.advance(61)  # the TTL is due, and the crashed plan's lease lapsed
+
+        done = Worker(worker.gateway).run_once()
+
+        assert done.plans_resumed == 1
+        rec = wait_for(worker, "w-2", lambda r: r.status is not PlanStatus.RUNNING)
+        assert rec.status is PlanStatus.SUCCEEDED
+        assert calls == ["w-2:s1", "w-2:s1"]
+        assert app.get("w-1").status is PlanStatus.SUCCEEDED  # left to the app
