@@ -26,6 +26,7 @@ from proctor.core.lifecycle import PlanRecord, StepRecord, StepStatus
 
 if TYPE_CHECKING:
     from proctor.app.gateway import Gateway
+    from proctor.app.saga import Saga
 
 __all__ = ["Background"]
 
@@ -40,6 +41,7 @@ class _Flight:
     attempts: int
     timeout_at: float | None  # monotonic
     timed_out: bool = False
+    compensation: bool = False  # a step's compensation (``attempts`` counts those)
 
 
 class Background:
@@ -47,6 +49,7 @@ class Background:
 
     if TYPE_CHECKING:  # provided by Executor
         gw: Gateway
+        saga: Saga
         _flights: dict[str, _Flight]
         _held: dict[str, object]
         _queued: set[str]
@@ -76,13 +79,19 @@ class Background:
             if self._held.get(plan_id) is token:
                 del self._held[plan_id]
 
-    def _flight(self, record: PlanRecord, step: StepRecord, spec: ActionSpec) -> _Flight:
-        """Register an attempt in progress, for the watchdog's timeout."""
+    def _flight(
+        self, record: PlanRecord, step: StepRecord, spec: ActionSpec, *, attempt: int | None = None
+    ) -> _Flight:
+        """Register an attempt in progress, for the watchdog's timeout.
+
+        ``attempt`` is given for a compensation's (``spec`` is then the compensating action).
+        """
         timeout = spec.timeout if spec.timeout is not None else self._opts.step_timeout
         flight = _Flight(
             step.step_id,
-            step.attempts,
+            step.attempts if attempt is None else attempt,
             time.monotonic() + timeout if timeout else None,
+            compensation=attempt is not None,
         )
         with self._guard:
             self._flights[record.plan_id] = flight
@@ -174,6 +183,9 @@ class Background:
 
     def _time_out(self, plan_id: str, flight: _Flight) -> None:
         """An attempt overran its timeout: record it and let a worker take the plan on."""
+        if flight.compensation:
+            self._compensation_timed_out(plan_id, flight)
+            return
         with self.gw.store.transaction() as tx:
             current: PlanRecord | None = tx.get_plan(plan_id)
             if current is None or not self._mine(current.lease_owner):
@@ -198,6 +210,16 @@ class Background:
             j.flush()
         with self._guard:
             self._held.pop(plan_id, None)
+        self.submit_resume(plan_id)
+
+    def _compensation_timed_out(self, plan_id: str, flight: _Flight) -> None:
+        if not self.saga.timed_out(plan_id, flight):
+            return
+        with self._guard:
+            self._held.pop(plan_id, None)
+            # The stuck call may be a worker thread's own resume (a rollback TTL's saga): the
+            # new resume must not wait for that thread to come back.
+            self._queued.discard(plan_id)
         self.submit_resume(plan_id)
 
     def close(self) -> None:

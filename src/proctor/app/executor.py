@@ -32,8 +32,8 @@ change commits with its audit event, so any process can pick up where another st
 - **Canary.** An action with a ``canary`` runs first against its staging target; a
   deterministic check decides whether it is promoted to the real params.
 - **Saga.** Compensation is durable too: the plan is ``compensating`` with its reason and
-  final status stored, each compensation is an in-flight marker then an outcome, and a crash
-  mid-compensation resumes it.
+  final status stored, each compensation is an in-flight marker then an outcome (timed out by
+  the watchdog as a step's attempt is), and a crash mid-compensation resumes it.
 
 ``Executor`` here runs the steps: starting them, calling handlers (with their canaries),
 retries, fencing, recording outcomes, and the calls made by the caller. Its other parts live

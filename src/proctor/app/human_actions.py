@@ -324,11 +324,16 @@ class HumanActions:
                     field="plan_id",
                 )
 
-    def tick(self) -> list[PlanRecord]:
+    def tick(self, *, wait: bool = True) -> list[PlanRecord]:
         """Fire due timers: expire waiting plans past their deadline, run rollback TTLs.
 
+        Args:
+            wait: Run the rollback TTLs' compensations here, to their end. False (the worker)
+                starts them and hands them to the executor's worker threads: a compensation
+                that hangs must not hold up the other timers and the recovery of the pass.
+
         Returns:
-            The plans that changed.
+            The plans that changed (with ``wait=False``, rolled-back plans as they start).
         """
         now = self.clock.now()
         changed = []
@@ -337,7 +342,7 @@ class HumanActions:
             # One timer failing (a store conflict, a compensation that raises) must not stop
             # the others, nor the worker's recovery after them: it is logged, and fires again.
             try:
-                fired = self._fire(p, now)
+                fired = self._fire(p, now, wait)
             except Exception:  # logged; the next tick tries again
                 log.exception("firing the timer of plan %s failed", p.plan_id)
                 continue
@@ -345,7 +350,7 @@ class HumanActions:
                 changed.append(fired)
         return changed
 
-    def _fire(self, p: PlanRecord, now: datetime) -> PlanRecord | None:
+    def _fire(self, p: PlanRecord, now: datetime, wait: bool) -> PlanRecord | None:
         if p.status in (PlanStatus.AWAITING_APPROVAL, PlanStatus.AWAITING_CONFIRMATION):
             with self._lock_for(p.plan_id):
                 return self._expire(p, "nobody decided before the deadline")
@@ -354,10 +359,10 @@ class HumanActions:
                 # A process that lacks one of its actions (a Python action the app registers,
                 # a runner served elsewhere) cannot compensate it: one serving them fires it.
                 return None
-            return self._roll_back(p, now)
+            return self._roll_back(p, now, wait)
         return None
 
-    def _roll_back(self, record: PlanRecord, now: datetime) -> PlanRecord | None:
+    def _roll_back(self, record: PlanRecord, now: datetime, wait: bool) -> PlanRecord | None:
         """Undo the steps of a succeeded plan whose rollback TTL passed (a step at a time).
 
         A TTL is a step's (``steps.<id>.rollback_ttl``, set only on reversible steps): it
@@ -392,8 +397,15 @@ class HumanActions:
             current = self.executor.saga.start(
                 j, current, reason, PlanStatus.UNDONE, now, steps=due
             )
+            if not wait:
+                # Unleased, it is claimable: a worker thread of this process claims it at once
+                # (or, should this process die first, any worker does).
+                current = current.leased(None, None)
             tx.save_plan(current)
             j.flush()
+        if not wait:
+            self.executor.submit_resume(current.plan_id)
+            return current
         return self.executor.continue_compensation(current)
 
     # ------------------------------------------------------------------ helpers

@@ -2,13 +2,15 @@
 
 A failed step and the move to ``compensating`` commit together; each compensation is an
 in-flight marker, then its outcome; a crash mid-compensation resumes it, re-running an
-interrupted compensation only if it is idempotent. An undo is the same saga ending
-``undone``, and its first commit checks the plan is still ``succeeded`` (of two concurrent
-undos, in any processes, one wins).
+interrupted compensation only if it is idempotent (and within ``max_attempts``). Each
+compensation has a step's timeout, which the executor's watchdog enforces (``timed_out``).
+An undo is the same saga ending ``undone``, and its first commit checks the plan is still
+``succeeded`` (of two concurrent undos, in any processes, one wins).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -22,6 +24,7 @@ from proctor.core.ports import ToolCall
 from proctor.errors import ConflictError, InvalidRequestError
 
 if TYPE_CHECKING:
+    from proctor.app.background import _Flight
     from proctor.app.executor import Executor
 
 __all__ = ["Saga"]
@@ -116,38 +119,99 @@ class Saga:
         info = record.compensation or {}
         reason = str(info.get("reason", "compensation"))
         only = info.get("steps")
+        # Attempts per step, stored with the saga: a compensation interrupted (a crash, its
+        # timeout) is retried within max_attempts, as a step is.
+        attempts: dict[str, int] = dict(info.get("attempts") or {})
         for step in reversed(record.steps):
             if only is not None and step.step_id not in only:
                 continue  # a rollback TTL's saga: this step's TTL has not passed, or it has none
             if step.status is StepStatus.COMPENSATING:
                 # Interrupted mid-compensation (we are resuming): retry only if harmless.
-                if not self._idempotent(step):
-                    record = self._compensated(
-                        record,
-                        step,
-                        "the compensation was interrupted and is not idempotent: "
-                        "its effect is unknown",
-                        reason,
-                    )
+                why = self._not_again(step, attempts.get(step.step_id, 1))
+                if why is not None:
+                    record = self._compensated(record, step, why, reason)
                     continue
             elif step.status is not StepStatus.SUCCEEDED:
                 continue
             # Before the in-flight marker: a process without the action raises here, leaving
             # the step as it was for one that has it (not "interrupted, effect unknown").
             spec = self.ex.gw.catalog.require(step.action)
+            attempts[step.step_id] = attempts.get(step.step_id, 0) + 1
             with self.ex.gw.store.transaction(durable=False) as tx:
                 current = self.ex._fenced(tx, record, None)
                 marker = current.steps[step.index]
                 if marker.status is StepStatus.SUCCEEDED:
                     marker = marker.moved_to(StepStatus.COMPENSATING)
-                record = current.with_step(marker).leased(
-                    current.lease_owner, self.ex._until(self.ex.gw.clock.now())
-                )
+                elif marker.error is not None:  # a retry: the timed-out attempt is over
+                    marker = dataclasses.replace(marker, error=None)
+                record = dataclasses.replace(
+                    current.with_step(marker), compensation={**info, "attempts": dict(attempts)}
+                ).leased(current.lease_owner, self.ex._until(self.ex.gw.clock.now()))
                 tx.save_plan(record)
-            record = self._compensated(
-                record, record.steps[step.index], self._undo(record, step, spec), reason
+            # The watchdog times the call out as it does a step's (compensation.timed_out).
+            flight = self.ex._flight(
+                record, marker, self._compensator(spec), attempt=attempts[step.step_id]
             )
+            try:
+                error = self._undo(record, step, spec)
+            finally:
+                self.ex._landed(record.plan_id, flight)
+            record = self._compensated(record, record.steps[step.index], error, reason)
         return self._finish_compensation(record, reason, info.get("final"))
+
+    def _not_again(self, step: StepRecord, attempts: int) -> str | None:
+        """Why an interrupted compensation must not run again, or None if it may."""
+        cause = "the compensation was interrupted"
+        if step.error:  # its timeout (``timed_out``)
+            cause += f" ({step.error})"
+        if not self._idempotent(step):
+            return f"{cause} and is not idempotent: its effect is unknown"
+        if attempts >= self.ex._opts.max_attempts:
+            return f"{cause}, and no attempts are left ({attempts})"
+        return None
+
+    def _compensator(self, spec: ActionSpec) -> ActionSpec:
+        """The action whose handler undoes ``spec``'s steps: its timeout applies."""
+        if spec.compensate is None and spec.compensation is not None:
+            return self.ex.gw.catalog.get(spec.compensation) or spec
+        return spec
+
+    def timed_out(self, plan_id: str, flight: _Flight) -> bool:
+        """A compensation overran its timeout: record it and release the plan (the watchdog's).
+
+        Exactly what a step's timeout does: ``compensation.timed_out``, the lease released, and
+        a worker thread resumes the saga, which runs the compensation again if it is idempotent
+        and has attempts left, and records it ``compensation_failed`` otherwise. Python cannot
+        stop the stuck thread: when its handler returns, fencing discards what it would record.
+
+        Returns:
+            Whether the plan was released (False: the attempt had ended, or is not ours).
+        """
+        with self.ex.gw.store.transaction() as tx:
+            current: PlanRecord | None = tx.get_plan(plan_id)
+            if current is None or not self.ex._mine(current.lease_owner):
+                return False
+            step = next((s for s in current.steps if s.step_id == flight.step_id), None)
+            if step is None or step.status is not StepStatus.COMPENSATING:
+                return False
+            if (current.compensation or {}).get("attempts", {}).get(step.step_id) != (
+                flight.attempts
+            ):
+                return False
+            spec = self._compensator(self.ex.gw.catalog.require(step.action))
+            timeout = spec.timeout if spec.timeout is not None else self.ex._opts.step_timeout
+            error = f"TimeoutError: attempt {flight.attempts} took longer than {timeout} s"
+            j = self.ex._journal(tx)
+            j.emit(
+                E.COMPENSATION_TIMED_OUT,
+                plan=current,
+                step_id=step.step_id,
+                data={"attempt": flight.attempts, "timeout_s": str(timeout)},
+            )
+            current = current.with_step(dataclasses.replace(step, error=error)).leased(None, None)
+            tx.save_plan(current)
+            j.flush()
+        return True
 
     def _idempotent(self, step: StepRecord) -> bool:
         spec = self.ex.gw.catalog.require(step.action)

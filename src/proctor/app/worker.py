@@ -4,7 +4,8 @@ It runs inside ``proctor serve`` and alone as ``proctor worker``. Each pass:
 
 1. ``Gateway.tick`` fires due timers — approval and confirmation expiry, rollback TTLs —
    from the indexed ``timer_at`` column, so they fire after a restart too (a timer that fails
-   is logged and fires on a later pass);
+   is logged and fires on a later pass); a rollback TTL's compensations run on the executor's
+   worker threads, so one that hangs holds up neither the pass nor the other timers;
 2. ``Gateway.recover`` (even when firing the timers failed) hands every running or
    compensating plan without a live lease (its lease lapsed, or its owner process is gone
    from this host) to the executor's worker threads, which claim it under a new lease and
@@ -53,7 +54,7 @@ class Worker:
     def run_once(self) -> WorkerPass:
         """Fire due timers and hand interrupted plans to worker threads."""
         try:
-            fired = len(self.gateway.tick())
+            fired = len(self.gateway.tick(wait=False))
         except Exception:  # logged; recovery must not wait for the timers
             log.exception("firing timers failed")
             fired = 0

@@ -38,6 +38,7 @@ class EventType:
     COMPENSATION_STARTED: Final = "compensation.started"
     COMPENSATION_SUCCEEDED: Final = "compensation.succeeded"
     COMPENSATION_FAILED: Final = "compensation.failed"
+    COMPENSATION_TIMED_OUT: Final = "compensation.timed_out"
     UNDO_REQUESTED: Final = "undo.requested"
     PLAN_FINISHED: Final = "plan.finished"
     # A rollback TTL undid some steps of a succeeded plan; the others stand, it is succeeded.
