@@ -137,7 +137,11 @@ class Saga:
             # the step as it was for one that has it (not "interrupted, effect unknown").
             spec = self.ex.gw.catalog.require(step.action)
             attempts[step.step_id] = attempts.get(step.step_id, 0) + 1
-            with self.ex.gw.store.transaction(durable=False) as tx:
+            # The marker of a compensation that is not idempotent is on disk before it runs:
+            # lost to a power failure, the step would read succeeded again and be compensated
+            # twice (as a step's start is, in the executor).
+            durable = not self._idempotent(step)
+            with self.ex.gw.store.transaction(durable=durable) as tx:
                 current = self.ex._fenced(tx, record, None)
                 marker = current.steps[step.index]
                 if marker.status is StepStatus.SUCCEEDED:

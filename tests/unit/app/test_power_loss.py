@@ -172,3 +172,44 @@ class TestPowerLoss:
         assert rec.status is PlanStatus.SUCCEEDED
         assert seen == [0]  # none before the handler; the acknowledging commit syncs
         assert cut.fsyncs == 1
+
+    def test_a_non_idempotent_compensation_is_on_disk_before_it_runs(self, tmp_path, cut):
+        """The saga's in-flight marker of a compensation that is not idempotent is synced
+        first: after the power loss the step reads compensating, not succeeded, and is not
+        compensated a second time."""
+        calls: list[str] = []
+        p = make(f"sqlite:///{tmp_path / 'p.db'}", FrozenClock())
+
+        def hold(params, call):
+            calls.append(f"hold {call.idempotency_key}")
+            return {"held": True}
+
+        def unhold(params, call):
+            calls.append(f"unhold {call.idempotency_key}")
+            cut.now()
+
+        def fail(params, call):
+            raise RuntimeError("no seats")
+
+        p.action("a.hold", category="general", baselines=LOW, reversible=True, compensate=unhold)(
+            hold
+        )
+        p.action("b.book", category="general", baselines=LOW, idempotent=True)(fail)
+        p.submit(make_plan([("a.hold", {}), ("b.book", {})], plan_id="pl-5"))
+        p.close()
+
+        clock = FrozenClock()
+        clock.advance(timedelta(days=1))
+        q = make(f"sqlite:///{cut.after / 'p.db'}", clock)
+        q.action("a.hold", category="general", baselines=LOW, reversible=True, compensate=unhold)(
+            hold
+        )
+        q.action("b.book", category="general", baselines=LOW, idempotent=True)(fail)
+        before = q.gateway.store.get_plan("pl-5")
+        after = Executor(q.gateway, owner="restarted:1:1:abc").resume("pl-5")
+        q.close()
+
+        assert before.steps[0].status is StepStatus.COMPENSATING
+        assert after.steps[0].status is StepStatus.COMPENSATION_FAILED
+        assert "not idempotent" in after.steps[0].error
+        assert calls == ["hold pl-5:s1", "unhold pl-5:s1"]
