@@ -18,6 +18,10 @@ The gateway calls, for every plan (``emit`` is the transaction's ``Journal.emit`
   only confirmed (an approved one runs: an approver decided); a plan holding no reservation
   reserves now, and a budget it would exceed stops it (unless approved and the budget says
   ``approve``); the reason, or None to go;
+- ``stopped(tx, emit, record) -> str | None`` — right before a step starts that no human
+  cleared at that moment (a queued plan claimed by its runner, an interrupted step run again
+  after a takeover, the step after a resolved one): a kill switch or the whitelist; the
+  reason, or None to go;
 - ``on_step(tx, emit, record, step, ok=)`` — after every executed step: settle the budget at
   the step's cost (the tool may report ``{"cost": n}``; a failed step releases), feed the
   breakers' windows (errors, calls, cost spikes), which may open a breaker;
@@ -451,6 +455,20 @@ class Guards(GuardsBudgets, GuardsAdmin):
                     return deny
                 self._keep(tx, emit, record, entries, now)
         return None
+
+    def stopped(self, tx: Transaction, emit: Emit, record: PlanRecord) -> str | None:
+        """Why no step of ``record`` may start now, or None: a kill switch or the whitelist.
+
+        The part of ``recheck`` that stops any plan, for a start no human clears right then:
+        a queued plan claimed by its runner, an interrupted step run again after a takeover,
+        the step after a resolved one (a kill switch means no action starts, and a re-run is
+        a new attempt). Breakers and budgets are not asked again: the plan passed them when
+        it was decided or cleared, as a plan under way does between its steps.
+        """
+        agent = record.agent_id
+        actions = [s.action for s in record.steps]
+        state = tx.get_states(self._stop_keys(agent, actions))
+        return self._hard_stop(emit, record, agent, actions, state)
 
     def _amount(self, step: StepRecord) -> int:
         """A step's amount as its action's spec computes it (0 for an unknown action)."""

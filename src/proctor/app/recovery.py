@@ -10,11 +10,12 @@ methods it calls are declared below for the type checker only.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from proctor.app._outcomes import LostLease, Outcome
+from proctor.app._outcomes import MAX_ERROR, LostLease, Outcome
 from proctor.app.journal import Journal
 from proctor.app.leases import owner_alive
 from proctor.core.events import EventType as E
@@ -34,6 +35,12 @@ _WORKING = (PlanStatus.RUNNING, PlanStatus.COMPENSATING)
 
 class Recovery:
     """Claiming plans whose lease lapsed, and resolving unknown steps (an ``Executor`` mixin)."""
+
+    # Whether a claim that would start a step asks the guards first (``Guards.stopped``: kill
+    # switches, the whitelist). False for an executor whose claims only record a call made
+    # elsewhere (a remote MCP proxy's reported outcome): that call happened, whatever a
+    # switch says now, and not recording it would leave it to be made again.
+    guards_at_claim = True
 
     if TYPE_CHECKING:  # provided by Executor
         gw: Gateway
@@ -75,7 +82,9 @@ class Recovery:
         """Claim a running or compensating plan whose lease lapsed, and carry it on.
 
         Returns the plan as it ends here, or None when it is not ours to take (held by a live
-        owner, finished, or needing a runner this process does not serve).
+        owner, finished, or needing a runner this process does not serve), or when a guard
+        stops the step it would start (a kill switch, the whitelist): the plan then waits,
+        running with no lease and its ``error`` saying why, and a later claim starts it.
         """
         with self._guard:
             if plan_id in self._held:
@@ -156,6 +165,11 @@ class Recovery:
             ):
                 return None
             j = self._journal(tx)
+            if self.guards_at_claim and self._would_start(current):
+                if self._stopped(tx, j, current):
+                    return None
+                if current.error is not None:  # it waited for a guard (_stopped): no longer
+                    current = dataclasses.replace(current, error=None)
             current = current.leased(self._token(), self._until(now))
             if previous is not None:
                 j.emit(
@@ -213,6 +227,42 @@ class Recovery:
             self.gw._sync()
         return current, then
 
+    def _would_start(self, record: PlanRecord) -> bool:
+        """Whether claiming ``record`` starts a step: a pending one, or an idempotent re-run."""
+        if record.status is not PlanStatus.RUNNING:
+            return False
+        step = next((s for s in record.steps if s.status is StepStatus.RUNNING), None)
+        if step is None:
+            return any(s.status is StepStatus.PENDING for s in record.steps)
+        spec = self.gw.catalog.get(step.action)
+        return spec is not None and spec.idempotent and step.attempts < self._opts.max_attempts
+
+    def _stopped(self, tx: Any, j: Journal, record: PlanRecord) -> bool:
+        """Whether a guard stops the step a claim would start; if so, the plan waits.
+
+        Waiting is what a confirmation or an approval does under a kill switch (the plan
+        keeps waiting, and goes on once the switch is released), and it starts nothing: the
+        plan stays running with no lease (queued, its interrupted step as it was), its
+        ``error`` saying why, and the worker's next claim after the release starts it. Only
+        a change is recorded: the first claim refused for a reason commits the guard's event
+        (``guard.killed``, ``guard.whitelist_denied``) with the plan's new ``error``; the
+        claims of later worker passes, refused for the same reason, write nothing.
+        """
+        guards = self.gw.guards
+        if guards is None:
+            return False
+        said: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+        reason = guards.stopped(tx, lambda *a, **kw: said.append((a, kw)), record)
+        if reason is None:
+            return False
+        error = f"waiting: {reason}"[:MAX_ERROR]
+        if record.error != error or record.lease_owner is not None:
+            for args, kwargs in said:
+                j.emit(*args, **kwargs)
+            tx.save_plan(dataclasses.replace(record, error=error).leased(None, None))
+            j.flush()
+        return True
+
     def _unknown(self, j: Journal, record: PlanRecord, index: int, now: datetime) -> PlanRecord:
         step = record.steps[index]
         reason = step.error or "interrupted mid-flight"
@@ -245,8 +295,12 @@ class Recovery:
         steps are compensated.
 
         Raises:
-            ConflictError: if the plan does not need attention or the step is not unknown.
+            ConflictError: if the plan does not need attention or the step is not unknown, or
+                if ``succeeded`` would start the next step while a kill switch or the
+                agent's whitelist forbids it (the plan keeps needing attention).
         """
+        if succeeded:
+            self._resolve_stopped(plan_id, step_id)
         now = self.gw.clock.now()
         with self.gw.store.transaction() as tx:
             current: PlanRecord | None = tx.get_plan(plan_id)
@@ -313,6 +367,43 @@ class Recovery:
         if then == "compensate":
             return self.continue_compensation(current)
         return current
+
+    def _resolve_stopped(self, plan_id: str, step_id: str) -> None:
+        """Refuse a resolution that would start the next step while a guard forbids it.
+
+        As ``confirm`` and ``approve`` refuse under a kill switch (``Guards.recheck``): the
+        guard's event is recorded, nothing else changes, and the caller is told which guard.
+        Recording the step as succeeded and leaving the plan queued instead could let its
+        deadline pass while the switch is engaged, and then the next step would fail and
+        compensate the very step the human said succeeded. A resolution that starts nothing
+        (the last step, or ``succeeded=False``) is not asked: it runs no action.
+
+        Raises:
+            ConflictError: naming the guard.
+        """
+        guards = self.gw.guards
+        if guards is None:
+            return
+        reason = None
+        with self.gw.store.transaction() as tx:
+            current: PlanRecord | None = tx.get_plan(plan_id)
+            if current is None or current.status is not PlanStatus.NEEDS_ATTENTION:
+                return  # resolve says why
+            step = next((s for s in current.steps if s.step_id == step_id), None)
+            if step is None or step.status is not StepStatus.UNKNOWN:
+                return  # resolve says why
+            if step.index + 1 >= len(current.steps):
+                return  # nothing starts
+            j = self._journal(tx)
+            reason = guards.stopped(tx, j.emit, current)
+            j.flush()
+        if reason is not None:
+            raise ConflictError(
+                f"plan {plan_id} cannot go on now: {reason}",
+                field="plan_id",
+                hint="It still needs attention: resolve it again once the guard allows it "
+                "(`proctor guards`), or resolve the step as failed to compensate the plan.",
+            )
 
 
 def _then(record: PlanRecord) -> str:

@@ -194,8 +194,12 @@ class _OutcomeExecutor(Executor):
 
     The gateway's own executor does not serve it, so it leaves MCP plans queued (running,
     no lease) and its worker never claims them; this one claims a plan only when a report
-    for it is at hand.
+    for it is at hand. Its claim records a call the proxy already made, so no guard stops it
+    (``guards_at_claim``): a kill switch engaged meanwhile cannot undo the call, and leaving
+    the plan queued would let a retry of the call be forwarded again.
     """
+
+    guards_at_claim = False
 
     def runnable_here(self, record: PlanRecord) -> bool:
         """Whether every step of ``record`` is an MCP action."""

@@ -1,0 +1,65 @@
+"""A remote MCP proxy's reported outcome under a kill switch (``/v1/mcp``, in process).
+
+The server answers a queued call ``running`` and the proxy makes the upstream call; a kill
+switch engaged before the proxy reports back cannot undo that call. The outcome is recorded
+(a claim that only records a call made elsewhere asks no guard), so a retry of the call
+finds the plan finished instead of queued, and is not forwarded a second time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+import pytest
+
+from proctor import Proctor
+from proctor.app.tokens import TokenService
+from proctor.core.catalog import Catalog
+from proctor.core.lifecycle import PlanStatus
+from proctor.http import create_app
+from proctor.testing import FrozenClock
+
+pytestmark = pytest.mark.anyio
+
+
+class Everything:
+    """A policy engine that executes every step (a fake, not a mock)."""
+
+    version = "sha256:everything-1"
+
+    def evaluate(self, input: Mapping[str, Any]) -> Any:
+        steps = {s["id"]: {"outcome": "execute"} for s in input["steps"]}
+        return {"steps": steps, "plan": {"deny": [], "adjustments": []}}
+
+
+async def test_an_outcome_reported_after_a_kill_switch_is_recorded():
+    """Queued, answered running, then killed: the reported outcome still ends the plan."""
+    clock = FrozenClock()
+    proctor = Proctor.in_memory(catalog=Catalog(), policy=Everything(), clock=clock)
+    token = TokenService(proctor.gateway.store, clock).create(name="desk", roles=("agent",))
+    headers = {"Authorization": f"Bearer {token.token}"}
+    call = {
+        "agent_id": "desk",
+        "client": "test 1",
+        "on_behalf_of": "desk",
+        "server": "fs",
+        "tool": {"name": "write_file", "inputSchema": {"type": "object"}},
+        "arguments": {"path": "/tmp/x"},
+    }
+    transport = httpx.ASGITransport(app=create_app(proctor))
+    async with httpx.AsyncClient(transport=transport, base_url="http://proctor") as http:
+        queued = await http.post("/v1/mcp/calls", json=call, headers=headers)
+        plan_id = queued.json()["plan_id"]
+        proctor.kill("global", by="admin", reason="incident")
+        report = {"step_id": "s1", "result": {"content": [{"type": "text", "text": "ok"}]}}
+
+        done = await http.post(f"/v1/mcp/plans/{plan_id}/outcome", json=report, headers=headers)
+
+    assert queued.status_code == 201 and queued.json()["status"] == "running"
+    assert done.status_code == 200, done.text
+    assert done.json()["status"] == "succeeded"
+    assert proctor.get(plan_id).status is PlanStatus.SUCCEEDED
+    events = [e.type for e in proctor.gateway.store.read_events(plan_id=plan_id)]
+    assert "guard.killed" not in events and events[-1] == "plan.finished"

@@ -1,0 +1,252 @@
+"""Takeover and resolve against the guards, the deadline and the runners (``recovery.py``).
+
+A plan a process claims (queued for its runner, or taken over from a dead worker) and a
+plan a human resolves go on without a human clearing it right then: these tests check that
+a kill switch stops the step such a start would run, and that a resolution keeps the
+budgets, the deadline and the runner as the normal path does. Two processes on one store
+are two ``Proctor`` instances on one SQLite file.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from proctor import Proctor
+from proctor.app.executor import Executor
+from proctor.app.gateway import GatewayOptions
+from proctor.core.catalog import Catalog
+from proctor.core.lifecycle import PlanStatus, StepStatus
+from proctor.errors import ConflictError
+from proctor.testing import FrozenClock, RecordingTool, make_plan
+
+LOW = {"risk": 1, "auditability": 1, "ux": 1, "recovery": 1, "cost": 1}
+
+
+class Crash(BaseException):
+    """Stands for the process dying inside a handler: nothing after it runs."""
+
+
+class Crashing:
+    """Crashes the first ``times`` calls (the process 'dies'), then records and succeeds."""
+
+    def __init__(self, times=1):
+        self.times = times
+        self.calls = 0
+        self.keys = []
+
+    def __call__(self, params, call):
+        self.calls += 1
+        if self.calls <= self.times:
+            raise Crash
+        self.keys.append(call.idempotency_key)
+        return {"ok": True}
+
+
+class Everything:
+    """A policy engine that executes every step (a fake, not a mock)."""
+
+    version = "sha256:everything-1"
+
+    def evaluate(self, input):
+        steps = {s["id"]: {"outcome": "execute", "undo_window": 600} for s in input["steps"]}
+        return {"steps": steps, "plan": {"deny": [], "adjustments": []}}
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def url(request, tmp_path):
+    """The memory store, and a real SQLite file."""
+    return "memory://" if request.param == "memory" else f"sqlite:///{tmp_path / 'r.db'}"
+
+
+def make(url="memory://", clock=None, **opts):
+    opts.setdefault("retry_backoff", timedelta(milliseconds=1))
+    return Proctor.in_memory(
+        catalog=Catalog(),
+        policy=Everything(),
+        clock=clock or FrozenClock(),
+        options=GatewayOptions(**opts),
+        database_url=url,
+    )
+
+
+def register(p, name, fn, **kw):
+    kw.setdefault("category", "general")
+    kw.setdefault("baselines", LOW)
+    p.action(name, **kw)(fn)
+
+
+def crash_submit(p, plan):
+    with pytest.raises(Crash):
+        p.submit(plan)
+
+
+def other_worker(p):
+    """A second worker on the same store (another process, as far as leases go)."""
+    return Executor(p.gateway, owner="elsewhere:1:1:abc")
+
+
+def types(p, plan_id):
+    return [e.type for e in p.gateway.store.read_events(plan_id=plan_id)]
+
+
+def two_processes(tmp_path, clock, tool):
+    """An API process that serves no runner, and a runner process serving "mcp"."""
+    db = f"sqlite:///{tmp_path / 'two.db'}"
+    api = make(db, clock)
+    runner = make(db, clock, runners=frozenset({"mcp"}))
+    for p in (api, runner):
+        register(p, "ops.ping", tool, runner="mcp", idempotent=True)
+    return api, runner
+
+
+class TestKillSwitchAtClaim:
+    def test_a_queued_plan_waits_for_the_release_then_runs_once(self, tmp_path):
+        """Queued for its runner, then killed: the runner's claim starts nothing until unkill."""
+        clock = FrozenClock()
+        tool = RecordingTool()
+        api, runner = two_processes(tmp_path, clock, tool)
+        queued = api.submit(make_plan([("ops.ping", {})], plan_id="k-1", agent_id="bot"))
+        api.kill("global", by="admin", reason="incident")
+
+        first = runner.gateway.executor.resume("k-1")
+        again = runner.gateway.executor.resume("k-1")  # the worker's next pass
+
+        assert queued.status is PlanStatus.RUNNING and queued.lease_owner is None
+        assert first is None and again is None
+        assert tool.calls == []
+        held = runner.get("k-1")
+        assert held.status is PlanStatus.RUNNING and held.lease_owner is None
+        assert held.steps[0].status is StepStatus.PENDING
+        assert held.error == "waiting: kill switch global is engaged: incident"
+        assert types(runner, "k-1").count("guard.killed") == 1  # once, not once a pass
+        assert api.unkill("global", by="admin")
+        done = runner.gateway.executor.resume("k-1")
+        assert done.status is PlanStatus.SUCCEEDED and done.error is None
+        assert tool.keys == ["k-1:s1"]
+
+    def test_an_action_switch_stops_only_plans_it_covers(self, tmp_path):
+        """A switch on another action leaves the queued plan alone."""
+        clock = FrozenClock()
+        tool = RecordingTool()
+        api, runner = two_processes(tmp_path, clock, tool)
+        api.submit(make_plan([("ops.ping", {})], plan_id="k-2", agent_id="bot"))
+        api.kill("action", "ops.other", by="admin")
+
+        done = runner.gateway.executor.resume("k-2")
+
+        assert done.status is PlanStatus.SUCCEEDED
+        assert tool.keys == ["k-2:s1"]
+        assert "guard.killed" not in types(runner, "k-2")
+
+    def test_a_takeover_does_not_rerun_or_go_on_while_killed(self, url):
+        """A dead worker's idempotent step is not re-run, nor the next step started, until unkill."""
+        clock = FrozenClock()
+        p = make(url, clock)
+        first = Crashing()
+        deploy = RecordingTool()
+        register(p, "ops.first", first, idempotent=True)
+        register(p, "ops.deploy", deploy)
+        crash_submit(
+            p, make_plan([("ops.first", {}), ("ops.deploy", {})], plan_id="kr-1", agent_id="bot")
+        )
+        p.kill("agent", "bot", by="admin", reason="stop everything")
+        clock.advance(p.gateway.options.lease_ttl + timedelta(seconds=1))
+        w = other_worker(p)
+
+        assert w.resume("kr-1") is None
+
+        held = p.get("kr-1")
+        assert first.calls == 1 and deploy.calls == []
+        assert held.status is PlanStatus.RUNNING and held.lease_owner is None
+        assert held.steps[0].status is StepStatus.RUNNING and held.steps[0].attempts == 1
+        assert held.error == "waiting: kill switch agent:bot is engaged: stop everything"
+        assert "plan.resumed" not in types(p, "kr-1")
+        assert p.unkill("agent", "bot", by="admin")
+        done = w.resume("kr-1")
+        assert done.status is PlanStatus.SUCCEEDED
+        assert first.keys == ["kr-1:s1"] and deploy.keys == ["kr-1:s2"]
+        assert p.verify().ok
+
+    def test_a_whitelist_narrowed_meanwhile_holds_a_takeover(self, url):
+        """The agent's whitelist, like a kill switch, stops what a claim would start."""
+        clock = FrozenClock()
+        p = make(url, clock)
+        first = Crashing()
+        register(p, "ops.first", first, idempotent=True)
+        register(p, "ops.read", RecordingTool(), category="read")
+        crash_submit(p, make_plan([("ops.first", {})], plan_id="kw-1", agent_id="bot"))
+        p.guards.set_whitelist("bot", ["ops.read"], by="admin")
+        clock.advance(p.gateway.options.lease_ttl + timedelta(seconds=1))
+
+        assert other_worker(p).resume("kw-1") is None
+
+        assert first.calls == 1
+        assert p.get("kw-1").error == "waiting: agent 'bot' may not use ops.first"
+        assert "guard.whitelist_denied" in types(p, "kw-1")
+
+    def test_an_interrupted_non_idempotent_step_still_needs_attention(self, url):
+        """A kill switch starts nothing, so marking a step unknown goes on as usual."""
+        clock = FrozenClock()
+        p = make(url, clock)
+        pay = Crashing()
+        register(p, "pay.once", pay, idempotent=False)
+        crash_submit(p, make_plan([("pay.once", {})], plan_id="kn-1"))
+        p.kill("global", by="admin")
+        clock.advance(p.gateway.options.lease_ttl + timedelta(seconds=1))
+
+        rec = other_worker(p).resume("kn-1")
+
+        assert rec.status is PlanStatus.NEEDS_ATTENTION
+        assert rec.steps[0].status is StepStatus.UNKNOWN
+        assert pay.calls == 1
+        assert "guard.killed" not in types(p, "kn-1")
+
+
+class TestKillSwitchAtResolve:
+    def test_resolving_as_succeeded_is_refused_while_the_next_step_would_start(self, url):
+        """As a confirmation is: the plan keeps needing attention; after unkill it goes on."""
+        clock = FrozenClock()
+        p = make(url, clock)
+        register(p, "pay.once", Crashing(), idempotent=False)
+        ship = RecordingTool()
+        register(p, "shop.ship", ship)
+        crash_submit(p, make_plan([("pay.once", {}), ("shop.ship", {})], plan_id="kv-1"))
+        clock.advance(p.gateway.options.lease_ttl + timedelta(seconds=1))
+        other_worker(p).resume("kv-1")
+        p.kill("global", by="admin", reason="incident")
+
+        with pytest.raises(ConflictError, match="kill switch global is engaged: incident"):
+            p.resolve("kv-1", "s1", succeeded=True, principal="ops")
+
+        waiting = p.get("kv-1")
+        assert waiting.status is PlanStatus.NEEDS_ATTENTION
+        assert waiting.steps[0].status is StepStatus.UNKNOWN
+        assert ship.calls == []
+        assert "guard.killed" in types(p, "kv-1") and "step.resolved" not in types(p, "kv-1")
+        p.unkill("global", by="admin")
+        done = p.resolve("kv-1", "s1", succeeded=True, principal="ops")
+        assert done.status is PlanStatus.SUCCEEDED
+        assert ship.keys == ["kv-1:s2"]
+
+    def test_a_resolution_that_starts_nothing_is_not_refused(self, url):
+        """The last step resolved as succeeded, or a step resolved as failed, runs no action."""
+        clock = FrozenClock()
+        p = make(url, clock)
+        undo = RecordingTool()
+        register(p, "shop.first", RecordingTool(), reversible=True, compensate=undo)
+        register(p, "pay.once", Crashing(times=2), idempotent=False)
+        for plan_id in ("kl-1", "kl-2"):
+            crash_submit(p, make_plan([("shop.first", {}), ("pay.once", {})], plan_id=plan_id))
+        clock.advance(p.gateway.options.lease_ttl + timedelta(seconds=1))
+        for plan_id in ("kl-1", "kl-2"):
+            other_worker(p).resume(plan_id)
+        p.kill("global", by="admin")
+
+        last = p.resolve("kl-1", "s2", succeeded=True, principal="ops")
+        failed = p.resolve("kl-2", "s2", succeeded=False, principal="ops")
+
+        assert last.status is PlanStatus.SUCCEEDED
+        assert failed.status is PlanStatus.COMPENSATED
+        assert undo.keys == ["kl-2:s1"]
