@@ -327,7 +327,13 @@ class Recovery:
                 )
                 nxt = step.index + 1
                 if nxt < len(current.steps):
-                    current = current.moved_to(PlanStatus.RUNNING, at=now, error=None)
+                    # A fresh deadline from here (``start`` sets it), as a plan a human confirms
+                    # gets one from its start: the human said carry on, however long the check
+                    # took. The old one would fail the next step unstarted and compensate the
+                    # step just resolved as succeeded, reversing what the human said.
+                    current = current.moved_to(
+                        PlanStatus.RUNNING, at=now, error=None, deadline=None
+                    )
                     if self.runnable_here(current):
                         current = self.start_checked(j, current, nxt, now)
                         then = _then(current)

@@ -250,3 +250,31 @@ class TestKillSwitchAtResolve:
         assert last.status is PlanStatus.SUCCEEDED
         assert failed.status is PlanStatus.COMPENSATED
         assert undo.keys == ["kl-2:s1"]
+
+
+class TestResolveDeadline:
+    def test_a_late_resolution_runs_the_rest_under_a_fresh_deadline(self, url):
+        """Resolved 20 minutes on (past the 15-minute deadline): s2 runs, nothing is refunded."""
+        clock = FrozenClock()
+        p = make(url, clock)
+        refunds = RecordingTool()
+        register(p, "pay.charge", Crashing(), reversible=True, compensate=refunds)
+        ship = RecordingTool()
+        register(p, "shop.ship", ship)
+        crash_submit(p, make_plan([("pay.charge", {}), ("shop.ship", {})], plan_id="d-1"))
+        clock.advance(p.gateway.options.lease_ttl + timedelta(seconds=1))
+        other_worker(p).resume("d-1")
+        clock.advance(timedelta(minutes=20))
+        old = p.get("d-1").deadline
+
+        rec = p.resolve("d-1", "s1", succeeded=True, principal="ops", comment="bank says paid")
+
+        assert old < clock.now()
+        assert rec.status is PlanStatus.SUCCEEDED
+        assert [s.status for s in rec.steps] == [StepStatus.SUCCEEDED, StepStatus.SUCCEEDED]
+        assert ship.keys == ["d-1:s2"] and refunds.calls == []
+        assert rec.deadline == clock.now() + p.gateway.options.plan_deadline
+        log = types(p, "d-1")
+        after = log[log.index("step.resolved") + 1 :]
+        assert after == ["step.started", "step.succeeded", "plan.finished"]
+        assert p.verify().ok
