@@ -321,10 +321,16 @@ class Recovery:
                 user_id=principal,
                 data={"by": principal, "succeeded": succeeded, "comment": comment},
             )
+            # The guards' bookkeeping, as for a step that ran to an outcome (``_apply_step``):
+            # its reservation is settled (at its amount: no tool reported a cost) or released,
+            # the breakers count it, and a plan that ends here releases what is left.
+            guards = self.gw.guards
             if succeeded:
                 current = current.with_step(
                     step.moved_to(StepStatus.SUCCEEDED, finished_at=now, error=None)
                 )
+                if guards is not None:
+                    guards.on_step(tx, j.emit, current, current.steps[step.index], ok=True)
                 nxt = step.index + 1
                 if nxt < len(current.steps):
                     # A fresh deadline from here (``start`` sets it), as a plan a human confirms
@@ -344,10 +350,14 @@ class Recovery:
                 else:
                     current = current.moved_to(PlanStatus.SUCCEEDED, at=now, error=None)
                     j.emit(E.PLAN_FINISHED, plan=current, data={"status": "succeeded"})
+                    if guards is not None:
+                        guards.on_finish(tx, j.emit, current)
                     then = "done"
             else:
                 current = current.with_step(step.moved_to(StepStatus.FAILED, finished_at=now))
                 current = self.gw._skip_rest(current, step.index + 1)
+                if guards is not None:
+                    guards.on_step(tx, j.emit, current, current.steps[step.index], ok=False)
                 if any(s.status is StepStatus.SUCCEEDED for s in current.steps):
                     current = current.moved_to(
                         PlanStatus.COMPENSATING,
@@ -365,6 +375,8 @@ class Recovery:
                         PlanStatus.FAILED, at=now, error=f"step {step_id} failed"
                     )
                     j.emit(E.PLAN_FINISHED, plan=current, data={"status": "failed"})
+                    if guards is not None:
+                        guards.on_finish(tx, j.emit, current)
                     then = "done"
             tx.save_plan(current)
             j.flush()

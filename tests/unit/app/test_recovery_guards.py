@@ -17,6 +17,7 @@ from proctor import Proctor
 from proctor.app.executor import Executor
 from proctor.app.gateway import GatewayOptions
 from proctor.core.catalog import Catalog
+from proctor.core.guards import Budget, GuardSettings, period_bucket
 from proctor.core.lifecycle import PlanStatus, StepStatus
 from proctor.errors import ConflictError
 from proctor.testing import FrozenClock, RecordingTool, make_plan
@@ -60,7 +61,10 @@ def url(request, tmp_path):
     return "memory://" if request.param == "memory" else f"sqlite:///{tmp_path / 'r.db'}"
 
 
-def make(url="memory://", clock=None, **opts):
+AMOUNT = {"type": "object", "properties": {"amount": {"type": "integer"}}}
+
+
+def make(url="memory://", clock=None, guards=None, **opts):
     opts.setdefault("retry_backoff", timedelta(milliseconds=1))
     return Proctor.in_memory(
         catalog=Catalog(),
@@ -68,6 +72,7 @@ def make(url="memory://", clock=None, **opts):
         clock=clock or FrozenClock(),
         options=GatewayOptions(**opts),
         database_url=url,
+        guards=guards,
     )
 
 
@@ -278,3 +283,71 @@ class TestResolveDeadline:
         after = log[log.index("step.resolved") + 1 :]
         assert after == ["step.started", "step.succeeded", "plan.finished"]
         assert p.verify().ok
+
+
+def budgeted(url, clock):
+    """An instance with a global budget of 1000 a day (deny over it) and a card payment."""
+    daily = Budget(scope="global", key="*", limit=1000, on_exceed="deny")
+    p = make(url, clock, guards=GuardSettings(budgets=(daily,)))
+    pay = Crashing()
+    register(p, "pay.card", pay, amount_param="amount", params=AMOUNT)
+    register(p, "mail.receipt", RecordingTool())
+    return p, pay
+
+
+def spent(p, clock):
+    return p.gateway.store.counter_sum("budget:global:*", period_bucket(clock.now(), "day"))[1]
+
+
+def unknown(p, clock, plan):
+    """Submit ``plan``, whose first payment dies mid-call; a takeover marks it unknown."""
+    crash_submit(p, plan)
+    clock.advance(p.gateway.options.lease_ttl + timedelta(seconds=1))
+    assert other_worker(p).resume(plan["plan_id"]).status is PlanStatus.NEEDS_ATTENTION
+
+
+class TestResolveBudgets:
+    def test_a_step_resolved_as_failed_releases_its_reservation(self, url):
+        """The 600 reserved for a payment that did not happen is released: 500 more fits."""
+        clock = FrozenClock()
+        p, _ = budgeted(url, clock)
+        unknown(p, clock, make_plan([("pay.card", {"amount": 600})], plan_id="b-1"))
+
+        rec = p.resolve("b-1", "s1", succeeded=False, principal="ops", comment="not charged")
+
+        assert rec.status is PlanStatus.FAILED
+        assert spent(p, clock) == 0
+        assert types(p, "b-1")[-3:] == ["step.resolved", "budget.released", "plan.finished"]
+        more = p.submit(make_plan([("pay.card", {"amount": 500})], plan_id="b-2"))
+        assert more.status is PlanStatus.SUCCEEDED
+        assert spent(p, clock) == 500
+
+    def test_a_step_resolved_as_succeeded_is_spent(self, url):
+        """A 900 charge the bank confirms counts against the budget: another 900 is denied."""
+        clock = FrozenClock()
+        p, pay = budgeted(url, clock)
+        steps = [("pay.card", {"amount": 900}), ("mail.receipt", {})]
+        unknown(p, clock, make_plan(steps, plan_id="s-1"))
+
+        rec = p.resolve("s-1", "s1", succeeded=True, principal="ops", comment="bank shows it")
+
+        assert rec.status is PlanStatus.SUCCEEDED
+        assert spent(p, clock) == 900
+        log = types(p, "s-1")
+        assert log[log.index("step.resolved") + 1] == "budget.settled"
+        assert "budget.released" not in log
+        again = p.submit(make_plan(steps, plan_id="s-2"))
+        assert again.status is PlanStatus.DENIED
+        assert pay.calls == 1 and spent(p, clock) == 900
+
+    def test_a_plan_that_ends_at_its_resolution_drops_its_reservation(self, url):
+        """Resolving the last step settles it, and the plan's reservation row is cleared."""
+        clock = FrozenClock()
+        p, _ = budgeted(url, clock)
+        unknown(p, clock, make_plan([("pay.card", {"amount": 400})], plan_id="e-1"))
+
+        rec = p.resolve("e-1", "s1", succeeded=True, principal="ops")
+
+        assert rec.status is PlanStatus.SUCCEEDED
+        assert spent(p, clock) == 400
+        assert "e-1" not in p.gateway.store.list_state("reservation")
