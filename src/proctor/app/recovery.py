@@ -292,7 +292,9 @@ class Recovery:
         """A human says what happened to an ``unknown`` step; the plan carries on from there.
 
         ``succeeded`` runs the remaining steps (or finishes the plan); otherwise the completed
-        steps are compensated.
+        steps are compensated. When this process does not serve the plan's runner, either is
+        left to one that does: the plan is committed without a lease (queued), as ``begin``
+        leaves a plan, and a process serving the runner claims it.
 
         Raises:
             ConflictError: if the plan does not need attention or the step is not unknown, or
@@ -370,6 +372,11 @@ class Recovery:
                         data={"reason": f"step {step_id} failed"},
                     )
                     then = "compensate"
+                    if not self.runnable_here(current):
+                        # Its compensations run where its actions run: a process serving its
+                        # runner claims the compensating plan (``_claim``) and carries it on.
+                        current = current.leased(None, None)
+                        then = "done"
                 else:
                     current = current.moved_to(
                         PlanStatus.FAILED, at=now, error=f"step {step_id} failed"

@@ -351,3 +351,60 @@ class TestResolveBudgets:
         assert rec.status is PlanStatus.SUCCEEDED
         assert spent(p, clock) == 400
         assert "e-1" not in p.gateway.store.list_state("reservation")
+
+
+class TestResolveRunners:
+    """An admin resolves through a process that does not serve the plan's runner (the API)."""
+
+    def world(self, tmp_path, plan):
+        clock = FrozenClock()
+        db = f"sqlite:///{tmp_path / 'runners.db'}"
+        api = make(db, clock)
+        runner = make(db, clock, runners=frozenset({"mcp"}))
+        tools = {}
+        for where, p in (("api", api), ("runner", runner)):
+            tools[where] = {
+                "first": RecordingTool(),
+                "undo": RecordingTool(),
+                "write": RecordingTool(),
+                "move": Crashing(),
+            }
+            t = tools[where]
+            register(p, "fs.first", t["first"], runner="mcp", reversible=True, compensate=t["undo"])
+            register(p, "fs.move_file", t["move"], runner="mcp", idempotent=False)
+            register(p, "fs.write_file", t["write"], runner="mcp", idempotent=True)
+        crash_submit(runner, plan)
+        clock.advance(runner.gateway.options.lease_ttl + timedelta(seconds=1))
+        taken = other_worker(runner).resume(plan["plan_id"])
+        assert taken.status is PlanStatus.NEEDS_ATTENTION
+        return api, runner, tools
+
+    def test_the_rest_is_queued_for_the_runner(self, tmp_path):
+        """Resolved as succeeded: s2 waits, queued, and the runner's claim runs it there."""
+        plan = make_plan([("fs.move_file", {}), ("fs.write_file", {})], plan_id="rr-1")
+        api, runner, tools = self.world(tmp_path, plan)
+
+        rec = api.resolve("rr-1", "s1", succeeded=True, principal="ops", comment="moved")
+
+        assert rec.status is PlanStatus.RUNNING and rec.lease_owner is None
+        assert [s.status for s in rec.steps] == [StepStatus.SUCCEEDED, StepStatus.PENDING]
+        assert tools["api"]["write"].calls == []
+        assert api.gateway.executor.resume("rr-1") is None  # not this process's to run
+        done = runner.gateway.executor.resume("rr-1")
+        assert done.status is PlanStatus.SUCCEEDED
+        assert tools["runner"]["write"].keys == ["rr-1:s2"]
+        assert tools["api"]["write"].calls == []
+
+    def test_the_compensation_is_queued_for_the_runner(self, tmp_path):
+        """Resolved as failed: the plan is compensating with no lease; the runner undoes s1."""
+        plan = make_plan([("fs.first", {}), ("fs.move_file", {})], plan_id="rr-2")
+        api, runner, tools = self.world(tmp_path, plan)
+
+        rec = api.resolve("rr-2", "s2", succeeded=False, principal="ops", comment="not moved")
+
+        assert rec.status is PlanStatus.COMPENSATING and rec.lease_owner is None
+        assert tools["api"]["undo"].calls == []
+        done = runner.gateway.executor.resume("rr-2")
+        assert done.status is PlanStatus.COMPENSATED
+        assert tools["runner"]["undo"].keys == ["rr-2:s1"]
+        assert tools["api"]["undo"].calls == []
