@@ -11,11 +11,10 @@ methods it calls are declared below for the type checker only.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from proctor.app._outcomes import MAX_ERROR, LostLease, Outcome
+from proctor.app._outcomes import MAX_ERROR
 from proctor.app.journal import Journal
 from proctor.app.leases import owner_alive
 from proctor.core.events import EventType as E
@@ -57,8 +56,6 @@ class Recovery:
         def runnable_here(self, record: PlanRecord) -> bool: ...  # noqa: D102
         def _journal(self, tx: Any) -> Journal: ...
         def _attempt(self, step: StepRecord, status: str) -> dict[str, Any]: ...
-        def _hold(self, plan_id: str) -> object: ...
-        def _release(self, plan_id: str, token: object) -> None: ...
         def start_checked(  # noqa: D102
             self, j: Journal, record: PlanRecord, index: int, now: datetime
         ) -> PlanRecord: ...
@@ -73,7 +70,6 @@ class Recovery:
             now: datetime,
         ) -> PlanRecord: ...
         def run(self, record: PlanRecord) -> PlanRecord: ...  # noqa: D102
-        def _record_step(self, record: PlanRecord, index: int, out: Outcome) -> PlanRecord: ...
         def continue_compensation(self, record: PlanRecord) -> PlanRecord: ...  # noqa: D102
 
     # ------------------------------------------------------------------ resuming
@@ -136,15 +132,6 @@ class Recovery:
             tx.save_plan(current)
             j.flush()
         return self.continue_compensation(current)
-
-    def _with_lock(self, record: PlanRecord, fn: Callable[[PlanRecord], PlanRecord]) -> PlanRecord:
-        token = self._hold(record.plan_id)
-        try:
-            return fn(record)
-        except LostLease as lost:
-            return lost.record
-        finally:
-            self._release(record.plan_id, token)
 
     def _claim(self, plan_id: str) -> tuple[PlanRecord, str] | None:
         now = self.gw.clock.now()
