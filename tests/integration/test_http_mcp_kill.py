@@ -63,3 +63,41 @@ async def test_an_outcome_reported_after_a_kill_switch_is_recorded():
     assert proctor.get(plan_id).status is PlanStatus.SUCCEEDED
     events = [e.type for e in proctor.gateway.store.read_events(plan_id=plan_id)]
     assert "guard.killed" not in events and events[-1] == "plan.finished"
+
+
+async def test_a_retry_of_a_queued_call_under_a_kill_switch_is_not_answered_running():
+    """Queued for the proxy, then a kill switch: the proxy's retry gets 409 with the reason,
+    not "running" (which would make it forward the call), and the plan still waits."""
+    clock = FrozenClock()
+    proctor = Proctor.in_memory(catalog=Catalog(), policy=Everything(), clock=clock)
+    token = TokenService(proctor.gateway.store, clock).create(name="desk", roles=("agent",))
+    headers = {"Authorization": f"Bearer {token.token}"}
+    call = {
+        "agent_id": "desk",
+        "client": "test 1",
+        "on_behalf_of": "desk",
+        "server": "fs",
+        "tool": {"name": "write_file", "inputSchema": {"type": "object"}},
+        "arguments": {"path": "/tmp/x"},
+    }
+    transport = httpx.ASGITransport(app=create_app(proctor))
+    async with httpx.AsyncClient(transport=transport, base_url="http://proctor") as http:
+        queued = await http.post("/v1/mcp/calls", json=call, headers=headers)
+        plan_id = queued.json()["plan_id"]
+        proctor.kill("global", by="admin", reason="incident")
+
+        retry = await http.post("/v1/mcp/calls", json=call, headers=headers)
+        again = await http.post("/v1/mcp/calls", json=call, headers=headers)
+        proctor.unkill("global", by="admin")
+        released = await http.post("/v1/mcp/calls", json=call, headers=headers)
+
+    assert queued.status_code == 201 and queued.json()["status"] == "running"
+    assert retry.status_code == 409, retry.text
+    assert retry.json()["code"] == "conflict" and retry.json()["field"] == "plan_id"
+    assert "kill switch global is engaged: incident" in retry.json()["message"]
+    assert again.status_code == 409
+    assert released.status_code == 200 and released.json()["status"] == "running"
+    assert released.json()["plan_id"] == plan_id
+    events = [e.type for e in proctor.gateway.store.read_events(plan_id=plan_id)]
+    assert events.count("guard.killed") == 1  # recorded once, not per retry
+    assert "step.started" not in events

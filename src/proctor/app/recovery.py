@@ -133,6 +133,26 @@ class Recovery:
             j.flush()
         return self.continue_compensation(current)
 
+    def stopped_now(self, plan_id: str) -> str | None:
+        """Why a guard stops a queued plan's next step now (the plan waits), or None.
+
+        For a process that lets someone else make a queued plan's call (``/v1/mcp/calls``
+        answers a remote MCP proxy "running": the proxy forwards the call): under a kill
+        switch or the agent's whitelist that answer must not go out, as a claim here would
+        not start the step (``_stopped``, which records the guard's event once).
+        """
+        if not self.guards_at_claim or self.gw.guards is None:
+            return None
+        with self.gw.store.transaction() as tx:
+            current: PlanRecord | None = tx.get_plan(plan_id)
+            if current is None or current.lease_owner is not None or not self._would_start(current):
+                return None
+            if not self._stopped(tx, self._journal(tx), current):
+                return None
+            held: PlanRecord | None = tx.get_plan(plan_id)
+            error = held.error if held is not None else None
+            return (error or "a guard stops it").removeprefix("waiting: ")
+
     def _claim(self, plan_id: str) -> tuple[PlanRecord, str] | None:
         now = self.gw.clock.now()
         must_sync = False  # it starts a step that is not idempotent

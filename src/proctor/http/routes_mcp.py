@@ -327,6 +327,16 @@ def router(ctx: Context) -> APIRouter:
             # proxy to make the call, so the catalog as it is now (the tool just registered
             # again) must still accept it. A new plan was validated a moment ago.
             rec = gw.executor.refuse_stale(plan_id) or rec
+            if rec.status is PlanStatus.RUNNING and rec.lease_owner is None:
+                # And the guards as they are now: under a kill switch "running" would make the
+                # proxy forward the call that a claim here would not start.
+                stopped = gw.executor.stopped_now(plan_id)
+                if stopped is not None:
+                    raise ConflictError(
+                        f"plan {plan_id} is not run now: {stopped}",
+                        field="plan_id",
+                        hint="Call again once the kill switch is released.",
+                    )
         return (200 if existed else 201), rec
 
     @r.post(
