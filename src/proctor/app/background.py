@@ -183,18 +183,27 @@ class Background:
 
     def _time_out(self, plan_id: str, flight: _Flight) -> None:
         """An attempt overran its timeout: record it and let a worker take the plan on."""
-        if flight.compensation:
-            self._compensation_timed_out(plan_id, flight)
+        timed_out = self.saga.timed_out if flight.compensation else self._step_timed_out
+        if not timed_out(plan_id, flight):
             return
+        with self._guard:
+            self._held.pop(plan_id, None)
+            # The stuck call may be a worker thread's own resume (a queued plan's step, a
+            # rollback TTL's saga): the new resume must not wait for that thread to come back.
+            self._queued.discard(plan_id)
+        self.submit_resume(plan_id)
+
+    def _step_timed_out(self, plan_id: str, flight: _Flight) -> bool:
+        """Record a step's overrun (``step.timed_out``) and release the plan; False if moot."""
         with self.gw.store.transaction() as tx:
             current: PlanRecord | None = tx.get_plan(plan_id)
             if current is None or not self._mine(current.lease_owner):
-                return
+                return False
             step = next((s for s in current.steps if s.step_id == flight.step_id), None)
             if step is None or step.status is not StepStatus.RUNNING:
-                return
+                return False
             if step.attempts != flight.attempts:
-                return
+                return False
             spec = self.gw.catalog.require(step.action)
             timeout = spec.timeout if spec.timeout is not None else self._opts.step_timeout
             error = f"TimeoutError: attempt {step.attempts} took longer than {timeout} s"
@@ -208,19 +217,7 @@ class Background:
             current = current.with_step(dataclasses.replace(step, error=error)).leased(None, None)
             tx.save_plan(current)
             j.flush()
-        with self._guard:
-            self._held.pop(plan_id, None)
-        self.submit_resume(plan_id)
-
-    def _compensation_timed_out(self, plan_id: str, flight: _Flight) -> None:
-        if not self.saga.timed_out(plan_id, flight):
-            return
-        with self._guard:
-            self._held.pop(plan_id, None)
-            # The stuck call may be a worker thread's own resume (a rollback TTL's saga): the
-            # new resume must not wait for that thread to come back.
-            self._queued.discard(plan_id)
-        self.submit_resume(plan_id)
+        return True
 
     def close(self) -> None:
         """Stop the watchdog and the worker threads (running handlers finish first)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from datetime import timedelta
@@ -242,3 +243,25 @@ class TestWorker:
         assert hold.keys == ["ttl-2:s1"]
         assert "plan.resumed" not in types(p, "ttl-2")  # its first claim, not a takeover
         assert p.verify().ok
+
+
+class TestStepTimeoutOnAWorkerThread:
+    def test_a_hung_step_resumed_on_a_worker_thread_is_retried_without_waiting_for_it(self):
+        """A queued plan's step hangs on a worker thread: after its timeout the next attempt
+        runs on another thread, not once the stuck one comes back (as for compensations)."""
+        p = make(max_attempts=2)
+        step = Hanging()
+        register(p, "q.fetch", step, idempotent=True, timeout=0.2, runner="r")
+        rec = p.submit(make_plan([("q.fetch", {})]))
+        assert rec.status is PlanStatus.RUNNING and rec.lease_owner is None  # queued
+        p.gateway.options = dataclasses.replace(p.gateway.options, runners=frozenset({"r"}))
+        ex = p.gateway.executor
+        try:
+            assert ex.submit_resume(rec.plan_id)
+            done = wait_for(p, rec.plan_id, lambda r: r.status is PlanStatus.SUCCEEDED, 5.0)
+        finally:
+            step.release.set()
+        assert done.steps[0].attempts == 2
+        assert len(step.keys) == 2
+        assert "step.timed_out" in types(p, rec.plan_id)
+        p.close()
