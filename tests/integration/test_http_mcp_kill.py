@@ -34,21 +34,28 @@ class Everything:
         return {"steps": steps, "plan": {"deny": [], "adjustments": []}}
 
 
-async def test_an_outcome_reported_after_a_kill_switch_is_recorded():
-    """Queued, answered running, then killed: the reported outcome still ends the plan."""
+CALL = {
+    "agent_id": "desk",
+    "client": "test 1",
+    "on_behalf_of": "desk",
+    "server": "fs",
+    "tool": {"name": "write_file", "inputSchema": {"type": "object"}},
+    "arguments": {"path": "/tmp/x"},
+}
+
+
+def served() -> tuple[Proctor, dict[str, str], dict[str, Any], httpx.ASGITransport]:
+    """An instance that executes every call, the agent ``desk``'s headers, one call, the app."""
     clock = FrozenClock()
     proctor = Proctor.in_memory(catalog=Catalog(), policy=Everything(), clock=clock)
     token = TokenService(proctor.gateway.store, clock).create(name="desk", roles=("agent",))
     headers = {"Authorization": f"Bearer {token.token}"}
-    call = {
-        "agent_id": "desk",
-        "client": "test 1",
-        "on_behalf_of": "desk",
-        "server": "fs",
-        "tool": {"name": "write_file", "inputSchema": {"type": "object"}},
-        "arguments": {"path": "/tmp/x"},
-    }
-    transport = httpx.ASGITransport(app=create_app(proctor))
+    return proctor, headers, dict(CALL), httpx.ASGITransport(app=create_app(proctor))
+
+
+async def test_an_outcome_reported_after_a_kill_switch_is_recorded():
+    """Queued, answered running, then killed: the reported outcome still ends the plan."""
+    proctor, headers, call, transport = served()
     async with httpx.AsyncClient(transport=transport, base_url="http://proctor") as http:
         queued = await http.post("/v1/mcp/calls", json=call, headers=headers)
         plan_id = queued.json()["plan_id"]
@@ -68,19 +75,7 @@ async def test_an_outcome_reported_after_a_kill_switch_is_recorded():
 async def test_a_retry_of_a_queued_call_under_a_kill_switch_is_not_answered_running():
     """Queued for the proxy, then a kill switch: the proxy's retry gets 409 with the reason,
     not "running" (which would make it forward the call), and the plan still waits."""
-    clock = FrozenClock()
-    proctor = Proctor.in_memory(catalog=Catalog(), policy=Everything(), clock=clock)
-    token = TokenService(proctor.gateway.store, clock).create(name="desk", roles=("agent",))
-    headers = {"Authorization": f"Bearer {token.token}"}
-    call = {
-        "agent_id": "desk",
-        "client": "test 1",
-        "on_behalf_of": "desk",
-        "server": "fs",
-        "tool": {"name": "write_file", "inputSchema": {"type": "object"}},
-        "arguments": {"path": "/tmp/x"},
-    }
-    transport = httpx.ASGITransport(app=create_app(proctor))
+    proctor, headers, call, transport = served()
     async with httpx.AsyncClient(transport=transport, base_url="http://proctor") as http:
         queued = await http.post("/v1/mcp/calls", json=call, headers=headers)
         plan_id = queued.json()["plan_id"]
