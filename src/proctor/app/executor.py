@@ -18,6 +18,9 @@ change commits with its audit event, so any process can pick up where another st
   (``start_checked``): a plan may have waited for a human, a runner or a takeover while the
   catalog changed. A refused step fails without running and the plan is compensated. Only
   ``begin`` skips the check: its callers validated the params a moment before.
+- **The deadline.** No step starts after its plan's deadline (``plan_deadline`` from the
+  first step's start): ``start_checked`` fails it unstarted, as a step the catalog refuses,
+  so no ``step.started`` is recorded for a step whose handler never runs.
 - **Retries.** A tool raising ``RetryableError`` (or, for an idempotent tool, a timeout or a
   connection error) is retried with exponential backoff and full jitter, up to
   ``max_attempts``, never past the plan's deadline.
@@ -229,15 +232,26 @@ class Executor(Recovery, Background):
     def start_checked(
         self, j: Journal, record: PlanRecord, index: int, now: datetime
     ) -> PlanRecord:
-        """Start step ``index`` if the catalog accepts it now; else fail it, never run.
+        """Start step ``index``, or fail it unstarted: past the plan's deadline, or refused.
+
+        A step starts only before its plan's deadline and with params the catalog accepts now.
 
         Every start but ``begin``'s goes through here: a later step, a retry, a queued or
-        interrupted plan claimed by ``resume``, the step after a resolved one.
+        interrupted plan claimed by ``resume``, the step after a resolved one. (``begin``
+        starts a plan's first step, and its ``start`` sets the deadline from then.)
 
         Returns:
-            The plan with its step started, or compensating with the refused step failed
+            The plan with its step started, or compensating with the step failed unstarted
             (the caller carries on the compensation, as after any failed step).
         """
+        deadline = record.deadline
+        if deadline is not None and now > deadline:
+            # Here, not before the handler's call: a step past the deadline must not be
+            # recorded started (an attempt counted, ``step.started``) when nothing runs.
+            when = deadline.isoformat()
+            return self._not_started(
+                j, record, index, f"the plan's deadline passed at {when}", {"deadline": when}, now
+            )
         refused = self.refusal(record.steps[index])
         if refused is None:
             return self.start(j, record, index, now)
@@ -252,12 +266,28 @@ class Executor(Recovery, Background):
         now: datetime,
     ) -> PlanRecord:
         """Fail a step the catalog refuses, without calling its handler (inside ``j``'s tx)."""
-        step = record.steps[index]
         # printable: the field and message may quote a param's key or value (as a rejection
         # at submission does), and a lone surrogate has no UTF-8 form.
         where = printable(refused.field or "params")
-        error = f"not started: the catalog no longer accepts {where}: {printable(refused.message)}"
-        error = error[:MAX_ERROR]
+        why = f"the catalog no longer accepts {where}: {printable(refused.message)}"
+        return self._not_started(j, record, index, why, {"field": where}, now)
+
+    def _not_started(
+        self,
+        j: Journal,
+        record: PlanRecord,
+        index: int,
+        why: str,
+        data: dict[str, Any],
+        now: datetime,
+    ) -> PlanRecord:
+        """Fail a step that must not start (``why``), and start the plan's compensation.
+
+        The step is ``failed`` with ``not started: <why>`` and its attempts as they were;
+        ``step.failed`` carries the error, ``data`` and the attempt status ``refused``.
+        """
+        step = record.steps[index]
+        error = f"not started: {why}"[:MAX_ERROR]
         step = step.moved_to(StepStatus.FAILED, finished_at=now, error=error)
         record = self.gw._skip_rest(record.with_step(step), index + 1)
         j.emit(
@@ -265,7 +295,7 @@ class Executor(Recovery, Background):
             plan=record,
             step_id=step.step_id,
             actions=[self._attempt(step, "refused")],
-            data={"error": error, "attempt": step.attempts, "field": where},
+            data={"error": error, "attempt": step.attempts, **data},
         )
         # No guards.on_step: nothing was called, so nothing was spent and no breaker saw an
         # error; the plan's budget reservation is released when its compensation finishes.
@@ -340,9 +370,7 @@ class Executor(Recovery, Background):
 
     def _invoke(self, record: PlanRecord, step: StepRecord, spec: ActionSpec) -> Outcome:
         """Call the handler (after its canary, if any); never raises for a tool failure."""
-        now = self.gw.clock.now()
-        if record.deadline is not None and now > record.deadline:
-            return Outcome(error=f"the plan's deadline passed at {record.deadline.isoformat()}")
+        # No deadline check here: its start did (``start_checked``; ``begin`` sets a fresh one).
         flight = self._flight(record, step, spec)
         canary = None
         try:
@@ -394,8 +422,9 @@ class Executor(Recovery, Background):
         """Hold a running plan of this process and return its step's call, for the caller.
 
         Until ``complete``, the plan's lease is renewed and the attempt's timeout watched, as
-        for a handler that ``run`` calls. A plan past its deadline is failed here instead,
-        as ``run`` would fail it.
+        for a handler that ``run`` calls. A plan past its deadline is failed here instead:
+        its step started in time (``start_checked``), but a call asked for after the deadline
+        is not made.
 
         Returns:
             None when there is no call to make now: the plan is not running under this

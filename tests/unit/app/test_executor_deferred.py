@@ -145,7 +145,7 @@ class TestDeferred:
         assert ex.next_call(done) is None  # finished: nothing to call
 
     def test_a_plan_past_its_deadline_fails_instead_of_being_called(self):
-        """As run() would: past the plan's deadline the step fails and no call is handed out."""
+        """A call asked for past the plan's deadline is not handed out: the step fails."""
         clock = FrozenClock()
         p, _ = instance(clock=clock, plan_deadline=timedelta(seconds=10))
         ex = p.gateway.executor
