@@ -89,10 +89,35 @@ async def test_a_retry_of_a_queued_call_under_a_kill_switch_is_not_answered_runn
     assert queued.status_code == 201 and queued.json()["status"] == "running"
     assert retry.status_code == 409, retry.text
     assert retry.json()["code"] == "conflict" and retry.json()["field"] == "plan_id"
-    assert "kill switch global is engaged: incident" in retry.json()["message"]
+    # The words a local proxy's client reads in the same case (governance.not_run_now).
+    assert retry.json()["message"] == (
+        f"plan {plan_id} is not run now: kill switch global is engaged: incident"
+    )
+    assert retry.json()["hint"].startswith("The call was not made: the plan keeps waiting.")
     assert again.status_code == 409
     assert released.status_code == 200 and released.json()["status"] == "running"
     assert released.json()["plan_id"] == plan_id
     events = [e.type for e in proctor.gateway.store.read_events(plan_id=plan_id)]
     assert events.count("guard.killed") == 1  # recorded once, not per retry
     assert "step.started" not in events
+
+
+async def test_a_remote_proxys_client_reads_what_a_local_proxys_reads():
+    """The 409 becomes, in the remote proxy, the tool error a local proxy gives at once."""
+    pytest.importorskip("mcp")
+    from proctor.client import error_from_response
+    from proctor.mcp.errors import tool_error_text
+    from proctor.mcp.governance import not_run_now
+    from proctor.mcp.remote import _refusal
+
+    proctor, headers, call, transport = served()
+    async with httpx.AsyncClient(transport=transport, base_url="http://proctor") as http:
+        plan_id = (await http.post("/v1/mcp/calls", json=call, headers=headers)).json()["plan_id"]
+        proctor.kill("global", by="admin", reason="incident")
+        retry = await http.post("/v1/mcp/calls", json=call, headers=headers)
+
+    remote = _refusal(error_from_response(retry.status_code, retry.content))
+
+    local = tool_error_text(not_run_now(plan_id, "kill switch global is engaged: incident"))
+    assert remote == local
+    assert "The call was not made" in remote

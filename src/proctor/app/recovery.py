@@ -27,9 +27,28 @@ if TYPE_CHECKING:
     from proctor.app.gateway import Gateway
     from proctor.app.saga import Saga
 
-__all__ = ["Recovery"]
+__all__ = ["Recovery", "held_by_guard"]
 
 _WORKING = (PlanStatus.RUNNING, PlanStatus.COMPENSATING)
+_WAITING = "waiting: "  # the start of the error of a plan a guard holds (``_stopped``)
+
+
+def held_by_guard(record: PlanRecord) -> str | None:
+    """Why a guard holds ``record`` (a kill switch, the whitelist), or None.
+
+    A claim that a guard stopped leaves the plan running with no lease, its ``error``
+    ``waiting: <reason>`` (``Recovery._stopped``), until a claim after the release starts
+    it. Nobody runs it meanwhile, so there is no owner's end to wait for.
+    """
+    error = record.error
+    if (
+        error is None
+        or record.status is not PlanStatus.RUNNING
+        or record.lease_owner is not None
+        or not error.startswith(_WAITING)
+    ):
+        return None
+    return error.removeprefix(_WAITING)
 
 
 class Recovery:
@@ -150,8 +169,8 @@ class Recovery:
             if not self._stopped(tx, self._journal(tx), current):
                 return None
             held: PlanRecord | None = tx.get_plan(plan_id)
-            error = held.error if held is not None else None
-            return (error or "a guard stops it").removeprefix("waiting: ")
+            reason = held_by_guard(held) if held is not None else None
+            return reason or "a guard stops it"
 
     def _claim(self, plan_id: str) -> tuple[PlanRecord, str] | None:
         now = self.gw.clock.now()
@@ -262,7 +281,7 @@ class Recovery:
         reason = guards.stopped(tx, lambda *a, **kw: said.append((a, kw)), record)
         if reason is None:
             return False
-        error = f"waiting: {reason}"[:MAX_ERROR]
+        error = f"{_WAITING}{reason}"[:MAX_ERROR]
         if record.error != error or record.lease_owner is not None:
             for args, kwargs in said:
                 j.emit(*args, **kwargs)

@@ -58,6 +58,7 @@ from proctor.mcp.governance import (
     call_key,
     current_plan_id,
     manifest,
+    not_run_now,
     spec_from_hints,
 )
 
@@ -332,11 +333,7 @@ def router(ctx: Context) -> APIRouter:
                 # proxy forward the call that a claim here would not start.
                 stopped = gw.executor.stopped_now(plan_id)
                 if stopped is not None:
-                    raise ConflictError(
-                        f"plan {plan_id} is not run now: {stopped}",
-                        field="plan_id",
-                        hint="Call again once the kill switch is released.",
-                    )
+                    raise not_run_now(plan_id, stopped)  # as a local proxy answers
         return (200 if existed else 201), rec
 
     @r.post(

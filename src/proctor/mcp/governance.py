@@ -14,6 +14,10 @@
   same call after an approval finds that plan and its approval. Once it is over (done,
   denied, rejected, expired) the same call is a new plan ``n + 1``. Generations fill up
   contiguously, so the current one is found with an exponential then binary search.
+- **Held by a guard.** A retry whose plan a kill switch or the whitelist holds (approved or
+  confirmed, then stopped at its claim) is refused at once, the same way by a local proxy
+  and by ``/v1/mcp/calls`` for a remote one (``not_run_now``): nothing runs it until the
+  guard allows it, so there is nothing to wait for, and the plan keeps its id for the retry.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import orjson
 from proctor.core.assessment import Scores
 from proctor.core.catalog import ActionSpec
 from proctor.core.lifecycle import PlanRecord, PlanStatus
+from proctor.errors import ConflictError
 
 if TYPE_CHECKING:
     import mcp_types as types
@@ -41,6 +46,7 @@ __all__ = [
     "call_key",
     "current_plan_id",
     "manifest",
+    "not_run_now",
     "spec_from_annotations",
     "spec_from_hints",
 ]
@@ -222,3 +228,18 @@ def manifest(
     if plan_id is not None:
         doc["plan_id"] = plan_id
     return doc
+
+
+def not_run_now(plan_id: str, reason: str) -> ConflictError:
+    """The refusal of a call whose plan a guard holds (``reason``: the guard's).
+
+    The call was not made, and it is not made later behind the agent's back: the plan waits
+    (running, queued) under the same id, and the same call once the guard allows it finds
+    and runs it.
+    """
+    return ConflictError(
+        f"plan {plan_id} is not run now: {reason}",
+        field="plan_id",
+        hint="The call was not made: the plan keeps waiting. Call the tool again with the "
+        "same arguments once the guard allows it (`proctor guards`): that call runs it.",
+    )
