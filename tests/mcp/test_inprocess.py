@@ -19,6 +19,7 @@ from mcp import ClientSession
 from mcp.shared.memory import create_client_server_memory_streams
 
 from proctor import Proctor
+from proctor.app.gateway import GatewayOptions
 from proctor.core.catalog import Catalog
 from proctor.core.lifecycle import PlanStatus
 from proctor.mcp import McpProxy, UpstreamConfig
@@ -43,12 +44,21 @@ def text(result):
 
 
 async def connected(
-    p: Proctor, stack: AsyncExitStack, mask_result=(), message_handler=None, **options
+    p: Proctor,
+    stack: AsyncExitStack,
+    mask_result=(),
+    message_handler=None,
+    upstreams=None,
+    **options,
 ) -> tuple[McpProxy, ClientSession]:
-    upstream = UpstreamConfig(
-        name="flaky", command=sys.executable, args=(str(FLAKY),), mask_result=mask_result
-    )
-    proxy = McpProxy(p, [upstream], **options)
+    """The proxy over ``upstreams`` (the flaky server by default) and a client session."""
+    if upstreams is None:
+        upstreams = [
+            UpstreamConfig(
+                name="flaky", command=sys.executable, args=(str(FLAKY),), mask_result=mask_result
+            )
+        ]
+    proxy = McpProxy(p, upstreams, **options)
     await proxy.connect(stack)
     server = proxy.server()
     client_streams, server_streams = await stack.enter_async_context(
@@ -117,6 +127,73 @@ def test_killed_and_unlisted_actions_are_hidden():
     assert "crash" not in after_kill and "hang" in after_kill
     assert after_list == {"ok", "fail"}
     assert killed.is_error and "denied" in text(killed)
+
+
+def test_a_call_whose_plan_a_kill_switch_holds_is_answered_at_once(tmp_path, roots, npm_servers):
+    """Confirmed elsewhere, then a kill switch: the retry is told why at once, not forwarded.
+
+    Regression: the proxy polled the held plan as if another owner ran it, and answered
+    only after the step timeout plus 5 s (65 s by default). The plan keeps waiting: the
+    same call after the release runs it, under the same plan id.
+    """
+    db = f"sqlite:///{tmp_path / 'proctor.db'}"
+    data = {"mcp": {"roots": [str(roots)], "approver_roles": ["ops"]}}
+
+    def opened(**options):
+        policy = RegoPolicyEngine.from_sources({"mcp.rego": EXAMPLE.read_text()}, data)
+        return Proctor.in_memory(
+            catalog=Catalog(()), policy=policy, database_url=db, options=GatewayOptions(**options)
+        )
+
+    # The step timeout the old code waited for (plus 5 s): short, so that it fails in time.
+    p, console = opened(step_timeout=20.0), opened()  # the proxy's process, and the console's
+    target = roots / "held.txt"
+    args = {"path": str(target), "content": "written after the release"}
+    fs = UpstreamConfig(name="fs", command="node", args=(str(npm_servers.filesystem), str(roots)))
+
+    async def go():
+        async with AsyncExitStack() as stack:
+            _, s = await connected(p, stack, upstreams=[fs], confirm_in_client=False)
+            asked = await s.call_tool("write_file", args)
+            (plan,) = p.gateway.store.list_plans()
+            console.confirm(plan.plan_id, "mcp-user")  # queued: the console has no runner mcp
+            console.kill("global", by="admin", reason="incident")
+            began = anyio.current_time()
+            held = await s.call_tool("write_file", args)
+            took = anyio.current_time() - began
+            written_while_held = target.exists()
+            events_while_held = types_of(p, plan.plan_id)
+            assert console.unkill("global", by="admin")
+            done = await s.call_tool("write_file", args)
+            return plan.plan_id, asked, held, took, written_while_held, events_while_held, done
+
+    try:
+        plan_id, asked, held, took, written, held_events, done = anyio.run(go)
+        rec = p.get(plan_id)
+        after = types_of(p, plan_id)
+    finally:
+        p.close()
+        console.close()
+
+    assert asked.is_error and f"needs confirmation {plan_id}" in text(asked)
+    assert held.is_error
+    assert text(held) == (
+        f"refused: conflict: plan {plan_id} is not run now: kill switch global is engaged: "
+        "incident (field: plan_id) The call was not made: the plan keeps waiting. Call the "
+        "tool again with the same arguments once the guard allows it (`proctor guards`): "
+        "that call runs it."
+    )
+    assert took < 10.0  # at once: well under the step timeout (20 s) the old code waited for
+    assert not written  # nothing reached the server
+    assert "step.started" not in held_events and held_events.count("guard.killed") == 1
+    assert not done.is_error, text(done)
+    assert target.read_text() == "written after the release"
+    assert rec.status is PlanStatus.SUCCEEDED  # the same plan, run by the call after release
+    assert after.count("step.started") == 1 and after[-1] == "plan.finished"
+
+
+def types_of(p, plan_id):
+    return [e.type for e in p.gateway.store.read_events(plan_id=plan_id)]
 
 
 def test_identical_concurrent_calls_share_one_plan_and_distinct_ones_do_not():

@@ -60,6 +60,7 @@ from mcp.shared.exceptions import MCPError
 
 from proctor._library import Proctor
 from proctor.app.executor import StepCall
+from proctor.app.recovery import held_by_guard
 from proctor.core.catalog import ActionSpec
 from proctor.core.lifecycle import PlanRecord, PlanStatus
 from proctor.core.ports import ToolCall
@@ -73,6 +74,7 @@ from proctor.mcp.governance import (
     call_key,
     current_plan_id,
     manifest,
+    not_run_now,
     spec_from_annotations,
 )
 from proctor.mcp.sdk import _all_pages, _legacy, _LoopTools, _Server
@@ -685,8 +687,13 @@ class McpProxy:
                 )
         # Running under another owner: an identical call at the same moment (one plan for
         # both), or another proxy on this home. Wait for its end rather than answer "running".
+        # A plan a guard holds (its claim was stopped) has no owner: nothing ends until the
+        # guard allows it, so the client is told at once (as a remote proxy is: /v1/mcp/calls).
         deadline = anyio.current_time() + self._step_timeout() + 5.0
         while rec.status in _BUSY and anyio.current_time() < deadline:
+            reason = held_by_guard(rec)
+            if reason is not None:
+                return tool_error(tool_error_text(not_run_now(rec.plan_id, reason)))
             await anyio.sleep(0.05)
             rec = await self._in_thread(functools.partial(gw.get, rec.plan_id))
         return self._answer(rec, raw)
