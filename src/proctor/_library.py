@@ -17,6 +17,7 @@ from proctor.app.gateway import Gateway, GatewayOptions
 from proctor.app.guards import Guards
 from proctor.app.notify import Notifier
 from proctor.app.stepup import TotpStepUp
+from proctor.app.tokens import TokenService
 from proctor.audit.archive import ArchiveReport, archive_export, parse_s3_url
 from proctor.audit.events import UNSIGNED, KeyInfo, VerifyReport
 from proctor.audit.export import ExportManifest, export_log
@@ -336,11 +337,19 @@ class Proctor:
         """
         return Dispatcher.for_gateway(self.gateway, **options)
 
-    def enrol_totp(self, principal: str) -> tuple[str, str]:
-        """Enrol an approver for step-up; return the secret and its otpauth:// URI."""
+    def enrol_totp(self, principal: str, *, by: str | None = None) -> tuple[str, str]:
+        """Enrol an approver for step-up; return the secret and its otpauth:// URI.
+
+        Audited as ``stepup.enrolled`` (``by``: who enrolled them; never the secret).
+        """
         step_up = self.gateway.step_up
         assert isinstance(step_up, TotpStepUp)
-        return step_up.enrol(principal)
+        return step_up.enrol(principal, journal=self.gateway._journal, by=by)
+
+    @property
+    def tokens(self) -> TokenService:
+        """API tokens of this instance; creations and revocations are audited."""
+        return TokenService(self.gateway.store, self.gateway.clock, journal=self.gateway._journal)
 
     # ------------------------------------------------------------------ reading
 

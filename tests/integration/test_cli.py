@@ -1316,3 +1316,25 @@ def test_the_cli_loads_neither_httpx_nor_cffi_until_a_command_needs_them():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_token_and_step_up_administration_is_in_the_audit_log(cli, fresh_home):
+    """Who may act changes only with a signed record: `tokens create/revoke`, `totp enrol`."""
+    made = cli(
+        "tokens", "create", "--name", "fiona", "--role", "approver", "--json", home=fresh_home
+    )
+    assert made.code == 0, str(made)
+    token = made.json()
+    assert cli("tokens", "revoke", token["id"], home=fresh_home).code == 0
+    enrolled = cli("totp", "enrol", "--as", "fiona", "--json", home=fresh_home)
+    assert enrolled.code == 0, str(enrolled)
+
+    found = {e["type"]: e for e in events(cli, fresh_home)}
+    created, revoked = found["token.created"], found["token.revoked"]
+    assert created["data"]["token_id"] == revoked["data"]["token_id"] == token["id"]
+    assert created["data"]["roles"] == ["approver"]
+    assert created["data"]["by"].startswith("local:")
+    assert found["stepup.enrolled"]["data"]["principal"] == "fiona"
+    dump = json.dumps(list(found.values()))
+    assert token["token"] not in dump and enrolled.json()["secret"] not in dump
+    assert cli("audit", "verify", home=fresh_home).code == 0

@@ -11,7 +11,9 @@ moment cannot both accept it.
 approver in the store (``StepUpLimiter``), so the count holds across workers and replicas:
 after 5 within 15 minutes the approver's step-up is refused (``RateLimitedError``), even
 with the right code, until the oldest of them is 15 minutes old. Each wrong code appends a
-``stepup.failed`` audit event (the code itself is never recorded).
+``stepup.failed`` audit event (the code itself is never recorded). An enrolment, which
+gives someone the power to pass step-up, is audited too (``stepup.enrolled``, never the
+secret), in the transaction that stores the secret.
 """
 
 from __future__ import annotations
@@ -47,13 +49,34 @@ class TotpStepUp:
         self._clock = clock
         self._issuer = issuer
 
-    def enrol(self, principal: str) -> tuple[str, str]:
-        """Create (or replace) the principal's secret; return it and its otpauth:// URI."""
+    def enrol(
+        self,
+        principal: str,
+        *,
+        journal: Callable[[Transaction], Journal] | None = None,
+        by: str | None = None,
+    ) -> tuple[str, str]:
+        """Create (or replace) the principal's secret; return it and its otpauth:// URI.
+
+        With the gateway's ``journal``, the enrolment is audited (``stepup.enrolled``:
+        the principal, whether a secret was replaced, ``by``; never the secret).
+        """
         if not principal or len(principal) > 128:
             raise InvalidRequestError("principal must be 1-128 characters", field="principal")
         secret = pyotp.random_base32()
+        key = f"totp:{principal}"
+        replaced = journal is not None and self._store.get_meta(key) is not None
         with self._store.transaction() as tx:
-            tx.put_meta(f"totp:{principal}", secret)
+            tx.put_meta(key, secret)
+            if journal is not None:
+                j = journal(tx)
+                j.emit(
+                    E.STEPUP_ENROLLED,
+                    user_id=by,
+                    actor={"type": "human", "name": by or "unknown"},
+                    data={"principal": principal, "replaced": replaced, "by": by},
+                )
+                j.flush()
         uri = pyotp.TOTP(secret).provisioning_uri(name=principal, issuer_name=self._issuer)
         return secret, uri
 

@@ -1,5 +1,9 @@
 """API tokens: create (the plaintext is shown once), list, revoke, authenticate.
 
+Creating and revoking a token changes who may act, so each is audited (``token.created``,
+``token.revoked``: the id, name, roles, groups and who did it; never the token or its hash)
+in the transaction that saves it, when the service is given the gateway's journal.
+
 Only ``sha256(token)`` is stored. A token is 32 random bytes (256 bits), so a fast hash is
 enough: nobody brute-forces a 256-bit preimage, and the hash lets the store find the token
 by an indexed lookup instead of comparing secrets one by one (no timing side channel on
@@ -13,12 +17,17 @@ import dataclasses
 import hashlib
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
+from proctor.core.events import EventType as E
 from proctor.core.ports import Clock, Store
 from proctor.core.principals import Principal, TokenRecord
 from proctor.errors import InvalidRequestError, NotFoundError
+
+if TYPE_CHECKING:
+    from proctor.app.journal import Journal
 
 __all__ = ["NewToken", "TokenService", "hash_token"]
 
@@ -61,14 +70,51 @@ def _check_name(value: str, what: str) -> str:
 
 
 class TokenService:
-    """Bearer tokens over the ``Store`` port."""
+    """Bearer tokens over the ``Store`` port.
 
-    def __init__(self, store: Store, clock: Clock) -> None:
+    Args:
+        store: Where token records live.
+        clock: The time of creation and revocation.
+        journal: The gateway's journal factory: creations and revocations are then audited
+            (a service that only authenticates needs none).
+    """
+
+    def __init__(
+        self, store: Store, clock: Clock, *, journal: Callable[[Any], Journal] | None = None
+    ) -> None:
         self._store = store
         self._clock = clock
+        self._journal = journal
 
-    def create(self, *, name: str, roles: Iterable[str], groups: Iterable[str] = ()) -> NewToken:
+    def _audit(self, tx: Any, type_: str, record: TokenRecord, by: str | None) -> None:
+        if self._journal is None:
+            return
+        j = self._journal(tx)
+        j.emit(
+            type_,
+            user_id=by,
+            actor={"type": "human", "name": by or "unknown"},
+            data={
+                "token_id": record.token_id,
+                "name": record.name,
+                "roles": list(record.roles),
+                "groups": list(record.groups),
+                "by": by,
+            },
+        )
+        j.flush()
+
+    def create(
+        self,
+        *,
+        name: str,
+        roles: Iterable[str],
+        groups: Iterable[str] = (),
+        by: str | None = None,
+    ) -> NewToken:
         """Create a token for ``name`` with ``roles`` and approver ``groups``.
+
+        ``by`` is who creates it (recorded in ``token.created``).
 
         Raises:
             InvalidRequestError: a bad name, group or role, or no role at all.
@@ -90,14 +136,17 @@ class TokenService:
         )
         with self._store.transaction() as tx:
             tx.save_token(record)
+            self._audit(tx, E.TOKEN_CREATED, record, by)
         return NewToken(token=token, record=record)
 
     def list(self) -> list[TokenRecord]:
         """Return every token record (never a token), oldest first."""
         return self._store.list_tokens()
 
-    def revoke(self, token_id: str) -> TokenRecord:
-        """Revoke a token; revoking a revoked token changes nothing.
+    def revoke(self, token_id: str, *, by: str | None = None) -> TokenRecord:
+        """Revoke a token; revoking a revoked token changes nothing (and records nothing).
+
+        ``by`` is who revokes it (recorded in ``token.revoked``).
 
         Raises:
             NotFoundError: if there is no token with this id.
@@ -109,6 +158,7 @@ class TokenService:
                 revoked = dataclasses.replace(record, revoked_at=self._clock.now())
                 with self._store.transaction() as tx:
                     tx.save_token(revoked)
+                    self._audit(tx, E.TOKEN_REVOKED, revoked, by)
                 return revoked
         raise NotFoundError(
             f"no token {token_id!r}", field="id", hint="List tokens with `proctor tokens list`."

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import signal
 import socket
 import sys
@@ -274,7 +275,15 @@ def _open(home: Path | None) -> Proctor:
 
 
 def _tokens(p: Proctor) -> TokenService:
-    return TokenService(p.gateway.store, p.gateway.clock)
+    return p.tokens
+
+
+def _operator() -> str:
+    """Who runs a local admin command, as its audit event records it: ``local:<login>``."""
+    try:
+        return f"local:{getpass.getuser()}"
+    except (KeyError, OSError):  # no login name (a container without a passwd entry)
+        return "local:unknown"
 
 
 @tokens_app.command("create")
@@ -291,10 +300,14 @@ def tokens_create(
     as_json: Json = False,
     verbose: Verbose = False,
 ) -> int:
-    """Create an API token; it is printed once and only its SHA-256 is stored."""
+    """Create an API token; it is printed once and only its SHA-256 is stored.
+
+    Audited as `token.created` (id, name, roles, groups, and `local:<your login>` as who
+    created it; never the token).
+    """
     group_list = [g.strip() for g in groups.split(",") if g.strip()]
     with _open(home) as p:
-        new = _tokens(p).create(name=name, roles=role, groups=group_list)
+        new = _tokens(p).create(name=name, roles=role, groups=group_list, by=_operator())
     if as_json:
         print_json(new.as_dict())
         return 0
@@ -347,9 +360,12 @@ def tokens_revoke(
     as_json: Json = False,
     verbose: Verbose = False,
 ) -> int:
-    """Revoke an API token (a running server stops accepting it within 2 seconds)."""
+    """Revoke an API token (a running server stops accepting it within 2 seconds).
+
+    Audited as `token.revoked`, with `local:<your login>` as who revoked it.
+    """
     with _open(home) as p:
-        record = _tokens(p).revoke(token_id)
+        record = _tokens(p).revoke(token_id, by=_operator())
     revoked_at = record.revoked_at.isoformat() if record.revoked_at else None
     if as_json:
         print_json({"id": record.token_id, "name": record.name, "revoked_at": revoked_at})
@@ -365,9 +381,13 @@ def tokens_enrol_totp(
     as_json: Json = False,
     verbose: Verbose = False,
 ) -> int:
-    """Enrol an approver for step-up (TOTP) approvals; prints the secret once."""
+    """Enrol an approver for step-up (TOTP) approvals; prints the secret once.
+
+    Audited as `stepup.enrolled` (the approver, whether an earlier secret was replaced, and
+    `local:<your login>`; never the secret).
+    """
     with _open(home) as p:
-        secret, uri = p.enrol_totp(name)
+        secret, uri = p.enrol_totp(name, by=_operator())
     if as_json:
         print_json({"name": name, "principal": name, "secret": secret, "uri": uri})
     else:

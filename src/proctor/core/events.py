@@ -19,6 +19,11 @@ class EventType:
     APPROVAL_GRANTED: Final = "approval.granted"
     APPROVAL_REJECTED: Final = "approval.rejected"
     STEPUP_FAILED: Final = "stepup.failed"  # a wrong step-up code (never the code itself)
+    # Who may act: an API token created or revoked, an approver enrolled for step-up (never
+    # the token, its hash or the TOTP secret).
+    TOKEN_CREATED: Final = "token.created"  # noqa: S105 - an event name
+    TOKEN_REVOKED: Final = "token.revoked"  # noqa: S105 - an event name
+    STEPUP_ENROLLED: Final = "stepup.enrolled"
     PLAN_EXPIRED: Final = "plan.expired"
     # A confirmed, approved or resolved plan left for another process: an action it needs is
     # not in this process's catalog (a runner's, or one another process registered).

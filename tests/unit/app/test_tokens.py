@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from proctor import Proctor
@@ -31,3 +32,49 @@ def test_a_good_name_is_kept():
     tokens = TokenService(p.gateway.store, p.gateway.clock)
     new = tokens.create(name="ops.bot@x", roles=["user"], groups=["finance"])
     assert tokens.authenticate(new.token).name == "ops.bot@x"
+
+
+def _events(p: Proctor, type_: str) -> list[dict]:
+    return [orjson.loads(e.body) for e in p.events() if e.type == type_]
+
+
+def test_creating_and_revoking_a_token_is_audited_without_the_token():
+    p = Proctor.in_memory()
+    new = p.tokens.create(name="fiona", roles=["approver"], groups=["finance"], by="local:ops")
+    p.tokens.revoke(new.record.token_id, by="local:sec")
+    p.tokens.revoke(new.record.token_id, by="local:sec")  # already revoked: nothing new
+
+    (created,) = _events(p, "token.created")
+    assert created["data"] == {
+        "token_id": new.record.token_id,
+        "name": "fiona",
+        "roles": ["approver"],
+        "groups": ["finance"],
+        "by": "local:ops",
+    }
+    assert created["actor"] == {"type": "human", "name": "local:ops"}
+    (revoked,) = _events(p, "token.revoked")
+    assert revoked["data"]["token_id"] == new.record.token_id
+    assert revoked["data"]["by"] == "local:sec"
+    text = b"".join(e.body for e in p.events()).decode()
+    assert new.token not in text
+    assert new.record.token_hash not in text
+    assert p.verify().ok
+
+
+def test_a_refused_token_records_nothing():
+    p = Proctor.in_memory()
+    with pytest.raises(InvalidRequestError):
+        p.tokens.create(name="ops\n", roles=["user"], by="local:ops")
+    assert _events(p, "token.created") == []
+
+
+def test_enrolling_for_step_up_is_audited_without_the_secret():
+    p = Proctor.in_memory()
+    secret, _ = p.enrol_totp("fiona", by="local:ops")
+    again, _ = p.enrol_totp("fiona", by="local:ops")
+    first, second = _events(p, "stepup.enrolled")
+    assert first["data"] == {"principal": "fiona", "replaced": False, "by": "local:ops"}
+    assert second["data"]["replaced"] is True
+    text = b"".join(e.body for e in p.events()).decode()
+    assert secret not in text and again not in text
