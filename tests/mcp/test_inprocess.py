@@ -325,3 +325,23 @@ def test_a_tools_list_change_passes_through_and_new_tools_are_governed():
     assert "extra" not in before and not grown.is_error
     assert "extra" in after
     assert extra.is_error and "pending approval" in text(extra)  # undeclared: approval
+
+
+def test_a_tool_error_is_masked_like_a_result():
+    """An ``isError`` result's text goes into ``step.failed`` masked by ``maskResult``."""
+    p = instance(execute=["mcp.flaky.fail"])
+
+    async def go():
+        async with AsyncExitStack() as stack:
+            _, s = await connected(p, stack, mask_result=("/content",))
+            return await s.call_tool("fail", {})
+
+    result = anyio.run(go)
+
+    assert result.is_error and "kaput" in text(result)  # the client gets the tool's own error
+    (plan,) = p.gateway.store.list_plans()
+    raw = b"".join(e.body for e in p.gateway.store.read_events(plan_id=plan.plan_id))
+    assert b"kaput" not in raw
+    bodies = [json.loads(e.body) for e in p.gateway.store.read_events(plan_id=plan.plan_id)]
+    (failed,) = [b for b in bodies if b["type"] == "step.failed"]
+    assert failed["data"]["error"].endswith("the upstream tool failed: ***")

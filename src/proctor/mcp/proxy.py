@@ -79,7 +79,13 @@ from proctor.mcp.governance import (
 )
 from proctor.mcp.sdk import _all_pages, _legacy, _LoopTools, _Server
 from proctor.mcp.upstream import Upstream
-from proctor.tools.mcp import McpTools, UpstreamToolError, audit_document, text_of
+from proctor.tools.mcp import (
+    McpTools,
+    UpstreamToolError,
+    audit_document,
+    error_message,
+    text_of,
+)
 
 __all__ = ["McpProxy", "UpstreamConfig", "load_config"]
 
@@ -614,7 +620,7 @@ class McpProxy:
         except Exception as exc:  # noqa: BLE001 - the step failed: recorded as such
             return await self._recorded(functools.partial(complete, pending, error=exc)), None
         if raw.is_error:
-            failed = UpstreamToolError(f"the upstream tool failed: {text_of(raw)[:400]}")
+            failed = UpstreamToolError(error_message(raw, masks))
             return await self._recorded(functools.partial(complete, pending, error=failed)), raw
         done = functools.partial(complete, pending, result=audit_document(raw, masks))
         # A success records in one commit (no retry, no backoff): in the loop when it is free.

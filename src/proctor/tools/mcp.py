@@ -28,7 +28,7 @@ import anyio.lowlevel
 import mcp_types as types
 import orjson
 
-from proctor.core.masking import mask
+from proctor.core.masking import MASK, mask
 from proctor.core.ports import ToolCall, Tools
 
 __all__ = ["McpTools", "UpstreamCall", "UpstreamToolError"]
@@ -59,6 +59,30 @@ class _Target:
 def text_of(result: types.CallToolResult) -> str:
     """Return the text content of a result, joined (for error messages)."""
     return " ".join(c.text for c in result.content if isinstance(c, types.TextContent))
+
+
+def error_message(result: types.CallToolResult, pointers: Sequence[str]) -> str:
+    """Return the step error of a result with ``isError``, its text masked like the result.
+
+    The text goes into the audit log (``step.failed``), so ``maskResult`` applies to it as
+    to a successful result: the text items the pointers mask (all of them for ``/content``)
+    are written ``"***"``.
+    """
+    if not pointers:
+        return f"the upstream tool failed: {text_of(result)[:400]}"
+    doc = mask(result.model_dump(mode="json", by_alias=True, exclude_none=True), pointers)
+    content = doc.get("content")
+    texts = []
+    if isinstance(content, list):
+        for item in content:
+            if isinstance(item, dict) and item.get("type") == "text":
+                text = item.get("text")
+                texts.append(text if isinstance(text, str) else MASK)
+            elif item == MASK:
+                texts.append(MASK)
+    else:
+        texts.append(MASK)
+    return f"the upstream tool failed: {' '.join(texts)[:400]}"
 
 
 def audit_document(result: types.CallToolResult, pointers: Sequence[str]) -> dict[str, Any]:
@@ -156,7 +180,7 @@ class McpTools:
             while len(self._results) > _KEEP:
                 self._results.popitem(last=False)
         if result.is_error:
-            raise UpstreamToolError(f"the upstream tool failed: {text_of(result)[:400]}")
+            raise UpstreamToolError(error_message(result, target.mask_result))
         return audit_document(result, target.mask_result)
 
     def take_result(self, key: str) -> types.CallToolResult | None:
