@@ -173,10 +173,12 @@ def init_home(
         else:
             shutil.copytree(default_bundle_path(), policy)
             report.created.append("policy/")
-        if Keyring(home / "keys").create_first(clock.now()) is None:
+        keyring = Keyring(home / "keys")
+        if keyring.create_first(clock.now()) is None:
             report.existing.append("keys/")
         else:
             report.created.append("keys/")
+        keyring.payload_key()  # the masked payloads' hash key; a home of before gets one too
     except OSError as exc:
         raise ConfigError(f"cannot write the instance at {home}: {exc}", field="home") from exc
     settings = load(home)
@@ -294,6 +296,7 @@ def build_gateway(
     clock: Clock,
     tools: PythonTools,
     signer: Signer,
+    payload_key: bytes | None = None,
 ) -> Gateway:
     """Wire a gateway from parts (the audit log is opened and checked here)."""
     options = GatewayOptions(
@@ -333,6 +336,7 @@ def build_gateway(
         audit_log=audit_log,
         guards=Guards(settings.guards, store=store, clock=clock, catalog=catalog),
         telemetry=Telemetry(tracer_provider(settings)),
+        payload_key=payload_key,
     )
     if settings.notification_targets:
         # Runs inside each event-appending transaction: a delivery commits with its event.
@@ -432,6 +436,7 @@ def open_instance(settings: Settings, *, clock: Clock | None = None) -> Instance
             clock=clock,
             tools=tools,
             signer=keyring.signer(),  # after the rotation: the new key signs from the start
+            payload_key=keyring.payload_key(),
         )
         if rotated is not None:
             # As ``Proctor.rotate_key`` records a manual rotation: the first event after it.

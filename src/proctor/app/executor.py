@@ -62,7 +62,7 @@ from typing import TYPE_CHECKING, Any
 
 from proctor.app._outcomes import MAX_ERROR, LostLease, Outcome, bounded, err, jsonable
 from proctor.app.background import Background, _Flight
-from proctor.app.journal import Journal, payload_hash
+from proctor.app.journal import Journal
 from proctor.app.leases import owner_alive, process_owner_id
 from proctor.app.recovery import Recovery
 from proctor.app.saga import Saga
@@ -158,7 +158,7 @@ class Executor(Recovery, Background):
         return self.gw._journal(tx)
 
     def _attempt(self, step: StepRecord, status: str) -> dict[str, Any]:
-        return {"api": step.action, "payload_hash": payload_hash(step.params), "status": status}
+        return self.gw._attempt(step, self.gw.catalog.get(step.action), status)
 
     def _call(self, record: PlanRecord, step: StepRecord, result: Any = None) -> ToolCall:
         return ToolCall(
@@ -665,7 +665,7 @@ class Executor(Recovery, Background):
                     rollback_at=now + timedelta(seconds=ttl) if ttl else None,
                 )
             )
-            data: dict[str, Any] = {"result_hash": payload_hash({"r": out.result})}
+            data: dict[str, Any] = {"result_hash": self.gw.hash_payload(spec, {"r": out.result})}
             if spec.category not in _UNLOGGED_RESULTS:
                 data["result"] = out.result
             cost = spec.amount(step.params)
@@ -715,7 +715,9 @@ class Executor(Recovery, Background):
                 "attempt": step.attempts,
                 "owner": self.owner,
                 "error": out.error,
-                "result_hash": payload_hash({"r": out.result}),
+                "result_hash": self.gw.hash_payload(
+                    self.gw.catalog.get(step.action), {"r": out.result}
+                ),
                 "recorded": recorded.value,
             },
         )

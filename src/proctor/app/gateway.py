@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import os
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,8 +33,9 @@ from proctor.app._outcomes import jsonable as _jsonable
 from proctor.app.auditlog import AuditLog
 from proctor.app.executor import Executor
 from proctor.app.human_actions import _MAX_ERROR, _NO_POLICY, HumanActions
-from proctor.app.journal import Journal, payload_hash
+from proctor.app.journal import Journal, keyed_payload_hash, payload_hash
 from proctor.app.leases import owner_alive
+from proctor.app.redaction import Redaction, redaction_for
 from proctor.app.telemetry import Telemetry
 from proctor.core.assessment import Assessment, Thresholds, assess, baseline
 from proctor.core.canonical import printable
@@ -135,6 +137,7 @@ class Gateway(HumanActions):
         listeners: Sequence[EventListener] = (),
         guards: Any = None,
         telemetry: Telemetry | None = None,
+        payload_key: bytes | None = None,
     ) -> None:
         self.store = store
         self.catalog = catalog
@@ -147,6 +150,10 @@ class Gateway(HumanActions):
         self.audit_log = audit_log
         self.listeners: list[EventListener] = list(listeners)
         self.telemetry = telemetry or Telemetry()
+        # Keys the payload hash of masked steps (``keyed_payload_hash``). Without a key of
+        # the instance's (an in-memory one), a random one: such hashes then only compare
+        # within this process, which is all an in-memory log has.
+        self._payload_key = payload_key if payload_key is not None else os.urandom(32)
         self.guards = guards  # proctor.app.guards.Guards, when guards are configured
         if guards is not None:
             guards.bind(self)
@@ -582,10 +589,62 @@ class Gateway(HumanActions):
             store_prompt=self.options.store_prompt,
             log=self.audit_log,
             listeners=self.listeners,
+            redact=self._redaction if self.catalog.has_masks else None,
+            digest=self.logged_digest if self.catalog.has_masks else None,
         )
 
+    def _redaction(self, record: PlanRecord) -> Redaction | None:
+        """What the events of ``record`` must not show (None: no step masks anything)."""
+        steps = []
+        for s in record.steps:
+            spec = self.catalog.get(s.action)
+            if spec is not None and spec.mask:
+                steps.append((s.step_id, s.params, spec.mask))
+        return redaction_for(steps) if steps else None
+
+    def _raw_redaction(self, raw: Any) -> Redaction | None:
+        """The redaction of a manifest that may be malformed (a rejected one), or None."""
+        steps = raw.get("steps") if isinstance(raw, dict) else None
+        if not isinstance(steps, list):
+            return None
+        found = []
+        for i, st in enumerate(steps):
+            if not isinstance(st, dict) or not isinstance(st.get("params"), dict):
+                continue
+            action = st.get("action")
+            spec = self.catalog.get(action) if isinstance(action, str) else None
+            if spec is not None and spec.mask:
+                found.append((str(st.get("id", i)), st["params"], spec.mask))
+        return redaction_for(found) if found else None
+
+    def logged_digest(self, record: PlanRecord) -> str:
+        """The plan digest the audit log shows for ``record``.
+
+        The digest is a plain SHA-256 of the whole manifest, masked params included: logged as
+        is, it would let anyone holding the log test guesses of a short masked value (the rest
+        of the manifest is mostly in the log). For a plan with masked params the log shows
+        ``hmac-sha256:`` of the digest under the instance's payload key instead.
+        """
+        if self.catalog.has_masks and self._redaction(record) is not None:
+            return keyed_payload_hash(self._payload_key, {"digest": record.digest})
+        return record.digest
+
+    def hash_payload(self, spec: ActionSpec | None, payload: Mapping[str, Any]) -> str:
+        """The ``payload_hash`` of a step's params (or ``result_hash`` of its result).
+
+        Keyed (``hmac-sha256:``) when the action masks params, so the masked values cannot be
+        recovered by hashing guesses; a plain ``sha256:`` otherwise (the params are in the log).
+        """
+        if spec is not None and spec.mask:
+            return keyed_payload_hash(self._payload_key, payload)
+        return payload_hash(payload)
+
     def _attempt(self, step: StepRecord, spec: ActionSpec | None, status: str) -> dict[str, Any]:
-        return {"api": step.action, "payload_hash": payload_hash(step.params), "status": status}
+        return {
+            "api": step.action,
+            "payload_hash": self.hash_payload(spec, step.params),
+            "status": status,
+        }
 
     def _masked_step(self, step: StepRecord, spec: ActionSpec) -> dict[str, Any]:
         return {
@@ -597,26 +656,37 @@ class Gateway(HumanActions):
 
     def _audit_rejection(self, raw: Any, exc: ProctorError, digest: str | None = None) -> None:
         plan_id = raw.get("plan_id") if isinstance(raw, dict) else None
+        # A rejected manifest may hold masked params: then its hashes are keyed, and the
+        # message (which may quote a param) is redacted, as for an accepted plan's events.
+        redaction = self._raw_redaction(raw) if self.catalog.has_masks else None
         try:
-            body_hash = payload_hash({"raw": raw})
+            if redaction is None:
+                body_hash = payload_hash({"raw": raw})
+            else:
+                body_hash = keyed_payload_hash(self._payload_key, {"raw": raw})
+                if digest is not None:
+                    digest = keyed_payload_hash(self._payload_key, {"digest": digest})
         except ProctorError:
             body_hash = None
+        data = {
+            "plan_id": plan_id if _short_text(plan_id) else None,
+            "digest": digest,
+            "payload_hash": body_hash,
+            "code": exc.code,
+            # Either may quote the bad input, a lone surrogate included, which has
+            # no UTF-8 form: escaped, the rejection is still recorded.
+            "field": printable(exc.field) if exc.field is not None else None,
+            "message": printable(exc.message[:_MAX_ERROR]),
+        }
+        if redaction is not None:
+            data = redaction.apply(data, None)
         with self.store.transaction() as tx:
             j = self._journal(tx)
             actor = raw.get("actor") if isinstance(raw, dict) else None
             j.emit(
                 E.PLAN_REJECTED,
                 actor=actor if isinstance(actor, dict) and _small(actor) else None,
-                data={
-                    "plan_id": plan_id if _short_text(plan_id) else None,
-                    "digest": digest,
-                    "payload_hash": body_hash,
-                    "code": exc.code,
-                    # Either may quote the bad input, a lone surrogate included, which has
-                    # no UTF-8 form: escaped, the rejection is still recorded.
-                    "field": printable(exc.field) if exc.field is not None else None,
-                    "message": printable(exc.message[:_MAX_ERROR]),
-                },
+                data=data,
             )
             j.flush()
 

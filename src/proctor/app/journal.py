@@ -8,23 +8,36 @@ when several writers race: the store's write lock orders them.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from proctor.app.auditlog import AuditLog
+from proctor.app.redaction import Redaction
 from proctor.app.telemetry import current_ids
 from proctor.audit.events import seal
 from proctor.core.canonical import canonical, fast_path_ok
 from proctor.core.lifecycle import PlanRecord
 from proctor.core.ports import Clock, EventListener, EventRow, Signer, Transaction
 
-__all__ = ["Journal", "payload_hash"]
+__all__ = ["Journal", "keyed_payload_hash", "payload_hash"]
 
 
 def payload_hash(params: Mapping[str, Any]) -> str:
     """Return ``sha256:<hex>`` of the canonical, unmasked params."""
     return "sha256:" + hashlib.sha256(canonical(params)).hexdigest()
+
+
+def keyed_payload_hash(key: bytes, params: Mapping[str, Any]) -> str:
+    """Return ``hmac-sha256:<hex>`` of the canonical, unmasked params under ``key``.
+
+    For the params of a step whose action masks some: a plain hash of them would let anyone
+    holding the log try every value of a short masked param (a 4-digit ``card_last4``) until
+    the hash matches, since every other param is logged. Keyed with the instance's secret
+    (``keys/payload-hmac.key``, never in the log), only its holder can test a payload.
+    """
+    return "hmac-sha256:" + hmac.new(key, canonical(params), hashlib.sha256).hexdigest()
 
 
 class Journal:
@@ -33,10 +46,13 @@ class Journal:
     __slots__ = (
         "_bodies",
         "_clock",
+        "_digest",
         "_fast",
         "_listeners",
         "_log",
         "_parts",
+        "_redact",
+        "_redactions",
         "_signer",
         "_tx",
         "store_prompt",
@@ -51,15 +67,21 @@ class Journal:
         store_prompt: bool = False,
         log: AuditLog | None = None,
         listeners: Sequence[EventListener] = (),
+        redact: Callable[[PlanRecord], Redaction | None] | None = None,
+        digest: Callable[[PlanRecord], str] | None = None,
     ) -> None:
         self._tx = tx
         self._signer = signer
         self._clock = clock
         self._bodies: list[dict[str, Any]] = []
         self._fast: list[bool] = []
-        self._parts: dict[str, tuple[dict[str, Any], str, str]] = {}
+        self._parts: dict[str, tuple[dict[str, Any], str, str, str]] = {}
         self._log = log
         self._listeners = listeners
+        # None when no action masks anything: then nothing below looks for masked values.
+        self._redact = redact
+        self._redactions: dict[str, Redaction | None] = {}
+        self._digest = digest
         self.store_prompt = store_prompt
 
     def emit(
@@ -78,7 +100,15 @@ class Journal:
 
         ``trusted`` says ``data`` holds only values Proctor built itself (strings, integers,
         booleans, fixed keys), so the canonical-shape check can be skipped for it.
+
+        The ``data`` of an event about a plan with masked params passes through the plan's
+        redaction first (``proctor.app.redaction``): a result, error or reason never carries
+        a masked value into the log.
         """
+        if plan is not None and self._redact is not None and data:
+            redaction = self._redaction(plan)
+            if redaction is not None:
+                data = redaction.apply(data, step_id)
         ids = current_ids()
         body: dict[str, Any] = {
             "event_id": os.urandom(16).hex(),
@@ -92,13 +122,13 @@ class Journal:
             "data": dict(data) if data else {},
         }
         if plan is not None:
-            actor_v, prompt_hash, summary = self._plan_parts(plan)
+            actor_v, prompt_hash, summary, digest = self._plan_parts(plan)
             body["actor"] = dict(actor_v)
             body["user_id"] = user_id or plan.on_behalf_of
             body["prompt_hash"] = prompt_hash
             if self.store_prompt:
                 body["prompt"] = plan.manifest.get("intent", "")
-            body["plan"] = {"digest": plan.digest, "summary": summary}
+            body["plan"] = {"digest": digest, "summary": summary}
             body["policy_version"] = plan.policy_version
         else:
             body["actor"] = dict(actor) if actor else None
@@ -114,8 +144,20 @@ class Journal:
             and (plan is not None or fast_path_ok(body["actor"]))
         )
 
-    def _plan_parts(self, plan: PlanRecord) -> tuple[dict[str, Any], str, str]:
-        """Actor, prompt hash and summary of a plan: the same for all its events, so cached."""
+    def _redaction(self, plan: PlanRecord) -> Redaction | None:
+        """The plan's redaction (cached: a plan's params never change)."""
+        try:
+            return self._redactions[plan.plan_id]
+        except KeyError:
+            assert self._redact is not None  # only called when set
+            found = self._redactions[plan.plan_id] = self._redact(plan)
+            return found
+
+    def _plan_parts(self, plan: PlanRecord) -> tuple[dict[str, Any], str, str, str]:
+        """Actor, prompt hash, summary and logged digest of a plan: cached (they never change).
+
+        The logged digest is keyed for a plan with masked params (``Gateway.logged_digest``).
+        """
         cached = self._parts.get(plan.plan_id)
         if cached is None:
             m = plan.manifest
@@ -128,7 +170,8 @@ class Journal:
             }
             intent = m.get("intent", "")
             prompt_hash = "sha256:" + hashlib.sha256(intent.encode()).hexdigest()
-            cached = self._parts[plan.plan_id] = (actor, prompt_hash, _summary(plan))
+            digest = plan.digest if self._digest is None else self._digest(plan)
+            cached = self._parts[plan.plan_id] = (actor, prompt_hash, _summary(plan), digest)
         return cached
 
     def flush(self) -> list[EventRow]:

@@ -22,6 +22,7 @@ signs several events, and full verification checks every one.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -365,6 +366,47 @@ class Keyring:
             serialization.NoEncryption(),
         )
         return LocalSigner(seed, public_keys={e.key_id: e.public_key for e in entries})
+
+    def payload_key(self) -> bytes:
+        """Return the instance's payload-hash secret, creating it on first use.
+
+        ``keys/payload-hmac.key`` (32 random bytes, mode 0600) keys the ``payload_hash`` of
+        steps whose action masks params (``hmac-sha256:``), so the log alone cannot be used to
+        test guesses of a masked value. It never goes into the log or an export; keep it with
+        the private keys (replicas sharing a database share it, as they share keys/).
+
+        Raises:
+            ConfigError: if the file cannot be read or created, or is not 32 bytes.
+        """
+        path = self.directory / "payload-hmac.key"
+        try:
+            try:
+                key = path.read_bytes()
+            except FileNotFoundError:
+                key = self._create_payload_key(path)
+        except OSError as exc:
+            raise ConfigError(f"cannot read or create {path}: {exc}", field="keys") from exc
+        if len(key) != 32:
+            raise ConfigError(f"{path} is not a 32-byte key", field="keys")
+        return key
+
+    def _create_payload_key(self, path: Path) -> bytes:
+        """Write a new key under a name of its own, then link it in: the first one wins."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = self.directory / f".payload.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(secrets.token_bytes(32))
+                os.fsync(fh.fileno())
+            # A link never replaces: of two processes creating it at once, both read the
+            # one that was linked first (a reader never sees a partly written file).
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        _fsync_directory(self.directory)
+        return path.read_bytes()
 
     def _private_path(self, key_id: str) -> Path:
         return self.directory / (key_id.replace(":", "-") + ".pem")

@@ -373,10 +373,13 @@ def _ascii_regex(pattern: Any, *, action: str, where: str, param: str | None) ->
 class Catalog:
     """The set of actions, by name. Registering a name twice is a configuration error."""
 
-    __slots__ = ("_actions",)
+    __slots__ = ("_actions", "has_masks")
 
     def __init__(self, actions: Iterable[ActionSpec] = ()) -> None:
         self._actions: dict[str, ActionSpec] = {}
+        #: Whether any action masks params: without one, the audit log's redaction of
+        #: masked values (``proctor.app.redaction``) is skipped altogether.
+        self.has_masks = False
         for spec in actions:
             self.add(spec)
 
@@ -388,7 +391,12 @@ class Catalog:
         """
         if spec.name in self._actions and not replace:
             raise ConfigError(f"action {spec.name!r} is declared twice", field="catalog")
+        old = self._actions.get(spec.name)
         self._actions[spec.name] = spec
+        if spec.mask:
+            self.has_masks = True
+        elif old is not None and old.mask:
+            self.has_masks = any(s.mask for s in self._actions.values())
 
     def get(self, name: str) -> ActionSpec | None:
         """Return the action or None."""

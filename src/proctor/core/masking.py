@@ -2,8 +2,10 @@
 
 Rules are JSON pointers (RFC 6901) into an action's params, in the spirit of OPA's
 decision-log masking: ``/card/number`` erases the value at that path and writes ``"***"``
-in its place. The event keeps ``payload_hash``, the hash of the *unmasked* params, so an
-auditor holding the original payload can still prove it is the one that ran.
+in its place. The event keeps ``payload_hash``, the hash of the *unmasked* params (keyed
+with the instance's secret, ``proctor.app.journal.keyed_payload_hash``), so an auditor holding
+the original payload and the key can still prove it is the one that ran. Masked values that
+come back in results, errors and reasons are redacted by ``proctor.app.redaction``.
 """
 
 from __future__ import annotations

@@ -417,10 +417,10 @@ class TestAudit:
 
 class TestPrivacy:
     def test_masked_params_keep_unmasked_hash(self, clock):
-        """Masked params never reach the log, but the payload hash is of the real params."""
+        """Masked params never reach the log, but the payload hash (keyed) is of the real ones."""
         import orjson
 
-        from proctor.app.journal import payload_hash
+        from proctor.app.journal import keyed_payload_hash
 
         p = Proctor.in_memory(clock=clock)
         plan = make_plan(
@@ -438,7 +438,8 @@ class TestPrivacy:
         submitted = orjson.loads(p.events(plan_id=rec.plan_id)[0].body)
         assert submitted["data"]["steps"][0]["params"]["card_last4"] == "***"
         real = plan["steps"][0]["params"]
-        assert submitted["actions_attempted"][0]["payload_hash"] == payload_hash(real)
+        key = p.gateway._payload_key
+        assert submitted["actions_attempted"][0]["payload_hash"] == keyed_payload_hash(key, real)
 
     def test_prompt_stored_only_when_configured(self, clock):
         """The raw intent is kept only with store_prompt; its hash always."""
