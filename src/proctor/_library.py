@@ -59,6 +59,7 @@ class Proctor:
         self._tools = tools
         self._keys = dict(keys)
         self.keyring = keyring
+        self._keys_mtime = _mtime(keyring)
 
     # ------------------------------------------------------------------ construction
 
@@ -382,7 +383,7 @@ class Proctor:
         return verify_log(
             list(store.iter_events()),
             [c.note for c in store.checkpoints()],
-            self._keys,
+            self._current_keys(),
             origin=self.origin,
             full=check_signatures,
             progress=progress,
@@ -501,7 +502,7 @@ class Proctor:
         """Return the signed-note verifier keys of every signing key, oldest first."""
         return [
             vkey(self.origin, info.public_key)
-            for key_id, info in self._keys.items()
+            for key_id, info in self._current_keys().items()
             if key_id != UNSIGNED  # an unsigned log has no key (and signs no note)
         ]
 
@@ -515,14 +516,27 @@ class Proctor:
             raise ConfigError("this instance has no keyring on disk", field="keys")
         entry = self.keyring.create(self.gateway.clock.now())
         previous = self.keyring.previous(entry.key_id)
-        self._keys = self.keyring.key_infos()
+        self._keys, self._keys_mtime = self.keyring.key_infos(), _mtime(self.keyring)
         self.gateway.record("keys.rotated", {"key_id": entry.key_id, "previous": previous})
         return entry.key_id
 
     @property
     def key_infos(self) -> dict[str, KeyInfo]:
-        """Public keys that verify this instance's events."""
-        return dict(self._keys)
+        """Public keys that verify this instance's events (as the keyring has them now)."""
+        return dict(self._current_keys())
+
+    def _current_keys(self) -> dict[str, KeyInfo]:
+        """The keyring's public keys, re-read when keyring.json changed since the last read.
+
+        Another process (``proctor keys rotate``, another worker's scheduled rotation) may
+        rotate the keyring while this instance is open: keys read at open would report the
+        new key's events as ``unknown_key`` and list only the old key.
+        """
+        if self.keyring is not None:
+            mtime = _mtime(self.keyring)
+            if mtime != self._keys_mtime:
+                self._keys, self._keys_mtime = self.keyring.key_infos(), mtime
+        return self._keys
 
     def close(self) -> None:
         """Stop the worker threads (running handlers finish first), then release the store."""
@@ -535,3 +549,13 @@ class Proctor:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _mtime(keyring: Keyring | None) -> float | None:
+    """keyring.json's modification time, or None (no keyring, or it cannot be read)."""
+    if keyring is None:
+        return None
+    try:
+        return keyring.mtime()
+    except OSError:
+        return None

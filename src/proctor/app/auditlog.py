@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from proctor.audit.events import UNSIGNED
+from proctor.audit.events import UNSIGNED, pinned
 from proctor.audit.merkle import CompactNodes, MerkleTree, leaf_hash, verify_consistency
 from proctor.audit.note import Checkpoint, sign_note
 from proctor.core.ports import (
@@ -222,8 +222,8 @@ class AuditLog:
             if last.size:
                 verify_consistency(last.size, size, last.root, root, proof)
         body = Checkpoint(origin=self.origin, size=size, root=root).body()
-        pub = self.signer.public_keys()[self.signer.key_id]
-        note = sign_note(body, self.origin, self.signer.sign, pub)
+        signer = pinned(self.signer)  # one key for the name and the signature
+        note = sign_note(body, self.origin, signer.sign, signer.public_keys()[signer.key_id])
         row = CheckpointRow(
             size=size, root=root, note=note, created_at=self.clock.now().isoformat()
         )

@@ -16,7 +16,7 @@ from typing import Any
 from proctor.app.auditlog import AuditLog
 from proctor.app.redaction import Redaction
 from proctor.app.telemetry import current_ids
-from proctor.audit.events import seal
+from proctor.audit.events import pinned, seal
 from proctor.core.canonical import canonical, fast_path_ok
 from proctor.core.lifecycle import PlanRecord
 from proctor.core.ports import Clock, EventListener, EventRow, Signer, Transaction
@@ -71,7 +71,10 @@ class Journal:
         digest: Callable[[PlanRecord], str] | None = None,
     ) -> None:
         self._tx = tx
-        self._signer = signer
+        # One key for the whole transaction, taken before any event is timestamped: a
+        # rotation meanwhile cannot sign an event dated before the new key existed (which
+        # verification rejects); the old key stays valid for the rotation's grace.
+        self._signer = pinned(signer)
         self._clock = clock
         self._bodies: list[dict[str, Any]] = []
         self._fast: list[bool] = []

@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives.asymmetric import ec as ec_keys
 from proctor.core.canonical import canonical, fast_path_ok
 from proctor.core.ports import EventRow, Signer
 
-__all__ = ["GENESIS", "UNSIGNED", "VerifyReport", "seal", "verify_events"]
+__all__ = ["GENESIS", "UNSIGNED", "VerifyReport", "pinned", "seal", "verify_events"]
 
 GENESIS = "sha256:" + "0" * 64
 """``prev_hash`` of the first event."""
@@ -49,6 +49,18 @@ UNSIGNED = "unsigned"
 with ``audit_signatures=False``): their ``signature`` is the empty string. Only a keyring that
 lists this id (that instance's own) accepts them; any other verifier reports ``unknown_key``.
 """
+
+
+def pinned(signer: Signer) -> Signer:
+    """Return a signer fixed on ``signer``'s current key, for one signature.
+
+    A signer that follows rotations (``KeyringSigner``) may switch keys between reading
+    ``key_id`` and ``sign()``: the event would name one key and carry another's signature,
+    a permanent ``bad_signature``. Such a signer offers ``snapshot()``, the signer of its
+    current key; others (a ``LocalSigner``, a KMS key) never switch and are used as they are.
+    """
+    snapshot = getattr(signer, "snapshot", None)
+    return signer if snapshot is None else snapshot()
 
 
 def seal(
@@ -61,6 +73,7 @@ def seal(
     """
     body["seq"] = seq
     body["prev_hash"] = prev_hash
+    signer = pinned(signer)  # the key named is the key that signs, across a rotation
     body["key_id"] = signer.key_id
     # One shape check serves both encodings: the signature adds only a base64 string.
     if fast is None:

@@ -451,6 +451,14 @@ class KeyringSigner:
                 self._mtime = mtime
         return self._signer
 
+    def snapshot(self) -> LocalSigner:
+        """The signer of the current key, fixed: its ``key_id`` and ``sign`` always agree.
+
+        Read ``key_id`` and sign through one snapshot (``proctor.audit.events.pinned``): this
+        signer may reload the keyring between two calls of its own.
+        """
+        return self._current()
+
     @property
     def key_id(self) -> str:
         """The current key's id."""
