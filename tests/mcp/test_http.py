@@ -72,7 +72,9 @@ def test_elicitation_progress_and_cancellation_over_http(
             trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
             yes = await s.call_tool(
                 "write_file",
-                {"path": str(roots / "yes.txt"), "content": "confirmed"},
+                # Not "confirmed": the content is masked, and a masked value is redacted
+                # wherever it appears in an event, the confirmation's comment included.
+                {"path": str(roots / "yes.txt"), "content": "the user said yes"},
                 meta={"traceparent": trace},
             )
             assert not yes.is_error, text(yes)
@@ -90,7 +92,7 @@ def test_elicitation_progress_and_cancellation_over_http(
             assert not summed.is_error and "3" in text(summed)
 
     anyio.run(go)
-    assert (roots / "yes.txt").read_text() == "confirmed"
+    assert (roots / "yes.txt").read_text() == "the user said yes"
     assert not (roots / "no.txt").exists()
     assert asked and f"Write {roots / 'yes.txt'}" in asked[0]  # the action's plain summary
     assert progress == [1, 2, 3, 4]

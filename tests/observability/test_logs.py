@@ -123,7 +123,7 @@ class TestAuditEventLines:
         ]
         submitted = next(d for d in docs if d["event"] == "plan.submitted")
         assert submitted["data"]["steps"][0]["params"] == {"card": "***", "amount": 5}
-        assert submitted["actions"][0]["payload_hash"].startswith("sha256:")
+        assert submitted["actions"][0]["payload_hash"].startswith("hmac-sha256:")  # keyed: masked
         assert {d["trace_id"] for d in docs} == {PARENT_TRACE}
         assert all(d["plan_id"] == rec.plan_id for d in docs)
         assert not any(SECRET in line for line in out.lines)
