@@ -60,6 +60,36 @@ class TestKnownAnswers:
         assert k["counts"]["false_signals"] == {"complaint": 1, "undo": 1}
         assert k["acceptance_rate"] == 0.0
 
+    def test_recovery_does_not_start_at_step_trouble_the_plan_overcame(self):
+        """A timeout its retry fixed, then an undo two days later: recovered in 1 minute."""
+        h = History()
+        h.at(0).ev("plan.submitted", "p", actions=("shop.buy",))
+        h.ev("policy.decided", "p")
+        h.ev("plan.routed", "p", data={"sandbox": False})
+        h.at(1).ev("step.timed_out", "p", actions=("shop.buy",))
+        h.at(2).steps("p")
+        h.at(60 * 48).ev("undo.requested", "p", data={"by": "alice"})
+        h.at(60 * 48 + 1).ev("plan.finished", "p", data={"status": "undone"})
+
+        k = kpis(h.events)["all"]
+
+        assert k["time_to_recovery_s"] == {"median": 60.0, "max": 60.0, "count": 1}
+
+    def test_recovery_runs_from_step_trouble_the_plan_did_not_overcome(self):
+        """A step failed at 5 min and the plan was compensated at 7: 2 minutes to recover."""
+        h = History()
+        h.at(0).ev("plan.submitted", "p", actions=("a.one", "a.two"))
+        h.ev("policy.decided", "p")
+        h.ev("plan.routed", "p", data={"sandbox": False})
+        h.at(1).ev("step.succeeded", "p", actions=("a.one",))
+        h.at(5).ev("step.failed", "p", actions=("a.two",))
+        h.at(6).ev("complaint.filed", "p")
+        h.at(7).ev("plan.finished", "p", data={"status": "compensated"})
+
+        k = kpis(h.events)["all"]
+
+        assert k["time_to_recovery_s"] == {"median": 120.0, "max": 120.0, "count": 1}
+
     def test_a_rollback_ttl_is_a_false_action_a_compensated_failure_is_not(self):
         """Rollback TTL undo: false (rollback). A failed step compensated: recovered, not false."""
         h = History()

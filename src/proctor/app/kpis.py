@@ -16,7 +16,9 @@ period's figures; the monthly review judges each week as of the month's end):
   counts once, whatever the number of signals; ``counts.false_signals`` breaks them down;
 - **time to recovery** — from detection (an undo request, a complaint, a ``wrong`` review,
   a failed, timed-out or unknown step) to the revert (the plan finished ``undone`` or
-  ``compensated``): median and worst, in seconds;
+  ``compensated``): median and worst, in seconds. The clock starts at the first detection
+  still unanswered at the revert: step trouble the plan overcame (it finished
+  ``succeeded``: a retry worked, a human resolved the step) does not start it;
 - **audit coverage** — executed steps in the period with full provenance (their plan's
   submission and decision in the log, a policy version, a model version, a signature and a
   trace id), over the executed steps; ``counts.uncovered`` says what was missing;
@@ -44,7 +46,10 @@ _BY = ("agent", "action", "user")
 # Events before the period matter only for these: who a plan was for, and that it was
 # decided (provenance of a step that runs in the period after a long approval).
 _BEFORE = frozenset({"plan.submitted", "policy.decided", "anomaly.detected"})
-_DETECT = frozenset({"undo.requested", "step.failed", "step.timed_out", "step.unknown"})
+# A step that failed, timed out or was left unknown is a detection that the plan's success
+# answers (a retry worked, a human resolved it): the other detections are about what the plan
+# did, and only a revert answers them.
+_STEP_TROUBLE = frozenset({"step.failed", "step.timed_out", "step.unknown"})
 _EARLIEST = datetime.min.replace(tzinfo=UTC)
 _PROVENANCE = ("submission", "decision", "policy_version", "model_version", "signature", "trace")
 
@@ -61,7 +66,9 @@ class _Plan:
     executed: bool = False
     succeeded: bool = False
     signals: set[str] = field(default_factory=set)
-    detected: datetime | None = None
+    # Detections not yet answered, by cause (``step``, ``undo``, ``complaint``, ``review``):
+    # when each was first seen since the plan was last fine. Recovery runs from the earliest.
+    detected: dict[str, datetime] = field(default_factory=dict)
     recovered_s: float | None = None
 
 
@@ -222,22 +229,27 @@ def compute(
         elif kind == "plan.finished":
             status = data.get("status")
             p.succeeded = p.succeeded or status == "succeeded"
-            if status in ("undone", "compensated") and p.detected is not None:
-                p.recovered_s = (t - p.detected).total_seconds()
+            if status in ("undone", "compensated"):
+                if p.detected:
+                    p.recovered_s = (t - min(p.detected.values())).total_seconds()
+                p.detected.clear()
+            elif status == "succeeded":
+                # The step trouble before it was overcome; it must not start the clock of an
+                # undo requested days later.
+                p.detected.pop("step", None)
         elif kind == "undo.requested":
             # The rollback TTL undoes as ``proctor:rollback-ttl``; people undo as themselves.
             by_whom = str(data.get("by") or body.get("user_id") or "")
             p.signals.add("rollback" if by_whom.startswith("proctor:") else "undo")
+            p.detected.setdefault("undo", t)
         elif kind == "complaint.filed":
             p.signals.add("complaint")
+            p.detected.setdefault("complaint", t)
         elif kind == "review.marked" and data.get("verdict") == "wrong":
             p.signals.add("review_wrong")
-        if p.detected is None and (
-            kind in _DETECT
-            or kind == "complaint.filed"
-            or (kind == "review.marked" and data.get("verdict") == "wrong")
-        ):
-            p.detected = t
+            p.detected.setdefault("review", t)
+        elif kind in _STEP_TROUBLE:
+            p.detected.setdefault("step", t)
     return _aggregate(plans, steps, anomalies, since=since, until=until, before=before, by=by)
 
 
