@@ -90,6 +90,22 @@ class TestKnownAnswers:
 
         assert k["time_to_recovery_s"] == {"median": 120.0, "max": 120.0, "count": 1}
 
+    def test_the_last_review_verdict_wins(self):
+        """``wrong`` corrected to ``fine`` is no false action; ``fine`` corrected to ``wrong`` is."""
+        h = History()
+        h.at(0).plan("corrected")
+        h.plan("confirmed")
+        h.at(10).ev("review.marked", "corrected", data={"verdict": "wrong"})
+        h.ev("review.marked", "confirmed", data={"verdict": "fine"})
+        h.at(20).ev("review.marked", "corrected", data={"verdict": "fine"})
+        h.ev("review.marked", "confirmed", data={"verdict": "wrong"})
+
+        k = kpis(h.events)["all"]
+
+        assert k["counts"]["false_signals"] == {"review_wrong": 1}
+        assert k["false_action_rate"] == 0.5
+        assert k["acceptance_rate"] == 0.5
+
     def test_a_rollback_ttl_is_a_false_action_a_compensated_failure_is_not(self):
         """Rollback TTL undo: false (rollback). A failed step compensated: recovered, not false."""
         h = History()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 import pytest
@@ -18,7 +19,13 @@ from proctor.testing import FrozenClock, RecordingTool, make_plan
 
 from .conftest import LOW, manifest, run_cli
 
-OUTCOMES = {"shop.buy": "execute", "shop.big": "approve", "shop.ask": "confirm", "shop.no": "deny"}
+OUTCOMES = {
+    "shop.buy": "execute",
+    "shop.big": "approve",
+    "shop.huge": "approve",
+    "shop.ask": "confirm",
+    "shop.no": "deny",
+}
 
 
 class Scripted:
@@ -29,25 +36,38 @@ class Scripted:
         for s in input["steps"]:
             d = {"outcome": OUTCOMES[s["action"]], "undo_window": 3600}
             if d["outcome"] == "approve":
-                d |= {"approvals": 1, "approver_roles": ["finance"]}
+                # shop.huge needs two approvers
+                n = 2 if s["action"] == "shop.huge" else 1
+                d |= {"approvals": n, "approver_roles": ["finance"]}
             steps[s["id"]] = d
         return {"steps": steps, "plan": {"review_sample_rate": 1}}
 
 
-def _seeded_month():
-    """November 2026, by hand: every figure below is counted from this script."""
-    clock = FrozenClock(datetime(2026, 10, 20, 9, tzinfo=UTC))
+def _instance(at: datetime, **options: Any) -> tuple[Proctor, FrozenClock]:
+    """An in-memory instance under ``Scripted``, its clock at ``at``."""
+    clock = FrozenClock(at)
     p = Proctor.in_memory(
         catalog=Catalog(),
         policy=Scripted(),
         clock=clock,
-        options=GatewayOptions(),
+        options=GatewayOptions(**options),
         guards=GuardSettings(),
     )
     for name in OUTCOMES:
         p.action(
             name, category="general", baselines=LOW, reversible=True, compensate=RecordingTool()
         )(RecordingTool())
+    return p, clock
+
+
+def _report(p: Proctor, month: str = "2026-11") -> dict[str, Any]:
+    bodies = [orjson.loads(e.body) for e in p.gateway.store.iter_events()]
+    return build_report(bodies, month, origin="test").figures
+
+
+def _seeded_month():
+    """November 2026, by hand: every figure below is counted from this script."""
+    p, clock = _instance(datetime(2026, 10, 20, 9, tzinfo=UTC))
 
     def submit(action, agent="bot-a"):
         return p.submit(make_plan([(action, {})], agent_id=agent))
@@ -138,6 +158,24 @@ class TestSeededMonth:
         assert "33.3% (-16.7 pts)" in rep.html
         assert "supplier incident" in rep.html
         assert not re.search(r"<script|<link|<img|src=|href=|@import|url\(", rep.html)
+
+
+class TestCorrections:
+    def test_a_review_corrected_to_fine_is_accepted(self):
+        """``wrong`` then ``fine``: no false action, and the plan counts as accepted that day."""
+        p, clock = _instance(datetime(2026, 11, 2, 9, tzinfo=UTC))
+        plan = p.submit(make_plan([("shop.buy", {})], agent_id="bot"))
+        clock.advance(60)
+        p.guards.mark_review(plan.plan_id, "wrong", reviewer="rita")
+        clock.advance(60)
+        p.guards.mark_review(plan.plan_id, "fine", reviewer="rita", note="it was right")
+
+        f = _report(p)
+
+        assert f["reviews"]["fine"] == 1 and f["reviews"]["wrong"] == 0
+        assert f["kpis"]["false_action_rate"] == 0.0
+        assert f["kpis"]["acceptance_rate"] == 1.0
+        assert sum(f["accepted_per_day"]) == 1
 
 
 class TestMonthBounds:

@@ -12,8 +12,9 @@ period's figures; the monthly review judges each week as of the month's end):
   without modification: they finished ``succeeded`` and were not undone, rolled back,
   complained about or reviewed ``wrong``; over the plans proposed;
 - **false-action rate** — executed plans later undone by a user, rolled back by their
-  rollback TTL, reviewed ``wrong`` or complained about; over the plans executed. A plan
-  counts once, whatever the number of signals; ``counts.false_signals`` breaks them down;
+  rollback TTL, reviewed ``wrong`` (the last verdict: one corrected to ``fine`` is not) or
+  complained about; over the plans executed. A plan counts once, whatever the number of
+  signals; ``counts.false_signals`` breaks them down;
 - **time to recovery** — from detection (an undo request, a complaint, a ``wrong`` review,
   a failed, timed-out or unknown step) to the revert (the plan finished ``undone`` or
   ``compensated``): median and worst, in seconds. The clock starts at the first detection
@@ -245,9 +246,15 @@ def compute(
         elif kind == "complaint.filed":
             p.signals.add("complaint")
             p.detected.setdefault("complaint", t)
-        elif kind == "review.marked" and data.get("verdict") == "wrong":
-            p.signals.add("review_wrong")
-            p.detected.setdefault("review", t)
+        elif kind == "review.marked":
+            # The last verdict wins: a reviewer who corrects ``wrong`` to ``fine`` takes the
+            # false action back (the plan and the review table say ``fine`` too).
+            if data.get("verdict") == "wrong":
+                p.signals.add("review_wrong")
+                p.detected.setdefault("review", t)
+            else:
+                p.signals.discard("review_wrong")
+                p.detected.pop("review", None)
         elif kind in _STEP_TROUBLE:
             p.detected.setdefault("step", t)
     return _aggregate(plans, steps, anomalies, since=since, until=until, before=before, by=by)

@@ -157,6 +157,7 @@ def _figures(bodies: list[Mapping[str, Any]], start: datetime, end: datetime) ->
     versions: dict[str, dict[str, Any]] = {}
     succeeded_day: dict[str, int] = {}
     false_plans: set[str] = set()
+    reviewed_wrong: set[str] = set()
     for b in bodies:
         t = datetime.fromisoformat(b["timestamp"])
         kind, pid = b["type"], b.get("plan_id")
@@ -181,10 +182,14 @@ def _figures(bodies: list[Mapping[str, Any]], start: datetime, end: datetime) ->
             confirmations.append((t - routed_at[pid]).total_seconds())
         elif kind == "plan.finished" and pid and data.get("status") == "succeeded":
             succeeded_day[pid] = day
-        elif kind in ("undo.requested", "complaint.filed") or (
-            kind == "review.marked" and data.get("verdict") == "wrong"
-        ):
+        elif kind in ("undo.requested", "complaint.filed"):
             false_plans.add(pid or "")
+        elif kind == "review.marked" and pid:
+            # The last verdict wins, as in the KPIs: ``wrong`` corrected to ``fine`` is fine.
+            if data.get("verdict") == "wrong":
+                reviewed_wrong.add(pid)
+            else:
+                reviewed_wrong.discard(pid)
         if kind == "breaker.opened":
             trips.append(
                 {"at": t.isoformat(), "breaker": data.get("breaker"), "reason": data.get("reason")}
@@ -218,7 +223,7 @@ def _figures(bodies: list[Mapping[str, Any]], start: datetime, end: datetime) ->
             seen["last"] = t.isoformat()
             seen["plans"] += 1
     for pid, day in succeeded_day.items():
-        if pid not in false_plans:
+        if pid not in false_plans and pid not in reviewed_wrong:
             accepted[day] += 1
     verdicts = Counter(s["verdict"] or "pending" for s in sampled.values())
     return {
