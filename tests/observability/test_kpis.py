@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from proctor import Proctor
+from proctor.app.executor import Executor
 from proctor.app.gateway import GatewayOptions
 from proctor.app.kpis import compute, from_store, relevant
 from proctor.app.tokens import TokenService
@@ -184,6 +185,7 @@ class TestKnownAnswers:
 LATER = (
     ("step.succeeded", {}),
     ("step.failed", {}),
+    ("step.resolved", {"succeeded": True}),
     ("plan.finished", {"status": "succeeded"}),
     ("plan.finished", {"status": "undone"}),
     ("plan.finished", {"status": "compensated"}),
@@ -256,7 +258,44 @@ def _live():
     return p, clock
 
 
+class Crash(BaseException):
+    """Stands for the process dying inside a handler: nothing after it runs."""
+
+
 class TestLiveInstance:
+    def test_a_step_a_human_resolved_as_succeeded_is_executed_with_its_cost(self):
+        """Unknown after a crash, resolved as succeeded: executed, 400 spent, a complaint counts."""
+        p, clock = _live()
+        calls = []
+
+        def dies_once(params, call):
+            calls.append(call)
+            if len(calls) == 1:
+                raise Crash
+            return {"ok": True}
+
+        p.action("shop.pay", category="general", baselines=LOW, cost=400)(dies_once)
+        with pytest.raises(Crash):
+            p.submit(make_plan([("shop.pay", {})], plan_id="crashy", agent_id="bot"))
+        clock.advance(p.gateway.options.lease_ttl + timedelta(seconds=1))
+        taken = Executor(p.gateway, owner="elsewhere:1:1:abc").resume("crashy")
+        assert taken is not None and taken.status.value == "needs_attention"
+
+        done = p.resolve("crashy", "s1", succeeded=True, principal="ops")
+        p.complain("crashy", by="alice", reason="charged twice")
+        k = from_store(p.gateway.store, since=T0, until=MONTH)
+        by_action = from_store(p.gateway.store, since=T0, until=MONTH, by="action")
+
+        assert done.status.value == "succeeded" and len(calls) == 1
+        rows = p.gateway.store.read_events(plan_id="crashy")
+        resolved = [orjson.loads(e.body) for e in rows if e.type == "step.resolved"]
+        assert resolved[0]["data"]["cost"] == 400
+        counts = k["all"]["counts"]
+        assert (counts["executed_plans"], counts["executed_steps"], counts["cost"]) == (1, 1, 400)
+        assert k["all"]["false_action_rate"] == 1.0
+        assert counts["false_signals"] == {"complaint": 1}
+        assert by_action["shop.pay"]["counts"]["executed_steps"] == 1
+
     def test_a_rollback_ttl_through_the_gateway_is_a_rollback_signal(self):
         """The worker's timer undoes a plan nobody kept: counted as a rollback, recovered."""
         p, clock = _live()

@@ -23,7 +23,9 @@ period's figures; the monthly review judges each week as of the month's end):
 - **audit coverage** — executed steps in the period with full provenance (their plan's
   submission and decision in the log, a policy version, a model version, a signature and a
   trace id), over the executed steps; ``counts.uncovered`` says what was missing;
-- **cost per action** — the cost recorded on executed steps, over the executed steps;
+- **cost per action** — the cost recorded on executed steps, over the executed steps. A
+  step of unknown outcome that a human resolved as succeeded is an executed step (with the
+  cost ``step.resolved`` records), and makes its plan executed;
 - **anomaly delta** — anomalies in the period minus those in the period of equal length
   just before it (per agent, or per user and action of the plan that raised them).
 """
@@ -60,6 +62,7 @@ class _Plan:
     agent: str | None = None
     user: str | None = None
     actions: list[str] = field(default_factory=list)
+    step_actions: dict[str, str] = field(default_factory=dict)  # step id -> action
     seen: bool = False  # its submission is in the log (any time)
     in_period: bool = False  # submitted in [since, until)
     decided: bool = False
@@ -219,11 +222,18 @@ def compute(
             p.agent = (body.get("actor") or {}).get("agent_id")
             p.user = body.get("user_id")
             p.actions = [a["api"] for a in body.get("actions_attempted") or []]
+            p.step_actions = {
+                str(s.get("id")): str(s.get("action"))
+                for s in data.get("steps") or []
+                if isinstance(s, dict)
+            }
         elif kind == "policy.decided":
             p.decided = True
         elif kind == "plan.routed":
             p.proposed = p.in_period and not data.get("sandbox")
-        elif kind == "step.succeeded":
+        elif kind == "step.succeeded" or (kind == "step.resolved" and data.get("succeeded")):
+            # A step of unknown outcome that a human resolved as succeeded took effect: it
+            # was executed, with its cost, as much as one that reported success itself.
             p.executed = True
             if since <= t < until:
                 steps.append((body, p))
@@ -327,7 +337,9 @@ def _aggregate(
                 a["recoveries"].append(p.recovered_s)
     for body, p in steps:
         if by == "action":
-            groups = [next((x["api"] for x in body.get("actions_attempted") or []), "?")]
+            # ``step.resolved`` names no attempt: its action is the step's in the submission.
+            api = next((x["api"] for x in body.get("actions_attempted") or []), None)
+            groups = [api or p.step_actions.get(str(body.get("step_id")), "?")]
         else:
             groups = _groups(p, by)
         missing = _missing(body, p)

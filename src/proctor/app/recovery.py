@@ -312,6 +312,18 @@ class Recovery:
         )
         return record
 
+    def _resolved_cost(self, step: StepRecord) -> int:
+        """What a step resolved as succeeded cost: its action's amount (0 if unknown here)."""
+        spec = self.gw.catalog.get(step.action)
+        if spec is None:
+            return 0
+        try:
+            return spec.amount(step.params)
+        except InvalidRequestError:
+            # Params the catalog no longer reads an amount from: the human's resolution is
+            # recorded all the same, without a cost (the audit record is the point here).
+            return 0
+
     def resolve(
         self, plan_id: str, step_id: str, *, succeeded: bool, principal: str, comment: str = ""
     ) -> PlanRecord:
@@ -342,12 +354,18 @@ class Recovery:
                     "comment is longer than 2,000 characters", field="comment"
                 )
             j = self._journal(tx)
+            data: dict[str, Any] = {"by": principal, "succeeded": succeeded, "comment": comment}
+            cost = self._resolved_cost(step) if succeeded else 0
+            if cost:
+                # As ``step.succeeded`` records it (here no tool reported a cost: the action's
+                # amount), so the KPIs count the step's cost from the log alone.
+                data["cost"] = cost
             j.emit(
                 E.STEP_RESOLVED,
                 plan=current,
                 step_id=step_id,
                 user_id=principal,
-                data={"by": principal, "succeeded": succeeded, "comment": comment},
+                data=data,
             )
             # The guards' bookkeeping, as for a step that ran to an outcome (``_apply_step``):
             # its reservation is settled (at its amount: no tool reported a cost) or released,
