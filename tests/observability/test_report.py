@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -160,6 +160,66 @@ class TestSeededMonth:
         assert not re.search(r"<script|<link|<img|src=|href=|@import|url\(", rep.html)
 
 
+class TestApprovalLatency:
+    def test_it_runs_to_the_decisive_approval_once_per_plan(self):
+        """Two approvers at 10 and 60 minutes: one sample, 60 minutes (the quorum's)."""
+        p, clock = _instance(datetime(2026, 11, 2, 9, tzinfo=UTC))
+        plan = p.submit(make_plan([("shop.huge", {})], agent_id="bot"))
+        clock.advance(600)
+        p.approve(plan.plan_id, "ann", roles=["finance"])
+        clock.advance(3000)
+        p.approve(plan.plan_id, "bob", roles=["finance"])
+
+        f = _report(p)
+
+        assert p.get(plan.plan_id).status.value == "succeeded"
+        assert f["approval_latency_s"] == {"count": 1, "median": 3600.0, "p90": 3600.0}
+        assert sum(n for _, n in f["latency_histogram"]["approval"]) == 1
+
+    def test_an_approval_short_of_the_quorum_is_no_sample(self):
+        """One approver of two, then the plan expires: no approval latency at all."""
+        p, clock = _instance(datetime(2026, 11, 2, 9, tzinfo=UTC))
+        plan = p.submit(make_plan([("shop.huge", {})], agent_id="bot"))
+        clock.advance(600)
+        p.approve(plan.plan_id, "ann", roles=["finance"])
+        clock.advance(86_400)
+        p.tick()
+
+        f = _report(p)
+
+        assert p.get(plan.plan_id).status.value == "expired"
+        assert f["approval_latency_s"]["count"] == 0
+
+    def test_a_wait_that_crosses_into_the_month_counts_in_it(self):
+        """Routed on Oct 31 at 23:00, approved on Nov 1 at 02:00: a 3-hour sample in November."""
+        p, clock = _instance(datetime(2026, 10, 31, 23, tzinfo=UTC))
+        late = p.submit(make_plan([("shop.huge", {})], agent_id="bot"))
+        clock.advance(3 * 3600)
+        p.approve(late.plan_id, "ann", roles=["finance"])
+        p.approve(late.plan_id, "bob", roles=["finance"])
+        ask = p.submit(make_plan([("shop.ask", {})], agent_id="bot"))
+        clock.advance(60)
+        p.confirm(ask.plan_id, "alice")
+
+        november, october = _report(p), _report(p, "2026-10")
+
+        assert november["approval_latency_s"] == {"count": 1, "median": 10800.0, "p90": 10800.0}
+        assert november["confirmation_latency_s"]["count"] == 1
+        assert october["approval_latency_s"]["count"] == 0
+
+    def test_a_wait_longer_than_a_month_still_counts(self):
+        """An approval TTL of 60 days: routed Sep 20, approved Nov 3, counted in November."""
+        p, clock = _instance(datetime(2026, 9, 20, 9, tzinfo=UTC), approval_ttl=timedelta(days=60))
+        plan = p.submit(make_plan([("shop.big", {})], agent_id="bot"))
+        clock.advance(datetime(2026, 11, 3, 9, tzinfo=UTC) - clock.now())
+        p.approve(plan.plan_id, "fiona", roles=["finance"])
+
+        f = _report(p)
+
+        assert f["approval_latency_s"]["count"] == 1
+        assert f["approval_latency_s"]["median"] == 44 * 86_400
+
+
 class TestCorrections:
     def test_a_review_corrected_to_fine_is_accepted(self):
         """``wrong`` then ``fine``: no false action, and the plan counts as accepted that day."""
@@ -240,6 +300,27 @@ class TestCli:
         for bad in (bad_by, bad_since, inverted, bad_month):
             assert bad.returncode == 2, bad.stderr
         assert "--month" in bad_month.stderr and "--by" in bad_by.stderr
+
+    def test_report_reaches_back_as_far_as_an_approval_may_wait(self, proctor_exe, home, tmp_path):
+        """approval_ttl_seconds of 60 days: a plan routed Sep 20, approved Nov 3, is timed."""
+        cfg = home / "config.toml"
+        cfg.write_text(
+            re.sub(r"approval_ttl_seconds = \d+", "approval_ttl_seconds = 5184000", cfg.read_text())
+        )
+        hr = manifest(("hr.search_candidates", {"skill": "python", "limit": 5}), agent="recruiter")
+        with Proctor.open(home, clock=FrozenClock(datetime(2026, 9, 20, 9, tzinfo=UTC))) as p:
+            plan = p.submit(hr)
+        assert plan.status.value == "awaiting_approval"
+        with Proctor.open(home, clock=FrozenClock(datetime(2026, 11, 3, 9, tzinfo=UTC))) as p:
+            assert p.approve(plan.plan_id, "hannah", roles=["hr"]).status.value == "succeeded"
+
+        r = run_cli(
+            proctor_exe, "report", "--month", "2026-11", "--out", tmp_path, "--json", home=home
+        )
+
+        assert r.returncode == 0, r.stderr
+        latency = json.loads(r.stdout)["figures"]["approval_latency_s"]
+        assert latency == {"count": 1, "median": 44 * 86_400.0, "p90": 44 * 86_400.0}
 
     def test_dates_at_the_ends_of_the_calendar_and_bad_out_dirs(self, proctor_exe, home, tmp_path):
         """Years 1 and 9999 are clamped or refused (exit 2), a bad --out exits 2: no traceback."""

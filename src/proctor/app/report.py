@@ -80,9 +80,22 @@ def build_report(events: Iterable[Mapping[str, Any]], month: str, *, origin: str
     start, end = month_bounds(month)
     prev_start, _ = month_bounds((start - timedelta(days=1)).strftime("%Y-%m"))
     bodies = []
+    # Plans routed before the previous month that still waited for a human when this month
+    # began (an approval TTL longer than a month): their routing and approvals are what the
+    # latency of an approval in this month is measured from. Bounded by each plan's own
+    # deadline (``expires_at``), so the log before stays unread otherwise.
+    waiting: set[str] = set()
     for b in events:
         t = datetime.fromisoformat(b["timestamp"])
-        if t < end and (t >= prev_start or b["type"] in _KEEP_BEFORE):
+        if t >= end:
+            continue
+        kind, pid = b["type"], b.get("plan_id")
+        if t >= prev_start or kind in _KEEP_BEFORE:
+            bodies.append(b)
+        elif kind == "plan.routed" and pid and _waits_past(b, start):
+            waiting.add(pid)
+            bodies.append(b)
+        elif kind in ("approval.granted", "confirmation.granted") and pid in waiting:
             bodies.append(b)
     figures = _figures(bodies, start, end)
     figures["kpis"] = compute(bodies, since=start, until=end)["all"]
@@ -98,6 +111,20 @@ def build_report(events: Iterable[Mapping[str, Any]], month: str, *, origin: str
     return MonthlyReport(
         month=month, figures=figures, markdown=md, html=_html(month, origin, figures)
     )
+
+
+def _waits_past(routed: Mapping[str, Any], at: datetime) -> bool:
+    """Whether a ``plan.routed`` event left its plan waiting for a human past ``at``."""
+    expires = (routed.get("data") or {}).get("expires_at")
+    return isinstance(expires, str) and datetime.fromisoformat(expires) > at
+
+
+def _quorum(decided: Mapping[str, Any]) -> tuple[int, frozenset[str]]:
+    """The approvals a plan needs and the roles they must cover, from ``policy.decided``."""
+    decision = (decided.get("data") or {}).get("decision") or {}
+    count = decision.get("approvals")
+    roles = decision.get("approver_roles") or ()
+    return (count if type(count) is int else 1), frozenset(r for r in roles if type(r) is str)
 
 
 def _weeks(start: datetime, end: datetime) -> list[tuple[datetime, datetime]]:
@@ -147,7 +174,10 @@ def _figures(bodies: list[Mapping[str, Any]], start: datetime, end: datetime) ->
     proposed = [0] * days
     accepted = [0] * days
     plans: dict[str, dict[str, Any]] = {}
-    routed_at: dict[str, datetime] = {}
+    routed_at: dict[str, datetime] = {}  # any time before the month's end
+    quorum: dict[str, tuple[int, frozenset[str]]] = {}
+    votes: dict[str, dict[str, frozenset[str]]] = {}  # plan -> approver -> roles held
+    met: set[str] = set()  # plans whose quorum was met
     denied: Counter[str] = Counter()
     approvals: list[float] = []
     confirmations: list[float] = []
@@ -167,16 +197,27 @@ def _figures(bodies: list[Mapping[str, Any]], start: datetime, end: datetime) ->
                 "actions": [a["api"] for a in b.get("actions_attempted") or []],
                 "agent": (b.get("actor") or {}).get("agent_id"),
             }
+        elif kind == "policy.decided" and pid:
+            quorum[pid] = _quorum(b)
+        elif kind == "plan.routed" and pid:
+            # Kept from before the month too: a wait that began last month ends in this one.
+            routed_at[pid] = t
+        # Approval latency runs to the decisive approval, the one that met the quorum (one
+        # sample per plan): the earlier approvers' waits are part of it, not samples.
+        decisive = (
+            kind == "approval.granted"
+            and pid is not None
+            and _decisive(pid, data, quorum, votes, met)
+        )
         if not start <= t < end:
             continue
         day = (t - start).days
         if kind == "plan.routed" and pid:
             if not data.get("sandbox"):
                 proposed[day] += 1
-            routed_at[pid] = t
             if data.get("status") == "denied":
                 denied.update(set(plans.get(pid, {}).get("actions", [])))
-        elif kind == "approval.granted" and pid in routed_at:
+        elif decisive and pid in routed_at:
             approvals.append((t - routed_at[pid]).total_seconds())
         elif kind == "confirmation.granted" and pid in routed_at:
             confirmations.append((t - routed_at[pid]).total_seconds())
@@ -248,6 +289,32 @@ def _figures(bodies: list[Mapping[str, Any]], start: datetime, end: datetime) ->
         "sampled_reviews": list(sampled.values()),
         "policy_versions": versions,
     }
+
+
+def _decisive(
+    pid: str,
+    granted: Mapping[str, Any],
+    quorum: Mapping[str, tuple[int, frozenset[str]]],
+    votes: dict[str, dict[str, frozenset[str]]],
+    met: set[str],
+) -> bool:
+    """Count an ``approval.granted`` of ``pid``; True if it is the one that met the quorum.
+
+    The gateway emits the event only for an approver it accepted (a distinct person, neither
+    requester nor beneficiary, holding one of the roles), and the plan runs the moment
+    enough of them cover the roles (``proctor.core.approvals.quorum_met``): the same count
+    over the events finds that approval.
+    """
+    roles = granted.get("roles") or ()
+    who = str(granted.get("principal"))
+    held = votes.setdefault(pid, {})
+    held[who] = frozenset(r for r in roles if type(r) is str)
+    count, required = quorum.get(pid, (1, frozenset()))
+    covered = frozenset().union(*held.values())
+    if pid in met or len(held) < max(count, 1) or not required <= covered:
+        return False
+    met.add(pid)
+    return True
 
 
 def _pct(x: float | None) -> str:

@@ -113,7 +113,7 @@ def report(
     verbose: Verbose = False,
 ) -> int:
     """Write the monthly governance review (Markdown and HTML with charts)."""
-    from proctor.app.kpis import relevant
+    from proctor.app.kpis import look_back, relevant
     from proctor.app.report import build_report, month_bounds
 
     try:
@@ -127,10 +127,15 @@ def report(
         raise typer.BadParameter(
             f"cannot use {out} as a directory: {exc.strerror or exc}", param_hint="'--out'"
         ) from None
-    # The month before is the trend's baseline; older rows are parsed only when they matter.
+    # The month before is the trend's baseline; older rows are parsed only when they matter:
+    # and as far back as a plan may have waited for a human into this month (its routing
+    # and approvals time the latency of an approval in it).
     prev_start = (start - timedelta(days=1)).replace(day=1)
     with _open(home) as p:
-        rows = relevant(p.gateway.store.iter_events(), since=prev_start, until=end)
+        options = p.gateway.options
+        wait = max(options.approval_ttl, options.confirm_ttl)
+        reach = min(prev_start, look_back(start, wait))
+        rows = relevant(p.gateway.store.iter_events(), since=reach, until=end)
         bodies = (orjson.loads(r.body) for r in rows)
         origin = p.gateway.audit_log.origin if p.gateway.audit_log is not None else "proctor"
         rep = build_report(bodies, month, origin=origin)
