@@ -17,7 +17,7 @@ from proctor.core.catalog import Catalog
 from proctor.core.guards import GuardSettings
 from proctor.testing import FrozenClock, RecordingTool, make_plan
 
-from .conftest import LOW, manifest, run_cli
+from .conftest import LOW, History, manifest, run_cli
 
 OUTCOMES = {
     "shop.buy": "execute",
@@ -218,6 +218,23 @@ class TestApprovalLatency:
 
         assert f["approval_latency_s"]["count"] == 1
         assert f["approval_latency_s"]["median"] == 44 * 86_400
+
+
+class TestPreviousMonth:
+    def test_its_anomaly_delta_compares_it_with_the_month_before_it(self):
+        """Three anomalies in September, one in October: October's delta is -2, not +1."""
+        h = History(datetime(2026, 9, 10, 9, tzinfo=UTC))
+        for agent in ("bot-a", "bot-b", "bot-c"):
+            h.ev("anomaly.detected", None, data={"agent_id": agent})
+        h.at(60 * 24 * 30).ev("anomaly.detected", None, data={"agent_id": "bot-d"})
+        h.at(60 * 24 * 60).ev("anomaly.detected", None, data={"agent_id": "bot-d"})
+
+        f = build_report(h.events, "2026-11", origin="test").figures
+
+        before = f["kpis_before"]
+        assert (before["counts"]["anomalies"], before["counts"]["anomalies_before"]) == (1, 3)
+        assert before["anomaly_delta"] == -2
+        assert f["kpis"]["anomaly_delta"] == 0
 
 
 class TestCorrections:

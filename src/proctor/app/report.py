@@ -29,12 +29,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from proctor.app.kpis import compute
+from proctor.app.kpis import compute, look_back
 
 __all__ = ["MonthlyReport", "build_report", "month_bounds"]
 
 # Events before the previous month still needed: submissions and decisions of plans that
-# ran in the month after a long wait (their provenance), and anomalies of the look-back.
+# ran in the month after a long wait (their provenance). Anomalies are kept from the
+# previous month's own look-back (its anomaly delta), routings and approvals of plans that
+# waited into the month (approval latency): see ``build_report``.
 _KEEP_BEFORE = frozenset({"plan.submitted", "policy.decided"})
 _LATENCY_BUCKETS = (60, 300, 900, 3600, 4 * 3600, 86400)  # seconds: 1 min ... 1 day
 
@@ -83,14 +85,17 @@ def build_report(events: Iterable[Mapping[str, Any]], month: str, *, origin: str
     # Plans routed before the previous month that still waited for a human when this month
     # began (an approval TTL longer than a month): their routing and approvals are what the
     # latency of an approval in this month is measured from. Bounded by each plan's own
-    # deadline (``expires_at``), so the log before stays unread otherwise.
+    # deadline (``expires_at``): nothing else of theirs is kept.
     waiting: set[str] = set()
+    # The previous month's anomaly delta compares it with the period of its length before.
+    look_back_from = look_back(prev_start, start - prev_start)
     for b in events:
         t = datetime.fromisoformat(b["timestamp"])
         if t >= end:
             continue
         kind, pid = b["type"], b.get("plan_id")
-        if t >= prev_start or kind in _KEEP_BEFORE:
+        kept = t >= prev_start or kind in _KEEP_BEFORE
+        if kept or (kind == "anomaly.detected" and t >= look_back_from):
             bodies.append(b)
         elif kind == "plan.routed" and pid and _waits_past(b, start):
             waiting.add(pid)
