@@ -154,6 +154,25 @@ async def test_the_timeline_shows_the_rollback_ttl(world):
     assert "Undo window:" in page.text
 
 
+async def test_the_kpi_chart_buckets_are_utc_calendar_days(world):
+    """A plan at 12:00 UTC shows under its own date, the last of seven, at 13:00 that day."""
+    p, clock, app, secrets = world
+    p.submit(make_plan([TABLE], agent_id="bot"))
+    clock.advance(timedelta(hours=1))
+    client, _ = await sign_in(app, secrets["root"])
+
+    page = await client.get("/dashboard?days=7")
+    await client.aclose()
+
+    html = page.text
+    acceptance = html.split('id="kpi-acceptance_rate"', 1)[1].split("</figure>", 1)[0]
+    days = re.findall(r"<title>(\d\d-\d\d): [^<]*</title>", acceptance)
+    assert page.status_code == 200
+    assert "KPIs, per day (UTC)" in html
+    assert days == ["02-23", "02-24", "02-25", "02-26", "02-27", "02-28", "03-01"]
+    assert "<title>03-01: 100%</title>" in acceptance
+
+
 async def test_breaker_forms_fail_closed(world):
     """A bad scope or a missing name is a 422 page naming the field, an unknown verb a 404,
     a user's toggle a 403; none of them changes a breaker."""

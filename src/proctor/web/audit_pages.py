@@ -15,7 +15,7 @@ plans.
 
 import base64
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import UTC, datetime, time, timedelta
 from typing import Annotated, Any
 
 import orjson
@@ -255,14 +255,16 @@ def add_audit_routes(
         # One pass to parse the log, then one computation per day; fine for a console
         # page over logs of up to a few hundred thousand events.
         bodies = [orjson.loads(row.body) for row in store.iter_events()]
-        end = gateway.clock.now()
-        start = end - timedelta(days=days)
+        # Calendar days in UTC, today's last (so far), each labelled with its own date: the
+        # monthly review's days, and a plan submitted today shows under today.
+        now = gateway.clock.now().astimezone(UTC)
+        start = datetime.combine(now.date(), time(), tzinfo=UTC) - timedelta(days=days - 1)
         buckets = []
         for i in range(days):
             lo = start + timedelta(days=i)
             hi = lo + timedelta(days=1)
             buckets.append((lo.strftime("%m-%d"), compute(bodies, since=lo, until=hi)["all"]))
-        total = compute(bodies, since=start, until=end)["all"]
+        total = compute(bodies, since=start, until=start + timedelta(days=days))["all"]
         charts = []
         for key, title, fmt, ceiling in _KPI_CHARTS:
             points = []
