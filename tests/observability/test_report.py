@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,7 +18,7 @@ from proctor.core.catalog import Catalog
 from proctor.core.guards import GuardSettings
 from proctor.testing import FrozenClock, RecordingTool, make_plan
 
-from .conftest import LOW, History, manifest, run_cli
+from .conftest import LOW, History, clean_env, manifest, run_cli
 
 OUTCOMES = {
     "shop.buy": "execute",
@@ -318,6 +319,32 @@ class TestCli:
             assert bad.returncode == 2, bad.stderr
         assert "--month" in bad_month.stderr and "--by" in bad_by.stderr
 
+    def test_kpi_reads_a_date_without_offset_as_utc(self, proctor_exe, home, tmp_path):
+        """In a zone 9 hours ahead, --since 2026-11-01 still starts at midnight UTC."""
+        with Proctor.open(home, clock=FrozenClock(datetime(2026, 10, 31, 23, 30, tzinfo=UTC))) as p:
+            p.submit(manifest(("travel.search", {"destination": "Lisbon", "date": "2027-03-12"})))
+
+        def kpi(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [proctor_exe, "kpi", *args, "--home", str(home)],
+                capture_output=True,
+                text=True,
+                env=clean_env({"TZ": "XST-9"}),  # POSIX: 9 hours east of UTC
+                timeout=60,
+                check=False,
+            )
+
+        november = kpi("--since", "2026-11-01", "--until", "2026-11-02", "--json")
+        halloween = kpi("--since", "2026-10-31T23:00", "--until", "2026-11-01", "--json")
+        table = kpi("--since", "2026-11-01T09:00+09:00", "--until", "2026-11-02")
+
+        assert november.returncode == 0, november.stderr
+        doc = json.loads(november.stdout)
+        assert doc["since"] == "2026-11-01T00:00:00+00:00"
+        assert doc["kpis"]["all"]["counts"]["proposed"] == 0
+        assert json.loads(halloween.stdout)["kpis"]["all"]["counts"]["proposed"] == 1
+        assert "KPIs 2026-11-01 00:00 UTC → 2026-11-02 00:00 UTC" in table.stdout
+
     def test_report_reaches_back_as_far_as_an_approval_may_wait(self, proctor_exe, home, tmp_path):
         """approval_ttl_seconds of 60 days: a plan routed Sep 20, approved Nov 3, is timed."""
         cfg = home / "config.toml"
@@ -340,7 +367,7 @@ class TestCli:
         assert latency == {"count": 1, "median": 44 * 86_400.0, "p90": 44 * 86_400.0}
 
     def test_dates_at_the_ends_of_the_calendar_and_bad_out_dirs(self, proctor_exe, home, tmp_path):
-        """Years 1 and 9999 are clamped or refused (exit 2), a bad --out exits 2: no traceback."""
+        """Years 1 and 9999 are read, clamped or refused (exit 2), a bad --out exits 2."""
         a_file = tmp_path / "a-file"
         a_file.write_text("keep me")
         taken = tmp_path / "taken"
@@ -348,7 +375,7 @@ class TestCli:
 
         old = run_cli(proctor_exe, "kpi", "--since", "1000-01-01T00:00:00Z", "--json", home=home)
         early = run_cli(proctor_exe, "kpi", "--until", "0001-01-05T00:00:00Z", "--json", home=home)
-        naive = run_cli(proctor_exe, "kpi", "--since", "0001-01-01", home=home)
+        naive = run_cli(proctor_exe, "kpi", "--since", "0001-01-01", "--json", home=home)
         last = run_cli(proctor_exe, "report", "--month", "9999-12", home=home)
         runs = {
             out: run_cli(proctor_exe, "report", "--month", "2026-11", "--out", out, home=home)
@@ -358,7 +385,9 @@ class TestCli:
         assert old.returncode == 0, old.stderr
         assert early.returncode == 0, early.stderr
         assert json.loads(early.stdout)["since"] == "0001-01-01T00:00:00+00:00"
-        for bad in (naive, last, *runs.values()):
+        assert naive.returncode == 0, naive.stderr  # UTC: no local zone to shift it out of range
+        assert json.loads(naive.stdout)["since"] == "0001-01-01T00:00:00+00:00"
+        for bad in (last, *runs.values()):
             assert bad.returncode == 2, bad.stderr
             assert "Traceback" not in bad.stderr
         assert "--month" in last.stderr and "9999-11" in last.stderr

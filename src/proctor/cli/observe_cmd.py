@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -17,6 +17,11 @@ __all__ = ["kpi", "report"]
 
 
 def _when(value: str | None, flag: str) -> datetime | None:
+    """``--since`` / ``--until``: ISO 8601, and UTC when it gives no offset.
+
+    UTC as the monthly review's months and the console's days are, so one date means the
+    same period everywhere; the local time zone of whoever runs the command would not.
+    """
     if value is None:
         return None
     try:
@@ -25,24 +30,27 @@ def _when(value: str | None, flag: str) -> datetime | None:
         raise typer.BadParameter(
             "an ISO 8601 date or time, e.g. 2026-11-01", param_hint=flag
         ) from None
-    if at.tzinfo:
-        return at
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+def _utc(at: datetime) -> str:
+    """``at`` for the table's title, in UTC (as given if UTC cannot hold it: year 1)."""
     try:
-        return at.astimezone()
-    except (OverflowError, ValueError):  # 0001-01-01 or 9999-12-31 shifted out of range
-        raise typer.BadParameter(
-            f"{value} is out of range in the local time zone; give an offset, "
-            "e.g. 0001-01-01T00:00:00+00:00",
-            param_hint=flag,
-        ) from None
+        return f"{at.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+    except OverflowError:
+        return f"{at:%Y-%m-%d %H:%M%z}"
 
 
 def kpi(
     since: Annotated[
-        str | None, typer.Option("--since", help="Start (ISO 8601); default 30 days ago.")
+        str | None,
+        typer.Option(
+            "--since", help="Start (ISO 8601; UTC unless it has an offset); default 30 days ago."
+        ),
     ] = None,
     until: Annotated[
-        str | None, typer.Option("--until", help="End (ISO 8601); default now.")
+        str | None,
+        typer.Option("--until", help="End (ISO 8601; UTC unless it has an offset); default now."),
     ] = None,
     by: Annotated[str | None, typer.Option("--by", help="Group by agent, action or user.")] = None,
     home: Home = None,
@@ -70,7 +78,7 @@ def kpi(
     if as_json:
         print_json({"since": start.isoformat(), "until": end.isoformat(), "by": by, "kpis": groups})
         return 0
-    t = Table(title=f"KPIs {start:%Y-%m-%d %H:%M} → {end:%Y-%m-%d %H:%M}")
+    t = Table(title=f"KPIs {_utc(start)} → {_utc(end)}")
     for col in (
         by or "scope",
         "acceptance",
