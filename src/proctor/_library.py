@@ -252,30 +252,58 @@ class Proctor:
         )
 
     def reject(
-        self, plan_id: str, principal: str, *, roles: Sequence[str] = (), comment: str = ""
+        self,
+        plan_id: str,
+        principal: str,
+        *,
+        roles: Sequence[str] = (),
+        comment: str = "",
+        traceparent: str | None = None,
     ) -> PlanRecord:
         """Reject a waiting plan."""
-        return self.gateway.reject(plan_id, principal, roles=roles, comment=comment)
+        return self.gateway.reject(
+            plan_id, principal, roles=roles, comment=comment, traceparent=traceparent
+        )
 
     def undo(
-        self, plan_id: str, principal: str, *, admin: bool = False, comment: str = ""
+        self,
+        plan_id: str,
+        principal: str,
+        *,
+        admin: bool = False,
+        comment: str = "",
+        traceparent: str | None = None,
     ) -> PlanRecord:
         """Undo a succeeded plan within its undo window (its user, or an admin).
 
         ``comment`` says why; the audit log records it with the undo.
         """
-        return self.gateway.undo(plan_id, principal, admin=admin, comment=comment)
+        return self.gateway.undo(
+            plan_id, principal, admin=admin, comment=comment, traceparent=traceparent
+        )
 
     def tick(self) -> list[PlanRecord]:
         """Fire due timers (expiry, rollback TTLs)."""
         return self.gateway.tick()
 
     def resolve(
-        self, plan_id: str, step_id: str, *, succeeded: bool, principal: str, comment: str = ""
+        self,
+        plan_id: str,
+        step_id: str,
+        *,
+        succeeded: bool,
+        principal: str,
+        comment: str = "",
+        traceparent: str | None = None,
     ) -> PlanRecord:
         """Say what happened to a step whose outcome is unknown; the plan carries on."""
         return self.gateway.resolve(
-            plan_id, step_id, succeeded=succeeded, principal=principal, comment=comment
+            plan_id,
+            step_id,
+            succeeded=succeeded,
+            principal=principal,
+            comment=comment,
+            traceparent=traceparent,
         )
 
     def recover(self) -> int:

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import httpx
+import orjson
 import pyotp
 import pytest
 
 from proctor import Proctor
+from proctor.app.executor import Executor
 from proctor.app.tokens import TokenService
 from proctor.core.catalog import Catalog
 from proctor.http import create_app
@@ -55,9 +58,17 @@ class Api:
     clock: FrozenClock
     tokens: dict[str, str]
 
-    async def call(self, who: str, method: str, path: str, body: Any = None) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {self.tokens[who]}"}
-        return await self.client.request(method, path, json=body, headers=headers)
+    async def call(
+        self,
+        who: str,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
+        sent = {"Authorization": f"Bearer {self.tokens[who]}", **(headers or {})}
+        return await self.client.request(method, path, json=body, headers=sent)
 
     async def submit(self, *steps: tuple[str, dict[str, Any]]) -> dict[str, Any]:
         resp = await self.call(
@@ -78,6 +89,7 @@ PRINCIPALS = {
     "Alice": (("approver",), ("finance",)),
     "Ann": (("approver",), ("finance",)),
     "Bot-Approver": (("approver",), ("finance",)),
+    "root": (("admin",), ()),
 }
 
 
@@ -98,6 +110,38 @@ async def quorum() -> AsyncIterator[Api]:
     clock = FrozenClock()
     proctor = Proctor.in_memory(catalog=Catalog(), policy=QuorumPolicy(), clock=clock)
     proctor.action("shop.buy", category="general", baselines=LOW)(RecordingTool())
+    async for api in _api(proctor, clock):
+        yield api
+
+
+class Execute:
+    """A policy engine (a fake, not a mock) that executes every step."""
+
+    version = "sha256:execute-1"
+
+    def evaluate(self, input: Mapping[str, Any]) -> Any:
+        return {"steps": {s["id"]: {"outcome": "execute"} for s in input["steps"]}, "plan": {}}
+
+
+class Crash(BaseException):
+    """Stands for the process dying inside a handler: nothing after it runs."""
+
+
+@pytest.fixture
+async def unknown() -> AsyncIterator[Api]:
+    """An instance whose plan ``crashy`` needs attention: its payment died mid-call."""
+    clock = FrozenClock()
+    proctor = Proctor.in_memory(catalog=Catalog(), policy=Execute(), clock=clock)
+
+    def dies(params: Any, call: Any) -> Any:
+        raise Crash
+
+    proctor.action("shop.pay", category="general", baselines=LOW)(dies)
+    with pytest.raises(Crash):
+        proctor.submit(make_plan([("shop.pay", {})], plan_id="crashy", agent_id="bot"))
+    clock.advance(proctor.gateway.options.lease_ttl + timedelta(seconds=1))
+    taken = Executor(proctor.gateway, owner="elsewhere:1:1:abc").resume("crashy")
+    assert taken is not None and taken.status.value == "needs_attention"
     async for api in _api(proctor, clock):
         yield api
 
@@ -370,3 +414,112 @@ class TestHumanActions:
         assert resp.status_code == 422
         assert resp.json()["field"] == "comment"
         assert quorum.proctor.get(plan["plan_id"]).approvals == ()
+
+
+def _trace(n: int) -> tuple[str, str]:
+    """A W3C ``traceparent`` and its trace id, distinct per ``n``."""
+    trace_id = f"{n:x}" * 32
+    return f"00-{trace_id}-{'b' * 16}-01", trace_id
+
+
+def _traces(api: Api, plan_id: str) -> dict[str, set[str | None]]:
+    """The trace ids of a plan's audit events, by event type."""
+    out: dict[str, set[str | None]] = {}
+    for e in api.proctor.events(plan_id=plan_id):
+        out.setdefault(e.type, set()).add(orjson.loads(e.body)["trace_id"])
+    return out
+
+
+class TestTraceparent:
+    """Every route that acts on a plan joins the caller's trace, as ``POST /v1/plans`` does."""
+
+    async def test_confirm_joins_the_users_trace(self, default):
+        """The confirmation and the steps it runs carry the confirm request's trace id."""
+        submitted, submit_id = _trace(1)
+        confirming, confirm_id = _trace(2)
+        resp = await default.client.post(
+            "/v1/plans",
+            json=make_plan([SUBSCRIPTION], agent_id="bot", on_behalf_of="alice"),
+            headers={"Authorization": f"Bearer {default.tokens['bot']}", "traceparent": submitted},
+        )
+        plan_id = resp.json()["plan_id"]
+
+        done = await default.call(
+            "alice", "POST", f"/v1/plans/{plan_id}/confirm", headers={"traceparent": confirming}
+        )
+
+        assert done.status_code == 200 and done.json()["status"] == "succeeded"
+        traces = _traces(default, plan_id)
+        assert traces["plan.submitted"] == {submit_id}
+        for kind in ("confirmation.granted", "step.started", "step.succeeded", "plan.finished"):
+            assert traces[kind] == {confirm_id}, kind
+
+    async def test_each_approval_joins_its_approvers_trace(self, quorum):
+        """Two approvers, two traces; the steps run under the decisive approval's."""
+        plan = await quorum.submit(("shop.buy", {}))
+        path = f"/v1/plans/{plan['plan_id']}/approve"
+        (first, first_id), (second, second_id) = _trace(3), _trace(4)
+
+        await quorum.call("ann", "POST", path, headers={"traceparent": first})
+        done = await quorum.call("fred", "POST", path, headers={"traceparent": second})
+
+        assert done.json()["status"] == "succeeded"
+        traces = _traces(quorum, plan["plan_id"])
+        assert traces["approval.granted"] == {first_id, second_id}
+        assert traces["step.succeeded"] == traces["plan.finished"] == {second_id}
+
+    async def test_reject_and_undo_join_the_callers_trace(self, quorum, default):
+        """A rejection's event and an undo's compensation carry their request's trace id."""
+        waiting = await quorum.submit(("shop.buy", {}))
+        booked = await default.submit(BOOKING)
+        (rejecting, reject_id), (undoing, undo_id) = _trace(5), _trace(6)
+
+        rejected = await quorum.call(
+            "ann",
+            "POST",
+            f"/v1/plans/{waiting['plan_id']}/reject",
+            headers={"traceparent": rejecting},
+        )
+        undone = await default.call(
+            "alice",
+            "POST",
+            f"/v1/plans/{booked['plan_id']}/undo",
+            headers={"traceparent": undoing},
+        )
+
+        assert rejected.json()["status"] == "rejected" and undone.json()["status"] == "undone"
+        assert _traces(quorum, waiting["plan_id"])["approval.rejected"] == {reject_id}
+        last = list(default.proctor.events(plan_id=booked["plan_id"]))[-1]
+        assert _traces(default, booked["plan_id"])["compensation.started"] == {undo_id}
+        assert (last.type, orjson.loads(last.body)["trace_id"]) == ("plan.finished", undo_id)
+
+    async def test_resolve_joins_the_admins_trace(self, unknown):
+        """The resolution and the plan's end carry the resolve request's trace id."""
+        resolving, resolve_id = _trace(7)
+
+        done = await unknown.call(
+            "root",
+            "POST",
+            "/v1/plans/crashy/steps/s1/resolve",
+            {"outcome": "succeeded"},
+            headers={"traceparent": resolving},
+        )
+
+        assert done.status_code == 200, done.text
+        traces = _traces(unknown, "crashy")
+        assert traces["step.resolved"] == traces["plan.finished"] == {resolve_id}
+
+    async def test_a_traceparent_too_long_is_refused_as_on_submit(self, default):
+        """129 characters on confirm: 422 naming the header, and the plan still waits."""
+        plan = await default.submit(SUBSCRIPTION)
+
+        resp = await default.call(
+            "alice",
+            "POST",
+            f"/v1/plans/{plan['plan_id']}/confirm",
+            headers={"traceparent": "t" * 129},
+        )
+
+        assert resp.status_code == 422
+        assert resp.json()["field"] == "traceparent"
+        assert default.proctor.get(plan["plan_id"]).status.value == "awaiting_confirmation"

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from proctor import Proctor
@@ -58,9 +59,11 @@ class Server:
         }
         return await self.post("/v1/mcp/calls", body)
 
-    async def post(self, path: str, body: Any) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {self.token}"}
-        return await self.client.post(path, json=body, headers=headers)
+    async def post(
+        self, path: str, body: Any, headers: dict[str, str] | None = None
+    ) -> httpx.Response:
+        sent = {"Authorization": f"Bearer {self.token}", **(headers or {})}
+        return await self.client.post(path, json=body, headers=sent)
 
 
 @pytest.fixture
@@ -132,3 +135,24 @@ class TestRetryOfAQueuedCall:
 
         assert report.status_code == 200, report.text
         assert report.json()["status"] == "succeeded"
+
+
+class TestTraceparent:
+    async def test_the_outcome_report_joins_the_agents_trace(self, server):
+        """The step the report records carries the trace of the call it reports."""
+        trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+        plan_id = await approved(server)
+
+        report = await server.post(
+            f"/v1/mcp/plans/{plan_id}/outcome",
+            {"step_id": "s1", "result": {"ok": True}},
+            headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"},
+        )
+
+        assert report.status_code == 200, report.text
+        recorded = [
+            orjson.loads(e.body)
+            for e in server.proctor.events(plan_id=plan_id)
+            if e.type in ("step.started", "step.succeeded", "plan.finished")
+        ]
+        assert [e["trace_id"] for e in recorded] == [trace_id] * 3

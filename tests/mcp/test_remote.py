@@ -28,6 +28,8 @@ from proctor.testing import wait_until_serving
 pytestmark = [pytest.mark.slow, pytest.mark.cli, pytest.mark.server, pytest.mark.timeout(600)]
 
 FLAKY = Path(__file__).parent / "servers" / "flaky.py"
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+TRACE = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
 
 
 def text(result: types.CallToolResult) -> str:
@@ -135,7 +137,9 @@ def test_calls_are_decided_by_the_server_and_their_outcomes_recorded_there(
             tools = {t.name: t for t in (await s.list_tools()).tools}
             assert {"read_text_file", "write_file", "ok", "fail"} <= set(tools)
             assert tools["read_text_file"].annotations.read_only_hint is True
-            read = await s.call_tool("read_text_file", {"path": str(roots / "notes.txt")})
+            read = await s.call_tool(
+                "read_text_file", {"path": str(roots / "notes.txt")}, meta={"traceparent": TRACE}
+            )
             assert not read.is_error, text(read)
             assert "hello from the allowed root" in text(read)  # the client's copy is whole
             evil = await s.call_tool(
@@ -180,6 +184,8 @@ def test_calls_are_decided_by_the_server_and_their_outcomes_recorded_there(
     kinds = [e["type"] for e in log if e.get("plan_id") == read_plan]
     assert kinds[0] == "plan.submitted" and "policy.decided" in kinds
     assert kinds[-3:] == ["step.started", "step.succeeded", "plan.finished"], kinds
+    # The call's trace reaches the server with the call and with its outcome report.
+    assert {e["trace_id"] for e in log if e.get("plan_id") == read_plan} == {TRACE_ID}
     done = next(e for e in log if e.get("plan_id") == read_plan and e["type"] == "step.succeeded")
     assert "hello from the allowed root" not in json.dumps(log)  # masked by the proxy
     assert done["data"]["result"]["unmasked_sha256"]

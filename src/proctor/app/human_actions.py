@@ -213,13 +213,25 @@ class HumanActions:
         return record
 
     def reject(
-        self, plan_id: str, principal: str, *, roles: Sequence[str] = (), comment: str = ""
+        self,
+        plan_id: str,
+        principal: str,
+        *,
+        roles: Sequence[str] = (),
+        comment: str = "",
+        traceparent: str | None = None,
     ) -> PlanRecord:
         """Reject a waiting plan: its user for a confirmation, an approver for an approval.
 
         Raises:
             NotFoundError, InvalidTransitionError, PermissionDeniedError, ApprovalExpiredError.
         """
+        with self.telemetry.plan("proctor.reject", traceparent, plan_id=plan_id):
+            return self._reject(plan_id, principal, roles, comment)
+
+    def _reject(
+        self, plan_id: str, principal: str, roles: Sequence[str], comment: str
+    ) -> PlanRecord:
         with self._lock_for(plan_id):
             record = self._get(plan_id)
             self._expire_if_due(record)
@@ -256,6 +268,7 @@ class HumanActions:
         *,
         admin: bool = False,
         comment: str = "",
+        traceparent: str | None = None,
     ) -> PlanRecord:
         """Undo a succeeded plan within its undo window (the on-behalf-of user, or an admin).
 
@@ -266,6 +279,10 @@ class HumanActions:
             NotFoundError, InvalidTransitionError, PermissionDeniedError, ConflictError,
             InvalidRequestError (a comment too long for the reason).
         """
+        with self.telemetry.plan("proctor.undo", traceparent, plan_id=plan_id):
+            return self._undo(plan_id, principal, admin, comment)
+
+    def _undo(self, plan_id: str, principal: str, admin: bool, comment: str) -> PlanRecord:
         reason = f"undone by {principal}" + (f": {comment}" if comment else "")
         if len(reason) > _MAX_ERROR:
             # The reason is stored up to _MAX_ERROR characters: refuse rather than cut it.
@@ -295,17 +312,25 @@ class HumanActions:
             )
 
     def resolve(
-        self, plan_id: str, step_id: str, *, succeeded: bool, principal: str, comment: str = ""
+        self,
+        plan_id: str,
+        step_id: str,
+        *,
+        succeeded: bool,
+        principal: str,
+        comment: str = "",
+        traceparent: str | None = None,
     ) -> PlanRecord:
         """Say what happened to a step whose outcome is unknown (see ``Executor.resolve``).
 
         Raises:
             NotFoundError, ConflictError.
         """
-        self._get(plan_id)
-        return self.executor.resolve(
-            plan_id, step_id, succeeded=succeeded, principal=principal, comment=comment
-        )
+        with self.telemetry.plan("proctor.resolve", traceparent, plan_id=plan_id):
+            self._get(plan_id)
+            return self.executor.resolve(
+                plan_id, step_id, succeeded=succeeded, principal=principal, comment=comment
+            )
 
     def _check_undoable(self, record: PlanRecord, now: datetime) -> None:
         done = [s for s in record.steps if s.status is StepStatus.SUCCEEDED]

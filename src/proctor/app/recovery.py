@@ -93,18 +93,19 @@ class Recovery:
 
     # ------------------------------------------------------------------ resuming
 
-    def resume(self, plan_id: str) -> PlanRecord | None:
+    def resume(self, plan_id: str, *, traceparent: str | None = None) -> PlanRecord | None:
         """Claim a running or compensating plan whose lease lapsed, and carry it on.
 
         Returns the plan as it ends here, or None when it is not ours to take (held by a live
         owner, finished, or needing a runner this process does not serve), or when a guard
         stops the step it would start (a kill switch, the whitelist): the plan then waits,
         running with no lease and its ``error`` saying why, and a later claim starts it.
+        ``traceparent`` joins the caller's trace (a remote MCP proxy reporting its call).
         """
         with self._guard:
             if plan_id in self._held:
                 return None
-        with self.gw.telemetry.plan("proctor.resume", None, plan_id=plan_id):
+        with self.gw.telemetry.plan("proctor.resume", traceparent, plan_id=plan_id):
             return self._resume(plan_id)
 
     def _resume(self, plan_id: str) -> PlanRecord | None:

@@ -4,8 +4,9 @@ The API the gateway, the executor and the saga call (all of it safe to call in e
 
 - ``Telemetry.plan(name, traceparent=None, **attrs)`` → context manager: the scope of one
   request on a plan (``proctor.submit``, ``proctor.confirm``, ``proctor.approve``,
-  ``proctor.resume``). A W3C ``traceparent`` from the agent (HTTP header, MCP
-  ``_meta.traceparent``, library argument) becomes its parent; a malformed one is ignored.
+  ``proctor.reject``, ``proctor.undo``, ``proctor.resolve``, ``proctor.resume``). A W3C
+  ``traceparent`` from the agent (HTTP header, MCP ``_meta.traceparent``, library argument)
+  becomes its parent; a malformed one is ignored.
 - ``Telemetry.stage(name, **attrs)`` → context manager: one stage inside it (``validate``,
   ``assess``, ``decide``, ``simulate``, ``route``, ``step``, ``compensation``). It is a child
   span (``proctor.<name>``, attributes ``proctor.<key>``) and one observation of the

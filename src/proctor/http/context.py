@@ -9,9 +9,10 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import orjson
+from fastapi import Header
 from starlette.responses import Response
 
 from proctor._library import Proctor
@@ -20,7 +21,14 @@ from proctor.http.lanes import SubmitLanes
 from proctor.http.schemas import ErrorBody
 from proctor.http.settings import HttpSettings
 
-__all__ = ["Context", "KeyedLocks", "errors_doc", "json_response"]
+__all__ = [
+    "TRACEPARENT_MAX",
+    "Context",
+    "KeyedLocks",
+    "TraceParent",
+    "errors_doc",
+    "json_response",
+]
 
 _T = TypeVar("_T")
 
@@ -48,6 +56,19 @@ def errors_doc(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 AUTH_ERRORS = (401, 403, 422, 429, 503)
 """What every authenticated route may answer besides its success."""
+
+
+TRACEPARENT_MAX = 128
+"""The longest ``traceparent`` header a route accepts (a W3C version-00 one has 55)."""
+
+TraceParent = Annotated[
+    str | None,
+    Header(
+        max_length=TRACEPARENT_MAX,
+        description="W3C trace context: the request's spans and audit events join the trace.",
+    ),
+]
+"""The ``traceparent`` header of every route that submits or acts on a plan."""
 
 
 def json_response(

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, Header, Path
+from fastapi import APIRouter, Depends, Path
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
@@ -50,7 +50,7 @@ from proctor.core.lifecycle import PlanRecord, PlanStatus, StepRecord, StepStatu
 from proctor.core.ports import ToolCall, Tools
 from proctor.core.principals import Principal, may_submit
 from proctor.errors import ConflictError, InvalidRequestError, PermissionDeniedError
-from proctor.http.context import AUTH_ERRORS, Context, errors_doc, json_response
+from proctor.http.context import AUTH_ERRORS, Context, TraceParent, errors_doc, json_response
 from proctor.http.schemas import ID_PATTERN, PlanOut
 from proctor.mcp.governance import (
     action_name,
@@ -349,10 +349,7 @@ def router(ctx: Context) -> APIRouter:
     async def calls(
         caller: Caller,
         body: CallBody,
-        traceparent: Annotated[
-            str | None,
-            Header(max_length=128, description="W3C trace context: the plan joins the trace."),
-        ] = None,
+        traceparent: TraceParent = None,
     ) -> Response:
         """Govern one ``tools/call``: the plan as decided (``running``: forward it)."""
         status, rec = await run_in_threadpool(do_call, caller, body, traceparent)
@@ -365,7 +362,9 @@ def router(ctx: Context) -> APIRouter:
         doc["timeout"] = float(limit) if limit else None
         return json_response(doc, status, {"Location": f"/v1/plans/{rec.plan_id}"})
 
-    def do_outcome(p: Principal, plan_id: str, body: OutcomeBody) -> PlanRecord:
+    def do_outcome(
+        p: Principal, plan_id: str, body: OutcomeBody, traceparent: str | None
+    ) -> PlanRecord:
         rec = proctor.get(plan_id)
         as_agent(p, rec.agent_id)
         if (body.result is None) == (body.error is None):
@@ -389,7 +388,7 @@ def router(ctx: Context) -> APIRouter:
         key = rec.idempotency_key(step.step_id)
         reported.expect(key, _Report(body.result, body.error))
         try:
-            done = executor.resume(plan_id)
+            done = executor.resume(plan_id, traceparent=traceparent)
         finally:
             reported.forget(key)
         if done is None:
@@ -402,9 +401,11 @@ def router(ctx: Context) -> APIRouter:
         summary="Record the upstream outcome of a remote MCP proxy's call",
         responses=errors_doc(400, *AUTH_ERRORS, 404, 409, 413),
     )
-    def outcome(plan_id: PlanId, caller: Caller, body: OutcomeBody) -> Response:
+    def outcome(
+        plan_id: PlanId, caller: Caller, body: OutcomeBody, traceparent: TraceParent = None
+    ) -> Response:
         """Record what the upstream answered; the plan finishes (succeeded or failed)."""
-        return json_response(plan_json(do_outcome(caller, plan_id, body)))
+        return json_response(plan_json(do_outcome(caller, plan_id, body, traceparent)))
 
     return r
 

@@ -39,7 +39,14 @@ from proctor.core.principals import (
 from proctor.errors import InvalidRequestError, PermissionDeniedError, ProctorError
 from proctor.http.auth import bearer_token
 from proctor.http.body import parse_body
-from proctor.http.context import AUTH_ERRORS, Context, errors_doc, json_response
+from proctor.http.context import (
+    AUTH_ERRORS,
+    TRACEPARENT_MAX,
+    Context,
+    TraceParent,
+    errors_doc,
+    json_response,
+)
 from proctor.http.errors import STATUS, error_response
 from proctor.http.schemas import (
     ID_PATTERN,
@@ -56,7 +63,6 @@ log = logging.getLogger("proctor.http")
 
 _KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
 _KEY_RE = re.compile(_KEY_PATTERN)
-_TRACEPARENT_MAX = 128
 _SCAN_BUDGET = 1000  # most plans one list request reads to fill a page for a filtered reader
 _EVENT_BATCH = 500
 
@@ -189,9 +195,9 @@ class SubmitRoute:
             return _invalid_header(
                 "Idempotency-Key", f"String should match pattern '{_KEY_PATTERN}'"
             )
-        if traceparent is not None and len(traceparent) > _TRACEPARENT_MAX:
+        if traceparent is not None and len(traceparent) > TRACEPARENT_MAX:
             return _invalid_header(
-                "traceparent", f"String should have at most {_TRACEPARENT_MAX} characters"
+                "traceparent", f"String should have at most {TRACEPARENT_MAX} characters"
             )
         chunks = []
         while True:
@@ -272,13 +278,7 @@ def router(ctx: Context) -> APIRouter:
                 description="Same key and same manifest: the original plan (200).",
             ),
         ] = None,
-        traceparent: Annotated[
-            str | None,
-            Header(
-                max_length=_TRACEPARENT_MAX,
-                description="W3C trace context: the plan joins the trace.",
-            ),
-        ] = None,
+        traceparent: TraceParent = None,
     ) -> Response:
         """Submit a plan manifest as the calling agent (``actor.agent_id`` is its name)."""
         # ``SubmitRoute`` serves this route in ``proctor serve``; this declaration is its
@@ -451,11 +451,17 @@ def router(ctx: Context) -> APIRouter:
         summary="Confirm a plan (its on-behalf-of user)",
         responses=act_errors,
     )
-    def confirm(plan_id: PlanId, caller: Caller, body: CommentBody | None = None) -> Response:
+    def confirm(
+        plan_id: PlanId,
+        caller: Caller,
+        body: CommentBody | None = None,
+        traceparent: TraceParent = None,
+    ) -> Response:
         """Confirm a plan waiting for the caller's confirmation; it runs at once."""
         actionable(caller, plan_id, "confirm")
         comment = body.comment if body else ""
-        return json_response(plan_json(proctor.confirm(plan_id, caller.name, comment=comment)))
+        rec = proctor.confirm(plan_id, caller.name, comment=comment, traceparent=traceparent)
+        return json_response(plan_json(rec))
 
     @r.post(
         "/{plan_id}/approve",
@@ -463,7 +469,12 @@ def router(ctx: Context) -> APIRouter:
         summary="Approve a plan (an approver of its groups)",
         responses=act_errors,
     )
-    def approve(plan_id: PlanId, caller: Caller, body: ApproveBody | None = None) -> Response:
+    def approve(
+        plan_id: PlanId,
+        caller: Caller,
+        body: ApproveBody | None = None,
+        traceparent: TraceParent = None,
+    ) -> Response:
         """Approve as the caller, holding its groups as approval roles.
 
         The plan runs when enough distinct approvers covering its roles agreed.
@@ -471,7 +482,12 @@ def router(ctx: Context) -> APIRouter:
         actionable(caller, plan_id, "approve")
         body = body or ApproveBody()
         rec = proctor.approve(
-            plan_id, caller.name, roles=caller.groups, comment=body.comment, otp=body.otp
+            plan_id,
+            caller.name,
+            roles=caller.groups,
+            comment=body.comment,
+            otp=body.otp,
+            traceparent=traceparent,
         )
         return json_response(plan_json(rec))
 
@@ -481,11 +497,18 @@ def router(ctx: Context) -> APIRouter:
         summary="Reject a plan (an approver, or the user for a confirmation)",
         responses=act_errors,
     )
-    def reject(plan_id: PlanId, caller: Caller, body: CommentBody | None = None) -> Response:
+    def reject(
+        plan_id: PlanId,
+        caller: Caller,
+        body: CommentBody | None = None,
+        traceparent: TraceParent = None,
+    ) -> Response:
         """Reject a plan waiting for an approval (approvers) or a confirmation (its user)."""
         actionable(caller, plan_id, "reject")
         comment = body.comment if body else ""
-        rec = proctor.reject(plan_id, caller.name, roles=caller.groups, comment=comment)
+        rec = proctor.reject(
+            plan_id, caller.name, roles=caller.groups, comment=comment, traceparent=traceparent
+        )
         return json_response(plan_json(rec))
 
     @r.post(
@@ -494,14 +517,22 @@ def router(ctx: Context) -> APIRouter:
         summary="Undo a succeeded plan (its user, or an admin)",
         responses=act_errors,
     )
-    def undo(plan_id: PlanId, caller: Caller, body: CommentBody | None = None) -> Response:
+    def undo(
+        plan_id: PlanId,
+        caller: Caller,
+        body: CommentBody | None = None,
+        traceparent: TraceParent = None,
+    ) -> Response:
         """Undo a succeeded plan within its undo window; its steps are compensated.
 
         The optional ``comment`` is recorded with the undo (the compensation's reason).
         """
         rec = actionable(caller, plan_id, "undo")
         comment = body.comment if body else ""
-        rec = proctor.undo(plan_id, caller.name, admin=undo_as_admin(caller, rec), comment=comment)
+        admin = undo_as_admin(caller, rec)
+        rec = proctor.undo(
+            plan_id, caller.name, admin=admin, comment=comment, traceparent=traceparent
+        )
         return json_response(plan_json(rec))
 
     @r.post(
@@ -515,6 +546,7 @@ def router(ctx: Context) -> APIRouter:
         step_id: Annotated[str, Path(pattern=ID_PATTERN, max_length=128)],
         caller: Caller,
         body: ResolveBody,
+        traceparent: TraceParent = None,
     ) -> Response:
         """Say whether an interrupted, non-idempotent step took effect; the plan carries on.
 
@@ -528,6 +560,7 @@ def router(ctx: Context) -> APIRouter:
             succeeded=body.outcome == "succeeded",
             principal=caller.name,
             comment=body.comment,
+            traceparent=traceparent,
         )
         return json_response(plan_json(rec))
 

@@ -277,7 +277,9 @@ class RemoteMcpProxy(McpProxy):
                 return tool_error(note)
             raw: types.CallToolResult | None = None
             if _queued(plan):
-                plan, raw = await self._run_here(plan, server, tool.name, arguments, flight)
+                plan, raw = await self._run_here(
+                    plan, server, tool.name, arguments, flight, traceparent
+                )
         except ProctorError as exc:
             # Refused, or the server is not answering: nothing was forwarded.
             return tool_error(_refusal(exc))
@@ -371,13 +373,19 @@ class RemoteMcpProxy(McpProxy):
         tool: str,
         arguments: dict[str, Any],
         flight: _Flight,
+        traceparent: str | None,
     ) -> tuple[dict[str, Any], types.CallToolResult | None]:
-        """Forward a plan the server queued for this proxy, then report its outcome."""
+        """Forward a plan the server queued for this proxy, then report its outcome.
+
+        The report carries the call's ``traceparent``: the step's events, which the server
+        records then, join the agent's trace as the plan's submission did.
+        """
         plan_id = plan["plan_id"]
         step_id = plan["steps"][0]["id"]
         kept = self._unreported.pop(plan_id, None)
         if kept is not None:  # forwarded before, never recorded: report, do not call again
-            return (await self._report(plan_id, step_id, kept[1], kept[0])) or plan, kept[0]
+            reported = await self._report(plan_id, step_id, kept[1], kept[0], traceparent)
+            return reported or plan, kept[0]
         running = self._runs.get(plan_id)
         if running is not None:
             await running.done.wait()
@@ -398,7 +406,8 @@ class RemoteMcpProxy(McpProxy):
                 raw = await self._forward(server, tool, arguments, call)
             except anyio.get_cancelled_exc_class():
                 with anyio.CancelScope(shield=True):
-                    await self._report(plan_id, step_id, {"error": "cancelled by the client"}, None)
+                    cancelled = {"error": "cancelled by the client"}
+                    await self._report(plan_id, step_id, cancelled, None, traceparent)
                 raise
             except Exception as exc:  # noqa: BLE001 - the step failed: recorded as such
                 report: dict[str, Any] = {"error": f"{type(exc).__name__}: {exc}"[:4000]}
@@ -410,7 +419,7 @@ class RemoteMcpProxy(McpProxy):
                     masks = config.mask_result if config else ()
                     report = {"result": _bounded(audit_document(raw, masks))}
             with anyio.CancelScope(shield=True):
-                recorded = (await self._report(plan_id, step_id, report, raw)) or plan
+                recorded = (await self._report(plan_id, step_id, report, raw, traceparent)) or plan
             run.plan, run.raw = recorded, raw
             return recorded, raw
         finally:
@@ -425,13 +434,15 @@ class RemoteMcpProxy(McpProxy):
         step_id: str,
         report: dict[str, Any],
         raw: types.CallToolResult | None,
+        traceparent: str | None = None,
     ) -> dict[str, Any] | None:
         """Send a forwarded call's outcome; return the plan, or None (kept for a retry)."""
         body = {"step_id": step_id, **report}
+        headers = {"traceparent": traceparent} if traceparent else None
         for attempt in range(len(_REPORT_BACKOFF) + 1):
             try:
                 plan: dict[str, Any] = await self.api.send(
-                    "POST", f"/v1/mcp/plans/{plan_id}/outcome", body=body
+                    "POST", f"/v1/mcp/plans/{plan_id}/outcome", body=body, headers=headers
                 )
                 return plan
             except ConflictError:

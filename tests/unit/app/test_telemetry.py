@@ -12,6 +12,7 @@ from proctor import Proctor
 from proctor.app.gateway import GatewayOptions
 from proctor.app.telemetry import Telemetry, parse_traceparent
 from proctor.core.catalog import Catalog
+from proctor.errors import NotFoundError
 from proctor.testing import FrozenClock, RecordingTool, make_plan
 
 LOW = {"risk": 1, "auditability": 1, "ux": 1, "recovery": 1, "cost": 1}
@@ -79,6 +80,21 @@ class TestSpans:
         p.approve(rec.plan_id, "olga", roles=["ops"], traceparent=None)
         wait = next(s for s in exporter.get_finished_spans() if s.name == "proctor.approval_wait")
         assert (wait.end_time - wait.start_time) == 90 * 1_000_000_000
+
+    def test_reject_and_resolve_are_spans_under_the_callers_trace(self):
+        """A human action's span is a child of the caller's ``traceparent``, even when it fails."""
+        p, exporter = make("approve")
+        waiting = p.submit(make_plan([("shop.buy", {})]))
+        p.reject(waiting.plan_id, "olga", roles=["ops"], traceparent=PARENT)
+        with pytest.raises(NotFoundError):
+            p.resolve("nope", "s1", succeeded=True, principal="ops", traceparent=PARENT)
+
+        spans = {s.name: s for s in exporter.get_finished_spans()}
+
+        for name in ("proctor.reject", "proctor.resolve"):
+            assert format(spans[name].parent.span_id, "016x") == "00f067aa0ba902b7", name
+        assert spans["proctor.reject"].attributes["proctor.plan_id"] == waiting.plan_id
+        assert not spans["proctor.resolve"].status.is_ok
 
     def test_without_a_tracer_an_agents_trace_id_still_reaches_the_log(self):
         p, exporter = make(tracing=False)
