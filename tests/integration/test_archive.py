@@ -189,15 +189,16 @@ class TestArchive:
         assert _keys_in(s3, locked_bucket) == {f"{PREFIX}/{p}" for p in expected}
 
         for obj in report.uploaded:
-            data = (tmp_path / obj.path).read_bytes()
+            got = s3.get_object(Bucket=locked_bucket, Key=obj.key)["Body"].read()
+            if obj.path != "manifest.json":  # the archive's own manifest (TestArchivedManifest)
+                assert got == (tmp_path / obj.path).read_bytes()
+            data = got
             assert obj.size == len(data) and obj.sha256 == hashlib.sha256(data).hexdigest()
             head = s3.head_object(Bucket=locked_bucket, Key=obj.key, ChecksumMode="ENABLED")
             assert head["ObjectLockMode"] == "COMPLIANCE"
             assert head["ObjectLockRetainUntilDate"] == report.retain_until
             assert head["ChecksumSHA256"] == base64.b64encode(bytes.fromhex(obj.sha256)).decode()
             assert head["VersionId"] == obj.version_id
-            got = s3.get_object(Bucket=locked_bucket, Key=obj.key)["Body"].read()
-            assert got == data
 
         log = _log_lines(tmp_path)
         assert [e["key"] for e in log] == [o.key for o in report.uploaded]
@@ -338,6 +339,127 @@ class TestArchive:
         assert report.prefix == ""
         assert _keys_in(s3, locked_bucket) == {SEG0, CP10, "keys.json", "manifest.json"}
         assert report.as_dict()["uploaded_bytes"] == report.uploaded_bytes > 0
+
+
+# ---------------------------------------------------------------------------- archived manifest
+
+
+def _download(s3: Any, bucket: str, directory: Path, prefix: str = PREFIX) -> Path:
+    """Download the current version of every object under ``prefix`` into ``directory``."""
+    listing = s3.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/")
+    for obj in listing["Contents"]:
+        dest = directory / obj["Key"].removeprefix(f"{prefix}/")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read())
+    return directory
+
+
+def _archived_manifest(s3: Any, bucket: str) -> dict[str, Any]:
+    got = s3.get_object(Bucket=bucket, Key=f"{PREFIX}/manifest.json")["Body"].read()
+    doc: dict[str, Any] = json.loads(got)
+    return doc
+
+
+class TestArchivedManifest:
+    def test_lists_only_what_the_archive_holds(self, tmp_path, s3, locked_bucket, now):
+        """The archived manifest lists the sealed segments and the checkpoints they cover."""
+        _write_bundle(tmp_path, events=20, checkpoints=(10, 15))
+        cp15 = "checkpoints/000000000015.note"
+        report = _archive(tmp_path, locked_bucket, s3, now)
+        doc = _archived_manifest(s3, locked_bucket)
+
+        assert report.events == 10 and report.as_dict()["events"] == 10
+        assert doc["events"] == 10
+        assert [seg["file"] for seg in doc["segments"]] == [SEG0]
+        assert (
+            doc["segments"][0]
+            == json.loads((tmp_path / "manifest.json").read_text())["segments"][0]
+        )
+        # The checkpoint at 15 is locked in the bucket, but not listed: events 10..14 are not.
+        assert doc["checkpoints"] == [CP10]
+        assert cp15 in {o.path for o in report.uploaded}
+        assert "exported_at" not in doc
+        manifest = next(o for o in report.uploaded if o.path == "manifest.json")
+        raw = s3.get_object(Bucket=locked_bucket, Key=manifest.key)["Body"].read()
+        assert manifest.sha256 == hashlib.sha256(raw).hexdigest()
+
+    def test_nothing_sealed(self, tmp_path, s3, locked_bucket, now):
+        """Before any segment is sealed, the archived manifest holds no event."""
+        _write_bundle(tmp_path, events=5, checkpoints=(5,))
+        report = _archive(tmp_path, locked_bucket, s3, now)
+        doc = _archived_manifest(s3, locked_bucket)
+        assert report.events == 0
+        assert (doc["events"], doc["segments"], doc["checkpoints"]) == (0, [], [])
+
+    def test_segments_must_follow_each_other(self, tmp_path, s3, locked_bucket, now):
+        """A manifest whose segments leave a gap is refused before any upload."""
+        _write_bundle(tmp_path, events=20, checkpoints=(20,))
+        manifest = json.loads((tmp_path / "manifest.json").read_text())
+        del manifest["segments"][0]
+        (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(InvalidRequestError, match="starts at event 10, not 0"):
+            _archive(tmp_path, locked_bucket, s3, now)
+        assert _keys_in(s3, locked_bucket) == set()
+
+
+class TestDownloadedArchiveVerifies:
+    """A real instance's archive, downloaded, verifies as an export (review finding t05)."""
+
+    def _instance(self, home: Path) -> Any:
+        from proctor import Proctor
+        from proctor.bootstrap import init_home
+
+        init_home(home)
+        return Proctor.open(home)
+
+    def _submit(self, p: Any, n: int) -> None:
+        from proctor.testing import make_plan
+
+        for _ in range(n):
+            p.submit(
+                make_plan([("travel.search", {"destination": "Lisbon", "date": "2027-01-01"})])
+            )
+
+    def test_roundtrip_and_later_run(self, tmp_path, s3, locked_bucket, now):
+        """Archive, download everything, verify: ok with the sealed events; then again, grown."""
+        from proctor.audit.export import verify_export
+
+        with self._instance(tmp_path / "home") as p:
+            self._submit(p, 3)
+            total = p.checkpoint().size
+            p.export(tmp_path / "ex1", segment_size=5)
+            first = _archive(tmp_path / "ex1", locked_bucket, s3, now)
+            assert first.unsealed  # the tail segment is not full: the archive is a prefix
+            assert first.events == total // 5 * 5
+
+            dl = _download(s3, locked_bucket, tmp_path / "dl1")
+            report = verify_export(dl)
+            assert report.ok, report
+            assert report.events == first.events
+            assert report.detail is None or "truncated" not in report.detail
+
+            self._submit(p, 3)
+            grown = p.checkpoint().size
+            p.export(tmp_path / "ex2", segment_size=5)
+            second = _archive(tmp_path / "ex2", locked_bucket, s3, now)
+            assert second.events == grown // 5 * 5 > first.events
+            assert "manifest.json" in {o.path for o in second.uploaded}
+            assert {o.path for o in first.uploaded if o.path.startswith("events/")} <= {
+                o.path for o in second.skipped
+            }
+
+            report = verify_export(_download(s3, locked_bucket, tmp_path / "dl2"))
+            assert report.ok, report
+            assert report.events == second.events
+            versions = s3.list_object_versions(
+                Bucket=locked_bucket, Prefix=f"{PREFIX}/manifest.json"
+            )["Versions"]
+            assert len(versions) == 2  # the first manifest stays, locked
+
+            # A run that seals nothing new leaves the manifest as it is.
+            p.export(tmp_path / "ex3", segment_size=5)
+            third = _archive(tmp_path / "ex3", locked_bucket, s3, now)
+            assert "manifest.json" in {o.path for o in third.skipped}
 
 
 # ---------------------------------------------------------------------------- refusals

@@ -2,7 +2,7 @@
 
 ``archive_export`` uploads the parts of an export (``proctor.audit.export``) that will never
 change: the *sealed* event segments (full, and covered by a signed checkpoint), every
-checkpoint note, then ``keys.json`` and a copy of ``manifest.json``. Each object is written
+checkpoint note, then ``keys.json`` and a manifest of the archive. Each object is written
 with Object Lock in COMPLIANCE mode until ``now + retention_days``, so nobody (the root
 account included) can delete or overwrite that version before then, and with a SHA-256
 checksum the store verifies on receipt.
@@ -10,18 +10,28 @@ checksum the store verifies on receipt.
 Object keys mirror the bundle layout under the prefix (``<prefix>/events/...jsonl``,
 ``<prefix>/checkpoints/<size>.note``, ``<prefix>/keys.json``, ``<prefix>/manifest.json``).
 
+The archived ``manifest.json`` is not the export's: it describes what the archive holds, so
+that a downloaded archive verifies as an export (``verify_export``). It lists the sealed
+segments only, ``events`` is the number of events they hold, and its checkpoints are those
+no larger than that: a checkpoint over events not archived yet cannot be checked against
+the archive, and listing it would make the download look truncated. Such a checkpoint is
+uploaded all the same (it locks the log's later state; a re-signed one under the same name
+stops a later run), and a later run that seals its events lists it in a new version of the
+manifest. The archived manifest leaves out ``exported_at``, so a run that seals nothing new
+finds it unchanged and skips it.
+
 Re-running is safe: an object whose current version has the same SHA-256 and is already
 under a COMPLIANCE lock is skipped (its retention is left as it was; it is not extended).
-``keys.json`` and ``manifest.json`` grow with the log, so a changed one is uploaded as a
+``keys.json`` and the manifest grow with the log, so a changed one is uploaded as a
 new version (the bucket keeps the locked old ones), and so is a checkpoint that gained
 signatures (a cosignature) over the same signed text. Otherwise segments and checkpoints
 are immutable: if the archive holds *different* bytes under the name, archiving stops with
 ``AuditIntegrityError`` and uploads nothing more.
 
-Before anything is uploaded the whole bundle is checked: the manifest's shape, each
-segment's SHA-256 against the manifest, each checkpoint's size against its file name and
-its origin against the manifest. Signatures are not verified here; run
-``proctor audit verify`` on the export first.
+Before anything is uploaded the whole bundle is checked: the manifest's shape, that its
+segments follow each other, each sealed segment's SHA-256 against the manifest, each
+checkpoint's size against its file name and its origin against the manifest. Signatures are
+not verified here; run ``proctor audit verify`` on the export first.
 
 Every upload is appended to ``<export>/archive-log.jsonl`` as it happens, one JSON object a
 line (``bucket``, ``key``, ``version_id``, ``sha256``, ``size``, ``retain_until``,
@@ -92,7 +102,8 @@ class ArchivedObject:
     key: str
     """The object key in the bucket."""
     path: str
-    """The file's path inside the export bundle (``events/...``)."""
+    """The file's path inside the export bundle (``events/...``). For ``manifest.json`` the
+    object is the archive's own manifest, not the bundle's file."""
     size: int
     sha256: str
     """Hex SHA-256 of the content."""
@@ -125,6 +136,8 @@ class ArchiveReport:
     """Objects already archived with identical content (and locked)."""
     unsealed: tuple[str, ...] = field(default=())
     """Segments left out: not full yet, or not covered by a checkpoint."""
+    events: int = 0
+    """Events in the archived segments (the ``events`` of the archived manifest)."""
 
     @property
     def uploaded_bytes(self) -> int:
@@ -140,6 +153,7 @@ class ArchiveReport:
             "uploaded": [o.as_dict() for o in self.uploaded],
             "skipped": [o.as_dict() for o in self.skipped],
             "unsealed": list(self.unsealed),
+            "events": self.events,
             "uploaded_bytes": self.uploaded_bytes,
         }
 
@@ -239,7 +253,14 @@ def _checkpoint_size(directory: Path, rel: str, data: bytes, origin: Any) -> int
     return checkpoint.size
 
 
-def _collect(directory: Path) -> tuple[list[_File], list[str]]:
+@dataclass(frozen=True, slots=True)
+class _Collected:
+    files: list[_File]  # in upload order
+    unsealed: list[str]
+    events: int  # events in the sealed segments
+
+
+def _collect(directory: Path) -> _Collected:
     """Read and check the bundle; return the files to archive in order and the unsealed."""
     manifest_bytes = _read(directory, "manifest.json")
     try:
@@ -254,15 +275,18 @@ def _collect(directory: Path) -> tuple[list[_File], list[str]]:
         raise _bundle_error(directory, "manifest.json lacks the segments or checkpoints list")
     origin = manifest.get("origin")
 
-    notes: list[_File] = []
+    notes: list[tuple[_File, int]] = []
     covered = 0
     for rel in checkpoints:
         data = _read(directory, rel)
-        covered = max(covered, _checkpoint_size(directory, rel, data, origin))
-        notes.append(_File(rel, data, hashlib.sha256(data).hexdigest(), immutable=True))
+        size = _checkpoint_size(directory, rel, data, origin)
+        covered = max(covered, size)
+        notes.append((_File(rel, data, hashlib.sha256(data).hexdigest(), immutable=True), size))
 
     sealed: list[_File] = []
+    entries: list[Mapping[str, Any]] = []
     unsealed: list[str] = []
+    at = 0  # index of the next event
     for i, seg in enumerate(segments):
         if not isinstance(seg, Mapping):
             raise _bundle_error(directory, f"segments[{i}] is not an object")
@@ -275,9 +299,13 @@ def _collect(directory: Path) -> tuple[list[_File], list[str]]:
         expected = seg.get("sha256")
         if count != last - first + 1:
             raise _bundle_error(directory, f"segments[{i}] counts {count} events, not first..last")
+        if first != at:
+            raise _bundle_error(directory, f"segments[{i}] starts at event {first}, not {at}")
+        at = last + 1
         if not isinstance(expected, str) or not _HEX64.fullmatch(expected):
             raise _bundle_error(directory, f"segments[{i}].sha256 is not 64 lowercase hex")
-        if count != segment_size or last + 1 > covered:
+        # The sealed segments are a prefix of the log: the archive never has a gap.
+        if unsealed or count != segment_size or last + 1 > covered:
             unsealed.append(rel)
             continue
         data = _read(directory, rel)
@@ -289,18 +317,37 @@ def _collect(directory: Path) -> tuple[list[_File], list[str]]:
                 hint="the export was modified or is incomplete; export the log again",
             )
         sealed.append(_File(rel, data, digest, immutable=True))
+        entries.append(seg)
 
+    events = sum(e["count"] for e in entries)
+    archived_manifest = _manifest_bytes(
+        {
+            "format": EXPORT_FORMAT,
+            "origin": origin,
+            "events": events,
+            "segment_size": segment_size,
+            "segments": [dict(e) for e in entries],
+            # A checkpoint over more events than the archive holds cannot be checked
+            # against it; listed, it would make the archive look truncated.
+            "checkpoints": [f.path for f, size in notes if size <= events],
+        }
+    )
     keys = _read(directory, "keys.json")
     mutable = [
         _File("keys.json", keys, hashlib.sha256(keys).hexdigest(), immutable=False),
         _File(
             "manifest.json",
-            manifest_bytes,
-            hashlib.sha256(manifest_bytes).hexdigest(),
+            archived_manifest,
+            hashlib.sha256(archived_manifest).hexdigest(),
             immutable=False,
         ),
     ]
-    return sealed + notes + mutable, unsealed
+    return _Collected(sealed + [f for f, _ in notes] + mutable, unsealed, events)
+
+
+def _manifest_bytes(doc: Mapping[str, Any]) -> bytes:
+    """The JSON form of a manifest, laid out as ``proctor.audit.export`` writes it."""
+    return (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
 def _version(head: Mapping[str, Any]) -> dict[str, Any]:
@@ -457,7 +504,7 @@ def archive_export(
         raise InvalidRequestError("no bucket given", field="bucket")
     prefix = prefix.strip("/")
     directory = Path(directory)
-    files, unsealed = _collect(directory)
+    collected = _collect(directory)
     # Whole seconds, rounded up, in UTC: what S3 stores, so the report and log are exact.
     retain_until = (now + timedelta(days=retention_days)).astimezone(UTC)
     if retain_until.microsecond:
@@ -473,7 +520,7 @@ def archive_export(
     log = directory / ARCHIVE_LOG
     uploaded: list[ArchivedObject] = []
     skipped: list[ArchivedObject] = []
-    for f in files:
+    for f in collected.files:
         key = _key(prefix, f.path)
         head = s3.current(key)
         if head is not None:
@@ -527,5 +574,6 @@ def archive_export(
         retain_until=retain_until,
         uploaded=tuple(uploaded),
         skipped=tuple(skipped),
-        unsealed=tuple(unsealed),
+        unsealed=tuple(collected.unsealed),
+        events=collected.events,
     )
