@@ -401,6 +401,30 @@ class Instance:
     keyring: Keyring | None = None
 
 
+def _refuse_shared_rotation_schedule(settings: Settings) -> None:
+    """Refuse ``[keys] rotate_every_days`` when replicas may share the store (PostgreSQL).
+
+    The keyring's lock serialises rotations of one ``keys/`` directory only. Replicas on one
+    PostgreSQL database usually have copies of ``keys/``: each rotated its own copy to a key
+    of its own, signed the shared log with it, and verification then failed on every replica
+    with ``unknown_key`` (review finding t07). Whether the copies are one directory cannot be
+    told from here, so the schedule is refused at open, before any key is made: the operator
+    finds out at deployment, not when the key falls due.
+    """
+    if settings.rotate_every_days > 0 and settings.database_url.startswith(
+        ("postgresql://", "postgres://")
+    ):
+        raise ConfigError(
+            "[keys] rotate_every_days is not supported with a PostgreSQL database: replicas "
+            "would each rotate their own copy of keys/ to a different key, and the shared log "
+            "would fail verification (unknown_key)",
+            field="keys.rotate_every_days",
+            hint="set [keys] rotate_every_days = 0; rotate on one replica with `proctor keys "
+            "rotate` and copy keys/ to the others within 5 minutes (docs/replicas.md, "
+            '"Rotating keys")',
+        )
+
+
 def open_instance(settings: Settings, *, clock: Clock | None = None) -> Instance:
     """Open the store, keys, catalog and policy of an instance.
 
@@ -411,6 +435,7 @@ def open_instance(settings: Settings, *, clock: Clock | None = None) -> Instance
     clock = clock or SystemClock()
     keyring = Keyring(settings.keys_dir)
     keyring.current()  # no keyring (a home without `proctor init`): stop before the store
+    _refuse_shared_rotation_schedule(settings)
     catalog = load_catalog(settings)
     policy = load_policy(settings)
     tools = PythonTools()

@@ -199,7 +199,8 @@ class Settings:
     checkpoint_interval_seconds: int = 60
     """Sign a checkpoint when the last is older than this and there are new events."""
     rotate_every_days: int = 0
-    """Rotate the signing key when it is older than this many days; 0 (default) never."""
+    """Rotate the signing key when it is older than this many days; 0 (default) never.
+    Refused with a PostgreSQL database (replicas): rotate there with ``proctor keys rotate``."""
     webhooks: tuple[WebhookSettings, ...] = ()
     """``[[webhooks]]`` targets. Default none."""
     tickets: tuple[WebhookSettings, ...] = ()
