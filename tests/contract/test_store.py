@@ -136,6 +136,70 @@ class TestPlans:
         assert [p.plan_id for p in store.list_plans(limit=2, before=cursor)] == ["p2", "p1"]
 
 
+class TestCounts:
+    def test_no_plans_counts_nothing(self, store):
+        """An empty store has no status to report; neither does an empty status list."""
+        assert store.count_plans(["awaiting_approval"]) == {}
+        assert store.count_plans([]) == {}
+        assert store.count_deliveries(["pending", "dead"]) == {}
+
+    def test_plans_per_status_with_the_oldest(self, store):
+        """Every plan in a status counts, with the oldest created_at; others are left out."""
+        with store.transaction() as tx:
+            for i in range(7):
+                tx.save_plan(
+                    _plan(
+                        f"p{i}",
+                        at=T0 + timedelta(minutes=10 - i),
+                        status=(
+                            PlanStatus.AWAITING_APPROVAL,
+                            PlanStatus.AWAITING_CONFIRMATION,
+                            PlanStatus.SUCCEEDED,
+                        )[i % 3],
+                    )
+                )
+
+        counts = store.count_plans(["awaiting_approval", "awaiting_confirmation", "failed"])
+
+        assert counts == {
+            "awaiting_approval": (3, T0 + timedelta(minutes=4)),
+            "awaiting_confirmation": (2, T0 + timedelta(minutes=6)),
+        }
+        assert counts["awaiting_approval"][1].tzinfo is not None
+
+    def test_more_plans_than_a_page(self, store):
+        """The count is not capped by a listing limit (a backlog of 10,001 waiting plans)."""
+        oldest = T0 - timedelta(days=1)
+        with store.transaction() as tx:
+            tx.save_plan(_plan("first", at=oldest))
+            for i in range(10_000):
+                tx.save_plan(_plan(f"p{i:05}", at=T0 + timedelta(seconds=i)))
+
+        assert store.count_plans(["awaiting_approval"]) == {"awaiting_approval": (10_001, oldest)}
+
+    def test_deliveries_per_status(self, store):
+        """Deliveries are counted per status, every one of them."""
+        from proctor.core.notifications import Delivery, DeliveryStatus
+
+        base = Delivery(
+            delivery_id="d",
+            event="plan.decided",
+            target="hook",
+            payload=b"{}",
+            created_at=T0,
+            next_at=T0,
+        )
+        with store.transaction() as tx:
+            tx.enqueue([dataclasses.replace(base, delivery_id=f"d{i}") for i in range(5)])
+            for i in range(2):
+                tx.save_delivery(
+                    dataclasses.replace(base, delivery_id=f"d{i}", status=DeliveryStatus.DEAD)
+                )
+
+        assert store.count_deliveries(["pending", "dead"]) == {"pending": 3, "dead": 2}
+        assert store.count_deliveries(["dead"]) == {"dead": 2}
+
+
 class TestEvents:
     def test_empty_head(self, store):
         """An empty log's head is size 0 with the genesis hash."""

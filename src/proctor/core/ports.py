@@ -265,6 +265,14 @@ class Store(Protocol):
         """Return plans, newest first; ``before`` is a cursor (a plan's ``created_at|id``)."""
         ...
 
+    def count_plans(self, statuses: Sequence[str]) -> dict[str, tuple[int, datetime]]:
+        """Return, per status among ``statuses`` with plans, their number and oldest ``created_at``.
+
+        Every plan in the status counts (no page limit): the backlog gauges read it at each
+        scrape, and a backlog is when they matter. Statuses without plans are absent.
+        """
+        ...
+
     def read_events(
         self, *, after: int = -1, limit: int = 1000, plan_id: str | None = None
     ) -> list[EventRow]:
@@ -322,6 +330,10 @@ class Store(Protocol):
 
     def deliveries(self, *, status: str, limit: int = 100) -> list[Delivery]:
         """Return deliveries in ``status``, newest first."""
+        ...
+
+    def count_deliveries(self, statuses: Sequence[str]) -> dict[str, int]:
+        """Return the number of deliveries per status of ``statuses`` (absent: none)."""
         ...
 
     def list_state(self, kind: str) -> dict[str, Any]:

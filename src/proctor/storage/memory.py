@@ -230,6 +230,19 @@ class MemoryStore:
                 break
         return out
 
+    def count_plans(self, statuses: Sequence[str]) -> dict[str, tuple[int, datetime]]:
+        """Return, per status that has plans, their number and oldest ``created_at``."""
+        wanted = set(statuses)
+        out: dict[str, tuple[int, datetime]] = {}
+        with self._lock:
+            for p in self._plans.values():
+                status = p.status.value
+                if status not in wanted:
+                    continue
+                n, oldest = out.get(status, (0, p.created_at))
+                out[status] = (n + 1, min(oldest, p.created_at))
+        return out
+
     def due_plans(self, now: datetime, *, limit: int = 500) -> list[PlanRecord]:
         """Return plans whose next timer (expiry, rollback TTL) is at or before ``now``."""
         with self._lock:
@@ -301,6 +314,16 @@ class MemoryStore:
         with self._lock:
             found = [d for d in self._deliveries.values() if d.status.value == status]
         return sorted(found, key=lambda d: d.created_at, reverse=True)[:limit]
+
+    def count_deliveries(self, statuses: Sequence[str]) -> dict[str, int]:
+        """Return the number of deliveries per status of ``statuses``."""
+        wanted = set(statuses)
+        out: dict[str, int] = {}
+        with self._lock:
+            for d in self._deliveries.values():
+                if d.status.value in wanted:
+                    out[d.status.value] = out.get(d.status.value, 0) + 1
+        return out
 
     def claimable_plans(self, now: datetime, *, limit: int = 100) -> list[PlanRecord]:
         """Return running or compensating plans with no live lease, oldest first."""

@@ -504,6 +504,16 @@ class PostgresStore:
         sql += " ORDER BY created_at DESC, plan_id DESC LIMIT %s"
         return [load_plan(r) for r in self._rows(sql, (*args, int(limit)))]
 
+    def count_plans(self, statuses: Sequence[str]) -> dict[str, tuple[int, datetime]]:
+        """Return, per status that has plans, their number and oldest ``created_at``."""
+        # The index plans_by_status (status, created_at) answers this without reading plans.
+        rows = self._rows(
+            "SELECT status, COUNT(*) AS n, MIN(created_at) AS oldest FROM plans"
+            " WHERE status = ANY(%s) GROUP BY status",
+            (list(statuses),),
+        )
+        return {r["status"]: (int(r["n"]), datetime.fromisoformat(r["oldest"])) for r in rows}
+
     def due_plans(self, now: datetime, *, limit: int = 500) -> list[PlanRecord]:
         """Return plans whose next timer is at or before ``now``."""
         sql = (
@@ -604,6 +614,14 @@ class PostgresStore:
             " ORDER BY created_at DESC LIMIT %s"
         )
         return [_delivery(r) for r in self._rows(sql, (status, limit))]
+
+    def count_deliveries(self, statuses: Sequence[str]) -> dict[str, int]:
+        """Return the number of deliveries per status of ``statuses`` (index outbox_due)."""
+        rows = self._rows(
+            "SELECT status, COUNT(*) AS n FROM outbox WHERE status = ANY(%s) GROUP BY status",
+            (list(statuses),),
+        )
+        return {r["status"]: int(r["n"]) for r in rows}
 
     def list_state(self, kind: str) -> dict[str, Any]:
         """Return every guard state value of ``kind``, by key."""

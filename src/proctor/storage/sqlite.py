@@ -654,6 +654,19 @@ class SqliteStore:
         sql += " ORDER BY created_at DESC, plan_id DESC LIMIT ?"
         return [load_plan(r) for r in self._query(sql, (*args, int(limit)))]
 
+    def count_plans(self, statuses: Sequence[str]) -> dict[str, tuple[int, datetime]]:
+        """Return, per status that has plans, their number and oldest ``created_at``."""
+        if not statuses:
+            return {}
+        # The index plans_by_status (status, created_at) answers this without reading plans.
+        marks = ", ".join("?" * len(statuses))
+        sql = (
+            "SELECT status, COUNT(*), MIN(created_at) FROM plans"  # noqa: S608 - placeholders only
+            f" WHERE status IN ({marks}) GROUP BY status"
+        )
+        rows = self._query(sql, tuple(statuses))
+        return {r[0]: (int(r[1]), datetime.fromisoformat(r[2])) for r in rows}
+
     def due_plans(self, now: datetime, *, limit: int = 500) -> list[PlanRecord]:
         """Return plans whose next timer (expiry, rollback TTL) is at or before ``now``."""
         sql = (
@@ -751,6 +764,17 @@ class SqliteStore:
             " ORDER BY created_at DESC LIMIT ?"
         )
         return [_delivery(r) for r in self._query(sql, (status, limit))]
+
+    def count_deliveries(self, statuses: Sequence[str]) -> dict[str, int]:
+        """Return the number of deliveries per status of ``statuses`` (index outbox_due)."""
+        if not statuses:
+            return {}
+        marks = ", ".join("?" * len(statuses))
+        sql = (
+            "SELECT status, COUNT(*) FROM outbox"  # noqa: S608 - placeholders only
+            f" WHERE status IN ({marks}) GROUP BY status"
+        )
+        return {r[0]: int(r[1]) for r in self._query(sql, tuple(statuses))}
 
     def list_state(self, kind: str) -> dict[str, Any]:
         """Return every guard state value of ``kind``, by key."""
