@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from datetime import timedelta
+from typing import ClassVar
 
 import orjson
 from prometheus_client import REGISTRY, CollectorRegistry
@@ -14,9 +16,10 @@ from proctor.app.gateway import GatewayOptions
 from proctor.app.metrics import MetricsListener, StoreCollector
 from proctor.core.catalog import Catalog
 from proctor.core.guards import Budget, GuardSettings, RateLimit
+from proctor.core.notifications import Delivery, DeliveryStatus
 from proctor.testing import FrozenClock, RecordingTool, make_plan
 
-from .conftest import LOW, History
+from .conftest import LOW, T0, History
 
 
 def value(name: str, **labels: str) -> float:
@@ -124,16 +127,21 @@ LIMITS = GuardSettings(
 
 class Everything:
     version = "sha256:everything"
+    outcome: ClassVar[dict] = {"outcome": "execute"}
 
     def evaluate(self, input):
-        steps = {s["id"]: {"outcome": "execute"} for s in input["steps"]}
+        steps = {s["id"]: self.outcome for s in input["steps"]}
         return {"steps": steps, "plan": {}}
 
 
-def _live(guards=LIMITS, clock=None):
+class Approve(Everything):
+    outcome: ClassVar[dict] = {"outcome": "approve", "approvals": 1, "approver_roles": ["ops"]}
+
+
+def _live(guards=LIMITS, clock=None, policy=None):
     p = Proctor.in_memory(
         catalog=Catalog(),
-        policy=Everything(),
+        policy=policy or Everything(),
         clock=clock or FrozenClock(),
         options=GatewayOptions(),
         guards=guards,
@@ -212,12 +220,6 @@ class TestStoreGauges:
 
     def test_waiting_plans_their_age_and_the_log_size(self):
         """Known answers: two plans waiting, the oldest for 90 s; the log's event count."""
-
-        class Approve(Everything):
-            def evaluate(self, input):
-                d = {"outcome": "approve", "approvals": 1, "approver_roles": ["ops"]}
-                return {"steps": {s["id"]: d for s in input["steps"]}, "plan": {}}
-
         clock = FrozenClock()
         p = Proctor.in_memory(
             catalog=Catalog(), policy=Approve(), clock=clock, options=GatewayOptions()
@@ -260,3 +262,46 @@ class TestStoreGauges:
         budget = {k: v for k, v in m.items() if k[0] == "proctor_budget_used"}
         assert list(budget.values()) == [400]
         assert m[("proctor_kill_switches", ())] == 1
+
+    def test_a_backlog_beyond_ten_thousand_counts_every_plan_and_the_oldest(self):
+        """10,001 plans waiting: all are counted, and the oldest is 20 h old, not the
+        10,000th newest (review t10: the gauges read only the newest 10,000)."""
+        clock = FrozenClock()
+        p = _live(guards=GuardSettings(), clock=clock, policy=Approve())
+        first = p.submit(make_plan([("shop.buy", {})]))
+        clock.advance(timedelta(hours=19))
+        record = p.gateway.store.get_plan(first.plan_id)
+        with p.gateway.store.transaction() as tx:
+            for i in range(10_000):
+                tx.save_plan(
+                    dataclasses.replace(record, plan_id=f"later-{i:05}", created_at=clock.now())
+                )
+        clock.advance(timedelta(hours=1))
+
+        m = self._scrape(p)
+
+        assert m[("proctor_approvals_pending", (("kind", "approval"),))] == 10_001
+        assert m[("proctor_approvals_oldest_seconds", (("kind", "approval"),))] == 20 * 3600
+        assert m[("proctor_approvals_oldest_seconds", (("kind", "confirm"),))] == 0
+
+    def test_the_outbox_gauge_counts_past_the_old_cap(self):
+        """100,001 pending deliveries are 100,001, not the 100,000 a listing returned."""
+        p = _live(guards=GuardSettings())
+        base = Delivery(
+            delivery_id="d",
+            event="plan.decided",
+            target="hook",
+            payload=b"{}",
+            created_at=T0,
+            next_at=T0,
+        )
+        with p.gateway.store.transaction() as tx:
+            tx.enqueue([dataclasses.replace(base, delivery_id=f"d{i}") for i in range(100_001)])
+            tx.save_delivery(
+                dataclasses.replace(base, delivery_id="d0", status=DeliveryStatus.DEAD)
+            )
+
+        m = self._scrape(p)
+
+        assert m[("proctor_webhook_outbox", (("status", "pending"),))] == 100_000
+        assert m[("proctor_webhook_outbox", (("status", "dead"),))] == 1

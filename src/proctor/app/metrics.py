@@ -253,14 +253,12 @@ class StoreCollector(Collector):
         oldest = GaugeMetricFamily(
             "proctor_approvals_oldest_seconds", "Age of the oldest waiting plan.", labels=["kind"]
         )
-        for status, kind in (
-            ("awaiting_approval", "approval"),
-            ("awaiting_confirmation", "confirm"),
-        ):
-            plans = store.list_plans(status=status, limit=10_000)
-            waiting.add_metric([kind], len(plans))
-            age = max(((now - p.created_at).total_seconds() for p in plans), default=0.0)
-            oldest.add_metric([kind], age)
+        # Counted by the store, every waiting plan: a backlog is when these gauges matter.
+        counts = store.count_plans(list(_WAITING))
+        for status, kind in _WAITING.items():
+            n, since = counts.get(status, (0, None))
+            waiting.add_metric([kind], n)
+            oldest.add_metric([kind], 0.0 if since is None else (now - since).total_seconds())
         yield waiting
         yield oldest
         size = GaugeMetricFamily("proctor_audit_log_events", "Events in the audit log.")
@@ -281,8 +279,9 @@ class StoreCollector(Collector):
         depth = GaugeMetricFamily(
             "proctor_webhook_outbox", "Webhook deliveries by status.", labels=["status"]
         )
+        deliveries = store.count_deliveries(["pending", "dead"])
         for status in ("pending", "dead"):
-            depth.add_metric([status], len(store.deliveries(status=status, limit=100_000)))
+            depth.add_metric([status], deliveries.get(status, 0))
         yield depth
         yield from self._guards()
 
@@ -317,3 +316,6 @@ class StoreCollector(Collector):
                 budget.add_metric([name, b["period"]], b["used"])
         yield budget
         yield limit
+
+
+_WAITING = {"awaiting_approval": "approval", "awaiting_confirmation": "confirm"}
