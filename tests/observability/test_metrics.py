@@ -56,9 +56,10 @@ class TestListenerOnHandBuiltEvents:
         h.ev("breaker.opened", "p8", data={"breaker": "action:t.x", "reason": "errors"})
         h.ev("breaker.half_open", "p8", data={"breaker": "action:t.x"})
         h.ev("breaker.closed", "p8", data={"breaker": "action:t.x"})
-        h.ev("budget.reserved", "p9", data={"reservations": [{"budget": "bud:t", "amount": 700}]})
-        h.ev("budget.settled", "p9", data={"settled": [{"budget": "bud:t", "spent": 650}]})
-        h.ev("budget.released", "p9", data={"released": [{"budget": "bud:t", "amount": 50}]})
+        spent = "budget:agent:t-bot"
+        h.ev("budget.reserved", "p9", data={"reservations": [{"budget": spent, "amount": 700}]})
+        h.ev("budget.settled", "p9", data={"settled": [{"budget": spent, "spent": 650}]})
+        h.ev("budget.released", "p9", data={"released": [{"budget": spent, "amount": 50}]})
         h.ev("kill.engaged", data={"switch": "agent:t-bot", "by": "ops"})
         h.ev("kill.released", data={"switch": "agent:t-bot", "by": "ops"})
         h.ev("anomaly.detected", "p10", data={"agent_id": "t-bot"})
@@ -81,9 +82,9 @@ class TestListenerOnHandBuiltEvents:
             ("proctor_breaker_transitions_total", {"breaker": "action:t.x", "state": "open"}),
             ("proctor_breaker_transitions_total", {"breaker": "action:t.x", "state": "half_open"}),
             ("proctor_breaker_transitions_total", {"breaker": "action:t.x", "state": "closed"}),
-            ("proctor_budget_amount_total", {"budget": "bud:t", "kind": "reserved"}),
-            ("proctor_budget_amount_total", {"budget": "bud:t", "kind": "settled"}),
-            ("proctor_budget_amount_total", {"budget": "bud:t", "kind": "released"}),
+            ("proctor_budget_amount_total", {"budget": "agent:*", "kind": "reserved"}),
+            ("proctor_budget_amount_total", {"budget": "agent:*", "kind": "settled"}),
+            ("proctor_budget_amount_total", {"budget": "agent:*", "kind": "released"}),
             ("proctor_kill_switch_changes_total", {"switch": "agent:t-bot", "change": "engaged"}),
             ("proctor_kill_switch_changes_total", {"switch": "agent:t-bot", "change": "released"}),
             ("proctor_anomalies_total", {"agent": "t-bot"}),
@@ -97,7 +98,9 @@ class TestListenerOnHandBuiltEvents:
             ("proctor_audit_events_total", {"type": "budget.exceeded"}),
         )
 
-        MetricsListener().on_events(None, h.rows())
+        MetricsListener(budgets=[Budget(scope="agent", key="*", limit=1000)]).on_events(
+            None, h.rows()
+        )
 
         assert snap.deltas() == [1] * 10 + [700, 650, 50] + [1] * 10 + [3]
 
@@ -111,7 +114,7 @@ class TestListenerOnHandBuiltEvents:
         snap = Snapshot(
             ("proctor_decisions_total", {"outcome": "?", "pattern": "?"}),
             ("proctor_rate_limit_rejections_total", {"scope": "?"}),
-            ("proctor_budget_amount_total", {"budget": "odd", "kind": "settled"}),
+            ("proctor_budget_amount_total", {"budget": "?", "kind": "settled"}),
         )
 
         MetricsListener().on_events(None, h.rows())
@@ -150,7 +153,7 @@ def _live(guards=LIMITS, clock=None, policy=None):
     p.action("shop.fail", category="general", baselines=LOW)(
         RecordingTool(fail_with=RuntimeError("down"))
     )
-    listener = MetricsListener()
+    listener = MetricsListener(budgets=guards.budgets)
     p.gateway.listeners.append(listener)
     return p
 
@@ -165,8 +168,8 @@ class TestCountersAgreeWithTheLog:
         }
         snap = Snapshot(
             ("proctor_rate_limit_rejections_total", {"scope": "agent"}),
-            ("proctor_budget_amount_total", {"budget": "budget:global:*", "kind": "reserved"}),
-            ("proctor_budget_amount_total", {"budget": "budget:global:*", "kind": "settled"}),
+            ("proctor_budget_amount_total", {"budget": "global:*", "kind": "reserved"}),
+            ("proctor_budget_amount_total", {"budget": "global:*", "kind": "settled"}),
             ("proctor_decisions_total", {"outcome": "execute", "pattern": "agentic"}),
             ("proctor_steps_total", {"outcome": "failed"}),
         )
@@ -305,3 +308,74 @@ class TestStoreGauges:
 
         assert m[("proctor_webhook_outbox", (("status", "pending"),))] == 100_000
         assert m[("proctor_webhook_outbox", (("status", "dead"),))] == 1
+
+    def test_budget_gauges_keep_their_series_from_one_period_to_the_next(self):
+        """The period label is the budget's period (day), not today's date: the next day
+        reports the same series, with the new day's use."""
+        clock = FrozenClock()
+        p = _live(clock=clock)
+        p.submit(make_plan([("shop.buy", {})]))
+
+        today = self._scrape(p)
+        clock.advance(timedelta(days=1))
+        tomorrow = self._scrape(p)
+
+        def budget(m):
+            return {k: v for k, v in m.items() if k[0].startswith("proctor_budget_")}
+
+        labels = (("budget", "global:*"), ("period", "day"))
+        assert budget(today) == {
+            ("proctor_budget_used", labels): 400,
+            ("proctor_budget_limit", labels): 10_000,
+        }
+        assert budget(tomorrow) == {
+            ("proctor_budget_used", labels): 0,
+            ("proctor_budget_limit", labels): 10_000,
+        }
+
+
+def _label_values(metric: str, label: str) -> set[str]:
+    return {
+        s.labels[label] for family in REGISTRY.collect() for s in family.samples if s.name == metric
+    }
+
+
+class TestLabelsAgentsCannotChoose:
+    def test_a_user_budget_is_labelled_with_the_budget_never_the_claimed_user(self):
+        """Under a user:* budget, the users an agent names are not label values: every
+        amount goes to budget="user:*" (review t6 b: one series per made-up user)."""
+        guards = GuardSettings(budgets=(Budget(scope="user", key="*", limit=100_000),))
+        p = _live(guards=guards)
+        snap = Snapshot(("proctor_budget_amount_total", {"budget": "user:*", "kind": "reserved"}))
+
+        for k in range(5):
+            p.submit(make_plan([("shop.buy", {})], on_behalf_of=f"made-up-user-{k}"))
+
+        assert snap.deltas() == [5 * 400]
+        assert not any(
+            "made-up" in v for v in _label_values("proctor_budget_amount_total", "budget")
+        )
+
+    def test_a_budget_for_one_key_is_labelled_with_that_key(self):
+        """A budget configured for alice alone is "user:alice"; another user's spend under
+        the "*" budget is "user:*"; a counter no budget keeps is "?"."""
+        h = History()
+        for counter in ("budget:user:alice", "budget:user:bob", "budget:agent:bot", "junk"):
+            h.ev("budget.reserved", "p1", data={"reservations": [{"budget": counter, "amount": 1}]})
+        budgets = [
+            Budget(scope="user", key="alice", limit=10),
+            Budget(scope="user", key="*", limit=10),
+        ]
+        snap = Snapshot(
+            *(
+                ("proctor_budget_amount_total", {"budget": b, "kind": "reserved"})
+                for b in ("user:alice", "user:*", "?")
+            )
+        )
+
+        MetricsListener(budgets=budgets).on_events(None, h.rows())
+
+        assert snap.deltas() == [1, 1, 2]
+        assert not {"user:bob", "agent:bot", "budget:user:bob"} & _label_values(
+            "proctor_budget_amount_total", "budget"
+        )

@@ -13,6 +13,11 @@ Two halves, because they answer different questions:
   audit log size, checkpoint age, webhook outbox depth, breaker states, budget use), so the
   gauges are the same on every replica.
 
+Every label value is a fixed word, a catalog action, an agent id (tied to its token), a
+kill switch or breaker an operator or the catalog named, or a configured budget
+(``scope:key``): never a string an agent may choose, such as the user a plan claims to act
+for, which would make a series per value.
+
 Counters and histograms live in the process-wide default registry (several gateways in one
 process add up; tests compare before and after).
 """
@@ -28,6 +33,7 @@ from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from proctor.core.guards import Budget
 from proctor.core.ports import EventRow, Transaction
 
 if TYPE_CHECKING:
@@ -60,7 +66,7 @@ GUARD_DENIALS = Counter(
 )
 BUDGET = Counter(
     "proctor_budget_amount",
-    "Budget amounts (minor units) reserved, settled or released, by budget counter.",
+    "Budget amounts (minor units) reserved, settled or released, by configured budget (scope:key).",
     ["budget", "kind"],
 )
 KILLS = Counter(
@@ -126,19 +132,31 @@ def _breaker(kind: str) -> Callable[[Mapping[str, Any]], None]:
     return count
 
 
-def _budget_reserved(data: Mapping[str, Any]) -> None:
-    for r in data.get("reservations") or ():
-        BUDGET.labels(_s(r.get("budget")), "reserved").inc(_amount(r.get("amount")))
+def _budget_label(counter: Any, budgets: Sequence[Budget]) -> str:
+    """The configured budget (``scope:key``) that keeps ``counter``, or ``?``.
+
+    A budget counter is ``budget:SCOPE:WHO``. Under a ``*`` key, WHO is whatever the plan
+    named: for a ``user`` budget, the ``on_behalf_of`` the agent wrote. It must never be a
+    label value (an agent could start a series per made-up user), so the label is the
+    budget as configured: ``user:alice`` for a budget on alice alone, ``user:*`` for the
+    budget that counts each user separately, ``global:*``.
+    """
+    scope, who = _split_counter(counter)
+    if scope is None:
+        return "?"
+    # A budget for one key names it; it is configuration, not what the agent sent.
+    if who != "*" and any(b.scope == scope and b.key == who for b in budgets):
+        return f"{scope}:{who}"
+    if any(b.scope == scope and b.key == "*" for b in budgets):
+        return f"{scope}:*"
+    return "?"  # no such budget configured (any more): never the raw value
 
 
-def _budget_settled(data: Mapping[str, Any]) -> None:
-    for r in data.get("settled") or ():
-        BUDGET.labels(_s(r.get("budget")), "settled").inc(_amount(r.get("spent")))
-
-
-def _budget_released(data: Mapping[str, Any]) -> None:
-    for r in data.get("released") or ():
-        BUDGET.labels(_s(r.get("budget")), "released").inc(_amount(r.get("amount")))
+def _split_counter(counter: Any) -> tuple[str | None, str]:
+    parts = counter.split(":", 2) if isinstance(counter, str) else []
+    if len(parts) != 3 or parts[0] != "budget":
+        return None, ""
+    return parts[1], parts[2]
 
 
 def _budget_exceeded(data: Mapping[str, Any]) -> None:
@@ -183,16 +201,14 @@ def _amount(value: Any) -> int:
     return value if type(value) is int and value > 0 else 0
 
 
-# The types whose data labels a metric; every other event only bumps EVENTS{type}.
+# The types whose data labels a metric; every other event only bumps EVENTS{type}. The budget
+# amounts (budget.reserved, .settled, .released) are the listener's: they need the budgets.
 _PARSED: dict[str, Callable[[Mapping[str, Any]], None]] = {
     "policy.decided": _decided,
     "guard.rate_limited": _rate_limited,
     "breaker.opened": _breaker("breaker.opened"),
     "breaker.half_open": _breaker("breaker.half_open"),
     "breaker.closed": _breaker("breaker.closed"),
-    "budget.reserved": _budget_reserved,
-    "budget.settled": _budget_settled,
-    "budget.released": _budget_released,
     "budget.exceeded": _budget_exceeded,
     "kill.engaged": _kill("engaged"),
     "kill.released": _kill("released"),
@@ -204,12 +220,26 @@ _PARSED: dict[str, Callable[[Mapping[str, Any]], None]] = {
 }
 
 
+# Budget events: (list in data, amount field, kind label).
+_BUDGET_AMOUNTS = {
+    "budget.reserved": ("reservations", "amount", "reserved"),
+    "budget.settled": ("settled", "spent", "settled"),
+    "budget.released": ("released", "amount", "released"),
+}
+
+
 class MetricsListener:
-    """Counts events as they are appended (called inside the appending transaction)."""
+    """Counts events as they are appended (called inside the appending transaction).
 
-    __slots__ = ("_events", "_steps")
+    Args:
+        budgets: The configured budgets, which label the budget amounts (``scope:key``);
+            without them those amounts are labelled ``?``.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("_budgets", "_events", "_steps")
+
+    def __init__(self, *, budgets: Sequence[Budget] = ()) -> None:
+        self._budgets = tuple(budgets)
         self._events: dict[str, Any] = {}
         self._steps: dict[str, Any] = {}
 
@@ -232,9 +262,22 @@ class MetricsListener:
             if guard is not None:
                 GUARD_DENIALS.labels(guard).inc()
             handler = _PARSED.get(kind)
+            amounts = _BUDGET_AMOUNTS.get(kind) if handler is None else None
+            if handler is None and amounts is None:
+                continue
+            data = orjson.loads(row.body).get("data")
+            data = data if isinstance(data, dict) else {}
             if handler is not None:
-                data = orjson.loads(row.body).get("data")
-                handler(data if isinstance(data, dict) else {})
+                handler(data)
+            elif amounts is not None:
+                self._budget(data, *amounts)
+
+    def _budget(self, data: Mapping[str, Any], items: str, field: str, kind: str) -> None:
+        entries = data.get(items)
+        for r in entries if isinstance(entries, list) else ():
+            if isinstance(r, dict):
+                label = _budget_label(r.get("budget"), self._budgets)
+                BUDGET.labels(label, kind).inc(_amount(r.get(field)))
 
 
 class StoreCollector(Collector):
@@ -301,19 +344,23 @@ class StoreCollector(Collector):
         kills = GaugeMetricFamily("proctor_kill_switches", "Kill switches engaged.")
         kills.add_metric([], len(st["kill"]))
         yield kills
+        # ``period`` is the budget's period (day, month), not the current bucket (a date): a
+        # label that changes every period would start a new series each day. The values are
+        # those of the period under way.
         budget = GaugeMetricFamily(
             "proctor_budget_used",
-            "Budget used in the current period.",
+            "Budget used in the current period (day or month).",
             labels=["budget", "period"],
         )
         limit = GaugeMetricFamily(
             "proctor_budget_limit", "Budget limit per period.", labels=["budget", "period"]
         )
-        for b in st["budgets"]:
-            name = f"{b['scope']}:{b['key']}"
-            limit.add_metric([name, b["period"]], b["limit"])
+        # ``status`` lists the budgets in their configured order.
+        for conf, b in zip(guards.settings.budgets, st["budgets"], strict=True):
+            name = f"{conf.scope}:{conf.key}"
+            limit.add_metric([name, conf.period], b["limit"])
             if b["used"] is not None:
-                budget.add_metric([name, b["period"]], b["used"])
+                budget.add_metric([name, conf.period], b["used"])
         yield budget
         yield limit
 

@@ -37,7 +37,8 @@ def router(ctx: Context) -> APIRouter:
     proctor = ctx.proctor
     gateway = proctor.gateway
     if not any(isinstance(x, MetricsListener) for x in gateway.listeners):
-        gateway.listeners.append(MetricsListener())
+        budgets = gateway.guards.settings.budgets if gateway.guards is not None else ()
+        gateway.listeners.append(MetricsListener(budgets=budgets))
     gateway.telemetry.enable_metrics()
     registry = CollectorRegistry()
     registry.register(StoreCollector(gateway))
