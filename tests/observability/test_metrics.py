@@ -141,6 +141,10 @@ class Approve(Everything):
     outcome: ClassVar[dict] = {"outcome": "approve", "approvals": 1, "approver_roles": ["ops"]}
 
 
+class Confirm(Everything):
+    outcome: ClassVar[dict] = {"outcome": "confirm"}
+
+
 def _live(guards=LIMITS, clock=None, policy=None):
     p = Proctor.in_memory(
         catalog=Catalog(),
@@ -379,3 +383,41 @@ class TestLabelsAgentsCannotChoose:
         assert not {"user:bob", "agent:bot", "budget:user:bob"} & _label_values(
             "proctor_budget_amount_total", "budget"
         )
+
+
+def _bucket(stage: str, le: str) -> float:
+    return value("proctor_stage_seconds_bucket", stage=stage, le=le)
+
+
+class TestHumanWaits:
+    def test_an_approval_after_six_hours_lands_in_a_bucket_below_infinity(self):
+        """Approvals wait up to a day: 4 h, 1 day and 2 day buckets place a 6 h wait
+        (review t9: everything past an hour was +Inf)."""
+        clock = FrozenClock()
+        p = _live(guards=GuardSettings(), clock=clock, policy=Approve())
+        p.gateway.telemetry.enable_metrics()
+        rec = p.submit(make_plan([("shop.buy", {})]))
+        before = [_bucket("approval_wait", le) for le in ("14400.0", "86400.0", "172800.0")]
+        clock.advance(timedelta(hours=6))
+
+        p.approve(rec.plan_id, "olga", roles=["ops"])
+
+        after = [_bucket("approval_wait", le) for le in ("14400.0", "86400.0", "172800.0")]
+        assert [a - b for a, b in zip(after, before, strict=True)] == [0, 1, 1]
+
+    def test_a_confirmation_is_its_own_stage(self):
+        """A confirmation's wait is confirm_wait, not approval_wait."""
+        clock = FrozenClock()
+        p = _live(guards=GuardSettings(), clock=clock, policy=Confirm())
+        p.gateway.telemetry.enable_metrics()
+        rec = p.submit(make_plan([("shop.buy", {})]))
+        snap = Snapshot(
+            ("proctor_stage_seconds_count", {"stage": "confirm_wait"}),
+            ("proctor_stage_seconds_count", {"stage": "approval_wait"}),
+            ("proctor_stage_seconds_sum", {"stage": "confirm_wait"}),
+        )
+        clock.advance(30)
+
+        p.confirm(rec.plan_id, "alice")
+
+        assert snap.deltas() == [1, 0, 30]

@@ -122,7 +122,7 @@ class HumanActions:
                 self.executor.note_queued(j, record)
                 tx.save_plan(record)
                 j.flush()
-            self.telemetry.waited("approval_wait", record.created_at, now, plan_id=plan_id)
+            self.telemetry.waited("confirm_wait", record.created_at, now, plan_id=plan_id)
         return self.executor.run(record)
 
     def approve(

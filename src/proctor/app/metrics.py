@@ -44,9 +44,31 @@ __all__ = ["STAGE_SECONDS", "MetricsListener", "StoreCollector"]
 STAGE_SECONDS = Histogram(
     "proctor_stage_seconds",
     "Duration of each stage of the flow (validate, assess, decide, simulate, route, step, "
-    "compensation, approval_wait).",
+    "compensation), and of the waits for humans (approval_wait, confirm_wait).",
     ["stage"],
-    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5, 30, 300, 3600),
+    # NOTE(metrics): one histogram, so one set of buckets for every stage. The last three
+    # (4 h, 1 day, 2 days) are for the waits: an approval may wait up to its TTL (a day by
+    # default), and every wait past the hour used to land in +Inf. The machine stages only
+    # gain three buckets that equal their count; the others are unchanged.
+    buckets=(
+        0.0005,
+        0.001,
+        0.002,
+        0.005,
+        0.01,
+        0.025,
+        0.05,
+        0.1,
+        0.25,
+        1,
+        5,
+        30,
+        300,
+        3600,
+        4 * 3600,
+        86_400,
+        2 * 86_400,
+    ),
 )
 EVENTS = Counter("proctor_audit_events", "Audit events appended, by type.", ["type"])
 DECISIONS = Counter(

@@ -13,8 +13,8 @@ The API the gateway, the executor and the saga call (all of it safe to call in e
   ``proctor_stage_seconds{stage=name}`` histogram. An exception leaving it marks the span
   as an error and propagates.
 - ``Telemetry.waited(name, since, until, **attrs)``: a wait that already happened (the
-  ``approval_wait`` from routing to the decisive approval), as a span with those times and
-  a histogram observation.
+  ``approval_wait`` from routing to the decisive approval, the ``confirm_wait`` from routing
+  to the user's confirmation), as a span with those times and a histogram observation.
 - ``Telemetry.ids()`` (also ``current_ids()``) → ``(trace_id, span_id)`` in lowercase hex, or
   None: what the journal writes into each audit event.
 - ``Telemetry.traceparent()`` → the W3C header for the current scope, or None: to pass the
