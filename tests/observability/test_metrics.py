@@ -8,6 +8,7 @@ from datetime import timedelta
 from typing import ClassVar
 
 import orjson
+import pytest
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -17,6 +18,7 @@ from proctor.app.metrics import MetricsListener, StoreCollector
 from proctor.core.catalog import Catalog
 from proctor.core.guards import Budget, GuardSettings, RateLimit
 from proctor.core.notifications import Delivery, DeliveryStatus
+from proctor.errors import ConflictError
 from proctor.testing import FrozenClock, RecordingTool, make_plan
 
 from .conftest import LOW, T0, History
@@ -383,6 +385,49 @@ class TestLabelsAgentsCannotChoose:
         assert not {"user:bob", "agent:bot", "budget:user:bob"} & _label_values(
             "proctor_budget_amount_total", "budget"
         )
+
+
+class TestKillSwitchDenials:
+    def test_refused_confirmations_of_a_held_plan_are_events_not_denials(self):
+        """A plan held by a kill switch records each refused confirmation (then "wait") but
+        is not a denial; a plan submitted under the switch is denied once (then "deny")
+        (review t7: each refused attempt counted as a denial)."""
+        p = _live(guards=GuardSettings(), policy=Confirm())
+        held = p.submit(make_plan([("shop.buy", {})], plan_id="held"))
+        snap = Snapshot(("proctor_guard_denials_total", {"guard": "kill_switch"}))
+
+        p.kill("global", by="ops", reason="incident")
+        for _ in range(3):
+            with pytest.raises(ConflictError):
+                p.confirm("held", "alice")
+        denied = p.submit(make_plan([("shop.buy", {})], plan_id="denied"))
+        p.gateway.guards.unkill("global", None, by="ops")
+        done = p.confirm("held", "alice")
+
+        killed = [
+            (b["plan_id"], b["data"].get("then"))
+            for r in p.gateway.store.iter_events()
+            if (b := orjson.loads(r.body))["type"] == "guard.killed"
+        ]
+        assert snap.deltas() == [1]
+        assert held.status.value == "awaiting_confirmation"
+        assert done.status.value == "succeeded"
+        assert denied.status.value == "denied"
+        assert killed == [("held", "wait")] * 3 + [("denied", "deny")]
+
+    def test_a_whitelist_denial_says_deny(self):
+        """The whitelist's event says what followed too; a denial at submission counts."""
+        p = _live(guards=GuardSettings())
+        p.gateway.guards.set_whitelist("test-agent", ["shop.fail"], by="ops")
+        snap = Snapshot(("proctor_guard_denials_total", {"guard": "whitelist"}))
+
+        denied = p.submit(make_plan([("shop.buy", {})]))
+
+        events = [orjson.loads(r.body) for r in p.gateway.store.iter_events()]
+        data = [e["data"] for e in events if e["type"] == "guard.whitelist_denied"]
+        assert denied.status.value == "denied"
+        assert data == [{"actions": ["shop.buy"], "then": "deny"}]
+        assert snap.deltas() == [1]
 
 
 def _bucket(stage: str, le: str) -> float:

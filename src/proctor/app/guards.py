@@ -205,7 +205,7 @@ class Guards(GuardsBudgets, GuardsAdmin):
                 *(("autonomy", f"{user}|{a}") for a in dict.fromkeys(actions)),
             ]
         )
-        deny = self._hard_stop(emit, record, agent, actions, state)
+        deny = self._hard_stop(emit, record, agent, actions, state, then="deny")
         if deny is not None:
             return Decision.deny_all(step_ids, deny, policy_version=decision.policy_version)
         per_minute = tx.bump(f"activity:agent:{agent}", minute(now))[0]
@@ -244,16 +244,23 @@ class Guards(GuardsBudgets, GuardsAdmin):
         agent: str,
         actions: list[str],
         state: dict[tuple[str, str], Any],
+        *,
+        then: str,
     ) -> str | None:
+        # ``then`` says what follows, as budget.exceeded's does: "deny" when a plan is being
+        # decided (it is denied), "wait" when a cleared or queued plan is held (it keeps
+        # waiting and may run after the release). A held plan records an event for each
+        # refused attempt (a person tried); the metrics count only the denials.
         for kind, key in self._stop_keys(agent, actions):
             engaged = state.get((kind, key)) if kind == "kill" else None
             if engaged is not None:
                 reason = f"kill switch {key} is engaged: {engaged.get('reason') or 'no reason'}"
-                emit(E.GUARD_KILLED, plan=record, data={"switch": key}, trusted=True)
+                data = {"switch": key, "then": then}
+                emit(E.GUARD_KILLED, plan=record, data=data, trusted=True)
                 return reason
         outside = outside_whitelist(state.get(("whitelist", agent)), actions)
         if outside:
-            emit(E.GUARD_WHITELIST_DENIED, plan=record, data={"actions": outside})
+            emit(E.GUARD_WHITELIST_DENIED, plan=record, data={"actions": outside, "then": then})
             return f"agent {agent!r} may not use {', '.join(sorted(outside))}"
         return None
 
@@ -430,7 +437,7 @@ class Guards(GuardsBudgets, GuardsAdmin):
         if self.settings.budgets:
             wanted.append(("reservation", record.plan_id))
         state = tx.get_states(wanted)
-        stop = self._hard_stop(emit, record, agent, actions, state)
+        stop = self._hard_stop(emit, record, agent, actions, state, then="wait")
         if stop is not None:
             return stop
         now = self.clock.now()
@@ -468,7 +475,7 @@ class Guards(GuardsBudgets, GuardsAdmin):
         agent = record.agent_id
         actions = [s.action for s in record.steps]
         state = tx.get_states(self._stop_keys(agent, actions))
-        return self._hard_stop(emit, record, agent, actions, state)
+        return self._hard_stop(emit, record, agent, actions, state, then="wait")
 
     def _amount(self, step: StepRecord) -> int:
         """A step's amount as its action's spec computes it (0 for an unknown action)."""

@@ -83,7 +83,7 @@ BREAKER_CHANGES = Counter(
 )
 GUARD_DENIALS = Counter(
     "proctor_guard_denials",
-    "Plans stopped by a guard: rate_limit, whitelist, kill_switch, budget.",
+    "Plans denied by a guard: rate_limit, whitelist, kill_switch, budget.",
     ["guard"],
 )
 BUDGET = Counter(
@@ -115,11 +115,6 @@ _STEP_OUTCOMES = {
     "step.retrying": "retrying",
     "step.simulated": "simulated",
 }
-_GUARDS = {
-    "guard.rate_limited": "rate_limit",
-    "guard.whitelist_denied": "whitelist",
-    "guard.killed": "kill_switch",
-}
 _BREAKER_STATES = {
     "breaker.opened": "open",
     "breaker.half_open": "half_open",
@@ -139,7 +134,22 @@ def _decided(data: Mapping[str, Any]) -> None:
 
 
 def _rate_limited(data: Mapping[str, Any]) -> None:
+    # A rate limit is only asked when a plan is decided: its event is always a denial.
     RATE_LIMITED.labels(_s(data.get("scope"))).inc()
+    GUARD_DENIALS.labels("rate_limit").inc()
+
+
+def _stopped(guard: str) -> Callable[[Mapping[str, Any]], None]:
+    def count(data: Mapping[str, Any]) -> None:
+        # A kill switch or a whitelist denies a plan being decided ("deny"), and holds a
+        # plan that was cleared or queued ("wait"): each refused confirmation, approval or
+        # resolution of it records an event (a person tried), but the plan is not denied
+        # and runs after the release, so only "deny" counts. Events without ``then`` were
+        # written before it existed, when only a denial was meant.
+        if data.get("then", "deny") == "deny":
+            GUARD_DENIALS.labels(guard).inc()
+
+    return count
 
 
 def _breaker(kind: str) -> Callable[[Mapping[str, Any]], None]:
@@ -228,6 +238,8 @@ def _amount(value: Any) -> int:
 _PARSED: dict[str, Callable[[Mapping[str, Any]], None]] = {
     "policy.decided": _decided,
     "guard.rate_limited": _rate_limited,
+    "guard.whitelist_denied": _stopped("whitelist"),
+    "guard.killed": _stopped("kill_switch"),
     "breaker.opened": _breaker("breaker.opened"),
     "breaker.half_open": _breaker("breaker.half_open"),
     "breaker.closed": _breaker("breaker.closed"),
@@ -280,9 +292,6 @@ class MetricsListener:
                     step = self._steps[outcome] = STEPS.labels(outcome)
                 step.inc()
                 continue
-            guard = _GUARDS.get(kind)
-            if guard is not None:
-                GUARD_DENIALS.labels(guard).inc()
             handler = _PARSED.get(kind)
             amounts = _BUDGET_AMOUNTS.get(kind) if handler is None else None
             if handler is None and amounts is None:
