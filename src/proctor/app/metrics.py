@@ -11,26 +11,34 @@ Two halves, because they answer different questions:
   already have counted, an accepted imprecision of a few events.
 - ``StoreCollector`` reads the shared store at each scrape (approvals waiting and their age,
   audit log size, checkpoint age, webhook outbox depth, breaker states, budget use), so the
-  gauges are the same on every replica.
+  gauges are the same on every replica and on every worker: the worker that answers the
+  scrape computes them, and no gauge is kept in a process (nothing to add up or go stale).
+
+Counters and histograms live in the process-wide default registry (several gateways in one
+process add up; tests compare before and after). The workers of ``proctor serve --workers N``
+each count what they append, so their counters are kept in files shared through
+``PROMETHEUS_MULTIPROC_DIR`` (prometheus-client's multiprocess mode): ``share_between_workers``
+switches a worker to it, and ``exposition`` then serves the sum over every worker, living or
+exited, whichever worker answers.
 
 Every label value is a fixed word, a catalog action, an agent id (tied to its token), a
 kill switch or breaker an operator or the catalog named, or a configured budget
 (``scope:key``): never a string an agent may choose, such as the user a plan claims to act
 for, which would make a series per value.
-
-Counters and histograms live in the process-wide default registry (several gateways in one
-process add up; tests compare before and after).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from prometheus_client import Counter, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import values as _values
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from proctor.core.guards import Budget
@@ -39,7 +47,13 @@ from proctor.core.ports import EventRow, Transaction
 if TYPE_CHECKING:
     from proctor.app.gateway import Gateway
 
-__all__ = ["STAGE_SECONDS", "MetricsListener", "StoreCollector"]
+__all__ = [
+    "STAGE_SECONDS",
+    "MetricsListener",
+    "StoreCollector",
+    "exposition",
+    "share_between_workers",
+]
 
 STAGE_SECONDS = Histogram(
     "proctor_stage_seconds",
@@ -397,3 +411,36 @@ class StoreCollector(Collector):
 
 
 _WAITING = {"awaiting_approval": "approval", "awaiting_confirmation": "confirm"}
+
+# The directory of this process's shared counters, once ``share_between_workers`` ran (the
+# value class it switches is process-wide state too).
+_SHARED: dict[str, str] = {}
+
+
+def share_between_workers(path: str) -> None:
+    """Keep this process's counters and histograms in ``path``, shared with the other workers.
+
+    For a worker of ``proctor serve --workers N``, before it counts anything: ``path`` is the
+    directory its parent made for this serve. prometheus-client picks its value class when
+    it is imported, from ``PROMETHEUS_MULTIPROC_DIR``, and the parent imported it before it
+    knew it would fork, so the class is chosen again here.
+    """
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    _values.ValueClass = _values.get_value_class()  # type: ignore[no-untyped-call]  # untyped upstream
+    _SHARED["dir"] = path
+
+
+def exposition() -> bytes:
+    """The counters and histograms in the text format: this process's, or every worker's.
+
+    In a worker (``share_between_workers``) it is the sum over every worker of this serve,
+    including exited ones, so a counter never goes down whichever worker answers. The
+    per-process collectors (``process_*``, ``python_gc_*``) are left out there: they would
+    describe only the worker that happened to answer.
+    """
+    path = _SHARED.get("dir")
+    if path is None:
+        return generate_latest(REGISTRY)
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]  # untyped upstream
+    return generate_latest(registry)

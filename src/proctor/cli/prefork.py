@@ -75,13 +75,16 @@ def run_workers(
     *,
     sidecar: Callable[[socket.socket], int] | None = None,
     crash_window: float = 5.0,
+    reaped: Callable[[int], None] | None = None,
 ) -> int:
     """Fork ``count`` workers running ``target(index, channel)``; supervise them.
 
     The connections ``listener`` accepts go to the workers in turn. ``sidecar(channel)``,
     if given, runs in one more process that gets no connections (the channel only tells it,
     by an end of file, that the parent is gone) and is supervised like the workers; it
-    should return 0 on SIGTERM. Returns the exit code once every process has stopped.
+    should return 0 on SIGTERM. ``reaped(pid)``, if given, is called in this process for
+    each worker or sidecar that has exited, before any replacement starts. Returns the exit
+    code once every process has stopped.
 
     Raises:
         RuntimeError: if this process already runs other threads (a fork copies their locks
@@ -150,6 +153,8 @@ def run_workers(
             if w is None:
                 continue
             w.channel.close()
+            if reaped is not None:
+                reaped(pid)
             code = os.waitstatus_to_exitcode(status)
             if stopping:
                 # SIGTERM before the worker set its handlers (still forking) is a clean stop.

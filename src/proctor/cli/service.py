@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import getpass
+import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,12 +152,48 @@ def serve(
         f"proctor serve: {workers} worker processes on http://{host}:{sock.getsockname()[1]}",
         file=sys.stderr,
     )
-    return run_workers(
-        workers,
-        sock,
-        lambda index, channel: _serve_one(options, channel=channel),
-        sidecar=_wal_checkpointer(path),
-    )
+    metrics_dir = _metrics_dir()
+    try:
+        return run_workers(
+            workers,
+            sock,
+            lambda index, channel: _serve_worker(options, channel, metrics_dir),
+            sidecar=_wal_checkpointer(path),
+            reaped=lambda pid: _worker_exited(pid, metrics_dir),
+        )
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _metrics_dir() -> str:
+    """A new, empty directory for the workers' shared counters (docs/observability.md).
+
+    One per serve, made before the workers fork and removed when the serve ends: files left
+    by another serve, or by one that crashed, would be added into this one's counters. A
+    ``PROMETHEUS_MULTIPROC_DIR`` inherited from the environment is replaced for that reason;
+    ``TMPDIR`` chooses where the directory goes.
+    """
+    path = tempfile.mkdtemp(prefix="proctor-metrics-")
+    # The workers (and prometheus-client in them) find it here; set before they fork.
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    return path
+
+
+def _serve_worker(o: _ServeOptions, channel: socket.socket, metrics_dir: str) -> int:
+    """One worker of ``--workers N``: its counters go to the serve's shared directory."""
+    from proctor.app.metrics import share_between_workers
+
+    share_between_workers(metrics_dir)  # before anything is counted
+    return _serve_one(o, channel=channel)
+
+
+def _worker_exited(pid: int, metrics_dir: str) -> None:
+    """Drop what an exited worker's live gauges held; its counters stay in the sums."""
+    from prometheus_client.multiprocess import mark_process_dead
+
+    # NOTE(metrics): every gauge is read from the store by the worker that answers a scrape,
+    # so no live gauge file exists today; this keeps a future one from outliving its worker.
+    mark_process_dead(pid, metrics_dir)  # type: ignore[no-untyped-call]  # untyped upstream
 
 
 def _wal_checkpointer(home: Path) -> Callable[[socket.socket], int] | None:

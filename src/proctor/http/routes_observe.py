@@ -7,11 +7,11 @@ from datetime import datetime, timedelta
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.responses import PlainTextResponse, Response
 
 from proctor.app.kpis import from_store, look_back
-from proctor.app.metrics import MetricsListener, StoreCollector
+from proctor.app.metrics import MetricsListener, StoreCollector, exposition
 from proctor.core.principals import Principal
 from proctor.errors import InvalidRequestError, PermissionDeniedError
 from proctor.http.context import AUTH_ERRORS, Context, errors_doc, json_response
@@ -56,9 +56,13 @@ def router(ctx: Context) -> APIRouter:
         response_class=PlainTextResponse,
     )
     def metrics(caller: Caller) -> Response:
-        """Counters, histograms and gauges in the Prometheus text format."""
+        """Counters, histograms and gauges in the Prometheus text format.
+
+        With ``--workers N``, the counters and histograms of every worker added up (whichever
+        worker answers); the gauges are read from the store by the one that answers.
+        """
         need_reader(caller)
-        body = generate_latest(REGISTRY) + generate_latest(registry)
+        body = exposition() + generate_latest(registry)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     @r.get("/v1/kpis", summary="The operational KPIs (auditor, admin)", responses=errors)
