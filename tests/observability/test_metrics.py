@@ -106,6 +106,21 @@ class TestListenerOnHandBuiltEvents:
 
         assert snap.deltas() == [1] * 10 + [700, 650, 50] + [1] * 10 + [3]
 
+    def test_a_resolved_step_counts_with_its_resolution(self):
+        """A human's resolution of a step of unknown outcome ends the step, as the KPIs say."""
+        h = History()
+        h.ev("step.resolved", "p1", data={"by": "ops", "succeeded": True})
+        h.ev("step.resolved", "p2", data={"by": "ops", "succeeded": False})
+        h.ev("step.resolved", "p3", data={"by": "ops", "succeeded": "yes"})  # not True
+        snap = Snapshot(
+            ("proctor_steps_total", {"outcome": "resolved_succeeded"}),
+            ("proctor_steps_total", {"outcome": "resolved_failed"}),
+        )
+
+        MetricsListener().on_events(None, h.rows())
+
+        assert snap.deltas() == [1, 2]
+
     def test_odd_data_never_raises_and_labels_a_question_mark(self):
         """A listener runs inside the appending transaction: it must not fail it."""
         h = History()

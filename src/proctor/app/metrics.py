@@ -111,7 +111,8 @@ KILLS = Counter(
 ANOMALIES = Counter("proctor_anomalies", "Anomalies detected, by agent.", ["agent"])
 STEPS = Counter(
     "proctor_steps",
-    "Step outcomes: succeeded, failed, timed_out, unknown, retrying, simulated.",
+    "Step outcomes: succeeded, failed, timed_out, unknown, retrying, simulated, "
+    "resolved_succeeded, resolved_failed (a human's resolution of an unknown one).",
     ["outcome"],
 )
 FINISHED = Counter("proctor_plans_finished", "Plans that reached an end, by status.", ["status"])
@@ -242,6 +243,11 @@ def _complaint(data: Mapping[str, Any]) -> None:
     FALSE_ACTIONS.labels("complaint").inc()
 
 
+def _resolved(data: Mapping[str, Any]) -> None:
+    # A human's resolution of a step of unknown outcome: the step's end, as the KPIs count it.
+    STEPS.labels("resolved_succeeded" if data.get("succeeded") is True else "resolved_failed").inc()
+
+
 def _amount(value: Any) -> int:
     # Money is integers in minor units; anything else (or a refund) adds nothing to a counter.
     return value if type(value) is int and value > 0 else 0
@@ -265,6 +271,7 @@ _PARSED: dict[str, Callable[[Mapping[str, Any]], None]] = {
     "undo.requested": _undo,
     "review.marked": _reviewed,
     "complaint.filed": _complaint,
+    "step.resolved": _resolved,
 }
 
 
