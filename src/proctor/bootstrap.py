@@ -27,7 +27,7 @@ from proctor.config import Settings, load, load_catalog_file
 from proctor.core.assessment import Thresholds
 from proctor.core.catalog import Catalog
 from proctor.core.ports import Clock, PolicyEngine, Signer, Store
-from proctor.errors import ConfigError, MissingDependencyError, ProctorError
+from proctor.errors import ConfigError, MissingDependencyError, ProctorError, StorageError
 from proctor.policy import RegoPolicyEngine, bundle_version, default_bundle_path
 from proctor.storage import open_store
 from proctor.tools import PythonTools
@@ -39,6 +39,7 @@ __all__ = [
     "init_home",
     "load_catalog",
     "load_policy",
+    "open_existing_store",
     "open_instance",
     "open_log_view",
     "start_dispatcher",
@@ -494,18 +495,78 @@ def open_log_view(home: Path) -> LogView:
     """Open the store and public keys of ``home`` for verification only.
 
     Unlike ``open_instance`` this does not load the Merkle tree or check checkpoints, which
-    refuse a tampered log: the verifier must be able to open it to say what is wrong.
+    refuse a tampered log: the verifier must be able to open it to say what is wrong. Nor
+    does it create or migrate the database (``open_existing_store``): a verifier pointed at
+    the wrong place must fail, not report an empty log as intact.
+
+    Raises:
+        StorageError: the database is missing, has no Proctor schema, or an older one.
+        ConfigError: the database is in memory (another process's log cannot be read).
     """
     settings = load(home)
     keyring = Keyring(settings.keys_dir)
-    store = open_store(
-        settings.database_url, synchronous=settings.synchronous, pool_size=settings.pool_size
-    )
+    store = open_existing_store(settings)
     return LogView(
         store=store,
         keys=keyring.key_infos(),
         origin=settings.origin or f"proctor/{settings.instance_id}",
     )
+
+
+def open_existing_store(settings: Settings) -> Store:
+    """Open the database of ``settings`` as it is, to read it: never create nor migrate it.
+
+    ``open_store`` creates a missing SQLite file and brings any schema up to date, which is
+    what serving needs. A read-only command (``proctor audit verify``) must not: a deleted
+    database, or a mistyped ``PROCTOR_DATABASE_URL``, would become a new empty log that
+    verifies as intact.
+
+    Raises:
+        StorageError: the SQLite file does not exist, the database has no Proctor schema
+            (an empty PostgreSQL database), or a schema other than this Proctor's.
+        ConfigError: the URL is ``memory://``: a new process sees an empty store.
+    """
+    from proctor.storage import SCHEMA_VERSION
+
+    url = settings.database_url
+    where = _redacted(url)
+    hint = (
+        "Check [database] url in config.toml and PROCTOR_DATABASE_URL; restore the database"
+        " from a backup if it was removed. This command never creates one."
+    )
+    if url.startswith("memory:"):
+        raise ConfigError(
+            "an in-memory database cannot be read from another process",
+            field="database.url",
+            hint="Verify in the process that holds it (Proctor.verify()), or use SQLite.",
+        )
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        if not path.is_file():
+            raise StorageError(f"no database at {path}", field="database.url", hint=hint)
+    store = open_store(
+        url, synchronous=settings.synchronous, pool_size=settings.pool_size, migrate=False
+    )
+    try:
+        version = int(store.schema_version())  # type: ignore[attr-defined]
+        if version == 0:
+            raise StorageError(
+                f"the database {where} holds no Proctor schema (no audit log)",
+                field="database.url",
+                hint=hint,
+            )
+        if version != SCHEMA_VERSION:
+            raise StorageError(
+                f"the database {where} has schema {version}; this Proctor reads {SCHEMA_VERSION}",
+                field="database.url",
+                hint="Run `proctor db upgrade` (or use the Proctor that wrote it) first."
+                if version < SCHEMA_VERSION
+                else "Upgrade Proctor.",
+            )
+    except BaseException:
+        store.close()
+        raise
+    return store
 
 
 def open_home(home: Path, *, clock: Clock | None = None) -> Instance:
@@ -537,6 +598,14 @@ def database_status(home: Path, *, upgrade: bool = False) -> tuple[DatabaseStatu
     settings = load(home)
     if settings.database_url.startswith("memory:"):
         raise ConfigError("an in-memory database has no schema to upgrade", field="database.url")
+    sqlite_path = settings.database_url.removeprefix("sqlite:///")
+    if sqlite_path != settings.database_url and not upgrade and not Path(sqlite_path).is_file():
+        # Opening it would create an empty file: a status must not write.
+        raise StorageError(
+            f"no database at {sqlite_path}",
+            field="database.url",
+            hint="Check [database] url and PROCTOR_DATABASE_URL; `proctor init` creates it.",
+        )
     store = open_store(
         settings.database_url,
         synchronous=settings.synchronous,

@@ -96,6 +96,18 @@ class TestDbCommands:
 
         assert "database.url" in out
 
+    def test_status_of_a_missing_sqlite_file_fails_and_creates_nothing(self, exe, tmp_path):
+        """``db status`` on a deleted SQLite database exits 1 and does not create the file."""
+        home = tmp_path / "h"
+        _run(exe, "init", "--home", str(home))
+        for f in home.glob("proctor.db*"):
+            f.unlink()
+
+        out = _run(exe, "db", "status", "--home", str(home), check_code=1)
+
+        assert "no database at" in out
+        assert not (home / "proctor.db").exists()
+
 
 class TestInstanceOnPostgres:
     def test_config_url_runs_plans_and_verifies(self, exe, tmp_path, pg_url):

@@ -118,3 +118,51 @@ class TestExport:
         r = cli("audit", "verify", "--export", tmp_path, "--json")
         assert r.code == 1
         assert r.json()["error"]["field"] == "export"
+
+
+class TestVerifyOpensTheDatabaseAsItIs:
+    """``audit verify`` reads the log where it is, and never makes an empty one to verify."""
+
+    def test_a_deleted_database_fails_and_is_not_created(self, cli, home):
+        """With the SQLite file gone, verify exits 1 naming database.url and creates nothing."""
+        for f in home.glob("proctor.db*"):
+            f.unlink()
+
+        r = cli("audit", "verify", "--json", home=home)
+
+        assert r.code == 1, str(r)
+        assert r.error()["code"] == "storage_error"
+        assert r.error()["field"] == "database.url"
+        assert "never creates" in r.error()["hint"]
+        assert not (home / "proctor.db").exists()
+
+    def test_a_mistyped_database_url_fails(self, cli, home, tmp_path):
+        """A PROCTOR_DATABASE_URL naming no file fails (it used to report "ok: 0 events")."""
+        typo = tmp_path / "typo.db"
+
+        r = cli("audit", "verify", home=home, env={"PROCTOR_DATABASE_URL": f"sqlite:///{typo}"})
+
+        assert r.code == 1, str(r)
+        assert "no database at" in r.err + r.out
+        assert not typo.exists()
+
+    def test_an_existing_log_still_verifies(self, cli, home):
+        """The intact log of a home verifies as before, full and fast."""
+        for mode in ((), ("--fast",)):
+            r = cli("audit", "verify", *mode, "--json", home=home)
+            assert r.code == 0, str(r)
+            assert r.json()["events"] > 0
+
+    def test_an_empty_postgres_database_is_not_migrated(self, cli, home, pg_url):
+        """An empty PostgreSQL database fails verify and is left without tables."""
+        import psycopg
+
+        r = cli("audit", "verify", "--json", home=home, env={"PROCTOR_DATABASE_URL": pg_url})
+
+        assert r.code == 1, str(r)
+        assert "no Proctor schema" in r.error()["message"]
+        with psycopg.connect(pg_url) as c:
+            tables = c.execute(
+                "SELECT count(*) FROM information_schema.tables WHERE table_schema = current_schema()"
+            ).fetchone()
+        assert tables == (0,)
