@@ -7,6 +7,7 @@ register actions with ``@proctor.action``, submit plans, act as the humans, read
 from __future__ import annotations
 
 import base64
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,12 +32,14 @@ from proctor.core.catalog import ActionSpec, Catalog
 from proctor.core.guards import GuardSettings
 from proctor.core.lifecycle import PlanRecord
 from proctor.core.ports import CheckpointRow, Clock, EventRow, PolicyEngine, Signer
-from proctor.errors import ConfigError
+from proctor.errors import ConfigError, ProctorError
 from proctor.policy import RegoPolicyEngine, default_bundle_path
 from proctor.storage import open_store
 from proctor.tools import PythonTools
 
 __all__ = ["Proctor"]
+
+log = logging.getLogger("proctor.audit")
 
 
 class Proctor:
@@ -426,9 +429,13 @@ class Proctor:
     ) -> ExportManifest:
         """Write a self-contained export: JSONL segments, checkpoints and verifier keys.
 
+        Events not yet covered by a signed checkpoint are covered by a new one first: the
+        export then proves its whole length.
+
         Raises:
             InvalidRequestError: if the directory is not empty.
         """
+        self._checkpoint_pending()
         if self.keyring is not None:
             keys = self.keyring.entries()
         else:
@@ -567,10 +574,22 @@ class Proctor:
         return self._keys
 
     def close(self) -> None:
-        """Stop the worker threads (running handlers finish first), then release the store."""
+        """Stop the worker threads (running handlers finish first), then release the store.
+
+        Events appended since the last checkpoint are covered by a new one first, so that
+        the log's newest events cannot be cut once this process has left (``docs/audit.md``).
+        """
         self.gateway.executor.close()
+        try:
+            self._checkpoint_pending()
+        except ProctorError:  # closing must go on; the next process signs them
+            log.warning("could not sign the closing checkpoint", exc_info=True)
         self.gateway.telemetry.shutdown()  # export the spans still queued
         self.gateway.store.close()
+
+    def _checkpoint_pending(self) -> CheckpointRow | None:
+        log_ = self.gateway.audit_log
+        return None if log_ is None else log_.checkpoint_pending()
 
     def __enter__(self) -> Proctor:
         return self

@@ -12,8 +12,9 @@ the store (size and last leaf) and what another process, or a rolled-back transa
 changed is reloaded.
 
 Checkpoints are C2SP signed notes over (origin, size, root), issued every N events, every T
-seconds, or on demand. Before signing, the new tree is proven consistent with the last
-signed checkpoint: the log never signs two views of history that disagree.
+seconds (checked on append, and by the worker's timer: ``checkpoint_pending``), when the log
+is closed, before an export, or on demand. Before signing, the new tree is proven consistent
+with the last signed checkpoint: the log never signs two views of history that disagree.
 """
 
 from __future__ import annotations
@@ -249,6 +250,34 @@ class AuditLog:
                 if head.size == 0:
                     return None
                 return self._sign(tx)
+
+    def checkpoint_pending(self, *, due_only: bool = False) -> CheckpointRow | None:
+        """Sign a checkpoint if events were appended since the last one; else do nothing.
+
+        Checkpoints signed only inside an append leave the newest events uncovered until
+        the next append: whoever controls the store could cut them and the log would still
+        verify. So, as transparency logs do, the log is also checkpointed when it closes,
+        before an export, and by the worker of long-running processes every
+        ``policy.interval`` (``due_only``). Cheap when nothing is pending: two indexed reads,
+        no write transaction.
+
+        Args:
+            due_only: Sign only if the last checkpoint is older than ``policy.interval``.
+
+        Returns:
+            The new checkpoint, or None when none was needed (or the log is unsigned).
+        """
+        if not self._signs:
+            return None
+        last = self.store.latest_checkpoint()
+        if due_only and last is not None:
+            age = self.clock.now() - datetime.fromisoformat(last.created_at)
+            if age < self.policy.interval:
+                return None
+        after = -1 if last is None else last.size - 1
+        if not self.store.read_events(after=after, limit=1):
+            return None
+        return self.checkpoint()
 
     # ------------------------------------------------------------------ read
 

@@ -9,7 +9,11 @@ It runs inside ``proctor serve`` and alone as ``proctor worker``. Each pass:
 2. ``Gateway.recover`` (even when firing the timers failed) hands every running or
    compensating plan without a live lease (its lease lapsed, or its owner process is gone
    from this host) to the executor's worker threads, which claim it under a new lease and
-   carry it on.
+   carry it on;
+3. ``AuditLog.checkpoint_pending(due_only=True)`` signs a checkpoint when events were
+   appended since the last one and it is older than ``[audit]
+   checkpoint_interval_seconds``: checkpoints signed only on append would leave the newest
+   events of an idle log uncovered, and cuttable, indefinitely.
 
 The first pass runs at once on ``start``: after a crash, a restarted process resumes the
 interrupted plans without waiting for their leases to lapse.
@@ -52,13 +56,19 @@ class Worker:
         self._thread = threading.Thread(target=self._run, name="proctor-worker", daemon=True)
 
     def run_once(self) -> WorkerPass:
-        """Fire due timers and hand interrupted plans to worker threads."""
+        """Fire due timers, hand interrupted plans to worker threads, checkpoint the log."""
         try:
             fired = len(self.gateway.tick(wait=False))
         except Exception:  # logged; recovery must not wait for the timers
             log.exception("firing timers failed")
             fired = 0
         resumed = self.gateway.recover()
+        audit_log = self.gateway.audit_log
+        try:
+            if audit_log is not None:
+                audit_log.checkpoint_pending(due_only=True)
+        except Exception:  # logged; the next pass signs it
+            log.exception("signing a checkpoint failed")
         return WorkerPass(timers_fired=fired, plans_resumed=resumed)
 
     def start(self) -> None:

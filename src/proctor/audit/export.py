@@ -399,6 +399,7 @@ def verify_export(
     full: bool = True,
     progress: Callable[[int], None] | None = None,
     workers: int | None = None,
+    pinned: Sequence[str] = (),
 ) -> VerifyReport:
     """Verify an export directory with nothing but its own files (see ``verify_log``).
 
@@ -417,6 +418,8 @@ def verify_export(
         full: Full or fast verification (see ``proctor.audit.verify``).
         progress: Called with the number of events checked so far.
         workers: Processes for signature checks (see ``verify_log``).
+        pinned: Checkpoint notes kept from earlier, which the export must still hold (see
+            ``verify_log``).
 
     Returns:
         The report.
@@ -452,6 +455,7 @@ def verify_export(
         progress=progress,
         workers=workers,
         extra=bundle.problems,
+        pinned=pinned,
     )
     if not bundle.remarks:
         return report

@@ -496,10 +496,7 @@ class _CheckpointFindings:
     trusted: list[_Trusted]
 
 
-def _check_checkpoints(
-    notes: Sequence[str], keys: Mapping[str, KeyInfo], origin: str, tree: MerkleTree
-) -> _CheckpointFindings:
-    n = tree.size
+def _verifiers(keys: Mapping[str, KeyInfo], origin: str) -> dict[tuple[str, bytes], bytes]:
     try:
         ed25519_key_id(origin, bytes(32))
     except InvalidRequestError as exc:
@@ -507,11 +504,18 @@ def _check_checkpoints(
             f"origin {origin!r} is not a valid checkpoint key name", field="origin"
         ) from exc
     # Checkpoint notes are Ed25519 (note type 0x01): keys of other types cannot sign them.
-    verifiers = {
+    return {
         (origin, ed25519_key_id(origin, info.public_key)): info.public_key
         for info in keys.values()
         if len(info.public_key) == ED25519_KEY_SIZE
     }
+
+
+def _check_checkpoints(
+    notes: Sequence[str], keys: Mapping[str, KeyInfo], origin: str, tree: MerkleTree
+) -> _CheckpointFindings:
+    n = tree.size
+    verifiers = _verifiers(keys, origin)
     out = _CheckpointFindings([], [], [])
     by_size: dict[int, _Trusted] = {}
     for note in notes:
@@ -580,6 +584,47 @@ def _mismatch(
     )
 
 
+def _check_pinned(
+    notes: Sequence[str], keys: Mapping[str, KeyInfo], origin: str, tree: MerkleTree
+) -> tuple[list[Problem], list[int]]:
+    """Check checkpoints a verifier kept from earlier (``pinned``) against the tree.
+
+    The store's own checkpoints can be deleted with the events they cover; a note kept
+    outside cannot. Return (problems, sizes of pinned notes whose root is not the tree's).
+    """
+    problems: list[Problem] = []
+    mismatched: list[int] = []
+    verifiers = _verifiers(keys, origin)
+    n = tree.size
+    for note in notes:
+        got = _open_checkpoint(note, verifiers, origin)
+        if isinstance(got, Problem):
+            problems.append(
+                Problem(got.index, got.rank, got.kind, f"the pinned checkpoint: {got.detail}")
+            )
+        elif got.size > n:
+            problems.append(
+                Problem(
+                    n,
+                    1,
+                    "truncated",
+                    f"the pinned checkpoint covers {got.size} events; only {n} are present",
+                )
+            )
+        elif tree.root(got.size) != got.root:
+            mismatched.append(got.size)
+            problems.append(
+                Problem(
+                    _at(got.size),
+                    1,
+                    "inconsistent_checkpoints",
+                    f"the pinned checkpoint at size {got.size} has a root the log does not"
+                    " have at that size: the log was rewritten since it was signed",
+                )
+            )
+    return problems, mismatched
+
+
 # ---------------------------------------------------------------------------- driver
 
 
@@ -607,6 +652,7 @@ def verify_log(
     full: bool = True,
     progress: Callable[[int], None] | None = None,
     workers: int | None = None,
+    pinned: Sequence[str] = (),
 ) -> VerifyReport:
     """Verify an audit log: events, Merkle tree and signed checkpoints (see module doc).
 
@@ -622,6 +668,12 @@ def verify_log(
         workers: Processes that check events in full mode (1: this process only). By
             default ``min(2, cores)`` from ``PARALLEL_THRESHOLD`` events on, else 1. Workers
             are forked, and only from a process without other threads.
+        pinned: Checkpoint notes the verifier kept from earlier (``proctor audit verify
+            --checkpoint``). The log must still hold them: a log shorter than one is
+            ``truncated`` (at the first missing index), one whose root differs at its size
+            is ``inconsistent_checkpoints``; a note that does not verify is
+            ``bad_checkpoint`` or ``unknown_key``. Unlike the store's checkpoints, these
+            cannot be deleted along with the events they cover.
 
     Returns:
         ``ok`` with the number of events, or the first problem in log order.
@@ -632,7 +684,14 @@ def verify_log(
             reported as ``bad_signature`` or, for checkpoints, ``unknown_key``.)
     """
     return verify_problems(
-        events, checkpoints, keys, origin=origin, full=full, progress=progress, workers=workers
+        events,
+        checkpoints,
+        keys,
+        origin=origin,
+        full=full,
+        progress=progress,
+        workers=workers,
+        pinned=pinned,
     )
 
 
@@ -646,6 +705,7 @@ def verify_problems(
     progress: Callable[[int], None] | None = None,
     workers: int | None = None,
     extra: Sequence[Problem] = (),
+    pinned: Sequence[str] = (),
 ) -> VerifyReport:
     """``verify_log`` with ``extra`` findings (from a bundle's files) ranked in (internal)."""
     bodies, hashes, rows = _normalise(events)
@@ -664,8 +724,11 @@ def verify_problems(
     )
     tree = build_tree(leaves)
     found = _check_checkpoints(checkpoints, keys, origin, tree)
+    pinned_problems, pinned_mismatched = _check_pinned(pinned, keys, origin, tree)
     unexplained = [
-        s for s in found.mismatched if event is None or event.index is None or s <= event.index
+        s
+        for s in [*found.mismatched, *pinned_mismatched]
+        if event is None or event.index is None or s <= event.index
     ]
     if not full and unexplained:
         # A signed checkpoint disagrees with events that chain correctly: verify their
@@ -679,6 +742,7 @@ def verify_problems(
             progress=progress,
             workers=workers,
             extra=extra,
+            pinned=pinned,
         )
     if event is not None and event.kind == "bad_signature" and event.index is not None:
         covering = [t.size for t in found.trusted if event.index < t.size <= n]
@@ -690,7 +754,7 @@ def verify_problems(
                 "the signature does not verify and the signed checkpoint at size"
                 f" {min(covering)} commits to other bytes",
             )
-    worst = _first([event, *found.problems, *extra])
+    worst = _first([event, *found.problems, *pinned_problems, *extra])
     if worst is None:
         return VerifyReport(ok=True, events=n)
     return VerifyReport(

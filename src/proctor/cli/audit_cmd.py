@@ -16,6 +16,7 @@ them; ``proctor --help`` lists the groups in the same order as before.
 from __future__ import annotations
 
 import base64
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -76,6 +77,14 @@ def audit_verify(
             "--fast", help="Fast mode: chain, Merkle tree and checkpoints, not every signature."
         ),
     ] = False,
+    checkpoint: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--checkpoint",
+            help="A checkpoint note kept from earlier (`audit checkpoint --out FILE`, GET"
+            " /v1/audit/checkpoint, or `audit checkpoint --json`): the log must still hold it.",
+        ),
+    ] = None,
     as_json: Json = False,
     verbose: Verbose = False,
 ) -> int:
@@ -83,8 +92,10 @@ def audit_verify(
 
     Exits 1 with the first bad seq and the kind of problem: modified, deleted, inserted,
     reordered, truncated, bad_signature, unknown_key, bad_checkpoint or
-    inconsistent_checkpoints.
+    inconsistent_checkpoints. Events after the last checkpoint you kept (--checkpoint) can
+    be cut without a trace by whoever controls the store: keep one regularly.
     """
+    pinned = [_read_note(path) for path in checkpoint or ()]
     with Progress(console=err_console, transient=True, disable=as_json) as bar:
         task = bar.add_task("verifying", total=None)
 
@@ -96,7 +107,7 @@ def audit_verify(
                 raise InvalidRequestError(
                     f"{export} is not an export (no manifest.json)", field="export"
                 )
-            report = verify_export(export, full=not fast, progress=progress)
+            report = verify_export(export, full=not fast, progress=progress, pinned=pinned)
         else:
             # Opened without the start-up checks of the Merkle tree, which refuse a tampered
             # log: the verifier must open it to say where and how it was tampered with.
@@ -111,6 +122,7 @@ def audit_verify(
                     origin=view.origin,
                     full=not fast,
                     progress=progress,
+                    pinned=pinned,
                 )
             finally:
                 view.store.close()
@@ -124,6 +136,28 @@ def audit_verify(
             f"[red]FAILED[/red] at seq {report.first_bad_seq}: {report.problem} ({report.detail})"
         )
     return 0 if report.ok else 1
+
+
+def _read_note(path: Path) -> str:
+    """Return the signed note in ``path``: the note itself, or JSON with a ``note`` member."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidRequestError(f"cannot read {path}: {exc}", field="checkpoint") from exc
+    if text.lstrip().startswith("{"):
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InvalidRequestError(
+                f"{path} is not valid JSON: {exc}", field="checkpoint"
+            ) from exc
+        if not isinstance(doc, dict) or not isinstance(doc.get("note"), str):
+            raise InvalidRequestError(
+                f'{path} has no "note" string (as `audit checkpoint --json` prints)',
+                field="checkpoint",
+            )
+        return str(doc["note"])
+    return text
 
 
 @audit_app.command("export")
@@ -256,12 +290,25 @@ def audit_checkpoint(
         bool,
         typer.Option("--sign", help="Sign a new checkpoint of the log as it is now (local only)."),
     ] = False,
+    out_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Also write the note to this file, to keep outside the instance and pass"
+            " to `audit verify --checkpoint` later.",
+        ),
+    ] = None,
     as_json: Json = False,
     verbose: Verbose = False,
     server: Server = None,
     token: Token = None,
 ) -> int:
-    """Print the latest signed checkpoint (a C2SP signed note) exactly as signed."""
+    """Print the latest signed checkpoint (a C2SP signed note) exactly as signed.
+
+    Locally, events not yet covered by a checkpoint are covered by a new one first. Keep the
+    note somewhere the operator cannot write (--out FILE): `audit verify --checkpoint FILE`
+    then detects a log cut or rewritten below its size.
+    """
     remote = _remote(ctx, server, token)
     if sign:
         _local_only(remote, "--sign", "the server signs its own checkpoints")
@@ -270,12 +317,18 @@ def audit_checkpoint(
             out = remote.checkpoint()
     else:
         with _open(home) as p:
-            cp = p.checkpoint() if sign else p.latest_checkpoint()
+            cp = p.checkpoint() if sign else p.audit_log.checkpoint_pending()
+            cp = cp or p.latest_checkpoint()
         if cp is None:
             raise InvalidRequestError(
                 "the log has no checkpoint yet", field="checkpoint", hint="Submit a plan first."
             )
         out = {"size": cp.size, "root_hash": base64.b64encode(cp.root).decode(), "note": cp.note}
+    if out_file is not None:
+        try:
+            out_file.write_text(out["note"], encoding="utf-8")
+        except OSError as exc:
+            raise InvalidRequestError(f"cannot write {out_file}: {exc}", field="out") from exc
     if as_json:
         print_json(out)
     else:

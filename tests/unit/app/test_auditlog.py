@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import itertools
+from pathlib import Path
 
 import orjson
 import pytest
@@ -115,6 +116,80 @@ class TestCheckpoints:
         p.submit(make_plan([READ]))
         cp = p.checkpoint()
         assert cp.root == p.audit_log.root()
+
+
+class TestPendingCheckpoint:
+    """The newest events get a checkpoint without waiting for the next append."""
+
+    def test_nothing_to_sign_on_an_empty_or_covered_log(self, p):
+        """An empty log, or one whose last event is covered, signs nothing."""
+        assert p.audit_log.checkpoint_pending() is None
+        p.submit(make_plan([READ]))
+        p.checkpoint()
+
+        assert p.audit_log.checkpoint_pending() is None
+
+    def test_uncovered_events_are_signed(self, p):
+        """Events after the last checkpoint get one covering the whole log."""
+        p.submit(make_plan([READ]))
+        p.submit(make_plan([READ]))
+        assert p.latest_checkpoint().size < p.audit_log.size
+
+        cp = p.audit_log.checkpoint_pending()
+
+        assert cp is not None
+        assert cp.size == p.audit_log.size
+
+    def test_due_only_waits_for_the_interval(self):
+        """``due_only`` signs only once the last checkpoint is older than the interval."""
+        clock = FrozenClock()
+        with Proctor.in_memory(clock=clock) as p:
+            p.submit(make_plan([READ]))
+            p.submit(make_plan([READ]))
+
+            early = p.audit_log.checkpoint_pending(due_only=True)
+            clock.advance(61)
+            late = p.audit_log.checkpoint_pending(due_only=True)
+
+            assert early is None
+            assert late is not None
+            assert late.size == p.audit_log.size
+
+    def test_the_worker_checkpoints_an_idle_log(self):
+        """A worker pass signs the events left uncovered once the interval has passed."""
+        from proctor.app.worker import Worker
+
+        clock = FrozenClock()
+        with Proctor.in_memory(clock=clock) as p:
+            p.submit(make_plan([READ]))
+            p.submit(make_plan([READ]))
+            clock.advance(61)
+
+            Worker(p.gateway).run_once()
+
+            assert p.latest_checkpoint().size == p.audit_log.size
+
+    def test_closing_covers_the_newest_events(self, tmp_path):
+        """Closing an instance signs a checkpoint over the events appended since the last."""
+        home = tmp_path / "h"
+        init_home(home)
+        with Proctor.open(home) as p:
+            p.submit(make_plan([READ]))
+            p.submit(make_plan([READ]))
+            size = p.audit_log.size
+            assert p.latest_checkpoint().size < size
+
+        with Proctor.open(home) as p:
+            assert p.latest_checkpoint().size == size
+
+    def test_an_export_covers_every_event(self, p, tmp_path):
+        """An export carries a checkpoint over all its events, so its tail cannot be cut."""
+        p.submit(make_plan([READ]))
+        p.submit(make_plan([READ]))
+
+        manifest = p.export(tmp_path / "bundle")
+
+        assert max(int(Path(c).stem) for c in manifest.checkpoints) == manifest.events
 
 
 class TestReopen:

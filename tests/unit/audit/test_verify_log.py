@@ -87,9 +87,9 @@ def _verify(events, notes, keys=KEYS, **kw):
     return verify_log(events, notes, keys, origin=ORIGIN, **kw)
 
 
-def _both(events, notes, keys=KEYS):
+def _both(events, notes, keys=KEYS, **kw):
     """Return the (problem, index) of full and fast mode, which must agree."""
-    full, fast = _verify(events, notes, keys), _verify(events, notes, keys, full=False)
+    full, fast = _verify(events, notes, keys, **kw), _verify(events, notes, keys, full=False, **kw)
     assert (full.problem, full.first_bad_seq) == (fast.problem, fast.first_bad_seq), (full, fast)
     return full.problem, full.first_bad_seq
 
@@ -323,3 +323,40 @@ class TestCheckpointProblems:
         """A public key that is not 32 bytes cannot verify anything, and does not raise."""
         report = _verify(ROWS, NOTES, {SIGNER.key_id: KeyInfo(b"\x00" * 31)})
         assert (report.problem, report.first_bad_seq) == ("bad_signature", 0)
+
+
+class TestPinnedCheckpoints:
+    """A checkpoint the verifier kept is checked even when the store no longer has it."""
+
+    def test_a_kept_note_of_the_intact_log_verifies(self):
+        """Pinning a checkpoint of the log as it is changes nothing."""
+        assert _both(ROWS, NOTES[:2], pinned=[NOTES[2]]) == (None, None)
+
+    def test_tail_cut_with_its_checkpoints_is_invisible_without_a_pin(self):
+        """The limitation pins address: events and checkpoints cut together still verify."""
+        assert _both(ROWS[:15], NOTES[:2]) == (None, None)
+
+    def test_tail_cut_with_its_checkpoints_is_truncated_against_a_pin(self):
+        """The same cut, checked against a kept note of size 20: truncated at 15."""
+        assert _both(ROWS[:15], NOTES[:2], pinned=[NOTES[2]]) == ("truncated", 15)
+
+    def test_everything_deleted_is_truncated_at_zero(self):
+        """No events and no checkpoints left: truncated at 0."""
+        assert _both([], [], pinned=[NOTES[0]]) == ("truncated", 0)
+
+    def test_a_rewritten_history_is_inconsistent(self):
+        """A log re-signed from scratch with the instance's key disagrees with a kept note."""
+        other, prev = [], GENESIS
+        for i in range(20):
+            other.append(
+                seal({**_body(i), "data": {"i": -i}}, seq=i, prev_hash=prev, signer=SIGNER)
+            )
+            prev = other[-1].hash
+        own = [_note(other, 20)]
+
+        assert _both(other, own) == (None, None)
+        assert _both(other, own, pinned=[NOTES[1]]) == ("inconsistent_checkpoints", 11)
+
+    def test_a_kept_note_by_an_unknown_key(self):
+        """A kept note no known key signed is reported, not trusted."""
+        assert _both(ROWS, NOTES, pinned=[_note(ROWS, 20, signer=OTHER)]) == ("unknown_key", 19)
