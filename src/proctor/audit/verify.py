@@ -48,6 +48,11 @@ note (C2SP signed note, key name = ``origin``, any key of ``keys``):
   events agree with (checked with the tree's consistency proof and ``verify_consistency``).
   ``first_bad_seq`` is ``size - 1`` of the earlier checkpoint.
 
+For store rows (``EventRow``), both modes also check the columns the store keeps beside the
+bytes for its per-plan views (``type``, ``plan_id``, ``step_id``, ``timestamp``): nothing
+signs them, so one that differs from the event's member is ``modified`` at that index (after
+any problem with the bytes at the same index). An export has no columns.
+
 Event problems are those of ``verify_events`` (``modified``, ``deleted``, ``inserted``,
 ``reordered``, ``unknown_key``, ``bad_signature``) with one refinement: an event whose
 signature fails and whose position is covered by a signed checkpoint that disagrees with the
@@ -227,6 +232,64 @@ def _chain(
         if k < 10 or kid not in quoted:
             return start + j
         prev = links[j]
+    return None
+
+
+# ---------------------------------------------------------------------------- row columns
+
+# The columns a store keeps beside each event's bytes, for its per-plan views (``proctor
+# show``, ``read_events(plan_id=...)``), and the event member each copies. Nothing signs the
+# columns: rewritten, they would hide an event from its plan while the bytes still verify.
+_COLUMNS = ("type", "plan_id", "step_id", "timestamp")
+
+
+def _column_problem(rows: Sequence[EventRow]) -> Problem | None:
+    """Return the first row whose columns differ from its event's members, as ``modified``.
+
+    Fast path without parsing JSON: in an event's canonical bytes the members sort
+    ``…, "plan", "plan_id", …, "step_id", "timestamp", "trace_id", "type", "user_id"``, and
+    every member after ``plan_id`` is a scalar, so the *last* occurrence of each name is the
+    top-level one (a quote cannot occur unescaped inside a string), and a string or null
+    written there cannot be the prefix of another. When the bytes do not read as expected
+    (a crafted or non-canonical event, another encoding of a string), the event is parsed
+    and its members compared exactly.
+    """
+    dumps = orjson.dumps
+    # A log has few types and runs of events per plan: their expected bytes are cached.
+    types: dict[str, bytes] = {}
+    plan_id: str | None = None
+    plan_bytes = b'"plan_id":null'
+    for i, row in enumerate(rows):
+        b = row.body
+        t = types.get(row.type)
+        if t is None:
+            t = types[row.type] = b'"type":' + dumps(row.type)
+        if row.plan_id != plan_id:
+            plan_id, plan_bytes = row.plan_id, b'"plan_id":' + dumps(row.plan_id)
+        if (
+            b.startswith(t, b.rfind(b'"type":'))
+            and b.startswith(plan_bytes, b.rfind(b'"plan_id":'))
+            and b.startswith(
+                b'"step_id":%b,"timestamp":%b' % (dumps(row.step_id), dumps(row.timestamp)),
+                b.rfind(b'"step_id":'),
+            )
+        ):
+            continue
+        try:
+            record = orjson.loads(b)
+        except orjson.JSONDecodeError:
+            continue  # not an event at all: the event checks report it
+        if not isinstance(record, dict):
+            continue
+        for name in _COLUMNS:
+            column, member = getattr(row, name), record.get(name)
+            if column != member:
+                return Problem(
+                    i,
+                    0,
+                    "modified",
+                    f"the row's {name} column is {column!r} but the signed event says {member!r}",
+                )
     return None
 
 
@@ -722,6 +785,9 @@ def verify_problems(
         if anomaly is not None or bad_sig is not None
         else None
     )
+    if rows is not None:
+        # After the event checks: at one index, what is wrong with the bytes comes first.
+        event = _first([event, _column_problem(rows)])
     tree = build_tree(leaves)
     found = _check_checkpoints(checkpoints, keys, origin, tree)
     pinned_problems, pinned_mismatched = _check_pinned(pinned, keys, origin, tree)

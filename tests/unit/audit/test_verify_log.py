@@ -360,3 +360,41 @@ class TestPinnedCheckpoints:
     def test_a_kept_note_by_an_unknown_key(self):
         """A kept note no known key signed is reported, not trusted."""
         assert _both(ROWS, NOTES, pinned=[_note(ROWS, 20, signer=OTHER)]) == ("unknown_key", 19)
+
+
+class TestRowColumns:
+    """The columns a store keeps beside each event (for per-plan views) must match it."""
+
+    @pytest.mark.parametrize(
+        ("column", "value"),
+        [
+            ("plan_id", "p-other"),
+            ("plan_id", None),
+            ("type", "step.failed"),
+            ("step_id", "s9"),
+            ("timestamp", "2030-01-01T00:00:00+00:00"),
+        ],
+    )
+    def test_a_rewritten_column_is_modified(self, column, value):
+        """A column rewritten under signed, intact bytes is ``modified`` at its seq."""
+        rows = list(ROWS)
+        rows[7] = dataclasses.replace(rows[7], **{column: value})
+
+        assert _both(rows, NOTES) == ("modified", 7)
+        assert column in _verify(rows, NOTES, full=False).detail
+
+    def test_columns_of_an_intact_log_match(self):
+        """Every column as the store wrote it (from the event) verifies."""
+        assert _both(ROWS, NOTES) == (None, None)
+
+    def test_an_event_problem_at_the_same_seq_comes_first(self):
+        """Bytes and columns both wrong at one seq: the bytes' problem is reported."""
+        rows = _rewrite(ROWS, 7, plan_id="p-evil")
+        rows[7] = dataclasses.replace(rows[7], plan_id="p-evil")
+
+        assert _both(rows, NOTES) == ("modified", 7)
+        assert "column" not in _verify(rows, NOTES).detail
+
+    def test_exported_bytes_have_no_columns(self):
+        """An export's lines carry no columns: nothing to compare, and no false alarm."""
+        assert _both([r.body for r in ROWS], NOTES) == (None, None)
