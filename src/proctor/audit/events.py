@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric import ec as ec_keys
 
 from proctor.core.canonical import canonical, fast_path_ok
 from proctor.core.ports import EventRow, Signer
+from proctor.errors import InvalidRequestError
 
 __all__ = ["GENESIS", "UNSIGNED", "VerifyReport", "pinned", "seal", "verify_events"]
 
@@ -195,7 +196,7 @@ def verify_events(
                 return _bad(i, n, "reordered", f"expected seq {i}, found {s}; seq {i} comes later")
             return _bad(i, n, "deleted", f"expected seq {i}, found {s}: events are missing")
         seen.add(s)
-        if canonical(body) != row.body:
+        if _canonical_or_none(body) != row.body:
             return _bad(i, n, "modified", "the stored bytes are not the event's canonical form")
         if leaf_hash != committed:
             return _bad(i, n, "modified", "the event's hash differs from what the chain commits")
@@ -206,6 +207,13 @@ def verify_events(
         if info is None:
             return _bad(i, n, "unknown_key", f"key {key_id!r} is not in the keyring")
         if not _within(info, body.get("timestamp")):
+            if _aware(body.get("timestamp")) is None:
+                return _bad(
+                    i,
+                    n,
+                    "modified",
+                    f"timestamp {body.get('timestamp')!r} is not an RFC 3339 time with an offset",
+                )
             return _bad(
                 i, n, "unknown_key", f"key {key_id} was not valid at {body.get('timestamp')}"
             )
@@ -237,14 +245,32 @@ def _committed_hash(
     return rows[i].hash
 
 
-def _within(info: KeyInfo, ts: Any) -> bool:
-    if info.not_before is None and info.not_after is None:
-        return True
+def _canonical_or_none(body: dict[str, Any]) -> bytes | None:
+    """Return ``canonical(body)``, or None for a value JCS cannot write (a tampered event)."""
+    try:
+        return canonical(body)
+    except InvalidRequestError:  # e.g. an integer beyond ±2^53: not an event Proctor wrote
+        return None
+
+
+def _aware(ts: Any) -> datetime | None:
+    """Return ``ts`` as a timezone-aware time, or None if it is not one."""
     if not isinstance(ts, str):
-        return False
+        return None
     try:
         at = datetime.fromisoformat(ts)
     except ValueError:
+        return None
+    # Proctor writes UTC with an offset; a naive time cannot be placed in a validity period
+    # (and comparing it with an aware one raises TypeError).
+    return at if at.tzinfo is not None else None
+
+
+def _within(info: KeyInfo, ts: Any) -> bool:
+    if info.not_before is None and info.not_after is None:
+        return True
+    at = _aware(ts)
+    if at is None:
         return False
     if info.not_before is not None and at < info.not_before:
         return False
@@ -261,8 +287,9 @@ def _signature_ok(body: dict[str, Any], info: KeyInfo, key_id: str, cache: dict[
         sig = base64.b64decode(sig_b64, validate=True)
     except ValueError:
         return False
-    unsigned = {k: v for k, v in body.items() if k != "signature"}
-    message = canonical(unsigned)
+    message = _canonical_or_none({k: v for k, v in body.items() if k != "signature"})
+    if message is None:
+        return False
     try:
         if key_id.startswith("ecdsa-p256:"):
             # Events signed in a KMS that offers only ECDSA (see docs/audit-signers.md):

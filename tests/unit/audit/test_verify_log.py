@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import threading
 from datetime import UTC, datetime
+from typing import ClassVar
 
 import orjson
 import pytest
@@ -101,6 +102,10 @@ def _rewrite(rows, i, **changes):
     out = list(rows)
     out[i] = dataclasses.replace(rows[i], body=canonical(body))
     return out
+
+
+def _sha(raw):
+    return "sha256:" + hashlib.sha256(raw).hexdigest()
 
 
 ROWS = _log(20)
@@ -398,3 +403,40 @@ class TestRowColumns:
     def test_exported_bytes_have_no_columns(self):
         """An export's lines carry no columns: nothing to compare, and no false alarm."""
         assert _both([r.body for r in ROWS], NOTES) == (None, None)
+
+
+class TestMalformedEvents:
+    """A tampered event that Proctor could never have written is reported, never a crash."""
+
+    VALID_FROM: ClassVar = {
+        SIGNER.key_id: KeyInfo(SIGNER.public_key, datetime(2025, 1, 1, tzinfo=UTC))
+    }
+
+    def test_a_naive_timestamp_is_modified(self):
+        """A timestamp without offset, against a key with a validity period: modified."""
+        rows = _rewrite(ROWS, 8, timestamp="2026-01-01T00:00:08")
+
+        assert _both(rows, NOTES, keys=self.VALID_FROM) == ("modified", 8)
+        assert _both([r.body for r in rows], NOTES, keys=self.VALID_FROM) == ("modified", 8)
+
+    def test_a_naive_timestamp_on_a_rehashed_last_event(self):
+        """The last event, its stored hash updated too: reported at its seq, no TypeError."""
+        body = orjson.loads(ROWS[-1].body)
+        body["timestamp"] = "2026-01-01T00:00:19"
+        raw = canonical(body)
+        rows = [*ROWS[:-1], dataclasses.replace(ROWS[-1], body=raw, hash=_sha(raw))]
+
+        report = _verify(rows, NOTES[:2], keys=self.VALID_FROM)
+
+        assert (report.problem, report.first_bad_seq) == ("modified", 19)
+        assert "offset" in report.detail
+
+    def test_an_integer_jcs_cannot_write_is_modified(self):
+        """An integer beyond ±2^53 in data: modified at its seq, in both modes and exports."""
+        body = orjson.loads(ROWS[8].body)
+        body["data"]["x"] = 2**60
+        rows = list(ROWS)
+        rows[8] = dataclasses.replace(rows[8], body=orjson.dumps(body, option=orjson.OPT_SORT_KEYS))
+
+        assert _both(rows, NOTES) == ("modified", 8)
+        assert _both([r.body for r in rows], NOTES) == ("modified", 8)
