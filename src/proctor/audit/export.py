@@ -15,6 +15,7 @@ Merkle tree they form and the signed checkpoints.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -38,6 +39,7 @@ FORMAT = "proctor-audit-export/1"
 """The ``format`` value of manifest.json."""
 
 _NOTE_NAME = re.compile(r"checkpoints/([0-9]{12})\.note")
+_SEGMENT_NAME = re.compile(r"events/([0-9]{12})-([0-9]{12})\.jsonl")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -345,33 +347,75 @@ def _keys(directory: Path, origin: str) -> tuple[dict[str, KeyInfo], str | None]
 
 
 def _read_segments(directory: Path, segments: list[dict[str, Any]], bundle: _Bundle) -> None:
+    """Read the manifest's segments, then any segment file it does not list.
+
+    The manifest is not signed: a segment left out of it (with the checkpoints covering
+    it) would cut the log's tail unseen. So every ``events/*.jsonl`` file is read, and each
+    file's name (its first and last event) is checked against what it holds.
+    """
+    listed = {seg.get("file") for seg in segments}
+    unlisted = sorted(
+        (int(m.group(1)), p.name)
+        for p in (directory / "events").glob("*.jsonl")
+        if (m := _SEGMENT_NAME.fullmatch(f"events/{p.name}")) and f"events/{p.name}" not in listed
+    )
     for i, seg in enumerate(segments):
-        path = _inside(directory, seg.get("file"), f"segments[{i}].file")
-        at = len(bundle.bodies)
-        try:
-            data = path.read_bytes()
-        except OSError:
-            bundle.remarks.append(f"{seg['file']} is missing")
-            kind = "deleted" if i + 1 < len(segments) else "truncated"
-            bundle.problems.append(Problem(at, 2, kind, f"segment {seg['file']} is missing"))
-            continue
-        if hashlib.sha256(data).hexdigest() != seg["sha256"]:
-            bundle.remarks.append(f"{seg['file']} does not have the SHA-256 in the manifest")
-        lines = data.split(b"\n")
-        tail = lines.pop()  # b"" when the file ends in a newline, as it must
-        if tail:
-            bundle.remarks.append(f"{seg['file']} ends without a newline")
-            if _complete(tail):
-                lines.append(tail)
-            else:
-                bundle.remarks.append(f"its last line (event {at + len(lines)}) is cut short")
-        if len(lines) != seg["count"]:
-            bundle.remarks.append(
-                f"{seg['file']} holds {len(lines)} events, the manifest says {seg['count']}"
+        last = i + 1 == len(segments) and not unlisted
+        _read_segment(directory, seg, bundle, last=last, what=f"segments[{i}].file")
+    for first, name in unlisted:
+        bundle.remarks.append(f"events/{name} is not listed in the manifest")
+        data = (directory / "events" / name).read_bytes()
+        seg = {
+            "file": f"events/{name}",
+            "first": first,
+            "count": data.count(b"\n"),
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
+        _read_segment(directory, seg, bundle, last=name == unlisted[-1][1], what=name)
+
+
+def _read_segment(
+    directory: Path, seg: dict[str, Any], bundle: _Bundle, *, last: bool, what: str
+) -> None:
+    path = _inside(directory, seg.get("file"), what)
+    at = len(bundle.bodies)
+    try:
+        data = path.read_bytes()
+    except OSError:
+        bundle.remarks.append(f"{seg['file']} is missing")
+        kind = "truncated" if last else "deleted"
+        bundle.problems.append(Problem(at, 2, kind, f"segment {seg['file']} is missing"))
+        return
+    if hashlib.sha256(data).hexdigest() != seg["sha256"]:
+        bundle.remarks.append(f"{seg['file']} does not have the SHA-256 in the manifest")
+    lines = data.split(b"\n")
+    tail = lines.pop()  # b"" when the file ends in a newline, as it must
+    if tail:
+        bundle.remarks.append(f"{seg['file']} ends without a newline")
+        if _complete(tail):
+            lines.append(tail)
+        else:
+            bundle.remarks.append(f"its last line (event {at + len(lines)}) is cut short")
+    if len(lines) != seg["count"]:
+        bundle.remarks.append(
+            f"{seg['file']} holds {len(lines)} events, the manifest says {seg['count']}"
+        )
+    if seg["first"] != at:
+        bundle.remarks.append(f"{seg['file']} starts at event {at}, not {seg['first']}")
+    named = _SEGMENT_NAME.fullmatch(seg["file"])
+    end = at + len(lines)  # one past the last event the file holds
+    if named and (int(named.group(1)), int(named.group(2)) + 1) != (at, end):
+        bundle.remarks.append(
+            f"{seg['file']} is named for events {named.group(1).lstrip('0') or 0}-"
+            f"{named.group(2).lstrip('0') or 0} but holds {at}-{end - 1}"
+        )
+        if int(named.group(2)) + 1 > end:
+            # Its name says it held more: events were cut from its end.
+            kind = "truncated" if last else "deleted"
+            bundle.problems.append(
+                Problem(end, 2, kind, f"{seg['file']} lacks events its name says it held")
             )
-        if seg["first"] != at:
-            bundle.remarks.append(f"{seg['file']} starts at event {at}, not {seg['first']}")
-        bundle.bodies.extend(lines)
+    bundle.bodies.extend(lines)
 
 
 def _complete(line: bytes) -> bool:
@@ -382,6 +426,19 @@ def _complete(line: bytes) -> bool:
 
 
 def _read_notes(directory: Path, names: list[Any], bundle: _Bundle) -> None:
+    """Read the manifest's checkpoint notes, then every other ``checkpoints/*.note``.
+
+    A note left out of the (unsigned) manifest still binds the log: dropping it with the
+    events it covers must not make a cut log verify.
+    """
+    listed = set(names)
+    for path in sorted((directory / "checkpoints").glob("*.note")):
+        name = f"checkpoints/{path.name}"
+        if name in listed:
+            continue
+        with contextlib.suppress(OSError, UnicodeDecodeError):  # unreadable: proves nothing
+            bundle.notes.append(path.read_bytes().decode("utf-8"))
+        bundle.remarks.append(f"{name} is not listed in the manifest")
     for i, name in enumerate(names):
         path = _inside(directory, name, f"checkpoints[{i}]")
         try:

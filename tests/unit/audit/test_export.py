@@ -299,3 +299,55 @@ class TestVerifyExport:
         shutil.copytree(bundle, copy)
         shutil.rmtree(bundle)
         assert verify_export(copy).ok
+
+
+class TestUnsignedManifestEdits:
+    """The manifest is not signed: what it leaves out, or misnames, still counts."""
+
+    @staticmethod
+    def _cut_last_segment(bundle, keep):
+        """Keep ``keep`` lines of the last segment and make the manifest agree."""
+        doc = _manifest(bundle)
+        seg = doc["segments"][-1]
+        path = bundle / seg["file"]
+        data = b"".join(line + b"\n" for line in path.read_bytes().splitlines()[:keep])
+        path.write_bytes(data)
+        seg.update(
+            count=keep, last=seg["first"] + keep - 1, sha256=hashlib.sha256(data).hexdigest()
+        )
+        doc["events"] = seg["first"] + keep
+        doc["checkpoints"] = [c for c in doc["checkpoints"] if int(c[12:24]) <= doc["events"]]
+        (bundle / "manifest.json").write_text(json.dumps(doc))
+        return doc["events"]
+
+    def test_an_unlisted_checkpoint_note_still_binds(self, bundle):
+        """Tail and covering notes dropped from the manifest (files left): truncated."""
+        n = self._cut_last_segment(bundle, 1)
+
+        for full in (True, False):
+            report = verify_export(bundle, full=full)
+            assert (report.problem, report.first_bad_seq) == ("truncated", n)
+            assert "not listed in the manifest" in report.detail
+
+    def test_a_segment_shorter_than_its_name(self, bundle):
+        """A segment named for events 20-22 that holds 20-20 is truncated at 21."""
+        n = self._cut_last_segment(bundle, 1)
+        for note in (bundle / "checkpoints").glob("*.note"):
+            if int(note.stem) > n:
+                note.unlink()
+
+        report = verify_export(bundle)
+
+        assert (report.problem, report.first_bad_seq) == ("truncated", n)
+        assert "is named for events 20-22 but holds 20-20" in report.detail
+
+    def test_an_unlisted_segment_is_read(self, bundle):
+        """A segment left out of the manifest is read: the log is not silently shorter."""
+        doc = _manifest(bundle)
+        doc["segments"] = doc["segments"][:-1]
+        (bundle / "manifest.json").write_text(json.dumps(doc))
+
+        report = verify_export(bundle)
+
+        assert report.events == 23
+        assert "events/000000000020-000000000022.jsonl is not listed" in report.detail
