@@ -49,7 +49,6 @@ class EventType:
     # A rollback TTL undid some steps of a succeeded plan; the others stand, it is succeeded.
     PLAN_ROLLED_BACK: Final = "plan.rolled_back"
     REVIEW_SAMPLED: Final = "review.sampled"
-    INSTANCE_CREATED: Final = "instance.created"
     GUARD_RATE_LIMITED: Final = "guard.rate_limited"
     GUARD_WHITELIST_DENIED: Final = "guard.whitelist_denied"
     GUARD_KILLED: Final = "guard.killed"  # a plan stopped by a kill switch
