@@ -81,8 +81,10 @@ def audit_verify(
         list[Path] | None,
         typer.Option(
             "--checkpoint",
+            metavar="<path>",
             help="A checkpoint note kept from earlier (`audit checkpoint --out FILE`, GET"
-            " /v1/audit/checkpoint, or `audit checkpoint --json`): the log must still hold it.",
+            " /v1/audit/checkpoint, or `audit checkpoint --json`): the log must still hold"
+            " it. Repeatable.",
         ),
     ] = None,
     as_json: Json = False,
