@@ -256,8 +256,10 @@ def _column_problem(rows: Sequence[EventRow]) -> Problem | None:
     and its members compared exactly.
     """
     dumps = orjson.dumps
-    # A log has few types and runs of events per plan: their expected bytes are cached.
+    # A log has few types and step ids, and runs of events per plan: their expected bytes
+    # are cached. Timestamps are ASCII, which JSON writes as is.
     types: dict[str, bytes] = {}
+    steps: dict[str | None, bytes] = {}
     plan_id: str | None = None
     plan_bytes = b'"plan_id":null'
     for i, row in enumerate(rows):
@@ -265,15 +267,18 @@ def _column_problem(rows: Sequence[EventRow]) -> Problem | None:
         t = types.get(row.type)
         if t is None:
             t = types[row.type] = b'"type":' + dumps(row.type)
+        step = steps.get(row.step_id)
+        if step is None:
+            step = steps[row.step_id] = b'"step_id":' + dumps(row.step_id) + b',"timestamp":"'
         if row.plan_id != plan_id:
             plan_id, plan_bytes = row.plan_id, b'"plan_id":' + dumps(row.plan_id)
+        at = b.rfind(b'"step_id":')
+        end = at + len(step)
         if (
-            b.startswith(t, b.rfind(b'"type":'))
-            and b.startswith(plan_bytes, b.rfind(b'"plan_id":'))
-            and b.startswith(
-                b'"step_id":%b,"timestamp":%b' % (dumps(row.step_id), dumps(row.timestamp)),
-                b.rfind(b'"step_id":'),
-            )
+            b.startswith(step, at)
+            and b.startswith(row.timestamp.encode() + b'"', end)
+            and b.startswith(t, b.rfind(b'"type":', end))
+            and b.startswith(plan_bytes, b.rfind(b'"plan_id":', 0, at))
         ):
             continue
         try:
