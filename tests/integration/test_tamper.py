@@ -314,6 +314,16 @@ class TestModified:
         _sql(db, ("UPDATE events SET body = ? WHERE seq = ?", (_flip_event_id(body), last)))
         assert _verdicts_db(built, db) == _both("modified", last)
 
+    @pytest.mark.parametrize(
+        ("column", "value"), [("plan_id", "p-elsewhere"), ("type", "step.failed"), ("ts", "x")]
+    )
+    def test_database_columns(self, built, tmp_path, column, value):
+        """A per-plan column rewritten under intact bytes hides nothing: modified at its seq."""
+        i = _middle(built)
+        db = _db_copy(built, tmp_path)
+        _sql(db, (f"UPDATE events SET {column} = ? WHERE seq = ?", (value, i)))
+        assert _verdicts_db(built, db) == _both("modified", i)
+
 
 class TestDeleted:
     def test_export(self, built, tmp_path):
@@ -413,12 +423,21 @@ class TestBadSignature:
         last = _row(db, built.n - 1)
         body = _forged_next(last[5], _Impostor(next(iter(built.keys))))
         digest = "sha256:" + hashlib.sha256(body).hexdigest()
+        forged = json.loads(body)  # its columns agree with it: only the signature is wrong
         _sql(
             db,
             (
                 "INSERT INTO events (seq, type, plan_id, step_id, ts, body, hash)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (built.n, "step.succeeded", None, None, last[4], body, digest),
+                (
+                    built.n,
+                    forged["type"],
+                    forged["plan_id"],
+                    forged["step_id"],
+                    forged["timestamp"],
+                    body,
+                    digest,
+                ),
             ),
         )
         v = _verdicts_db(built, db)
