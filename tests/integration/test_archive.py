@@ -210,7 +210,8 @@ class TestArchive:
         """A full segment that no checkpoint covers yet stays out of the archive."""
         _write_bundle(tmp_path, events=20, checkpoints=(10, 15))
         report = _archive(tmp_path, locked_bucket, s3, now)
-        cp15 = "checkpoints/000000000015.note"
+        # Its events are not archived: the checkpoint at 15 waits under pending/.
+        cp15 = "pending/checkpoints/000000000015.note"
         assert [o.path for o in report.uploaded] == [SEG0, CP10, cp15, "keys.json", "manifest.json"]
         assert report.unsealed == (SEG1,)
 
@@ -364,7 +365,7 @@ class TestArchivedManifest:
     def test_lists_only_what_the_archive_holds(self, tmp_path, s3, locked_bucket, now):
         """The archived manifest lists the sealed segments and the checkpoints they cover."""
         _write_bundle(tmp_path, events=20, checkpoints=(10, 15))
-        cp15 = "checkpoints/000000000015.note"
+        cp15 = "pending/checkpoints/000000000015.note"
         report = _archive(tmp_path, locked_bucket, s3, now)
         doc = _archived_manifest(s3, locked_bucket)
 
@@ -375,7 +376,8 @@ class TestArchivedManifest:
             doc["segments"][0]
             == json.loads((tmp_path / "manifest.json").read_text())["segments"][0]
         )
-        # The checkpoint at 15 is locked in the bucket, but not listed: events 10..14 are not.
+        # The checkpoint at 15 is locked in the bucket under pending/ (where a download's
+        # verification does not read it), and not listed: events 10..14 are not archived.
         assert doc["checkpoints"] == [CP10]
         assert cp15 in {o.path for o in report.uploaded}
         assert "exported_at" not in doc
@@ -447,6 +449,15 @@ class TestDownloadedArchiveVerifies:
             assert {o.path for o in first.uploaded if o.path.startswith("events/")} <= {
                 o.path for o in second.skipped
             }
+            # The checkpoint over the first run's unarchived tail waited under pending/; now
+            # that its events are archived it is under checkpoints/ too, and listed.
+            pending = [o.path for o in first.uploaded if o.path.startswith("pending/")]
+            assert pending
+            listed = _archived_manifest(s3, locked_bucket)["checkpoints"]
+            for path in pending:
+                if int(Path(path).stem) <= second.events:
+                    assert path.removeprefix("pending/") in {o.path for o in second.uploaded}
+                    assert path.removeprefix("pending/") in listed
 
             report = verify_export(_download(s3, locked_bucket, tmp_path / "dl2"))
             assert report.ok, report

@@ -15,10 +15,11 @@ that a downloaded archive verifies as an export (``verify_export``). It lists th
 segments only, ``events`` is the number of events they hold, and its checkpoints are those
 no larger than that: a checkpoint over events not archived yet cannot be checked against
 the archive, and listing it would make the download look truncated. Such a checkpoint is
-uploaded all the same (it locks the log's later state; a re-signed one under the same name
-stops a later run), and a later run that seals its events lists it in a new version of the
-manifest. The archived manifest leaves out ``exported_at``, so a run that seals nothing new
-finds it unchanged and skips it.
+uploaded all the same, under ``<prefix>/pending/checkpoints/`` (it locks the log's later
+state; a re-signed one under the same name stops a later run), and a later run that seals its
+events uploads it under ``checkpoints/`` and lists it in a new version of the manifest. The
+archived manifest leaves out ``exported_at``, so a run that seals nothing new finds it
+unchanged and skips it.
 
 Re-running is safe: an object whose current version has the same SHA-256 and is already
 under a COMPLIANCE lock is skipped (its retention is left as it was; it is not extended).
@@ -41,6 +42,7 @@ line (``bucket``, ``key``, ``version_id``, ``sha256``, ``size``, ``retain_until`
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import re
@@ -77,6 +79,8 @@ _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _IP_ADDRESS = re.compile(r"\d+\.\d+\.\d+\.\d+")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _CHECKPOINT_NAME = re.compile(r"checkpoints/([0-9]{12})\.note")
+_PENDING = "pending/"
+"""Where a checkpoint over events not archived yet is uploaded (see the module's docstring)."""
 _NOT_FOUND: Final = frozenset({"404", "NoSuchKey", "NotFound"})
 _NO_LOCK: Final = frozenset({"ObjectLockConfigurationNotFoundError", "InvalidRequest"})
 # S3 error codes that mean "fix the configuration" (bucket name, credentials, permissions).
@@ -342,7 +346,14 @@ def _collect(directory: Path) -> _Collected:
             immutable=False,
         ),
     ]
-    return _Collected(sealed + [f for f, _ in notes] + mutable, unsealed, events)
+    # A checkpoint over events not archived yet goes under ``pending/``: uploaded now, it locks
+    # the log's later state, and a download verifies (``verify_export`` reads every note under
+    # ``checkpoints/``, and one beyond the archived events there would read as a truncation).
+    # A later run that archives its events uploads it under ``checkpoints/`` and lists it.
+    placed = [
+        f if size <= events else dataclasses.replace(f, path=_PENDING + f.path) for f, size in notes
+    ]
+    return _Collected(sealed + placed + mutable, unsealed, events)
 
 
 def _manifest_bytes(doc: Mapping[str, Any]) -> bytes:
@@ -429,7 +440,7 @@ def _cosigned(s3: _Bucket, key: str, head: Mapping[str, Any], f: _File) -> bool:
 
     A checkpoint may gain signatures after it was archived; its signed text may not change.
     """
-    if not f.path.startswith("checkpoints/"):
+    if not f.path.removeprefix(_PENDING).startswith("checkpoints/"):
         return False
     what = f"read s3://{s3.bucket}/{key}"
     got = s3.call(what, "get_object", Key=key, **_version(head))
