@@ -78,6 +78,6 @@ def test_processes_opening_a_due_home_at_once_rotate_once(tmp_path):
         entries = p.keyring.entries()
         assert len(entries) == 2  # exactly one rotation
         assert signed_with <= {e.key_id for e in entries}
-        assert len(list((home / "keys").glob("*.pem"))) == 2
+        assert len(list((home / "keys").glob("*.pem"))) == 1  # the retired key is deleted
         assert sum(b'"keys.rotated"' in e.body for e in p.events()) == 1  # by the rotator
         assert p.verify().ok

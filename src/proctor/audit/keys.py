@@ -318,6 +318,13 @@ class Keyring:
             )
         entries.append(entry)
         self._write_index(entries)
+        # The retired keys' private parts go: nothing reads them (a signer loads the current
+        # key; verifying needs only public keys), and one left on disk could sign events
+        # that verify, backdated into its validity. Processes that hold the old key in memory
+        # keep signing with it for the grace above, until they reload the keyring.
+        for old in entries[:-1]:
+            self._private_path(old.key_id).unlink(missing_ok=True)
+        _fsync_directory(self.directory)
         return entry
 
     def _write_index(self, entries: list[KeyEntry]) -> None:
@@ -351,12 +358,10 @@ class Keyring:
         Raises:
             ConfigError: if the private key file is missing or unreadable.
         """
-        entries = self.entries()
-        cur = entries[-1]
-        path = self._private_path(cur.key_id)
+        entries, path, pem = self._current_pem()
         try:
-            private = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        except (OSError, ValueError) as exc:
+            private = serialization.load_pem_private_key(pem, password=None)
+        except ValueError as exc:
             raise ConfigError(f"cannot read signing key {path}: {exc}", field="keys") from exc
         if not isinstance(private, Ed25519PrivateKey):
             raise ConfigError(f"{path} is not an Ed25519 key", field="keys")
@@ -366,6 +371,26 @@ class Keyring:
             serialization.NoEncryption(),
         )
         return LocalSigner(seed, public_keys={e.key_id: e.public_key for e in entries})
+
+    def _current_pem(self) -> tuple[list[KeyEntry], Path, bytes]:
+        """The entries, and the current key's private file and bytes.
+
+        A rotation deletes the retired key's file (``_append``): one that lands between
+        reading the index and the file is met by reading both again, once.
+        """
+        entries = self.entries()
+        path = self._private_path(entries[-1].key_id)
+        try:
+            return entries, path, path.read_bytes()
+        except FileNotFoundError:
+            entries = self.entries()
+            path = self._private_path(entries[-1].key_id)
+        except OSError as exc:
+            raise ConfigError(f"cannot read signing key {path}: {exc}", field="keys") from exc
+        try:
+            return entries, path, path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read signing key {path}: {exc}", field="keys") from exc
 
     def payload_key(self) -> bytes:
         """Return the instance's payload-hash secret, creating it on first use.

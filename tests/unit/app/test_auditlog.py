@@ -341,7 +341,7 @@ class TestKeyRotation:
             ids = [e.key_id for e in p.keyring.entries()]
             assert len(ids) == 2  # one rotation
             assert set(signed_with) == {ids[-1]}
-            assert len(list((home / "keys").glob("*.pem"))) == 2
+            assert len(list((home / "keys").glob("*.pem"))) == 1  # the retired key is deleted
             assert sum(b'"keys.rotated"' in e.body for e in p.events()) == 1  # by the rotator
             assert p.verify().ok
 

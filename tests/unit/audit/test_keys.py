@@ -46,7 +46,8 @@ def _pems(keyring: Keyring) -> set[str]:
 
 
 def _pem_names(keyring: Keyring) -> set[str]:
-    return {e.key_id.replace(":", "-") + ".pem" for e in keyring.entries()}
+    """The private key files a keyring keeps: the current key's alone (retired ones go)."""
+    return {keyring.entries()[-1].key_id.replace(":", "-") + ".pem"}
 
 
 class TestKeyring:
@@ -94,6 +95,33 @@ class TestKeyring:
         assert keyring.previous(second.key_id) == first.key_id
         assert keyring.previous(first.key_id) is None
 
+    def test_a_rotation_deletes_the_retired_private_key(self, tmp_path):
+        """Only the current key can sign: a retired one left on disk could sign events that
+        verify, backdated into its validity. Its public key stays, for verification."""
+        keyring = Keyring(tmp_path / "keys")
+        first = keyring.create(T0)
+        before = keyring.local_signer()  # a process that loaded the old key
+
+        second = keyring.create(T0 + DAY)
+
+        assert _pems(keyring) == {second.key_id.replace(":", "-") + ".pem"}
+        assert [e.key_id for e in keyring.entries()] == [first.key_id, second.key_id]
+        assert keyring.local_signer().key_id == second.key_id
+        assert set(keyring.local_signer().public_keys()) == {first.key_id, second.key_id}
+        assert before.key_id == first.key_id and before.sign(b"x")  # in memory, for the grace
+
+    def test_a_signer_loaded_across_a_rotation_reads_the_index_again(self, tmp_path, monkeypatch):
+        """The index read just before a rotation names a key whose file is then gone."""
+        keyring = Keyring(tmp_path / "keys")
+        keyring.create(T0)
+        stale = keyring.entries()
+        new = keyring.create(T0 + DAY)
+        reads = iter([stale])
+        fresh = keyring.entries
+        monkeypatch.setattr(keyring, "entries", lambda: next(reads, None) or fresh())
+
+        assert keyring.local_signer().key_id == new.key_id
+
     def test_file_modes_and_no_temporary_files_left(self, tmp_path):
         """Private keys are 0600, keyring.json keeps the umask's mode, no temp file stays."""
         keyring = Keyring(tmp_path / "keys")
@@ -123,7 +151,7 @@ class TestConcurrentChanges:
         ids = [e.key_id for e in keyring.entries()]
         assert len(ids) == 9
         assert {e.key_id for e in made} <= set(ids)
-        assert _pems(keyring) == _pem_names(keyring)  # no orphan private key
+        assert _pems(keyring) == _pem_names(keyring)  # no orphan or retired private key
         # Every key but the newest was closed by the rotation that followed it.
         assert all(e.not_after is not None for e in keyring.entries()[:-1])
 
