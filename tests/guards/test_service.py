@@ -85,6 +85,41 @@ class TestAdmit:
         assert "budget budget:user:alice" in out.steps[0].reasons[-1]
         assert w.store.counter_sum("budget:user:alice", day(w)) == (0, 1100)
 
+    @pytest.mark.parametrize(
+        "budgets",
+        [
+            pytest.param(
+                (
+                    Budget(scope="user", key="*", limit=1000),
+                    Budget(scope="user", key="alice", limit=1000),
+                ),
+                id="one-user-and-every-user",
+            ),
+            pytest.param(
+                (
+                    Budget(scope="user", key="*", limit=1000, period="day"),
+                    Budget(scope="user", key="*", limit=1000, period="month"),
+                ),
+                id="a-day-and-a-month",
+            ),
+        ],
+    )
+    def test_budgets_over_the_same_spend_count_it_once(self, url, budgets):
+        """Two budgets that both cover alice's spend (her own and everyone's; a daily and a
+        monthly one) each see it once: 400 + 400 of a 1,000 limit needs no approval."""
+        w = World(url, budgets=budgets)
+        spec = [w.p.gateway.catalog.get("shop.buy")]
+        for amount in (400, 400):
+            rec = w.record(amount=amount)
+            assert w.run("admit", rec, spec, w.decision(rec)).outcome is Outcome.EXECUTE
+        assert w.store.counter_sum("budget:user:alice", day(w))[1] == 800
+        assert w.store.counter_sum("budget:user:alice", day(w)[:7])[1] == 800
+
+        third = w.record(amount=400)  # 1,200 > 1,000 for both
+        out = w.run("admit", third, spec, w.decision(third))
+        assert out.outcome is Outcome.APPROVE
+        assert w.store.counter_sum("budget:user:alice", day(w)[:7])[1] == 1200
+
     def test_budget_deny_reserves_nothing(self, url):
         """A deny budget that would be exceeded denies and leaves the counters as they were."""
         w = World(url, budgets=(Budget(scope="global", key="*", limit=100, on_exceed="deny"),))

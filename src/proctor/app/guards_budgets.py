@@ -105,6 +105,12 @@ class GuardsBudgets:
         """
         entries: list[dict[str, Any]] = []
         approve: list[str] = []
+        # Spend is kept in day buckets; a month budget sums its month's days (``YYYY-MM`` is
+        # below every ``YYYY-MM-DD`` of the month, and above the month before). Budgets over
+        # the same counter (alice's and everyone's; a daily and a monthly one) share one
+        # reservation: this plan's spend is added once, and each checks it against its limit.
+        day = period_bucket(now, "day")
+        mine: dict[str, int] = {}  # counter → what this plan reserved on it
         for b in self.settings.budgets:
             bucket = period_bucket(now, b.period)
             portions: dict[str, list[int]] = {}
@@ -113,7 +119,7 @@ class GuardsBudgets:
                 if a and b.applies(value):
                     portions.setdefault(b.counter(value), [0] * len(amounts))[s.index] += a
             for counter, portion in portions.items():
-                spent = tx.counter_sum(counter, bucket)[1]
+                spent = tx.counter_sum(counter, bucket)[1] - mine.get(counter, 0)
                 need = sum(portion)
                 if over_budget(spent, need, b.limit):
                     emit(
@@ -133,8 +139,10 @@ class GuardsBudgets:
                         self._release(tx, entries)
                         return [], [], reason
                     approve.append(reason)
-                tx.bump(counter, bucket, count=0, amount=need)
-                entries.append({"counter": counter, "bucket": bucket, "steps": portion})
+                if counter not in mine:
+                    tx.bump(counter, day, count=0, amount=need)
+                    entries.append({"counter": counter, "bucket": day, "steps": portion})
+                    mine[counter] = need
         return entries, approve, None
 
     @staticmethod
