@@ -111,19 +111,23 @@ class TestRegistration:
 
 
 class TestAuditDocument:
-    def test_masks_apply_and_keep_the_hash_of_the_whole(self):
-        """Masked pointers are replaced; the hash of the unmasked result is kept."""
+    def test_masks_apply_and_keep_the_keyed_hash_of_the_whole(self):
+        """Masked pointers are replaced; the keyed hash of the unmasked result is kept (none
+        without a key: a plain hash would let a reader test guesses of the masked value)."""
         result = types.CallToolResult(
             content=[types.TextContent(type="text", text="token=s3cret")],
             structured_content={"token": "s3cret", "ok": True},
         )
         plain = audit_document(result, ())
-        masked = audit_document(result, ("/structuredContent/token", "/content"))
+        pointers = ("/structuredContent/token", "/content")
+        masked = audit_document(result, pointers, keyed=lambda doc: f"k:{len(str(doc))}")
+        keyless = audit_document(result, pointers)
 
         assert plain["structuredContent"]["token"] == "s3cret"
         assert "s3cret" not in str(masked)
         assert masked["structuredContent"]["ok"] is True
-        assert len(masked["unmasked_sha256"]) == 64
+        assert masked["unmasked_hmac_sha256"] == f"k:{len(str({'result': plain}))}"
+        assert "unmasked_hmac_sha256" not in keyless and "unmasked_sha256" not in keyless
 
 
 @pytest.mark.parametrize(

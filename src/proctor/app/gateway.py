@@ -629,6 +629,14 @@ class Gateway(HumanActions):
             return keyed_payload_hash(self._payload_key, {"digest": record.digest})
         return record.digest
 
+    def keyed_hash(self, payload: Mapping[str, Any]) -> str:
+        """``hmac-sha256:`` of ``payload``'s canonical form under the instance's payload key.
+
+        For what the log keeps of a masked value (an MCP result masked by ``maskResult``): only
+        the key's holder can test a guess.
+        """
+        return keyed_payload_hash(self._payload_key, payload)
+
     def hash_payload(self, spec: ActionSpec | None, payload: Mapping[str, Any]) -> str:
         """The ``payload_hash`` of a step's params (or ``result_hash`` of its result).
 

@@ -141,7 +141,9 @@ class McpProxy:
         gw = proctor.gateway
         gw.options = dataclasses.replace(gw.options, runners=gw.options.runners | {"mcp"})
         fallback = gw.tools.fallback if isinstance(gw.tools, McpTools) else gw.tools
-        self.mcp_tools: McpTools = _LoopTools(fallback, self._forward)
+        self.mcp_tools: McpTools = _LoopTools(
+            fallback, self._forward, keyed=proctor.gateway.keyed_hash
+        )
         gw.tools = self.mcp_tools
         # Handler path -> (server, tool, result masks): the calls _drive makes itself.
         self._targets: dict[str, tuple[str, str, tuple[str, ...]]] = {}
@@ -622,7 +624,11 @@ class McpProxy:
         if raw.is_error:
             failed = UpstreamToolError(error_message(raw, masks))
             return await self._recorded(functools.partial(complete, pending, error=failed)), raw
-        done = functools.partial(complete, pending, result=audit_document(raw, masks))
+        done = functools.partial(
+            complete,
+            pending,
+            result=audit_document(raw, masks, keyed=self.proctor.gateway.keyed_hash),
+        )
         # A success records in one commit (no retry, no backoff): in the loop when it is free.
         return (done() if self._active <= 1 else await self._recorded(done)), raw
 

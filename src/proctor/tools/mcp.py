@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Mapping, Sequence
@@ -85,19 +84,26 @@ def error_message(result: types.CallToolResult, pointers: Sequence[str]) -> str:
     return f"the upstream tool failed: {' '.join(texts)[:400]}"
 
 
-def audit_document(result: types.CallToolResult, pointers: Sequence[str]) -> dict[str, Any]:
+def audit_document(
+    result: types.CallToolResult,
+    pointers: Sequence[str],
+    *,
+    keyed: Callable[[Mapping[str, Any]], str] | None = None,
+) -> dict[str, Any]:
     """Return the JSON form of ``result`` the audit log keeps, masked by ``pointers``.
 
-    When something is masked, ``unmasked_sha256`` keeps the hash of the whole document so an
-    auditor holding the original can prove it is the one the tool returned.
+    When something is masked and ``keyed`` (the instance's keyed hash,
+    ``Gateway.keyed_hash``) is given, ``unmasked_hmac_sha256`` keeps the keyed hash of the
+    whole document, so the instance can prove the original is the one the tool returned. A
+    plain hash would let anyone holding the log test guesses of a short masked value (a
+    balance, a yes or no); without the key (a remote proxy), no hash is kept.
     """
     doc: dict[str, Any] = result.model_dump(mode="json", by_alias=True, exclude_none=True)
     if not pointers:
         return doc
     masked = mask(doc, pointers)
-    masked["unmasked_sha256"] = hashlib.sha256(
-        orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
-    ).hexdigest()
+    if keyed is not None:
+        masked["unmasked_hmac_sha256"] = keyed({"result": doc})
     return masked
 
 
@@ -128,9 +134,16 @@ class McpTools:
         caller: Performs one upstream call inside the event loop.
     """
 
-    def __init__(self, fallback: Tools, caller: UpstreamCall) -> None:
+    def __init__(
+        self,
+        fallback: Tools,
+        caller: UpstreamCall,
+        *,
+        keyed: Callable[[Mapping[str, Any]], str] | None = None,
+    ) -> None:
         self.fallback = fallback
         self._caller = caller
+        self._keyed = keyed  # the instance's keyed hash, for masked results (audit_document)
         self._targets: dict[str, _Target] = {}
         self._results: OrderedDict[str, types.CallToolResult] = OrderedDict()
         self._lock = threading.Lock()
@@ -181,7 +194,7 @@ class McpTools:
                 self._results.popitem(last=False)
         if result.is_error:
             raise UpstreamToolError(error_message(result, target.mask_result))
-        return audit_document(result, target.mask_result)
+        return audit_document(result, target.mask_result, keyed=self._keyed)
 
     def take_result(self, key: str) -> types.CallToolResult | None:
         """Return (and forget) the upstream's own result of step ``key`` (``plan:step``)."""
