@@ -28,7 +28,6 @@ class EventType:
     # A confirmed, approved or resolved plan left for another process: an action it needs is
     # not in this process's catalog (a runner's, or one another process registered).
     PLAN_QUEUED: Final = "plan.queued"
-    PLAN_STARTED: Final = "plan.started"
     STEP_STARTED: Final = "step.started"
     STEP_SUCCEEDED: Final = "step.succeeded"
     STEP_FAILED: Final = "step.failed"
