@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from proctor.core.masking import MASK, mask
+from proctor.core.masking import MASK, mask, resolve
 
 __all__ = ["MIN_SECRET", "Redaction", "redaction_for"]
 
@@ -94,7 +94,7 @@ def redaction_for(
             continue
         pointers[step_id] = tuple(masks)
         for pointer in masks:
-            for leaf in _leaves(_resolve(params, pointer)):
+            for leaf in _leaves(resolve(params, pointer)):
                 if isinstance(leaf, bool) or leaf is None:
                     continue
                 if isinstance(leaf, int | float):
@@ -113,22 +113,6 @@ def redaction_for(
     return Redaction(
         pointers=pointers, texts=frozenset(texts), numbers=frozenset(numbers), pattern=pattern
     )
-
-
-def _resolve(doc: Any, pointer: str) -> Any:
-    """The value at ``pointer`` in ``doc`` (RFC 6901), or None when it does not resolve."""
-    if pointer == "":
-        return doc
-    node = doc
-    for raw in pointer.lstrip("/").split("/"):
-        tok = raw.replace("~1", "/").replace("~0", "~")
-        if isinstance(node, dict):
-            node = node.get(tok)
-        elif isinstance(node, list) and tok.isdigit() and int(tok) < len(node):
-            node = node[int(tok)]
-        else:
-            return None
-    return node
 
 
 def _leaves(value: Any) -> list[Any]:

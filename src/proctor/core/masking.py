@@ -14,7 +14,7 @@ import copy
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["MASK", "mask"]
+__all__ = ["MASK", "mask", "resolve"]
 
 MASK = "***"
 
@@ -49,6 +49,18 @@ def mask(params: Mapping[str, Any], pointers: Iterable[str]) -> dict[str, Any]:
             elif isinstance(node, list) and last.isdigit() and int(last) < len(node):
                 node[int(last)] = MASK
     return out
+
+
+def resolve(doc: Any, pointer: str) -> Any:
+    """Return the value at ``pointer`` in ``doc`` (RFC 6901), or None when it does not resolve."""
+    if pointer == "":
+        return doc
+    node = doc
+    for raw in pointer.lstrip("/").split("/"):
+        node = _child(node, _unescape(raw))
+        if node is None:
+            return None
+    return node
 
 
 def _child(node: Any, tok: str) -> Any:
