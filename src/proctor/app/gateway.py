@@ -626,7 +626,7 @@ class Gateway(HumanActions):
         ``hmac-sha256:`` of the digest under the instance's payload key instead.
         """
         if self.catalog.has_masks and self._redaction(record) is not None:
-            return keyed_payload_hash(self._payload_key, {"digest": record.digest})
+            return self.keyed_hash({"digest": record.digest})
         return record.digest
 
     def keyed_hash(self, payload: Mapping[str, Any]) -> str:
@@ -644,7 +644,7 @@ class Gateway(HumanActions):
         recovered by hashing guesses; a plain ``sha256:`` otherwise (the params are in the log).
         """
         if spec is not None and spec.mask:
-            return keyed_payload_hash(self._payload_key, payload)
+            return self.keyed_hash(payload)
         return payload_hash(payload)
 
     def _attempt(self, step: StepRecord, spec: ActionSpec | None, status: str) -> dict[str, Any]:
@@ -671,9 +671,9 @@ class Gateway(HumanActions):
             if redaction is None:
                 body_hash = payload_hash({"raw": raw})
             else:
-                body_hash = keyed_payload_hash(self._payload_key, {"raw": raw})
+                body_hash = self.keyed_hash({"raw": raw})
                 if digest is not None:
-                    digest = keyed_payload_hash(self._payload_key, {"digest": digest})
+                    digest = self.keyed_hash({"digest": digest})
         except ProctorError:
             body_hash = None
         data = {
