@@ -440,6 +440,7 @@ def open_instance(settings: Settings, *, clock: Clock | None = None) -> Instance
     catalog = load_catalog(settings)
     policy = load_policy(settings)
     tools = PythonTools()
+    _refuse_missing_sqlite(settings)
     store = open_store(
         settings.database_url, synchronous=settings.synchronous, pool_size=settings.pool_size
     )
@@ -480,6 +481,28 @@ def open_instance(settings: Settings, *, clock: Clock | None = None) -> Instance
     return Instance(
         settings=settings, gateway=gateway, keys=keyring.key_infos(), tools=tools, keyring=keyring
     )
+
+
+def _refuse_missing_sqlite(settings: Settings) -> None:
+    """Refuse to open a home whose SQLite file is gone, rather than start a new audit log.
+
+    ``proctor init`` creates the database. Past that, a missing file means it was deleted,
+    moved or mistyped in config.toml: opening would create an empty database whose new log
+    says nothing of the old one, and a read such as ``proctor plans`` would show an empty
+    instance as if it were this one.
+    """
+    url = settings.database_url
+    if not url.startswith("sqlite:///"):
+        return
+    path = Path(url.removeprefix("sqlite:///"))
+    if not path.is_file():
+        raise StorageError(
+            f"no database at {path}",
+            field="database.url",
+            hint="Restore it from a backup, or check [database] url in config.toml and"
+            " PROCTOR_DATABASE_URL. Only `proctor init` creates a database (a new, empty"
+            " audit log); no other command does.",
+        )
 
 
 @dataclass(slots=True)
@@ -540,10 +563,7 @@ def open_existing_store(settings: Settings) -> Store:
             field="database.url",
             hint="Verify in the process that holds it (Proctor.verify()), or use SQLite.",
         )
-    if url.startswith("sqlite:///"):
-        path = Path(url.removeprefix("sqlite:///"))
-        if not path.is_file():
-            raise StorageError(f"no database at {path}", field="database.url", hint=hint)
+    _refuse_missing_sqlite(settings)
     store = open_store(
         url, synchronous=settings.synchronous, pool_size=settings.pool_size, migrate=False
     )

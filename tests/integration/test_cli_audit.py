@@ -133,7 +133,34 @@ class TestVerifyOpensTheDatabaseAsItIs:
         assert r.code == 1, str(r)
         assert r.error()["code"] == "storage_error"
         assert r.error()["field"] == "database.url"
-        assert "never creates" in r.error()["hint"]
+        assert "Only `proctor init` creates" in r.error()["hint"]
+        assert not (home / "proctor.db").exists()
+
+    @pytest.mark.parametrize(
+        "args",
+        [
+            ("plans",),
+            ("show", "plan-x"),
+            ("approve", "plan-x", "--as", "alice", "--role", "finance"),
+            ("keys", "list"),
+            ("audit", "events"),
+            ("audit", "prove", "--index", "0"),
+        ],
+    )
+    def test_no_command_starts_a_new_log_in_place_of_a_deleted_one(self, cli, home, args):
+        """Every command that opens the home refuses a deleted SQLite file; none creates one.
+
+        They used to create an empty database (a new audit log) and answer from it: `plans`
+        listed nothing, `approve` said the plan did not exist.
+        """
+        for f in home.glob("proctor.db*"):
+            f.unlink()
+
+        r = cli(*args, "--json", home=home)
+
+        assert r.code != 0, str(r)
+        assert r.error()["code"] == "storage_error", str(r)
+        assert r.error()["field"] == "database.url"
         assert not (home / "proctor.db").exists()
 
     def test_a_mistyped_database_url_fails(self, cli, home, tmp_path):
