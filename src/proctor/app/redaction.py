@@ -8,7 +8,9 @@ one ``Redaction`` (``Journal.emit``):
 - the step's pointers are applied to its ``result`` and to its simulation ``effects`` where
   they resolve there (a result echoing the params' shape is masked like them);
 - every *masked value* is replaced by ``"***"`` wherever it appears in the event's ``data``:
-  as a whole string or number, inside a longer string (an error message), or as a key.
+  as a whole string or number, inside a longer string (an error message), or as a key;
+- so is the start of a masked value (``MIN_SECRET`` characters or more) that ends a string:
+  a message cut at its length limit may end inside the value.
 
 NOTE(short values): only masked values of at least ``MIN_SECRET`` (4) characters are searched
 for inside text (a number by its decimal form). Replacing a masked ``"1"`` or ``"EU"`` in every
@@ -109,7 +111,16 @@ def redaction_for(
     pattern = None
     if texts:
         ordered = sorted(texts, key=len, reverse=True)
-        pattern = re.compile("|".join(re.escape(t) for t in ordered))
+        # A text cut at a length limit (an error at MAX_ERROR characters) may end inside a
+        # masked value: the start of the value, of at least MIN_SECRET characters, at the very
+        # end of a string goes too.
+        cut = sorted(
+            {t[:k] for t in texts for k in range(MIN_SECRET, len(t))}, key=len, reverse=True
+        )
+        alternatives = [re.escape(t) for t in ordered]
+        if cut:
+            alternatives.append("(?:" + "|".join(re.escape(c) for c in cut) + r")\Z")
+        pattern = re.compile("|".join(alternatives))
     return Redaction(
         pointers=pointers, texts=frozenset(texts), numbers=frozenset(numbers), pattern=pattern
     )

@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from proctor import Proctor
+from proctor.app._outcomes import MAX_ERROR
 from proctor.app.journal import keyed_payload_hash, payload_hash
 from proctor.app.redaction import MASK, redaction_for
 from proctor.audit.keys import Keyring
@@ -49,6 +50,15 @@ class TestRedactionFor:
         out = r.apply({"result": {"code": "1", "pin": 123, "n": 1}, "error": "1 of 123"}, "s1")
 
         assert out == {"result": {"code": MASK, "pin": MASK, "n": 1}, "error": "1 of 123"}
+
+    def test_the_start_of_a_value_at_the_end_of_a_cut_text_goes_too(self):
+        """A message cut at its limit inside a masked value loses that piece, if 4+ chars."""
+        r = redaction_for([("s1", {"card": CARD}, ("/card",))])
+        assert r is not None
+
+        out = r.apply({"error": f"declined {CARD[:9]}", "a": "x 411", "b": "4111 x"}, "s1")
+
+        assert out == {"error": "declined ***", "a": "x 411", "b": "4111 x"}
 
 
 def _proctor():
@@ -99,6 +109,22 @@ class TestMaskedValuesInEvents:
         (sim,) = [b for b in bodies[simulated.plan_id] if b["type"] == "simulation.completed"]
         assert sim["data"]["effects"]["s1"] == {"would_charge": MASK, "amount": 11}
         assert p.verify().ok
+
+    def test_an_error_cut_inside_a_masked_value_keeps_none_of_it(self):
+        """A handler's error cut at MAX_ERROR in the middle of the card logs no digit of it."""
+        p = _proctor()
+
+        @p.action("card.check", category="payment", mask=["/card"], baselines=LOW)
+        def check(params, call):
+            pad = "x" * (MAX_ERROR - len("ValueError: ") - 10)
+            raise ValueError(f"{pad}{params['card']}")
+
+        rec = p.submit(make_plan([("card.check", {"card": CARD})]))
+
+        bodies = [orjson.loads(e.body) for e in p.events(plan_id=rec.plan_id)]
+        (err,) = [b for b in bodies if b["type"] == "step.failed"]
+        assert err["data"]["error"].endswith("x***")
+        assert CARD[:10].encode() not in b"".join(e.body for e in p.events(plan_id=rec.plan_id))
 
     def test_a_plan_without_masks_is_untouched(self):
         """A plan of unmasked actions logs its results as they are, with plain hashes."""
