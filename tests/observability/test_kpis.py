@@ -132,6 +132,18 @@ class TestKnownAnswers:
         ]
         assert k["time_to_recovery_s"]["count"] == 2
 
+    def test_a_partial_rollback_is_a_recovery(self):
+        """A rollback TTL that undid one step of two (``plan.rolled_back``) ends the clock."""
+        h = History()
+        h.at(0).plan("part")
+        h.at(60).ev("undo.requested", "part", data={"by": "proctor:rollback-ttl"})
+        h.at(62).ev("plan.rolled_back", "part", data={"status": "succeeded", "steps": ["s1"]})
+
+        k = kpis(h.events)["all"]
+
+        assert k["time_to_recovery_s"] == {"median": 120.0, "max": 120.0, "count": 1}
+        assert k["counts"]["false_signals"] == {"rollback": 1}
+
     def test_coverage_says_what_is_missing(self):
         """Steps without a trace or a signature are not covered, and are counted by gap."""
         h = History()

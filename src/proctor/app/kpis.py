@@ -17,7 +17,8 @@ period's figures; the monthly review judges each week as of the month's end):
   signals; ``counts.false_signals`` breaks them down;
 - **time to recovery** — from detection (an undo request, a complaint, a ``wrong`` review,
   a failed, timed-out or unknown step) to the revert (the plan finished ``undone`` or
-  ``compensated``): median and worst, in seconds. The clock starts at the first detection
+  ``compensated``, or a rollback TTL undid part of it: ``plan.rolled_back``): median and
+  worst, in seconds. The clock starts at the first detection
   still unanswered at the revert: step trouble the plan overcame (it finished
   ``succeeded``: a retry worked, a human resolved the step) does not start it;
 - **audit coverage** — executed steps in the period with full provenance (their plan's
@@ -248,6 +249,11 @@ def compute(
                 # The step trouble before it was overcome; it must not start the clock of an
                 # undo requested days later.
                 p.detected.pop("step", None)
+        elif kind == "plan.rolled_back":
+            # A rollback TTL undid some steps and the others stand: the revert is done.
+            if p.detected:
+                p.recovered_s = (t - min(p.detected.values())).total_seconds()
+            p.detected.clear()
         elif kind == "undo.requested":
             # The rollback TTL undoes as ``proctor:rollback-ttl``; people undo as themselves.
             by_whom = str(data.get("by") or body.get("user_id") or "")
