@@ -28,6 +28,7 @@ from urllib.parse import quote
 
 import httpx
 import orjson
+from opentelemetry import propagate
 
 from proctor import errors as _errors
 from proctor.errors import (
@@ -209,10 +210,16 @@ _READYZ = _Call("GET", "/readyz")
 
 
 def _request_kwargs(call: _Call, default_timeout: float) -> dict[str, Any]:
-    kw: dict[str, Any] = {"params": call.params or None, "headers": call.headers or None}
+    headers = dict(call.headers)
+    # The caller's trace context (W3C ``traceparent``, through OpenTelemetry's configured
+    # propagator): when the calling code runs in a span, the server's events of this plan,
+    # approval or undo carry its trace id. Nothing is added outside a span.
+    propagate.inject(headers)
+    kw: dict[str, Any] = {"params": call.params or None}
     if call.body is not None:
         kw["content"] = orjson.dumps(call.body)
-        kw["headers"] = {**call.headers, "Content-Type": "application/json"}
+        headers["Content-Type"] = "application/json"
+    kw["headers"] = headers or None
     if call.timeout is not None:
         kw["timeout"] = call.timeout
     else:

@@ -238,6 +238,31 @@ def plan(*actions: str, **kw: Any) -> dict[str, Any]:
     return make_plan([(a, {}) for a in actions], agent_id="shop-bot", **kw)
 
 
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+SPAN = "00f067aa0ba902b7"
+
+
+def _in_span() -> Any:
+    """The calling code's span (an instrumented agent): its ids must reach the server."""
+    from opentelemetry import trace
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+    ctx = SpanContext(
+        trace_id=int(TRACE, 16),
+        span_id=int(SPAN, 16),
+        is_remote=False,
+        trace_flags=TraceFlags(TraceFlags.SAMPLED),
+    )
+    return trace.use_span(NonRecordingSpan(ctx))
+
+
+def _trace_ids(p: Proctor, plan_id: str, kind: str) -> set[str | None]:
+    import orjson
+
+    bodies = [orjson.loads(e.body) for e in p.gateway.store.read_events(plan_id=plan_id)]
+    return {b["trace_id"] for b in bodies if b["type"] == kind}
+
+
 @needs_server
 class TestSyncClient:
     def test_health(self, server):
@@ -283,6 +308,19 @@ class TestSyncClient:
         assert waited["approvals"][0]["principal"] == "bob"
         assert waited["approvals"][0]["comment"] == "ok"
         assert elapsed < 10
+
+    def test_the_callers_trace_reaches_the_plan_and_the_approval(self, server):
+        """In a span, the client sends its traceparent: the server's events carry its trace."""
+        with server.client("agent") as agent, server.client("bob") as bob:
+            with _in_span():
+                doc = agent.submit(plan("shop.pay"))
+            outside = agent.submit(plan("shop.order"))
+            with _in_span():
+                bob.approve(doc["plan_id"])
+
+        assert _trace_ids(server.proctor, doc["plan_id"], "plan.submitted") == {TRACE}
+        assert _trace_ids(server.proctor, doc["plan_id"], "approval.granted") == {TRACE}
+        assert TRACE not in _trace_ids(server.proctor, outside["plan_id"], "plan.submitted")
 
     def test_wait_times_out_unchanged(self, server):
         """With nothing happening, get(wait=) returns the unchanged plan after the wait."""
@@ -414,6 +452,18 @@ class TestAsyncClient:
 
         assert doc["status"] == "awaiting_approval"
         assert waited["status"] == "succeeded"
+
+    def test_the_callers_trace_reaches_the_plan(self, server):
+        """The async client sends its traceparent too."""
+
+        async def go() -> dict[str, Any]:
+            async with server.aclient("agent") as agent:
+                with _in_span():
+                    return await agent.submit(plan("shop.order"))
+
+        doc = asyncio.run(go())
+
+        assert _trace_ids(server.proctor, doc["plan_id"], "plan.submitted") == {TRACE}
 
     def test_errors_and_stream(self, server):
         """Async errors map to the same classes; the async stream yields the events."""
