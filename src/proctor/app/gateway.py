@@ -590,7 +590,7 @@ class Gateway(HumanActions):
             log=self.audit_log,
             listeners=self.listeners,
             redact=self._redaction if self.catalog.has_masks else None,
-            digest=self.logged_digest if self.catalog.has_masks else None,
+            keyed=self.keyed_hash if self.catalog.has_masks else None,
         )
 
     def _redaction(self, record: PlanRecord) -> Redaction | None:
@@ -616,18 +616,6 @@ class Gateway(HumanActions):
             if spec is not None and spec.mask:
                 found.append((str(st.get("id", i)), st["params"], spec.mask))
         return redaction_for(found) if found else None
-
-    def logged_digest(self, record: PlanRecord) -> str:
-        """The plan digest the audit log shows for ``record``.
-
-        The digest is a plain SHA-256 of the whole manifest, masked params included: logged as
-        is, it would let anyone holding the log test guesses of a short masked value (the rest
-        of the manifest is mostly in the log). For a plan with masked params the log shows
-        ``hmac-sha256:`` of the digest under the instance's payload key instead.
-        """
-        if self.catalog.has_masks and self._redaction(record) is not None:
-            return self.keyed_hash({"digest": record.digest})
-        return record.digest
 
     def keyed_hash(self, payload: Mapping[str, Any]) -> str:
         """``hmac-sha256:`` of ``payload``'s canonical form under the instance's payload key.

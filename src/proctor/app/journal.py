@@ -46,8 +46,8 @@ class Journal:
     __slots__ = (
         "_bodies",
         "_clock",
-        "_digest",
         "_fast",
+        "_keyed",
         "_listeners",
         "_log",
         "_parts",
@@ -68,7 +68,7 @@ class Journal:
         log: AuditLog | None = None,
         listeners: Sequence[EventListener] = (),
         redact: Callable[[PlanRecord], Redaction | None] | None = None,
-        digest: Callable[[PlanRecord], str] | None = None,
+        keyed: Callable[[Mapping[str, Any]], str] | None = None,
     ) -> None:
         self._tx = tx
         # One key for the whole transaction, taken before any event is timestamped: a
@@ -78,13 +78,13 @@ class Journal:
         self._clock = clock
         self._bodies: list[dict[str, Any]] = []
         self._fast: list[bool] = []
-        self._parts: dict[str, tuple[dict[str, Any], str, str, str]] = {}
+        self._parts: dict[str, tuple[dict[str, Any], str, str, str, str]] = {}
         self._log = log
         self._listeners = listeners
         # None when no action masks anything: then nothing below looks for masked values.
         self._redact = redact
         self._redactions: dict[str, Redaction | None] = {}
-        self._digest = digest
+        self._keyed = keyed
         self.store_prompt = store_prompt
 
     def emit(
@@ -125,12 +125,12 @@ class Journal:
             "data": dict(data) if data else {},
         }
         if plan is not None:
-            actor_v, prompt_hash, summary, digest = self._plan_parts(plan)
+            actor_v, prompt_hash, summary, digest, prompt = self._plan_parts(plan)
             body["actor"] = dict(actor_v)
             body["user_id"] = user_id or plan.on_behalf_of
             body["prompt_hash"] = prompt_hash
             if self.store_prompt:
-                body["prompt"] = plan.manifest.get("intent", "")
+                body["prompt"] = prompt
             body["plan"] = {"digest": digest, "summary": summary}
             body["policy_version"] = plan.policy_version
         else:
@@ -156,10 +156,14 @@ class Journal:
             found = self._redactions[plan.plan_id] = self._redact(plan)
             return found
 
-    def _plan_parts(self, plan: PlanRecord) -> tuple[dict[str, Any], str, str, str]:
-        """Actor, prompt hash, summary and logged digest of a plan: cached (they never change).
+    def _plan_parts(self, plan: PlanRecord) -> tuple[dict[str, Any], str, str, str, str]:
+        """Actor, prompt hash, summary, logged digest and intent of a plan (cached).
 
-        The logged digest is keyed for a plan with masked params (``Gateway.logged_digest``).
+        For a plan with masked params the digest and the prompt hash are keyed
+        (``hmac-sha256:`` under the instance's payload key) and the intent is redacted: a
+        plain SHA-256 of the manifest, whose other params are mostly in the log, or of an
+        intent that quotes a masked value, would let anyone holding the log test guesses of
+        a short masked value.
         """
         cached = self._parts.get(plan.plan_id)
         if cached is None:
@@ -172,9 +176,16 @@ class Journal:
                 "agent_id": a.get("agent_id"),
             }
             intent = m.get("intent", "")
-            prompt_hash = "sha256:" + hashlib.sha256(intent.encode()).hexdigest()
-            digest = plan.digest if self._digest is None else self._digest(plan)
-            cached = self._parts[plan.plan_id] = (actor, prompt_hash, _summary(plan), digest)
+            redaction = self._redaction(plan) if self._redact is not None else None
+            if redaction is None or self._keyed is None:
+                prompt_hash = "sha256:" + hashlib.sha256(intent.encode()).hexdigest()
+                digest = plan.digest
+            else:
+                prompt_hash = self._keyed({"intent": intent})
+                digest = self._keyed({"digest": plan.digest})
+                intent = redaction.text(intent)
+            cached = (actor, prompt_hash, _summary(plan), digest, intent)
+            self._parts[plan.plan_id] = cached
         return cached
 
     def flush(self) -> list[EventRow]:

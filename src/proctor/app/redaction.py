@@ -67,11 +67,13 @@ class Redaction:
         scrubbed: dict[str, Any] = self._scrub(out)
         return scrubbed
 
+    def text(self, value: str) -> str:
+        """Return ``value`` with every masked value (and a cut one at its end) replaced."""
+        return value if self.pattern is None else self.pattern.sub(MASK, value)
+
     def _scrub(self, value: Any) -> Any:
         if isinstance(value, str):
-            if self.pattern is None:
-                return value
-            return self.pattern.sub(MASK, value)
+            return self.text(value)
         if isinstance(value, dict):
             return {self._scrub(k): self._scrub(v) for k, v in value.items()}
         if isinstance(value, list | tuple):

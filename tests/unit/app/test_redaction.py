@@ -11,6 +11,7 @@ import pytest
 
 from proctor import Proctor
 from proctor.app._outcomes import MAX_ERROR
+from proctor.app.gateway import GatewayOptions
 from proctor.app.journal import keyed_payload_hash, payload_hash
 from proctor.app.redaction import MASK, redaction_for
 from proctor.audit.keys import Keyring
@@ -161,6 +162,29 @@ class TestKeyedHashes:
         for b in bodies:
             if "result_hash" in b["data"]:
                 assert b["data"]["result_hash"].startswith("hmac-sha256:")
+
+    def test_the_intent_of_a_masked_plan_is_keyed_and_redacted(self):
+        """An intent quoting the masked card: its hash is keyed, and a stored prompt redacted."""
+        p = Proctor.in_memory(options=GatewayOptions(store_prompt=True))
+        params = {"amount": 100, "currency": "EUR", "traveller": "al", "card_last4": "4242"}
+        intent = "pay the hotel with the card ending 4242"
+        plan = {**make_plan([("travel.pay", params)]), "intent": intent}
+        other = {
+            **make_plan([("travel.search", {"destination": "LIS", "date": "2026-12-24"})]),
+            "intent": intent,
+        }
+
+        rec = p.submit(plan)
+        plain = p.submit(other)
+
+        key = p.gateway._payload_key
+        (body, *_) = [orjson.loads(e.body) for e in p.events(plan_id=rec.plan_id)]
+        assert body["prompt_hash"] == keyed_payload_hash(key, {"intent": intent})
+        assert body["prompt"] == "pay the hotel with the card ending ***"
+        (unmasked, *_) = [orjson.loads(e.body) for e in p.events(plan_id=plain.plan_id)]
+        assert unmasked["prompt_hash"] == "sha256:" + hashlib.sha256(intent.encode()).hexdigest()
+        assert unmasked["prompt"] == intent
+        assert p.verify().ok
 
     def test_keyed_hash_is_an_hmac(self):
         """``hmac-sha256:`` is HMAC-SHA256 over the canonical params, as docs/audit.md says."""
