@@ -135,6 +135,93 @@ class TestPlans:
         cursor = f"{first[-1].created_at.isoformat()}|{first[-1].plan_id}"
         assert [p.plan_id for p in store.list_plans(limit=2, before=cursor)] == ["p2", "p1"]
 
+    def test_list_filters_by_user_and_a_set_of_statuses(self, store):
+        """``on_behalf_of`` keeps one user's plans, ``statuses`` any of a set (an empty set
+        none), with the other filters and the cursor."""
+        kinds = (PlanStatus.SUCCEEDED, PlanStatus.FAILED, PlanStatus.DENIED)
+        with store.transaction() as tx:
+            for i in range(6):
+                rec = _plan(f"p{i}", at=T0 + timedelta(seconds=i), status=kinds[i % 3])
+                tx.save_plan(dataclasses.replace(rec, on_behalf_of="bob" if i % 2 else "alice"))
+
+        def ids(**kw):
+            return [p.plan_id for p in store.list_plans(**kw)]
+
+        assert ids(on_behalf_of="bob") == ["p5", "p3", "p1"]
+        assert ids(statuses=["succeeded", "failed"]) == ["p4", "p3", "p1", "p0"]
+        assert ids(statuses=["succeeded", "failed"], on_behalf_of="alice") == ["p4", "p0"]
+        assert ids(statuses=[]) == []
+        assert ids(status="denied", statuses=["denied", "failed"]) == ["p5", "p2"]
+        cursor = f"{(T0 + timedelta(seconds=4)).isoformat()}|p4"
+        assert ids(on_behalf_of="alice", before=cursor, limit=1) == ["p2"]
+
+    def test_waiting_plans_soonest_deadline_first(self, store):
+        """One status, by deadline then plan id, plans without a deadline last; the cursor
+        continues exactly after the last plan read, across the plans without one."""
+        deadlines = {
+            "w-late": T0 + timedelta(hours=3),
+            "w-soon": T0 + timedelta(hours=1),
+            "w-b": T0 + timedelta(hours=2),
+            "w-a": T0 + timedelta(hours=2),
+            "w-none2": None,
+            "w-none1": None,
+        }
+        with store.transaction() as tx:
+            for i, (pid, until) in enumerate(deadlines.items()):
+                rec = dataclasses.replace(
+                    _plan(pid, at=T0 + timedelta(seconds=i)), expires_at=until
+                )
+                tx.save_plan(rec)
+            tx.save_plan(_plan("other-status", status=PlanStatus.AWAITING_CONFIRMATION))
+            tx.save_plan(dataclasses.replace(_plan("bobs"), on_behalf_of="bob"))
+
+        # _plan's deadline is T0 + 1 h, as w-soon's: ties go by plan id.
+        everything = ["bobs", "w-soon", "w-a", "w-b", "w-late", "w-none1", "w-none2"]
+        assert [p.plan_id for p in store.waiting_plans("awaiting_approval", limit=3)] == [
+            "bobs",
+            "w-soon",
+            "w-a",
+        ]
+        assert [p.plan_id for p in store.waiting_plans("awaiting_approval")] == everything
+        read: list[str] = []
+        after = None
+        while True:
+            page = store.waiting_plans("awaiting_approval", limit=2, after=after)
+            if not page:
+                break
+            read += [p.plan_id for p in page]
+            last = page[-1]
+            after = f"{last.expires_at.isoformat() if last.expires_at else ''}|{last.plan_id}"
+        assert read == everything
+        assert [
+            p.plan_id for p in store.waiting_plans("awaiting_approval", on_behalf_of="bob")
+        ] == ["bobs"]
+        assert [p.plan_id for p in store.waiting_plans("awaiting_confirmation")] == ["other-status"]
+
+    def test_a_users_plans_among_more_than_a_thousand_others(self, store):
+        """A user's oldest plans and waiting plans are found however many plans others made
+        since (the console's timeline and inbox read them this way)."""
+        with store.transaction() as tx:
+            old = _plan("alice-old", at=T0, status=PlanStatus.SUCCEEDED)
+            tx.save_plan(old)
+            waiting = _plan("alice-wait", at=T0, status=PlanStatus.AWAITING_CONFIRMATION)
+            tx.save_plan(waiting)
+            for i in range(1_200):
+                rec = _plan(
+                    f"o{i:05}",
+                    at=T0 + timedelta(seconds=1 + i),
+                    status=(PlanStatus.SUCCEEDED, PlanStatus.AWAITING_CONFIRMATION)[i % 2],
+                )
+                tx.save_plan(dataclasses.replace(rec, on_behalf_of="bob"))
+
+        mine = store.list_plans(on_behalf_of="alice", statuses=["succeeded"], limit=10)
+        confirm = store.waiting_plans("awaiting_confirmation", on_behalf_of="alice")
+        soonest = store.waiting_plans("awaiting_confirmation", limit=1)
+
+        assert [p.plan_id for p in mine] == ["alice-old"]
+        assert [p.plan_id for p in confirm] == ["alice-wait"]
+        assert [p.plan_id for p in soonest] == ["alice-wait"]
+
 
 class TestCounts:
     def test_no_plans_counts_nothing(self, store):

@@ -258,11 +258,33 @@ class Store(Protocol):
         self,
         *,
         status: str | None = None,
+        statuses: Sequence[str] | None = None,
         agent_id: str | None = None,
+        on_behalf_of: str | None = None,
         limit: int = 50,
         before: str | None = None,
     ) -> list[Any]:
-        """Return plans, newest first; ``before`` is a cursor (a plan's ``created_at|id``)."""
+        """Return plans, newest first; ``before`` is a cursor (a plan's ``created_at|id``).
+
+        Every filter given must hold: ``status`` one status, ``statuses`` any of a set (an
+        empty set matches nothing), ``agent_id`` the agent, ``on_behalf_of`` the user.
+        """
+        ...
+
+    def waiting_plans(
+        self,
+        status: str,
+        *,
+        on_behalf_of: str | None = None,
+        limit: int = 100,
+        after: str | None = None,
+    ) -> list[Any]:
+        """Return the plans in ``status``, the soonest deadline (``expires_at``) first.
+
+        Ties and plans without a deadline (listed last) go by plan id. ``after`` is a cursor,
+        the last plan's ``expires_at|plan_id`` (``expires_at`` in ``isoformat``, empty when
+        the plan has none); ``on_behalf_of`` keeps one user's plans.
+        """
         ...
 
     def count_plans(self, statuses: Sequence[str]) -> dict[str, tuple[int, datetime]]:

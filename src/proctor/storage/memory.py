@@ -208,7 +208,9 @@ class MemoryStore:
         self,
         *,
         status: str | None = None,
+        statuses: Sequence[str] | None = None,
         agent_id: str | None = None,
+        on_behalf_of: str | None = None,
         limit: int = 50,
         before: str | None = None,
     ) -> list[PlanRecord]:
@@ -217,11 +219,16 @@ class MemoryStore:
             plans = sorted(
                 self._plans.values(), key=lambda p: (p.created_at.isoformat(), p.plan_id)
             )
+        wanted = None if statuses is None else set(statuses)
         out = []
         for p in reversed(plans):
             if status and p.status.value != status:
                 continue
+            if wanted is not None and p.status.value not in wanted:
+                continue
             if agent_id and p.agent_id != agent_id:
+                continue
+            if on_behalf_of and p.on_behalf_of != on_behalf_of:
                 continue
             if before and (p.created_at.isoformat(), p.plan_id) >= tuple(before.split("|", 1)):
                 continue
@@ -229,6 +236,34 @@ class MemoryStore:
             if len(out) >= limit:
                 break
         return out
+
+    def waiting_plans(
+        self,
+        status: str,
+        *,
+        on_behalf_of: str | None = None,
+        limit: int = 100,
+        after: str | None = None,
+    ) -> list[PlanRecord]:
+        """Return the plans in ``status``, soonest deadline first; ``after`` is a cursor."""
+
+        # As the SQL stores order them: by deadline then id, plans without a deadline last.
+        def key(p: PlanRecord) -> tuple[bool, str, str]:
+            at = p.expires_at.isoformat() if p.expires_at else ""
+            return (not at, at, p.plan_id)
+
+        with self._lock:
+            plans = [
+                p
+                for p in self._plans.values()
+                if p.status.value == status and (not on_behalf_of or p.on_behalf_of == on_behalf_of)
+            ]
+        plans.sort(key=key)
+        if after:
+            at, _, pid = after.partition("|")
+            mark = (not at, at, pid)
+            plans = [p for p in plans if key(p) > mark]
+        return plans[:limit]
 
     def count_plans(self, statuses: Sequence[str]) -> dict[str, tuple[int, datetime]]:
         """Return, per status that has plans, their number and oldest ``created_at``."""

@@ -162,6 +162,18 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         ALTER TABLE counters_v7 RENAME TO counters;
         """,
     ),
+    (
+        8,
+        """
+        -- A user's plans (the console's timeline and confirmations), newest first, without
+        -- reading anyone else's: its columns never change, so updates leave it alone.
+        CREATE INDEX IF NOT EXISTS plans_by_user ON plans (on_behalf_of, created_at, plan_id);
+        -- Waiting plans by deadline (the inbox, soonest first). Partial: a plan executed
+        -- without waiting never has a deadline and never enters it.
+        CREATE INDEX IF NOT EXISTS plans_by_deadline ON plans (status, expires_at, plan_id)
+            WHERE expires_at IS NOT NULL;
+        """,
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]

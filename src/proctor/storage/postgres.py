@@ -44,6 +44,7 @@ from proctor.core.ports import AuditHead, CheckpointRow, EventRow
 from proctor.core.principals import TokenRecord
 from proctor.errors import StorageError
 from proctor.storage._codec import dump_plan, load_plan
+from proctor.storage._plan_queries import list_plans_sql, waiting_plans_sql
 from proctor.storage.migrations import SCHEMA_VERSION, pending
 
 __all__ = ["PostgresStore"]
@@ -482,27 +483,44 @@ class PostgresStore:
         self,
         *,
         status: str | None = None,
+        statuses: Sequence[str] | None = None,
         agent_id: str | None = None,
+        on_behalf_of: str | None = None,
         limit: int = 50,
         before: str | None = None,
     ) -> list[PlanRecord]:
         """Return plans newest first, filtered; ``before`` is ``created_at|plan_id``."""
-        where, args = [], []
-        if status:
-            where.append("status = %s")
-            args.append(status)
-        if agent_id:
-            where.append("agent_id = %s")
-            args.append(agent_id)
-        if before:
-            at, _, pid = before.partition("|")
-            where.append("(created_at < %s OR (created_at = %s AND plan_id < %s))")
-            args += [at, at, pid]
-        sql = f"SELECT {_PLAN_COLS} FROM plans"  # noqa: S608 - constant columns
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY created_at DESC, plan_id DESC LIMIT %s"
-        return [load_plan(r) for r in self._rows(sql, (*args, int(limit)))]
+        query = list_plans_sql(
+            _PLAN_COLS,
+            "%s",
+            status=status,
+            statuses=statuses,
+            agent_id=agent_id,
+            on_behalf_of=on_behalf_of,
+            limit=limit,
+            before=before,
+        )
+        if query is None:
+            return []
+        return [load_plan(r) for r in self._rows(*query)]
+
+    def waiting_plans(
+        self,
+        status: str,
+        *,
+        on_behalf_of: str | None = None,
+        limit: int = 100,
+        after: str | None = None,
+    ) -> list[PlanRecord]:
+        """Return the plans in ``status``, soonest deadline first; ``after`` is a cursor."""
+        out: list[PlanRecord] = []
+        for sql, args in waiting_plans_sql(
+            _PLAN_COLS, "%s", status, on_behalf_of=on_behalf_of, after=after
+        ):
+            if len(out) >= limit:
+                break
+            out += [load_plan(r) for r in self._rows(sql, (*args, int(limit) - len(out)))]
+        return out
 
     def count_plans(self, statuses: Sequence[str]) -> dict[str, tuple[int, datetime]]:
         """Return, per status that has plans, their number and oldest ``created_at``."""
