@@ -60,6 +60,7 @@ from proctor.http.auth import UNSAFE_LOCAL
 from proctor.http.context import Context
 from proctor.http.errors import STATUS, RateLimitedError, UnauthenticatedError
 from proctor.http.jwt import looks_like_jwt
+from proctor.http.routes_plans import decode_cursor, encode_cursor
 from proctor.http.schemas import ID_PATTERN, MAX_COMMENT
 from proctor.web.audit_pages import add_audit_routes
 from proctor.web.page_helpers import _Forbidden, _nav, _roles_text, _safe_next, _text, _when
@@ -73,7 +74,21 @@ log = logging.getLogger("proctor.web")
 COOKIE = "proctor_session"
 LOGIN_COOKIE = "proctor_login"
 _HERE = Path(__file__).parent
-_SCAN = 1000  # most plans one page reads to find the caller's
+_INBOX_MAX = 200  # plans one inbox section shows: the soonest deadlines
+_WAITING_PAGE = 200  # waiting plans read per query while an approver's inbox fills
+_TIMELINE_PAGE = 50  # plans per page of a timeline
+_RAN = tuple(
+    s.value
+    for s in (
+        PlanStatus.RUNNING,
+        PlanStatus.SUCCEEDED,
+        PlanStatus.UNDONE,
+        PlanStatus.COMPENSATED,
+        PlanStatus.COMPENSATING,
+        PlanStatus.FAILED,
+        PlanStatus.NEEDS_ATTENTION,
+    )
+)  # the statuses of a plan that ran: the timeline's
 _DONE = {
     "approved": "You approved this plan.",
     "rejected": "You rejected this plan.",
@@ -346,20 +361,43 @@ def console_router(ctx: Context) -> APIRouter:
 
     # ------------------------------------------------------------------ inbox
 
-    def inbox_items(p: Principal) -> tuple[list[PlanRecord], list[PlanRecord]]:
+    def waiting_for(
+        p: Principal, kind: PlanAction, status: PlanStatus, *, user: str | None = None
+    ) -> tuple[list[PlanRecord], bool]:
+        """The soonest ``_INBOX_MAX`` plans in ``status`` that ``p`` may ``kind``; and if more.
+
+        The store lists them by deadline; an approver's groups are checked here, page by
+        page, until the section is full or every waiting plan was read.
+        """
+        out: list[PlanRecord] = []
+        after = None
+        while True:
+            page = store.waiting_plans(
+                status.value, on_behalf_of=user, limit=_WAITING_PAGE, after=after
+            )
+            for rec in page:
+                if may_act(p, kind, rec):
+                    if len(out) == _INBOX_MAX:
+                        return out, True
+                    out.append(rec)
+            if len(page) < _WAITING_PAGE:
+                return out, False
+            last = page[-1]
+            after = f"{last.expires_at.isoformat() if last.expires_at else ''}|{last.plan_id}"
+
+    def inbox_items(p: Principal) -> tuple[list[PlanRecord], list[PlanRecord], bool]:
+        """Approvals and confirmations waiting for ``p`` (soonest first), and if either has more."""
         approvals: list[PlanRecord] = []
         confirmations: list[PlanRecord] = []
+        more_a = more_c = False
         if p.has("approver"):
-            for rec in store.list_plans(status=PlanStatus.AWAITING_APPROVAL.value, limit=_SCAN):
-                if may_act(p, "approve", rec):
-                    approvals.append(rec)
+            approvals, more_a = waiting_for(p, "approve", PlanStatus.AWAITING_APPROVAL)
         if p.has("user"):
-            for rec in store.list_plans(status=PlanStatus.AWAITING_CONFIRMATION.value, limit=_SCAN):
-                if may_act(p, "confirm", rec):
-                    confirmations.append(rec)
-        # Oldest deadline first: what expires soonest is on top.
-        key: Callable[[PlanRecord], Any] = lambda rec: (rec.expires_at is None, rec.expires_at)  # noqa: E731
-        return sorted(approvals, key=key), sorted(confirmations, key=key)
+            # Only the user's own plans are read: others' never crowd them out.
+            confirmations, more_c = waiting_for(
+                p, "confirm", PlanStatus.AWAITING_CONFIRMATION, user=p.name
+            )
+        return approvals, confirmations, more_a or more_c
 
     @r.get("/inbox")
     @guarded
@@ -371,7 +409,7 @@ def console_router(ctx: Context) -> APIRouter:
         p = session.principal
         if not (p.has("approver") or p.has("user")):
             raise _Forbidden("the inbox is for approvers and users", field="role")
-        approvals, confirmations = await run_in_threadpool(inbox_items, p)
+        approvals, confirmations, more = await run_in_threadpool(inbox_items, p)
         now = gateway.clock.now()
         catalog = gateway.catalog
 
@@ -389,6 +427,8 @@ def console_router(ctx: Context) -> APIRouter:
             session,
             approvals=[card(x) for x in approvals],
             confirmations=[card(x) for x in confirmations],
+            more=more,
+            shown=_INBOX_MAX,
         )
 
     # ------------------------------------------------------------------ plan page
@@ -490,26 +530,19 @@ def console_router(ctx: Context) -> APIRouter:
 
     # ------------------------------------------------------------------ timeline
 
-    def timeline_items(user: str) -> list[PlanRecord]:
-        out = []
-        ran = {
-            PlanStatus.RUNNING,
-            PlanStatus.SUCCEEDED,
-            PlanStatus.UNDONE,
-            PlanStatus.COMPENSATED,
-            PlanStatus.COMPENSATING,
-            PlanStatus.FAILED,
-            PlanStatus.NEEDS_ATTENTION,
-        }
-        for rec in store.list_plans(limit=_SCAN):
-            if rec.on_behalf_of == user and rec.status in ran:
-                out.append(rec)
-        return out
+    def timeline_items(user: str, before: str | None) -> list[PlanRecord]:
+        # The store reads this user's plans alone (plans_by_user): however many plans
+        # others made since, the user's own stay reachable, a page at a time.
+        return store.list_plans(
+            on_behalf_of=user, statuses=_RAN, limit=_TIMELINE_PAGE + 1, before=before
+        )
 
     @r.get("/timeline")
     @guarded
     async def timeline(
-        request: Request, user: Annotated[str | None, Query(max_length=128)] = None
+        request: Request,
+        user: Annotated[str | None, Query(max_length=128)] = None,
+        cursor: Annotated[str | None, Query(max_length=400)] = None,
     ) -> Response:
         """A user's executed actions, newest first, with undo while the window is open."""
         session = await session_of(request)
@@ -526,7 +559,12 @@ def console_router(ctx: Context) -> APIRouter:
                 )
             who = user
         now = gateway.clock.now()
-        recs = await run_in_threadpool(timeline_items, who)
+        before = decode_cursor(cursor) if cursor else None
+        recs = await run_in_threadpool(timeline_items, who, before)
+        older = None
+        if len(recs) > _TIMELINE_PAGE:
+            recs = recs[:_TIMELINE_PAGE]
+            older = encode_cursor(recs[-1])
         items = []
         for rec in recs:
             v = plan_view(rec, gateway.catalog, now)
@@ -551,6 +589,8 @@ def console_router(ctx: Context) -> APIRouter:
             session,
             items=items,
             who=who,
+            older=older,
+            newest=cursor is not None,
             notice=_DONE.get(request.query_params.get("done") or ""),
             autonomy=sorted(
                 (k.partition("|")[2], v) for k, v in autonomy.items() if isinstance(v, dict)
@@ -661,7 +701,7 @@ def console_router(ctx: Context) -> APIRouter:
         p = session.principal
 
         def poll() -> list[str]:
-            a, c = inbox_items(p)
+            a, c, _ = inbox_items(p)
             return sorted(rec.plan_id for rec in (*a, *c))
 
         return stream(sse(request, poll))
