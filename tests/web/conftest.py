@@ -64,8 +64,13 @@ class Server:
     totp_secret: str = ""
     _n: int = 0
 
-    def submit(self, *steps: tuple[str, dict[str, Any]], user: str = "alice") -> dict[str, Any]:
-        """Submit a plan as the agent ``bot`` through the API; return the plan JSON."""
+    def submit(
+        self, *steps: tuple[str, dict[str, Any]], user: str = "alice", **fields: Any
+    ) -> dict[str, Any]:
+        """Submit a plan as the agent ``bot`` through the API; return the plan JSON.
+
+        ``fields`` replace the manifest's own (``plan_id``, ``intent``, ``actor`` …).
+        """
         self._n += 1
         manifest = {
             "actor": {
@@ -80,7 +85,7 @@ class Server:
             "steps": [
                 {"id": f"s{i + 1}", "action": a, "params": p} for i, (a, p) in enumerate(steps)
             ],
-        }
+        } | fields
         r = httpx.post(
             f"{self.url}/v1/plans",
             json=manifest,

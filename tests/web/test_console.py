@@ -272,6 +272,46 @@ class TestLive:
         assert page.locator("[data-step-status='s1']").first.inner_text() == "succeeded"
 
 
+class TestLayout:
+    def test_an_unbroken_long_string_wraps_inside_its_box(self, people, server):
+        """An agent's 3,000-character word (intent, reasoning, model, a param) wraps: the
+        plan page and the inbox are no wider than the window, and no box's content spills
+        out over its neighbours (the Steps and the approval form)."""
+        word = "A" * 3000
+        plan = server.submit(
+            (PAY[0], {**PAY[1], "traveller": "T" * 128}),
+            intent="I" + word,
+            reasoning="R" + word,
+            actor={
+                "type": "agent",
+                "name": "n" + "N" * 500,
+                "model_version": "M" * 500,
+                "agent_id": "bot",
+            },
+        )
+        p = people(js=True)
+        page = p.sign_in("fiona")
+        page.set_viewport_size({"width": 1280, "height": 900})
+        widths = {}
+        spills = {}
+        for path in (f"/plans/{plan['plan_id']}", "/inbox"):
+            page.goto(path)
+            expect(page.locator("h1")).to_be_visible()
+            shot(page, "long-" + path.split("/")[1])
+            widths[path] = page.evaluate(
+                "[document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+            )
+            spills[path] = page.evaluate(
+                "Array.from(document.querySelectorAll('.card, .decide, main'))"
+                ".filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.className || e.id)"
+            )
+
+        assert plan["status"] == "awaiting_approval"
+        for path, (scroll, client) in widths.items():
+            assert scroll <= client, (path, scroll, client)
+        assert spills == {f"/plans/{plan['plan_id']}": [], "/inbox": []}
+
+
 class TestTimeline:
     def test_undo_within_the_window(self, people, server):
         """A booking shows on the user's timeline with the time left; Undo compensates it."""
