@@ -8,6 +8,7 @@ as a screenshot under ``tests/web/artifacts/``.
 from __future__ import annotations
 
 import re
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -270,6 +271,24 @@ class TestLive:
         assert before == "awaiting_approval"
         assert r.status_code == 200
         assert page.locator("[data-step-status='s1']").first.inner_text() == "succeeded"
+
+    def test_the_inbox_is_not_changed_by_the_case_of_plan_ids(self, people, server):
+        """Plan ids in upper and lower case do not make a freshly loaded inbox say it
+        changed (the page and the live stream once sorted them differently); a real change
+        still does."""
+        tag = secrets.token_hex(4)
+        for plan_id in (f"Zz-{tag}", f"aa-{tag}", f"Mm-{tag}"):
+            server.submit(SUBSCRIPTION, plan_id=plan_id)
+        p = people(js=True)
+        page = p.sign_in("alice")
+        page.goto("/inbox")
+        expect(page.locator(f"#plan-Zz-{tag}")).to_be_visible()
+        page.wait_for_timeout(3_000)  # the stream's first message comes within a second
+        quiet = page.locator("#live").inner_text()
+        server.submit(SUBSCRIPTION, plan_id=f"bb-{tag}")
+        expect(page.locator("#live")).to_contain_text("Your inbox changed", timeout=WAIT)
+
+        assert quiet == ""
 
 
 class TestLayout:

@@ -60,10 +60,13 @@
   }
   function watchInbox(el) {
     if (!window.EventSource) return;
-    var shown = el.getAttribute("data-live-inbox");
+    // Compared as sets (each list sorted here, the same way): the server's order of the ids
+    // must not matter, only which plans wait.
+    var attr = el.getAttribute("data-live-inbox");
+    var shown = (attr ? attr.split(" ") : []).sort().join(" ");
     var es = new EventSource("/live/inbox");
     es.onmessage = function (msg) {
-      var ids = JSON.parse(msg.data).join(" ");
+      var ids = JSON.parse(msg.data).slice().sort().join(" ");
       if (ids !== shown) reloadLink("Your inbox changed.");
     };
   }
