@@ -314,3 +314,37 @@ async def test_the_inbox_tells_another_spelling_of_the_beneficiary_to_leave_it()
     assert plan.status.value == "awaiting_approval"
     assert plan.plan_id in inbox.text
     assert "someone else must approve it" in inbox.text
+
+
+async def test_the_plan_page_credits_each_event_to_its_actor():
+    """The plan's audit timeline says who did each thing (name and type) and, apart, whom
+    it was for: the agent submitted and ran the plan, the user confirmed it."""
+    clock = FrozenClock(T0)
+    p = Proctor.in_memory(clock=clock)  # the default policy: a subscription change confirms
+    alice = TokenService(p.gateway.store, clock).create(name="alice", roles=["user"]).token
+    change = ("billing.change_subscription", {"customer": "alice", "plan": "pro"})
+    plan = p.submit(make_plan([change], agent_id="bot", on_behalf_of="alice"))
+    app = create_app(p, settings=HttpSettings(auth_failures_per_minute=1000))
+    client, _ = await sign_in(app, alice)
+    page = await client.get(f"/plans/{plan.plan_id}")
+    await client.post(
+        f"/plans/{plan.plan_id}/confirm",
+        data={"csrf": csrf_of(page.text)},
+        headers={"Origin": "http://proctor"},
+    )
+    page = await client.get(f"/plans/{plan.plan_id}")
+    await client.aclose()
+    p.close()
+
+    rows = re.findall(
+        r"<td><code>([^<]+)</code></td><td>[^<]*</td>"
+        r'<td class="by">(.*?)</td><td class="for">([^<]*)</td>',
+        page.text,
+    )
+    by = {kind: (re.sub(r"<[^>]+>", "", who), user) for kind, who, user in rows}
+    assert plan.status.value == "awaiting_confirmation"
+    assert by["plan.submitted"] == ("bot (agent)", "alice")
+    assert by["policy.decided"] == ("bot (agent)", "alice")
+    assert by["confirmation.granted"] == ("alice (human)", "alice")
+    assert by["step.started"] == ("bot (agent)", "alice")
+    assert by["plan.finished"] == ("bot (agent)", "alice")

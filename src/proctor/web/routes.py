@@ -449,13 +449,23 @@ def console_router(ctx: Context) -> APIRouter:
         events = []
         for row in rows:
             body = orjson.loads(row.body)
+            actor = body.get("actor") or {}
+            who, who_type = actor.get("name", ""), actor.get("type", "")
+            # A person's decision (approve, reject, confirm) is written with the plan's actor
+            # and names the person in its data: the person is who did it.
+            principal = (body.get("data") or {}).get("principal")
+            if isinstance(principal, str) and principal:
+                who, who_type = principal, "human"
             events.append(
                 {
                     "seq": row.seq,
                     "type": row.type,
                     "at": row.timestamp,
                     "step": row.step_id or "",
-                    "who": (body.get("actor") or {}).get("name", ""),
+                    # Who did it, apart from whom it was for: every event of the plan carries
+                    # its user, those of the agent and of the system too.
+                    "who": who,
+                    "who_type": who_type,
                     "user": body.get("user_id") or "",
                 }
             )
