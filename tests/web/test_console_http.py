@@ -348,3 +348,42 @@ async def test_the_plan_page_credits_each_event_to_its_actor():
     assert by["confirmation.granted"] == ("alice (human)", "alice")
     assert by["step.started"] == ("bot (agent)", "alice")
     assert by["plan.finished"] == ("bot (agent)", "alice")
+
+
+async def test_a_bad_address_gets_the_console_error_page(world):
+    """A browser's bad query or path value, or an unknown path, gets the console's HTML
+    error page naming the field, with a 4xx; the API, and clients not asking for HTML, keep
+    JSON; /favicon.ico is no error."""
+    _p, _clock, app, secrets = world
+    client, _ = await sign_in(app, secrets["root"])
+    html = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+    bad = {
+        "/audit?limit=0": "limit",
+        "/audit?after=abc": "after",
+        "/audit?verify=maybe": "verify",
+        "/dashboard?days=0": "days",
+        "/audit/events/abc": "seq",
+        "/timeline?user=" + "u" * 200: "user",
+    }
+    pages = {path: await client.get(path, headers=html) for path in bad}
+    unknown = await client.get("/nope", headers=html)
+    icon = await client.get("/favicon.ico", headers={"Accept": "image/*"})
+    api = await client.get(
+        "/v1/plans?limit=0", headers={**html, "Authorization": f"Bearer {secrets['root']}"}
+    )
+    machine = await client.get("/nope", headers={"Accept": "application/json"})
+    await client.aclose()
+
+    for path, field in bad.items():
+        r = pages[path]
+        assert r.status_code == 422, (path, r.status_code)
+        assert r.headers["content-type"].startswith("text/html"), path
+        assert 'id="error-message"' in r.text, path
+        assert f"<code>{field}</code>" in r.text, path
+        assert "Signed in as <strong>root</strong>" in r.text, path
+    assert unknown.status_code == 404
+    assert unknown.headers["content-type"].startswith("text/html")
+    assert "no page at /nope" in unknown.text
+    assert icon.status_code == 204
+    assert api.status_code == 422 and api.json()["field"] == "limit"
+    assert machine.status_code == 404 and machine.json()["code"] == "not_found"

@@ -21,7 +21,7 @@ import functools
 import logging
 import re
 import secrets
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, assert_never
@@ -67,7 +67,7 @@ from proctor.web.page_helpers import _Forbidden, _nav, _roles_text, _safe_next, 
 from proctor.web.sessions import Session, SessionStore, check_csrf
 from proctor.web.views import plan_view
 
-__all__ = ["COOKIE", "console_router"]
+__all__ = ["COOKIE", "ErrorPage", "console_pages", "console_router"]
 
 log = logging.getLogger("proctor.web")
 
@@ -111,8 +111,17 @@ _HEADERS = {
 }
 
 
+ErrorPage = Callable[[Request, ProctorError], Awaitable[Response]]
+"""Renders a ``ProctorError`` as the console's HTML error page (with the signed-in menu)."""
+
+
 def console_router(ctx: Context) -> APIRouter:
     """Build the console routes over ``ctx`` (the same context as the ``/v1`` routes)."""
+    return console_pages(ctx)[0]
+
+
+def console_pages(ctx: Context) -> tuple[APIRouter, ErrorPage]:
+    """Build the console routes over ``ctx``, and the error page for the app's handlers."""
     r = APIRouter(include_in_schema=False)
     proctor: Proctor = ctx.proctor
     gateway = proctor.gateway
@@ -716,7 +725,19 @@ def console_router(ctx: Context) -> APIRouter:
 
         return stream(sse(request, poll))
 
-    return r
+    @r.get("/favicon.ico")
+    async def favicon() -> Response:
+        """Nothing: the pages name their icon (``/static/favicon.svg``); this stops a 404."""
+        return Response(status_code=204, headers={"Cache-Control": "max-age=86400"})
+
+    async def page_for_error(request: Request, exc: ProctorError) -> Response:
+        try:
+            session = await session_of(request)
+        except ProctorError:  # the store is down: the page still says what was wrong
+            session = None
+        return error_page(request, session, exc)
+
+    return r, page_for_error
 
 
 def _jwt_expiry(token: str) -> datetime:
