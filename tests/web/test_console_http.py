@@ -387,3 +387,40 @@ async def test_a_bad_address_gets_the_console_error_page(world):
     assert icon.status_code == 204
     assert api.status_code == 422 and api.json()["field"] == "limit"
     assert machine.status_code == 404 and machine.json()["code"] == "not_found"
+
+
+async def test_the_audit_explorer_pages_older_and_newer_newest_first(world):
+    """Unfiltered and filtered, the explorer opens on the newest events; "Older" goes back
+    a page at a time to the first event, "Newer" comes forward again."""
+    p, _clock, app, secrets = world
+    plans = [p.submit(make_plan([TABLE], agent_id="bot")).plan_id for _ in range(12)]
+    count = p.gateway.store.event_count()
+    client, _ = await sign_in(app, secrets["root"])
+
+    def seqs(html: str) -> list[int]:
+        return [int(x) for x in re.findall(r'<tr><td><a href="/audit/events/(\d+)">', html)]
+
+    def link(html: str, which: str) -> str | None:
+        found = re.search(rf'id="ev-{which}" href="([^"]+)"', html)
+        return found.group(1).replace("&amp;", "&") if found else None
+
+    latest = await client.get("/audit?limit=10")
+    pages = [seqs(latest.text)]
+    page = latest
+    href = link(latest.text, "older")
+    while href is not None:
+        page = await client.get(href)
+        pages.append(seqs(page.text))
+        href = link(page.text, "older")
+    back = await client.get(link(page.text, "newer") or "")
+    typed = await client.get("/audit?type=plan.submitted&limit=5")
+    typed_older = await client.get(link(typed.text, "older") or "")
+    await client.aclose()
+
+    assert pages[0] == list(range(count - 10, count))
+    assert link(latest.text, "newer") is None
+    assert sorted(s for page in pages for s in page) == list(range(count))
+    assert pages[-1][0] == 0
+    assert seqs(back.text) == pages[-2]
+    assert re.findall(r'<td><a href="/plans/([^"]+)">', typed.text) == plans[-5:]
+    assert re.findall(r'<td><a href="/plans/([^"]+)">', typed_older.text) == plans[-10:-5]

@@ -29,6 +29,7 @@ from proctor._library import Proctor
 from proctor.app.kpis import compute
 from proctor.audit.merkle import leaf_hash, verify_inclusion
 from proctor.audit.note import Checkpoint, open_note, verifiers_from_vkeys
+from proctor.core.ports import EventRow
 from proctor.core.principals import may_admin, may_read_audit
 from proctor.errors import (
     ConfigError,
@@ -105,46 +106,79 @@ def add_audit_routes(
         return out
 
     def explore(
-        type_: str | None, plan: str | None, user: str | None, after: int | None, limit: int
-    ) -> tuple[list[dict[str, Any]], int | None, int]:
+        type_: str | None,
+        plan: str | None,
+        user: str | None,
+        after: int | None,
+        before: int | None,
+        limit: int,
+    ) -> tuple[list[dict[str, Any]], int | None, int | None, int]:
+        """A page of matching events, and the cursors of the older and the newer page.
+
+        Returns the events in log order, the ``before`` of the older page and the ``after``
+        of the newer one (None when there is none), and the log's size. With ``after`` the
+        page is the first matches after it; otherwise the last matches before ``before``
+        (default: the end of the log), so every view opens on the newest. A page reads at
+        most ``_EVENT_SCAN`` events, and its cursors continue from there.
+        """
         count = store.event_count()
-        filtered = bool(type_ or user)
-        if after is None:
-            # No position given: the latest events (of the plan, if one is named).
-            after = -1 if (filtered or plan) else max(-1, count - limit - 1)
+
+        def match(row: EventRow) -> dict[str, Any] | None:
+            if type_ and not row.type.startswith(type_):
+                return None
+            body = orjson.loads(row.body)
+            if user and body.get("user_id") != user:
+                return None
+            return {
+                "seq": row.seq,
+                "type": row.type,
+                "at": row.timestamp,
+                "plan": row.plan_id or "",
+                "step": row.step_id or "",
+                "user": body.get("user_id") or "",
+                "actor": (body.get("actor") or {}).get("name", ""),
+            }
+
         matches: list[dict[str, Any]] = []
-        scanned = 0
-        cursor = after
-        more = False
-        while len(matches) < limit and scanned < _EVENT_SCAN:
-            rows = store.read_events(after=cursor, limit=500, plan_id=plan or None)
-            if not rows:
-                break
-            for row in rows:
-                scanned += 1
-                cursor = row.seq
-                if type_ and not row.type.startswith(type_):
-                    continue
-                body = orjson.loads(row.body)
-                if user and body.get("user_id") != user:
-                    continue
-                matches.append(
-                    {
-                        "seq": row.seq,
-                        "type": row.type,
-                        "at": row.timestamp,
-                        "plan": row.plan_id or "",
-                        "step": row.step_id or "",
-                        "user": body.get("user_id") or "",
-                        "actor": (body.get("actor") or {}).get("name", ""),
-                    }
-                )
-                if len(matches) == limit:
+        if after is not None:
+            # Forward: the first matches after `after`; `low` .. `high` is what was read.
+            low, high = after + 1, after
+            while len(matches) < limit and high - after < _EVENT_SCAN:
+                rows = store.read_events(after=high, limit=500, plan_id=plan or None)
+                for row in rows:
+                    high = row.seq
+                    found = match(row)
+                    if found is not None:
+                        matches.append(found)
+                        if len(matches) == limit:
+                            break
+                if len(rows) < 500 and (not rows or high == rows[-1].seq):
+                    high = count - 1  # read to the end of the log
                     break
-            if len(rows) < 500 and cursor == rows[-1].seq and len(matches) < limit:
-                break
-        more = bool(store.read_events(after=cursor, limit=1, plan_id=plan or None))
-        return matches, (cursor if more else None), count
+        else:
+            # Backward: windows of 500 seqs from the end (or `before`) toward the start.
+            end = count if before is None else min(before, count)
+            high, low = end - 1, end
+            found_rev: list[dict[str, Any]] = []
+            while len(found_rev) < limit and low > 0 and end - low < _EVENT_SCAN:
+                lo = max(0, low - 500)
+                rows = [
+                    row
+                    for row in store.read_events(after=lo - 1, limit=500, plan_id=plan or None)
+                    if row.seq < low
+                ]
+                low = lo
+                for row in reversed(rows):
+                    found = match(row)
+                    if found is not None:
+                        found_rev.append(found)
+                        if len(found_rev) == limit:
+                            low = row.seq
+                            break
+            matches = found_rev[::-1]
+        older = low if low > 0 else None
+        newer = high if high < count - 1 else None
+        return matches, older, newer, count
 
     @r.get("/audit")
     @guarded
@@ -154,6 +188,7 @@ def add_audit_routes(
         plan: Annotated[str | None, Query(max_length=128)] = None,
         user: Annotated[str | None, Query(max_length=128)] = None,
         after: Annotated[int | None, Query(ge=-1, le=2**53)] = None,
+        before: Annotated[int | None, Query(ge=0, le=2**53)] = None,
         limit: Annotated[int, Query(ge=1, le=200)] = 50,
         verify: bool = False,
     ) -> Response:
@@ -165,8 +200,8 @@ def add_audit_routes(
             raise _Forbidden("the audit explorer needs the auditor or admin role", field="role")
         if plan:
             check_id(plan)
-        events, next_after, count = await run_in_threadpool(
-            explore, type or None, plan or None, user or None, after, limit
+        events, older, newer, count = await run_in_threadpool(
+            explore, type or None, plan or None, user or None, after, before, limit
         )
         cp = await run_in_threadpool(checkpoint_status)
         report = None
@@ -177,7 +212,8 @@ def add_audit_routes(
             "audit.html",
             session,
             events=events,
-            next_after=next_after,
+            older=older,
+            newer=newer,
             count=count,
             checkpoint=cp,
             report=report,
