@@ -410,6 +410,14 @@ class Gateway(HumanActions):
             status = PlanStatus.DENIED
         elif sandbox:
             status = PlanStatus.SIMULATED
+        elif outcome is Outcome.APPROVE and any(
+            s.outcome is Outcome.CONFIRM for s in decision.steps
+        ):
+            # NOTE(approvals): a step its user must confirm keeps needing her, whatever the
+            # other steps need: approvers answer for the plan, not for her consent. She
+            # confirms first (she is there when the agent asks; approvers may take hours),
+            # then the plan waits for the approvers (``HumanActions._confirm``).
+            status = PlanStatus.AWAITING_CONFIRMATION
         else:
             status = {
                 Outcome.EXECUTE: PlanStatus.RUNNING,

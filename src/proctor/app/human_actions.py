@@ -22,10 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 from proctor.app.stepup import check_step_up
 from proctor.core.approvals import (
+    approvals_complete,
     check_can_approve,
     check_can_confirm,
     check_not_expired,
-    quorum_met,
+    step_quorums,
 )
 from proctor.core.canonical import printable
 from proctor.core.events import EventType as E
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     import threading
 
     from proctor.app.executor import Executor
+    from proctor.app.gateway import GatewayOptions
     from proctor.app.journal import Journal
     from proctor.app.telemetry import Telemetry
     from proctor.core.catalog import Catalog
@@ -69,6 +71,7 @@ class HumanActions:
     telemetry: Telemetry
     guards: Any
     executor: Executor
+    options: GatewayOptions
 
     if TYPE_CHECKING:
         # Defined by ``Gateway``.
@@ -90,6 +93,10 @@ class HumanActions:
     ) -> PlanRecord:
         """Confirm a plan that waits for its on-behalf-of user; it runs at once.
 
+        A plan that also has steps the policy sent to approvers does not run yet: it moves
+        on to ``awaiting_approval`` (a fresh ``approval_ttl``) and runs when every approving
+        step's quorum is met.
+
         Raises:
             NotFoundError, InvalidTransitionError, PermissionDeniedError, ApprovalExpiredError.
         """
@@ -103,7 +110,12 @@ class HumanActions:
             check_can_confirm(record, principal)
             record = self._recheck_policy(record)
             self._recheck_catalog(record)
-            self._recheck_guards(record)
+            # A plan that also needs approvers does not run on this confirmation: the guards
+            # are re-checked right before it runs, when the approvers' quorum is met (a
+            # re-check moves breakers and reserves budgets: it belongs to the run).
+            then_approve = record.outcome == "approve"
+            if not then_approve:
+                self._recheck_guards(record)
             now = self.clock.now()
             approval = self._approval(record, principal, "confirm", (), comment, now)
             with self.store.transaction() as tx:
@@ -117,13 +129,46 @@ class HumanActions:
                     user_id=principal,
                     data={"principal": principal, "comment": comment},
                 )
-                record = record.moved_to(PlanStatus.RUNNING, at=now)
-                record = self.executor.begin(j, record, now)
-                self.executor.note_queued(j, record)
+                if then_approve:
+                    record = self._route_to_approvers(j, record, now)
+                else:
+                    record = record.moved_to(PlanStatus.RUNNING, at=now)
+                    record = self.executor.begin(j, record, now)
+                    self.executor.note_queued(j, record)
                 tx.save_plan(record)
                 j.flush()
             self.telemetry.waited("confirm_wait", record.created_at, now, plan_id=plan_id)
+        if then_approve:
+            return record
         return self.executor.run(record)
+
+    def _route_to_approvers(self, j: Journal, record: PlanRecord, now: datetime) -> PlanRecord:
+        """Move a plan its user just confirmed on to its approvers, with their own deadline.
+
+        The approval window starts now: the approvers get the whole ``approval_ttl``, as a
+        plan routed straight to them does. The ``plan.routed`` event (``after``:
+        ``confirmation``) announces the new wait (``approval.needed`` webhooks) and carries
+        each step's quorum, since the ``policy.decided`` event is not in this transaction.
+        """
+        record = record.moved_to(
+            PlanStatus.AWAITING_APPROVAL, at=now, expires_at=now + self.options.approval_ttl
+        )
+        expires_at = record.expires_at.isoformat() if record.expires_at else None
+        j.emit(
+            E.PLAN_ROUTED,
+            plan=record,
+            data={
+                "status": record.status.value,
+                "expires_at": expires_at,
+                "sandbox": False,
+                "after": "confirmation",
+                "approvals": record.decision["approvals"],
+                "approver_roles": list(record.decision["approver_roles"]),
+                "step_quorums": [q.as_dict() for q in step_quorums(record)],
+            },
+            trusted=True,
+        )
+        return record
 
     def approve(
         self,
@@ -191,12 +236,9 @@ class HumanActions:
                         "bound_policy_version": record.policy_version,
                     },
                 )
-                ready = quorum_met(
-                    record,
-                    record.approvals,
-                    count=record.decision["approvals"],
-                    required_roles=required,
-                )
+                # Each approving step's own quorum, and the user's confirmation if the plan
+                # has steps she must confirm (docs/policy.md).
+                ready = approvals_complete(record, record.approvals)
                 if ready:
                     # The transition to running consumes the approvals: a second approve, or a
                     # replay of this one, finds the plan no longer awaiting approval.

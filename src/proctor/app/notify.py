@@ -157,10 +157,16 @@ def _notification(
         if status == "awaiting_confirmation":
             summary = f"Plan {pid} waits for {body.get('user_id')} to confirm: {what}"
         else:
-            decided = _data(by_plan.get((pid, "policy.decided"), {})).get("decision", {})
+            # Routed on to the approvers after its user confirmed: the event carries the
+            # quorum itself (policy.decided was appended by an earlier transaction).
+            decided = data if "approver_roles" in data else None
+            if decided is None:
+                decided = _data(by_plan.get((pid, "policy.decided"), {})).get("decision", {})
             roles = ", ".join(decided.get("approver_roles", [])) or "any approver"
             count = decided.get("approvals", 1)
             summary = f"Plan {pid} needs {count} approval(s) from {roles}: {what}"
+            if data.get("after") == "confirmation":
+                summary += f" (confirmed by {body.get('user_id')})"
         summary += f" ({_who(body)})"
     elif row.type == "policy.decided":
         event = "plan.decided"

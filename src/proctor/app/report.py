@@ -30,6 +30,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from proctor.app.kpis import compute, look_back
+from proctor.core.approvals import quorum_requirements, tally
 
 __all__ = ["MonthlyReport", "build_report", "month_bounds"]
 
@@ -124,12 +125,13 @@ def _waits_past(routed: Mapping[str, Any], at: datetime) -> bool:
     return isinstance(expires, str) and datetime.fromisoformat(expires) > at
 
 
-def _quorum(decided: Mapping[str, Any]) -> tuple[int, frozenset[str]]:
-    """The approvals a plan needs and the roles they must cover, from ``policy.decided``."""
+def _quorum(decided: Mapping[str, Any]) -> tuple[tuple[str, int, tuple[str, ...]], ...]:
+    """Each approving step's quorum ``(step_id, count, roles)``, from ``policy.decided``."""
     decision = (decided.get("data") or {}).get("decision") or {}
-    count = decision.get("approvals")
-    roles = decision.get("approver_roles") or ()
-    return (count if type(count) is int else 1), frozenset(r for r in roles if type(r) is str)
+    try:
+        return quorum_requirements(decision)
+    except (KeyError, TypeError, ValueError):
+        return (("", 1, ()),)
 
 
 def _weeks(start: datetime, end: datetime) -> list[tuple[datetime, datetime]]:
@@ -180,7 +182,7 @@ def _figures(bodies: list[Mapping[str, Any]], start: datetime, end: datetime) ->
     accepted = [0] * days
     plans: dict[str, dict[str, Any]] = {}
     routed_at: dict[str, datetime] = {}  # any time before the month's end
-    quorum: dict[str, tuple[int, frozenset[str]]] = {}
+    quorum: dict[str, tuple[tuple[str, int, tuple[str, ...]], ...]] = {}
     votes: dict[str, dict[str, frozenset[str]]] = {}  # plan -> approver -> roles held
     met: set[str] = set()  # plans whose quorum was met
     denied: Counter[str] = Counter()
@@ -217,7 +219,8 @@ def _figures(bodies: list[Mapping[str, Any]], start: datetime, end: datetime) ->
         if not start <= t < end:
             continue
         day = (t - start).days
-        if kind == "plan.routed" and pid:
+        if kind == "plan.routed" and pid and not data.get("after"):
+            # A plan routed on to its approvers after its user confirmed was proposed once.
             if not data.get("sandbox"):
                 proposed[day] += 1
             if data.get("status") == "denied":
@@ -299,24 +302,25 @@ def _figures(bodies: list[Mapping[str, Any]], start: datetime, end: datetime) ->
 def _decisive(
     pid: str,
     granted: Mapping[str, Any],
-    quorum: Mapping[str, tuple[int, frozenset[str]]],
+    quorum: Mapping[str, tuple[tuple[str, int, tuple[str, ...]], ...]],
     votes: dict[str, dict[str, frozenset[str]]],
     met: set[str],
 ) -> bool:
     """Count an ``approval.granted`` of ``pid``; True if it is the one that met the quorum.
 
     The gateway emits the event only for an approver it accepted (a distinct person, neither
-    requester nor beneficiary, holding one of the roles), and the plan runs the moment
-    enough of them cover the roles (``proctor.core.approvals.quorum_met``): the same count
+    requester nor beneficiary, holding one of the roles), and the plan runs the moment every
+    approving step's quorum is met (``proctor.core.approvals.step_quorums``): the same count
     over the events finds that approval.
     """
     roles = granted.get("roles") or ()
     who = str(granted.get("principal"))
     held = votes.setdefault(pid, {})
     held[who] = frozenset(r for r in roles if type(r) is str)
-    count, required = quorum.get(pid, (1, frozenset()))
-    covered = frozenset().union(*held.values())
-    if pid in met or len(held) < max(count, 1) or not required <= covered:
+    if pid in met:
+        return False
+    needed = quorum.get(pid, (("", 1, ()),))
+    if not all(q.met for q in tally(needed, held.items())):
         return False
     met.add(pid)
     return True

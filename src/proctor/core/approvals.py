@@ -3,9 +3,14 @@
 Rules (DESIGN section 1, step 6):
 
 * ``confirm``: only the on-behalf-of user confirms, with one click.
-* ``approve``: N *distinct* approvers, each holding at least one required role, together
-  covering every required role. The requester (the agent) and the on-behalf-of user never
-  count: an approval from either would let the beneficiary approve their own action.
+* ``approve``: every step the policy decided ``approve`` has its own quorum: its number of
+  *distinct* approvers, each holding at least one of that step's roles, together covering
+  every role of that step. One approver counts towards each step whose roles they hold; the
+  plan runs when every step's quorum is met (``step_quorums``, ``approvals_complete``). The
+  requester (the agent) and the on-behalf-of user never count: an approval from either
+  would let the beneficiary approve their own action.
+* A plan with ``confirm`` steps *and* ``approve`` steps needs both: its user confirms first,
+  then the approvers decide. An approval never stands in for the user's confirmation.
   These separation-of-duties checks, and "distinct", compare names by ``person_key``
   (NFKC, case-folded): ``Alice``, or ``alice`` in fullwidth letters, is ``alice``. Stored
   names stay as given.
@@ -17,18 +22,27 @@ Rules (DESIGN section 1, step 6):
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from proctor.core.lifecycle import ApprovalRecord, PlanRecord, PlanStatus
 from proctor.errors import ApprovalExpiredError, InvalidTransitionError, PermissionDeniedError
 
 __all__ = [
+    "StepQuorum",
+    "approvals_complete",
     "check_can_approve",
     "check_can_confirm",
     "check_not_expired",
+    "confirmation_required",
+    "confirmed",
     "person_key",
     "quorum_met",
+    "quorum_requirements",
+    "step_quorums",
+    "tally",
 ]
 
 
@@ -119,28 +133,160 @@ def quorum_met(
     count: int,
     required_roles: Sequence[str],
 ) -> bool:
-    """Return whether valid approvals reach the quorum.
+    """Return whether valid approvals reach one quorum (``step_quorums`` checks a plan's).
 
     An approval counts only if it is an ``approve`` bound to the plan's current digest and
     policy version, from a distinct principal who is neither requester nor beneficiary and
     who holds one of the required roles (names compared by ``person_key``). Together the
     counted approvers must cover every required role.
     """
+    return tally([("", count, tuple(required_roles))], _valid_votes(plan, approvals))[0].met
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StepQuorum:
+    """Where one approving step's quorum stands.
+
+    Attributes:
+        step_id: The step (``""`` for the plan-level quorum of a decision without any
+            ``approve`` step, kept for plans stored in another shape).
+        required: Distinct approvers it needs (at least 1).
+        roles: The roles they must hold (each one of them) and together cover; empty: any.
+        approved_by: The approvers counted for it, as they gave their names, in vote order.
+        met: Whether enough of them cover every role.
+    """
+
+    step_id: str
+    required: int
+    roles: tuple[str, ...]
+    approved_by: tuple[str, ...]
+    met: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the JSON form (the plan JSON's ``step_quorums``)."""
+        return {
+            "step_id": self.step_id,
+            "approvals_required": self.required,
+            "approver_roles": list(self.roles),
+            "approved_by": list(self.approved_by),
+            "met": self.met,
+        }
+
+
+def confirmation_required(decision: Mapping[str, Any]) -> bool:
+    """Return whether a stored decision needs its on-behalf-of user's confirmation.
+
+    It does when a step was decided ``confirm``, also when another step needs approvers:
+    the approvers answer for the plan, the user for her own consent, and neither stands in
+    for the other.
+    """
+    return any(s.get("outcome") == "confirm" for s in decision.get("steps", ()))
+
+
+def confirmed(plan: PlanRecord, approvals: Iterable[ApprovalRecord] | None = None) -> bool:
+    """Return whether the on-behalf-of user has confirmed this very plan.
+
+    Only a ``confirm`` by the on-behalf-of user bound to the plan's current digest and
+    policy version counts (as for approvals: an edited plan is a new plan).
+    """
+    return any(
+        a.kind == "confirm"
+        and a.principal == plan.on_behalf_of
+        and a.digest == plan.digest
+        and a.policy_version == plan.policy_version
+        for a in (plan.approvals if approvals is None else approvals)
+    )
+
+
+def quorum_requirements(
+    decision: Mapping[str, Any],
+) -> tuple[tuple[str, int, tuple[str, ...]], ...]:
+    """Return each approving step's quorum ``(step_id, count, roles)`` from a stored decision.
+
+    A decision without any ``approve`` step (a plan stored in another shape that still waits
+    for approvers) yields its plan-level quorum under the step id ``""``: never no quorum,
+    which every set of approvals would trivially meet.
+    """
+    out = []
+    for s in decision.get("steps", ()):
+        if s.get("outcome") == "approve":
+            roles = tuple(s.get("approver_roles") or ())
+            out.append((str(s["step_id"]), max(int(s.get("approvals") or 0), 1), roles))
+    if not out:
+        roles = tuple(decision.get("approver_roles") or ())
+        out.append(("", max(int(decision.get("approvals") or 0), 1), roles))
+    return tuple(out)
+
+
+def tally(
+    requirements: Sequence[tuple[str, int, Sequence[str]]],
+    votes: Iterable[tuple[str, Iterable[str]]],
+) -> tuple[StepQuorum, ...]:
+    """Count votes ``(principal, roles)`` against each quorum ``(step_id, count, roles)``.
+
+    The votes must already be valid and distinct (``step_quorums`` filters them); a vote
+    counts towards every step one of whose roles it holds (any step without roles).
+    """
+    held_by = [(who, frozenset(held)) for who, held in votes]
+    out = []
+    for step_id, count, roles in requirements:
+        wanted = set(roles)
+        counted = [(who, held) for who, held in held_by if not wanted or wanted & held]
+        covered: set[str] = set().union(*(held for _, held in counted))
+        out.append(
+            StepQuorum(
+                step_id=step_id,
+                required=max(count, 1),
+                roles=tuple(roles),
+                approved_by=tuple(who for who, _ in counted),
+                met=len(counted) >= max(count, 1) and wanted <= covered,
+            )
+        )
+    return tuple(out)
+
+
+def _valid_votes(
+    plan: PlanRecord, approvals: Iterable[ApprovalRecord]
+) -> list[tuple[str, Iterable[str]]]:
+    """The approvals that may count: bound, distinct, from neither requester nor beneficiary."""
     parties = (person_key(plan.agent_id), person_key(plan.on_behalf_of))
-    counted: dict[str, set[str]] = {}
+    seen: set[str] = set()
+    out: list[tuple[str, Iterable[str]]] = []
     for a in approvals:
         if a.kind != "approve" or a.digest != plan.digest:
             continue
         if a.policy_version != plan.policy_version:
             continue
         who = person_key(a.principal)
-        if who in parties or who in counted:
+        if who in parties or who in seen:
             continue
-        held = set(a.roles)
-        if required_roles and not held.intersection(required_roles):
-            continue
-        counted[who] = held
-    if len(counted) < max(count, 1):
+        seen.add(who)
+        out.append((a.principal, a.roles))
+    return out
+
+
+def step_quorums(
+    plan: PlanRecord, approvals: Iterable[ApprovalRecord] | None = None
+) -> tuple[StepQuorum, ...]:
+    """Return where each approving step's quorum stands (default: the plan's approvals).
+
+    Each step decided ``approve`` needs its own number of distinct approvers holding one of
+    its roles, together covering them all: a step that needs two ``finance`` approvers is
+    not satisfied by one ``finance`` and one ``hr`` approver because another step needs
+    ``hr``. Who may count is the same as for ``quorum_met``.
+    """
+    votes = _valid_votes(plan, plan.approvals if approvals is None else approvals)
+    return tally(quorum_requirements(plan.decision), votes)
+
+
+def approvals_complete(plan: PlanRecord, approvals: Iterable[ApprovalRecord]) -> bool:
+    """Return whether the plan may run on these approvals.
+
+    Every approving step's quorum is met and, if the plan has ``confirm`` steps, its user
+    has confirmed it. The order of the waits (confirmation first) already guarantees the
+    latter; it is checked again here so that no path to ``running`` can skip it.
+    """
+    approvals = list(approvals)
+    if confirmation_required(plan.decision) and not confirmed(plan, approvals):
         return False
-    covered = set().union(*counted.values()) if counted else set()
-    return all(role in covered for role in required_roles)
+    return all(q.met for q in step_quorums(plan, approvals))

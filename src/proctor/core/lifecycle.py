@@ -63,7 +63,10 @@ class StepStatus(StrEnum):
 
 _P = PlanStatus
 PLAN_TRANSITIONS: Mapping[PlanStatus, frozenset[PlanStatus]] = {
-    _P.AWAITING_CONFIRMATION: frozenset({_P.RUNNING, _P.REJECTED, _P.EXPIRED, _P.SIMULATED}),
+    # -> awaiting_approval: its user confirmed a plan that also needs approvers (she first).
+    _P.AWAITING_CONFIRMATION: frozenset(
+        {_P.RUNNING, _P.AWAITING_APPROVAL, _P.REJECTED, _P.EXPIRED, _P.SIMULATED}
+    ),
     _P.AWAITING_APPROVAL: frozenset({_P.RUNNING, _P.REJECTED, _P.EXPIRED, _P.SIMULATED}),
     _P.RUNNING: frozenset({_P.SUCCEEDED, _P.FAILED, _P.COMPENSATING, _P.NEEDS_ATTENTION}),
     # Back to succeeded: a rollback TTL undid the steps whose TTL passed; the others stand.

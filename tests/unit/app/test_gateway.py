@@ -354,6 +354,191 @@ class TestApprove:
         assert p.get(rec.plan_id).status is PlanStatus.EXPIRED
 
 
+class TestConfirmThenApprove:
+    """A plan with a step its user confirms and a step approvers decide needs both."""
+
+    def _p(self, clock, *, n=1, **extra):
+        pol = ScriptedPolicy(
+            outcome_for(
+                {"shop.order": "confirm", "shop.pay": "approve"},
+                **{"shop.pay": {"approvals": n, "approver_roles": ["finance"]}},
+                **extra,
+            )
+        )
+        return (*make(pol, clock), pol)
+
+    def _submit(self, p):
+        steps = [("shop.order", {}), ("shop.pay", {})]
+        return p.submit(make_plan(steps, agent_id="bot", on_behalf_of="alice"))
+
+    def test_the_user_confirms_first_then_the_approvers(self, clock):
+        """An approval does not stand in for the user's confirmation: she first, then them."""
+        p, tools, _ = self._p(clock)
+        rec = self._submit(p)
+
+        assert rec.status is PlanStatus.AWAITING_CONFIRMATION
+        with pytest.raises(InvalidTransitionError):
+            p.approve(rec.plan_id, "fiona", roles=["finance"])
+        rec = p.confirm(rec.plan_id, "alice")
+        assert rec.status is PlanStatus.AWAITING_APPROVAL
+        assert tools["shop.order"][0].calls == tools["shop.pay"][0].calls == []
+        with pytest.raises(InvalidTransitionError):
+            p.confirm(rec.plan_id, "alice")
+        rec = p.approve(rec.plan_id, "fiona", roles=["finance"])
+        assert rec.status is PlanStatus.SUCCEEDED
+        assert len(tools["shop.order"][0].calls) == len(tools["shop.pay"][0].calls) == 1
+        assert [(a.principal, a.kind) for a in rec.approvals] == [
+            ("alice", "confirm"),
+            ("fiona", "approve"),
+        ]
+
+    def test_both_decisions_are_audited(self, clock):
+        """The log holds her confirmation, the second routing, then the approval."""
+        p, _, _ = self._p(clock)
+        rec = self._submit(p)
+        p.confirm(rec.plan_id, "alice")
+        p.approve(rec.plan_id, "fiona", roles=["finance"])
+
+        events = [e for e in p.events() if e.plan_id == rec.plan_id]
+        types = [e.type for e in events]
+        assert types.index("plan.routed") < types.index("confirmation.granted")
+        assert types.index("confirmation.granted") < types.index("approval.granted")
+        routed = [orjson.loads(e.body)["data"] for e in events if e.type == "plan.routed"]
+        assert [r["status"] for r in routed] == ["awaiting_confirmation", "awaiting_approval"]
+        assert routed[1]["after"] == "confirmation"
+        assert routed[1]["step_quorums"][0]["step_id"] == "s2"
+        assert p.verify().ok
+
+    def test_her_decline_ends_the_plan(self, clock):
+        """The user's rejection ends the plan before any approver sees it; nothing runs."""
+        p, tools, _ = self._p(clock)
+        rec = self._submit(p)
+
+        rec = p.reject(rec.plan_id, "alice", comment="not my card")
+
+        assert rec.status is PlanStatus.REJECTED
+        assert tools["shop.order"][0].calls == tools["shop.pay"][0].calls == []
+
+    def test_the_confirmation_wait_expires(self, clock):
+        """Nobody confirming within confirm_ttl expires the plan (the tick's sweep)."""
+        p, tools, _ = self._p(clock)
+        rec = self._submit(p)
+        clock.advance(3601)
+
+        assert [c.plan_id for c in p.tick()] == [rec.plan_id]
+        assert p.get(rec.plan_id).status is PlanStatus.EXPIRED
+        assert tools["shop.order"][0].calls == []
+
+    def test_the_approval_wait_gets_its_own_deadline(self, clock):
+        """After the confirmation the approvers get a whole approval_ttl, and no more."""
+        p, tools, _ = self._p(clock)
+        rec = self._submit(p)
+        clock.advance(3000)
+        rec = p.confirm(rec.plan_id, "alice")
+
+        assert rec.expires_at == clock.now() + p.gateway.options.approval_ttl
+        clock.advance(86_399)
+        assert p.tick() == []
+        clock.advance(2)
+        with pytest.raises(ApprovalExpiredError):
+            p.approve(rec.plan_id, "fiona", roles=["finance"])
+        assert p.get(rec.plan_id).status is PlanStatus.EXPIRED
+        assert tools["shop.order"][0].calls == tools["shop.pay"][0].calls == []
+
+    def test_a_policy_change_after_her_confirmation_expires_it(self, clock):
+        """The policy is re-checked at the approval that would run it."""
+        p, tools, pol = self._p(clock)
+        rec = self._submit(p)
+        p.confirm(rec.plan_id, "alice")
+        pol.version = "sha256:scripted-2"
+
+        with pytest.raises(ConflictError):
+            p.approve(rec.plan_id, "fiona", roles=["finance"])
+        assert p.get(rec.plan_id).status is PlanStatus.EXPIRED
+        assert tools["shop.pay"][0].calls == []
+
+    def test_the_guards_are_rechecked_before_it_runs(self, clock):
+        """A kill switch engaged after her confirmation holds the plan at the approval."""
+        p, tools, _ = self._p(clock)
+        rec = self._submit(p)
+        p.confirm(rec.plan_id, "alice")
+        p.kill("global", by="ops")
+
+        with pytest.raises(ConflictError):
+            p.approve(rec.plan_id, "fiona", roles=["finance"])
+        assert p.get(rec.plan_id).status is PlanStatus.AWAITING_APPROVAL
+        assert tools["shop.order"][0].calls == tools["shop.pay"][0].calls == []
+
+    def test_the_undo_window_applies(self, clock):
+        """Once run, the user may undo the plan within its steps' undo windows."""
+        windows = {"shop.order": {"undo_window": 60}}
+        pol = ScriptedPolicy(
+            outcome_for(
+                {"shop.order": "confirm", "shop.pay": "approve"},
+                **{"shop.pay": {"approver_roles": ["finance"], "undo_window": 60}},
+                **windows,
+            )
+        )
+        p, tools = make(pol, clock)
+        rec = self._submit(p)
+        p.confirm(rec.plan_id, "alice")
+        p.approve(rec.plan_id, "fiona", roles=["finance"])
+
+        assert p.undo(rec.plan_id, "alice").status is PlanStatus.UNDONE
+        assert len(tools["shop.order"][1].calls) == len(tools["shop.pay"][1].calls) == 1
+
+    def test_a_confirm_only_plan_runs_on_her_confirmation(self, clock):
+        """Without approving steps nothing changes: her confirmation runs it."""
+        pol = ScriptedPolicy(outcome_for({"shop.order": "confirm", "shop.pay": "confirm"}))
+        p, tools = make(pol, clock)
+        rec = self._submit(p)
+
+        assert p.confirm(rec.plan_id, "alice").status is PlanStatus.SUCCEEDED
+        assert len(tools["shop.pay"][0].calls) == 1
+
+
+class TestStepQuorums:
+    """Each approving step needs its own quorum; one plan-level quorum is not enough."""
+
+    def _p(self, clock):
+        pol = ScriptedPolicy(
+            outcome_for(
+                {"shop.order": "approve", "shop.pay": "approve"},
+                **{
+                    "shop.order": {"approvals": 2, "approver_roles": ["finance"]},
+                    "shop.pay": {"approvals": 1, "approver_roles": ["hr"]},
+                },
+            )
+        )
+        return make(pol, clock)
+
+    def _submit(self, p):
+        steps = [("shop.order", {}), ("shop.pay", {})]
+        return p.submit(make_plan(steps, agent_id="bot", on_behalf_of="alice"))
+
+    def test_two_finance_approvers_are_two(self, clock):
+        """One finance and one hr approver do not meet a step's two-finance quorum."""
+        p, tools = self._p(clock)
+        rec = self._submit(p)
+
+        p.approve(rec.plan_id, "fiona", roles=["finance"])
+        rec = p.approve(rec.plan_id, "harry", roles=["hr"])
+        assert rec.status is PlanStatus.AWAITING_APPROVAL
+        assert tools["shop.order"][0].calls == []
+        rec = p.approve(rec.plan_id, "frank", roles=["finance"])
+        assert rec.status is PlanStatus.SUCCEEDED
+
+    def test_one_person_counts_towards_each_step_whose_role_they_hold(self, clock):
+        """An approver holding finance and hr counts for both steps (but once per step)."""
+        p, _ = self._p(clock)
+        rec = self._submit(p)
+
+        rec = p.approve(rec.plan_id, "bea", roles=["finance", "hr"])
+        assert rec.status is PlanStatus.AWAITING_APPROVAL
+        rec = p.approve(rec.plan_id, "fiona", roles=["finance"])
+        assert rec.status is PlanStatus.SUCCEEDED
+
+
 class TestUndo:
     def _p(self, clock):
         pol = ScriptedPolicy(outcome_for({}, **{"shop.order": {"undo_window": 60}}))

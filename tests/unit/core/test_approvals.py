@@ -7,11 +7,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from proctor.core.approvals import (
+    approvals_complete,
     check_can_approve,
     check_can_confirm,
     check_not_expired,
+    confirmed,
     person_key,
     quorum_met,
+    step_quorums,
 )
 from proctor.core.lifecycle import ApprovalRecord, PlanRecord, PlanStatus
 from proctor.errors import ApprovalExpiredError, InvalidTransitionError, PermissionDeniedError
@@ -24,7 +27,7 @@ FULLWIDTH_ALICE = "".join(chr(0xFEE0 + ord(c)) for c in "alice")
 SPELLINGS = ["Alice", "ALICE", "BOT", "Bot", FULLWIDTH_ALICE, "\uff21lice"]
 
 
-def _plan(status=PlanStatus.AWAITING_APPROVAL, approvals=()):
+def _plan(status=PlanStatus.AWAITING_APPROVAL, approvals=(), decision=None):
     return PlanRecord(
         plan_id="p1",
         digest="sha256:d",
@@ -35,7 +38,7 @@ def _plan(status=PlanStatus.AWAITING_APPROVAL, approvals=()):
         created_at=T0,
         updated_at=T0,
         assessment={},
-        decision={},
+        decision=decision or {},
         policy_version="v1",
         outcome="approve",
         steps=(),
@@ -143,6 +146,97 @@ class TestQuorum:
         assert not quorum_met(
             _plan(), [_ok("fiona", kind="reject")], count=1, required_roles=["finance"]
         )
+
+
+def _step(sid, outcome, approvals=0, roles=()):
+    return {"step_id": sid, "outcome": outcome, "approvals": approvals, "approver_roles": roles}
+
+
+def _decision(*steps):
+    """A stored decision's shape, with the plan-level summary the gateway computes."""
+    approving = [s for s in steps if s["outcome"] == "approve"]
+    return {
+        "steps": list(steps),
+        "approvals": max((s["approvals"] for s in approving), default=0),
+        "approver_roles": sorted({r for s in approving for r in s["approver_roles"]}),
+    }
+
+
+TWO_FINANCE_ONE_HR = _decision(
+    _step("s1", "approve", 2, ["finance"]), _step("s2", "approve", 1, ["hr"])
+)
+
+
+class TestStepQuorums:
+    def test_no_approving_step_falls_back_to_the_plan_quorum(self):
+        """A decision without approve steps still needs one approver, never none."""
+        (q,) = step_quorums(_plan(decision={"steps": [], "approvals": 0, "approver_roles": []}))
+
+        assert (q.step_id, q.required, q.met) == ("", 1, False)
+
+    def test_each_step_counts_its_own_role(self):
+        """One finance and one hr approver leave the two-finance step one short."""
+        p = _plan(decision=TWO_FINANCE_ONE_HR)
+
+        q1, q2 = step_quorums(p, [_ok("fiona"), _ok("harry", roles=["hr"])])
+
+        assert (q1.step_id, q1.approved_by, q1.met) == ("s1", ("fiona",), False)
+        assert (q2.step_id, q2.approved_by, q2.met) == ("s2", ("harry",), True)
+        assert not approvals_complete(p, [_ok("fiona"), _ok("harry", roles=["hr"])])
+
+    def test_every_step_met_completes(self):
+        """Two finance approvers and one hr approver meet both steps' quorums."""
+        p = _plan(decision=TWO_FINANCE_ONE_HR)
+        votes = [_ok("fiona"), _ok("harry", roles=["hr"]), _ok("frank")]
+
+        assert [q.met for q in step_quorums(p, votes)] == [True, True]
+        assert approvals_complete(p, votes)
+
+    def test_one_person_counts_for_each_step_but_once(self):
+        """An approver with both roles counts towards both steps, once per step."""
+        p = _plan(decision=TWO_FINANCE_ONE_HR)
+        both = _ok("bea", roles=["finance", "hr"])
+
+        assert [q.met for q in step_quorums(p, [both, both])] == [False, True]
+        assert approvals_complete(p, [both, _ok("fiona")])
+
+    def test_a_step_covers_all_its_roles(self):
+        """A step naming two roles needs approvers that together hold both (as before)."""
+        p = _plan(decision=_decision(_step("s1", "approve", 1, ["finance", "sre"])))
+
+        assert not approvals_complete(p, [_ok("fiona")])
+        assert approvals_complete(p, [_ok("fiona"), _ok("sam", roles=["sre"])])
+
+    def test_parties_and_other_digests_never_count(self):
+        """Separation of duties and the binding apply to every step's count."""
+        p = _plan(decision=_decision(_step("s1", "approve", 1, ["finance"])))
+        bad = [_ok("Alice"), _ok("bot"), _ok("fiona", digest="sha256:x"), _ok("f", version="v0")]
+
+        assert step_quorums(p, bad)[0].approved_by == ()
+        assert not approvals_complete(p, bad)
+
+
+class TestConfirmationRequired:
+    DECISION = _decision(_step("s1", "confirm"), _step("s2", "approve", 1, ["finance"]))
+
+    def test_approvals_never_stand_in_for_the_confirmation(self):
+        """A met quorum is not enough while a confirm step's user has not confirmed."""
+        p = _plan(decision=self.DECISION)
+
+        assert not approvals_complete(p, [_ok("fiona")])
+        assert approvals_complete(p, [_ok("alice", roles=(), kind="confirm"), _ok("fiona")])
+
+    def test_only_her_bound_confirmation_counts(self):
+        """Someone else's confirm, or one bound to another digest or policy, is not hers."""
+        p = _plan(decision=self.DECISION)
+        others = [
+            _ok("mallory", roles=(), kind="confirm"),
+            _ok("alice", roles=(), kind="confirm", digest="sha256:x"),
+            _ok("alice", roles=(), kind="confirm", version="v0"),
+        ]
+
+        assert not confirmed(p, others)
+        assert not approvals_complete(p, [*others, _ok("fiona")])
 
 
 class TestPersonKey:
