@@ -644,6 +644,23 @@ class TestPlansAndShow:
         assert f"proctor confirm {three_plans['sub']} --as cust-42" in result.out
         assert "plan.submitted" in result.out
 
+    def test_show_a_plan_confirmed_then_approved(self, cli, fresh_home, tmp_path):
+        """show says she confirms first, then which step waits for which approvers."""
+        home = fresh_home
+        plan = manifest(SUBSCRIPTION, BIG_PAYMENT, user="cust-42")
+        plan_id = submit(cli, home, tmp_path, plan)["plan_id"]
+
+        before = cli("show", plan_id, home=home)
+        confirmed = cli("confirm", plan_id, "--as", "cust-42", "--json", home=home)
+        doc = show(cli, home, plan_id)
+
+        assert "waiting for cust-42 to confirm" in before.out, str(before)
+        assert "s2: 0 of 1 approval(s) from finance" in before.out
+        assert confirmed.code == 0, str(confirmed)
+        assert doc["status"] == "awaiting_approval"
+        assert [q["step_id"] for q in doc["step_quorums"]] == ["s2"]
+        assert [(a["principal"], a["kind"]) for a in doc["approvals"]] == [("cust-42", "confirm")]
+
     def test_show_unknown_plan(self, cli, shared_home):
         """show of an unknown plan id exits 1 with code not_found."""
         result = cli("show", "p-nope", "--json", home=shared_home)

@@ -264,6 +264,21 @@ class TestViews:
             "cost",
         ]
 
+    def test_plan_view_says_she_confirms_first_then_each_quorum(self, world):
+        """A plan with confirm and approve steps shows her turn first, then each quorum."""
+        p, _ = world
+        sub = ("billing.change_subscription", {"customer": "c", "plan": "pro"})
+        pay = ("travel.pay", {"amount": 640_000, "currency": "EUR", "traveller": "alice"})
+        rec = p.submit(_plan(sub, pay))
+
+        v = plan_view(rec, p.gateway.catalog, T0)
+        after = plan_view(p.confirm(rec.plan_id, "alice"), p.gateway.catalog, T0)
+
+        assert v["confirm_first"] and not after["confirm_first"]
+        assert [(q["step_id"], q["approver_roles"]) for q in after["quorums"]] == [
+            ("s2", ["finance"])
+        ]
+
     def test_chart_geometry(self):
         """Bars scale to the ceiling, gaps stay empty, negatives are marked."""
         c = chart([("a", 1.0), ("b", None), ("c", 0.5), ("d", -2.0)], ceiling=1.0, height=134)

@@ -10,6 +10,7 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
+from proctor.core.approvals import confirmation_required, step_quorums
 from proctor.core.assessment import AXES
 from proctor.core.lifecycle import PlanRecord
 from proctor.core.ports import EventRow
@@ -75,6 +76,13 @@ def plan_json(rec: PlanRecord, *, events: list[EventRow] | None = None) -> dict[
         + [f"{s['step_id']}: {r}" for s in d["steps"] for r in s["reasons"]],
         "approvals_required": d["approvals"],
         "approver_roles": d["approver_roles"],
+        # Per approving step: its own quorum and who has counted towards it so far (the two
+        # fields above summarise them: the largest count, the union of the roles).
+        "step_quorums": (
+            [q.as_dict() for q in step_quorums(rec)] if rec.outcome == "approve" else []
+        ),
+        # Her confirmation comes first, also when approvers decide after her.
+        "confirmation_required": rec.outcome in ("confirm", "approve") and confirmation_required(d),
         "step_up": d["step_up"],
         "dry_run": d["dry_run"],
         "sandbox": rec.sandbox,
@@ -110,6 +118,18 @@ def plan_json(rec: PlanRecord, *, events: list[EventRow] | None = None) -> dict[
             for e in events
         ]
     return out
+
+
+def _quorum_line(q: dict[str, Any]) -> str:
+    """One approving step's quorum: ``s1: 1 of 2 approval(s) from finance (fiona)``."""
+    roles = ", ".join(q["approver_roles"]) or "any approver"
+    who = ", ".join(q["approved_by"])
+    done = " [green]met[/green]" if q["met"] else ""
+    count = min(len(q["approved_by"]), q["approvals_required"])
+    by = f" ({who})" if who else ""
+    return (
+        f"{q['step_id']}: {count} of {q['approvals_required']} approval(s) from {roles}{by}{done}"
+    )
 
 
 def render_scores(scores: dict[str, int], total: int, pattern: str) -> Table:
@@ -209,13 +229,21 @@ def render_plan_json(
         )
     console.print(steps)
     target = f" --server {server}" if server else ""
+    quorums = doc.get("step_quorums") or []
     if status == "awaiting_approval":
         roles = ", ".join(doc["approver_roles"]) or "any approver"
         extra = " with step-up (TOTP)" if doc["step_up"] else ""
-        console.print(
-            f"[yellow]waiting for {doc['approvals_required']} approval(s) from {roles}{extra}"
-            f" until {doc['expires_at'] or '-'}[/yellow]"
-        )
+        if len(quorums) > 1:
+            console.print(
+                f"[yellow]waiting for approvals{extra} until {doc['expires_at'] or '-'}:[/yellow]"
+            )
+            for q in quorums:
+                console.print(f"  {_quorum_line(q)}")
+        else:
+            console.print(
+                f"[yellow]waiting for {doc['approvals_required']} approval(s) from {roles}"
+                f"{extra} until {doc['expires_at'] or '-'}[/yellow]"
+            )
         if server:
             console.print(f"  next: proctor approve {plan_id}{target} (an approver's token)")
         else:
@@ -223,6 +251,10 @@ def render_plan_json(
     elif status == "awaiting_confirmation":
         user = doc["on_behalf_of"]
         console.print(f"[yellow]waiting for {user} to confirm[/yellow]")
+        if quorums:
+            console.print("  then for the approvers:")
+            for q in quorums:
+                console.print(f"  {_quorum_line(q)}")
         if server:
             console.print(f"  next: proctor confirm {plan_id}{target} ({user}'s token)")
         else:

@@ -147,6 +147,16 @@ class ApprovalOut(_Out):
     at: str
 
 
+class StepQuorumOut(_Out):
+    """One approving step's own quorum, and who has counted towards it so far."""
+
+    step_id: str
+    approvals_required: int
+    approver_roles: list[str] = Field(description="Each approver holds one; together all.")
+    approved_by: list[str]
+    met: bool
+
+
 class PlanOut(_Out):
     """A plan: exactly ``proctor.cli.render.plan_json`` (and ``proctor show --json``)."""
 
@@ -161,8 +171,14 @@ class PlanOut(_Out):
     expires_at: str | None
     assessment: AssessmentOut
     reasons: list[str]
-    approvals_required: int
-    approver_roles: list[str]
+    approvals_required: int = Field(description="The largest of `step_quorums`' counts.")
+    approver_roles: list[str] = Field(description="The union of `step_quorums`' roles.")
+    step_quorums: list[StepQuorumOut] = Field(
+        description="Each approving step's quorum: the plan runs when every one is met."
+    )
+    confirmation_required: bool = Field(
+        description="Its on-behalf-of user confirms it (first, when approvers decide too)."
+    )
     step_up: bool
     dry_run: bool
     sandbox: bool

@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from proctor.core.approvals import step_quorums
 from proctor.core.assessment import AXES
 from proctor.core.catalog import Catalog
 from proctor.core.lifecycle import PlanRecord, PlanStatus, StepStatus
@@ -176,6 +177,10 @@ def plan_view(rec: PlanRecord, catalog: Catalog, now: datetime) -> dict[str, Any
         "plan_reasons": list(decision.get("plan_reasons", [])),
         "approvals_required": decision.get("approvals", 0),
         "approver_roles": list(decision.get("approver_roles", [])),
+        # Each approving step's own quorum (shown when there are several).
+        "quorums": [q.as_dict() for q in step_quorums(rec)] if rec.outcome == "approve" else [],
+        "confirm_first": rec.status is PlanStatus.AWAITING_CONFIRMATION
+        and rec.outcome == "approve",
         "step_up": bool(decision.get("step_up")),
         "expires_at": rec.expires_at,
         "expires_left": left(rec.expires_at, now),

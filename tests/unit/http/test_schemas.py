@@ -49,6 +49,33 @@ class TestPlanOut:
         for rec in (rejected, undone):
             PlanOut.model_validate(json.loads(json.dumps(plan_json(rec))))
 
+    def test_a_plan_confirmed_then_approved_shows_each_wait(self):
+        """Her confirmation first, then the approving step's own quorum, in the schema."""
+        p = Proctor.in_memory(clock=FrozenClock())
+        rec = p.submit(make_plan([*PLANS["awaiting confirmation"], *PLANS[_APPROVAL]]))
+        waiting = json.loads(json.dumps(plan_json(rec)))
+        confirmed = json.loads(json.dumps(plan_json(p.confirm(rec.plan_id, "alice"))))
+
+        for doc in (waiting, confirmed):
+            PlanOut.model_validate(doc)
+        assert (waiting["status"], waiting["confirmation_required"]) == (
+            "awaiting_confirmation",
+            True,
+        )
+        assert confirmed["status"] == "awaiting_approval"
+        assert confirmed["step_quorums"] == [
+            {
+                "step_id": "s2",
+                "approvals_required": 1,
+                "approver_roles": ["finance"],
+                "approved_by": [],
+                "met": False,
+            }
+        ]
+
+
+_APPROVAL = "awaiting approval, step-up, dry run"
+
 
 class TestErrorTable:
     def test_every_proctor_error_code_has_a_status(self):
