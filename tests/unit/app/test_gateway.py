@@ -487,6 +487,18 @@ class TestConfirmThenApprove:
         assert p.undo(rec.plan_id, "alice").status is PlanStatus.UNDONE
         assert len(tools["shop.order"][1].calls) == len(tools["shop.pay"][1].calls) == 1
 
+    def test_her_propose_autonomy_is_not_answered_by_an_approver(self, clock):
+        """A step she set to ``propose`` waits for her even beside a step approvers decide."""
+        p, tools, _ = self._p(clock)
+        p.set_autonomy("alice", "shop.read", "propose", by="alice")
+        steps = [("shop.read", {}), ("shop.pay", {})]
+        rec = p.submit(make_plan(steps, agent_id="bot", on_behalf_of="alice"))
+
+        assert rec.status is PlanStatus.AWAITING_CONFIRMATION
+        with pytest.raises(InvalidTransitionError):
+            p.approve(rec.plan_id, "fiona", roles=["finance"])
+        assert tools["shop.read"][0].calls == []
+
     def test_a_confirm_only_plan_runs_on_her_confirmation(self, clock):
         """Without approving steps nothing changes: her confirmation runs it."""
         pol = ScriptedPolicy(outcome_for({"shop.order": "confirm", "shop.pay": "confirm"}))
