@@ -260,6 +260,19 @@ class TestDelivery:
         assert len(receiver.requests) == 9
         assert len({r["headers"]["Proctor-Delivery"] for r in receiver.requests}) == 9
 
+    def test_approvers_hear_of_a_plan_once_its_user_confirmed(self, clock, receiver):
+        """Her confirmation routes the plan on to approvers: a second approval.needed says so."""
+        p = make(clock, [hook(receiver.url, events=("approval.needed",))])
+        p.submit(make_plan([("shop.book", {}), ("shop.pay", {})], plan_id="p-both"))
+        p.confirm("p-both", "alice")
+        with p.dispatcher() as d:
+            d.run_once()
+
+        got = [(x["status"], x["summary"]) for x in receiver.payloads()]
+        assert [status for status, _ in got] == ["awaiting_confirmation", "awaiting_approval"]
+        assert "needs 1 approval(s) from finance" in got[1][1]
+        assert "confirmed by alice" in got[1][1]
+
     def test_subscription_filters_events(self, clock, receiver):
         """A webhook gets only the events it subscribed to."""
         p = make(clock, [hook(receiver.url, events=("plan.executed",))])

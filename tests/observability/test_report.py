@@ -177,6 +177,36 @@ class TestApprovalLatency:
         assert f["approval_latency_s"] == {"count": 1, "median": 3600.0, "p90": 3600.0}
         assert sum(n for _, n in f["latency_histogram"]["approval"]) == 1
 
+    def test_each_approving_step_needs_its_own_quorum(self):
+        """Steps needing two and one finance approvers: the second approver is decisive."""
+        p, clock = _instance(datetime(2026, 11, 2, 9, tzinfo=UTC))
+        plan = p.submit(make_plan([("shop.huge", {}), ("shop.big", {})], agent_id="bot"))
+        clock.advance(600)
+        p.approve(plan.plan_id, "ann", roles=["finance"])
+        clock.advance(3000)
+        p.approve(plan.plan_id, "bob", roles=["finance"])
+
+        f = _report(p)
+
+        assert p.get(plan.plan_id).status.value == "succeeded"
+        assert f["approval_latency_s"] == {"count": 1, "median": 3600.0, "p90": 3600.0}
+
+    def test_a_plan_confirmed_then_approved_is_proposed_once(self):
+        """Her confirmation, then the approval wait: each latency from its own routing."""
+        p, clock = _instance(datetime(2026, 11, 2, 9, tzinfo=UTC))
+        plan = p.submit(make_plan([("shop.ask", {}), ("shop.big", {})], agent_id="bot"))
+        clock.advance(300)
+        p.confirm(plan.plan_id, "alice")
+        clock.advance(600)
+        p.approve(plan.plan_id, "ann", roles=["finance"])
+
+        f = _report(p)
+
+        assert p.get(plan.plan_id).status.value == "succeeded"
+        assert sum(f["proposed_per_day"]) == 1
+        assert f["confirmation_latency_s"]["median"] == 300.0
+        assert f["approval_latency_s"] == {"count": 1, "median": 600.0, "p90": 600.0}
+
     def test_an_approval_short_of_the_quorum_is_no_sample(self):
         """One approver of two, then the plan expires: no approval latency at all."""
         p, clock = _instance(datetime(2026, 11, 2, 9, tzinfo=UTC))
