@@ -53,6 +53,16 @@ def mcp(
     namespace: Annotated[
         bool, typer.Option("--namespace", help="Always name tools server.tool.")
     ] = False,
+    passthrough_timeout: Annotated[
+        float,
+        typer.Option(
+            "--passthrough-timeout",
+            min=0.1,
+            help="Seconds any request to a server other than a tool call (lists, reads, "
+            "prompts, completions, subscriptions) may take; a merged list leaves out a "
+            "server that takes longer.",
+        ),
+    ] = 5.0,
     confirm_in_client: Annotated[
         bool,
         typer.Option(
@@ -122,6 +132,7 @@ def mcp(
                 on_behalf_of=user,
                 approval_wait=approval_wait,
                 namespace=namespace,
+                passthrough_timeout=passthrough_timeout,
                 confirm_in_client=confirm_in_client,
             ),
             address,
@@ -138,6 +149,7 @@ def mcp(
                 approval_wait=approval_wait,
                 namespace=namespace,
                 console_url=_console_url(home),
+                passthrough_timeout=passthrough_timeout,
                 confirm_in_client=confirm_in_client,
             ),
             address,

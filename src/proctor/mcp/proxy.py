@@ -26,7 +26,8 @@ through ``McpTools``.
 
 Everything else — resources (list, templates, read, subscribe), prompts, completions,
 logging (level and messages), pings, list-changed and resource-updated notifications — is
-passed through to the upstream that has it.
+passed through to the upstream that has it (``proctor.mcp.passthrough``: the capabilities,
+the routing by owner, the time bound, and which client session gets what).
 
 ``RemoteMcpProxy`` (``proctor.mcp.remote``) is this proxy governed through a running
 ``proctor serve`` instead of an instance opened here: it overrides the governance hooks
@@ -45,7 +46,6 @@ import contextvars
 import dataclasses
 import functools
 import logging
-from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
@@ -77,6 +77,7 @@ from proctor.mcp.governance import (
     not_run_now,
     spec_from_annotations,
 )
+from proctor.mcp.passthrough import PassThrough
 from proctor.mcp.sdk import _all_pages, _legacy, _LoopTools, _Server
 from proctor.mcp.upstream import Upstream
 from proctor.tools.mcp import (
@@ -108,6 +109,9 @@ class McpProxy:
         namespace: Always name tools ``server.tool`` (else only when names clash).
         console_url: Where humans confirm and approve, named in "pending" answers.
         connect_timeout: Seconds an upstream may take to start and initialize.
+        passthrough_timeout: Seconds any other request to an upstream (lists, reads,
+            prompts, completions, subscriptions, log level) may take; a merged list leaves
+            out an upstream that takes longer.
         confirm_in_client: Ask the user through MCP elicitation when a call needs their
             confirmation (default). False: the call answers "needs confirmation" and the
             user confirms in the console or the CLI — for clients whose elicitation answers
@@ -125,6 +129,7 @@ class McpProxy:
         namespace: bool = False,
         console_url: str | None = None,
         connect_timeout: float = 30.0,
+        passthrough_timeout: float = 5.0,
         confirm_in_client: bool = True,
     ) -> None:
         self.proctor = proctor
@@ -136,6 +141,7 @@ class McpProxy:
             namespace=namespace,
             console_url=console_url,
             connect_timeout=connect_timeout,
+            passthrough_timeout=passthrough_timeout,
             confirm_in_client=confirm_in_client,
         )
         gw = proctor.gateway
@@ -159,6 +165,7 @@ class McpProxy:
         console_url: str | None,
         connect_timeout: float,
         confirm_in_client: bool,
+        passthrough_timeout: float = 5.0,
     ) -> None:
         """Set what every proxy has, local or remote."""
         self.configs = {u.name: u for u in upstreams}
@@ -172,7 +179,10 @@ class McpProxy:
         self.upstreams: dict[str, Upstream] = {}
         self.tools: dict[str, tuple[str, types.Tool]] = {}  # exposed name -> (server, tool)
         self._declared: dict[str, ActionSpec | None] = {}
-        self._clients: OrderedDict[int, Any] = OrderedDict()  # connection -> a session on it
+        # Resources, prompts, completions, logging; the client sessions and what they get.
+        self.passthrough = PassThrough(
+            self.upstreams, timeout=passthrough_timeout, max_clients=_MAX_CLIENTS
+        )
         self._flights: dict[str, _Flight] = {}  # call key -> the call in progress
         self._active = 0  # tools/call requests in progress
         # The governance of calls made while others are in progress (the upstream calls
@@ -196,6 +206,7 @@ class McpProxy:
         stack.callback(self._pool.shutdown, wait=False, cancel_futures=True)
         tg = await stack.enter_async_context(anyio.create_task_group())
         stack.callback(tg.cancel_scope.cancel)
+        self.passthrough.tasks = tg
         for config in self.configs.values():
             up = Upstream(
                 config,
@@ -217,12 +228,12 @@ class McpProxy:
             await self.refresh_tools()
         except Exception as exc:  # noqa: BLE001 - the old list stays; the next change retries
             log.warning("upstream %s: cannot list tools after a restart: %s", up.name, exc)
+        await self.passthrough.on_reconnect(up)
         await self._notify("send_tool_list_changed")
 
     async def _on_log(self, params: types.LoggingMessageNotificationParams) -> None:
-        """Pass an upstream's log message on to the clients."""
-        for client in list(self._clients.values()):
-            await self._send(client, "send_log_message", params.level, params.data, params.logger)
+        """Pass an upstream's log message on to the clients (each at its own level)."""
+        await self.passthrough.on_log(params)
 
     async def _on_message(self, message: Any) -> None:
         """Pass notifications on: list changes (re-reading the tools first), updates."""
@@ -240,29 +251,14 @@ class McpProxy:
         elif isinstance(note, types.PromptListChangedNotification):
             await self._notify("send_prompt_list_changed")
         elif isinstance(note, types.ResourceUpdatedNotification):
-            await self._notify("send_resource_updated", note.params.uri)
+            await self.passthrough.on_updated(str(note.params.uri))  # to its subscribers
 
     async def _notify(self, method: str, *args: Any) -> None:
-        for client in list(self._clients.values()):
-            await self._send(client, method, *args)
-
-    async def _send(self, client: Any, method: str, *args: Any) -> None:
-        try:
-            await _legacy(getattr(client, method), *args)
-        except Exception:  # noqa: BLE001 - a client that went away
-            for key, value in list(self._clients.items()):
-                if value is client:
-                    del self._clients[key]
+        await self.passthrough.notify(method, *args)
 
     def _seen(self, ctx: Any) -> None:
         """Remember the client's connection, for the notifications that concern it."""
-        # NOTE(mcp): ctx.session is a per-request view; its connection is what lasts. The
-        # SDK keeps it private, so fall back to the view itself.
-        key = id(getattr(ctx.session, "_connection", ctx.session))
-        self._clients[key] = ctx.session
-        self._clients.move_to_end(key)
-        while len(self._clients) > _MAX_CLIENTS:
-            self._clients.popitem(last=False)
+        self.passthrough.seen(ctx)
 
     async def refresh_tools(self) -> None:
         """Re-read the upstream tools and register them as catalog actions."""
@@ -365,25 +361,17 @@ class McpProxy:
         return _legacy(self._server)
 
     def _server(self) -> Server[Any]:
+        # What the connected upstreams offer, no more (after connect: their capabilities).
         return _Server(
             "proctor-mcp",
             version="1",
             instructions="Every tool call is governed by Proctor: it may need a human's "
             "confirmation or approval, or be denied with reasons.",
+            list_changes=self.passthrough.list_changes(),
             on_list_tools=self._list_tools,
             on_call_tool=self._call_tool,
-            on_list_resources=self._merged("list_resources", "resources"),
-            on_read_resource=self._read_resource,
-            on_list_resource_templates=self._merged(
-                "list_resource_templates", "resource_templates", capability="resources"
-            ),
-            on_subscribe_resource=self._subscription("subscribe_resource"),
-            on_unsubscribe_resource=self._subscription("unsubscribe_resource"),
-            on_list_prompts=self._merged("list_prompts", "prompts"),
-            on_get_prompt=self._get_prompt,
-            on_completion=self._complete,
-            on_set_logging_level=self._set_logging_level,
             on_ping=self._ping,
+            **self.passthrough.handlers(),
         )
 
     async def _ping(self, ctx: Any, params: Any) -> types.EmptyResult:
@@ -416,75 +404,6 @@ class McpProxy:
         if isinstance(allowed, dict):
             hidden |= actions - set(allowed.get("actions", ()))
         return hidden
-
-    def _merged(self, method: str, attr: str, *, capability: str | None = None) -> Any:
-        """A list request answered with the union of the upstreams' answers."""
-        empty = {
-            "resources": types.ListResourcesResult,
-            "prompts": types.ListPromptsResult,
-            "resource_templates": types.ListResourceTemplatesResult,
-        }[attr]
-
-        async def handler(ctx: Any, params: Any) -> Any:
-            # One page with everything: the upstreams' cursors mean nothing to the client.
-            self._seen(ctx)
-            merged: list[Any] = []
-            for up in self._having(capability or attr):
-                merged += await _all_pages(up, method, attr)
-            return empty(**{attr: merged})
-
-        return handler
-
-    def _having(self, capability: str) -> list[Upstream]:
-        return [u for u in self.upstreams.values() if u.capable(capability)]
-
-    def _subscription(self, method: str) -> Any:
-        async def handler(ctx: Any, params: Any) -> Any:
-            self._seen(ctx)
-            for up in self._having("resources"):
-                caps = up.session.server_capabilities if up.session else None
-                if caps is not None and caps.resources is not None and caps.resources.subscribe:
-                    return await up.request(lambda s: _legacy(getattr(s, method), params.uri))
-            raise MCPError(types.METHOD_NOT_FOUND, f"no upstream supports {method} ({params.uri})")
-
-        return handler
-
-    async def _set_logging_level(self, ctx: Any, params: types.SetLevelRequestParams) -> Any:
-        self._seen(ctx)
-        for up in self._having("logging"):
-            await up.request(lambda s: _legacy(s.set_logging_level, params.level))
-        return types.EmptyResult()
-
-    async def _complete(self, ctx: Any, params: types.CompleteRequestParams) -> Any:
-        argument = {"name": params.argument.name, "value": params.argument.value}
-        context = dict(params.context.arguments or {}) if params.context else None
-        last: Exception | None = None
-        for up in self._having("completions"):
-            try:
-                return await up.request(lambda s: s.complete(params.ref, argument, context))
-            except Exception as exc:  # noqa: BLE001 - try the next upstream
-                last = exc
-        if last is not None:
-            raise last
-        return types.CompleteResult(completion=types.Completion(values=[]))
-
-    async def _read_resource(self, ctx: Any, params: types.ReadResourceRequestParams) -> Any:
-        last: Exception | None = None
-        for up in self._having("resources"):
-            try:
-                return await up.request(lambda s: s.read_resource(params.uri))
-            except Exception as exc:  # noqa: BLE001 - try the next upstream
-                last = exc
-        if isinstance(last, MCPError):
-            raise last
-        raise MCPError(types.INVALID_PARAMS, f"no upstream has resource {params.uri}") from last
-
-    async def _get_prompt(self, ctx: Any, params: types.GetPromptRequestParams) -> Any:
-        for up in self._having("prompts"):
-            listed = await _all_pages(up, "list_prompts", "prompts")
-            if params.name in {p.name for p in listed}:
-                return await up.request(lambda s: s.get_prompt(params.name, params.arguments))
-        raise MCPError(types.INVALID_PARAMS, f"unknown prompt {params.name!r}")
 
     # ------------------------------------------------------------------ governed calls
 

@@ -148,6 +148,7 @@ class RemoteMcpProxy(McpProxy):
         connect_timeout: Seconds an upstream may take to start and initialize.
         call_timeout: Seconds an upstream call may take when the server names no limit.
         request_timeout: Seconds a request to the server may take (long polls add theirs).
+        passthrough_timeout: See ``McpProxy``.
         confirm_in_client: See ``McpProxy``.
     """
 
@@ -165,6 +166,7 @@ class RemoteMcpProxy(McpProxy):
         connect_timeout: float = 30.0,
         call_timeout: float = 300.0,
         request_timeout: float = 10.0,
+        passthrough_timeout: float = 5.0,
         confirm_in_client: bool = True,
     ) -> None:
         self._setup(
@@ -176,6 +178,7 @@ class RemoteMcpProxy(McpProxy):
             console_url=console_url or server_url.rstrip("/"),
             connect_timeout=connect_timeout,
             confirm_in_client=confirm_in_client,
+            passthrough_timeout=passthrough_timeout,
         )
         self.api = _Api(server_url, token, timeout=request_timeout)
         self.call_timeout = call_timeout

@@ -88,7 +88,17 @@ def _legacy(fn: Callable[..., _T], *args: Any) -> _T:
 
 
 class _Server(Server[Any]):
-    """The SDK's server, advertising list-changed notifications (the upstreams' pass through)."""
+    """The SDK's server, advertising the list-changed notifications the upstreams pass on.
+
+    Args:
+        list_changes: The list-changed notifications to advertise (default: all).
+    """
+
+    def __init__(
+        self, *args: Any, list_changes: NotificationOptions | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.list_changes = list_changes
 
     def create_initialization_options(
         self,
@@ -96,8 +106,10 @@ class _Server(Server[Any]):
         experimental_capabilities: dict[str, dict[str, Any]] | None = None,
         extensions: dict[str, dict[str, Any]] | None = None,
     ) -> InitializationOptions:
-        """Return the options with every list-changed capability on unless told otherwise."""
-        changes = notification_options or NotificationOptions(
-            prompts_changed=True, resources_changed=True, tools_changed=True
+        """Return the options with ``list_changes`` unless told otherwise."""
+        changes = (
+            notification_options
+            or self.list_changes
+            or NotificationOptions(prompts_changed=True, resources_changed=True, tools_changed=True)
         )
         return super().create_initialization_options(changes, experimental_capabilities, extensions)
