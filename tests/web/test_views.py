@@ -9,6 +9,7 @@ import pytest
 
 from proctor import Proctor
 from proctor.app.tokens import TokenService, hash_token
+from proctor.core.lifecycle import PlanStatus
 from proctor.core.principals import Principal
 from proctor.testing import FrozenClock
 from proctor.web.sessions import KIND, SESSION_LIFETIME, Session, SessionStore, check_csrf
@@ -239,6 +240,20 @@ class TestViews:
 
         assert deadline == rec.steps[0].undo_until is not None and deadline > T0
         assert undo_deadline(search, p.gateway.catalog) is None
+
+    def test_a_search_before_the_booking_does_not_hide_the_undo(self, world):
+        """A read-only look-up has nothing to undo: the booking's window is the plan's.
+
+        Regression: the page showed no undo for the README's search-then-reserve plan.
+        """
+        p, _clock = world
+        search = ("travel.search", {"destination": "Lisbon", "date": "2027-03-12"})
+        rec = p.submit(_plan(search, ("travel.reserve", {"flight": "PX101", "traveller": "a"})))
+
+        deadline = undo_deadline(rec, p.gateway.catalog)
+
+        assert rec.status is PlanStatus.SUCCEEDED
+        assert deadline == rec.steps[1].undo_until is not None and deadline > T0
 
     def test_plan_view_masks_and_summarises(self, world):
         """The summary comes from the template; masked params stay masked on the page."""

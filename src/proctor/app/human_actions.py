@@ -376,8 +376,12 @@ class HumanActions:
 
     def _check_undoable(self, record: PlanRecord, now: datetime) -> None:
         done = [s for s in record.steps if s.status is StepStatus.SUCCEEDED]
+        undoable = 0
         for s in done:
             spec = self.catalog.require(s.action)
+            if spec.nothing_to_undo:
+                continue  # a look-up: the saga skips it too (``compensation.started`` says so)
+            undoable += 1
             if not spec.reversible:
                 raise ConflictError(
                     f"step {s.step_id} ({s.action}) is not reversible", field="plan_id"
@@ -390,6 +394,12 @@ class HumanActions:
                     f"the undo window of step {s.step_id} closed at {deadline.isoformat()}",
                     field="plan_id",
                 )
+        if not undoable:
+            raise ConflictError(
+                f"plan {record.plan_id} has nothing left to undo: what stands of it is "
+                "read-only look-ups",
+                field="plan_id",
+            )
 
     def tick(self, *, wait: bool = True) -> list[PlanRecord]:
         """Fire due timers: expire waiting plans past their deadline, run rollback TTLs.

@@ -92,12 +92,23 @@ class Saga:
         """Move the plan to ``compensating`` with its reason (inside the caller's transaction).
 
         ``steps`` limits the saga to those steps (a rollback TTL undoes only the steps whose
-        TTL passed); None undoes every completed step.
+        TTL passed); None undoes every completed step. Completed steps with nothing to undo
+        (read-only look-ups: ``ActionSpec.nothing_to_undo``) are left as they are, and the
+        event names them (``nothing_to_undo``).
         """
         info: dict[str, Any] = {"reason": reason[:MAX_ERROR], "final": final and final.value}
         data: dict[str, Any] = {"reason": reason[:MAX_ERROR]}
         if steps is not None:
             info["steps"] = data["steps"] = list(steps)
+        skipped = [
+            s.step_id
+            for s in record.steps
+            if s.status is StepStatus.SUCCEEDED
+            and (steps is None or s.step_id in steps)
+            and self._nothing_to_undo(s)
+        ]
+        if skipped:
+            data["nothing_to_undo"] = skipped
         record = record.moved_to(PlanStatus.COMPENSATING, at=now, compensation=info).leased(
             self.ex._token(), self.ex._until(now)
         )
@@ -133,6 +144,10 @@ class Saga:
                     continue
             elif step.status is not StepStatus.SUCCEEDED:
                 continue
+            elif self._nothing_to_undo(step):
+                # A look-up changed nothing: no compensation to run, and none that failed
+                # (``compensation.started`` names the step; it stays ``succeeded``).
+                continue
             # Before the in-flight marker: a process without the action raises here, leaving
             # the step as it was for one that has it (not "interrupted, effect unknown").
             spec = self.ex.gw.catalog.require(step.action)
@@ -162,6 +177,11 @@ class Saga:
                 self.ex._landed(record.plan_id, flight)
             record = self._compensated(record, record.steps[step.index], error, reason)
         return self._finish_compensation(record, reason, info.get("final"))
+
+    def _nothing_to_undo(self, step: StepRecord) -> bool:
+        """Whether ``step``'s action left nothing to undo (an action unknown here: it did)."""
+        spec = self.ex.gw.catalog.get(step.action)
+        return spec is not None and spec.nothing_to_undo
 
     def _not_again(self, step: StepRecord, attempts: int) -> str | None:
         """Why an interrupted compensation must not run again, or None if it may."""

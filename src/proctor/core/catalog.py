@@ -208,6 +208,18 @@ class ActionSpec:
             )
         return value
 
+    @property
+    def nothing_to_undo(self) -> bool:
+        """Whether a completed step of this action left no effect to undo (a read-only look-up).
+
+        The one rule for "skip this step" in an undo (the user's and its check) and in a
+        saga after a failure: such a step is neither a reason to refuse the undo nor a
+        compensation that failed. Only the ``read`` category qualifies, and only when the
+        action declares no compensation of its own (one that does is compensated as declared).
+        Any other irreversible action stays what it is: an effect nobody can undo.
+        """
+        return self.category == "read" and self.compensate is None and self.compensation is None
+
     def describe(self, params: Mapping[str, Any]) -> str:
         """Render the summary template with the params; unknown placeholders stay visible."""
 

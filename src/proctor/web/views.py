@@ -93,8 +93,8 @@ def undo_deadline(rec: PlanRecord, catalog: Catalog) -> datetime | None:
 
     This mirrors the gateway's own check: every completed step must be reversible and within
     its window (its undo window, or its rollback TTL if later), so the plan's window closes
-    when the first step's does. The gateway re-checks on the click; this is what the page
-    shows.
+    when the first step's does; a read-only look-up (nothing to undo) is left out. The
+    gateway re-checks on the click; this is what the page shows.
     """
     if rec.status is not PlanStatus.SUCCEEDED:
         return None
@@ -103,6 +103,8 @@ def undo_deadline(rec: PlanRecord, catalog: Catalog) -> datetime | None:
         if s.status is not StepStatus.SUCCEEDED:
             continue
         spec = catalog.get(s.action)
+        if spec is not None and spec.nothing_to_undo:
+            continue
         if spec is None or not spec.reversible:
             return None
         times = [t for t in (s.undo_until, s.rollback_at) if t is not None]

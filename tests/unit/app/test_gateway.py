@@ -88,6 +88,28 @@ def make(policy, clock, **opts):
     return p, tools
 
 
+def add_lookup(p, *, compensate=None):
+    """Register ``shop.lookup``, a read-only look-up (category ``read``); return its tool."""
+    tool = RecordingTool()
+    p.action(
+        "shop.lookup",
+        category="read",
+        baselines=LOW,
+        reversible=compensate is not None,
+        compensate=compensate,
+    )(tool)
+    return tool
+
+
+def started_data(p, plan_id):
+    """The data of the plan's ``compensation.started`` events."""
+    return [
+        orjson.loads(e.body)["data"]
+        for e in p.events(plan_id=plan_id)
+        if e.type == "compensation.started"
+    ]
+
+
 class TestSubmit:
     def test_execute_runs_with_idempotency_key(self, clock):
         """An execute plan runs at once; the handler gets plan_id:step_id."""
@@ -259,6 +281,39 @@ class TestFailureAndCompensation:
         order = [e.step_id for e in p.events() if e.type == "compensation.succeeded"]
         assert order == ["s2", "s1"]
         assert p.verify().ok
+
+    def test_a_read_only_step_is_not_compensated_and_the_plan_ends_compensated(self, clock):
+        """A look-up before the failure has nothing to undo: skipped, not a failed compensation.
+
+        Regression: the saga tried to compensate it, recorded ``compensation_failed``
+        ("cannot be compensated") and ended the plan ``failed`` although every real effect
+        was undone.
+        """
+        p, tools = make(ScriptedPolicy(outcome_for({})), clock)
+        lookup = add_lookup(p)
+        rec = p.submit(make_plan([("shop.lookup", {}), ("shop.order", {}), ("shop.fail", {})]))
+
+        assert rec.status is PlanStatus.COMPENSATED
+        assert [s.status for s in rec.steps] == [
+            StepStatus.SUCCEEDED,
+            StepStatus.COMPENSATED,
+            StepStatus.FAILED,
+        ]
+        assert len(lookup.calls) == 1
+        assert len(tools["shop.order"][1].calls) == 1
+        types = [(e.type, e.step_id) for e in p.events(plan_id=rec.plan_id)]
+        assert ("compensation.failed", "s1") not in types
+        assert started_data(p, rec.plan_id)[0]["nothing_to_undo"] == ["s1"]
+        assert p.verify().ok
+
+    def test_an_irreversible_step_that_is_not_a_look_up_still_fails_the_saga(self, clock):
+        """Only a read-only look-up is skipped: another irreversible effect ends it failed."""
+        p, _ = make(ScriptedPolicy(outcome_for({})), clock)
+        rec = p.submit(make_plan([("shop.read", {}), ("shop.order", {}), ("shop.fail", {})]))
+
+        assert rec.status is PlanStatus.FAILED
+        assert rec.steps[0].status is StepStatus.COMPENSATION_FAILED
+        assert "nothing_to_undo" not in started_data(p, rec.plan_id)[0]
 
     def test_first_step_failure_is_failed(self, clock):
         """If nothing completed, the plan is failed, with the error recorded."""
@@ -574,6 +629,60 @@ class TestUndo:
         with pytest.raises(ConflictError):
             p.undo(rec.plan_id, "alice")
         assert tools["shop.order"][1].calls == []
+
+    def test_a_read_only_step_does_not_block_the_undo(self, clock):
+        """Search then book (the README's travel plan): the undo cancels the booking.
+
+        Regression: the undo was refused ("step s1 (shop.lookup) is not reversible") although
+        the booking was shown with an undo window.
+        """
+        p, tools = self._p(clock)
+        lookup = add_lookup(p)
+        rec = p.submit(make_plan([("shop.lookup", {}), ("shop.order", {})], on_behalf_of="alice"))
+
+        rec = p.undo(rec.plan_id, "alice")
+
+        assert rec.status is PlanStatus.UNDONE
+        assert [s.status for s in rec.steps] == [StepStatus.SUCCEEDED, StepStatus.COMPENSATED]
+        assert len(tools["shop.order"][1].keys) == 1
+        assert len(lookup.calls) == 1
+        assert started_data(p, rec.plan_id)[0]["nothing_to_undo"] == ["s1"]
+        assert p.verify().ok
+
+    def test_a_read_only_step_does_not_reopen_a_closed_window(self, clock):
+        """The booking's window still decides: after it closes the undo is refused."""
+        p, tools = self._p(clock)
+        add_lookup(p)
+        rec = p.submit(make_plan([("shop.lookup", {}), ("shop.order", {})]))
+        clock.advance(61)
+
+        with pytest.raises(ConflictError, match="undo window of step s2 closed"):
+            p.undo(rec.plan_id, "alice")
+        assert tools["shop.order"][1].calls == []
+
+    def test_a_plan_of_look_ups_only_has_nothing_to_undo(self, clock):
+        """Nothing to undo is a conflict, not an ``undone`` plan that undid nothing."""
+        p, _ = self._p(clock)
+        add_lookup(p)
+        rec = p.submit(make_plan([("shop.lookup", {})]))
+
+        with pytest.raises(ConflictError, match="nothing left to undo"):
+            p.undo(rec.plan_id, "alice")
+        assert p.get(rec.plan_id).status is PlanStatus.SUCCEEDED
+
+    def test_a_look_up_with_its_own_compensation_is_compensated(self, clock):
+        """A read action that declares a compensation gets it run, as declared."""
+        pol = ScriptedPolicy(outcome_for({}, **{"shop.lookup": {"undo_window": 60}}))
+        p, _ = make(pol, clock)
+        undo = RecordingTool()
+        add_lookup(p, compensate=undo)
+        rec = p.submit(make_plan([("shop.lookup", {})]))
+
+        rec = p.undo(rec.plan_id, "alice")
+
+        assert rec.status is PlanStatus.UNDONE
+        assert rec.steps[0].status is StepStatus.COMPENSATED
+        assert len(undo.calls) == 1
 
     def test_rollback_ttl(self, clock):
         """A rollback TTL undoes automatically when it fires."""

@@ -103,6 +103,26 @@ class TestActionSpec:
         assert ei.value.field == "params.total"
 
 
+class TestNothingToUndo:
+    def test_a_read_only_look_up_has_nothing_to_undo(self):
+        """A ``read`` action without a compensation of its own left no effect to undo."""
+        assert _spec(category="read").nothing_to_undo is True
+
+    @pytest.mark.parametrize(
+        "kw",
+        [
+            {"category": "purchase"},
+            {"category": "general"},
+            {"category": "read", "reversible": True, "compensate": "m.t:undo"},
+            {"category": "read", "compensation": "shop.cancel"},
+        ],
+        ids=["purchase", "general-irreversible", "read-reversible", "read-compensation"],
+    )
+    def test_anything_else_has_an_effect(self, kw):
+        """Another category, or a look-up that declares how to undo it, is undone as declared."""
+        assert _spec(**kw).nothing_to_undo is False
+
+
 class TestAmountValidation:
     """The amount param is a JSON integer, or the plan is refused at validation."""
 
