@@ -3,11 +3,13 @@
 The server answers a queued call ``running`` and the proxy makes the upstream call; a kill
 switch engaged before the proxy reports back cannot undo that call. The outcome is recorded
 (a claim that only records a call made elsewhere asks no guard), so a retry of the call
-finds the plan finished instead of queued, and is not forwarded a second time.
+finds the plan finished instead of queued, and is not forwarded a second time. Sandbox mode
+(no handler runs at all) is held to the same answers.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -121,3 +123,46 @@ async def test_a_remote_proxys_client_reads_what_a_local_proxys_reads():
     local = tool_error_text(not_run_now(plan_id, "kill switch global is engaged: incident"))
     assert remote == local
     assert "The call was not made" in remote
+
+
+def sandbox(proctor: Proctor, on: bool) -> None:
+    """Switch sandbox mode (as a restart with the changed setting would)."""
+    proctor.gateway.options = dataclasses.replace(proctor.gateway.options, sandbox=on)
+
+
+async def test_a_retry_of_a_queued_call_under_sandbox_mode_is_not_answered_running():
+    """Queued before sandbox mode: the retry gets 409 naming it, not "running" (which would
+    make the proxy make the call); after the switch the same call is answered running."""
+    proctor, headers, call, transport = served()
+    async with httpx.AsyncClient(transport=transport, base_url="http://proctor") as http:
+        queued = await http.post("/v1/mcp/calls", json=call, headers=headers)
+        plan_id = queued.json()["plan_id"]
+        sandbox(proctor, True)
+
+        retry = await http.post("/v1/mcp/calls", json=call, headers=headers)
+        sandbox(proctor, False)
+        released = await http.post("/v1/mcp/calls", json=call, headers=headers)
+
+    assert queued.status_code == 201 and queued.json()["status"] == "running"
+    assert retry.status_code == 409, retry.text
+    assert retry.json()["message"] == (
+        f"plan {plan_id} is not run now: sandbox mode is on ([execution] sandbox): no handler runs"
+    )
+    assert released.status_code == 200 and released.json()["status"] == "running"
+    events = [e.type for e in proctor.gateway.store.read_events(plan_id=plan_id)]
+    assert "step.started" not in events
+
+
+async def test_an_outcome_reported_under_sandbox_mode_is_recorded():
+    """A call the proxy made before sandbox mode is recorded: recording it runs no handler."""
+    proctor, headers, call, transport = served()
+    async with httpx.AsyncClient(transport=transport, base_url="http://proctor") as http:
+        queued = await http.post("/v1/mcp/calls", json=call, headers=headers)
+        plan_id = queued.json()["plan_id"]
+        sandbox(proctor, True)
+        report = {"step_id": "s1", "result": {"content": [{"type": "text", "text": "ok"}]}}
+
+        done = await http.post(f"/v1/mcp/plans/{plan_id}/outcome", json=report, headers=headers)
+
+    assert done.status_code == 200, done.text
+    assert done.json()["status"] == "succeeded"

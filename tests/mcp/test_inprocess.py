@@ -6,6 +6,7 @@ a call waits.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import threading
@@ -190,6 +191,62 @@ def test_a_call_whose_plan_a_kill_switch_holds_is_answered_at_once(tmp_path, roo
     assert target.read_text() == "written after the release"
     assert rec.status is PlanStatus.SUCCEEDED  # the same plan, run by the call after release
     assert after.count("step.started") == 1 and after[-1] == "plan.finished"
+
+
+def test_a_queued_call_under_sandbox_mode_is_answered_at_once_and_not_made(
+    tmp_path, roots, npm_servers
+):
+    """Confirmed elsewhere before the proxy's sandbox mode: the retry is refused, not forwarded.
+
+    Regression: sandbox mode was consulted only when a plan was routed; a plan decided before
+    it ran its real handler. The plan keeps waiting: the same call after the switch runs it.
+    """
+    db = f"sqlite:///{tmp_path / 'proctor.db'}"
+    data = {"mcp": {"roots": [str(roots)], "approver_roles": ["ops"]}}
+
+    def opened():
+        policy = RegoPolicyEngine.from_sources({"mcp.rego": EXAMPLE.read_text()}, data)
+        return Proctor.in_memory(catalog=Catalog(()), policy=policy, database_url=db)
+
+    p, console = opened(), opened()  # the proxy's process, and the console's
+    target = roots / "sandboxed.txt"
+    args = {"path": str(target), "content": "written after sandbox mode"}
+    fs = UpstreamConfig(name="fs", command="node", args=(str(npm_servers.filesystem), str(roots)))
+
+    def sandbox(on):
+        p.gateway.options = dataclasses.replace(p.gateway.options, sandbox=on)
+
+    async def go():
+        async with AsyncExitStack() as stack:
+            _, s = await connected(p, stack, upstreams=[fs], confirm_in_client=False)
+            await s.call_tool("write_file", args)
+            (plan,) = p.gateway.store.list_plans()
+            console.confirm(plan.plan_id, "mcp-user")  # queued: the console has no runner mcp
+            sandbox(True)
+            began = anyio.current_time()
+            held = await s.call_tool("write_file", args)
+            took = anyio.current_time() - began
+            written_while_held = target.exists()
+            events_while_held = types_of(p, plan.plan_id)
+            sandbox(False)
+            done = await s.call_tool("write_file", args)
+            return plan.plan_id, held, took, written_while_held, events_while_held, done
+
+    try:
+        plan_id, held, took, written, held_events, done = anyio.run(go)
+        rec = p.get(plan_id)
+    finally:
+        p.close()
+        console.close()
+
+    assert held.is_error
+    assert f"plan {plan_id} cannot run now: sandbox mode is on" in text(held)
+    assert took < 10.0
+    assert not written
+    assert "step.started" not in held_events
+    assert not done.is_error, text(done)
+    assert target.read_text() == "written after sandbox mode"
+    assert rec.status is PlanStatus.SUCCEEDED
 
 
 def types_of(p, plan_id):

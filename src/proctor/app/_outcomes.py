@@ -15,6 +15,10 @@ from proctor.core.lifecycle import PlanRecord
 
 MAX_ERROR = 500
 
+# Why sandbox mode refuses to run something, or leaves a plan as it is
+# (``Executor.refuse_in_sandbox``; a remote MCP proxy's queued call is told the same).
+SANDBOX_ON = "sandbox mode is on ([execution] sandbox): no handler runs"
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Outcome:

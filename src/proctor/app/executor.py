@@ -60,7 +60,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from proctor.app._outcomes import MAX_ERROR, LostLease, Outcome, bounded, err, jsonable
+from proctor.app._outcomes import (
+    MAX_ERROR,
+    SANDBOX_ON,
+    LostLease,
+    Outcome,
+    bounded,
+    err,
+    jsonable,
+)
 from proctor.app.background import Background, _Flight
 from proctor.app.journal import Journal
 from proctor.app.leases import owner_alive, process_owner_id
@@ -112,6 +120,11 @@ class StepCall:
 class Executor(Recovery, Background):
     """Runs a gateway's plans durably (see the module docstring)."""
 
+    # Whether this executor's step starts call handlers. False for one whose starts only
+    # record a call made elsewhere (a remote MCP proxy's reported outcome): sandbox mode does
+    # not refuse those, since the call happened before and refusing would lose its record.
+    runs_handlers = True
+
     def __init__(self, gateway: Gateway, *, owner: str | None = None) -> None:
         self.gw = gateway
         self.owner = owner or process_owner_id()
@@ -146,6 +159,35 @@ class Executor(Recovery, Background):
         ttl: timedelta = self._opts.lease_ttl
         return now + ttl
 
+    @property
+    def sandboxed(self) -> bool:
+        """Whether sandbox mode is on (``[execution] sandbox``): no handler runs at all."""
+        return bool(self._opts.sandbox)
+
+    def refuse_in_sandbox(self, record: PlanRecord, doing: str) -> None:
+        """Refuse, while sandbox mode is on, what would run a handler (``doing``, in words).
+
+        Sandbox mode promises that no handler runs at all, whatever starts it: a plan decided
+        before the switch and confirmed, approved or resolved now, a queued or interrupted
+        plan a worker would claim, an undo, a rollback TTL, a saga. Every step start
+        (``begin``, ``start``) and every compensation (``Saga.start``, ``Saga.rest``) asks
+        here first. Raised inside the caller's transaction, the refusal rolls it back: the
+        plan stays exactly as it was (waiting, queued, succeeded) and goes on once sandbox
+        mode is off. Claims and timers do not raise: they leave the plan as it is
+        (``_claim``, ``HumanActions._fire``).
+
+        Raises:
+            ConflictError: sandbox mode is on.
+        """
+        if self.sandboxed:
+            raise ConflictError(
+                f"plan {record.plan_id} cannot {doing} now: {SANDBOX_ON}",
+                field="plan_id",
+                hint="Nothing changed: the plan stays as it is, and can go on once sandbox mode "
+                "is off ([execution] sandbox = false or PROCTOR_SANDBOX=false; a server reads "
+                "it when it starts).",
+            )
+
     def runnable_here(self, record: PlanRecord) -> bool:
         """Whether every step's action runs in this process (its runner is served here)."""
         for s in record.steps:
@@ -173,8 +215,14 @@ class Executor(Recovery, Background):
     # ------------------------------------------------------------------ starting
 
     def start(self, j: Journal, record: PlanRecord, index: int, now: datetime) -> PlanRecord:
-        """Start step ``index`` under this process's lease (inside the caller's transaction)."""
+        """Start step ``index`` under this process's lease (inside the caller's transaction).
+
+        Raises:
+            ConflictError: sandbox mode is on (``refuse_in_sandbox``; nothing is recorded).
+        """
         step = record.steps[index]
+        if self.runs_handlers:
+            self.refuse_in_sandbox(record, f"start step {step.step_id}")
         step = dataclasses.replace(step, error=None) if step.error else step
         if step.status is StepStatus.PENDING:
             step = step.moved_to(StepStatus.RUNNING, started_at=now, attempts=step.attempts + 1)
@@ -205,7 +253,13 @@ class Executor(Recovery, Background):
         Its params are not checked against the catalog again: both callers validated them
         just before, the submission (``Gateway._validate``) or the confirmation or approval
         (``HumanActions._recheck_catalog``). Every other start goes through ``start_checked``.
+
+        Raises:
+            ConflictError: sandbox mode is on, even for a plan another process would run
+                (the confirmation or approval that set it running is not recorded either).
         """
+        if self.runs_handlers:
+            self.refuse_in_sandbox(record, "run")
         if not self.runnable_here(record):
             return record.leased(None, None)
         return self.start(j, record, 0, now)

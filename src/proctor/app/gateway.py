@@ -84,7 +84,11 @@ class GatewayOptions:
     Attributes:
         thresholds: Pattern thresholds. Default 10 / 15.
         limits: Manifest size limits.
-        sandbox: Run no handler at all, only simulations. Default False.
+        sandbox: Run no handler at all, only simulations. Default False. New plans end
+            ``simulated``; a plan decided before (waiting, queued, interrupted, succeeded)
+            is left as it is: whatever would run a handler for it (a confirmation, an
+            approval, a resolution, an undo, a claim, a rollback TTL) is refused with
+            ``ConflictError`` or waits, until sandbox mode is off.
         confirm_ttl: How long a plan waits for its user's confirmation. Default 1 hour.
         approval_ttl: How long a plan waits for approvers. Default 24 hours.
         store_prompt: Keep the raw intent in audit events (its hash is always kept).
@@ -170,7 +174,9 @@ class Gateway(HumanActions):
     ) -> PlanRecord:
         """Submit a manifest; return the plan as routed (and executed, for ``execute``).
 
-        ``traceparent`` (W3C) joins the agent's trace: spans, and the audit events' ids.
+        ``sandbox=True`` simulates this plan only; None or False follow the options (False
+        does not lift the instance's sandbox mode). ``traceparent`` (W3C) joins the agent's
+        trace: spans, and the audit events' ids.
 
         Raises:
             InvalidRequestError: the manifest breaks a rule (the rejection is audited).
@@ -190,7 +196,9 @@ class Gateway(HumanActions):
             return self._submit(raw, sandbox)
 
     def _submit(self, raw: Any, sandbox: bool | None) -> tuple[PlanRecord, bool]:
-        sandbox = self.options.sandbox if sandbox is None else sandbox
+        # A submission may ask for sandbox mode, never out of it: under the instance's
+        # sandbox mode no handler runs at all (fail closed), whatever a caller passes.
+        sandbox = self.options.sandbox or bool(sandbox)
         with self.telemetry.stage("validate"):
             try:
                 plan = Plan.from_dict(raw, limits=self.options.limits)

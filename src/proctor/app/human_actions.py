@@ -436,6 +436,10 @@ class HumanActions:
                 # A process that lacks one of its actions (a Python action the app registers,
                 # a runner served elsewhere) cannot compensate it: one serving them fires it.
                 return None
+            if self.executor.sandboxed:
+                # No handler runs under sandbox mode, a compensation neither: the TTL fires
+                # on the first pass after the switch (its timer stays due).
+                return None
             return self._roll_back(p, now, wait)
         return None
 

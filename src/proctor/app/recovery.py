@@ -14,7 +14,7 @@ import dataclasses
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from proctor.app._outcomes import MAX_ERROR
+from proctor.app._outcomes import MAX_ERROR, SANDBOX_ON
 from proctor.app.journal import Journal
 from proctor.app.leases import owner_alive
 from proctor.core.events import EventType as E
@@ -64,11 +64,15 @@ class Recovery:
         gw: Gateway
         owner: str
         saga: Saga
+        runs_handlers: bool
         _guard: threading.Lock
         _held: dict[str, object]
 
         @property
         def _opts(self) -> Any: ...
+        @property
+        def sandboxed(self) -> bool: ...  # noqa: D102
+        def refuse_in_sandbox(self, record: PlanRecord, doing: str) -> None: ...  # noqa: D102
         def _token(self) -> str: ...
         def _mine(self, lease_owner: str | None) -> bool: ...
         def _until(self, now: datetime) -> datetime: ...
@@ -100,6 +104,9 @@ class Recovery:
         owner, finished, or needing a runner this process does not serve), or when a guard
         stops the step it would start (a kill switch, the whitelist): the plan then waits,
         running with no lease and its ``error`` saying why, and a later claim starts it.
+        Under sandbox mode a plan whose claim would call a handler (start a step, compensate)
+        is not claimed at all: it stays as it is, and the first claim after the switch carries
+        it on.
         ``traceparent`` joins the caller's trace (a remote MCP proxy reporting its call).
         """
         with self._guard:
@@ -161,6 +168,8 @@ class Recovery:
         switch or the agent's whitelist that answer must not go out, as a claim here would
         not start the step (``_stopped``, which records the guard's event once).
         """
+        if self.sandboxed:
+            return SANDBOX_ON  # nothing is called under sandbox mode, here or by a proxy
         if not self.guards_at_claim or self.gw.guards is None:
             return None
         with self.gw.store.transaction() as tx:
@@ -190,6 +199,13 @@ class Recovery:
                 and current.lease_until > now
                 and (self._mine(previous) or owner_alive(previous))
             ):
+                return None
+            if self.sandboxed and (
+                current.status is PlanStatus.COMPENSATING
+                or (self.runs_handlers and self._would_start(current))
+            ):
+                # No handler runs under sandbox mode: the plan stays as it is, unclaimed (no
+                # event, nothing written: every pass of the worker would repeat it).
                 return None
             j = self._journal(tx)
             if self.guards_at_claim and self._would_start(current):
@@ -338,7 +354,9 @@ class Recovery:
         Raises:
             ConflictError: if the plan does not need attention or the step is not unknown, or
                 if ``succeeded`` would start the next step while a kill switch or the
-                agent's whitelist forbids it (the plan keeps needing attention).
+                agent's whitelist forbids it, or if the resolution would run a handler (the
+                next step, a compensation) while sandbox mode is on (the plan keeps needing
+                attention).
         """
         if succeeded:
             self._resolve_stopped(plan_id, step_id)
@@ -387,6 +405,8 @@ class Recovery:
                     current = current.moved_to(
                         PlanStatus.RUNNING, at=now, error=None, deadline=None
                     )
+                    # Even for a plan another process would run (nothing is recorded).
+                    self.refuse_in_sandbox(current, f"go on to step {current.steps[nxt].step_id}")
                     if self.runnable_here(current):
                         current = self.start_checked(j, current, nxt, now)
                         then = _then(current)
@@ -406,16 +426,8 @@ class Recovery:
                 if guards is not None:
                     guards.on_step(tx, j.emit, current, current.steps[step.index], ok=False)
                 if any(s.status is StepStatus.SUCCEEDED for s in current.steps):
-                    current = current.moved_to(
-                        PlanStatus.COMPENSATING,
-                        at=now,
-                        compensation={"reason": f"step {step_id} failed", "final": None},
-                    ).leased(self._token(), self._until(now))
-                    j.emit(
-                        E.COMPENSATION_STARTED,
-                        plan=current,
-                        data={"reason": f"step {step_id} failed"},
-                    )
+                    # Refused under sandbox mode when something is to be compensated.
+                    current = self.saga.start(j, current, f"step {step_id} failed", None, now)
                     then = "compensate"
                     if not self.runnable_here(current):
                         # Its compensations run where its actions run: a process serving its

@@ -95,18 +95,23 @@ class Saga:
         TTL passed); None undoes every completed step. Completed steps with nothing to undo
         (read-only look-ups: ``ActionSpec.nothing_to_undo``) are left as they are, and the
         event names them (``nothing_to_undo``).
+
+        Raises:
+            ConflictError: sandbox mode is on and a compensation would run
+                (``Executor.refuse_in_sandbox``; the caller's transaction rolls back).
         """
         info: dict[str, Any] = {"reason": reason[:MAX_ERROR], "final": final and final.value}
         data: dict[str, Any] = {"reason": reason[:MAX_ERROR]}
         if steps is not None:
             info["steps"] = data["steps"] = list(steps)
-        skipped = [
-            s.step_id
+        done = [
+            s
             for s in record.steps
-            if s.status is StepStatus.SUCCEEDED
-            and (steps is None or s.step_id in steps)
-            and self._nothing_to_undo(s)
+            if s.status is StepStatus.SUCCEEDED and (steps is None or s.step_id in steps)
         ]
+        skipped = [s.step_id for s in done if self._nothing_to_undo(s)]
+        if len(skipped) < len(done):
+            self.ex.refuse_in_sandbox(record, "be compensated")
         if skipped:
             data["nothing_to_undo"] = skipped
         record = record.moved_to(PlanStatus.COMPENSATING, at=now, compensation=info).leased(
@@ -149,8 +154,10 @@ class Saga:
                 # (``compensation.started`` names the step; it stays ``succeeded``).
                 continue
             # Before the in-flight marker: a process without the action raises here, leaving
-            # the step as it was for one that has it (not "interrupted, effect unknown").
+            # the step as it was for one that has it (not "interrupted, effect unknown"), and
+            # so does one under sandbox mode (claims and ``start`` refuse before this).
             spec = self.ex.gw.catalog.require(step.action)
+            self.ex.refuse_in_sandbox(record, f"compensate step {step.step_id}")
             attempts[step.step_id] = attempts.get(step.step_id, 0) + 1
             # The marker of a compensation that is not idempotent is on disk before it runs:
             # lost to a power failure, the step would read succeeded again and be compensated

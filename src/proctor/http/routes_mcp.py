@@ -201,6 +201,8 @@ class _OutcomeExecutor(Executor):
     """
 
     guards_at_claim = False
+    # Nor does sandbox mode: recording the reported call runs no handler here.
+    runs_handlers = False
 
     def runnable_here(self, record: PlanRecord) -> bool:
         """Whether every step of ``record`` is an MCP action."""

@@ -468,6 +468,9 @@ class McpProxy:
         gw = self.proctor.gateway
         if gw.executor.owns(rec):
             return rec  # started here: _drive makes its call
+        if rec.lease_owner is None:
+            # Queued: under sandbox mode no claim starts it, so say so now rather than wait.
+            gw.executor.refuse_in_sandbox(rec, "run")
         resumed = gw.executor.resume(rec.plan_id)
         return resumed if resumed is not None else gw.get(rec.plan_id)
 
@@ -613,9 +616,11 @@ class McpProxy:
             await anyio.sleep(min(0.2, max(0.0, deadline - anyio.current_time())))
             rec = await self._in_thread(functools.partial(gw.get, rec.plan_id))
             if rec.status is PlanStatus.RUNNING:
-                rec, raw = await self._drive(
-                    await self._governed(functools.partial(self._run_queued, rec))
-                )
+                try:
+                    queued = await self._governed(functools.partial(self._run_queued, rec))
+                except ProctorError as exc:  # sandbox mode: not run
+                    return tool_error(tool_error_text(exc))
+                rec, raw = await self._drive(queued)
         # Running under another owner: an identical call at the same moment (one plan for
         # both), or another proxy on this home. Wait for its end rather than answer "running".
         # A plan a guard holds (its claim was stopped) has no owner: nothing ends until the
