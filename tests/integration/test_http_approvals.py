@@ -378,6 +378,29 @@ class TestHumanActions:
         assert second.status_code == 409
         assert second.json()["code"] == "invalid_transition"
 
+    async def test_a_user_named_like_an_e_mail_confirms_over_http(self, default):
+        """A plan may act for ``alice@example.com`` (a token or JWT name), who confirms it.
+
+        Regression: the API refused such an on_behalf_of (422), so that user could never
+        confirm or undo anything.
+        """
+        user = "alice@example.com"
+        created = TokenService(default.proctor.gateway.store, default.clock).create(
+            name=user, roles=("user",)
+        )
+        default.tokens[user] = created.token
+        manifest = make_plan([SUBSCRIPTION], agent_id="bot", on_behalf_of=user)
+
+        submitted = await default.call("bot", "POST", "/v1/plans", manifest)
+        plan_id = submitted.json()["plan_id"]
+        confirmed = await default.call(user, "POST", f"/v1/plans/{plan_id}/confirm")
+
+        assert submitted.status_code == 201, submitted.text
+        assert submitted.json()["on_behalf_of"] == user
+        assert confirmed.status_code == 200, confirmed.text
+        assert confirmed.json()["status"] == "succeeded"
+        assert confirmed.json()["approvals"][0]["principal"] == user
+
     async def test_the_user_rejects_a_confirmation(self, default):
         """The on-behalf-of user may reject what waits for its confirmation."""
         plan = await default.submit(SUBSCRIPTION)

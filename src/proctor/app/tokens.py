@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import re
 import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from proctor.core.events import EventType as E
+from proctor.core.plans import PERSON_NAME
 from proctor.core.ports import Clock, Store
 from proctor.core.principals import Principal, TokenRecord
 from proctor.errors import InvalidRequestError, NotFoundError
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 __all__ = ["NewToken", "TokenService", "hash_token"]
 
 TOKEN_PREFIX = "prt_"  # noqa: S105 - a prefix that marks API tokens, not a secret
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,127}\Z")
+_NAME = PERSON_NAME  # one grammar for people: a token's name may be a plan's on_behalf_of
 _MAX_TOKEN = 512
 
 

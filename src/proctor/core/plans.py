@@ -22,9 +22,17 @@ from typing import Any
 from proctor.core.canonical import canonical, printable, sha256_tagged
 from proctor.errors import InvalidRequestError
 
-__all__ = ["Actor", "Limits", "Plan", "Signature", "Step", "new_plan_id"]
+__all__ = ["PERSON_NAME", "Actor", "Limits", "Plan", "Signature", "Step", "new_plan_id"]
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}\Z")  # \Z: "$" admits a final "\n"
+
+PERSON_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,127}\Z")
+"""The one grammar of a person's name: a plan's ``on_behalf_of`` and an API token's name.
+
+The ids' grammar plus ``@``: a user who signs in as ``alice@example.com`` (a token name, a
+JWT's e-mail or UPN claim) must be able to be the user a plan acts for, or they could never
+confirm or undo anything. Plan, step and agent ids keep ``_ID`` (no ``@``).
+"""
 
 
 def new_plan_id(prefix: str, now: datetime) -> str:
@@ -162,7 +170,7 @@ class Plan:
             ),
             agent_id=_require_id(actor.get("agent_id"), "actor.agent_id"),
         )
-        on_behalf_of = _require_id(obj.get("on_behalf_of"), "on_behalf_of")
+        on_behalf_of = _require_person(obj.get("on_behalf_of"), "on_behalf_of")
         intent = _require_str(obj.get("intent"), "intent", lim.max_text)
         reasoning = _require_str(obj.get("reasoning", ""), "reasoning", lim.max_text, empty=True)
         raw_steps = obj.get("steps")
@@ -244,6 +252,15 @@ def _require_id(value: Any, where: str) -> str:
     if not isinstance(value, str) or not _ID.match(value):
         raise InvalidRequestError(
             f"{where} must be 1-128 characters of letters, digits, '_', '.', ':' or '-'",
+            field=where,
+        )
+    return value
+
+
+def _require_person(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not PERSON_NAME.match(value):
+        raise InvalidRequestError(
+            f"{where} must be 1-128 characters of letters, digits, '_', '.', ':', '@' or '-'",
             field=where,
         )
     return value

@@ -51,7 +51,7 @@ from proctor.core.ports import ToolCall, Tools
 from proctor.core.principals import Principal, may_submit
 from proctor.errors import ConflictError, InvalidRequestError, PermissionDeniedError
 from proctor.http.context import AUTH_ERRORS, Context, TraceParent, errors_doc, json_response
-from proctor.http.schemas import ID_PATTERN, PlanOut
+from proctor.http.schemas import ID_PATTERN, PERSON_PATTERN, PlanOut
 from proctor.mcp.governance import (
     action_name,
     bind_schema,
@@ -118,7 +118,7 @@ class CallBody(_In):
 
     agent_id: str = Field(pattern=ID_PATTERN)
     client: str = Field(min_length=1, max_length=200, description="MCP client name and version.")
-    on_behalf_of: str = Field(pattern=ID_PATTERN)
+    on_behalf_of: str = Field(pattern=PERSON_PATTERN)
     server: str = Field(min_length=1, max_length=100)
     tool: ToolIn
     arguments: dict[str, Any] = Field(default_factory=dict)

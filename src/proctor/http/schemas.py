@@ -31,6 +31,8 @@ __all__ = [
 ]
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$"
+# A person's name (``proctor.core.plans.PERSON_NAME``): the ids' grammar plus "@".
+PERSON_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,127}$"
 MAX_COMMENT = 2000
 
 
@@ -105,7 +107,7 @@ class PlanManifest(_In):
 
     plan_id: str | None = Field(default=None, pattern=ID_PATTERN)
     actor: ActorIn
-    on_behalf_of: str = Field(pattern=ID_PATTERN)
+    on_behalf_of: str = Field(pattern=PERSON_PATTERN)
     intent: str = Field(min_length=1, max_length=8000)
     reasoning: str = Field(default="", max_length=8000)
     steps: list[StepIn] = Field(min_length=1, max_length=32)

@@ -7,7 +7,9 @@ import pytest
 
 from proctor import Proctor
 from proctor.app.tokens import TokenService
+from proctor.core.lifecycle import PlanStatus
 from proctor.errors import InvalidRequestError
+from proctor.testing import make_plan
 
 
 @pytest.mark.parametrize(
@@ -32,6 +34,32 @@ def test_a_good_name_is_kept():
     tokens = TokenService(p.gateway.store, p.gateway.clock)
     new = tokens.create(name="ops.bot@x", roles=["user"], groups=["finance"])
     assert tokens.authenticate(new.token).name == "ops.bot@x"
+
+
+def test_a_user_named_like_an_e_mail_confirms_and_undoes_their_plan():
+    """A token name with "@" is a valid on_behalf_of: that user confirms and undoes.
+
+    Regression: token names admitted "@" but plans did not, so such a user could never be
+    the user a plan acts for.
+    """
+    p = Proctor.in_memory()
+    tokens = TokenService(p.gateway.store, p.gateway.clock)
+    name = tokens.authenticate(tokens.create(name="alice@example.com", roles=["user"]).token).name
+    change = ("billing.change_subscription", {"customer": "alice", "plan": "pro"})
+    table = ("restaurant.book", {"restaurant": "Casa", "party": 2, "time": "20:00"})
+
+    asked = p.submit(make_plan([change], on_behalf_of=name))
+    confirmed = p.confirm(asked.plan_id, name)
+    booked = p.submit(make_plan([table], on_behalf_of=name))
+    rec = p.undo(booked.plan_id, name)
+
+    assert asked.status is PlanStatus.AWAITING_CONFIRMATION
+    assert confirmed.status is PlanStatus.SUCCEEDED
+
+    assert rec.status is PlanStatus.UNDONE
+    undo = [orjson.loads(e.body) for e in p.events(plan_id=rec.plan_id)]
+    assert [e["user_id"] for e in undo if e["type"] == "undo.requested"] == [name]
+    assert p.verify().ok
 
 
 def _events(p: Proctor, type_: str) -> list[dict]:

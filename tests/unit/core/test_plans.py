@@ -61,6 +61,12 @@ class TestPlanFromDict:
             (lambda p: p["actor"].update(agent_id="bot\n"), "actor.agent_id"),
             (lambda p: p["steps"][0].update(id="s1\n"), "steps[0].id"),
             (lambda p: p.update(intent="x" * 9000), "intent"),
+            # "@" is a person's (on_behalf_of), not an id's
+            (lambda p: p.update(plan_id="p@1"), "plan_id"),
+            (lambda p: p["actor"].update(agent_id="bot@x"), "actor.agent_id"),
+            (lambda p: p["steps"][0].update(id="s@1"), "steps[0].id"),
+            (lambda p: p.update(on_behalf_of="@alice"), "on_behalf_of"),
+            (lambda p: p.update(on_behalf_of="alice@example.com\n"), "on_behalf_of"),
         ],
     )
     def test_bad_input_names_the_field(self, mutate, field):
@@ -70,6 +76,15 @@ class TestPlanFromDict:
         with pytest.raises(InvalidRequestError) as ei:
             Plan.from_dict(p)
         assert ei.value.field == field
+
+    @pytest.mark.parametrize("user", ["alice@example.com", "ops.bot@x", "a:b@c-d_e"])
+    def test_a_person_named_with_an_at_sign_is_a_valid_on_behalf_of(self, user):
+        """Token and JWT names may hold "@" (e-mail, UPN): so may the user a plan acts for.
+
+        Regression: such a user could never be a plan's on_behalf_of, so never confirm or
+        undo anything.
+        """
+        assert Plan.from_dict(_plan(on_behalf_of=user)).on_behalf_of == user
 
     def test_too_many_steps(self):
         """More steps than the limit is rejected."""
