@@ -268,14 +268,14 @@ def start_policy_reloader(gateway: Gateway, home: Path, *, interval: float = 2.0
 def wal_checkpointer(home: Path) -> Callable[[Callable[[], bool]], int] | None:
     """The WAL checkpointer of ``proctor serve --workers N`` for this instance's store.
 
-    Returns ``run(stop)`` (``proctor.storage.sqlite.checkpoint_wal`` on the instance's
+    Returns ``run(stop)`` (``proctor.storage.sqlite_wal.checkpoint_wal`` on the instance's
     SQLite file, until ``stop()``), or None when the store is not SQLite.
     """
     settings = load(home)
     url = settings.database_url
     if not url.startswith("sqlite:///"):
         return None
-    from proctor.storage.sqlite import checkpoint_wal
+    from proctor.storage.sqlite_wal import checkpoint_wal
 
     path, synchronous = url.removeprefix("sqlite:///"), settings.synchronous
     return lambda stop: checkpoint_wal(path, stop=stop, synchronous=synchronous)

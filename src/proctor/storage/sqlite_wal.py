@@ -1,0 +1,108 @@
+"""The SQLite store's files beside the database: the writers' lock and the WAL checkpointer.
+
+``<db>-lock`` is the ``flock`` every writer takes before ``BEGIN IMMEDIATE`` (the store's
+docstring says why); ``checkpoint_wal`` is the WAL checkpointer that ``proctor serve
+--workers N`` runs in a process of its own. Split from ``proctor.storage.sqlite``, which
+re-exports ``checkpoint_wal``.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import sys
+import time
+from collections.abc import Callable
+
+if sys.platform != "win32":
+    import fcntl
+
+__all__ = ["checkpoint_wal"]
+
+
+def _open_lock_file(path: str) -> int | None:
+    """Open ``<db>-lock`` for the writers' ``flock``; None where there is none to take."""
+    if sys.platform == "win32" or path == ":memory:":  # SQLite's busy handler alone
+        return None
+    try:
+        return os.open(path + "-lock", os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+    except OSError:
+        return None  # a read-only directory: SQLite's own busy handler still serialises
+
+
+def _poll_flock(fd: int, timeout: float) -> bool:
+    """Take the writers' ``flock`` on ``fd`` within ``timeout`` s by polling; False if not.
+
+    For the WAL checkpointer, which wants the lock now and then and must stay able to stop
+    while a writer is stuck. The writers themselves block in ``flock`` (``_writer``).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.001)
+
+
+def checkpoint_wal(
+    path: str,
+    *,
+    stop: Callable[[], bool],
+    synchronous: str = "FULL",
+    interval: float = 0.25,
+) -> int:
+    """Copy the WAL into the database every ``interval`` seconds until ``stop()``.
+
+    Used by ``proctor serve --workers N`` in a process of its own (docs/http.md, "Workers").
+    A writer whose commit makes the WAL pass ``wal_autocheckpoint`` pages copies it into the
+    database inside that ``COMMIT``, holding the write lock: 15 to 25 ms in which no plan of
+    any worker commits, and 16 waiting clients' answers are late by as much. Here instead:
+
+    1. a ``PASSIVE`` checkpoint, without any lock: writers go on appending while it copies
+       the bulk of the WAL into the database and syncs it (as ``synchronous`` says: FULL and
+       NORMAL both sync after a checkpoint);
+    2. a second one holding the writers' ``flock``: it copies only the frames appended
+       meanwhile, and as no writer is inside a transaction it completes, so the next writer
+       starts the WAL again from its beginning (SQLite restarts the log only for a writer
+       that begins after a complete checkpoint; a writer already inside a transaction when
+       the first one completed appends after it). Writers wait for that short step in
+       ``flock``.
+
+    The WAL so stays at a few seconds' worth of frames, and the writers' own autocheckpoint is
+    never reached. Returns the number of checkpoints that completed.
+    """
+    c = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    lock_fd = _open_lock_file(path)
+    completed = 0
+
+    def checkpoint() -> tuple[int, int, int]:
+        try:
+            row = c.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
+        except sqlite3.Error:
+            return 1, 0, 0  # busy with a writer's own checkpoint: next time
+        return int(row[0]), int(row[1]), int(row[2])
+
+    try:
+        c.execute(f"PRAGMA synchronous={synchronous}")
+        c.execute("PRAGMA busy_timeout=1000")
+        while not stop():
+            busy, frames, copied = checkpoint()
+            if not busy and frames > 0 and lock_fd is not None and sys.platform != "win32":
+                if not _poll_flock(lock_fd, 1.0):  # a stuck writer: stay able to stop
+                    time.sleep(interval)
+                    continue
+                try:
+                    busy, frames, copied = checkpoint()
+                finally:
+                    fcntl.flock(lock_fd, fcntl.LOCK_UN)
+            if not busy and frames > 0 and copied == frames:
+                completed += 1
+            time.sleep(interval)
+    finally:
+        c.close()
+        if lock_fd is not None:
+            os.close(lock_fd)
+    return completed
