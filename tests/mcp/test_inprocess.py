@@ -405,3 +405,73 @@ def test_a_tool_error_is_masked_like_a_result():
     bodies = [json.loads(e.body) for e in p.gateway.store.read_events(plan_id=plan.plan_id)]
     (failed,) = [b for b in bodies if b["type"] == "step.failed"]
     assert failed["data"]["error"].endswith("the upstream tool failed: ***")
+
+
+ALLOW_ALL = """package proctor
+import rego.v1
+decision := {"steps": {s.id: {"outcome": "execute", "reasons": ["ok"]} | some s in input.steps},
+    "plan": {}}
+"""
+
+
+def allow_all():
+    policy = RegoPolicyEngine.from_sources({"p.rego": ALLOW_ALL}, {})
+    return Proctor.in_memory(catalog=Catalog(()), policy=policy)
+
+
+def flaky(name, extra=(), **kw):
+    env = {"FLAKY_NAME": name, "FLAKY_EXTRA": ",".join(extra)}
+    return UpstreamConfig(name=name, command=sys.executable, args=(str(FLAKY),), env=env, **kw)
+
+
+def test_tools_whose_names_slug_alike_each_get_their_own_action():
+    """``echo``/``Echo`` and servers ``Up``/``up``: each call reaches its own tool and plan."""
+    p = allow_all()
+    ups = [flaky("Up", ["echo", "Echo", "get-sum", "get_sum"]), flaky("up", ["echo"]), flaky("z")]
+
+    async def go():
+        async with AsyncExitStack() as stack:
+            proxy, s = await connected(p, stack, upstreams=ups)
+            listed = {t.name for t in (await s.list_tools()).tools}
+            answers = {
+                name: text(await s.call_tool(name, {}))
+                for name in ("Up.echo", "Echo", "up.echo", "get-sum", "get_sum")
+            }
+            return proxy, listed, answers
+
+    proxy, listed, answers = anyio.run(go)
+
+    assert {"Up.echo", "Echo", "up.echo", "get-sum", "get_sum"} <= listed
+    assert answers == {
+        "Up.echo": "echo on Up",
+        "Echo": "Echo on Up",
+        "up.echo": "echo on up",
+        "get-sum": "get-sum on Up",
+        "get_sum": "get_sum on Up",
+    }
+    assert len(set(proxy._actions.values())) == len(proxy._actions)
+    echoes = [proxy._actions[pair] for pair in (("Up", "echo"), ("Up", "Echo"), ("up", "echo"))]
+    # None keeps the plain name (a catalog entry for it must not govern the other).
+    assert all(a.startswith("mcp.up.echo-") and len(a) == len("mcp.up.echo-") + 8 for a in echoes)
+    assert proxy._actions[("Up", "get-sum")].startswith("mcp.up.get_sum-")
+    assert proxy._actions[("z", "ok")] == "mcp.z.ok"  # no clash: the name it always had
+    plans = p.gateway.store.list_plans()
+    assert len(plans) == 5 and all(r.status is PlanStatus.SUCCEEDED for r in plans)
+    assert len({r.steps[0].action for r in plans}) == 5
+
+
+def test_a_tool_name_that_is_another_tools_namespaced_name_is_namespaced_too():
+    """Server ``x``'s tool ``a.b`` next to server ``a``'s ``b`` (namespaced): neither is lost."""
+    p = allow_all()
+    ups = [flaky("a", ["b"], namespace=True), flaky("x", ["a.b"])]
+
+    async def go():
+        async with AsyncExitStack() as stack:
+            _, s = await connected(p, stack, upstreams=ups)
+            listed = {t.name for t in (await s.list_tools()).tools}
+            return listed, text(await s.call_tool("a.b", {})), text(await s.call_tool("x.a.b", {}))
+
+    listed, ab, xab = anyio.run(go)
+
+    assert {"a.b", "x.a.b"} <= listed
+    assert (ab, xab) == ("b on a", "a.b on x")

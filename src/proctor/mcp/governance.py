@@ -1,7 +1,10 @@
 """From an MCP tool to a catalog action, and from a ``tools/call`` to a one-step plan.
 
 - **Actions.** Tool ``t`` of server ``s`` is the action ``mcp.<s>.<t>`` (lower-cased, other
-  characters as ``_``). A catalog entry of that name (TOML, with no handler) declares its
+  characters as ``_``). Names that would share an action (``Read`` and ``read``, servers
+  ``fs`` and ``FS``) each get their own: ``mcp.<s>.<t>-<8 hex>``, the hex from the exact
+  names (``action_names``), so no call, decision or approval of one is ever the other's. A
+  catalog entry of that name (TOML, with no handler) declares its
   category, baselines, masks and timeout; the proxy binds the handler and the runner
   ``mcp``. A tool with no entry is scored from its annotations, which are *untrusted
   hints* from the server: they may lower the risk of a read-only tool to 3, never below,
@@ -25,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -41,9 +44,11 @@ if TYPE_CHECKING:
 __all__ = [
     "WAITING",
     "action_name",
+    "action_names",
     "bind_schema",
     "bind_spec",
     "call_key",
+    "clash_name",
     "current_plan_id",
     "manifest",
     "not_run_now",
@@ -67,6 +72,50 @@ def _slug(text: str) -> str:
 def action_name(server: str, tool: str) -> str:
     """Return the catalog action of ``tool`` on ``server``: ``mcp.<server>.<tool>``."""
     return f"mcp.{_slug(server)}.{_slug(tool)}"
+
+
+def clash_name(server: str, tool: str) -> str:
+    """The action of ``tool`` on ``server`` when another tool's name slugs to the same one.
+
+    ``mcp.<server>.<tool>-<hex>``: the first 8 hex digits of the SHA-256 of the JSON array
+    ``["<server>","<tool>"]`` of the exact names. A slug never contains ``-``, so this name
+    is never another tool's ``action_name``.
+    """
+    digest = hashlib.sha256(orjson.dumps([server, tool])).hexdigest()[:8]
+    return f"{action_name(server, tool)}-{digest}"
+
+
+def action_names(
+    tools: Iterable[tuple[str, str]],
+) -> tuple[dict[tuple[str, str], str], dict[tuple[str, str], str]]:
+    """Give every (server, tool) its own action: ``action_name``, or ``clash_name`` on a clash.
+
+    Args:
+        tools: The exact (server, tool) names, each once.
+
+    Returns:
+        The action of each pair (no two share one; a pair left out could not get its own:
+        refuse it), and the pairs that got a ``clash_name``, each with the ``action_name``
+        they would have shared (for the operator's log).
+    """
+    by_name: dict[str, list[tuple[str, str]]] = {}
+    for pair in tools:
+        by_name.setdefault(action_name(*pair), []).append(pair)
+    names: dict[tuple[str, str], str] = {}
+    clashed: dict[tuple[str, str], str] = {}
+    for plain, pairs in by_name.items():
+        if len(pairs) == 1:
+            names[pairs[0]] = plain
+            continue
+        # None keeps the plain name: which one would depend on the listing's order, and a
+        # catalog entry written for one tool must not silently govern another.
+        own = {pair: clash_name(*pair) for pair in pairs}
+        taken = list(own.values())
+        for pair, name in own.items():
+            clashed[pair] = plain
+            if taken.count(name) == 1:  # else a 32-bit digest collision: neither gets it
+                names[pair] = name
+    return names, clashed
 
 
 def spec_from_annotations(name: str, tool: types.Tool) -> ActionSpec:

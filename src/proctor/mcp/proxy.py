@@ -70,6 +70,7 @@ from proctor.mcp.config import UpstreamConfig, load_config
 from proctor.mcp.errors import tool_error, tool_error_text
 from proctor.mcp.governance import (
     action_name,
+    action_names,
     bind_spec,
     call_key,
     current_plan_id,
@@ -117,6 +118,9 @@ class McpProxy:
             user confirms in the console or the CLI — for clients whose elicitation answers
             may come from code rather than from the user.
     """
+
+    _refuse_clashes = False
+    """Refuse tools whose names clash (rather than give each its own action name)."""
 
     def __init__(
         self,
@@ -178,6 +182,7 @@ class McpProxy:
         self.confirm_in_client = confirm_in_client
         self.upstreams: dict[str, Upstream] = {}
         self.tools: dict[str, tuple[str, types.Tool]] = {}  # exposed name -> (server, tool)
+        self._actions: dict[tuple[str, str], str] = {}  # (server, tool) -> its own action
         self._declared: dict[str, ActionSpec | None] = {}
         # Resources, prompts, completions, logging; the client sessions and what they get.
         self.passthrough = PassThrough(
@@ -261,27 +266,106 @@ class McpProxy:
         self.passthrough.seen(ctx)
 
     async def refresh_tools(self) -> None:
-        """Re-read the upstream tools and register them as catalog actions."""
+        """Re-read the upstream tools and register them as catalog actions.
+
+        Every listed tool gets its own exposed name and its own action (``action_names``).
+        A tool that cannot is not listed (so a call to it is an unknown tool), with a warning:
+        a name a server lists twice, or an exposed name two tools would share even after
+        namespacing.
+        """
         listed: list[tuple[str, types.Tool]] = []
         for name, up in self.upstreams.items():
             hide = self.configs[name].hide
             offered: list[types.Tool] = await _all_pages(up, "list_tools", "tools")
-            listed += [(name, t) for t in offered if t.name not in hide]
+            seen: dict[str, int] = {}
+            for t in offered:
+                seen[t.name] = seen.get(t.name, 0) + 1
+            for t in offered:
+                if t.name in hide:
+                    continue
+                if seen[t.name] > 1:
+                    # Which description (and annotations, which score it) would be the tool's?
+                    log.warning("upstream %s lists tool %r twice: not offered", name, t.name)
+                    continue
+                listed.append((name, t))
+        actions, clashed = action_names((s, t.name) for s, t in listed)
+        for (server, tool), plain in sorted(clashed.items()):
+            if (server, tool) in actions:
+                log.warning(
+                    "upstream %s tool %r and another tool would both be the action %s: it is "
+                    "the action %s",
+                    server,
+                    tool,
+                    plain,
+                    actions[(server, tool)],
+                )
+            else:  # pragma: no cover - a 32-bit digest collision
+                log.warning(
+                    "upstream %s tool %r has no action of its own: not offered", server, tool
+                )
+        if self._refuse_clashes:
+            for pair in clashed:
+                actions.pop(pair, None)
+        listed = [(s, t) for s, t in listed if (s, t.name) in actions]
+        tools = self._exposed(listed)
+        for server, t in tools.values():
+            self._register(server, t, actions[(server, t.name)])
+        self._actions = {(s, t.name): actions[(s, t.name)] for s, t in tools.values()}
+        self.tools = tools
+
+    def _exposed(self, listed: list[tuple[str, types.Tool]]) -> dict[str, tuple[str, types.Tool]]:
+        """The name the client sees for each tool: ``tool``, or ``server.tool``.
+
+        ``server.tool`` when configured or when two servers have the tool; then also for a
+        tool whose plain name is another's ``server.tool`` (server ``x``'s tool ``a.b`` next
+        to server ``a``'s ``b``). Tools that would still share a name are not offered.
+        """
         counts: dict[str, int] = {}
         for _, t in listed:
             counts[t.name] = counts.get(t.name, 0) + 1
-        tools: dict[str, tuple[str, types.Tool]] = {}
-        for server, t in listed:
-            spaced = self.namespace or self.configs[server].namespace or counts[t.name] > 1
-            tools[f"{server}.{t.name}" if spaced else t.name] = (server, t)
-            self._register(server, t)
-        self.tools = tools
 
-    def _register(self, server: str, tool: types.Tool) -> None:
-        """Make ``tool`` of ``server`` a catalog action bound to the upstream."""
-        name = action_name(server, tool.name)
+        def names(spaced_too: set[tuple[str, str]]) -> dict[str, list[tuple[str, types.Tool]]]:
+            out: dict[str, list[tuple[str, types.Tool]]] = {}
+            for server, t in listed:
+                spaced = (
+                    self.namespace
+                    or self.configs[server].namespace
+                    or counts[t.name] > 1
+                    or (server, t.name) in spaced_too
+                )
+                out.setdefault(f"{server}.{t.name}" if spaced else t.name, []).append((server, t))
+            return out
+
+        first = names(set())
+        again = {(s, t.name) for group in first.values() if len(group) > 1 for s, t in group}
+        tools: dict[str, tuple[str, types.Tool]] = {}
+        for exposed, group in names(again).items():
+            if len(group) == 1:
+                tools[exposed] = group[0]
+                continue
+            for server, t in group:
+                log.warning(
+                    "upstream %s tool %r would be listed as %r like another tool: not offered",
+                    server,
+                    t.name,
+                    exposed,
+                )
+        return tools
+
+    def _action(self, server: str, tool: str) -> str:
+        """The action of ``tool`` on ``server`` (its own, see ``refresh_tools``)."""
+        return self._actions.get((server, tool)) or action_name(server, tool)
+
+    def _register(self, server: str, tool: types.Tool, name: str | None = None) -> None:
+        """Make ``tool`` of ``server`` the catalog action ``name``, bound to the upstream.
+
+        ``name`` defaults to ``action_name``; ``refresh_tools`` passes the tool's own.
+        """
+        name = name or action_name(server, tool.name)
         catalog = self.proctor.gateway.catalog
-        handler = f"{name}:handler"
+        # A handler path has no "-": a clash name's suffix becomes a fourth dotted part, which
+        # no plain action name (three parts, slugs without dots) has.
+        handler = f"{name.replace('-', '.')}:handler"
         config = self.configs.get(server)
         masks = tuple(config.mask_result) if config else ()
         self.mcp_tools.bind(handler, server, tool.name, mask_result=masks)
@@ -347,7 +431,7 @@ class McpProxy:
 
     def _call_timeout(self, server: str, tool: str) -> float:
         """Seconds an upstream call may take: the action's timeout, else the step timeout."""
-        spec = self.proctor.gateway.catalog.get(action_name(server, tool))
+        spec = self.proctor.gateway.catalog.get(self._action(server, tool))
         return (spec.timeout if spec and spec.timeout else None) or self._step_timeout()
 
     def _step_timeout(self) -> float:
@@ -384,7 +468,7 @@ class McpProxy:
         tools = [
             t.model_copy(update={"name": exposed})
             for exposed, (server, t) in self.tools.items()
-            if action_name(server, t.name) not in hidden
+            if self._action(server, t.name) not in hidden
         ]
         return types.ListToolsResult(tools=tools)
 
@@ -395,7 +479,7 @@ class McpProxy:
     def _guard_hidden(self) -> set[str]:
         """Actions this agent may not use at all (whitelist, kill switches): not listed."""
         store = self.proctor.gateway.store
-        actions = {action_name(s, t.name) for s, t in self.tools.values()}
+        actions = {self._action(s, t.name) for s, t in self.tools.values()}
         kills = store.list_state("kill")
         if "global" in kills or f"agent:{self.agent_id}" in kills:
             return actions
@@ -418,7 +502,7 @@ class McpProxy:
             raise MCPError(types.INVALID_PARAMS, f"Unknown tool: {params.name}")
         server, tool = found
         arguments = dict(params.arguments or {})
-        action = action_name(server, tool.name)
+        action = self._action(server, tool.name)
         flight, traceparent = _flight_of(ctx, params)
         key = call_key(self.agent_id, client, action, arguments)
         build = functools.partial(

@@ -152,6 +152,10 @@ class RemoteMcpProxy(McpProxy):
         confirm_in_client: See ``McpProxy``.
     """
 
+    # The server names a tool's action from its server and tool names alone: tools whose
+    # names would share one are refused (not listed) rather than governed as each other.
+    _refuse_clashes = True
+
     def __init__(
         self,
         server_url: str,
@@ -209,7 +213,7 @@ class RemoteMcpProxy(McpProxy):
     def _start(self) -> None:
         """Nothing runs in another thread here: the governance is a server's."""
 
-    def _register(self, server: str, tool: types.Tool) -> None:
+    def _register(self, server: str, tool: types.Tool, name: str | None = None) -> None:
         """Keep the tool's description for the server (which makes it a catalog action)."""
         doc: dict[str, Any] = {"name": tool.name, "inputSchema": tool.input_schema}
         if tool.description:

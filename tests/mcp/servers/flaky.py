@@ -5,7 +5,10 @@
 - ``hang``: never answers; ``crash``: the process exits mid-call;
 - ``garbage``: writes a line that is not JSON to stdout, then answers "fine";
 - ``malformed``: answers its request with a result that is not a CallToolResult, then hangs;
-- ``grow``: adds the tool ``extra`` and says so (``notifications/tools/list_changed``).
+- ``grow``: adds the tool ``extra`` and says so (``notifications/tools/list_changed``);
+- the tools named in ``$FLAKY_EXTRA`` (comma-separated): ``slow`` sleeps ``n`` tenths of a
+  second, reporting progress each tenth, then answers "slow done"; any other answers
+  "<tool> on <$FLAKY_NAME>" with the request's ``_meta`` keys as structured content.
 
 It lists its tools three per page.
 """
@@ -20,6 +23,8 @@ from mcp.server.stdio import stdio_server
 
 SCHEMA = {"type": "object", "properties": {"n": {"type": "integer"}}, "additionalProperties": False}
 TOOLS = ["ok", "numbers", "fail", "hang", "crash", "garbage", "malformed", "grow"]
+EXTRA = [n for n in os.environ.get("FLAKY_EXTRA", "").split(",") if n]
+TOOLS += EXTRA
 
 
 async def list_tools(ctx, params):
@@ -43,6 +48,21 @@ async def call_tool(ctx, params):
     name = params.name
     if name == "ok":
         return text(f"fine {os.getpid()}")
+    if name == "slow" and name in EXTRA:
+        tenths = int((params.arguments or {}).get("n", 10))
+        for i in range(tenths):
+            await ctx.session.report_progress(i + 1, tenths, f"tenth {i + 1}")
+            await anyio.sleep(0.1)
+        return text("slow done")
+    if name in EXTRA:
+        return types.CallToolResult(
+            content=[
+                types.TextContent(
+                    type="text", text=f"{name} on {os.environ.get('FLAKY_NAME', 'flaky')}"
+                )
+            ],
+            structured_content={"meta": sorted(params.meta or {})},
+        )
     if name == "numbers":
         return types.CallToolResult(
             content=[types.TextContent(type="text", text="numbers")],
