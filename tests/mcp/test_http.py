@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import time
+from pathlib import Path
 
 import anyio
 import mcp_types as types
@@ -334,3 +336,47 @@ def test_calls_to_an_http_upstream_reuse_their_connections(
     finally:
         relay.close()
     assert opened <= 3, f"{opened} new connections to the upstream for 12 calls"
+
+
+def test_a_2026_client_reaches_a_handshake_era_upstream_without_its_envelope(
+    cli, proctor_exe, home, kit, spawn
+):
+    """A 2026-07-28 client's reserved _meta keys stay at the proxy; the upstream answers."""
+    flaky = Path(__file__).parent / "servers" / "flaky.py"
+    data = json.loads((home / "policy" / "data.json").read_text())
+    data["mcp"]["execute"].append("mcp.flaky.whoami")
+    (home / "policy" / "data.json").write_text(json.dumps(data))
+    config = kit.write_config(
+        home,
+        "modern.json",
+        {
+            "flaky": {
+                "command": sys.executable,
+                "args": [str(flaky)],
+                "env": {"FLAKY_EXTRA": "whoami", "FLAKY_NAME": "flaky"},
+            }
+        },
+    )
+    port = kit.free_port()
+    proxy = spawn(
+        [
+            *(proctor_exe, "mcp", "--config", str(config), "--home", str(home)),
+            *("--http", f"127.0.0.1:{port}", "--agent", "bot"),
+        ]
+    )
+    kit.wait_port(port, proxy, "proctor mcp --http")
+
+    async def go():
+        async with (
+            streamable_http_client(f"http://127.0.0.1:{port}/mcp") as (r, w, *_),
+            ClientSession(r, w) as s,
+        ):
+            await s.discover()  # the 2026-07-28 era: no initialize, an envelope per request
+            return await s.call_tool("whoami", {}, meta={"example.com/trace": "t1"})
+
+    result = anyio.run(go)
+
+    assert not result.is_error, text(result)
+    assert text(result) == "whoami on flaky"
+    # The client's own keys pass; none of the reserved envelope's does.
+    assert result.structured_content == {"meta": ["example.com/trace"]}

@@ -15,7 +15,7 @@ from typing import Any, cast
 import anyio
 import mcp_types as types
 from mcp.shared.dispatcher import ProgressFnT
-from mcp_types import RequestParamsMeta
+from mcp_types import CLIENT_INFO_META_KEY, RequestParamsMeta
 
 
 @dataclass(slots=True)
@@ -33,18 +33,37 @@ class _Flight:
             scope.cancel()
 
 
+_RESERVED = "io.modelcontextprotocol/"
+"""The prefix of ``_meta`` keys reserved to MCP (2026-07-28 envelope: protocol version,
+client info and capabilities, log level): they describe the client's connection to the
+proxy, never the proxy's to an upstream, whose SDK sets its own."""
+
+
 def _client_name(ctx: Any) -> str:
-    """``name version`` of the MCP client on the request's session."""
-    info = ctx.session.client_params.client_info if ctx.session.client_params else None
-    return f"{info.name} {info.version}" if info else "mcp-client"
+    """``name version`` of the MCP client on the request's session (or in its envelope)."""
+    params = ctx.session.client_params
+    if params is not None:
+        return f"{params.client_info.name} {params.client_info.version}"
+    # A 2026-07-28 client may send its info with each request and no capabilities.
+    meta = getattr(ctx, "meta", None)
+    info = meta.get(CLIENT_INFO_META_KEY) if isinstance(meta, Mapping) else None
+    if isinstance(info, Mapping) and isinstance(info.get("name"), str):
+        version = info.get("version")
+        return f"{info['name']} {version}" if isinstance(version, str) else info["name"]
+    return "mcp-client"
 
 
 def _flight_of(ctx: Any, params: types.CallToolRequestParams) -> tuple[_Flight, str | None]:
     """The flight of a ``tools/call`` (its meta and progress relay), and its traceparent."""
     meta: dict[str, Any] = dict(params.meta) if isinstance(params.meta, Mapping) else {}
     traceparent = meta.get("traceparent") if isinstance(meta.get("traceparent"), str) else None
-    # The SDK parses _meta.progressToken as progress_token; the upstream gets its own.
-    rest = {k: v for k, v in meta.items() if k not in ("progress_token", "progressToken")}
+    # The SDK parses _meta.progressToken as progress_token; the upstream gets its own, and
+    # its own protocol envelope (an upstream of the handshake era refuses a request with one).
+    rest = {
+        k: v
+        for k, v in meta.items()
+        if k not in ("progress_token", "progressToken") and not k.startswith(_RESERVED)
+    }
     flight = _Flight(meta=cast("RequestParamsMeta", rest) if rest else None)
     if meta.get("progress_token") is not None:
         flight.progress = ctx.session.report_progress

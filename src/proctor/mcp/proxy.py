@@ -770,7 +770,10 @@ class McpProxy:
         """
         if not self.confirm_in_client:
             return None
-        caps = ctx.session.client_params.capabilities if ctx.session.client_params else None
+        # NOTE(mcp): client_capabilities also holds what a 2026-07-28 client declares in its
+        # request envelope (client_params may then be None). Such a connection takes no
+        # server requests: elicit_form fails, and the plan waits (below).
+        caps = ctx.session.client_capabilities
         if caps is None or caps.elicitation is None:
             return None
         try:
