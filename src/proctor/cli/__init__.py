@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> None:
         if want_json:
             print(json.dumps({"error": exc.to_dict()}))
         else:
-            print(exc.diagnostics(), file=sys.stderr)
+            from proctor.cli.render import clean
+
+            # An error's message can quote a plan, a file or a server: no control characters.
+            print(clean(exc.diagnostics(), keep_lines=True), file=sys.stderr)
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)

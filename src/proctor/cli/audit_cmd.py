@@ -42,7 +42,7 @@ from proctor.cli.commands import (
     audit_app,
     keys_app,
 )
-from proctor.cli.render import console, err_console, print_json
+from proctor.cli.render import clean, console, err_console, esc, print_json
 from proctor.config import home_from
 from proctor.errors import InvalidRequestError
 
@@ -135,7 +135,8 @@ def audit_verify(
         console.print(f"[green]ok[/green]: {report.events} events verified ({mode}), intact")
     else:
         console.print(
-            f"[red]FAILED[/red] at seq {report.first_bad_seq}: {report.problem} ({report.detail})"
+            f"[red]FAILED[/red] at seq {esc(report.first_bad_seq)}: "
+            + esc(f"{report.problem} ({report.detail})")
         )
     return 0 if report.ok else 1
 
@@ -189,8 +190,10 @@ def audit_export(
         print_json(manifest.as_dict())
     else:
         console.print(
-            f"exported {manifest.events} events in {len(manifest.segments)} segment(s) and "
-            f"{len(manifest.checkpoints)} checkpoint(s) to {directory}"
+            esc(
+                f"exported {manifest.events} events in {len(manifest.segments)} segment(s) and "
+                f"{len(manifest.checkpoints)} checkpoint(s) to {directory}"
+            )
         )
     return 0
 
@@ -274,11 +277,11 @@ def audit_events(
         table.add_column(col)
     for b in bodies:
         table.add_row(
-            str(b["seq"]),
-            b["type"],
-            b.get("plan_id") or "",
-            b.get("step_id") or "",
-            b["timestamp"],
+            esc(b["seq"]),
+            esc(b["type"]),
+            esc(b.get("plan_id") or ""),
+            esc(b.get("step_id") or ""),
+            esc(b["timestamp"]),
         )
     console.print(table)
     return 0
@@ -372,11 +375,11 @@ def audit_prove(
     else:
         for key, value in out.items():
             if isinstance(value, list):
-                console.print(f"{key}:")
+                console.print(f"{esc(key)}:")
                 for h in value:
-                    console.print(f"  {h}")
+                    console.print(f"  {esc(h)}")
             else:
-                console.print(f"{key}: {value}")
+                console.print(esc(f"{key}: {value}"))
     return 0
 
 
@@ -415,7 +418,7 @@ def keys_list(
         ]
     if vkey and not as_json:
         for line in vkeys:
-            print(line)
+            print(clean(line))
         return 0
     if as_json:
         print_json({"keys": rows})
@@ -425,7 +428,10 @@ def keys_list(
         table.add_column(col)
     for r in rows:
         table.add_row(
-            r["key_id"], r["created_at"], r["not_after"] or "-", "yes" if r["current"] else ""
+            esc(r["key_id"]),
+            esc(r["created_at"]),
+            esc(r["not_after"] or "-"),
+            "yes" if r["current"] else "",
         )
     console.print(table)
     return 0
@@ -439,5 +445,5 @@ def keys_rotate(home: Home = None, as_json: Json = False, verbose: Verbose = Fal
     if as_json:
         print_json({"key_id": key_id})
     else:
-        console.print(f"new signing key [bold]{key_id}[/bold]; old keys kept for verification")
+        console.print(f"new signing key [bold]{esc(key_id)}[/bold]; old keys kept for verification")
     return 0

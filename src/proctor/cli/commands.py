@@ -24,6 +24,7 @@ from proctor._library import Proctor
 from proctor.bootstrap import init_home
 from proctor.cli.render import (
     console,
+    esc,
     plan_json,
     print_json,
     render_plan,
@@ -254,11 +255,11 @@ def init(home: Home = None, as_json: Json = False, verbose: Verbose = False) -> 
         print_json({"home": str(path), "created": report.created, "existing": report.existing})
         return 0
     if report.created:
-        console.print(f"[green]Created[/green] {', '.join(report.created)} in {path}")
+        console.print(f"[green]Created[/green] {esc(', '.join(report.created))} in {esc(path)}")
     if report.existing and not report.created:
-        console.print(f"Nothing to do: the instance at {path} already exists (unchanged).")
+        console.print(f"Nothing to do: the instance at {esc(path)} already exists (unchanged).")
     elif report.existing:
-        console.print(f"Kept existing: {', '.join(report.existing)}")
+        console.print(f"Kept existing: {esc(', '.join(report.existing))}")
     console.print("Next: proctor demo, or proctor submit PLAN.json")
     return 0
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from proctor.cli.commands import Home, Json, Verbose
-from proctor.cli.render import console, print_json
+from proctor.cli.render import console, esc, print_json
 from proctor.config import home_from
 
 __all__ = ["db_app"]
@@ -27,7 +27,7 @@ def status(home: Home = None, as_json: Json = False, verbose: Verbose = False) -
         print_json(doc)
     else:
         state = "up to date" if now.version == now.expected else "needs `proctor db upgrade`"
-        console.print(f"{now.url}: schema {now.version} of {now.expected} ({state})")
+        console.print(esc(f"{now.url}: schema {now.version} of {now.expected} ({state})"))
     return 0 if now.version == now.expected else 1
 
 
@@ -44,7 +44,7 @@ def upgrade(home: Home = None, as_json: Json = False, verbose: Verbose = False) 
     if as_json:
         print_json(doc)
     elif before.version == after.version:
-        console.print(f"{after.url}: already at schema {after.version}.")
+        console.print(esc(f"{after.url}: already at schema {after.version}."))
     else:
-        console.print(f"{after.url}: schema {before.version} → {after.version}.")
+        console.print(esc(f"{after.url}: schema {before.version} → {after.version}."))
     return 0

@@ -31,7 +31,7 @@ from proctor.cli.commands import (
     _required_locally,
     app,
 )
-from proctor.cli.render import console, print_json
+from proctor.cli.render import console, esc, print_json
 from proctor.core.canonical import MAX_SAFE_INT
 
 if TYPE_CHECKING:
@@ -128,7 +128,7 @@ def kill(
     if as_json:
         print_json({"switch": switch, "engaged": True})
     else:
-        console.print(f"Kill switch [bold]{switch}[/] engaged.")
+        console.print(f"Kill switch [bold]{esc(switch)}[/] engaged.")
     return 0
 
 
@@ -208,7 +208,7 @@ def breaker_open(
     if as_json:
         print_json({"breaker": breaker, "state": "open"})
     else:
-        console.print(f"Circuit breaker [bold]{breaker}[/] forced open.")
+        console.print(f"Circuit breaker [bold]{esc(breaker)}[/] forced open.")
     return 0
 
 
@@ -268,28 +268,36 @@ def guards(
     t = Table(title="Guards", show_lines=False)
     for col in ("kind", "key", "state"):
         t.add_column(col)
+    # Names, reasons and states come from people, agents and the server: each cell is
+    # escaped (esc), never read as Rich markup.
     for key, v in st["kill"].items():
-        t.add_row("kill switch", key, f"engaged by {v.get('by')}: {v.get('reason') or '-'}")
+        t.add_row(
+            "kill switch", esc(key), esc(f"engaged by {v.get('by')}: {v.get('reason') or '-'}")
+        )
     for key, v in st["breakers"].items():
         state = v.get("view", v["state"])
         trials = f" ({v['trials']} trial(s) out)" if state == "half_open" else ""
         held = " (held until reset)" if v.get("forced") else ""
-        t.add_row("breaker", key, f"{state}{trials}{held} {v.get('reason') or ''}".strip())
+        t.add_row(
+            "breaker", esc(key), esc(f"{state}{trials}{held} {v.get('reason') or ''}".strip())
+        )
     for key, v in st["whitelists"].items():
-        t.add_row("whitelist", key, ", ".join(v.get("actions", ())))
+        t.add_row("whitelist", esc(key), esc(", ".join(v.get("actions", ()))))
     for b in st["budgets"]:
         used = "per " + b["scope"] if b["used"] is None else f"{b['used']} of {b['limit']}"
-        t.add_row("budget", f"{b['scope']}:{b['key']} ({b['period']})", used)
+        t.add_row("budget", esc(f"{b['scope']}:{b['key']} ({b['period']})"), esc(used))
     for r in st["rate_limits"]:
         used = "" if r.get("used") is None else f"{r['used']} used, "
         t.add_row(
-            "rate limit", f"{r['scope']}:{r['key']}", f"{used}{r['limit']} / {r['per_seconds']} s"
+            "rate limit",
+            esc(f"{r['scope']}:{r['key']}"),
+            esc(f"{used}{r['limit']} / {r['per_seconds']} s"),
         )
     for key, v in st["autonomy"].items():
         below = f" below {v['below']}" if v.get("below") is not None else ""
-        t.add_row("autonomy", key, f"{v['level']}{below}")
+        t.add_row("autonomy", esc(key), esc(f"{v['level']}{below}"))
     for key, v in st["promotions"].items():
-        t.add_row("promotion", key, f"{v['from']} → {v['to']} ({v['status']})")
+        t.add_row("promotion", esc(key), esc(f"{v['from']} → {v['to']} ({v['status']})"))
     console.print(t if t.row_count else "No guard is engaged and none is configured.")
     return 0
 
@@ -322,7 +330,7 @@ def whitelist(
     if as_json:
         print_json({"agent": agent, "actions": wanted})
     else:
-        console.print(f"{agent}: " + ("no whitelist" if wanted is None else ", ".join(wanted)))
+        console.print(esc(f"{agent}: " + ("no whitelist" if wanted is None else ", ".join(wanted))))
     return 0
 
 
@@ -357,7 +365,7 @@ def autonomy_set(
             with _open(home) as p:
                 p.guards.set_autonomy(user, action, level, below=below, by=principal)
     doc = {"user": user, "action": action, "level": level, "below": below}
-    print_json(doc) if as_json else console.print(f"{user} / {action}: {level}")
+    print_json(doc) if as_json else console.print(esc(f"{user} / {action}: {level}"))
     return 0
 
 
@@ -399,7 +407,7 @@ def autonomy_show(
         pr: dict[str, Any] = doc["promotions"].get(key, {})
         level = a.get("level", "-") + (f" below {a['below']}" if a.get("below") is not None else "")
         sug = f"{pr['from']} → {pr['to']} ({pr['status']})" if pr else ""
-        t.add_row(who, action, level, sug)
+        t.add_row(esc(who), esc(action), esc(level), esc(sug))
     console.print(t)
     return 0
 
@@ -422,7 +430,7 @@ def _answer(
             with _open(home) as p:
                 level = p.guards.answer_promotion(user, action, accept=accept)
     doc = {"user": user, "action": action, "level": level}
-    print_json(doc) if as_json else console.print(f"{user} / {action}: {level}")
+    print_json(doc) if as_json else console.print(esc(f"{user} / {action}: {level}"))
     return 0
 
 
@@ -488,11 +496,11 @@ def review_list(
         t.add_column(col)
     for doc in plans:
         t.add_row(
-            doc["plan_id"],
-            doc["created_at"][:19],
-            doc["agent_id"],
-            doc["on_behalf_of"],
-            ", ".join(s["action"] for s in doc["steps"]),
+            esc(doc["plan_id"]),
+            esc(doc["created_at"][:19]),
+            esc(doc["agent_id"]),
+            esc(doc["on_behalf_of"]),
+            esc(", ".join(s["action"] for s in doc["steps"])),
         )
     console.print(t)
     return 0
@@ -525,7 +533,7 @@ def review_mark(
             with _open(home) as p:
                 p.guards.mark_review(plan_id, verdict, reviewer=name, note=note)
     doc = {"plan_id": plan_id, "verdict": verdict}
-    print_json(doc) if as_json else console.print(f"{plan_id}: {verdict}")
+    print_json(doc) if as_json else console.print(esc(f"{plan_id}: {verdict}"))
     return 0
 
 

@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from proctor.cli.commands import Home, Json, Verbose, _open
-from proctor.cli.render import console, print_json
+from proctor.cli.render import console, esc, print_json
 
 __all__ = ["kpi", "report"]
 
@@ -80,7 +80,7 @@ def kpi(
         return 0
     t = Table(title=f"KPIs {_utc(start)} → {_utc(end)}")
     for col in (
-        by or "scope",
+        esc(by or "scope"),
         "acceptance",
         "false actions",
         "recovery (median s)",
@@ -96,7 +96,7 @@ def kpi(
 
     for name, k in groups.items():
         t.add_row(
-            name,
+            esc(name),
             pct(k["acceptance_rate"]),
             pct(k["false_action_rate"]),
             "-"
@@ -152,7 +152,7 @@ def report(
     if as_json:
         print_json({"month": month, "markdown": str(md), "html": str(page), "figures": rep.figures})
     else:
-        console.print(f"Wrote {md} and {page}.")
+        console.print(esc(f"Wrote {md} and {page}."))
     return 0
 
 

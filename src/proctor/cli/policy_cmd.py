@@ -11,7 +11,7 @@ from rich.table import Table
 
 from proctor.app.policy_reload import CONTRACT_VERSION
 from proctor.cli.commands import Home, Json, Verbose, _open
-from proctor.cli.render import console, print_json, render_scores
+from proctor.cli.render import console, esc, print_json, render_scores
 from proctor.config import home_from
 from proctor.errors import InvalidPolicyError, InvalidRequestError
 
@@ -66,7 +66,9 @@ def run_tests(
             t.add_column(col)
         for r in results:
             t.add_row(
-                r.package, r.name, "[green]pass[/]" if r.passed else f"[red]FAIL[/] {r.error}"
+                esc(r.package),
+                esc(r.name),
+                "[green]pass[/]" if r.passed else f"[red]FAIL[/] {esc(r.error)}",
             )
         console.print(t if results else "No test_* rules found.")
     return 1 if failed else 0
@@ -106,7 +108,7 @@ def check(
     if as_json:
         print_json({"ok": True, "version": version, "contract": CONTRACT_VERSION})
     else:
-        console.print(f"ok: {version} (policy contract version {CONTRACT_VERSION})")
+        console.print(esc(f"ok: {version} (policy contract version {CONTRACT_VERSION})"))
     return 0
 
 
@@ -152,20 +154,20 @@ def evaluate(
     if as_json:
         print_json(out)
     else:
-        console.print(f"[bold]{decision.outcome.value}[/] (policy {engine.version})")
+        console.print(f"[bold]{decision.outcome.value}[/] (policy {esc(engine.version)})")
         for reason in decision.reasons:
-            console.print(f"  - {reason}")
+            console.print(f"  - {esc(reason)}")
         t = Table()
         for col in ("step", "outcome", "approvals", "step-up", "reasons"):
             t.add_column(col)
         for step in decision.as_dict()["steps"]:
             roles = f" ({', '.join(step['approver_roles'])})" if step["approver_roles"] else ""
             t.add_row(
-                step["step_id"],
-                step["outcome"],
-                f"{step['approvals']}{roles}",
+                esc(step["step_id"]),
+                esc(step["outcome"]),
+                esc(f"{step['approvals']}{roles}"),
                 "yes" if step["step_up"] else "no",
-                "\n".join(step["reasons"]),
+                "\n".join(esc(r) for r in step["reasons"]),
             )
         console.print(t)
     return 1 if decision.outcome.value == "deny" else 0
@@ -207,16 +209,18 @@ def explain(
         print_json(doc)
         return 0
     a = rec.assessment
-    console.print(f"[bold]{rec.plan_id}[/]: {rec.outcome} ({rec.status.value})")
+    console.print(f"[bold]{esc(rec.plan_id)}[/]: {esc(rec.outcome)} ({rec.status.value})")
     console.print(
-        f"policy {rec.policy_version}"
-        + ("" if current == rec.policy_version else f" (in force now: {current})")
+        esc(
+            f"policy {rec.policy_version}"
+            + ("" if current == rec.policy_version else f" (in force now: {current})")
+        )
     )
     console.print(render_scores(a["scores"], a["total"], a["pattern"]))
     for adj in rec.decision["adjustments"]:
-        console.print(f"  adjusted {adj['axis']} {adj['delta']:+d}: {adj['reason']}")
+        console.print(esc(f"  adjusted {adj['axis']} {adj['delta']:+d}: {adj['reason']}"))
     for reason in rec.decision["plan_reasons"]:
-        console.print(f"  plan rule: {reason}")
+        console.print(f"  plan rule: {esc(reason)}")
     t = Table(
         title="Steps: outcome and the reasons of the rules that matched", title_justify="left"
     )
@@ -225,11 +229,11 @@ def explain(
     for s in doc["steps"]:
         roles = f" ({', '.join(s['approver_roles'])})" if s["approver_roles"] else ""
         t.add_row(
-            s["step"],
-            s["action"],
-            s["outcome"],
-            f"{s['approvals']}{roles}",
-            "\n".join(s["reasons"]),
+            esc(s["step"]),
+            esc(s["action"]),
+            esc(s["outcome"]),
+            esc(f"{s['approvals']}{roles}"),
+            "\n".join(esc(r) for r in s["reasons"]),
         )
     console.print(t)
     return 0

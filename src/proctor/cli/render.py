@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from typing import Any
 
 import orjson
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from proctor.core.approvals import confirmation_required, step_quorums
@@ -16,8 +18,10 @@ from proctor.core.lifecycle import PlanRecord
 from proctor.core.ports import EventRow
 
 __all__ = [
+    "clean",
     "console",
     "err_console",
+    "esc",
     "event_json",
     "plan_json",
     "print_json",
@@ -46,6 +50,42 @@ _STATUS_STYLE = {
     "simulated": "blue",
 }
 _OUTCOME_STYLE = {"execute": "green", "confirm": "yellow", "approve": "yellow", "deny": "red"}
+
+# C0 controls (ESC starts ANSI sequences; CR and BS overwrite what came before), DEL, C1
+# controls (U+009B is a one-byte CSI) and the Unicode bidirectional overrides and isolates,
+# which reorder what the reader sees ("Trojan Source").
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_CONTROL_KEEP_LINES = re.compile(
+    r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]"
+)
+
+
+def _visible(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def clean(value: object, *, keep_lines: bool = False) -> str:
+    r"""Return ``value`` as text a terminal shows as it is: control characters made visible.
+
+    Every control character becomes its escape (ESC becomes the four characters ``\x1b``),
+    so an agent's, a user's or a file's text cannot send ANSI sequences to the terminal,
+    overwrite what was printed before it, or forge lines. ``keep_lines`` keeps newlines and
+    tabs, for text that is several lines by design (an error's diagnostics).
+    """
+    return (_CONTROL_KEEP_LINES if keep_lines else _CONTROL).sub(_visible, str(value))
+
+
+def esc(value: object) -> str:
+    """Return ``value`` ready to embed in Rich markup, printed literally.
+
+    Every value the CLI prints that it did not write itself (plan text, names, reasons,
+    errors, config and file contents) goes through this: Rich would otherwise read ``[...]``
+    in it as markup, so an agent could crash the command (``[/]``), hide text from the
+    approver (``[conceal]``) or add links. It also makes control characters visible
+    (``clean``).
+    """
+    return escape(clean(value))
 
 
 def print_json(obj: Any) -> None:
@@ -122,19 +162,18 @@ def plan_json(rec: PlanRecord, *, events: list[EventRow] | None = None) -> dict[
 
 def _quorum_line(q: dict[str, Any]) -> str:
     """One approving step's quorum: ``s1: 1 of 2 approval(s) from finance (fiona)``."""
-    roles = ", ".join(q["approver_roles"]) or "any approver"
-    who = ", ".join(q["approved_by"])
+    roles = esc(", ".join(q["approver_roles"])) or "any approver"
+    who = esc(", ".join(q["approved_by"]))
     done = " [green]met[/green]" if q["met"] else ""
     count = min(len(q["approved_by"]), q["approvals_required"])
     by = f" ({who})" if who else ""
-    return (
-        f"{q['step_id']}: {count} of {q['approvals_required']} approval(s) from {roles}{by}{done}"
-    )
+    step = esc(q["step_id"])
+    return f"{step}: {count} of {q['approvals_required']} approval(s) from {roles}{by}{done}"
 
 
 def render_scores(scores: dict[str, int], total: int, pattern: str) -> Table:
     """Return a table of the five axes with bars."""
-    table = Table(title=f"Assessment: total {total} → {pattern}", title_justify="left")
+    table = Table(title=f"Assessment: total {total} → {esc(pattern)}", title_justify="left")
     table.add_column("axis")
     table.add_column("score", justify="right")
     table.add_column("")
@@ -198,72 +237,77 @@ def render_plan_json(
     """
     if plan_reasons is None or step_reasons is None:
         plan_reasons, step_reasons = split_reasons(doc)
+    # Everything below the plan's JSON holds comes from the agent, the user or the server:
+    # it goes through esc() into the markup (see esc).
     status, outcome, plan_id = doc["status"], doc["outcome"], doc["plan_id"]
     style = _STATUS_STYLE.get(status, "white")
     o_style = _OUTCOME_STYLE.get(outcome, "white")
     console.print(
-        f"[bold]{plan_id}[/bold]  status [{style}]{status}[/{style}]  "
-        f"outcome [{o_style}]{outcome}[/{o_style}]"
+        f"[bold]{esc(plan_id)}[/bold]  status [{style}]{esc(status)}[/{style}]  "
+        f"outcome [{o_style}]{esc(outcome)}[/{o_style}]"
     )
-    who = f"agent {doc['agent_id']} on behalf of {doc['on_behalf_of']}"
-    console.print(who if intent is None else f"{who}; intent: {intent}")
+    who = f"agent {esc(doc['agent_id'])} on behalf of {esc(doc['on_behalf_of'])}"
+    console.print(who if intent is None else f"{who}; intent: {esc(intent)}")
     a = doc["assessment"]
     console.print(render_scores(a["scores"], a["total"], a["pattern"]))
     for r in plan_reasons:
-        console.print(f"  [red]plan[/red]: {r}")
+        console.print(f"  [red]plan[/red]: {esc(r)}")
     steps = Table(title="Steps", title_justify="left")
     for col in ("id", "action", "outcome", "status", "detail"):
         steps.add_column(col)
     for s, reasons in zip(doc["steps"], step_reasons, strict=True):
-        detail = "; ".join(reasons)
+        detail = esc("; ".join(reasons))
         if s["error"]:
-            detail += f" | error: {s['error']}"
+            detail += f" | error: {esc(s['error'])}"
         if s["undo_until"]:
             detail += f" | undo until {_when(s['undo_until'])}"
         steps.add_row(
-            s["id"],
-            s["action"],
-            f"[{_OUTCOME_STYLE.get(s['outcome'], 'white')}]{s['outcome']}[/]",
-            f"[{_STATUS_STYLE.get(s['status'], 'white')}]{s['status']}[/]",
+            esc(s["id"]),
+            esc(s["action"]),
+            f"[{_OUTCOME_STYLE.get(s['outcome'], 'white')}]{esc(s['outcome'])}[/]",
+            f"[{_STATUS_STYLE.get(s['status'], 'white')}]{esc(s['status'])}[/]",
             detail,
         )
     console.print(steps)
     target = f" --server {server}" if server else ""
     quorums = doc.get("step_quorums") or []
     if status == "awaiting_approval":
-        roles = ", ".join(doc["approver_roles"]) or "any approver"
+        roles = esc(", ".join(doc["approver_roles"])) or "any approver"
         extra = " with step-up (TOTP)" if doc["step_up"] else ""
         if len(quorums) > 1:
             console.print(
-                f"[yellow]waiting for approvals{extra} until {doc['expires_at'] or '-'}:[/yellow]"
+                f"[yellow]waiting for approvals{extra} until "
+                f"{esc(doc['expires_at'] or '-')}:[/yellow]"
             )
             for q in quorums:
                 console.print(f"  {_quorum_line(q)}")
         else:
             console.print(
-                f"[yellow]waiting for {doc['approvals_required']} approval(s) from {roles}"
-                f"{extra} until {doc['expires_at'] or '-'}[/yellow]"
+                f"[yellow]waiting for {esc(doc['approvals_required'])} approval(s) from {roles}"
+                f"{extra} until {esc(doc['expires_at'] or '-')}[/yellow]"
             )
         if server:
-            console.print(f"  next: proctor approve {plan_id}{target} (an approver's token)")
+            console.print(
+                f"  next: proctor approve {esc(plan_id)}{esc(target)} (an approver's token)"
+            )
         else:
-            console.print(f"  next: proctor approve {plan_id} --as NAME --role ROLE")
+            console.print(f"  next: proctor approve {esc(plan_id)} --as NAME --role ROLE")
     elif status == "awaiting_confirmation":
-        user = doc["on_behalf_of"]
+        user = esc(doc["on_behalf_of"])
         console.print(f"[yellow]waiting for {user} to confirm[/yellow]")
         if quorums:
             console.print("  then for the approvers:")
             for q in quorums:
                 console.print(f"  {_quorum_line(q)}")
         if server:
-            console.print(f"  next: proctor confirm {plan_id}{target} ({user}'s token)")
+            console.print(f"  next: proctor confirm {esc(plan_id)}{esc(target)} ({user}'s token)")
         else:
-            console.print(f"  next: proctor confirm {plan_id} --as {user}")
+            console.print(f"  next: proctor confirm {esc(plan_id)} --as {user}")
     if doc["approvals"]:
         console.print(
             "approvals: "
             + ", ".join(
-                f"{a['kind']} by {a['principal']} ({', '.join(a['roles'])})"
+                esc(f"{a['kind']} by {a['principal']} ({', '.join(a['roles'])})")
                 for a in doc["approvals"]
             )
         )
@@ -273,7 +317,9 @@ def render_plan_json(
         for col in ("seq", "type", "step", "time"):
             table.add_column(col)
         for e in events:
-            table.add_row(str(e["seq"]), e["type"], e.get("step_id") or "", e["timestamp"])
+            table.add_row(
+                esc(e["seq"]), esc(e["type"]), esc(e.get("step_id") or ""), esc(e["timestamp"])
+            )
         console.print(table)
 
 
@@ -289,13 +335,13 @@ def render_plans_json(plans: list[dict[str, Any]]) -> None:
         table.add_column(col)
     for p in plans:
         table.add_row(
-            p["plan_id"],
+            esc(p["plan_id"]),
             _when(p["created_at"]),
-            p["agent_id"],
-            p["on_behalf_of"],
-            f"[{_OUTCOME_STYLE.get(p['outcome'], 'white')}]{p['outcome']}[/]",
-            f"[{_STATUS_STYLE.get(p['status'], 'white')}]{p['status']}[/]",
-            ", ".join(s["action"] for s in p["steps"]),
+            esc(p["agent_id"]),
+            esc(p["on_behalf_of"]),
+            f"[{_OUTCOME_STYLE.get(p['outcome'], 'white')}]{esc(p['outcome'])}[/]",
+            f"[{_STATUS_STYLE.get(p['status'], 'white')}]{esc(p['status'])}[/]",
+            esc(", ".join(s["action"] for s in p["steps"])),
         )
     console.print(table)
 

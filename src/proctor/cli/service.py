@@ -20,7 +20,7 @@ from rich.table import Table
 
 from proctor._library import Proctor
 from proctor.app.tokens import TokenService
-from proctor.cli.render import console, print_json
+from proctor.cli.render import console, esc, print_json
 from proctor.config import home_from
 from proctor.errors import InvalidRequestError
 
@@ -351,7 +351,9 @@ def tokens_create(
         print_json(new.as_dict())
         return 0
     roles = ", ".join(new.record.roles)
-    console.print(f"token for [bold]{name}[/bold] ({roles}), id {new.record.token_id}:")
+    console.print(
+        f"token for [bold]{esc(name)}[/bold] ({esc(roles)}), id {esc(new.record.token_id)}:"
+    )
     print(new.token)
     console.print("[yellow]It is shown only now: store it safely.[/yellow]")
     return 0
@@ -381,10 +383,10 @@ def tokens_list(home: Home = None, as_json: Json = False, verbose: Verbose = Fal
         table.add_column(col)
     for t in records:
         table.add_row(
-            t.token_id,
-            t.name,
-            ", ".join(t.roles),
-            ", ".join(t.groups),
+            esc(t.token_id),
+            esc(t.name),
+            esc(", ".join(t.roles)),
+            esc(", ".join(t.groups)),
             t.created_at.isoformat(),
             t.revoked_at.isoformat() if t.revoked_at else "",
         )
@@ -409,7 +411,7 @@ def tokens_revoke(
     if as_json:
         print_json({"id": record.token_id, "name": record.name, "revoked_at": revoked_at})
     else:
-        console.print(f"revoked {record.token_id} ({record.name})")
+        console.print(esc(f"revoked {record.token_id} ({record.name})"))
     return 0
 
 
@@ -430,6 +432,6 @@ def tokens_enrol_totp(
     if as_json:
         print_json({"name": name, "principal": name, "secret": secret, "uri": uri})
     else:
-        console.print(f"secret for {name}: [bold]{secret}[/bold]")
-        console.print(f"add to an authenticator app: {uri}")
+        console.print(f"secret for {esc(name)}: [bold]{esc(secret)}[/bold]")
+        console.print(f"add to an authenticator app: {esc(uri)}")
     return 0

@@ -23,7 +23,7 @@ from proctor.cli.commands import (
     _remote,
     _required_locally,
 )
-from proctor.cli.render import console, print_json
+from proctor.cli.render import console, esc, print_json
 
 __all__ = ["resolve", "worker"]
 
@@ -68,7 +68,7 @@ def worker(
         try:
             if not as_json:
                 console.print(
-                    f"Worker [bold]{p.gateway.executor.owner}[/] running; Ctrl-C stops it."
+                    f"Worker [bold]{esc(p.gateway.executor.owner)}[/] running; Ctrl-C stops it."
                 )
             w.start()
             stop.wait()
