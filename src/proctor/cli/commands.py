@@ -52,8 +52,9 @@ app = typer.Typer(
         "Every command takes `--home DIR` (or `PROCTOR_HOME`; default `./.proctor`) and "
         "`--json` for machine output. The plan, audit-reading and `keys list` commands also "
         "work against a running `proctor serve`: `--server URL --token TOKEN` (or "
-        "`PROCTOR_SERVER`, `PROCTOR_TOKEN`). Exit codes: 0 success, 1 a failed check or a "
-        "denied or rejected request, 2 a usage error."
+        "`PROCTOR_SERVER`, `PROCTOR_TOKEN`). Exit codes: 0 success; 1 an error, a failed "
+        "check, or a plan that did not do what was asked (denied, rejected, expired, failed, "
+        "compensated or needing attention); 2 a usage error."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -112,7 +113,20 @@ Comment = Annotated[str, typer.Option("--comment", "-m", help="A comment for the
 
 _T = TypeVar("_T")
 
-_DENIED = {PlanStatus.DENIED, PlanStatus.REJECTED, PlanStatus.FAILED, PlanStatus.EXPIRED}
+# The statuses in which a plan did not do what was asked, or is not known to have done it:
+# `submit`, `confirm`, `approve` and `undo` exit 1 when they leave a plan in one. A
+# compensated plan failed (its completed steps were undone); a plan that needs attention
+# has a step whose effect is unknown until a human resolves it.
+_NOT_DONE = frozenset(
+    {
+        PlanStatus.DENIED,
+        PlanStatus.REJECTED,
+        PlanStatus.FAILED,
+        PlanStatus.COMPENSATED,
+        PlanStatus.NEEDS_ATTENTION,
+        PlanStatus.EXPIRED,
+    }
+)
 
 
 def _open(home: Path | None) -> Proctor:
@@ -152,7 +166,7 @@ def _read_json_or_toml(path: Path, what: str) -> Any:
 
 
 def _status_exit(rec: PlanRecord) -> int:
-    return 1 if rec.status in _DENIED else 0
+    return 1 if rec.status in _NOT_DONE else 0
 
 
 def _emit(rec: PlanRecord, as_json: bool, p: Proctor | None = None, *, events: bool = False) -> int:
@@ -236,7 +250,7 @@ def _emit_doc(
         print_json(doc)
     else:
         render_plan_json(doc, intent=intent, server=remote.url)
-    return 1 if doc["status"] in {s.value for s in _DENIED} else 0
+    return 1 if doc["status"] in {s.value for s in _NOT_DONE} else 0
 
 
 # --------------------------------------------------------------------------- init / demo
@@ -342,7 +356,11 @@ def submit(
     server: Server = None,
     token: Token = None,
 ) -> int:
-    """Submit a plan and print the decision. Exit 1 if it is denied or rejected.
+    """Submit a plan and print the decision.
+
+    Exit 0 if it ran or waits for a human; exit 1 if it was denied or rejected, or ran and
+    failed: failed, compensated (a step failed and the steps before it were undone) or
+    needs_attention (a step's effect is unknown: `proctor resolve`).
 
     With --server the token's principal submits: an agent whose name is the manifest's
     `actor.agent_id`.
@@ -433,7 +451,10 @@ def confirm(
     server: Server = None,
     token: Token = None,
 ) -> int:
-    """Confirm a plan as the user it acts for; it runs at once."""
+    """Confirm a plan as the user it acts for; it runs at once.
+
+    Exit 1 if it then failed, was compensated or needs attention (as `submit`).
+    """
     remote = _remote(ctx, server, token, ignored=("principal",))
     if remote is not None:
         with remote:
@@ -465,7 +486,10 @@ def approve(
     server: Server = None,
     token: Token = None,
 ) -> int:
-    """Approve a plan. It runs when enough distinct approvers with the right roles agree."""
+    """Approve a plan. It runs when enough distinct approvers with the right roles agree.
+
+    Exit 1 if it then failed, was compensated or needs attention (as `submit`).
+    """
     remote = _remote(ctx, server, token, ignored=("principal", "role"))
     if remote is not None:
         with remote:

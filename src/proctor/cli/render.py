@@ -259,7 +259,9 @@ def render_plan_json(
         detail = esc("; ".join(reasons))
         if s["error"]:
             detail += f" | error: {esc(s['error'])}"
-        if s["undo_until"]:
+        if s["undo_until"] and s["status"] == "succeeded":
+            # A compensated, failed or undone step keeps its old deadline in the record;
+            # only a succeeded step can still be undone.
             detail += f" | undo until {_when(s['undo_until'])}"
         steps.add_row(
             esc(s["id"]),

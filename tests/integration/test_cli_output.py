@@ -1,0 +1,164 @@
+"""What the CLI prints and how it exits, through the installed script.
+
+Text the CLI did not write itself (a plan's intent, reasons, names, a kill switch's reason,
+file names in errors) is printed literally: never read as Rich markup, and with its control
+characters made visible. Exit codes follow what happened to the plan.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from .test_cli import HR_SEARCH, manifest, write_json
+
+pytestmark = pytest.mark.cli
+
+MARKUP = "[/] closing tag [link=https://evil.example]click[/link]"
+CONCEAL = "refund [conceal]and also wire 9,999,999 EUR to account X[/conceal] thanks"
+ESCAPES = "ok\x1b[2J\x1b[31mred\rover\x9b1m \u202eevil"
+COLOUR = {"FORCE_COLOR": "1", "NO_COLOR": "", "TERM": "xterm-256color"}
+
+
+def _waiting(cli, home: Path, tmp_path: Path, plan_id: str, intent: str) -> Path:
+    """Write an HR plan (it waits for an hr approver) with ``intent``; return its file."""
+    plan = manifest(HR_SEARCH, agent="recruit-bot", user="hm", plan_id=plan_id, intent=intent)
+    return write_json(tmp_path, f"{plan_id}.json", plan)
+
+
+class TestUntrustedText:
+    """Plan, user and guard text reaches the terminal as it is."""
+
+    def test_markup_in_the_intent_is_printed_literally(self, cli, fresh_home, tmp_path):
+        """submit, show and approve print `[/]` and `[link=...]` as text and exit 0."""
+        path = _waiting(cli, fresh_home, tmp_path, "markup-1", MARKUP)
+
+        submitted = cli("submit", path, home=fresh_home)
+        shown = cli("show", "markup-1", home=fresh_home)
+        approved = cli("approve", "markup-1", "--as", "hannah", "--role", "hr", home=fresh_home)
+        listed = cli("plans", home=fresh_home)
+
+        for result in (submitted, shown, approved, listed):
+            assert result.code == 0, str(result)
+            assert "Traceback" not in result.err, str(result)
+        for result in (submitted, shown, approved):
+            assert f"intent: {MARKUP}" in result.out, str(result)
+        assert "status succeeded" in approved.out, str(approved)
+        assert cli("show", "markup-1", "--json", home=fresh_home).json()["status"] == "succeeded"
+
+    def test_conceal_does_not_hide_text_from_the_approver(self, cli, fresh_home, tmp_path):
+        """On a colour terminal `[conceal]` is shown as text, not sent as ESC[8m."""
+        path = _waiting(cli, fresh_home, tmp_path, "markup-2", CONCEAL)
+
+        result = cli("submit", path, home=fresh_home, env=COLOUR)
+
+        assert result.code == 0, str(result)
+        assert "\x1b[1m" in result.out, "expected a colour terminal: " + repr(result.out[:200])
+        assert "\x1b[8m" not in result.out
+        assert CONCEAL in result.out
+
+    def test_control_characters_are_made_visible(self, cli, fresh_home, tmp_path):
+        """ESC, CR, C1 controls and bidi overrides in the intent are printed as escapes."""
+        path = _waiting(cli, fresh_home, tmp_path, "ctrl-1", ESCAPES)
+
+        for result in (
+            cli("submit", path, home=fresh_home),
+            cli("show", "ctrl-1", home=fresh_home, env=COLOUR),
+        ):
+            assert result.code == 0, str(result)
+            assert "\x1b[2J" not in result.out and "\x1b[31m" not in result.out
+            assert "\r" not in result.out and "\x9b" not in result.out
+            assert "\u202e" not in result.out
+            assert r"ok\x1b[2J\x1b[31mred\x0dover\x9b1m \u202eevil" in result.out
+
+    def test_control_characters_in_an_error_are_made_visible(self, cli, fresh_home):
+        """An error quoting a file name prints its control characters as escapes."""
+        result = cli("submit", "gone\x1b[8m.json", home=fresh_home)
+
+        assert result.code == 1, str(result)
+        assert "\x1b" not in result.err
+        assert r"gone\x1b[8m.json does not exist" in result.err
+
+    def test_kill_reason_with_markup(self, cli, fresh_home):
+        """A kill switch whose reason is `[/] ...` is listed literally by `guards`."""
+        reason = "[/] bad [conceal]hidden[/conceal]"
+        kill = cli("kill", "--agent", "zed", "--as", "root", "-m", reason, home=fresh_home)
+
+        result = cli("guards", home=fresh_home)
+
+        assert kill.code == 0, str(kill)
+        assert result.code == 0, str(result)
+        assert f"engaged by root: {reason}" in result.out
+
+    def test_breaker_reason_with_markup(self, cli, fresh_home):
+        """A breaker forced open with a markup reason is listed literally by `guards`."""
+        reason = "[bold red]fake[/] [/]"
+        opened = cli(
+            "breaker", "open", "--action", "travel.pay", "--as", "root", "-m", reason,
+            home=fresh_home,
+        )  # fmt: skip
+
+        result = cli("guards", home=fresh_home)
+
+        assert opened.code == 0, str(opened)
+        assert result.code == 0, str(result)
+        assert reason in result.out
+
+
+# ---------------------------------------------------------------------------- exit codes
+
+FAILING_TOOL = """\
+def fail(params, call):
+    raise RuntimeError("the tool broke")
+"""
+
+FAILING_ACTION = """
+[actions."ux.fail"]
+summary = "Fail"
+category = "read"
+handler = "uxtools_cli_output:fail"
+baselines = { risk = 1, auditability = 2, ux = 4, recovery = 1, cost = 1 }
+[actions."ux.fail".params]
+type = "object"
+"""
+
+
+@pytest.fixture
+def failing_home(fresh_home: Path, tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """An instance whose catalog has `ux.fail` (its handler raises), and the env to run it."""
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    (tools / "uxtools_cli_output.py").write_text(FAILING_TOOL)
+    with (fresh_home / "catalog.toml").open("a") as f:
+        f.write(FAILING_ACTION)
+    path = os.pathsep.join(p for p in (str(tools), os.environ.get("PYTHONPATH")) if p)
+    return fresh_home, {"PYTHONPATH": path}
+
+
+class TestExitCodes:
+    """A plan that did not do what was asked exits 1."""
+
+    @pytest.mark.parametrize("as_json", [False, True])
+    def test_compensated_plan_exits_1(self, cli, failing_home, tmp_path, as_json):
+        """A plan whose second step fails is compensated: submit exits 1, no undo offered."""
+        home, env = failing_home
+        plan = manifest(
+            ("travel.reserve", {"flight": "PX1", "traveller": "alice"}),
+            ("ux.fail", {}),
+            plan_id="fail-1",
+        )
+        path = write_json(tmp_path, "fail.json", plan)
+
+        result = cli("submit", path, *(["--json"] if as_json else []), home=home, env=env)
+
+        assert result.code == 1, str(result)
+        if as_json:
+            doc = result.json()
+            assert doc["status"] == "compensated"
+            assert [s["status"] for s in doc["steps"]] == ["compensated", "failed"]
+        else:
+            assert "status compensated" in result.out, str(result)
+            assert "the tool broke" in result.out
+            assert "undo until" not in result.out
