@@ -177,22 +177,42 @@ class TestServe:
         assert (before, after) == (200, 401)
 
     def test_a_busy_port_fails_cleanly(self, cli, proctor_exe, fresh_home, tmp_path):
-        """A port already in use: exit non-zero, no traceback."""
+        """A port already in use (one worker, as with several): exit 1 with a hint."""
         with socket.socket() as taken:
             taken.bind(("127.0.0.1", 0))
             taken.listen()
             port = taken.getsockname()[1]
-            proc = subprocess.run(
-                [proctor_exe, "serve", "--home", str(fresh_home), "--port", str(port)],
-                capture_output=True,
-                text=True,
-                env=clean_env(),
-                timeout=60,
-                check=False,
-            )
+            result = cli("serve", "--port", str(port), home=fresh_home)
 
-        assert proc.returncode != 0
-        assert "Traceback" not in proc.stderr
+        assert result.code == 1, str(result)
+        assert "Traceback" not in result.err
+        assert f"error[invalid_request]: cannot listen on 127.0.0.1:{port}" in result.err
+        assert "field: port" in result.err
+        assert "hint: Choose a free port with --port." in result.err
+
+    def test_a_host_that_does_not_resolve_fails_cleanly(self, cli, fresh_home):
+        """--host naming no machine: exit 1 naming the host, no traceback."""
+        result = cli("serve", "--host", "no-such-host.invalid", "--port", "0", home=fresh_home)
+
+        assert result.code == 1, str(result)
+        assert "Traceback" not in result.err
+        assert "error[invalid_request]: cannot listen on no-such-host.invalid:0" in result.err
+        assert "field: host" in result.err
+
+    def test_an_unknown_log_level_is_a_usage_error(self, cli, fresh_home):
+        """--log-level takes only uvicorn's levels: anything else exits 2, no traceback."""
+        result = cli("serve", "--log-level", "bogus", "--port", "0", home=fresh_home)
+
+        assert result.code == 2, str(result)
+        assert "Traceback" not in result.err
+        assert "--log-level" in result.err and "bogus" in result.err
+
+    def test_the_log_level_ignores_case(self, proctor_exe, fresh_home, tmp_path):
+        """--log-level WARNING is accepted: the server starts and drops uvicorn's info lines."""
+        with serve(proctor_exe, fresh_home, tmp_path, "--log-level", "WARNING") as s:
+            assert httpx.get(f"{s.url}/healthz").status_code == 200
+            assert s.stop() == 0
+        assert "Uvicorn running" not in s.stderr()
 
     def test_a_bad_config_stops_it_at_start(self, proctor_exe, fresh_home):
         """An infinite TTL in config.toml: serve exits 1 naming the field, no traceback."""

@@ -11,6 +11,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any
@@ -42,6 +43,17 @@ Home = Annotated[
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 Verbose = Annotated[bool, typer.Option("--verbose", help="Show tracebacks on errors.")]
+
+
+class LogLevel(StrEnum):
+    """``proctor serve --log-level``: uvicorn's levels (its ``trace`` is not offered)."""
+
+    CRITICAL = "critical"
+    ERROR = "error"
+    WARNING = "warning"
+    INFO = "info"
+    DEBUG = "debug"
+
 
 _UNSAFE_BANNER = """\
 *****************************************************************************
@@ -81,8 +93,8 @@ def serve(
         ),
     ] = False,
     log_level: Annotated[
-        str, typer.Option("--log-level", help="critical, error, warning, info or debug.")
-    ] = "info",
+        LogLevel, typer.Option("--log-level", case_sensitive=False, help="How much to log.")
+    ] = LogLevel.INFO,
     submit_threads: Annotated[
         int,
         typer.Option(
@@ -132,22 +144,20 @@ def serve(
         unsafe_no_auth=unsafe_no_auth,
         access_log=access_log,
         json_logs=log_format,
-        log_level=log_level.lower(),
+        log_level=log_level.value,
     )
     if unsafe_no_auth:
         print(_UNSAFE_BANNER.format(url=f"http://{host}:{port}"), file=sys.stderr)
-    if workers == 1:
-        return _serve_one(options)
-    from proctor.cli.prefork import bind, run_workers
+    from proctor.cli.prefork import run_workers
 
-    try:
-        sock = bind(host, port)
-    except OSError as exc:
-        raise InvalidRequestError(
-            f"cannot listen on {host}:{port}: {exc.strerror or exc}",
-            field="port",
-            hint="Choose a free port with --port.",
-        ) from exc
+    # Bound here, before the instance opens, for one worker as for several: a port in use
+    # or a host that does not resolve is the same usage-level error either way.
+    sock = _listen(host, port)
+    if workers == 1:
+        try:
+            return _serve_one(options, listener=sock)
+        finally:
+            sock.close()
     print(
         f"proctor serve: {workers} worker processes on http://{host}:{sock.getsockname()[1]}",
         file=sys.stderr,
@@ -163,6 +173,26 @@ def serve(
         )
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """Bind the listening socket, or raise ``InvalidRequestError`` naming host and port."""
+    from proctor.cli.prefork import bind
+
+    try:
+        return bind(host, port)
+    except socket.gaierror as exc:  # a host name that does not resolve
+        raise InvalidRequestError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+            field="host",
+            hint="Give --host an address of this machine, or a name that resolves to one.",
+        ) from exc
+    except OSError as exc:  # the port is in use, or the address is not this machine's
+        raise InvalidRequestError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+            field="port",
+            hint="Choose a free port with --port.",
+        ) from exc
 
 
 def _metrics_dir() -> str:
@@ -229,11 +259,16 @@ class _ServeOptions:
     log_level: str
 
 
-def _serve_one(o: _ServeOptions, *, channel: socket.socket | None = None) -> int:
+def _serve_one(
+    o: _ServeOptions,
+    *,
+    channel: socket.socket | None = None,
+    listener: socket.socket | None = None,
+) -> int:
     """Serve until SIGINT or SIGTERM.
 
-    On ``--host``/``--port``, or, as one worker of ``--workers N``, the connections the
-    parent passes over ``channel``.
+    On ``listener`` (bound to ``--host``/``--port``), or, as one worker of ``--workers N``,
+    the connections the parent passes over ``channel``.
     """
     caught: list[int] = []
 
@@ -250,7 +285,7 @@ def _serve_one(o: _ServeOptions, *, channel: socket.socket | None = None) -> int
     try:
         proctor = Proctor.open(o.path)
         try:
-            _run_server(o, proctor, channel, stop_requested=lambda: bool(caught))
+            _run_server(o, proctor, channel, listener, stop_requested=lambda: bool(caught))
         finally:
             proctor.close()
     finally:
@@ -263,6 +298,7 @@ def _run_server(
     o: _ServeOptions,
     proctor: Proctor,
     channel: socket.socket | None,
+    listener: socket.socket | None,
     *,
     stop_requested: Callable[[], bool],
 ) -> None:
@@ -301,7 +337,7 @@ def _run_server(
     dispatcher = start_dispatcher(proctor.gateway)
     reloader = start_policy_reloader(proctor.gateway, o.path)
     try:
-        server.run()
+        server.run(sockets=None if listener is None else [listener])
     finally:
         app.state.context.close()  # submissions still running finish before the store closes
         dispatcher.stop()
