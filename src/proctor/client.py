@@ -156,6 +156,8 @@ def _comment(comment: str | None, **extra: Any) -> dict[str, Any]:
 
 
 def _submit(plan: Mapping[str, Any], idempotency_key: str | None) -> _Call:
+    if not isinstance(plan, Mapping):  # a JSON array or string read from a file, say
+        raise InvalidRequestError("plan must be an object", field="plan")
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
     return _Call("POST", "/v1/plans", body=dict(plan), headers=headers)
 
@@ -387,7 +389,11 @@ class ProctorClient:
     # plans
 
     def submit(self, plan: Mapping[str, Any], idempotency_key: str | None = None) -> dict[str, Any]:
-        """Submit a plan manifest; return the plan as routed (and run, if it executed)."""
+        """Submit a plan manifest; return the plan as routed (and run, if it executed).
+
+        A ``plan`` that is not a mapping raises ``InvalidRequestError`` (``plan must be an
+        object``, as the server answers) before anything is sent.
+        """
         result: dict[str, Any] = self._send(_submit(plan, idempotency_key))
         return result
 

@@ -262,6 +262,20 @@ class TestErrors:
         assert f"hint: Is `proctor serve` running and reachable at {url}?" in human.err
         assert "Traceback" not in human.err
 
+    @pytest.mark.parametrize("doc", [[1, 2], "a plan", 7, None], ids=repr)
+    def test_a_manifest_that_is_not_an_object(self, cli, tmp_path, doc):
+        """A JSON array, string, number or null is refused before anything is sent."""
+        path = tmp_path / "plan.json"
+        path.write_text(json.dumps(doc))
+        url = f"http://127.0.0.1:{free_port()}"  # nothing listens: nothing may be sent
+
+        result = cli("submit", path, "--json", "--server", url, "--token", "t")
+
+        assert result.code == 1, str(result)
+        assert result.error()["code"] == "invalid_request"
+        assert result.error()["message"] == "plan must be an object"
+        assert result.error()["field"] == "plan"
+
     @pytest.mark.parametrize(
         "args",
         [
@@ -277,6 +291,8 @@ class TestErrors:
             ),
             pytest.param(("plans", "--home", "h", "--server", "http://127.0.0.1:9"), id="both"),
             pytest.param(("plans", "--server", "ftp://host"), id="not-http"),
+            pytest.param(("plans", "--server", "http://[::1", "--token", "t"), id="bad-url"),
+            pytest.param(("guards", "--server", "http://host:port", "--token", "t"), id="bad-port"),
             pytest.param(("plans", "--token", "t"), id="token-alone"),
             pytest.param(("approve", "p-x", "--as", "ann"), id="local-needs-role"),
             pytest.param(("undo", "p-x"), id="local-needs-as"),
@@ -288,3 +304,4 @@ class TestErrors:
 
         assert result.code == 2, str(result)
         assert "Traceback" not in result.err
+        assert "Error:" in result.err

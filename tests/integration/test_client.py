@@ -151,6 +151,24 @@ class TestUnreachable:
         with pytest.raises(StorageError):
             asyncio.run(go())
 
+    @pytest.mark.parametrize("plan", [[1, 2], "a plan", None], ids=repr)
+    def test_a_plan_that_is_not_an_object_is_refused_before_sending(self, plan):
+        """submit([...]) raises InvalidRequestError (as the server would), not a TypeError.
+
+        Nobody listens: a request would have raised StorageError instead.
+        """
+        with ProctorClient(f"http://127.0.0.1:{free_port()}", "t", timeout=2) as c:
+            with pytest.raises(InvalidRequestError) as ei:
+                c.submit(plan)
+
+            async def go() -> None:
+                async with AsyncProctorClient(c.base_url, "t") as ac:
+                    await ac.submit(plan)
+
+            with pytest.raises(InvalidRequestError):
+                asyncio.run(go())
+        assert (ei.value.message, ei.value.field) == ("plan must be an object", "plan")
+
     def test_sync_stream_connection_refused(self):
         """Opening an event stream to nobody raises StorageError too."""
         with (

@@ -220,9 +220,16 @@ def _remote(
                 "and its approver groups from the token",
                 file=sys.stderr,
             )
+    import httpx
+
     from proctor.cli.remote import Remote
 
-    return Remote(server, token)
+    try:
+        return Remote(server, token)
+    except httpx.InvalidURL as exc:  # http://[::1 and the like
+        raise typer.BadParameter(
+            f"{server!r} is not a valid URL: {exc}", param_hint="'--server'"
+        ) from None
 
 
 def _local_only(remote: Remote | None, flag: str, why: str) -> None:
