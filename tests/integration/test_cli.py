@@ -322,6 +322,22 @@ class TestDemo:
 
         assert (s["outcome"], s["decided_status"], s["status"]) == (outcome, decided, final)
 
+    def test_a_file_as_home_is_refused(self, cli, tmp_path):
+        """demo --home FILE: exit 1 naming the home, no traceback; the file is untouched."""
+        path = tmp_path / "a-file"
+        path.write_text("keep me")
+
+        result = cli("demo", "--json", "--home", path)
+
+        assert result.code == 1, str(result)
+        assert "Traceback" not in result.err
+        assert result.error()["field"] == "home"
+        assert (
+            result.error()["message"]
+            == f"{path} is not a directory; the demo needs a new directory"
+        )
+        assert path.read_text() == "keep me"
+
     def test_travel_is_hybrid_with_total_12(self, demo_run):
         """The travel booking scores 12 and maps to the hybrid pattern."""
         travel = demo_run.json()["scenarios"][0]

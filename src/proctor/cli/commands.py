@@ -307,6 +307,12 @@ def demo(
 
     with tempfile.TemporaryDirectory(prefix="proctor-demo-") as tmp:
         target = home if home is not None else Path(tmp) / "instance"
+        if home is not None and home.exists() and not home.is_dir():
+            raise InvalidRequestError(
+                f"{home} is not a directory; the demo needs a new directory",
+                field="home",
+                hint="Give --home a path that does not exist yet, or an empty directory.",
+            )
         if home is not None and home.exists() and any(home.iterdir()):
             raise InvalidRequestError(
                 f"{home} is not empty; the demo needs a new directory", field="home"
