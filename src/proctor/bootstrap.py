@@ -147,7 +147,9 @@ def init_home(
     """Create an instance directory; idempotent (existing files are left untouched).
 
     Raises:
-        ConfigError: if ``home`` exists and is not a directory, or cannot be written.
+        ConfigError: if ``home`` exists and is not a directory, or cannot be written; or if
+            it has no keyring while its database holds audit events (``keys/`` was lost: a
+            new keyring would sign on, but could not verify a single event before it).
     """
     clock = clock or SystemClock()
     report = InitReport(home=home)
@@ -175,6 +177,8 @@ def init_home(
             shutil.copytree(default_bundle_path(), policy)
             report.created.append("policy/")
         keyring = Keyring(home / "keys")
+        if not keyring.exists():
+            _refuse_new_keyring_for_a_log(home, keyring)
         if keyring.create_first(clock.now()) is None:
             report.existing.append("keys/")
         else:
@@ -190,6 +194,64 @@ def init_home(
     store.close()
     (report.existing if db_existed else report.created).append("database")
     return report
+
+
+_RESTORE_KEYS = (
+    "Restore keys/ from the backup of this instance, or copy it from another replica of it"
+    " (docs/operations.md, Backups). `proctor init` makes a new keyring only for an instance"
+    " whose audit log is empty: a new key could not verify the events already signed."
+)
+
+
+def _refuse_new_keyring_for_a_log(home: Path, keyring: Keyring) -> None:
+    """Refuse to create a keyring beside a database that already holds audit events.
+
+    A new key would sign on, but ``audit verify`` would then stop at the first event with
+    ``unknown_key``: the old public keys are gone with ``keys/``. A database whose events
+    cannot be counted is treated as holding some.
+    """
+    settings = load(home)
+    if not _db_exists(settings):
+        return
+    try:
+        store = open_store(
+            settings.database_url,
+            synchronous=settings.synchronous,
+            pool_size=settings.pool_size,
+            migrate=False,
+        )
+        try:
+            empty = store.event_count() == 0
+        finally:
+            store.close()
+    except ProctorError:
+        empty = False
+    if not empty:
+        raise ConfigError(
+            f"{home} has no keyring ({keyring.directory / 'keyring.json'}) but its database"
+            f" ({settings.database_url}) holds audit events; init creates no new keyring",
+            field="keys",
+            hint=_RESTORE_KEYS,
+        )
+
+
+def _require_keyring(settings: Settings, keyring: Keyring) -> None:
+    """Stop on a missing keyring with the hint that fits: init a new home, or restore keys/.
+
+    Raises:
+        ConfigError: if the keyring is missing.
+    """
+    if keyring.exists():
+        return
+    try:
+        has_db = _db_exists(settings)
+    except ProctorError:  # a server database that cannot be reached: assume it is there
+        has_db = True
+    raise ConfigError(
+        f"no keyring at {keyring.directory / 'keyring.json'}",
+        field="keys",
+        hint=_RESTORE_KEYS if has_db else "Run `proctor init` to create the instance.",
+    )
 
 
 def _db_exists(settings: Settings) -> bool:
@@ -435,7 +497,8 @@ def open_instance(settings: Settings, *, clock: Clock | None = None) -> Instance
     """
     clock = clock or SystemClock()
     keyring = Keyring(settings.keys_dir)
-    keyring.current()  # no keyring (a home without `proctor init`): stop before the store
+    _require_keyring(settings, keyring)  # a home without `proctor init`, or keys/ lost
+    keyring.current()  # an unreadable keyring: stop before the store
     _refuse_shared_rotation_schedule(settings)
     catalog = load_catalog(settings)
     policy = load_policy(settings)
@@ -528,6 +591,7 @@ def open_log_view(home: Path) -> LogView:
     """
     settings = load(home)
     keyring = Keyring(settings.keys_dir)
+    _require_keyring(settings, keyring)
     store = open_existing_store(settings)
     return LogView(
         store=store,

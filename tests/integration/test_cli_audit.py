@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 
 import pytest
 
@@ -90,6 +91,51 @@ class TestKeys:
         assert rot.code == 0
         assert [k["current"] for k in keys] == [False, True]
         assert verify.json()["ok"] is True
+
+
+class TestLostKeys:
+    """A home whose keys/ is gone, beside a database that holds its signed events."""
+
+    def test_init_makes_no_new_keyring_beside_a_signed_log(self, cli, home, tmp_path):
+        """keys/ lost: commands say restore it, init refuses, and restoring it still verifies.
+
+        init used to make a new keyring, after which `audit verify` stopped at the first
+        event with unknown_key.
+        """
+        backup = tmp_path / "keys-backup"
+        shutil.copytree(home / "keys", backup)
+        shutil.rmtree(home / "keys")
+
+        plans = cli("plans", "--json", home=home)
+        init = cli("init", "--json", home=home)
+        verify = cli("audit", "verify", "--json", home=home)
+
+        for r in (plans, init, verify):
+            assert r.code == 1, str(r)
+            assert (r.error()["code"], r.error()["field"]) == ("config_error", "keys"), str(r)
+            assert r.error()["hint"].startswith("Restore keys/ from the backup"), str(r)
+            assert "proctor init` to create" not in r.error()["hint"]
+        assert "holds audit events" in init.error()["message"]
+        assert not (home / "keys").exists()
+        shutil.copytree(backup, home / "keys")
+        assert cli("audit", "verify", "--json", home=home).json()["ok"] is True
+
+    def test_a_home_without_keys_or_database_is_told_to_init(self, cli, tmp_path):
+        """No keyring and no database: the hint is `proctor init`, and init creates both."""
+        home = tmp_path / "h"
+        assert cli("init", home=home).code == 0
+        shutil.rmtree(home / "keys")
+        for f in home.glob("proctor.db*"):
+            f.unlink()
+
+        plans = cli("plans", "--json", home=home)
+        init = cli("init", "--json", home=home)
+
+        assert plans.code == 1, str(plans)
+        assert plans.error()["hint"] == "Run `proctor init` to create the instance."
+        assert init.code == 0, str(init)
+        assert set(init.json()["created"]) == {"keys/", "database"}
+        assert cli("plans", "--json", home=home).code == 0
 
 
 class TestExport:

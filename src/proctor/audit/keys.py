@@ -182,7 +182,9 @@ class Keyring:
             raise ConfigError(
                 f"no keyring at {self._index}",
                 field="keys",
-                hint="Run `proctor init` to create the instance.",
+                hint="Run `proctor init` for a new instance. For one whose database holds"
+                " events, restore keys/ from its backup instead (docs/operations.md): a new"
+                " keyring cannot verify the events already signed.",
             ) from exc
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"keyring {self._index} is unreadable: {exc}", field="keys") from exc
