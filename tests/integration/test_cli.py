@@ -163,6 +163,17 @@ class TestHelp:
         assert result.code == 2, str(result)
         assert "Traceback" not in result.err
 
+    def test_a_usage_error_with_json_is_an_error_object_on_stdout(self, cli):
+        """With --json a script gets the usage error as JSON on stdout (people, on stderr)."""
+        result = cli("plans", "--limit", "abc", "--json")
+
+        assert result.code == 2, str(result)
+        error = result.error()
+        assert error["code"] == "usage_error"
+        assert error["field"] == "--limit"
+        assert "proctor plans --help" in error["hint"]
+        assert "Usage:" in result.err
+
 
 # ---------------------------------------------------------------------------- init
 
