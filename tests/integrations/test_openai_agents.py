@@ -12,9 +12,14 @@ import pytest
 
 pytest.importorskip("agents", reason="the openai-agents extra is not installed")
 
-from agents import Agent, Runner, set_tracing_disabled
-from agents.testing import ModelCall, ModelStep, ScriptedModel, assistant_message, function_call
+import datetime as dt
 
+from agents import Agent, RunContextWrapper, Runner, RunState, function_tool, set_tracing_disabled
+from agents.testing import ModelCall, ModelStep, ScriptedModel, assistant_message, function_call
+from agents.tool_guardrails import ToolGuardrailFunctionOutput, ToolInputGuardrail
+from pydantic import BaseModel
+
+from proctor.errors import ConfigError
 from proctor.integrations.openai_agents import ProctorTools
 
 from .conftest import REFUND_SCHEMA, assert_audited
@@ -127,7 +132,7 @@ class TestInProcess:
         async def scenario():
             first = await Runner.run(a, "refund c2")
             (item,) = first.interruptions
-            plan_id = governance.plan_id(item)
+            plan_id = governance.plan_id(item, first)
             assert proctor.get(plan_id).status.value == "awaiting_approval"
             state = first.to_state()
             # Not decided yet: nothing to apply, the call still waits.
@@ -173,7 +178,7 @@ class TestInProcess:
         async def scenario():
             first = await Runner.run(a, "refund c5")
             (item,) = first.interruptions
-            plan_id = governance.plan_id(item)
+            plan_id = governance.plan_id(item, first)
             assert proctor.get(plan_id).status.value == "awaiting_confirmation"
             await asyncio.to_thread(proctor.confirm, plan_id, "alice")
             state = first.to_state()
@@ -195,7 +200,7 @@ class TestInProcess:
             (item,) = first.interruptions
             await asyncio.to_thread(
                 proctor.reject,
-                governance.plan_id(item),
+                governance.plan_id(item, first),
                 "fiona",
                 roles=["finance"],
                 comment="not eligible",
@@ -208,6 +213,197 @@ class TestInProcess:
 
         assert "rejected by fiona: not eligible" in result.final_output
         assert CALLS == []
+
+
+def _one_call(name: str, args: dict[str, Any], call_id: str = "call_0") -> ScriptedModel:
+    return ScriptedModel([[function_call(name, args, call_id=call_id)], ModelStep.respond(_echo)])
+
+
+def _outputs(result: Any) -> list[Any]:
+    return [i.output for i in result.new_items if type(i).__name__ == "ToolCallOutputItem"]
+
+
+class TestTheToolsOwnGates:
+    """What the tool itself declares is honoured before Proctor runs anything."""
+
+    def test_a_tool_with_input_guardrails_is_refused(self, proctor):
+        """The SDK runs tool guardrails after ``needs_approval``, where Proctor runs an allowed
+        call: a guardrail could not stop it, so such a tool is not governed silently."""
+
+        async def no_vip(data):
+            return ToolGuardrailFunctionOutput.reject_content("never the VIP")
+
+        guarded = function_tool(
+            refund,
+            tool_input_guardrails=[ToolInputGuardrail(guardrail_function=no_vip, name="no_vip")],
+        )
+
+        with pytest.raises(ConfigError, match="tool input guardrails"):
+            ProctorTools(proctor, [guarded], agent_id="bot", on_behalf_of="alice")
+        assert proctor.plans() == []
+
+    def test_own_needs_approval_comes_first(self, proctor):
+        """A tool marked ``needs_approval=True`` interrupts and nothing reaches Proctor (so
+        nothing runs); once approved in the SDK, Proctor decides and runs it once."""
+        gated = function_tool(refund, needs_approval=True)
+        governance = ProctorTools(
+            proctor,
+            [gated],
+            agent_id="bot",
+            on_behalf_of="alice",
+            specs={"refund": {"category": "financial", "params_schema": REFUND_SCHEMA}},
+        )
+        a = Agent(
+            name="support",
+            model=_one_call("refund", {"amount": 40, "customer": "g1"}),
+            tools=governance.tools,
+        )
+
+        async def scenario():
+            first = await Runner.run(a, "refund g1")
+            (item,) = first.interruptions
+            assert CALLS == [] and proctor.plans() == []
+            state = first.to_state()
+            assert await governance.apply_decisions(state) == []  # not Proctor's to decide
+            assert [i.call_id for i in state.get_interruptions()] == [item.call_id]
+            state.approve(item)
+            return await Runner.run(a, state)
+
+        result = run(scenario())
+
+        assert json.loads(result.final_output) == {"customer": "g1", "refunded": 40}
+        assert CALLS == [(40, "g1")]
+        (plan,) = proctor.plans()
+        assert plan.status.value == "succeeded"
+
+    def test_own_needs_approval_rejected_runs_nothing(self, proctor):
+        """A callable ``needs_approval`` is asked too; rejecting in the SDK submits nothing."""
+        asked: list[dict[str, Any]] = []
+
+        async def big(ctx, params, call_id):
+            asked.append(params)
+            return params["amount"] > 10
+
+        governance = ProctorTools(
+            proctor,
+            [function_tool(refund, needs_approval=big)],
+            agent_id="bot",
+            on_behalf_of="alice",
+        )
+        a = Agent(
+            name="support",
+            model=_one_call("refund", {"amount": 40, "customer": "g2"}),
+            tools=governance.tools,
+        )
+
+        async def scenario():
+            first = await Runner.run(a, "refund g2")
+            state = first.to_state()
+            state.reject(first.interruptions[0], rejection_message="no")
+            return await Runner.run(a, state)
+
+        result = run(scenario())
+
+        assert asked == [{"amount": 40, "customer": "g2"}]
+        assert "no" in result.final_output
+        assert CALLS == [] and proctor.plans() == []
+
+
+class Order(BaseModel):
+    sku: str
+    qty: int
+
+
+def ship(order: Order, when: dt.date) -> str:
+    """Ship an order."""
+    return f"{order.qty} x {order.sku} on {when.strftime('%A %d %B')}"
+
+
+def whoami(ctx: RunContextWrapper[dict], greeting: str) -> str:
+    """Greet the current user."""
+    return f"{greeting}, {ctx.context['user']}"
+
+
+@function_tool
+def charge(amount: int) -> str:
+    """Charge the card."""
+    raise RuntimeError("card declined")
+
+
+class TestTheToolRunsAsTheSdkRunsIt:
+    def test_typed_arguments_are_parsed(self, proctor):
+        """A plain function's pydantic and date parameters get parsed values, as
+        ``function_tool`` gives them, not the raw JSON."""
+        governance = ProctorTools(proctor, [ship], agent_id="bot", on_behalf_of="alice")
+        args = {"order": {"sku": "A", "qty": 2}, "when": "2026-01-02"}
+        a = Agent(name="s", model=_one_call("ship", args), tools=governance.tools)
+
+        result = run(Runner.run(a, "ship"))
+
+        assert _outputs(result) == ["2 x A on Friday 02 January"]
+        (plan,) = proctor.plans()
+        assert plan.status.value == "succeeded"
+        assert plan.steps[0].result == "2 x A on Friday 02 January"
+
+    @pytest.mark.parametrize("tool", [whoami, function_tool(whoami)], ids=["plain", "tool"])
+    def test_a_tool_taking_the_run_context_is_refused(self, proctor, tool):
+        """Proctor runs an approved call outside the run: there is no context to give."""
+        with pytest.raises(ConfigError, match="takes the run context"):
+            ProctorTools(proctor, [tool], agent_id="bot", on_behalf_of="alice")
+
+    def test_a_raising_tool_fails_the_plan(self, proctor):
+        """The exception reaches Proctor (the plan fails, audited); the model reads it."""
+        governance = ProctorTools(proctor, [charge], agent_id="bot", on_behalf_of="alice")
+        a = Agent(name="s", model=_one_call("charge", {"amount": 5}), tools=governance.tools)
+
+        result = run(Runner.run(a, "charge"))
+
+        (plan,) = proctor.plans()
+        assert plan.status.value == "failed"
+        assert "card declined" in (plan.error or plan.steps[0].error or "")
+        assert_audited(proctor, plan.plan_id, "step.started", "step.failed")
+        (out,) = _outputs(result)
+        assert "failed" in out and "card declined" in out
+
+
+class TestCallIdsAreScopedToTheRun:
+    def test_a_reused_call_id_in_another_run_runs_again(self, proctor):
+        """Two runs whose model reuses ``call_0`` with the same arguments are two plans and
+        two refunds, not the first run's result told to the second."""
+        governance = ProctorTools(proctor, [refund], agent_id="bot", on_behalf_of="alice")
+        outputs = []
+        for conversation in range(2):
+            a = Agent(
+                name="s",
+                model=_one_call("refund", {"amount": 20, "customer": "r1"}),
+                tools=governance.tools,
+            )
+            outputs += _outputs(run(Runner.run(a, f"conversation {conversation}")))
+
+        assert CALLS == [(20, "r1"), (20, "r1")]
+        assert len(proctor.plans()) == 2
+        assert len(outputs) == 2
+
+    def test_the_scope_survives_a_serialized_run_state(self, proctor):
+        """The resumed run (from ``to_json``) finds the plan the first run created: the
+        approved call runs once and its result is what the model reads."""
+        a, governance = agent(proctor, scripted({"amount": 500, "customer": "s1"}))
+
+        async def scenario():
+            first = await Runner.run(a, "refund s1")
+            (item,) = first.interruptions
+            plan_id = governance.plan_id(item, first)
+            await asyncio.to_thread(proctor.approve, plan_id, "fiona", roles=["finance"])
+            state = await RunState.from_json(a, first.to_state().to_json())
+            assert governance.plan_id(item, state) == plan_id
+            assert await governance.apply_decisions(state) == []
+            return await Runner.run(a, state)
+
+        result = run(scenario())
+
+        assert json.loads(result.final_output) == {"customer": "s1", "refunded": 500}
+        assert CALLS == [(500, "s1")]
+        assert len(proctor.plans()) == 1
 
 
 @pytest.mark.server
@@ -233,7 +429,7 @@ class TestOverHttp:
             (item,) = first.interruptions
             assert item.call_id == "call_1_800"
             assert served.calls("h1", "h2", "h3") == [(30, "h1")]
-            plan_id = governance.plan_id(item)
+            plan_id = governance.plan_id(item, first)
             await asyncio.to_thread(served.client("fiona").approve, plan_id)
             state = first.to_state()
             assert await governance.apply_decisions(state) == []
@@ -266,8 +462,8 @@ class TestOverHttp:
         async def scenario():
             first = await Runner.run(a, "refund h4")
             (item,) = first.interruptions
-            plan_id = governance.plan_id(item)
-            outcome = await governance.outcome(item)
+            plan_id = governance.plan_id(item, first)
+            outcome = await governance.outcome(item, first)
             assert outcome is not None and outcome.status == "awaiting_confirmation"
             await asyncio.to_thread(served.client("alice").confirm, plan_id)
             state = first.to_state()
