@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+import threading
+
 import pytest
 
+from proctor.errors import ConfigError, NotFoundError
 from proctor.integrations import ApprovalPending, ToolDenied, ToolFailed, governed
 from proctor.testing import FrozenClock
 
@@ -169,6 +174,9 @@ class TestOverHttp:
         served.client("fiona").approve(approve.value.plan_id)
         served.client("alice").confirm(confirm.value.plan_id)
 
+        for_bob = governed(bot, action="refund", agent_id="bot", on_behalf_of="bob")(refund)
+        with pytest.raises(NotFoundError, match="no call of refund by bot for bob"):
+            for_bob(plan_id=approve.value.plan_id)  # alice's plan, read over HTTP
         assert refund(plan_id=approve.value.plan_id)["refunded"] == 700
         assert refund(plan_id=confirm.value.plan_id)["refunded"] == 61
         assert served.calls("d1", "d2", "d3", "d4") == [(7, "d1"), (700, "d3"), (61, "d4")]
@@ -194,3 +202,194 @@ def test_positional_arguments_and_defaults_become_named_params(proctor):
     with pytest.raises(TypeError):
         lookup("tea", 3, 4)
     assert len(proctor.plans()) == 1  # nothing submitted
+
+
+class TestSignatures:
+    """What a decorated function may look like: async, positional-only, in a script; and
+    what is refused at decoration (methods, parameters named like the reserved keywords)."""
+
+    def test_an_async_function_stays_async_and_runs_off_the_event_loop(self, proctor):
+        """Awaiting a governed ``async def`` returns its result; the plan is submitted (and
+        the tool run) in another thread, so the event loop is not blocked."""
+        ran_in: list[int] = []
+
+        @governed(proctor, action="shop.fetch", agent_id="bot", on_behalf_of="alice")
+        async def fetch(url: str) -> str:
+            ran_in.append(threading.get_ident())
+            await asyncio.sleep(0)
+            return "body of " + url
+
+        assert inspect.iscoroutinefunction(fetch)
+
+        async def main() -> tuple[str, int]:
+            return await fetch(url="x"), threading.get_ident()
+
+        body, loop_thread = asyncio.run(main())
+        assert body == "body of x"
+        assert len(ran_in) == 1 and ran_in[0] != loop_thread
+        (plan,) = proctor.plans()
+        assert plan.steps[0].params == {"url": "x"}
+        assert_audited(proctor, plan.plan_id, "policy.decided", "step.succeeded")
+
+    def test_an_async_function_pends_and_resumes(self, proctor):
+        """approve → ApprovalPending from the await; ``await f(plan_id=...)`` afterwards
+        returns the result of the one execution; deny raises ToolDenied."""
+
+        @governed(proctor, action="refund", agent_id="bot", on_behalf_of="alice")
+        async def refund(amount: int, customer: str) -> dict:
+            CALLS.append((amount, customer))
+            return {"refunded": amount}
+
+        with pytest.raises(ApprovalPending) as pending:
+            asyncio.run(refund(amount=500, customer="a1"))
+        with pytest.raises(ToolDenied, match="10000 or more"):
+            asyncio.run(refund(amount=20_000, customer="a2"))
+        assert CALLS == []
+
+        proctor.approve(pending.value.plan_id, "fiona", roles=["finance"])
+
+        assert asyncio.run(refund(plan_id=pending.value.plan_id)) == {"refunded": 500}
+        assert CALLS == [(500, "a1")]
+
+    def test_positional_only_parameters_are_passed_by_position(self, proctor):
+        """The plan names every parameter; the handler passes the positional-only ones by
+        position, so the function runs (also after an approval)."""
+
+        @governed(proctor, action="refund", agent_id="bot", on_behalf_of="alice")
+        def refund(amount: int, /, customer: str, **notes: str) -> dict:
+            CALLS.append((amount, customer))
+            return {"refunded": amount, "notes": notes}
+
+        assert refund(30, customer="p1", why="late") == {"refunded": 30, "notes": {"why": "late"}}
+        with pytest.raises(ApprovalPending) as pending:
+            refund(500, "p2")
+        proctor.approve(pending.value.plan_id, "fiona", roles=["finance"])
+        assert refund(plan_id=pending.value.plan_id) == {"refunded": 500, "notes": {}}
+
+        assert CALLS == [(30, "p1"), (500, "p2")]
+        params = sorted((p.steps[0].params for p in proctor.plans()), key=lambda p: p["amount"])
+        assert params == [
+            {"amount": 30, "customer": "p1", "why": "late"},
+            {"amount": 500, "customer": "p2"},
+        ]
+
+    def test_a_keyword_argument_named_like_a_positional_only_one_is_refused(self, proctor):
+        """``f(1, a=2)`` for ``f(a, /, **kw)`` cannot be one flat set of params: TypeError,
+        nothing submitted."""
+
+        @governed(proctor, action="shop.tag", agent_id="bot", on_behalf_of="alice")
+        def tag(a: int, /, **labels: int) -> int:
+            return a
+
+        with pytest.raises(TypeError, match="positional-only"):
+            tag(1, a=2)
+        assert proctor.plans() == []
+
+    def test_an_async_function_with_positional_only_parameters(self, proctor):
+        @governed(proctor, action="shop.add", agent_id="bot", on_behalf_of="alice")
+        async def add(a: int, b: int, /) -> int:
+            return a + b
+
+        assert asyncio.run(add(1, 2)) == 3
+
+    def test_a_method_is_refused_at_decoration(self, proctor):
+        """Proctor may run the call after an approval, without the instance: a method is a
+        ConfigError that says what to do instead, and nothing is registered."""
+        with pytest.raises(ConfigError, match=r"the method .*Payments\.pay:") as refused:
+
+            class Payments:
+                @governed(proctor, action="shop.pay", agent_id="bot", on_behalf_of="alice")
+                def pay(self, amount: int) -> int:
+                    return amount
+
+        assert "module-level function" in (refused.value.hint or "")
+        with pytest.raises(ConfigError, match="method"):
+
+            class Factory:
+                @governed(proctor, action="shop.make", agent_id="bot", on_behalf_of="alice")
+                def make(cls, n: int) -> int:
+                    return n
+
+        assert "shop.pay" not in proctor.gateway.catalog
+        assert "shop.make" not in proctor.gateway.catalog
+
+    @pytest.mark.parametrize("reserved", ["plan_id", "intent"])
+    def test_a_parameter_named_like_a_reserved_keyword_is_refused(self, proctor, reserved):
+        """``plan_id=`` and ``intent=`` belong to the governed call: a function with such a
+        parameter could never receive it, so it is refused at decoration."""
+        namespace: dict[str, object] = {}
+        exec(f"def tool({reserved}: str) -> str:\n    return {reserved}\n", namespace)
+
+        with pytest.raises(ConfigError, match=f"parameter '{reserved}' is a keyword") as refused:
+            governed(proctor, action="shop.note", agent_id="bot", on_behalf_of="alice")(
+                namespace["tool"]
+            )
+        assert refused.value.field == reserved
+        assert "shop.note" not in proctor.gateway.catalog
+
+    def test_in_a_script_the_default_action_is_the_function_name(self, proctor):
+        """``__main__.tool`` is no valid action: a script's function is its bare name."""
+
+        def Script_Tool(x: int) -> int:
+            return x * 2
+
+        Script_Tool.__module__ = "__main__"
+        tool = governed(proctor, agent_id="bot", on_behalf_of="alice")(Script_Tool)
+
+        assert tool(x=4) == 8
+        (plan,) = proctor.plans()
+        assert plan.steps[0].action == "script_tool"
+
+    def test_in_a_module_the_default_action_is_module_dot_name(self, proctor):
+        def lookup(x: int) -> int:
+            return x
+
+        tool = governed(proctor, agent_id="bot", on_behalf_of="alice")(lookup)
+
+        assert tool(x=1) == 1
+        (plan,) = proctor.plans()
+        assert plan.steps[0].action == "test_decorator.lookup"
+
+
+class TestResumeOnlyOwnPlans:
+    """``f(plan_id=...)`` answers only with a plan of ``f``'s own action, agent and user."""
+
+    def test_another_actions_plan_is_not_returned(self, proctor):
+        @governed(proctor, action="hr.secret_report", agent_id="bot", on_behalf_of="alice")
+        def secret_report() -> dict:
+            return {"salary": 123456}
+
+        @governed(proctor, action="notes.post", agent_id="bot", on_behalf_of="alice")
+        def post_note(text: str) -> str:
+            return text
+
+        secret_report()
+        (secret,) = proctor.plans()
+
+        with pytest.raises(NotFoundError, match=r"no call of notes\.post") as refused:
+            post_note(plan_id=secret.plan_id)
+        assert "salary" not in str(refused.value)
+        assert refused.value.field == "plan_id"
+
+    def test_another_agents_or_users_plan_is_not_returned(self, proctor):
+        """The same action, called as another agent or for another user: not this call's."""
+        refund = refund_for(proctor)
+        as_bob = governed(proctor, action="refund", agent_id="bot", on_behalf_of="bob")(
+            lambda amount, customer: None
+        )
+        other_bot = governed(proctor, action="refund", agent_id="bot2", on_behalf_of="alice")(
+            lambda amount, customer: None
+        )
+
+        assert refund(amount=20, customer="r1") == {"refunded": 20}
+        (plan,) = proctor.plans()
+
+        for caller in (as_bob, other_bot):
+            with pytest.raises(NotFoundError, match="no call of refund"):
+                caller(plan_id=plan.plan_id)
+        assert refund(plan_id=plan.plan_id) == {"refunded": 20}  # its own: the result
+
+    def test_an_unknown_plan_fails_alike(self, proctor):
+        refund = refund_for(proctor)
+        with pytest.raises(NotFoundError, match="no call of refund by bot for alice"):
+            refund(plan_id="tc-nope")

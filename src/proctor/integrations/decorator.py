@@ -16,6 +16,7 @@ the function's body is only its documentation here.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 from collections.abc import Callable, Mapping
@@ -23,7 +24,7 @@ from typing import Any
 
 from proctor._library import Proctor
 from proctor.client import ProctorClient
-from proctor.errors import ProctorError
+from proctor.errors import ConfigError, NotFoundError, ProctorError
 from proctor.integrations._governor import Governor, ToolOutcome
 
 __all__ = ["ApprovalPending", "ToolDenied", "ToolFailed", "governed", "raise_for_outcome"]
@@ -76,28 +77,129 @@ def raise_for_outcome(outcome: ToolOutcome) -> Any:
             raise ToolFailed(outcome.message())
 
 
+_RESERVED = ("plan_id", "intent")
+"""Keyword arguments the decorated call keeps for itself (a resume, the plan's intent)."""
+
+
+def _default_action(fn: Callable[..., Any]) -> str:
+    """``module.function``, lower-cased; in a script, the function's name alone.
+
+    A script's module is ``__main__`` (``__mp_main__`` in a multiprocessing child), which says
+    nothing about the tool and is not a valid action name.
+    """
+    module = fn.__module__ or "__main__"
+    if module in ("__main__", "__mp_main__"):
+        return fn.__name__.lower()
+    return f"{module.split('.')[-1]}.{fn.__name__}".lower()
+
+
+def _check_signature(fn: Callable[..., Any], signature: inspect.Signature) -> None:
+    """Refuse at decoration what a governed call could not carry faithfully.
+
+    Raises:
+        ConfigError: ``fn`` is a method (Proctor may run it after an approval, in another
+            thread or process, where no instance exists), or a parameter is named like a
+            reserved keyword (``plan_id``, ``intent``), which the call would take for itself.
+    """
+    params = list(signature.parameters.values())
+    first = params[0] if params else None
+    if (
+        first is not None
+        and first.name in ("self", "cls")
+        and first.kind
+        in (
+            inspect.Parameter.POSITIONAL_ONLY,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        )
+    ):
+        raise ConfigError(
+            f"@governed cannot govern the method {fn.__qualname__}: its {first.name!r} is not "
+            "JSON, and Proctor may run the call after an approval, where no instance exists",
+            field=first.name,
+            hint="Govern a module-level function (or a staticmethod) that takes what it needs "
+            "as JSON arguments, and call it from the method.",
+        )
+    named = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    clash = [p.name for p in params if p.name in _RESERVED and p.kind not in named]
+    if clash:
+        raise ConfigError(
+            f"@governed cannot govern {fn.__qualname__}: its parameter {clash[0]!r} is a "
+            "keyword the governed call reserves (plan_id= resumes a pending call, intent= "
+            "states the plan's intent)",
+            field=clash[0],
+            hint=f"Rename the parameter (for example {clash[0]}_ or a more specific name).",
+        )
+
+
 def _params(
     signature: inspect.Signature, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> dict[str, Any]:
     """The call's arguments by name, defaults included: the plan states exactly what runs.
 
     Raises:
-        TypeError: the arguments do not fit the function (as calling it would), or it takes
-            ``*args`` (a plan's params are named).
+        TypeError: the arguments do not fit the function (as calling it would), it takes
+            ``*args`` (a plan's params are named), or a ``**kwargs`` key repeats the name of
+            a positional-only parameter (the plan could not tell them apart).
     """
     bound = signature.bind(*args, **kwargs)
     bound.apply_defaults()
     params: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
     for name, value in bound.arguments.items():
         kind = signature.parameters[name].kind
         if kind is inspect.Parameter.VAR_POSITIONAL:
             if value:
                 raise TypeError("a governed function's arguments must be named (no *args)")
         elif kind is inspect.Parameter.VAR_KEYWORD:
-            params.update(value)
+            extra = value
         else:
             params[name] = value
+    clash = params.keys() & extra.keys()
+    if clash:
+        raise TypeError(
+            f"a governed function's keyword argument {sorted(clash)[0]!r} repeats a "
+            "positional-only parameter's name"
+        )
+    params.update(extra)
     return params
+
+
+def _handler(fn: Callable[..., Any], signature: inspect.Signature) -> Callable[..., Any]:
+    """``fn`` as the action's handler, which is called with the params by name.
+
+    Positional-only parameters are passed by position, in order (up to the first one the
+    params lack: the function then says what is missing, as a call would).
+    """
+    positional = [
+        p.name for p in signature.parameters.values() if p.kind is inspect.Parameter.POSITIONAL_ONLY
+    ]
+    if not positional:
+        return fn
+
+    def split(params: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+        rest = dict(params)
+        args: list[Any] = []
+        for name in positional:
+            if name not in rest:
+                break
+            args.append(rest.pop(name))
+        return args, rest
+
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def run_async(**params: Any) -> Any:
+            args, kwargs = split(params)
+            return await fn(*args, **kwargs)
+
+        return run_async
+
+    @functools.wraps(fn)
+    def run(**params: Any) -> Any:
+        args, kwargs = split(params)
+        return fn(*args, **kwargs)
+
+    return run
 
 
 def governed(
@@ -114,9 +216,15 @@ def governed(
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Govern every call of the decorated function through ``proctor``.
 
+    An ``async def`` stays one: awaiting it submits the plan off the event loop. The
+    keywords ``plan_id=`` (resume a pending call) and ``intent=`` (the plan's intent) belong
+    to the governed call, so the function may not have parameters of those names; it may
+    not be a method either (govern a module-level function and call it from the method).
+
     Args:
         proctor: A ``Proctor`` (in process) or a ``ProctorClient`` (over HTTP).
-        action: The catalog action; default the function's module-qualified name.
+        action: The catalog action; default the function's module-qualified name,
+            lower-cased (``tools.refund``), or its bare name in a script (``__main__``).
         agent_id: Who calls (the actor of each plan).
         on_behalf_of: For whom.
         model_version: The agent's model version, for the audit log.
@@ -124,23 +232,28 @@ def governed(
         baselines: Its five-axis baselines (default all 1).
         params_schema: Its params' JSON Schema.
         **spec: Other ``Proctor.action`` options (``reversible``, ``compensate``, ...).
+
+    Raises:
+        ConfigError: at decoration, for a method, a parameter named ``plan_id`` or
+            ``intent``, or (in process) an invalid action name.
     """
     governor = Governor(
         proctor, agent_id=agent_id, on_behalf_of=on_behalf_of, model_version=model_version
     )
 
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
-        name = action or f"{fn.__module__.split('.')[-1]}.{fn.__name__}".lower()
+        signature = inspect.signature(fn)
+        _check_signature(fn, signature)
+        name = action or _default_action(fn)
         governor.register(
             name,
-            fn,
+            _handler(fn, signature),
             category=category,
             baselines=baselines,
             params_schema=params_schema,
             **spec,
         )
 
-        signature = inspect.signature(fn)
         # Every parameter named, none left to a default: the keyword arguments are the
         # params as they are (binding costs ~10 µs a call; this check well under one).
         plain = all(
@@ -149,14 +262,55 @@ def governed(
         )
         names = signature.parameters.keys()
 
+        def params_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+            if plain and not args and kwargs.keys() == names:
+                return kwargs
+            return _params(signature, args, kwargs)
+
+        def resumed(plan_id: str) -> ToolOutcome:
+            # A plan id is only an answer for this function's own calls: the plan of another
+            # action, agent or user must not come back as this tool's result. Unknown and
+            # foreign ids fail alike, so the error does not say which plans exist.
+            owner: tuple[object, object, list[object]] | None
+            try:
+                if isinstance(governor.proctor, Proctor):
+                    rec = governor.proctor.get(plan_id)
+                    owner = (rec.agent_id, rec.on_behalf_of, [s.action for s in rec.steps])
+                else:
+                    doc = governor.proctor.get(plan_id)
+                    steps = doc.get("steps") or []
+                    owner = (
+                        doc.get("agent_id"),
+                        doc.get("on_behalf_of"),
+                        [s.get("action") for s in steps],
+                    )
+            except NotFoundError:
+                owner = None
+            if owner != (agent_id, on_behalf_of, [name]):
+                raise NotFoundError(
+                    f"no call of {name} by {agent_id} for {on_behalf_of} has plan id {plan_id!r}",
+                    field="plan_id",
+                )
+            return governor.outcome(plan_id)
+
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def acall(
+                *args: Any, plan_id: str | None = None, intent: str = "", **kwargs: Any
+            ) -> Any:
+                if plan_id is not None:
+                    return raise_for_outcome(await asyncio.to_thread(resumed, plan_id))
+                params = params_of(args, kwargs)
+                return raise_for_outcome(await governor.acall(name, params, intent=intent))
+
+            return acall
+
         @functools.wraps(fn)
         def call(*args: Any, plan_id: str | None = None, intent: str = "", **kwargs: Any) -> Any:
             if plan_id is not None:
-                return raise_for_outcome(governor.outcome(plan_id))
-            if plain and not args and kwargs.keys() == names:
-                params = kwargs
-            else:
-                params = _params(signature, args, kwargs)
+                return raise_for_outcome(resumed(plan_id))
+            params = params_of(args, kwargs)
             return raise_for_outcome(governor.call(name, params, intent=intent))
 
         return call
