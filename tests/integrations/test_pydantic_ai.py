@@ -4,13 +4,16 @@ process and over HTTP; approvals use pydantic-ai's deferred-tool flow."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import enum
 import json
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
 pytest.importorskip("pydantic_ai", reason="the pydantic-ai extra is not installed")
 
+from pydantic import BaseModel
 from pydantic_ai import Agent, DeferredToolRequests, DeferredToolResults, ToolApproved
 from pydantic_ai.messages import (
     ModelMessage,
@@ -21,6 +24,7 @@ from pydantic_ai.messages import (
 )
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai.models.test import TestModel
+from pydantic_core import core_schema
 
 from proctor.integrations.pydantic_ai import ProctorToolset
 
@@ -281,3 +285,134 @@ class TestOverHttp:
         assert json.loads(second.output)["refunded"] == 66
         assert served.calls("h4") == [(66, "h4")]
         served.assert_audited(meta["plan_id"], "confirmation.granted", "step.succeeded")
+
+
+class Item(BaseModel):
+    sku: str
+    qty: int
+
+
+class Speed(enum.Enum):
+    slow = "slow"
+    fast = "fast"
+
+
+class Opaque:
+    """A parameter type pydantic validates (from a string) but cannot write as JSON."""
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
+        return core_schema.no_info_after_validator_function(cls, core_schema.str_schema())
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, schema: Any, handler: Any) -> Any:
+        return {"type": "string"}
+
+
+TYPED: list[tuple[Any, ...]] = []
+
+
+def ship(amount: int, item: Item, when: dt.date, speed: Speed = Speed.slow) -> str:
+    """Ship an item."""
+    TYPED.append((amount, item, when, speed))
+    return f"{item.qty} x {item.sku} on {when.isoformat()} ({speed.value}) for {amount}"
+
+
+def calling(tool: str, args: dict[str, Any]) -> FunctionModel:
+    """Asks for one call of ``tool``; then answers with every tool result it read."""
+
+    def respond(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        returns = [
+            p
+            for m in messages
+            for p in getattr(m, "parts", [])
+            if isinstance(p, ToolReturnPart) or p.part_kind == "retry-prompt"
+        ]
+        if not returns:
+            return ModelResponse(parts=[ToolCallPart(tool, args, tool_call_id="call_typed")])
+        return ModelResponse(parts=[TextPart(" | ".join(p.model_response_str() for p in returns))])
+
+    return FunctionModel(respond)
+
+
+class TestTypedArguments:
+    """Tools whose parameters are models, dates and enums: the plan holds their JSON form, and
+    the function gets the typed values, as it would without Proctor."""
+
+    ARGS: ClassVar[dict[str, Any]] = {
+        "item": {"sku": "A", "qty": 2},
+        "when": "2026-01-02",
+        "speed": "fast",
+    }
+
+    @pytest.fixture(autouse=True)
+    def _reset_typed(self):
+        TYPED.clear()
+
+    def test_execute_gets_typed_values(self, proctor):
+        ts = ProctorToolset.of(proctor, [ship], agent_id="bot", on_behalf_of="alice")
+
+        result = go(agent(calling("ship", {"amount": 5, **self.ARGS}), ts).run("ship"))
+
+        assert result.output == "2 x A on 2026-01-02 (fast) for 5"
+        assert [(5, Item(sku="A", qty=2), dt.date(2026, 1, 2), Speed.fast)] == TYPED
+        (plan,) = proctor.plans()
+        assert plan.steps[0].params == {"amount": 5, **self.ARGS}
+
+    def test_an_approved_call_runs_with_typed_values_from_the_plan(self, proctor):
+        """After an approval, the handler reads the plan's JSON params back into the
+        function's types (the default enum value included)."""
+        ts = ProctorToolset.of(proctor, [ship], agent_id="bot", on_behalf_of="alice")
+        args = {"amount": 500, "item": {"sku": "B", "qty": 1}, "when": "2026-03-04"}
+        a = agent(calling("ship", args), ts)
+
+        first = go(a.run("ship"))
+        (part,) = first.output.approvals
+        plan_id = first.output.metadata[part.tool_call_id]["plan_id"]
+        assert proctor.get(plan_id).steps[0].params == {**args, "speed": "slow"}
+        assert TYPED == []
+
+        proctor.approve(plan_id, "fiona", roles=["finance"])
+        second = go(
+            a.run(
+                message_history=first.all_messages(),
+                deferred_tool_results=go(ts.results(first.output)),
+            )
+        )
+
+        assert second.output == "1 x B on 2026-03-04 (slow) for 500"
+        assert [(500, Item(sku="B", qty=1), dt.date(2026, 3, 4), Speed.slow)] == TYPED
+
+    def test_a_single_model_argument_positional_only_and_async(self, proctor):
+        async def restock(item: Item, /) -> dict[str, Any]:
+            """Restock an item."""
+            TYPED.append((item,))
+            return {"restocked": item.sku, "qty": item.qty}
+
+        ts = ProctorToolset.of(proctor, [restock], agent_id="bot", on_behalf_of="alice")
+
+        result = go(agent(calling("restock", {"sku": "C", "qty": 3}), ts).run("restock"))
+
+        assert json.loads(result.output) == {"restocked": "C", "qty": 3}
+        assert [(Item(sku="C", qty=3),)] == TYPED
+
+    def test_arguments_that_cannot_be_json_are_a_tool_error(self, proctor):
+        """A validated argument with no JSON form cannot be a plan: the model reads a tool
+        error, nothing is submitted and nothing runs."""
+
+        def tag(label: Opaque) -> str:
+            """Tag something."""
+            TYPED.append((label,))
+            return label.value
+
+        ts = ProctorToolset.of(proctor, [tag], agent_id="bot", on_behalf_of="alice")
+
+        result = go(agent(calling("tag", {"label": "x"}), ts).run("tag"))
+
+        assert "tag was rejected by Proctor (invalid arguments)" in result.output
+        assert "cannot be written as JSON" in result.output
+        assert TYPED == []
+        assert proctor.plans() == []

@@ -26,6 +26,7 @@ Requires the ``pydantic-ai`` extra (``pip install 'proctor[pydantic-ai]'``).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +49,7 @@ try:
     from pydantic_ai.messages import ModelResponse, ToolCallPart
     from pydantic_ai.tools import ToolApproved
     from pydantic_ai.toolsets import ToolsetTool, WrapperToolset
+    from pydantic_core import PydanticSerializationError, to_jsonable_python
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependencyError(
         "the pydantic-ai integration needs pydantic-ai-slim",
@@ -67,6 +69,58 @@ def _scope(ctx: RunContext[Any]) -> str | None:
         ):
             return message.timestamp.isoformat()
     return None
+
+
+def _single_arg(schema: Any) -> str | None:
+    """The parameter of a function tool whose one argument is model-like, else None.
+
+    Such a tool's JSON schema is the model's own; its validated arguments are ``{name: model}``.
+    """
+    name = getattr(schema, "single_arg_name", None)
+    return name if isinstance(name, str) else None
+
+
+def _runner(tool: Tool[Any]) -> Callable[..., Any]:
+    """The tool's function as an action handler: called with the plan's params (JSON).
+
+    A plan's params are the JSON form of the arguments pydantic-ai validated, so they are
+    validated again by the tool's own schema first: the function gets its typed values (a
+    model, a date, an enum), as it would outside Proctor, and positional-only parameters
+    by position.
+    """
+    schema = tool.function_schema
+    # ``revalidate`` reads aliased parameters by name too (pydantic-ai's own path for
+    # arguments that crossed a boundary as JSON).
+    revalidate = getattr(schema, "revalidate", None) or schema.validator.validate_python
+    single = _single_arg(schema)
+    positional = list(getattr(schema, "positional_fields", ()))
+    var_positional = getattr(schema, "var_positional_field", None)
+
+    def arguments(params: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+        # A single model-like argument's params are the model's fields, as the model sent
+        # them (the tool's JSON schema is the model's): the validator reads that shape.
+        kwargs = dict(schema.validator.validate_python(params) if single else revalidate(params))
+        args = [kwargs.pop(name) for name in positional]
+        if var_positional:
+            args.extend(kwargs.pop(var_positional))
+        return args, kwargs
+
+    fn = schema.function
+    if schema.is_async:
+
+        @functools.wraps(fn)
+        async def run_async(**params: Any) -> Any:
+            args, kwargs = arguments(params)
+            return await fn(*args, **kwargs)
+
+        return run_async
+
+    @functools.wraps(fn)
+    def run(**params: Any) -> Any:
+        args, kwargs = arguments(params)
+        return fn(*args, **kwargs)
+
+    return run
 
 
 @dataclass
@@ -90,7 +144,7 @@ class ProctorToolset(WrapperToolset[Any]):
         # action must already be in the catalog (``Governor.register`` says so otherwise).
         if isinstance(self.wrapped, FunctionToolset):
             for name, tool in self.wrapped.tools.items():
-                fn = None if tool.takes_ctx else tool.function
+                fn = None if tool.takes_ctx else _runner(tool)
                 spec = dict(self.specs.get(name, {}))
                 spec.setdefault("params_schema", tool.tool_def.parameters_json_schema)
                 spec.setdefault("summary", (tool.description or name).strip().splitlines()[0])
@@ -148,9 +202,10 @@ class ProctorToolset(WrapperToolset[Any]):
     ) -> Any:
         """Submit the call to Proctor; return, defer or fail as it decided."""
         action = self.action_for(name)
+        params = self._params(action, name, tool_args, tool)
         try:
             outcome = await self.governor.acall(
-                action, tool_args, call_id=ctx.tool_call_id, scope=_scope(ctx)
+                action, params, call_id=ctx.tool_call_id, scope=_scope(ctx)
             )
         except InvalidRequestError as exc:
             raise ToolFailed(invalid_call_message(action, exc)) from exc
@@ -164,6 +219,40 @@ class ProctorToolset(WrapperToolset[Any]):
                 raise ApprovalRequired(metadata=outcome.to_json())
             case "denied" | "failed":
                 raise ToolFailed(outcome.message())
+
+    def _params(
+        self, action: str, name: str, tool_args: dict[str, Any], tool: ToolsetTool[Any]
+    ) -> dict[str, Any]:
+        """A call's plan params: the JSON form of the arguments pydantic-ai validated.
+
+        pydantic-ai hands over typed values (models, dates, enums); the plan carries their
+        JSON form (by alias, as the tool's JSON schema names them), and the handler validates
+        it back into the function's types. A function tool whose one argument is a model has
+        the model's fields as params, the shape of its schema and of the model's call.
+
+        Raises:
+            ToolFailed: the arguments have no JSON form (nothing is submitted, nothing runs).
+        """
+        single = None
+        if isinstance(self.wrapped, FunctionToolset):
+            source = self.wrapped.tools.get(name)
+            if source is not None and tool.args_validator is source.function_schema.validator:
+                single = _single_arg(source.function_schema)
+        try:
+            params = to_jsonable_python(tool_args, by_alias=True)
+        except PydanticSerializationError as exc:
+            # Not JSON, so not a plan Proctor could decide or record: fail closed.
+            raise ToolFailed(
+                f"{action} was rejected by Proctor (invalid arguments): "
+                f"they cannot be written as JSON: {exc}"
+            ) from exc
+        if single is not None:
+            params = params.get(single) if isinstance(params, dict) else None
+        if not isinstance(params, dict):
+            raise ToolFailed(
+                f"{action} was rejected by Proctor (invalid arguments): they are not a JSON object"
+            )
+        return params
 
     async def results(self, requests: DeferredToolRequests) -> DeferredToolResults:
         """The deferred results of the approvals Proctor decided (still-waiting ones omitted).
