@@ -132,6 +132,7 @@ def home(cli, tmp_path: Path, roots: Path) -> Path:
                 "mcp.flaky.garbage",
                 "mcp.flaky.malformed",
                 "mcp.flaky.numbers",
+                "mcp.flaky.slow",
             ],
             "confirm": ["mcp.everything.echo"],
         }

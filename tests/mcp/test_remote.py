@@ -206,6 +206,68 @@ def test_calls_are_decided_by_the_server_and_their_outcomes_recorded_there(
     assert cli("audit", "verify", home=served.home).code == 0
 
 
+def test_a_cancelled_call_does_not_cancel_an_identical_one_that_shares_its_forward(
+    cli, proctor_exe, served, kit
+):
+    """Two identical calls at once share one plan and one forward; the client cancels the
+    first: the second still gets the upstream's result, and the server records a success.
+
+    Regression: the forward ran in the first request's task, so its cancellation reported
+    "cancelled by the client" for the plan, and the second caller got a tool error.
+    """
+    config = kit.write_config(
+        served.home,
+        "slow.json",
+        {
+            "flaky": {
+                "command": sys.executable,
+                "args": [str(FLAKY)],
+                "env": {"FLAKY_EXTRA": "slow"},
+            }
+        },
+    )
+
+    async def go():
+        async with (
+            stdio_client(remote_proxy(proctor_exe, served, config, kit)) as (r, w),
+            ClientSession(r, w) as s,
+        ):
+            await s.initialize()
+            out: dict[str, types.CallToolResult] = {}
+            seen: list[float] = []  # the second's progress
+
+            async def ignored(value: float, total: float | None, message: str | None) -> None:
+                pass
+
+            async def got(value: float, total: float | None, message: str | None) -> None:
+                seen.append(value)
+
+            async def first() -> None:
+                with anyio.move_on_after(1.2):
+                    out["first"] = await s.call_tool("slow", {"n": 25}, progress_callback=ignored)
+
+            async def second() -> None:
+                await anyio.sleep(0.4)
+                out["second"] = await s.call_tool("slow", {"n": 25}, progress_callback=got)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(first)
+                tg.start_soon(second)
+            return out, seen
+
+    out, seen = anyio.run(go)
+
+    assert "first" not in out
+    second = out["second"]
+    assert not second.is_error, text(second)
+    assert text(second) == "slow done"
+    assert second.structured_content == {"ratio": 0.25, "big": 1.5e300, "tenths": 25}
+    assert seen and seen[-1] == 25  # the shared call's progress, to its end
+    (plan_id,) = plan_id_of(cli, served, "mcp.flaky.slow")  # one plan, one forward
+    kinds = [e["type"] for e in plan_events(cli, served, plan_id)]
+    assert kinds[-3:] == ["step.started", "step.succeeded", "plan.finished"], kinds
+
+
 def test_an_approval_given_remotely_lets_the_retry_run_once(
     cli, proctor_exe, served, roots, config, kit
 ):

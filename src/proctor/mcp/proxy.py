@@ -19,9 +19,11 @@ lookup, submit; confirm or resume later) runs under the executor's ``deferred()`
 that is to run comes back started and recorded, and the proxy makes its upstream call in the
 event loop, then hands the outcome to ``Executor.complete`` (``_drive``). The synchronous
 parts run in the event loop itself when no other call is in progress (a thread hop costs
-more than they block), else in a thread of the proxy's pool. A client's cancellation cancels
-the upstream call (the step fails, "cancelled by the client"); its progress notifications
-are relayed. Steps run by the executor's own threads (a resumed plan) reach the event loop
+more than they block), else in a thread of the proxy's pool. The upstream call runs in a
+task of its own, which every identical request at the same moment awaits (they share the
+plan, ``_drive``): each gets the upstream's own result and its progress notifications, and
+the call is cancelled (the step fails, "cancelled by the client") only when every one of
+them was. Steps run by the executor's own threads (a resumed plan) reach the event loop
 through ``McpTools``.
 
 Everything else — resources (list, templates, read, subscribe), prompts, completions,
@@ -46,7 +48,7 @@ import contextvars
 import dataclasses
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from typing import Any, TypeVar
@@ -65,7 +67,7 @@ from proctor.core.catalog import ActionSpec
 from proctor.core.lifecycle import PlanRecord, PlanStatus
 from proctor.core.ports import ToolCall
 from proctor.errors import InvalidRequestError, ProctorError
-from proctor.mcp.calls import _client_name, _Flight, _flight_of, _key_of
+from proctor.mcp.calls import _client_name, _Flight, _flight_of, _Group, _key_of
 from proctor.mcp.config import UpstreamConfig, load_config
 from proctor.mcp.errors import tool_error, tool_error_text
 from proctor.mcp.governance import (
@@ -188,7 +190,9 @@ class McpProxy:
         self.passthrough = PassThrough(
             self.upstreams, timeout=passthrough_timeout, max_clients=_MAX_CLIENTS
         )
-        self._flights: dict[str, _Flight] = {}  # call key -> the call in progress
+        self._flights: dict[str, _Group] = {}  # call key -> the requests in progress on it
+        # The tasks making upstream calls that requests share (_share), each with its scope.
+        self._runs: dict[asyncio.Future[Any], anyio.CancelScope] = {}
         self._active = 0  # tools/call requests in progress
         # The governance of calls made while others are in progress (the upstream calls
         # themselves run in the event loop), list filtering, approval polls.
@@ -223,6 +227,8 @@ class McpProxy:
             await tg.start(up.run)
             self.upstreams[config.name] = up
         await self.refresh_tools()
+        # First on the way out: the shared calls end (recorded) while upstreams and pool live.
+        stack.push_async_callback(self._stop_runs)
 
     def _start(self) -> None:
         """In the event loop, before any upstream starts: let steps reach the loop."""
@@ -390,9 +396,17 @@ class McpProxy:
         log.warning("an upstream tool's inputSchema is not usable, not validated here: %s", message)
 
     async def _forward(
-        self, server: str, tool: str, arguments: dict[str, Any], call: ToolCall
+        self,
+        server: str,
+        tool: str,
+        arguments: dict[str, Any],
+        call: ToolCall,
+        group: _Group | None = None,
     ) -> types.CallToolResult:
         """Call the upstream (in the event loop, for ``McpTools`` in a gateway thread).
+
+        ``group``: the requests the call is made for (default: those in progress on the
+        plan's call key, if any).
 
         Raises:
             TimeoutError: past the action's timeout (else the gateway's step timeout).
@@ -400,11 +414,12 @@ class McpProxy:
             RuntimeError: the client cancelled the call.
         """
         limit = self._call_timeout(server, tool)
-        key = _key_of(call.plan_id)
-        flight = self._flights.get(key) or _Flight()
+        if group is None:  # McpTools; no group: a plan the executor resumed by itself
+            group = self._flights.get(_key_of(call.plan_id)) or _Group()
+        progress = group.progress if group.wants_progress else None
         scope = anyio.CancelScope()
-        flight.scopes.add(scope)
-        if flight.cancelled:
+        group.scopes.add(scope)
+        if group.abandoned:
             scope.cancel()
         try:
             with scope:
@@ -413,20 +428,21 @@ class McpProxy:
                 with anyio.fail_after(limit):
                     result: types.CallToolResult = await self.upstreams[server].request(
                         lambda s: s.call_tool(
-                            tool, arguments, progress_callback=flight.progress, meta=flight.meta
+                            tool, arguments, progress_callback=progress, meta=group.meta
                         )
                     )
                     return result
         except anyio.get_cancelled_exc_class():
             # NOTE(mcp): the SDK re-raises the cancellation after its shielded courtesy
             # cancel to the upstream, and the scope then does not count it as caught. This
-            # task exists only for this call (McpTools started it), so the cancellation the
-            # client asked for becomes the step's failure; any other one propagates.
-            if flight.cancelled:
+            # task exists only for this call (_share or McpTools started it), so the
+            # cancellation the clients asked for becomes the step's failure; any other one
+            # (the proxy stopping) propagates.
+            if group.abandoned:
                 raise RuntimeError("cancelled by the client") from None
             raise
         finally:
-            flight.scopes.discard(scope)
+            group.scopes.discard(scope)
         raise RuntimeError("cancelled by the client")
 
     def _call_timeout(self, server: str, tool: str) -> float:
@@ -505,6 +521,7 @@ class McpProxy:
         action = self._action(server, tool.name)
         flight, traceparent = _flight_of(ctx, params)
         key = call_key(self.agent_id, client, action, arguments)
+        group = self._join(key, flight)
         build = functools.partial(
             manifest,
             agent_id=self.agent_id,
@@ -514,7 +531,6 @@ class McpProxy:
             tool=tool.name,
             arguments=arguments,
         )
-        self._flights[key] = flight
         self._active += 1
         try:
             try:
@@ -522,19 +538,32 @@ class McpProxy:
                     functools.partial(self._govern, key, build, traceparent),
                     inline=self._inline(action),
                 )
-                rec, raw = await self._drive(rec)
+                rec, raw = await self._drive(rec, group)
             except ProctorError as exc:  # refused (bad arguments, ...): audited by the gateway
                 return tool_error(tool_error_text(exc))
-            return await self._settle(ctx, rec, raw)
+            return await self._settle(ctx, rec, raw, group)
         except anyio.get_cancelled_exc_class():
-            # The client cancelled: an upstream call made for this one by the executor's
-            # own threads (McpTools, a resumed plan) stops too; _drive's is cancelled already.
-            flight.cancel()
+            # The client cancelled: the upstream call for this request (made by _drive's
+            # task, or by the executor's own threads through McpTools) stops too, unless an
+            # identical request that shares it still waits.
+            group.cancel(flight)
             raise
         finally:
             self._active -= 1
-            if self._flights.get(key) is flight:
-                del self._flights[key]
+            self._leave(key, group, flight)
+
+    def _join(self, key: str, flight: _Flight) -> _Group:
+        """Add a request to the group of those in progress on call ``key``."""
+        group = self._flights.get(key)
+        if group is None:
+            group = self._flights[key] = _Group()
+        group.join(flight)
+        return group
+
+    def _leave(self, key: str, group: _Group, flight: _Flight) -> None:
+        group.flights.remove(flight)
+        if not group.flights and self._flights.get(key) is group:
+            del self._flights[key]
 
     def _govern(
         self, key: str, build: Callable[..., dict[str, Any]], traceparent: str | None
@@ -576,7 +605,7 @@ class McpProxy:
         """Run a synchronous governance step under the executor's ``deferred()``, to its end.
 
         A step it starts comes back running for ``_drive``. Shielded: a plan started here
-        must reach ``_drive``, which sees the client's cancellation and records it.
+        must reach ``_drive``, whose task makes its call (or records its cancellation).
         """
         executor = self.proctor.gateway.executor
 
@@ -588,12 +617,57 @@ class McpProxy:
             return deferred()
         return await self._recorded(deferred)
 
-    async def _drive(self, rec: PlanRecord) -> tuple[PlanRecord, types.CallToolResult | None]:
-        """Make the calls of a plan started here, in the event loop; record each outcome.
+    async def _drive(
+        self, rec: PlanRecord, group: _Group
+    ) -> tuple[PlanRecord, types.CallToolResult | None]:
+        """Make the calls of a plan started here, or wait for those another request makes.
+
+        The calls run in a task of their own, which every request on the plan (``group``:
+        identical calls at the same moment share a plan) awaits: the client's cancellation
+        of one request ends its wait, not the calls (``_Group.cancel``).
 
         Returns:
             The plan as it ends here, and the upstream's last result (None if none).
         """
+        run = group.runs.get(rec.plan_id)
+        if run is None:
+            if rec.status is not PlanStatus.RUNNING or not self.proctor.gateway.executor.owns(rec):
+                return rec, None
+            run = self._share(functools.partial(self._steps, rec, group))
+            group.runs[rec.plan_id] = run
+        result: tuple[PlanRecord, types.CallToolResult | None] = await asyncio.shield(run)
+        return result
+
+    def _share(self, make: Callable[[], Awaitable[_T]]) -> asyncio.Future[_T]:
+        """Start ``make()`` in a task of its own, cancelled only when the proxy stops."""
+        scope = anyio.CancelScope()
+
+        async def run() -> _T:
+            with scope:
+                return await make()
+            raise RuntimeError("cancelled: the MCP proxy stopped")
+
+        task = asyncio.ensure_future(run())
+        self._runs[task] = scope
+        task.add_done_callback(self._ran)
+        return task
+
+    def _ran(self, task: asyncio.Future[Any]) -> None:
+        self._runs.pop(task, None)
+        if not task.cancelled():
+            task.exception()  # retrieved: a task nobody waits for any more is not an error
+
+    async def _stop_runs(self) -> None:
+        """Cancel the shared calls still in progress, and wait (a while) for their records."""
+        for scope in list(self._runs.values()):
+            scope.cancel()
+        with anyio.move_on_after(10):
+            await asyncio.gather(*self._runs, return_exceptions=True)
+
+    async def _steps(
+        self, rec: PlanRecord, group: _Group
+    ) -> tuple[PlanRecord, types.CallToolResult | None]:
+        """Make the calls of a plan started here, in the event loop; record each outcome."""
         executor = self.proctor.gateway.executor
         raw: types.CallToolResult | None = None
         while rec.status is PlanStatus.RUNNING and executor.owns(rec):
@@ -603,10 +677,12 @@ class McpProxy:
                 return await self._in_thread(
                     functools.partial(self.proctor.gateway.get, rec.plan_id)
                 ), raw
-            rec, raw = await self._make(pending)
+            rec, raw = await self._make(pending, group)
         return rec, raw
 
-    async def _make(self, pending: StepCall) -> tuple[PlanRecord, types.CallToolResult | None]:
+    async def _make(
+        self, pending: StepCall, group: _Group
+    ) -> tuple[PlanRecord, types.CallToolResult | None]:
         """Make one step's call and record its outcome (the masked result, or the error)."""
         complete = self.proctor.gateway.executor.complete
         target = self._targets.get(pending.handler)
@@ -620,10 +696,10 @@ class McpProxy:
             with self.proctor.gateway.telemetry.stage(
                 "step", action=step.action, step=step.step_id
             ):
-                raw = await self._forward(server, tool, arguments, pending.call)
-        except anyio.get_cancelled_exc_class():
-            cancelled = RuntimeError("cancelled by the client")
-            await self._recorded(functools.partial(complete, pending, error=cancelled))
+                raw = await self._forward(server, tool, arguments, pending.call, group)
+        except anyio.get_cancelled_exc_class():  # the proxy stops (_stop_runs)
+            stopped = RuntimeError("cancelled: the MCP proxy stopped")
+            await self._recorded(functools.partial(complete, pending, error=stopped))
             raise
         except Exception as exc:  # noqa: BLE001 - the step failed: recorded as such
             return await self._recorded(functools.partial(complete, pending, error=exc)), None
@@ -690,11 +766,11 @@ class McpProxy:
         return result
 
     async def _settle(
-        self, ctx: Any, rec: PlanRecord, raw: types.CallToolResult | None
+        self, ctx: Any, rec: PlanRecord, raw: types.CallToolResult | None, group: _Group
     ) -> types.CallToolResult:
         gw = self.proctor.gateway
         if rec.status is PlanStatus.AWAITING_CONFIRMATION:
-            rec, raw = await self._drive(await self._confirm(ctx, rec))
+            rec, raw = await self._drive(await self._confirm(ctx, rec), group)
         deadline = anyio.current_time() + self.approval_wait
         while rec.status is PlanStatus.AWAITING_APPROVAL and anyio.current_time() < deadline:
             await anyio.sleep(min(0.2, max(0.0, deadline - anyio.current_time())))
@@ -704,9 +780,9 @@ class McpProxy:
                     queued = await self._governed(functools.partial(self._run_queued, rec))
                 except ProctorError as exc:  # sandbox mode: not run
                     return tool_error(tool_error_text(exc))
-                rec, raw = await self._drive(queued)
-        # Running under another owner: an identical call at the same moment (one plan for
-        # both), or another proxy on this home. Wait for its end rather than answer "running".
+                rec, raw = await self._drive(queued, group)
+        # Running under another owner: the executor's own threads (a canary, a resumed plan),
+        # or another proxy on this home. Wait for its end rather than answer "running".
         # A plan a guard holds (its claim was stopped) has no owner: nothing ends until the
         # guard allows it, so the client is told at once (as a remote proxy is: /v1/mcp/calls).
         deadline = anyio.current_time() + self._step_timeout() + 5.0
@@ -716,12 +792,19 @@ class McpProxy:
                 return tool_error(tool_error_text(not_run_now(rec.plan_id, reason)))
             await anyio.sleep(0.05)
             rec = await self._in_thread(functools.partial(gw.get, rec.plan_id))
-        return self._answer(rec, raw)
+        return self._answer(rec, raw, group)
 
-    def _answer(self, rec: PlanRecord, raw: types.CallToolResult | None) -> types.CallToolResult:
+    def _answer(
+        self, rec: PlanRecord, raw: types.CallToolResult | None, group: _Group
+    ) -> types.CallToolResult:
         """The client's answer for a plan as it stands (``raw``: the upstream's, if called)."""
         step = rec.steps[0]
-        kept = self.mcp_tools.take_result(f"{rec.plan_id}:{step.step_id}")  # run by McpTools
+        # Run by McpTools: the result is handed over once, then kept for the group's others.
+        kept = group.results.get(rec.plan_id)
+        if kept is None:
+            kept = self.mcp_tools.take_result(f"{rec.plan_id}:{step.step_id}")
+            if kept is not None:
+                group.results[rec.plan_id] = kept
         raw = raw if raw is not None else kept
         if rec.status is PlanStatus.SUCCEEDED:
             if raw is not None:

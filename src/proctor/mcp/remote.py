@@ -30,11 +30,12 @@ report). One proxy runs identical concurrent calls once.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
 import logging
 from collections import OrderedDict
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -46,7 +47,7 @@ from mcp.shared.exceptions import MCPError
 from proctor.client import error_from_response
 from proctor.core.ports import ToolCall
 from proctor.errors import ConflictError, ProctorError, StorageError
-from proctor.mcp.calls import _client_name, _Flight, _flight_of, _key_of
+from proctor.mcp.calls import _client_name, _Flight, _flight_of, _Group, _key_of
 from proctor.mcp.config import UpstreamConfig
 from proctor.mcp.errors import TOOL_ERROR_PREFIX, tool_error, tool_error_text
 from proctor.mcp.governance import action_name
@@ -65,15 +66,6 @@ _MAX_RESULT = 64 * 1024  # as proctor.app's bounded(): the log keeps a result th
 
 class ServerUnreachableError(StorageError):
     """The Proctor server did not answer (refused, timed out, reset)."""
-
-
-@dataclass(slots=True)
-class _Run:
-    """A forward in progress: identical concurrent calls wait for it and share its answer."""
-
-    done: anyio.Event = field(default_factory=anyio.Event)
-    plan: dict[str, Any] | None = None
-    raw: types.CallToolResult | None = None
 
 
 class _Api:
@@ -187,7 +179,6 @@ class RemoteMcpProxy(McpProxy):
         self.api = _Api(server_url, token, timeout=request_timeout)
         self.call_timeout = call_timeout
         self._docs: dict[tuple[str, str], dict[str, Any]] = {}  # (server, tool) -> its doc
-        self._runs: dict[str, _Run] = {}  # plan id -> its forward in progress
         self._timeouts: dict[tuple[str, str], float] = {}  # (server, tool) -> the server's
         # Forwarded calls whose outcome the server has not recorded yet: plan id -> (the
         # upstream's result, the report). A retry of the call re-sends the report.
@@ -393,13 +384,40 @@ class RemoteMcpProxy(McpProxy):
         if kept is not None:  # forwarded before, never recorded: report, do not call again
             reported = await self._report(plan_id, step_id, kept[1], kept[0], traceparent)
             return reported or plan, kept[0]
-        running = self._runs.get(plan_id)
-        if running is not None:
-            await running.done.wait()
-            return running.plan or plan, running.raw
-        run = self._runs[plan_id] = _Run()
+        # Identical calls at the same moment share the forward (and its report): it runs in
+        # a task of its own, which each awaits; a client's cancellation ends its own wait,
+        # and the forward's only when no other request waits for it (_Group.cancel).
         key = _key_of(plan_id)
-        self._flights[key] = flight
+        group = self._join(key, flight)
+        try:
+            run = group.runs.get(plan_id)
+            if run is None:
+                forward = functools.partial(
+                    self._forward_here, plan, server, tool, arguments, group, traceparent
+                )
+                run = group.runs[plan_id] = self._share(forward)
+            try:
+                done: tuple[dict[str, Any], types.CallToolResult | None]
+                done = await asyncio.shield(run)
+            except anyio.get_cancelled_exc_class():
+                group.cancel(flight)
+                raise
+            return done
+        finally:
+            self._leave(key, group, flight)
+
+    async def _forward_here(
+        self,
+        plan: dict[str, Any],
+        server: str,
+        tool: str,
+        arguments: dict[str, Any],
+        group: _Group,
+        traceparent: str | None,
+    ) -> tuple[dict[str, Any], types.CallToolResult | None]:
+        """Forward the call of a queued plan for the requests of ``group``; report it."""
+        plan_id = plan["plan_id"]
+        step_id = plan["steps"][0]["id"]
         call = ToolCall(
             plan_id=plan_id,
             step_id=step_id,
@@ -409,31 +427,27 @@ class RemoteMcpProxy(McpProxy):
         )
         raw: types.CallToolResult | None = None
         try:
-            try:
-                raw = await self._forward(server, tool, arguments, call)
-            except anyio.get_cancelled_exc_class():
-                with anyio.CancelScope(shield=True):
-                    cancelled = {"error": "cancelled by the client"}
-                    await self._report(plan_id, step_id, cancelled, None, traceparent)
-                raise
-            except Exception as exc:  # noqa: BLE001 - the step failed: recorded as such
-                report: dict[str, Any] = {"error": f"{type(exc).__name__}: {exc}"[:4000]}
-            else:
-                if raw.is_error:
-                    report = {"error": f"the upstream tool failed: {text_of(raw)[:400]}"}
-                else:
-                    config = self.configs.get(server)
-                    masks = config.mask_result if config else ()
-                    report = {"result": _bounded(audit_document(raw, masks))}
+            raw = await self._forward(server, tool, arguments, call, group)
+        except anyio.get_cancelled_exc_class():  # the proxy stops (_stop_runs)
             with anyio.CancelScope(shield=True):
-                recorded = (await self._report(plan_id, step_id, report, raw, traceparent)) or plan
-            run.plan, run.raw = recorded, raw
-            return recorded, raw
-        finally:
-            if self._flights.get(key) is flight:
-                del self._flights[key]
-            run.done.set()
-            self._runs.pop(plan_id, None)
+                stopped = {"error": "cancelled: the MCP proxy stopped"}
+                await self._report(plan_id, step_id, stopped, None, traceparent)
+            raise
+        except Exception as exc:  # noqa: BLE001 - the step failed: recorded as such
+            if group.abandoned:  # every client that waited for it cancelled
+                report: dict[str, Any] = {"error": "cancelled by the client"}
+            else:
+                report = {"error": f"{type(exc).__name__}: {exc}"[:4000]}
+        else:
+            if raw.is_error:
+                report = {"error": f"the upstream tool failed: {text_of(raw)[:400]}"}
+            else:
+                config = self.configs.get(server)
+                masks = config.mask_result if config else ()
+                report = {"result": _bounded(audit_document(raw, masks))}
+        with anyio.CancelScope(shield=True):
+            recorded = (await self._report(plan_id, step_id, report, raw, traceparent)) or plan
+        return recorded, raw
 
     async def _report(
         self,

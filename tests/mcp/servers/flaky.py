@@ -7,7 +7,8 @@
 - ``malformed``: answers its request with a result that is not a CallToolResult, then hangs;
 - ``grow``: adds the tool ``extra`` and says so (``notifications/tools/list_changed``);
 - the tools named in ``$FLAKY_EXTRA`` (comma-separated): ``slow`` sleeps ``n`` tenths of a
-  second, reporting progress each tenth, then answers "slow done"; any other answers
+  second, reporting progress each tenth, then answers "slow done" with floats as structured
+  content (``{"ratio": 0.25, "big": 1.5e300, "tenths": n}``); any other answers
   "<tool> on <$FLAKY_NAME>" with the request's ``_meta`` keys as structured content.
 
 It lists its tools three per page.
@@ -53,7 +54,10 @@ async def call_tool(ctx, params):
         for i in range(tenths):
             await ctx.session.report_progress(i + 1, tenths, f"tenth {i + 1}")
             await anyio.sleep(0.1)
-        return text("slow done")
+        return types.CallToolResult(
+            content=[types.TextContent(type="text", text="slow done")],
+            structured_content={"ratio": 0.25, "big": 1.5e300, "tenths": tenths},
+        )
     if name in EXTRA:
         return types.CallToolResult(
             content=[
