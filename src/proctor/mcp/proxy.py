@@ -191,8 +191,9 @@ class McpProxy:
             self.upstreams, timeout=passthrough_timeout, max_clients=_MAX_CLIENTS
         )
         self._flights: dict[str, _Group] = {}  # call key -> the requests in progress on it
-        # The tasks making upstream calls that requests share (_share), each with its scope.
-        self._runs: dict[asyncio.Future[Any], anyio.CancelScope] = {}
+        # The tasks making upstream calls that requests share (_share), each with its group.
+        self._runs: dict[asyncio.Future[Any], _Group] = {}
+        self._stopping = False
         self._active = 0  # tools/call requests in progress
         # The governance of calls made while others are in progress (the upstream calls
         # themselves run in the event loop), list filtering, approval polls.
@@ -419,7 +420,7 @@ class McpProxy:
         progress = group.progress if group.wants_progress else None
         scope = anyio.CancelScope()
         group.scopes.add(scope)
-        if group.abandoned:
+        if group.abandoned or self._stopping:
             scope.cancel()
         try:
             with scope:
@@ -438,12 +439,18 @@ class McpProxy:
             # task exists only for this call (_share or McpTools started it), so the
             # cancellation the clients asked for becomes the step's failure; any other one
             # (the proxy stopping) propagates.
-            if group.abandoned:
-                raise RuntimeError("cancelled by the client") from None
+            if group.abandoned or self._stopping:
+                raise self._cancelled() from None
             raise
         finally:
             group.scopes.discard(scope)
-        raise RuntimeError("cancelled by the client")
+        raise self._cancelled()
+
+    def _cancelled(self) -> RuntimeError:
+        """Why an upstream call was cancelled: its clients, or the proxy stopping."""
+        if self._stopping:
+            return RuntimeError("cancelled: the MCP proxy stopped")
+        return RuntimeError("cancelled by the client")
 
     def _call_timeout(self, server: str, tool: str) -> float:
         """Seconds an upstream call may take: the action's timeout, else the step timeout."""
@@ -633,22 +640,15 @@ class McpProxy:
         if run is None:
             if rec.status is not PlanStatus.RUNNING or not self.proctor.gateway.executor.owns(rec):
                 return rec, None
-            run = self._share(functools.partial(self._steps, rec, group))
+            run = self._share(functools.partial(self._steps, rec, group), group)
             group.runs[rec.plan_id] = run
         result: tuple[PlanRecord, types.CallToolResult | None] = await asyncio.shield(run)
         return result
 
-    def _share(self, make: Callable[[], Awaitable[_T]]) -> asyncio.Future[_T]:
-        """Start ``make()`` in a task of its own, cancelled only when the proxy stops."""
-        scope = anyio.CancelScope()
-
-        async def run() -> _T:
-            with scope:
-                return await make()
-            raise RuntimeError("cancelled: the MCP proxy stopped")
-
-        task = asyncio.ensure_future(run())
-        self._runs[task] = scope
+    def _share(self, make: Callable[[], Awaitable[_T]], group: _Group) -> asyncio.Future[_T]:
+        """Start ``make()`` (the calls of ``group``) in a task of its own."""
+        task = asyncio.ensure_future(make())
+        self._runs[task] = group
         task.add_done_callback(self._ran)
         return task
 
@@ -658,9 +658,16 @@ class McpProxy:
             task.exception()  # retrieved: a task nobody waits for any more is not an error
 
     async def _stop_runs(self) -> None:
-        """Cancel the shared calls still in progress, and wait (a while) for their records."""
-        for scope in list(self._runs.values()):
-            scope.cancel()
+        """Cancel the shared calls still in progress, and wait (a while) for their records.
+
+        Through their groups' scopes, not ``Task.cancel``, which would break the shields
+        that let a step's outcome be recorded.
+        """
+        self._stopping = True
+        for group in list(self._runs.values()):
+            group.abandoned = True
+            for scope in list(group.scopes):
+                scope.cancel()
         with anyio.move_on_after(10):
             await asyncio.gather(*self._runs, return_exceptions=True)
 
@@ -697,7 +704,7 @@ class McpProxy:
                 "step", action=step.action, step=step.step_id
             ):
                 raw = await self._forward(server, tool, arguments, pending.call, group)
-        except anyio.get_cancelled_exc_class():  # the proxy stops (_stop_runs)
+        except anyio.get_cancelled_exc_class():  # the event loop is going away
             stopped = RuntimeError("cancelled: the MCP proxy stopped")
             await self._recorded(functools.partial(complete, pending, error=stopped))
             raise

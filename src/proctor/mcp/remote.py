@@ -395,7 +395,7 @@ class RemoteMcpProxy(McpProxy):
                 forward = functools.partial(
                     self._forward_here, plan, server, tool, arguments, group, traceparent
                 )
-                run = group.runs[plan_id] = self._share(forward)
+                run = group.runs[plan_id] = self._share(forward, group)
             try:
                 done: tuple[dict[str, Any], types.CallToolResult | None]
                 done = await asyncio.shield(run)
@@ -428,14 +428,14 @@ class RemoteMcpProxy(McpProxy):
         raw: types.CallToolResult | None = None
         try:
             raw = await self._forward(server, tool, arguments, call, group)
-        except anyio.get_cancelled_exc_class():  # the proxy stops (_stop_runs)
+        except anyio.get_cancelled_exc_class():  # the event loop is going away
             with anyio.CancelScope(shield=True):
                 stopped = {"error": "cancelled: the MCP proxy stopped"}
                 await self._report(plan_id, step_id, stopped, None, traceparent)
             raise
         except Exception as exc:  # noqa: BLE001 - the step failed: recorded as such
-            if group.abandoned:  # every client that waited for it cancelled
-                report: dict[str, Any] = {"error": "cancelled by the client"}
+            if group.abandoned:  # every client that waited cancelled, or the proxy stops
+                report: dict[str, Any] = {"error": str(exc)}
             else:
                 report = {"error": f"{type(exc).__name__}: {exc}"[:4000]}
         else:
