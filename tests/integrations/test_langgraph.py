@@ -19,6 +19,7 @@ from langgraph.graph import START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode, tools_condition
 from langgraph.types import Command
 
+from proctor.integrations._governor import LOW
 from proctor.integrations.langgraph import ProctorToolMiddleware, governed_tool_node
 
 from .conftest import assert_audited
@@ -364,3 +365,58 @@ def test_a_tool_the_catalog_lacks_over_http_is_a_tool_error(served):
     (msg,) = tool_messages(state)
     assert msg.status == "error"
     assert "unknown action" in msg.content and "wire_money" in msg.content
+
+
+def one_node_graph(tools: ToolNode):
+    """A graph that only runs ``tools`` on the messages it is given."""
+    g = StateGraph(MessagesState)
+    g.add_node("tools", tools)
+    g.add_edge(START, "tools")
+    return g.compile(checkpointer=InMemorySaver())
+
+
+def ask(graph, *calls: tuple[str, dict[str, Any]], thread: str = "t1") -> list[ToolMessage]:
+    """Run ``graph`` on one AI message asking for ``calls``; return its tool messages."""
+    message = AIMessage(
+        content="",
+        tool_calls=[
+            {"name": n, "args": a, "id": f"call_{i}_{n}"} for i, (n, a) in enumerate(calls)
+        ],
+    )
+    state = graph.invoke({"messages": [message]}, {"configurable": {"thread_id": thread}})
+    return tool_messages(state)
+
+
+class TestToolsTheNodeWasNotGiven:
+    @pytest.mark.parametrize("asynchronous", [False, True])
+    def test_a_catalog_action_or_an_unknown_name_is_not_a_valid_tool(self, proctor, asynchronous):
+        """Only the node's own tools are governed: a catalog action the agent was not given
+        (in any case) and a name nobody knows get ToolNode's own error; nothing is submitted
+        and nothing runs."""
+        wiped: list[Any] = []
+
+        @proctor.action("wipe_account", category="general", baselines=LOW)
+        def wipe(params, call):
+            wiped.append(params)
+            return {"wiped": params["customer"]}
+
+        graph = one_node_graph(node(proctor))
+        calls = [("wipe_account", {"customer": "c1"}), ("WIPE_ACCOUNT", {"customer": "c1"})]
+        calls += [("REFUND", {"amount": 5, "customer": "c1"}), ("nope", {})]
+        if asynchronous:
+            message = AIMessage(
+                content="",
+                tool_calls=[
+                    {"name": n, "args": a, "id": f"call_{i}"} for i, (n, a) in enumerate(calls)
+                ],
+            )
+            state = asyncio.run(graph.ainvoke({"messages": [message]}, CONFIG))
+            msgs = tool_messages(state)
+        else:
+            msgs = ask(graph, *calls)
+
+        assert [m.status for m in msgs] == ["error"] * 4
+        for m, (name, _) in zip(msgs, calls, strict=True):
+            assert f"{name} is not a valid tool, try one of [refund]" in m.content
+        assert wiped == [] and CALLS == []
+        assert proctor.plans() == []

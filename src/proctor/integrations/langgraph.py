@@ -124,20 +124,20 @@ class ProctorToolMiddleware:
         self.specs = dict(specs or {})
         self._registered: set[str] = set()
         for tool in tools:
-            self._register(tool.name, tool)
+            self._register(tool)
 
     def action_for(self, tool_name: str) -> str:
         """The catalog action a tool's calls map to."""
         return self.actions.get(tool_name, tool_name.lower())
 
-    def _register(self, name: str, tool: BaseTool | None) -> str:
+    def _register(self, tool: BaseTool) -> str:
+        name = tool.name
         action = self.action_for(name)
         if name not in self._registered:
             spec = dict(self.specs.get(name, {}))
-            if tool is not None:
-                spec.setdefault("params_schema", _params_schema(tool))
-                spec.setdefault("summary", (tool.description or name).strip().splitlines()[0])
-            self.governor.register(action, _tool_function(tool) if tool else None, **spec)
+            spec.setdefault("params_schema", _params_schema(tool))
+            spec.setdefault("summary", (tool.description or name).strip().splitlines()[0])
+            self.governor.register(action, _tool_function(tool), **spec)
             self._registered.add(name)
         return action
 
@@ -146,7 +146,11 @@ class ProctorToolMiddleware:
     def __call__(self, request: ToolCallRequest, execute: Execute) -> ToolMessage | Command[Any]:
         """Govern one tool call (sync graphs); ``execute`` is not used: Proctor executes."""
         call = request.tool_call
-        action = self._register(call["name"], request.tool)
+        if request.tool is None:
+            # Not one of the node's tools: ToolNode's own "is not a valid tool" error, and
+            # nothing reaches Proctor (the catalog may hold actions this agent was not given).
+            return execute(request)
+        action = self._register(request.tool)
         try:
             outcome = self.governor.call(
                 action, call["args"], call_id=call["id"], scope=_scope(request)
@@ -164,7 +168,9 @@ class ProctorToolMiddleware:
     ) -> ToolMessage | Command[Any]:
         """Govern one tool call (async graphs)."""
         call = request.tool_call
-        action = self._register(call["name"], request.tool)
+        if request.tool is None:
+            return await execute(request)
+        action = self._register(request.tool)
         try:
             outcome = await self.governor.acall(
                 action, call["args"], call_id=call["id"], scope=_scope(request)
