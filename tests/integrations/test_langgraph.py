@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from langgraph.graph import START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode, tools_condition
 from langgraph.types import Command
 
+from proctor.errors import ConfigError
 from proctor.integrations._governor import LOW
 from proctor.integrations.langgraph import ProctorToolMiddleware, governed_tool_node
 
@@ -420,3 +422,75 @@ class TestToolsTheNodeWasNotGiven:
             assert f"{name} is not a valid tool, try one of [refund]" in m.content
         assert wiped == [] and CALLS == []
         assert proctor.plans() == []
+
+
+class TestRegistration:
+    def test_two_tools_of_one_name_are_a_config_error_not_an_alias(self, proctor):
+        """Another agent's tool named like this one's would run instead of it: refused,
+        naming both functions and how to tell them apart."""
+
+        @tool("search")
+        def hr_search(q: str) -> str:
+            """Search the HR records."""
+            return f"HR RECORDS for {q}"
+
+        @tool("search")
+        def web_search(q: str) -> str:
+            """Search the web."""
+            return f"web results for {q}"
+
+        governed_tool_node(proctor, [hr_search], agent_id="hr-bot", on_behalf_of="alice")
+        with pytest.raises(ConfigError) as err:
+            governed_tool_node(proctor, [web_search], agent_id="web-bot", on_behalf_of="bob")
+
+        text = str(err.value) + (err.value.hint or "")
+        assert "'search'" in text and "web_search" in text and "hr_search" in text
+        assert "actions=" in text
+        assert proctor.plans() == []
+
+    def test_one_function_in_two_nodes_is_one_action(self, proctor):
+        """The same tool (or plain function) governed twice, by two agents, is no clash."""
+
+        def lookup(customer: str) -> str:
+            """Look a customer up."""
+            return "found " + customer
+
+        first = one_node_graph(node(proctor))
+        second = one_node_graph(node(proctor))
+        plain = [
+            one_node_graph(governed_tool_node(proctor, [lookup], agent_id=a, on_behalf_of="x"))
+            for a in ("a", "b")
+        ]
+
+        for i, graph in enumerate((first, second)):
+            (msg,) = ask(graph, ("refund", {"amount": 5, "customer": f"c{i}"}))
+            assert msg.status == "success"
+        for graph in plain:
+            (msg,) = ask(graph, ("lookup", {"customer": "c9"}))
+            assert (msg.status, msg.content) == ("success", "found c9")
+        assert CALLS == [(5, "c0"), (5, "c1")]
+
+    def test_first_use_registration_is_safe_under_parallel_calls(self, proctor, monkeypatch):
+        """Tools registered on first use (given only to the ToolNode) with parallel calls in
+        one message: every call runs once, none fails on a half-made registration."""
+        declare = proctor.action
+
+        def slow_declare(*args, **kwargs):
+            time.sleep(0.05)  # widen the window between "not in the catalog" and "declared"
+            return declare(*args, **kwargs)
+
+        monkeypatch.setattr(proctor, "action", slow_declare)
+
+        @tool
+        def lookup(customer: str) -> str:
+            """Look a customer up."""
+            return "found " + customer
+
+        mw = ProctorToolMiddleware(proctor, agent_id="bot", on_behalf_of="alice")
+        graph = one_node_graph(ToolNode([lookup], wrap_tool_call=mw))
+
+        msgs = ask(graph, *[("lookup", {"customer": f"c{i}"}) for i in range(8)])
+
+        assert [m.content for m in msgs] == [f"found c{i}" for i in range(8)]
+        assert [m.status for m in msgs] == ["success"] * 8
+        assert len(proctor.plans()) == 8

@@ -25,6 +25,7 @@ import hashlib
 import inspect
 import threading
 import time
+import weakref
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -178,6 +179,29 @@ def _run_coroutine(coro: Coroutine[Any, Any, Any]) -> Any:
     return box.get("value")
 
 
+_REGISTERING = threading.Lock()
+# Per Proctor: action → the function the integrations registered as its handler (its identity,
+# ``key``), so another function under the same name is a clash, not a silent alias.
+_REGISTERED: weakref.WeakKeyDictionary[Proctor, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+def _same_function(a: Any, b: Any) -> bool:
+    """True if ``a`` and ``b`` are one function.
+
+    The same object, the same bound method, or closures of one factory over the same objects
+    (an adapter's per-call wrapper of one tool).
+    """
+    if a is b or a == b:
+        return True
+    code_a, code_b = getattr(a, "__code__", None), getattr(b, "__code__", None)
+    if code_a is None or code_a is not code_b:
+        return False
+    cells_a, cells_b = a.__closure__ or (), b.__closure__ or ()
+    return len(cells_a) == len(cells_b) and all(
+        x.cell_contents is y.cell_contents for x, y in zip(cells_a, cells_b, strict=True)
+    )
+
+
 def handler_for(fn: Callable[..., Any]) -> Callable[[dict[str, Any], Any], Any]:
     """A Proctor handler (``handler(params, call)``) that calls ``fn(**params)``."""
     if inspect.iscoroutinefunction(fn):
@@ -239,34 +263,59 @@ class Governor:
         baselines: Mapping[str, int] | None = None,
         params_schema: Mapping[str, Any] | None = None,
         summary: str | None = None,
+        key: Any = None,
         **spec: Any,
     ) -> None:
         """In process, make ``fn`` the handler of ``action`` unless the catalog has it.
 
         An action already in the catalog keeps its own spec and handler (the catalog is the
-        administrator's, not the agent's). Over HTTP this does nothing: the server's catalog
-        decides what runs.
+        administrator's, not the agent's), except that an action an integration registered
+        from one function cannot be registered again from another: two tools of one name
+        must not silently share the first one's function. Registering the same function
+        again (another agent, another tool node, a parallel first call) is fine. Thread-safe.
+        Over HTTP this does nothing: the server's catalog decides what runs.
+
+        ``key`` identifies the function when ``fn`` is a per-call wrapper (the wrapped tool's
+        own function); default ``fn``.
 
         Raises:
-            ConfigError: in process, if ``action`` is unknown and there is no ``fn`` to run.
+            ConfigError: in process, if ``action`` is unknown and there is no ``fn`` to run,
+                or if an integration registered ``action`` from another function.
         """
         proctor = self.proctor
-        if not isinstance(proctor, Proctor) or action in proctor.gateway.catalog:
+        if not isinstance(proctor, Proctor):
             return
-        if fn is None:
-            raise ConfigError(
-                f"action {action!r} is not in the catalog and has no function to run",
-                field="action",
-                hint="Add it to the catalog, or govern a tool that wraps a plain function.",
-            )
-        proctor.action(
-            action,
-            category=category,
-            baselines=baselines or LOW,
-            params=params_schema,
-            summary=summary or (fn.__doc__ or action).strip().splitlines()[0],
-            **spec,
-        )(handler_for(fn))
+        key = fn if key is None else key
+        with _REGISTERING:
+            mine = _REGISTERED.setdefault(proctor, {})
+            if action in mine:
+                if fn is not None and not _same_function(mine[action], key):
+                    raise ConfigError(
+                        f"two different functions are governed as action {action!r}: the "
+                        f"second ({_describe(key)}) would silently run the first "
+                        f"({_describe(mine[action])})",
+                        field="action",
+                        hint="Give the tools distinct names, or map one to another action "
+                        '(actions={"search": "hr.search"}; action= for @governed).',
+                    )
+                return
+            if action in proctor.gateway.catalog:
+                return
+            if fn is None:
+                raise ConfigError(
+                    f"action {action!r} is not in the catalog and has no function to run",
+                    field="action",
+                    hint="Add it to the catalog, or govern a tool that wraps a plain function.",
+                )
+            proctor.action(
+                action,
+                category=category,
+                baselines=baselines or LOW,
+                params=params_schema,
+                summary=summary or (fn.__doc__ or action).strip().splitlines()[0],
+                **spec,
+            )(handler_for(fn))
+            mine[action] = key
 
     def manifest(
         self, action: str, params: Mapping[str, Any], *, plan_id: str, intent: str = ""
@@ -366,6 +415,12 @@ class Governor:
             else:
                 outcome = self._read(outcome.plan_id, wait=min(left, 30.0))
         return outcome
+
+
+def _describe(fn: Any) -> str:
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "name", None) or type(fn).__name__
+    module = getattr(fn, "__module__", None)
+    return f"{module}.{name}" if module else str(name)
 
 
 def _kind(status: str) -> OutcomeKind:

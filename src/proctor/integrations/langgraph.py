@@ -24,6 +24,7 @@ Requires the ``langgraph`` extra (``pip install 'proctor[langgraph]'``).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -123,6 +124,7 @@ class ProctorToolMiddleware:
         self.actions = dict(actions or {})
         self.specs = dict(specs or {})
         self._registered: set[str] = set()
+        self._lock = threading.Lock()
         for tool in tools:
             self._register(tool)
 
@@ -133,11 +135,18 @@ class ProctorToolMiddleware:
     def _register(self, tool: BaseTool) -> str:
         name = tool.name
         action = self.action_for(name)
-        if name not in self._registered:
+        if name in self._registered:
+            return action
+        with self._lock:  # a ToolNode runs parallel calls in threads: first use races
+            if name in self._registered:
+                return action
             spec = dict(self.specs.get(name, {}))
             spec.setdefault("params_schema", _params_schema(tool))
             spec.setdefault("summary", (tool.description or name).strip().splitlines()[0])
-            self.governor.register(action, _tool_function(tool), **spec)
+            # The tool's own function identifies it: one function given to two nodes (or
+            # turned into a tool twice) is one action, two functions of one name a clash.
+            key = getattr(tool, "func", None) or getattr(tool, "coroutine", None) or tool
+            self.governor.register(action, _tool_function(tool), key=key, **spec)
             self._registered.add(name)
         return action
 
