@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
 
@@ -14,10 +14,16 @@ pytest.importorskip("langgraph", reason="the langgraph extra is not installed")
 
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, ToolMessage
-from langchain_core.tools import tool
+from langchain_core.tools import InjectedToolCallId, tool
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import START, MessagesState, StateGraph
-from langgraph.prebuilt import ToolNode, tools_condition
+from langgraph.prebuilt import (
+    InjectedState,
+    InjectedStore,
+    ToolNode,
+    ToolRuntime,
+    tools_condition,
+)
 from langgraph.types import Command
 
 from proctor.errors import ConfigError
@@ -494,3 +500,66 @@ class TestRegistration:
         assert [m.content for m in msgs] == [f"found c{i}" for i in range(8)]
         assert [m.status for m in msgs] == ["success"] * 8
         assert len(proctor.plans()) == 8
+
+
+@tool
+def count_messages(note: str, state: Annotated[dict, InjectedState]) -> str:
+    """Count the messages."""
+    return f"{note}: {len(state['messages'])} messages"
+
+
+@tool
+def who_called(note: str, tool_call_id: Annotated[str, InjectedToolCallId]) -> str:
+    """Echo the call id."""
+    return f"{note} from {tool_call_id}"
+
+
+@tool
+def with_runtime(note: str, runtime: ToolRuntime) -> str:
+    """Uses the runtime."""
+    return f"{note} in {runtime.config['configurable'].get('thread_id')}"
+
+
+@tool
+def with_store(note: str, store: Annotated[Any, InjectedStore()]) -> str:
+    """Uses the store."""
+    return note
+
+
+class TestInjectedArguments:
+    @pytest.mark.parametrize(
+        ("injecting", "arg"),
+        [
+            (count_messages, "state"),
+            (who_called, "tool_call_id"),
+            (with_runtime, "runtime"),
+            (with_store, "store"),
+        ],
+    )
+    def test_a_tool_with_injected_arguments_is_refused_in_process(self, proctor, injecting, arg):
+        """Proctor runs the function outside the graph, where nothing is injected: such a
+        tool would fail every call, so it is refused when the node is built."""
+        with pytest.raises(ConfigError) as err:
+            governed_tool_node(proctor, [injecting], agent_id="bot", on_behalf_of="alice")
+
+        assert f"'{injecting.name}'" in str(err.value) and arg in str(err.value)
+        assert "catalog" in (err.value.hint or "")
+        assert injecting.name not in proctor.gateway.catalog
+
+    def test_its_action_in_the_catalog_runs_with_the_model_arguments(self, proctor):
+        """With the action in the catalog, the catalog's handler runs on what the model
+        asked (the plan's params), and the tool's injected arguments never reach Proctor."""
+        seen: list[Any] = []
+
+        @proctor.action("count_messages", category="general", baselines=LOW)
+        def count(params, call):
+            seen.append(params)
+            return "counted"
+
+        graph = one_node_graph(
+            governed_tool_node(proctor, [count_messages], agent_id="bot", on_behalf_of="alice")
+        )
+        (msg,) = ask(graph, ("count_messages", {"note": "hi"}))
+
+        assert (msg.status, msg.content) == ("success", "counted")
+        assert seen == [{"note": "hi"}]

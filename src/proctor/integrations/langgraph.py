@@ -32,7 +32,7 @@ import orjson
 
 from proctor._library import Proctor
 from proctor.client import ProctorClient
-from proctor.errors import InvalidRequestError, MissingDependencyError
+from proctor.errors import ConfigError, InvalidRequestError, MissingDependencyError
 from proctor.integrations._governor import Governor, ToolOutcome, invalid_call_message
 
 try:
@@ -68,6 +68,17 @@ def _tool_function(tool: BaseTool) -> Callable[..., Any]:
         return tool.invoke(params)
 
     return run
+
+
+def _injected_args(tool: BaseTool) -> list[str]:
+    """The arguments ``ToolNode`` injects: the tool's, less the model's.
+
+    (``InjectedState``, ``InjectedStore``, ``InjectedToolCallId``, ``ToolRuntime``, ...)
+    """
+    model_args = getattr(tool.tool_call_schema, "model_fields", None)
+    if model_args is None:  # a JSON-schema dict: nothing is injected
+        return []
+    return sorted(set(getattr(tool.get_input_schema(), "model_fields", {})) - set(model_args))
 
 
 def _params_schema(tool: BaseTool) -> dict[str, Any]:
@@ -140,6 +151,18 @@ class ProctorToolMiddleware:
         with self._lock:  # a ToolNode runs parallel calls in threads: first use races
             if name in self._registered:
                 return action
+            proctor = self.governor.proctor
+            injected = _injected_args(tool)
+            if injected and isinstance(proctor, Proctor) and action not in proctor.gateway.catalog:
+                raise ConfigError(
+                    f"tool {name!r} takes arguments that LangGraph injects "
+                    f"({', '.join(injected)}): Proctor runs a governed tool's function itself, "
+                    "outside the graph (when a human approves, perhaps in another process), "
+                    "where there is no state, store, runtime or tool-call id to give it",
+                    field="tools",
+                    hint=f"Put action {action!r} in the catalog with a handler that needs only "
+                    "the model's arguments, or govern a tool that takes only those.",
+                )
             spec = dict(self.specs.get(name, {}))
             spec.setdefault("params_schema", _params_schema(tool))
             spec.setdefault("summary", (tool.description or name).strip().splitlines()[0])
