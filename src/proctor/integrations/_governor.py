@@ -21,6 +21,7 @@ Implementation-only (leading underscore): the adapters' public names are in thei
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import inspect
 import threading
@@ -39,7 +40,7 @@ from proctor.core.lifecycle import PlanRecord
 from proctor.core.plans import new_plan_id
 from proctor.errors import ConfigError, InvalidRequestError
 
-__all__ = ["LOW", "Governor", "ToolOutcome", "plan_id_for"]
+__all__ = ["BYTES", "LOW", "UNSERIALISABLE", "Governor", "ToolOutcome", "plan_id_for"]
 
 LOW = {"risk": 1, "auditability": 1, "ux": 1, "recovery": 1, "cost": 1}
 """Five-axis baselines of an action registered without any: all at the minimum."""
@@ -140,16 +141,41 @@ def plan_id_for(
     return "tc-" + hashlib.sha256(material).hexdigest()[:32]
 
 
+BYTES = "proctor.bytes_base64"
+"""The key of the object that stands for ``bytes`` in a tool's result: ``{BYTES: base64}``."""
+UNSERIALISABLE = "proctor.unserialisable_result"
+"""The key of the object that stands for a result that is not JSON data (the tool ran)."""
+
+
 def _jsonable(value: Any) -> Any:
-    """A tool's result as JSON data: the step result is stored and audited as JSON."""
+    """A tool's result as JSON data: the step result is stored and audited as JSON.
+
+    Keys that are not strings become strings, ``bytes`` become ``{BYTES: base64}``, pydantic
+    models their JSON dump, other objects their ``str``. This runs after the tool did: a
+    result that still cannot be JSON (a cycle, a tuple key) becomes
+    ``{UNSERIALISABLE: type, "error": why}``, never a failure that would invite a re-run.
+
+    Raises:
+        TypeError: the result is a generator, which nothing ran (its body runs when iterated).
+    """
+    if inspect.isgenerator(value) or inspect.isasyncgen(value):
+        raise TypeError(
+            f"the tool returned a {type(value).__name__}, which Proctor does not iterate "
+            "(its body did not run): return a list instead"
+        )
 
     def default(obj: Any) -> Any:
+        if isinstance(obj, bytes | bytearray | memoryview):
+            return {BYTES: base64.b64encode(bytes(obj)).decode("ascii")}
         dump = getattr(obj, "model_dump", None)  # pydantic models, without importing pydantic
         if callable(dump):
             return dump(mode="json")
         return str(obj)
 
-    return orjson.loads(orjson.dumps(value, default=default))
+    try:
+        return orjson.loads(orjson.dumps(value, default=default, option=orjson.OPT_NON_STR_KEYS))
+    except (TypeError, ValueError) as exc:  # orjson.JSONEncodeError is a TypeError
+        return {UNSERIALISABLE: type(value).__name__, "error": str(exc)}
 
 
 def _run_coroutine(coro: Coroutine[Any, Any, Any]) -> Any:
@@ -212,7 +238,10 @@ def handler_for(fn: Callable[..., Any]) -> Callable[[dict[str, Any], Any], Any]:
         return run_async
 
     def run(params: dict[str, Any], call: Any) -> Any:
-        return _jsonable(fn(**params))
+        result = fn(**params)
+        if inspect.iscoroutine(result):  # an async tool behind a sync wrapper
+            result = _run_coroutine(result)
+        return _jsonable(result)
 
     return run
 
@@ -286,6 +315,13 @@ class Governor:
         if not isinstance(proctor, Proctor):
             return
         key = fn if key is None else key
+        if any(inspect.isgeneratorfunction(f) or inspect.isasyncgenfunction(f) for f in (fn, key)):
+            raise ConfigError(
+                f"the function of action {action!r} is a generator: its body runs only when "
+                "iterated, and Proctor records the call's result, it does not iterate it",
+                field="action",
+                hint="Return a list (or another JSON value) instead of yielding.",
+            )
         with _REGISTERING:
             mine = _REGISTERED.setdefault(proctor, {})
             if action in mine:
