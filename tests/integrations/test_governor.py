@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from proctor.errors import ConfigError
-from proctor.integrations import governed
-from proctor.integrations._governor import BYTES, UNSERIALISABLE
+from proctor.integrations import ApprovalPending, governed
+from proctor.integrations._governor import BYTES, LOW, UNSERIALISABLE
 
 RAN: list[str] = []
 
@@ -93,3 +93,58 @@ class TestResults:
             send_later()
         assert RAN == []
         assert [p.status.value for p in proctor.plans()] == ["failed"]
+
+
+class TestParamsAreFrozenAtSubmission:
+    def test_a_list_changed_after_the_decision_does_not_change_what_runs(self, proctor):
+        """Submitted for approval with one line; the caller then appends to its list: the
+        approved call runs with what was decided, and the plan shows that."""
+        ran: list[list[str]] = []
+
+        @gov(proctor, "refund", category="financial")
+        def refund(amount: int, customer: str, lines: list[str]) -> dict[str, Any]:
+            """Refund."""
+            ran.append(list(lines))
+            return {"refunded": amount}
+
+        lines = ["sku-1"]
+        with pytest.raises(ApprovalPending) as pending:
+            refund(amount=500, customer="c2", lines=lines)
+        lines.append("sku-EVERYTHING")
+        proctor.approve(pending.value.plan_id, "fiona", roles=["finance"])
+
+        assert ran == [["sku-1"]]
+        assert proctor.get(pending.value.plan_id).steps[0].params["lines"] == ["sku-1"]
+
+    @pytest.mark.parametrize("amount", [5, 500])  # executed at once; approved later
+    def test_the_memory_store_keeps_no_reference_to_a_submitted_manifest(self, proctor, amount):
+        """Straight through ``Proctor.submit``: the stored plan does not share the caller's
+        lists, whether it ran at once or waits for approval."""
+        ran: list[Any] = []
+
+        @proctor.action("refund", category="financial", baselines=LOW)
+        def refund(params, call):
+            ran.append(list(params["lines"]))
+            return {"ok": True}
+
+        lines = ["sku-1"]
+        proctor.submit(
+            {
+                "plan_id": "p1",
+                "actor": {"type": "agent", "name": "bot", "agent_id": "bot", "model_version": "m"},
+                "on_behalf_of": "alice",
+                "intent": "refund",
+                "steps": [
+                    {"id": "s1", "action": "refund", "params": {"amount": amount, "lines": lines}}
+                ],
+            }
+        )
+        lines.append("sku-EVERYTHING")
+        if amount == 500:
+            proctor.approve("p1", "fiona", roles=["finance"])
+
+        assert ran == [["sku-1"]]
+        record = proctor.get("p1")
+        assert record.status.value == "succeeded"
+        assert record.steps[0].params["lines"] == ["sku-1"]
+        assert record.manifest["steps"][0]["params"]["lines"] == ["sku-1"]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import copy
 import hashlib
 import inspect
 import threading
@@ -356,7 +357,15 @@ class Governor:
     def manifest(
         self, action: str, params: Mapping[str, Any], *, plan_id: str, intent: str = ""
     ) -> dict[str, Any]:
-        """The one-step plan manifest of a call (deterministic for a given ``plan_id``)."""
+        """The one-step plan manifest of a call (deterministic for a given ``plan_id``).
+
+        The params are a deep copy: a caller that changes a list it passed after the
+        decision (while the plan waits for approval) does not change what runs.
+        """
+        try:
+            params = copy.deepcopy(dict(params))
+        except Exception:  # noqa: BLE001 - not data: the gateway rejects it, as before
+            params = dict(params)
         return {
             "plan_id": plan_id,
             "actor": {
@@ -367,7 +376,7 @@ class Governor:
             },
             "on_behalf_of": self.on_behalf_of,
             "intent": intent or f"call {action}",
-            "steps": [{"id": "s1", "action": action, "params": dict(params)}],
+            "steps": [{"id": "s1", "action": action, "params": params}],
         }
 
     def call(
