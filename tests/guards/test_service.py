@@ -8,6 +8,7 @@ PostgreSQL stores.
 from __future__ import annotations
 
 import dataclasses
+import threading
 from datetime import timedelta
 
 import pytest
@@ -417,3 +418,54 @@ class TestAdministration:
         with pytest.raises(NotFoundError):
             w.guards.complain("no-such-plan", by="alice", reason="why")
         assert w.types() == []  # nothing was written
+
+
+class TestConcurrentPlans:
+    """Plans of different agents decided at once on PostgreSQL (as replicas would).
+
+    Only the per-agent activity row serialised admission before: a budget or rate limit
+    shared by several agents (global, per user, per action) was read by each transaction
+    before any had bumped it, and all passed.
+    """
+
+    @staticmethod
+    def _race(w: World, plans: list) -> list[PlanStatus]:
+        barrier = threading.Barrier(len(plans))
+        out: list[PlanStatus] = []
+
+        def go(plan: object) -> None:
+            barrier.wait(timeout=20)
+            out.append(w.p.submit(plan).status)
+
+        threads = [threading.Thread(target=go, args=(p,), daemon=True) for p in plans]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert len(out) == len(plans), "a submission hung"
+        return out
+
+    def test_a_global_budget_admits_exactly_its_limit(self, pg_url):
+        """Eight agents each spending 600 of a global 1000 (deny): exactly one runs, each day."""
+        w = World(pg_url, budgets=(Budget(scope="global", key="*", limit=1000, on_exceed="deny"),))
+        for rnd in range(3):
+            w.clock.advance(timedelta(days=1))
+            plans = [w.plan(amount=600, agent=f"b{rnd}-{i}", user=f"u{i}") for i in range(8)]
+
+            out = self._race(w, plans)
+
+            assert out.count(PlanStatus.SUCCEEDED) == 1
+            assert out.count(PlanStatus.DENIED) == 7
+            assert w.store.counter_sum("budget:global:*", day(w))[1] == 600
+
+    def test_a_user_rate_limit_admits_exactly_its_limit(self, pg_url):
+        """Eight agents acting for one user limited to 2 per minute: exactly two run."""
+        w = World(pg_url, rate_limits=(RateLimit(scope="user", key="*", limit=2),))
+        for rnd in range(3):
+            w.clock.advance(timedelta(days=1))
+            plans = [w.plan(agent=f"r{rnd}-{i}", user=f"carol{rnd}") for i in range(8)]
+
+            out = self._race(w, plans)
+
+            assert out.count(PlanStatus.SUCCEEDED) == 2
+            assert out.count(PlanStatus.DENIED) == 6

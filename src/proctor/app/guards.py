@@ -275,34 +275,36 @@ class Guards(GuardsBudgets, GuardsAdmin):
         now: Any,
     ) -> str | None:
         wanted: list[tuple[str, int]] = []
+        limits = []
+        values = {"agent": Counter([agent]), "user": Counter([user]), "action": Counter(actions)}
         for rl in self.settings.rate_limits:
-            values = {
-                "agent": Counter([agent]),
-                "user": Counter([user]),
-                "action": Counter(actions),
-            }
             for value, n in values[rl.scope].items():
-                if not rl.applies(value):
-                    continue
-                name = f"rate:{rl.scope}:{value}"
-                used = tx.counter_sum(name, window_start(now, rl.per_seconds))[0]
-                if used + n > rl.limit:
-                    emit(
-                        E.GUARD_RATE_LIMITED,
-                        plan=record,
-                        data={
-                            "scope": rl.scope,
-                            "key": value,
-                            "limit": rl.limit,
-                            "per_seconds": rl.per_seconds,
-                            "used": used,
-                        },
-                    )
-                    return (
-                        f"rate limit: {rl.scope} {value!r} used {used} of {rl.limit} "
-                        f"per {rl.per_seconds} s"
-                    )
-                wanted.append((name, n))
+                if rl.applies(value):
+                    limits.append((rl, value, n, f"rate:{rl.scope}:{value}"))
+        if not limits:
+            return None
+        # Read-check-bump under a lock per counter (plans of other agents count on a user's
+        # or an action's counter too); taken before any budget's, in admit as everywhere.
+        tx.lock_counters([name for *_, name in limits])
+        for rl, value, n, name in limits:
+            used = tx.counter_sum(name, window_start(now, rl.per_seconds))[0]
+            if used + n > rl.limit:
+                emit(
+                    E.GUARD_RATE_LIMITED,
+                    plan=record,
+                    data={
+                        "scope": rl.scope,
+                        "key": value,
+                        "limit": rl.limit,
+                        "per_seconds": rl.per_seconds,
+                        "used": used,
+                    },
+                )
+                return (
+                    f"rate limit: {rl.scope} {value!r} used {used} of {rl.limit} "
+                    f"per {rl.per_seconds} s"
+                )
+            wanted.append((name, n))
         for name, n in wanted:
             tx.bump(name, minute(now), count=n)
         return None

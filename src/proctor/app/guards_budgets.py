@@ -111,13 +111,19 @@ class GuardsBudgets:
         # reservation: this plan's spend is added once, and each checks it against its limit.
         day = period_bucket(now, "day")
         mine: dict[str, int] = {}  # counter → what this plan reserved on it
+        per_budget = []
         for b in self.settings.budgets:
-            bucket = period_bucket(now, b.period)
             portions: dict[str, list[int]] = {}
             for s, a in zip(record.steps, amounts, strict=True):
                 value = self._scope_value(b.scope, record, s)
                 if a and b.applies(value):
                     portions.setdefault(b.counter(value), [0] * len(amounts))[s.index] += a
+            per_budget.append((b, portions))
+        # Read-check-bump under a lock per counter: plans of other agents (or replicas) that
+        # count on the same counter wait, so together they never pass its limit.
+        tx.lock_counters([c for _, portions in per_budget for c in portions])
+        for b, portions in per_budget:
+            bucket = period_bucket(now, b.period)
             for counter, portion in portions.items():
                 spent = tx.counter_sum(counter, bucket)[1] - mine.get(counter, 0)
                 need = sum(portion)

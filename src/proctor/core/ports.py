@@ -225,6 +225,17 @@ class Transaction(Protocol):
         """Return (count, amount) summed over the counter's buckets ``>= since``."""
         ...
 
+    def lock_counters(self, names: Sequence[str]) -> None:
+        """Lock counters by name until the transaction ends, before reading and bumping them.
+
+        A check-then-bump (a rate limit, a budget) is exact only when no other transaction
+        bumps the counter between the read and the write. Stores whose write transactions
+        already run one at a time (SQLite, memory) need nothing; PostgreSQL takes a
+        transaction-scoped advisory lock per name, in sorted order (no deadlock between two
+        transactions locking overlapping sets).
+        """
+        ...
+
 
 class EventListener(Protocol):
     """Called inside the transaction that appends events (for example, the webhook outbox).

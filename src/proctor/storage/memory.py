@@ -182,6 +182,9 @@ class _Tx:
         merged = {**self._store._counters.get(name, {}), **self._counters.get(name, {})}
         return _sum(merged, since)
 
+    def lock_counters(self, names: Sequence[str]) -> None:
+        pass  # the store's lock is held for the whole transaction
+
 
 def _sum(buckets: Mapping[str, tuple[int, int]], since: str) -> tuple[int, int]:
     """Sum one counter's buckets ``>= since`` (its own buckets only: not every counter's)."""

@@ -55,6 +55,7 @@ _LOG_LOCK = 0x70726F63  # "proc": orders appends to the audit log
 _MIGRATE_LOCK = 0x70726F64  # replicas starting together migrate one at a time
 _STATE_LOCK = 0x70726F65  # a guard state key that has no row yet
 _PLAN_LOCK = 0x70726F66  # a plan id that has no row yet
+_COUNTER_LOCK = 0x70726F67  # a counter checked then bumped (rate limits, budgets)
 _LOCK_SQL = "SELECT pg_advisory_xact_lock(%s, hashtext(current_schema() || %s))"
 _META = 'CREATE TABLE IF NOT EXISTS meta (key TEXT COLLATE "C" PRIMARY KEY, value TEXT NOT NULL)'
 _PLAN_COLS = (
@@ -332,6 +333,18 @@ class _Tx:
 
     def counter_sum(self, name: str, since: str) -> tuple[int, int]:
         return _counter_sum(self._c, name, since)
+
+    def lock_counters(self, names: Sequence[str]) -> None:
+        # Sorted, one statement each in order (a single SELECT over a list would leave the
+        # order to the planner). Two names may hash alike: then both share one lock, which
+        # only serialises more; a cycle that could make is a deadlock the server detects
+        # (retryable, like any other).
+        todo = sorted(set(names))
+        if not todo:
+            return
+        with self._c.pipeline():
+            for name in todo:
+                self._c.execute(_LOCK_SQL, (_COUNTER_LOCK, name))
 
 
 _DELIVERY_UPSERT = (
