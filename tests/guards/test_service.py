@@ -19,6 +19,7 @@ from proctor.core.decisions import Outcome
 from proctor.core.guards import BreakerSettings, BreakerState, Budget, RateLimit
 from proctor.core.lifecycle import PlanStatus, StepStatus
 from proctor.errors import InvalidRequestError, NotFoundError
+from proctor.testing import make_plan
 
 from .conftest import World
 
@@ -131,6 +132,35 @@ class TestAdmit:
         assert out.outcome is Outcome.DENY
         assert w.store.counter_sum("budget:global:*", day(w))[1] == 0
         assert "budget.reserved" not in w.types(rec.plan_id)
+
+    def test_negative_amounts_never_lower_the_spend(self, url):
+        """A step of -100000 spends nothing and refunds nothing: the next payment is checked
+        against what was really spent, and a plan pairing +5000 with -5000 spends 5000."""
+        w = World(url, budgets=(Budget(scope="agent", key="*", limit=1000, on_exceed="deny"),))
+        credit = w.p.submit(w.plan("shop.mail", amount=-100_000))
+        assert credit.status is PlanStatus.SUCCEEDED
+        assert w.store.counter_sum("budget:agent:bot", day(w))[1] == 0
+
+        assert w.p.submit(w.plan("shop.mail", amount=900)).status is PlanStatus.SUCCEEDED
+        assert w.p.submit(w.plan("shop.mail", amount=900)).status is PlanStatus.DENIED
+        paired = make_plan(
+            [("shop.mail", {"amount": 5000}), ("shop.mail", {"amount": -5000})], agent_id="pair"
+        )
+        assert w.p.submit(paired).status is PlanStatus.DENIED
+        assert len(w.tools["shop.mail"].calls) == 2
+        assert w.store.counter_sum("budget:agent:bot", day(w))[1] == 900
+
+    def test_a_negative_reported_cost_settles_at_zero(self, url):
+        """A tool reporting {"cost": -1000000} spent nothing: the budget is not refilled."""
+        w = World(url, budgets=(Budget(scope="agent", key="*", limit=1000, on_exceed="deny"),))
+        w.tools["shop.buy"].result = {"ok": True, "cost": -1_000_000}
+        assert w.p.submit(w.plan(amount=10)).status is PlanStatus.SUCCEEDED
+        assert w.store.counter_sum("budget:agent:bot", day(w))[1] == 0
+        w.tools["shop.buy"].result = {"ok": True}
+
+        ran = [w.p.submit(w.plan(amount=900)).status for _ in range(3)]
+
+        assert ran == [PlanStatus.SUCCEEDED, PlanStatus.DENIED, PlanStatus.DENIED]
 
     def test_open_breaker_turns_execute_into_approve_but_not_confirm(self, url):
         """execute → approve while a breaker is open; other outcomes keep theirs."""

@@ -52,7 +52,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from proctor.app.guards_admin import GuardsAdmin
-from proctor.app.guards_budgets import Emit, GuardsBudgets
+from proctor.app.guards_budgets import Emit, GuardsBudgets, spend
 from proctor.core.catalog import ActionSpec, Catalog
 from proctor.core.decisions import Decision, Outcome
 from proctor.core.events import EventType as E
@@ -217,7 +217,8 @@ class Guards(GuardsBudgets, GuardsAdmin):
         if limited is not None:
             return Decision.deny_all(step_ids, limited, policy_version=decision.policy_version)
         amounts = [spec.amount(s.params) for s, spec in zip(record.steps, specs, strict=True)]
-        self._anomaly(tx, emit, record, sum(amounts), now, per_minute=per_minute, denied=False)
+        cost = sum(spend(a) for a in amounts)
+        self._anomaly(tx, emit, record, cost, now, per_minute=per_minute, denied=False)
         decision = self._budgets(tx, emit, record, amounts, decision, now)
         if decision.outcome is Outcome.DENY:
             return decision
@@ -510,6 +511,7 @@ class Guards(GuardsBudgets, GuardsAdmin):
         cost = self._amount(step)
         if ok and isinstance(step.result, dict) and type(step.result.get("cost")) is int:
             cost = step.result["cost"]  # what the tool says it really cost
+        cost = spend(cost)  # a negative amount or reported cost spends nothing, refunds nothing
         keys = [f"action:{step.action}", f"agent:{record.agent_id}"]
         wanted = [("breaker", k) for k in keys]
         if self.settings.budgets:

@@ -21,9 +21,18 @@ from proctor.core.guards import GuardSettings, over_budget, period_bucket
 from proctor.core.lifecycle import PlanRecord, StepRecord
 from proctor.core.ports import Clock, Store, Transaction
 
-__all__ = ["Emit", "GuardsBudgets"]
+__all__ = ["Emit", "GuardsBudgets", "spend"]
 
 Emit = Callable[..., None]
+
+
+def spend(amount: int) -> int:
+    """What a step's amount (or reported cost) counts against a budget: never below 0.
+
+    A negative amount (a refund, a credit, a made-up number) spends nothing; it must not
+    lower the spend either, or one call of -100000 would let 100000 of payments through.
+    """
+    return amount if amount > 0 else 0
 
 
 class GuardsBudgets:
@@ -35,7 +44,7 @@ class GuardsBudgets:
 
     def _over_budget(self, plan: Any, specs: Sequence[ActionSpec]) -> list[dict[str, Any]]:
         """The budgets ``plan`` would exceed, read from the store now (not reserved)."""
-        amounts = [spec.amount(s.params) for s, spec in zip(plan.steps, specs, strict=True)]
+        amounts = [spend(spec.amount(s.params)) for s, spec in zip(plan.steps, specs, strict=True)]
         if not any(amounts):
             return []
         now = self.clock.now()
@@ -112,6 +121,7 @@ class GuardsBudgets:
         day = period_bucket(now, "day")
         mine: dict[str, int] = {}  # counter → what this plan reserved on it
         per_budget = []
+        amounts = [spend(a) for a in amounts]
         for b in self.settings.budgets:
             portions: dict[str, list[int]] = {}
             for s, a in zip(record.steps, amounts, strict=True):

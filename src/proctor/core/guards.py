@@ -421,7 +421,8 @@ def outside_whitelist(allowed: Any, actions: Sequence[str]) -> list[str]:
 def over_budget(spent: int, amount: int, limit: int) -> bool:
     """Whether spending ``amount`` more on top of ``spent`` goes past ``limit``.
 
-    Reaching the limit exactly is within it. A refund-like negative amount never exceeds.
+    Reaching the limit exactly is within it. A negative amount never exceeds (and the
+    service counts it as 0: it never lowers the spend either).
     """
     return amount > 0 and spent + amount > limit
 
