@@ -318,6 +318,33 @@ class TestOnStepAndFinish:
         assert {"budget.settled", "budget.released"} <= set(w.types(rec.plan_id))
         assert rec.plan_id not in w.store.list_state("reservation")
 
+    def test_a_reported_cost_counts_without_a_reservation(self, url):
+        """A step that reserved nothing (no amount) but reports {"cost": 600} spends 600: the
+        budget's counter moves, budget.exceeded records going over, the next payment is denied."""
+        w = World(url, budgets=(Budget(scope="agent", key="*", limit=1000, on_exceed="deny"),))
+        w.tools["shop.read"].result = {"ok": True, "cost": 600}
+        for _ in range(2):
+            assert w.p.submit(w.plan("shop.read")).status is PlanStatus.SUCCEEDED
+
+        assert w.store.counter_sum("budget:agent:bot", day(w))[1] == 1200
+        assert [e["data"]["then"] for e in w.events("budget.exceeded")] == ["recorded"]
+        assert w.p.submit(w.plan(amount=1)).status is PlanStatus.DENIED
+        assert w.store.counter_sum("budget:agent:other", day(w))[1] == 0
+
+    def test_a_reported_cost_above_the_reservation_counts_in_full(self, url):
+        """A step of amount 0 in a plan holding a reservation still counts what it reports."""
+        w = World(url, budgets=(Budget(scope="agent", key="*", limit=10_000),))
+        w.tools["shop.read"].result = {"ok": True, "cost": 300}
+        plan = make_plan(
+            [("shop.buy", {"amount": 500}), ("shop.read", {"amount": 0})], agent_id="bot"
+        )
+
+        assert w.p.submit(plan).status is PlanStatus.SUCCEEDED
+
+        assert w.store.counter_sum("budget:agent:bot", day(w))[1] == 800
+        settled = [x for e in w.events("budget.settled") for x in e["data"]["settled"]]
+        assert {"budget": "budget:agent:bot", "reserved": 0, "spent": 300} in settled
+
     def test_errors_open_the_breakers(self, url):
         """Failed steps over min_calls open the action's and the agent's breaker (events)."""
         w = World(url, breaker=BreakerSettings(min_calls=3, error_rate=0.6))

@@ -22,8 +22,9 @@ The gateway calls, for every plan (``emit`` is the transaction's ``Journal.emit`
   cleared at that moment (a queued plan claimed by its runner, an interrupted step run again
   after a takeover, the step after a resolved one): a kill switch or the whitelist; the
   reason, or None to go;
-- ``on_step(tx, emit, record, step, ok=)`` — after every executed step: settle the budget at
-  the step's cost (the tool may report ``{"cost": n}``; a failed step releases), feed the
+- ``on_step(tx, emit, record, step, ok=)`` — after every executed step: count the step's
+  cost under every budget covering it, reserved or not (the tool may report
+  ``{"cost": n}``; negative costs count 0; a failed step releases), feed the
   breakers' windows (errors, calls, cost spikes), which may open a breaker;
 - ``on_finish(tx, emit, record)`` — when a plan ends: release unsettled reservations, count
   undone and compensated plans as rollbacks, count accepted and declined proposals for
@@ -517,8 +518,11 @@ class Guards(GuardsBudgets, GuardsAdmin):
         if self.settings.budgets:
             wanted.append(("reservation", record.plan_id))
         state = tx.get_states(wanted)
-        if ("reservation", record.plan_id) in state:
-            self._settle(tx, emit, record, step, cost if ok else 0, now, ok=ok)
+        if self.settings.budgets:
+            reserved = ("reservation", record.plan_id) in state
+            self._settle(
+                tx, emit, record, step, cost if ok else 0, now, ok=ok, reserved_any=reserved
+            )
         # A step a human approved or confirmed had its amount in front of them: it counts in
         # the window's average but is no "spike" (otherwise one approved large refund among
         # small automatic ones would stop every automatic refund for open_seconds).

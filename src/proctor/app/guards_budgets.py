@@ -204,48 +204,63 @@ class GuardsBudgets:
         now: Any,
         *,
         ok: bool,
+        reserved_any: bool,
     ) -> None:
-        """Settle a step's reservation at its real cost (a failed step: released)."""
-        res = tx.get_state("reservation", record.plan_id)
-        if not isinstance(res, dict):
-            return
+        """Count a step's real cost under every budget that covers it (a failed step: 0).
+
+        Each covering counter moves by ``cost - reserved``: a reservation settles at the real
+        cost (a failed step releases it), and a step that reserved nothing there (an action
+        with no amount whose tool reports ``{"cost": n}``, a plan decided before the budget)
+        adds its cost all the same, so the next plan with an amount meets what was spent.
+        ``cost`` is already clamped at 0 (``spend``).
+        """
+        res = tx.get_state("reservation", record.plan_id) if reserved_any else None
+        entries = {e["counter"]: e for e in res["entries"]} if isinstance(res, dict) else {}
+        covering = {
+            b.counter(v)
+            for b in self.settings.budgets
+            if b.applies(v := self._scope_value(b.scope, record, step))
+        }
+        day = period_bucket(now, "day")
         settled = []
-        for e in res["entries"]:
-            reserved = e["steps"][step.index]
-            if not reserved:
+        touched = False
+        for counter in sorted({*entries, *covering}):
+            e = entries.get(counter)
+            reserved = e["steps"][step.index] if e is not None else 0
+            actual = cost if counter in covering else 0
+            if not reserved and not actual:
                 continue
-            actual = cost if e["steps"][step.index] else 0
-            tx.bump(e["counter"], e["bucket"], count=0, amount=actual - reserved)
-            e["steps"][step.index] = 0
-            settled.append({"budget": e["counter"], "reserved": reserved, "spent": actual})
-            limit = self._limit_of(e["counter"])
-            spent = tx.counter_sum(e["counter"], e["bucket"])[1]
+            bucket = e["bucket"] if e is not None else day
+            tx.bump(counter, bucket, count=0, amount=actual - reserved)
+            if e is not None and reserved:
+                e["steps"][step.index] = 0
+                touched = True
+            settled.append({"budget": counter, "reserved": reserved, "spent": actual})
+            limit = self._limit_of(counter)
+            spent = tx.counter_sum(counter, bucket)[1]
             if limit is not None and spent > limit:
                 emit(
                     E.BUDGET_EXCEEDED,
                     plan=record,
                     step_id=step.step_id,
                     data={
-                        "budget": e["counter"],
-                        "period": e["bucket"],
+                        "budget": counter,
+                        "period": bucket,
                         "limit": limit,
                         "spent": spent,
                         "amount": actual,
                         "then": "recorded",
                     },
                 )
-        if settled:
+        if touched:
             tx.put_state("reservation", record.plan_id, res, at=now)
-            if ok:
-                emit(E.BUDGET_SETTLED, plan=record, step_id=step.step_id, data={"settled": settled})
-            else:
-                released = [{"budget": x["budget"], "amount": x["reserved"]} for x in settled]
-                emit(
-                    E.BUDGET_RELEASED,
-                    plan=record,
-                    step_id=step.step_id,
-                    data={"released": released},
-                )
+        if not settled:
+            return
+        if ok:
+            emit(E.BUDGET_SETTLED, plan=record, step_id=step.step_id, data={"settled": settled})
+        else:
+            released = [{"budget": x["budget"], "amount": x["reserved"]} for x in settled]
+            emit(E.BUDGET_RELEASED, plan=record, step_id=step.step_id, data={"released": released})
 
     def _limit_of(self, counter: str) -> int | None:
         for b in self.settings.budgets:
