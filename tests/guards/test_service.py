@@ -193,6 +193,41 @@ class TestAdmit:
         rec = w.record(amount=1)
         assert w.run("admit", rec, spec, w.decision(rec)).outcome is Outcome.CONFIRM
 
+    def test_per_user_guards_fold_the_users_name(self, url):
+        """alice's autonomy, rate limit and budget apply to plans for ALICE and Alice too."""
+        w = World(
+            url,
+            rate_limits=(RateLimit(scope="user", key="Alice", limit=2),),
+            budgets=(Budget(scope="user", key="*", limit=1000, on_exceed="deny"),),
+        )
+        w.guards.set_autonomy("alice", "shop.buy", "propose", by="ops")
+        for who in ("ALICE", "Alice"):
+            assert w.p.submit(w.plan(amount=400, user=who)).status is (
+                PlanStatus.AWAITING_CONFIRMATION
+            )
+        assert w.tools["shop.buy"].calls == []
+        assert w.p.submit(w.plan("shop.read", user="alice")).status is PlanStatus.DENIED
+        assert w.store.counter_sum("rate:user:alice", "0")[0] == 2
+        assert w.store.counter_sum("budget:user:alice", day(w))[1] == 800
+        assert w.guards.status()["rate_limits"][0]["used"] == 2
+
+    def test_a_setting_stored_under_an_unfolded_name_still_applies(self, url):
+        """A row written as 'Alice|shop.buy' before keys were folded keeps applying to Alice;
+        setting the level again replaces it with the folded key."""
+        w = World(url)
+        spec = [w.p.gateway.catalog.get("shop.buy")]
+        with w.store.transaction() as tx:
+            tx.put_state("autonomy", "Alice|shop.buy", {"level": "propose"}, at=w.clock.now())
+        w.guards._invalidate()
+        rec = w.record(user="Alice")
+        assert w.run("admit", rec, spec, w.decision(rec)).outcome is Outcome.CONFIRM
+
+        w.guards.set_autonomy("ALICE", "shop.buy", "auto", by="ops")
+
+        assert set(w.store.list_state("autonomy")) == {"alice|shop.buy"}
+        rec = w.record(user="Alice")
+        assert w.run("admit", rec, spec, w.decision(rec)).outcome is Outcome.EXECUTE
+
 
 SEVERITY = [Outcome.EXECUTE, Outcome.CONFIRM, Outcome.APPROVE, Outcome.DENY]
 

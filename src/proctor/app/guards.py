@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Any
 
 from proctor.app.guards_admin import GuardsAdmin
 from proctor.app.guards_budgets import Emit, GuardsBudgets, spend
+from proctor.core.approvals import person_key
 from proctor.core.catalog import ActionSpec, Catalog
 from proctor.core.decisions import Decision, Outcome
 from proctor.core.events import EventType as E
@@ -71,6 +72,7 @@ from proctor.core.guards import (
     next_level,
     outside_whitelist,
     promotion_due,
+    user_action_keys,
     window_start,
 )
 from proctor.core.lifecycle import PlanRecord, PlanStatus, StepRecord, StepStatus
@@ -166,7 +168,9 @@ class Guards(GuardsBudgets, GuardsAdmin):
         if autonomy:
             levels = {}
             for st in plan.steps:
-                v = autonomy.get(f"{user}|{st.action}")
+                v = next(
+                    (autonomy[k] for k in user_action_keys(user, st.action) if k in autonomy), None
+                )
                 if isinstance(v, dict):
                     levels[st.id] = {"level": v.get("level")}
                     if v.get("below") is not None:
@@ -203,7 +207,11 @@ class Guards(GuardsBudgets, GuardsAdmin):
             [
                 *self._stop_keys(agent, actions),
                 *(("breaker", k) for k in breakers),
-                *(("autonomy", f"{user}|{a}") for a in dict.fromkeys(actions)),
+                *(
+                    ("autonomy", k)
+                    for a in dict.fromkeys(actions)
+                    for k in user_action_keys(user, a)
+                ),
             ]
         )
         deny = self._hard_stop(emit, record, agent, actions, state, then="deny")
@@ -278,7 +286,8 @@ class Guards(GuardsBudgets, GuardsAdmin):
     ) -> str | None:
         wanted: list[tuple[str, int]] = []
         limits = []
-        values = {"agent": Counter([agent]), "user": Counter([user]), "action": Counter(actions)}
+        who = person_key(user)  # one counter per person, however the name is spelt
+        values = {"agent": Counter([agent]), "user": Counter([who]), "action": Counter(actions)}
         for rl in self.settings.rate_limits:
             for value, n in values[rl.scope].items():
                 if rl.applies(value):
@@ -347,7 +356,14 @@ class Guards(GuardsBudgets, GuardsAdmin):
         decision: Decision,
     ) -> Decision:
         for s, amount in zip(record.steps, amounts, strict=True):
-            setting = state.get(("autonomy", f"{record.on_behalf_of}|{s.action}"))
+            setting = next(
+                (
+                    state[("autonomy", k)]
+                    for k in user_action_keys(record.on_behalf_of, s.action)
+                    if ("autonomy", k) in state
+                ),
+                None,
+            )
             if not isinstance(setting, dict):
                 continue
             level = AutonomyLevel(setting["level"])
@@ -632,9 +648,11 @@ class Guards(GuardsBudgets, GuardsAdmin):
     ) -> None:
         user = record.on_behalf_of
         for action in dict.fromkeys(s.action for s in record.steps):
-            key = f"{user}|{action}"
+            key, *older = user_action_keys(user, action)
             tx.bump(f"proposals:{key}", "all", count=1, amount=1 if accepted else 0)
             setting = tx.get_state("autonomy", key)
+            if setting is None and older:
+                setting = tx.get_state("autonomy", older[0])
             level = AutonomyLevel(setting["level"]) if isinstance(setting, dict) else None
             if level is None or next_level(level) is None:
                 continue

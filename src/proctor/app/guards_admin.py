@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from proctor.app.guards_budgets import Emit
+from proctor.core.approvals import person_key
 from proctor.core.canonical import MAX_SAFE_INT
 from proctor.core.catalog import Catalog
 from proctor.core.events import EventType as E
@@ -26,6 +27,7 @@ from proctor.core.guards import (
     breaker_view,
     minute,
     period_bucket,
+    user_action_keys,
     window_start,
 )
 from proctor.core.lifecycle import PlanRecord
@@ -233,10 +235,21 @@ class GuardsAdmin:
                 f"below must be a whole amount from 0 to {MAX_SAFE_INT}", field="below"
             )
 
+        key = user_action_keys(user, action)[0]
+        # Rows from before keys were folded (``Alice|x``, any spelling): replaced by this one.
+        older = [
+            k
+            for kind in ("autonomy", "promotion")
+            for k in self.store.list_state(kind)
+            if "|" in k and k != key and user_action_keys(*k.rsplit("|", 1))[0] == key
+        ]
+
         def op(tx: Transaction, emit: Emit, now: Any) -> None:
-            key = f"{user}|{action}"
             tx.put_state("autonomy", key, {"level": lvl.value, "below": below, "by": by}, at=now)
             tx.put_state("promotion", key, None, at=now)
+            for old in dict.fromkeys(older):
+                tx.put_state("autonomy", old, None, at=now)
+                tx.put_state("promotion", old, None, at=now)
             emit(
                 E.AUTONOMY_CHANGED,
                 user_id=user,
@@ -247,15 +260,19 @@ class GuardsAdmin:
 
     def answer_promotion(self, user: str, action: str, *, accept: bool) -> str:
         """The user opts in (the level goes up one) or out of a suggested promotion."""
-        key = f"{user}|{action}"
+        keys = user_action_keys(user, action)
 
         def op(tx: Transaction, emit: Emit, now: Any) -> str:
+            key = keys[0]
             pending = tx.get_state("promotion", key)
+            if pending is None and len(keys) > 1:  # suggested before keys were folded
+                key = keys[1]
+                pending = tx.get_state("promotion", key)
             if not isinstance(pending, dict) or pending.get("status") != "suggested":
                 raise NotFoundError(
                     f"no promotion is suggested for {user} on {action}", field="action"
                 )
-            setting = tx.get_state("autonomy", key) or {}
+            setting = tx.get_state("autonomy", key) or tx.get_state("autonomy", keys[-1]) or {}
             level = pending["to"] if accept else pending["from"]
             if accept:
                 tx.put_state("autonomy", key, {**setting, "level": level, "by": user}, at=now)
@@ -287,7 +304,9 @@ class GuardsAdmin:
         out = []
         for key, v in sorted(self.store.list_state("promotion").items()):
             who, _, action = key.partition("|")
-            if who != user or not isinstance(v, dict) or v.get("status") != "suggested":
+            if person_key(who) != person_key(user):
+                continue
+            if not isinstance(v, dict) or v.get("status") != "suggested":
                 continue
             out.append(
                 {
@@ -355,7 +374,8 @@ class GuardsAdmin:
         for b in self.settings.budgets:
             bucket = period_bucket(now, b.period)
             one = b.scope == "global" or b.key != "*"
-            used = self.store.counter_sum(b.counter(b.key), bucket)[1] if one else None
+            who = person_key(b.key) if b.scope == "user" else b.key
+            used = self.store.counter_sum(b.counter(who), bucket)[1] if one else None
             budgets.append(
                 {
                     "scope": b.scope,
@@ -380,7 +400,8 @@ class GuardsAdmin:
             used = None
             if r.key != "*":
                 since = window_start(now, r.per_seconds)
-                used = self.store.counter_sum(f"rate:{r.scope}:{r.key}", since)[0]
+                who = person_key(r.key) if r.scope == "user" else r.key
+                used = self.store.counter_sum(f"rate:{r.scope}:{who}", since)[0]
             rate_limits.append({**dataclasses.asdict(r), "used": used})
         return {
             "kill": self.store.list_state("kill"),

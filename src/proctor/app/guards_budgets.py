@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from proctor.core.approvals import person_key
 from proctor.core.catalog import ActionSpec
 from proctor.core.decisions import Decision, Outcome
 from proctor.core.events import EventType as E
@@ -48,7 +49,7 @@ class GuardsBudgets:
         if not any(amounts):
             return []
         now = self.clock.now()
-        agent, user = plan.actor.agent_id, plan.on_behalf_of
+        agent, user = plan.actor.agent_id, person_key(plan.on_behalf_of)
         over = []
         for b in self.settings.budgets:
             bucket = period_bucket(now, b.period)
@@ -184,7 +185,7 @@ class GuardsBudgets:
     def _scope_value(scope: str, record: PlanRecord, step: StepRecord) -> str:
         return {
             "agent": record.agent_id,
-            "user": record.on_behalf_of,
+            "user": person_key(record.on_behalf_of),
             "action": step.action,
             "global": "*",
         }[scope]

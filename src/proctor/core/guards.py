@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
+from proctor.core.approvals import person_key
 from proctor.errors import ConfigError
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "over_budget",
     "period_bucket",
     "promotion_due",
+    "user_action_keys",
     "window_start",
 ]
 
@@ -83,8 +85,13 @@ class RateLimit:
         _check_whole(self.per_seconds, "guards.rate_limits.per_seconds", low=60, what="seconds")
 
     def applies(self, value: str) -> bool:
-        """Whether this limit counts ``value`` (an agent, action or user name)."""
-        return self.key in ("*", value)
+        """Whether this limit counts ``value`` (an agent, action or user name).
+
+        A user is compared by ``person_key`` (``Alice`` is ``alice``), as everywhere else.
+        """
+        if self.key in ("*", value):
+            return True
+        return self.scope == "user" and person_key(self.key) == person_key(value)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -115,8 +122,10 @@ class Budget:
             )
 
     def applies(self, value: str) -> bool:
-        """Whether this budget counts ``value``."""
-        return self.scope == "global" or self.key in ("*", value)
+        """Whether this budget counts ``value`` (a user compared by ``person_key``)."""
+        if self.scope == "global" or self.key in ("*", value):
+            return True
+        return self.scope == "user" and person_key(self.key) == person_key(value)
 
     def counter(self, value: str) -> str:
         """The counter this budget keeps for ``value``."""
@@ -396,6 +405,19 @@ def autonomy_outcome(level: AutonomyLevel, below: int | None, amount: int) -> st
     if level is AutonomyLevel.AUTO:
         return "confirm" if below is not None and amount >= below else None
     return "confirm"
+
+
+def user_action_keys(user: str, action: str) -> list[str]:
+    """The keys of a user's autonomy state for one action, the one to use first.
+
+    Per-user guard state is keyed by ``person_key(user)``: ``ALICE`` and ``alice`` are one
+    person to separation of duties, and must be one to their autonomy setting, rate limits
+    and budgets too. A row written before keys were folded (``Alice|x``) is still read, as
+    the second key, until the level is set again.
+    """
+    folded = f"{person_key(user)}|{action}"
+    raw = f"{user}|{action}"
+    return [folded] if raw == folded else [folded, raw]
 
 
 def promotion_due(accepted: int, declined: int, settings: AutonomySettings) -> bool:
