@@ -71,6 +71,23 @@ class TestAdmit:
         [ev] = w.events("guard.rate_limited")
         assert ev["data"]["used"] == 3
 
+    def test_a_rate_limit_window_is_never_shorter_than_asked(self, url):
+        """5 per 60 s: five plans at 09:00:58 leave none for 09:01:00, nor for 09:01:57; 3 per
+        120 s: a fourth plan 119 s after the first three is denied, one 180 s after runs."""
+        w = World(url, rate_limits=(RateLimit(scope="agent", key="*", limit=5),))
+        w.clock.advance(58)  # the clock starts at 09:00:00
+        assert all(w.p.submit(w.plan()).status is PlanStatus.SUCCEEDED for _ in range(5))
+        for seconds in (2, 55):
+            w.clock.advance(seconds)
+            assert w.p.submit(w.plan()).status is PlanStatus.DENIED
+        w = World(url, rate_limits=(RateLimit(scope="agent", key="*", limit=3, per_seconds=120),))
+        w.clock.advance(1)  # the same store: another agent
+        assert all(w.p.submit(w.plan(agent="b2")).status is PlanStatus.SUCCEEDED for _ in range(3))
+        w.clock.advance(timedelta(seconds=119))
+        assert w.p.submit(w.plan(agent="b2")).status is PlanStatus.DENIED
+        w.clock.advance(timedelta(seconds=61))
+        assert w.p.submit(w.plan(agent="b2")).status is PlanStatus.SUCCEEDED
+
     def test_budget_reserves_then_routes_to_approval(self, url):
         """Spend is reserved at decision (budget.reserved); a plan over the limit needs approval."""
         w = World(url, budgets=(Budget(scope="user", key="*", limit=1000),))
@@ -484,11 +501,11 @@ class TestAdministration:
         assert w.guards.status()["rate_limits"] == [
             {"scope": "agent", "key": "bot", "limit": 5, "per_seconds": 60, "used": 2}
         ]
-        w.clock.advance(timedelta(seconds=61))
+        w.clock.advance(timedelta(seconds=121))
 
         st = w.guards.status()
 
-        assert st["rate_limits"][0]["used"] == 0  # a new window
+        assert st["rate_limits"][0]["used"] == 0  # a new window (at most 119 s long)
         assert st["breakers"]["agent:x"]["state"] == "open"
         assert st["breakers"]["agent:x"]["view"] == "half_open"
 

@@ -6,7 +6,8 @@ keeps their state in the store and applies them around routing and execution.
 Counters are keyed by a name and a *bucket*, a sortable string: the UTC minute
 (``2026-11-24T03:41``) for sliding windows, the day (``2026-11-24``) or the month
 (``2026-11``) for budget periods. A sliding window of ``s`` seconds sums the minute buckets
-from ``window_start(now, s)`` on (minute granularity: a window is never shorter than asked).
+from ``window_start(now, s)`` on: the bucket holding ``now - s`` and every later one, so the
+window covers at least the last ``s`` seconds (minute granularity: up to 59 s more, never less).
 """
 
 from __future__ import annotations
@@ -58,8 +59,13 @@ def minute(now: datetime) -> str:
 
 
 def window_start(now: datetime, seconds: int) -> str:
-    """The first minute bucket of a sliding window of ``seconds`` ending at ``now``."""
-    return minute(now - timedelta(seconds=max(seconds - 60, 0)))
+    """The first minute bucket of a sliding window of ``seconds`` ending at ``now``.
+
+    The bucket of ``now - seconds``: whatever happened in the last ``seconds`` is in a bucket
+    from this one on (a limit of 5 per 60 s at 09:01:00 still counts 09:00:58). The window
+    is up to a minute longer than asked, which errs on the strict side.
+    """
+    return minute(now - timedelta(seconds=seconds))
 
 
 def period_bucket(now: datetime, period: str) -> str:
