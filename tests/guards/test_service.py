@@ -481,6 +481,31 @@ class TestOnStepAndFinish:
             w.guards.answer_promotion("alice", "shop.buy", accept=True)
         assert w.p.verify().ok
 
+    def test_a_new_level_counts_proposals_afresh(self, url):
+        """After an accepted promotion, or a level set anew, the old record earns nothing:
+        min_accepted new acceptances are needed before the next suggestion."""
+        from proctor.core.guards import AutonomySettings
+
+        w = World(url, autonomy=AutonomySettings(min_accepted=3, min_rate=0.9))
+
+        def accept(n: int) -> None:
+            for _ in range(n):
+                w.run("on_finish", w.record(outcome="confirm", status=PlanStatus.SUCCEEDED))
+
+        w.guards.set_autonomy("alice", "shop.buy", "propose", by="ops")
+        accept(3)
+        assert w.guards.answer_promotion("alice", "shop.buy", accept=True) == "confirm"
+        accept(2)
+        assert w.guards.suggestions("alice") == []
+        accept(1)
+        assert [x["to"] for x in w.guards.suggestions("alice")] == ["auto"]
+
+        w.guards.set_autonomy("alice", "shop.buy", "propose", by="ops")
+        accept(2)
+        assert w.guards.suggestions("alice") == []
+        accept(1)
+        assert [(x["to"], x["total"]) for x in w.guards.suggestions("alice")] == [("confirm", 3)]
+
 
 class TestAdministration:
     def test_status_shows_rate_limit_use_and_breaker_views(self, url):

@@ -247,7 +247,9 @@ class GuardsAdmin:
         def op(tx: Transaction, emit: Emit, now: Any) -> None:
             tx.put_state("autonomy", key, {"level": lvl.value, "below": below, "by": by}, at=now)
             tx.put_state("promotion", key, None, at=now)
+            _count_afresh(tx, key)
             for old in dict.fromkeys(older):
+                _count_afresh(tx, old)
                 tx.put_state("autonomy", old, None, at=now)
                 tx.put_state("promotion", old, None, at=now)
             emit(
@@ -277,6 +279,7 @@ class GuardsAdmin:
             if accept:
                 tx.put_state("autonomy", key, {**setting, "level": level, "by": user}, at=now)
                 tx.put_state("promotion", key, None, at=now)
+                _count_afresh(tx, key)  # the new level earns its own record
             else:
                 tx.put_state("promotion", key, {**pending, "status": "declined"}, at=now)
             emit(
@@ -412,3 +415,14 @@ class GuardsAdmin:
             "budgets": budgets,
             "rate_limits": rate_limits,
         }
+
+
+def _count_afresh(tx: Transaction, key: str) -> None:
+    """Zero a user's proposal counts for one action (``proposals:{key}``, all-time bucket).
+
+    A level set anew, or a promotion accepted, starts counting afresh: the proposals
+    accepted at the old level must not suggest the next promotion at once.
+    """
+    total, accepted = tx.counter_sum(f"proposals:{key}", "all")
+    if total or accepted:
+        tx.bump(f"proposals:{key}", "all", count=-total, amount=-accepted)
