@@ -88,6 +88,26 @@ class TestAdmit:
         w.clock.advance(timedelta(seconds=61))
         assert w.p.submit(w.plan(agent="b2")).status is PlanStatus.SUCCEEDED
 
+    def test_guard_denials_count_towards_the_anomaly_check(self, url):
+        """Repeated denials by a whitelist, a rate limit or a deny budget raise an anomaly,
+        as the policy's do; a kill switch's do not (an operator stopped everything)."""
+        from proctor.core.guards import AnomalySettings
+
+        w = World(
+            url,
+            anomaly=AnomalySettings(denials=3),
+            rate_limits=(RateLimit(scope="agent", key="rl", limit=1),),
+            budgets=(Budget(scope="agent", key="bu", limit=5, on_exceed="deny"),),
+        )
+        w.guards.set_whitelist("wl", ["shop.read"], by="ops")
+        w.guards.kill("agent", "ki", by="ops", reason="incident")
+        for agent in ("wl", "rl", "bu", "ki"):
+            statuses = [w.p.submit(w.plan(amount=10, agent=agent)).status for _ in range(4)]
+            assert statuses.count(PlanStatus.DENIED) >= 3
+
+        flagged = sorted(e["data"]["agent_id"] for e in w.events("anomaly.detected"))
+        assert flagged == ["bu", "rl", "wl"]
+
     def test_budget_reserves_then_routes_to_approval(self, url):
         """Spend is reserved at decision (budget.reserved); a plan over the limit needs approval."""
         w = World(url, budgets=(Budget(scope="user", key="*", limit=1000),))

@@ -216,20 +216,27 @@ class Guards(GuardsBudgets, GuardsAdmin):
         )
         deny = self._hard_stop(emit, record, agent, actions, state, then="deny")
         if deny is not None:
+            # A whitelist denial counts towards repeated denials; a kill switch's does not:
+            # an operator stopped everything it covers, and a global one would otherwise make
+            # every agent still submitting an "anomaly" (docs/guards.md).
+            if not any(k in state for k in self._stop_keys(agent, actions) if k[0] == "kill"):
+                per_minute = tx.bump(f"activity:agent:{agent}", minute(now))[0]
+                self._denied(tx, emit, record, now, per_minute)
             return Decision.deny_all(step_ids, deny, policy_version=decision.policy_version)
         per_minute = tx.bump(f"activity:agent:{agent}", minute(now))[0]
         if decision.outcome is Outcome.DENY:
-            tx.bump(f"denials:agent:{agent}", minute(now))
-            self._anomaly(tx, emit, record, 0, now, per_minute=per_minute, denied=True)
+            self._denied(tx, emit, record, now, per_minute)
             return decision
         limited = self._rate_limit(tx, emit, record, agent, user, actions, now)
         if limited is not None:
+            self._denied(tx, emit, record, now, per_minute)
             return Decision.deny_all(step_ids, limited, policy_version=decision.policy_version)
         amounts = [spec.amount(s.params) for s, spec in zip(record.steps, specs, strict=True)]
         cost = sum(spend(a) for a in amounts)
         self._anomaly(tx, emit, record, cost, now, per_minute=per_minute, denied=False)
         decision = self._budgets(tx, emit, record, amounts, decision, now)
         if decision.outcome is Outcome.DENY:
+            self._denied(tx, emit, record, now, per_minute)
             return decision
         decision = self._breakers(tx, emit, record, breakers, state, decision, now)
         decision = self._autonomy(record, amounts, state, decision)
@@ -376,6 +383,13 @@ class Guards(GuardsBudgets, GuardsAdmin):
                     [s.step_id],
                 )
         return decision
+
+    def _denied(
+        self, tx: Transaction, emit: Emit, record: PlanRecord, now: Any, per_minute: int
+    ) -> None:
+        """Count a denial (policy, whitelist, rate limit, budget) and check for an anomaly."""
+        tx.bump(f"denials:agent:{record.agent_id}", minute(now))
+        self._anomaly(tx, emit, record, 0, now, per_minute=per_minute, denied=True)
 
     def _anomaly(
         self,
