@@ -48,8 +48,8 @@ def after(state, ok=True, calls=4, errors=0, rollbacks=0, cost=0, window_cost=0)
 class TestBuckets:
     def test_minute_and_windows(self):
         assert minute(T0) == "2026-11-24T03:41"
-        assert window_start(T0, 60) == "2026-11-24T03:41"
-        assert window_start(T0, 300) == "2026-11-24T03:37"
+        assert window_start(T0, 60) == "2026-11-24T03:40"  # the bucket of now - 60 s: at least 60 s
+        assert window_start(T0, 300) == "2026-11-24T03:36"
         assert period_bucket(T0, "day") == "2026-11-24"
         assert period_bucket(T0, "month") == "2026-11"
         # Buckets sort as time does.
