@@ -15,12 +15,21 @@ from enum import StrEnum
 from typing import Any, assert_never
 
 from proctor.core.assessment import Adjustment
+from proctor.core.canonical import printable
 from proctor.errors import InvalidRequestError
 
-__all__ = ["Decision", "Outcome", "StepDecision"]
+__all__ = ["MAX_ENTRIES", "MAX_STRING", "MAX_TOTAL", "Decision", "Outcome", "StepDecision"]
 
 _MAX_APPROVALS = 10
 _MAX_WINDOW = 90 * 24 * 3600  # 90 days: a longer undo window is a configuration mistake
+# Bounds on what a policy may write into the decision (and so into every signed audit event
+# that carries it), in line with a manifest's own limits (``core.plans.Limits``): at most 32
+# entries per list (reasons, approver roles, plan denials, adjustments), each string at most
+# 2,000 characters, and all of a decision's strings together at most 256 Ki characters.
+MAX_ENTRIES = 32
+MAX_STRING = 2_000
+MAX_TOTAL = 256 * 1024
+_MAX_MESSAGE = 500  # of the malformed output's error quoted in the deny reason
 
 
 class Outcome(StrEnum):
@@ -247,14 +256,19 @@ class Decision:
         """Check the policy's raw output (docs/policy.md) and build the decision.
 
         Anything malformed denies the whole plan: a decision we cannot read is not a yes.
+        So does an output over the size bounds (``MAX_ENTRIES``, ``MAX_STRING``,
+        ``MAX_TOTAL``) or a string without a UTF-8 form (a lone surrogate), which could not
+        be written to the audit log.
         """
         try:
             return cls._parse(raw, step_ids, policy_version)
         except (InvalidRequestError, KeyError, TypeError, ValueError) as exc:
             msg = exc.message if isinstance(exc, InvalidRequestError) else repr(exc)
+            if len(msg) > _MAX_MESSAGE:  # it may quote a huge value (an unknown outcome)
+                msg = msg[:_MAX_MESSAGE] + "…"
             return cls.deny_all(
                 step_ids,
-                f"policy output is malformed ({msg}): fail closed",
+                f"policy output is malformed ({printable(msg)}): fail closed",
                 policy_version=policy_version,
             )
 
@@ -263,21 +277,26 @@ class Decision:
         out = _obj(raw, "decision")
         raw_steps = _obj(out.get("steps"), "decision.steps")
         plan = _obj(out.get("plan", {}), "decision.plan")
+        budget = _Budget()
         steps = []
         for sid in step_ids:
             if sid not in raw_steps:
                 # A step without a decision is denied, not skipped.
                 steps.append(StepDecision.denied(sid, "the policy gave no decision: fail closed"))
                 continue
-            steps.append(_step(sid, _obj(raw_steps[sid], f"decision.steps.{sid}")))
-        deny = _str_list(plan.get("deny", []), "decision.plan.deny")
+            steps.append(_step(sid, _obj(raw_steps[sid], f"decision.steps.{sid}"), budget))
+        deny = _str_list(plan.get("deny", []), "decision.plan.deny", budget)
         adjustments = tuple(
             Adjustment(
                 axis=_obj(a, "adjustment")["axis"],
                 delta=a["delta"],
-                reason=str(a.get("reason", "")),
+                reason=budget.text(
+                    str(a.get("reason", "")), f"decision.plan.adjustments[{i}].reason"
+                ),
             )
-            for a in _list(plan.get("adjustments", []), "decision.plan.adjustments")
+            for i, a in enumerate(
+                _list(plan.get("adjustments", []), "decision.plan.adjustments", MAX_ENTRIES)
+            )
         )
         rate = plan.get("review_sample_rate", 0)
         if type(rate) not in (int, float) or not 0 <= rate <= 1:
@@ -292,7 +311,7 @@ class Decision:
         )
 
 
-def _step(sid: str, d: Mapping[str, Any]) -> StepDecision:
+def _step(sid: str, d: Mapping[str, Any], budget: _Budget) -> StepDecision:
     outcome = Outcome(d["outcome"])  # ValueError on an unknown outcome -> deny
     approvals = d.get("approvals", 1 if outcome is Outcome.APPROVE else 0)
     if type(approvals) is not int or not 0 <= approvals <= _MAX_APPROVALS:
@@ -309,13 +328,15 @@ def _step(sid: str, d: Mapping[str, Any]) -> StepDecision:
     for key in ("dry_run", "step_up"):
         if type(d.get(key, False)) is not bool:
             raise InvalidRequestError(f"steps.{sid}.{key} must be a boolean")
-    reasons = _str_list(d.get("reasons", []), f"steps.{sid}.reasons")
+    reasons = _str_list(d.get("reasons", []), f"steps.{sid}.reasons", budget)
     return StepDecision(
         step_id=sid,
         outcome=outcome,
         reasons=reasons or (f"policy outcome {outcome.value}",),
         approvals=approvals,
-        approver_roles=_str_list(d.get("approver_roles", []), f"steps.{sid}.approver_roles"),
+        approver_roles=_str_list(
+            d.get("approver_roles", []), f"steps.{sid}.approver_roles", budget
+        ),
         dry_run=d.get("dry_run", False),
         step_up=d.get("step_up", False),
         undo_window=windows[0],
@@ -329,14 +350,53 @@ def _obj(v: Any, where: str) -> Mapping[str, Any]:
     return v
 
 
-def _list(v: Any, where: str) -> list[Any]:
+def _list(v: Any, where: str, max_len: int | None = None) -> list[Any]:
     if not isinstance(v, list):
         raise InvalidRequestError(f"{where} must be an array")
+    if max_len is not None and len(v) > max_len:
+        raise InvalidRequestError(
+            f"{where} has {len(v)} entries; the limit is {max_len}", field=where
+        )
     return v
 
 
-def _str_list(v: Any, where: str) -> tuple[str, ...]:
-    items = _list(v, where)
+def _str_list(v: Any, where: str, budget: _Budget) -> tuple[str, ...]:
+    items = _list(v, where, MAX_ENTRIES)
     if not all(isinstance(x, str) for x in items):
         raise InvalidRequestError(f"{where} must be an array of strings")
+    for i, x in enumerate(items):
+        budget.text(x, f"{where}[{i}]")
     return tuple(items)
+
+
+class _Budget:
+    """The characters a decision's strings may still take (``MAX_TOTAL``)."""
+
+    __slots__ = ("left",)
+
+    def __init__(self) -> None:
+        self.left = MAX_TOTAL
+
+    def text(self, s: str, where: str) -> str:
+        """Return ``s`` if it fits ``MAX_STRING`` and the budget and has a UTF-8 form."""
+        n = len(s)
+        if n > MAX_STRING:
+            raise InvalidRequestError(
+                f"{where} is {n} characters; the limit is {MAX_STRING}", field=where
+            )
+        self.left -= n
+        if self.left < 0:
+            raise InvalidRequestError(
+                f"the decision's strings exceed {MAX_TOTAL} characters in all (at {where})",
+                field=where,
+            )
+        if not s.isascii():
+            try:
+                s.encode()
+            except UnicodeEncodeError:
+                # A lone surrogate (json.loads lets "\ud800" through): no UTF-8 form, so
+                # no canonical JSON for the audit log.
+                raise InvalidRequestError(
+                    f"{where} holds a lone surrogate (no UTF-8 form)", field=where
+                ) from None
+        return s

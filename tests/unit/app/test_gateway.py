@@ -21,6 +21,7 @@ from proctor.errors import (
     PlanIdReusedError,
     PolicyEngineError,
 )
+from proctor.policy.engine import RegoPolicyEngine
 from proctor.testing import FrozenClock, RecordingTool, make_plan
 
 LOW = {"risk": 1, "auditability": 1, "ux": 1, "recovery": 1, "cost": 1}
@@ -261,6 +262,42 @@ class TestSubmit:
         assert rec.status is PlanStatus.DENIED
         assert "policy engine error" in rec.decision["plan_reasons"][0]
         assert tools["shop.read"][0].calls == []
+
+    def test_a_lone_surrogate_in_the_policy_output_denies_and_is_audited(self, clock):
+        """A Rego reason "\\ud800" next to a 20-digit number (parsed by json, which lets the
+        surrogate through) denies the plan as malformed: recorded and audited, no 422."""
+        src = (
+            "package proctor\nimport rego.v1\n"
+            'decision := {"steps": {s.id: {"outcome": "execute", "reasons": ["\\ud800"]}'
+            ' | some s in input.steps}, "n": 123456789012345678901234}\n'
+        )
+        p, tools = make(RegoPolicyEngine.from_sources({"p.rego": src}), clock)
+        rec = p.submit(make_plan([("shop.read", {})], plan_id="p-sur"))
+        assert rec.status is PlanStatus.DENIED
+        assert rec.decision["plan_reasons"][0].startswith("policy output is malformed")
+        assert "lone surrogate" in rec.decision["plan_reasons"][0]
+        assert p.get("p-sur").status is PlanStatus.DENIED
+        assert "policy.decided" in [e.type for e in p.events(plan_id="p-sur")]
+        assert tools["shop.read"][0].calls == []
+        assert p.verify().ok
+
+    @pytest.mark.parametrize(
+        "step",
+        [
+            {"outcome": "execute", "reasons": ["r"] * 200_000},
+            {"outcome": "execute", "reasons": ["x" * 3_000_000]},
+        ],
+    )
+    def test_an_oversized_policy_output_denies_and_stays_out_of_the_log(self, clock, step):
+        """200,000 reasons or one 3 MB reason deny the plan naming the limit; the events stay
+        small."""
+        p, tools = make(ScriptedPolicy(lambda inp: {"steps": {"s1": step}}), clock)
+        rec = p.submit(make_plan([("shop.read", {})]))
+        assert rec.status is PlanStatus.DENIED
+        assert "the limit is" in rec.decision["plan_reasons"][0]
+        assert tools["shop.read"][0].calls == []
+        assert max(len(e.body) for e in p.events(plan_id=rec.plan_id)) < 10_000
+        assert p.verify().ok
 
 
 class TestFailureAndCompensation:

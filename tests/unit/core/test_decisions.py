@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from proctor.core.decisions import Decision, Outcome
+from proctor.core.canonical import canonical
+from proctor.core.decisions import MAX_ENTRIES, MAX_STRING, MAX_TOTAL, Decision, Outcome
 
 V = "sha256:test"
 
@@ -79,3 +80,135 @@ class TestFromPolicyOutput:
         }
         d = Decision.from_policy_output(raw, ["a"], policy_version=V)
         assert Decision.from_dict(d.as_dict()) == d
+
+
+class TestOutputBounds:
+    """A policy's output goes into signed audit events: its size is bounded, its strings
+    must have a UTF-8 form; anything else denies the plan as malformed (fail closed)."""
+
+    @pytest.mark.parametrize(
+        ("raw", "named"),
+        [
+            ({"steps": {"s1": _step(reasons=["r"] * (MAX_ENTRIES + 1))}}, "steps.s1.reasons"),
+            (
+                {"steps": {"s1": _step(reasons=["x" * (MAX_STRING + 1)])}},
+                "steps.s1.reasons[0]",
+            ),
+            (
+                {"steps": {"s1": _step("approve", approver_roles=["hr"] * (MAX_ENTRIES + 1))}},
+                "steps.s1.approver_roles",
+            ),
+            (
+                {"steps": {"s1": _step("approve", approver_roles=["x" * (MAX_STRING + 1)])}},
+                "steps.s1.approver_roles[0]",
+            ),
+            (
+                {"steps": {"s1": _step()}, "plan": {"deny": ["flow"] * (MAX_ENTRIES + 1)}},
+                "decision.plan.deny",
+            ),
+            (
+                {"steps": {"s1": _step()}, "plan": {"deny": ["x" * (MAX_STRING + 1)]}},
+                "decision.plan.deny[0]",
+            ),
+            (
+                {
+                    "steps": {"s1": _step()},
+                    "plan": {
+                        "adjustments": [{"axis": "risk", "delta": 0, "reason": "r"}]
+                        * (MAX_ENTRIES + 1)
+                    },
+                },
+                "decision.plan.adjustments",
+            ),
+            (
+                {
+                    "steps": {"s1": _step()},
+                    "plan": {
+                        "adjustments": [
+                            {"axis": "risk", "delta": 1, "reason": "x" * (MAX_STRING + 1)}
+                        ]
+                    },
+                },
+                "decision.plan.adjustments[0].reason",
+            ),
+        ],
+    )
+    def test_an_output_over_a_bound_denies_naming_it(self, raw, named):
+        """Too many entries, or a string too long, denies with the field and the limit."""
+        d = Decision.from_policy_output(raw, ["s1"], policy_version=V)
+        assert d.outcome is Outcome.DENY
+        assert d.step("s1").outcome is Outcome.DENY
+        reason = d.plan_reasons[0]
+        assert reason.startswith("policy output is malformed (") and named in reason
+        assert "the limit is" in reason
+        assert len(reason) < 1_000
+
+    def test_the_bounds_themselves_are_accepted(self):
+        """Exactly MAX_ENTRIES strings of MAX_STRING characters is a valid output."""
+        raw = {
+            "steps": {
+                "s1": _step(
+                    "approve",
+                    reasons=["x" * MAX_STRING] * MAX_ENTRIES,
+                    approver_roles=["r" * MAX_STRING] * MAX_ENTRIES,
+                )
+            },
+            "plan": {"deny": []},
+        }
+        d = Decision.from_policy_output(raw, ["s1"], policy_version=V)
+        assert d.outcome is Outcome.APPROVE
+        assert len(d.step("s1").reasons) == MAX_ENTRIES
+
+    def test_all_strings_together_are_bounded(self):
+        """Many steps each within the bounds still cannot exceed MAX_TOTAL in all."""
+        per_step = MAX_ENTRIES * MAX_STRING
+        n = MAX_TOTAL // per_step + 1
+        ids = [f"s{i}" for i in range(n)]
+        raw = {"steps": {i: _step(reasons=["x" * MAX_STRING] * MAX_ENTRIES) for i in ids}}
+        d = Decision.from_policy_output(raw, ids, policy_version=V)
+        assert d.outcome is Outcome.DENY
+        assert f"exceed {MAX_TOTAL} characters in all" in d.plan_reasons[0]
+        ok = Decision.from_policy_output(
+            {"steps": {i: raw["steps"][i] for i in ids[:-1]}}, ids[:-1], policy_version=V
+        )
+        assert ok.outcome is Outcome.EXECUTE
+
+    @pytest.mark.parametrize(
+        ("raw", "named"),
+        [
+            ({"steps": {"s1": _step(reasons=["ok", "bad \ud800"])}}, "steps.s1.reasons[1]"),
+            (
+                {"steps": {"s1": _step("approve", approver_roles=["\udfff"])}},
+                "steps.s1.approver_roles[0]",
+            ),
+            ({"steps": {"s1": _step()}, "plan": {"deny": ["\ud800"]}}, "decision.plan.deny[0]"),
+            (
+                {
+                    "steps": {"s1": _step()},
+                    "plan": {"adjustments": [{"axis": "risk", "delta": 1, "reason": "\ud800"}]},
+                },
+                "decision.plan.adjustments[0].reason",
+            ),
+        ],
+    )
+    def test_a_lone_surrogate_denies_as_malformed(self, raw, named):
+        """A string with no UTF-8 form (it could not be audited) denies the plan."""
+        d = Decision.from_policy_output(raw, ["s1"], policy_version=V)
+        assert d.outcome is Outcome.DENY
+        assert named in d.plan_reasons[0] and "lone surrogate" in d.plan_reasons[0]
+        canonical(d.as_dict())  # the deny itself can be written to the log
+
+    def test_a_huge_bad_value_is_not_quoted_whole(self):
+        """An unknown 3 MB outcome is quoted only in part in the deny reason."""
+        raw = {"steps": {"s1": {"outcome": "x" * 3_000_000 + "\ud800"}}}
+        d = Decision.from_policy_output(raw, ["s1"], policy_version=V)
+        assert d.outcome is Outcome.DENY
+        assert "malformed" in d.plan_reasons[0] and len(d.plan_reasons[0]) < 1_000
+        canonical(d.as_dict())
+
+    def test_non_ascii_text_within_bounds_is_kept(self):
+        """Accents, CJK and astral characters (a valid pair) are ordinary text."""
+        raw = {"steps": {"s1": _step(reasons=["déjà vu", "承認", "\U0001f600"])}}
+        d = Decision.from_policy_output(raw, ["s1"], policy_version=V)
+        assert d.outcome is Outcome.EXECUTE
+        assert d.step("s1").reasons == ("déjà vu", "承認", "\U0001f600")
