@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
+import hmac
 import os
 import threading
 from collections.abc import Mapping, Sequence
@@ -458,7 +460,7 @@ class Gateway(HumanActions):
         review = (
             outcome is Outcome.EXECUTE
             and not sandbox
-            and _sampled(plan.digest, decision.review_sample_rate)
+            and self.sampled_for_review(plan.digest, decision.review_sample_rate)
         )
         return PlanRecord(
             plan_id=plan_id,
@@ -641,6 +643,15 @@ class Gateway(HumanActions):
         """
         return keyed_payload_hash(self._payload_key, payload)
 
+    def sampled_for_review(self, digest: str, rate: float) -> bool:
+        """Whether an auto-executed plan of ``digest`` falls in a review sample of ``rate``.
+
+        Keyed with the instance's payload key (``keys/payload-hmac.key``): the agent that
+        writes the manifest cannot predict it, and an auditor with the key can recompute it
+        (the rate is the plan decision's ``review_sample_rate``; docs/guards.md).
+        """
+        return _sampled(self._payload_key, digest, rate)
+
     def hash_payload(self, spec: ActionSpec | None, payload: Mapping[str, Any]) -> str:
         """The ``payload_hash`` of a step's params (or ``result_hash`` of its result).
 
@@ -713,15 +724,25 @@ class Gateway(HumanActions):
             return lock
 
 
-def _sampled(digest: str, rate: float) -> bool:
-    """Deterministic sampling: the digest's first 32 bits as a fraction of 2**32.
+# What the review sample's HMAC is taken over, before the plan digest. Not JSON: the same
+# key's HMACs of canonical JSON objects (masked params, which an agent chooses) are written to
+# the log, and none of them can be a sampling value.
+_SAMPLE_DOMAIN = b"proctor review sample\n"
 
-    Deterministic so an auditor can recompute which plans had to be reviewed.
+
+def _sampled(key: bytes, digest: str, rate: float) -> bool:
+    """Deterministic, keyed sampling: is the plan of ``digest`` in the review sample?
+
+    The first 32 bits (big-endian) of HMAC-SHA256(key, ``_SAMPLE_DOMAIN`` + digest), as a
+    fraction of 2**32, below ``rate``. Keyed with the instance's secret, so an agent, which
+    controls its manifest and so its digest, cannot tell which of its plans would be
+    sampled; deterministic, so replicas sharing the key agree and an auditor holding it can
+    recompute which plans had to be reviewed.
     """
     if rate <= 0:
         return False
-    value = int(digest.removeprefix("sha256:")[:8], 16) / 2**32
-    return value < rate
+    mac = hmac.new(key, _SAMPLE_DOMAIN + digest.encode(), hashlib.sha256).digest()
+    return int.from_bytes(mac[:4], "big") / 2**32 < rate
 
 
 def _escalate(sd: StepDecision, reason: str) -> StepDecision:

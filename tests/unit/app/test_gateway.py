@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections.abc import Mapping
 from typing import Any
 
@@ -9,9 +11,11 @@ import orjson
 import pytest
 
 from proctor import Proctor
-from proctor.app.gateway import GatewayOptions
+from proctor.app.gateway import GatewayOptions, _sampled
+from proctor.bootstrap import init_home
 from proctor.core.catalog import Catalog
 from proctor.core.lifecycle import PlanStatus, StepStatus
+from proctor.core.plans import Plan
 from proctor.errors import (
     ApprovalExpiredError,
     ConflictError,
@@ -813,3 +817,61 @@ class TestPrivacy:
         raw = b"".join(e.body for e in p.events(plan_id=rec.plan_id))
         assert b"ada@example.org" not in raw
         assert b"result_hash" in raw
+
+
+def _unkeyed_sampled(digest: str, rate: float) -> bool:
+    """The old rule (the digest's first 32 bits), which an agent can compute itself."""
+    return int(digest.removeprefix("sha256:")[:8], 16) / 2**32 < rate
+
+
+def _auditor_sampled(key: bytes, digest: str, rate: float) -> bool:
+    """The rule as docs/guards.md gives it, for an auditor holding keys/payload-hmac.key."""
+    mac = hmac.new(key, b"proctor review sample\n" + digest.encode(), hashlib.sha256).digest()
+    return rate > 0 and int.from_bytes(mac[:4], "big") / 2**32 < rate
+
+
+class TestReviewSampling:
+    def test_an_agent_cannot_grind_its_plans_out_of_the_sample(self, clock):
+        """Plan ids tried locally until the digest's own bits say "not sampled" are sampled
+        at the rate all the same: the sample is keyed with a secret the agent lacks."""
+        half = ScriptedPolicy(
+            lambda inp: {**outcome_for({})(inp), "plan": {"review_sample_rate": 0.5}}
+        )
+        p, _ = make(half, clock)
+        sampled = 0
+        for i in range(40):
+            n = 0
+            while True:
+                m = make_plan([("shop.read", {})], plan_id=f"p-{i}-{n}", intent=f"buy {i}")
+                if not _unkeyed_sampled(Plan.from_dict(m).digest, 0.5):
+                    break
+                n += 1
+            rec = p.submit(m)
+            assert rec.status is PlanStatus.SUCCEEDED
+            assert rec.review is p.gateway.sampled_for_review(rec.digest, 0.5)
+            sampled += rec.review
+        # Binomial(40, 0.5) under a random key: outside 5..35 once in ~10**7 runs.
+        assert 5 <= sampled <= 35
+
+    def test_the_sample_is_the_documented_keyed_rule(self):
+        """Same key, same answer (replicas agree); another key, another sample."""
+        key, other = bytes(range(32)), bytes(32)
+        digests = [f"sha256:{hashlib.sha256(str(i).encode()).hexdigest()}" for i in range(200)]
+        ours = [_sampled(key, d, 0.3) for d in digests]
+        assert ours == [_auditor_sampled(key, d, 0.3) for d in digests]
+        assert ours == [_sampled(key, d, 0.3) for d in digests]
+        assert ours != [_sampled(other, d, 0.3) for d in digests]
+        assert ours != [_unkeyed_sampled(d, 0.3) for d in digests]
+        assert 30 <= sum(ours) <= 90
+        assert not any(_sampled(key, d, 0) for d in digests)
+        assert all(_sampled(key, d, 1) for d in digests)
+
+    def test_an_instance_samples_under_its_payload_key(self, tmp_path):
+        """An auditor reading keys/payload-hmac.key recomputes what the instance decides."""
+        home = tmp_path / "h"
+        init_home(home)
+        key = (home / "keys" / "payload-hmac.key").read_bytes()
+        digests = [f"sha256:{hashlib.sha256(str(i).encode()).hexdigest()}" for i in range(64)]
+        with Proctor.open(home) as p:
+            got = [p.gateway.sampled_for_review(d, 0.5) for d in digests]
+        assert got == [_auditor_sampled(key, d, 0.5) for d in digests]
