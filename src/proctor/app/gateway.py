@@ -297,15 +297,18 @@ class Gateway(HumanActions):
         """Ask the policy about a validated plan; never raises for a policy failure."""
         step_ids = [s.id for s in plan.steps]
         base = baseline(spec.baselines for spec in specs)
-        if self.policy is None:
+        # One read of the engine: a hot reload swaps ``self.policy`` at any moment, and the
+        # decision must be recorded under the version of the bundle that made it.
+        engine = self.policy
+        if engine is None:
             # No policy loaded means nobody said yes: deny (fail closed).
             decision = Decision.deny_all(
                 step_ids, "no policy is loaded: fail closed", policy_version=_NO_POLICY
             )
         else:
-            version = self.policy.version
+            version = engine.version
             try:
-                raw = self.policy.evaluate(self._policy_input(plan, specs, base))
+                raw = engine.evaluate(self._policy_input(plan, specs, base))
             except PolicyEngineError as exc:
                 decision = Decision.deny_all(
                     step_ids,

@@ -875,3 +875,27 @@ class TestReviewSampling:
         with Proctor.open(home) as p:
             got = [p.gateway.sampled_for_review(d, 0.5) for d in digests]
         assert got == [_auditor_sampled(key, d, 0.5) for d in digests]
+
+
+class TestPolicyReload:
+    def test_a_reload_during_evaluation_keeps_the_version_of_the_deciding_bundle(self, clock):
+        """A reload that lands between reading the engine's version and evaluating does not
+        record the new bundle's decision under the old version."""
+        new = ScriptedPolicy(outcome_for({"shop.read": "deny"}), version="sha256:new")
+
+        class Reloaded(ScriptedPolicy):
+            @property
+            def version(self):
+                p.gateway.policy = new  # the hot reload swaps the engine right here
+                return "sha256:old"
+
+            @version.setter
+            def version(self, _):
+                pass
+
+        p, _ = make(Reloaded(outcome_for({})), clock)
+        rec = p.submit(make_plan([("shop.read", {})]))
+        assert (rec.policy_version, rec.status) == ("sha256:old", PlanStatus.SUCCEEDED)
+        assert new.inputs == []
+        rec = p.submit(make_plan([("shop.read", {})]))
+        assert (rec.policy_version, rec.status) == ("sha256:new", PlanStatus.DENIED)
