@@ -287,13 +287,7 @@ class Decision:
             steps.append(_step(sid, _obj(raw_steps[sid], f"decision.steps.{sid}"), budget))
         deny = _str_list(plan.get("deny", []), "decision.plan.deny", budget)
         adjustments = tuple(
-            Adjustment(
-                axis=_obj(a, "adjustment")["axis"],
-                delta=a["delta"],
-                reason=budget.text(
-                    str(a.get("reason", "")), f"decision.plan.adjustments[{i}].reason"
-                ),
-            )
+            _adjustment(i, a, budget)
             for i, a in enumerate(
                 _list(plan.get("adjustments", []), "decision.plan.adjustments", MAX_ENTRIES)
             )
@@ -344,6 +338,14 @@ def _step(sid: str, d: Mapping[str, Any], budget: _Budget) -> StepDecision:
     )
 
 
+def _adjustment(i: int, a: Any, budget: _Budget) -> Adjustment:
+    reason = str(_obj(a, "adjustment").get("reason", ""))
+    if len(reason) > MAX_STRING or not reason.isascii():
+        _check_text(reason, "decision.plan.adjustments", i, ".reason")
+    budget.take(len(reason), "decision.plan.adjustments")
+    return Adjustment(axis=a["axis"], delta=a["delta"], reason=reason)
+
+
 def _obj(v: Any, where: str) -> Mapping[str, Any]:
     if not isinstance(v, Mapping):
         raise InvalidRequestError(f"{where} must be an object")
@@ -362,11 +364,31 @@ def _list(v: Any, where: str, max_len: int | None = None) -> list[Any]:
 
 def _str_list(v: Any, where: str, budget: _Budget) -> tuple[str, ...]:
     items = _list(v, where, MAX_ENTRIES)
-    if not all(isinstance(x, str) for x in items):
-        raise InvalidRequestError(f"{where} must be an array of strings")
     for i, x in enumerate(items):
-        budget.text(x, f"{where}[{i}]")
+        if not isinstance(x, str):
+            raise InvalidRequestError(f"{where} must be an array of strings")
+        if len(x) > MAX_STRING or not x.isascii():  # the common case costs two calls
+            _check_text(x, where, i)
+    if items:
+        budget.take(sum(map(len, items)), where)
     return tuple(items)
+
+
+def _check_text(s: str, where: str, index: int, suffix: str = "") -> None:
+    """Raise unless ``s`` fits ``MAX_STRING`` and has a UTF-8 form (the slow path)."""
+    at = f"{where}[{index}]{suffix}"
+    if len(s) > MAX_STRING:
+        raise InvalidRequestError(
+            f"{at} is {len(s)} characters; the limit is {MAX_STRING}", field=at
+        )
+    try:
+        s.encode()
+    except UnicodeEncodeError:
+        # A lone surrogate (json.loads lets "\ud800" through): no UTF-8 form, so no
+        # canonical JSON for the audit log.
+        raise InvalidRequestError(
+            f"{at} holds a lone surrogate (no UTF-8 form)", field=at
+        ) from None
 
 
 class _Budget:
@@ -377,26 +399,11 @@ class _Budget:
     def __init__(self) -> None:
         self.left = MAX_TOTAL
 
-    def text(self, s: str, where: str) -> str:
-        """Return ``s`` if it fits ``MAX_STRING`` and the budget and has a UTF-8 form."""
-        n = len(s)
-        if n > MAX_STRING:
-            raise InvalidRequestError(
-                f"{where} is {n} characters; the limit is {MAX_STRING}", field=where
-            )
+    def take(self, n: int, where: str) -> None:
+        """Count ``n`` more characters (of ``where``); raise past ``MAX_TOTAL``."""
         self.left -= n
         if self.left < 0:
             raise InvalidRequestError(
                 f"the decision's strings exceed {MAX_TOTAL} characters in all (at {where})",
                 field=where,
             )
-        if not s.isascii():
-            try:
-                s.encode()
-            except UnicodeEncodeError:
-                # A lone surrogate (json.loads lets "\ud800" through): no UTF-8 form, so
-                # no canonical JSON for the audit log.
-                raise InvalidRequestError(
-                    f"{where} holds a lone surrogate (no UTF-8 form)", field=where
-                ) from None
-        return s
