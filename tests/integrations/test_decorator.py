@@ -374,11 +374,12 @@ class TestResumeOnlyOwnPlans:
     def test_another_agents_or_users_plan_is_not_returned(self, proctor):
         """The same action, called as another agent or for another user: not this call's."""
         refund = refund_for(proctor)
+        # The same function (one action may be governed once per function), other callers.
         as_bob = governed(proctor, action="refund", agent_id="bot", on_behalf_of="bob")(
-            lambda amount, customer: None
+            refund.__wrapped__
         )
         other_bot = governed(proctor, action="refund", agent_id="bot2", on_behalf_of="alice")(
-            lambda amount, customer: None
+            refund.__wrapped__
         )
 
         assert refund(amount=20, customer="r1") == {"refunded": 20}
