@@ -19,10 +19,10 @@ text interpolated; every value is bound.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["list_plans_sql", "waiting_plans_sql"]
+__all__ = ["list_plans_sql", "waiting_plan_rows", "waiting_plans_sql"]
 
 
 def list_plans_sql(
@@ -98,4 +98,23 @@ def waiting_plans_sql(
         where.append(f"plan_id > {mark}")
         untimed.append(pid)
     out.append((select + " AND ".join(where) + f" ORDER BY plan_id LIMIT {mark}", tuple(untimed)))
+    return out
+
+
+def waiting_plan_rows(
+    rows: Callable[[str, tuple[Any, ...]], Sequence[Any]],
+    cols: str,
+    mark: str,
+    status: str,
+    *,
+    on_behalf_of: str | None,
+    limit: int,
+    after: str | None,
+) -> list[Any]:
+    """Run ``waiting_plans_sql``'s statements with ``rows`` until ``limit`` rows are read."""
+    out: list[Any] = []
+    for sql, args in waiting_plans_sql(cols, mark, status, on_behalf_of=on_behalf_of, after=after):
+        if len(out) >= limit:
+            break
+        out += rows(sql, (*args, int(limit) - len(out)))
     return out

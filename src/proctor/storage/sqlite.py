@@ -49,7 +49,7 @@ from proctor.core.ports import AuditHead, CheckpointRow, EventRow
 from proctor.core.principals import TokenRecord
 from proctor.errors import StorageError
 from proctor.storage._codec import dump_plan, load_plan
-from proctor.storage._plan_queries import list_plans_sql, waiting_plans_sql
+from proctor.storage._plan_queries import list_plans_sql, waiting_plan_rows
 from proctor.storage.migrations import SCHEMA_VERSION, pending
 from proctor.storage.sqlite_wal import _open_lock_file, checkpoint_wal
 
@@ -577,14 +577,16 @@ class SqliteStore:
         after: str | None = None,
     ) -> list[PlanRecord]:
         """Return the plans in ``status``, soonest deadline first; ``after`` is a cursor."""
-        out: list[PlanRecord] = []
-        for sql, args in waiting_plans_sql(
-            _PLAN_COLS, "?", status, on_behalf_of=on_behalf_of, after=after
-        ):
-            if len(out) >= limit:
-                break
-            out += [load_plan(r) for r in self._query(sql, (*args, int(limit) - len(out)))]
-        return out
+        found = waiting_plan_rows(
+            self._query,
+            _PLAN_COLS,
+            "?",
+            status,
+            on_behalf_of=on_behalf_of,
+            limit=limit,
+            after=after,
+        )
+        return [load_plan(r) for r in found]
 
     def count_plans(self, statuses: Sequence[str]) -> dict[str, tuple[int, datetime]]:
         """Return, per status that has plans, their number and oldest ``created_at``."""
