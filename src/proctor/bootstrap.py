@@ -188,9 +188,7 @@ def init_home(
         raise ConfigError(f"cannot write the instance at {home}: {exc}", field="home") from exc
     settings = load(home)
     db_existed = _db_exists(settings)
-    store = open_store(
-        settings.database_url, synchronous=settings.synchronous, pool_size=settings.pool_size
-    )
+    store = _settings_store(settings)
     store.close()
     (report.existing if db_existed else report.created).append("database")
     return report
@@ -214,12 +212,7 @@ def _refuse_new_keyring_for_a_log(home: Path, keyring: Keyring) -> None:
     if not _db_exists(settings):
         return
     try:
-        store = open_store(
-            settings.database_url,
-            synchronous=settings.synchronous,
-            pool_size=settings.pool_size,
-            migrate=False,
-        )
+        store = _settings_store(settings, migrate=False)
         try:
             empty = store.event_count() == 0
         finally:
@@ -251,6 +244,16 @@ def _require_keyring(settings: Settings, keyring: Keyring) -> None:
         f"no keyring at {keyring.directory / 'keyring.json'}",
         field="keys",
         hint=_RESTORE_KEYS if has_db else "Run `proctor init` to create the instance.",
+    )
+
+
+def _settings_store(settings: Settings, *, migrate: bool = True) -> Store:
+    """Open the store of ``settings`` (its URL, durability and pool size)."""
+    return open_store(
+        settings.database_url,
+        synchronous=settings.synchronous,
+        pool_size=settings.pool_size,
+        migrate=migrate,
     )
 
 
@@ -504,9 +507,7 @@ def open_instance(settings: Settings, *, clock: Clock | None = None) -> Instance
     policy = load_policy(settings)
     tools = PythonTools()
     _refuse_missing_sqlite(settings)
-    store = open_store(
-        settings.database_url, synchronous=settings.synchronous, pool_size=settings.pool_size
-    )
+    store = _settings_store(settings)
     try:
         # A scheduled rotation is recorded in the audit log, which needs the store: so it
         # waits until nothing but building the gateway can stop the opening (the catalog,
@@ -628,9 +629,7 @@ def open_existing_store(settings: Settings) -> Store:
             hint="Verify in the process that holds it (Proctor.verify()), or use SQLite.",
         )
     _refuse_missing_sqlite(settings)
-    store = open_store(
-        url, synchronous=settings.synchronous, pool_size=settings.pool_size, migrate=False
-    )
+    store = _settings_store(settings, migrate=False)
     try:
         version = int(store.schema_version())  # type: ignore[attr-defined]
         if version == 0:
@@ -690,21 +689,14 @@ def database_status(home: Path, *, upgrade: bool = False) -> tuple[DatabaseStatu
             field="database.url",
             hint="Check [database] url and PROCTOR_DATABASE_URL; `proctor init` creates it.",
         )
-    store = open_store(
-        settings.database_url,
-        synchronous=settings.synchronous,
-        pool_size=settings.pool_size,
-        migrate=False,
-    )
+    store = _settings_store(settings, migrate=False)
     try:
         before = int(store.schema_version())  # type: ignore[attr-defined]
     finally:
         store.close()
     after = before
     if upgrade:
-        store = open_store(
-            settings.database_url, synchronous=settings.synchronous, pool_size=settings.pool_size
-        )
+        store = _settings_store(settings)
         try:
             after = int(store.schema_version())  # type: ignore[attr-defined]
         finally:
