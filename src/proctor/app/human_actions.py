@@ -278,7 +278,7 @@ class HumanActions:
             record = self._get(plan_id)
             self._expire_if_due(record)
             if record.status is PlanStatus.AWAITING_CONFIRMATION:
-                check_can_confirm(record, principal)
+                check_can_confirm(record, principal, consent=False)
             else:
                 check_can_approve(record, principal, roles, record.decision["approver_roles"])
             now = self.clock.now()
@@ -492,10 +492,18 @@ class HumanActions:
     # ------------------------------------------------------------------ helpers
 
     def _expire_if_due(self, record: PlanRecord) -> None:
+        """Expire a waiting plan past its deadline (and raise); an expired plan raises too.
+
+        A plan that no longer waits (it ran, was rejected) is not "expired" because its old
+        deadline passed: the state check after this answers ``invalid_transition``.
+        """
+        waiting = record.status in (PlanStatus.AWAITING_APPROVAL, PlanStatus.AWAITING_CONFIRMATION)
+        if not waiting and record.status is not PlanStatus.EXPIRED:
+            return
         try:
             check_not_expired(record, self.clock.now())
         except ApprovalExpiredError:
-            if record.status in (PlanStatus.AWAITING_APPROVAL, PlanStatus.AWAITING_CONFIRMATION):
+            if waiting:
                 self._expire(record, "the deadline passed before a decision")
             raise
 
@@ -540,7 +548,8 @@ class HumanActions:
             raise ConflictError(
                 f"the policy changed since plan {record.plan_id} was decided; it has expired",
                 field="policy_version",
-                hint="Ask the agent to submit the plan again under the current policy.",
+                hint="Ask the agent to submit the plan again, under a new plan_id (the same"
+                " id returns this plan), to be decided under the current policy.",
             )
         return record
 
@@ -571,7 +580,8 @@ class HumanActions:
             raise ConflictError(
                 f"{reason}; plan {record.plan_id} has expired",
                 field=where,
-                hint="Ask the agent to submit the plan again under the current catalog.",
+                hint="Ask the agent to submit the plan again, under a new plan_id (the same"
+                " id returns this plan), to be checked against the current catalog.",
             ) from refused
 
     def _approval(
