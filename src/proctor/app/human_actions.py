@@ -59,6 +59,12 @@ _MAX_ERROR = 500
 _ROLLBACK_TTL = "proctor:rollback-ttl"
 
 
+def check_comment(comment: str) -> None:
+    """Refuse a comment longer than 2,000 characters (it is stored and logged whole)."""
+    if len(comment) > 2000:
+        raise InvalidRequestError("comment is longer than 2,000 characters", field="comment")
+
+
 class HumanActions:
     """The gateway's human actions on a routed plan, and its timers (a mixin of ``Gateway``)."""
 
@@ -203,6 +209,12 @@ class HumanActions:
             required = record.decision["approver_roles"]
             check_can_approve(record, principal, roles, required)
             step_up = bool(record.decision["step_up"])
+            # What can refuse the approval without side effects comes before the step-up
+            # check, which uses the code up: a comment too long, or a policy or catalog change
+            # (which expires the plan), must not cost the approver a valid code.
+            check_comment(comment)
+            record = self._recheck_policy(record)
+            self._recheck_catalog(record)
             if step_up:  # wrong codes are counted and audited; too many: RateLimitedError
                 check_step_up(
                     self.store,
@@ -213,8 +225,6 @@ class HumanActions:
                     otp,
                     now=self.clock.now(),
                 )
-            record = self._recheck_policy(record)
-            self._recheck_catalog(record)
             self._recheck_guards(record)
             now = self.clock.now()
             approval = self._approval(record, principal, "approve", roles, comment, now, step_up)
@@ -594,8 +604,7 @@ class HumanActions:
         now: datetime,
         step_up: bool = False,
     ) -> ApprovalRecord:
-        if len(comment) > 2000:
-            raise InvalidRequestError("comment is longer than 2,000 characters", field="comment")
+        check_comment(comment)
         return ApprovalRecord(
             principal=principal,
             kind=kind,

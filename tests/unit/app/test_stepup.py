@@ -11,7 +11,12 @@ import pytest
 
 from proctor import Proctor
 from proctor.app.stepup import StepUpLimiter, TotpStepUp
-from proctor.errors import PermissionDeniedError, ProctorError, RateLimitedError
+from proctor.errors import (
+    InvalidRequestError,
+    PermissionDeniedError,
+    ProctorError,
+    RateLimitedError,
+)
 from proctor.storage import open_store
 from proctor.testing import FrozenClock, make_plan
 
@@ -225,6 +230,19 @@ class TestCheckStepUp:
         assert done.status.value == "succeeded"
         assert "now locked" in fifth.value.hint
         assert [e.type for e in p.events()].count("stepup.failed") == 5
+
+    def test_a_refused_comment_does_not_use_the_code_up(self, world):
+        """An approval refused for its comment leaves the code valid for the retry."""
+        p, clock, totp = world
+        plan = p.submit(make_plan([BIG_PAYMENT], agent_id="travel-bot"))
+        code = totp.at(clock.now())
+
+        with pytest.raises(InvalidRequestError, match="comment"):
+            p.approve(plan.plan_id, "fiona", roles=["finance"], otp=code, comment="x" * 2001)
+        done = _approve(p, plan.plan_id, code)
+
+        assert done.status.value == "succeeded"
+        assert [e.type for e in p.events()].count("stepup.failed") == 0
 
     def test_parallel_guesses_on_two_replicas_get_five_tries_in_all(self, shared_url):
         """Guesses racing on two replicas: 5 are checked, every other one is refused (429).
