@@ -288,7 +288,7 @@ class HumanActions:
             record = self._get(plan_id)
             self._expire_if_due(record)
             if record.status is PlanStatus.AWAITING_CONFIRMATION:
-                check_can_confirm(record, principal, consent=False)
+                check_can_confirm(record, principal)
             else:
                 check_can_approve(record, principal, roles, record.decision["approver_roles"])
             now = self.clock.now()

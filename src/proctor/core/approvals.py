@@ -75,18 +75,12 @@ def check_not_expired(plan: PlanRecord, now: datetime) -> None:
         )
 
 
-def check_can_confirm(plan: PlanRecord, principal: str, *, consent: bool = True) -> None:
-    """Check that ``principal`` may confirm ``plan`` (``consent=False``: decline it).
-
-    Only the on-behalf-of user answers a confirmation. The agent that submitted the plan may
-    decline it but never consent to it, even when it names itself as the user: a
-    confirmation is a person's consent, and an agent confirming its own plan would run it
-    on its own say-so (as for approvals, names compare by ``person_key``).
+def check_can_confirm(plan: PlanRecord, principal: str) -> None:
+    """Check that ``principal`` may confirm (or decline) ``plan``.
 
     Raises:
         InvalidTransitionError: if the plan does not wait for a confirmation.
-        PermissionDeniedError: if the principal is not the on-behalf-of user, or is the
-            plan's agent consenting.
+        PermissionDeniedError: if the principal is not the on-behalf-of user.
     """
     if plan.status is not PlanStatus.AWAITING_CONFIRMATION:
         raise InvalidTransitionError(
@@ -97,13 +91,6 @@ def check_can_confirm(plan: PlanRecord, principal: str, *, consent: bool = True)
         raise PermissionDeniedError(
             f"only {plan.on_behalf_of!r}, on whose behalf the plan acts, may confirm it",
             field="principal",
-        )
-    if consent and person_key(principal) == person_key(plan.agent_id):
-        raise PermissionDeniedError(
-            f"{principal!r} submitted plan {plan.plan_id} as its agent and cannot confirm it:"
-            " a confirmation is the user's own consent",
-            field="principal",
-            hint="Submit the plan on behalf of the person who must consent (on_behalf_of).",
         )
 
 

@@ -375,19 +375,6 @@ class TestConfirm:
         assert tools["shop.pay"][0].calls == []
         assert p.confirm(rec.plan_id, "alice").status is PlanStatus.SUCCEEDED
 
-    def test_an_agent_that_names_itself_the_user_cannot_confirm(self, clock):
-        """The agent acting for itself cannot consent to its own plan; it may decline it."""
-        p, tools = make(ScriptedPolicy(outcome_for({"shop.pay": "confirm"})), clock)
-        plan = make_plan([("shop.pay", {})], agent_id="ops-bot", on_behalf_of="ops-bot")
-        rec = p.submit(plan)
-
-        with pytest.raises(PermissionDeniedError, match="cannot confirm it"):
-            p.confirm(rec.plan_id, "ops-bot")
-
-        assert p.get(rec.plan_id).status is PlanStatus.AWAITING_CONFIRMATION
-        assert tools["shop.pay"][0].calls == []
-        assert p.reject(rec.plan_id, "ops-bot").status is PlanStatus.REJECTED
-
     def test_a_finished_plan_past_its_old_deadline_is_not_expired(self, clock):
         """Confirming a plan that already ran, after its old deadline: invalid transition."""
         p, _ = make(ScriptedPolicy(outcome_for({"shop.pay": "confirm"})), clock)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -271,16 +270,6 @@ class TestConfirmAndExpiry:
         check_can_confirm(p, "alice")
         with pytest.raises(PermissionDeniedError):
             check_can_confirm(p, "mallory")
-
-    def test_the_agent_never_confirms_its_own_plan(self):
-        """An agent naming itself as the user may decline its plan, never consent to it."""
-        p = dataclasses.replace(
-            _plan(PlanStatus.AWAITING_CONFIRMATION), agent_id="ops-bot", on_behalf_of="ops-bot"
-        )
-
-        with pytest.raises(PermissionDeniedError, match="cannot confirm it"):
-            check_can_confirm(p, "ops-bot")
-        check_can_confirm(p, "ops-bot", consent=False)  # declining is always safe
 
     def test_expired(self):
         """At or after the deadline the plan is expired."""
