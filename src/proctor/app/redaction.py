@@ -34,6 +34,8 @@ __all__ = ["MIN_SECRET", "Redaction", "redaction_for"]
 
 MIN_SECRET = 4
 """The shortest masked value searched for inside text (shorter ones are masked in place)."""
+MAX_CUT = 500
+"""How far from a string's end a cut masked value is looked for (the longest cut text)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +71,27 @@ class Redaction:
 
     def text(self, value: str) -> str:
         """Return ``value`` with every masked value (and a cut one at its end) replaced."""
-        return value if self.pattern is None else self.pattern.sub(MASK, value)
+        if self.pattern is None:
+            return value
+        return self._cut_end(self.pattern.sub(MASK, value))
+
+    def _cut_end(self, value: str) -> str:
+        """Replace the start of a masked value that ends ``value`` (a message cut short).
+
+        Only the last ``MAX_CUT`` characters are searched (a cut text is at most that long),
+        for where a masked value's first ``MIN_SECRET`` characters begin and the rest of the
+        string is a proper prefix of it: linear in the string, whatever the values' length.
+        """
+        tail = max(0, len(value) - MAX_CUT)
+        for t in self.texts:
+            head = t[:MIN_SECRET]
+            i = value.find(head, tail)
+            while i != -1:
+                rest = value[i:]
+                if len(rest) < len(t) and t.startswith(rest):
+                    return value[:i] + MASK
+                i = value.find(head, i + 1)
+        return value
 
     def _scrub(self, value: Any) -> Any:
         if isinstance(value, str):
@@ -113,16 +135,7 @@ def redaction_for(
     pattern = None
     if texts:
         ordered = sorted(texts, key=len, reverse=True)
-        # A text cut at a length limit (an error at MAX_ERROR characters) may end inside a
-        # masked value: the start of the value, of at least MIN_SECRET characters, at the very
-        # end of a string goes too.
-        cut = sorted(
-            {t[:k] for t in texts for k in range(MIN_SECRET, len(t))}, key=len, reverse=True
-        )
-        alternatives = [re.escape(t) for t in ordered]
-        if cut:
-            alternatives.append("(?:" + "|".join(re.escape(c) for c in cut) + r")\Z")
-        pattern = re.compile("|".join(alternatives))
+        pattern = re.compile("|".join(re.escape(t) for t in ordered))
     return Redaction(
         pointers=pointers, texts=frozenset(texts), numbers=frozenset(numbers), pattern=pattern
     )

@@ -61,6 +61,16 @@ class TestRedactionFor:
 
         assert out == {"error": "declined ***", "a": "x 411", "b": "4111 x"}
 
+    def test_a_long_masked_value_costs_time_linear_in_the_text(self):
+        """A 200,000-character masked value: built and applied at once, cut end still found."""
+        doc = "".join(chr(0x41 + (i * 7919) % 26) for i in range(200_000))
+        r = redaction_for([("s1", {"doc": doc}, ("/doc",))])
+        assert r is not None
+
+        out = r.apply({"error": f"refused: {doc[:300]}", "whole": f"<{doc}>"}, "s1")
+
+        assert out == {"error": "refused: ***", "whole": "<***>"}
+
 
 def _proctor():
     p = Proctor.in_memory()
