@@ -6,6 +6,7 @@ documented status and error code, and that comments land in the plan.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -19,6 +20,7 @@ import pytest
 from proctor import Proctor
 from proctor.app.executor import Executor
 from proctor.app.tokens import TokenService
+from proctor.core.assessment import Thresholds
 from proctor.core.catalog import Catalog
 from proctor.http import create_app
 from proctor.testing import FrozenClock, RecordingTool, make_plan
@@ -345,6 +347,37 @@ class TestStepUp:
         assert later.status_code == 200, later.text
         failed = [e for e in default.proctor.events() if e.type == "stepup.failed"]
         assert [e.plan_id for e in failed] == [plan["plan_id"]] * 5
+
+
+class TestRecheckedBeforeItRuns:
+    async def test_an_action_moved_to_another_category_is_409_and_expires(self, default):
+        """travel.pay now personal data (hr approves): finance's approval is 409 policy_input."""
+        secret, _ = default.proctor.enrol_totp("ann")
+        plan = await default.submit(BIG_PAYMENT)
+        spec = default.proctor.gateway.catalog.require("travel.pay")
+        default.proctor.add_action(dataclasses.replace(spec, category="pii"), replace=True)
+        code = pyotp.TOTP(secret).at(default.clock.now())
+
+        resp = await default.call(
+            "ann", "POST", f"/v1/plans/{plan['plan_id']}/approve", {"otp": code}
+        )
+        after = await default.call("bot", "GET", f"/v1/plans/{plan['plan_id']}")
+
+        assert resp.status_code == 409, resp.text
+        assert resp.json()["field"] == "policy_input"
+        assert "new plan_id" in resp.json()["hint"]
+        assert after.json()["status"] == "expired"
+
+    async def test_a_lower_hybrid_max_is_409_on_confirm(self, default):
+        """Total 13 was hybrid (confirm); under hybrid_max 12 the confirmation is refused."""
+        plan = await default.submit(SUBSCRIPTION)
+        gw = default.proctor.gateway
+        gw.options = dataclasses.replace(gw.options, thresholds=Thresholds(hybrid_max=12))
+
+        resp = await default.call("alice", "POST", f"/v1/plans/{plan['plan_id']}/confirm")
+
+        assert resp.status_code == 409, resp.text
+        assert resp.json()["field"] == "policy_input"
 
 
 class TestHumanActions:

@@ -40,7 +40,7 @@ from proctor.app.leases import owner_alive
 from proctor.app.redaction import Redaction, redaction_for
 from proctor.app.telemetry import Telemetry
 from proctor.core.assessment import Assessment, Thresholds, assess, baseline
-from proctor.core.canonical import printable
+from proctor.core.canonical import digest, printable
 from proctor.core.catalog import ActionSpec, Catalog
 from proctor.core.decisions import Decision, Outcome, StepDecision
 from proctor.core.events import EventType as E
@@ -77,6 +77,10 @@ __all__ = ["Gateway", "GatewayOptions"]
 # Results of actions over personal or health data are kept out of the append-only audit log
 # (it can never be erased): the event keeps their hash; the result stays with the plan.
 _UNLOGGED_RESULTS = frozenset({"pii", "health"})
+
+# What a step's policy input takes from its action's catalog entry (``_step_input``): the
+# facts ``Gateway._input_digest_now`` binds a decision to.
+_CONFIG_STEP_KEYS = ("category", "amount", "reversible")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -265,36 +269,78 @@ class Gateway(HumanActions):
                 "the manifest signature does not verify", field="signature.value"
             ) from exc
 
-    def _policy_input(self, plan: Plan, specs: Sequence[ActionSpec], base: Any) -> dict[str, Any]:
+    def _policy_input(
+        self, plan: Plan, specs: Sequence[ActionSpec], base: Any, *, guards: bool = True
+    ) -> dict[str, Any]:
         # Only what the policy needs, in the order it reads it: with rego-cpp every input
         # value costs 1-3 µs to build and every key lookup scans (docs/policy.md).
         inp: dict[str, Any] = {
             "steps": [
-                {
-                    "id": st.id,
-                    "category": spec.category,
-                    "amount": spec.amount(st.params),
-                    "reversible": spec.reversible,
-                    "params": st.params,
-                    "action": st.action,
-                }
+                _step_input(st.id, st.action, st.params, spec)
                 for st, spec in zip(plan.steps, specs, strict=True)
             ],
             "baseline": base.as_dict(),
             "baseline_total": base.total,
-            "context": {"thresholds": {"hybrid_max": self.options.thresholds.hybrid_max}},
+            "context": self._policy_context(),
             "plan": {"agent_id": plan.actor.agent_id, "on_behalf_of": plan.on_behalf_of},
         }
-        if self.guards is not None:
+        if guards and self.guards is not None:
             # Only what applies (kill switches, open breakers, autonomy, whitelist): an
             # empty object costs the policy nothing.
-            guards = self.guards.policy_input(plan, specs)
-            if guards:
-                inp["guards"] = guards
+            applying = self.guards.policy_input(plan, specs)
+            if applying:
+                inp["guards"] = applying
         return inp
 
-    def evaluate(self, plan: Plan, specs: Sequence[ActionSpec]) -> tuple[Decision, Assessment]:
-        """Ask the policy about a validated plan; never raises for a policy failure."""
+    def _policy_context(self) -> dict[str, Any]:
+        """The gateway settings the policy reads (``input.context``)."""
+        return {"thresholds": {"hybrid_max": self.options.thresholds.hybrid_max}}
+
+    def _input_digest_now(self, steps: Sequence[tuple[str, Mapping[str, Any]]]) -> str | None:
+        """Digest the configuration the policy decides a plan's steps from, as it is now.
+
+        ``steps`` are ``(action, params)``. The digest covers what the gateway passes into
+        the policy input from the catalog (each step's category, amount and reversibility;
+        the baseline scores) and from its settings (``input.context``): the same helpers
+        build that input, so the two cannot drift apart. It leaves out what the plan's own
+        digest binds (actions, params, actor) and what changes from call to call (plan id,
+        time, guard state: the guards are re-checked on their own). A plan stores it with
+        its decision; a confirmation or approval recomputes it (``_recheck_inputs``).
+
+        Returns:
+            ``sha256:<hex>``, or None when an action is not in this process's catalog.
+        """
+        found = [self.catalog.get(action) for action, _ in steps]
+        specs = [spec for spec in found if spec is not None]
+        if len(specs) != len(found):
+            return None
+        return self._input_digest(steps, specs)
+
+    def _input_digest(
+        self, steps: Sequence[tuple[str, Mapping[str, Any]]], specs: Sequence[ActionSpec]
+    ) -> str:
+        base = baseline(spec.baselines for spec in specs)
+        facts = [
+            _step_input("", action, params, spec)
+            for (action, params), spec in zip(steps, specs, strict=True)
+        ]
+        return digest(
+            {
+                "steps": [{k: f[k] for k in _CONFIG_STEP_KEYS} for f in facts],
+                "baseline": base.as_dict(),
+                "baseline_total": base.total,
+                "context": self._policy_context(),
+            }
+        )
+
+    def evaluate(
+        self, plan: Plan, specs: Sequence[ActionSpec], *, guards: bool = True
+    ) -> tuple[Decision, Assessment]:
+        """Ask the policy about a validated plan; never raises for a policy failure.
+
+        ``guards=False`` leaves the guards' state out of the policy input (a re-check of a
+        waiting plan's configuration: the guards are re-checked on their own).
+        """
         step_ids = [s.id for s in plan.steps]
         base = baseline(spec.baselines for spec in specs)
         # One read of the engine: a hot reload swaps ``self.policy`` at any moment, and the
@@ -308,7 +354,7 @@ class Gateway(HumanActions):
         else:
             version = engine.version
             try:
-                raw = engine.evaluate(self._policy_input(plan, specs, base))
+                raw = engine.evaluate(self._policy_input(plan, specs, base, guards=guards))
             except PolicyEngineError as exc:
                 decision = Decision.deny_all(
                     step_ids,
@@ -335,7 +381,10 @@ class Gateway(HumanActions):
         if decision.outcome is not Outcome.DENY and (decision.dry_run or sandbox):
             with self.telemetry.stage("simulate"):
                 decision, simulations = self._simulate(plan, specs, decision, plan_id, sandbox)
-        record = self._route(plan, plan_id, decision, assessment, simulations, now, sandbox)
+        facts = self._input_digest([(st.action, st.params) for st in plan.steps], specs)
+        record = self._route(
+            plan, plan_id, decision, assessment, simulations, now, sandbox, input_digest=facts
+        )
         # A plan that runs now is acknowledged only after its final, durable commit. The
         # commit that starts its first step is an in-flight marker, not fsynced, unless that
         # step is not idempotent: then it must be on disk before the handler runs, or a power
@@ -368,7 +417,14 @@ class Gateway(HumanActions):
                 if admitted is not decision:
                     decision = admitted
                     record = self._route(
-                        plan, plan_id, decision, assessment, simulations, now, sandbox
+                        plan,
+                        plan_id,
+                        decision,
+                        assessment,
+                        simulations,
+                        now,
+                        sandbox,
+                        input_digest=facts,
                     )
             j.emit(
                 E.POLICY_DECIDED,
@@ -416,8 +472,14 @@ class Gateway(HumanActions):
         simulations: Mapping[str, Any],
         now: datetime,
         sandbox: bool,
+        *,
+        input_digest: str,
     ) -> PlanRecord:
-        """Build the plan record a decision routes to (status, deadline, steps, sampling)."""
+        """Build the plan record a decision routes to (status, deadline, steps, sampling).
+
+        The stored decision carries ``input_digest``: the configuration it was made from
+        (``Gateway._input_digest_now``), which a confirmation or approval checks again.
+        """
         outcome = decision.outcome
         if outcome is Outcome.DENY:
             status = PlanStatus.DENIED
@@ -475,7 +537,7 @@ class Gateway(HumanActions):
             created_at=now,
             updated_at=now,
             assessment=assessment.as_dict(),
-            decision=decision.as_dict(),
+            decision=decision.as_dict() | {"input_digest": input_digest},
             policy_version=decision.policy_version,
             outcome=outcome.value,
             steps=tuple(steps),
@@ -731,6 +793,18 @@ class Gateway(HumanActions):
 # key's HMACs of canonical JSON objects (masked params, which an agent chooses) are written to
 # the log, and none of them can be a sampling value.
 _SAMPLE_DOMAIN = b"proctor review sample\n"
+
+
+def _step_input(step_id: str, action: str, params: Any, spec: ActionSpec) -> dict[str, Any]:
+    """One step of the policy input (``input.steps[i]``), in the order the policy reads it."""
+    return {
+        "id": step_id,
+        "category": spec.category,
+        "amount": spec.amount(params),
+        "reversible": spec.reversible,
+        "params": params,
+        "action": action,
+    }
 
 
 def _sampled(key: bytes, digest: str, rate: float) -> bool:

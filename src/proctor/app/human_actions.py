@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -29,8 +29,10 @@ from proctor.core.approvals import (
     step_quorums,
 )
 from proctor.core.canonical import printable
+from proctor.core.decisions import Decision, Outcome
 from proctor.core.events import EventType as E
 from proctor.core.lifecycle import ApprovalRecord, PlanRecord, PlanStatus, StepStatus
+from proctor.core.plans import Plan
 from proctor.errors import (
     ApprovalExpiredError,
     ConflictError,
@@ -45,7 +47,8 @@ if TYPE_CHECKING:
     from proctor.app.gateway import GatewayOptions
     from proctor.app.journal import Journal
     from proctor.app.telemetry import Telemetry
-    from proctor.core.catalog import Catalog
+    from proctor.core.assessment import Assessment
+    from proctor.core.catalog import ActionSpec, Catalog
     from proctor.core.ports import Clock, PolicyEngine, StepUp, Store
 
 __all__ = ["HumanActions"]
@@ -86,6 +89,13 @@ class HumanActions:
         def _journal(self, tx: Any) -> Journal: ...
         def _skip_rest(self, record: PlanRecord, start: int) -> PlanRecord: ...
         def _lock_for(self, plan_id: str) -> threading.RLock: ...
+        def _input_digest_now(
+            self, steps: Sequence[tuple[str, Mapping[str, Any]]]
+        ) -> str | None: ...
+        def evaluate(
+            self, plan: Plan, specs: Sequence[ActionSpec], *, guards: bool = True
+        ) -> tuple[Decision, Assessment]:
+            """See ``Gateway.evaluate``."""
 
     # ------------------------------------------------------------------ human actions
 
@@ -116,6 +126,7 @@ class HumanActions:
             check_can_confirm(record, principal)
             record = self._recheck_policy(record)
             self._recheck_catalog(record)
+            self._recheck_inputs(record)
             # A plan that also needs approvers does not run on this confirmation: the guards
             # are re-checked right before it runs, when the approvers' quorum is met (a
             # re-check moves breakers and reserves budgets: it belongs to the run).
@@ -210,11 +221,12 @@ class HumanActions:
             check_can_approve(record, principal, roles, required)
             step_up = bool(record.decision["step_up"])
             # What can refuse the approval without side effects comes before the step-up
-            # check, which uses the code up: a comment too long, or a policy or catalog change
-            # (which expires the plan), must not cost the approver a valid code.
+            # check, which uses the code up: a comment too long, a policy, catalog or settings
+            # change (which expires the plan), must not cost the approver a valid code.
             check_comment(comment)
             record = self._recheck_policy(record)
             self._recheck_catalog(record)
+            self._recheck_inputs(record)
             if step_up:  # wrong codes are counted and audited; too many: RateLimitedError
                 check_step_up(
                     self.store,
@@ -593,6 +605,61 @@ class HumanActions:
                 hint="Ask the agent to submit the plan again, under a new plan_id (the same"
                 " id returns this plan), to be checked against the current catalog.",
             ) from refused
+
+    def _recheck_inputs(self, record: PlanRecord) -> None:
+        """Right before execution: what the policy decided from must not have changed.
+
+        The policy version says which bundle decided, not what it decided from: each step's
+        catalog entry (category, amount rules, reversibility, baseline scores) and the
+        gateway settings in ``input.context`` (``hybrid_max``). A restart with an action
+        moved to a category the policy denies, or a lower threshold, would otherwise let a
+        waiting plan run on facts the policy no longer holds. The decision stores their
+        digest (``Gateway._input_digest_now``); a different one now expires the plan, as a
+        replaced policy does.
+
+        NOTE(approvals): a plan stored by an older version has no digest, so what it was
+        decided from cannot be compared. Rather than expire every such plan on an upgrade,
+        or let it through unchecked, the policy in force is asked again, with the current
+        configuration and without the guards' state (re-checked on their own): the plan
+        expires if it would now be routed any stricter (a stricter outcome, more or other
+        approvers, a step-up it did not need) or its manifest no longer parses. An action
+        this process's catalog lacks is left to the process that runs it, as in
+        ``_recheck_catalog``.
+
+        Raises:
+            ConflictError: ``field="policy_input"`` (the plan has expired).
+        """
+        stored = record.decision.get("input_digest")
+        current = self._input_digest_now([(s.action, s.params) for s in record.steps])
+        if current is None:
+            return
+        changed = self._decided_stricter_now(record) if stored is None else stored != current
+        if not changed:
+            return
+        self._expire(record, "the catalog or settings the policy decided from changed")
+        raise ConflictError(
+            f"the catalog entries or gateway settings the policy decided plan {record.plan_id}"
+            " from have changed since; it has expired",
+            field="policy_input",
+            hint="Ask the agent to submit the plan again, under a new plan_id (the same"
+            " id returns this plan), to be decided under the current configuration.",
+        )
+
+    def _decided_stricter_now(self, record: PlanRecord) -> bool:
+        """Whether the policy, asked now, routes a plan stored without a digest any stricter."""
+        try:
+            plan = Plan.from_dict(record.manifest, limits=self.options.limits)
+            specs = [self.catalog.require(st.action) for st in plan.steps]
+            fresh, _ = self.evaluate(plan, specs, guards=False)
+        except InvalidRequestError:
+            return True  # cannot be asked again: fail closed
+        then = record.decision
+        return (
+            fresh.outcome.severity > Outcome(record.outcome).severity
+            or (fresh.step_up and not then.get("step_up"))
+            or fresh.approvals > int(then.get("approvals") or 0)
+            or not set(fresh.approver_roles) <= set(then.get("approver_roles") or ())
+        )
 
     def _approval(
         self,
