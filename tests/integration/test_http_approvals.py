@@ -379,6 +379,23 @@ class TestRecheckedBeforeItRuns:
         assert resp.status_code == 409, resp.text
         assert resp.json()["field"] == "policy_input"
 
+    async def test_a_kill_switch_refusal_leaves_the_step_up_code_valid(self, default):
+        """Killed: 409 and the code is not spent; released: the same code approves."""
+        secret, _ = default.proctor.enrol_totp("ann")
+        plan = await default.submit(BIG_PAYMENT)
+        path = f"/v1/plans/{plan['plan_id']}/approve"
+        code = pyotp.TOTP(secret).at(default.clock.now())
+        default.proctor.kill("action", "travel.pay", by="ops", reason="incident")
+
+        killed = await default.call("ann", "POST", path, {"otp": code})
+        default.proctor.unkill("action", "travel.pay", by="ops")
+        again = await default.call("ann", "POST", path, {"otp": code})
+
+        assert killed.status_code == 409, killed.text
+        assert "kill switch" in killed.json()["message"]
+        assert again.status_code == 200, again.text
+        assert again.json()["status"] == "succeeded"
+
 
 class TestHumanActions:
     async def test_reject_records_the_comment(self, quorum):

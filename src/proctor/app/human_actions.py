@@ -227,6 +227,9 @@ class HumanActions:
             record = self._recheck_policy(record)
             self._recheck_catalog(record)
             self._recheck_inputs(record)
+            # A kill switch or the agent's whitelist refuses it too, and asking moves no
+            # state; the breakers and budgets (which do) are asked after the code is checked.
+            self._recheck_guards(record, hard_stops_only=True)
             if step_up:  # wrong codes are counted and audited; too many: RateLimitedError
                 check_step_up(
                     self.store,
@@ -547,13 +550,19 @@ class HumanActions:
             j.flush()
         return record
 
-    def _recheck_guards(self, record: PlanRecord) -> None:
-        """Right before execution: kill switches, breakers and budgets may forbid it now."""
+    def _recheck_guards(self, record: PlanRecord, *, hard_stops_only: bool = False) -> None:
+        """Right before execution: kill switches, breakers and budgets may forbid it now.
+
+        ``hard_stops_only`` asks only the kill switches and the whitelist (``Guards.stopped``),
+        which move no state: an approval asks them before it checks (and uses up) a step-up
+        code, and the whole re-check after it.
+        """
         if self.guards is None:
             return
+        check = self.guards.stopped if hard_stops_only else self.guards.recheck
         with self.store.transaction() as tx:
             j = self._journal(tx)
-            reason = self.guards.recheck(tx, j.emit, record)
+            reason = check(tx, j.emit, record)
             j.flush()
         if reason:
             raise ConflictError(

@@ -12,6 +12,7 @@ import pytest
 from proctor import Proctor
 from proctor.app.stepup import StepUpLimiter, TotpStepUp
 from proctor.errors import (
+    ConflictError,
     InvalidRequestError,
     PermissionDeniedError,
     ProctorError,
@@ -239,6 +240,21 @@ class TestCheckStepUp:
 
         with pytest.raises(InvalidRequestError, match="comment"):
             p.approve(plan.plan_id, "fiona", roles=["finance"], otp=code, comment="x" * 2001)
+        done = _approve(p, plan.plan_id, code)
+
+        assert done.status.value == "succeeded"
+        assert [e.type for e in p.events()].count("stepup.failed") == 0
+
+    def test_a_kill_switch_refusal_does_not_use_the_code_up(self, world):
+        """Killed: the approval is refused before the code is checked; released: it runs."""
+        p, clock, totp = world
+        plan = p.submit(make_plan([BIG_PAYMENT], agent_id="travel-bot"))
+        code = totp.at(clock.now())
+        p.kill("agent", "travel-bot", by="ops", reason="runaway")
+
+        with pytest.raises(ConflictError, match="kill switch agent:travel-bot"):
+            _approve(p, plan.plan_id, code)
+        p.unkill("agent", "travel-bot", by="ops")
         done = _approve(p, plan.plan_id, code)
 
         assert done.status.value == "succeeded"
