@@ -398,6 +398,43 @@ class TestRecheckedBeforeItRuns:
 
 
 class TestHumanActions:
+    async def test_the_user_declines_a_plan_waiting_for_approvers(self, quorum):
+        """alice (user role), on whose behalf it acts, rejects it while approvers decide."""
+        plan = await quorum.submit(("shop.buy", {}))
+
+        resp = await quorum.call(
+            "alice", "POST", f"/v1/plans/{plan['plan_id']}/reject", {"comment": "not mine"}
+        )
+
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["status"] == "rejected"
+        assert resp.json()["approvals"][-1]["principal"] == "alice"
+
+    async def test_an_approver_who_approved_rejects_before_the_quorum(self, quorum):
+        """ann approved (one of two); she changes her mind: the plan is rejected."""
+        plan = await quorum.submit(("shop.buy", {}))
+        base = f"/v1/plans/{plan['plan_id']}"
+
+        approved = await quorum.call("ann", "POST", f"{base}/approve")
+        rejected = await quorum.call("ann", "POST", f"{base}/reject", {"comment": "on second look"})
+
+        assert approved.json()["status"] == "awaiting_approval"
+        assert rejected.status_code == 200, rejected.text
+        assert rejected.json()["status"] == "rejected"
+        assert [a["kind"] for a in rejected.json()["approvals"]] == ["approve", "reject"]
+
+    async def test_an_approver_of_other_groups_and_the_agent_cannot_reject(self, quorum):
+        """sam (sre) and the requesting agent get 403; the plan keeps waiting."""
+        plan = await quorum.submit(("shop.buy", {}))
+        base = f"/v1/plans/{plan['plan_id']}"
+
+        sam = await quorum.call("sam", "POST", f"{base}/reject")
+        bot = await quorum.call("bot", "POST", f"{base}/reject")
+        after = await quorum.call("bot", "GET", base)
+
+        assert (sam.status_code, bot.status_code) == (403, 403)
+        assert after.json()["status"] == "awaiting_approval"
+
     async def test_reject_records_the_comment(self, quorum):
         """A rejection ends the plan with the approver's comment; approving it then is 409."""
         plan = await quorum.submit(("shop.buy", {}))

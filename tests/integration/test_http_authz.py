@@ -56,7 +56,8 @@ MATRIX: dict[str, tuple[int, ...]] = {
     "GET /v1/plans/{done}/events":          (200, 403, 200, 403, 403, 403, 200, 200, 401, 401),
     "POST /v1/plans/{confirmable}/confirm": (403, 403, 200, 403, 403, 403, 403, 403, 401, 401),
     "POST /v1/plans/{waiting}/approve":     (403, 403, 403, 403, 200, 403, 403, 403, 401, 401),
-    "POST /v1/plans/{waiting}/reject":      (403, 403, 403, 403, 200, 403, 403, 403, 401, 401),
+    # alice, on whose behalf the waiting plan acts, may decline it while approvers decide.
+    "POST /v1/plans/{waiting}/reject":      (403, 403, 200, 403, 200, 403, 403, 403, 401, 401),
     "POST /v1/plans/{confirmable}/reject":  (403, 403, 200, 403, 403, 403, 403, 403, 401, 401),
     "POST /v1/plans/{undoable}/undo":       (403, 403, 200, 403, 403, 403, 403, 200, 401, 401),
     "GET /v1/audit/events":                 (403, 403, 403, 403, 403, 403, 200, 200, 401, 401),

@@ -25,6 +25,7 @@ from proctor.core.approvals import (
     approvals_complete,
     check_can_approve,
     check_can_confirm,
+    check_can_reject,
     check_not_expired,
     step_quorums,
 )
@@ -288,7 +289,10 @@ class HumanActions:
         comment: str = "",
         traceparent: str | None = None,
     ) -> PlanRecord:
-        """Reject a waiting plan: its user for a confirmation, an approver for an approval.
+        """Reject a waiting plan: its on-behalf-of user in either wait, or an approver.
+
+        An approver (one of the plan's approver roles) may reject it also after approving it,
+        while the quorum is not met; the requesting agent may not (``check_can_reject``).
 
         Raises:
             NotFoundError, InvalidTransitionError, PermissionDeniedError, ApprovalExpiredError.
@@ -302,14 +306,15 @@ class HumanActions:
         with self._lock_for(plan_id):
             record = self._get(plan_id)
             self._expire_if_due(record)
-            if record.status is PlanStatus.AWAITING_CONFIRMATION:
-                check_can_confirm(record, principal)
-            else:
-                check_can_approve(record, principal, roles, record.decision["approver_roles"])
+            required = record.decision["approver_roles"]
+            check_can_reject(record, principal, roles, required)
             now = self.clock.now()
             approval = self._approval(record, principal, "reject", roles, comment, now)
             with self.store.transaction() as tx:
                 current = self._fresh(tx, record)
+                # Again on the plan as committed: another process may have run, rejected or
+                # expired it since it was read.
+                check_can_reject(current, principal, roles, required)
                 j = self._journal(tx)
                 record = dataclasses.replace(current, approvals=(*current.approvals, approval))
                 record = record.moved_to(

@@ -35,6 +35,7 @@ __all__ = [
     "approvals_complete",
     "check_can_approve",
     "check_can_confirm",
+    "check_can_reject",
     "check_not_expired",
     "confirmation_required",
     "confirmed",
@@ -123,6 +124,49 @@ def check_can_approve(
     if required_roles and not held.intersection(required_roles):
         raise PermissionDeniedError(
             f"approving this plan needs one of the roles {', '.join(required_roles)}",
+            field="role",
+        )
+
+
+def check_can_reject(
+    plan: PlanRecord, principal: str, roles: Iterable[str], required_roles: Sequence[str]
+) -> None:
+    """Check that ``principal`` may reject (decline) ``plan`` while it waits.
+
+    * The on-behalf-of user may decline it in either waiting state: it acts for her, and a
+      "no" from her can only stop it (names compared as ``check_can_confirm`` does).
+    * While it waits for approvers, an approver holding one of ``required_roles`` may reject
+      it, also one who approved it before the quorum was met (she changed her mind).
+    * Nobody else: not the requesting agent (separation of duties; an agent that is also
+      the on-behalf-of user declines as that user), not an approver without a required role.
+
+    Raises:
+        InvalidTransitionError: if the plan does not wait for a confirmation or approval.
+        PermissionDeniedError: for anyone the rules above leave out.
+    """
+    waiting = (PlanStatus.AWAITING_CONFIRMATION, PlanStatus.AWAITING_APPROVAL)
+    if plan.status not in waiting:
+        raise InvalidTransitionError(
+            f"plan {plan.plan_id} is {plan.status.value}, not awaiting_confirmation or"
+            " awaiting_approval",
+            field="plan_id",
+        )
+    if principal == plan.on_behalf_of:
+        return
+    if plan.status is PlanStatus.AWAITING_CONFIRMATION:
+        raise PermissionDeniedError(
+            f"only {plan.on_behalf_of!r}, on whose behalf the plan acts, may decline it",
+            field="principal",
+        )
+    if person_key(principal) == person_key(plan.agent_id):
+        raise PermissionDeniedError(
+            f"{principal!r} requested this plan and cannot reject it as an approver",
+            field="principal",
+            hint="Separation of duties: an approver or the on-behalf-of user decides.",
+        )
+    if required_roles and not set(roles).intersection(required_roles):
+        raise PermissionDeniedError(
+            f"rejecting this plan needs one of the roles {', '.join(required_roles)}",
             field="role",
         )
 

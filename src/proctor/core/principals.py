@@ -125,8 +125,9 @@ def may_approve(p: Principal, plan: PlanRecord) -> bool:
 def may_reject(p: Principal, plan: PlanRecord) -> bool:
     """Whether ``p`` may reject ``plan``: an approver of its groups, or its user.
 
-    The on-behalf-of user rejects a confirmation; the gateway refuses that user for an
-    approval (it benefits from the plan).
+    The on-behalf-of user may decline the plan while it waits for her confirmation and while
+    it waits for approvers (it acts for her); the gateway's ``check_can_reject`` has the
+    rest of the rules (the requesting agent never rejects as an approver).
     """
     return may_approve(p, plan) or may_confirm(p, plan)
 

@@ -10,6 +10,7 @@ from proctor.core.approvals import (
     approvals_complete,
     check_can_approve,
     check_can_confirm,
+    check_can_reject,
     check_not_expired,
     confirmed,
     person_key,
@@ -100,6 +101,52 @@ class TestCheckCanApprove:
         """Approving a finished plan is an invalid transition."""
         with pytest.raises(InvalidTransitionError):
             check_can_approve(_plan(PlanStatus.SUCCEEDED), "fiona", ["finance"], ["finance"])
+
+
+class TestCheckCanReject:
+    def test_a_plan_that_no_longer_waits_cannot_be_rejected(self):
+        """A plan that ran (or ended) is not rejected by anyone, its user included."""
+        with pytest.raises(InvalidTransitionError):
+            check_can_reject(_plan(PlanStatus.RUNNING), "alice", (), ["finance"])
+
+    @pytest.mark.parametrize(
+        "status", [PlanStatus.AWAITING_CONFIRMATION, PlanStatus.AWAITING_APPROVAL]
+    )
+    def test_the_user_declines_in_either_wait(self, status):
+        """The on-behalf-of user may decline what acts for her, also while approvers decide."""
+        check_can_reject(_plan(status), "alice", (), ["finance"])
+
+    def test_an_approver_who_approved_may_change_her_mind(self):
+        """Before the quorum, an approver's earlier approval does not stop her rejecting."""
+        plan = _plan(approvals=[_ok("ann")])
+
+        check_can_reject(plan, "ann", ("finance",), ["finance"])
+
+    def test_an_approver_of_the_roles_rejects(self):
+        """Any approver holding one of the required roles may reject."""
+        check_can_reject(_plan(), "fred", ("finance",), ["finance"])
+
+    @pytest.mark.parametrize("who", ["bot", "BOT"])
+    def test_the_requesting_agent_cannot_reject_as_approver(self, who):
+        """Separation of duties: the agent (any spelling) is no approver of its own plan."""
+        with pytest.raises(PermissionDeniedError) as ei:
+            check_can_reject(_plan(), who, ("finance",), ["finance"])
+
+        assert ei.value.field == "principal"
+
+    def test_an_approver_without_the_role_cannot_reject(self):
+        """An approver holding none of the required roles is refused on field role."""
+        with pytest.raises(PermissionDeniedError) as ei:
+            check_can_reject(_plan(), "sam", ("sre",), ["finance"])
+
+        assert ei.value.field == "role"
+
+    def test_only_the_user_declines_a_confirmation(self):
+        """While the plan waits for its user, an approver or outsider may not decline it."""
+        plan = _plan(PlanStatus.AWAITING_CONFIRMATION)
+        for who, roles in [("ann", ("finance",)), ("mallory", ()), ("bot", ())]:
+            with pytest.raises(PermissionDeniedError):
+                check_can_reject(plan, who, roles, ["finance"])
 
 
 class TestQuorum:
