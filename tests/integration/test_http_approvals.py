@@ -22,6 +22,7 @@ from proctor.app.executor import Executor
 from proctor.app.tokens import TokenService
 from proctor.core.assessment import Thresholds
 from proctor.core.catalog import Catalog
+from proctor.errors import PermissionDeniedError
 from proctor.http import create_app
 from proctor.testing import FrozenClock, RecordingTool, make_plan
 
@@ -261,6 +262,68 @@ class TestSeparationOfDuties:
 
         assert resp.status_code == 403
         assert resp.json()["field"] == "principal"
+
+
+class TestSelfConfirmation:
+    """A plan's agent never confirms (or declines) it, whatever roles its token holds."""
+
+    @staticmethod
+    def _token(api: Api, name: str, *roles: str) -> None:
+        made = TokenService(api.proctor.gateway.store, api.clock).create(name=name, roles=roles)
+        api.tokens[name] = made.token
+
+    async def test_a_token_with_agent_and_user_roles_cannot_confirm_its_own_plan(self, default):
+        """One token, both roles, its own plan: 403 on principal, and nothing runs.
+
+        Regression: ``desk`` (agent and user) submitted on its own behalf and confirmed it,
+        so the policy's "ask the user" asked nobody.
+        """
+        self._token(default, "desk", "agent", "user")
+        manifest = make_plan([SUBSCRIPTION], agent_id="desk", on_behalf_of="desk")
+        submitted = await default.call("desk", "POST", "/v1/plans", manifest)
+        plan_id = submitted.json()["plan_id"]
+
+        confirm = await default.call("desk", "POST", f"/v1/plans/{plan_id}/confirm")
+        decline = await default.call("desk", "POST", f"/v1/plans/{plan_id}/reject")
+        after = await default.call("desk", "GET", f"/v1/plans/{plan_id}")
+
+        assert submitted.status_code == 201, submitted.text
+        assert submitted.json()["status"] == "awaiting_confirmation"
+        for refused in (confirm, decline):
+            assert refused.status_code == 403, refused.text
+            assert refused.json()["code"] == "permission_denied"
+            assert refused.json()["field"] == "principal"
+            assert "person must confirm" in refused.json()["hint"]
+        assert after.json()["status"] == "awaiting_confirmation"
+        assert after.json()["approvals"] == []
+        assert [s["status"] for s in after.json()["steps"]] == ["pending"]
+        kinds = [e.type for e in default.proctor.events(plan_id=plan_id)]
+        assert "confirmation.granted" not in kinds and "step.started" not in kinds
+
+    async def test_the_gateway_refuses_it_too(self, default):
+        """The library path applies the same rule (the API's checks are not the only ones)."""
+        self._token(default, "desk", "agent", "user")
+        manifest = make_plan([SUBSCRIPTION], agent_id="desk", on_behalf_of="DESK")
+        submitted = await default.call("desk", "POST", "/v1/plans", manifest)
+
+        with pytest.raises(PermissionDeniedError, match="cannot confirm or decline"):
+            default.proctor.confirm(submitted.json()["plan_id"], "DESK")
+
+    async def test_a_separate_user_token_confirms_and_the_plan_runs(self, default):
+        """The agent's token and the user's are two names: the user's confirm runs it."""
+        self._token(default, "desk-agent", "agent")
+        self._token(default, "desk", "user")
+        manifest = make_plan([SUBSCRIPTION], agent_id="desk-agent", on_behalf_of="desk")
+        submitted = await default.call("desk-agent", "POST", "/v1/plans", manifest)
+        plan_id = submitted.json()["plan_id"]
+
+        by_agent = await default.call("desk-agent", "POST", f"/v1/plans/{plan_id}/confirm")
+        by_user = await default.call("desk", "POST", f"/v1/plans/{plan_id}/confirm")
+
+        assert by_agent.status_code == 403  # no user role
+        assert by_user.status_code == 200, by_user.text
+        assert by_user.json()["status"] == "succeeded"
+        assert by_user.json()["approvals"][0]["principal"] == "desk"
 
 
 class TestExpiry:

@@ -2,7 +2,12 @@
 
 Rules (DESIGN section 1, step 6):
 
-* ``confirm``: only the on-behalf-of user confirms, with one click.
+* ``confirm``: only the on-behalf-of user confirms (or declines), with one click, and never
+  when that name is also the plan's requester (its ``agent_id``, compared by ``person_key``):
+  a token that holds both the ``agent`` and ``user`` roles would otherwise submit a plan on
+  its own behalf and confirm it, and "ask the user" would ask nobody. Such a plan may still
+  be submitted (the policy may let it run, or send it to approvers, who are third parties);
+  if it needs a confirmation, nobody can give it and it expires.
 * ``approve``: every step the policy decided ``approve`` has its own quorum: its number of
   *distinct* approvers, each holding at least one of that step's roles, together covering
   every role of that step. One approver counts towards each step whose roles they hold; the
@@ -37,8 +42,10 @@ __all__ = [
     "check_can_confirm",
     "check_can_reject",
     "check_not_expired",
+    "check_not_requester",
     "confirmation_required",
     "confirmed",
+    "is_requester",
     "person_key",
     "quorum_met",
     "quorum_requirements",
@@ -76,18 +83,50 @@ def check_not_expired(plan: PlanRecord, now: datetime) -> None:
         )
 
 
+def is_requester(plan: PlanRecord, principal: str) -> bool:
+    """Return whether ``principal`` is the agent that requested ``plan`` (by ``person_key``).
+
+    Over HTTP a plan's ``agent_id`` is always the name of the token that submitted it (an
+    agent submits only as itself), so this catches the agent's own token whatever else it
+    holds; an MCP call's plan records the proxy's ``--agent`` as ``agent_id`` (the client's
+    name goes into ``actor.name`` only).
+    """
+    return person_key(principal) == person_key(plan.agent_id)
+
+
+def check_not_requester(plan: PlanRecord, principal: str) -> None:
+    """Refuse a confirmation (or a decline) of ``plan`` by the agent that requested it.
+
+    Raises:
+        PermissionDeniedError: ``field="principal"``, when ``principal`` is the plan's agent.
+    """
+    # Separation of duties: the confirmation is the user's consent to what the agent asks.
+    # A principal named like the agent (a token holding both roles, or a spelling that folds
+    # to the agent's name) answering it would make "ask the user" ask the agent itself.
+    if is_requester(plan, principal):
+        raise PermissionDeniedError(
+            f"{principal!r} requested plan {plan.plan_id} and cannot confirm or decline it",
+            field="principal",
+            hint="A person must confirm, with a separate user credential: a token (or login)"
+            " whose name is the plan's on_behalf_of user, not the agent's. An agent that acts"
+            " on its own behalf has nobody to ask: such a plan waits until it expires.",
+        )
+
+
 def check_can_confirm(plan: PlanRecord, principal: str) -> None:
     """Check that ``principal`` may confirm (or decline) ``plan``.
 
     Raises:
         InvalidTransitionError: if the plan does not wait for a confirmation.
-        PermissionDeniedError: if the principal is not the on-behalf-of user.
+        PermissionDeniedError: if the principal is the plan's requester (its agent), or not
+            the on-behalf-of user.
     """
     if plan.status is not PlanStatus.AWAITING_CONFIRMATION:
         raise InvalidTransitionError(
             f"plan {plan.plan_id} is {plan.status.value}, not awaiting_confirmation",
             field="plan_id",
         )
+    check_not_requester(plan, principal)
     if principal != plan.on_behalf_of:
         raise PermissionDeniedError(
             f"only {plan.on_behalf_of!r}, on whose behalf the plan acts, may confirm it",
@@ -232,11 +271,14 @@ def confirmed(plan: PlanRecord, approvals: Iterable[ApprovalRecord] | None = Non
     """Return whether the on-behalf-of user has confirmed this very plan.
 
     Only a ``confirm`` by the on-behalf-of user bound to the plan's current digest and
-    policy version counts (as for approvals: an edited plan is a new plan).
+    policy version counts (as for approvals: an edited plan is a new plan), and never one
+    by the plan's requester (``check_not_requester``; a confirmation stored before that
+    rule must not let the plan run either).
     """
     return any(
         a.kind == "confirm"
         and a.principal == plan.on_behalf_of
+        and not is_requester(plan, a.principal)
         and a.digest == plan.digest
         and a.policy_version == plan.policy_version
         for a in (plan.approvals if approvals is None else approvals)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final, Literal
 
+from proctor.core.approvals import check_not_requester, is_requester
 from proctor.core.lifecycle import PlanRecord, PlanStatus
 from proctor.errors import InvalidRequestError, PermissionDeniedError
 
@@ -102,9 +103,19 @@ def may_submit(p: Principal, agent_id: object) -> bool:
     return p.has("agent") and agent_id == p.name
 
 
-def may_confirm(p: Principal, plan: PlanRecord) -> bool:
-    """Whether ``p`` may confirm ``plan``: the user on whose behalf it acts."""
+def _is_user(p: Principal, plan: PlanRecord) -> bool:
+    """Whether ``p`` is the user on whose behalf ``plan`` acts."""
     return p.has("user") and plan.on_behalf_of == p.name
+
+
+def may_confirm(p: Principal, plan: PlanRecord) -> bool:
+    """Whether ``p`` may confirm ``plan``: the user on whose behalf it acts.
+
+    Never the plan's own agent (a token holding both roles, on a plan it made on its own
+    behalf): the console then offers no confirm button, and the gateway refuses it anyway
+    (``proctor.core.approvals.check_not_requester``).
+    """
+    return _is_user(p, plan) and not is_requester(plan, p.name)
 
 
 def _holds_required_group(p: Principal, plan: PlanRecord) -> bool:
@@ -134,7 +145,7 @@ def may_reject(p: Principal, plan: PlanRecord) -> bool:
 
 def may_undo(p: Principal, plan: PlanRecord) -> bool:
     """Whether ``p`` may undo ``plan``: its user, or an admin."""
-    return may_confirm(p, plan) or p.has("admin")
+    return _is_user(p, plan) or p.has("admin")
 
 
 def may_read_plan(p: Principal, plan: PlanRecord) -> bool:
@@ -205,6 +216,9 @@ def check_plan_action(p: Principal, action: PlanAction, plan: PlanRecord) -> Non
     """
     check_role(p, action)
     if not _MAY[action](p, plan):
+        answers = action == "confirm" or plan.status is PlanStatus.AWAITING_CONFIRMATION
+        if answers and action != "undo" and _is_user(p, plan):
+            check_not_requester(plan, p.name)  # its own plan: say that a person must confirm
         raise PermissionDeniedError(
             f"{p.name!r} may not {action} plan {plan.plan_id}", field="principal"
         )
@@ -218,4 +232,4 @@ def may_act(p: Principal, action: PlanAction, plan: PlanRecord) -> bool:
 
 def undo_as_admin(p: Principal, plan: PlanRecord) -> bool:
     """Whether ``p`` undoes ``plan`` as an admin rather than as its on-behalf-of user."""
-    return p.has("admin") and not may_confirm(p, plan)
+    return p.has("admin") and not _is_user(p, plan)

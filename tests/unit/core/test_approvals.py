@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -317,6 +318,36 @@ class TestConfirmAndExpiry:
         check_can_confirm(p, "alice")
         with pytest.raises(PermissionDeniedError):
             check_can_confirm(p, "mallory")
+
+    @pytest.mark.parametrize("agent", ["alice", "Alice", FULLWIDTH_ALICE])
+    def test_the_requester_never_confirms_its_own_plan(self, agent):
+        """A plan whose agent is (a spelling of) its user cannot be confirmed by that name.
+
+        Regression: a token holding the agent and user roles submitted a plan on its own
+        behalf and confirmed it, so "ask the user" asked nobody.
+        """
+        p = dataclasses.replace(_plan(PlanStatus.AWAITING_CONFIRMATION), agent_id=agent)
+
+        with pytest.raises(PermissionDeniedError) as err:
+            check_can_confirm(p, "alice")
+
+        assert err.value.field == "principal"
+        assert "a person must confirm" in (err.value.hint or "").lower()
+
+    def test_the_agent_is_refused_as_itself(self):
+        """The agent confirming a plan for another user is refused as its requester."""
+        p = _plan(PlanStatus.AWAITING_CONFIRMATION)
+
+        with pytest.raises(PermissionDeniedError, match="requested plan p1"):
+            check_can_confirm(p, "BOT")
+
+    def test_a_stored_self_confirmation_does_not_count(self):
+        """A confirm recorded by the requester (before the rule) never lets the plan run."""
+        decision = _decision(_step("s1", "confirm"))
+        p = dataclasses.replace(_plan(decision=decision), agent_id="alice")
+
+        assert not confirmed(p, [_ok("alice", roles=(), kind="confirm")])
+        assert not approvals_complete(p, [_ok("alice", roles=(), kind="confirm")])
 
     def test_expired(self):
         """At or after the deadline the plan is expired."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -139,3 +140,32 @@ class TestPlanActionChecks:
         assert undo_as_admin(Principal(name="root", roles=("admin",)), plan)
         assert not undo_as_admin(Principal(name="alice", roles=("user", "admin")), plan)
         assert not undo_as_admin(Principal(name="alice", roles=("user",)), plan)
+
+    def test_a_token_that_is_agent_and_user_may_not_confirm_its_own_plan(self):
+        """Its own plan (agent == user): no confirm or decline, with the reason; undo stays.
+
+        Regression: one token with the agent and user roles confirmed the plans it made on
+        its own behalf (and the console offered it the button).
+        """
+        desk = Principal(name="desk", roles=("agent", "user"))
+        mine = replace(
+            _plan(PlanStatus.AWAITING_CONFIRMATION), agent_id="desk", on_behalf_of="desk"
+        )
+
+        assert not may_act(desk, "confirm", mine)
+        assert not may_act(desk, "reject", mine)
+        for action in ("confirm", "reject"):
+            with pytest.raises(PermissionDeniedError, match="cannot confirm or decline") as e:
+                check_plan_action(desk, action, mine)  # type: ignore[arg-type]
+            assert e.value.field == "principal"
+            assert "person must confirm" in (e.value.hint or "")
+        done = replace(mine, status=PlanStatus.SUCCEEDED)
+        assert may_act(desk, "undo", done)  # undoing its own action is not consent
+
+    def test_a_separate_user_token_confirms(self):
+        """The user named on the plan, not its agent, still confirms and declines."""
+        plan = replace(_plan(PlanStatus.AWAITING_CONFIRMATION), agent_id="desk-agent")
+        alice = Principal(name="alice", roles=("user",))
+
+        check_plan_action(alice, "confirm", plan)
+        check_plan_action(alice, "reject", plan)
