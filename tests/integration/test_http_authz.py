@@ -84,6 +84,7 @@ MATRIX: dict[str, tuple[int, ...]] = {
     "GET /healthz":                         (200, 200, 200, 200, 200, 200, 200, 200, 200, 200),
     "GET /readyz":                          (200, 200, 200, 200, 200, 200, 200, 200, 200, 200),
     "GET /openapi.json":                    (200, 200, 200, 200, 200, 200, 200, 200, 200, 200),
+    "GET /v1/me":                           (200, 200, 200, 200, 200, 200, 200, 200, 401, 401),
 }  # fmt: skip
 
 CASES = [
@@ -233,6 +234,18 @@ async def test_an_agent_submits_only_as_itself(world):
     assert resp.status_code == 403
     assert resp.json()["field"] == "actor.agent_id"
     assert len(proctor.plans(limit=1000)) == before
+
+
+async def test_me_names_the_caller_as_its_token_says(world):
+    """``GET /v1/me`` answers the token's own name, roles and groups, nothing else."""
+    transport = httpx.ASGITransport(app=world["app"])
+    headers = {"Authorization": f"Bearer {world['tokens']['ann']}"}
+
+    async with httpx.AsyncClient(transport=transport, base_url="http://proctor") as client:
+        ann = await client.get("/v1/me", headers=headers)
+
+    assert ann.status_code == 200
+    assert ann.json() == {"name": "ann", "roles": ["approver"], "groups": ["finance"]}
 
 
 async def test_a_revoked_token_stops_working(world):

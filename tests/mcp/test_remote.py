@@ -45,9 +45,10 @@ class Served:
 
 @pytest.fixture
 def served(cli, proctor_exe, home, kit, spawn) -> Served:
-    """The example MCP home served over HTTP, with an agent+user token and an approver's."""
+    """The example MCP home served over HTTP: the agent's token, its user's, an approver's."""
     tokens = {}
-    for name, roles, groups in (("desk", ["agent", "user"], ""), ("olga", ["approver"], "ops")):
+    people = (("desk", ["agent"], ""), ("una", ["user"], ""), ("olga", ["approver"], "ops"))
+    for name, roles, groups in people:
         args = ["tokens", "create", "--name", name, "--json"]
         for role in roles:
             args += ["--role", role]
@@ -87,13 +88,24 @@ def config(home, roots, npm_servers, kit) -> Path:
 
 
 def remote_proxy(
-    exe: str, s: Served, config: Path, kit, *extra: str, env_only: bool = False
+    exe: str,
+    s: Served,
+    config: Path,
+    kit,
+    *extra: str,
+    env_only: bool = False,
+    user_token: bool = True,
 ) -> StdioServerParameters:
-    args = ["mcp", "--config", str(config), "--agent", "desk", "--user", "desk", *extra]
+    """The proxy of agent ``desk`` for user ``una``, with una's token unless told not to."""
+    args = ["mcp", "--config", str(config), "--agent", "desk", "--user", "una", *extra]
     if env_only:
         env = kit.clean_env(PROCTOR_SERVER=s.url, PROCTOR_TOKEN=s.tokens["desk"])
+        if user_token:
+            env["PROCTOR_USER_TOKEN"] = s.tokens["una"]
     else:
         args += ["--server", s.url, "--token", s.tokens["desk"]]
+        if user_token:
+            args += ["--user-token", s.tokens["una"]]
         env = kit.clean_env()
     return StdioServerParameters(command=exe, args=args, env=env)
 
@@ -201,6 +213,9 @@ def test_calls_are_decided_by_the_server_and_their_outcomes_recorded_there(
     assert any("steps[0].params" in r and "path" in r for r in rejected)  # the bad arguments
     assert any("not-listed.no_such_tool" in r for r in rejected)
     assert [e["type"] for e in log].count("confirmation.granted") == 1
+    # The user's own token answered the form, never the agent's.
+    answers = [e for e in log if e["type"] in ("confirmation.granted", "approval.rejected")]
+    assert {e["data"]["principal"] for e in answers} == {"una"}, answers
     actors = {e["actor"]["name"] for e in log if e["type"] == "plan.submitted"}
     assert actors and all(a.startswith("desk via ") for a in actors)
     assert cli("audit", "verify", home=served.home).code == 0
@@ -365,7 +380,7 @@ def test_the_outcome_route_refuses_other_agents_and_non_mcp_plans(served, cli):
     body = {
         "agent_id": "desk",
         "client": "test 1",
-        "on_behalf_of": "desk",
+        "on_behalf_of": "una",
         "server": "fs",
         "tool": tool,
         "arguments": {"path": "/nowhere/outside"},
@@ -397,3 +412,65 @@ def test_the_outcome_route_refuses_other_agents_and_non_mcp_plans(served, cli):
             headers=other,
         )
         assert for_other.status_code == 403
+
+
+def test_without_a_user_token_the_proxy_does_not_confirm_for_the_user(
+    cli, proctor_exe, served, roots, config, kit
+):
+    """No --user-token: no form, "needs confirmation", nothing confirmed or written; the
+    user's own confirmation (her token) then lets the retry run once.
+
+    Regression: the proxy confirmed what the client's form accepted with the agent's own
+    token (agent and user roles on one name), so the agent confirmed its own plans.
+    """
+    asked: list[str] = []
+    target = roots / "asked.txt"
+
+    async def elicit(context, params):
+        asked.append(params.message)
+        return types.ElicitResult(action="accept", content={})
+
+    async def call():
+        where = remote_proxy(proctor_exe, served, config, kit, user_token=False)
+        async with (
+            stdio_client(where) as (r, w),
+            ClientSession(r, w, elicitation_callback=elicit) as s,
+        ):
+            await s.initialize()
+            return await s.call_tool("write_file", {"path": str(target), "content": "y"})
+
+    first = anyio.run(call)
+
+    assert first.is_error and "needs confirmation mcp-" in text(first), text(first)
+    assert "proctor confirm mcp-" in text(first) and f"--server {served.url}" in text(first)
+    assert asked == []  # not asked: an "allow" it could not relay would mislead
+    assert not target.exists()
+    plan_id = text(first).split("needs confirmation ")[1].split(":")[0]
+    kinds = [e["type"] for e in plan_events(cli, served, plan_id)]
+    assert "confirmation.granted" not in kinds and "step.started" not in kinds
+    # The agent's token cannot confirm it either (not the user); the user's can.
+    as_agent = cli("confirm", plan_id, "--server", served.url, "--token", served.tokens["desk"])
+    assert as_agent.code != 0
+    r = cli("confirm", plan_id, "--server", served.url, "--token", served.tokens["una"], "--json")
+    assert r.code == 0 and r.json()["status"] == "running", r.out + r.err  # queued for a proxy
+    done = anyio.run(call)
+    assert not done.is_error, text(done)
+    assert target.read_text() == "y" and asked == []
+    mine = [e["type"] for e in plan_events(cli, served, plan_id)]
+    assert mine.count("confirmation.granted") == 1 and mine.count("step.started") == 1
+
+
+def test_the_user_token_and_user_are_checked_at_startup(cli, served, config):
+    """A --user-token of someone else, or --user the agent itself: the proxy does not start."""
+    base = ["mcp", "--config", config, "--server", served.url, "--token", served.tokens["desk"]]
+
+    other = cli(*base, "--agent", "desk", "--user", "una", "--user-token", served.tokens["olga"])
+    bogus = cli(*base, "--agent", "desk", "--user", "una", "--user-token", "prt_" + "x" * 43)
+    itself = cli(*base, "--agent", "desk", "--user", "Desk")
+    local = cli("mcp", "--config", config, "--user-token", "x", home=served.home)
+
+    assert other.code == 1 and "--user-token is 'olga'" in other.err, other.err
+    assert "not the user 'una'" in other.err
+    assert bogus.code == 1 and "--user-token was refused" in bogus.err, bogus.err
+    assert itself.code == 2 and "--user" in itself.err and "--agent" in itself.err, itself.err
+    assert local.code == 2 and "--user-token" in local.err and "--server" in local.err

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from proctor.cli.commands import Home, Server, Token, Verbose, _open, _remote
+from proctor.cli.commands import Home, Server, Token, Verbose, _given, _open, _remote
+from proctor.core.approvals import person_key
 from proctor.errors import ConfigError, MissingDependencyError, ProctorError
 
 if TYPE_CHECKING:
@@ -42,8 +43,24 @@ def mcp(
         str, typer.Option("--agent", help="The agent identity of the plans.")
     ] = "mcp-agent",
     user: Annotated[
-        str, typer.Option("--user", help="The user the agent acts for (who confirms).")
+        str,
+        typer.Option(
+            "--user",
+            help="The user the agent acts for (who confirms): a person other than --agent.",
+        ),
     ] = "mcp-user",
+    user_token: Annotated[
+        str | None,
+        typer.Option(
+            "--user-token",
+            envvar="PROCTOR_USER_TOKEN",
+            help="With --server: the API token of --user (the user role), with which the "
+            "answers given in the client's confirmation form are sent. Without it the proxy "
+            "does not ask in the client: the call answers 'needs confirmation' and the user "
+            "confirms in the console or with `proctor confirm`.",
+            show_default=False,
+        ),
+    ] = None,
     approval_wait: Annotated[
         float,
         typer.Option(
@@ -101,6 +118,7 @@ def mcp(
     the servers themselves, or an agent framework at `--http 127.0.0.1:PORT` (docs/mcp.md).
     With `--server URL --token T` the plans, approvals and audit log are those of a running
     `proctor serve` (the token's agent is `--agent`); calls fail closed while it is down.
+    `--user-token U` (the user's own token) lets the user confirm in the client.
     """
     try:
         from proctor.mcp import McpProxy, load_config
@@ -117,7 +135,17 @@ def mcp(
     address = _address(http) if http is not None else None
     if json_response and address is None:
         raise typer.BadParameter("needs --http", param_hint="'--json-response'")
+    if person_key(agent) == person_key(user):
+        # A plan's agent never confirms it (proctor.core.approvals.check_not_requester): with
+        # --user the agent's own name, a call that needs confirmation could never run.
+        raise typer.BadParameter(
+            f"{user!r} is also --agent: a plan's agent cannot confirm it, so the user must be"
+            " a person other than the agent",
+            param_hint="'--user'",
+        )
     remote = _remote(ctx, server, token)
+    if remote is None and user_token and _given(ctx, "user_token"):
+        raise typer.BadParameter("needs --server (or PROCTOR_SERVER)", param_hint="'--user-token'")
     if remote is not None:
         from proctor.mcp import RemoteMcpProxy
 
@@ -130,6 +158,7 @@ def mcp(
                 upstreams,
                 agent_id=agent,
                 on_behalf_of=user,
+                user_token=user_token or None,
                 approval_wait=approval_wait,
                 namespace=namespace,
                 passthrough_timeout=passthrough_timeout,

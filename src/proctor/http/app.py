@@ -5,9 +5,9 @@
 
 import logging
 from importlib import metadata
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.openapi.utils import get_openapi
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
@@ -15,14 +15,15 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from proctor._library import Proctor
 from proctor.app.tokens import TokenService
+from proctor.core.principals import Principal
 from proctor.errors import ConfigError, StorageError
 from proctor.http import routes_audit, routes_guards, routes_mcp, routes_observe, routes_plans
 from proctor.http.auth import Auth, FailureLimiter
-from proctor.http.context import Context, errors_doc, json_response
+from proctor.http.context import AUTH_ERRORS, Context, errors_doc, json_response
 from proctor.http.errors import install_error_handlers
 from proctor.http.jwt import JwtVerifier
 from proctor.http.middleware import BodyLimit
-from proctor.http.schemas import Health, PlanManifest
+from proctor.http.schemas import Health, PlanManifest, WhoAmI
 from proctor.http.settings import HttpSettings
 
 __all__ = ["create_app"]
@@ -155,6 +156,25 @@ def create_app(
     async def readyz() -> Response:
         """Ready when the store answers and a policy is loaded; else 503."""
         return await run_in_threadpool(ready)
+
+    Caller = Annotated[Principal, Depends(ctx.auth)]
+
+    @app.get(
+        "/v1/me",
+        response_model=WhoAmI,
+        tags=["system"],
+        summary="Who the caller is (any authenticated principal)",
+        responses=errors_doc(*AUTH_ERRORS),
+    )
+    def me(caller: Caller) -> Response:
+        """The caller's name, roles and approver groups, as its credential says.
+
+        A client checks with it that a credential names whom it expects before acting with
+        it (``proctor mcp --user-token``: the user who confirms).
+        """
+        return json_response(
+            {"name": caller.name, "roles": list(caller.roles), "groups": list(caller.groups)}
+        )
 
     app.include_router(routes_plans.router(ctx))
     app.include_router(routes_audit.router(ctx))

@@ -28,6 +28,7 @@ __all__ = [
     "PlanList",
     "PlanManifest",
     "PlanOut",
+    "WhoAmI",
 ]
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$"
@@ -271,3 +272,11 @@ class Health(_Out):
     """Liveness or readiness."""
 
     status: Literal["ok", "ready"]
+
+
+class WhoAmI(_Out):
+    """The caller as the server authenticated it (``GET /v1/me``)."""
+
+    name: str = Field(description="The principal's name (a token's name, a JWT's subject).")
+    roles: list[str]
+    groups: list[str] = Field(description="Its approver groups (approval roles).")

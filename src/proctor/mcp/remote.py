@@ -6,10 +6,15 @@ connections, tools/list, the pass-through of resources, prompts, logging and the
 
 1. ``POST /v1/mcp/calls`` submits the call as a one-step plan (the same plan id, manifest
    and catalog action as a local proxy's); the server validates, scores, decides, audits;
-2. ``confirm``: the user is asked through MCP elicitation when the client supports it
-   and the answer is sent as ``confirm`` or ``reject`` with the proxy's token (which then
-   needs the user role for ``--user``); ``approve``: the proxy long-polls
-   ``GET /v1/plans/{id}?wait=`` for up to ``--approval-wait`` seconds;
+2. ``confirm``: with a user token (``--user-token``, a principal named ``--user`` holding
+   the ``user`` role, checked with ``GET /v1/me``), the user is asked through MCP
+   elicitation when the client supports it and the answer is sent as ``confirm`` or
+   ``reject`` with that token. The agent's token never confirms: the server refuses a plan's
+   agent as its confirmer (``check_not_requester``). Without a user token the user is not
+   asked here (an "allow" the proxy could not relay would mislead): the call answers "needs
+   confirmation" and the user confirms in the console or with ``proctor confirm``;
+   ``approve``: the proxy long-polls ``GET /v1/plans/{id}?wait=`` for up to
+   ``--approval-wait`` seconds;
 3. a plan the server routed to ``execute`` (or that was confirmed or approved) is running
    and queued for the runner ``mcp``: this proxy forwards the call upstream, then reports
    the result — masked as configured, here, so a masked value never leaves the proxy — or
@@ -46,7 +51,7 @@ from mcp.shared.exceptions import MCPError
 
 from proctor.client import error_from_response
 from proctor.core.ports import ToolCall
-from proctor.errors import ConflictError, ProctorError, StorageError
+from proctor.errors import ConfigError, ConflictError, ProctorError, StorageError
 from proctor.mcp.calls import _client_name, _Flight, _flight_of, _Group, _key_of
 from proctor.mcp.config import UpstreamConfig
 from proctor.mcp.errors import TOOL_ERROR_PREFIX, tool_error, tool_error_text
@@ -129,11 +134,14 @@ class RemoteMcpProxy(McpProxy):
 
     Args:
         server_url: Where ``proctor serve`` listens (``http://HOST:PORT``).
-        token: The proxy's API token: an agent named ``agent_id`` (and, for confirmations
-            through elicitation, the user ``on_behalf_of``).
+        token: The proxy's API token: an agent named ``agent_id``.
         upstreams: The servers to front.
         agent_id: The agent identity plans are submitted as (the token's name).
         on_behalf_of: The user the agent acts for (who confirms).
+        user_token: The user's own API token (a principal named ``on_behalf_of`` with the
+            ``user`` role), with which the answers given in the client's elicitation form are
+            sent. None: the proxy does not ask in the client; confirmations are given in the
+            console or with ``proctor confirm``.
         approval_wait: Seconds a call waits for an approval before answering "pending".
         namespace: Always name tools ``server.tool`` (else only when names clash).
         console_url: Where humans confirm and approve (default the server's URL).
@@ -156,6 +164,7 @@ class RemoteMcpProxy(McpProxy):
         *,
         agent_id: str = "mcp-agent",
         on_behalf_of: str = "mcp-user",
+        user_token: str | None = None,
         approval_wait: float = 0.0,
         namespace: bool = False,
         console_url: str | None = None,
@@ -177,6 +186,12 @@ class RemoteMcpProxy(McpProxy):
             passthrough_timeout=passthrough_timeout,
         )
         self.api = _Api(server_url, token, timeout=request_timeout)
+        # The user's credential, apart from the agent's: the server refuses a plan's agent as
+        # its confirmer, so a confirmation relayed from the client is the user's own.
+        self.user_api = (
+            _Api(server_url, user_token, timeout=request_timeout) if user_token else None
+        )
+        self._user_checked = False
         self.call_timeout = call_timeout
         self._docs: dict[tuple[str, str], dict[str, Any]] = {}  # (server, tool) -> its doc
         self._timeouts: dict[tuple[str, str], float] = {}  # (server, tool) -> the server's
@@ -188,18 +203,60 @@ class RemoteMcpProxy(McpProxy):
     # ------------------------------------------------------------------ setup
 
     async def connect(self, stack: AsyncExitStack) -> None:
-        """Start every upstream and learn its tools; tell the server about them.
+        """Check the user token; start every upstream and learn its tools.
 
         Raises:
-            ConfigError: an upstream did not start.
+            ConfigError: an upstream did not start, or the server says the user token is
+                not ``on_behalf_of``'s.
         """
         stack.push_async_callback(self.api.aclose)
+        if self.user_api is not None:
+            stack.push_async_callback(self.user_api.aclose)
+        await self._check_user()  # before the upstreams start: a wrong token stops here
         await super().connect(stack)
         try:
             await self.api.send("GET", "/healthz")
         except ProctorError as exc:
             # Not fatal: every call fails closed until the server answers.
             log.warning("%s; tool calls fail until it answers", exc.message)
+
+    async def _check_user(self) -> bool:
+        """Check that the user token is ``on_behalf_of``'s, with the ``user`` role.
+
+        Returns:
+            Whether confirmations may be relayed with it: False without a user token, or
+            while the server cannot say (checked again before the next relay).
+
+        Raises:
+            ConfigError: the server refused the token, or it names someone else.
+        """
+        if self.user_api is None:
+            return False
+        if self._user_checked:
+            return True
+        try:
+            me = await self.user_api.send("GET", "/v1/me")
+        except ProctorError as exc:
+            if isinstance(exc, ServerUnreachableError) or (exc.details.get("status") or 0) >= 500:
+                log.warning("cannot check --user-token yet: %s", exc.message)
+                return False
+            raise ConfigError(
+                f"--user-token was refused by {self.user_api.url}: {exc.message}",
+                field="user_token",
+                hint=f"Give a token of the user {self.on_behalf_of!r} (`proctor tokens create"
+                f" --name {self.on_behalf_of} --role user`); the server must serve GET /v1/me.",
+            ) from exc
+        name, roles = me.get("name"), me.get("roles") or []
+        if name != self.on_behalf_of or "user" not in roles:
+            raise ConfigError(
+                f"--user-token is {name!r} with roles {', '.join(map(str, roles)) or 'none'},"
+                f" not the user {self.on_behalf_of!r} with the user role",
+                field="user_token",
+                hint="The confirmations relayed from the client are sent with it: it must be"
+                " the token of --user, a separate person from --agent.",
+            )
+        self._user_checked = True
+        return True
 
     def _start(self) -> None:
         """Nothing runs in another thread here: the governance is a server's."""
@@ -336,29 +393,38 @@ class RemoteMcpProxy(McpProxy):
     async def _confirm_remote(
         self, ctx: Any, plan: dict[str, Any], summary: str
     ) -> tuple[dict[str, Any], str | None]:
-        answer = await self._ask(ctx, summary, plan["plan_id"])
+        plan_id = plan["plan_id"]
+        try:
+            relay = await self._check_user()
+        except ConfigError as exc:  # a token changed or revoked since the start
+            log.error("not relaying the confirmation of %s: %s", plan_id, exc.message)
+            relay = False
+        if not relay or self.user_api is None:
+            # Only the user's own token may answer for her: without it the proxy does not
+            # ask (an "allow" it could not relay would mislead); "needs confirmation".
+            return plan, None
+        answer = await self._ask(ctx, summary, plan_id)
         if answer is None:
             return plan, None
-        plan_id = plan["plan_id"]
         if answer == "accept":
             try:
-                return await self.api.send(
+                return await self.user_api.send(
                     "POST",
                     f"/v1/plans/{plan_id}/confirm",
                     body={"comment": f"confirmed in the MCP client {_client_name(ctx)}"[:500]},
                 ), None
             except ProctorError as exc:
-                log.warning("cannot confirm %s with this token: %s", plan_id, exc.message)
+                log.warning("cannot confirm %s with --user-token: %s", plan_id, exc.message)
                 return plan, None
         try:
-            rejected: dict[str, Any] = await self.api.send(
+            rejected: dict[str, Any] = await self.user_api.send(
                 "POST",
                 f"/v1/plans/{plan_id}/reject",
                 body={"comment": f"{answer} in the MCP client {_client_name(ctx)}"[:500]},
             )
             return rejected, None
         except ProctorError as exc:
-            log.warning("cannot reject %s with this token: %s", plan_id, exc.message)
+            log.warning("cannot reject %s with --user-token: %s", plan_id, exc.message)
             return plan, (
                 f"declined in the MCP client: not run ({plan_id} waits for a confirmation "
                 "until it expires)"

@@ -123,6 +123,7 @@ class TestOpenApi:
             ("POST", "/v1/plans/{plan_id}/reject"),
             ("POST", "/v1/plans/{plan_id}/undo"),
             ("POST", "/v1/plans/{plan_id}/steps/{step_id}/resolve"),
+            ("GET", "/v1/me"),
             ("GET", "/v1/guards"),
             ("GET", "/metrics"),
             ("GET", "/v1/kpis"),
