@@ -265,7 +265,7 @@ class TestSeparationOfDuties:
 
 
 class TestSelfConfirmation:
-    """A plan's agent never confirms (or declines) it, whatever roles its token holds."""
+    """A plan's agent never confirms it, whatever roles its token holds (it may withdraw it)."""
 
     @staticmethod
     def _token(api: Api, name: str, *roles: str) -> None:
@@ -273,7 +273,8 @@ class TestSelfConfirmation:
         api.tokens[name] = made.token
 
     async def test_a_token_with_agent_and_user_roles_cannot_confirm_its_own_plan(self, default):
-        """One token, both roles, its own plan: 403 on principal, and nothing runs.
+        """One token, both roles, its own plan: 403 on principal, nothing runs; a decline
+        withdraws it.
 
         Regression: ``desk`` (agent and user) submitted on its own behalf and confirmed it,
         so the policy's "ask the user" asked nobody.
@@ -284,19 +285,20 @@ class TestSelfConfirmation:
         plan_id = submitted.json()["plan_id"]
 
         confirm = await default.call("desk", "POST", f"/v1/plans/{plan_id}/confirm")
-        decline = await default.call("desk", "POST", f"/v1/plans/{plan_id}/reject")
         after = await default.call("desk", "GET", f"/v1/plans/{plan_id}")
+        decline = await default.call("desk", "POST", f"/v1/plans/{plan_id}/reject")
 
         assert submitted.status_code == 201, submitted.text
         assert submitted.json()["status"] == "awaiting_confirmation"
-        for refused in (confirm, decline):
-            assert refused.status_code == 403, refused.text
-            assert refused.json()["code"] == "permission_denied"
-            assert refused.json()["field"] == "principal"
-            assert "person must confirm" in refused.json()["hint"]
+        assert confirm.status_code == 403, confirm.text
+        assert confirm.json()["code"] == "permission_denied"
+        assert confirm.json()["field"] == "principal"
+        assert "person must confirm" in confirm.json()["hint"]
         assert after.json()["status"] == "awaiting_confirmation"
         assert after.json()["approvals"] == []
         assert [s["status"] for s in after.json()["steps"]] == ["pending"]
+        assert decline.status_code == 200, decline.text
+        assert decline.json()["status"] == "rejected"
         kinds = [e.type for e in default.proctor.events(plan_id=plan_id)]
         assert "confirmation.granted" not in kinds and "step.started" not in kinds
 
@@ -306,7 +308,7 @@ class TestSelfConfirmation:
         manifest = make_plan([SUBSCRIPTION], agent_id="desk", on_behalf_of="DESK")
         submitted = await default.call("desk", "POST", "/v1/plans", manifest)
 
-        with pytest.raises(PermissionDeniedError, match="cannot confirm or decline"):
+        with pytest.raises(PermissionDeniedError, match="cannot confirm it"):
             default.proctor.confirm(submitted.json()["plan_id"], "DESK")
 
     async def test_a_separate_user_token_confirms_and_the_plan_runs(self, default):

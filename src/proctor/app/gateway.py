@@ -381,10 +381,7 @@ class Gateway(HumanActions):
         if decision.outcome is not Outcome.DENY and (decision.dry_run or sandbox):
             with self.telemetry.stage("simulate"):
                 decision, simulations = self._simulate(plan, specs, decision, plan_id, sandbox)
-        facts = self._input_digest([(st.action, st.params) for st in plan.steps], specs)
-        record = self._route(
-            plan, plan_id, decision, assessment, simulations, now, sandbox, input_digest=facts
-        )
+        record = self._route(plan, plan_id, decision, assessment, simulations, now, sandbox, specs)
         # A plan that runs now is acknowledged only after its final, durable commit. The
         # commit that starts its first step is an in-flight marker, not fsynced, unless that
         # step is not idempotent: then it must be on disk before the handler runs, or a power
@@ -424,7 +421,7 @@ class Gateway(HumanActions):
                         simulations,
                         now,
                         sandbox,
-                        input_digest=facts,
+                        specs,
                     )
             j.emit(
                 E.POLICY_DECIDED,
@@ -472,13 +469,14 @@ class Gateway(HumanActions):
         simulations: Mapping[str, Any],
         now: datetime,
         sandbox: bool,
-        *,
-        input_digest: str,
+        specs: Sequence[ActionSpec],
     ) -> PlanRecord:
         """Build the plan record a decision routes to (status, deadline, steps, sampling).
 
-        The stored decision carries ``input_digest``: the configuration it was made from
-        (``Gateway._input_digest_now``), which a confirmation or approval checks again.
+        The stored decision of a plan that waits for a person carries ``input_digest``: the
+        configuration it was made from (``Gateway._input_digest_now``), which a confirmation
+        or approval checks again. Only a waiting plan is checked again, so only it pays for
+        the digest (a plan that runs now or is denied does not: the hot path).
         """
         outcome = decision.outcome
         if outcome is Outcome.DENY:
@@ -500,10 +498,15 @@ class Gateway(HumanActions):
                 Outcome.APPROVE: PlanStatus.AWAITING_APPROVAL,
             }[outcome]
         expires_at = None
+        stored = decision.as_dict()
         if status is PlanStatus.AWAITING_CONFIRMATION:
             expires_at = now + self.options.confirm_ttl
         elif status is PlanStatus.AWAITING_APPROVAL:
             expires_at = now + self.options.approval_ttl
+        if expires_at is not None:
+            stored["input_digest"] = self._input_digest(
+                [(st.action, st.params) for st in plan.steps], specs
+            )
         steps = []
         for i, st in enumerate(plan.steps):
             step_status = StepStatus.PENDING
@@ -537,7 +540,7 @@ class Gateway(HumanActions):
             created_at=now,
             updated_at=now,
             assessment=assessment.as_dict(),
-            decision=decision.as_dict() | {"input_digest": input_digest},
+            decision=stored,
             policy_version=decision.policy_version,
             outcome=outcome.value,
             steps=tuple(steps),

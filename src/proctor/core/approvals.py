@@ -2,7 +2,7 @@
 
 Rules (DESIGN section 1, step 6):
 
-* ``confirm``: only the on-behalf-of user confirms (or declines), with one click, and never
+* ``confirm``: only the on-behalf-of user confirms, with one click, and never
   when that name is also the plan's requester (its ``agent_id``, compared by ``person_key``):
   a token that holds both the ``agent`` and ``user`` roles would otherwise submit a plan on
   its own behalf and confirm it, and "ask the user" would ask nobody. Such a plan may still
@@ -95,7 +95,10 @@ def is_requester(plan: PlanRecord, principal: str) -> bool:
 
 
 def check_not_requester(plan: PlanRecord, principal: str) -> None:
-    """Refuse a confirmation (or a decline) of ``plan`` by the agent that requested it.
+    """Refuse a confirmation of ``plan`` by the agent that requested it.
+
+    A decline only stops the plan: ``check_can_reject`` lets its on-behalf-of user decline
+    it also when she is its agent (withdrawing it).
 
     Raises:
         PermissionDeniedError: ``field="principal"``, when ``principal`` is the plan's agent.
@@ -105,7 +108,7 @@ def check_not_requester(plan: PlanRecord, principal: str) -> None:
     # to the agent's name) answering it would make "ask the user" ask the agent itself.
     if is_requester(plan, principal):
         raise PermissionDeniedError(
-            f"{principal!r} requested plan {plan.plan_id} and cannot confirm or decline it",
+            f"{principal!r} requested plan {plan.plan_id} and cannot confirm it",
             field="principal",
             hint="A person must confirm, with a separate user credential: a token (or login)"
             " whose name is the plan's on_behalf_of user, not the agent's. An agent that acts"
@@ -114,7 +117,7 @@ def check_not_requester(plan: PlanRecord, principal: str) -> None:
 
 
 def check_can_confirm(plan: PlanRecord, principal: str) -> None:
-    """Check that ``principal`` may confirm (or decline) ``plan``.
+    """Check that ``principal`` may confirm ``plan`` (``check_can_reject`` for a decline).
 
     Raises:
         InvalidTransitionError: if the plan does not wait for a confirmation.

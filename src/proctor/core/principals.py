@@ -137,10 +137,11 @@ def may_reject(p: Principal, plan: PlanRecord) -> bool:
     """Whether ``p`` may reject ``plan``: an approver of its groups, or its user.
 
     The on-behalf-of user may decline the plan while it waits for her confirmation and while
-    it waits for approvers (it acts for her); the gateway's ``check_can_reject`` has the
+    it waits for approvers (it acts for her, and a "no" only stops it: also when she is the
+    plan's own agent, withdrawing it); the gateway's ``check_can_reject`` has the
     rest of the rules (the requesting agent never rejects as an approver).
     """
-    return may_approve(p, plan) or may_confirm(p, plan)
+    return may_approve(p, plan) or _is_user(p, plan)
 
 
 def may_undo(p: Principal, plan: PlanRecord) -> bool:
@@ -216,8 +217,7 @@ def check_plan_action(p: Principal, action: PlanAction, plan: PlanRecord) -> Non
     """
     check_role(p, action)
     if not _MAY[action](p, plan):
-        answers = action == "confirm" or plan.status is PlanStatus.AWAITING_CONFIRMATION
-        if answers and action != "undo" and _is_user(p, plan):
+        if action == "confirm" and _is_user(p, plan):
             check_not_requester(plan, p.name)  # its own plan: say that a person must confirm
         raise PermissionDeniedError(
             f"{p.name!r} may not {action} plan {plan.plan_id}", field="principal"

@@ -142,7 +142,7 @@ class TestPlanActionChecks:
         assert not undo_as_admin(Principal(name="alice", roles=("user",)), plan)
 
     def test_a_token_that_is_agent_and_user_may_not_confirm_its_own_plan(self):
-        """Its own plan (agent == user): no confirm or decline, with the reason; undo stays.
+        """Its own plan (agent == user): no confirm, with the reason; decline and undo stay.
 
         Regression: one token with the agent and user roles confirmed the plans it made on
         its own behalf (and the console offered it the button).
@@ -153,12 +153,13 @@ class TestPlanActionChecks:
         )
 
         assert not may_act(desk, "confirm", mine)
-        assert not may_act(desk, "reject", mine)
-        for action in ("confirm", "reject"):
-            with pytest.raises(PermissionDeniedError, match="cannot confirm or decline") as e:
-                check_plan_action(desk, action, mine)  # type: ignore[arg-type]
-            assert e.value.field == "principal"
-            assert "person must confirm" in (e.value.hint or "")
+        with pytest.raises(PermissionDeniedError, match="cannot confirm it") as e:
+            check_plan_action(desk, "confirm", mine)
+        assert e.value.field == "principal"
+        assert "person must confirm" in (e.value.hint or "")
+        # A decline only stops the plan: withdrawing its own request is no consent to bypass.
+        assert may_act(desk, "reject", mine)
+        check_plan_action(desk, "reject", mine)
         done = replace(mine, status=PlanStatus.SUCCEEDED)
         assert may_act(desk, "undo", done)  # undoing its own action is not consent
 
