@@ -19,6 +19,7 @@ from proctor.core.guards import (
     breaker_after,
     breaker_before,
     breaker_view,
+    budget_refuses,
     kill_keys,
     minute,
     next_level,
@@ -77,6 +78,22 @@ class TestBudgetArithmetic:
             assert over_budget(spent + more, amount, limit)
             assert over_budget(spent, amount + more, limit)
             assert not over_budget(spent, amount, limit + spent + amount)
+
+    def test_a_spent_budget_refuses_a_portion_with_no_amount(self):
+        """limit 1000: nothing to spend fits while something is left (999), not once the
+        spend reaches the limit (1000) or passed it (a reported cost, 5000); with an amount
+        it is over_budget."""
+        assert not budget_refuses(999, 0, 1000)
+        assert budget_refuses(1000, 0, 1000)
+        assert budget_refuses(5000, 0, 1000)
+        assert not budget_refuses(600, 400, 1000)
+        assert budget_refuses(600, 401, 1000)
+
+    @given(spent=amounts, amount=amounts, limit=amounts)
+    def test_refusal_is_at_least_over_budget(self, spent, amount, limit):
+        """Whatever over_budget refuses, budget_refuses refuses too (it only adds refusals)."""
+        if over_budget(spent, amount, limit):
+            assert budget_refuses(spent, amount, limit)
 
 
 class TestWhitelist:

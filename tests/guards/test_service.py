@@ -403,6 +403,66 @@ class TestOnStepAndFinish:
         assert w.p.submit(w.plan(amount=1)).status is PlanStatus.DENIED
         assert w.store.counter_sum("budget:agent:other", day(w))[1] == 0
 
+    @pytest.mark.parametrize("on_exceed", ["deny", "approve"])
+    def test_a_budget_spent_by_reported_costs_refuses_plans_with_no_amount(self, url, on_exceed):
+        """Once reported costs take a budget to or past its limit, a plan it covers that has no
+        amount is refused (deny) or sent to approval (approve) and its tool does not run; the
+        budget.exceeded event and the policy's input.guards.over_budget say so, and a plan of
+        another agent (another budget counter) still runs."""
+        w = World(url, budgets=(Budget(scope="agent", key="*", limit=1000, on_exceed=on_exceed),))
+        w.tools["shop.read"].result = {"ok": True, "cost": 1000}
+        assert w.p.submit(w.plan("shop.read")).status is PlanStatus.SUCCEEDED
+        assert w.store.counter_sum("budget:agent:bot", day(w))[1] == 1000  # exactly the limit
+
+        refused = w.p.submit(w.plan("shop.read"))
+
+        expected = PlanStatus.DENIED if on_exceed == "deny" else PlanStatus.AWAITING_APPROVAL
+        assert refused.status is expected
+        assert len(w.tools["shop.read"].calls) == 1
+        [ev] = [e for e in w.events("budget.exceeded") if e["data"]["then"] != "recorded"]
+        assert ev["data"] | {"period": None} == {
+            "budget": "budget:agent:bot",
+            "period": None,
+            "limit": 1000,
+            "spent": 1000,
+            "amount": 0,
+            "then": on_exceed,
+        }
+        [over] = w.policy.inputs[-1]["guards"]["over_budget"]
+        assert (over["spent"], over["amount"], over["on_exceed"]) == (1000, 0, on_exceed)
+        assert w.store.counter_sum("budget:agent:bot", day(w))[1] == 1000  # nothing reserved
+        assert w.p.submit(w.plan("shop.read", agent="other")).status is PlanStatus.SUCCEEDED
+
+    def test_a_budget_with_room_left_admits_a_plan_with_no_amount(self, url):
+        """Below the limit a plan with no amount runs and reserves nothing (its cost counts
+        when the tool reports it); budgets covering other agents do not refuse it."""
+        w = World(url, budgets=(Budget(scope="agent", key="bot", limit=1000, on_exceed="deny"),))
+        w.tools["shop.read"].result = {"ok": True, "cost": 999}
+        assert w.p.submit(w.plan("shop.read")).status is PlanStatus.SUCCEEDED
+        assert w.p.submit(w.plan("shop.read")).status is PlanStatus.SUCCEEDED  # 999 < 1000
+        assert w.p.submit(w.plan("shop.read")).status is PlanStatus.DENIED  # 1998 >= 1000
+
+        assert w.p.submit(w.plan("shop.read", agent="b2")).status is PlanStatus.SUCCEEDED
+        assert "budget.reserved" not in w.types()
+
+    def test_a_waiting_plan_with_no_amount_meets_a_budget_spent_meanwhile(self, url):
+        """A confirmed plan with no amount holds no reservation: when a reported cost spent
+        the budget while it waited, recheck stops it (an approved one runs: an approver
+        decided on an approve budget)."""
+        w = World(url, budgets=(Budget(scope="agent", key="*", limit=1000),))
+        waiting = w.record("shop.read", outcome="confirm")
+        assert w.run("admit", waiting, [w.p.gateway.catalog.get("shop.read")], w.decision(waiting))
+        with w.store.transaction() as tx:
+            tx.bump("budget:agent:bot", day(w), count=0, amount=1200)  # a reported cost
+
+        reason = w.run("recheck", waiting)
+
+        assert reason == f"budget budget:agent:bot ({day(w)}) is spent: 1200 of 1000"
+        approved = w.record("shop.read", outcome="approve")
+        assert w.run("recheck", approved) is None
+        assert [e["data"]["then"] for e in w.events("budget.exceeded")] == ["wait", "run"]
+        assert w.store.counter_sum("budget:agent:bot", day(w))[1] == 1200
+
     def test_a_reported_cost_above_the_reservation_counts_in_full(self, url):
         """A step of amount 0 in a plan holding a reservation still counts what it reports."""
         w = World(url, budgets=(Budget(scope="agent", key="*", limit=10_000),))

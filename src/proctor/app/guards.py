@@ -139,7 +139,8 @@ class Guards(GuardsBudgets, GuardsAdmin):
 
         Kill switches, breakers, autonomy and whitelists come from a per-process snapshot at
         most ``SNAPSHOT_TTL`` old (refreshed at once when this process changes them); budgets
-        are read fresh, and only when budgets are configured and the plan has an amount.
+        are read fresh when budgets are configured (a plan with no amount is over a budget
+        covering it that has nothing left).
         ``admit`` enforces all of them exactly, so a stale view only ever costs a reason.
         """
         snap = self._snapshot()
@@ -457,7 +458,8 @@ class Guards(GuardsBudgets, GuardsAdmin):
         - Budgets: a plan reserved its spend when it was decided, and that reservation holds.
           A plan with an amount but no reservation (decided before the budget existed)
           reserves now; a budget it would exceed with ``deny`` stops it, and one with
-          ``approve`` stops a plan nobody approved.
+          ``approve`` stops a plan nobody approved. A plan with no amount meets a budget
+          covering it that has nothing left the same way.
 
         The gateway keeps a stopped plan waiting and tells the caller why.
         """
@@ -485,16 +487,17 @@ class Guards(GuardsBudgets, GuardsAdmin):
                 if not agentic:
                     return f"circuit breaker {key} is {new.state}: {new.reason}"
         if self.settings.budgets and ("reservation", record.plan_id) not in state:
+            # A plan with no amount holds no reservation either: a budget spent meanwhile (a
+            # tool's reported cost can take it past its limit) stops it like one with an amount.
             amounts = [self._amount(s) for s in record.steps]
-            if any(amounts):
-                then = {"approve": "wait" if confirmed else "run", "deny": "wait"}
-                entries, approve, deny = self._reserve(tx, emit, record, amounts, now, then=then)
-                if deny is None and approve and confirmed:
-                    self._release(tx, entries)
-                    deny = approve[0]
-                if deny is not None:
-                    return deny
-                self._keep(tx, emit, record, entries, now)
+            then = {"approve": "wait" if confirmed else "run", "deny": "wait"}
+            entries, approve, deny = self._reserve(tx, emit, record, amounts, now, then=then)
+            if deny is None and approve and confirmed:
+                self._release(tx, entries)
+                deny = approve[0]
+            if deny is not None:
+                return deny
+            self._keep(tx, emit, record, entries, now)
         return None
 
     def stopped(self, tx: Transaction, emit: Emit, record: PlanRecord) -> str | None:

@@ -18,7 +18,7 @@ from proctor.core.approvals import person_key
 from proctor.core.catalog import ActionSpec
 from proctor.core.decisions import Decision, Outcome
 from proctor.core.events import EventType as E
-from proctor.core.guards import GuardSettings, over_budget, period_bucket
+from proctor.core.guards import GuardSettings, budget_refuses, period_bucket
 from proctor.core.lifecycle import PlanRecord, StepRecord
 from proctor.core.ports import Clock, Store, Transaction
 
@@ -44,10 +44,12 @@ class GuardsBudgets:
     clock: Clock
 
     def _over_budget(self, plan: Any, specs: Sequence[ActionSpec]) -> list[dict[str, Any]]:
-        """The budgets ``plan`` would exceed, read from the store now (not reserved)."""
+        """The budgets ``plan`` would exceed, read from the store now (not reserved).
+
+        A budget with nothing left refuses a plan it covers even when the plan has no amount
+        (``budget_refuses``); ``steps`` lists every step of the plan it covers.
+        """
         amounts = [spend(spec.amount(s.params)) for s, spec in zip(plan.steps, specs, strict=True)]
-        if not any(amounts):
-            return []
         now = self.clock.now()
         agent, user = plan.actor.agent_id, person_key(plan.on_behalf_of)
         over = []
@@ -56,12 +58,12 @@ class GuardsBudgets:
             portions: dict[str, tuple[int, list[str]]] = {}
             for st, amount in zip(plan.steps, amounts, strict=True):
                 value = {"agent": agent, "user": user, "action": st.action, "global": "*"}[b.scope]
-                if amount and b.applies(value):
+                if b.applies(value):
                     need, ids = portions.get(b.counter(value), (0, []))
                     portions[b.counter(value)] = (need + amount, [*ids, st.id])
             for counter, (need, ids) in portions.items():
                 spent = self.store.counter_sum(counter, bucket)[1]
-                if over_budget(spent, need, b.limit):
+                if budget_refuses(spent, need, b.limit):
                     over.append(
                         {
                             "budget": counter,
@@ -84,7 +86,7 @@ class GuardsBudgets:
         decision: Decision,
         now: Any,
     ) -> Decision:
-        if not self.settings.budgets or not any(amounts):
+        if not self.settings.budgets:
             return decision
         entries, approve, deny = self._reserve(tx, emit, record, amounts, now)
         if deny is not None:
@@ -111,7 +113,8 @@ class GuardsBudgets:
         Returns the reservation entries, the reasons of budgets exceeded with ``approve``, and
         the reason of the first budget exceeded with ``deny`` (then nothing stays reserved).
         Every exceeded budget is a ``budget.exceeded`` event whose ``then`` says what follows:
-        the budget's ``on_exceed``, or what ``then`` maps it to.
+        the budget's ``on_exceed``, or what ``then`` maps it to. A budget with nothing left
+        is exceeded by any plan it covers, one with no amount too (``budget_refuses``).
         """
         entries: list[dict[str, Any]] = []
         approve: list[str] = []
@@ -127,18 +130,21 @@ class GuardsBudgets:
             portions: dict[str, list[int]] = {}
             for s, a in zip(record.steps, amounts, strict=True):
                 value = self._scope_value(b.scope, record, s)
-                if a and b.applies(value):
+                # A covered step with no amount joins with 0: it reserves nothing, but a
+                # budget already spent refuses it (its tool may still report a cost).
+                if b.applies(value):
                     portions.setdefault(b.counter(value), [0] * len(amounts))[s.index] += a
             per_budget.append((b, portions))
         # Read-check-bump under a lock per counter: plans of other agents (or replicas) that
-        # count on the same counter wait, so together they never pass its limit.
-        tx.lock_counters([c for _, portions in per_budget for c in portions])
+        # count on the same counter wait, so together they never pass its limit. A counter
+        # this plan only reads (no amount on it) needs no lock: it adds nothing to it.
+        tx.lock_counters([c for _, portions in per_budget for c, p in portions.items() if any(p)])
         for b, portions in per_budget:
             bucket = period_bucket(now, b.period)
             for counter, portion in portions.items():
                 spent = tx.counter_sum(counter, bucket)[1] - mine.get(counter, 0)
                 need = sum(portion)
-                if over_budget(spent, need, b.limit):
+                if budget_refuses(spent, need, b.limit):
                     emit(
                         E.BUDGET_EXCEEDED,
                         plan=record,
@@ -151,12 +157,16 @@ class GuardsBudgets:
                             "then": (then or {}).get(b.on_exceed, b.on_exceed),
                         },
                     )
-                    reason = f"budget {counter} ({bucket}): {spent} spent + {need} > {b.limit}"
+                    reason = (
+                        f"budget {counter} ({bucket}): {spent} spent + {need} > {b.limit}"
+                        if need
+                        else f"budget {counter} ({bucket}) is spent: {spent} of {b.limit}"
+                    )
                     if b.on_exceed == "deny":
                         self._release(tx, entries)
                         return [], [], reason
                     approve.append(reason)
-                if counter not in mine:
+                if need and counter not in mine:
                     tx.bump(counter, day, count=0, amount=need)
                     entries.append({"counter": counter, "bucket": day, "steps": portion})
                     mine[counter] = need

@@ -35,6 +35,7 @@ __all__ = [
     "breaker_after",
     "breaker_before",
     "breaker_view",
+    "budget_refuses",
     "kill_keys",
     "minute",
     "next_level",
@@ -453,6 +454,21 @@ def over_budget(spent: int, amount: int, limit: int) -> bool:
     service counts it as 0: it never lowers the spend either).
     """
     return amount > 0 and spent + amount > limit
+
+
+def budget_refuses(spent: int, amount: int, limit: int) -> bool:
+    """Whether a budget refuses a plan's portion of ``amount`` on top of ``spent``.
+
+    A portion with an amount is refused when it would go past the limit (``over_budget``).
+    A portion of 0 (steps the budget covers whose action has no amount, or an amount of 0)
+    is refused once nothing is left (``spent >= limit``): its tool may still report a cost
+    after it ran (``{"cost": n}``), and with the budget spent any cost goes past it. Without
+    this, a tool reporting costs could drive the spend past the limit and every plan with no
+    amount would still pass (fail closed).
+    """
+    if amount > 0:
+        return spent + amount > limit
+    return spent >= limit
 
 
 def kill_keys(agent: str, actions: Sequence[str]) -> list[str]:
