@@ -323,9 +323,24 @@ class Proctor:
         guards: Guards = self.gateway.guards
         return guards
 
-    def kill(self, scope: str, key: str | None = None, *, by: str, reason: str = "") -> str:
-        """Engage a kill switch: ``kill("global")``, ``kill("agent", "bot")``, or an action."""
-        return self.guards.kill(scope, key, by=by, reason=reason)
+    def kill(
+        self,
+        scope: str,
+        key: str | None = None,
+        *,
+        by: str,
+        reason: str = "",
+        allow_unknown: bool = False,
+    ) -> str:
+        """Engage a kill switch: ``kill("global")``, ``kill("agent", "bot")``, or an action.
+
+        An action must be in the catalog or an MCP tool's ``mcp.<server>.<tool>``; with
+        ``allow_unknown=True`` any name (an action only another process declares).
+
+        Raises:
+            InvalidRequestError: an unknown action (``key``, with close matches); nothing written.
+        """
+        return self.guards.kill(scope, key, by=by, reason=reason, allow_unknown=allow_unknown)
 
     def unkill(self, scope: str, key: str | None = None, *, by: str) -> bool:
         """Release a kill switch; False if it was not engaged."""

@@ -34,6 +34,31 @@ class TestLocal:
         assert run("unkill", "--action", "travel.search", "--as", "ops", *h).code == 0
         assert run("unkill", "--action", "travel.search", "--as", "ops", *h).code == 1
 
+    def test_kill_refuses_an_action_the_catalog_does_not_know(self, run, home):
+        """A typo (payments.refnd) exits 1 naming the field and the close match, and engages
+        nothing; an MCP tool's action and --allow-unknown are accepted; unkill releases a
+        switch on any name (a mistaken one must be removable)."""
+        h = ("--home", str(home))
+
+        typo = run("kill", "--action", "payments.refnd", "--as", "ops", "--json", *h)
+
+        assert typo.code == 1, str(typo)
+        error = typo.json()["error"]
+        assert (error["code"], error["field"]) == ("invalid_request", "key")
+        assert "payments.refnd" in error["message"]
+        assert "close matches: payments.refund" in error["message"]
+        assert run("guards", "--json", *h).json()["kill"] == {}
+        assert run("kill", "--action", "mcp.fs.write_file", "--as", "ops", *h).code == 0
+        assert run("kill", "--action", "mcp.FS.write", "--as", "ops", *h).code == 1
+        allowed = ("kill", "--action", "elsewhere.only", "--allow-unknown", "--as", "ops", *h)
+        assert run(*allowed).code == 0
+        assert sorted(run("guards", "--json", *h).json()["kill"]) == [
+            "action:elsewhere.only",
+            "action:mcp.fs.write_file",
+        ]
+        assert run("unkill", "--action", "elsewhere.only", "--as", "ops", *h).code == 0
+        assert run("unkill", "--action", "mcp.fs.write_file", "--as", "ops", *h).code == 0
+
     def test_local_mode_needs_a_principal(self, run, home):
         """Without --server, kill, review mark and complain need --as: a usage error (2)."""
         h = ("--home", str(home))
@@ -106,6 +131,14 @@ class TestRemote:
         assert run("unkill", "--agent", "bot", *as_("root")).code == 0
         assert run("unkill", "--agent", "bot", *as_("root")).code == 1
         assert w.store.list_state("kill") == {}
+        typo = run("kill", "--action", "shop.bye", "--json", *as_("root"))
+        assert typo.code == 1, str(typo)
+        assert typo.json()["error"]["field"] == "key"
+        assert "close matches: shop.buy" in typo.json()["error"]["message"]
+        assert "action:shop.bye" not in w.store.list_state("kill")
+        r = run("kill", "--action", "shop.bye", "--allow-unknown", *as_("root"))
+        assert r.code == 0, str(r)
+        assert run("unkill", "--action", "shop.bye", *as_("root")).code == 0
 
     def test_user_commands_over_http(self, run, served):
         """A user sets and shows their autonomy, complains; reviews are an auditor's."""

@@ -73,6 +73,29 @@ async def test_admin_kill_switch_stops_agent_plans(api):
     assert plan.json()["status"] == "succeeded"
 
 
+async def test_a_kill_switch_on_an_unknown_action_is_a_422_and_engages_nothing(api):
+    """POST /v1/guards/kill for an action not in the catalog: 422 on key with close matches,
+    no switch and no event; an MCP tool's action, or allow_unknown, is engaged; unkill
+    releases any name."""
+    w, app, secrets = api
+    typo = {"scope": "action", "key": "shop.bye", "reason": "typo"}
+
+    r = await call(app, secrets, "root", "POST", "/v1/guards/kill", typo)
+
+    assert r.status_code == 422, r.text
+    assert (r.json()["code"], r.json()["field"]) == ("invalid_request", "key")
+    assert "close matches: shop.buy" in r.json()["message"]
+    assert w.store.list_state("kill") == {}
+    assert "kill.engaged" not in w.types()
+    mcp = {"scope": "action", "key": "mcp.fs.write_file-0123abcd"}
+    assert (await call(app, secrets, "root", "POST", "/v1/guards/kill", mcp)).status_code == 200
+    r = await call(app, secrets, "root", "POST", "/v1/guards/kill", typo | {"allow_unknown": True})
+    assert r.json() == {"switch": "action:shop.bye", "engaged": True}
+    r = await call(app, secrets, "root", "POST", "/v1/guards/unkill", typo | {"reason": ""})
+    assert r.json() == {"released": True}
+    assert set(w.store.list_state("kill")) == {"action:mcp.fs.write_file-0123abcd"}
+
+
 async def test_bad_guard_input_is_a_4xx_naming_the_field(api):
     """An agent switch without a name, an unknown action, a bad level: 422 naming the field."""
     _w, app, secrets = api

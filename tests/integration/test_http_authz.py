@@ -141,7 +141,12 @@ def _sampled(proctor: Proctor) -> str:
 
 
 BODIES: dict[str, Any] = {
-    "/v1/guards/kill": {"scope": "action", "key": "nothing.here", "reason": "authz test"},
+    "/v1/guards/kill": {
+        "scope": "action",
+        "key": "nothing.here",
+        "reason": "authz test",
+        "allow_unknown": True,
+    },
     "/v1/guards/unkill": {"scope": "action", "key": "nothing.here"},
     "/v1/guards/breakers/open": {"scope": "action", "key": "nothing.here", "reason": "authz"},
     "/v1/guards/breakers/reset": {"scope": "action", "key": "nothing.here"},

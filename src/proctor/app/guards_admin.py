@@ -12,6 +12,8 @@ it runs on a plan's path.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import re
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +42,13 @@ if TYPE_CHECKING:
 __all__ = ["GuardsAdmin"]
 
 _VERDICTS = ("fine", "wrong")
+
+# The actions an MCP proxy adds to its own catalog at run time (``mcp.<server>.<tool>``, or
+# ``mcp.<server>.<tool>-<8 hex>`` for clashing names; ``proctor.mcp.governance.action_name``):
+# the catalog of the process engaging a switch need not know them, so a name of that shape
+# is accepted as it stands. Its parts are lower-case slugs, so ``mcp.FS.write`` (which no
+# tool is ever named) is refused like any other unknown name.
+_MCP_ACTION = re.compile(r"mcp\.[a-z0-9_]+\.[a-z0-9_]+(-[0-9a-f]{8})?")
 
 
 class GuardsAdmin:
@@ -80,9 +89,26 @@ class GuardsAdmin:
             )
         return f"{scope}:{key}"
 
-    def kill(self, scope: str, key: str | None, *, by: str, reason: str = "") -> str:
-        """Engage a kill switch (``global``, ``agent`` NAME or ``action`` NAME)."""
+    def kill(
+        self,
+        scope: str,
+        key: str | None,
+        *,
+        by: str,
+        reason: str = "",
+        allow_unknown: bool = False,
+    ) -> str:
+        """Engage a kill switch (``global``, ``agent`` NAME or ``action`` NAME).
+
+        An action must be in the catalog, or be an MCP tool's action (``mcp.<server>.<tool>``),
+        unless ``allow_unknown`` (an action only another process declares).
+
+        Raises:
+            InvalidRequestError: ``scope`` or ``key`` is missing or unknown; nothing written.
+        """
         switch = self._switch(scope, key)
+        if scope == "action" and key is not None and not allow_unknown:
+            self._known_action(key)
 
         def op(tx: Transaction, emit: Emit, now: Any) -> str:
             tx.put_state(
@@ -94,8 +120,30 @@ class GuardsAdmin:
         result: str = self._admin(op)
         return result
 
+    def _known_action(self, name: str) -> None:
+        """Refuse an action kill switch on a name this catalog does not know.
+
+        A typo (``payments.refnd``) would otherwise be engaged, reported, and stop nothing,
+        while the operator believes the action stopped (fail closed: say so instead).
+        """
+        if name in self.catalog or _MCP_ACTION.fullmatch(name):
+            return
+        close = difflib.get_close_matches(name, [s.name for s in self.catalog], n=3, cutoff=0.6)
+        found = f"; close matches: {', '.join(close)}" if close else ""
+        raise InvalidRequestError(
+            f"unknown action {name!r}: it is not in the catalog, so its kill switch would "
+            f"stop nothing{found}",
+            field="key",
+            hint="Name an action of the catalog, an MCP tool's mcp.<server>.<tool>, or pass "
+            "--allow-unknown (allow_unknown) for an action only another process declares.",
+        )
+
     def unkill(self, scope: str, key: str | None, *, by: str) -> bool:
-        """Release a kill switch; False if it was not engaged."""
+        """Release a kill switch; False if it was not engaged.
+
+        Any name is accepted, known to the catalog or not: a switch engaged by mistake (or
+        on an action since removed) must be removable.
+        """
         switch = self._switch(scope, key)
 
         def op(tx: Transaction, emit: Emit, now: Any) -> bool:

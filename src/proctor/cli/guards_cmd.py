@@ -105,6 +105,14 @@ def kill(
     action: Action = None,
     everything: Global = False,
     reason: Annotated[str, typer.Option("--reason", "-m", help="Why (recorded).")] = "",
+    allow_unknown: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unknown",
+            help="Engage an --action switch the catalog does not know (an action only "
+            "another process declares). Without it an unknown name is refused.",
+        ),
+    ] = False,
     home: Home = None,
     as_json: Json = False,
     verbose: Verbose = False,
@@ -114,17 +122,20 @@ def kill(
     """Stop agentic work at once: globally, for an agent, or for an action.
 
     Plans it covers are denied at submission, and approved or confirmed plans do not start,
-    until `proctor unkill` releases it. The switch and its release are audited.
+    until `proctor unkill` releases it. The switch and its release are audited. An action
+    must be in the catalog or an MCP tool's mcp.<server>.<tool> (else exit 1, with close
+    matches), unless --allow-unknown.
     """
     scope, key = _switch(agent, action, everything)
     with _target(ctx, server, token, ignored=("principal",)) as remote:
         if remote is not None:
-            doc = _send(remote, "POST", "/v1/guards/kill", _kill_body(scope, key, reason))
+            body = _kill_body(scope, key, reason) | {"allow_unknown": allow_unknown}
+            doc = _send(remote, "POST", "/v1/guards/kill", body)
             switch = str(doc["switch"])
         else:
             name = _required_locally(principal, "--as")
             with _open(home) as p:
-                switch = p.kill(scope, key, by=name, reason=reason)
+                switch = p.kill(scope, key, by=name, reason=reason, allow_unknown=allow_unknown)
     if as_json:
         print_json({"switch": switch, "engaged": True})
     else:

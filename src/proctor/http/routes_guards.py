@@ -37,6 +37,10 @@ class KillBody(_In):
     scope: Literal["global", "agent", "action"]
     key: str | None = Field(default=None, pattern=_NAME)
     reason: str = Field(default="", max_length=MAX_COMMENT)
+    allow_unknown: bool = Field(
+        default=False,
+        description="Engage an action's switch the catalog does not know (kill only).",
+    )
 
 
 class BreakerBody(_In):
@@ -112,7 +116,13 @@ def router(ctx: Context) -> APIRouter:
     def kill(caller: Caller, body: KillBody) -> Response:
         """Stop agentic work globally, for an agent, or for an action, until released."""
         need(caller, "admin")
-        switch = proctor.guards.kill(body.scope, body.key, by=caller.name, reason=body.reason)
+        switch = proctor.guards.kill(
+            body.scope,
+            body.key,
+            by=caller.name,
+            reason=body.reason,
+            allow_unknown=body.allow_unknown,
+        )
         return json_response({"switch": switch, "engaged": True})
 
     @r.post("/guards/unkill", summary="Release a kill switch (admin)", responses=errors)

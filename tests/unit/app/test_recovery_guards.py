@@ -137,7 +137,7 @@ class TestKillSwitchAtClaim:
         tool = RecordingTool()
         api, runner = two_processes(tmp_path, clock, tool)
         api.submit(make_plan([("ops.ping", {})], plan_id="k-2", agent_id="bot"))
-        api.kill("action", "ops.other", by="admin")
+        api.kill("action", "ops.other", by="admin", allow_unknown=True)  # not in its catalog
 
         done = runner.gateway.executor.resume("k-2")
 
