@@ -23,6 +23,7 @@ from proctor import Proctor
 from proctor.app.gateway import GatewayOptions
 from proctor.core.catalog import Catalog
 from proctor.core.lifecycle import PlanStatus
+from proctor.errors import ConfigError
 from proctor.mcp import McpProxy, UpstreamConfig
 from proctor.policy import RegoPolicyEngine
 
@@ -475,3 +476,76 @@ def test_a_tool_name_that_is_another_tools_namespaced_name_is_namespaced_too():
 
     assert {"a.b", "x.a.b"} <= listed
     assert (ab, xab) == ("b on a", "a.b on x")
+
+
+def test_an_upstream_hanging_on_a_tools_list_refresh_holds_nothing_up(caplog):
+    """An upstream that announces a change and then never answers tools/list: within
+    --passthrough-timeout the refresh gives up with a warning, its tools stay as listed
+    before, the client still hears of the change, and another upstream's new tool is listed."""
+    p = allow_all()
+    hangs = UpstreamConfig(
+        name="stuck",
+        command=sys.executable,
+        args=(str(FLAKY),),
+        env={"FLAKY_NAME": "stuck", "FLAKY_RELIST_HANGS": "1"},
+    )
+    changes = 0
+    changed = anyio.Event()
+
+    async def on_message(message):
+        nonlocal changes
+        if isinstance(getattr(message, "root", message), types.ToolListChangedNotification):
+            changes += 1
+            changed.set()
+
+    async def go():
+        nonlocal changed
+        async with AsyncExitStack() as stack:
+            _, s = await connected(
+                p,
+                stack,
+                message_handler=on_message,
+                upstreams=[hangs, flaky("fine")],
+                passthrough_timeout=1.0,
+            )
+            before = {t.name for t in (await s.list_tools()).tools}
+            assert not (await s.call_tool("stuck.grow", {})).is_error
+            with anyio.fail_after(20):
+                await changed.wait()
+            changed = anyio.Event()
+            assert not (await s.call_tool("fine.grow", {})).is_error
+            with anyio.fail_after(20):
+                await changed.wait()
+            after = {t.name for t in (await s.list_tools()).tools}
+            still = await s.call_tool("stuck.ok", {})
+            return before, after, still
+
+    with caplog.at_level("WARNING", logger="proctor.mcp"):
+        before, after, still = anyio.run(go)
+
+    assert "stuck.ok" in before and "stuck.extra" not in before
+    assert after == before | {"extra"}  # stuck's old list stays; fine's new tool is in
+    assert not still.is_error and text(still).startswith("fine")
+    assert changes == 2
+    stale = [r.getMessage() for r in caplog.records if "cannot re-read its tools" in r.getMessage()]
+    assert stale and "did not answer tools/list within 1 s" in stale[0]
+
+
+def test_an_upstream_hanging_on_its_first_tools_list_stops_the_start():
+    """No tools/list answer at start within --passthrough-timeout: a ConfigError naming the
+    server (the CLI's exit 1), not a proxy that waits for ever."""
+    p = allow_all()
+    mute = UpstreamConfig(
+        name="mute", command=sys.executable, args=(str(FLAKY),), env={"FLAKY_LIST_HANGS": "1"}
+    )
+
+    async def go():
+        async with AsyncExitStack() as stack:
+            with pytest.raises(ConfigError) as caught:  # (the test's timeout bounds it)
+                await McpProxy(p, [mute], passthrough_timeout=0.5).connect(stack)
+        return caught.value
+
+    error = anyio.run(go)
+
+    assert error.field == "mcpServers.mute"
+    assert "did not answer tools/list within 0.5 s" in error.message

@@ -77,7 +77,8 @@ def mcp(
             min=0.1,
             help="Seconds any request to a server other than a tool call (lists, reads, "
             "prompts, completions, subscriptions) may take; a merged list leaves out a "
-            "server that takes longer.",
+            "server that takes longer, and a server's tools stay as listed before when "
+            "re-reading them takes longer.",
         ),
     ] = 5.0,
     confirm_in_client: Annotated[

@@ -66,7 +66,7 @@ from proctor.app.recovery import held_by_guard
 from proctor.core.catalog import ActionSpec
 from proctor.core.lifecycle import PlanRecord, PlanStatus
 from proctor.core.ports import ToolCall
-from proctor.errors import InvalidRequestError, ProctorError
+from proctor.errors import ConfigError, InvalidRequestError, ProctorError
 from proctor.mcp.calls import _client_name, _Flight, _flight_of, _Group, _key_of
 from proctor.mcp.config import UpstreamConfig, load_config
 from proctor.mcp.errors import tool_error, tool_error_text
@@ -114,7 +114,8 @@ class McpProxy:
         connect_timeout: Seconds an upstream may take to start and initialize.
         passthrough_timeout: Seconds any other request to an upstream (lists, reads,
             prompts, completions, subscriptions, log level) may take; a merged list leaves
-            out an upstream that takes longer.
+            out an upstream that takes longer, and re-reading an upstream's tools keeps its
+            old list.
         confirm_in_client: Ask the user through MCP elicitation when a call needs their
             confirmation (default). False: the call answers "needs confirmation" and the
             user confirms in the console or the CLI — for clients whose elicitation answers
@@ -186,6 +187,8 @@ class McpProxy:
         self.tools: dict[str, tuple[str, types.Tool]] = {}  # exposed name -> (server, tool)
         self._actions: dict[tuple[str, str], str] = {}  # (server, tool) -> its own action
         self._declared: dict[str, ActionSpec | None] = {}
+        # Each upstream's last tools/list answer: what stays listed when a re-read fails.
+        self._offered: dict[str, list[types.Tool]] = {}
         # Resources, prompts, completions, logging; the client sessions and what they get.
         self.passthrough = PassThrough(
             self.upstreams, timeout=passthrough_timeout, max_clients=_MAX_CLIENTS
@@ -278,12 +281,16 @@ class McpProxy:
         Every listed tool gets its own exposed name and its own action (``action_names``).
         A tool that cannot is not listed (so a call to it is an unknown tool), with a warning:
         a name a server lists twice, or an exposed name two tools would share even after
-        namespacing.
+        namespacing. Each upstream's list is read within ``passthrough_timeout``
+        (``_offered_tools``).
+
+        Raises:
+            ConfigError: an upstream listed for the first time (at start) did not answer.
         """
         listed: list[tuple[str, types.Tool]] = []
         for name, up in self.upstreams.items():
             hide = self.configs[name].hide
-            offered: list[types.Tool] = await _all_pages(up, "list_tools", "tools")
+            offered = await self._offered_tools(name, up)
             seen: dict[str, int] = {}
             for t in offered:
                 seen[t.name] = seen.get(t.name, 0) + 1
@@ -319,6 +326,39 @@ class McpProxy:
             self._register(server, t, actions[(server, t.name)])
         self._actions = {(s, t.name): actions[(s, t.name)] for s, t in tools.values()}
         self.tools = tools
+
+    async def _offered_tools(self, name: str, up: Upstream) -> list[types.Tool]:
+        """``up``'s tools, read within ``passthrough_timeout``; on failure, its last list.
+
+        A refresh runs when an upstream announces a change (or comes back): one that then
+        hangs on ``tools/list`` would otherwise hold the refresh for ever, and with it the
+        other upstreams' new lists, the client's ``list_changed`` and, after a restart, its
+        subscriptions and log level. Its tools stay as they were listed before (with a
+        warning), so its next change or restart tries again.
+
+        Raises:
+            ConfigError: it failed and was never listed (at start): nothing to fall back on.
+        """
+        try:
+            offered: list[types.Tool] = await self.passthrough._ask(
+                up, "tools/list", functools.partial(_all_pages, up, "list_tools", "tools")
+            )
+        except MCPError as exc:
+            if name not in self._offered:
+                raise ConfigError(
+                    f"MCP server {name!r} did not list its tools: {exc.message}",
+                    field=f"mcpServers.{name}",
+                    hint="Run it by hand to see why; --passthrough-timeout bounds the wait.",
+                ) from exc
+            log.warning(
+                "upstream %s: cannot re-read its tools (%s); its %d tools listed before stay",
+                name,
+                exc.message,
+                len(self._offered[name]),
+            )
+            return self._offered[name]
+        self._offered[name] = offered
+        return offered
 
     def _exposed(self, listed: list[tuple[str, types.Tool]]) -> dict[str, tuple[str, types.Tool]]:
         """The name the client sees for each tool: ``tool``, or ``server.tool``.

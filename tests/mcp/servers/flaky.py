@@ -11,7 +11,9 @@
   content (``{"ratio": 0.25, "big": 1.5e300, "tenths": n}``); any other answers
   "<tool> on <$FLAKY_NAME>" with the request's ``_meta`` keys as structured content.
 
-It lists its tools three per page.
+It lists its tools three per page. With ``$FLAKY_RELIST_HANGS`` set, every ``tools/list``
+after ``grow`` never answers (an upstream that announces a change, then hangs); with
+``$FLAKY_LIST_HANGS`` set, none does.
 """
 
 import json
@@ -29,6 +31,10 @@ TOOLS += EXTRA
 
 
 async def list_tools(ctx, params):
+    if os.environ.get("FLAKY_LIST_HANGS") or (
+        os.environ.get("FLAKY_RELIST_HANGS") and "extra" in TOOLS
+    ):
+        await anyio.sleep(3600)
     # Pages of three tools: the proxy must follow the cursor.
     start = int(params.cursor) if params is not None and params.cursor else 0
     page = TOOLS[start : start + 3]
