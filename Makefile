@@ -13,7 +13,7 @@ demo: $(BIN)/proctor
 	$(BIN)/proctor demo
 
 test: $(BIN)/proctor
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto
 
 lint: $(BIN)/proctor
 	$(BIN)/ruff check src tests bench

@@ -8,6 +8,7 @@ default); the tests skip only when npm itself is missing.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -53,16 +54,20 @@ def npm_servers() -> Servers:
     modules = target / "node_modules" / "@modelcontextprotocol"
     fs = modules / "server-filesystem" / "dist" / "index.js"
     everything = modules / "server-everything" / "dist" / "index.js"
-    if not (fs.is_file() and everything.is_file()):
-        target.mkdir(parents=True, exist_ok=True)
-        shutil.copy(HERE / "npm" / "package.json", target / "package.json")
-        shutil.copy(HERE / "npm" / "package-lock.json", target / "package-lock.json")
-        subprocess.run(
-            [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-            cwd=target,
-            check=True,
-            timeout=900,
-        )
+    target.mkdir(parents=True, exist_ok=True)
+    # pytest-xdist runs this fixture once per worker: one installs, the others wait for it
+    # (``npm ci`` starts by deleting node_modules, under a worker already using it).
+    with (target.parent / f"{target.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (fs.is_file() and everything.is_file()):
+            shutil.copy(HERE / "npm" / "package.json", target / "package.json")
+            shutil.copy(HERE / "npm" / "package-lock.json", target / "package-lock.json")
+            subprocess.run(
+                [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+                cwd=target,
+                check=True,
+                timeout=900,
+            )
     return Servers(filesystem=fs, everything=everything)
 
 
