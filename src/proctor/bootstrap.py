@@ -96,6 +96,9 @@ lease_ttl_seconds = 30
 step_timeout_seconds = 60
 max_attempts = 3
 plan_deadline_seconds = 900
+# A confirmed or approved plan that waits for a process serving its runner (or whose catalog
+# has its actions) expires unstarted after this, instead of running whenever one appears.
+queue_ttl_seconds = 3600
 
 [audit]
 # The raw intent (prompt) is stored in audit events only when true; its hash always is.
@@ -374,6 +377,7 @@ def build_gateway(
         agent_keys=settings.agent_keys,
         lease_ttl=timedelta(seconds=settings.lease_ttl_seconds),
         plan_deadline=timedelta(seconds=settings.plan_deadline_seconds),
+        queue_ttl=timedelta(seconds=settings.queue_ttl_seconds),
         step_timeout=settings.step_timeout_seconds or None,
         max_attempts=settings.max_attempts,
         worker_threads=settings.worker_threads,

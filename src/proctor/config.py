@@ -180,6 +180,9 @@ class Settings:
     """How long a worker's claim on a running plan lasts without renewal. Default 30."""
     plan_deadline_seconds: int = 900
     """No step starts or retries later than this after a plan started. Default 900."""
+    queue_ttl_seconds: int = 3600
+    """How long a plan a human cleared waits for a process that runs it before it expires
+    unstarted (``[execution] queue_ttl_seconds``). Default 3600."""
     step_timeout_seconds: float = 60.0
     """Seconds one attempt may run (0: no limit; an action's timeout wins). Default 60."""
     max_attempts: int = 3
@@ -246,6 +249,7 @@ _SECTIONS: Final[Mapping[str, frozenset[str] | None]] = {
             "approval_ttl_seconds",
             "lease_ttl_seconds",
             "plan_deadline_seconds",
+            "queue_ttl_seconds",
             "step_timeout_seconds",
             "max_attempts",
             "worker_threads",
@@ -660,6 +664,7 @@ def _execution_settings(ex: Mapping[str, Any]) -> dict[str, Any]:
         "plan_deadline_seconds": _number(
             ex, "plan_deadline_seconds", 900, low=1, high=most, integer=True
         ),
+        "queue_ttl_seconds": _number(ex, "queue_ttl_seconds", 3600, low=1, high=most, integer=True),
         "step_timeout_seconds": float(
             _number(ex, "step_timeout_seconds", 60, low=0, high=day, integer=False)
         ),

@@ -44,6 +44,7 @@ class TestStock:
 
         assert (s.sandbox, s.store_prompt) == (False, False)
         assert (s.confirm_ttl_seconds, s.approval_ttl_seconds) == (3600, 86_400)
+        assert s.queue_ttl_seconds == 3600
         assert (s.agentic_max, s.hybrid_max) == (10, 15)
         assert (s.checkpoint_every, s.checkpoint_interval_seconds) == (1000, 60)
 
@@ -155,6 +156,9 @@ class TestNumbers:
             ("lease_ttl_seconds = 30", "lease_ttl_seconds = nan", "lease_ttl_seconds"),
             ("step_timeout_seconds = 60", "step_timeout_seconds = inf", "step_timeout_seconds"),
             ("plan_deadline_seconds = 900", "plan_deadline_seconds = -1", "plan_deadline_seconds"),
+            ("queue_ttl_seconds = 3600", "queue_ttl_seconds = 0", "queue_ttl_seconds"),
+            ("queue_ttl_seconds = 3600", "queue_ttl_seconds = inf", "queue_ttl_seconds"),
+            ("queue_ttl_seconds = 3600", 'queue_ttl_seconds = "1h"', "queue_ttl_seconds"),
             ("max_attempts = 3", "max_attempts = 1e9", "max_attempts"),
         ],
     )

@@ -231,6 +231,8 @@ class Executor(Recovery, Background):
         record = record.with_step(step).leased(self._token(), self._until(now))
         if record.deadline is None:
             record = dataclasses.replace(record, deadline=now + self._opts.plan_deadline)
+        if record.start_by is not None:  # it was queued: taken in time, no timer any more
+            record = dataclasses.replace(record, start_by=None)
         j.emit(
             E.STEP_STARTED,
             plan=record,

@@ -103,6 +103,10 @@ class GatewayOptions:
         lease_ttl: How long a worker's claim on a running plan lasts without renewal; a dead
             worker's plans are taken over after it. Default 30 s.
         plan_deadline: No step starts or retries later than this after the plan started.
+        queue_ttl: How long a plan a human cleared (confirmed, approved, a step resolved)
+            may wait for a process that runs it (its runner, its actions) before it expires
+            unstarted. Default 1 hour, as ``confirm_ttl``: the horizon of someone who said
+            "now"; a worker or a proxy that runs the plan normally claims it within seconds.
         step_timeout: Seconds one attempt may run (an action's ``timeout`` overrides it).
         max_attempts: Attempts per step for retryable failures (and resumed idempotent steps).
         retry_backoff: First backoff; it doubles per attempt (full jitter), capped at
@@ -121,6 +125,7 @@ class GatewayOptions:
     agent_keys: Mapping[str, bytes] = field(default_factory=dict)
     lease_ttl: timedelta = timedelta(seconds=30)
     plan_deadline: timedelta = timedelta(minutes=15)
+    queue_ttl: timedelta = timedelta(hours=1)
     step_timeout: float | None = 60.0
     max_attempts: int = 3
     retry_backoff: timedelta = timedelta(milliseconds=200)

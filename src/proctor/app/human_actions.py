@@ -151,7 +151,7 @@ class HumanActions:
                     record = self._route_to_approvers(j, record, now)
                 else:
                     record = record.moved_to(PlanStatus.RUNNING, at=now)
-                    record = self.executor.begin(j, record, now)
+                    record = self.executor.queue(self.executor.begin(j, record, now), now)
                     self.executor.note_queued(j, record)
                 tx.save_plan(record)
                 j.flush()
@@ -269,7 +269,7 @@ class HumanActions:
                     # The transition to running consumes the approvals: a second approve, or a
                     # replay of this one, finds the plan no longer awaiting approval.
                     record = record.moved_to(PlanStatus.RUNNING, at=now)
-                    record = self.executor.begin(j, record, now)
+                    record = self.executor.queue(self.executor.begin(j, record, now), now)
                     self.executor.note_queued(j, record)
                 tx.save_plan(record)
                 j.flush()
@@ -432,7 +432,7 @@ class HumanActions:
             )
 
     def tick(self, *, wait: bool = True) -> list[PlanRecord]:
-        """Fire due timers: expire waiting plans past their deadline, run rollback TTLs.
+        """Fire due timers: expire waiting plans and queued plans past theirs, rollback TTLs.
 
         Args:
             wait: Run the rollback TTLs' compensations here, to their end. False (the worker)
@@ -461,6 +461,11 @@ class HumanActions:
         if p.status in (PlanStatus.AWAITING_APPROVAL, PlanStatus.AWAITING_CONFIRMATION):
             with self._lock_for(p.plan_id):
                 return self._expire(p, "nobody decided before the deadline")
+        if p.status is PlanStatus.RUNNING:
+            # Queued past its start-by time (``queue_ttl``): any process expires it, one that
+            # serves its runner or not (the transaction re-checks that nobody claimed it).
+            with self._lock_for(p.plan_id):
+                return self.executor.expire_overdue(p.plan_id)
         if p.status is PlanStatus.SUCCEEDED:
             if not self.executor.runnable_here(p):
                 # A process that lacks one of its actions (a Python action the app registers,

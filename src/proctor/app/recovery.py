@@ -11,7 +11,7 @@ methods it calls are declared below for the type checker only.
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from proctor.app._outcomes import MAX_ERROR, SANDBOX_ON
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from proctor.app.gateway import Gateway
     from proctor.app.saga import Saga
 
-__all__ = ["Recovery", "held_by_guard"]
+__all__ = ["Recovery", "held_by_guard", "overdue"]
 
 _WORKING = (PlanStatus.RUNNING, PlanStatus.COMPENSATING)
 _WAITING = "waiting: "  # the start of the error of a plan a guard holds (``_stopped``)
@@ -83,6 +83,15 @@ class Recovery:
             self, j: Journal, record: PlanRecord, index: int, now: datetime
         ) -> PlanRecord: ...
         def note_queued(self, j: Journal, record: PlanRecord) -> None: ...  # noqa: D102
+        def _not_started(
+            self,
+            j: Journal,
+            record: PlanRecord,
+            index: int,
+            why: str,
+            data: dict[str, Any],
+            now: datetime,
+        ) -> PlanRecord: ...
         def refusal(self, step: StepRecord) -> InvalidRequestError | None: ...  # noqa: D102
         def _refuse(
             self,
@@ -208,6 +217,14 @@ class Recovery:
                 # event, nothing written: every pass of the worker would repeat it).
                 return None
             j = self._journal(tx)
+            if self.runs_handlers and overdue(current, now):
+                # Checked here, in the claim's own transaction (the row is locked), with the
+                # timer's test (``overdue``): of a runner claiming it and a timer firing at
+                # the same moment, exactly one acts: it runs, or it expires unstarted.
+                current = self._expire_queued(tx, j, current, now)
+                tx.save_plan(current)
+                j.flush()
+                return current, _then(current) if _has_completed(current) else "done"
             if self.guards_at_claim and self._would_start(current):
                 if self._stopped(tx, j, current):
                     return None
@@ -269,6 +286,125 @@ class Recovery:
             # it syncs it too).
             self.gw._sync()
         return current, then
+
+    # ------------------------------------------------------------------ the start-by time
+
+    def queue(self, record: PlanRecord, now: datetime) -> PlanRecord:
+        """Give a plan a human just cleared, left queued for another process, its start-by.
+
+        A confirmation, an approval or a resolution that this process cannot carry on
+        leaves the plan running with no lease (``begin``, ``resolve``) for a process that
+        serves its runner or whose catalog has its actions. The person who cleared it meant
+        "now": past ``queue_ttl`` (``start_by``) it must not run at whatever moment such a
+        process finally appears, so its timer expires it (``expire_overdue``) and a claim
+        after then expires it too (``_claim``). A plan this process started is returned as
+        it is.
+        """
+        if record.status is not PlanStatus.RUNNING or record.lease_owner is not None:
+            return record
+        ttl: timedelta = self._opts.queue_ttl
+        return dataclasses.replace(record, start_by=now + ttl)
+
+    def expire_overdue(self, plan_id: str) -> PlanRecord | None:
+        """Expire a queued plan past its start-by time (its timer fired); None if it is not.
+
+        One transaction that re-reads the plan under its row lock: a process that claimed it
+        in the meantime (``_claim``, which applies the same test) started a step and cleared
+        ``start_by``, and the plan is left to it. A plan none of whose steps completed ends
+        ``expired``; one with completed steps (a human resolved a step as succeeded, and the
+        steps after it waited for a runner) fails its next step unstarted and is compensated
+        as after any failed step, by a process that runs its actions (``_expire_queued``).
+
+        Returns:
+            The plan as it ends here, or None when it is not queued past its start-by.
+        """
+        now = self.gw.clock.now()
+        with self.gw.store.transaction() as tx:
+            current: PlanRecord | None = tx.get_plan(plan_id)
+            if current is None or not overdue(current, now):
+                return None
+            if self.sandboxed and _has_completed(current):
+                # Its compensation would run a handler: the timer stays due and fires on the
+                # first pass after the switch (a claim meanwhile is refused, ``_claim``).
+                return None
+            j = self._journal(tx)
+            current = self._expire_queued(tx, j, current, now)
+            if current.status is PlanStatus.COMPENSATING:
+                # Its compensations run where its actions run: a process that serves them
+                # claims the compensating plan and carries it on (``_claim``), as ``resolve``
+                # leaves it.
+                current = current.leased(None, None)
+            tx.save_plan(current)
+            j.flush()
+        return current
+
+    def hand_off(self, plan_id: str) -> PlanRecord | None:
+        """Hand a queued plan's call to its caller: expired past its start-by, else no timer.
+
+        For a process that lets someone else make a queued plan's call (``/v1/mcp/calls``
+        answers a remote MCP proxy "running": the proxy forwards the call, then reports its
+        outcome). Past its start-by time the plan expires here and the caller is told so
+        instead. Otherwise the call is made now and its start-by is cleared: the outcome the
+        proxy reports later must find the plan running, not expired by a timer meanwhile
+        (the call would have happened with no record of it).
+
+        Returns:
+            The plan as it is now (expired, or queued with no start-by), or None if it is
+            not queued (any more).
+        """
+        now = self.gw.clock.now()
+        with self.gw.store.transaction() as tx:
+            current: PlanRecord | None = tx.get_plan(plan_id)
+            if (
+                current is None
+                or current.status is not PlanStatus.RUNNING
+                or current.lease_owner is not None
+            ):
+                return None
+            if current.start_by is None:
+                return current
+            if overdue(current, now) and not _has_completed(current):
+                j = self._journal(tx)
+                current = self._expire_queued(tx, j, current, now)
+                tx.save_plan(current)
+                j.flush()
+                return current
+            current = dataclasses.replace(current, start_by=None)
+            tx.save_plan(current)
+        return current
+
+    def _expire_queued(self, tx: Any, j: Journal, record: PlanRecord, now: datetime) -> PlanRecord:
+        """End a queued plan whose start-by passed (inside ``j``'s transaction; see ``overdue``).
+
+        Nothing completed: ``expired``, every step skipped, ``plan.expired`` with the reason,
+        and the budget reservation released (``Guards.on_finish``), as a plan nobody decided
+        in time. Some step completed (a resolved step): its next step fails unstarted and
+        the saga starts (the reservation is released when the compensation finishes).
+        """
+        start_by = record.start_by
+        when = start_by.isoformat() if start_by is not None else "?"
+        ttl = int(self._opts.queue_ttl.total_seconds())
+        why = (
+            f"no process that runs it took it by {when}: it waited for a runner longer than "
+            f"the queue TTL ([execution] queue_ttl_seconds = {ttl}) after it was cleared"
+        )
+        record = dataclasses.replace(record, start_by=None)
+        if _has_completed(record):
+            index = next(i for i, s in enumerate(record.steps) if s.status is StepStatus.PENDING)
+            return self._not_started(j, record, index, why, {"start_by": when}, now)
+        reason = f"{why}; it never ran (a new submission is a new plan)"[:MAX_ERROR]
+        record = self.gw._skip_rest(
+            record.moved_to(PlanStatus.EXPIRED, at=now, error=reason), 0
+        ).leased(None, None)
+        j.emit(
+            E.PLAN_EXPIRED,
+            plan=record,
+            data={"reason": reason, "start_by": when, "queue_ttl_seconds": ttl},
+        )
+        guards = self.gw.guards
+        if guards is not None:
+            guards.on_finish(tx, j.emit, record)
+        return record
 
     def _would_start(self, record: PlanRecord) -> bool:
         """Whether claiming ``record`` starts a step: a pending one, or an idempotent re-run."""
@@ -411,7 +547,7 @@ class Recovery:
                         current = self.start_checked(j, current, nxt, now)
                         then = _then(current)
                     else:  # as ``begin`` does: queued for a process that can run it
-                        current = current.leased(None, None)
+                        current = self.queue(current.leased(None, None), now)
                         self.note_queued(j, current)
                         then = "done"
                 else:
@@ -486,6 +622,27 @@ class Recovery:
                 hint="It still needs attention: resolve it again once the guard allows it "
                 "(`proctor guards`), or resolve the step as failed to compensate the plan.",
             )
+
+
+def overdue(record: PlanRecord, now: datetime) -> bool:
+    """Whether ``record`` is queued past its start-by time (``PlanRecord.start_by``).
+
+    Queued: running with no lease and no step in flight, so nobody has it. The timer and a
+    claim both ask this, with the same boundary as the store's ``due_plans`` (``<= now``),
+    so whichever commits first decides, and the other sees the outcome.
+    """
+    return (
+        record.status is PlanStatus.RUNNING
+        and record.lease_owner is None
+        and record.start_by is not None
+        and record.start_by <= now
+        and not any(s.status is StepStatus.RUNNING for s in record.steps)
+        and any(s.status is StepStatus.PENDING for s in record.steps)
+    )
+
+
+def _has_completed(record: PlanRecord) -> bool:
+    return any(s.status is StepStatus.SUCCEEDED for s in record.steps)
 
 
 def _then(record: PlanRecord) -> str:

@@ -68,7 +68,11 @@ PLAN_TRANSITIONS: Mapping[PlanStatus, frozenset[PlanStatus]] = {
         {_P.RUNNING, _P.AWAITING_APPROVAL, _P.REJECTED, _P.EXPIRED, _P.SIMULATED}
     ),
     _P.AWAITING_APPROVAL: frozenset({_P.RUNNING, _P.REJECTED, _P.EXPIRED, _P.SIMULATED}),
-    _P.RUNNING: frozenset({_P.SUCCEEDED, _P.FAILED, _P.COMPENSATING, _P.NEEDS_ATTENTION}),
+    # -> expired: cleared, then queued for a runner that did not take it before its start-by
+    # time (``PlanRecord.start_by``, ``[execution] queue_ttl_seconds``); no step had started.
+    _P.RUNNING: frozenset(
+        {_P.SUCCEEDED, _P.FAILED, _P.COMPENSATING, _P.NEEDS_ATTENTION, _P.EXPIRED}
+    ),
     # Back to succeeded: a rollback TTL undid the steps whose TTL passed; the others stand.
     _P.COMPENSATING: frozenset({_P.COMPENSATED, _P.FAILED, _P.UNDONE, _P.SUCCEEDED}),
     _P.NEEDS_ATTENTION: frozenset({_P.RUNNING, _P.SUCCEEDED, _P.COMPENSATING, _P.FAILED}),
@@ -205,6 +209,9 @@ class PlanRecord:
     lease_owner: str | None = None  # the worker running it now
     lease_until: datetime | None = None  # when that lease lapses (another worker may take over)
     deadline: datetime | None = None  # no step starts (or retries) after this
+    # A queued plan (cleared by a human, running with no lease) expires unstarted after this
+    # unless a process that runs it claims it first; cleared when a step starts.
+    start_by: datetime | None = None
     # {"reason", "final"} while compensating, and "steps" for a rollback TTL's (only those)
     compensation: Mapping[str, Any] | None = None
 
@@ -236,11 +243,14 @@ class PlanRecord:
     def timer_at(self) -> datetime | None:
         """When this plan's next timer fires, or None.
 
-        Its expiry while it waits, its earliest rollback TTL once it succeeded. Stores index
-        it so that firing timers costs one range scan.
+        Its expiry while it waits, its start-by time while it is queued, its earliest
+        rollback TTL once it succeeded. Stores index it so that firing timers costs one range
+        scan.
         """
         if self.status in (PlanStatus.AWAITING_APPROVAL, PlanStatus.AWAITING_CONFIRMATION):
             return self.expires_at
+        if self.status is PlanStatus.RUNNING:
+            return self.start_by
         if self.status is PlanStatus.SUCCEEDED:
             ttl = [
                 s.rollback_at

@@ -336,6 +336,10 @@ def router(ctx: Context) -> APIRouter:
                 stopped = gw.executor.stopped_now(plan_id)
                 if stopped is not None:
                     raise not_run_now(plan_id, stopped)  # as a local proxy answers
+                # And its start-by time: past it the plan expires here and the proxy is told
+                # so (a new call is a new plan); before it, the call is handed to the proxy
+                # and no timer may expire the plan while the proxy makes it.
+                rec = gw.executor.hand_off(plan_id) or gw.get(plan_id)
         return (200 if existed else 201), rec
 
     @r.post(
