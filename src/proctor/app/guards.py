@@ -658,7 +658,10 @@ class Guards(GuardsBudgets, GuardsAdmin):
             PlanStatus.REJECTED,
             PlanStatus.EXPIRED,
         ):
-            self._count_proposal(tx, emit, record, record.status in _RAN, now)
+            # Her confirmation is her acceptance, also of a plan that then expired queued,
+            # unstarted, because no process that runs it took it in time (``queue_ttl``).
+            accepted = record.status in _RAN or any(a.kind == "confirm" for a in record.approvals)
+            self._count_proposal(tx, emit, record, accepted, now)
 
     def _count_proposal(
         self, tx: Transaction, emit: Emit, record: PlanRecord, accepted: bool, now: Any

@@ -18,7 +18,7 @@ from proctor.app.executor import Executor
 from proctor.app.gateway import GatewayOptions
 from proctor.bootstrap import init_home
 from proctor.core.catalog import Catalog
-from proctor.core.guards import Budget, GuardSettings, period_bucket
+from proctor.core.guards import Budget, GuardSettings, period_bucket, user_action_keys
 from proctor.core.lifecycle import PlanStatus, StepStatus
 from proctor.testing import FrozenClock, RecordingTool, make_plan
 
@@ -223,6 +223,18 @@ class TestQueuedStartBy:
         assert "budget.released" in types(api, "q-6")
         again = confirmed(api, "q-7", amount=800)
         assert again.status is PlanStatus.RUNNING
+
+    def test_her_confirmation_still_counts_as_accepted_for_autonomy(self, db):
+        """Expired queued after she confirmed: her proposal count says accepted, not declined."""
+        clock, api, _, _ = world(db, guards=GuardSettings())
+        confirmed(api, "q-9")
+        clock.advance(TTL)
+
+        api.tick()
+
+        key = user_action_keys("alice", "pay.card")[0]
+        assert api.get("q-9").status is PlanStatus.EXPIRED
+        assert api.gateway.store.counter_sum(f"proposals:{key}", "all") == (1, 1)
 
     def test_a_plan_queued_at_submission_has_no_start_by(self, db):
         """Nobody cleared it (the policy executes it): it waits for its runner as before."""
