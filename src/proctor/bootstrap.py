@@ -26,6 +26,7 @@ from proctor.audit.keys import Keyring
 from proctor.config import Settings, load, load_catalog_file
 from proctor.core.assessment import Thresholds
 from proctor.core.catalog import Catalog
+from proctor.core.plans import Limits
 from proctor.core.ports import Clock, PolicyEngine, Signer, Store
 from proctor.errors import ConfigError, MissingDependencyError, ProctorError, StorageError
 from proctor.policy import RegoPolicyEngine, bundle_version, default_bundle_path
@@ -99,6 +100,11 @@ plan_deadline_seconds = 900
 # A confirmed or approved plan that waits for a process serving its runner (or whose catalog
 # has its actions) expires unstarted after this, instead of running whenever one appears.
 queue_ttl_seconds = 3600
+
+# [limits]
+# Longest string in a step's params, in characters (up to 262144; an action's maxLength
+# narrows it per field). A whole manifest stays at most 256 KiB.
+# max_param_string = 65536
 
 [audit]
 # The raw intent (prompt) is stored in audit events only when true; its hash always is.
@@ -370,6 +376,7 @@ def build_gateway(
     """Wire a gateway from parts (the audit log is opened and checked here)."""
     options = GatewayOptions(
         thresholds=Thresholds(agentic_max=settings.agentic_max, hybrid_max=settings.hybrid_max),
+        limits=Limits(max_param_string=settings.max_param_string),
         sandbox=settings.sandbox,
         confirm_ttl=timedelta(seconds=settings.confirm_ttl_seconds),
         approval_ttl=timedelta(seconds=settings.approval_ttl_seconds),

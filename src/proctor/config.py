@@ -38,6 +38,7 @@ from proctor.core.guards import (
     GuardSettings,
     RateLimit,
 )
+from proctor.core.plans import MAX_MANIFEST_BYTES, MAX_PARAM_STRING_DEFAULT
 from proctor.errors import ConfigError, InvalidRequestError, ProctorError
 
 __all__ = [
@@ -193,6 +194,10 @@ class Settings:
     """Runner names this process serves (actions with another runner wait for one)."""
     store_prompt: bool = False
     """Keep the raw intent in audit events; its hash is always kept. Default False."""
+    max_param_string: int = MAX_PARAM_STRING_DEFAULT
+    """``[limits] max_param_string``: the longest string in a step's params, in characters,
+    whatever the action's schema allows. Default 65,536; at most 262,144 (a manifest's
+    limit in bytes)."""
     agent_keys: Mapping[str, bytes] = field(default_factory=dict)
     """Ed25519 public keys of agents that sign their manifests, by agent id."""
     origin: str = ""
@@ -260,6 +265,7 @@ _SECTIONS: Final[Mapping[str, frozenset[str] | None]] = {
         {"store_prompt", "origin", "checkpoint_every", "checkpoint_interval_seconds"}
     ),
     "keys": frozenset({"rotate_every_days"}),
+    "limits": frozenset({"max_param_string"}),
     "console": frozenset({"url"}),
     "observability": frozenset({"otlp_endpoint", "service_name", "log_format"}),
     # [auth.jwt] is read and checked by ``proctor.http.settings`` (``proctor serve``), with
@@ -473,6 +479,15 @@ def _settings(home: Path, doc: Mapping[str, Any], path: Path, env: Mapping[str, 
         **_execution_settings(ex),
         **_audit_settings(au, _section(doc, "keys", path), instance_id=instance_id),
         agent_keys=keys,
+        max_param_string=_number(
+            _section(doc, "limits", path),
+            "max_param_string",
+            MAX_PARAM_STRING_DEFAULT,
+            low=1,
+            high=MAX_MANIFEST_BYTES,
+            integer=True,
+            section="limits",
+        ),
         **_notification_settings(doc, path, env),
         guards=guard_settings(_section(doc, "guards", path)),
         **_observability(_section(doc, "observability", path), env),

@@ -171,20 +171,23 @@ class TestAdmit:
         assert "budget.reserved" not in w.types(rec.plan_id)
 
     def test_negative_amounts_never_lower_the_spend(self, url):
-        """A step of -100000 spends nothing and refunds nothing: the next payment is checked
-        against what was really spent, and a plan pairing +5000 with -5000 spends 5000."""
+        """A step of -100000 is refused at validation, alone or paired with +5000: nothing
+        runs, nothing is refunded, and the next payments are checked against real spend."""
         w = World(url, budgets=(Budget(scope="agent", key="*", limit=1000, on_exceed="deny"),))
-        credit = w.p.submit(w.plan("shop.mail", amount=-100_000))
-        assert credit.status is PlanStatus.SUCCEEDED
+        with pytest.raises(InvalidRequestError) as credit:
+            w.p.submit(w.plan("shop.mail", amount=-100_000))
+        assert credit.value.field == "steps[0].params.amount"
+        paired = make_plan(
+            [("shop.mail", {"amount": 5000}), ("shop.mail", {"amount": -5000})], agent_id="pair"
+        )
+        with pytest.raises(InvalidRequestError) as pair:
+            w.p.submit(paired)
+        assert pair.value.field == "steps[1].params.amount"
         assert w.store.counter_sum("budget:agent:bot", day(w))[1] == 0
 
         assert w.p.submit(w.plan("shop.mail", amount=900)).status is PlanStatus.SUCCEEDED
         assert w.p.submit(w.plan("shop.mail", amount=900)).status is PlanStatus.DENIED
-        paired = make_plan(
-            [("shop.mail", {"amount": 5000}), ("shop.mail", {"amount": -5000})], agent_id="pair"
-        )
-        assert w.p.submit(paired).status is PlanStatus.DENIED
-        assert len(w.tools["shop.mail"].calls) == 2
+        assert len(w.tools["shop.mail"].calls) == 1
         assert w.store.counter_sum("budget:agent:bot", day(w))[1] == 900
 
     def test_a_negative_reported_cost_settles_at_zero(self, url):

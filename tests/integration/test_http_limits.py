@@ -179,6 +179,86 @@ class TestValidation:
         assert _events(w) == ["plan.rejected"]
         assert w.proctor.plans() == []
 
+    async def test_a_negative_amount_is_422_and_audited(self, world):
+        """A refund of -5 is refused naming the amount, though its schema has no ``minimum``.
+
+        Regression: it executed at once, the guards and the policy reading it as 0 or less.
+        """
+        w, client = world
+        ran = []
+
+        @w.proctor.action(
+            "shop.refund",
+            category="payment",
+            amount_param="amount",
+            baselines={"risk": 2, "auditability": 2, "ux": 3, "recovery": 2, "cost": 1},
+            params={"type": "object", "properties": {"amount": {"type": "integer"}}},
+        )
+        def refund(params, call):
+            ran.append(params)
+            return {"ok": True}
+
+        pay = ("shop.refund", {"amount": -5})
+
+        resp = await client.post(
+            "/v1/plans", json=make_plan([pay], agent_id="bot"), headers=w.auth()
+        )
+
+        assert resp.status_code == 422, resp.text
+        assert resp.json()["field"] == "steps[0].params.amount"
+        assert "negative" in resp.json()["message"]
+        assert _events(w) == ["plan.rejected"]
+        assert w.proctor.plans() == []
+        assert ran == []
+
+    async def test_an_email_body_longer_than_2000_characters_is_accepted(self, world):
+        """A 5,000-character body passes: email.send's schema allows 20,000.
+
+        Regression: every params string over 2,000 characters was refused with a 422.
+        """
+        w, client = world
+        body = ("Dear Alice,\n" + "Your itinerary details follow. " * 200)[:5000]
+        mail = ("email.send", {"to": "alice@example.com", "subject": "Trip", "body": body})
+
+        resp = await client.post(
+            "/v1/plans", json=make_plan([mail], agent_id="bot"), headers=w.auth()
+        )
+
+        assert resp.status_code < 300, resp.text
+        assert "plan.rejected" not in _events(w)
+        (plan,) = w.proctor.plans()
+        assert plan.steps[0].params["body"] == body
+
+    async def test_a_body_over_the_schemas_max_length_is_422_naming_it(self, world):
+        """Past the action's own ``maxLength`` (20,000), the schema refuses it naming the field."""
+        w, client = world
+        mail = ("email.send", {"to": "alice@example.com", "subject": "Trip", "body": "b" * 20_001})
+
+        resp = await client.post(
+            "/v1/plans", json=make_plan([mail], agent_id="bot"), headers=w.auth()
+        )
+
+        assert resp.status_code == 422, resp.text
+        assert resp.json()["field"] == "steps[0].params.body"
+        assert "maxLength" in resp.json()["message"]
+        assert _events(w) == ["plan.rejected"]
+
+    async def test_a_param_over_the_instance_cap_is_422_with_the_setting(self, world):
+        """Past ``[limits] max_param_string`` (65,536) the error names the field and the setting."""
+        w, client = world
+        mail = ("email.send", {"to": "alice@example.com", "subject": "Trip", "body": "b" * 70_000})
+
+        resp = await client.post(
+            "/v1/plans", json=make_plan([mail], agent_id="bot"), headers=w.auth()
+        )
+
+        assert resp.status_code == 422, resp.text
+        assert resp.json()["field"] == "steps[0].params.body"
+        assert "65536" in resp.json()["message"]
+        assert "[limits] max_param_string" in resp.json()["hint"]
+        assert _events(w) == ["plan.rejected"]
+        assert w.proctor.plans() == []
+
     @pytest.mark.parametrize("body", [b"[]", b'"plan"', b"42", b"null", b"true"])
     async def test_a_body_that_is_not_an_object_is_422(self, world, body):
         """JSON that is not an object is 422 (field plan)."""

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from proctor.errors import ConfigError, NotFoundError
+from proctor.errors import ConfigError, InvalidRequestError, NotFoundError
 from proctor.integrations import ApprovalPending, ToolDenied, ToolFailed, governed
 from proctor.testing import FrozenClock
 
@@ -130,6 +130,36 @@ class TestInProcess:
         with pytest.raises(ToolDenied, match="rejected by fiona: duplicate"):
             refund(plan_id=pending.value.plan_id)
         assert CALLS == []
+
+    def test_a_negative_amount_is_refused_and_nothing_runs(self, proctor):
+        """The quickstart's refund with ``amount=-5`` is refused naming the amount.
+
+        Regression: its schema (from the signature) has no ``minimum``, and -5 executed at
+        once: the guards and the policy read it as no money at stake.
+        """
+
+        @governed(
+            proctor,
+            action="shop.refund",
+            agent_id="support-bot",
+            on_behalf_of="alice",
+            category="payment",
+            amount_param="amount",
+            baselines={"risk": 3, "auditability": 3, "ux": 3, "recovery": 2, "cost": 1},
+        )
+        def refund(amount: int, customer: str) -> dict:
+            CALLS.append((amount, customer))
+            return {"refunded": amount}
+
+        with pytest.raises(InvalidRequestError) as ei:
+            refund(amount=-5, customer="c1")
+
+        assert ei.value.field == "steps[0].params.amount"
+        assert "negative" in ei.value.message
+        assert CALLS == []
+        assert proctor.plans() == []
+        assert [e.type for e in proctor.events()] == ["plan.rejected"]
+        assert refund(amount=0, customer="c1") == {"refunded": 0}
 
     def test_a_failing_tool_is_a_tool_error(self, proctor):
         """A tool that raises is ToolFailed with the error, and the failure is audited."""

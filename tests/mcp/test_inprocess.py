@@ -549,3 +549,47 @@ def test_an_upstream_hanging_on_its_first_tools_list_stops_the_start():
 
     assert error.field == "mcpServers.mute"
     assert "did not answer tools/list within 0.5 s" in error.message
+
+
+def test_write_file_with_an_ordinary_file_longer_than_2000_characters(tmp_path, roots, npm_servers):
+    """server-filesystem's write_file writes a 12,000-character file through the proxy.
+
+    Regression: every params string over 2,000 characters was refused
+    (``steps[0].params.content is 2001 characters; the limit is 2000``), so the proxy could
+    not write an ordinary file. Past ``[limits] max_param_string`` the refusal names it.
+    """
+    db = f"sqlite:///{tmp_path / 'proctor.db'}"
+    data = {"mcp": {"roots": [str(roots)], "approver_roles": ["ops"]}}
+
+    def opened():
+        policy = RegoPolicyEngine.from_sources({"mcp.rego": EXAMPLE.read_text()}, data)
+        return Proctor.in_memory(catalog=Catalog(()), policy=policy, database_url=db)
+
+    p, console = opened(), opened()  # the proxy's process, and the console's
+    content = ("# Notes\n" + "Line of a normal markdown file.\n" * 1000)[:12_000]
+    args = {"path": str(roots / "n.md"), "content": content}
+    fs = UpstreamConfig(name="fs", command="node", args=(str(npm_servers.filesystem), str(roots)))
+
+    async def go():
+        async with AsyncExitStack() as stack:
+            _, s = await connected(p, stack, upstreams=[fs], confirm_in_client=False)
+            asked = await s.call_tool("write_file", args)
+            (plan,) = p.gateway.store.list_plans()
+            console.confirm(plan.plan_id, "mcp-user")
+            wrote = await s.call_tool("write_file", args)
+            huge = await s.call_tool(
+                "write_file", {"path": str(roots / "huge.md"), "content": "x" * 70_000}
+            )
+            return asked, wrote, huge
+
+    try:
+        asked, wrote, huge = anyio.run(go)
+    finally:
+        p.close()
+        console.close()
+
+    assert asked.is_error and "needs confirmation" in text(asked), text(asked)
+    assert not wrote.is_error, text(wrote)
+    assert (roots / "n.md").read_text() == content
+    assert huge.is_error and "[limits] max_param_string" in text(huge), text(huge)
+    assert not (roots / "huge.md").exists()

@@ -250,6 +250,33 @@ class TestNumbers:
         assert (s.step_timeout_seconds, s.checkpoint_interval_seconds) == (0.0, 0)
 
 
+class TestLimits:
+    def test_max_param_string_defaults_to_64_kib_and_reaches_the_gateway(self, tmp_path):
+        """``[limits] max_param_string`` is read, defaults to 65,536 and sets the gateway's cap."""
+        from proctor.bootstrap import open_home
+
+        home = tmp_path / "home"
+        init_home(home)
+        assert load(home, env={}).max_param_string == 65_536
+        text = (home / "config.toml").read_text() + "\n[limits]\nmax_param_string = 100000\n"
+        (home / "config.toml").write_text(text)
+
+        assert load(home, env={}).max_param_string == 100_000
+        inst = open_home(home)
+        try:
+            assert inst.gateway.options.limits.max_param_string == 100_000
+        finally:
+            inst.gateway.store.close()
+
+    @pytest.mark.parametrize("value", ["0", "262145", "1e9", '"64k"', "inf"])
+    def test_max_param_string_must_be_within_the_manifest_limit(self, tmp_path, stock, value):
+        """A cap of 0, or larger than a manifest may be (256 KiB), is refused naming the key."""
+        error = _error(_home(tmp_path, stock + f"\n[limits]\nmax_param_string = {value}\n"))
+
+        assert error.field == "limits.max_param_string"
+        assert "262144" in error.message
+
+
 class TestUnknownKeys:
     def test_a_misspelt_key_suggests_the_known_one(self, tmp_path, stock):
         """``sandbx = true`` under [execution] names the key and suggests sandbox."""

@@ -49,6 +49,7 @@ HIGH_RISK_CATEGORIES: frozenset[str] = frozenset(
 _NAME = re.compile(r"^[a-z][a-z0-9_]*(?:[.\-][a-z0-9_]+)*\Z")
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*\Z")
 _PLACEHOLDER = re.compile(r"{(\w+)}")
+_SUMMARY_VALUE_MAX = 2_000  # what a param string could hold before [limits] max_param_string
 _AMOUNT_HINT = "Amounts are JSON integers in minor units (cents): 640000, not 640000.0 or 6.4e5."
 
 
@@ -175,7 +176,7 @@ class ActionSpec:
         self._amount_param(params, field_prefix=field_prefix)
 
     def _amount_param(self, params: Mapping[str, Any], *, field_prefix: str) -> int:
-        """The amount param's value, which must be present and a JSON integer.
+        """The amount param's value, which must be present and a JSON integer >= 0.
 
         The schema alone cannot guarantee it: JSON Schema's ``integer`` admits ``640000.0``
         (fastjsonschema follows it), and a catalog may declare no type at all. Guards,
@@ -206,6 +207,16 @@ class ActionSpec:
                 field=where,
                 hint=_AMOUNT_HINT,
             )
+        # An amount is the money at stake. Guards clamp a negative one to 0 and the policy
+        # compares it with thresholds, so -5 would pass every limit as "less than nothing":
+        # a refund or payment of a negative amount means nothing, and is refused.
+        if value < 0:
+            raise InvalidRequestError(
+                f"{where} must not be negative, got {value}",
+                field=where,
+                hint=_AMOUNT_HINT,
+                rule="minimum",
+            )
         return value
 
     @property
@@ -221,11 +232,21 @@ class ActionSpec:
         return self.category == "read" and self.compensate is None and self.compensation is None
 
     def describe(self, params: Mapping[str, Any]) -> str:
-        """Render the summary template with the params; unknown placeholders stay visible."""
+        """Render the summary template with the params; unknown placeholders stay visible.
+
+        A value longer than 2,000 characters is cut there, with its full length: a summary
+        is one line for a person (the console, an approval request, a Slack message), and
+        the event that holds it holds the params whole beside it.
+        """
 
         def sub(match: re.Match[str]) -> str:
             key = match.group(1)
-            return str(params[key]) if key in params else match.group(0)
+            if key not in params:
+                return match.group(0)
+            text = str(params[key])
+            if len(text) > _SUMMARY_VALUE_MAX:
+                return f"{text[:_SUMMARY_VALUE_MAX]}… ({len(text)} characters)"
+            return text
 
         return _PLACEHOLDER.sub(sub, self.summary)
 
@@ -236,7 +257,7 @@ class ActionSpec:
         rather than count as 0, which would pass every limit (fail closed).
 
         Raises:
-            InvalidRequestError: the amount param is missing or not an integer.
+            InvalidRequestError: the amount param is missing, not an integer or negative.
         """
         return self._amount_param(params, field_prefix="params") + self.cost
 

@@ -22,7 +22,17 @@ from typing import Any
 from proctor.core.canonical import canonical, printable, sha256_tagged
 from proctor.errors import InvalidRequestError
 
-__all__ = ["PERSON_NAME", "Actor", "Limits", "Plan", "Signature", "Step", "new_plan_id"]
+__all__ = [
+    "MAX_MANIFEST_BYTES",
+    "MAX_PARAM_STRING_DEFAULT",
+    "PERSON_NAME",
+    "Actor",
+    "Limits",
+    "Plan",
+    "Signature",
+    "Step",
+    "new_plan_id",
+]
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}\Z")  # \Z: "$" admits a final "\n"
 
@@ -47,6 +57,12 @@ def new_plan_id(prefix: str, now: datetime) -> str:
     return f"{prefix}-{stamp}{now.second:02d}-{os.urandom(6).hex()}"
 
 
+MAX_MANIFEST_BYTES = 256 * 1024
+"""The largest manifest, in canonical bytes: as large as an HTTP request body may be."""
+MAX_PARAM_STRING_DEFAULT = 64 * 1024
+"""The default cap on one param string, in characters: an e-mail, a source file or a diff
+fits, and four of them still fit in one manifest."""
+
 _MANIFEST_KEYS = frozenset(
     {"plan_id", "actor", "on_behalf_of", "intent", "reasoning", "steps", "signature"}
 )
@@ -58,10 +74,18 @@ _STEP_KEYS = frozenset({"id", "action", "params"})
 class Limits:
     """Size limits on a manifest.
 
+    A param string is what an action works on (a file's content, an e-mail's body, a
+    diff), so it gets its own cap, far above the one for names: the action's JSON Schema
+    (``maxLength``) narrows it per field, and ``max_bytes`` still bounds the manifest as a
+    whole, and with it what one audit event and one policy input can hold.
+
     Attributes:
         max_steps: Most steps a plan may have. Default 32.
         max_text: Longest intent or reasoning, in characters. Default 8,000.
-        max_string: Longest other string (names, ids, param strings). Default 2,000.
+        max_string: Longest actor type, name or model version. Default 2,000.
+        max_param_string: Longest string anywhere in a step's params, in characters
+            (``[limits] max_param_string``). Default 65,536. ``max_bytes`` binds first
+            when it is smaller.
         max_bytes: Largest manifest, in canonical bytes. Default 256 KiB.
         max_depth: Deepest nesting of params. Default 8.
     """
@@ -69,7 +93,8 @@ class Limits:
     max_steps: int = 32
     max_text: int = 8_000
     max_string: int = 2_000
-    max_bytes: int = 256 * 1024
+    max_param_string: int = MAX_PARAM_STRING_DEFAULT
+    max_bytes: int = MAX_MANIFEST_BYTES
     max_depth: int = 8
 
 
@@ -215,7 +240,9 @@ class Plan:
         body = plan.signing_bytes()
         if len(body) > lim.max_bytes:
             raise InvalidRequestError(
-                f"the manifest is {len(body)} bytes; the limit is {lim.max_bytes}", field="plan"
+                f"the manifest is {len(body)} bytes; the limit is {lim.max_bytes}",
+                field="plan",
+                hint="Split the work over several steps or plans, each under the limit.",
             )
         # The digest is over the same canonical bytes the agent signs.
         object.__setattr__(plan, "digest", sha256_tagged(body))
@@ -270,9 +297,15 @@ def _check_value(value: Any, where: str, lim: Limits, depth: int) -> None:
     if depth > lim.max_depth:
         raise InvalidRequestError(f"{where} nests deeper than {lim.max_depth}", field=where)
     if isinstance(value, str):
-        if len(value) > lim.max_string:
+        if len(value) > lim.max_param_string:
             raise InvalidRequestError(
-                f"{where} is {len(value)} characters; the limit is {lim.max_string}", field=where
+                f"{where} is {len(value)} characters; the limit for a param string is"
+                f" {lim.max_param_string}",
+                field=where,
+                hint=(
+                    "The instance-wide cap is [limits] max_param_string in config.toml"
+                    f" (at most {lim.max_bytes}, the manifest's own limit in bytes)."
+                ),
             )
     elif isinstance(value, dict):
         for k, v in value.items():

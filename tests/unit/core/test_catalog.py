@@ -75,11 +75,26 @@ class TestActionSpec:
         """The summary renders params; missing placeholders stay visible."""
         assert _spec().describe({"qty": 2}) == "Order 2 x {item}"
 
+    def test_describe_cuts_a_long_value(self):
+        """A value over 2,000 characters is cut in the one-line summary, with its length."""
+        short = _spec().describe({"qty": "q" * 2000, "item": "i"})
+        long = _spec().describe({"qty": "q" * 50_000, "item": "i"})
+
+        assert short == "Order " + "q" * 2000 + " x i"
+        assert long == "Order " + "q" * 2000 + "… (50000 characters) x i"
+
     def test_amount(self):
         """The amount is the amount param plus the cost per call."""
         s = _spec(amount_param="total", cost=5)
         assert s.amount({"total": 100}) == 105
-        assert s.amount({"total": -100}) == -95
+        assert s.amount({"total": 0}) == 5
+
+    def test_amount_of_a_negative_amount_raises(self):
+        """A negative amount is no money at stake: amount() refuses it rather than count it."""
+        with pytest.raises(InvalidRequestError) as ei:
+            _spec(amount_param="total", cost=5).amount({"total": -100})
+
+        assert ei.value.field == "params.total"
 
     def test_no_amount_param_counts_the_cost(self):
         """An action without an amount param costs its cost per call, whatever the params."""
@@ -161,6 +176,23 @@ class TestAmountValidation:
 
         assert ei.value.field == "steps[2].params.amount"
         assert "minor units" in (ei.value.hint or "")
+
+    @pytest.mark.parametrize("schema", [None, {"type": "integer"}])
+    def test_a_negative_amount_is_refused_naming_the_field(self, schema):
+        """-5 is refused at validation even when the schema has no ``minimum``.
+
+        Regression: the quickstart's @governed refund executed ``amount=-5`` at once; guards
+        clamp a negative amount to 0 and the policy compares it with thresholds, so it
+        passed every limit.
+        """
+        spec = self._pay(schema)
+
+        with pytest.raises(InvalidRequestError) as ei:
+            spec.validate_params({"amount": -5}, field_prefix="steps[0].params")
+
+        assert ei.value.field == "steps[0].params.amount"
+        assert "negative" in ei.value.message
+        spec.validate_params({"amount": 0}, field_prefix="steps[0].params")
 
     def test_a_missing_amount_is_refused(self):
         """An action that declares an amount param must receive it."""

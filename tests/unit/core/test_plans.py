@@ -101,6 +101,48 @@ class TestPlanFromDict:
             Plan.from_dict(p, limits=Limits(max_bytes=2000))
         assert ei.value.field == "plan"
 
+    def test_a_param_string_may_be_longer_than_a_name(self):
+        """A param string (a file, an e-mail body) may pass 2,000 characters; a name may not.
+
+        Regression: every params string over 2,000 characters was refused, whatever the
+        action's schema allowed (an e-mail body declared ``maxLength = 20000``).
+        """
+        body = "x" * 50_000
+        plan = Plan.from_dict(make_plan([("a.b", {"content": body, "nested": [{"s": body}]})]))
+
+        assert plan.steps[0].params["content"] == body
+        with pytest.raises(InvalidRequestError) as ei:
+            Plan.from_dict(_plan(actor={**_plan()["actor"], "name": "n" * 2001}))
+        assert ei.value.field == "actor.name"
+
+    def test_a_param_string_over_the_cap_names_the_field_and_the_setting(self):
+        """Over ``max_param_string`` the error names the field and the setting that raises it."""
+        p = make_plan([("a.b", {"doc": {"lines": ["ok", "y" * 65_537]}})])
+
+        with pytest.raises(InvalidRequestError) as ei:
+            Plan.from_dict(p)
+
+        assert ei.value.field == "steps[0].params.doc.lines[1]"
+        assert "65537 characters" in ei.value.message
+        assert "65536" in ei.value.message
+        assert "[limits] max_param_string" in (ei.value.hint or "")
+        with pytest.raises(InvalidRequestError) as ei:
+            Plan.from_dict(
+                make_plan([("a.b", {"s": "z" * 11})]), limits=Limits(max_param_string=10)
+            )
+        assert ei.value.field == "steps[0].params.s"
+
+    def test_a_manifest_over_the_byte_limit_says_to_split_it(self):
+        """Strings under their own cap still add up to at most ``max_bytes``."""
+        p = make_plan([("a.b", {"x": "y" * 60_000})] * 5)
+
+        with pytest.raises(InvalidRequestError) as ei:
+            Plan.from_dict(p)
+
+        assert ei.value.field == "plan"
+        assert "the limit is 262144" in ei.value.message
+        assert ei.value.hint
+
     def test_deep_nesting(self):
         """Params nested deeper than the limit are rejected."""
         deep: dict = {}
