@@ -222,6 +222,29 @@ class TestPlans:
         assert [p.plan_id for p in confirm] == ["alice-wait"]
         assert [p.plan_id for p in soonest] == ["alice-wait"]
 
+    def test_a_users_plans_whatever_the_spelling_of_her_name(self, store):
+        """``on_behalf_of`` finds a user's plans by ``person_key``: the agent wrote
+        ``Bob@Example.com``, her token is ``bob@example.com`` (or fullwidth); the stored name
+        stays as given."""
+        with store.transaction() as tx:
+            for pid, status in (
+                ("ran", PlanStatus.SUCCEEDED),
+                ("wait", PlanStatus.AWAITING_CONFIRMATION),
+            ):
+                tx.save_plan(
+                    dataclasses.replace(_plan(pid, status=status), on_behalf_of="Bob@Example.com")
+                )
+            tx.save_plan(dataclasses.replace(_plan("other"), on_behalf_of="bobby@example.com"))
+
+        for who in ("bob@example.com", "BOB@EXAMPLE.COM", "\uff42ob@example.com"):
+            ran = store.list_plans(on_behalf_of=who, statuses=["succeeded"])
+            waiting = store.waiting_plans("awaiting_confirmation", on_behalf_of=who)
+
+            assert [p.plan_id for p in ran] == ["ran"]
+            assert [p.plan_id for p in waiting] == ["wait"]
+            assert ran[0].on_behalf_of == "Bob@Example.com"
+        assert store.list_plans(on_behalf_of="bob") == []
+
 
 class TestCounts:
     def test_no_plans_counts_nothing(self, store):
@@ -703,6 +726,26 @@ class TestSchema:
         with pytest.raises(StorageError, match="newer"):
             open_store(shared_url)
 
+    def test_migrating_from_schema_8_keys_the_plans_already_stored(self, shared_url):
+        """Plans stored before migration 9 get their ``user_key`` when it runs: their user
+        finds them under any spelling of her name (none is missing from her lists)."""
+        s = open_store(shared_url)
+        with s.transaction() as tx:
+            tx.save_plan(dataclasses.replace(_plan("old"), on_behalf_of="Bob@Example.com"))
+        s.close()
+        _back_to_schema_8(shared_url)
+
+        s = open_store(shared_url)
+        try:
+            found = s.waiting_plans("awaiting_approval", on_behalf_of="bob@example.com")
+            listed = s.list_plans(on_behalf_of="BOB@example.com")
+
+            assert [p.plan_id for p in found] == ["old"]
+            assert [p.plan_id for p in listed] == ["old"]
+            assert listed[0].on_behalf_of == "Bob@Example.com"
+        finally:
+            s.close()
+
     def test_replicas_starting_together_migrate_once(self, shared_url):
         """Several stores opening a fresh database at once all end up on the same schema."""
         from proctor.storage import SCHEMA_VERSION
@@ -961,3 +1004,27 @@ class TestPostgresDurability:
         assert relaxed["synchronous_commit"] == "off"  # SET LOCAL: this transaction only
         assert again["synchronous_commit"] == "on"
         assert path["search_path"].startswith("t_")  # the rest of the options still apply
+
+
+def _back_to_schema_8(url):
+    """Undo migration 9 on ``url`` (its column and index), as a database of schema 8 was."""
+    statements = [
+        "DROP INDEX plans_by_user_key",
+        "ALTER TABLE plans DROP COLUMN user_key",
+        "CREATE INDEX plans_by_user ON plans (on_behalf_of, created_at, plan_id)",
+        "UPDATE meta SET value = '8' WHERE key = 'schema_version'",
+    ]
+    if url.startswith("sqlite:///"):
+        import sqlite3
+
+        conn = sqlite3.connect(url.removeprefix("sqlite:///"))
+        with conn:
+            for st in statements:
+                conn.execute(st)
+        conn.close()
+    else:
+        import psycopg
+
+        with psycopg.connect(url, autocommit=True) as conn:
+            for st in statements:
+                conn.execute(st)

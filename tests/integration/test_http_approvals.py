@@ -553,6 +553,48 @@ class TestHumanActions:
         assert confirmed.json()["status"] == "succeeded"
         assert confirmed.json()["approvals"][0]["principal"] == user
 
+    async def test_the_user_is_found_whatever_the_agent_spelt_her_name(self, default):
+        """A plan made for ``Bob@Example.com`` is ``bob@example.com``'s: she reads it, finds
+        it in her list, confirms it and undoes it (names compared as separation of duties
+        compares them); the plan keeps the name as the agent gave it.
+
+        Regression: the user got 403 "may not read plan", an empty list and a 403 confirm,
+        and the plan waited until it expired.
+        """
+        user = "bob@example.com"
+        created = TokenService(default.proctor.gateway.store, default.clock).create(
+            name=user, roles=("user",)
+        )
+        default.tokens[user] = created.token
+        pay = await default.call(
+            "bot",
+            "POST",
+            "/v1/plans",
+            make_plan([SUBSCRIPTION], agent_id="bot", on_behalf_of="Bob@Example.com"),
+        )
+        book = await default.call(
+            "bot",
+            "POST",
+            "/v1/plans",
+            make_plan([BOOKING], agent_id="bot", on_behalf_of="BOB@example.com"),
+        )
+        pid, booked = pay.json()["plan_id"], book.json()["plan_id"]
+
+        read = await default.call(user, "GET", f"/v1/plans/{pid}")
+        listed = await default.call(user, "GET", "/v1/plans?status=awaiting_confirmation")
+        confirmed = await default.call(user, "POST", f"/v1/plans/{pid}/confirm")
+        undone = await default.call(user, "POST", f"/v1/plans/{booked}/undo")
+        stranger = await default.call("alice", "GET", f"/v1/plans/{pid}")
+
+        assert read.status_code == 200, read.text
+        assert read.json()["on_behalf_of"] == "Bob@Example.com"
+        assert [p["plan_id"] for p in listed.json()["plans"]] == [pid]
+        assert confirmed.status_code == 200, confirmed.text
+        assert confirmed.json()["status"] == "succeeded"
+        assert undone.status_code == 200, undone.text
+        assert undone.json()["status"] == "undone"
+        assert stranger.status_code == 403
+
     async def test_the_user_rejects_a_confirmation(self, default):
         """The on-behalf-of user may reject what waits for its confirmation."""
         plan = await default.submit(SUBSCRIPTION)

@@ -107,6 +107,34 @@ async def test_own_plans_stay_reachable_behind_thousands_of_others(database_url)
     assert 'id="inbox-more"' in approvals.text
 
 
+async def test_a_users_plans_are_hers_whatever_the_agent_spelt_her_name(database_url):
+    """Plans made for ``Bob@Example.com`` are in the inbox and timeline of the user
+    ``bob@example.com``, with their Confirm and Undo buttons, and the confirmation runs.
+
+    Regression: they were in neither, and her confirmation was refused.
+    """
+    clock = FrozenClock(T0)
+    p = Proctor.in_memory(clock=clock, database_url=database_url)
+    bob = TokenService(p.gateway.store, clock).create(name="bob@example.com", roles=["user"])
+    confirm = p.submit(make_plan([SUBSCRIPTION], agent_id="bot", on_behalf_of="Bob@Example.com"))
+    done = p.submit(make_plan([TABLE], agent_id="bot", on_behalf_of="BOB@EXAMPLE.COM"))
+    app = create_app(p, settings=HttpSettings(auth_failures_per_minute=1000))
+    client = await sign_in(app, bob.token)
+
+    inbox = await client.get("/inbox")
+    timeline = await client.get("/timeline")
+    page = await client.get(f"/plans/{confirm.plan_id}")
+    await client.aclose()
+    confirmed = p.confirm(confirm.plan_id, "bob@example.com")
+    p.close()
+
+    assert inbox.status_code == timeline.status_code == page.status_code == 200
+    assert f'action="/plans/{confirm.plan_id}/confirm"' in inbox.text
+    assert f'action="/plans/{done.plan_id}/undo"' in timeline.text
+    assert confirmed.status.value == "succeeded"
+    assert confirmed.on_behalf_of == "Bob@Example.com"
+
+
 async def test_the_timeline_pages_to_older_actions():
     """Past a page of 50 actions, an "Older" link continues exactly where it stopped, and
     "Newest" goes back; only the user's own actions are listed."""

@@ -27,6 +27,7 @@ from proctor.core.approvals import (
     check_can_confirm,
     check_can_reject,
     check_not_expired,
+    is_user,
     step_quorums,
 )
 from proctor.core.canonical import printable
@@ -364,7 +365,7 @@ class HumanActions:
             )
         with self._lock_for(plan_id):
             record = self._get(plan_id)
-            if not admin and principal != record.on_behalf_of:
+            if not admin and not is_user(record, principal):
                 raise PermissionDeniedError(
                     f"only {record.on_behalf_of!r} may undo this plan", field="principal"
                 )

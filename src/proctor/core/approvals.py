@@ -46,6 +46,7 @@ __all__ = [
     "confirmation_required",
     "confirmed",
     "is_requester",
+    "is_user",
     "person_key",
     "quorum_met",
     "quorum_requirements",
@@ -94,6 +95,17 @@ def is_requester(plan: PlanRecord, principal: str) -> bool:
     return person_key(principal) == person_key(plan.agent_id)
 
 
+def is_user(plan: PlanRecord, principal: str) -> bool:
+    """Return whether ``principal`` is the user on whose behalf ``plan`` acts (by ``person_key``).
+
+    The same comparison as separation of duties: a plan made for ``Bob@Example.com`` is
+    ``bob@example.com``'s to read, confirm, decline and undo. Were "who is the user" exact
+    while "who may not approve" folds case, the user's own token could neither confirm nor
+    read the plan, and it would wait until it expired.
+    """
+    return person_key(principal) == person_key(plan.on_behalf_of)
+
+
 def check_not_requester(plan: PlanRecord, principal: str) -> None:
     """Refuse a confirmation of ``plan`` by the agent that requested it.
 
@@ -130,7 +142,7 @@ def check_can_confirm(plan: PlanRecord, principal: str) -> None:
             field="plan_id",
         )
     check_not_requester(plan, principal)
-    if principal != plan.on_behalf_of:
+    if not is_user(plan, principal):
         raise PermissionDeniedError(
             f"only {plan.on_behalf_of!r}, on whose behalf the plan acts, may confirm it",
             field="principal",
@@ -193,7 +205,7 @@ def check_can_reject(
             " awaiting_approval",
             field="plan_id",
         )
-    if principal == plan.on_behalf_of:
+    if is_user(plan, principal):
         return
     if plan.status is PlanStatus.AWAITING_CONFIRMATION:
         raise PermissionDeniedError(
@@ -280,7 +292,7 @@ def confirmed(plan: PlanRecord, approvals: Iterable[ApprovalRecord] | None = Non
     """
     return any(
         a.kind == "confirm"
-        and a.principal == plan.on_behalf_of
+        and is_user(plan, a.principal)
         and not is_requester(plan, a.principal)
         and a.digest == plan.digest
         and a.policy_version == plan.policy_version

@@ -278,7 +278,8 @@ class Store(Protocol):
         """Return plans, newest first; ``before`` is a cursor (a plan's ``created_at|id``).
 
         Every filter given must hold: ``status`` one status, ``statuses`` any of a set (an
-        empty set matches nothing), ``agent_id`` the agent, ``on_behalf_of`` the user.
+        empty set matches nothing), ``agent_id`` the agent, ``on_behalf_of`` the user (the
+        same person by ``person_key``: ``Bob`` lists the plans made for ``bob``).
         """
         ...
 
@@ -294,7 +295,8 @@ class Store(Protocol):
 
         Ties and plans without a deadline (listed last) go by plan id. ``after`` is a cursor,
         the last plan's ``expires_at|plan_id`` (``expires_at`` in ``isoformat``, empty when
-        the plan has none); ``on_behalf_of`` keeps one user's plans.
+        the plan has none); ``on_behalf_of`` keeps one user's plans (names compared by
+        ``person_key``, as ``list_plans`` does).
         """
         ...
 

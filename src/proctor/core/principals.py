@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final, Literal
 
-from proctor.core.approvals import check_not_requester, is_requester
+from proctor.core.approvals import check_not_requester, is_requester, is_user, person_key
 from proctor.core.lifecycle import PlanRecord, PlanStatus
 from proctor.errors import InvalidRequestError, PermissionDeniedError
 
@@ -104,8 +104,8 @@ def may_submit(p: Principal, agent_id: object) -> bool:
 
 
 def _is_user(p: Principal, plan: PlanRecord) -> bool:
-    """Whether ``p`` is the user on whose behalf ``plan`` acts."""
-    return p.has("user") and plan.on_behalf_of == p.name
+    """Whether ``p`` is the user on whose behalf ``plan`` acts (names by ``person_key``)."""
+    return p.has("user") and is_user(plan, p.name)
 
 
 def may_confirm(p: Principal, plan: PlanRecord) -> bool:
@@ -159,10 +159,11 @@ def may_read_plan(p: Principal, plan: PlanRecord) -> bool:
         return True
     if p.has("agent") and plan.agent_id == p.name:
         return True
-    if p.has("user") and plan.on_behalf_of == p.name:
+    if _is_user(p, plan):
         return True
     if p.has("approver"):
-        if any(a.principal == p.name for a in plan.approvals):
+        me = person_key(p.name)  # as the gateway counted the vote
+        if any(person_key(a.principal) == me for a in plan.approvals):
             return True
         waiting = plan.status is PlanStatus.AWAITING_APPROVAL
         roles = plan.decision.get("approver_roles", [])

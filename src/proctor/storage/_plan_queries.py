@@ -7,8 +7,9 @@ text interpolated; every value is bound.
 
 - ``list_plans``: newest first (``created_at DESC, plan_id DESC``), filtered by status (one
   or a set), agent and on-behalf-of user; the cursor ``before`` is ``created_at|plan_id``.
-  ``plans_by_user (on_behalf_of, created_at, plan_id)`` answers a user's listing without
-  reading anyone else's plans.
+  ``on_behalf_of`` is a person, compared by ``person_key`` (``Bob@Example.com`` is
+  ``bob@example.com``) through the column ``user_key``; ``plans_by_user_key (user_key,
+  created_at, plan_id)`` answers a user's listing without reading anyone else's plans.
 - ``waiting_plans``: the plans in one status, soonest deadline (``expires_at``) first, then
   by plan id; plans without a deadline come last (the gateway gives every waiting plan one,
   so there should be none). The cursor ``after`` is ``expires_at|plan_id`` (an empty
@@ -21,6 +22,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from proctor.core.approvals import person_key
 
 __all__ = ["list_plans_sql", "waiting_plan_rows", "waiting_plans_sql"]
 
@@ -51,8 +54,8 @@ def list_plans_sql(
         where.append(f"agent_id = {mark}")
         args.append(agent_id)
     if on_behalf_of:
-        where.append(f"on_behalf_of = {mark}")
-        args.append(on_behalf_of)
+        where.append(f"user_key = {mark}")
+        args.append(person_key(on_behalf_of))
     if before:
         at, _, pid = before.partition("|")
         where.append(f"(created_at < {mark} OR (created_at = {mark} AND plan_id < {mark}))")
@@ -79,8 +82,8 @@ def waiting_plans_sql(
     base = [f"status = {mark}"]
     args: list[Any] = [status]
     if on_behalf_of:
-        base.append(f"on_behalf_of = {mark}")
-        args.append(on_behalf_of)
+        base.append(f"user_key = {mark}")
+        args.append(person_key(on_behalf_of))
     at, _, pid = (after or "").partition("|")
     out: list[tuple[str, tuple[Any, ...]]] = []
     select = f"SELECT {cols} FROM plans WHERE "  # noqa: S608 - constant columns

@@ -14,10 +14,20 @@ database's locale (``en_US`` ignores punctuation at first and orders ``p-2`` bef
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
+from proctor.core.approvals import person_key
 from proctor.errors import StorageError
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "migrations_for", "pending"]
+__all__ = [
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "USER_KEY_SELECT",
+    "USER_KEY_VERSION",
+    "migrations_for",
+    "pending",
+    "user_key_updates",
+]
 
 MIGRATIONS: tuple[tuple[int, str], ...] = (
     (
@@ -174,9 +184,26 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
             WHERE expires_at IS NOT NULL;
         """,
     ),
+    (
+        9,
+        """
+        -- A user's plans are found by who she is, not by how the agent spelt her name:
+        -- user_key is person_key(on_behalf_of) (NFKC, case-folded), the comparison that
+        -- separation of duties and "is this the plan's user" make. SQL has no NFKC case
+        -- fold, so the store computes it: on every save, and for the rows written before
+        -- this migration in the same transaction (``user_key_updates``).
+        ALTER TABLE plans ADD COLUMN user_key TEXT;
+        DROP INDEX IF EXISTS plans_by_user;
+        CREATE INDEX IF NOT EXISTS plans_by_user_key ON plans (user_key, created_at, plan_id);
+        """,
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]
+"""The schema version this code expects."""
+
+USER_KEY_VERSION = 9
+"""The migration that adds ``plans.user_key``: a store migrating from below it backfills."""
 """The schema version this code expects."""
 
 
@@ -228,3 +255,17 @@ def pending(current: int, dialect: str) -> list[str]:
         if version > current
         for statement in statements
     ]
+
+
+USER_KEY_SELECT = "SELECT plan_id, on_behalf_of FROM plans WHERE user_key IS NULL"
+"""The rows ``user_key_updates`` fills in after migration ``USER_KEY_VERSION``."""
+
+
+def user_key_updates(rows: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Return ``(user_key, plan_id)`` for ``(plan_id, on_behalf_of)`` rows (``USER_KEY_SELECT``).
+
+    A store migrating from below ``USER_KEY_VERSION`` runs ``UPDATE plans SET user_key = ?
+    WHERE plan_id = ?`` with them in the migration's transaction, so no plan is left
+    without its key (a plan without one would be missing from its user's lists).
+    """
+    return [(person_key(on_behalf_of), plan_id) for plan_id, on_behalf_of in rows]

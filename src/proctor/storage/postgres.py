@@ -38,6 +38,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from proctor.core.approvals import person_key
 from proctor.core.lifecycle import PlanRecord
 from proctor.core.notifications import Delivery, DeliveryStatus
 from proctor.core.ports import AuditHead, CheckpointRow, EventRow
@@ -45,7 +46,13 @@ from proctor.core.principals import TokenRecord
 from proctor.errors import StorageError
 from proctor.storage._codec import dump_plan, load_plan
 from proctor.storage._plan_queries import list_plans_sql, waiting_plan_rows
-from proctor.storage.migrations import SCHEMA_VERSION, pending
+from proctor.storage.migrations import (
+    SCHEMA_VERSION,
+    USER_KEY_SELECT,
+    USER_KEY_VERSION,
+    pending,
+    user_key_updates,
+)
 
 __all__ = ["PostgresStore"]
 
@@ -161,8 +168,8 @@ class _Tx:
 
     def save_plan(self, p: PlanRecord) -> None:
         self._c.execute(
-            f"INSERT INTO plans ({_PLAN_COLS}, timer_at) VALUES "  # noqa: S608
-            "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+            f"INSERT INTO plans ({_PLAN_COLS}, timer_at, user_key) VALUES "  # noqa: S608
+            "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
             "ON CONFLICT (plan_id) DO UPDATE SET status = excluded.status, "
             "timer_at = excluded.timer_at, lease_owner = excluded.lease_owner, "
             "lease_until = excluded.lease_until, updated_at = excluded.updated_at, "
@@ -186,6 +193,7 @@ class _Tx:
                 p.lease_owner,
                 p.lease_until.isoformat() if p.lease_until else None,
                 p.timer_at.isoformat() if p.timer_at else None,
+                person_key(p.on_behalf_of),  # never changes: the upsert leaves it alone
             ),
         )
 
@@ -458,6 +466,13 @@ class PostgresStore:
             current = int(row["value"]) if row else 0
             for statement in pending(current, "postgresql"):
                 c.execute(statement)
+            if current < USER_KEY_VERSION:
+                rows = c.execute(USER_KEY_SELECT).fetchall()
+                with c.cursor() as cur:
+                    cur.executemany(
+                        "UPDATE plans SET user_key = %s WHERE plan_id = %s",
+                        user_key_updates((r["plan_id"], r["on_behalf_of"]) for r in rows),
+                    )
             if current != SCHEMA_VERSION:
                 c.execute(
                     "INSERT INTO meta (key, value) VALUES ('schema_version', %s) "

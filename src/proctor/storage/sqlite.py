@@ -43,6 +43,7 @@ import orjson
 if sys.platform != "win32":
     import fcntl
 
+from proctor.core.approvals import person_key
 from proctor.core.lifecycle import PlanRecord
 from proctor.core.notifications import Delivery, DeliveryStatus
 from proctor.core.ports import AuditHead, CheckpointRow, EventRow
@@ -50,7 +51,13 @@ from proctor.core.principals import TokenRecord
 from proctor.errors import StorageError
 from proctor.storage._codec import dump_plan, load_plan
 from proctor.storage._plan_queries import list_plans_sql, waiting_plan_rows
-from proctor.storage.migrations import SCHEMA_VERSION, pending
+from proctor.storage.migrations import (
+    SCHEMA_VERSION,
+    USER_KEY_SELECT,
+    USER_KEY_VERSION,
+    pending,
+    user_key_updates,
+)
 from proctor.storage.sqlite_wal import _open_lock_file, checkpoint_wal
 
 __all__ = ["SqliteStore", "checkpoint_wal"]
@@ -108,7 +115,7 @@ class _Tx:
             # written (REPLACE would delete and reinsert into every index: more WAL pages to
             # fsync on the commit that acknowledges an action).
             f"INSERT INTO plans ({_PLAN_COLS}"  # noqa: S608 - constant columns
-            ", timer_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            ", timer_at, user_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (plan_id) DO UPDATE SET status = excluded.status, "
             "timer_at = excluded.timer_at, lease_owner = excluded.lease_owner, "
             "lease_until = excluded.lease_until, "
@@ -133,6 +140,7 @@ class _Tx:
                 p.lease_owner,
                 p.lease_until.isoformat() if p.lease_until else None,
                 p.timer_at.isoformat() if p.timer_at else None,
+                person_key(p.on_behalf_of),  # never changes: the upsert leaves it alone
             ),
         )
 
@@ -447,6 +455,12 @@ class SqliteStore:
             current = int(row[0]) if row else 0
             for statement in pending(current, "sqlite"):
                 self._c.execute(statement)
+            if current < USER_KEY_VERSION:
+                rows = self._c.execute(USER_KEY_SELECT).fetchall()
+                self._c.executemany(
+                    "UPDATE plans SET user_key = ? WHERE plan_id = ?",
+                    user_key_updates((r[0], r[1]) for r in rows),
+                )
             if current != SCHEMA_VERSION:  # an up-to-date database is not written to
                 self._c.execute(
                     "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",

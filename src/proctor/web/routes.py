@@ -550,7 +550,7 @@ def console_pages(ctx: Context) -> tuple[APIRouter, ErrorPage]:
     # ------------------------------------------------------------------ timeline
 
     def timeline_items(user: str, before: str | None) -> list[PlanRecord]:
-        # The store reads this user's plans alone (plans_by_user): however many plans
+        # The store reads this user's plans alone (plans_by_user_key): however many plans
         # others made since, the user's own stay reachable, a page at a time.
         return store.list_plans(
             on_behalf_of=user, statuses=_RAN, limit=_TIMELINE_PAGE + 1, before=before

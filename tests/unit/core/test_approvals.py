@@ -334,6 +334,18 @@ class TestConfirmAndExpiry:
         assert err.value.field == "principal"
         assert "a person must confirm" in (err.value.hint or "").lower()
 
+    @pytest.mark.parametrize("user", ["Alice", "ALICE", FULLWIDTH_ALICE])
+    def test_the_user_confirms_and_declines_under_any_spelling(self, user):
+        """ "Is this the plan's user" folds names as separation of duties does: a plan made
+        for ``alice`` is confirmed, declined and counted as confirmed by ``Alice``."""
+        waiting = _plan(PlanStatus.AWAITING_CONFIRMATION)
+        decision = _decision(_step("s1", "confirm"))
+
+        check_can_confirm(waiting, user)
+        check_can_reject(waiting, user, (), ())
+        check_can_reject(_plan(), user, (), ("finance",))
+        assert confirmed(_plan(decision=decision), [_ok(user, roles=(), kind="confirm")])
+
     def test_the_agent_is_refused_as_itself(self):
         """The agent confirming a plan for another user is refused as its requester."""
         p = _plan(PlanStatus.AWAITING_CONFIRMATION)

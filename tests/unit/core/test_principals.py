@@ -170,3 +170,35 @@ class TestPlanActionChecks:
 
         check_plan_action(alice, "confirm", plan)
         check_plan_action(alice, "reject", plan)
+
+
+class TestUserSpelling:
+    @pytest.mark.parametrize("name", ["Alice", "ALICE", "\uff41lice"])
+    def test_the_user_is_the_user_under_any_spelling(self, name):
+        """A user token spelt another way (case, fullwidth) reads, confirms, declines and
+        undoes the plans made on her behalf, as separation of duties treats her as her."""
+        user = Principal(name=name, roles=("user",))
+        waiting = _plan(PlanStatus.AWAITING_CONFIRMATION)
+
+        assert may_read_plan(user, waiting)
+        assert may_confirm(user, waiting)
+        assert may_reject(user, waiting)
+        assert may_undo(user, _plan(PlanStatus.SUCCEEDED))
+        assert not undo_as_admin(Principal(name=name, roles=("user", "admin")), waiting)
+        check_plan_action(user, "confirm", waiting)
+
+    def test_an_approver_reads_the_plan_it_decided_under_another_spelling(self):
+        """An approver whose vote was recorded as ``fiona`` reads the plan as ``Fiona``."""
+        voted = ApprovalRecord(
+            principal="fiona",
+            kind="approve",
+            roles=("finance",),
+            digest="d",
+            policy_version="v",
+            comment="",
+            created_at=T0,
+        )
+        plan = _plan(PlanStatus.SUCCEEDED, approvals=(voted,))
+
+        assert may_read_plan(Principal(name="Fiona", roles=("approver",)), plan)
+        assert not may_read_plan(Principal(name="fionb", roles=("approver",)), plan)
