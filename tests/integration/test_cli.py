@@ -1382,3 +1382,14 @@ def test_token_and_step_up_administration_is_in_the_audit_log(cli, fresh_home):
     dump = json.dumps(list(found.values()))
     assert token["token"] not in dump and enrolled.json()["secret"] not in dump
     assert cli("audit", "verify", home=fresh_home).code == 0
+
+
+def test_a_token_name_outside_ascii_is_refused_saying_so(cli, fresh_home):
+    """`tokens create --name josé` exits 1, says the name must be ASCII and hints at the
+    login or e-mail address; no token is made."""
+    made = cli("tokens", "create", "--name", "jos\u00e9", "--role", "user", home=fresh_home)
+    listed = cli("tokens", "list", "--json", home=fresh_home)
+
+    assert made.code == 1, str(made)
+    assert "ASCII" in made.err and "e-mail address" in made.err, made.err
+    assert "josé" not in listed.out

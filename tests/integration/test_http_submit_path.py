@@ -136,6 +136,25 @@ class TestSubmitRoute:
         assert [e.type for e in w.proctor.events()] == ["plan.rejected"]
 
     @pytest.mark.parametrize("via", ["direct", "declared"])
+    async def test_an_on_behalf_of_outside_ascii_is_a_422_saying_ascii(self, world, via):
+        """``josé`` as on_behalf_of: 422 on the field, the message says the name is ASCII
+        and the hint names the login or e-mail address; nothing runs."""
+        w, direct, declared = world
+        client = direct if via == "direct" else declared
+
+        resp = await client.post(
+            "/v1/plans",
+            json=w.manifest(on_behalf_of="jos\u00e9"),
+            headers={"Authorization": f"Bearer {w.bot}"},
+        )
+
+        assert resp.status_code == 422, resp.text
+        assert resp.json()["field"] == "on_behalf_of"
+        assert "ASCII" in resp.json()["message"]
+        assert "e-mail address" in resp.json()["hint"]
+        assert w.threads == []
+
+    @pytest.mark.parametrize("via", ["direct", "declared"])
     async def test_an_integer_too_long_to_read_is_a_422_naming_the_field(self, world, via):
         """5000 digits, past Python's 4300-digit conversion limit: not "not valid JSON" (400)
         but a 422 on the field, without quoting the number; nothing runs or is recorded."""

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from proctor.core.events import EventType as E
-from proctor.core.plans import PERSON_NAME
+from proctor.core.plans import PERSON_NAME, PERSON_NAME_HINT, PERSON_NAME_RULE
 from proctor.core.ports import Clock, Store
 from proctor.core.principals import Principal, TokenRecord
 from proctor.errors import InvalidRequestError, NotFoundError
@@ -62,9 +62,9 @@ class NewToken:
 def _check_name(value: str, what: str) -> str:
     if not _NAME.match(value):
         raise InvalidRequestError(
-            f"{what} {value!r} must be 1-128 letters, digits or _.:@- (starting with a letter"
-            " or digit)",
+            f"{what} {value!r} must be {PERSON_NAME_RULE}",
             field=what,
+            hint=PERSON_NAME_HINT if what == "name" else None,
         )
     return value
 

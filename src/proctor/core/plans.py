@@ -26,6 +26,8 @@ __all__ = [
     "MAX_MANIFEST_BYTES",
     "MAX_PARAM_STRING_DEFAULT",
     "PERSON_NAME",
+    "PERSON_NAME_HINT",
+    "PERSON_NAME_RULE",
     "Actor",
     "Limits",
     "Plan",
@@ -42,7 +44,29 @@ PERSON_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,127}\Z")
 The ids' grammar plus ``@``: a user who signs in as ``alice@example.com`` (a token name, a
 JWT's e-mail or UPN claim) must be able to be the user a plan acts for, or they could never
 confirm or undo anything. Plan, step and agent ids keep ``_ID`` (no ``@``).
+
+NOTE: ASCII only, on purpose. Names decide separation of duties, and ``person_key`` (NFKC,
+case-folded) does not fold look-alikes from other scripts: with Unicode letters allowed,
+``alice`` spelt with a Cyrillic U+0430 for its ``a`` would be a person other than ``alice``
+who reads the same on a console or in an e-mail, so an approver could not tell whose plan
+she approves, and a token named so would pass "not the beneficiary". Folding those needs a
+confusables table (UTS #39) that the core does not carry. A user whose name has other
+letters (``josé``, ``李雷``) goes by their login or e-mail address; every refusal says so
+(``PERSON_NAME_RULE``, ``PERSON_NAME_HINT``).
 """
+
+PERSON_NAME_RULE = (
+    "1-128 ASCII characters: letters A-Z and a-z, digits, '_', '.', ':', '@' or '-',"
+    " starting with a letter or digit"
+)
+"""How a refusal of a name against ``PERSON_NAME`` describes the rule."""
+
+PERSON_NAME_HINT = (
+    "Names are ASCII (look-alike letters from other scripts would make two people read the"
+    " same): give the user's login or e-mail address, e.g. 'jose' or 'jose@example.com' for"
+    " 'José'."
+)
+"""The hint of a refusal against ``PERSON_NAME``."""
 
 
 def new_plan_id(prefix: str, now: datetime) -> str:
@@ -278,7 +302,8 @@ def _require_str(value: Any, where: str, max_len: int, *, empty: bool = False) -
 def _require_id(value: Any, where: str) -> str:
     if not isinstance(value, str) or not _ID.match(value):
         raise InvalidRequestError(
-            f"{where} must be 1-128 characters of letters, digits, '_', '.', ':' or '-'",
+            f"{where} must be 1-128 ASCII characters: letters A-Z and a-z, digits, '_', '.',"
+            " ':' or '-', starting with a letter or digit",
             field=where,
         )
     return value
@@ -287,8 +312,7 @@ def _require_id(value: Any, where: str) -> str:
 def _require_person(value: Any, where: str) -> str:
     if not isinstance(value, str) or not PERSON_NAME.match(value):
         raise InvalidRequestError(
-            f"{where} must be 1-128 characters of letters, digits, '_', '.', ':', '@' or '-'",
-            field=where,
+            f"{where} must be {PERSON_NAME_RULE}", field=where, hint=PERSON_NAME_HINT
         )
     return value
 

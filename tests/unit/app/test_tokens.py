@@ -29,6 +29,21 @@ def test_a_bad_name_or_group_is_refused_naming_the_field(kwargs, field):
     assert tokens.list() == []
 
 
+def test_a_name_outside_ascii_is_refused_saying_so():
+    """``josé`` is refused as a token name with a message that says ASCII and a hint to use
+    the login or e-mail address (it once said "letters", as if é were allowed)."""
+    p = Proctor.in_memory()
+    tokens = TokenService(p.gateway.store, p.gateway.clock)
+
+    with pytest.raises(InvalidRequestError) as ei:
+        tokens.create(name="jos\u00e9", roles=["user"])
+
+    assert ei.value.field == "name"
+    assert "ASCII" in ei.value.message
+    assert "e-mail address" in (ei.value.hint or "")
+    assert tokens.list() == []
+
+
 def test_a_good_name_is_kept():
     p = Proctor.in_memory()
     tokens = TokenService(p.gateway.store, p.gateway.clock)

@@ -86,6 +86,31 @@ class TestPlanFromDict:
         """
         assert Plan.from_dict(_plan(on_behalf_of=user)).on_behalf_of == user
 
+    @pytest.mark.parametrize(
+        "user", ["jos\u00e9", "Zo\u00eb", "\u0141ukasz", "\u674e\u96f7", "\u0430lice"]
+    )
+    def test_a_name_with_letters_outside_ascii_is_refused_saying_so(self, user):
+        """Names are ASCII (look-alikes would defeat separation of duties): the refusal says
+        "ASCII" and hints at the login or e-mail address, not "letters" as if é were one.
+        """
+        with pytest.raises(InvalidRequestError) as ei:
+            Plan.from_dict(_plan(on_behalf_of=user))
+
+        assert ei.value.field == "on_behalf_of"
+        assert "ASCII" in ei.value.message
+        assert "e-mail address" in (ei.value.hint or "")
+
+    def test_an_agent_id_outside_ascii_is_refused_saying_so(self):
+        """An id's refusal says its letters are ASCII too."""
+        p = _plan()
+        p["actor"]["agent_id"] = "b\u00f6t"
+
+        with pytest.raises(InvalidRequestError) as ei:
+            Plan.from_dict(p)
+
+        assert ei.value.field == "actor.agent_id"
+        assert "ASCII" in ei.value.message
+
     def test_too_many_steps(self):
         """More steps than the limit is rejected."""
         p = make_plan([("a.b", {})] * 5)
