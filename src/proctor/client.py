@@ -31,6 +31,7 @@ import orjson
 from opentelemetry import propagate
 
 from proctor import errors as _errors
+from proctor.core.canonical import canonical
 from proctor.errors import (
     ConflictError,
     InvalidRequestError,
@@ -158,8 +159,14 @@ def _comment(comment: str | None, **extra: Any) -> dict[str, Any]:
 def _submit(plan: Mapping[str, Any], idempotency_key: str | None) -> _Call:
     if not isinstance(plan, Mapping):  # a JSON array or string read from a file, say
         raise InvalidRequestError("plan must be an object", field="plan")
+    body = dict(plan)
+    # Refuse, before anything is sent, what Proctor.submit refuses as not JSON, with the same
+    # error and field (``steps[0].params.amount``). orjson alone raised a bare TypeError for
+    # a Decimal or an integer past 64 bits, wrote a date as a string and a NaN as null: the
+    # plan then ran with params the caller never gave it (what is approved is what runs).
+    canonical(body)
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-    return _Call("POST", "/v1/plans", body=dict(plan), headers=headers)
+    return _Call("POST", "/v1/plans", body=body, headers=headers)
 
 
 def _get(plan_id: str, wait: float | timedelta | None, default_timeout: float) -> _Call:
@@ -219,7 +226,13 @@ def _request_kwargs(call: _Call, default_timeout: float) -> dict[str, Any]:
     propagate.inject(headers)
     kw: dict[str, Any] = {"params": call.params or None}
     if call.body is not None:
-        kw["content"] = orjson.dumps(call.body)
+        try:
+            kw["content"] = orjson.dumps(call.body)
+        except orjson.JSONEncodeError as exc:  # a comment that is not a str, say
+            raise InvalidRequestError(
+                f"the request to {call.method} {call.path} cannot be sent as JSON: {exc}",
+                field="body",
+            ) from exc
         headers["Content-Type"] = "application/json"
     kw["headers"] = headers or None
     if call.timeout is not None:
@@ -392,7 +405,9 @@ class ProctorClient:
         """Submit a plan manifest; return the plan as routed (and run, if it executed).
 
         A ``plan`` that is not a mapping raises ``InvalidRequestError`` (``plan must be an
-        object``, as the server answers) before anything is sent.
+        object``, as the server answers) before anything is sent; so does a value JSON cannot
+        carry exactly (a ``Decimal``, a ``date``, a NaN, an integer beyond 2**53), naming its
+        field (``steps[0].params.amount``) as ``Proctor.submit`` does.
         """
         result: dict[str, Any] = self._send(_submit(plan, idempotency_key))
         return result

@@ -9,6 +9,8 @@ no server.
 from __future__ import annotations
 
 import asyncio
+import datetime
+import decimal
 import socket
 import threading
 import time
@@ -169,6 +171,44 @@ class TestUnreachable:
                 asyncio.run(go())
         assert (ei.value.message, ei.value.field) == ("plan must be an object", "plan")
 
+    @pytest.mark.parametrize(
+        ("value", "field"),
+        [
+            (decimal.Decimal("5000"), "steps[0].params.amount"),
+            (2**64, "steps[0].params.amount"),
+            (float("nan"), "steps[0].params.amount"),
+            (datetime.date(2027, 3, 12), "steps[0].params.amount"),
+            (
+                {"when": datetime.datetime(2027, 3, 12, tzinfo=datetime.UTC)},
+                "steps[0].params.amount.when",
+            ),
+        ],
+        ids=["decimal", "2**64", "nan", "date", "nested-datetime"],
+    )
+    def test_a_param_json_cannot_carry_is_refused_before_sending(self, value, field):
+        """A Decimal, a 2**64, a NaN or a date in params raises InvalidRequestError naming
+        the field, as ``Proctor.submit`` does, from both clients, before anything is sent
+        (nobody listens: a request would have raised StorageError).
+
+        Regression: a bare TypeError for the first two; a date went as a string and the
+        plan ran; a NaN went as null.
+        """
+        manifest = make_plan([("shop.order", {"amount": value})], agent_id="shop-bot")
+        with pytest.raises(InvalidRequestError) as lib:
+            Proctor.in_memory().submit(manifest)
+        with ProctorClient(f"http://127.0.0.1:{free_port()}", "t", timeout=2) as c:
+            with pytest.raises(InvalidRequestError) as ei:
+                c.submit(manifest)
+
+            async def go() -> None:
+                async with AsyncProctorClient(c.base_url, "t") as ac:
+                    await ac.submit(manifest)
+
+            with pytest.raises(InvalidRequestError) as aei:
+                asyncio.run(go())
+
+        assert ei.value.field == aei.value.field == lib.value.field == field
+
     def test_sync_stream_connection_refused(self):
         """Opening an event stream to nobody raises StorageError too."""
         with (
@@ -296,6 +336,21 @@ class TestSyncClient:
 
         assert doc["status"] == "succeeded" and doc["outcome"] == "execute"
         assert doc["agent_id"] == "shop-bot"
+
+    def test_a_date_param_is_refused_and_nothing_is_submitted(self, server):
+        """Against a real server: a ``date`` param is an InvalidRequestError naming the
+        field; the server never sees the plan (it once arrived as a string and ran)."""
+        manifest = make_plan(
+            [("shop.order", {"on": datetime.date(2027, 3, 12)})],
+            agent_id="shop-bot",
+            plan_id="p-dated",
+        )
+        with server.client("agent") as c, pytest.raises(InvalidRequestError) as ei:
+            c.submit(manifest)
+
+        assert ei.value.field == "steps[0].params.on"
+        assert server.proctor.gateway.store.get_plan("p-dated") is None
+        assert server.proctor.events() == []
 
     def test_idempotency_key_replays(self, server):
         """The same Idempotency-Key and manifest return the original plan."""
