@@ -390,6 +390,45 @@ class TestStepUp:
         assert replay.status_code == 403
         assert replay.json()["field"] == "otp"
 
+    async def test_one_code_for_seven_approvals_gives_used_not_429(self, default):
+        """Seven step-up approvals with one window's code: 200, then six 403 "used already"
+        (no 429), then the next window's code approves; a wrong code still counts.
+
+        Regression: each reuse counted as a wrong code; the 7th approval got 429 and the
+        next window's code was refused for 15 minutes.
+        """
+        secret, _ = default.proctor.enrol_totp("ann")
+        totp = pyotp.TOTP(secret)
+        plans = [(await default.submit(BIG_PAYMENT))["plan_id"] for _ in range(9)]
+        code = totp.at(default.clock.now())
+        wrong = next(
+            c
+            for c in ("000000", "111111", "222222")
+            if c not in {code, totp.at(default.clock.now(), counter_offset=-1)}
+        )
+
+        replies = [
+            await default.call("ann", "POST", f"/v1/plans/{p}/approve", {"otp": code})
+            for p in plans[:7]
+        ]
+        bad = await default.call("ann", "POST", f"/v1/plans/{plans[7]}/approve", {"otp": wrong})
+        default.clock.advance(30)
+        fresh = await default.call(
+            "ann", "POST", f"/v1/plans/{plans[8]}/approve", {"otp": totp.at(default.clock.now())}
+        )
+
+        assert [r.status_code for r in replies] == [200] + [403] * 6, replies[-1].text
+        assert replies[0].json()["status"] == "succeeded"
+        used = replies[-1].json()
+        assert (used["code"], used["field"]) == ("permission_denied", "otp")
+        assert "used already" in used["message"]
+        assert "next code (at most 30 s)" in used["hint"]
+        assert bad.status_code == 403
+        assert "4 more wrong codes" in bad.json()["hint"]
+        assert fresh.status_code == 200, fresh.text
+        failed = [e for e in default.proctor.events() if e.type == "stepup.failed"]
+        assert [e.plan_id for e in failed] == [plans[7]]
+
     async def test_five_wrong_codes_lock_step_up_with_429_and_retry_after(self, default):
         """After 5 wrong codes in 15 minutes even the right one gets 429 until they age out."""
         secret, _ = default.proctor.enrol_totp("ann")

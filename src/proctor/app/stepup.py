@@ -11,7 +11,8 @@ moment cannot both accept it.
 approver in the store (``StepUpLimiter``), so the count holds across workers and replicas:
 after 5 within 15 minutes the approver's step-up is refused (``RateLimitedError``), even
 with the right code, until the oldest of them is 15 minutes old. Each wrong code appends a
-``stepup.failed`` audit event (the code itself is never recorded). An enrolment, which
+``stepup.failed`` audit event (the code itself is never recorded). A right code presented
+again is refused as used, neither counted nor audited (see ``check_step_up``). An enrolment, which
 gives someone the power to pass step-up, is audited too (``stepup.enrolled``, never the
 secret), in the transaction that stores the secret.
 """
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING
 import pyotp
 
 from proctor.core.events import EventType as E
-from proctor.core.ports import Clock, StepUp, Store, Transaction
+from proctor.core.ports import Clock, StepUp, StepUpCheck, Store, Transaction
 from proctor.errors import InvalidRequestError, PermissionDeniedError, RateLimitedError
 
 if TYPE_CHECKING:
@@ -88,12 +89,20 @@ class TotpStepUp:
         return str(pyotp.TOTP(secret).at(self._clock.now()))
 
     def verify(self, principal: str, code: str | None) -> bool:
-        """Return whether ``code`` is valid now and was not used before."""
+        """Return whether ``code`` is valid now and was not used before (and use it up)."""
+        return self.check(principal, code) is StepUpCheck.ACCEPTED
+
+    def check(self, principal: str, code: str | None) -> StepUpCheck:
+        """Check ``code``: accepted (and now used up), wrong, or reused.
+
+        ``REUSED`` means the code is one of this principal's two valid codes (this window's
+        or the previous one's) and its window, or a later one, was accepted already.
+        """
         secret = self._store.get_meta(f"totp:{principal}")
         # ASCII only: str.isdigit() also holds for other scripts' digits, which never match
         # and which hmac.compare_digest refuses (TypeError) in a str.
         if secret is None or not code or not (code.isascii() and code.isdigit()):
-            return False
+            return StepUpCheck.WRONG
         totp = pyotp.TOTP(secret)
         now = self._clock.now()
         counter = int(now.timestamp()) // _INTERVAL
@@ -101,19 +110,19 @@ class TotpStepUp:
         for c in (counter, counter - 1):
             if hmac.compare_digest(totp.generate_otp(c), code):
                 return self._consume(principal, c, now)
-        return False
+        return StepUpCheck.WRONG
 
-    def _consume(self, principal: str, counter: int, now: datetime) -> bool:
-        """Remember ``counter`` as used; False if it (or a later one) already was."""
+    def _consume(self, principal: str, counter: int, now: datetime) -> StepUpCheck:
+        """Remember ``counter`` as used; ``REUSED`` if it (or a later one) already was."""
         with self._store.transaction() as tx:
             # Read under the row lock (SELECT ... FOR UPDATE on PostgreSQL, the write lock on
             # SQLite): a read outside the transaction let two replicas both see the old
             # counter and both accept the same code.
             last = tx.get_state(_USED, principal)
             if isinstance(last, int) and last >= counter:
-                return False
+                return StepUpCheck.REUSED
             tx.put_state(_USED, principal, counter, at=now)
-        return True
+        return StepUpCheck.ACCEPTED
 
 
 def _at(stamp: str) -> datetime:
@@ -199,9 +208,10 @@ def check_step_up(
 ) -> None:
     """Check ``principal``'s step-up ``code`` for approving ``record``; raise if it fails.
 
-    No code at all is refused without counting (nothing was guessed). A wrong code is
-    counted and audited (``stepup.failed``, in its own transaction: the refusal that
-    follows rolls nothing back).
+    No code at all is refused without counting (nothing was guessed), and so is a right code
+    that was used already (a double-click, or one code for several approvals in its 30 s):
+    its own message asks for the next code. A wrong code is counted and audited
+    (``stepup.failed``, in its own transaction: the refusal that follows rolls nothing back).
 
     Raises:
         PermissionDeniedError: no step-up is configured, no code, or a wrong or used code.
@@ -220,10 +230,27 @@ def check_step_up(
             "log (stepup.failed).",
             retry_after=wait,
         )
-    if step_up.verify(principal, code):
+    result = step_up.check(principal, code)
+    if result is not StepUpCheck.WRONG:
         with store.transaction() as tx:
             limiter.release(tx, principal, now)
+    if result is StepUpCheck.ACCEPTED:
         return
+    if result is StepUpCheck.REUSED:
+        # NOTE(security): saying "used already" tells the caller that the code was one of the
+        # approver's two valid codes. That helps no guesser: the code can never be accepted
+        # again (counters only go forward), and TOTP codes of other windows are independent
+        # of it (HMAC). Guessing stays as hard as before: a code that was never valid is
+        # still WRONG and counted, and while locked nothing is checked at all (above). Not
+        # audited either: the code's one use is audited already (approval.granted,
+        # step_up: true), and an uncounted event per request would let a double-clicking
+        # or looping client grow the signed log without bound.
+        raise PermissionDeniedError(
+            "this step-up code (TOTP) was used already; each code approves once",
+            field="otp",
+            hint="Wait for your authenticator's next code (at most 30 s) and approve with it. "
+            "A used code does not count as a wrong code.",
+        )
     with store.transaction() as tx:
         failures = limiter.failures(tx, principal, now)
         j = journal(tx)
@@ -243,9 +270,8 @@ def check_step_up(
     minutes = int(limiter.window.total_seconds()) // 60
     left = limiter.limit - failures
     raise _needs_code(
-        f"The code is wrong or was used already; {left} more wrong codes within {minutes} "
+        f"The code is wrong; {left} more wrong codes within {minutes} "
         "minutes lock step-up for a while."
         if left > 0
-        else f"The code is wrong or was used already; step-up is now locked for up to "
-        f"{minutes} minutes."
+        else f"The code is wrong; step-up is now locked for up to {minutes} minutes."
     )

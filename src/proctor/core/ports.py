@@ -15,6 +15,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
+from enum import Enum
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ __all__ = [
     "PolicyEngine",
     "Signer",
     "StepUp",
+    "StepUpCheck",
     "Store",
     "ToolCall",
     "Tools",
@@ -91,11 +93,29 @@ class ToolCall:
     result: Any = None  # for compensations: the result of the step being undone
 
 
+class StepUpCheck(Enum):
+    """What checking a step-up code found: accepted (and now used), wrong, or used already.
+
+    ``REUSED`` is kept apart from ``WRONG`` so that a genuine code presented twice (a
+    double-click, one code for several approvals in its 30 s) is refused without counting as
+    a guess towards the approver's lockout.
+    """
+
+    ACCEPTED = "accepted"
+    WRONG = "wrong"
+    REUSED = "reused"
+
+
 class StepUp(Protocol):
     """Checks a second factor (a TOTP code) presented by an approver."""
 
-    def verify(self, principal: str, code: str | None) -> bool:
-        """Return whether ``code`` is a valid, unused second factor for ``principal``."""
+    def check(self, principal: str, code: str | None) -> StepUpCheck:
+        """Check ``code`` for ``principal`` and use it up when it is accepted.
+
+        Returns ``REUSED`` only for a code that was valid for ``principal`` and can no longer
+        be accepted because it (or a later one) was; anything else that is not accepted is
+        ``WRONG``.
+        """
         ...
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from proctor import Proctor
 from proctor.app.stepup import StepUpLimiter, TotpStepUp
+from proctor.core.ports import StepUpCheck
 from proctor.errors import (
     ConflictError,
     InvalidRequestError,
@@ -49,6 +50,33 @@ class TestTotpStepUp:
 
         assert step_up.verify("fiona", code) is True
         assert step_up.verify("fiona", code) is False
+
+    def test_a_used_code_is_told_apart_from_a_wrong_one(self):
+        """A right code seen again is REUSED (also the previous window's, once a later one was
+        used); a code that was never valid is WRONG."""
+        clock = FrozenClock()
+        step_up = TotpStepUp(open_store("memory://"), clock)
+        secret, _ = step_up.enrol("fiona")
+        totp = pyotp.TOTP(secret)
+        code = totp.at(clock.now())
+        previous = totp.at(clock.now(), counter_offset=-1)
+        wrong = next(c for c in ("000000", "111111", "222222") if c not in {code, previous})
+
+        first = step_up.check("fiona", code)
+        again = step_up.check("fiona", code)
+        superseded = step_up.check("fiona", previous)
+        guessed = step_up.check("fiona", wrong)
+        clock.advance(30)
+        fresh = step_up.check("fiona", totp.at(clock.now()))
+
+        assert (first, again, superseded, guessed, fresh) == (
+            StepUpCheck.ACCEPTED,
+            StepUpCheck.REUSED,
+            StepUpCheck.REUSED,
+            StepUpCheck.WRONG,
+            StepUpCheck.ACCEPTED,
+        )
+        assert step_up.check("gus", code) is StepUpCheck.WRONG  # not enrolled
 
     def test_the_previous_window_is_accepted_and_no_older_one(self):
         """A code of the previous 30 s passes (clock drift); one from two windows ago does not."""
@@ -230,6 +258,57 @@ class TestCheckStepUp:
 
         assert done.status.value == "succeeded"
         assert "now locked" in fifth.value.hint
+        assert [e.type for e in p.events()].count("stepup.failed") == 5
+
+    def test_one_code_for_seven_approvals_is_refused_as_used_without_locking(self, world):
+        """Clearing 7 step-up approvals with one window's code: the first runs, the other six
+        are refused as used (not counted, not audited), and the next code approves.
+
+        Regression: a used code counted as a wrong one, so the 6th reuse got 429 and the
+        approver was locked out for 15 minutes, the next window's code too.
+        """
+        p, clock, totp = world
+        plans = [p.submit(make_plan([BIG_PAYMENT], agent_id="travel-bot")) for _ in range(8)]
+        code = totp.at(clock.now())
+        done = _approve(p, plans[0].plan_id, code)
+        reused = []
+        for plan in plans[1:7]:
+            with pytest.raises(PermissionDeniedError) as ei:
+                _approve(p, plan.plan_id, code)
+            reused.append(ei.value)
+        clock.advance(30)
+        fresh = _approve(p, plans[7].plan_id, totp.at(clock.now()))
+
+        assert done.status.value == "succeeded"
+        assert {(e.field, e.message) for e in reused} == {
+            ("otp", "this step-up code (TOTP) was used already; each code approves once")
+        }
+        assert "next code (at most 30 s)" in reused[0].hint
+        assert fresh.status.value == "succeeded"
+        assert [e.type for e in p.events()].count("stepup.failed") == 0
+        assert [p.get(plan.plan_id).status.value for plan in plans[1:7]] == [
+            "awaiting_approval"
+        ] * 6
+
+    def test_wrong_codes_still_lock_between_reused_ones(self, world):
+        """Reuses do not count, wrong codes do: 5 wrong ones lock step-up, reuses or not."""
+        p, clock, totp = world
+        plans = [p.submit(make_plan([BIG_PAYMENT], agent_id="travel-bot")) for _ in range(2)]
+        code = totp.at(clock.now())
+        _approve(p, plans[0].plan_id, code)
+        hints = []
+        for _ in range(5):
+            with pytest.raises(PermissionDeniedError, match="used already"):
+                _approve(p, plans[1].plan_id, code)
+            with pytest.raises(PermissionDeniedError) as wrong:
+                _approve(p, plans[1].plan_id, _wrong(totp, clock))
+            hints.append(wrong.value.hint)
+
+        with pytest.raises(RateLimitedError):
+            _approve(p, plans[1].plan_id, code)  # locked: not even told it is used
+
+        assert "4 more wrong codes" in hints[0]
+        assert "now locked" in hints[-1]
         assert [e.type for e in p.events()].count("stepup.failed") == 5
 
     def test_a_refused_comment_does_not_use_the_code_up(self, world):
