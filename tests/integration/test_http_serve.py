@@ -8,6 +8,7 @@ import re
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from proctor.client import ApiError, ProctorClient
 from proctor.testing import free_port, stop_process, wait_until_serving
 
 
@@ -126,6 +128,70 @@ class TestServe:
             assert code == 0, err
             assert "Shutting down" in err
             assert "Traceback" not in err
+
+    def test_sigterm_answers_long_polls_and_ends_streams_at_once(
+        self, cli, proctor_exe, fresh_home, tmp_path
+    ):
+        """SIGTERM with a long-poll, a client long-poll and an SSE stream open on a waiting
+        plan: the polls get 200 and the plan, the stream ends, the server exits 0 at once.
+
+        Regression: uvicorn waited timeout_graceful_shutdown (10 s) for them, then cancelled
+        them: a plain-text 500 for the polls (ApiError in the client) and a broken stream.
+        """
+        bot = _token(cli, fresh_home, "bot", "agent")
+        auth = {"Authorization": f"Bearer {bot['token']}"}
+        results: dict[str, Any] = {}
+        streaming = threading.Event()
+
+        with serve(proctor_exe, fresh_home, tmp_path) as s:
+            plan = httpx.post(f"{s.url}/v1/plans", json=_manifest(BIG_PO), headers=auth).json()
+            path = f"{s.url}/v1/plans/{plan['plan_id']}"
+
+            def poll() -> None:
+                reply = httpx.get(f"{path}?wait=60", headers=auth, timeout=90)
+                results["poll"] = (reply.status_code, reply.headers["content-type"], reply.text)
+                results["poll_at"] = time.monotonic()
+
+            def client_poll() -> None:
+                with ProctorClient(s.url, bot["token"], timeout=90) as client:
+                    try:
+                        results["client"] = client.get(plan["plan_id"], wait=30)["status"]
+                    except ApiError as exc:
+                        results["client"] = exc
+
+            def stream() -> None:
+                lines = []
+                with httpx.stream("GET", f"{path}/events", headers=auth, timeout=90) as reply:
+                    for line in reply.iter_lines():
+                        lines.append(line)
+                        streaming.set()
+                results["stream"] = lines
+                results["stream_at"] = time.monotonic()
+
+            threads = [threading.Thread(target=f) for f in (poll, client_poll, stream)]
+            for t in threads:
+                t.start()
+            assert streaming.wait(20)
+            time.sleep(1)  # the long-polls are waiting
+            stopped_at = time.monotonic()
+            code = s.stop()
+            exited_at = time.monotonic()
+            for t in threads:
+                t.join(30)
+            err = s.stderr()
+
+        status, content_type, body = results["poll"]
+        assert (status, content_type) == (200, "application/json"), body
+        doc = json.loads(body)
+        assert (doc["plan_id"], doc["status"]) == (plan["plan_id"], "awaiting_approval")
+        assert results["poll_at"] - stopped_at < 3
+        assert results["client"] == "awaiting_approval"
+        assert "event: plan.routed" in results["stream"]
+        assert results["stream_at"] - stopped_at < 3
+        assert code == 0, err
+        assert exited_at - stopped_at < 5, err
+        assert "timeout graceful shutdown exceeded" not in err
+        assert "Traceback" not in err
 
     def test_the_timers_run_in_the_background(self, cli, proctor_exe, fresh_home, tmp_path):
         """With a one-second approval window, a waiting plan expires without any request."""

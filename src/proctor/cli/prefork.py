@@ -235,7 +235,7 @@ class Server(uvicorn.Server):
 
     ``stop_requested`` is asked once uvicorn handles the signals itself: a SIGTERM that
     arrived while the instance was still opening (before uvicorn's handlers) then stops the
-    server at once instead of being lost.
+    server at once instead of being lost. ``on_shutdown`` is called when the shutdown begins.
     """
 
     def __init__(
@@ -244,10 +244,12 @@ class Server(uvicorn.Server):
         *,
         channel: socket.socket | None = None,
         stop_requested: Callable[[], bool] = lambda: False,
+        on_shutdown: Callable[[], None] = lambda: None,
     ) -> None:
         super().__init__(config)
         self.channel = channel
         self.stop_requested = stop_requested
+        self.on_shutdown = on_shutdown
         if channel is not None:
             channel.setblocking(False)
 
@@ -295,7 +297,13 @@ class Server(uvicorn.Server):
         loop.add_reader(channel.fileno(), receive)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        """Take no more connections, then shut down as uvicorn does."""
+        """Tell the app (``on_shutdown``), take no more connections, shut down as uvicorn does.
+
+        The app hears first so that its long-polls and event streams end now: uvicorn waits
+        for open requests up to ``timeout_graceful_shutdown`` and then cancels them, which
+        sends a plain-text 500.
+        """
+        self.on_shutdown()
         if self.channel is not None:
             with contextlib.suppress(OSError, ValueError):
                 asyncio.get_running_loop().remove_reader(self.channel.fileno())

@@ -330,7 +330,12 @@ def _run_server(
         timeout_graceful_shutdown=10,
         lifespan="off",
     )
-    server = Server(config, channel=channel, stop_requested=stop_requested)
+    server = Server(
+        config,
+        channel=channel,
+        stop_requested=stop_requested,
+        on_shutdown=app.state.context.begin_shutdown,  # long-polls answer, streams end
+    )
     worker = Worker(proctor.gateway)
     worker.start()
     # The webhook outbox is sent from a background thread; without webhooks it idles.

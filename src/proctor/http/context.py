@@ -7,7 +7,7 @@ import contextvars
 import functools
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Annotated, Any, TypeVar
 
@@ -31,6 +31,12 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
+
+
+def _wake(waker: asyncio.Future[None]) -> None:
+    if not waker.done():
+        waker.set_result(None)
+
 
 _DESCRIPTIONS = {
     400: "Malformed JSON (`invalid_request`, field `body`).",
@@ -113,6 +119,9 @@ class Context:
     auth: Auth
     submit_locks: KeyedLocks = field(default_factory=KeyedLocks)
     submit_lanes: SubmitLanes = field(init=False)
+    stopping: bool = field(default=False, init=False)
+    """True once the server shuts down: long-polls answer and event streams end at once."""
+    _wakers: set[asyncio.Future[None]] = field(default_factory=set, init=False)
 
     def __post_init__(self) -> None:
         # NOTE(http): submissions get their own threads, apart from the anyio threadpool
@@ -127,6 +136,36 @@ class Context:
         call = functools.partial(contextvars.copy_context().run, fn, *args)
         result: _T = await asyncio.wrap_future(self.submit_lanes.submit(call))
         return result
+
+    async def pause(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``, less if the server starts shutting down meanwhile.
+
+        Returns:
+            Whether the server is shutting down (then the caller answers or ends at once).
+        """
+        if self.stopping:
+            return True
+        waker = asyncio.get_running_loop().create_future()
+        self._wakers.add(waker)
+        try:
+            with suppress(TimeoutError):
+                await asyncio.wait_for(waker, seconds)
+        finally:
+            self._wakers.discard(waker)
+        return self.stopping
+
+    def begin_shutdown(self) -> None:
+        """Wake every long-poll and event stream so that each answers or ends at once.
+
+        ``proctor serve`` calls it when uvicorn starts its graceful shutdown. NOTE(http):
+        uvicorn sends the ASGI lifespan shutdown only after the open requests have finished
+        (or were cancelled after ``timeout_graceful_shutdown``, with a plain-text 500), so
+        the waiters cannot learn of the shutdown from the lifespan; the server tells them.
+        """
+        self.stopping = True
+        for waker in list(self._wakers):
+            # Thread-safe: the server may call this from another thread than the waiter's.
+            waker.get_loop().call_soon_threadsafe(_wake, waker)
 
     def close(self) -> None:
         """Wait for the submissions in flight (the caller closes the store after this)."""

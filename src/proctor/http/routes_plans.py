@@ -368,7 +368,11 @@ def router(ctx: Context) -> APIRouter:
             Query(ge=0, le=60, description="Long-poll up to this many seconds for a change."),
         ] = 0,
     ) -> Response:
-        """A plan; with ``wait``, returns as soon as its status changes (or on timeout)."""
+        """A plan; with ``wait``, returns as soon as its status changes (or on timeout).
+
+        A server shutting down ends the wait at once, as a timeout does: 200 with the plan as
+        it stands (the client asks again, of the restarted server).
+        """
         rec = await run_in_threadpool(readable, caller, plan_id)
         wait = min(wait, settings.max_wait_seconds)
         if wait > 0 and not rec.terminal:
@@ -376,12 +380,12 @@ def router(ctx: Context) -> APIRouter:
             deadline = loop.time() + wait
             first = rec.status
             while (left := deadline - loop.time()) > 0:
-                await asyncio.sleep(min(settings.poll_interval_seconds, left))
+                stopping = await ctx.pause(min(settings.poll_interval_seconds, left))
                 fresh = await run_in_threadpool(store.get_plan, plan_id)
                 if fresh is None:
                     break
                 rec = fresh
-                if rec.status is not first or await request.is_disconnected():
+                if stopping or rec.status is not first or await request.is_disconnected():
                     break
         return json_response(plan_json(rec))
 
@@ -432,7 +436,9 @@ def router(ctx: Context) -> APIRouter:
                 after = row.seq
             if len(rows) == _EVENT_BATCH:
                 continue
-            if rec is None or rec.terminal or loop.time() >= deadline:
+            # A server shutting down ends the stream once it has sent what is stored; the
+            # client reconnects with Last-Event-ID, as after stream_max_seconds.
+            if rec is None or rec.terminal or loop.time() >= deadline or ctx.stopping:
                 return
             if rows:
                 quiet_since = loop.time()
@@ -441,7 +447,7 @@ def router(ctx: Context) -> APIRouter:
                 quiet_since = loop.time()
             if await request.is_disconnected():
                 return
-            await asyncio.sleep(settings.poll_interval_seconds)
+            await ctx.pause(settings.poll_interval_seconds)
 
     # ------------------------------------------------------------------ human actions
 

@@ -670,7 +670,8 @@ def console_pages(ctx: Context) -> tuple[APIRouter, ErrorPage]:
         deadline = loop.time() + ctx.settings.stream_max_seconds
         last: Any = None
         quiet = loop.time()
-        while loop.time() < deadline and not await request.is_disconnected():
+        # A server shutting down ends the stream (the page's EventSource reconnects).
+        while loop.time() < deadline and not ctx.stopping and not await request.is_disconnected():
             value = await run_in_threadpool(poll)
             if value != last:
                 yield b"data: " + orjson.dumps(value) + b"\n\n"
@@ -679,7 +680,7 @@ def console_pages(ctx: Context) -> tuple[APIRouter, ErrorPage]:
             elif loop.time() - quiet >= ctx.settings.stream_keepalive_seconds:
                 yield b": keep-alive\n\n"
                 quiet = loop.time()
-            await asyncio.sleep(max(ctx.settings.poll_interval_seconds, 0.5))
+            await ctx.pause(max(ctx.settings.poll_interval_seconds, 0.5))
 
     def stream(body: AsyncIterator[bytes]) -> StreamingResponse:
         return StreamingResponse(
