@@ -88,6 +88,41 @@ class TestAdmit:
         w.clock.advance(timedelta(seconds=61))
         assert w.p.submit(w.plan(agent="b2")).status is PlanStatus.SUCCEEDED
 
+    def test_a_rate_limit_denial_says_when_there_is_room_and_to_use_a_new_plan_id(self, url):
+        """2 plans at 09:00:10 and 1 at 09:01:20, 3 per 60 s: at 09:01:30 the denial says room
+        again in 30 s and a new plan_id; a retry of its id stays denied, a new plan 29 s
+        later is denied and one 30 s later runs. A plan that alone exceeds a per-action limit is
+        told to split."""
+        w = World(url, rate_limits=(RateLimit(scope="agent", key="*", limit=3),))
+        w.clock.advance(10)  # the clock starts at 09:00:00
+        assert all(w.p.submit(w.plan()).status is PlanStatus.SUCCEEDED for _ in range(2))
+        w.clock.advance(70)
+        assert w.p.submit(w.plan()).status is PlanStatus.SUCCEEDED
+        w.clock.advance(10)
+
+        manifest = {**w.plan(), "plan_id": "p-retry"}
+        denied = w.p.submit(manifest)
+        w.clock.advance(30)
+        retried = w.p.submit(manifest)
+        w.clock.advance(-1)
+        early = w.p.submit(w.plan())
+        w.clock.advance(1)
+        later = w.p.submit(w.plan())
+        w = World(url, rate_limits=(RateLimit(scope="action", key="*", limit=3),))
+        whole = w.p.submit(w.plan(n=4))
+
+        assert denied.status is PlanStatus.DENIED
+        assert denied.decision["plan_reasons"] == [
+            "rate limit: agent 'bot' used 3 of 3 per 60 s "
+            "(room again in 30 s; retry with a new plan_id)"
+        ]
+        assert (retried.status, retried.decision) == (PlanStatus.DENIED, denied.decision)
+        assert early.status is PlanStatus.DENIED
+        assert later.status is PlanStatus.SUCCEEDED
+        assert whole.decision["plan_reasons"] == [
+            "rate limit: action 'shop.buy' used 0 of 3 per 60 s (this plan alone needs 4: split it)"
+        ]
+
     def test_guard_denials_count_towards_the_anomaly_check(self, url):
         """Repeated denials by a whitelist, a rate limit or a deny budget raise an anomaly,
         as the policy's do; a kill switch's do not (an operator stopped everything)."""

@@ -943,6 +943,20 @@ class TestStepUp:
         assert good.json()["status"] == "succeeded"
         assert good.json()["steps"][0]["status"] == "succeeded"
 
+    def test_the_next_step_names_the_otp_only_when_step_up_is_needed(self, cli, pool):
+        """A step-up plan's `next:` line ends in --otp CODE (following it without one is a
+        403); a plain approval's does not."""
+        home, _ = pool
+
+        step_up = cli("show", "p-step-up-locked", home=home)
+        plain = cli("show", "p-approve-wrong-role", home=home)
+
+        assert (
+            "next: proctor approve p-step-up-locked --as NAME --role ROLE --otp CODE" in step_up.out
+        ), str(step_up)
+        assert "next: proctor approve p-approve-wrong-role --as NAME --role ROLE\n" in plain.out
+        assert "--otp" not in plain.out
+
     def test_five_wrong_codes_lock_step_up(self, cli, pool):
         """After 5 wrong codes the right one exits 1 with rate_limited; the plan still waits."""
         home, _ = pool

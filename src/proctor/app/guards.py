@@ -46,10 +46,12 @@ inherits the budget bookkeeping the hooks share (reserve, keep, settle, release)
 from __future__ import annotations
 
 import dataclasses
+import math
 import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from proctor.app.guards_admin import GuardsAdmin
@@ -89,6 +91,27 @@ _RAN = frozenset(
     {PlanStatus.SUCCEEDED, PlanStatus.FAILED, PlanStatus.COMPENSATED, PlanStatus.UNDONE}
 )
 _HUMAN_DECIDED = frozenset({Outcome.APPROVE.value, Outcome.CONFIRM.value})
+
+
+def _room_in(tx: Transaction, name: str, room: int, per_seconds: int, now: datetime) -> int:
+    """Seconds until counter ``name`` holds at most ``room`` calls in its window (at least 1).
+
+    The window counts minute buckets from the one holding ``now - per_seconds``
+    (``window_start``), so the calls of bucket ``B`` stop counting at ``B + 60 s +
+    per_seconds``. A binary search over the buckets finds the first one whose expiry leaves
+    enough room (a sum over the later buckets shrinks as the start moves on); it runs only
+    on a denial, at most about log2(per_seconds / 60) reads.
+    """
+    first = (now - timedelta(seconds=per_seconds)).replace(second=0, microsecond=0)
+    lo, hi = 1, (now.replace(second=0, microsecond=0) - first) // timedelta(minutes=1) + 1
+    while lo < hi:  # every bucket expired (k = hi) always leaves room: room >= 0
+        k = (lo + hi) // 2
+        if tx.counter_sum(name, minute(first + timedelta(minutes=k)))[0] <= room:
+            hi = k
+        else:
+            lo = k + 1
+    free_at = first + timedelta(minutes=lo, seconds=per_seconds)
+    return max(1, math.ceil((free_at - now).total_seconds()))
 
 
 class Guards(GuardsBudgets, GuardsAdmin):
@@ -319,9 +342,16 @@ class Guards(GuardsBudgets, GuardsAdmin):
                         "used": used,
                     },
                 )
+                # The decision is kept per plan id (a retry of this one gets this denial
+                # again), so the reason says when to try again and that it takes a new id.
+                if n > rl.limit:
+                    when = f"this plan alone needs {n}: split it"
+                else:
+                    wait = _room_in(tx, name, rl.limit - n, rl.per_seconds, now)
+                    when = f"room again in {wait} s; retry with a new plan_id"
                 return (
                     f"rate limit: {rl.scope} {value!r} used {used} of {rl.limit} "
-                    f"per {rl.per_seconds} s"
+                    f"per {rl.per_seconds} s ({when})"
                 )
             wanted.append((name, n))
         for name, n in wanted:

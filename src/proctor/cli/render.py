@@ -288,12 +288,14 @@ def render_plan_json(
                 f"[yellow]waiting for {esc(doc['approvals_required'])} approval(s) from {roles}"
                 f"{extra} until {esc(doc['expires_at'] or '-')}[/yellow]"
             )
+        # Step-up: the approver's current code from her authenticator (`proctor totp enrol`).
+        otp = " --otp CODE" if doc["step_up"] else ""
         if server:
             console.print(
-                f"  next: proctor approve {esc(plan_id)}{esc(target)} (an approver's token)"
+                f"  next: proctor approve {esc(plan_id)}{esc(target)}{otp} (an approver's token)"
             )
         else:
-            console.print(f"  next: proctor approve {esc(plan_id)} --as NAME --role ROLE")
+            console.print(f"  next: proctor approve {esc(plan_id)} --as NAME --role ROLE{otp}")
     elif status == "awaiting_confirmation":
         user = esc(doc["on_behalf_of"])
         console.print(f"[yellow]waiting for {user} to confirm[/yellow]")
