@@ -413,17 +413,38 @@ class HumanActions:
             if spec.nothing_to_undo:
                 continue  # a look-up: the saga skips it too (``compensation.started`` says so)
             undoable += 1
+            # What the refusals offer instead: the effect stands, and reversing it is a new
+            # action, so it goes through the gate as a new plan (docs/execution.md).
+            reverse = (
+                f"submit a new plan with {spec.compensation} (the catalog's way to undo "
+                f"{s.action}; the policy decides it like any plan)"
+                if spec.compensation
+                else "submit a new plan whose steps reverse it (the policy decides it like any "
+                "plan), or ask an operator"
+            )
             if not spec.reversible:
                 raise ConflictError(
-                    f"step {s.step_id} ({s.action}) is not reversible", field="plan_id"
+                    f"step {s.step_id} ({s.action}) is not reversible",
+                    field="plan_id",
+                    hint=f"The catalog marks {s.action} irreversible: nothing undoes it "
+                    "automatically. To reverse its effect, submit a new plan whose steps do "
+                    "it, or ask an operator.",
                 )
             if s.undo_until is None and s.rollback_at is None:
-                raise ConflictError(f"step {s.step_id} has no undo window", field="plan_id")
+                raise ConflictError(
+                    f"step {s.step_id} has no undo window",
+                    field="plan_id",
+                    hint=f"{s.action} is reversible, but the policy gave this step no undo "
+                    f"window (steps.<id>.undo_window, default 0), so it cannot be undone: "
+                    f"to reverse it, {reverse}. For later plans, the policy's author can set "
+                    "an undo_window (docs/policy.md).",
+                )
             deadline = max(t for t in (s.undo_until, s.rollback_at) if t is not None)
             if now > deadline:
                 raise ConflictError(
                     f"the undo window of step {s.step_id} closed at {deadline.isoformat()}",
                     field="plan_id",
+                    hint=f"It can no longer be undone: to reverse it, {reverse}.",
                 )
         if not undoable:
             raise ConflictError(

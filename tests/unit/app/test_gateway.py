@@ -684,6 +684,22 @@ class TestUndo:
             p.undo(rec.plan_id, "alice")
         assert tools["shop.order"][1].calls == []
 
+    def test_no_undo_window_says_what_can_be_done(self, clock):
+        """A step the policy gave no undo window: refused with a hint (a new plan reverses it;
+        the policy's undo_window allows it for later plans); nothing is compensated."""
+        p, tools = make(ScriptedPolicy(outcome_for({})), clock)
+        rec = p.submit(make_plan([("shop.order", {})], on_behalf_of="alice"))
+
+        with pytest.raises(ConflictError, match="step s1 has no undo window") as ei:
+            p.undo(rec.plan_id, "alice")
+
+        assert ei.value.field == "plan_id"
+        assert "submit a new plan whose steps reverse it" in ei.value.hint
+        assert "undo_window" in ei.value.hint
+        assert "hint: " in ei.value.diagnostics()
+        assert tools["shop.order"][1].calls == []
+        assert p.get(rec.plan_id).status is PlanStatus.SUCCEEDED
+
     def test_a_read_only_step_does_not_block_the_undo(self, clock):
         """Search then book (the README's travel plan): the undo cancels the booking.
 
