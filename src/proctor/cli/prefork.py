@@ -46,6 +46,9 @@ import uvicorn
 __all__ = ["Server", "bind", "run_workers"]
 
 
+_STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
+
+
 def bind(host: str, port: int, *, backlog: int = 2048) -> socket.socket:
     """Bind the listening socket (as uvicorn binds its own)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -102,16 +105,27 @@ def run_workers(
     def spawn(index: int) -> None:
         # SEQPACKET: one message per connection, and an end of file when the parent dies.
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        pid = os.fork()
+        # SIGINT and SIGTERM are blocked across the fork. In the worker, until it has put the
+        # default handlers back: the parent's handler (``stop``), inherited, would swallow the
+        # SIGTERM meant to stop it, and it would go on to serve while the parent waits for it
+        # for ever. In the parent, until the worker is in ``workers``: ``stop`` would miss it.
+        # A signal that arrives meanwhile stays pending and is delivered on unblocking.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            pid = os.fork()
+        except BaseException:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            raise
         if pid == 0:  # the worker
             code = 1
             try:
+                for sig in _STOP_SIGNALS:
+                    signal.signal(sig, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a pending stop ends it here
                 parent_end.close()
                 listener.close()
                 for w in workers.values():
                     w.channel.close()
-                for sig in (signal.SIGINT, signal.SIGTERM):
-                    signal.signal(sig, signal.SIG_DFL)
                 # Its own process group: Ctrl-C reaches the parent only, which sends each
                 # worker one SIGTERM (uvicorn takes a second signal as "exit now").
                 os.setpgid(0, 0)
@@ -127,11 +141,12 @@ def run_workers(
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code)
+        workers[pid] = _Worker(index, pid, parent_end)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         child_end.close()
         # Never block the accept loop on one worker: a full channel (a stuck worker) makes
         # ``_hand_over`` pass the connection to the next.
         parent_end.setblocking(False)
-        workers[pid] = _Worker(index, pid, parent_end)
 
     def stop(signum: int, frame: FrameType | None) -> None:
         stopping.append(signum)
