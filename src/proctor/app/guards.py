@@ -590,13 +590,16 @@ class Guards(GuardsBudgets, GuardsAdmin):
         # the window's average but is no "spike" (otherwise one approved large refund among
         # small automatic ones would stop every automatic refund for open_seconds).
         spike = 0 if step.outcome in _HUMAN_DECIDED else cost
+        bucket = minute(now)
         for key in keys:
-            tx.bump(f"calls:{key}", minute(now), amount=cost)
+            tx.bump(f"calls:{key}", bucket, amount=cost)
             if not ok:
-                tx.bump(f"errors:{key}", minute(now))
+                tx.bump(f"errors:{key}", bucket)
             if ok and not spike and ("breaker", key) not in state:
                 continue  # a cheap (or human-decided) success cannot open a closed breaker
-            stored = tx.get_state("breaker", key)
+            # The breaker as read above: nothing in this transaction wrote it since (_settle
+            # writes reservations; _judge writes only its own key). Saves a read per key.
+            stored = state.get(("breaker", key))
             self._judge(tx, emit, record, key, stored, ok=ok, cost=spike, now=now)
 
     def _judge(
