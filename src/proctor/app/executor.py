@@ -228,11 +228,16 @@ class Executor(Recovery, Background):
             step = step.moved_to(StepStatus.RUNNING, started_at=now, attempts=step.attempts + 1)
         else:  # a retry or a resumed attempt of a step already running
             step = dataclasses.replace(step, started_at=now, attempts=step.attempts + 1)
-        record = record.with_step(step).leased(self._token(), self._until(now))
+        # One copy of the record for the step, the lease, the deadline and a queued plan's
+        # start-by (three or four before, through dataclasses.replace): with the one below,
+        # 3.8 % of an allowed call's instructions in the in-memory mode, 1.5 % with SQLite
+        # and signatures.
+        lease: dict[str, Any] = {"lease_owner": self._token(), "lease_until": self._until(now)}
         if record.deadline is None:
-            record = dataclasses.replace(record, deadline=now + self._opts.plan_deadline)
+            lease["deadline"] = now + self._opts.plan_deadline
         if record.start_by is not None:  # it was queued: taken in time, no timer any more
-            record = dataclasses.replace(record, start_by=None)
+            lease["start_by"] = None
+        record = record.with_step(step, **lease)
         j.emit(
             E.STEP_STARTED,
             plan=record,
@@ -744,7 +749,9 @@ class Executor(Recovery, Background):
                 # Compensating instead when the catalog refuses the next step: _settle goes on.
                 current = self.start_checked(j, current, index + 1, now)
             else:
-                current = current.moved_to(PlanStatus.SUCCEEDED, at=now).leased(None, None)
+                current = current.moved_to(
+                    PlanStatus.SUCCEEDED, at=now, lease_owner=None, lease_until=None
+                )
                 j.emit(E.PLAN_FINISHED, plan=current, data={"status": "succeeded"}, trusted=True)
                 if guards is not None:
                     guards.on_finish(tx, j.emit, current)

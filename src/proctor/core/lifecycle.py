@@ -229,11 +229,15 @@ class PlanRecord:
             )
         return _evolve(self, {**changes, "status": status, "updated_at": at})
 
-    def with_step(self, step: StepRecord) -> PlanRecord:
-        """Return a copy with one step replaced."""
+    def with_step(self, step: StepRecord, **changes: Any) -> PlanRecord:
+        """Return a copy with one step replaced and any other ``changes`` made.
+
+        ``changes`` (other fields, as ``leased`` sets them) save a second copy of the record
+        where a step's start also takes the lease.
+        """
         steps = list(self.steps)
         steps[step.index] = step
-        return _evolve(self, {"steps": tuple(steps)})
+        return _evolve(self, {**changes, "steps": tuple(steps)})
 
     def idempotency_key(self, step_id: str) -> str:
         """Return the key passed to tools; the same on every retry of the step."""
