@@ -101,3 +101,68 @@ async def test_a_retry_in_time_hands_the_call_over_and_no_timer_expires_it():
     assert fired == []
     assert done.status_code == 200, done.text
     assert proctor.get(plan_id).status is PlanStatus.SUCCEEDED
+
+
+async def test_a_call_confirmed_while_it_waited_is_handed_over_before_it_is_made():
+    """``/start`` in time: running, off the timer; the outcome after the start-by is recorded."""
+    proctor, clock, headers, transport = served()
+    async with httpx.AsyncClient(transport=transport, base_url="http://proctor") as http:
+        first = await http.post("/v1/mcp/calls", json=CALL, headers=headers)
+        plan_id = first.json()["plan_id"]
+        proctor.confirm(plan_id, "alice")  # relayed from the client's form by the proxy
+        start = await http.post(
+            f"/v1/mcp/plans/{plan_id}/start", json={"step_id": "s1"}, headers=headers
+        )
+        clock.advance(TTL + timedelta(minutes=1))  # the upstream call is slow
+        fired = proctor.tick()
+        report = {"step_id": "s1", "result": {"content": [{"type": "text", "text": "ok"}]}}
+        done = await http.post(f"/v1/mcp/plans/{plan_id}/outcome", json=report, headers=headers)
+
+    assert start.status_code == 200, start.text
+    assert start.json()["status"] == "running" and start.json()["steps"][0]["status"] == "pending"
+    assert fired == []
+    assert done.status_code == 200, done.text
+    assert proctor.get(plan_id).status is PlanStatus.SUCCEEDED
+
+
+async def test_a_hand_over_past_the_start_by_is_told_the_plan_expired():
+    """``/start`` after the start-by: the plan expires there and then, never made."""
+    proctor, clock, headers, transport = served()
+    async with httpx.AsyncClient(transport=transport, base_url="http://proctor") as http:
+        first = await http.post("/v1/mcp/calls", json=CALL, headers=headers)
+        plan_id = first.json()["plan_id"]
+        proctor.confirm(plan_id, "alice")
+        clock.advance(TTL)
+        start = await http.post(
+            f"/v1/mcp/plans/{plan_id}/start", json={"step_id": "s1"}, headers=headers
+        )
+
+    assert start.status_code == 200, start.text
+    assert start.json()["status"] == "expired"
+    assert "queue_ttl_seconds" in start.json()["error"]
+    events = [e.type for e in proctor.gateway.store.read_events(plan_id=plan_id)]
+    assert events[-1] == "plan.expired" and "step.started" not in events
+
+
+async def test_only_the_plans_agent_may_take_its_call_and_only_its_step():
+    """Another agent's token is refused (403), a wrong step id too (409); nothing changes."""
+    proctor, _clock, headers, transport = served()
+    other = TokenService(proctor.gateway.store, proctor.gateway.clock).create(
+        name="rogue", roles=("agent",)
+    )
+    async with httpx.AsyncClient(transport=transport, base_url="http://proctor") as http:
+        first = await http.post("/v1/mcp/calls", json=CALL, headers=headers)
+        plan_id = first.json()["plan_id"]
+        proctor.confirm(plan_id, "alice")
+        rogue = await http.post(
+            f"/v1/mcp/plans/{plan_id}/start",
+            json={"step_id": "s1"},
+            headers={"Authorization": f"Bearer {other.token}"},
+        )
+        wrong = await http.post(
+            f"/v1/mcp/plans/{plan_id}/start", json={"step_id": "s2"}, headers=headers
+        )
+
+    assert rogue.status_code == 403, rogue.text
+    assert wrong.status_code == 409 and wrong.json()["field"] == "step_id", wrong.text
+    assert proctor.get(plan_id).start_by is not None  # still on its timer

@@ -3,7 +3,7 @@
 A remote proxy governs its clients' tool calls through this server: plans, decisions,
 approvals and the audit log are the server's. The upstream MCP servers (and their sessions)
 are the proxy's, so the server never runs an MCP step itself (runner ``mcp``); the proxy
-forwards the call and reports what came back. Three requests, each with the agent's token:
+forwards the call and reports what came back. Four requests, each with the agent's token:
 
 - ``POST /v1/mcp/tools``: the proxy's upstream tools. Each becomes the catalog action
   ``mcp.<server>.<tool>`` as in a local proxy: a declared entry (catalog file, no handler)
@@ -16,14 +16,21 @@ forwards the call and reports what came back. Three requests, each with the agen
   along, so a replica that never saw ``/tools`` knows the action. Answers the plan, with
   ``summary``: the action's plain summary of the call (what the user is asked to allow),
   and ``timeout``: the seconds the upstream call may take (the action's, else the step
-  timeout), which the proxy enforces.
+  timeout), which the proxy enforces. A retry that finds its plan queued (confirmed or
+  approved since) gets it handed over, as ``/start`` does.
+- ``POST /v1/mcp/plans/{plan_id}/start``: before the proxy forwards the call of a plan that
+  became queued while the call waited (confirmed in the client, approved during the long
+  poll). The plan is checked as a claim would check it (the catalog, the guards, its
+  start-by time) and taken off its start-by timer: once the proxy makes the call, no timer
+  may expire the plan before its outcome is recorded. Answers the plan: ``running`` (make
+  the call), ``expired`` or ``failed`` (do not); 409 when a guard holds it.
 - ``POST /v1/mcp/plans/{plan_id}/outcome``: after the proxy forwarded the call of a running
   plan, the upstream's result (masked by the proxy as configured) or error. The step is
   recorded under a lease like any step — ``step.started``, then ``step.succeeded`` with the
   result or ``step.failed`` with the error — and the plan finishes. Answers the plan.
 
-Only the plan's own agent may report its outcome, only for a one-step plan of an action
-with runner ``mcp``: a token cannot write results for actions the server runs itself.
+Only the plan's own agent may take or report its outcome, only for a one-step plan of an
+action with runner ``mcp``: a token cannot write results for actions the server runs itself.
 
 Wiring (``proctor.http.app.create_app``): ``app.include_router(routes_mcp.router(ctx))``.
 """
@@ -129,6 +136,12 @@ class McpPlanOut(PlanOut):
 
     summary: str | None = Field(description="What the user is asked to allow (confirm).")
     timeout: float | None = Field(description="Seconds the upstream call may take.")
+
+
+class StartBody(_In):
+    """Body of ``POST /v1/mcp/plans/{id}/start``: the step whose call the proxy will make."""
+
+    step_id: str = Field(pattern=ID_PATTERN)
 
 
 class OutcomeBody(_In):
@@ -325,22 +338,35 @@ def router(ctx: Context) -> APIRouter:
         with ctx.submit_locks.hold(plan_id):
             existed = store.get_plan(plan_id) is not None
             rec = gw.submit(doc, traceparent=traceparent)
-        if existed and rec.status is PlanStatus.RUNNING and rec.lease_owner is None:
-            # A retry finds its plan queued (confirmed or approved since): "running" tells the
-            # proxy to make the call, so the catalog as it is now (the tool just registered
-            # again) must still accept it. A new plan was validated a moment ago.
-            rec = gw.executor.refuse_stale(plan_id) or rec
-            if rec.status is PlanStatus.RUNNING and rec.lease_owner is None:
-                # And the guards as they are now: under a kill switch "running" would make the
-                # proxy forward the call that a claim here would not start.
-                stopped = gw.executor.stopped_now(plan_id)
-                if stopped is not None:
-                    raise not_run_now(plan_id, stopped)  # as a local proxy answers
-                # And its start-by time: past it the plan expires here and the proxy is told
-                # so (a new call is a new plan); before it, the call is handed to the proxy
-                # and no timer may expire the plan while the proxy makes it.
-                rec = gw.executor.hand_off(plan_id) or gw.get(plan_id)
+        if existed:
+            # A retry finds its plan queued (confirmed or approved since): hand it over. A new
+            # plan was validated a moment ago, and one routed to execute has no start-by.
+            rec = hand_over(rec)
         return (200 if existed else 201), rec
+
+    def hand_over(rec: PlanRecord) -> PlanRecord:
+        """The plan as it stands once its queued call is the proxy's to make, if it may be.
+
+        "Running" tells the proxy to make the call, so before that answer goes out the plan
+        is checked as a claim here would check it, and taken off its start-by timer.
+        """
+        plan_id = rec.plan_id
+        if rec.status is not PlanStatus.RUNNING or rec.lease_owner is not None:
+            return rec
+        # The catalog as it is now (the tool registered again) must still accept the call.
+        rec = gw.executor.refuse_stale(plan_id) or rec
+        if rec.status is not PlanStatus.RUNNING or rec.lease_owner is not None:
+            return rec
+        # And the guards as they are now: under a kill switch "running" would make the proxy
+        # forward the call that a claim here would not start.
+        stopped = gw.executor.stopped_now(plan_id)
+        if stopped is not None:
+            raise not_run_now(plan_id, stopped)  # as a local proxy answers
+        # And its start-by time: past it the plan expires here and the proxy is told so (a
+        # new call is a new plan); before it, the call is handed to the proxy and no timer
+        # may expire the plan while the proxy makes it (its outcome would find it expired,
+        # and a call that happened would have no record).
+        return gw.executor.hand_off(plan_id) or gw.get(plan_id)
 
     @r.post(
         "/calls",
@@ -368,22 +394,42 @@ def router(ctx: Context) -> APIRouter:
         doc["timeout"] = float(limit) if limit else None
         return json_response(doc, status, {"Location": f"/v1/plans/{rec.plan_id}"})
 
+    def mcp_plan(p: Principal, plan_id: str, step_id: str) -> PlanRecord:
+        """The one-step MCP plan ``plan_id`` of ``p``'s agent, with step ``step_id``."""
+        rec = proctor.get(plan_id)
+        as_agent(p, rec.agent_id)
+        if len(rec.steps) != 1 or rec.steps[0].step_id != step_id:
+            raise ConflictError(
+                f"plan {plan_id} is not a one-step MCP plan with step {step_id!r}",
+                field="step_id",
+            )
+        spec = gw.catalog.get(rec.steps[0].action)
+        if spec is None or spec.runner != _RUNNER:
+            raise ConflictError(
+                f"{rec.steps[0].action!r} is not an MCP action here", field="step_id"
+            )
+        return rec
+
+    def do_start(p: Principal, plan_id: str, body: StartBody) -> PlanRecord:
+        return hand_over(mcp_plan(p, plan_id, body.step_id))
+
+    @r.post(
+        "/plans/{plan_id}/start",
+        response_model=PlanOut,
+        summary="Hand a queued call over to the remote MCP proxy that will make it",
+        responses=errors_doc(400, *AUTH_ERRORS, 404, 409, 413),
+    )
+    def start(plan_id: PlanId, caller: Caller, body: StartBody) -> Response:
+        """Answer the plan as the proxy may act on it (``running``: forward the call now)."""
+        return json_response(plan_json(do_start(caller, plan_id, body)))
+
     def do_outcome(
         p: Principal, plan_id: str, body: OutcomeBody, traceparent: str | None
     ) -> PlanRecord:
-        rec = proctor.get(plan_id)
-        as_agent(p, rec.agent_id)
+        rec = mcp_plan(p, plan_id, body.step_id)
         if (body.result is None) == (body.error is None):
             raise InvalidRequestError("give either result or error", field="result")
-        if len(rec.steps) != 1 or rec.steps[0].step_id != body.step_id:
-            raise ConflictError(
-                f"plan {plan_id} is not a one-step MCP plan with step {body.step_id!r}",
-                field="step_id",
-            )
         step = rec.steps[0]
-        spec = gw.catalog.get(step.action)
-        if spec is None or spec.runner != _RUNNER:
-            raise ConflictError(f"{step.action!r} is not an MCP action here", field="step_id")
         if rec.status is not PlanStatus.RUNNING or step.status not in (
             StepStatus.PENDING,
             StepStatus.RUNNING,

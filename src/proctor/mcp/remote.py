@@ -16,7 +16,10 @@ connections, tools/list, the pass-through of resources, prompts, logging and the
    ``approve``: the proxy long-polls ``GET /v1/plans/{id}?wait=`` for up to
    ``--approval-wait`` seconds;
 3. a plan the server routed to ``execute`` (or that was confirmed or approved) is running
-   and queued for the runner ``mcp``: this proxy forwards the call upstream, then reports
+   and queued for the runner ``mcp``. One cleared while the call waited is first handed over
+   (``POST /v1/mcp/plans/{id}/start``: checked again, and off its start-by timer, so it
+   cannot expire while the call is made); ``/calls`` hands over a retry's queued plan
+   itself. Then this proxy forwards the call upstream, then reports
    the result — masked as configured, here, so a masked value never leaves the proxy — or
    the error with ``POST /v1/mcp/plans/{id}/outcome``. The server records ``step.started``
    and ``step.succeeded`` (or ``step.failed``) and finishes the plan: the audit log on the
@@ -334,10 +337,21 @@ class RemoteMcpProxy(McpProxy):
             limit = plan.get("timeout")
             if isinstance(limit, (int, float)) and limit > 0:
                 self._timeouts[(server, tool.name)] = float(limit)
+            answered = plan
             plan, note = await self._settle_remote(ctx, plan, summary)
             if note is not None:
                 return tool_error(note)
             raw: types.CallToolResult | None = None
+            if _queued(plan) and not _queued(answered):
+                # Queued while the call waited (confirmed here, approved during the poll):
+                # queued plans have a start-by time, and a timer that expired this one while
+                # the upstream call runs would refuse its outcome (a call made, no record).
+                # The server hands it over first, or says it expired (or a guard holds it).
+                plan = await self.api.send(
+                    "POST",
+                    f"/v1/mcp/plans/{plan['plan_id']}/start",
+                    body={"step_id": plan["steps"][0]["id"]},
+                )
             if _queued(plan):
                 plan, raw = await self._run_here(
                     plan, server, tool.name, arguments, flight, traceparent

@@ -146,6 +146,7 @@ class TestOpenApi:
             ("GET", "/v1/webhooks/dead-letters"),
             ("POST", "/v1/mcp/tools"),
             ("POST", "/v1/mcp/calls"),
+            ("POST", "/v1/mcp/plans/{plan_id}/start"),
             ("POST", "/v1/mcp/plans/{plan_id}/outcome"),
             ("GET", "/healthz"),
             ("GET", "/readyz"),
