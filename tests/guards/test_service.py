@@ -92,7 +92,7 @@ class TestAdmit:
         """2 plans at 09:00:10 and 1 at 09:01:20, 3 per 60 s: at 09:01:30 the denial says room
         again in 30 s and a new plan_id; a retry of its id stays denied, a new plan 29 s
         later is denied and one 30 s later runs. A plan that alone exceeds a per-action limit is
-        told to split."""
+        told to split. The event carries the wait as ``retry_after`` (null: split)."""
         w = World(url, rate_limits=(RateLimit(scope="agent", key="*", limit=3),))
         w.clock.advance(10)  # the clock starts at 09:00:00
         assert all(w.p.submit(w.plan()).status is PlanStatus.SUCCEEDED for _ in range(2))
@@ -102,6 +102,7 @@ class TestAdmit:
 
         manifest = {**w.plan(), "plan_id": "p-retry"}
         denied = w.p.submit(manifest)
+        [limited] = w.events("guard.rate_limited")
         w.clock.advance(30)
         retried = w.p.submit(manifest)
         w.clock.advance(-1)
@@ -110,8 +111,12 @@ class TestAdmit:
         later = w.p.submit(w.plan())
         w = World(url, rate_limits=(RateLimit(scope="action", key="*", limit=3),))
         whole = w.p.submit(w.plan(n=4))
+        [split] = [e for e in w.events("guard.rate_limited") if e["plan_id"] == whole.plan_id]
 
         assert denied.status is PlanStatus.DENIED
+        # The event says when as a number: seconds, or null when waiting never helps.
+        assert limited["plan_id"] == "p-retry" and limited["data"]["retry_after"] == 30
+        assert split["data"]["retry_after"] is None
         assert denied.decision["plan_reasons"] == [
             "rate limit: agent 'bot' used 3 of 3 per 60 s "
             "(room again in 30 s; retry with a new plan_id)"

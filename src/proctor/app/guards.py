@@ -331,6 +331,16 @@ class Guards(GuardsBudgets, GuardsAdmin):
         for rl, value, n, name in limits:
             used = tx.counter_sum(name, window_start(now, rl.per_seconds))[0]
             if used + n > rl.limit:
+                # The decision is kept per plan id (a retry of this one gets this denial
+                # again), so the reason says when to try again and that it takes a new id;
+                # the event says when as a number (``retry_after``, seconds), or null when
+                # waiting never helps (the plan alone exceeds the limit).
+                wait: int | None = None
+                if n > rl.limit:
+                    when = f"this plan alone needs {n}: split it"
+                else:
+                    wait = _room_in(tx, name, rl.limit - n, rl.per_seconds, now)
+                    when = f"room again in {wait} s; retry with a new plan_id"
                 emit(
                     E.GUARD_RATE_LIMITED,
                     plan=record,
@@ -340,15 +350,9 @@ class Guards(GuardsBudgets, GuardsAdmin):
                         "limit": rl.limit,
                         "per_seconds": rl.per_seconds,
                         "used": used,
+                        "retry_after": wait,
                     },
                 )
-                # The decision is kept per plan id (a retry of this one gets this denial
-                # again), so the reason says when to try again and that it takes a new id.
-                if n > rl.limit:
-                    when = f"this plan alone needs {n}: split it"
-                else:
-                    wait = _room_in(tx, name, rl.limit - n, rl.per_seconds, now)
-                    when = f"room again in {wait} s; retry with a new plan_id"
                 return (
                     f"rate limit: {rl.scope} {value!r} used {used} of {rl.limit} "
                     f"per {rl.per_seconds} s ({when})"
