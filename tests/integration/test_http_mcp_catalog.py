@@ -156,3 +156,37 @@ class TestTraceparent:
             if e.type in ("step.started", "step.succeeded", "plan.finished")
         ]
         assert [e["trace_id"] for e in recorded] == [trace_id] * 3
+
+
+@pytest.mark.parametrize("name", ["jos\u00e9", "\u0430lice", "", "bob smith", "-bob", "b" * 129])
+async def test_a_malformed_on_behalf_of_is_refused_as_plans_refuse_it(server: Server, name: str):
+    """A call for ``josé`` (or a Cyrillic a (U+0430), a space, 129 characters): 422 on the field
+    with the words and hint of ``POST /v1/plans`` (ASCII; the login or e-mail address), not
+    pydantic's "should match pattern"; no plan, no event."""
+    body = {
+        "agent_id": "desk",
+        "client": "test-client 1.0",
+        "on_behalf_of": name,
+        "server": "fs",
+        "tool": {"name": "move", "inputSchema": LOOSE},
+        "arguments": {"to": "anywhere"},
+    }
+    manifest = {
+        "actor": {"type": "agent", "name": "desk", "model_version": "m", "agent_id": "desk"},
+        "on_behalf_of": name,
+        "intent": "move a file",
+        "steps": [{"id": "s1", "action": "fs.move", "params": {}}],
+    }
+
+    call = await server.post("/v1/mcp/calls", body)
+    plan = await server.post("/v1/plans", manifest)
+
+    assert call.status_code == 422, call.text
+    assert call.json()["field"] == "on_behalf_of"
+    assert "ASCII" in call.json()["message"] and "e-mail address" in call.json()["hint"]
+    assert "pattern" not in call.json()["message"]
+    assert plan.status_code == 422, plan.text
+    assert {k: call.json()[k] for k in ("code", "message", "field", "hint")} == {
+        k: plan.json()[k] for k in ("code", "message", "field", "hint")
+    }
+    assert not [p for p in server.proctor.gateway.store.list_plans() if p.agent_id == "desk"]

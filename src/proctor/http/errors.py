@@ -20,8 +20,10 @@ from starlette.responses import Response
 
 # RateLimitedError lives in proctor.errors (the gateway raises it for step-up codes too);
 # it is still importable from here.
+from proctor.core.plans import PERSON_NAME_HINT, PERSON_NAME_RULE
 from proctor.errors import InvalidRequestError, ProctorError, RateLimitedError
 from proctor.http.body import parse_body
+from proctor.http.schemas import PERSON_PATTERN
 
 __all__ = [
     "STATUS",
@@ -114,6 +116,20 @@ async def _validation(request: Request, exc: Exception) -> Response:
             {"code": "invalid_request", "message": "the body is not valid JSON", "field": "body"},
         )
     field = _field(first.get("loc", ("body",)))
+    ctx = first.get("ctx")
+    if (
+        first.get("type") == "string_pattern_mismatch"
+        and isinstance(ctx, dict)
+        and ctx.get("pattern") == PERSON_PATTERN
+    ):
+        # A person's name (``on_behalf_of`` of /v1/mcp/calls): refused in the words and with
+        # the hint of the gateway's refusal (POST /v1/plans), not as a regular expression. A
+        # user named ``josé`` must learn that names are ASCII and to use a login or e-mail.
+        return error_response(
+            InvalidRequestError(
+                f"{field} must be {PERSON_NAME_RULE}", field=field, hint=PERSON_NAME_HINT
+            )
+        )
     message = f"{field}: {first.get('msg', 'invalid value')}"
     return _json(422, {"code": "invalid_request", "message": message, "field": field})
 
