@@ -204,7 +204,6 @@ SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 USER_KEY_VERSION = 9
 """The migration that adds ``plans.user_key``: a store migrating from below it backfills."""
-"""The schema version this code expects."""
 
 
 _POSTGRES = (
