@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from proctor.audit.events import UNSIGNED, KeyInfo, VerifyReport
 from proctor.audit.export import ExportManifest, export_log
 from proctor.audit.keys import KeyEntry, Keyring, LocalSigner, NoSigner
 from proctor.audit.note import vkey
-from proctor.audit.verify import verify_log
+from proctor.audit.verify import MAX_CLOCK_SKEW, verify_log
 from proctor.bootstrap import SystemClock, open_home, starter_catalog_path
 from proctor.config import WebhookSettings, home_from, load_catalog_file
 from proctor.core.assessment import Scores
@@ -417,13 +418,20 @@ class Proctor:
         return self.gateway.store.read_events(after=after, limit=limit, plan_id=plan_id)
 
     def verify(
-        self, *, check_signatures: bool = True, progress: Callable[[int], None] | None = None
+        self,
+        *,
+        check_signatures: bool = True,
+        progress: Callable[[int], None] | None = None,
+        max_clock_skew: timedelta = MAX_CLOCK_SKEW,
     ) -> VerifyReport:
         """Verify the whole audit log: events, chain, signatures, Merkle tree, checkpoints.
 
         Args:
-            check_signatures: Full mode (every Ed25519 signature); False is fast mode.
+            check_signatures: Full mode (every Ed25519 signature, key validity and time
+                order); False is fast mode.
             progress: Called with the number of events checked so far.
+            max_clock_skew: How far an event's timestamp may lie before the latest one
+                logged before it (full mode; see ``proctor.audit.verify.verify_log``).
         """
         store = self.gateway.store
         return verify_log(
@@ -433,6 +441,7 @@ class Proctor:
             origin=self.origin,
             full=check_signatures,
             progress=progress,
+            max_clock_skew=max_clock_skew,
         )
 
     def export(

@@ -18,6 +18,7 @@ import sqlite3
 import subprocess
 import sys
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -29,11 +30,11 @@ from proctor.audit.export import export_log, verify_export
 from proctor.audit.keys import Keyring, LocalSigner
 from proctor.audit.note import Checkpoint, sign_note
 from proctor.audit.verify import verify_log
-from proctor.bootstrap import init_home
+from proctor.bootstrap import SystemClock, init_home
 from proctor.core.canonical import canonical
 from proctor.demo.scenarios import run_all
 from proctor.storage import open_store
-from proctor.testing import make_plan
+from proctor.testing import FrozenClock, make_plan
 
 
 @dataclass(frozen=True)
@@ -212,12 +213,12 @@ class _Impostor:
         return {self.key_id: self._key.public_key}
 
 
-def _forged_next(last_line: bytes, signer) -> bytes:
+def _forged_next(last_line: bytes, signer, timestamp: str | None = None) -> bytes:
     """An event that chains onto ``last_line`` correctly, signed by ``signer``."""
     last = orjson.loads(last_line)
     body = {
         "type": "step.succeeded",
-        "timestamp": last["timestamp"],
+        "timestamp": timestamp or last["timestamp"],
         "plan_id": last["plan_id"],
         "step_id": None,
         "data": {"forged": True},
@@ -538,3 +539,178 @@ def test_canonical_edit_helper_keeps_json_canonical(built):
     line = (_segments(built.export)[0]).read_bytes().split(b"\n")[0]
     edited = _flip_event_id(line)
     assert edited != line and canonical(orjson.loads(edited)) == edited
+
+
+# ---------------------------------------------------------------------------- time order
+
+
+@dataclass(frozen=True)
+class Dated:
+    """An instance whose key was rotated an hour into its log, with the keys to forge with."""
+
+    home: Path
+    export: Path
+    n: int
+    rotated_at: datetime
+    retired: LocalSigner  # stolen before the rotation deleted its private key file
+    current: LocalSigner
+
+
+def _search(i: int):
+    return make_plan(
+        [("travel.search", {"destination": f"City {i}", "date": "2027-02-01"})],
+        agent_id="travel-bot",
+        intent=f"look for flights, round {i}",
+    )
+
+
+@pytest.fixture(scope="module")
+def dated(tmp_path_factory: pytest.TempPathFactory) -> Dated:
+    root = tmp_path_factory.mktemp("dated")
+    home = root / "home"
+    init_home(home)
+    clock = FrozenClock(SystemClock().now())  # not before the first key's created_at
+    p = Proctor.open(home, clock=clock)
+    try:
+        p.submit(_search(0))
+        clock.advance(timedelta(hours=1))
+        retired = Keyring(home / "keys").local_signer()
+        p.rotate_key()  # the retired key stays valid for the 5-minute grace
+        rotated_at = clock.now()
+    finally:
+        p.close()
+    clock.advance(timedelta(hours=1))
+    # Reopened: a running signer picks the new key up within a second of real time.
+    p = Proctor.open(home, clock=clock)
+    try:
+        p.submit(_search(1))
+        assert p.gateway.audit_log is not None
+        p.gateway.audit_log.checkpoint()
+        assert p.keyring is not None
+        export = root / "export"
+        export_log(
+            p.gateway.store,
+            keys=p.keyring.entries(),
+            origin=p.origin,
+            directory=export,
+            segment_size=10,
+        )
+        n = p.gateway.store.event_count()
+    finally:
+        p.close()
+    return Dated(
+        home=home,
+        export=export,
+        n=n,
+        rotated_at=rotated_at,
+        retired=retired,
+        current=Keyring(home / "keys").local_signer(),
+    )
+
+
+def _append_row(db: Path, seq: int, body: bytes) -> None:
+    """Append ``body`` to the events table, its columns and hash agreeing with it."""
+    event = json.loads(body)
+    _sql(
+        db,
+        (
+            "INSERT INTO events (seq, type, plan_id, step_id, ts, body, hash)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                seq,
+                event["type"],
+                event["plan_id"],
+                event["step_id"],
+                event["timestamp"],
+                body,
+                "sha256:" + hashlib.sha256(body).hexdigest(),
+            ),
+        ),
+    )
+
+
+class TestTimestampRegression:
+    """A retired key appending events dated inside its validity is caught by the time order."""
+
+    def test_the_dated_log_verifies(self, dated):
+        """The log and its export, in time order across the rotation, verify."""
+        assert _verdicts_export(dated.export) == _both(None, None)
+
+    def test_export_backdated_append_with_a_retired_key(self, dated, tmp_path):
+        """An event signed by the retired key, dated inside its grace, appended to the export.
+
+        Key and signature verify; the event is an hour older than the log's latest.
+        """
+        d = _export_copy(dated, tmp_path)
+        when = (dated.rotated_at + timedelta(minutes=4)).isoformat()
+        _edit_lines(d, lambda ls: [*ls, _forged_next(ls[-1], dated.retired, when)])
+
+        report = verify_export(d, full=True)
+
+        assert (report.problem, report.first_bad_seq) == ("timestamp_regression", dated.n)
+        assert when in report.detail
+        assert verify_export(d, full=False).ok  # fast mode checks no key validity or time
+
+    def test_database_backdated_append_with_a_retired_key(self, dated, tmp_path):
+        """The same forgery written into the live log's database is found at the same seq."""
+        home = tmp_path / "home"
+        shutil.copytree(dated.home, home)
+        db = home / "proctor.db"
+        when = (dated.rotated_at + timedelta(minutes=4)).isoformat()
+        _append_row(db, dated.n, _forged_next(_row(db, dated.n - 1)[5], dated.retired, when))
+
+        p = Proctor.open(home)
+        try:
+            report = p.verify()
+            allowed = p.verify(max_clock_skew=timedelta(hours=2))
+        finally:
+            p.close()
+
+        assert (report.problem, report.first_bad_seq) == ("timestamp_regression", dated.n)
+        assert allowed.ok  # two hours of allowed skew cover the forgery: the default matters
+
+    @pytest.mark.cli
+    def test_cli_reports_the_regression(self, dated, tmp_path, cli):
+        """`proctor audit verify` exits 1 with the reason; --max-clock-skew widens the allowance."""
+        home = tmp_path / "home"
+        shutil.copytree(dated.home, home)
+        db = home / "proctor.db"
+        when = (dated.rotated_at + timedelta(minutes=4)).isoformat()
+        _append_row(db, dated.n, _forged_next(_row(db, dated.n - 1)[5], dated.retired, when))
+
+        as_json = cli("audit", "verify", "--json", home=home)
+        text = cli("audit", "verify", home=home)
+        wide = cli("audit", "verify", "--max-clock-skew", "7200", "--json", home=home)
+
+        assert as_json.code == 1, str(as_json)
+        doc = as_json.json()
+        assert (doc["ok"], doc["problem"], doc["first_bad_seq"]) == (
+            False,
+            "timestamp_regression",
+            dated.n,
+        )
+        assert "clock skew of 300 s" in doc["detail"]
+        assert text.code == 1 and "timestamp_regression" in text.out, str(text)
+        assert wide.code == 0 and wide.json()["ok"], str(wide)
+
+    @pytest.mark.cli
+    def test_a_regression_within_the_skew_passes(self, dated, tmp_path, cli):
+        """Thirty seconds back passes by default; with --max-clock-skew 10 it fails."""
+        d = _export_copy(dated, tmp_path)
+        last = datetime.fromisoformat(
+            orjson.loads(_segments(d)[-1].read_bytes().splitlines()[-1])["timestamp"]
+        )
+        when = (last - timedelta(seconds=30)).isoformat()
+        _edit_lines(d, lambda ls: [*ls, _forged_next(ls[-1], dated.current, when)])
+
+        default = cli("audit", "verify", "--export", d, "--json")
+        strict = cli("audit", "verify", "--export", d, "--max-clock-skew", "10", "--json")
+        negative = cli("audit", "verify", "--export", d, "--max-clock-skew", "-1")
+
+        assert default.code == 0 and default.json()["events"] == dated.n + 1, str(default)
+        assert strict.code == 1, str(strict)
+        assert (strict.json()["problem"], strict.json()["first_bad_seq"]) == (
+            "timestamp_regression",
+            dated.n,
+        )
+        assert negative.code == 2, str(negative)

@@ -15,9 +15,13 @@ Verification walks the events in storage order and reports the first bad index a
 * ``unknown_key`` — its ``key_id`` is not a known key (or it was signed outside that key's
   validity);
 * ``modified`` — its bytes no longer hash to what the chain commits to (the next event's
-  ``prev_hash``, or the stored hash for the last one), or are not canonical;
+  ``prev_hash``, or the stored hash for the last one), or are not canonical, or its
+  ``timestamp`` is not an RFC 3339 time with an offset;
 * ``bad_signature`` — its bytes are the ones the chain commits to, but the signature does not
   verify: it was written by someone without the key, or with the wrong one.
+
+Each event is checked on its own against its key: that timestamps never go backwards across
+events (``timestamp_regression``) is checked by ``proctor.audit.verify.verify_log``.
 """
 
 from __future__ import annotations
@@ -206,14 +210,17 @@ def verify_events(
         info = keys.get(key_id) if isinstance(key_id, str) else None
         if info is None:
             return _bad(i, n, "unknown_key", f"key {key_id!r} is not in the keyring")
-        if not _within(info, body.get("timestamp")):
-            if _aware(body.get("timestamp")) is None:
-                return _bad(
-                    i,
-                    n,
-                    "modified",
-                    f"timestamp {body.get('timestamp')!r} is not an RFC 3339 time with an offset",
-                )
+        at = _aware(body.get("timestamp"))
+        if at is None:
+            # Whatever the key: an event that cannot be placed in time can be checked
+            # neither against a validity period nor against the log's time order.
+            return _bad(
+                i,
+                n,
+                "modified",
+                f"timestamp {body.get('timestamp')!r} is not an RFC 3339 time with an offset",
+            )
+        if not _within(info, at):
             return _bad(
                 i, n, "unknown_key", f"key {key_id} was not valid at {body.get('timestamp')}"
             )
@@ -266,10 +273,10 @@ def _aware(ts: Any) -> datetime | None:
     return at if at.tzinfo is not None else None
 
 
-def _within(info: KeyInfo, ts: Any) -> bool:
+def _within(info: KeyInfo, at: datetime | None) -> bool:
+    """Whether a key may sign at ``at`` (an aware time, or None when it has none)."""
     if info.not_before is None and info.not_after is None:
         return True
-    at = _aware(ts)
     if at is None:
         return False
     if info.not_before is not None and at < info.not_before:

@@ -22,14 +22,14 @@ import os
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from proctor.audit.events import KeyInfo, VerifyReport
 from proctor.audit.keys import KeyEntry
 from proctor.audit.note import parse_vkey, vkey
-from proctor.audit.verify import Problem, verify_problems
+from proctor.audit.verify import MAX_CLOCK_SKEW, Problem, verify_problems
 from proctor.core.ports import Store
 from proctor.errors import InvalidRequestError, StorageError
 
@@ -457,6 +457,7 @@ def verify_export(
     progress: Callable[[int], None] | None = None,
     workers: int | None = None,
     pinned: Sequence[str] = (),
+    max_clock_skew: timedelta = MAX_CLOCK_SKEW,
 ) -> VerifyReport:
     """Verify an export directory with nothing but its own files (see ``verify_log``).
 
@@ -477,12 +478,15 @@ def verify_export(
         workers: Processes for signature checks (see ``verify_log``).
         pinned: Checkpoint notes kept from earlier, which the export must still hold (see
             ``verify_log``).
+        max_clock_skew: How far back an event's timestamp may go in full mode (see
+            ``verify_log``).
 
     Returns:
         The report.
 
     Raises:
-        InvalidRequestError: keys.json is malformed; ``field`` names the part at fault.
+        InvalidRequestError: keys.json is malformed, or ``max_clock_skew`` is negative;
+            ``field`` names the part at fault.
     """
     try:
         doc = _manifest(directory)
@@ -513,6 +517,7 @@ def verify_export(
         workers=workers,
         extra=bundle.problems,
         pinned=pinned,
+        max_clock_skew=max_clock_skew,
     )
     if not bundle.remarks:
         return report

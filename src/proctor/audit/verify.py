@@ -7,13 +7,19 @@ order with its index (``VerifyReport.first_bad_seq``) and kind.
 Full mode (``full=True``) checks, for every event: it is a JSON object in RFC 8785 canonical
 form with ``seq`` equal to its position; ``prev_hash`` is the SHA-256 of the previous event
 (``GENESIS`` for the first) and its own hash is what the next event (or, for the last event of
-a store, the stored hash) commits to; its ``key_id`` is a known key valid at its timestamp;
-its signature verifies (Ed25519; ECDSA P-256 for ``ecdsa-p256:`` key ids). The verdict on
-the events is that of ``proctor.audit.events.verify_events``, which this module falls back to
-for the exact kind when anything is off, refined as said at the end. On two or more cores
-and from 20,000 events on, events are checked in forked worker processes (``workers``) while
-this process checks the chain and builds the tree; a process running other threads (a
-server) checks them itself.
+a store, the stored hash) commits to; its ``timestamp`` is an RFC 3339 time with an offset;
+its ``key_id`` is a known key valid at that time; its signature verifies (Ed25519; ECDSA
+P-256 for ``ecdsa-p256:`` key ids). The verdict on the events is that of
+``proctor.audit.events.verify_events``, which this module falls back to for the exact kind
+when anything is off, refined as said at the end. On two or more cores and from 20,000 events
+on, events are checked in forked worker processes (``workers``) while this process checks the
+chain and builds the tree; a process running other threads (a server) checks them itself.
+
+Full mode also checks that time never goes back further than ``max_clock_skew`` (default
+``MAX_CLOCK_SKEW``, 5 minutes): the first event whose timestamp is earlier than the latest
+timestamp of the events before it by more than that is ``timestamp_regression`` at its index.
+Without it, a retired key (stolen before its private key file was deleted) and write access
+to the store could append events dated inside the key's validity period, which verify.
 
 Fast mode (``full=False``) parses no JSON and verifies no per-event signature. For every
 event it finds, with ``bytes.rfind`` on the stored bytes, the last ``"seq":``, the last
@@ -24,13 +30,13 @@ event it finds, with ``bytes.rfind`` on the stored bytes, the last ``"seq":``, t
   for store rows, also that each event's bytes hash to the hash stored beside them;
 * ``key_id`` names a key of ``keys`` (validity periods are not checked).
 
-It does not check the canonical form, JSON well-formedness, key validity periods or
-signatures. On any anomaly it falls back to ``verify_events(check_signatures=False)`` for the
-exact kind and index. Events covered by a signed checkpoint are nonetheless authenticated in
-fast mode: the Merkle tree is rebuilt from their exact bytes and must have the checkpoint's
-root, and the checkpoint's signature is verified. Events after the last checkpoint are only
-chained, not authenticated. When a signed checkpoint disagrees with events that chain
-correctly, fast mode re-runs in full mode to locate the first bad event.
+It does not check the canonical form, JSON well-formedness, key validity periods, the time
+order or signatures. On any anomaly it falls back to ``verify_events(check_signatures=False)``
+for the exact kind and index. Events covered by a signed checkpoint are nonetheless
+authenticated in fast mode: the Merkle tree is rebuilt from their exact bytes and must have
+the checkpoint's root, and the checkpoint's signature is verified. Events after the last
+checkpoint are only chained, not authenticated. When a signed checkpoint disagrees with
+events that chain correctly, fast mode re-runs in full mode to locate the first bad event.
 
 Both modes then rebuild the RFC 9162 tree from the leaf hashes and check every checkpoint
 note (C2SP signed note, key name = ``origin``, any key of ``keys``):
@@ -54,28 +60,32 @@ signs them, so one that differs from the event's member is ``modified`` at that 
 any problem with the bytes at the same index). An export has no columns.
 
 Event problems are those of ``verify_events`` (``modified``, ``deleted``, ``inserted``,
-``reordered``, ``unknown_key``, ``bad_signature``) with one refinement: an event whose
-signature fails and whose position is covered by a signed checkpoint that disagrees with the
-events (the smallest checkpoint covering it) is reported ``modified`` — the log committed to
-other bytes. ``bad_signature`` remains for events no such checkpoint covers, such as a forged
-event appended after the last checkpoint. When an event problem and a checkpoint problem have
-the same index, the event problem is reported.
+``reordered``, ``unknown_key``, ``bad_signature``), and ``timestamp_regression``, with one
+refinement: an event whose signature fails and whose position is covered by a signed
+checkpoint that disagrees with the events (the smallest checkpoint covering it) is reported
+``modified`` — the log committed to other bytes. ``bad_signature`` remains for events no such
+checkpoint covers, such as a forged event appended after the last checkpoint. When an event
+problem and a checkpoint problem have the same index, the event problem is reported (and of
+two at one index, the event's own before ``timestamp_regression``).
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import math
 import multiprocessing
 import os
 import re
 import threading
+from array import array
 from binascii import hexlify
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from typing import Any
+from datetime import timedelta
+from typing import Any, TypeAlias
 
 import nacl.exceptions
 import nacl.signing
@@ -86,6 +96,7 @@ from proctor.audit.events import (
     UNSIGNED,
     KeyInfo,
     VerifyReport,
+    _aware,
     _canonical_or_none,
     _signature_ok,
     _within,
@@ -97,10 +108,24 @@ from proctor.core.canonical import canonical
 from proctor.core.ports import EventRow
 from proctor.errors import AuditIntegrityError, InvalidRequestError
 
-__all__ = ["PARALLEL_THRESHOLD", "verify_log"]
+__all__ = ["MAX_CLOCK_SKEW", "PARALLEL_THRESHOLD", "verify_log"]
 
 PARALLEL_THRESHOLD = 20_000
 """Full verification of fewer events stays in this process (a pool costs ~0.1-0.3 s)."""
+
+MAX_CLOCK_SKEW = timedelta(minutes=5)
+"""How far an event's timestamp may lie before the latest one logged before it (full mode).
+
+Legitimately, a little: each process stamps an event when it builds it, from its own clock,
+and gets its ``seq`` later, when its transaction takes the log's lock (``Journal.flush``). So
+an event can follow one stamped after it by the time its transaction waited for that lock,
+plus, with several PostgreSQL replicas, the difference between their clocks. A regression
+beyond the allowance is reported, never repaired (the log is append-only): every later
+verification would fail too. Five minutes is far above lock waits and NTP-synchronised
+clocks, and equal to ``proctor.audit.keys.ROTATION_GRACE``: a retired key, valid until five
+minutes after its rotation, can add nothing to the end of a log whose latest event is more
+than ten minutes after that rotation.
+"""
 
 _CHUNK = 8192  # events per progress report of the fast scan, and most per worker task.
 _STEP = 1000  # events per progress report of a full check in this process.
@@ -109,7 +134,11 @@ _PREV = b'"prev_hash":"sha256:'
 _KEY = b'"key_id":"'
 _SIG_PREFIX = "\N{EM DASH} "
 _DECIMAL = re.compile(r"0|[1-9][0-9]*")
+_NAN = math.nan  # the time of an event that has none: compares false with every time
 _sha256 = hashlib.sha256
+
+# What ``check_chunk`` returns: (first anomaly, first bad signature, POSIX times).
+_Checked: TypeAlias = "tuple[int | None, int | None, array[float]]"
 
 
 # ---------------------------------------------------------------------------- problems
@@ -299,6 +328,48 @@ def _column_problem(rows: Sequence[EventRow]) -> Problem | None:
     return None
 
 
+# ---------------------------------------------------------------------------- time order
+
+
+def _time_problem(
+    times: Sequence[float], bodies: Sequence[bytes], skew: timedelta
+) -> Problem | None:
+    """Return the first event stamped more than ``skew`` before the latest event before it.
+
+    A retired key still verifies inside its validity period; this is what stops it from
+    adding events at the end of a log that has moved on (see ``MAX_CLOCK_SKEW``). ``times``
+    come from the full check's workers, which parse every timestamp for the key validity
+    anyway: here it costs one float comparison per event in order (two while time moves
+    forward). An event without a time (NaN) compares false both ways and is reported by the
+    event checks.
+    """
+    allowed = skew.total_seconds()
+    latest, latest_at = -math.inf, -1
+    floor = -math.inf  # latest - allowed: anything below went back too far
+    for i, t in enumerate(times):
+        if t >= latest:
+            latest, latest_at, floor = t, i, t - allowed
+        elif t < floor:
+            ts, before = _timestamp_of(bodies[i]), _timestamp_of(bodies[latest_at])
+            return Problem(
+                i,
+                0,
+                "timestamp_regression",
+                f"timestamp {ts} is {_seconds(latest - t)} s before {before} (seq"
+                f" {latest_at}), more than the allowed clock skew of {_seconds(allowed)} s",
+            )
+    return None
+
+
+def _timestamp_of(body: bytes) -> str:
+    record = orjson.loads(body)  # it parsed in a worker already: it is a JSON object
+    return str(record.get("timestamp"))
+
+
+def _seconds(x: float) -> str:
+    return f"{x:.6f}".rstrip("0").rstrip(".")
+
+
 # ---------------------------------------------------------------------------- full checks
 
 
@@ -331,55 +402,60 @@ def _extracted(body: bytes) -> tuple[bytes, bytes, bytes]:
     return body[p + 6 : e], body[q + 13 : q + 84], body[k + 10 : ke]
 
 
-def check_chunk(
-    start: int, bodies: Sequence[bytes], keys: Mapping[str, KeyInfo]
-) -> tuple[int | None, int | None]:
-    """Check each event on its own (a worker task); return (first anomaly, first bad signature).
+def check_chunk(start: int, bodies: Sequence[bytes], keys: Mapping[str, KeyInfo]) -> _Checked:
+    """Check each event on its own (a worker task); return (anomaly, bad signature, times).
 
     Per event: a JSON object with an integer ``seq``; ``_chain`` would read the same ``seq``,
-    ``prev_hash`` and ``key_id`` as the parsed object holds; canonical form; known key valid
-    at the timestamp; Ed25519 signature. An anomaly is any failure; the bad-signature index
-    is the first event whose signature cannot be verified, whatever else is wrong with it.
-    Chain links between events are checked by the caller.
+    ``prev_hash`` and ``key_id`` as the parsed object holds; canonical form; a timestamp with
+    an offset; known key valid at it; Ed25519 signature. An anomaly is any failure; the
+    bad-signature index is the first event whose signature cannot be verified, whatever else
+    is wrong with it. Chain links between events, and their time order, are checked by the
+    caller: ``times`` holds each event's POSIX time (NaN where it has none), up to and
+    including the first bad signature.
     """
     anomaly: int | None = None
     bad_sig: int | None = None
     cache: dict[str, Any] = {}
+    times = array("d")
     for j, body in enumerate(bodies):
-        ok, sig_ok = _check_one(body, keys, cache)
+        ok, sig_ok, stamp = _check_one(body, keys, cache)
+        times.append(stamp)
         if not ok and anomaly is None:
             anomaly = start + j
         if not sig_ok:
             bad_sig = start + j
             break  # any later failure does not matter: this one comes first.
-    return anomaly, bad_sig
+    return anomaly, bad_sig, times
 
 
 def _check_one(
     body: bytes, keys: Mapping[str, KeyInfo], cache: dict[str, Any]
-) -> tuple[bool, bool]:
-    """Return (everything fine, signature fine) for one event."""
+) -> tuple[bool, bool, float]:
+    """Return (everything fine, signature fine, POSIX time or NaN) for one event."""
     try:
         record = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return False, False
+        return False, False, _NAN
     if not isinstance(record, dict):
-        return False, False
+        return False, False, _NAN
     seq, prev, key_id = record.get("seq"), record.get("prev_hash"), record.get("key_id")
     if not isinstance(key_id, str) or (info := keys.get(key_id)) is None:
-        return False, False
+        return False, False, _NAN
     ok = type(seq) is int and isinstance(prev, str)
     if ok:
         s, ph, kid = _extracted(body)
         ok = s == str(seq).encode() and ph == str(prev).encode() and kid == key_id.encode()
-    ok = ok and _canonical_or_none(record) == body and _within(info, record.get("timestamp"))
+    # Parsed once, for the key's validity here and for the log's time order in the caller.
+    at = _aware(record.get("timestamp"))
+    stamp = at.timestamp() if at is not None else _NAN
+    ok = ok and at is not None and _canonical_or_none(record) == body and _within(info, at)
     sig_b64 = record.get("signature")
     if not isinstance(sig_b64, str):
-        return False, False
+        return False, False, stamp
     if key_id.startswith("ecdsa-p256:") or key_id == UNSIGNED:
         # ECDSA-signed events (a KMS without EdDSA), or an unsigned log's (its own keyring
         # lists UNSIGNED): exactly verify_events' check.
-        return ok, _signature_ok(record, info, key_id, cache)
+        return ok, _signature_ok(record, info, key_id, cache), stamp
     try:
         sig = base64.b64decode(sig_b64, validate=True)
         vk = cache.get(key_id)
@@ -393,8 +469,8 @@ def _check_one(
         orjson.JSONEncodeError,
         InvalidRequestError,  # ``canonical`` of a value JCS cannot write (a tampered event)
     ):
-        return False, False
-    return ok, True
+        return False, False, stamp
+    return ok, True, stamp
 
 
 def _can_fork() -> bool:
@@ -413,10 +489,13 @@ def _full(
     keys: Mapping[str, KeyInfo],
     progress: Callable[[int], None] | None,
     workers: int,
-) -> tuple[list[bytes], int | None, int | None]:
-    """Return (leaf hashes, first anomaly, first bad signature) over all events."""
+) -> tuple[list[bytes], int | None, int | None, array[float]]:
+    """Return (leaf hashes, first anomaly, first bad signature, times) over all events.
+
+    ``times`` are the events' POSIX times in log order, up to the first bad signature.
+    """
     n = len(bodies)
-    results: list[tuple[int | None, int | None]] = []
+    results: list[_Checked] = []
     leaves: list[bytes] | None = None
     anomaly: int | None = None
     if workers > 1 and n and _can_fork():
@@ -431,11 +510,16 @@ def _full(
             results.append(check_chunk(s, bodies[s : s + _STEP], keys))
             if progress is not None:
                 progress(min(s + _STEP, n))
-    anomalies = [a for a, _ in results if a is not None]
-    bad_sigs = [b for _, b in results if b is not None]
+    anomalies = [a for a, _, _ in results if a is not None]
+    bad_sigs = [b for _, b, _ in results if b is not None]
     if anomaly is not None:
         anomalies.append(anomaly)
-    return leaves, min(anomalies, default=None), min(bad_sigs, default=None)
+    times = array("d")
+    for _, bad, chunk_times in results:
+        times += chunk_times
+        if bad is not None:
+            break  # a task stops at its first bad signature: later times would be misplaced
+    return leaves, min(anomalies, default=None), min(bad_sigs, default=None), times
 
 
 def _in_pool(
@@ -444,17 +528,17 @@ def _in_pool(
     keys: Mapping[str, KeyInfo],
     progress: Callable[[int], None] | None,
     workers: int,
-) -> tuple[list[bytes], int | None, list[tuple[int | None, int | None]]]:
+) -> tuple[list[bytes], int | None, list[_Checked]]:
     n = len(bodies)
     # Several tasks per worker balance the load; each reports its own first failures, and
     # the smallest index over all tasks is the first in the log.
     step = max(1, min(_CHUNK, -(-n // (workers * 4))))
-    results: list[tuple[int | None, int | None]] = []
+    results: list[_Checked] = []
     with ProcessPoolExecutor(
         max_workers=workers, mp_context=multiprocessing.get_context("fork")
     ) as pool:
         plain = dict(keys)
-        futures: list[Future[tuple[int | None, int | None]]] = [
+        futures: list[Future[_Checked]] = [
             pool.submit(check_chunk, s, list(bodies[s : s + step]), plain)
             for s in range(0, n, step)
         ]
@@ -728,6 +812,7 @@ def verify_log(
     progress: Callable[[int], None] | None = None,
     workers: int | None = None,
     pinned: Sequence[str] = (),
+    max_clock_skew: timedelta = MAX_CLOCK_SKEW,
 ) -> VerifyReport:
     """Verify an audit log: events, Merkle tree and signed checkpoints (see module doc).
 
@@ -749,14 +834,18 @@ def verify_log(
             is ``inconsistent_checkpoints``; a note that does not verify is
             ``bad_checkpoint`` or ``unknown_key``. Unlike the store's checkpoints, these
             cannot be deleted along with the events they cover.
+        max_clock_skew: In full mode, how far an event's timestamp may lie before the latest
+            timestamp of the events before it; the first event further back is
+            ``timestamp_regression``. Default ``MAX_CLOCK_SKEW`` (5 minutes).
 
     Returns:
         ``ok`` with the number of events, or the first problem in log order.
 
     Raises:
-        InvalidRequestError: ``events`` mixes rows and bytes, or ``origin`` is not a valid
-            key name. (A key of the wrong length is not an error: what it should verify is
-            reported as ``bad_signature`` or, for checkpoints, ``unknown_key``.)
+        InvalidRequestError: ``events`` mixes rows and bytes, ``origin`` is not a valid
+            key name, or ``max_clock_skew`` is negative. (A key of the wrong length is not an
+            error: what it should verify is reported as ``bad_signature`` or, for
+            checkpoints, ``unknown_key``.)
     """
     return verify_problems(
         events,
@@ -767,6 +856,7 @@ def verify_log(
         progress=progress,
         workers=workers,
         pinned=pinned,
+        max_clock_skew=max_clock_skew,
     )
 
 
@@ -781,14 +871,21 @@ def verify_problems(
     workers: int | None = None,
     extra: Sequence[Problem] = (),
     pinned: Sequence[str] = (),
+    max_clock_skew: timedelta = MAX_CLOCK_SKEW,
 ) -> VerifyReport:
     """``verify_log`` with ``extra`` findings (from a bundle's files) ranked in (internal)."""
+    if max_clock_skew < timedelta(0):
+        raise InvalidRequestError(
+            f"max_clock_skew must not be negative, got {max_clock_skew}", field="max_clock_skew"
+        )
     bodies, hashes, rows = _normalise(events)
     n = len(bodies)
     if workers is None:
         workers = min(2, os.cpu_count() or 1) if n >= PARALLEL_THRESHOLD else 1
+    time_problem: Problem | None = None
     if full:
-        leaves, anomaly, bad_sig = _full(bodies, hashes, keys, progress, workers)
+        leaves, anomaly, bad_sig, times = _full(bodies, hashes, keys, progress, workers)
+        time_problem = _time_problem(times, bodies, max_clock_skew)
     else:
         leaves, anomaly = _scan(bodies, hashes, keys, progress)
         bad_sig = None
@@ -797,9 +894,8 @@ def verify_problems(
         if anomaly is not None or bad_sig is not None
         else None
     )
-    if rows is not None:
-        # After the event checks: at one index, what is wrong with the bytes comes first.
-        event = _first([event, _column_problem(rows)])
+    # After the event checks: at one index, what is wrong with the bytes comes first.
+    event = _first([event, _column_problem(rows) if rows is not None else None, time_problem])
     tree = build_tree(leaves)
     found = _check_checkpoints(checkpoints, keys, origin, tree)
     pinned_problems, pinned_mismatched = _check_pinned(pinned, keys, origin, tree)
@@ -821,6 +917,7 @@ def verify_problems(
             workers=workers,
             extra=extra,
             pinned=pinned,
+            max_clock_skew=max_clock_skew,
         )
     if event is not None and event.kind == "bad_signature" and event.index is not None:
         covering = [t.size for t in found.trusted if event.index < t.size <= n]

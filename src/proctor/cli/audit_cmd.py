@@ -19,6 +19,7 @@ import base64
 import json
 import sys
 import tempfile
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -28,7 +29,7 @@ from rich.table import Table
 
 from proctor._library import Proctor
 from proctor.audit.export import verify_export
-from proctor.audit.verify import verify_log
+from proctor.audit.verify import MAX_CLOCK_SKEW, verify_log
 from proctor.bootstrap import open_log_view
 from proctor.cli.commands import (
     Home,
@@ -87,17 +88,29 @@ def audit_verify(
             " it. Repeatable.",
         ),
     ] = None,
+    max_clock_skew: Annotated[
+        float,
+        typer.Option(
+            "--max-clock-skew",
+            metavar="SECONDS",
+            min=0,
+            help="How many seconds an event's timestamp may lie before the latest one logged"
+            " before it (replicas' clocks differ a little); further back is"
+            " timestamp_regression. Full mode only.",
+        ),
+    ] = MAX_CLOCK_SKEW.total_seconds(),
     as_json: Json = False,
     verbose: Verbose = False,
 ) -> int:
     """Verify the audit log: canonical form, chain, signatures, Merkle tree, checkpoints.
 
     Exits 1 with the first bad seq and the kind of problem: modified, deleted, inserted,
-    reordered, truncated, bad_signature, unknown_key, bad_checkpoint or
-    inconsistent_checkpoints. Events after the last checkpoint you kept (--checkpoint) can
+    reordered, timestamp_regression, truncated, bad_signature, unknown_key, bad_checkpoint
+    or inconsistent_checkpoints. Events after the last checkpoint you kept (--checkpoint) can
     be cut without a trace by whoever controls the store: keep one regularly.
     """
     pinned = [_read_note(path) for path in checkpoint or ()]
+    skew = timedelta(seconds=max_clock_skew)
     with Progress(console=err_console, transient=True, disable=as_json) as bar:
         task = bar.add_task("verifying", total=None)
 
@@ -109,7 +122,9 @@ def audit_verify(
                 raise InvalidRequestError(
                     f"{export} is not an export (no manifest.json)", field="export"
                 )
-            report = verify_export(export, full=not fast, progress=progress, pinned=pinned)
+            report = verify_export(
+                export, full=not fast, progress=progress, pinned=pinned, max_clock_skew=skew
+            )
         else:
             # Opened without the start-up checks of the Merkle tree, which refuse a tampered
             # log: the verifier must open it to say where and how it was tampered with.
@@ -125,6 +140,7 @@ def audit_verify(
                     full=not fast,
                     progress=progress,
                     pinned=pinned,
+                    max_clock_skew=skew,
                 )
             finally:
                 view.store.close()

@@ -6,7 +6,7 @@ import base64
 import dataclasses
 import hashlib
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import ClassVar
 
 import orjson
@@ -440,3 +440,119 @@ class TestMalformedEvents:
 
         assert _both(rows, NOTES) == ("modified", 8)
         assert _both([r.body for r in rows], NOTES) == ("modified", 8)
+
+    def test_a_naive_timestamp_is_modified_whatever_the_key(self):
+        """A key without validity period cannot excuse a timestamp that has no place in time."""
+        body = orjson.loads(ROWS[-1].body)
+        body["timestamp"] = "2026-01-01T00:00:19"
+        raw = canonical(body)
+        rows = [*ROWS[:-1], dataclasses.replace(ROWS[-1], body=raw, hash=_sha(raw))]
+
+        report = _verify(rows, NOTES[:2])
+
+        assert (report.problem, report.first_bad_seq) == ("modified", 19)
+        assert "offset" in report.detail
+
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+RETIRED = LocalSigner(b"\x03" * 32)
+CURRENT = LocalSigner(b"\x04" * 32)
+ROTATED = {
+    # RETIRED signed for the first hour and a five-minute grace; CURRENT since the rotation.
+    RETIRED.key_id: KeyInfo(RETIRED.public_key, T0, T0 + timedelta(hours=1, minutes=5)),
+    CURRENT.key_id: KeyInfo(CURRENT.public_key, T0 + timedelta(hours=1)),
+}
+
+
+def _dated(stamps, *, rows=(), signer=None):
+    """Chain events stamped ``stamps`` (seconds after T0) onto ``rows``.
+
+    Each is signed by ``signer``, else by the key of its time (RETIRED before the rotation at
+    T0 + 1 h, CURRENT after).
+    """
+    out, prev = list(rows), rows[-1].hash if rows else GENESIS
+    for s in stamps:
+        at = T0 + timedelta(seconds=s)
+        by = signer or (RETIRED if s < 3600 else CURRENT)
+        body = _body(len(out)) | {"timestamp": at.isoformat()}
+        row = seal(body, seq=len(out), prev_hash=prev, signer=by)
+        out.append(row)
+        prev = row.hash
+    return out
+
+
+# Events every ten minutes for two hours, across the rotation at one hour.
+DATED = _dated(range(0, 7201, 600))
+
+
+class TestTimeOrder:
+    """Time never goes back further than the allowed clock skew (full mode)."""
+
+    def test_a_log_in_time_order_verifies(self):
+        """The rotated log, its timestamps in order, verifies in both modes."""
+        assert _both(DATED, [_note(DATED, len(DATED), signer=CURRENT)], ROTATED) == (None, None)
+
+    def test_a_retired_key_appending_inside_its_validity_is_a_regression(self):
+        """A stolen retired key signs an event dated inside its validity, appended at the end.
+
+        Its signature and validity are fine: only the time order shows the forgery.
+        """
+        rows = _dated([3600 + 240], rows=DATED, signer=RETIRED)  # 1 h 04 min, log at 2 h
+        n = len(DATED)
+
+        for events in (rows, [r.body for r in rows]):
+            report = _verify(events, [], ROTATED)
+            assert (report.problem, report.first_bad_seq) == ("timestamp_regression", n)
+            assert report.as_dict()["problem"] == "timestamp_regression"
+        assert (T0 + timedelta(seconds=3840)).isoformat() in report.detail
+        assert f"(seq {n - 1})" in report.detail
+        # Fast mode checks neither key validity nor time order.
+        assert _verify(rows, [], ROTATED, full=False).ok
+
+    def test_a_regression_within_the_skew_passes(self):
+        """Thirty seconds back (replicas' clocks differ a little) is within the default."""
+        rows = _dated([7200 - 30, 7200 + 60], rows=DATED)
+
+        assert _verify(rows, [], ROTATED).ok
+
+    def test_the_skew_is_a_parameter(self):
+        """The same thirty seconds fail with a ten-second allowance; exactly the skew passes."""
+        rows = _dated([7200 - 30], rows=DATED)
+        n = len(DATED)
+
+        report = _verify(rows, [], ROTATED, max_clock_skew=timedelta(seconds=10))
+        assert (report.problem, report.first_bad_seq) == ("timestamp_regression", n)
+        assert "30 s before" in report.detail and "skew of 10 s" in report.detail
+        assert _verify(rows, [], ROTATED, max_clock_skew=timedelta(seconds=30)).ok
+        with pytest.raises(InvalidRequestError) as err:
+            _verify(rows, [], ROTATED, max_clock_skew=timedelta(seconds=-1))
+        assert err.value.field == "max_clock_skew"
+
+    def test_measured_from_the_latest_time_not_the_previous_event(self):
+        """After a small step back, the next is compared with the latest time, not its neighbour."""
+        rows = _dated([7200 - 200, 7200 - 400], rows=DATED)  # each 200 s before the last
+
+        report = _verify(rows, [], ROTATED, max_clock_skew=timedelta(seconds=300))
+
+        assert (report.problem, report.first_bad_seq) == ("timestamp_regression", len(DATED) + 1)
+
+    def test_first_problem_in_log_order_with_workers(self):
+        """Checked in worker processes, the first problem in log order is still reported."""
+        impostor = _Impostor(CURRENT.key_id, OTHER)
+        n = len(DATED)
+        regression_first = _dated([7260], rows=_dated([60], rows=DATED), signer=impostor)
+        signature_first = _dated([60], rows=_dated([7260], rows=DATED, signer=impostor))
+
+        for workers in (1, 2):
+            r = _verify(regression_first, [], ROTATED, workers=workers)
+            assert (r.problem, r.first_bad_seq) == ("timestamp_regression", n)
+            r = _verify(signature_first, [], ROTATED, workers=workers)
+            assert (r.problem, r.first_bad_seq) == ("bad_signature", n)
+
+    def test_an_event_problem_at_the_same_seq_comes_first(self):
+        """A backdated event with a key outside its validity is unknown_key, as before."""
+        rows = _dated([1800], rows=DATED, signer=CURRENT)  # CURRENT is valid from 1 h
+
+        report = _verify(rows, [], ROTATED)
+
+        assert (report.problem, report.first_bad_seq) == ("unknown_key", len(DATED))
