@@ -706,6 +706,8 @@ class TestTimestampRegression:
         default = cli("audit", "verify", "--export", d, "--json")
         strict = cli("audit", "verify", "--export", d, "--max-clock-skew", "10", "--json")
         negative = cli("audit", "verify", "--export", d, "--max-clock-skew", "-1")
+        # Not numbers of seconds: a usage error, not a traceback (nan passed the range check).
+        odd = [cli("audit", "verify", "--export", d, "--max-clock-skew", v) for v in ("nan", "inf")]
 
         assert default.code == 0 and default.json()["events"] == dated.n + 1, str(default)
         assert strict.code == 1, str(strict)
@@ -714,3 +716,5 @@ class TestTimestampRegression:
             dated.n,
         )
         assert negative.code == 2, str(negative)
+        assert [r.code for r in odd] == [2, 2], [str(r) for r in odd]
+        assert all("Traceback" not in r.err for r in odd)

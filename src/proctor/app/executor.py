@@ -729,7 +729,10 @@ class Executor(Recovery, Background):
             data: dict[str, Any] = {"result_hash": self.gw.hash_payload(spec, {"r": out.result})}
             if spec.category not in _UNLOGGED_RESULTS:
                 data["result"] = out.result
-            cost = spec.amount(step.params)
+            try:
+                cost = spec.amount(step.params)
+            except InvalidRequestError:  # a plan decided before the catalog refused its amount
+                cost = 0  # (a negative one): the step ran, its outcome is recorded all the same
             if isinstance(out.result, dict) and type(out.result.get("cost")) is int:
                 cost = out.result["cost"]  # what the tool says it really cost
             if cost:

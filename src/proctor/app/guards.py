@@ -79,6 +79,7 @@ from proctor.core.guards import (
 )
 from proctor.core.lifecycle import PlanRecord, PlanStatus, StepRecord, StepStatus
 from proctor.core.ports import Clock, Store, Transaction
+from proctor.errors import InvalidRequestError
 
 if TYPE_CHECKING:
     from proctor.app.gateway import Gateway
@@ -549,9 +550,19 @@ class Guards(GuardsBudgets, GuardsAdmin):
         return self._hard_stop(emit, record, agent, actions, state, then="wait")
 
     def _amount(self, step: StepRecord) -> int:
-        """A step's amount as its action's spec computes it (0 for an unknown action)."""
+        """A step's amount as its action's spec computes it (0 for an unknown action).
+
+        0 too for params the catalog no longer reads an amount from (a negative amount of a
+        plan decided before negatives were refused): the step ran, and its outcome must be
+        recorded all the same.
+        """
         spec = self.catalog.get(step.action)
-        return spec.amount(step.params) if spec is not None else 0
+        if spec is None:
+            return 0
+        try:
+            return spec.amount(step.params)
+        except InvalidRequestError:
+            return 0
 
     def _store_breaker(
         self,

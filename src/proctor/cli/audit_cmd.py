@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import sys
 import tempfile
 from datetime import timedelta
@@ -109,6 +110,8 @@ def audit_verify(
     or inconsistent_checkpoints. Events after the last checkpoint you kept (--checkpoint) can
     be cut without a trace by whoever controls the store: keep one regularly.
     """
+    if not math.isfinite(max_clock_skew):  # FloatRange lets nan and inf through
+        raise typer.BadParameter("must be a number of seconds", param_hint="--max-clock-skew")
     pinned = [_read_note(path) for path in checkpoint or ()]
     skew = timedelta(seconds=max_clock_skew)
     with Progress(console=err_console, transient=True, disable=as_json) as bar:

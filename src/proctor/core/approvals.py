@@ -52,6 +52,7 @@ __all__ = [
     "quorum_requirements",
     "step_quorums",
     "tally",
+    "user_key",
 ]
 
 
@@ -95,15 +96,28 @@ def is_requester(plan: PlanRecord, principal: str) -> bool:
     return person_key(principal) == person_key(plan.agent_id)
 
 
-def is_user(plan: PlanRecord, principal: str) -> bool:
-    """Return whether ``principal`` is the user on whose behalf ``plan`` acts (by ``person_key``).
+def user_key(name: str) -> str:
+    """Return the key that finds a user's plans and grants her their actions.
 
-    The same comparison as separation of duties: a plan made for ``Bob@Example.com`` is
-    ``bob@example.com``'s to read, confirm, decline and undo. Were "who is the user" exact
-    while "who may not approve" folds case, the user's own token could neither confirm nor
-    read the plan, and it would wait until it expired.
+    An ASCII name case-folded, which is ``person_key`` for the ASCII names every
+    ``on_behalf_of`` is (``PERSON_NAME``); any other name as given, so it matches no plan.
+    ``person_key`` also folds compatibility forms, right for a refusal (separation of
+    duties) but not for a grant: a JWT's name claim is not held to ``PERSON_NAME``, and one
+    named ``alice`` in fullwidth letters (U+FF41...) or with the Kelvin sign for ``K`` would be
+    ``alice``, with her plans.
     """
-    return person_key(principal) == person_key(plan.on_behalf_of)
+    return name.lower() if name.isascii() else name
+
+
+def is_user(plan: PlanRecord, principal: str) -> bool:
+    """Return whether ``principal`` is the user on whose behalf ``plan`` acts (``user_key``).
+
+    Case-insensitive, as separation of duties compares: a plan made for ``Bob@Example.com``
+    is ``bob@example.com``'s to read, confirm, decline and undo. Were "who is the user"
+    exact while "who may not approve" folds case, the user's own token could neither
+    confirm nor read the plan, and it would wait until it expired.
+    """
+    return user_key(principal) == user_key(plan.on_behalf_of)
 
 
 def check_not_requester(plan: PlanRecord, principal: str) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final, Literal
 
-from proctor.core.approvals import check_not_requester, is_requester, is_user, person_key
+from proctor.core.approvals import check_not_requester, is_requester, is_user, user_key
 from proctor.core.lifecycle import PlanRecord, PlanStatus
 from proctor.errors import InvalidRequestError, PermissionDeniedError
 
@@ -162,8 +162,8 @@ def may_read_plan(p: Principal, plan: PlanRecord) -> bool:
     if _is_user(p, plan):
         return True
     if p.has("approver"):
-        me = person_key(p.name)  # as the gateway counted the vote
-        if any(person_key(a.principal) == me for a in plan.approvals):
+        me = user_key(p.name)  # a grant: no compatibility folding (``user_key``)
+        if any(user_key(a.principal) == me for a in plan.approvals):
             return True
         waiting = plan.status is PlanStatus.AWAITING_APPROVAL
         roles = plan.decision.get("approver_roles", [])

@@ -53,7 +53,7 @@ import orjson
 from mcp.shared.exceptions import MCPError
 
 from proctor.client import error_from_response
-from proctor.core.approvals import person_key
+from proctor.core.approvals import user_key
 from proctor.core.ports import ToolCall
 from proctor.errors import ConfigError, ConflictError, ProctorError, StorageError
 from proctor.mcp.calls import _client_name, _Flight, _flight_of, _Group, _key_of
@@ -251,11 +251,11 @@ class RemoteMcpProxy(McpProxy):
                 f" --name {self.on_behalf_of} --role user`); the server must serve GET /v1/me.",
             ) from exc
         name, roles = me.get("name"), me.get("roles") or []
-        # The server decides "is this the user" by person_key: a token spelt
+        # The server decides "is this the user" by user_key: a token spelt
         # ``bob@example.com`` confirms for ``--user Bob@Example.com``.
         if (
             not isinstance(name, str)
-            or person_key(name) != person_key(self.on_behalf_of)
+            or user_key(name) != user_key(self.on_behalf_of)
             or "user" not in roles
         ):
             raise ConfigError(

@@ -142,7 +142,7 @@ class Upstream:
                 params = StdioServerParameters(
                     command=c.command,
                     args=list(c.args),
-                    env={**os.environ, **(c.env or {})},
+                    env={**_inherited_env(), **(c.env or {})},
                     cwd=c.cwd,
                 )
                 transport: Any = stdio_client(params)
@@ -247,3 +247,14 @@ class Upstream:
         session = self.session
         caps = session.server_capabilities if session is not None else None
         return caps is not None and getattr(caps, capability, None) is not None
+
+
+def _inherited_env() -> dict[str, str]:
+    """The proxy's environment for an upstream it starts, without Proctor's own settings.
+
+    ``PROCTOR_TOKEN`` and ``PROCTOR_USER_TOKEN`` are credentials: an upstream inheriting the
+    user's token would let the agent read it through a tool (``printenv``, a file read of
+    ``/proc/self/environ``) and confirm its own plans as the user. No ``PROCTOR_*`` variable
+    is an upstream's business; one it needs goes in its ``env`` in the server config.
+    """
+    return {k: v for k, v in os.environ.items() if not k.startswith("PROCTOR_")}

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from proctor.core.approvals import person_key
+from proctor.core.approvals import user_key
 
 __all__ = ["list_plans_sql", "waiting_plan_rows", "waiting_plans_sql"]
 
@@ -55,7 +55,7 @@ def list_plans_sql(
         args.append(agent_id)
     if on_behalf_of:
         where.append(f"user_key = {mark}")
-        args.append(person_key(on_behalf_of))
+        args.append(user_key(on_behalf_of))
     if before:
         at, _, pid = before.partition("|")
         where.append(f"(created_at < {mark} OR (created_at = {mark} AND plan_id < {mark}))")
@@ -83,7 +83,7 @@ def waiting_plans_sql(
     args: list[Any] = [status]
     if on_behalf_of:
         base.append(f"user_key = {mark}")
-        args.append(person_key(on_behalf_of))
+        args.append(user_key(on_behalf_of))
     at, _, pid = (after or "").partition("|")
     out: list[tuple[str, tuple[Any, ...]]] = []
     select = f"SELECT {cols} FROM plans WHERE "  # noqa: S608 - constant columns

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 # _evolve: the records' fast ``dataclasses.replace`` (half its cost; a test keeps it valid).
-from proctor.core.approvals import person_key
+from proctor.core.approvals import user_key
 from proctor.core.lifecycle import PlanRecord, PlanStatus, _evolve
 from proctor.core.notifications import Delivery, DeliveryStatus
 from proctor.core.ports import AuditHead, CheckpointRow, EventRow
@@ -264,7 +264,7 @@ class MemoryStore:
                 continue
             if agent_id and p.agent_id != agent_id:
                 continue
-            if on_behalf_of and person_key(p.on_behalf_of) != person_key(on_behalf_of):
+            if on_behalf_of and user_key(p.on_behalf_of) != user_key(on_behalf_of):
                 continue
             if before and (p.created_at.isoformat(), p.plan_id) >= tuple(before.split("|", 1)):
                 continue
@@ -293,7 +293,7 @@ class MemoryStore:
                 p
                 for p in self._plans.values()
                 if p.status.value == status
-                and (not on_behalf_of or person_key(p.on_behalf_of) == person_key(on_behalf_of))
+                and (not on_behalf_of or user_key(p.on_behalf_of) == user_key(on_behalf_of))
             ]
         plans.sort(key=key)
         if after:

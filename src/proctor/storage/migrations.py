@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from proctor.core.approvals import person_key
+from proctor.core.approvals import user_key
 from proctor.errors import StorageError
 
 __all__ = [
@@ -188,8 +188,8 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         9,
         """
         -- A user's plans are found by who she is, not by how the agent spelt her name:
-        -- user_key is person_key(on_behalf_of) (NFKC, case-folded), the comparison that
-        -- separation of duties and "is this the plan's user" make. SQL has no NFKC case
+        -- user_key is proctor.core.approvals.user_key(on_behalf_of) (an ASCII name
+        -- case-folded), the comparison "is this the plan's user" makes. SQL has no NFKC case
         -- fold, so the store computes it: on every save, and for the rows written before
         -- this migration in the same transaction (``user_key_updates``).
         ALTER TABLE plans ADD COLUMN user_key TEXT;
@@ -257,14 +257,15 @@ def pending(current: int, dialect: str) -> list[str]:
 
 
 USER_KEY_SELECT = "SELECT plan_id, on_behalf_of FROM plans WHERE user_key IS NULL"
-"""The rows ``user_key_updates`` fills in after migration ``USER_KEY_VERSION``."""
+"""The rows ``user_key_updates`` fills in (on every open of a store at schema 9 or later)."""
 
 
 def user_key_updates(rows: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     """Return ``(user_key, plan_id)`` for ``(plan_id, on_behalf_of)`` rows (``USER_KEY_SELECT``).
 
-    A store migrating from below ``USER_KEY_VERSION`` runs ``UPDATE plans SET user_key = ?
-    WHERE plan_id = ?`` with them in the migration's transaction, so no plan is left
-    without its key (a plan without one would be missing from its user's lists).
+    A store runs ``UPDATE plans SET user_key = ? WHERE plan_id = ?`` with them in its
+    migration's transaction on every open (not only when migrating from below
+    ``USER_KEY_VERSION``: a replica still on the old code inserts plans without the key),
+    so no plan stays without it (one without would be missing from its user's lists).
     """
-    return [(person_key(on_behalf_of), plan_id) for plan_id, on_behalf_of in rows]
+    return [(user_key(on_behalf_of), plan_id) for plan_id, on_behalf_of in rows]

@@ -38,7 +38,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from proctor.core.approvals import person_key
+from proctor.core.approvals import user_key
 from proctor.core.lifecycle import PlanRecord
 from proctor.core.notifications import Delivery, DeliveryStatus
 from proctor.core.ports import AuditHead, CheckpointRow, EventRow
@@ -49,7 +49,6 @@ from proctor.storage._plan_queries import list_plans_sql, waiting_plan_rows
 from proctor.storage.migrations import (
     SCHEMA_VERSION,
     USER_KEY_SELECT,
-    USER_KEY_VERSION,
     pending,
     user_key_updates,
 )
@@ -193,7 +192,7 @@ class _Tx:
                 p.lease_owner,
                 p.lease_until.isoformat() if p.lease_until else None,
                 p.timer_at.isoformat() if p.timer_at else None,
-                person_key(p.on_behalf_of),  # never changes: the upsert leaves it alone
+                user_key(p.on_behalf_of),  # never changes: the upsert leaves it alone
             ),
         )
 
@@ -466,13 +465,14 @@ class PostgresStore:
             current = int(row["value"]) if row else 0
             for statement in pending(current, "postgresql"):
                 c.execute(statement)
-            if current < USER_KEY_VERSION:
-                rows = c.execute(USER_KEY_SELECT).fetchall()
-                with c.cursor() as cur:
-                    cur.executemany(
-                        "UPDATE plans SET user_key = %s WHERE plan_id = %s",
-                        user_key_updates((r["plan_id"], r["on_behalf_of"]) for r in rows),
-                    )
+            # Every open, not only the migration's: a replica still on the old code (a rolling
+            # upgrade) inserts plans without the key; the index finds them at once.
+            rows = c.execute(USER_KEY_SELECT).fetchall()
+            with c.cursor() as cur:
+                cur.executemany(
+                    "UPDATE plans SET user_key = %s WHERE plan_id = %s",
+                    user_key_updates((r["plan_id"], r["on_behalf_of"]) for r in rows),
+                )
             if current != SCHEMA_VERSION:
                 c.execute(
                     "INSERT INTO meta (key, value) VALUES ('schema_version', %s) "

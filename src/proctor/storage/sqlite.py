@@ -43,7 +43,7 @@ import orjson
 if sys.platform != "win32":
     import fcntl
 
-from proctor.core.approvals import person_key
+from proctor.core.approvals import user_key
 from proctor.core.lifecycle import PlanRecord
 from proctor.core.notifications import Delivery, DeliveryStatus
 from proctor.core.ports import AuditHead, CheckpointRow, EventRow
@@ -54,7 +54,6 @@ from proctor.storage._plan_queries import list_plans_sql, waiting_plan_rows
 from proctor.storage.migrations import (
     SCHEMA_VERSION,
     USER_KEY_SELECT,
-    USER_KEY_VERSION,
     pending,
     user_key_updates,
 )
@@ -140,7 +139,7 @@ class _Tx:
                 p.lease_owner,
                 p.lease_until.isoformat() if p.lease_until else None,
                 p.timer_at.isoformat() if p.timer_at else None,
-                person_key(p.on_behalf_of),  # never changes: the upsert leaves it alone
+                user_key(p.on_behalf_of),  # never changes: the upsert leaves it alone
             ),
         )
 
@@ -455,12 +454,13 @@ class SqliteStore:
             current = int(row[0]) if row else 0
             for statement in pending(current, "sqlite"):
                 self._c.execute(statement)
-            if current < USER_KEY_VERSION:
-                rows = self._c.execute(USER_KEY_SELECT).fetchall()
-                self._c.executemany(
-                    "UPDATE plans SET user_key = ? WHERE plan_id = ?",
-                    user_key_updates((r[0], r[1]) for r in rows),
-                )
+            # Every open, not only the migration's: a replica still on the old code (a rolling
+            # upgrade) inserts plans without the key; the index finds them at once.
+            rows = self._c.execute(USER_KEY_SELECT).fetchall()
+            self._c.executemany(
+                "UPDATE plans SET user_key = ? WHERE plan_id = ?",
+                user_key_updates((r[0], r[1]) for r in rows),
+            )
             if current != SCHEMA_VERSION:  # an up-to-date database is not written to
                 self._c.execute(
                     "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
