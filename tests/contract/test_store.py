@@ -1048,23 +1048,10 @@ def _run_sql(url, statement):
 
 def _back_to_schema_8(url):
     """Undo migration 9 on ``url`` (its column and index), as a database of schema 8 was."""
-    statements = [
+    for statement in (
         "DROP INDEX plans_by_user_key",
         "ALTER TABLE plans DROP COLUMN user_key",
         "CREATE INDEX plans_by_user ON plans (on_behalf_of, created_at, plan_id)",
         "UPDATE meta SET value = '8' WHERE key = 'schema_version'",
-    ]
-    if url.startswith("sqlite:///"):
-        import sqlite3
-
-        conn = sqlite3.connect(url.removeprefix("sqlite:///"))
-        with conn:
-            for st in statements:
-                conn.execute(st)
-        conn.close()
-    else:
-        import psycopg
-
-        with psycopg.connect(url, autocommit=True) as conn:
-            for st in statements:
-                conn.execute(st)
+    ):
+        _run_sql(url, statement)

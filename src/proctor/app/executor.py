@@ -729,10 +729,7 @@ class Executor(Recovery, Background):
             data: dict[str, Any] = {"result_hash": self.gw.hash_payload(spec, {"r": out.result})}
             if spec.category not in _UNLOGGED_RESULTS:
                 data["result"] = out.result
-            try:
-                cost = spec.amount(step.params)
-            except InvalidRequestError:  # a plan decided before the catalog refused its amount
-                cost = 0  # (a negative one): the step ran, its outcome is recorded all the same
+            cost = spec.recorded_amount(step.params)
             if isinstance(out.result, dict) and type(out.result.get("cost")) is int:
                 cost = out.result["cost"]  # what the tool says it really cost
             if cost:

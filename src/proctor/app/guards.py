@@ -79,7 +79,6 @@ from proctor.core.guards import (
 )
 from proctor.core.lifecycle import PlanRecord, PlanStatus, StepRecord, StepStatus
 from proctor.core.ports import Clock, Store, Transaction
-from proctor.errors import InvalidRequestError
 
 if TYPE_CHECKING:
     from proctor.app.gateway import Gateway
@@ -552,17 +551,11 @@ class Guards(GuardsBudgets, GuardsAdmin):
     def _amount(self, step: StepRecord) -> int:
         """A step's amount as its action's spec computes it (0 for an unknown action).
 
-        0 too for params the catalog no longer reads an amount from (a negative amount of a
-        plan decided before negatives were refused): the step ran, and its outcome must be
-        recorded all the same.
+        0 too for params the catalog no longer reads an amount from (``recorded_amount``):
+        the step ran, and its outcome must be recorded all the same.
         """
         spec = self.catalog.get(step.action)
-        if spec is None:
-            return 0
-        try:
-            return spec.amount(step.params)
-        except InvalidRequestError:
-            return 0
+        return spec.recorded_amount(step.params) if spec is not None else 0
 
     def _store_breaker(
         self,

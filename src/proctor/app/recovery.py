@@ -468,14 +468,9 @@ class Recovery:
     def _resolved_cost(self, step: StepRecord) -> int:
         """What a step resolved as succeeded cost: its action's amount (0 if unknown here)."""
         spec = self.gw.catalog.get(step.action)
-        if spec is None:
-            return 0
-        try:
-            return spec.amount(step.params)
-        except InvalidRequestError:
-            # Params the catalog no longer reads an amount from: the human's resolution is
-            # recorded all the same, without a cost (the audit record is the point here).
-            return 0
+        # Params the catalog no longer reads an amount from: the human's resolution is
+        # recorded all the same, without a cost (the audit record is the point here).
+        return spec.recorded_amount(step.params) if spec is not None else 0
 
     def resolve(
         self, plan_id: str, step_id: str, *, succeeded: bool, principal: str, comment: str = ""

@@ -261,6 +261,20 @@ class ActionSpec:
         """
         return self._amount_param(params, field_prefix="params") + self.cost
 
+    def recorded_amount(self, params: Mapping[str, Any]) -> int:
+        """The amount to record for a step that ran (or a human resolved), else 0.
+
+        0 when the catalog no longer reads an amount from its params.
+
+        Only for an outcome, never for a decision (``amount`` refuses there): a plan decided
+        under an older catalog (or before negative amounts were refused) ran all the same,
+        and its outcome must be recorded, without a cost, rather than fail after the fact.
+        """
+        try:
+            return self.amount(params)
+        except InvalidRequestError:
+            return 0
+
     def policy_view(self) -> dict[str, Any]:
         """Return the per-action constants the policy sees in ``data.proctor.catalog``."""
         return {

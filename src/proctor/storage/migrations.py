@@ -23,7 +23,6 @@ __all__ = [
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "USER_KEY_SELECT",
-    "USER_KEY_VERSION",
     "migrations_for",
     "pending",
     "user_key_updates",
@@ -202,9 +201,6 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 """The schema version this code expects."""
 
-USER_KEY_VERSION = 9
-"""The migration that adds ``plans.user_key``: a store migrating from below it backfills."""
-
 
 _POSTGRES = (
     (re.compile(r"\bBLOB\b"), "BYTEA"),
@@ -264,8 +260,8 @@ def user_key_updates(rows: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     """Return ``(user_key, plan_id)`` for ``(plan_id, on_behalf_of)`` rows (``USER_KEY_SELECT``).
 
     A store runs ``UPDATE plans SET user_key = ? WHERE plan_id = ?`` with them in its
-    migration's transaction on every open (not only when migrating from below
-    ``USER_KEY_VERSION``: a replica still on the old code inserts plans without the key),
-    so no plan stays without it (one without would be missing from its user's lists).
+    migration's transaction on every open (not only when migrating to schema 9: a replica
+    still on the old code inserts plans without the key), so no plan stays without it (one
+    without would be missing from its user's lists).
     """
     return [(user_key(on_behalf_of), plan_id) for plan_id, on_behalf_of in rows]

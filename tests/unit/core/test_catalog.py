@@ -96,6 +96,15 @@ class TestActionSpec:
 
         assert ei.value.field == "params.total"
 
+    def test_a_ran_steps_recorded_amount_is_0_where_amount_refuses(self):
+        """An outcome is recorded even when the catalog no longer reads an amount from the
+        params (a negative one, decided before negatives were refused): its cost counts 0,
+        where ``amount`` (for decisions) raises."""
+        s = _spec(amount_param="total", cost=5)
+        assert s.recorded_amount({"total": -100}) == 0
+        assert s.recorded_amount({"total": 7.5}) == 0
+        assert s.recorded_amount({"total": 100}) == 105
+
     def test_no_amount_param_counts_the_cost(self):
         """An action without an amount param costs its cost per call, whatever the params."""
         assert _spec(cost=5).amount({"total": 100.5}) == 5
