@@ -507,6 +507,21 @@ class TestLeasesAndGuardState:
             fail()
         assert store.counter_sum("rate:agent:bot", "") == (5, 255)
 
+    def test_counter_sums_sum_several_counters_in_one_window(self, store):
+        """One statement for several counters, each as ``counter_sum`` sums it alone."""
+        with store.transaction() as tx:
+            tx.bump("calls:k", "2026-01-01T00:00", amount=7)
+            tx.bump("calls:k", "2026-01-01T00:01", count=2, amount=3)
+            tx.bump("errors:k", "2026-01-01T00:01")
+            tx.bump("errors:other", "2026-01-01T00:01", count=9)
+        with store.transaction() as tx:
+            tx.bump("calls:k", "2026-01-01T00:02")  # its own write, not yet committed
+            names = ["calls:k", "errors:k", "rollbacks:k"]
+            sums = tx.counter_sums(names, "2026-01-01T00:01")
+            assert sums == {"calls:k": (3, 3), "errors:k": (1, 0), "rollbacks:k": (0, 0)}
+            assert sums == {n: tx.counter_sum(n, "2026-01-01T00:01") for n in names}
+            assert tx.counter_sums(["calls:k"], "2026-01-01T00:00") == {"calls:k": (4, 10)}
+
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def shared_url(request, tmp_path):

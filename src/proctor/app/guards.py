@@ -68,6 +68,7 @@ from proctor.core.guards import (
     autonomy_outcome,
     breaker_after,
     breaker_before,
+    breaker_counters,
     breaker_view,
     kill_keys,
     minute,
@@ -663,9 +664,10 @@ class Guards(GuardsBudgets, GuardsAdmin):
         if isinstance(reset, dict) and str(reset.get("since", "")) >= since:
             since = str(reset["since"])
             held = reset.get("held") or {}
-        calls, cost = tx.counter_sum(f"calls:{key}", since)
-        errors = tx.counter_sum(f"errors:{key}", since)[0]
-        rollbacks = tx.counter_sum(f"rollbacks:{key}", since)[0]
+        sums = tx.counter_sums(breaker_counters(key), since)
+        calls, cost = sums[f"calls:{key}"]
+        errors = sums[f"errors:{key}"][0]
+        rollbacks = sums[f"rollbacks:{key}"][0]
         if held:
             calls -= int(held.get("calls", 0))
             cost -= int(held.get("cost", 0))

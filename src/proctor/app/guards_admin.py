@@ -26,6 +26,7 @@ from proctor.core.guards import (
     AutonomyLevel,
     BreakerState,
     GuardSettings,
+    breaker_counters,
     breaker_view,
     minute,
     period_bucket,
@@ -219,12 +220,13 @@ class GuardsAdmin:
             if stored is None or before.state == "closed":
                 return False
             bucket = minute(now)
-            calls, cost = tx.counter_sum(f"calls:{breaker}", bucket)
+            sums = tx.counter_sums(breaker_counters(breaker), bucket)
+            calls, cost = sums[f"calls:{breaker}"]
             held = {
                 "calls": calls,
                 "cost": cost,
-                "errors": tx.counter_sum(f"errors:{breaker}", bucket)[0],
-                "rollbacks": tx.counter_sum(f"rollbacks:{breaker}", bucket)[0],
+                "errors": sums[f"errors:{breaker}"][0],
+                "rollbacks": sums[f"rollbacks:{breaker}"][0],
             }
             value = {
                 **BreakerState().value(),

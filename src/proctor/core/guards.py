@@ -59,6 +59,11 @@ def minute(now: datetime) -> str:
     return f"{now.year:04d}-{now.month:02d}-{now.day:02d}T{now.hour:02d}:{now.minute:02d}"
 
 
+def breaker_counters(key: str) -> tuple[str, str, str]:
+    """The counters a breaker's window sums: its calls (and their cost), errors, rollbacks."""
+    return (f"calls:{key}", f"errors:{key}", f"rollbacks:{key}")
+
+
 def window_start(now: datetime, seconds: int) -> str:
     """The first minute bucket of a sliding window of ``seconds`` ending at ``now``.
 

@@ -245,6 +245,13 @@ class Transaction(Protocol):
         """Return (count, amount) summed over the counter's buckets ``>= since``."""
         ...
 
+    def counter_sums(self, names: Sequence[str], since: str) -> dict[str, tuple[int, int]]:
+        """``counter_sum`` of several counters over one window, in one statement.
+
+        Every name is in the result ((0, 0) when it has no bucket in the window).
+        """
+        ...
+
     def lock_counters(self, names: Sequence[str]) -> None:
         """Lock counters by name until the transaction ends, before reading and bumping them.
 

@@ -1,7 +1,8 @@
-"""Plan records to and from JSON documents, for stores that keep plans as rows."""
+"""Rows of the SQL stores to and from Python values: plan records (JSON documents), counter sums."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -9,7 +10,20 @@ import orjson
 
 from proctor.core.lifecycle import ApprovalRecord, PlanRecord, PlanStatus, StepRecord, StepStatus
 
-__all__ = ["dump_plan", "load_plan"]
+__all__ = ["dump_plan", "load_plan", "sums_by_name"]
+
+
+def sums_by_name(
+    names: Sequence[str], rows: Iterable[tuple[Any, Any, Any]]
+) -> dict[str, tuple[int, int]]:
+    """``counter_sums``' result from ``(name, count, amount)`` rows of a ``GROUP BY name``.
+
+    A counter with no bucket in the window has no row: it sums to (0, 0).
+    """
+    out = dict.fromkeys(names, (0, 0))
+    for name, count, amount in rows:
+        out[name] = (int(count), int(amount))
+    return out
 
 
 def _ts(v: datetime | None) -> str | None:

@@ -183,6 +183,9 @@ class _Tx:
         merged = {**self._store._counters.get(name, {}), **self._counters.get(name, {})}
         return _sum(merged, since)
 
+    def counter_sums(self, names: Sequence[str], since: str) -> dict[str, tuple[int, int]]:
+        return {name: self.counter_sum(name, since) for name in names}
+
     def lock_counters(self, names: Sequence[str]) -> None:
         pass  # the store's lock is held for the whole transaction
 

@@ -44,7 +44,7 @@ from proctor.core.notifications import Delivery, DeliveryStatus
 from proctor.core.ports import AuditHead, CheckpointRow, EventRow
 from proctor.core.principals import TokenRecord
 from proctor.errors import StorageError
-from proctor.storage._codec import dump_plan, load_plan
+from proctor.storage._codec import dump_plan, load_plan, sums_by_name
 from proctor.storage._plan_queries import list_plans_sql, waiting_plan_rows
 from proctor.storage.migrations import (
     SCHEMA_VERSION,
@@ -340,6 +340,14 @@ class _Tx:
 
     def counter_sum(self, name: str, since: str) -> tuple[int, int]:
         return _counter_sum(self._c, name, since)
+
+    def counter_sums(self, names: Sequence[str], since: str) -> dict[str, tuple[int, int]]:
+        rows = self._c.execute(
+            "SELECT name, SUM(count) AS c, SUM(amount) AS a FROM counters"
+            " WHERE name = ANY(%s) AND bucket >= %s GROUP BY name",
+            (list(names), since),
+        ).fetchall()
+        return sums_by_name(names, [(r["name"], r["c"], r["a"]) for r in rows])
 
     def lock_counters(self, names: Sequence[str]) -> None:
         # Sorted, one statement each in order (a single SELECT over a list would leave the

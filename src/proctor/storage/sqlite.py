@@ -49,7 +49,7 @@ from proctor.core.notifications import Delivery, DeliveryStatus
 from proctor.core.ports import AuditHead, CheckpointRow, EventRow
 from proctor.core.principals import TokenRecord
 from proctor.errors import StorageError
-from proctor.storage._codec import dump_plan, load_plan
+from proctor.storage._codec import dump_plan, load_plan, sums_by_name
 from proctor.storage._plan_queries import list_plans_sql, waiting_plan_rows
 from proctor.storage.migrations import (
     SCHEMA_VERSION,
@@ -253,6 +253,15 @@ class _Tx:
 
     def counter_sum(self, name: str, since: str) -> tuple[int, int]:
         return _counter_sum(self._c, name, since)
+
+    def counter_sums(self, names: Sequence[str], since: str) -> dict[str, tuple[int, int]]:
+        marks = ", ".join("?" * len(names))
+        rows = self._c.execute(
+            f"SELECT name, SUM(count), SUM(amount) FROM counters"  # noqa: S608 - placeholders
+            f" WHERE name IN ({marks}) AND bucket >= ? GROUP BY name",
+            (*names, since),
+        ).fetchall()
+        return sums_by_name(names, rows)
 
     def lock_counters(self, names: Sequence[str]) -> None:
         pass  # BEGIN IMMEDIATE: write transactions already run one at a time
