@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from proctor.core.catalog import ActionSpec, Catalog
     from proctor.core.ports import Clock, PolicyEngine, StepUp, Store
 
-__all__ = ["HumanActions"]
+__all__ = ["INPUTS_CHANGED", "HumanActions"]
 
 log = logging.getLogger("proctor.timers")
 
@@ -62,6 +62,9 @@ _NO_POLICY = "sha256:none"
 _MAX_ERROR = 500
 # Who undoes when a rollback TTL fires (the KPIs tell it from people by the prefix).
 _ROLLBACK_TTL = "proctor:rollback-ttl"
+# Why a plan that waited expires when what the policy decided it from changed (``plan.expired``
+# ``data.reason``): at its confirmation or approval, or at the claim that starts it.
+INPUTS_CHANGED = "the catalog or settings the policy decided from changed"
 
 
 def check_comment(comment: str) -> None:
@@ -650,34 +653,17 @@ class HumanActions:
     def _recheck_inputs(self, record: PlanRecord) -> None:
         """Right before execution: what the policy decided from must not have changed.
 
-        The policy version says which bundle decided, not what it decided from: each step's
-        catalog entry (category, amount rules, reversibility, baseline scores) and the
-        gateway settings in ``input.context`` (``hybrid_max``). A restart with an action
-        moved to a category the policy denies, or a lower threshold, would otherwise let a
-        waiting plan run on facts the policy no longer holds. The decision stores their
-        digest (``Gateway._input_digest_now``); a different one now expires the plan, as a
-        replaced policy does.
-
-        NOTE(approvals): a plan stored by an older version has no digest, so what it was
-        decided from cannot be compared. Rather than expire every such plan on an upgrade,
-        or let it through unchecked, the policy in force is asked again, with the current
-        configuration and without the guards' state (re-checked on their own): the plan
-        expires if it would now be routed any stricter (a stricter outcome, more or other
-        approvers, a step-up it did not need) or its manifest no longer parses. An action
-        this process's catalog lacks is left to the process that runs it, as in
-        ``_recheck_catalog``.
+        The policy version says which bundle decided, not what it decided from: a change of
+        those facts (``inputs_changed``) expires the plan, as a replaced policy does. When
+        this process cannot tell (it lacks one of the plan's actions), the process that
+        claims the plan to start its first step asks again (``Recovery._claim``).
 
         Raises:
             ConflictError: ``field="policy_input"`` (the plan has expired).
         """
-        stored = record.decision.get("input_digest")
-        current = self._input_digest_now([(s.action, s.params) for s in record.steps])
-        if current is None:
+        if not self.inputs_changed(record):
             return
-        changed = self._decided_stricter_now(record) if stored is None else stored != current
-        if not changed:
-            return
-        self._expire(record, "the catalog or settings the policy decided from changed")
+        self._expire(record, INPUTS_CHANGED)
         raise ConflictError(
             f"the catalog entries or gateway settings the policy decided plan {record.plan_id}"
             " from have changed since; it has expired",
@@ -685,6 +671,39 @@ class HumanActions:
             hint="Ask the agent to submit the plan again, under a new plan_id (the same"
             " id returns this plan), to be decided under the current configuration.",
         )
+
+    def inputs_changed(self, record: PlanRecord) -> bool | None:
+        """Whether the facts the policy decided a waiting plan from no longer hold here.
+
+        Those facts are each step's catalog entry (category, amount rules, reversibility,
+        baseline scores) and the gateway settings in ``input.context`` (``hybrid_max``). A
+        restart with an action moved to a category the policy denies, or a lower threshold,
+        would otherwise let a waiting plan run on facts the policy no longer holds. The
+        decision stores their digest (``Gateway._input_digest_now``), compared with the
+        digest of this process's catalog and settings.
+
+        The one check of them, asked at a confirmation or approval (``_recheck_inputs``) and
+        again by the process that claims a plan that waited to start its first step
+        (``Recovery._claim``, ``Recovery.refuse_stale``): the process that runs the plan is
+        the one whose catalog entry governs the run, and the confirming one may lack an
+        action (a runner's, one another process registered) or hold another catalog.
+
+        NOTE(approvals): a plan stored by an older version has no digest, so what it was
+        decided from cannot be compared. Rather than expire every such plan on an upgrade,
+        or let it through unchecked, the policy in force is asked again, with the current
+        configuration and without the guards' state (re-checked on their own): the facts
+        count as changed if the plan would now be routed any stricter (a stricter outcome,
+        more or other approvers, a step-up it did not need) or its manifest no longer parses.
+
+        Returns:
+            True or False; None when this process cannot tell: an action of the plan is not
+            in its catalog (the process that runs the plan asks again).
+        """
+        stored = record.decision.get("input_digest")
+        current = self._input_digest_now([(s.action, s.params) for s in record.steps])
+        if current is None:
+            return None
+        return self._decided_stricter_now(record) if stored is None else stored != current
 
     def _decided_stricter_now(self, record: PlanRecord) -> bool:
         """Whether the policy, asked now, routes a plan stored without a digest any stricter."""

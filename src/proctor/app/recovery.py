@@ -15,8 +15,10 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from proctor.app._outcomes import MAX_ERROR, SANDBOX_ON
+from proctor.app.human_actions import INPUTS_CHANGED
 from proctor.app.journal import Journal
 from proctor.app.leases import owner_alive
+from proctor.core.decisions import Outcome as Route
 from proctor.core.events import EventType as E
 from proctor.core.lifecycle import PlanRecord, PlanStatus, StepRecord, StepStatus
 from proctor.errors import ConflictError, InvalidRequestError
@@ -31,6 +33,8 @@ __all__ = ["Recovery", "held_by_guard", "overdue"]
 
 _WORKING = (PlanStatus.RUNNING, PlanStatus.COMPENSATING)
 _WAITING = "waiting: "  # the start of the error of a plan a guard holds (``_stopped``)
+# The outcomes of a plan that waited for a person: its decision carries ``input_digest``.
+_WAITED = frozenset({Route.CONFIRM.value, Route.APPROVE.value})
 
 
 def held_by_guard(record: PlanRecord) -> str | None:
@@ -157,6 +161,13 @@ class Recovery:
                 or any(s.status is StepStatus.RUNNING for s in current.steps)
             ):
                 return None
+            if self._inputs_changed_at_start(current):
+                # As a claim here would: "running" would make the proxy start its first step.
+                j = self._journal(tx)
+                current = self._expire_unstarted(tx, j, current, INPUTS_CHANGED, {}, now)
+                tx.save_plan(current)
+                j.flush()
+                return current
             step = next((s for s in current.steps if s.status is StepStatus.PENDING), None)
             if step is None or step.action not in self.gw.catalog:
                 return None
@@ -225,6 +236,13 @@ class Recovery:
                 tx.save_plan(current)
                 j.flush()
                 return current, _then(current) if _has_completed(current) else "done"
+            if self.runs_handlers and self._inputs_changed_at_start(current):
+                # Before the guards, as at a confirmation: a plan that can never run on its
+                # decision does not wait for a kill switch's release.
+                current = self._expire_unstarted(tx, j, current, INPUTS_CHANGED, {}, now)
+                tx.save_plan(current)
+                j.flush()
+                return current, "done"
             if self.guards_at_claim and self._would_start(current):
                 if self._stopped(tx, j, current):
                     return None
@@ -393,18 +411,55 @@ class Recovery:
             index = next(i for i, s in enumerate(record.steps) if s.status is StepStatus.PENDING)
             return self._not_started(j, record, index, why, {"start_by": when}, now)
         reason = f"{why}; it never ran (a new submission is a new plan)"[:MAX_ERROR]
-        record = self.gw._skip_rest(
-            record.moved_to(PlanStatus.EXPIRED, at=now, error=reason), 0
-        ).leased(None, None)
-        j.emit(
-            E.PLAN_EXPIRED,
-            plan=record,
-            data={"reason": reason, "start_by": when, "queue_ttl_seconds": ttl},
+        return self._expire_unstarted(
+            tx, j, record, reason, {"start_by": when, "queue_ttl_seconds": ttl}, now
         )
+
+    def _expire_unstarted(
+        self,
+        tx: Any,
+        j: Journal,
+        record: PlanRecord,
+        reason: str,
+        data: dict[str, Any],
+        now: datetime,
+    ) -> PlanRecord:
+        """End a queued plan none of whose steps started: ``expired`` (inside ``j``'s tx).
+
+        Its steps are skipped, ``plan.expired`` carries ``reason`` and ``data``, and its
+        budget reservation is released (``Guards.on_finish``), as for a plan nobody decided
+        in time.
+        """
+        record = self.gw._skip_rest(
+            record.moved_to(PlanStatus.EXPIRED, at=now, error=reason, start_by=None), 0
+        ).leased(None, None)
+        j.emit(E.PLAN_EXPIRED, plan=record, data={"reason": reason, **data})
         guards = self.gw.guards
         if guards is not None:
             guards.on_finish(tx, j.emit, record)
         return record
+
+    def _inputs_changed_at_start(self, record: PlanRecord) -> bool:
+        """Whether a waited plan about to start was decided from facts not held here.
+
+        The facts are those ``HumanActions.inputs_changed`` compares (catalog entries,
+        ``hybrid_max``).
+
+        The process that starts a plan's first step after a confirmation or approval is the
+        one whose catalog entries govern the run, and the process that took the confirmation
+        may not have checked them (an action not in its catalog: a runner's, one another
+        process registered) or may hold another catalog. So every such start asks, here: a
+        mismatch expires the plan before any handler runs, with the reason a confirmation
+        gives. Only for a plan that waited (routed ``confirm`` or ``approve``) and whose steps
+        are all pending: a plan routed ``execute`` pays one string comparison, and a plan
+        that started a step is never expired (a resolved step, an interrupted one).
+        """
+        return (
+            record.outcome in _WAITED
+            and record.status is PlanStatus.RUNNING
+            and all(s.status is StepStatus.PENDING for s in record.steps)
+            and self.gw.inputs_changed(record) is True
+        )
 
     def _would_start(self, record: PlanRecord) -> bool:
         """Whether claiming ``record`` starts a step: a pending one, or an idempotent re-run."""
