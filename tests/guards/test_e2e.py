@@ -14,7 +14,7 @@ import pytest
 
 from proctor.core.guards import AutonomySettings, BreakerSettings, Budget, RateLimit
 from proctor.core.lifecycle import PlanStatus
-from proctor.errors import ConflictError
+from proctor.errors import ConflictError, InvalidTransitionError
 
 from .conftest import World
 
@@ -121,6 +121,29 @@ class TestBudgets:
 
         assert over.status is PlanStatus.DENIED
         assert len(w.tools["shop.buy"].calls) == 1
+
+    def test_a_plan_rejected_meanwhile_keeps_no_reservation(self, tmp_path):
+        """A confirmation re-checks the budget of a plan decided before the budget existed,
+        reserving its amount. If the plan was rejected since the confirmation read it (its
+        ``on_finish`` released nothing: it held nothing), the re-check must not reserve for
+        it: the reservation would never be released. Here the stale read is handed to the
+        re-check directly, the race's window."""
+        url = f"sqlite:///{tmp_path / 'race.db'}"
+        before = World(url, policy="default")
+        waiting = before.p.submit(before.plan("shop.mail", amount=300, external=True))
+        assert waiting.status is PlanStatus.AWAITING_CONFIRMATION
+        w = World(url, policy="default", budgets=(Budget(scope="agent", key="*", limit=1000),))
+        stale = w.p.get(waiting.plan_id)
+        assert w.p.reject(waiting.plan_id, "alice").status is PlanStatus.REJECTED
+
+        w.p.gateway._recheck_guards(stale)
+
+        day = w.clock.now().strftime("%Y-%m-%d")
+        assert w.store.counter_sum("budget:agent:bot", day)[1] == 0
+        assert waiting.plan_id not in w.store.list_state("reservation")
+        with pytest.raises(InvalidTransitionError, match="rejected"):
+            w.p.confirm(waiting.plan_id, "alice")
+        assert w.tools["shop.mail"].calls == []
 
 
 class TestBreaker:

@@ -591,13 +591,22 @@ class HumanActions:
         ``hard_stops_only`` asks only the kill switches and the whitelist (``Guards.stopped``),
         which move no state: an approval asks them before it checks (and uses up) a step-up
         code, and the whole re-check after it.
+
+        The check runs on the plan as it is inside its own transaction, not as the caller
+        read it: ``recheck`` may reserve budget for a plan that holds no reservation, and a
+        plan rejected or expired since (whose ``on_finish`` released nothing then) would keep
+        that reservation for good. Such a plan is left to the caller's own transaction, which
+        finds it no longer waiting and refuses.
         """
         if self.guards is None:
             return
         check = self.guards.stopped if hard_stops_only else self.guards.recheck
         with self.store.transaction() as tx:
+            current = self._fresh(tx, record)
+            if current.status is not record.status:
+                return
             j = self._journal(tx)
-            reason = check(tx, j.emit, record)
+            reason = check(tx, j.emit, current)
             j.flush()
         if reason:
             raise ConflictError(
