@@ -100,6 +100,9 @@ plan_deadline_seconds = 900
 # A confirmed or approved plan that waits for a process serving its runner (or whose catalog
 # has its actions) expires unstarted after this, instead of running whenever one appears.
 queue_ttl_seconds = 3600
+# A call handed to a remote MCP proxy (`proctor mcp --server`) needs attention when the proxy
+# reports no outcome within the call's timeout plus this many seconds.
+report_grace_seconds = 60
 
 # [limits]
 # Longest string in a step's params, in characters (up to 262144; an action's maxLength
@@ -385,6 +388,7 @@ def build_gateway(
         lease_ttl=timedelta(seconds=settings.lease_ttl_seconds),
         plan_deadline=timedelta(seconds=settings.plan_deadline_seconds),
         queue_ttl=timedelta(seconds=settings.queue_ttl_seconds),
+        report_grace=timedelta(seconds=settings.report_grace_seconds),
         step_timeout=settings.step_timeout_seconds or None,
         max_attempts=settings.max_attempts,
         worker_threads=settings.worker_threads,

@@ -184,6 +184,9 @@ class Settings:
     queue_ttl_seconds: int = 3600
     """How long a plan a human cleared waits for a process that runs it before it expires
     unstarted (``[execution] queue_ttl_seconds``). Default 3600."""
+    report_grace_seconds: int = 60
+    """How long past the call's timeout the server waits for a remote MCP proxy to report
+    the outcome of a call handed to it before the plan needs attention. Default 60."""
     step_timeout_seconds: float = 60.0
     """Seconds one attempt may run (0: no limit; an action's timeout wins). Default 60."""
     max_attempts: int = 3
@@ -255,6 +258,7 @@ _SECTIONS: Final[Mapping[str, frozenset[str] | None]] = {
             "lease_ttl_seconds",
             "plan_deadline_seconds",
             "queue_ttl_seconds",
+            "report_grace_seconds",
             "step_timeout_seconds",
             "max_attempts",
             "worker_threads",
@@ -680,6 +684,9 @@ def _execution_settings(ex: Mapping[str, Any]) -> dict[str, Any]:
             ex, "plan_deadline_seconds", 900, low=1, high=most, integer=True
         ),
         "queue_ttl_seconds": _number(ex, "queue_ttl_seconds", 3600, low=1, high=most, integer=True),
+        "report_grace_seconds": _number(
+            ex, "report_grace_seconds", 60, low=1, high=day, integer=True
+        ),
         "step_timeout_seconds": float(
             _number(ex, "step_timeout_seconds", 60, low=0, high=day, integer=False)
         ),

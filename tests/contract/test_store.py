@@ -421,6 +421,30 @@ class TestTimers:
         assert [p.plan_id for p in store.due_plans(T0 + timedelta(minutes=31))] == ["done"]
         assert [p.plan_id for p in store.due_plans(T0 + timedelta(hours=2))] == ["done", "wait"]
 
+    def test_a_handed_over_plan_is_due_at_its_report_by(self, store):
+        """A running plan's report-by (a call handed to a remote MCP proxy) round-trips and
+        is its timer, as a queued plan's start-by is; without either it has none."""
+        handed = dataclasses.replace(
+            _plan("handed", status=PlanStatus.RUNNING),
+            expires_at=None,
+            report_by=T0 + timedelta(minutes=2),
+        )
+        queued = dataclasses.replace(
+            _plan("queued", status=PlanStatus.RUNNING),
+            expires_at=None,
+            start_by=T0 + timedelta(hours=1),
+        )
+        untimed = dataclasses.replace(handed, plan_id="untimed", report_by=None)
+        with store.transaction() as tx:
+            for p in (handed, queued, untimed):
+                tx.save_plan(p)
+
+        assert store.get_plan("handed") == handed
+        assert store.due_plans(T0 + timedelta(minutes=1)) == []
+        assert [p.plan_id for p in store.due_plans(T0 + timedelta(minutes=2))] == ["handed"]
+        due = store.due_plans(T0 + timedelta(days=1))
+        assert [p.plan_id for p in due] == ["handed", "queued"]
+
 
 class TestLeasesAndGuardState:
     def test_lease_fields_round_trip_and_claimable(self, store):

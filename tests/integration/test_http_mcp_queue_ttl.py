@@ -26,6 +26,7 @@ from proctor.testing import FrozenClock
 pytestmark = pytest.mark.anyio
 
 TTL = timedelta(hours=1)  # the default queue_ttl
+SLOW = timedelta(seconds=59)  # an upstream call just within the default step timeout (60 s)
 
 
 class Confirm:
@@ -92,7 +93,7 @@ async def test_a_retry_in_time_hands_the_call_over_and_no_timer_expires_it():
         clock.advance(TTL - timedelta(seconds=1))
 
         retry = await http.post("/v1/mcp/calls", json=CALL, headers=headers)
-        clock.advance(timedelta(minutes=5))  # the upstream call is slow
+        clock.advance(SLOW)  # the upstream call is slow: the start-by passes meanwhile
         fired = proctor.tick()
         report = {"step_id": "s1", "result": {"content": [{"type": "text", "text": "ok"}]}}
         done = await http.post(f"/v1/mcp/plans/{plan_id}/outcome", json=report, headers=headers)
@@ -110,10 +111,11 @@ async def test_a_call_confirmed_while_it_waited_is_handed_over_before_it_is_made
         first = await http.post("/v1/mcp/calls", json=CALL, headers=headers)
         plan_id = first.json()["plan_id"]
         proctor.confirm(plan_id, "alice")  # relayed from the client's form by the proxy
+        clock.advance(TTL - timedelta(seconds=30))
         start = await http.post(
             f"/v1/mcp/plans/{plan_id}/start", json={"step_id": "s1"}, headers=headers
         )
-        clock.advance(TTL + timedelta(minutes=1))  # the upstream call is slow
+        clock.advance(SLOW)  # the upstream call is slow: the start-by passes meanwhile
         fired = proctor.tick()
         report = {"step_id": "s1", "result": {"content": [{"type": "text", "text": "ok"}]}}
         done = await http.post(f"/v1/mcp/plans/{plan_id}/outcome", json=report, headers=headers)

@@ -1,4 +1,4 @@
-"""A remote proxy's call cleared while it waits, then slower upstream than the queue TTL.
+"""A remote proxy's call cleared while it waits, then an upstream slower than the queue TTL.
 
 Confirmed in the client (relayed with the user's token) or approved during the long poll,
 the call's plan is queued for the proxy with a start-by time. The proxy hands it over
@@ -26,6 +26,7 @@ from mcp import ClientSession
 from mcp.shared.memory import create_client_server_memory_streams
 
 from proctor import Proctor
+from proctor.app.gateway import GatewayOptions
 from proctor.app.tokens import TokenService
 from proctor.core.catalog import Catalog
 from proctor.core.lifecycle import PlanStatus
@@ -37,7 +38,10 @@ from proctor.testing import FrozenClock
 pytestmark = [pytest.mark.slow]
 
 FLAKY = Path(__file__).parent / "servers" / "flaky.py"
-TTL = timedelta(hours=1)  # the default queue_ttl
+# A queue TTL shorter than the step timeout (60 s): an upstream call within its timeout
+# outlasts the start-by (and never its report-by, the timeout plus a grace).
+TTL = timedelta(seconds=30)
+SLOW = timedelta(seconds=45)
 
 
 class Outcome:
@@ -54,15 +58,16 @@ class Outcome:
 
 
 class SlowUpstream(RemoteMcpProxy):
-    """A proxy whose upstream calls last past the queue TTL: the frozen clock moves on and
-    the server's timers fire while the call is in flight, then the real call is made."""
+    """A proxy whose upstream calls last past the queue TTL, within their timeout: the
+    frozen clock moves on and the server's timers fire while the call is in flight, then the
+    real call is made."""
 
     proctor: Any  # the server's instance (set by the test)
     fired: list[Any]
 
     async def _forward(self, server, tool, arguments, call, group=None):
         clock = self.proctor.gateway.clock
-        clock.advance(TTL + timedelta(minutes=1))
+        clock.advance(SLOW)
         self.fired.extend(self.proctor.tick())
         return await super()._forward(server, tool, arguments, call, group)
 
@@ -75,7 +80,12 @@ async def served_proxy(
     stack: AsyncExitStack, outcome: dict[str, Any], **options: Any
 ) -> tuple[Proctor, SlowUpstream, ClientSession]:
     clock = FrozenClock()
-    proctor = Proctor.in_memory(catalog=Catalog(), policy=Outcome(outcome), clock=clock)
+    proctor = Proctor.in_memory(
+        catalog=Catalog(),
+        policy=Outcome(outcome),
+        clock=clock,
+        options=GatewayOptions(queue_ttl=TTL),
+    )
     tokens = TokenService(proctor.gateway.store, clock)
     agent = tokens.create(name="desk", roles=("agent",)).token
     user = tokens.create(name="alice", roles=("user",)).token

@@ -45,6 +45,7 @@ class TestStock:
         assert (s.sandbox, s.store_prompt) == (False, False)
         assert (s.confirm_ttl_seconds, s.approval_ttl_seconds) == (3600, 86_400)
         assert s.queue_ttl_seconds == 3600
+        assert s.report_grace_seconds == 60
         assert (s.agentic_max, s.hybrid_max) == (10, 15)
         assert (s.checkpoint_every, s.checkpoint_interval_seconds) == (1000, 60)
 
@@ -159,6 +160,8 @@ class TestNumbers:
             ("queue_ttl_seconds = 3600", "queue_ttl_seconds = 0", "queue_ttl_seconds"),
             ("queue_ttl_seconds = 3600", "queue_ttl_seconds = inf", "queue_ttl_seconds"),
             ("queue_ttl_seconds = 3600", 'queue_ttl_seconds = "1h"', "queue_ttl_seconds"),
+            ("report_grace_seconds = 60", "report_grace_seconds = 0", "report_grace_seconds"),
+            ("report_grace_seconds = 60", "report_grace_seconds = nan", "report_grace_seconds"),
             ("max_attempts = 3", "max_attempts = 1e9", "max_attempts"),
         ],
     )

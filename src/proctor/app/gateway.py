@@ -107,6 +107,11 @@ class GatewayOptions:
             may wait for a process that runs it (its runner, its actions) before it expires
             unstarted. Default 1 hour, as ``confirm_ttl``: the horizon of someone who said
             "now"; a worker or a proxy that runs the plan normally claims it within seconds.
+        report_grace: How long past a handed-over call's timeout the outcome of a call a
+            remote MCP proxy makes may take to be reported before the plan needs attention
+            (its report-by, ``PlanRecord.report_by``). Default 60 s: the answer's way to the
+            proxy, and the report's way back with its retries (three tries of up to the
+            proxy's 10 s request timeout each).
         step_timeout: Seconds one attempt may run (an action's ``timeout`` overrides it).
         max_attempts: Attempts per step for retryable failures (and resumed idempotent steps).
         retry_backoff: First backoff; it doubles per attempt (full jitter), capped at
@@ -126,6 +131,7 @@ class GatewayOptions:
     lease_ttl: timedelta = timedelta(seconds=30)
     plan_deadline: timedelta = timedelta(minutes=15)
     queue_ttl: timedelta = timedelta(hours=1)
+    report_grace: timedelta = timedelta(seconds=60)
     step_timeout: float | None = 60.0
     max_attempts: int = 3
     retry_backoff: timedelta = timedelta(milliseconds=200)

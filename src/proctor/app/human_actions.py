@@ -459,6 +459,9 @@ class HumanActions:
     def tick(self, *, wait: bool = True) -> list[PlanRecord]:
         """Fire due timers: expire waiting plans and queued plans past theirs, rollback TTLs.
 
+        A call handed to a remote MCP proxy whose outcome was not reported by its report-by
+        needs attention (``Recovery.report_missed``).
+
         Args:
             wait: Run the rollback TTLs' compensations here, to their end. False (the worker)
                 starts them and hands them to the executor's worker threads: a compensation
@@ -489,7 +492,11 @@ class HumanActions:
         if p.status is PlanStatus.RUNNING:
             # Queued past its start-by time (``queue_ttl``): any process expires it, one that
             # serves its runner or not (the transaction re-checks that nobody claimed it).
+            # Handed to a remote MCP proxy that did not report the call's outcome by its
+            # report-by: it needs attention (the call may have been made).
             with self._lock_for(p.plan_id):
+                if p.start_by is None and p.report_by is not None:
+                    return self.executor.report_missed(p.plan_id)
                 return self.executor.expire_overdue(p.plan_id)
         if p.status is PlanStatus.SUCCEEDED:
             if not self.executor.runnable_here(p):

@@ -29,12 +29,16 @@ if TYPE_CHECKING:
     from proctor.app.gateway import Gateway
     from proctor.app.saga import Saga
 
-__all__ = ["Recovery", "held_by_guard", "overdue"]
+__all__ = ["DEFAULT_CALL_TIMEOUT", "Recovery", "held_by_guard", "overdue", "unreported"]
 
 _WORKING = (PlanStatus.RUNNING, PlanStatus.COMPENSATING)
 _WAITING = "waiting: "  # the start of the error of a plan a guard holds (``_stopped``)
 # The outcomes of a plan that waited for a person: its decision carries ``input_digest``.
 _WAITED = frozenset({Route.CONFIRM.value, Route.APPROVE.value})
+
+DEFAULT_CALL_TIMEOUT = 300.0
+"""Seconds a remote MCP proxy's call may take when no timeout applies (a step timeout of 0),
+as a local proxy's (``McpProxy._step_timeout``)."""
 
 
 def held_by_guard(record: PlanRecord) -> str | None:
@@ -228,6 +232,16 @@ class Recovery:
                 # event, nothing written: every pass of the worker would repeat it).
                 return None
             j = self._journal(tx)
+            if unreported(current, now):
+                # A call handed to a remote MCP proxy whose outcome comes after its report-by
+                # (or any claim of it then): as the timer would (``report_missed``), in the
+                # claim's own transaction with the timer's test, so of a late report and the
+                # timer exactly one acts and the plan needs attention either way. The report
+                # is not recorded: past that time a human owns the question (``resolve``).
+                current = self._report_missed(j, current, now)
+                tx.save_plan(current)
+                j.flush()
+                return current, "done"
             if self.runs_handlers and overdue(current, now):
                 # Checked here, in the claim's own transaction (the row is locked), with the
                 # timer's test (``overdue``): of a runner claiming it and a timer firing at
@@ -249,6 +263,8 @@ class Recovery:
                 if current.error is not None:  # it waited for a guard (_stopped): no longer
                     current = dataclasses.replace(current, error=None)
             current = current.leased(self._token(), self._until(now))
+            if current.report_by is not None:  # its outcome is being recorded, in time
+                current = dataclasses.replace(current, report_by=None)
             if previous is not None:
                 j.emit(
                     E.PLAN_RESUMED,
@@ -356,19 +372,40 @@ class Recovery:
             j.flush()
         return current
 
+    def call_timeout(self, action: str) -> float:
+        """Seconds the call of ``action`` may take when a remote MCP proxy makes it.
+
+        The action's ``timeout``, else the step timeout, else (a step timeout of 0: no
+        limit) 300 s, the limit a local MCP proxy applies then. ``/v1/mcp/calls`` tells the
+        proxy this limit (it enforces it) and ``hand_off`` derives the call's report-by
+        from it: both must name the same one, or a call within the limit the proxy applies
+        could outlast the server's wait for its outcome.
+        """
+        spec = self.gw.catalog.get(action)
+        limit = (spec.timeout if spec is not None else None) or self._opts.step_timeout
+        return float(limit) if limit else DEFAULT_CALL_TIMEOUT
+
     def hand_off(self, plan_id: str) -> PlanRecord | None:
-        """Hand a queued plan's call to its caller: expired past its start-by, else no timer.
+        """Hand a queued plan's call to its caller: expired past its start-by, else timed.
 
         For a process that lets someone else make a queued plan's call (``/v1/mcp/calls``
         answers a remote MCP proxy "running": the proxy forwards the call, then reports its
         outcome). Past its start-by time the plan expires here and the caller is told so
-        instead. Otherwise the call is made now and its start-by is cleared: the outcome the
-        proxy reports later must find the plan running, not expired by a timer meanwhile
-        (the call would have happened with no record of it).
+        instead. Otherwise the call is made now: its start-by is cleared (the outcome the
+        proxy reports later must find the plan running, not expired by a timer meanwhile:
+        the call would have happened with no record of it), and its report-by is set
+        (``PlanRecord.report_by``): the call's timeout (``call_timeout``) plus
+        ``report_grace`` from now. A proxy that dies (or loses the network) after it was
+        told to make the call reports nothing and holds no lease, and the plan would stay
+        running for ever; past its report-by the timer puts it in ``needs_attention``
+        instead (``report_missed``), since the call may have been made.
+
+        Each hand-over tells a proxy to make the call, so a later one (the call's retry)
+        pushes the report-by out to cover that call too; it never brings it nearer.
 
         Returns:
-            The plan as it is now (expired, or queued with no start-by), or None if it is
-            not queued (any more).
+            The plan as it is now (expired, or queued with a report-by and no start-by), or
+            None if it is not queued (any more).
         """
         now = self.gw.clock.now()
         with self.gw.store.transaction() as tx:
@@ -379,17 +416,76 @@ class Recovery:
                 or current.lease_owner is not None
             ):
                 return None
-            if current.start_by is None:
-                return current
             if overdue(current, now) and not _has_completed(current):
                 j = self._journal(tx)
                 current = self._expire_queued(tx, j, current, now)
                 tx.save_plan(current)
                 j.flush()
                 return current
-            current = dataclasses.replace(current, start_by=None)
+            step = _handed(current)
+            if step is None:
+                return current  # a step in flight (an outcome being recorded): nothing to hand
+            grace: timedelta = self._opts.report_grace
+            report_by = now + timedelta(seconds=self.call_timeout(step.action)) + grace
+            if current.report_by is not None:
+                report_by = max(report_by, current.report_by)
+            current = dataclasses.replace(current, start_by=None, report_by=report_by)
             tx.save_plan(current)
         return current
+
+    def report_missed(self, plan_id: str) -> PlanRecord | None:
+        """Put a handed-over plan whose outcome was not reported in time in needs_attention.
+
+        Its timer fired (``report_by``, set by ``hand_off``): the proxy told to make the
+        call reported nothing by then, within the call's timeout and a grace. The call may
+        have been made upstream, or not: failing or expiring the plan could record a call
+        that happened as one that never ran (and release its budget reservation), so a human
+        checks and resolves its step, as for a step interrupted mid-flight (``_unknown``).
+        One transaction that re-reads the plan under its row lock: of the timer and the
+        proxy's report (whose claim applies the same test, ``_claim``), whichever commits
+        first decides.
+
+        Returns:
+            The plan as it ends here, or None when it is not past its report-by (any more).
+        """
+        now = self.gw.clock.now()
+        with self.gw.store.transaction() as tx:
+            current: PlanRecord | None = tx.get_plan(plan_id)
+            if current is None or not unreported(current, now):
+                return None
+            j = self._journal(tx)
+            current = self._report_missed(j, current, now)
+            tx.save_plan(current)
+            j.flush()
+        return current
+
+    def _report_missed(self, j: Journal, record: PlanRecord, now: datetime) -> PlanRecord:
+        """The step of ``record`` becomes ``unknown`` and the plan needs attention (in ``j``)."""
+        step = _handed(record)
+        assert step is not None  # unreported(): a pending step, none in flight
+        when = record.report_by.isoformat() if record.report_by is not None else "?"
+        reason = (
+            f"the MCP proxy did not report the outcome of the call by {when}; it may have "
+            "made the call"
+        )
+        # pending -> running -> unknown: the proxy was told to make this attempt. Nothing
+        # here knows when (or whether) it started, so no step.started is recorded for it.
+        step = step.moved_to(StepStatus.RUNNING, attempts=step.attempts + 1)
+        step = step.moved_to(StepStatus.UNKNOWN, error=reason[:MAX_ERROR])
+        record = record.with_step(step, report_by=None)
+        record = record.moved_to(
+            PlanStatus.NEEDS_ATTENTION,
+            at=now,
+            error=f"step {step.step_id}'s outcome is unknown: {reason}"[:MAX_ERROR],
+        ).leased(None, None)
+        j.emit(
+            E.STEP_UNKNOWN,
+            plan=record,
+            step_id=step.step_id,
+            actions=[self._attempt(step, "unknown")],
+            data={"reason": reason, "attempt": step.attempts, "report_by": when},
+        )
+        return record
 
     def _expire_queued(self, tx: Any, j: Journal, record: PlanRecord, now: datetime) -> PlanRecord:
         """End a queued plan whose start-by passed (inside ``j``'s transaction; see ``overdue``).
@@ -689,6 +785,33 @@ def overdue(record: PlanRecord, now: datetime) -> bool:
         and not any(s.status is StepStatus.RUNNING for s in record.steps)
         and any(s.status is StepStatus.PENDING for s in record.steps)
     )
+
+
+def unreported(record: PlanRecord, now: datetime) -> bool:
+    """Whether ``record``'s call was handed over and not reported by its report-by time.
+
+    Handed over (``Recovery.hand_off``): running with no lease, a pending step and none in
+    flight, a report-by set. The timer (``report_missed``) and the claim that records a
+    reported outcome (``_claim``) both ask this, with the store's boundary (``<= now``).
+    """
+    return (
+        record.report_by is not None
+        and record.report_by <= now
+        and record.status is PlanStatus.RUNNING
+        and record.lease_owner is None
+        and _handed(record) is not None
+    )
+
+
+def _handed(record: PlanRecord) -> StepRecord | None:
+    """The step whose call a hand-over gives away: the first pending one, if none runs."""
+    pending = None
+    for s in record.steps:
+        if s.status is StepStatus.RUNNING:
+            return None
+        if pending is None and s.status is StepStatus.PENDING:
+            pending = s
+    return pending
 
 
 def _has_completed(record: PlanRecord) -> bool:

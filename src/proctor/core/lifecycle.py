@@ -212,6 +212,10 @@ class PlanRecord:
     # A queued plan (cleared by a human, running with no lease) expires unstarted after this
     # unless a process that runs it claims it first; cleared when a step starts.
     start_by: datetime | None = None
+    # A call handed to a remote MCP proxy (running, no lease, its step pending while the
+    # proxy makes it) needs attention after this unless the proxy reported its outcome:
+    # the call's timeout plus a grace. Cleared when the reported outcome is recorded.
+    report_by: datetime | None = None
     # {"reason", "final"} while compensating, and "steps" for a rollback TTL's (only those)
     compensation: Mapping[str, Any] | None = None
 
@@ -247,14 +251,15 @@ class PlanRecord:
     def timer_at(self) -> datetime | None:
         """When this plan's next timer fires, or None.
 
-        Its expiry while it waits, its start-by time while it is queued, its earliest
-        rollback TTL once it succeeded. Stores index it so that firing timers costs one range
-        scan.
+        Its expiry while it waits, its start-by time while it is queued, the time by which
+        a remote MCP proxy must report the outcome of the call handed to it (``report_by``;
+        a handed-over plan has no start-by), its earliest rollback TTL once it succeeded.
+        Stores index it so that firing timers costs one range scan.
         """
         if self.status in (PlanStatus.AWAITING_APPROVAL, PlanStatus.AWAITING_CONFIRMATION):
             return self.expires_at
         if self.status is PlanStatus.RUNNING:
-            return self.start_by
+            return self.start_by or self.report_by  # never both (``hand_off`` clears one)
         if self.status is PlanStatus.SUCCEEDED:
             ttl = [
                 s.rollback_at

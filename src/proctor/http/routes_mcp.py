@@ -29,6 +29,13 @@ forwards the call and reports what came back. Four requests, each with the agent
   recorded under a lease like any step — ``step.started``, then ``step.succeeded`` with the
   result or ``step.failed`` with the error — and the plan finishes. Answers the plan.
 
+Every answer ``running`` (a call routed to execute, a retry's hand-over, ``/start``) gives
+the plan a report-by (``Recovery.hand_off``): the call's ``timeout`` plus ``[execution]
+report_grace_seconds``. A proxy that dies or loses the network after that answer reports
+nothing and holds no lease; past its report-by the timer puts the plan in
+``needs_attention`` (its step ``unknown``: the call may have been made), and an outcome
+reported after it is refused with 409 (a person resolves the step).
+
 Only the plan's own agent may take or report its outcome, only for a one-step plan of an
 action with runner ``mcp``: a token cannot write results for actions the server runs itself.
 
@@ -339,16 +346,21 @@ def router(ctx: Context) -> APIRouter:
             existed = store.get_plan(plan_id) is not None
             rec = gw.submit(doc, traceparent=traceparent)
         if existed:
-            # A retry finds its plan queued (confirmed or approved since): hand it over. A new
-            # plan was validated a moment ago, and one routed to execute has no start-by.
+            # A retry finds its plan queued (confirmed or approved since): hand it over.
             rec = hand_over(rec)
+        elif _queued(rec):
+            # Routed to execute: "running" hands the call over at once. It was validated a
+            # moment ago and has no start-by, but it gets its report-by (one more write, on
+            # this remote path only): a proxy that never reports must not leave it running.
+            rec = gw.executor.hand_off(plan_id) or rec
         return (200 if existed else 201), rec
 
     def hand_over(rec: PlanRecord) -> PlanRecord:
         """The plan as it stands once its queued call is the proxy's to make, if it may be.
 
         "Running" tells the proxy to make the call, so before that answer goes out the plan
-        is checked as a claim here would check it, and taken off its start-by timer.
+        is checked as a claim here would check it, taken off its start-by timer and given
+        its report-by (``Recovery.hand_off``).
         """
         plan_id = rec.plan_id
         if rec.status is not PlanStatus.RUNNING or rec.lease_owner is not None:
@@ -365,7 +377,8 @@ def router(ctx: Context) -> APIRouter:
         # And its start-by time: past it the plan expires here and the proxy is told so (a
         # new call is a new plan); before it, the call is handed to the proxy and no timer
         # may expire the plan while the proxy makes it (its outcome would find it expired,
-        # and a call that happened would have no record).
+        # and a call that happened would have no record). Its report-by replaces it: the
+        # outcome is due within the call's timeout and a grace, else the plan needs attention.
         return gw.executor.hand_off(plan_id) or gw.get(plan_id)
 
     @r.post(
@@ -390,8 +403,9 @@ def router(ctx: Context) -> APIRouter:
         # The action's plain summary, for the proxy to show when it asks the user, and the
         # seconds the upstream call may take (the proxy enforces it: the call is its own).
         doc["summary"] = spec.describe(rec.steps[0].params) if spec else None
-        limit = (spec.timeout if spec else None) or gw.options.step_timeout
-        doc["timeout"] = float(limit) if limit else None
+        # The limit the plan's report-by was derived from (``hand_off``): always named, so
+        # the proxy never applies a longer one of its own than the server waits for.
+        doc["timeout"] = gw.executor.call_timeout(rec.steps[0].action) if rec.steps else None
         return json_response(doc, status, {"Location": f"/v1/plans/{rec.plan_id}"})
 
     def mcp_plan(p: Principal, plan_id: str, step_id: str) -> PlanRecord:
@@ -430,6 +444,8 @@ def router(ctx: Context) -> APIRouter:
         if (body.result is None) == (body.error is None):
             raise InvalidRequestError("give either result or error", field="result")
         step = rec.steps[0]
+        if rec.status is PlanStatus.NEEDS_ATTENTION:
+            raise _too_late(rec)
         if rec.status is not PlanStatus.RUNNING or step.status not in (
             StepStatus.PENDING,
             StepStatus.RUNNING,
@@ -445,6 +461,10 @@ def router(ctx: Context) -> APIRouter:
             reported.forget(key)
         if done is None:
             raise ConflictError(f"plan {plan_id} is being run by another owner", field="plan_id")
+        if done.status is PlanStatus.NEEDS_ATTENTION:
+            # Past its report-by: the claim put it in needs_attention (as the timer would)
+            # and did not record this report.
+            raise _too_late(done)
         return done
 
     @r.post(
@@ -460,6 +480,32 @@ def router(ctx: Context) -> APIRouter:
         return json_response(plan_json(do_outcome(caller, plan_id, body, traceparent)))
 
     return r
+
+
+def _queued(rec: PlanRecord) -> bool:
+    """Whether ``rec`` is running with no lease and its one step not started (the proxy's)."""
+    return (
+        rec.status is PlanStatus.RUNNING
+        and rec.lease_owner is None
+        and len(rec.steps) == 1
+        and rec.steps[0].status is StepStatus.PENDING
+    )
+
+
+def _too_late(rec: PlanRecord) -> ConflictError:
+    """The 409 of an outcome reported for a plan that needs attention (past its report-by).
+
+    The report is not recorded: once the plan needs attention, whether the call took effect
+    is a human's to say (``resolve``, which the agent's token may not do), not the agent's.
+    """
+    step = rec.steps[0].step_id
+    return ConflictError(
+        f"plan {rec.plan_id} needs attention and takes no outcome report: "
+        f"{rec.error or 'its step is unknown'}",
+        field="plan_id",
+        hint=f"A person checks whether the call took effect upstream and resolves it: "
+        f"`proctor resolve {rec.plan_id} {step} --succeeded` (or `--failed`).",
+    )
 
 
 def _ignore(message: str) -> None:

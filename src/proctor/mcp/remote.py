@@ -23,7 +23,12 @@ connections, tools/list, the pass-through of resources, prompts, logging and the
    the result — masked as configured, here, so a masked value never leaves the proxy — or
    the error with ``POST /v1/mcp/plans/{id}/outcome``. The server records ``step.started``
    and ``step.succeeded`` (or ``step.failed``) and finishes the plan: the audit log on the
-   server shows the plan, the decision and the outcome.
+   server shows the plan, the decision and the outcome. The server waits for that report
+   until the plan's report-by (the call's ``timeout`` plus ``[execution]
+   report_grace_seconds``): a proxy that died (or lost the network) in between leaves the
+   plan ``needs_attention``, and a report that comes later is refused (409); this proxy
+   then logs what the upstream answered and how to resolve the plan, and still gives the
+   client the upstream's result.
 
 Fail closed: when the server cannot be reached or answers an error, the client gets a tool
 error and nothing is forwarded. Once a call was forwarded its result is the client's even
@@ -553,12 +558,16 @@ class RemoteMcpProxy(McpProxy):
                     "POST", f"/v1/mcp/plans/{plan_id}/outcome", body=body, headers=headers
                 )
                 return plan
-            except ConflictError:
-                # Already recorded (a report whose answer was lost), or the plan moved on.
+            except ConflictError as exc:
+                # Already recorded (a report whose answer was lost), or the plan moved on:
+                # past its report-by it needs attention, and the report is not recorded.
                 try:
-                    return await self.api.get(plan_id)
+                    plan = await self.api.get(plan_id)
                 except ProctorError:
                     return None
+                if plan.get("status") == "needs_attention":
+                    self._too_late(plan_id, step_id, report, exc)
+                return plan
             except ProctorError as exc:
                 transient = isinstance(exc, ServerUnreachableError) or exc.code == "storage_error"
                 if transient and attempt < len(_REPORT_BACKOFF):
@@ -576,13 +585,43 @@ class RemoteMcpProxy(McpProxy):
             self._unreported.popitem(last=False)
         return None
 
+    def _too_late(
+        self, plan_id: str, step_id: str, report: dict[str, Any], exc: ConflictError
+    ) -> None:
+        """Say that a call's outcome came after its report-by and what a person must do.
+
+        The server put the plan in needs_attention and refused the report; only this
+        proxy knows what the upstream answered, so its log says it (never the result
+        itself: it may hold what ``maskResult`` keeps from the server).
+        """
+        if "result" in report:
+            what = "the upstream answered without an error"
+        else:
+            what = f"the call ended in an error ({str(report.get('error'))[:300]})"
+        log.error(
+            "the outcome of %s was not recorded at %s: %s; %s. Check whether it took effect "
+            "upstream, then resolve it: `proctor resolve %s %s --succeeded --server %s` (or "
+            "--failed)",
+            plan_id,
+            self.api.url,
+            exc.message,
+            what,
+            plan_id,
+            step_id,
+            self.api.url,
+        )
+
     def _answer_remote(
         self, plan: dict[str, Any], raw: types.CallToolResult | None
     ) -> types.CallToolResult:
         """The client's answer for a plan (the server's JSON) as it stands."""
         plan_id, status = plan["plan_id"], plan["status"]
-        if raw is not None and (status in ("succeeded", "running") or raw.is_error):
-            # The upstream's own answer, as it came ("running": forwarded, not yet recorded).
+        if raw is not None and (
+            status in ("succeeded", "running", "needs_attention") or raw.is_error
+        ):
+            # The upstream's own answer, as it came ("running": forwarded, not yet recorded;
+            # "needs_attention": reported too late, not recorded, but the call was made:
+            # hiding its result would invite a second one).
             return raw
         if status == "succeeded":
             try:
@@ -608,6 +647,14 @@ class RemoteMcpProxy(McpProxy):
             return tool_error(f"denied by policy ({plan_id}): {reasons}")
         if status == "rejected":
             return tool_error(f"rejected ({plan_id}): {plan.get('error') or reasons}")
+        if status == "needs_attention":
+            step_id = plan["steps"][0]["id"] if plan.get("steps") else "s1"
+            return tool_error(
+                f"needs attention ({plan_id}): {plan.get('error') or reasons}. Whether the call "
+                "took effect is unknown until a person checks and resolves it (`proctor "
+                f"resolve {plan_id} {step_id} --succeeded{server}`, or `--failed`); the same "
+                "call again is a new plan."
+            )
         step = plan["steps"][0] if plan.get("steps") else {}
         detail = step.get("error") or plan.get("error") or reasons
         if raw is not None:
