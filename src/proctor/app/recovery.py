@@ -472,20 +472,9 @@ class Recovery:
         # here knows when (or whether) it started, so no step.started is recorded for it.
         step = step.moved_to(StepStatus.RUNNING, attempts=step.attempts + 1)
         step = step.moved_to(StepStatus.UNKNOWN, error=reason[:MAX_ERROR])
-        record = record.with_step(step, report_by=None)
-        record = record.moved_to(
-            PlanStatus.NEEDS_ATTENTION,
-            at=now,
-            error=f"step {step.step_id}'s outcome is unknown: {reason}"[:MAX_ERROR],
-        ).leased(None, None)
-        j.emit(
-            E.STEP_UNKNOWN,
-            plan=record,
-            step_id=step.step_id,
-            actions=[self._attempt(step, "unknown")],
-            data={"reason": reason, "attempt": step.attempts, "report_by": when},
-        )
-        return record
+        record = dataclasses.replace(record, report_by=None)
+        error = f"step {step.step_id}'s outcome is unknown: {reason}"
+        return self._needs_attention(j, record, step, error, reason, now, report_by=when)
 
     def _expire_queued(self, tx: Any, j: Journal, record: PlanRecord, now: datetime) -> PlanRecord:
         """End a queued plan whose start-by passed (inside ``j``'s transaction; see ``overdue``).
@@ -601,18 +590,31 @@ class Recovery:
             why = f"ran out of attempts ({step.attempts} of {self._opts.max_attempts})"
         else:
             why = "is not idempotent"
-        record = record.with_step(step.moved_to(StepStatus.UNKNOWN, error=reason))
-        record = record.moved_to(
-            PlanStatus.NEEDS_ATTENTION,
-            at=now,
-            error=f"step {step.step_id} {why} and its outcome is unknown ({reason})",
-        ).leased(None, None)
+        step = step.moved_to(StepStatus.UNKNOWN, error=reason)
+        error = f"step {step.step_id} {why} and its outcome is unknown ({reason})"
+        return self._needs_attention(j, record, step, error, reason, now)
+
+    def _needs_attention(
+        self,
+        j: Journal,
+        record: PlanRecord,
+        step: StepRecord,
+        error: str,
+        reason: str,
+        now: datetime,
+        **data: Any,
+    ) -> PlanRecord:
+        """``record`` with ``step`` (now ``unknown``) needs attention: a human resolves it."""
+        record = record.with_step(step).moved_to(
+            PlanStatus.NEEDS_ATTENTION, at=now, error=error[:MAX_ERROR]
+        )
+        record = record.leased(None, None)
         j.emit(
             E.STEP_UNKNOWN,
             plan=record,
             step_id=step.step_id,
             actions=[self._attempt(step, "unknown")],
-            data={"reason": reason, "attempt": step.attempts},
+            data={"reason": reason, "attempt": step.attempts, **data},
         )
         return record
 
