@@ -4,6 +4,8 @@ A failed step and the move to ``compensating`` commit together; each compensatio
 in-flight marker, then its outcome; a crash mid-compensation resumes it, re-running an
 interrupted compensation only if it is idempotent (and within ``max_attempts``). Each
 compensation has a step's timeout, which the executor's watchdog enforces (``timed_out``).
+An attempt that returns after its plan was taken over is fenced out and recorded only as
+``compensation.late_result`` (``_late_result``), as a step's is as ``step.late_result``.
 An undo is the same saga ending ``undone``, and its first commit checks the plan is still
 ``succeeded`` (of two concurrent undos, in any processes, one wins).
 """
@@ -145,7 +147,7 @@ class Saga:
                 # Interrupted mid-compensation (we are resuming): retry only if harmless.
                 why = self._not_again(step, attempts.get(step.step_id, 1))
                 if why is not None:
-                    record = self._compensated(record, step, why, reason)
+                    record = self._compensated(record, step, why, reason, ran=None)
                     continue
             elif step.status is not StepStatus.SUCCEEDED:
                 continue
@@ -182,7 +184,9 @@ class Saga:
                 error = self._undo(record, step, spec)
             finally:
                 self.ex._landed(record.plan_id, flight)
-            record = self._compensated(record, record.steps[step.index], error, reason)
+            record = self._compensated(
+                record, record.steps[step.index], error, reason, ran=attempts[step.step_id]
+            )
         return self._finish_compensation(record, reason, info.get("final"))
 
     def _nothing_to_undo(self, step: StepRecord) -> bool:
@@ -278,36 +282,102 @@ class Saga:
             raise ConflictError(f"action {spec.name!r} cannot be compensated")
 
     def _compensated(
-        self, record: PlanRecord, step: StepRecord, error: str | None, reason: str
+        self,
+        record: PlanRecord,
+        step: StepRecord,
+        error: str | None,
+        reason: str,
+        *,
+        ran: int | None,
     ) -> PlanRecord:
+        """Record a step's compensation outcome; if the plan is no longer ours, its late result.
+
+        ``ran`` is the number of the attempt that just ran, None when none ran (an interrupted
+        compensation that must not run again: ``error`` says why).
+
+        Raises:
+            LostLease: the plan was taken over meanwhile; what ran is recorded only as
+                ``compensation.late_result`` (committed before this is raised).
+        """
+        lost: LostLease | None = None
+        current = record
         with self.ex.gw.store.transaction(durable=False) as tx:
-            current = self.ex._fenced(tx, record, None)
-            now_step = current.steps[step.index]
-            j = self.ex._journal(tx)
-            if error is None:
-                current = current.with_step(now_step.moved_to(StepStatus.COMPENSATED))
-                j.emit(
-                    E.COMPENSATION_SUCCEEDED,
-                    plan=current,
-                    step_id=step.step_id,
-                    actions=[self.ex._attempt(step, "compensated")],
-                    data={"reason": reason},
-                )
+            try:
+                current = self.ex._fenced(tx, record, None)
+            except LostLease as exc:
+                if ran is not None:
+                    # Commit the late-result event, then leave (raising here rolls it back).
+                    self._late_result(tx, exc.record, step, ran, error)
+                lost = exc
             else:
-                current = current.with_step(
-                    now_step.moved_to(StepStatus.COMPENSATION_FAILED, error=error)
-                )
-                j.emit(
-                    E.COMPENSATION_FAILED,
-                    plan=current,
-                    step_id=step.step_id,
-                    actions=[self.ex._attempt(step, "compensation_failed")],
-                    data={"reason": reason, "error": error},
-                )
-            current = current.leased(current.lease_owner, self.ex._until(self.ex.gw.clock.now()))
-            tx.save_plan(current)
-            j.flush()
+                current = self._apply_outcome(tx, current, step, error, reason)
+        if lost is not None:
+            raise lost
         return current
+
+    def _apply_outcome(
+        self, tx: Any, current: PlanRecord, step: StepRecord, error: str | None, reason: str
+    ) -> PlanRecord:
+        """``compensation.succeeded`` or ``compensation.failed``, with the step's new status."""
+        now_step = current.steps[step.index]
+        j = self.ex._journal(tx)
+        if error is None:
+            current = current.with_step(now_step.moved_to(StepStatus.COMPENSATED))
+            j.emit(
+                E.COMPENSATION_SUCCEEDED,
+                plan=current,
+                step_id=step.step_id,
+                actions=[self.ex._attempt(step, "compensated")],
+                data={"reason": reason},
+            )
+        else:
+            current = current.with_step(
+                now_step.moved_to(StepStatus.COMPENSATION_FAILED, error=error)
+            )
+            j.emit(
+                E.COMPENSATION_FAILED,
+                plan=current,
+                step_id=step.step_id,
+                actions=[self.ex._attempt(step, "compensation_failed")],
+                data={"reason": reason, "error": error},
+            )
+        current = current.leased(current.lease_owner, self.ex._until(self.ex.gw.clock.now()))
+        tx.save_plan(current)
+        j.flush()
+        return current
+
+    def _late_result(
+        self, tx: Any, current: PlanRecord, step: StepRecord, attempt: int, error: str | None
+    ) -> None:
+        """Record that a compensation attempt returned after its plan was taken over.
+
+        The saga's ``Executor._late_result``, with the same fields (``attempt``, ``owner``,
+        ``error``, ``recorded``: the step's status on record) but its own event type: a
+        ``step.late_result`` with no error would read as the step's action having succeeded,
+        when what ran was its undo. Not applied (fencing): the step stays as the new owner
+        recorded it, typically ``compensation_failed`` with its effect unknown; this event is
+        what its resolver needs (``error`` None: the undo did run, and succeeded). A
+        compensation returns no result to hash. Nothing is escalated besides, unlike a late
+        step success on a step recorded ``failed``: a step whose compensation is on record as
+        ``compensation_failed`` ends its plan ``failed`` (webhook ``plan.failed``), which
+        already calls for a human; one on record as ``compensated`` agrees with a late
+        success, and a late failure there means another attempt of an idempotent undo did it.
+        """
+        recorded = current.steps[step.index].status
+        j = self.ex._journal(tx)
+        j.emit(
+            E.COMPENSATION_LATE_RESULT,
+            plan=current,
+            step_id=step.step_id,
+            data={
+                "attempt": attempt,
+                "owner": self.ex.owner,
+                "error": error,
+                "recorded": recorded.value,
+            },
+        )
+        tx.save_plan(current)
+        j.flush()
 
     def _finish_compensation(
         self, record: PlanRecord, reason: str, final: str | None

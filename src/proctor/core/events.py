@@ -43,6 +43,8 @@ class EventType:
     COMPENSATION_SUCCEEDED: Final = "compensation.succeeded"
     COMPENSATION_FAILED: Final = "compensation.failed"
     COMPENSATION_TIMED_OUT: Final = "compensation.timed_out"
+    # A compensation attempt that returned after its plan was taken over (not applied).
+    COMPENSATION_LATE_RESULT: Final = "compensation.late_result"
     UNDO_REQUESTED: Final = "undo.requested"
     PLAN_FINISHED: Final = "plan.finished"
     # A rollback TTL undid some steps of a succeeded plan; the others stand, it is succeeded.

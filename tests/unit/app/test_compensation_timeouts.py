@@ -7,6 +7,7 @@ import threading
 import time
 from datetime import timedelta
 
+import orjson
 import pytest
 
 from proctor import Proctor
@@ -108,8 +109,16 @@ class TestCompensationTimeouts:
         assert "effect is unknown" in rec.steps[0].error
         assert undo.keys == ["h-1:s1"]
         assert "compensation.timed_out" in types(p, "h-1")
-        # The stuck call's late return recorded nothing.
+        # The stuck call's late return changed nothing on record, and the log says it returned.
         assert p.get("h-1").steps[0] == rec.steps[0]
+        late = [e for e in p.gateway.store.read_events(plan_id="h-1") if e.step_id == "s1"][-1]
+        assert late.type == "compensation.late_result"
+        assert orjson.loads(late.body)["data"] == {
+            "attempt": 1,
+            "owner": p.gateway.executor.owner,
+            "error": None,
+            "recorded": "compensation_failed",
+        }
         assert p.verify().ok
 
     def test_a_hung_idempotent_compensation_is_retried_after_its_timeout(self):
