@@ -146,6 +146,41 @@ class TestLateCompensation:
             )
         ]
         assert scenario.events()[-1] == late[0]  # after the takeover's plan.finished
+        # The attempt's start is in the log, and the takeover's verdict names that attempt.
+        assert [data(e)["attempt"] for e in scenario.events("compensation.attempt_started")] == [1]
+        assert [data(e)["attempt"] for e in scenario.events("compensation.failed")] == [1]
         assert scenario.events("step.late_result") == []  # no step's action ran late
         assert scenario.p.get("p1") == taken  # the record stands as the takeover left it
+        assert scenario.p.verify().ok
+
+
+class TestCompensationAttempts:
+    def test_a_compensation_re_run_after_a_crash_is_in_the_log_with_its_attempt(self, scenario):
+        """Killed in its idempotent undo after the effect; the takeover runs it again. The
+        log has both attempts, numbered, each committed before its call, as a step's are."""
+        child = scenario.start("SIGKILL", "t.idem,t.fail")
+        child.communicate(timeout=60)
+        assert child.returncode == -signal.SIGKILL
+
+        taken = scenario.take_over()
+
+        assert taken.status is PlanStatus.COMPENSATED
+        assert taken.steps[0].status is StepStatus.COMPENSATED
+        assert taken.compensation["attempts"] == {"s1": 2}
+        assert scenario.real_calls() == ["book p1:s1", "fail p1:s2", "undo p1:s1", "undo p1:s1"]
+        saga = [
+            (e.type, e.step_id, data(e).get("attempt"))
+            for e in scenario.events()
+            if e.type.startswith("compensation.") or e.type in ("plan.resumed", "plan.finished")
+        ]
+        assert saga == [
+            ("compensation.started", None, None),
+            ("compensation.attempt_started", "s1", 1),
+            ("plan.resumed", None, None),
+            ("compensation.attempt_started", "s1", 2),
+            ("compensation.succeeded", "s1", 2),
+            ("plan.finished", None, None),
+        ]
+        (first, second) = scenario.events("compensation.attempt_started")
+        assert data(first)["idempotency_key"] == data(second)["idempotency_key"] == "p1:s1"
         assert scenario.p.verify().ok

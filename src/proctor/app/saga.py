@@ -1,9 +1,10 @@
 """The saga: completed steps undone in reverse order, durably (docs/execution.md).
 
 A failed step and the move to ``compensating`` commit together; each compensation is an
-in-flight marker, then its outcome; a crash mid-compensation resumes it, re-running an
-interrupted compensation only if it is idempotent (and within ``max_attempts``). Each
-compensation has a step's timeout, which the executor's watchdog enforces (``timed_out``).
+in-flight marker (with ``compensation.attempt_started``: every attempt, numbered, is in the
+log), then its outcome; a crash mid-compensation resumes it, re-running an interrupted
+compensation only if it is idempotent (and within ``max_attempts``). Each compensation has a
+step's timeout, which the executor's watchdog enforces (``timed_out``).
 An attempt that returns after its plan was taken over is fenced out and recorded only as
 ``compensation.late_result`` (``_late_result``), as a step's is as ``step.late_result``.
 An undo is the same saga ending ``undone``, and its first commit checks the plan is still
@@ -145,9 +146,10 @@ class Saga:
                 continue  # a rollback TTL's saga: this step's TTL has not passed, or it has none
             if step.status is StepStatus.COMPENSATING:
                 # Interrupted mid-compensation (we are resuming): retry only if harmless.
-                why = self._not_again(step, attempts.get(step.step_id, 1))
+                last = attempts.get(step.step_id, 1)
+                why = self._not_again(step, last)
                 if why is not None:
-                    record = self._compensated(record, step, why, reason, ran=None)
+                    record = self._compensated(record, step, why, reason, attempt=last, ran=False)
                     continue
             elif step.status is not StepStatus.SUCCEEDED:
                 continue
@@ -165,6 +167,7 @@ class Saga:
             # lost to a power failure, the step would read succeeded again and be compensated
             # twice (as a step's start is, in the executor).
             durable = not self._idempotent(step)
+            attempt = attempts[step.step_id]
             with self.ex.gw.store.transaction(durable=durable) as tx:
                 current = self.ex._fenced(tx, record, None)
                 marker = current.steps[step.index]
@@ -175,17 +178,30 @@ class Saga:
                 record = dataclasses.replace(
                     current.with_step(marker), compensation={**info, "attempts": dict(attempts)}
                 ).leased(current.lease_owner, self.ex._until(self.ex.gw.clock.now()))
+                # Every attempt is in the log with its number, a re-run after a crash or a
+                # timeout too (the step is already ``compensating`` then), as ``step.started``
+                # records each attempt of a step.
+                j = self.ex._journal(tx)
+                j.emit(
+                    E.COMPENSATION_ATTEMPT_STARTED,
+                    plan=record,
+                    step_id=step.step_id,
+                    actions=[self.ex._attempt(step, "compensating")],
+                    data={
+                        "idempotency_key": record.idempotency_key(step.step_id),
+                        "attempt": attempt,
+                    },
+                )
                 tx.save_plan(record)
+                j.flush()
             # The watchdog times the call out as it does a step's (compensation.timed_out).
-            flight = self.ex._flight(
-                record, marker, self._compensator(spec), attempt=attempts[step.step_id]
-            )
+            flight = self.ex._flight(record, marker, self._compensator(spec), attempt=attempt)
             try:
                 error = self._undo(record, step, spec)
             finally:
                 self.ex._landed(record.plan_id, flight)
             record = self._compensated(
-                record, record.steps[step.index], error, reason, ran=attempts[step.step_id]
+                record, record.steps[step.index], error, reason, attempt=attempt, ran=True
             )
         return self._finish_compensation(record, reason, info.get("final"))
 
@@ -288,12 +304,13 @@ class Saga:
         error: str | None,
         reason: str,
         *,
-        ran: int | None,
+        attempt: int,
+        ran: bool,
     ) -> PlanRecord:
         """Record a step's compensation outcome; if the plan is no longer ours, its late result.
 
-        ``ran`` is the number of the attempt that just ran, None when none ran (an interrupted
-        compensation that must not run again: ``error`` says why).
+        ``attempt`` is the number of the attempt whose outcome this is; ``ran`` is False when
+        it was interrupted and is not run again (``error`` says why): nothing ran just now.
 
         Raises:
             LostLease: the plan was taken over meanwhile; what ran is recorded only as
@@ -305,18 +322,24 @@ class Saga:
             try:
                 current = self.ex._fenced(tx, record, None)
             except LostLease as exc:
-                if ran is not None:
+                if ran:
                     # Commit the late-result event, then leave (raising here rolls it back).
-                    self._late_result(tx, exc.record, step, ran, error)
+                    self._late_result(tx, exc.record, step, attempt, error)
                 lost = exc
             else:
-                current = self._apply_outcome(tx, current, step, error, reason)
+                current = self._apply_outcome(tx, current, step, error, reason, attempt)
         if lost is not None:
             raise lost
         return current
 
     def _apply_outcome(
-        self, tx: Any, current: PlanRecord, step: StepRecord, error: str | None, reason: str
+        self,
+        tx: Any,
+        current: PlanRecord,
+        step: StepRecord,
+        error: str | None,
+        reason: str,
+        attempt: int,
     ) -> PlanRecord:
         """``compensation.succeeded`` or ``compensation.failed``, with the step's new status."""
         now_step = current.steps[step.index]
@@ -328,7 +351,7 @@ class Saga:
                 plan=current,
                 step_id=step.step_id,
                 actions=[self.ex._attempt(step, "compensated")],
-                data={"reason": reason},
+                data={"reason": reason, "attempt": attempt},
             )
         else:
             current = current.with_step(
@@ -339,7 +362,7 @@ class Saga:
                 plan=current,
                 step_id=step.step_id,
                 actions=[self.ex._attempt(step, "compensation_failed")],
-                data={"reason": reason, "error": error},
+                data={"reason": reason, "error": error, "attempt": attempt},
             )
         current = current.leased(current.lease_owner, self.ex._until(self.ex.gw.clock.now()))
         tx.save_plan(current)

@@ -39,7 +39,10 @@ class EventType:
     STEP_LATE_RESULT: Final = "step.late_result"
     CANARY_CHECKED: Final = "canary.checked"
     PLAN_RESUMED: Final = "plan.resumed"
-    COMPENSATION_STARTED: Final = "compensation.started"
+    COMPENSATION_STARTED: Final = "compensation.started"  # the saga starts (the plan's)
+    # One attempt at one step's compensation, the first and each re-run, with its number (as
+    # ``step.started`` is a step's): committed with the step's in-flight marker.
+    COMPENSATION_ATTEMPT_STARTED: Final = "compensation.attempt_started"
     COMPENSATION_SUCCEEDED: Final = "compensation.succeeded"
     COMPENSATION_FAILED: Final = "compensation.failed"
     COMPENSATION_TIMED_OUT: Final = "compensation.timed_out"

@@ -147,6 +147,21 @@ class TestCompensationTimeouts:
         assert undo.keys == ["h-2:s1", "h-2:s1"]
         assert rec.compensation["attempts"] == {"s1": 2}
         assert p.get("h-2").status is PlanStatus.UNDONE
+        # Both attempts are in the log with their numbers, and which one timed out, which
+        # one succeeded, and the first's late return.
+        saga = [
+            (e.type, orjson.loads(e.body)["data"].get("attempt"))
+            for e in p.gateway.store.read_events(plan_id="h-2")
+            if e.type.startswith("compensation.")
+        ]
+        assert saga[:5] == [
+            ("compensation.started", None),
+            ("compensation.attempt_started", 1),
+            ("compensation.timed_out", 1),
+            ("compensation.attempt_started", 2),
+            ("compensation.succeeded", 2),
+        ]
+        assert saga[5:] == [("compensation.late_result", 1)]
         assert p.verify().ok
 
     def test_an_idempotent_compensation_that_keeps_hanging_stops_at_max_attempts(self):
