@@ -385,7 +385,7 @@ class Recovery:
         limit = (spec.timeout if spec is not None else None) or self._opts.step_timeout
         return float(limit) if limit else DEFAULT_CALL_TIMEOUT
 
-    def hand_off(self, plan_id: str) -> PlanRecord | None:
+    def hand_off(self, plan_id: str, *, durable: bool = True) -> PlanRecord | None:
         """Hand a queued plan's call to its caller: expired past its start-by, else timed.
 
         For a process that lets someone else make a queued plan's call (``/v1/mcp/calls``
@@ -403,12 +403,19 @@ class Recovery:
         Each hand-over tells a proxy to make the call, so a later one (the call's retry)
         pushes the report-by out to cover that call too; it never brings it nearer.
 
+        Args:
+            plan_id: The queued plan whose call is handed over.
+            durable: False for the hand-over of a call routed to execute at its submission,
+                whose own commit was not fsynced either (an idempotent tool): the report-by
+                is a timer that ends a lost proxy's wait, and the outcome's durable commit
+                syncs it with the plan. A power loss before then loses the plan's row too.
+
         Returns:
             The plan as it is now (expired, or queued with a report-by and no start-by), or
             None if it is not queued (any more).
         """
         now = self.gw.clock.now()
-        with self.gw.store.transaction() as tx:
+        with self.gw.store.transaction(durable=durable) as tx:
             current: PlanRecord | None = tx.get_plan(plan_id)
             if (
                 current is None

@@ -352,7 +352,11 @@ def router(ctx: Context) -> APIRouter:
             # Routed to execute: "running" hands the call over at once. It was validated a
             # moment ago and has no start-by, but it gets its report-by (one more write, on
             # this remote path only): a proxy that never reports must not leave it running.
-            rec = gw.executor.hand_off(plan_id) or rec
+            # Not fsynced: the submission's own commit was not, for an idempotent tool, and
+            # the outcome's durable commit syncs both (``Recovery.hand_off``).
+            spec = gw.catalog.get(rec.steps[0].action)
+            durable = spec is None or not spec.idempotent
+            rec = gw.executor.hand_off(plan_id, durable=durable) or rec
         return (200 if existed else 201), rec
 
     def hand_over(rec: PlanRecord) -> PlanRecord:
