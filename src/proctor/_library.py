@@ -17,6 +17,7 @@ from proctor.app.auditlog import AuditLog
 from proctor.app.dispatch import Dispatcher
 from proctor.app.gateway import Gateway, GatewayOptions
 from proctor.app.guards import Guards
+from proctor.app.journal import record_rotation
 from proctor.app.notify import Notifier
 from proctor.app.stepup import TotpStepUp
 from proctor.app.tokens import TokenService
@@ -568,6 +569,11 @@ class Proctor:
     def rotate_key(self) -> str:
         """Make a new signing key current (old public keys are kept); return its id.
 
+        Recorded as ``keys.rotated``. The keyring is written first and cannot be rolled back
+        with the event: if this process dies in between, the first event signed with the new
+        key records the rotation instead (``proctor.app.journal``), so the log never changes
+        key unannounced.
+
         Raises:
             ConfigError: for an in-memory instance, which has no keyring on disk.
         """
@@ -576,7 +582,8 @@ class Proctor:
         entry = self.keyring.create(self.gateway.clock.now())
         previous = self.keyring.previous(entry.key_id)
         self._keys, self._keys_mtime = self.keyring.key_infos(), _mtime(self.keyring)
-        self.gateway.record("keys.rotated", {"key_id": entry.key_id, "previous": previous})
+        gw = self.gateway
+        record_rotation(gw.store, gw._journal, key_id=entry.key_id, previous=previous)
         return entry.key_id
 
     @property

@@ -18,6 +18,7 @@ from proctor.app.auditlog import AuditLog, CheckpointPolicy
 from proctor.app.dispatch import Dispatcher
 from proctor.app.gateway import Gateway, GatewayOptions
 from proctor.app.guards import Guards
+from proctor.app.journal import record_rotation
 from proctor.app.notify import Notifier
 from proctor.app.stepup import TotpStepUp
 from proctor.app.telemetry import Telemetry
@@ -546,13 +547,14 @@ def open_instance(settings: Settings, *, clock: Clock | None = None) -> Instance
         )
         if rotated is not None:
             # As ``Proctor.rotate_key`` records a manual rotation: the first event after it.
-            gateway.record(
-                "keys.rotated",
-                {
-                    "key_id": rotated.key_id,
-                    "previous": keyring.previous(rotated.key_id),
-                    "scheduled": True,
-                },
+            # Killed before this commits, the rotation is recorded by the first event the
+            # new key signs, in any process (``proctor.app.journal``), without "scheduled".
+            record_rotation(
+                gateway.store,
+                gateway._journal,
+                key_id=rotated.key_id,
+                previous=keyring.previous(rotated.key_id),
+                scheduled=True,
             )
     except ProctorError:
         store.close()

@@ -349,6 +349,39 @@ class TestEvents:
             _event(tx)
         assert [e.plan_id for e in store.read_events(plan_id="p9")] == ["p9"]
 
+    def test_head_names_the_key_of_the_last_event(self, store):
+        """The head read at the start of a transaction, and after an append in it, carries
+        the key that signed the last event (what a writer compares its own key with)."""
+        other = LocalSigner(b"\x04" * 32)
+        with store.transaction() as tx:
+            assert tx.audit_head().key_id is None  # an empty log
+            _event(tx)
+            assert tx.audit_head().key_id == SIGNER.key_id
+        with store.transaction() as tx:
+            head = tx.audit_head()
+            assert head.key_id == SIGNER.key_id
+            body = {"type": "t.e", "timestamp": T0.isoformat(), "plan_id": None, "step_id": None}
+            tx.append_events([seal(body, seq=head.size, prev_hash=head.last_hash, signer=other)])
+            assert tx.audit_head().key_id == other.key_id
+        with store.transaction() as tx:
+            assert tx.audit_head().key_id == other.key_id
+
+    def test_instance_events_of_a_type(self, store):
+        """Plan-less events of one type, oldest first, this transaction's own included."""
+        with store.transaction() as tx:
+            first = _event(tx, "keys.rotated")
+            _event(tx, "token.created")
+            head = tx.audit_head()
+            body = {"type": "keys.rotated", "timestamp": T0.isoformat(), "plan_id": "p1"}
+            row = seal(
+                body | {"step_id": None}, seq=head.size, prev_hash=head.last_hash, signer=SIGNER
+            )
+            tx.append_events([row])  # of a plan: not an instance event
+        with store.transaction() as tx:
+            second = _event(tx, "keys.rotated")
+            assert tx.instance_events("keys.rotated") == [first, second]
+            assert tx.instance_events("policy.loaded") == []
+
     def test_meta(self, store):
         """Metadata values persist."""
         with store.transaction() as tx:

@@ -105,3 +105,54 @@ class TestScheduledRotationOnPostgres:
             with Proctor.open(home, clock=clock) as p:
                 assert p.verify().ok
                 assert [e.key_id for e in p.keyring.entries()] == [old, new]
+
+
+class TestUnrecordedRotationOnPostgres:
+    def test_replicas_record_a_killed_rotation_once(self, tmp_path, pg_url):
+        """A rotation killed before its keys.rotated committed, its keyring copied to the
+        other replica: four instances on two replicas then append at once, and exactly one
+        records the rotation (the log's advisory lock orders them); the log verifies on both.
+        """
+        import threading
+
+        from proctor.audit.keys import Keyring
+
+        clock = FrozenClock(datetime(2026, 1, 1, tzinfo=UTC))
+        a, b = _replicas(tmp_path, pg_url, every=0, clock=clock)
+        with Proctor.open(a, clock=clock) as pa:
+            pa.submit(make_plan([READ]))
+            old = pa.gateway.signer.key_id
+        new = Keyring(a / "keys").create(clock.now()).key_id  # what the killed rotation left
+        _copy_keys(a, b)
+        clock.advance(timedelta(seconds=1))
+
+        instances = [Proctor.open(home, clock=clock) for home in (a, b, a, b)]
+        barrier = threading.Barrier(len(instances), timeout=10)
+        errors: list[Exception] = []
+
+        def append(p: Proctor) -> None:
+            try:
+                barrier.wait()
+                p.submit(make_plan([READ]))
+            except Exception as exc:  # noqa: BLE001 - collected for the assert
+                errors.append(exc)
+
+        try:
+            threads = [threading.Thread(target=append, args=(p,)) for p in instances]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+        finally:
+            for p in instances:
+                p.close()
+
+        assert errors == []
+        for home in (a, b):
+            with Proctor.open(home, clock=clock) as p:
+                rotated = [orjson.loads(e.body) for e in p.events() if b'"keys.rotated"' in e.body]
+                assert [r["data"] for r in rotated] == [
+                    {"key_id": new, "previous": old, "on_first_use": True}
+                ]
+                report = p.verify()
+                assert report.ok, report

@@ -82,6 +82,7 @@ class AuditLog:
         self._tree = MerkleTree(self._nodes)
         self._last_cp: CheckpointRow | None = None
         self._last_hash: str | None = None  # hash of the last event this copy has seen
+        self._last_key: str | None = None  # the key that signed it
         self._loaded = False
         # An unsigned log (``NoSigner``) keeps the chain and the tree but signs no checkpoint.
         self._signs = signer.key_id != UNSIGNED
@@ -181,8 +182,19 @@ class AuditLog:
 
     # ------------------------------------------------------------------ append
 
-    def on_append(self, tx: Transaction, rows: Sequence[EventRow], head: AuditHead) -> None:
-        """Add ``rows`` (just appended after ``head``) as leaves; checkpoint if due."""
+    def on_append(
+        self,
+        tx: Transaction,
+        rows: Sequence[EventRow],
+        head: AuditHead,
+        *,
+        key_id: str | None = None,
+    ) -> None:
+        """Add ``rows`` (just appended after ``head``) as leaves; checkpoint if due.
+
+        ``key_id`` is the key that signed them (one journal signs with one key), for
+        ``head_key``.
+        """
         with self._reading(tx):
             self._sync(tx, head.size, head.last_hash)
             # The store keeps each event's leaf hash in its row; the interior nodes live here.
@@ -190,9 +202,21 @@ class AuditLog:
                 self._tree.append(leaf_hash(row.body))
             # Valid only once the transaction commits; a rollback leaves the store's head
             # different from this hash, and the next sync then reloads.
-            self._last_hash = rows[-1].hash if rows else self._last_hash
+            if rows:
+                self._last_hash, self._last_key = rows[-1].hash, key_id
             if self._signs and self._due():
                 self._sign(tx)
+
+    def head_key(self, head: AuditHead) -> str | None:
+        """Return the key that signed the event at ``head``.
+
+        Known without reading the event when this copy appended it (hashes are unique);
+        otherwise read from its bytes (``AuditHead.key_id``). Called by an appender holding
+        the log's lock, so no other append of this process changes ``_last_hash`` meanwhile.
+        """
+        if self._last_key is not None and head.last_hash == self._last_hash:
+            return self._last_key
+        return head.key_id
 
     def _due(self) -> bool:
         size = self._tree.size

@@ -3,6 +3,14 @@
 A ``Journal`` collects the events of one transaction and seals them (chain + signature)
 against the log head read *inside* that transaction, so the chain has no fork or gap even
 when several writers race: the store's write lock orders them.
+
+The log also records every change of signing key. A rotation writes the keyring first and
+its ``keys.rotated`` event after (``record_rotation``); a process killed in between, or a
+signer switched to another key by other means, would leave events signed by a new key that
+the log never announced. So the writer that first appends with a key other than the head's
+records the change itself, first in its own transaction, unless the log already names that
+key (``rotation_recorded``): under the log's lock, so of several processes or replicas
+exactly one records it.
 """
 
 from __future__ import annotations
@@ -13,15 +21,26 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import orjson
+
 from proctor.app.auditlog import AuditLog
 from proctor.app.redaction import Redaction
 from proctor.app.telemetry import current_ids
 from proctor.audit.events import pinned, seal
 from proctor.core.canonical import canonical, fast_path_ok
+from proctor.core.events import EventType as E
 from proctor.core.lifecycle import PlanRecord
-from proctor.core.ports import Clock, EventListener, EventRow, Signer, Transaction
+from proctor.core.ports import Clock, EventListener, EventRow, Signer, Store, Transaction
 
-__all__ = ["Journal", "keyed_payload_hash", "payload_hash"]
+__all__ = [
+    "Journal",
+    "keyed_payload_hash",
+    "payload_hash",
+    "record_rotation",
+    "rotation_recorded",
+]
+
+_SYSTEM = {"type": "system", "name": "proctor"}
 
 
 def payload_hash(params: Mapping[str, Any]) -> str:
@@ -193,6 +212,12 @@ class Journal:
         if not self._bodies:
             return []
         head = self._tx.audit_head()
+        key_id = self._signer.key_id
+        # The usual append pays two comparisons: this process wrote the head (same hash),
+        # with this key. Otherwise the head's key is read from its bytes (under 1 µs).
+        head_key = self._log.head_key(head) if self._log is not None else head.key_id
+        if head_key != key_id and head.size:
+            self._record_key_change(key_id, head_key)
         seq, prev = head.size, head.last_hash
         rows = []
         for body, fast in zip(self._bodies, self._fast, strict=True):
@@ -202,12 +227,86 @@ class Journal:
         self._tx.append_events(rows)
         if self._log is not None:
             # Same transaction: the Merkle leaves and any checkpoint commit with the events.
-            self._log.on_append(self._tx, rows, head)
+            self._log.on_append(self._tx, rows, head, key_id=key_id)
         for listener in self._listeners:
             listener.on_events(self._tx, rows)
         self._bodies.clear()
         self._fast.clear()
         return rows
+
+    def _record_key_change(self, key_id: str, previous: str | None) -> None:
+        """Put a ``keys.rotated`` event first, unless the log or this journal records ``key_id``.
+
+        Called with the log's lock held (``audit_head``), when this transaction signs with a
+        key other than the last event's: the first event of a new key, after a rotation that
+        did not record itself (its process was killed between writing the keyring and
+        committing the event), or a process still on the previous key for the second it
+        takes to reload the keyring (a key the log names already: nothing is added).
+        """
+        if any(
+            b["type"] == E.KEYS_ROTATED and b["data"].get("key_id") == key_id for b in self._bodies
+        ):
+            return  # ``record_rotation``'s own event
+        if rotation_recorded(self._tx, key_id):
+            return
+        first = self._bodies[0]["timestamp"]
+        self.emit(
+            E.KEYS_ROTATED,
+            data={"key_id": key_id, "previous": previous, "on_first_use": True},
+            actor=_SYSTEM,
+        )
+        body = self._bodies.pop()
+        # Dated as the events it precedes (all stamped after the journal took its key).
+        body["timestamp"] = first
+        self._bodies.insert(0, body)
+        self._fast.insert(0, self._fast.pop())
+
+
+def rotation_recorded(tx: Transaction, key_id: str) -> bool:
+    """Whether a ``keys.rotated`` event of the log names ``key_id`` (new key or previous).
+
+    Reads the log's plan-less ``keys.rotated`` events: only when a writer's key is not the
+    head's, which happens around a rotation. Named as ``previous``, the key signed events
+    before a recorded rotation (a process that has not reloaded the keyring yet).
+    """
+    for row in tx.instance_events(E.KEYS_ROTATED):
+        try:
+            data = orjson.loads(row.body).get("data")
+        except (orjson.JSONDecodeError, AttributeError):
+            continue  # not an event Proctor wrote; verification reports it
+        if isinstance(data, dict) and key_id in (data.get("key_id"), data.get("previous")):
+            return True
+    return False
+
+
+def record_rotation(
+    store: Store,
+    journal: Callable[[Transaction], Journal],
+    *,
+    key_id: str,
+    previous: str | None,
+    scheduled: bool = False,
+) -> bool:
+    """Append ``keys.rotated`` for a new key unless the log records it already.
+
+    The rotation's own record, written after the keyring (which has no log). Another process
+    may have signed with the new key in between and recorded it (``Journal.flush``): then
+    nothing is added.
+
+    Returns:
+        True if the event was appended, False if the log already named the key.
+    """
+    with store.transaction() as tx:
+        tx.audit_head()  # the log's lock first: the look-up and the append are one step
+        if rotation_recorded(tx, key_id):
+            return False
+        data: dict[str, Any] = {"key_id": key_id, "previous": previous}
+        if scheduled:
+            data["scheduled"] = True
+        j = journal(tx)
+        j.emit(E.KEYS_ROTATED, data=data, actor=_SYSTEM)
+        j.flush()
+    return True
 
 
 def _summary(plan: PlanRecord) -> str:

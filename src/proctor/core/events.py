@@ -24,6 +24,9 @@ class EventType:
     TOKEN_CREATED: Final = "token.created"  # noqa: S105 - an event name
     TOKEN_REVOKED: Final = "token.revoked"  # noqa: S105 - an event name
     STEPUP_ENROLLED: Final = "stepup.enrolled"
+    # A new signing key: recorded by the rotation, or by the first event the new key signs
+    # when the rotation could not record it (``proctor.app.journal``).
+    KEYS_ROTATED: Final = "keys.rotated"
     PLAN_EXPIRED: Final = "plan.expired"
     # A confirmed, approved or resolved plan left for another process: an action it needs is
     # not in this process's catalog (a runner's, or one another process registered).

@@ -36,6 +36,7 @@ __all__ = [
     "ToolCall",
     "Tools",
     "Transaction",
+    "event_key_id",
 ]
 
 
@@ -156,6 +157,37 @@ class AuditHead:
 
     size: int  # number of events; the next event's seq
     last_hash: str  # hash of the last event, or the genesis value for an empty log
+    last_body: bytes | None = None  # the last event's canonical bytes (None: an empty log)
+
+    @property
+    def key_id(self) -> str | None:
+        """The key that signed the last event, None for an empty log.
+
+        A writer whose key differs records the change first (``proctor.app.journal``). Read
+        from the bytes when asked: a writer that appended the head itself knows its key
+        (``AuditLog.head_key``), so the common append does not pay for it.
+        """
+        return None if self.last_body is None else event_key_id(self.last_body)
+
+
+_KEY_ID = b'"key_id":"'
+
+
+def event_key_id(body: bytes) -> str | None:
+    """Return the ``key_id`` member of an event's canonical bytes, or None if there is none.
+
+    Read without parsing JSON, for the log head of a write transaction: in RFC 8785 order
+    the top-level ``key_id`` follows ``data`` (the only member that may nest one), and every
+    later member is a string, a number, null or ``plan`` (``digest`` and ``summary``), in
+    none of which ``"key_id":"`` can occur (a quote inside a string is escaped), so the last
+    one in the bytes is the event's.
+    """
+    at = body.rfind(_KEY_ID)
+    if at < 0:
+        return None
+    start = at + len(_KEY_ID)
+    end = body.find(b'"', start)
+    return body[start:end].decode("utf-8", "replace") if end > 0 else None
 
 
 class Transaction(Protocol):
@@ -186,6 +218,15 @@ class Transaction(Protocol):
 
     def append_events(self, rows: Sequence[EventRow]) -> None:
         """Append events; their seqs must continue the head without a gap."""
+        ...
+
+    def instance_events(self, type_: str) -> list[EventRow]:
+        """Return the events of type ``type_`` that concern no plan, oldest first.
+
+        This transaction's own appends included. For rare look-ups only (the ``keys.rotated``
+        events, when a writer's signing key is not the head's): it reads the plan-less
+        events, which the ``(plan_id, seq)`` index keeps together.
+        """
         ...
 
     def put_meta(self, key: str, value: str) -> None:

@@ -104,7 +104,7 @@ class _Tx:
         if not events:
             return AuditHead(size=0, last_hash=_GENESIS)
         last = events[-1]
-        return AuditHead(size=last.seq + 1, last_hash=last.hash)
+        return AuditHead(size=last.seq + 1, last_hash=last.hash, last_body=last.body)
 
     def append_events(self, rows: Sequence[EventRow]) -> None:
         expected = self.audit_head().size
@@ -113,6 +113,13 @@ class _Tx:
                 raise StorageError(f"event seq {r.seq} does not continue the log at {expected}")
             self._events.append(r)
             expected += 1
+
+    def instance_events(self, type_: str) -> list[EventRow]:
+        return [
+            e
+            for e in (*self._store._events, *self._events)
+            if e.plan_id is None and e.type == type_
+        ]
 
     def put_meta(self, key: str, value: str) -> None:
         self._meta[key] = value

@@ -200,14 +200,21 @@ class _Tx:
         if self._head is None:
             # Held until this transaction ends: appenders in every replica take turns. One
             # round trip for both (a pipeline): the head is read the moment the lock is ours.
+            # The body comes along for its key id, read only if needed (a kilobyte more).
             with self._c.pipeline():
                 self._c.execute(_LOCK_SQL, (_LOG_LOCK, ""))
-                cur = self._c.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
+                cur = self._c.execute(
+                    "SELECT seq, hash, body FROM events ORDER BY seq DESC LIMIT 1"
+                )
             row = cur.fetchone()
             self._head = (
                 AuditHead(size=0, last_hash=_GENESIS)
                 if row is None
-                else AuditHead(size=int(row["seq"]) + 1, last_hash=row["hash"])
+                else AuditHead(
+                    size=int(row["seq"]) + 1,
+                    last_hash=row["hash"],
+                    last_body=bytes(row["body"]),
+                )
             )
         return self._head
 
@@ -218,7 +225,11 @@ class _Tx:
         for offset, e in enumerate(rows):
             if e.seq != expected + offset:
                 raise StorageError(f"event seq {e.seq} does not continue the log at {expected}")
-        self._head = AuditHead(size=expected + len(rows), last_hash=rows[-1].hash)
+        self._head = AuditHead(
+            size=expected + len(rows),
+            last_hash=rows[-1].hash,
+            last_body=rows[-1].body,
+        )
         with self._c.cursor() as cur:
             cur.executemany(
                 "INSERT INTO events (seq, type, plan_id, step_id, ts, body, hash, leaf) "
@@ -237,6 +248,14 @@ class _Tx:
                     for e in rows
                 ],
             )
+
+    def instance_events(self, type_: str) -> list[EventRow]:
+        rows = self._c.execute(
+            "SELECT seq, type, plan_id, step_id, ts, body, hash FROM events "
+            "WHERE plan_id IS NULL AND type = %s ORDER BY seq",
+            (type_,),
+        ).fetchall()
+        return [_event(r) for r in rows]
 
     def put_meta(self, key: str, value: str) -> None:
         self._c.execute(

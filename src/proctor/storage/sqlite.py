@@ -145,13 +145,14 @@ class _Tx:
 
     def audit_head(self) -> AuditHead:
         if self._head is None:
+            # The body comes along (the same row) for its key id, read only if needed.
             row = self._c.execute(
-                "SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1"
+                "SELECT seq, hash, body FROM events ORDER BY seq DESC LIMIT 1"
             ).fetchone()
             self._head = (
                 AuditHead(size=0, last_hash=_GENESIS)
                 if row is None
-                else AuditHead(size=row[0] + 1, last_hash=row[1])
+                else AuditHead(size=row[0] + 1, last_hash=row[1], last_body=_bytes(row[2]))
             )
         return self._head
 
@@ -163,7 +164,11 @@ class _Tx:
             # The log is one linear sequence: a gap or a fork must never be written.
             if e.seq != expected + offset:
                 raise StorageError(f"event seq {e.seq} does not continue the log at {expected}")
-        self._head = AuditHead(size=expected + len(rows), last_hash=rows[-1].hash)
+        self._head = AuditHead(
+            size=expected + len(rows),
+            last_hash=rows[-1].hash,
+            last_body=rows[-1].body,
+        )
         self._c.executemany(
             "INSERT INTO events (seq, type, plan_id, step_id, ts, body, hash, leaf) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -172,6 +177,12 @@ class _Tx:
                 for e in rows
             ],
         )
+
+    def instance_events(self, type_: str) -> list[EventRow]:
+        rows = self._c.execute(
+            "SELECT * FROM events WHERE plan_id IS NULL AND type = ? ORDER BY seq", (type_,)
+        ).fetchall()
+        return [_event(r) for r in rows]
 
     def put_meta(self, key: str, value: str) -> None:
         self._c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
