@@ -280,6 +280,54 @@ def test_independent_export_check(tmp_path):
     assert deleted.returncode != 0 and "found seq 4" in deleted.stderr
 
 
+def test_independent_export_check_of_key_changes(tmp_path):
+    """docs/audit.md's stand-alone script accepts a key change a keys.rotated event records
+    and stops on one nothing records, as `audit verify` does (unrecorded_rotation)."""
+    from datetime import UTC, datetime
+
+    from proctor.audit.events import GENESIS, seal
+    from proctor.audit.export import export_log
+    from proctor.audit.keys import KeyEntry, LocalSigner
+    from proctor.storage.memory import MemoryStore
+
+    (script,) = [b for b in blocks("audit.md", "python") if b.startswith('"""Check a Proctor')]
+    (tmp_path / "verify_export.py").write_text(script)
+    old, new = LocalSigner.generate(), LocalSigner.generate()
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    keys = [KeyEntry(key_id=s.key_id, public_key=s.public_key, created_at=at) for s in (old, new)]
+    rotated = {"key_id": new.key_id, "previous": old.key_id}
+
+    def check(
+        name: str, events: list[tuple[LocalSigner, str, dict]]
+    ) -> subprocess.CompletedProcess[str]:
+        rows, prev = [], GENESIS
+        for seq, (signer, type_, data) in enumerate(events):
+            body = {"type": type_, "timestamp": at.isoformat(), "plan_id": None, "data": data}
+            rows.append(seal(body, seq=seq, prev_hash=prev, signer=signer))
+            prev = rows[-1].hash
+        store = MemoryStore()
+        with store.transaction() as tx:
+            tx.append_events(rows)
+        export_log(store, keys=keys, origin="example.com/test", directory=tmp_path / name)
+        return subprocess.run(
+            [sys.executable, "verify_export.py", name],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    recorded = check(
+        "recorded",
+        [(old, "test.event", {}), (old, "keys.rotated", rotated), (new, "test.event", {})],
+    )
+    unrecorded = check("unrecorded", [(old, "test.event", {}), (new, "test.event", {})])
+
+    assert recorded.returncode == 0, recorded.stderr
+    assert unrecorded.returncode != 0 and "event 1: key change not recorded" in unrecorded.stderr
+
+
 # --------------------------------------------------------------------------- operations
 
 

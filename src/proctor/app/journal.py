@@ -10,7 +10,8 @@ signer switched to another key by other means, would leave events signed by a ne
 the log never announced. So the writer that first appends with a key other than the head's
 records the change itself, first in its own transaction, unless the log already names that
 key (``rotation_recorded``): under the log's lock, so of several processes or replicas
-exactly one records it.
+exactly one records it. ``proctor audit verify`` reports a key change the log does not
+record (``unrecorded_rotation``).
 """
 
 from __future__ import annotations

@@ -21,7 +21,9 @@ Verification walks the events in storage order and reports the first bad index a
   verify: it was written by someone without the key, or with the wrong one.
 
 Each event is checked on its own against its key: that timestamps never go backwards across
-events (``timestamp_regression``) is checked by ``proctor.audit.verify.verify_log``.
+events (``timestamp_regression``), and that a change of signing key is recorded by a
+``keys.rotated`` event (``unrecorded_rotation``), are checked by
+``proctor.audit.verify.verify_log``.
 """
 
 from __future__ import annotations

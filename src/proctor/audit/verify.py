@@ -59,14 +59,24 @@ bytes for its per-plan views (``type``, ``plan_id``, ``step_id``, ``timestamp``)
 signs them, so one that differs from the event's member is ``modified`` at that index (after
 any problem with the bytes at the same index). An export has no columns.
 
+Both modes check that every change of signing key is recorded: the log's first key needs no
+record, and any other key may sign only once a ``keys.rotated`` event at or before that event
+names it (``data.key_id``, or ``data.previous``); otherwise the event is
+``unrecorded_rotation``. The scan notes where the key id it reads for each event changes (one
+comparison per event) and looks only at the ``type`` of the events up to the last change,
+parsing the ``keys.rotated`` ones (``_rotation_problem``). Every log verified starts at its
+first event (exports and archives hold a prefix), so nothing before the events is assumed.
+
 Event problems are those of ``verify_events`` (``modified``, ``deleted``, ``inserted``,
-``reordered``, ``unknown_key``, ``bad_signature``), and ``timestamp_regression``, with one
-refinement: an event whose signature fails and whose position is covered by a signed
-checkpoint that disagrees with the events (the smallest checkpoint covering it) is reported
+``reordered``, ``unknown_key``, ``bad_signature``), ``timestamp_regression`` and
+``unrecorded_rotation``, with one refinement: an event whose signature fails and whose
+position is covered by a signed checkpoint that disagrees with the events (the smallest
+checkpoint covering it) is reported
 ``modified`` — the log committed to other bytes. ``bad_signature`` remains for events no such
 checkpoint covers, such as a forged event appended after the last checkpoint. When an event
 problem and a checkpoint problem have the same index, the event problem is reported (and of
-two at one index, the event's own before ``timestamp_regression``).
+two at one index, the event's own before ``timestamp_regression``, before
+``unrecorded_rotation``).
 """
 
 from __future__ import annotations
@@ -139,6 +149,8 @@ _sha256 = hashlib.sha256
 
 # What ``check_chunk`` returns: (first anomaly, first bad signature, POSIX times).
 _Checked: TypeAlias = "tuple[int | None, int | None, array[float]]"
+# Where the signing key changes: (index, key id and its closing quote), the first event's too.
+_Changes: TypeAlias = "list[tuple[int, bytes]]"
 
 
 # ---------------------------------------------------------------------------- problems
@@ -215,12 +227,18 @@ def _scan(
     hashes: Sequence[str] | None,
     keys: Mapping[str, KeyInfo],
     progress: Callable[[int], None] | None,
-) -> tuple[list[bytes], int | None]:
-    """Chain-check ``bodies`` without parsing JSON; return (leaf hashes, first anomaly)."""
+) -> tuple[list[bytes], int | None, _Changes]:
+    """Chain-check ``bodies`` without parsing JSON.
+
+    Returns (leaf hashes, first anomaly, key changes): the key changes are each index whose
+    ``key_id`` differs from the previous event's, with the key id read (``_chain``), up to
+    the first anomaly.
+    """
     quoted = {k.encode() + b'"' for k in keys}
     sha = _sha256
     leaves: list[bytes] = []
     anomaly: int | None = None
+    changes: _Changes = []
     prev = GENESIS[7:].encode() + b'"'
     n = len(bodies)
     for start in range(0, n, _CHUNK):
@@ -228,7 +246,7 @@ def _scan(
         leaves += [sha(b"\x00" + b).digest() for b in chunk]
         if anomaly is None:
             links = [hexlify(sha(b).digest()) + b'"' for b in chunk]
-            anomaly = _chain(chunk, links, start, prev, quoted)
+            anomaly = _chain(chunk, links, start, prev, quoted, changes)
             if anomaly is None and hashes is not None:
                 for j, h in enumerate(hashes[start : start + _CHUNK]):
                     if h[7:].encode() + b'"' != links[j] or not h.startswith("sha256:"):
@@ -237,21 +255,28 @@ def _scan(
             prev = links[-1]
         if progress is not None:
             progress(min(start + _CHUNK, n))
-    return leaves, anomaly
+    return leaves, anomaly, changes
 
 
 def _chain(
-    chunk: Sequence[bytes], links: Sequence[bytes], start: int, prev: bytes, quoted: set[bytes]
+    chunk: Sequence[bytes],
+    links: Sequence[bytes],
+    start: int,
+    prev: bytes,
+    quoted: set[bytes],
+    changes: _Changes,
 ) -> int | None:
     """Return the first position in ``chunk`` whose seq, prev_hash or key_id is off.
 
     ``links[j]`` is the hex SHA-256 of ``chunk[j]`` and a closing quote: what the next
     event's ``prev_hash`` must hold after ``sha256:``. ``quoted`` holds each known key id
-    followed by a quote.
+    followed by a quote. Each change of key id (and the first event's) is appended to
+    ``changes``: one comparison of the key already read, per event.
     """
     seqs = [b"%d," % i for i in range(start, start + len(chunk))]
     widths = {len(k) for k in quoted}
     width = widths.pop() if len(widths) == 1 else 0
+    last = changes[-1][1] if changes else None
     for j, b in enumerate(chunk):
         p = b.rfind(_SEQ)
         q = b.rfind(_PREV, 0, p)
@@ -261,8 +286,66 @@ def _chain(
         kid = b[k : k + width] if width else b[k : b.find(b'"', k) + 1]
         if k < 10 or kid not in quoted:
             return start + j
+        if kid != last:
+            changes.append((start + j, kid))
+            last = kid
         prev = links[j]
     return None
+
+
+# ---------------------------------------------------------------------------- key changes
+
+_ROTATED = b'"type":"keys.rotated"'
+
+
+def _rotation_problem(bodies: Sequence[bytes], changes: _Changes) -> Problem | None:
+    """Return the first change of signing key that no ``keys.rotated`` event records.
+
+    The log's first key needs no record. Any other key may sign only once a ``keys.rotated``
+    event at or before that event names it (``data.key_id``, or ``data.previous``: the key
+    a recorded rotation replaced). Proctor writes one before the first event of a new key,
+    in that event's transaction if the rotation did not (``proctor.app.journal``), so a
+    change without one means the log does not say its key changed: a rotation lost (a log
+    written before that), or events signed by a key the log never announced. A key that
+    signed before may sign again (a process that has not reloaded the keyring yet).
+
+    Only events up to the last change are looked at, and only their ``type`` member (the
+    last ``"type":`` of canonical bytes, as in ``_column_problem``); a ``keys.rotated`` one
+    is parsed.
+    """
+    known: set[bytes] = set()
+    looked = 0
+    before = b""
+    for index, kid in changes:
+        if index == 0:
+            known.add(kid)
+        else:
+            for body in bodies[looked : index + 1]:
+                if body.startswith(_ROTATED, body.rfind(b'"type":')):
+                    known.update(_named_keys(body))
+            looked = index + 1
+            if kid not in known:
+                new, old = kid[:-1].decode(errors="replace"), before[:-1].decode(errors="replace")
+                return Problem(
+                    index,
+                    0,
+                    "unrecorded_rotation",
+                    f"this event is signed by key {new}, the one before it by {old}, and no"
+                    f" keys.rotated event up to here records {new}",
+                )
+        before = kid
+    return None
+
+
+def _named_keys(body: bytes) -> list[bytes]:
+    """The key ids a ``keys.rotated`` event names, each followed by a quote (as ``_chain``)."""
+    try:
+        data = orjson.loads(body).get("data")
+    except (orjson.JSONDecodeError, AttributeError):
+        return []  # the event checks report it
+    if not isinstance(data, dict):
+        return []
+    return [v.encode() + b'"' for k in ("key_id", "previous") if isinstance(v := data.get(k), str)]
 
 
 # ---------------------------------------------------------------------------- row columns
@@ -489,8 +572,8 @@ def _full(
     keys: Mapping[str, KeyInfo],
     progress: Callable[[int], None] | None,
     workers: int,
-) -> tuple[list[bytes], int | None, int | None, array[float]]:
-    """Return (leaf hashes, first anomaly, first bad signature, times) over all events.
+) -> tuple[list[bytes], int | None, int | None, array[float], _Changes]:
+    """Return (leaf hashes, first anomaly, first bad signature, times, key changes).
 
     ``times`` are the events' POSIX times in log order, up to the first bad signature.
     """
@@ -498,14 +581,15 @@ def _full(
     results: list[_Checked] = []
     leaves: list[bytes] | None = None
     anomaly: int | None = None
+    changes: _Changes = []
     if workers > 1 and n and _can_fork():
         try:
-            leaves, anomaly, results = _in_pool(bodies, hashes, keys, progress, workers)
+            leaves, anomaly, results, changes = _in_pool(bodies, hashes, keys, progress, workers)
         except (OSError, BrokenProcessPool):
             # No processes here (a sandbox, a broken worker): check in this process.
             leaves, results = None, []
     if leaves is None:
-        leaves, anomaly = _scan(bodies, hashes, keys, None)
+        leaves, anomaly, changes = _scan(bodies, hashes, keys, None)
         for s in range(0, n, _STEP):
             results.append(check_chunk(s, bodies[s : s + _STEP], keys))
             if progress is not None:
@@ -519,7 +603,7 @@ def _full(
         times += chunk_times
         if bad is not None:
             break  # a task stops at its first bad signature: later times would be misplaced
-    return leaves, min(anomalies, default=None), min(bad_sigs, default=None), times
+    return leaves, min(anomalies, default=None), min(bad_sigs, default=None), times, changes
 
 
 def _in_pool(
@@ -528,7 +612,7 @@ def _in_pool(
     keys: Mapping[str, KeyInfo],
     progress: Callable[[int], None] | None,
     workers: int,
-) -> tuple[list[bytes], int | None, list[_Checked]]:
+) -> tuple[list[bytes], int | None, list[_Checked], _Changes]:
     n = len(bodies)
     # Several tasks per worker balance the load; each reports its own first failures, and
     # the smallest index over all tasks is the first in the log.
@@ -543,12 +627,12 @@ def _in_pool(
             for s in range(0, n, step)
         ]
         # Meanwhile, this process checks the chain and hashes the leaves.
-        leaves, anomaly = _scan(bodies, hashes, keys, None)
+        leaves, anomaly, changes = _scan(bodies, hashes, keys, None)
         for i, fut in enumerate(futures):
             results.append(fut.result())
             if progress is not None:
                 progress(min((i + 1) * step, n))
-    return leaves, anomaly, results
+    return leaves, anomaly, results, changes
 
 
 def _rows(bodies: Sequence[bytes], hashes: Sequence[str] | None) -> list[EventRow]:
@@ -884,10 +968,10 @@ def verify_problems(
         workers = min(2, os.cpu_count() or 1) if n >= PARALLEL_THRESHOLD else 1
     time_problem: Problem | None = None
     if full:
-        leaves, anomaly, bad_sig, times = _full(bodies, hashes, keys, progress, workers)
+        leaves, anomaly, bad_sig, times, changes = _full(bodies, hashes, keys, progress, workers)
         time_problem = _time_problem(times, bodies, max_clock_skew)
     else:
-        leaves, anomaly = _scan(bodies, hashes, keys, progress)
+        leaves, anomaly, changes = _scan(bodies, hashes, keys, progress)
         bad_sig = None
     event = (
         _event_problem(bodies, hashes, rows, keys, bad_sig)
@@ -895,7 +979,14 @@ def verify_problems(
         else None
     )
     # After the event checks: at one index, what is wrong with the bytes comes first.
-    event = _first([event, _column_problem(rows) if rows is not None else None, time_problem])
+    event = _first(
+        [
+            event,
+            _column_problem(rows) if rows is not None else None,
+            time_problem,
+            _rotation_problem(bodies, changes),
+        ]
+    )
     tree = build_tree(leaves)
     found = _check_checkpoints(checkpoints, keys, origin, tree)
     pinned_problems, pinned_mismatched = _check_pinned(pinned, keys, origin, tree)

@@ -106,7 +106,8 @@ def audit_verify(
     """Verify the audit log: canonical form, chain, signatures, Merkle tree, checkpoints.
 
     Exits 1 with the first bad seq and the kind of problem: modified, deleted, inserted,
-    reordered, timestamp_regression, truncated, bad_signature, unknown_key, bad_checkpoint
+    reordered, timestamp_regression, unrecorded_rotation (a change of signing key no
+    keys.rotated event records), truncated, bad_signature, unknown_key, bad_checkpoint
     or inconsistent_checkpoints. Events after the last checkpoint you kept (--checkpoint) can
     be cut without a trace by whoever controls the store: keep one regularly.
     """

@@ -468,16 +468,24 @@ def _dated(stamps, *, rows=(), signer=None):
     """Chain events stamped ``stamps`` (seconds after T0) onto ``rows``.
 
     Each is signed by ``signer``, else by the key of its time (RETIRED before the rotation at
-    T0 + 1 h, CURRENT after).
+    T0 + 1 h, CURRENT after). The first event of a key the log has not signed with yet is
+    preceded by its ``keys.rotated`` event, as Proctor writes it.
     """
     out, prev = list(rows), rows[-1].hash if rows else GENESIS
+    signed = {orjson.loads(r.body)["key_id"] for r in out}
     for s in stamps:
         at = T0 + timedelta(seconds=s)
         by = signer or (RETIRED if s < 3600 else CURRENT)
-        body = _body(len(out)) | {"timestamp": at.isoformat()}
-        row = seal(body, seq=len(out), prev_hash=prev, signer=by)
-        out.append(row)
-        prev = row.hash
+        bodies = [_body(len(out)) | {"timestamp": at.isoformat()}]
+        if out and by.key_id not in signed:
+            rotated = {"type": "keys.rotated", "timestamp": at.isoformat(), "plan_id": None}
+            rotated |= {"step_id": None, "data": {"key_id": by.key_id, "previous": None}}
+            bodies.insert(0, rotated)
+        signed.add(by.key_id)
+        for body in bodies:
+            row = seal(body, seq=len(out), prev_hash=prev, signer=by)
+            out.append(row)
+            prev = row.hash
     return out
 
 
@@ -556,3 +564,74 @@ class TestTimeOrder:
         report = _verify(rows, [], ROTATED)
 
         assert (report.problem, report.first_bad_seq) == ("unknown_key", len(DATED))
+
+
+def _keyed(*events):
+    """Chain events given as (signer, None) for a plain event or (signer, data) for a
+    ``keys.rotated`` event with that ``data``."""
+    rows, prev = [], GENESIS
+    for signer, rotated in events:
+        body = _body(len(rows))
+        if rotated is not None:
+            body |= {"type": "keys.rotated", "plan_id": None, "data": rotated}
+        row = seal(body, seq=len(rows), prev_hash=prev, signer=signer)
+        rows.append(row)
+        prev = row.hash
+    return rows
+
+
+TWO_KEYS = {s.key_id: KeyInfo(s.public_key) for s in (SIGNER, OTHER)}
+THIRD = LocalSigner(b"\x05" * 32)
+THREE_KEYS = {**TWO_KEYS, THIRD.key_id: KeyInfo(THIRD.public_key)}
+NEW = {"key_id": OTHER.key_id, "previous": SIGNER.key_id}
+
+
+class TestKeyChanges:
+    """A change of signing key must be recorded by a keys.rotated event at or before it."""
+
+    def test_a_key_change_without_keys_rotated_is_reported(self):
+        """Events 0-2 by one key, 3-5 by another, nothing recording it: what a rotation
+        killed between the keyring write and its event left (review repro k1)."""
+        rows = _keyed(*[(SIGNER, None)] * 3, *[(OTHER, None)] * 3)
+
+        for events in (rows, [r.body for r in rows]):  # a store's rows, an export's lines
+            assert _both(events, [_note(rows, 6, signer=OTHER)], TWO_KEYS) == (
+                "unrecorded_rotation",
+                3,
+            )
+        report = _verify(rows, [], TWO_KEYS)
+        assert OTHER.key_id in report.detail and SIGNER.key_id in report.detail
+        assert report.as_dict()["problem"] == "unrecorded_rotation"
+
+    def test_recorded_changes_verify(self):
+        """Recorded by the rotation (signed by the old key, as `proctor keys rotate`), or by
+        the new key's first event (on_first_use); a key that signed before may sign again
+        (a process that has not reloaded the keyring yet); a key named as previous too."""
+        by_rotation = _keyed((SIGNER, None), (SIGNER, NEW), (OTHER, None), (SIGNER, None))
+        on_first_use = _keyed((SIGNER, None), (OTHER, NEW | {"on_first_use": True}))
+        # The log's first event is already by the new key: the old one is named as previous.
+        stale_first = _keyed((OTHER, NEW), (SIGNER, None), (OTHER, None))
+
+        for rows in (by_rotation, on_first_use, stale_first):
+            assert _both(rows, [_note(rows, len(rows))], TWO_KEYS) == (None, None)
+
+    def test_a_record_after_the_first_use_is_too_late(self):
+        """The rotation recorded only after the new key signed (an older version's race)."""
+        rows = _keyed((SIGNER, None), (OTHER, None), (OTHER, NEW))
+
+        assert _both(rows, [], TWO_KEYS) == ("unrecorded_rotation", 1)
+
+    def test_a_recorded_rotation_covers_only_the_key_it_names(self):
+        """After a recorded rotation to one key, a third key the log never named is
+        reported, at its first event, even after a switch back."""
+        rows = _keyed((SIGNER, None), (SIGNER, NEW), (OTHER, None), (SIGNER, None), (THIRD, None))
+
+        assert _both(rows, [], THREE_KEYS) == ("unrecorded_rotation", 4)
+
+    def test_a_problem_with_the_event_itself_comes_first(self):
+        """At the same seq, a forged signature or an unknown key is what is reported."""
+        forged = _keyed((SIGNER, None), (_Impostor(OTHER.key_id, SIGNER), None))
+        unknown = _keyed((SIGNER, None), (OTHER, None))
+
+        assert _verify(forged, [], TWO_KEYS).problem == "bad_signature"
+        assert _both(unknown, [], KEYS) == ("unknown_key", 1)
