@@ -566,13 +566,13 @@ class Proctor:
             if key_id != UNSIGNED  # an unsigned log has no key (and signs no note)
         ]
 
-    def rotate_key(self) -> str:
+    def rotate_key(self, *, by: str | None = None) -> str:
         """Make a new signing key current (old public keys are kept); return its id.
 
-        Recorded as ``keys.rotated``. The keyring is written first and cannot be rolled back
-        with the event: if this process dies in between, the first event signed with the new
-        key records the rotation instead (``proctor.app.journal``), so the log never changes
-        key unannounced.
+        Recorded as ``keys.rotated`` (``by``, the operator, as its ``user_id`` and actor). The
+        keyring is written first and cannot be rolled back with the event: if this process
+        dies in between, the first event signed with the new key records the rotation
+        instead (``proctor.app.journal``), so the log never changes key unannounced.
 
         Raises:
             ConfigError: for an in-memory instance, which has no keyring on disk.
@@ -583,7 +583,7 @@ class Proctor:
         previous = self.keyring.previous(entry.key_id)
         self._keys, self._keys_mtime = self.keyring.key_infos(), _mtime(self.keyring)
         gw = self.gateway
-        record_rotation(gw.store, gw._journal, key_id=entry.key_id, previous=previous)
+        record_rotation(gw.store, gw._journal, key_id=entry.key_id, previous=previous, by=by)
         return entry.key_id
 
     @property

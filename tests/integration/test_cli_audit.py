@@ -92,6 +92,20 @@ class TestKeys:
         assert [k["current"] for k in keys] == [False, True]
         assert verify.json()["ok"] is True
 
+    def test_rotation_records_who_rotated(self, cli, home):
+        """keys.rotated names the new key, the one it replaced, and `local:<login>` as who
+        rotated (as token.created does); it used to record no one."""
+        old = cli("keys", "list", "--json", home=home).json()["keys"][0]["key_id"]
+        new = cli("keys", "rotate", "--json", home=home).json()["key_id"]
+        events = cli("audit", "events", "--json", home=home).json()["events"]
+
+        (rotated,) = [e for e in events if e["type"] == "keys.rotated"]
+        by = rotated["data"]["by"]
+        assert by.startswith("local:")
+        assert rotated["data"] == {"key_id": new, "previous": old, "by": by}
+        assert rotated["user_id"] == by
+        assert rotated["actor"] == {"type": "human", "name": by}
+
 
 class TestLostKeys:
     """A home whose keys/ is gone, beside a database that holds its signed events."""

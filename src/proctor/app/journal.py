@@ -286,13 +286,15 @@ def record_rotation(
     *,
     key_id: str,
     previous: str | None,
+    by: str | None = None,
     scheduled: bool = False,
 ) -> bool:
     """Append ``keys.rotated`` for a new key unless the log records it already.
 
     The rotation's own record, written after the keyring (which has no log). Another process
     may have signed with the new key in between and recorded it (``Journal.flush``): then
-    nothing is added.
+    nothing is added. ``by`` is the operator who rotated (``user_id`` and the actor, as
+    other operator actions record it); without it the actor is the system.
 
     Returns:
         True if the event was appended, False if the log already named the key.
@@ -304,8 +306,11 @@ def record_rotation(
         data: dict[str, Any] = {"key_id": key_id, "previous": previous}
         if scheduled:
             data["scheduled"] = True
+        if by is not None:
+            data["by"] = by
         j = journal(tx)
-        j.emit(E.KEYS_ROTATED, data=data, actor=_SYSTEM)
+        actor = {"type": "human", "name": by} if by is not None else _SYSTEM
+        j.emit(E.KEYS_ROTATED, data=data, user_id=by, actor=actor)
         j.flush()
     return True
 

@@ -45,6 +45,7 @@ from proctor.cli.commands import (
     keys_app,
 )
 from proctor.cli.render import clean, console, err_console, esc, print_json
+from proctor.cli.service import _operator
 from proctor.config import home_from
 from proctor.errors import InvalidRequestError
 
@@ -459,9 +460,13 @@ def keys_list(
 
 @keys_app.command("rotate")
 def keys_rotate(home: Home = None, as_json: Json = False, verbose: Verbose = False) -> int:
-    """Make a new current signing key; old public keys stay for verification."""
+    """Make a new current signing key; old public keys stay for verification.
+
+    Audited as `keys.rotated` (the new key, the one it replaced, and `local:<your login>`
+    as who rotated).
+    """
     with _open(home) as p:
-        key_id = p.rotate_key()
+        key_id = p.rotate_key(by=_operator())
     if as_json:
         print_json({"key_id": key_id})
     else:

@@ -83,6 +83,19 @@ class TestRecordedOnFirstUse:
 
 
 class TestRotationRecord:
+    def test_rotate_key_records_who_rotated(self, tmp_path):
+        """by is the event's user_id and actor, and in its data (as token.created)."""
+        home = tmp_path / "h"
+        init_home(home)
+        with Proctor.open(home) as p:
+            old = p.gateway.signer.key_id
+            new = p.rotate_key(by="local:ops")
+            (rotated,) = _rotations(p)
+
+        assert rotated["data"] == {"key_id": new, "previous": old, "by": "local:ops"}
+        assert rotated["user_id"] == "local:ops"
+        assert rotated["actor"] == {"type": "human", "name": "local:ops"}
+
     def test_a_rotation_recorded_on_first_use_is_not_recorded_again(self, tmp_path):
         """Another process signed with the new key before the rotator's event committed and
         recorded it: the rotator's record_rotation adds nothing."""
@@ -96,7 +109,7 @@ class TestRotationRecord:
             other.submit(make_plan([READ]))  # signed by the new key: records it
         with Proctor.open(home) as p:
             gw = p.gateway
-            added = record_rotation(gw.store, gw._journal, key_id=new, previous=old)
+            added = record_rotation(gw.store, gw._journal, key_id=new, previous=old, by="local:ops")
             rotations = _rotations(p)
             assert p.verify().ok
 
