@@ -60,11 +60,11 @@ signs them, so one that differs from the event's member is ``modified`` at that 
 any problem with the bytes at the same index). An export has no columns.
 
 Both modes check that every change of signing key is recorded: the log's first key needs no
-record, and any other key may sign only once a ``keys.rotated`` event at or before that event
-names it (``data.key_id``, or ``data.previous``); otherwise the event is
+record, and any other key must be named by a ``keys.rotated`` event of the log
+(``data.key_id``, or ``data.previous``); otherwise its first event is
 ``unrecorded_rotation``. The scan notes where the key id it reads for each event changes (one
-comparison per event) and looks only at the ``type`` of the events up to the last change,
-parsing the ``keys.rotated`` ones (``_rotation_problem``). Every log verified starts at its
+comparison per event); when it changes, the ``type`` of every event is looked at, parsing the
+``keys.rotated`` ones (``_rotation_problem``). Every log verified starts at its
 first event (exports and archives hold a prefix), so nothing before the events is assumed.
 
 Event problems are those of ``verify_events`` (``modified``, ``deleted``, ``inserted``,
@@ -301,38 +301,42 @@ _ROTATED = b'"type":"keys.rotated"'
 def _rotation_problem(bodies: Sequence[bytes], changes: _Changes) -> Problem | None:
     """Return the first change of signing key that no ``keys.rotated`` event records.
 
-    The log's first key needs no record. Any other key may sign only once a ``keys.rotated``
-    event at or before that event names it (``data.key_id``, or ``data.previous``: the key
-    a recorded rotation replaced). Proctor writes one before the first event of a new key,
-    in that event's transaction if the rotation did not (``proctor.app.journal``), so a
-    change without one means the log does not say its key changed: a rotation lost (a log
-    written before that), or events signed by a key the log never announced. A key that
-    signed before may sign again (a process that has not reloaded the keyring yet).
+    The log's first key needs no record. Any other key must be named by a ``keys.rotated``
+    event of the log (``data.key_id``, or ``data.previous``: the key a recorded rotation
+    replaced). Proctor writes one before the first event of a new key, in that event's
+    transaction if the rotation did not (``proctor.app.journal``), so a change no event
+    records means the log does not say its key changed: a rotation lost (its process killed
+    before its event committed, in a log written before that), or events signed by a key
+    the log never announced. A key that signed before may sign again (a process that has
+    not reloaded the keyring yet).
 
-    Only events up to the last change are looked at, and only their ``type`` member (the
-    last ``"type":`` of canonical bytes, as in ``_column_problem``); a ``keys.rotated`` one
-    is parsed.
+    NOTE(audit): a record anywhere in the log counts, not only one at or before the change.
+    Before the rotation took the log's lock, another process could append with the new key
+    just before the rotating process committed its event: such a log says its key changed,
+    one event late, and reporting it would make ``verify`` fail on an intact log for ever.
+
+    Only the ``type`` member of each event is looked at when the log changes key (the last
+    ``"type":`` of canonical bytes, as in ``_column_problem``); a ``keys.rotated`` one is
+    parsed.
     """
+    if len(changes) < 2:
+        return None
     known: set[bytes] = set()
-    looked = 0
+    for body in bodies:
+        if body.startswith(_ROTATED, body.rfind(b'"type":')):
+            known.update(_named_keys(body))
     before = b""
     for index, kid in changes:
-        if index == 0:
-            known.add(kid)
-        else:
-            for body in bodies[looked : index + 1]:
-                if body.startswith(_ROTATED, body.rfind(b'"type":')):
-                    known.update(_named_keys(body))
-            looked = index + 1
-            if kid not in known:
-                new, old = kid[:-1].decode(errors="replace"), before[:-1].decode(errors="replace")
-                return Problem(
-                    index,
-                    0,
-                    "unrecorded_rotation",
-                    f"this event is signed by key {new}, the one before it by {old}, and no"
-                    f" keys.rotated event up to here records {new}",
-                )
+        if index and kid not in known:
+            new, old = kid[:-1].decode(errors="replace"), before[:-1].decode(errors="replace")
+            return Problem(
+                index,
+                0,
+                "unrecorded_rotation",
+                f"this event is signed by key {new}, the one before it by {old}, and no"
+                f" keys.rotated event of the log records {new}",
+            )
+        known.add(kid)
         before = kid
     return None
 

@@ -615,11 +615,15 @@ class TestKeyChanges:
         for rows in (by_rotation, on_first_use, stale_first):
             assert _both(rows, [_note(rows, len(rows))], TWO_KEYS) == (None, None)
 
-    def test_a_record_after_the_first_use_is_too_late(self):
-        """The rotation recorded only after the new key signed (an older version's race)."""
+    def test_a_record_after_the_first_use_still_records_it(self):
+        """An older version's race: another process signed with the new key just before the
+        rotating process committed its keys.rotated. The log says its key changed, one event
+        late; it verifies. The same log without the record does not."""
         rows = _keyed((SIGNER, None), (OTHER, None), (OTHER, NEW))
+        unrecorded = _keyed((SIGNER, None), (OTHER, None), (OTHER, None))
 
-        assert _both(rows, [], TWO_KEYS) == ("unrecorded_rotation", 1)
+        assert _both(rows, [], TWO_KEYS) == (None, None)
+        assert _both(unrecorded, [], TWO_KEYS) == ("unrecorded_rotation", 1)
 
     def test_a_recorded_rotation_covers_only_the_key_it_names(self):
         """After a recorded rotation to one key, a third key the log never named is
