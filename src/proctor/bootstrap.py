@@ -169,7 +169,12 @@ def init_home(
     if home.exists() and not home.is_dir():
         raise ConfigError(f"{home} exists and is not a directory", field="home")
     try:
-        home.mkdir(parents=True, exist_ok=True)
+        if not home.exists():
+            home.mkdir(parents=True, exist_ok=True)
+            # Private whatever the umask: the database (TOTP secrets, the log) and keys/ are
+            # in it. An existing home keeps its mode; the store warns if the database is
+            # readable by others (docs/operations.md).
+            home.chmod(0o700)
         cfg = home / "config.toml"
         if cfg.exists():
             report.existing.append("config.toml")
@@ -681,6 +686,7 @@ class DatabaseStatus:
     url: str  # without a password
     version: int
     expected: int
+    exposed: tuple[str, ...] = ()  # SQLite files other local users can read, with their modes
 
 
 def _redacted(url: str) -> str:
@@ -719,7 +725,12 @@ def database_status(home: Path, *, upgrade: bool = False) -> tuple[DatabaseStatu
         finally:
             store.close()
     url = _redacted(settings.database_url)
+    exposed: tuple[str, ...] = ()
+    if sqlite_path != settings.database_url:
+        from proctor.storage.sqlite_wal import exposed_files
+
+        exposed = tuple(exposed_files(sqlite_path))
     return (
-        DatabaseStatus(url=url, version=before, expected=SCHEMA_VERSION),
-        DatabaseStatus(url=url, version=after, expected=SCHEMA_VERSION),
+        DatabaseStatus(url=url, version=before, expected=SCHEMA_VERSION, exposed=exposed),
+        DatabaseStatus(url=url, version=after, expected=SCHEMA_VERSION, exposed=exposed),
     )

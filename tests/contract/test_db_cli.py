@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -140,3 +141,52 @@ class TestInstanceOnPostgres:
             assert pg.event_count() == verify["events"]
         finally:
             pg.close()
+
+
+class TestPrivateFiles:
+    """The home and its database are private: they hold TOTP secrets and the audit log."""
+
+    def test_init_under_umask_022_makes_a_private_home_and_database(self, exe, tmp_path):
+        """``proctor init`` with the usual umask 022 creates the home 0700 and proctor.db
+        0600 (before: 0755 and 0644, readable by every local user)."""
+        home = tmp_path / "h"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PROCTOR_")}
+
+        done = subprocess.run(
+            [exe, "init", "--home", str(home)],
+            capture_output=True,
+            text=True,
+            env=env,
+            umask=0o022,
+            timeout=110,
+            check=False,
+        )
+
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert stat.S_IMODE(home.stat().st_mode) == 0o700
+        assert stat.S_IMODE((home / "proctor.db").stat().st_mode) == 0o600
+        assert "readable by other local users" not in done.stderr
+
+    def test_status_reports_a_world_readable_database_and_leaves_it(self, exe, tmp_path):
+        """On a database made 0644 (an older Proctor, a copy), ``db status`` warns on
+        stderr, lists it under ``exposed`` and changes no mode."""
+        home = tmp_path / "h"
+        _run(exe, "init", "--home", str(home))
+        db = home / "proctor.db"
+        db.chmod(0o644)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PROCTOR_")}
+
+        done = subprocess.run(
+            [exe, "db", "status", "--home", str(home), "--json"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=110,
+            check=False,
+        )
+
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert json.loads(done.stdout)["exposed"] == [f"{db} (mode 0644)"]
+        assert "readable by other local users" in done.stderr
+        assert f"chmod 600 {db}*" in done.stderr
+        assert stat.S_IMODE(db.stat().st_mode) == 0o644

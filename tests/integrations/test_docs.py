@@ -335,8 +335,9 @@ def test_independent_export_check_of_key_changes(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(not shutil.which("sqlite3"), reason="the sqlite3 shell is not installed")
 def test_operations_backup_and_restore(tmp_path):
-    """docs/operations.md's online backup (sqlite3 .backup plus the home's files), restored
-    into a new home, passes `proctor db status` and `proctor audit verify`."""
+    """docs/operations.md's online backup (sqlite3 .backup plus the home's files) writes
+    copies only their owner can read, and restored into a new home passes `proctor db
+    status` and `proctor audit verify`."""
     env = reader_env(tmp_path)
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
     plan = {
@@ -360,6 +361,8 @@ def test_operations_backup_and_restore(tmp_path):
     run_sh(tmp_path, taking.replace("/backups", str(backups)), env)
     (db,) = backups.glob("proctor-*.db")
     (home_tgz,) = backups.glob("proctor-home-*.tgz")
+    # The copies hold TOTP secrets and the private keys: the recipe keeps them private.
+    assert {oct(f.stat().st_mode & 0o777) for f in (db, home_tgz)} == {"0o600"}
     restored = tmp_path / "restored"
     restored.mkdir()
     run_sh(tmp_path, f"tar xzf {home_tgz} -C {restored} && cp {db} {restored}/proctor.db", env)

@@ -22,7 +22,13 @@ def status(home: Home = None, as_json: Json = False, verbose: Verbose = False) -
     from proctor.bootstrap import database_status
 
     now, _ = database_status(home_from(home))
-    doc = {"url": now.url, "version": now.version, "expected": now.expected}
+    doc = {
+        "url": now.url,
+        "version": now.version,
+        "expected": now.expected,
+        # SQLite files other local users can read (the store also logs a warning on stderr)
+        "exposed": list(now.exposed),
+    }
     if as_json:
         print_json(doc)
     else:

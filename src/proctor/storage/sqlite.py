@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import sqlite3
 import sys
@@ -57,9 +58,18 @@ from proctor.storage.migrations import (
     pending,
     user_key_updates,
 )
-from proctor.storage.sqlite_wal import _open_lock_file, checkpoint_wal
+from proctor.storage.sqlite_wal import (
+    _open_lock_file,
+    checkpoint_wal,
+    create_private,
+    exposed_files,
+    exposed_warning,
+)
 
 __all__ = ["SqliteStore", "checkpoint_wal"]
+
+log = logging.getLogger("proctor.storage")
+_warned: set[str] = set()  # databases whose exposed files this process has warned of
 
 _GENESIS = "sha256:" + "0" * 64
 _PLAN_COLS = (
@@ -407,6 +417,7 @@ class SqliteStore:
                     field="database.url",
                     hint="Run `proctor init` first.",
                 )
+            created = create_private(path)  # 0600: it holds secrets (sqlite_wal docstring)
             self._c = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._c.row_factory = sqlite3.Row
             self._c.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
@@ -429,8 +440,23 @@ class SqliteStore:
             self._c.execute("PRAGMA wal_autocheckpoint=10000")
             if self._group:
                 self._start_group_commit()
+            if not created:
+                self._warn_if_exposed()
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open SQLite database {path}: {exc}") from exc
+
+    def _warn_if_exposed(self) -> None:
+        """Warn (once per process) of a database that other local users can read.
+
+        NOTE(security): a warning, not a chmod. Opening must not change modes the operator
+        chose (a group-readable file for a backup user, a file owned by another user), and
+        read-only commands (``db status``, ``audit verify``) must not write; the warning says
+        which files and the command that makes them private. New databases are 0600.
+        """
+        exposed = exposed_files(self.path)
+        if exposed and self.path not in _warned:
+            _warned.add(self.path)
+            log.warning(exposed_warning(self.path, exposed))
 
     def _start_group_commit(self) -> None:
         """Commit at NORMAL from now on, durable by our own fsync of the WAL file."""

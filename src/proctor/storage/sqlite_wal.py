@@ -1,4 +1,9 @@
-"""The SQLite store's files beside the database: the writers' lock and the WAL checkpointer.
+"""The SQLite store's files: their permissions, the writers' lock and the WAL checkpointer.
+
+The database holds TOTP secrets, token hashes, plans and the audit log, so it is created
+0600 whatever the umask (``create_private``); SQLite gives its ``-wal``, ``-shm`` and
+``-journal`` files the database file's permissions, so they follow. ``exposed_files`` names
+the ones that other users can read (a database created before, or by hand).
 
 ``<db>-lock`` is the ``flock`` every writer takes before ``BEGIN IMMEDIATE`` (the store's
 docstring says why); ``checkpoint_wal`` is the WAL checkpointer that ``proctor serve
@@ -17,7 +22,55 @@ from collections.abc import Callable
 if sys.platform != "win32":
     import fcntl
 
-__all__ = ["checkpoint_wal"]
+__all__ = ["checkpoint_wal", "create_private", "exposed_files", "exposed_warning"]
+
+_SIDE_FILES = ("", "-wal", "-shm", "-journal")
+
+
+def create_private(path: str) -> bool:
+    """Create the database file ``path`` empty and 0600 if it is missing; True if created.
+
+    ``sqlite3.connect`` would create it 0666 minus the umask (0644 under the usual 022): any
+    local user could read the TOTP secrets in it. SQLite takes an empty file for a new
+    database, and creates the ``-wal`` and ``-shm`` files with this file's mode.
+    """
+    if sys.platform == "win32" or path == ":memory:":  # no POSIX modes to set
+        return False
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+    except FileExistsError:  # there already, or another process just created it
+        return False
+    os.close(fd)
+    return True
+
+
+def exposed_files(path: str) -> list[str]:
+    """Describe the database's files that users other than the owner may read or write.
+
+    One line each, with the mode and the command that makes them private. Empty on Windows
+    and for ``:memory:``.
+    """
+    if sys.platform == "win32" or path == ":memory:":
+        return []
+    found = []
+    for suffix in _SIDE_FILES:
+        try:
+            mode = os.stat(path + suffix).st_mode & 0o777
+        except OSError:  # not there (no -journal in WAL mode; no -wal once closed)
+            continue
+        if mode & 0o077:
+            found.append(f"{path}{suffix} (mode {mode:04o})")
+    return found
+
+
+def exposed_warning(path: str, exposed: list[str]) -> str:
+    """The warning for ``exposed_files``: what is at risk and how to fix it."""
+    return (
+        f"the database is readable by other local users: {', '.join(exposed)}. It holds the"
+        " approvers' TOTP secrets, token hashes, plans and the audit log. Make it private:"
+        f" chmod 600 {path}*; chmod 700 {os.path.dirname(os.path.abspath(path))}"
+        ' (docs/operations.md, "What an instance is made of").'
+    )
 
 
 def _open_lock_file(path: str) -> int | None:
