@@ -12,6 +12,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -190,3 +191,27 @@ class TestPrivateFiles:
         assert "readable by other local users" in done.stderr
         assert f"chmod 600 {db}*" in done.stderr
         assert stat.S_IMODE(db.stat().st_mode) == 0o644
+
+
+class TestPostgresUrlErrors:
+    def test_a_missing_database_fails_at_once_with_its_cause_and_a_hint(
+        self, exe, tmp_path, pg_url
+    ):
+        """A URL naming a database that does not exist fails within seconds, says so once,
+        names database.url with a createdb hint, and prints none of the pool's retries
+        (before: 30 s, six pool warnings, "pool initialization incomplete")."""
+        from urllib.parse import urlsplit, urlunsplit
+
+        home = str(tmp_path / "h")
+        _run(exe, "init", "--home", home)
+        missing = urlunsplit(urlsplit(pg_url)._replace(path="/proctor_no_such_db"))
+
+        started = time.monotonic()
+        out = _run(exe, "audit", "verify", "--home", home, env_url=missing, check_code=1)
+        took = time.monotonic() - started
+
+        assert took < 15, f"took {took:.1f} s"
+        assert out.count('database "proctor_no_such_db" does not exist') <= 2, out  # + cause
+        assert "field: database.url" in out
+        assert "createdb proctor_no_such_db" in out
+        assert "pool" not in out.lower(), out

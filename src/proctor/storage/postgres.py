@@ -27,6 +27,7 @@ section 6 come from the database:
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -436,6 +437,44 @@ def _app_name(url: str) -> str:
     return str(conninfo_to_dict(url).get("application_name") or "proctor")
 
 
+def _probe(url: str, timeout: float) -> None:
+    """Connect once, directly, so that a URL that cannot work fails now with its cause.
+
+    The pool alone retries in the background until its ``wait`` times out: a database that
+    does not exist, a wrong role or password, or a server that is down cost 30 s, printed
+    psycopg_pool's warning for every retry, and ended in "pool initialization incomplete".
+    None of these heals by waiting, and a supervisor restarts a replica that started before
+    its database; so the first failure is the answer (no pool exists yet to log anything).
+
+    Raises:
+        StorageError: the connection failed; the message is the server's (or libpq's).
+    """
+    params = conninfo_to_dict(url)
+    extra: dict[str, Any] = {}
+    if "connect_timeout" not in params and "PGCONNECT_TIMEOUT" not in os.environ:
+        extra["connect_timeout"] = max(2, min(10, int(timeout)))  # an unreachable host
+    try:
+        psycopg.connect(url, autocommit=True, application_name=_app_name(url), **extra).close()
+    except psycopg.Error as exc:
+        cause = " ".join(str(exc).split()).removeprefix("connection failed: ")
+        dbname = params.get("dbname")
+        if dbname and f'database "{dbname}" does not exist' in cause:
+            hint = (
+                f"Create it (`createdb {dbname}`, or CREATE DATABASE as its owner) or correct"
+                " [database] url in config.toml / PROCTOR_DATABASE_URL; the first"
+                " `proctor db upgrade` (or `proctor init`) then creates the schema."
+            )
+        else:
+            hint = (
+                "Check [database] url in config.toml and PROCTOR_DATABASE_URL, that the"
+                " server runs and accepts connections from this host, and that the user may"
+                " connect (a password goes in PGPASSWORD or ~/.pgpass)."
+            )
+        raise StorageError(
+            f"cannot connect to PostgreSQL: {cause}", field="database.url", hint=hint
+        ) from exc
+
+
 class PostgresStore:
     """Plans, steps, approvals, guards and the audit log in PostgreSQL.
 
@@ -457,6 +496,7 @@ class PostgresStore:
         migrate: bool = True,
     ) -> None:
         self.url = url
+        _probe(url, timeout)
         try:
             self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
                 url,
