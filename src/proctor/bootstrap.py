@@ -666,7 +666,8 @@ def open_existing_store(settings: Settings) -> Store:
                 field="database.url",
                 hint="Run `proctor db upgrade` (or use the Proctor that wrote it) first."
                 if version < SCHEMA_VERSION
-                else "Upgrade Proctor.",
+                else "Install the Proctor version that wrote it (or restore the backup taken"
+                " before the upgrade): a database is never downgraded.",
             )
     except BaseException:
         store.close()

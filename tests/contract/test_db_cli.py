@@ -111,6 +111,47 @@ class TestDbCommands:
         assert not (home / "proctor.db").exists()
 
 
+class TestSchemaStates:
+    """``db status`` tells a schema behind this Proctor from one ahead of it."""
+
+    @staticmethod
+    def _set_version(home: Path, version: int) -> None:
+        import sqlite3
+
+        with sqlite3.connect(home / "proctor.db") as c:
+            c.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))
+
+    def test_states_in_json(self, exe, tmp_path):
+        """``--json`` has ``state``: current, needs_upgrade, newer; exit 1 unless current."""
+        home = tmp_path / "h"
+        _run(exe, "init", "--home", str(home))
+        states = [_json(_run(exe, "db", "status", "--home", str(home), "--json"))["state"]]
+        for version in (SCHEMA_VERSION - 1, SCHEMA_VERSION + 1):
+            self._set_version(home, version)
+            out = _run(exe, "db", "status", "--home", str(home), "--json", check_code=1)
+            states.append(json.JSONDecoder().raw_decode(out)[0]["state"])  # stdout, stderr
+
+        assert states == ["current", "needs_upgrade", "newer"]
+
+    def test_a_newer_schema_says_to_install_that_version_not_to_upgrade(self, exe, tmp_path):
+        """A schema newer than this Proctor is not sent to ``db upgrade`` (which refuses it):
+        status and upgrade both say to install the newer Proctor or restore the backup."""
+        home = tmp_path / "h"
+        _run(exe, "init", "--home", str(home))
+        self._set_version(home, SCHEMA_VERSION + 1)
+
+        status = _run(exe, "db", "status", "--home", str(home), check_code=1)
+        upgrade = _run(exe, "db", "upgrade", "--home", str(home), check_code=1)
+        status, upgrade = " ".join(status.split()), " ".join(upgrade.split())  # 80 columns
+
+        assert "db upgrade` never downgrades" in status
+        assert "needs `proctor db upgrade`" not in status
+        assert f"schema {SCHEMA_VERSION + 1} is newer than this Proctor" in status
+        assert "install the version that wrote it" in status
+        assert "restore the backup" in status
+        assert "Install the Proctor version that wrote it" in upgrade
+
+
 class TestInstanceOnPostgres:
     def test_config_url_runs_plans_and_verifies(self, exe, tmp_path, pg_url):
         """With a ``postgresql://`` URL in config.toml, init, submit and audit verify work."""

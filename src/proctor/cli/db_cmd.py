@@ -18,23 +18,39 @@ db_app: typer.Typer = typer.Typer(
 
 @db_app.command("status")
 def status(home: Home = None, as_json: Json = False, verbose: Verbose = False) -> int:
-    """Show the database's schema version against this Proctor's. Exit 1 if it is behind."""
+    """Show the database's schema version against this Proctor's. Exit 1 unless current.
+
+    ``--json`` has ``state``: ``current``, ``needs_upgrade`` (run ``proctor db upgrade``) or
+    ``newer`` (written by a later Proctor: install that one, or restore the backup).
+    """
     from proctor.bootstrap import database_status
 
     now, _ = database_status(home_from(home))
+    says = f"{now.url}: schema {now.version} of {now.expected}"
+    if now.version == now.expected:
+        state, says = "current", f"{says} (up to date)"
+    elif now.version < now.expected:
+        state, says = "needs_upgrade", f"{says} (needs `proctor db upgrade`)"
+    else:  # `db upgrade` refuses it: say what does help (docs/operations.md, Upgrades)
+        state = "newer"
+        says = (
+            f"{now.url}: schema {now.version} is newer than this Proctor ({now.expected}):"
+            " install the version that wrote it, or restore the backup taken before the"
+            " upgrade; `proctor db upgrade` never downgrades."
+        )
     doc = {
         "url": now.url,
         "version": now.version,
         "expected": now.expected,
+        "state": state,
         # SQLite files other local users can read (the store also logs a warning on stderr)
         "exposed": list(now.exposed),
     }
     if as_json:
         print_json(doc)
     else:
-        state = "up to date" if now.version == now.expected else "needs `proctor db upgrade`"
-        console.print(esc(f"{now.url}: schema {now.version} of {now.expected} ({state})"))
-    return 0 if now.version == now.expected else 1
+        console.print(esc(says))
+    return 0 if state == "current" else 1
 
 
 @db_app.command("upgrade")

@@ -242,7 +242,8 @@ def pending(current: int, dialect: str) -> list[str]:
     if current > SCHEMA_VERSION:
         raise StorageError(
             f"database schema {current} is newer than this Proctor ({SCHEMA_VERSION})",
-            hint="Upgrade Proctor.",
+            hint="Install the Proctor version that wrote it (or restore the backup taken before"
+            " the upgrade): a database is never downgraded (docs/operations.md, Upgrades).",
         )
     return [
         statement
