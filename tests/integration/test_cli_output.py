@@ -8,7 +8,9 @@ characters made visible. Exit codes follow what happened to the plan.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -162,3 +164,46 @@ class TestExitCodes:
             assert "status compensated" in result.out, str(result)
             assert "the tool broke" in result.out
             assert "undo until" not in result.out
+
+
+class TestNarrowTerminal:
+    """At 80 columns, tables never cut the ids and statuses a reader copies or acts on."""
+
+    NARROW: ClassVar[dict[str, str]] = {"COLUMNS": "80"}
+
+    def test_tokens_list_shows_whole_ids_that_revoke_accepts(self, cli, fresh_home):
+        """Every token id printed by `tokens list` at 80 columns is whole (it was
+        `tok_5cd71bf53…`), and `tokens revoke` accepts the id read off the table."""
+        for name, role in (("ops-bot-production-eu-west", "agent"), ("fiona", "approver")):
+            made = cli("tokens", "create", "--name", name, "--role", role, home=fresh_home)
+            assert made.code == 0, str(made)
+        ids = [t["id"] for t in cli("tokens", "list", "--json", home=fresh_home).json()["tokens"]]
+
+        listed = cli("tokens", "list", home=fresh_home, env=self.NARROW)
+        shown = re.findall(r"tok_[0-9a-f]+", listed.out)
+        revoked = cli("tokens", "revoke", shown[0], home=fresh_home, env=self.NARROW)
+
+        assert listed.code == 0, str(listed)
+        assert "…" not in listed.out, listed.out
+        assert sorted(shown) == sorted(ids), listed.out
+        assert revoked.code == 0, str(revoked)
+
+    def test_plans_shows_whole_plan_ids_and_statuses(self, cli, fresh_home, tmp_path):
+        """`proctor plans` at 80 columns prints each plan id and status whole (the status
+        was cut to `awaiting_ap…`); the other columns fold instead."""
+        plan = manifest(
+            HR_SEARCH,
+            agent="recruiting-assistant-production",
+            user="hiring-manager-emea@example.org",
+            plan_id="hr-search-2027-03-12-000001",
+        )
+        submitted = cli("submit", write_json(tmp_path, "p.json", plan), home=fresh_home)
+        assert submitted.code == 0, str(submitted)
+
+        listed = cli("plans", home=fresh_home, env=self.NARROW)
+
+        assert listed.code == 0, str(listed)
+        assert max(len(line) for line in listed.out.splitlines()) <= 80, listed.out
+        assert "hr-search-2027-03-12-000001" in listed.out, listed.out
+        assert "awaiting_approval" in listed.out, listed.out
+        assert "…" not in listed.out, listed.out

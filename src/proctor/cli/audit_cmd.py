@@ -44,7 +44,7 @@ from proctor.cli.commands import (
     audit_app,
     keys_app,
 )
-from proctor.cli.render import clean, console, err_console, esc, print_json
+from proctor.cli.render import clean, console, err_console, esc, print_json, whole_column
 from proctor.cli.service import _operator
 from proctor.config import home_from
 from proctor.errors import InvalidRequestError
@@ -445,8 +445,9 @@ def keys_list(
         print_json({"keys": rows})
         return 0
     table = Table(title=f"{len(rows)} key(s)", title_justify="left")
-    for col in ("key id", "created", "valid until", "current"):
-        table.add_column(col)
+    whole_column(table, "key id", [r["key_id"] for r in rows])
+    for col in ("created", "valid until", "current"):
+        table.add_column(col, overflow="fold")
     for r in rows:
         table.add_row(
             esc(r["key_id"]),

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
+from rich.cells import cell_len
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -31,6 +32,8 @@ __all__ = [
     "render_plans_json",
     "render_scores",
     "split_reasons",
+    "when",
+    "whole_column",
 ]
 
 console = Console(highlight=False)
@@ -214,8 +217,21 @@ def split_reasons(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return reasons[:end], per_step
 
 
-def _when(iso: str | None) -> str:
+def when(iso: str | None) -> str:
+    """An ISO time as ``YYYY-MM-DD HH:MM:SS`` for a table (``--json`` keeps the ISO form)."""
     return datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M:%S") if iso else ""
+
+
+def whole_column(table: Table, header: str, values: list[str], **options: Any) -> None:
+    """Add a column that a narrow terminal never cuts (``…``) nor folds: ids and statuses.
+
+    A reader copies an id into the next command (``tokens revoke ID``) and reads a status
+    to decide: ``tok_5cd71bf53…`` or ``needs_atte…`` at 80 columns was useless. Rich narrows
+    the other columns instead (give them ``overflow="fold"`` so they lose nothing either).
+    ``values`` are the plain cell texts (no markup).
+    """
+    width = max([cell_len(header), *(cell_len(v) for v in values)])
+    table.add_column(header, no_wrap=True, min_width=width, **options)
 
 
 def render_plan_json(
@@ -262,7 +278,7 @@ def render_plan_json(
         if s["undo_until"] and s["status"] == "succeeded":
             # A compensated, failed or undone step keeps its old deadline in the record;
             # only a succeeded step can still be undone.
-            detail += f" | undo until {_when(s['undo_until'])}"
+            detail += f" | undo until {when(s['undo_until'])}"
         steps.add_row(
             esc(s["id"]),
             esc(s["action"]),
@@ -335,12 +351,17 @@ def render_plans(plans: list[PlanRecord]) -> None:
 def render_plans_json(plans: list[dict[str, Any]]) -> None:
     """Print a table of plans given as their JSON (``plan_json``, or the HTTP API's)."""
     table = Table(title=f"{len(plans)} plan(s)", title_justify="left")
-    for col in ("plan", "created", "agent", "for", "outcome", "status", "steps"):
-        table.add_column(col)
+    whole_column(table, "plan", [p["plan_id"] for p in plans])
+    table.add_column("created", overflow="fold")
+    table.add_column("agent", overflow="fold")
+    table.add_column("for", overflow="fold")
+    whole_column(table, "outcome", [p["outcome"] for p in plans])
+    whole_column(table, "status", [p["status"] for p in plans])
+    table.add_column("steps", overflow="fold")
     for p in plans:
         table.add_row(
             esc(p["plan_id"]),
-            _when(p["created_at"]),
+            when(p["created_at"]),
             esc(p["agent_id"]),
             esc(p["on_behalf_of"]),
             f"[{_OUTCOME_STYLE.get(p['outcome'], 'white')}]{esc(p['outcome'])}[/]",

@@ -21,7 +21,7 @@ from rich.table import Table
 
 from proctor._library import Proctor
 from proctor.app.tokens import TokenService
-from proctor.cli.render import console, esc, print_json
+from proctor.cli.render import console, esc, print_json, when, whole_column
 from proctor.config import home_from
 from proctor.errors import InvalidRequestError
 
@@ -420,16 +420,17 @@ def tokens_list(home: Home = None, as_json: Json = False, verbose: Verbose = Fal
         print_json({"tokens": rows})
         return 0
     table = Table(title=f"{len(rows)} token(s)", title_justify="left")
-    for col in ("id", "name", "roles", "groups", "created", "revoked"):
-        table.add_column(col)
+    whole_column(table, "id", [t.token_id for t in records])  # `tokens revoke ID` needs it
+    for col in ("name", "roles", "groups", "created", "revoked"):
+        table.add_column(col, overflow="fold")
     for t in records:
         table.add_row(
             esc(t.token_id),
             esc(t.name),
             esc(", ".join(t.roles)),
             esc(", ".join(t.groups)),
-            t.created_at.isoformat(),
-            t.revoked_at.isoformat() if t.revoked_at else "",
+            when(t.created_at.isoformat()),
+            when(t.revoked_at.isoformat()) if t.revoked_at else "",
         )
     console.print(table)
     return 0
