@@ -166,6 +166,62 @@ class TestExitCodes:
             assert "undo until" not in result.out
 
 
+SLOW_TOOL = """\
+import time
+
+def slow(params, call):
+    time.sleep(2)
+    return {"ok": True}
+"""
+
+SLOW_ACTION = """
+[actions."ux.slow"]
+summary = "Slow"
+category = "general"
+idempotent = false
+timeout = 1
+handler = "uxtools_cli_slow:slow"
+baselines = { risk = 1, auditability = 2, ux = 4, recovery = 1, cost = 1 }
+[actions."ux.slow".params]
+type = "object"
+"""
+
+
+class TestResolveExitCode:
+    @pytest.mark.parametrize("as_json", [False, True])
+    def test_resolve_failed_that_compensates_the_plan_exits_0(
+        self, cli, fresh_home, tmp_path, as_json
+    ):
+        """`resolve --failed` on a timed-out step ends the plan compensated, as asked: exit 0
+        (it exited 1, as if the resolution had not been done)."""
+        tools = tmp_path / "tools"
+        tools.mkdir()
+        (tools / "uxtools_cli_slow.py").write_text(SLOW_TOOL)
+        with (fresh_home / "catalog.toml").open("a") as f:
+            f.write(SLOW_ACTION)
+        env = {
+            "PYTHONPATH": os.pathsep.join(filter(None, (str(tools), os.environ.get("PYTHONPATH"))))
+        }
+        plan = manifest(
+            ("travel.reserve", {"flight": "PX1", "traveller": "alice"}),
+            ("ux.slow", {}),
+            plan_id="slow-1",
+        )
+        submitted = cli(
+            "submit", write_json(tmp_path, "slow.json", plan), "--json", home=fresh_home, env=env
+        )
+        assert submitted.json()["status"] == "needs_attention", str(submitted)
+
+        resolved = cli(
+            "resolve", "slow-1", "s2", "--failed", "--as", "ops",
+            *(["--json"] if as_json else []), home=fresh_home, env=env,
+        )  # fmt: skip
+
+        assert resolved.code == 0, str(resolved)
+        shown = cli("show", "slow-1", "--json", home=fresh_home).json()
+        assert shown["status"] == "compensated"
+
+
 class TestNarrowTerminal:
     """At 80 columns, tables never cut the ids and statuses a reader copies or acts on."""
 

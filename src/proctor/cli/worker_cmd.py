@@ -104,7 +104,9 @@ def resolve(
 
     Proctor never re-runs such a step blindly (it is not idempotent, or out of attempts): the
     plan waits in `needs_attention` until an operator checks the real system and says whether
-    the step took effect.
+    the step took effect. Exit 0 when the plan ends as asked: `--failed` ends it `failed` or
+    `compensated` (exit 0, as `reject` does); exit 1 if it ends otherwise not done (a later
+    step failed, or an undo failed).
     """
     if succeeded is None:
         raise typer.BadParameter("say --succeeded or --failed", param_hint="'--succeeded'")
@@ -112,8 +114,21 @@ def resolve(
     if remote is not None:
         with remote:
             doc = remote.resolve(plan_id, step_id, succeeded=succeeded, comment=comment)
-            return _emit_doc(doc, as_json, remote)
+            code = _emit_doc(doc, as_json, remote)
+            steps = [str(st["status"]) for st in doc["steps"]]
+            return 0 if not succeeded and _stopped_as_asked(doc["status"], steps) else code
     name = _required_locally(principal, "--as")
     with _open(home) as p:
         rec = p.resolve(plan_id, step_id, succeeded=succeeded, principal=name, comment=comment)
-        return _emit(rec, as_json)
+        code = _emit(rec, as_json)
+        steps = [st.status.value for st in rec.steps]
+        return 0 if not succeeded and _stopped_as_asked(rec.status.value, steps) else code
+
+
+def _stopped_as_asked(status: str, steps: list[str]) -> bool:
+    """Whether a plan resolved ``--failed`` ended as asked: stopped, its done steps undone.
+
+    ``failed`` (nothing to undo) or ``compensated``; a plan ``failed`` because an undo failed
+    (a ``compensation_failed`` step) is not, and still exits 1.
+    """
+    return status in ("failed", "compensated") and "compensation_failed" not in steps
