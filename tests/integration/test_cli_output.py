@@ -222,6 +222,28 @@ class TestResolveExitCode:
         assert shown["status"] == "compensated"
 
 
+class TestGuardsConfigNote:
+    def test_local_guards_says_a_running_server_may_apply_other_limits(self, cli, fresh_home):
+        """With a budget in config.toml, local `proctor guards` says on stderr that a server
+        started before the edit applies the earlier limits until restarted; without
+        budgets or rate limits, and with --json, it says nothing."""
+        plain = cli("guards", home=fresh_home)
+        with (fresh_home / "config.toml").open("a") as f:
+            f.write(
+                '\n[[guards.budgets]]\nscope = "agent"\nkey = "ops-bot"\nlimit = 1000\n'
+                'period = "day"\non_exceed = "deny"\n'
+            )
+
+        noted = cli("guards", home=fresh_home)
+        as_json = cli("guards", "--json", home=fresh_home)
+
+        assert plain.code == noted.code == as_json.code == 0, str(noted)
+        assert "restarted" not in plain.err
+        assert "until restarted" in noted.err, str(noted)
+        assert "proctor guards --server URL" in noted.err
+        assert "restarted" not in as_json.err
+
+
 class TestNarrowTerminal:
     """At 80 columns, tables never cut the ids and statuses a reader copies or acts on."""
 

@@ -31,7 +31,7 @@ from proctor.cli.commands import (
     _required_locally,
     app,
 )
-from proctor.cli.render import console, esc, print_json
+from proctor.cli.render import console, err_console, esc, print_json
 from proctor.core.canonical import MAX_SAFE_INT
 
 if TYPE_CHECKING:
@@ -310,6 +310,13 @@ def guards(
     for key, v in st["promotions"].items():
         t.add_row("promotion", esc(key), esc(f"{v['from']} → {v['to']} ({v['status']})"))
     console.print(t if t.row_count else "No guard is engaged and none is configured.")
+    if remote is None and (st["budgets"] or st["rate_limits"]):
+        # Read from config.toml just now; a server reads it once, when it starts.
+        err_console.print(
+            "Budgets and rate limits as config.toml says now; a `proctor serve` started"
+            " before its last edit still applies the earlier ones until restarted (see"
+            " them with `proctor guards --server URL`)."
+        )
     return 0
 
 
