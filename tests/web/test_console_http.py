@@ -424,3 +424,21 @@ async def test_the_audit_explorer_pages_older_and_newer_newest_first(world):
     assert seqs(back.text) == pages[-2]
     assert re.findall(r'<td><a href="/plans/([^"]+)">', typed.text) == plans[-5:]
     assert re.findall(r'<td><a href="/plans/([^"]+)">', typed_older.text) == plans[-10:-5]
+
+
+async def test_dashboard_counts_render_breakdowns_not_python_reprs(world):
+    """The dashboard's counts show a breakdown as `trace: 1` and an empty one as `none`,
+    never a Python dict (`{'trace': 1}`, `{}`)."""
+    p, clock, app, secrets = world
+    p.submit(make_plan([TABLE], agent_id="bot"))
+    clock.advance(timedelta(hours=1))
+    client, _ = await sign_in(app, secrets["root"])
+
+    page = await client.get("/dashboard?days=7")
+    await client.aclose()
+
+    counts = page.text.split("Counts over the period", 1)[1].split("</dl>", 1)[0]
+    assert page.status_code == 200
+    assert "<dt>uncovered</dt><dd>trace: 1</dd>" in counts, counts
+    assert "<dt>false signals</dt><dd>none</dd>" in counts, counts
+    assert "{" not in counts and "&#39;" not in counts, counts
