@@ -45,6 +45,7 @@ inherits the budget bookkeeping the hooks share (reserve, keep, settle, release)
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import threading
@@ -64,6 +65,8 @@ from proctor.core.guards import (
     AutonomyLevel,
     BreakerState,
     GuardSettings,
+    agent_key,
+    agent_names,
     anomalies,
     autonomy_outcome,
     breaker_after,
@@ -80,6 +83,7 @@ from proctor.core.guards import (
 )
 from proctor.core.lifecycle import PlanRecord, PlanStatus, StepRecord, StepStatus
 from proctor.core.ports import Clock, Store, Transaction
+from proctor.errors import ProctorError
 
 if TYPE_CHECKING:
     from proctor.app.gateway import Gateway
@@ -92,6 +96,20 @@ _RAN = frozenset(
     {PlanStatus.SUCCEEDED, PlanStatus.FAILED, PlanStatus.COMPENSATED, PlanStatus.UNDONE}
 )
 _HUMAN_DECIDED = frozenset({Outcome.APPROVE.value, Outcome.CONFIRM.value})
+
+
+def _outside(lists: Sequence[Any], actions: Sequence[str]) -> list[str]:
+    """The actions of a plan outside any of its agent's whitelists (stored values).
+
+    An agent has one whitelist, but rows of earlier versions may hold another under another
+    spelling of its name (``_scan``): each restricts it, so an action must be on all of them.
+    """
+    if len(lists) == 1:
+        return outside_whitelist(lists[0], actions)
+    out: dict[str, None] = {}
+    for value in lists:
+        out.update(dict.fromkeys(outside_whitelist(value, actions)))
+    return list(out)
 
 
 def _room_in(tx: Transaction, name: str, room: int, per_seconds: int, now: datetime) -> int:
@@ -131,10 +149,42 @@ class Guards(GuardsBudgets, GuardsAdmin):
         # here (the store's ``anomaly`` state deduplicates across replicas as well).
         self._escalated: dict[str, float] = {}
         self._lock = threading.Lock()
+        # Agent names of kill-switch and whitelist rows stored by earlier versions under
+        # another spelling than their key (``agent:OPS-BOT``), by key (``agent_names``).
+        # Empty almost always, and then it costs a plan one truth test.
+        self._aliases: dict[str, tuple[str, ...]] = {}
 
     def bind(self, gateway: Gateway) -> None:
-        """Attach to the gateway that calls these hooks (for the admin operations)."""
+        """Attach to the gateway that calls these hooks (for the admin operations).
+
+        Also looks for rows of earlier versions stored under a name that is not an agent's
+        key (``_scan``): the hooks read state inside transactions by exact key, and a worker
+        process never builds the policy's snapshot, which rescans them. Earlier versions
+        stored a name as typed, and this one never does, so the rows present now are all
+        there will be once every process runs this version.
+        """
         self._gw = gateway
+        # A store that cannot be read yet (one opened to inspect its schema) holds no plan
+        # this process could run; the policy's snapshot scans again when it can.
+        with contextlib.suppress(ProctorError):
+            self._scan(self.store.list_state("kill"), self.store.list_state("whitelist"))
+
+    def _scan(self, kill: dict[str, Any], whitelist: dict[str, Any]) -> None:
+        """Note the names of agent kill switches and whitelists that are not an agent key.
+
+        Rows of earlier versions, stored as typed (``agent:OPS-BOT``): ``agent_names`` adds
+        them to the agent's names, so that they stop it however its plans spell its id.
+        """
+        found: dict[str, set[str]] = {}
+        names = [k[6:] for k in kill if k.startswith("agent:")] + list(whitelist)
+        for name in names:
+            key = agent_key(name)
+            if key != name:
+                found.setdefault(key, set()).add(name)
+        self._aliases = {k: tuple(sorted(v)) for k, v in found.items()}
+
+    def _agent_names(self, agent: str) -> tuple[str, ...]:
+        return agent_names(agent, self._aliases)
 
     # ------------------------------------------------------------------ policy input
 
@@ -143,6 +193,7 @@ class Guards(GuardsBudgets, GuardsAdmin):
         now = time.monotonic()
         if now - at > SNAPSHOT_TTL:
             snap = {kind: self.store.list_state(kind) for kind in _KINDS}
+            self._scan(snap["kill"], snap["whitelist"])
             with self._lock:
                 self._snap = (now, snap)
         return snap
@@ -173,14 +224,14 @@ class Guards(GuardsBudgets, GuardsAdmin):
         out: dict[str, Any] = {}
         kill = snap["kill"]
         if kill:
-            kills = [k for k in kill_keys(agent, actions) if k in kill]
+            kills = [k for k in kill_keys(agent, actions, self._aliases) if k in kill]
             if kills:
                 out["kill"] = kills
         breaker = snap["breaker"]
         if breaker:
             now = self.clock.now()
             views = {}
-            for k in (f"agent:{agent}", *dict.fromkeys(f"action:{a}" for a in actions)):
+            for k in self._breaker_keys(agent, actions):
                 if k in breaker:
                     view = breaker_view(
                         BreakerState.from_value(breaker[k]), now, self.settings.breaker
@@ -203,8 +254,10 @@ class Guards(GuardsBudgets, GuardsAdmin):
             if levels:
                 out["autonomy"] = levels
         whitelist = snap["whitelist"]
-        if agent in whitelist:
-            out["whitelisted"] = not outside_whitelist(whitelist[agent], actions)
+        if whitelist:
+            lists = [whitelist[n] for n in self._agent_names(agent) if n in whitelist]
+            if lists:
+                out["whitelisted"] = not _outside(lists, actions)
         if self.settings.budgets:
             over = self._over_budget(plan, specs)
             if over:
@@ -226,11 +279,13 @@ class Guards(GuardsBudgets, GuardsAdmin):
         agent, user = record.agent_id, record.on_behalf_of
         actions = [s.action for s in record.steps]
         step_ids = [s.step_id for s in record.steps]
+        names = self._agent_names(agent)
         # One read for every state row that could apply (most plans find none).
-        breakers = [f"agent:{agent}", *dict.fromkeys(f"action:{a}" for a in actions)]
+        breakers = self._breaker_keys(agent, actions)
+        stops = self._stop_keys(names, actions)
         state = tx.get_states(
             [
-                *self._stop_keys(agent, actions),
+                *stops,
                 *(("breaker", k) for k in breakers),
                 *(
                     ("autonomy", k)
@@ -239,16 +294,16 @@ class Guards(GuardsBudgets, GuardsAdmin):
                 ),
             ]
         )
-        deny = self._hard_stop(emit, record, agent, actions, state, then="deny")
+        deny = self._hard_stop(emit, record, stops, actions, state, then="deny")
         if deny is not None:
             # A whitelist denial counts towards repeated denials; a kill switch's does not:
             # an operator stopped everything it covers, and a global one would otherwise make
             # every agent still submitting an "anomaly" (docs/guards.md).
-            if not any(k in state for k in self._stop_keys(agent, actions) if k[0] == "kill"):
-                per_minute = tx.bump(f"activity:agent:{agent}", minute(now))[0]
+            if not any(k in state for k in stops if k[0] == "kill"):
+                per_minute = tx.bump(f"activity:agent:{names[0]}", minute(now))[0]
                 self._denied(tx, emit, record, now, per_minute)
             return Decision.deny_all(step_ids, deny, policy_version=decision.policy_version)
-        per_minute = tx.bump(f"activity:agent:{agent}", minute(now))[0]
+        per_minute = tx.bump(f"activity:agent:{names[0]}", minute(now))[0]
         if decision.outcome is Outcome.DENY:
             self._denied(tx, emit, record, now, per_minute)
             return decision
@@ -272,18 +327,35 @@ class Guards(GuardsBudgets, GuardsAdmin):
         return decision
 
     @staticmethod
-    def _stop_keys(agent: str, actions: list[str]) -> list[tuple[str, str]]:
+    def _stop_keys(names: Sequence[str], actions: list[str]) -> list[tuple[str, str]]:
+        """The state rows that stop a plan: kill switches, then the agent's whitelists.
+
+        The switches are the global one, the agent's under each of its ``names``
+        (``agent_names``) and each action's.
+        """
         return (
-            [("kill", "global"), ("kill", f"agent:{agent}")]
+            [("kill", "global"), *(("kill", f"agent:{n}") for n in names)]
             + [("kill", f"action:{a}") for a in dict.fromkeys(actions)]
-            + [("whitelist", agent)]
+            + [("whitelist", n) for n in names]
         )
+
+    @staticmethod
+    def _breaker_keys(agent: str, actions: Sequence[str]) -> list[str]:
+        """The breakers covering a plan: its agent's, then each action's.
+
+        The agent's as its plans spell it (the breaker its calls feed) and, when that is not
+        its key, under its key too: a breaker forced open by an admin is stored under the
+        key, and holds the agent however it spells its id.
+        """
+        key = agent_key(agent)
+        mine = [f"agent:{agent}"] if key == agent else [f"agent:{agent}", f"agent:{key}"]
+        return mine + list(dict.fromkeys(f"action:{a}" for a in actions))
 
     def _hard_stop(
         self,
         emit: Emit,
         record: PlanRecord,
-        agent: str,
+        stops: list[tuple[str, str]],
         actions: list[str],
         state: dict[tuple[str, str], Any],
         *,
@@ -293,17 +365,23 @@ class Guards(GuardsBudgets, GuardsAdmin):
         # decided (it is denied), "wait" when a cleared or queued plan is held (it keeps
         # waiting and may run after the release). A held plan records an event for each
         # refused attempt (a person tried); the metrics count only the denials.
-        for kind, key in self._stop_keys(agent, actions):
-            engaged = state.get((kind, key)) if kind == "kill" else None
+        lists = []
+        for kind, key in stops:
+            if kind == "whitelist":
+                if (kind, key) in state:
+                    lists.append(state[(kind, key)])
+                continue
+            engaged = state.get((kind, key))
             if engaged is not None:
-                reason = f"kill switch {key} is engaged: {engaged.get('reason') or 'no reason'}"
+                why = engaged.get("reason") if isinstance(engaged, dict) else None
+                reason = f"kill switch {key} is engaged: {why or 'no reason'}"
                 data = {"switch": key, "then": then}
                 emit(E.GUARD_KILLED, plan=record, data=data, trusted=True)
                 return reason
-        outside = outside_whitelist(state.get(("whitelist", agent)), actions)
+        outside = _outside(lists, actions)
         if outside:
             emit(E.GUARD_WHITELIST_DENIED, plan=record, data={"actions": outside, "then": then})
-            return f"agent {agent!r} may not use {', '.join(sorted(outside))}"
+            return f"agent {record.agent_id!r} may not use {', '.join(sorted(outside))}"
         return None
 
     def _rate_limit(
@@ -424,7 +502,7 @@ class Guards(GuardsBudgets, GuardsAdmin):
         self, tx: Transaction, emit: Emit, record: PlanRecord, now: Any, per_minute: int
     ) -> None:
         """Count a denial (policy, whitelist, rate limit, budget) and check for an anomaly."""
-        tx.bump(f"denials:agent:{record.agent_id}", minute(now))
+        tx.bump(f"denials:agent:{agent_key(record.agent_id)}", minute(now))
         self._anomaly(tx, emit, record, 0, now, per_minute=per_minute, denied=True)
 
     def _anomaly(
@@ -439,7 +517,9 @@ class Guards(GuardsBudgets, GuardsAdmin):
         denied: bool,
     ) -> None:
         a = self.settings.anomaly
-        agent = record.agent_id
+        # Counted per agent_key: an agent in process cannot spread its activity (or its
+        # denials) over spellings of its id to stay under the anomaly thresholds.
+        agent = agent_key(record.agent_id)
         if cost:
             tx.bump(f"activity:agent:{agent}", minute(now), count=0, amount=cost)
         # Most plans can be no anomaly at all: skip the window reads for them.
@@ -474,9 +554,9 @@ class Guards(GuardsBudgets, GuardsAdmin):
             E.ANOMALY_DETECTED,
             plan=record,
             data={
-                "agent_id": agent,
+                "agent_id": record.agent_id,
                 "reasons": found,
-                "summary": f"agent {agent}: " + "; ".join(found),
+                "summary": f"agent {record.agent_id}: " + "; ".join(found),
                 "severity": "high",
             },
         )
@@ -501,14 +581,15 @@ class Guards(GuardsBudgets, GuardsAdmin):
         agent = record.agent_id
         actions = [s.action for s in record.steps]
         confirmed = record.outcome != "approve"
-        breakers = [f"agent:{agent}", *dict.fromkeys(f"action:{a}" for a in actions)]
-        wanted = self._stop_keys(agent, actions)
+        breakers = self._breaker_keys(agent, actions)
+        stops = self._stop_keys(self._agent_names(agent), actions)
+        wanted = list(stops)
         if confirmed:
             wanted += [("breaker", k) for k in breakers]
         if self.settings.budgets:
             wanted.append(("reservation", record.plan_id))
         state = tx.get_states(wanted)
-        stop = self._hard_stop(emit, record, agent, actions, state, then="wait")
+        stop = self._hard_stop(emit, record, stops, actions, state, then="wait")
         if stop is not None:
             return stop
         now = self.clock.now()
@@ -544,10 +625,10 @@ class Guards(GuardsBudgets, GuardsAdmin):
         a new attempt). Breakers and budgets are not asked again: the plan passed them when
         it was decided or cleared, as a plan under way does between its steps.
         """
-        agent = record.agent_id
         actions = [s.action for s in record.steps]
-        state = tx.get_states(self._stop_keys(agent, actions))
-        return self._hard_stop(emit, record, agent, actions, state, then="wait")
+        stops = self._stop_keys(self._agent_names(record.agent_id), actions)
+        state = tx.get_states(stops)
+        return self._hard_stop(emit, record, stops, actions, state, then="wait")
 
     def _amount(self, step: StepRecord) -> int:
         """A step's amount as its action's spec computes it (0 for an unknown action).

@@ -26,6 +26,7 @@ from proctor.core.guards import (
     AutonomyLevel,
     BreakerState,
     GuardSettings,
+    agent_key,
     breaker_counters,
     breaker_view,
     minute,
@@ -81,6 +82,11 @@ class GuardsAdmin:
 
     @staticmethod
     def _switch(scope: str, key: str | None) -> str:
+        """The stored key of a kill switch: ``global``, ``agent:<agent_key>``, ``action:X``.
+
+        An agent's name is stored as its ``agent_key`` (``OPS-BOT`` is ``agent:ops-bot``),
+        which is how the hooks look it up for every spelling of the agent's id.
+        """
         if scope == "global":
             return "global"
         if scope not in ("agent", "action") or not key:
@@ -88,7 +94,23 @@ class GuardsAdmin:
                 "a kill switch is global, or for an agent or an action with its name",
                 field="scope",
             )
-        return f"{scope}:{key}"
+        return f"agent:{agent_key(key)}" if scope == "agent" else f"action:{key}"
+
+    def _spellings(self, kind: str, key: str) -> list[str]:
+        """The stored keys of ``kind`` that are the agent's ``key``, however spelt.
+
+        ``key`` is ``agent:<agent_key>`` (a whitelist's: the agent key). The result is the key
+        itself, then rows an earlier version stored as typed (``agent:OPS-BOT``). Read
+        outside the transaction: no process of this version writes such a row.
+        """
+        prefix = "agent:" if kind != "whitelist" else ""
+        folded = key[len(prefix) :]
+        found = [
+            k
+            for k in self.store.list_state(kind)
+            if k != key and k.startswith(prefix) and agent_key(k[len(prefix) :]) == folded
+        ]
+        return [key, *sorted(found)]
 
     def kill(
         self,
@@ -146,25 +168,36 @@ class GuardsAdmin:
         on an action since removed) must be removable.
         """
         switch = self._switch(scope, key)
+        # An agent's switch under every spelling: a row an earlier version stored as typed
+        # (agent:OPS-BOT) stops ops-bot now too, so it is released with it.
+        switches = self._spellings("kill", switch) if scope == "agent" else [switch]
 
         def op(tx: Transaction, emit: Emit, now: Any) -> bool:
-            if tx.get_state("kill", switch) is None:
-                return False
-            tx.put_state("kill", switch, None, at=now)
-            emit(E.KILL_RELEASED, user_id=by, data={"switch": switch, "by": by})
-            return True
+            released = False
+            for one in switches:
+                if tx.get_state("kill", one) is None:
+                    continue
+                tx.put_state("kill", one, None, at=now)
+                emit(E.KILL_RELEASED, user_id=by, data={"switch": one, "by": by})
+                released = True
+            return released
 
         result: bool = self._admin(op)
         return result
 
     @staticmethod
     def _breaker_key(scope: str, key: str | None) -> str:
+        """A breaker's key: ``action:X``, or ``agent:<agent_key>``.
+
+        A forced one is stored under the agent's key and holds every spelling of its id
+        (``Guards._breaker_keys``).
+        """
         if scope not in ("agent", "action") or not key:
             raise InvalidRequestError(
                 "a circuit breaker is an agent's or an action's: give its scope and name",
                 field="scope" if scope not in ("agent", "action") else "key",
             )
-        return f"{scope}:{key}"
+        return f"agent:{agent_key(key)}" if scope == "agent" else f"action:{key}"
 
     def open_breaker(self, scope: str, key: str | None, *, by: str, reason: str = "") -> str:
         """Force a breaker open (``agent`` NAME or ``action`` NAME) until ``reset_breaker``.
@@ -209,60 +242,87 @@ class GuardsAdmin:
         Only calls after the reset count towards opening it again. Audited as
         ``breaker.closed`` with ``manual: true``.
 
+        An agent's breakers under every spelling of its name are reset: the one its plans
+        feed is keyed as they spell the agent's id (``agent:Ops-Bot``), a forced one by its
+        key (``agent:ops-bot``), and the admin means the agent.
+
         Returns:
-            False (and nothing is recorded) if the breaker was not open or half-open.
+            False (and nothing is recorded) if no such breaker was open or half-open.
         """
         breaker = self._breaker_key(scope, key)
+        breakers = self._spellings("breaker", breaker) if scope == "agent" else [breaker]
 
         def op(tx: Transaction, emit: Emit, now: Any) -> bool:
-            stored = tx.get_state("breaker", breaker)
-            before = BreakerState.from_value(stored)
-            if stored is None or before.state == "closed":
-                return False
-            bucket = minute(now)
-            sums = tx.counter_sums(breaker_counters(breaker), bucket)
-            calls, cost = sums[f"calls:{breaker}"]
-            held = {
-                "calls": calls,
-                "cost": cost,
-                "errors": sums[f"errors:{breaker}"][0],
-                "rollbacks": sums[f"rollbacks:{breaker}"][0],
-            }
-            value = {
-                **BreakerState().value(),
-                "reset": {"by": by, "at": now.isoformat(), "since": bucket, "held": held},
-            }
-            tx.put_state("breaker", breaker, value, at=now)
-            emit(
-                E.BREAKER_CLOSED,
-                user_id=by,
-                data={
-                    "breaker": breaker,
-                    "reason": reason,
-                    "was": breaker_view(before, now, self.settings.breaker),
-                    "by": by,
-                    "manual": True,
-                },
-            )
-            return True
+            done = False
+            for one in breakers:
+                done = self._reset_one(tx, emit, one, now, by, reason) or done
+            return done
 
         result: bool = self._admin(op)
         return result
 
+    def _reset_one(
+        self, tx: Transaction, emit: Emit, breaker: str, now: Any, by: str, reason: str
+    ) -> bool:
+        """Close one breaker if it is open or half-open (``reset_breaker``)."""
+        stored = tx.get_state("breaker", breaker)
+        before = BreakerState.from_value(stored)
+        if stored is None or before.state == "closed":
+            return False
+        bucket = minute(now)
+        sums = tx.counter_sums(breaker_counters(breaker), bucket)
+        calls, cost = sums[f"calls:{breaker}"]
+        held = {
+            "calls": calls,
+            "cost": cost,
+            "errors": sums[f"errors:{breaker}"][0],
+            "rollbacks": sums[f"rollbacks:{breaker}"][0],
+        }
+        value = {
+            **BreakerState().value(),
+            "reset": {"by": by, "at": now.isoformat(), "since": bucket, "held": held},
+        }
+        tx.put_state("breaker", breaker, value, at=now)
+        emit(
+            E.BREAKER_CLOSED,
+            user_id=by,
+            data={
+                "breaker": breaker,
+                "reason": reason,
+                "was": breaker_view(before, now, self.settings.breaker),
+                "by": by,
+                "manual": True,
+            },
+        )
+        return True
+
     def set_whitelist(self, agent: str, actions: Sequence[str] | None, *, by: str) -> None:
-        """Limit ``agent`` to ``actions`` (None removes the limit)."""
+        """Limit ``agent`` to ``actions`` (None removes the limit).
+
+        Stored under the agent's ``agent_key``, so it applies however the agent spells its
+        id; a whitelist an earlier version stored under another spelling of the name is
+        replaced (removed) with it: the agent has one whitelist, the one set last.
+        """
         unknown = [a for a in actions or () if a not in self.catalog]
         if unknown:
             raise InvalidRequestError(f"unknown action {unknown[0]!r}", field="actions")
+        if not agent:
+            raise InvalidRequestError("name the agent", field="agent")
+        key = agent_key(agent)
+        older = self._spellings("whitelist", key)[1:]
 
         def op(tx: Transaction, emit: Emit, now: Any) -> None:
             value = None if actions is None else {"actions": sorted(set(actions))}
-            tx.put_state("whitelist", agent, value, at=now)
-            emit(
-                E.WHITELIST_CHANGED,
-                user_id=by,
-                data={"agent": agent, "actions": None if value is None else value["actions"]},
-            )
+            tx.put_state("whitelist", key, value, at=now)
+            for old in older:
+                tx.put_state("whitelist", old, None, at=now)
+            data: dict[str, Any] = {
+                "agent": key,
+                "actions": None if value is None else value["actions"],
+            }
+            if older:
+                data["replaced"] = older
+            emit(E.WHITELIST_CHANGED, user_id=by, data=data)
 
         self._admin(op)
 
@@ -427,8 +487,12 @@ class GuardsAdmin:
         for b in self.settings.budgets:
             bucket = period_bucket(now, b.period)
             one = b.scope == "global" or b.key != "*"
-            who = person_key(b.key) if b.scope == "user" else b.key
-            used = self.store.counter_sum(b.counter(who), bucket)[1] if one else None
+            used = None
+            if one:
+                used = sum(
+                    self.store.counter_sum(b.counter(who), bucket)[1]
+                    for who in _spelt(b.scope, b.key)
+                )
             budgets.append(
                 {
                     "scope": b.scope,
@@ -453,8 +517,10 @@ class GuardsAdmin:
             used = None
             if r.key != "*":
                 since = window_start(now, r.per_seconds)
-                who = person_key(r.key) if r.scope == "user" else r.key
-                used = self.store.counter_sum(f"rate:{r.scope}:{who}", since)[0]
+                used = sum(
+                    self.store.counter_sum(f"rate:{r.scope}:{who}", since)[0]
+                    for who in _spelt(r.scope, r.key)
+                )
             rate_limits.append({**dataclasses.asdict(r), "used": used})
         return {
             "kill": self.store.list_state("kill"),
@@ -465,6 +531,21 @@ class GuardsAdmin:
             "budgets": budgets,
             "rate_limits": rate_limits,
         }
+
+
+def _spelt(scope: str, key: str) -> list[str]:
+    """The names a configured limit's counters are kept under, for ``status``.
+
+    A user's counters are keyed by ``person_key``. An agent's are keyed as its plans spell its
+    id, while a limit applies to every spelling (``RateLimit.applies``): its use is shown
+    summed over the spelling configured and the agent's key (``OPS-BOT`` and ``ops-bot``),
+    the one an agent authenticating over HTTP (its token's name) nearly always has.
+    """
+    if scope == "user":
+        return [person_key(key)]
+    if scope == "agent":
+        return list(dict.fromkeys((key, agent_key(key))))
+    return [key]
 
 
 def _count_afresh(tx: Transaction, key: str) -> None:

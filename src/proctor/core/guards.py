@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from proctor.core.approvals import person_key
+from proctor.core.approvals import person_key, user_key
 from proctor.errors import ConfigError
 
 __all__ = [
@@ -30,6 +30,8 @@ __all__ = [
     "Budget",
     "GuardSettings",
     "RateLimit",
+    "agent_key",
+    "agent_names",
     "anomalies",
     "autonomy_outcome",
     "breaker_after",
@@ -48,6 +50,43 @@ __all__ = [
 ]
 
 SCOPES = ("agent", "action", "user", "global")
+
+
+def agent_key(name: str) -> str:
+    """The key an agent's guard state is kept and matched under: its id case-folded.
+
+    An operator who stops ``OPS-BOT`` means the agent whose plans say ``ops-bot``, and an
+    agent running in process writes its own ``actor.agent_id``: were kill switches and
+    whitelists matched as spelt, it would escape one by changing the case of its id. The
+    same key as a user's grants (``proctor.core.approvals.user_key``): an ASCII name
+    lower-cased, any other as given. Every plan's agent id is ASCII (``Plan``'s id grammar),
+    so for them this is ``str.lower`` (about 0.1 µs a plan); ``person_key`` folds ASCII the
+    same but costs two NFKC passes, and compatibility forms cannot occur in an agent id.
+    A non-ASCII name (only an operator can type one) stays as given and matches no agent:
+    the administrative operations refuse such a name before it is stored.
+    """
+    return user_key(name)
+
+
+_NO_ALIASES: Mapping[str, Sequence[str]] = {}
+
+
+def agent_names(agent: str, aliases: Mapping[str, Sequence[str]] = _NO_ALIASES) -> tuple[str, ...]:
+    """The names an agent's kill switches and whitelist may be stored under, its key first.
+
+    Its key (``agent_key``: everything written now), its own spelling when that differs (a
+    row another process of an earlier version wrote for exactly this spelling), and the
+    spellings in ``aliases[key]``: rows of earlier versions, which stored the name as typed
+    (``agent:OPS-BOT``), found by a scan of the stored rows. Each such row stops the agent
+    however it spells its id, as a row written now does (fail closed).
+    """
+    key = agent_key(agent)
+    names: tuple[str, ...] = (key,) if key == agent else (key, agent)
+    if aliases:
+        more = aliases.get(key)
+        if more:
+            names += tuple(n for n in more if n not in names)
+    return names
 
 
 def minute(now: datetime) -> str:
@@ -99,11 +138,10 @@ class RateLimit:
     def applies(self, value: str) -> bool:
         """Whether this limit counts ``value`` (an agent, action or user name).
 
-        A user is compared by ``person_key`` (``Alice`` is ``alice``), as everywhere else.
+        A user is compared by ``person_key`` (``Alice`` is ``alice``), as everywhere else, and
+        an agent by ``agent_key`` (``key = "OPS-BOT"`` limits ``ops-bot``).
         """
-        if self.key in ("*", value):
-            return True
-        return self.scope == "user" and person_key(self.key) == person_key(value)
+        return _named(self.scope, self.key, value)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -134,10 +172,8 @@ class Budget:
             )
 
     def applies(self, value: str) -> bool:
-        """Whether this budget counts ``value`` (a user compared by ``person_key``)."""
-        if self.scope == "global" or self.key in ("*", value):
-            return True
-        return self.scope == "user" and person_key(self.key) == person_key(value)
+        """Whether this budget counts ``value`` (users and agents by key, as limits do)."""
+        return self.scope == "global" or _named(self.scope, self.key, value)
 
     def counter(self, value: str) -> str:
         """The counter this budget keeps for ``value``."""
@@ -197,6 +233,21 @@ class GuardSettings:
                 "review_sample_rate must be a number from 0 to 1",
                 field="guards.review_sample_rate",
             )
+
+
+def _named(scope: str, key: str, value: str) -> bool:
+    """Whether a rate limit's or budget's ``key`` names ``value`` (``*`` names every one).
+
+    A user and an agent are matched as their state is kept (``person_key``, ``agent_key``): a
+    limit configured for ``OPS-BOT`` must not silently apply to nobody while the agent's
+    plans say ``ops-bot``. The folding runs only for a named key that is not the exact
+    spelling. The counters stay keyed by the plan's spelling (docs/guards.md).
+    """
+    if key in ("*", value):
+        return True
+    if scope == "agent":
+        return agent_key(key) == agent_key(value)
+    return scope == "user" and person_key(key) == person_key(value)
 
 
 def _check_whole(value: object, where: str, *, low: int, what: str) -> None:
@@ -476,6 +527,15 @@ def budget_refuses(spent: int, amount: int, limit: int) -> bool:
     return spent >= limit
 
 
-def kill_keys(agent: str, actions: Sequence[str]) -> list[str]:
-    """The kill-switch keys that can stop a plan: global, its agent, each action."""
-    return ["global", f"agent:{agent}", *(f"action:{a}" for a in dict.fromkeys(actions))]
+def kill_keys(
+    agent: str, actions: Sequence[str], aliases: Mapping[str, Sequence[str]] = _NO_ALIASES
+) -> list[str]:
+    """The kill-switch keys that can stop a plan: global, its agent's, each action's.
+
+    The agent's under each of its names (``agent_names``).
+    """
+    return [
+        "global",
+        *(f"agent:{n}" for n in agent_names(agent, aliases)),
+        *(f"action:{a}" for a in dict.fromkeys(actions)),
+    ]
