@@ -336,11 +336,14 @@ class Proctor:
     ) -> str:
         """Engage a kill switch: ``kill("global")``, ``kill("agent", "bot")``, or an action.
 
-        An action must be in the catalog or an MCP tool's ``mcp.<server>.<tool>``; with
-        ``allow_unknown=True`` any name (an action only another process declares).
+        An action must be in the catalog or an MCP tool's ``mcp.<server>.<tool>``, an agent
+        known here (a plan, an API token or a guard named it; compared ignoring case); with
+        ``allow_unknown=True`` any name (an action only another process declares, an agent
+        that has not acted yet) that could be one.
 
         Raises:
-            InvalidRequestError: an unknown action (``key``, with close matches); nothing written.
+            InvalidRequestError: an unknown action or agent (``key``, with close matches);
+                nothing written.
         """
         return self.guards.kill(scope, key, by=by, reason=reason, allow_unknown=allow_unknown)
 
@@ -348,13 +351,21 @@ class Proctor:
         """Release a kill switch; False if it was not engaged."""
         return self.guards.unkill(scope, key, by=by)
 
-    def open_breaker(self, scope: str, key: str, *, by: str, reason: str = "") -> str:
+    def open_breaker(
+        self, scope: str, key: str, *, by: str, reason: str = "", allow_unknown: bool = False
+    ) -> str:
         """Force a circuit breaker open (``"agent", "bot"`` or ``"action", "shop.buy"``).
 
         It stays open until ``reset_breaker``: agentic execution needs approval meanwhile.
-        Returns the breaker's key (``agent:bot``).
+        Returns the breaker's key (``agent:bot``). The name must be known here, as for
+        ``kill``, unless ``allow_unknown=True``.
+
+        Raises:
+            InvalidRequestError: an unknown action or agent (``key``); nothing written.
         """
-        return self.guards.open_breaker(scope, key, by=by, reason=reason)
+        return self.guards.open_breaker(
+            scope, key, by=by, reason=reason, allow_unknown=allow_unknown
+        )
 
     def reset_breaker(self, scope: str, key: str, *, by: str, reason: str = "") -> bool:
         """Close an open or half-open circuit breaker; False if it was not open."""

@@ -20,6 +20,13 @@ from .conftest import World
 SPELLINGS = ("ops-bot", "Ops-Bot", "OPS-BOT")
 
 
+def seen(url: str) -> World:
+    """An instance where ops-bot has acted (a read), so that a switch may name it."""
+    w = World(url)
+    assert w.p.submit(w.plan("shop.read", agent="ops-bot")).status is PlanStatus.SUCCEEDED
+    return w
+
+
 class TestAgentKey:
     def test_ascii_names_fold_and_others_stay_as_given(self):
         """agent_key lower-cases an ASCII name (every plan's agent id is ASCII); a non-ASCII
@@ -44,7 +51,7 @@ class TestKillSwitch:
         """kill --agent OPS-BOT stops plans from ops-bot and Ops-Bot (and kill --agent ops-bot
         a plan from Ops-Bot); the switch is stored under the agent's key; unkill in any
         spelling releases it."""
-        w = World(url)
+        w = seen(url)
 
         switch = w.guards.kill("agent", typed, by="oncall", reason="case test")
         plans = [w.p.submit(w.plan(agent=agent)) for agent in SPELLINGS]
@@ -59,7 +66,7 @@ class TestKillSwitch:
 
     def test_a_switch_stops_a_cleared_plan_of_another_spelling(self, url):
         """recheck (a confirmed plan) and stopped (a queued one) match the key too."""
-        w = World(url)
+        w = seen(url)
         w.guards.kill("agent", "OPS-BOT", by="oncall", reason="incident")
 
         rechecked = w.run("recheck", w.record(agent="ops-bot", outcome="confirm"))
@@ -70,7 +77,7 @@ class TestKillSwitch:
 
     def test_the_policy_sees_the_switch_for_every_spelling(self, url):
         """input.guards.kill names the agent's switch for a plan of another spelling."""
-        w = World(url)
+        w = seen(url)
         w.guards.kill("agent", "OPS-BOT", by="oncall")
 
         w.p.submit(w.plan(agent="Ops-Bot"))
@@ -155,7 +162,7 @@ class TestBreakers:
     def test_a_forced_breaker_holds_every_spelling_and_reset_closes_them_all(self, url):
         """breaker open --agent OPS-BOT holds plans from ops-bot and Ops-Bot; reset --agent
         ops-bot closes it and the open breaker the Ops-Bot spelling's calls tripped."""
-        w = World(url)
+        w = seen(url)
         key = w.p.open_breaker("agent", "OPS-BOT", by="ops", reason="supplier")
         _legacy(w, "breaker", "agent:Ops-Bot", {"state": "open", "opened_at": None})
         w.guards._invalidate()

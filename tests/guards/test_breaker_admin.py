@@ -248,7 +248,9 @@ class TestCli:
         h = ("--home", str(tmp_path / "i"))
         assert run("init", *h).code == 0
 
-        opened = run("breaker", "open", "--agent", "bot", "--as", "ops", "-m", "x", "--json", *h)
+        # No agent has acted in this fresh instance: a pre-emptive hold needs --allow-unknown.
+        opening = ("breaker", "open", "--agent", "bot", "--allow-unknown", "--as", "ops", "-m", "x")
+        opened = run(*opening, "--json", *h)
         shown = run("guards", "--json", *h).json()["breakers"]["agent:bot"]
         table = run("guards", *h).out
         reset = run("breaker", "reset", "--agent", "bot", "--as", "ops", *h)

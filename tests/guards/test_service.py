@@ -140,7 +140,7 @@ class TestAdmit:
             budgets=(Budget(scope="agent", key="bu", limit=5, on_exceed="deny"),),
         )
         w.guards.set_whitelist("wl", ["shop.read"], by="ops")
-        w.guards.kill("agent", "ki", by="ops", reason="incident")
+        w.guards.kill("agent", "ki", by="ops", reason="incident", allow_unknown=True)
         for agent in ("wl", "rl", "bu", "ki"):
             statuses = [w.p.submit(w.plan(amount=10, agent=agent)).status for _ in range(4)]
             assert statuses.count(PlanStatus.DENIED) >= 3

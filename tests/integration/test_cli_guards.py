@@ -12,7 +12,9 @@ pytestmark = pytest.mark.cli
 
 class TestKill:
     def test_kill_denies_and_unkill_restores(self, cli, fresh_home, tmp_path):
-        r = cli("kill", "--agent", "test-bot", "--as", "ops", "-m", "incident 7", home=fresh_home)
+        # test-bot has not acted yet in this instance: a pre-emptive stop needs --allow-unknown.
+        kill = ("kill", "--agent", "test-bot", "--allow-unknown", "--as", "ops", "-m", "incident 7")
+        r = cli(*kill, home=fresh_home)
         assert r.code == 0, str(r)
         denied = submit(cli, fresh_home, tmp_path, manifest(SEARCH))
         assert denied["status"] == "denied"

@@ -86,7 +86,17 @@ class TestUntrustedText:
     def test_kill_reason_with_markup(self, cli, fresh_home):
         """A kill switch whose reason is `[/] ...` is listed literally by `guards`."""
         reason = "[/] bad [conceal]hidden[/conceal]"
-        kill = cli("kill", "--agent", "zed", "--as", "root", "-m", reason, home=fresh_home)
+        kill = cli(
+            "kill",
+            "--agent",
+            "zed",
+            "--allow-unknown",
+            "--as",
+            "root",
+            "-m",
+            reason,
+            home=fresh_home,
+        )
 
         result = cli("guards", home=fresh_home)
 

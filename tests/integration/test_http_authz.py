@@ -148,7 +148,12 @@ BODIES: dict[str, Any] = {
         "allow_unknown": True,
     },
     "/v1/guards/unkill": {"scope": "action", "key": "nothing.here"},
-    "/v1/guards/breakers/open": {"scope": "action", "key": "nothing.here", "reason": "authz"},
+    "/v1/guards/breakers/open": {
+        "scope": "action",
+        "key": "nothing.here",
+        "reason": "authz",
+        "allow_unknown": True,
+    },
     "/v1/guards/breakers/reset": {"scope": "action", "key": "nothing.here"},
     "/v1/guards/whitelists/bot9": {"actions": None},
     "/v1/autonomy": {"action": "travel.search", "level": "auto"},

@@ -442,3 +442,33 @@ async def test_dashboard_counts_render_breakdowns_not_python_reprs(world):
     assert "<dt>uncovered</dt><dd>trace: 1</dd>" in counts, counts
     assert "<dt>false signals</dt><dd>none</dd>" in counts, counts
     assert "{" not in counts and "&#39;" not in counts, counts
+
+
+async def test_the_guard_forms_refuse_an_unknown_name_unless_ticked(world):
+    """Engaging a switch or forcing a breaker on a name nothing here knows is a 422 page on
+    key, nothing engaged; the form's "not known here" box (allow_unknown=on) engages it; any
+    other value of the box is a 422 on allow_unknown."""
+    p, _clock, app, secrets = world
+    root, _ = await sign_in(app, secrets["root"])
+    csrf = csrf_of((await root.get("/dashboard")).text)
+    origin = {"Origin": "http://proctor"}
+
+    async def post(path: str, **data: str) -> httpx.Response:
+        return await root.post(path, data={"csrf": csrf, **data}, headers=origin)
+
+    kill = await post("/guards/kill", scope="agent", key="opsbot")
+    breaker = await post("/guards/breakers/open", scope="action", key="ops.nope")
+    odd = await post("/guards/kill", scope="agent", key="opsbot", allow_unknown="yes")
+    stored = (p.gateway.store.list_state("kill"), p.gateway.store.list_state("breaker"))
+    ticked = await post("/guards/kill", scope="agent", key="opsbot", allow_unknown="on")
+    forced = await post("/guards/breakers/open", scope="action", key="ops.nope", allow_unknown="on")
+    await root.aclose()
+
+    assert kill.status_code == 422 and "<code>key</code>" in kill.text
+    assert "unknown agent" in kill.text
+    assert breaker.status_code == 422 and "<code>key</code>" in breaker.text
+    assert odd.status_code == 422 and "<code>allow_unknown</code>" in odd.text
+    assert stored == ({}, {})
+    assert (ticked.status_code, forced.status_code) == (303, 303)
+    assert set(p.gateway.store.list_state("kill")) == {"agent:opsbot"}
+    assert set(p.gateway.store.list_state("breaker")) == {"action:ops.nope"}

@@ -25,7 +25,9 @@ from proctor.core.events import EventType as E
 from proctor.core.guards import (
     AutonomyLevel,
     BreakerState,
+    Budget,
     GuardSettings,
+    RateLimit,
     agent_key,
     breaker_counters,
     breaker_view,
@@ -35,6 +37,7 @@ from proctor.core.guards import (
     window_start,
 )
 from proctor.core.lifecycle import PlanRecord
+from proctor.core.plans import AGENT_ID, ID_RULE
 from proctor.core.ports import Clock, Store, Transaction
 from proctor.errors import ConflictError, InvalidRequestError, NotFoundError
 
@@ -44,6 +47,7 @@ if TYPE_CHECKING:
 __all__ = ["GuardsAdmin"]
 
 _VERDICTS = ("fine", "wrong")
+_RECENT_PLANS = 200  # the latest plans whose agents an unknown agent's name is compared with
 
 # The actions an MCP proxy adds to its own catalog at run time (``mcp.<server>.<tool>``, or
 # ``mcp.<server>.<tool>-<8 hex>`` for clashing names; ``proctor.mcp.governance.action_name``):
@@ -123,15 +127,18 @@ class GuardsAdmin:
     ) -> str:
         """Engage a kill switch (``global``, ``agent`` NAME or ``action`` NAME).
 
-        An action must be in the catalog, or be an MCP tool's action (``mcp.<server>.<tool>``),
-        unless ``allow_unknown`` (an action only another process declares).
+        The name must be known here (``_check_known``): an action of the catalog or an MCP
+        tool's (``mcp.<server>.<tool>``); an agent that a plan, an API token or a guard has
+        used. ``allow_unknown`` engages it all the same (an action only another process
+        declares, an agent that has not acted yet); an agent's name must still be an agent
+        id (``AGENT_ID``).
 
         Raises:
             InvalidRequestError: ``scope`` or ``key`` is missing or unknown; nothing written.
         """
         switch = self._switch(scope, key)
-        if scope == "action" and key is not None and not allow_unknown:
-            self._known_action(key)
+        if key is not None and scope != "global":
+            self._check_known(scope, key, "kill switch", allow_unknown=allow_unknown)
 
         def op(tx: Transaction, emit: Emit, now: Any) -> str:
             tx.put_state(
@@ -143,23 +150,83 @@ class GuardsAdmin:
         result: str = self._admin(op)
         return result
 
-    def _known_action(self, name: str) -> None:
-        """Refuse an action kill switch on a name this catalog does not know.
+    def _check_known(self, scope: str, name: str, what: str, *, allow_unknown: bool) -> None:
+        """Refuse a kill switch or a forced breaker (``what``) on a name nothing here knows.
 
-        A typo (``payments.refnd``) would otherwise be engaged, reported, and stop nothing,
-        while the operator believes the action stopped (fail closed: say so instead).
+        A typo (``payments.refnd``, ``opsbot``) would otherwise be engaged, reported, and stop
+        nothing, while the operator believes the action or the agent stopped (fail closed:
+        say so instead). ``allow_unknown`` skips the look-up, for an action only another
+        process declares or an agent that has not acted yet; an agent's name that is no
+        agent id (``AGENT_ID``: ASCII, no spaces or ``@``) is refused all the same, since no
+        plan can ever come from it.
+
+        Raises:
+            InvalidRequestError: on ``key``, with close matches; nothing is written.
         """
-        if name in self.catalog or _MCP_ACTION.fullmatch(name):
+        if scope == "agent" and not AGENT_ID.match(name):
+            raise InvalidRequestError(
+                f"{name!r} is no agent id ({ID_RULE}), so no plan comes from it and its "
+                f"{what} would apply to nothing",
+                field="key",
+                hint="Give the agent's id as its plans' actor.agent_id (an API token's name).",
+            )
+        if allow_unknown:
             return
-        close = difflib.get_close_matches(name, [s.name for s in self.catalog], n=3, cutoff=0.6)
+        wanted = name
+        if scope == "action":
+            if name in self.catalog or _MCP_ACTION.fullmatch(name):
+                return
+            names = [s.name for s in self.catalog]
+            where = "it is not in the catalog"
+            hint = (
+                "Name an action of the catalog, an MCP tool's mcp.<server>.<tool>, or pass "
+                "--allow-unknown (allow_unknown) for an action only another process declares."
+            )
+        else:
+            seen = self._agents_seen(name)
+            if seen is None:
+                return
+            names = seen
+            wanted = agent_key(name)
+            where = "no plan, API token or guard here has named that agent"
+            hint = (
+                "Check the name (proctor plans --agent, proctor tokens list), or pass "
+                "--allow-unknown (allow_unknown) for an agent that has not acted yet."
+            )
+        close = difflib.get_close_matches(wanted, sorted(set(names)), n=3, cutoff=0.6)
         found = f"; close matches: {', '.join(close)}" if close else ""
+        effect = "stop nothing" if what == "kill switch" else "hold nothing"
         raise InvalidRequestError(
-            f"unknown action {name!r}: it is not in the catalog, so its kill switch would "
-            f"stop nothing{found}",
+            f"unknown {scope} {name!r}: {where}, so its {what} would {effect}{found}",
             field="key",
-            hint="Name an action of the catalog, an MCP tool's mcp.<server>.<tool>, or pass "
-            "--allow-unknown (allow_unknown) for an action only another process declares.",
+            hint=hint,
         )
+
+    def _agents_seen(self, name: str) -> list[str] | None:
+        """None when the agent ``name`` is known here; otherwise agents that are (folded).
+
+        Known: an agent a plan was admitted for (its ``activity`` counter, kept by
+        ``agent_key``, or as spelt before keys were folded), an API token's name, an agent
+        named by a guard's state (kill switch, whitelist, breaker, anomaly) or by a
+        configured rate limit or budget, compared by ``agent_key``. An agent authenticating
+        by JWT, or one in another process, is known once it submitted a plan. The agents of
+        the latest plans join the list (counters cannot be listed) for the close matches.
+        Only an administrative operation asks (a few reads, none on a plan's path).
+        """
+        key = agent_key(name)
+        for spelt in dict.fromkeys((key, name)):
+            if any(self.store.counter_sum(f"activity:agent:{spelt}", "")):
+                return None
+        names = [t.name for t in self.store.list_tokens()]
+        names += [p.agent_id for p in self.store.list_plans(limit=_RECENT_PLANS)]
+        for kind in ("kill", "breaker"):
+            names += [k[6:] for k in self.store.list_state(kind) if k.startswith("agent:")]
+        for kind in ("whitelist", "anomaly"):
+            names += list(self.store.list_state(kind))
+        limits: list[RateLimit | Budget] = [*self.settings.rate_limits, *self.settings.budgets]
+        names += [x.key for x in limits if x.scope == "agent" and x.key != "*"]
+        folded = [agent_key(n) for n in names]
+        return None if key in folded else folded
 
     def unkill(self, scope: str, key: str | None, *, by: str) -> bool:
         """Release a kill switch; False if it was not engaged.
@@ -199,18 +266,32 @@ class GuardsAdmin:
             )
         return f"agent:{agent_key(key)}" if scope == "agent" else f"action:{key}"
 
-    def open_breaker(self, scope: str, key: str | None, *, by: str, reason: str = "") -> str:
+    def open_breaker(
+        self,
+        scope: str,
+        key: str | None,
+        *,
+        by: str,
+        reason: str = "",
+        allow_unknown: bool = False,
+    ) -> str:
         """Force a breaker open (``agent`` NAME or ``action`` NAME) until ``reset_breaker``.
 
         While open, agentic execution it covers needs an approver, and plans their user only
         confirmed wait (as for a tripped breaker). A forced breaker does not turn half-open
         by itself: an admin opened it, an admin closes it. Audited as ``breaker.opened``
-        with ``manual: true``.
+        with ``manual: true``. The name must be known here, as a kill switch's
+        (``_check_known``), unless ``allow_unknown``.
 
         Returns:
             The breaker's key (``agent:bot``, ``action:shop.buy``).
+
+        Raises:
+            InvalidRequestError: ``scope`` or ``key`` is missing or unknown; nothing written.
         """
         breaker = self._breaker_key(scope, key)
+        assert key is not None  # _breaker_key refuses a missing name
+        self._check_known(scope, key, "breaker", allow_unknown=allow_unknown)
         why = f"forced open by {by}" + (f": {reason}" if reason else "")
 
         def op(tx: Transaction, emit: Emit, now: Any) -> str:

@@ -109,8 +109,9 @@ def kill(
         bool,
         typer.Option(
             "--allow-unknown",
-            help="Engage an --action switch the catalog does not know (an action only "
-            "another process declares). Without it an unknown name is refused.",
+            help="Engage a switch on an --action the catalog does not know (one only another "
+            "process declares) or an --agent no plan, token or guard has named yet. Without "
+            "it an unknown name is refused.",
         ),
     ] = False,
     home: Home = None,
@@ -123,8 +124,9 @@ def kill(
 
     Plans it covers are denied at submission, and approved or confirmed plans do not start,
     until `proctor unkill` releases it. The switch and its release are audited. An action
-    must be in the catalog or an MCP tool's mcp.<server>.<tool> (else exit 1, with close
-    matches), unless --allow-unknown.
+    must be in the catalog or an MCP tool's mcp.<server>.<tool>, and an agent known here:
+    a plan, an API token or a guard named it (else exit 1, with close matches), unless
+    --allow-unknown. Agent names are compared ignoring case.
     """
     scope, key = _switch(agent, action, everything)
     with _target(ctx, server, token, ignored=("principal",)) as remote:
@@ -196,6 +198,15 @@ def breaker_open(
     agent: BreakerAgent = None,
     action: BreakerAction = None,
     reason: Reason = "",
+    allow_unknown: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unknown",
+            help="Force open the breaker of an --action the catalog does not know or an "
+            "--agent no plan, token or guard has named yet. Without it an unknown name is "
+            "refused.",
+        ),
+    ] = False,
     home: Home = None,
     as_json: Json = False,
     verbose: Verbose = False,
@@ -205,17 +216,20 @@ def breaker_open(
     """Force an agent's or an action's circuit breaker open until `proctor breaker reset`.
 
     Meanwhile agentic execution it covers needs an approver, and plans their user only
-    confirmed wait. Audited (breaker.opened).
+    confirmed wait. Audited (breaker.opened). The action or agent must be known here, as
+    for `proctor kill` (else exit 1, with close matches), unless --allow-unknown.
     """
     scope, key = _breaker(agent, action)
-    body = {"scope": scope, "key": key, "reason": reason}
+    body = {"scope": scope, "key": key, "reason": reason, "allow_unknown": allow_unknown}
     with _target(ctx, server, token, ignored=("principal",)) as remote:
         if remote is not None:
             breaker = str(_send(remote, "POST", "/v1/guards/breakers/open", body)["breaker"])
         else:
             name = _required_locally(principal, "--as")
             with _open(home) as p:
-                breaker = p.open_breaker(scope, key, by=name, reason=reason)
+                breaker = p.open_breaker(
+                    scope, key, by=name, reason=reason, allow_unknown=allow_unknown
+                )
     if as_json:
         print_json({"breaker": breaker, "state": "open"})
     else:

@@ -23,6 +23,8 @@ from proctor.core.canonical import canonical, printable, sha256_tagged
 from proctor.errors import InvalidRequestError
 
 __all__ = [
+    "AGENT_ID",
+    "ID_RULE",
     "MAX_MANIFEST_BYTES",
     "MAX_PARAM_STRING_DEFAULT",
     "PERSON_NAME",
@@ -37,6 +39,16 @@ __all__ = [
 ]
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}\Z")  # \Z: "$" admits a final "\n"
+
+ID_RULE = (
+    "1-128 ASCII characters: letters A-Z and a-z, digits, '_', '.', ':' or '-', starting with a"
+    " letter or digit"
+)
+"""How a refusal of a plan, step or agent id describes its grammar."""
+
+AGENT_ID = _ID
+"""The grammar of ``actor.agent_id`` (plan and step ids share it): a name that does not
+match it is no agent's, so a guard naming it would stop nothing."""
 
 PERSON_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,127}\Z")
 """The one grammar of a person's name: a plan's ``on_behalf_of`` and an API token's name.
@@ -301,11 +313,7 @@ def _require_str(value: Any, where: str, max_len: int, *, empty: bool = False) -
 
 def _require_id(value: Any, where: str) -> str:
     if not isinstance(value, str) or not _ID.match(value):
-        raise InvalidRequestError(
-            f"{where} must be 1-128 ASCII characters: letters A-Z and a-z, digits, '_', '.',"
-            " ':' or '-', starting with a letter or digit",
-            field=where,
-        )
+        raise InvalidRequestError(f"{where} must be {ID_RULE}", field=where)
     return value
 
 

@@ -39,7 +39,8 @@ class KillBody(_In):
     reason: str = Field(default="", max_length=MAX_COMMENT)
     allow_unknown: bool = Field(
         default=False,
-        description="Engage an action's switch the catalog does not know (kill only).",
+        description="Engage a switch on an action the catalog does not know, or an agent"
+        " nothing here has named yet (kill only).",
     )
 
 
@@ -49,6 +50,11 @@ class BreakerBody(_In):
     scope: Literal["agent", "action"]
     key: str = Field(pattern=_NAME)
     reason: str = Field(default="", max_length=MAX_COMMENT)
+    allow_unknown: bool = Field(
+        default=False,
+        description="Force open the breaker of an action the catalog does not know, or of an"
+        " agent nothing here has named yet (open only).",
+    )
 
 
 class WhitelistBody(_In):
@@ -138,7 +144,13 @@ def router(ctx: Context) -> APIRouter:
     def open_breaker(caller: Caller, body: BreakerBody) -> Response:
         """Hold an agent's or an action's breaker open until reset: agentic work needs approval."""
         need(caller, "admin")
-        key = proctor.open_breaker(body.scope, body.key, by=caller.name, reason=body.reason)
+        key = proctor.open_breaker(
+            body.scope,
+            body.key,
+            by=caller.name,
+            reason=body.reason,
+            allow_unknown=body.allow_unknown,
+        )
         return json_response({"breaker": key, "state": "open"})
 
     @r.post(

@@ -55,6 +55,17 @@ _SAVED = {
 }
 
 
+def _ticked(form: FormData, name: str) -> bool:
+    """Whether the form's checkbox ``name`` is ticked (a browser sends ``on``, else nothing).
+
+    Any other value is refused, naming the field, rather than read either way.
+    """
+    value = _text(form, name, limit=8)
+    if value not in ("", "on"):
+        raise InvalidRequestError(f"{name} is a checkbox: 'on' or absent", field=name)
+    return value == "on"
+
+
 def add_audit_routes(
     r: APIRouter,
     proctor: Proctor,
@@ -363,9 +374,12 @@ def add_audit_routes(
         scope = _text(form, "scope", limit=16, required=True)
         key = _text(form, "key", limit=128, required=True)
         reason = _text(form, "reason", limit=MAX_COMMENT)
+        unknown = _ticked(form, "allow_unknown")
         if verb == "open":
             await run_in_threadpool(
-                lambda: proctor.open_breaker(scope, key, by=p.name, reason=reason)
+                lambda: proctor.open_breaker(
+                    scope, key, by=p.name, reason=reason, allow_unknown=unknown
+                )
             )
             return RedirectResponse("/dashboard?done=breaker-opened", status_code=303)
         done = await run_in_threadpool(
@@ -387,9 +401,12 @@ def add_audit_routes(
         scope = _text(form, "scope", limit=16, required=True)
         key = _text(form, "key", limit=128) or None
         reason = _text(form, "reason", limit=MAX_COMMENT)
+        unknown = _ticked(form, "allow_unknown")
         if verb == "kill":
             await run_in_threadpool(
-                lambda: proctor.guards.kill(scope, key, by=p.name, reason=reason)
+                lambda: proctor.guards.kill(
+                    scope, key, by=p.name, reason=reason, allow_unknown=unknown
+                )
             )
         else:
             await run_in_threadpool(lambda: proctor.guards.unkill(scope, key, by=p.name))
