@@ -197,7 +197,7 @@ class TestHttp:
         again = await call(app, secrets, "root", "/v1/guards/breakers/reset", body)
 
         assert opened.status_code == 200
-        assert opened.json() == {"breaker": "action:shop.buy", "state": "open"}
+        assert opened.json() == {"breaker": "action:shop.buy", "state": "open", "already": None}
         assert held.status is PlanStatus.AWAITING_APPROVAL
         assert reset.json() == {"breaker": "action:shop.buy", "reset": True}
         assert again.json() == {"breaker": "action:shop.buy", "reset": False}
@@ -257,7 +257,7 @@ class TestCli:
         twice = run("breaker", "reset", "--agent", "bot", "--as", "ops", *h)
 
         assert opened.code == 0, str(opened)
-        assert opened.json() == {"breaker": "agent:bot", "state": "open"}
+        assert opened.json() == {"breaker": "agent:bot", "state": "open", "already": None}
         assert shown["view"] == "open" and shown["forced"]["by"] == "ops"
         assert "held until reset" in table
         assert reset.code == 0 and "Closed." in reset.out

@@ -118,7 +118,7 @@ class TestRemote:
 
         r = run("kill", "--agent", "bot", "--reason", "remote", "--json", *as_("root"))
         assert r.code == 0, str(r)
-        assert r.json() == {"switch": "agent:bot", "engaged": True}
+        assert r.json() == {"switch": "agent:bot", "engaged": True, "already": None}
         assert w.store.list_state("kill")["agent:bot"]["by"] == "root"  # the token's principal
         assert run("guards", "--json", *as_("aud")).json()["kill"]["agent:bot"]["reason"] == (
             "remote"

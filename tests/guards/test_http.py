@@ -61,7 +61,7 @@ async def test_admin_kill_switch_stops_agent_plans(api):
     plan = await call(app, secrets, "bot", "POST", "/v1/plans", w.plan())
 
     assert r.status_code == 200
-    assert r.json() == {"switch": "action:shop.buy", "engaged": True}
+    assert r.json() == {"switch": "action:shop.buy", "engaged": True, "already": None}
     assert plan.status_code == 201
     assert plan.json()["status"] == "denied"
     assert w.tools["shop.buy"].calls == []
@@ -90,7 +90,7 @@ async def test_a_kill_switch_on_an_unknown_action_is_a_422_and_engages_nothing(a
     mcp = {"scope": "action", "key": "mcp.fs.write_file-0123abcd"}
     assert (await call(app, secrets, "root", "POST", "/v1/guards/kill", mcp)).status_code == 200
     r = await call(app, secrets, "root", "POST", "/v1/guards/kill", typo | {"allow_unknown": True})
-    assert r.json() == {"switch": "action:shop.bye", "engaged": True}
+    assert r.json() == {"switch": "action:shop.bye", "engaged": True, "already": None}
     r = await call(app, secrets, "root", "POST", "/v1/guards/unkill", typo | {"reason": ""})
     assert r.json() == {"released": True}
     assert set(w.store.list_state("kill")) == {"action:mcp.fs.write_file-0123abcd"}
@@ -100,7 +100,9 @@ async def test_bad_guard_input_is_a_4xx_naming_the_field(api):
     """An agent switch without a name, an unknown action, a bad level: 422 naming the field."""
     _w, app, secrets = api
     cases = [
-        ("root", "POST", "/v1/guards/kill", {"scope": "agent"}, "scope"),
+        ("root", "POST", "/v1/guards/kill", {"scope": "agent"}, "key"),
+        ("root", "POST", "/v1/guards/kill", {"scope": "global", "key": "bot"}, "key"),
+        ("root", "POST", "/v1/guards/unkill", {"scope": "action"}, "key"),
         ("root", "PUT", "/v1/guards/whitelists/bot", {"actions": ["x.y"]}, "actions"),
         ("alice", "PUT", "/v1/autonomy", {"action": "shop.buy", "level": "x"}, "level"),
         ("alice", "PUT", "/v1/autonomy", {"action": "no.such", "level": "auto"}, "action"),

@@ -40,6 +40,15 @@ class TestKill:
         assert r.code == 2, str(r)
         assert "Traceback" not in r.err
 
+    def test_help_shows_the_mcp_action_shape(self, cli):
+        """kill --help names mcp.<server>.<tool> whole: the markdown help read <server> and
+        <tool> as HTML tags and printed "an MCP tool's mcp.." (ops review D9)."""
+        shown = cli("kill", "--help")
+
+        assert shown.code == 0, str(shown)
+        assert "mcp.<server>.<tool>" in shown.out
+        assert "mcp.." not in shown.out
+
 
 class TestWhitelistAndAutonomy:
     def test_whitelist(self, cli, fresh_home, tmp_path):

@@ -472,3 +472,28 @@ async def test_the_guard_forms_refuse_an_unknown_name_unless_ticked(world):
     assert (ticked.status_code, forced.status_code) == (303, 303)
     assert set(p.gateway.store.list_state("kill")) == {"agent:opsbot"}
     assert set(p.gateway.store.list_state("breaker")) == {"action:ops.nope"}
+
+
+async def test_engaging_an_engaged_switch_says_so_and_keeps_the_first(world):
+    """The kill form on a switch already engaged redirects to a notice that it stays as it
+    was; the switch keeps its first engager's reason. The same for a held breaker."""
+    p, _clock, app, secrets = world
+    root, _ = await sign_in(app, secrets["root"])
+    csrf = csrf_of((await root.get("/dashboard")).text)
+    origin = {"Origin": "http://proctor"}
+
+    async def post(path: str, **data: str) -> httpx.Response:
+        return await root.post(path, data={"csrf": csrf, **data}, headers=origin)
+
+    first = await post("/guards/kill", scope="global", reason="first")
+    again = await post("/guards/kill", scope="global", reason="second")
+    await post("/guards/breakers/open", scope="action", key="restaurant.book")
+    held = await post("/guards/breakers/open", scope="action", key="restaurant.book")
+    page = await root.get(again.headers["location"])
+    await root.aclose()
+
+    assert first.headers["location"] == "/dashboard?done=guards"
+    assert again.headers["location"] == "/dashboard?done=kill-already"
+    assert held.headers["location"] == "/dashboard?done=breaker-already"
+    assert "That kill switch was already engaged" in page.text
+    assert p.gateway.store.list_state("kill")["global"]["reason"] == "first"

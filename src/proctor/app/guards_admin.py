@@ -91,13 +91,23 @@ class GuardsAdmin:
         An agent's name is stored as its ``agent_key`` (``OPS-BOT`` is ``agent:ops-bot``),
         which is how the hooks look it up for every spelling of the agent's id.
         """
-        if scope == "global":
-            return "global"
-        if scope not in ("agent", "action") or not key:
+        if scope not in ("global", "agent", "action"):
             raise InvalidRequestError(
-                "a kill switch is global, or for an agent or an action with its name",
+                f"a kill switch is global, an agent's or an action's, not {scope!r}",
                 field="scope",
             )
+        if scope == "global":
+            # A name with the global scope is a mistake either way (the agent or action scope
+            # was meant, or the name is stray): say so rather than stop everything silently.
+            if key:
+                raise InvalidRequestError(
+                    f"the global kill switch takes no name, not {key!r}: for an agent or an "
+                    "action, give that scope",
+                    field="key",
+                )
+            return "global"
+        if not key:
+            raise InvalidRequestError(f"an {scope}'s kill switch needs its name", field="key")
         return f"agent:{agent_key(key)}" if scope == "agent" else f"action:{key}"
 
     def _spellings(self, kind: str, key: str) -> list[str]:
@@ -125,6 +135,24 @@ class GuardsAdmin:
         reason: str = "",
         allow_unknown: bool = False,
     ) -> str:
+        """Engage a kill switch (``global``, ``agent`` NAME or ``action`` NAME); its key.
+
+        ``engage``, returning the switch's key only (``agent:bot``).
+        """
+        switch: str = self.engage(scope, key, by=by, reason=reason, allow_unknown=allow_unknown)[
+            "switch"
+        ]
+        return switch
+
+    def engage(
+        self,
+        scope: str,
+        key: str | None,
+        *,
+        by: str,
+        reason: str = "",
+        allow_unknown: bool = False,
+    ) -> dict[str, Any]:
         """Engage a kill switch (``global``, ``agent`` NAME or ``action`` NAME).
 
         The name must be known here (``_check_known``): an action of the catalog or an MCP
@@ -133,21 +161,37 @@ class GuardsAdmin:
         declares, an agent that has not acted yet); an agent's name must still be an agent
         id (``AGENT_ID``).
 
+        A switch already engaged (an agent's in any spelling) is left as it is: who engaged it,
+        when and why stay those of the first engagement, and no event is written, since
+        nothing changed (the log's ``kill.engaged`` is that engagement). The answer says so.
+
+        Returns:
+            ``{"switch", "engaged": True, "already"}``: ``already`` is None, or the engaged
+            switch's ``{"switch", "by", "reason", "at"}`` when it was engaged before.
+
         Raises:
-            InvalidRequestError: ``scope`` or ``key`` is missing or unknown; nothing written.
+            InvalidRequestError: ``scope`` or ``key`` is missing, unknown, or a name given to
+                the global switch; nothing written.
         """
         switch = self._switch(scope, key)
         if key is not None and scope != "global":
             self._check_known(scope, key, "kill switch", allow_unknown=allow_unknown)
+        switches = self._spellings("kill", switch) if scope == "agent" else [switch]
 
-        def op(tx: Transaction, emit: Emit, now: Any) -> str:
+        def op(tx: Transaction, emit: Emit, now: Any) -> dict[str, Any]:
+            for one in switches:
+                held = tx.get_state("kill", one)
+                if held is not None:
+                    first = held if isinstance(held, dict) else {}
+                    already = {k: first.get(k) for k in ("by", "reason", "at")}
+                    return {"switch": switch, "engaged": True, "already": {"switch": one} | already}
             tx.put_state(
                 "kill", switch, {"by": by, "reason": reason, "at": now.isoformat()}, at=now
             )
             emit(E.KILL_ENGAGED, user_id=by, data={"switch": switch, "by": by, "reason": reason})
-            return switch
+            return {"switch": switch, "engaged": True, "already": None}
 
-        result: str = self._admin(op)
+        result: dict[str, Any] = self._admin(op)
         return result
 
     def _check_known(self, scope: str, name: str, what: str, *, allow_unknown: bool) -> None:
@@ -275,16 +319,34 @@ class GuardsAdmin:
         reason: str = "",
         allow_unknown: bool = False,
     ) -> str:
+        """Force a breaker open until ``reset_breaker``; its key (``force_open``)."""
+        breaker: str = self.force_open(
+            scope, key, by=by, reason=reason, allow_unknown=allow_unknown
+        )["breaker"]
+        return breaker
+
+    def force_open(
+        self,
+        scope: str,
+        key: str | None,
+        *,
+        by: str,
+        reason: str = "",
+        allow_unknown: bool = False,
+    ) -> dict[str, Any]:
         """Force a breaker open (``agent`` NAME or ``action`` NAME) until ``reset_breaker``.
 
         While open, agentic execution it covers needs an approver, and plans their user only
-        confirmed wait (as for a tripped breaker). A forced breaker does not turn half-open
-        by itself: an admin opened it, an admin closes it. Audited as ``breaker.opened``
-        with ``manual: true``. The name must be known here, as a kill switch's
-        (``_check_known``), unless ``allow_unknown``.
+        confirmed wait (as for a tripped breaker). A forced breaker is ``held``: it does not
+        turn half-open by itself (an admin opened it, an admin closes it), and its
+        ``opened_at`` says since when it is open (kept from a breaker already open). Audited as
+        ``breaker.opened`` with ``manual: true``. The name must be known here, as a kill
+        switch's (``_check_known``), unless ``allow_unknown``. A breaker already held open is
+        left as it is, with who forced it, and nothing is recorded.
 
         Returns:
-            The breaker's key (``agent:bot``, ``action:shop.buy``).
+            ``{"breaker", "state": "open", "already"}``: ``already`` is None, or who held it
+            open before (``{"by", "reason", "at"}``).
 
         Raises:
             InvalidRequestError: ``scope`` or ``key`` is missing or unknown; nothing written.
@@ -294,11 +356,19 @@ class GuardsAdmin:
         self._check_known(scope, key, "breaker", allow_unknown=allow_unknown)
         why = f"forced open by {by}" + (f": {reason}" if reason else "")
 
-        def op(tx: Transaction, emit: Emit, now: Any) -> str:
-            # NOTE(guards): no ``opened_at``: ``breaker_view`` and ``breaker_before`` only
-            # turn an open breaker half-open ``open_seconds`` after it opened, so one without
-            # that time stays open, and ``breaker_after`` leaves an open breaker as it is.
-            state = BreakerState(state="open", reason=why)
+        def op(tx: Transaction, emit: Emit, now: Any) -> dict[str, Any]:
+            stored = tx.get_state("breaker", breaker)
+            before = BreakerState.from_value(stored)
+            if before.held:
+                forced = stored.get("forced") if isinstance(stored, dict) else None
+                first = forced if isinstance(forced, dict) else {}
+                already = {k: first.get(k) for k in ("by", "reason", "at")}
+                return {"breaker": breaker, "state": "open", "already": already}
+            # Open since it opened, if it already was (tripped, or half-open since then).
+            since = before.opened_at if before.state != "closed" else None
+            state = BreakerState(
+                state="open", opened_at=since or now.isoformat(), reason=why, held=True
+            )
             forced = {"by": by, "at": now.isoformat(), "reason": reason}
             tx.put_state("breaker", breaker, {**state.value(), "forced": forced}, at=now)
             emit(
@@ -312,9 +382,9 @@ class GuardsAdmin:
                     "manual": True,
                 },
             )
-            return breaker
+            return {"breaker": breaker, "state": "open", "already": None}
 
-        result: str = self._admin(op)
+        result: dict[str, Any] = self._admin(op)
         return result
 
     def reset_breaker(self, scope: str, key: str | None, *, by: str, reason: str = "") -> bool:

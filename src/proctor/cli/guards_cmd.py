@@ -124,25 +124,45 @@ def kill(
 
     Plans it covers are denied at submission, and approved or confirmed plans do not start,
     until `proctor unkill` releases it. The switch and its release are audited. An action
-    must be in the catalog or an MCP tool's mcp.<server>.<tool>, and an agent known here:
+    must be in the catalog or an MCP tool's `mcp.<server>.<tool>`, and an agent known here:
     a plan, an API token or a guard named it (else exit 1, with close matches), unless
-    --allow-unknown. Agent names are compared ignoring case.
+    --allow-unknown. Agent names are compared ignoring case. A switch already engaged is
+    left as it is, with who engaged it and why (exit 0, and it says so).
     """
     scope, key = _switch(agent, action, everything)
     with _target(ctx, server, token, ignored=("principal",)) as remote:
         if remote is not None:
             body = _kill_body(scope, key, reason) | {"allow_unknown": allow_unknown}
-            doc = _send(remote, "POST", "/v1/guards/kill", body)
-            switch = str(doc["switch"])
+            doc: dict[str, Any] = _send(remote, "POST", "/v1/guards/kill", body)
         else:
             name = _required_locally(principal, "--as")
             with _open(home) as p:
-                switch = p.kill(scope, key, by=name, reason=reason, allow_unknown=allow_unknown)
+                doc = p.guards.engage(
+                    scope, key, by=name, reason=reason, allow_unknown=allow_unknown
+                )
+    switch, already = str(doc["switch"]), doc.get("already")
     if as_json:
-        print_json({"switch": switch, "engaged": True})
+        print_json({"switch": switch, "engaged": True, "already": already})
+    elif already:
+        console.print(
+            f"Kill switch [bold]{esc(switch)}[/] was already engaged"
+            + esc(_first(already, "switch", switch))
+            + "; left as it is."
+        )
     else:
         console.print(f"Kill switch [bold]{esc(switch)}[/] engaged.")
     return 0
+
+
+def _first(already: dict[str, Any], name: str, key: str) -> str:
+    """Who engaged a switch (or forced a breaker) first, when and why, for a message.
+
+    ``(as agent:OPS-BOT)`` when the stored row has another spelling than ``key``.
+    """
+    stored = already.get(name)
+    spelt = f" (as {stored})" if stored and stored != key else ""
+    why = already.get("reason") or "no reason given"
+    return f"{spelt} by {already.get('by')} at {already.get('at')}: {why}"
 
 
 def _kill_body(scope: str, key: str | None, reason: str = "") -> dict[str, Any]:
@@ -217,21 +237,29 @@ def breaker_open(
 
     Meanwhile agentic execution it covers needs an approver, and plans their user only
     confirmed wait. Audited (breaker.opened). The action or agent must be known here, as
-    for `proctor kill` (else exit 1, with close matches), unless --allow-unknown.
+    for `proctor kill` (else exit 1, with close matches), unless --allow-unknown. A breaker
+    already held open is left as it is, with who forced it (exit 0, and it says so).
     """
     scope, key = _breaker(agent, action)
     body = {"scope": scope, "key": key, "reason": reason, "allow_unknown": allow_unknown}
     with _target(ctx, server, token, ignored=("principal",)) as remote:
         if remote is not None:
-            breaker = str(_send(remote, "POST", "/v1/guards/breakers/open", body)["breaker"])
+            doc: dict[str, Any] = _send(remote, "POST", "/v1/guards/breakers/open", body)
         else:
             name = _required_locally(principal, "--as")
             with _open(home) as p:
-                breaker = p.open_breaker(
+                doc = p.guards.force_open(
                     scope, key, by=name, reason=reason, allow_unknown=allow_unknown
                 )
+    breaker, already = str(doc["breaker"]), doc.get("already")
     if as_json:
-        print_json({"breaker": breaker, "state": "open"})
+        print_json({"breaker": breaker, "state": "open", "already": already})
+    elif already:
+        console.print(
+            f"Circuit breaker [bold]{esc(breaker)}[/] was already held open"
+            + esc(_first(already, "breaker", breaker))
+            + "; left as it is."
+        )
     else:
         console.print(f"Circuit breaker [bold]{esc(breaker)}[/] forced open.")
     return 0

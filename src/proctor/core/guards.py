@@ -293,18 +293,26 @@ class BreakerState:
     trials: int = 0  # trial calls let through while half-open
     reason: str = ""
     trial_at: str | None = None  # when the last trial call was let through
+    held: bool = False
+    """Forced open by an admin: it stays open, whatever ``open_seconds`` say, until reset."""
 
     @classmethod
     def from_value(cls, value: Any) -> BreakerState:
-        """Read a stored value (None: closed)."""
+        """Read a stored value (None: closed).
+
+        A breaker forced open by an earlier version has a ``forced`` record and no ``held``
+        (nor an ``opened_at``, which is what kept it open then): it is held all the same.
+        """
         if not isinstance(value, Mapping):
             return cls()
+        state = str(value.get("state", "closed"))
         return cls(
-            state=str(value.get("state", "closed")),
+            state=state,
             opened_at=value.get("opened_at"),
             trials=int(value.get("trials", 0)),
             reason=str(value.get("reason", "")),
             trial_at=value.get("trial_at"),
+            held=state == "open" and bool(value.get("held") or value.get("forced")),
         )
 
     def value(self) -> dict[str, Any]:
@@ -315,6 +323,7 @@ class BreakerState:
             "trials": self.trials,
             "reason": self.reason,
             "trial_at": self.trial_at,
+            "held": self.held,
         }
 
 
@@ -357,9 +366,9 @@ def breaker_view(state: BreakerState, now: datetime, settings: BreakerSettings) 
     A breaker stored ``open`` whose ``open_seconds`` have passed is effectively half-open: the
     next agentic call turns it so and is let through as a trial. A policy that escalated a
     half-open breaker too would starve it of trials and keep it from ever closing, so readers
-    must tell the two apart.
+    must tell the two apart. A breaker an admin holds open (``held``) stays open.
     """
-    if state.state == "open" and state.opened_at is not None:
+    if state.state == "open" and state.opened_at is not None and not state.held:
         opened = datetime.fromisoformat(state.opened_at)
         if now >= opened + timedelta(seconds=settings.open_seconds):
             return "half_open"

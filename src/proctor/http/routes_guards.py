@@ -120,16 +120,19 @@ def router(ctx: Context) -> APIRouter:
 
     @r.post("/guards/kill", summary="Engage a kill switch (admin)", responses=errors)
     def kill(caller: Caller, body: KillBody) -> Response:
-        """Stop agentic work globally, for an agent, or for an action, until released."""
+        """Stop agentic work globally, for an agent, or for an action, until released.
+
+        ``already`` is null, or (a switch engaged before, left as it was) who engaged it.
+        """
         need(caller, "admin")
-        switch = proctor.guards.kill(
+        done = proctor.guards.engage(
             body.scope,
             body.key,
             by=caller.name,
             reason=body.reason,
             allow_unknown=body.allow_unknown,
         )
-        return json_response({"switch": switch, "engaged": True})
+        return json_response(done)
 
     @r.post("/guards/unkill", summary="Release a kill switch (admin)", responses=errors)
     def unkill(caller: Caller, body: KillBody) -> Response:
@@ -142,16 +145,19 @@ def router(ctx: Context) -> APIRouter:
         "/guards/breakers/open", summary="Force a circuit breaker open (admin)", responses=errors
     )
     def open_breaker(caller: Caller, body: BreakerBody) -> Response:
-        """Hold an agent's or an action's breaker open until reset: agentic work needs approval."""
+        """Hold an agent's or an action's breaker open until reset: agentic work needs approval.
+
+        ``already`` is null, or (a breaker held open before, left as it was) who forced it.
+        """
         need(caller, "admin")
-        key = proctor.open_breaker(
+        done = proctor.guards.force_open(
             body.scope,
             body.key,
             by=caller.name,
             reason=body.reason,
             allow_unknown=body.allow_unknown,
         )
-        return json_response({"breaker": key, "state": "open"})
+        return json_response(done)
 
     @r.post(
         "/guards/breakers/reset",

@@ -52,6 +52,10 @@ _SAVED = {
     "breaker-opened": "The breaker is open until an admin resets it.",
     "breaker-reset": "The breaker is closed.",
     "breaker-closed": "That breaker was not open: nothing changed.",
+    "breaker-already": "That breaker was already held open: it stays as it was, with who forced "
+    "it open and why.",
+    "kill-already": "That kill switch was already engaged: it stays as it was, with who engaged "
+    "it and why.",
 }
 
 
@@ -376,12 +380,13 @@ def add_audit_routes(
         reason = _text(form, "reason", limit=MAX_COMMENT)
         unknown = _ticked(form, "allow_unknown")
         if verb == "open":
-            await run_in_threadpool(
-                lambda: proctor.open_breaker(
+            opened = await run_in_threadpool(
+                lambda: proctor.guards.force_open(
                     scope, key, by=p.name, reason=reason, allow_unknown=unknown
                 )
             )
-            return RedirectResponse("/dashboard?done=breaker-opened", status_code=303)
+            outcome = "breaker-already" if opened["already"] else "breaker-opened"
+            return RedirectResponse(f"/dashboard?done={outcome}", status_code=303)
         done = await run_in_threadpool(
             lambda: proctor.reset_breaker(scope, key, by=p.name, reason=reason)
         )
@@ -403,11 +408,13 @@ def add_audit_routes(
         reason = _text(form, "reason", limit=MAX_COMMENT)
         unknown = _ticked(form, "allow_unknown")
         if verb == "kill":
-            await run_in_threadpool(
-                lambda: proctor.guards.kill(
+            engaged = await run_in_threadpool(
+                lambda: proctor.guards.engage(
                     scope, key, by=p.name, reason=reason, allow_unknown=unknown
                 )
             )
+            if engaged["already"]:
+                return RedirectResponse("/dashboard?done=kill-already", status_code=303)
         else:
             await run_in_threadpool(lambda: proctor.guards.unkill(scope, key, by=p.name))
         return RedirectResponse("/dashboard?done=guards", status_code=303)

@@ -116,7 +116,7 @@ class TestKillSwitch:
         p, _ = make(url)
         with pytest.raises(InvalidRequestError) as e:
             p.kill("agent", None, by="ops")
-        assert e.value.field == "scope"
+        assert e.value.field == "key"  # the name is what is missing, not the scope
 
 
 class TestWhitelist:
