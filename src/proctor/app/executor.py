@@ -79,6 +79,7 @@ from proctor.core.catalog import ActionSpec
 from proctor.core.drift import drift
 from proctor.core.events import EventType as E
 from proctor.core.lifecycle import PlanRecord, PlanStatus, StepRecord, StepStatus
+from proctor.core.plans import CANARY_SUFFIX
 from proctor.core.ports import ToolCall
 from proctor.errors import ConflictError, InvalidRequestError, RetryableError
 
@@ -558,7 +559,7 @@ class Executor(Recovery, Background):
         params = {**step.params, spec.canary["param"]: spec.canary["staging"]}
         call = dataclasses.replace(
             self._call(record, step),
-            idempotency_key=record.idempotency_key(step.step_id) + ":staging",
+            idempotency_key=record.idempotency_key(step.step_id) + CANARY_SUFFIX,
         )
         try:
             staged = jsonable(self.gw.tools.run(spec.handler, params, call))

@@ -51,7 +51,7 @@ from proctor.core.lifecycle import (
     StepStatus,
 )
 from proctor.core.masking import mask
-from proctor.core.plans import Limits, Plan, new_plan_id
+from proctor.core.plans import Limits, Plan, idempotency_key, new_plan_id
 from proctor.core.ports import (
     Clock,
     EventListener,
@@ -585,7 +585,7 @@ class Gateway(HumanActions):
             call = ToolCall(
                 plan_id=plan_id,
                 step_id=st.id,
-                idempotency_key=f"{plan_id}:{st.id}",
+                idempotency_key=idempotency_key(plan_id, st.id),
                 on_behalf_of=plan.on_behalf_of,
                 agent_id=plan.actor.agent_id,
             )

@@ -15,6 +15,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, TypeVar
 
+from proctor.core.plans import idempotency_key
 from proctor.errors import InvalidTransitionError
 
 __all__ = [
@@ -245,7 +246,7 @@ class PlanRecord:
 
     def idempotency_key(self, step_id: str) -> str:
         """Return the key passed to tools; the same on every retry of the step."""
-        return f"{self.plan_id}:{step_id}"
+        return idempotency_key(self.plan_id, step_id)
 
     @property
     def timer_at(self) -> datetime | None:

@@ -24,6 +24,7 @@ from proctor.errors import InvalidRequestError
 
 __all__ = [
     "AGENT_ID",
+    "CANARY_SUFFIX",
     "ID_RULE",
     "MAX_MANIFEST_BYTES",
     "MAX_PARAM_STRING_DEFAULT",
@@ -35,6 +36,7 @@ __all__ = [
     "Plan",
     "Signature",
     "Step",
+    "idempotency_key",
     "new_plan_id",
 ]
 
@@ -47,8 +49,13 @@ ID_RULE = (
 """How a refusal of a plan, step or agent id describes its grammar."""
 
 AGENT_ID = _ID
-"""The grammar of ``actor.agent_id`` (plan and step ids share it): a name that does not
-match it is no agent's, so a guard naming it would stop nothing."""
+"""The grammar of ``actor.agent_id`` (plan and step ids share it; a step id has no ``:``, see
+``idempotency_key``): a name that does not match it is no agent's, so a guard naming it would
+stop nothing."""
+
+CANARY_SUFFIX = ":staging"
+"""What a canary's staging run appends to its step's idempotency key."""
+_CANARY_STEP = CANARY_SUFFIX[1:]
 
 PERSON_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,127}\Z")
 """The one grammar of a person's name: a plan's ``on_behalf_of`` and an API token's name.
@@ -91,6 +98,23 @@ def new_plan_id(prefix: str, now: datetime) -> str:
     """
     stamp = f"{now.year:04d}{now.month:02d}{now.day:02d}{now.hour:02d}{now.minute:02d}"
     return f"{prefix}-{stamp}{now.second:02d}-{os.urandom(6).hex()}"
+
+
+def idempotency_key(plan_id: str, step_id: str) -> str:
+    """Return the key a step's tool calls receive: ``<plan_id>:<step_id>``.
+
+    The same on every retry of the step, and never the key of another step of any plan
+    submitted since step ids lost their ``:`` (``Plan.from_dict``): a step id has none, so a
+    key splits at its last ``:`` into exactly one (plan, step). With ``:`` allowed on both
+    sides, plan ``ord`` step ``42:s1`` and plan ``ord:42`` step ``s1`` shared ``ord:42:s1``,
+    and a provider that deduplicates on the key (as tool authors are told to) answered the
+    second call with the first one's result: a payment recorded as made that never was.
+
+    NOTE(ids): the shape is unchanged, so a plan stored before (even one whose step id holds a
+    ``:``) gets the same key when it is re-run after an upgrade: a different key would make a
+    non-idempotent provider act twice. A canary's staging run appends ``CANARY_SUFFIX``.
+    """
+    return f"{plan_id}:{step_id}"
 
 
 MAX_MANIFEST_BYTES = 256 * 1024
@@ -248,7 +272,7 @@ class Plan:
             where = f"steps[{i}]"
             st = _require_object(raw, where)
             _no_unknown(st, _STEP_KEYS, f"{where}.")
-            step_id = _require_id(st.get("id", f"s{i + 1}"), f"{where}.id")
+            step_id = _require_step_id(st.get("id", f"s{i + 1}"), f"{where}.id", plan_id)
             if step_id in seen:
                 raise InvalidRequestError(f"duplicate step id {step_id!r}", field=f"{where}.id")
             seen.add(step_id)
@@ -315,6 +339,30 @@ def _require_id(value: Any, where: str) -> str:
     if not isinstance(value, str) or not _ID.match(value):
         raise InvalidRequestError(f"{where} must be {ID_RULE}", field=where)
     return value
+
+
+def _require_step_id(value: Any, where: str, plan_id: str | None) -> str:
+    """A step id: the ids' grammar without ``:``, so that keys are unique (``idempotency_key``).
+
+    And not ``staging`` in a plan whose id holds a ``:``: plan ``P:S`` step ``staging`` has
+    the key ``P:S:staging``, that of the canary's staging run of step ``S`` of plan ``P``.
+    """
+    step_id = _require_id(value, where)
+    if ":" in step_id:
+        raise InvalidRequestError(
+            f"{where} may not contain ':' (got {step_id!r})",
+            field=where,
+            hint="Tools receive the idempotency key '<plan_id>:<step_id>'; a ':' in the step"
+            " id would let two plans share one key. Use '-', '_' or '.' instead.",
+        )
+    if step_id == _CANARY_STEP and plan_id is not None and ":" in plan_id:
+        raise InvalidRequestError(
+            f"{where} may not be {_CANARY_STEP!r} in a plan whose id contains ':'",
+            field=where,
+            hint=f"The key '{plan_id}{CANARY_SUFFIX}' is that of a canary's staging run of"
+            " another plan's step. Rename the step, or use a plan id without ':'.",
+        )
+    return step_id
 
 
 def _require_person(value: Any, where: str) -> str:

@@ -59,6 +59,7 @@ from mcp.shared.exceptions import MCPError
 
 from proctor.client import error_from_response
 from proctor.core.approvals import user_key
+from proctor.core.plans import idempotency_key
 from proctor.core.ports import ToolCall
 from proctor.errors import ConfigError, ConflictError, ProctorError, StorageError
 from proctor.mcp.calls import _client_name, _Flight, _flight_of, _Group, _key_of
@@ -513,7 +514,7 @@ class RemoteMcpProxy(McpProxy):
         call = ToolCall(
             plan_id=plan_id,
             step_id=step_id,
-            idempotency_key=f"{plan_id}:{step_id}",
+            idempotency_key=idempotency_key(plan_id, step_id),
             on_behalf_of=plan["on_behalf_of"],
             agent_id=plan["agent_id"],
         )

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from proctor.core.plans import Limits, Plan, new_plan_id
+from proctor.core.plans import CANARY_SUFFIX, Limits, Plan, idempotency_key, new_plan_id
 from proctor.errors import InvalidRequestError
 from proctor.testing import make_plan
 
@@ -191,3 +191,50 @@ def test_new_plan_ids_sort_by_time_and_are_valid_plan_ids():
     assert ids[1] != ids[2]
     for i in ids:
         assert Plan.from_dict(make_plan([("a.b", {})], plan_id=i)).plan_id == i
+
+
+class TestIdempotencyKeys:
+    """Every (plan, step) of a valid plan has a key of its own (``idempotency_key``)."""
+
+    def _steps(self, plan_id: str, *step_ids: str) -> dict:
+        p = _plan(plan_id=plan_id)
+        p["steps"] = [{"id": s, "action": "a.b", "params": {}} for s in step_ids]
+        return p
+
+    @pytest.mark.parametrize("step_id", ["42:s1", "s1:", "a:b:c"])
+    def test_a_step_id_with_a_colon_is_refused(self, step_id):
+        """``ord`` + ``42:s1`` and ``ord:42`` + ``s1`` shared the key ``ord:42:s1``."""
+        with pytest.raises(InvalidRequestError) as ei:
+            Plan.from_dict(self._steps("ord", "s0", step_id))
+        assert ei.value.field == "steps[1].id"
+        assert "':'" in ei.value.message and ei.value.hint
+
+    def test_staging_is_refused_only_where_its_key_is_a_canary_key(self):
+        """Plan ``ord:s1`` step ``staging`` has the key of step ``s1``'s staging run of plan
+        ``ord``; without a ``:`` in the plan id the name is free."""
+        with pytest.raises(InvalidRequestError) as ei:
+            Plan.from_dict(self._steps("ord:s1", "staging"))
+        assert ei.value.field == "steps[0].id"
+        assert Plan.from_dict(self._steps("ord-s1", "staging")).steps[0].id == "staging"
+        assert Plan.from_dict(self._steps("ord:s1", "staging2")).steps[0].id == "staging2"
+
+    def test_plan_ids_keep_their_colons(self):
+        """Only step ids lost ``:``: a plan id such as ``order:42`` is still valid."""
+        assert Plan.from_dict(self._steps("order:42", "s1")).plan_id == "order:42"
+
+    def test_keys_of_valid_plans_are_distinct(self):
+        """Over ids made of the characters that mattered, no two (plan, step) or (plan, step,
+        staging) share a key among the manifests that validate."""
+        parts = ["a", "b", "a:b", "b:a", "staging", "a:staging", "s.1", "s-1"]
+        seen: dict[str, tuple[str, str, bool]] = {}
+        for plan_id in parts:
+            for step_id in parts:
+                try:
+                    Plan.from_dict(self._steps(plan_id, step_id))
+                except InvalidRequestError:
+                    continue
+                for staged in (False, True):
+                    key = idempotency_key(plan_id, step_id) + (CANARY_SUFFIX if staged else "")
+                    assert key not in seen, (key, seen[key], (plan_id, step_id, staged))
+                    seen[key] = (plan_id, step_id, staged)
+        assert idempotency_key("order:42", "s1") == "order:42:s1"  # the shape stored plans use
