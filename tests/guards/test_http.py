@@ -192,12 +192,13 @@ async def test_autonomy_promotion_over_http(api):
 
 
 async def test_only_the_plans_user_may_complain(api):
-    """bob may not complain about alice's plan; alice may (complaint.filed)."""
+    """bob may not complain about alice's plan (404: he may not read it); alice may
+    (complaint.filed)."""
     w, app, secrets = api
     plan = (await call(app, secrets, "bot", "POST", "/v1/plans", w.plan())).json()
     path = f"/v1/plans/{plan['plan_id']}/complaints"
 
-    assert (await call(app, secrets, "bob", "POST", path, {"reason": "no"})).status_code == 403
+    assert (await call(app, secrets, "bob", "POST", path, {"reason": "no"})).status_code == 404
     r = await call(app, secrets, "alice", "POST", path, {"reason": "wrong shop"})
 
     assert r.status_code == 201

@@ -438,8 +438,8 @@ class TestSyncClient:
             doc = agent.submit(plan("shop.pay"))
             with pytest.raises(PermissionDeniedError):
                 agent.approve(doc["plan_id"])
-            with server.client("carol") as carol, pytest.raises(PermissionDeniedError):
-                carol.approve(doc["plan_id"])
+            with server.client("carol") as carol, pytest.raises(NotFoundError):
+                carol.approve(doc["plan_id"])  # not hr's: she may not read it
             bob.approve(doc["plan_id"])
             with pytest.raises(ConflictError) as ei:
                 bob.approve(doc["plan_id"])

@@ -215,12 +215,13 @@ class TestQuorum:
         assert replay.json()["code"] == "invalid_transition"
 
     async def test_an_approver_outside_the_groups_is_refused(self, quorum):
-        """An approver without one of the plan's groups gets 403 before any state check."""
+        """An approver without one of the plan's groups may not read it: 404, as for a plan
+        that does not exist, before any state check."""
         plan = await quorum.submit(("shop.buy", {}))
 
         resp = await quorum.call("sam", "POST", f"/v1/plans/{plan['plan_id']}/approve")
 
-        assert resp.status_code == 403
+        assert resp.status_code == 404
 
 
 class TestSeparationOfDuties:
@@ -528,7 +529,8 @@ class TestHumanActions:
         assert [a["kind"] for a in rejected.json()["approvals"]] == ["approve", "reject"]
 
     async def test_an_approver_of_other_groups_and_the_agent_cannot_reject(self, quorum):
-        """sam (sre) and the requesting agent get 403; the plan keeps waiting."""
+        """sam (sre, who may not read the plan) gets 404, the requesting agent (no approver
+        or user role) 403; the plan keeps waiting."""
         plan = await quorum.submit(("shop.buy", {}))
         base = f"/v1/plans/{plan['plan_id']}"
 
@@ -536,15 +538,18 @@ class TestHumanActions:
         bot = await quorum.call("bot", "POST", f"{base}/reject")
         after = await quorum.call("bot", "GET", base)
 
-        assert (sam.status_code, bot.status_code) == (403, 403)
+        assert (sam.status_code, bot.status_code) == (404, 403)
         assert after.json()["status"] == "awaiting_approval"
 
     async def test_reject_records_the_comment(self, quorum):
-        """A rejection ends the plan with the approver's comment; approving it then is 409."""
+        """A rejection ends the plan with the approver's comment; approving it then is 409
+        for an approver who decided it, 404 for one who did not (it no longer waits for his
+        group, so he may not read it)."""
         plan = await quorum.submit(("shop.buy", {}))
         base = f"/v1/plans/{plan['plan_id']}"
 
         rejected = await quorum.call("ann", "POST", f"{base}/reject", {"comment": "not now"})
+        again = await quorum.call("ann", "POST", f"{base}/approve")
         late = await quorum.call("fred", "POST", f"{base}/approve")
 
         assert rejected.status_code == 200
@@ -552,7 +557,8 @@ class TestHumanActions:
         assert body["status"] == "rejected"
         assert body["approvals"][-1]["kind"] == "reject"
         assert body["approvals"][-1]["comment"] == "not now"
-        assert late.status_code == 409
+        assert again.status_code == 409
+        assert late.status_code == 404
 
     async def test_confirm_runs_the_plan_once(self, default):
         """The user confirms with a comment; a second confirmation is 409."""
@@ -632,7 +638,7 @@ class TestHumanActions:
         assert confirmed.json()["status"] == "succeeded"
         assert undone.status_code == 200, undone.text
         assert undone.json()["status"] == "undone"
-        assert stranger.status_code == 403
+        assert stranger.status_code == 404
 
     async def test_the_user_rejects_a_confirmation(self, default):
         """The on-behalf-of user may reject what waits for its confirmation."""

@@ -49,17 +49,21 @@ BIG_PO = (
 #                                          bot  bot2 alice bob  ann  sam  aud  root none wrong
 MATRIX: dict[str, tuple[int, ...]] = {
     "POST /v1/plans":                       (201, 201, 403, 403, 403, 403, 403, 403, 401, 401),
-    "GET /v1/plans/{waiting}":              (200, 403, 200, 403, 200, 403, 200, 200, 401, 401),
-    "GET /v1/plans/{decided}":              (200, 403, 200, 403, 200, 403, 200, 200, 401, 401),
-    "GET /v1/plans/{done}":                 (200, 403, 200, 403, 403, 403, 200, 200, 401, 401),
+    # A plan the caller may not read is missing (404, the very answer of a missing plan:
+    # ``test_matrix`` compares the bodies); 403 is for a role the route needs and the
+    # caller lacks, asked before the plan, or for an action on a plan the caller may read.
+    "GET /v1/plans/{waiting}":              (200, 404, 200, 404, 200, 404, 200, 200, 401, 401),
+    "GET /v1/plans/{decided}":              (200, 404, 200, 404, 200, 404, 200, 200, 401, 401),
+    "GET /v1/plans/{done}":                 (200, 404, 200, 404, 404, 404, 200, 200, 401, 401),
+    "GET /v1/plans/{waiting}?wait=0.1":     (200, 404, 200, 404, 200, 404, 200, 200, 401, 401),
     "GET /v1/plans":                        (200, 200, 200, 200, 200, 200, 200, 200, 401, 401),
-    "GET /v1/plans/{done}/events":          (200, 403, 200, 403, 403, 403, 200, 200, 401, 401),
-    "POST /v1/plans/{confirmable}/confirm": (403, 403, 200, 403, 403, 403, 403, 403, 401, 401),
-    "POST /v1/plans/{waiting}/approve":     (403, 403, 403, 403, 200, 403, 403, 403, 401, 401),
+    "GET /v1/plans/{done}/events":          (200, 404, 200, 404, 404, 404, 200, 200, 401, 401),
+    "POST /v1/plans/{confirmable}/confirm": (403, 403, 200, 404, 403, 403, 403, 403, 401, 401),
+    "POST /v1/plans/{waiting}/approve":     (403, 403, 403, 403, 200, 404, 403, 403, 401, 401),
     # alice, on whose behalf the waiting plan acts, may decline it while approvers decide.
-    "POST /v1/plans/{waiting}/reject":      (403, 403, 200, 403, 200, 403, 403, 403, 401, 401),
-    "POST /v1/plans/{confirmable}/reject":  (403, 403, 200, 403, 403, 403, 403, 403, 401, 401),
-    "POST /v1/plans/{undoable}/undo":       (403, 403, 200, 403, 403, 403, 403, 200, 401, 401),
+    "POST /v1/plans/{waiting}/reject":      (403, 403, 200, 404, 200, 404, 403, 403, 401, 401),
+    "POST /v1/plans/{confirmable}/reject":  (403, 403, 200, 404, 404, 404, 403, 403, 401, 401),
+    "POST /v1/plans/{undoable}/undo":       (403, 403, 200, 404, 403, 403, 403, 200, 401, 401),
     "GET /v1/audit/events":                 (403, 403, 403, 403, 403, 403, 200, 200, 401, 401),
     "GET /v1/audit/checkpoint":             (403, 403, 403, 403, 403, 403, 200, 200, 401, 401),
     "GET /v1/audit/proofs/inclusion?index=0": (403, 403, 403, 403, 403, 403, 200, 200, 401, 401),
@@ -80,7 +84,7 @@ MATRIX: dict[str, tuple[int, ...]] = {
     "GET /metrics":                         (403, 403, 403, 403, 403, 403, 200, 200, 401, 401),
     "GET /v1/kpis?by=agent":                (403, 403, 403, 403, 403, 403, 200, 200, 401, 401),
     "POST /v1/plans/{sampled}/review":      (403, 403, 403, 403, 403, 403, 200, 200, 401, 401),
-    "POST /v1/plans/{done}/complaints":     (403, 403, 201, 403, 403, 403, 403, 201, 401, 401),
+    "POST /v1/plans/{done}/complaints":     (403, 403, 201, 404, 403, 403, 403, 201, 401, 401),
     "GET /healthz":                         (200, 200, 200, 200, 200, 200, 200, 200, 200, 200),
     "GET /readyz":                          (200, 200, 200, 200, 200, 200, 200, 200, 200, 200),
     "GET /openapi.json":                    (200, 200, 200, 200, 200, 200, 200, 200, 200, 200),
@@ -161,11 +165,13 @@ BODIES: dict[str, Any] = {
 }
 
 
-def _request(route: str, caller: str, proctor: Proctor) -> tuple[str, str, Any]:
+def _request(route: str, caller: str, proctor: Proctor) -> tuple[str, str, Any, str | None]:
     method, _, path = route.partition(" ")
+    made = None
     for key, make in SETUP.items():
         if "{" + key + "}" in path:
-            path = path.replace("{" + key + "}", make(proctor))
+            made = make(proctor)
+            path = path.replace("{" + key + "}", made)
     body: Any = None
     if method == "POST" and path == "/v1/plans":
         agent = caller if caller in ROLES else "bot"
@@ -178,13 +184,16 @@ def _request(route: str, caller: str, proctor: Proctor) -> tuple[str, str, Any]:
         body = {"reason": f"by {caller}"}
     elif method == "POST":
         body = {"comment": f"by {caller}"}
-    return method, path, body
+    return method, path, body, made
 
 
 @pytest.mark.parametrize(("route", "caller", "expected"), CASES)
 async def test_matrix(world, route, caller, expected, request):
-    """The caller gets the status of its cell, and errors use the JSON error shape."""
-    method, path, body = _request(route, caller, world["proctor"])
+    """The caller gets the status of its cell, and errors use the JSON error shape.
+
+    A 404 is byte for byte the answer for a plan that does not exist (the id aside).
+    """
+    method, path, body, plan_id = _request(route, caller, world["proctor"])
     headers = {}
     if caller != "none":
         headers["Authorization"] = f"Bearer {world['tokens'][caller]}"
@@ -192,12 +201,27 @@ async def test_matrix(world, route, caller, expected, request):
 
     async with httpx.AsyncClient(transport=transport, base_url="http://proctor") as client:
         resp = await client.request(method, path, json=body, headers=headers)
+        ghost = None
+        if expected == 404:
+            assert plan_id is not None
+            ghost_id = "ghost-" + "0" * (len(plan_id) - 6)
+            ghost = await client.request(
+                method, path.replace(plan_id, ghost_id), json=body, headers=headers
+            )
 
     assert resp.status_code == expected, (route, caller, resp.text)
     if expected >= 400:
         error = resp.json()
         assert set(error) >= {"code", "message", "field"}
-        assert error["code"] == {401: "unauthenticated", 403: "permission_denied"}[expected]
+        codes = {401: "unauthenticated", 403: "permission_denied", 404: "not_found"}
+        assert error["code"] == codes[expected]
+    if ghost is not None:
+        assert plan_id is not None
+        assert ghost.status_code == 404
+        assert ghost.content.replace(ghost_id.encode(), plan_id.encode()) == resp.content
+        assert dict(ghost.headers) == dict(resp.headers) | {
+            "content-length": ghost.headers["content-length"]
+        }
 
 
 async def test_list_is_filtered_to_what_the_caller_may_read(world):

@@ -147,7 +147,8 @@ async def test_a_hand_over_past_the_start_by_is_told_the_plan_expired():
 
 
 async def test_only_the_plans_agent_may_take_its_call_and_only_its_step():
-    """Another agent's token is refused (403), a wrong step id too (409); nothing changes."""
+    """Another agent's token is refused (404, as for a plan that does not exist), a wrong step
+    id too (409); nothing changes."""
     proctor, _clock, headers, transport = served()
     other = TokenService(proctor.gateway.store, proctor.gateway.clock).create(
         name="rogue", roles=("agent",)
@@ -165,6 +166,6 @@ async def test_only_the_plans_agent_may_take_its_call_and_only_its_step():
             f"/v1/mcp/plans/{plan_id}/start", json={"step_id": "s2"}, headers=headers
         )
 
-    assert rogue.status_code == 403, rogue.text
+    assert rogue.status_code == 404, rogue.text
     assert wrong.status_code == 409 and wrong.json()["field"] == "step_id", wrong.text
     assert proctor.get(plan_id).start_by is not None  # still on its timer

@@ -21,6 +21,7 @@ from fastapi import FastAPI
 from proctor import Proctor
 from proctor.app.tokens import TokenService
 from proctor.http import HttpSettings, create_app
+from proctor.mcp.governance import call_key
 from proctor.testing import FrozenClock, make_plan
 
 pytestmark = pytest.mark.server
@@ -101,3 +102,63 @@ class TestIdempotencyKeys:
         assert refused.json()["field"] == "steps[0].id"
         assert refused.json()["hint"]
         assert made.status_code == 201, made.text
+
+
+def _mcp_call(arguments: dict[str, Any], agent: str = "bot2") -> dict[str, Any]:
+    tool = {"name": "read_file", "inputSchema": {"type": "object"}}
+    return {
+        "agent_id": agent,
+        "client": "claude-ai/0.1",
+        "on_behalf_of": "alice",
+        "server": "fs",
+        "tool": tool,
+        "arguments": arguments,
+    }
+
+
+def _mcp_plan_id(arguments: dict[str, Any], agent: str = "bot2") -> str:
+    """The id of an MCP call's first plan, as anyone can compute it."""
+    key = call_key(agent, "claude-ai/0.1", "mcp.fs.read_file", arguments)
+    return f"mcp-{key}-0"
+
+
+PROBES = [
+    ("bot", "GET", "/v1/plans/{}", None),
+    ("bot", "GET", "/v1/plans/{}?wait=0.2", None),
+    ("bot", "GET", "/v1/plans/{}/events", None),
+    ("bot", "POST", "/v1/mcp/plans/{}/start", {"step_id": "s1"}),
+    ("bot", "POST", "/v1/mcp/plans/{}/outcome", {"step_id": "s1", "result": {}}),
+    ("bob", "POST", "/v1/plans/{}/complaints", {"reason": "probe"}),
+    ("bob", "POST", "/v1/plans/{}/confirm", {"comment": "probe"}),
+    ("bob", "POST", "/v1/plans/{}/reject", {"comment": "probe"}),
+    ("bob", "POST", "/v1/plans/{}/undo", {"comment": "probe"}),
+    ("sam", "POST", "/v1/plans/{}/approve", {"comment": "probe"}),
+    ("sam", "POST", "/v1/plans/{}/reject", {"comment": "probe"}),
+]
+"""Who asks, and how, about a plan it may not read."""
+
+
+class TestExistenceOracle:
+    """A plan the caller may not read answers exactly as a plan that does not exist."""
+
+    @pytest.mark.parametrize(("who", "method", "path", "body"), PROBES)
+    def test_another_agents_mcp_call_cannot_be_probed(self, world, who, method, path, body):
+        """The reviewer's probe: bot2's call of ``read_file`` on a diagnosis, and one it never
+        made, asked about by another agent or user: the same 404, byte for byte."""
+        made = {"path": f"/home/alice/{who}{method}{path}.pdf"}
+        call = world.call("bot2", "POST", "/v1/mcp/calls", json=_mcp_call(made))
+        assert call.status_code == 201, call.text
+        real = call.json()["plan_id"]
+        assert real == _mcp_plan_id(made)
+        ghost = _mcp_plan_id({"path": f"/home/alice/other-{who}{method}{path}.pdf"})
+        assert len(ghost) == len(real)
+
+        seen = world.call(who, method, path.format(real), json=body)
+        missing = world.call(who, method, path.format(ghost), json=body)
+
+        assert seen.status_code == missing.status_code == 404, (seen.text, missing.text)
+        assert seen.content == missing.content.replace(ghost.encode(), real.encode())
+        assert seen.json()["code"] == "not_found" and seen.json()["field"] == "plan_id"
+        # Its own agent and an auditor still see it.
+        assert world.call("bot2", "GET", f"/v1/plans/{real}").status_code == 200
+        assert world.call("aud", "GET", f"/v1/plans/{real}").status_code == 200

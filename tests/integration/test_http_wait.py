@@ -212,5 +212,5 @@ class TestEventStream:
         )
         anonymous = httpx.get(f"{url}/v1/plans/{plan_id}/events")
 
-        assert forbidden.status_code == 403
+        assert forbidden.status_code == 404  # as for a plan that does not exist
         assert anonymous.status_code == 401

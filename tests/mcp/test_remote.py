@@ -393,7 +393,7 @@ def test_the_outcome_route_refuses_other_agents_and_non_mcp_plans(served, cli):
         plan_id = denied.json()["plan_id"]
         report = {"step_id": "s1", "result": {"content": []}}
         foreign = http.post(f"/v1/mcp/plans/{plan_id}/outcome", json=report, headers=other)
-        assert foreign.status_code == 403
+        assert foreign.status_code == 404  # another agent's plan: as if there were none
         late = http.post(f"/v1/mcp/plans/{plan_id}/outcome", json=report, headers=headers)
         assert late.status_code == 409 and "denied" in late.json()["message"]
         both = http.post(

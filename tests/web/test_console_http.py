@@ -497,3 +497,34 @@ async def test_engaging_an_engaged_switch_says_so_and_keeps_the_first(world):
     assert held.headers["location"] == "/dashboard?done=breaker-already"
     assert "That kill switch was already engaged" in page.text
     assert p.gateway.store.list_state("kill")["global"]["reason"] == "first"
+
+
+async def test_a_plan_the_user_may_not_read_is_a_missing_plan(world):
+    """Another user's plan, on its page, its live status and its undo form, answers as a
+    plan that does not exist: a 403 would confirm that a guessed plan id exists."""
+    p, clock, app, secrets = world
+    secrets = {
+        **secrets,
+        "bob": TokenService(p.gateway.store, clock).create(name="bob", roles=["user"]).token,
+    }
+    plan_id = p.submit(make_plan([TABLE], plan_id="alice-table-1")).plan_id
+    ghost = "ghost-table-1"
+    bob, _ = await sign_in(app, secrets["bob"])
+    csrf = csrf_of((await bob.get("/timeline")).text)
+    answers = {}
+    for pid in (plan_id, ghost):
+        answers[pid] = [
+            await bob.get(f"/plans/{pid}"),
+            await bob.get(f"/live/plans/{pid}"),
+            await bob.post(
+                f"/plans/{pid}/undo",
+                data={"csrf": csrf, "comment": "mine"},
+                headers={"Origin": "http://proctor"},
+            ),
+        ]
+    await bob.aclose()
+
+    for seen, missing in zip(answers[plan_id], answers[ghost], strict=True):
+        assert seen.status_code == missing.status_code == 404
+        assert seen.text == missing.text.replace(ghost, plan_id)
+    assert p.get(plan_id).status.value == "succeeded"

@@ -78,7 +78,8 @@ class TestLibrary:
 @pytest.mark.anyio
 class TestHttp:
     async def test_the_api_records_the_comment_and_refuses_others(self, p):
-        """POST /v1/plans/{id}/undo: bob (not its user) gets 403; an over-long comment 422
+        """POST /v1/plans/{id}/undo: bob (not its user) gets 404, as for a plan that does not
+        exist (he may not read it); an over-long comment 422
         naming ``comment``; alice's comment is recorded."""
         tokens = TokenService(p.gateway.store, p.gateway.clock)
         secrets = {
@@ -103,7 +104,7 @@ class TestHttp:
         ok = await post("alice", {"comment": "booked twice"})
 
         assert (auditor.status_code, auditor.json()["field"]) == (403, "role")
-        assert (other.status_code, other.json()["field"]) == (403, "principal")
+        assert (other.status_code, other.json()["field"]) == (404, "plan_id")
         assert (too_long.status_code, too_long.json()["field"]) == (422, "comment")
         assert untouched == []
         assert ok.status_code == 200 and ok.json()["status"] == "undone"

@@ -62,10 +62,10 @@ from proctor.core.ports import (
     ToolCall,
     Tools,
 )
+from proctor.core.principals import plan_not_found
 from proctor.errors import (
     ConflictError,
     InvalidRequestError,
-    NotFoundError,
     PlanIdReusedError,
     PolicyEngineError,
     ProctorError,
@@ -657,9 +657,7 @@ class Gateway(HumanActions):
     def _get(self, plan_id: str) -> PlanRecord:
         record = self.store.get_plan(plan_id)
         if record is None:
-            raise NotFoundError(
-                f"no plan {plan_id!r}", field="plan_id", hint="List plans with `proctor plans`."
-            )
+            raise plan_not_found(plan_id)  # the HTTP API's answer for a plan hidden from its caller
         return record  # type: ignore[no-any-return]
 
     def _fresh(self, tx: Any, record: PlanRecord) -> PlanRecord:

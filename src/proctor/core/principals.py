@@ -15,7 +15,7 @@ from typing import Final, Literal
 
 from proctor.core.approvals import check_not_requester, is_requester, is_user, user_key
 from proctor.core.lifecycle import PlanRecord, PlanStatus
-from proctor.errors import InvalidRequestError, PermissionDeniedError
+from proctor.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
 
 __all__ = [
     "ACTION_ROLES",
@@ -24,6 +24,7 @@ __all__ = [
     "Principal",
     "TokenRecord",
     "check_plan_action",
+    "check_readable",
     "check_role",
     "may_act",
     "may_admin",
@@ -34,6 +35,8 @@ __all__ = [
     "may_reject",
     "may_submit",
     "may_undo",
+    "plan_for_action",
+    "plan_not_found",
     "reads_every_plan",
     "undo_as_admin",
 ]
@@ -172,6 +175,33 @@ def may_read_plan(p: Principal, plan: PlanRecord) -> bool:
     return False
 
 
+def plan_not_found(plan_id: str) -> NotFoundError:
+    """The refusal of a plan that does not exist: also of one the caller may not read.
+
+    One constructor for both, so that the two answers are the same bytes (status, code,
+    message, field, hint).
+    """
+    return NotFoundError(
+        f"no plan {plan_id!r}", field="plan_id", hint="List plans with `proctor plans`."
+    )
+
+
+def check_readable(p: Principal, plan: PlanRecord | None, plan_id: str) -> PlanRecord:
+    """Return ``plan`` if ``p`` may read it; refuse it as missing otherwise.
+
+    A plan the caller may not read answers exactly as a plan that does not exist. A 403
+    there would tell who asks whether a plan exists, and plan ids can be guessed: an MCP
+    call's is derived from its agent, client, tool and arguments, so another agent could
+    test whether a given call was made.
+
+    Raises:
+        NotFoundError: ``plan`` is None, or ``p`` may not read it (``plan_not_found``).
+    """
+    if plan is None or not may_read_plan(p, plan):
+        raise plan_not_found(plan_id)
+    return plan
+
+
 PlanAction = Literal["confirm", "approve", "reject", "undo"]
 """A human action on a waiting or finished plan."""
 
@@ -195,7 +225,8 @@ def check_role(p: Principal, action: PlanAction) -> None:
     """Refuse ``p`` if it holds none of the roles that may attempt ``action``.
 
     Asked before the plan is read, so a principal without the role learns nothing about
-    which plans exist.
+    which plans exist; one with the role learns nothing either: a plan it may not read is
+    refused as missing (``plan_for_action``).
 
     Raises:
         PermissionDeniedError: ``field="role"``.
@@ -223,6 +254,26 @@ def check_plan_action(p: Principal, action: PlanAction, plan: PlanRecord) -> Non
         raise PermissionDeniedError(
             f"{p.name!r} may not {action} plan {plan.plan_id}", field="principal"
         )
+
+
+def plan_for_action(
+    p: Principal, action: PlanAction, plan: PlanRecord | None, plan_id: str
+) -> PlanRecord:
+    """Return ``plan`` if ``p`` may attempt ``action`` on it: the role, the plan, the action.
+
+    The role first (whether the plan exists or not), then the plan as ``check_readable``
+    (one the caller may not read is missing), then ``check_plan_action``: a 403 from here
+    on tells nothing the caller could not read.
+
+    Raises:
+        PermissionDeniedError: the role (``field="role"``), or the action on a plan ``p``
+            may read (``field="principal"``).
+        NotFoundError: no such plan, or one ``p`` may not read.
+    """
+    check_role(p, action)
+    rec = check_readable(p, plan, plan_id)
+    check_plan_action(p, action, rec)
+    return rec
 
 
 def may_act(p: Principal, action: PlanAction, plan: PlanRecord) -> bool:

@@ -17,7 +17,7 @@ from starlette.responses import Response
 
 from proctor.cli.render import plan_json
 from proctor.core.canonical import MAX_SAFE_INT
-from proctor.core.principals import Principal, may_confirm
+from proctor.core.principals import Principal, check_readable, may_confirm
 from proctor.errors import PermissionDeniedError
 from proctor.http.context import AUTH_ERRORS, Context, errors_doc, json_response
 from proctor.http.schemas import ID_PATTERN, MAX_COMMENT
@@ -244,7 +244,10 @@ def router(ctx: Context) -> APIRouter:
     @r.post("/plans/{plan_id}/complaints", summary="Complain about an action", responses=errors)
     def complain(plan_id: PlanId, caller: Caller, body: ComplaintBody) -> Response:
         """Its user (or an admin) says an action was wrong (a false action in the KPIs)."""
-        rec = proctor.get(plan_id)
+        # The role, then the plan as its reader sees it: one the caller may not read is
+        # missing (404), so the refusal does not confirm that a guessed plan id exists.
+        need(caller, "user", "admin")
+        rec = check_readable(caller, proctor.gateway.store.get_plan(plan_id), plan_id)
         if not (caller.has("admin") or (caller.has("user") and may_confirm(caller, rec))):
             raise PermissionDeniedError(
                 f"{caller.name!r} may not complain about plan {plan_id}", field="principal"

@@ -62,7 +62,7 @@ from proctor.cli.render import plan_json
 from proctor.core.catalog import ActionSpec
 from proctor.core.lifecycle import PlanRecord, PlanStatus, StepRecord, StepStatus
 from proctor.core.ports import ToolCall, Tools
-from proctor.core.principals import Principal, may_submit
+from proctor.core.principals import Principal, check_readable, may_submit
 from proctor.errors import ConflictError, InvalidRequestError, PermissionDeniedError
 from proctor.http.context import AUTH_ERRORS, Context, TraceParent, errors_doc, json_response
 from proctor.http.schemas import ID_PATTERN, PERSON_PATTERN, PlanOut
@@ -413,8 +413,14 @@ def router(ctx: Context) -> APIRouter:
         return json_response(doc, status, {"Location": f"/v1/plans/{rec.plan_id}"})
 
     def mcp_plan(p: Principal, plan_id: str, step_id: str) -> PlanRecord:
-        """The one-step MCP plan ``plan_id`` of ``p``'s agent, with step ``step_id``."""
-        rec = proctor.get(plan_id)
+        """The one-step MCP plan ``plan_id`` of ``p``'s agent, with step ``step_id``.
+
+        The role before the plan; a plan ``p`` may not read is missing (404), so another
+        agent cannot test whether a call (its plan id derives from the call) was made.
+        """
+        if not p.has("agent"):
+            raise PermissionDeniedError("this needs the agent role", field="role")
+        rec = check_readable(p, store.get_plan(plan_id), plan_id)
         as_agent(p, rec.agent_id)
         if len(rec.steps) != 1 or rec.steps[0].step_id != step_id:
             raise ConflictError(

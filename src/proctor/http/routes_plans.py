@@ -29,10 +29,10 @@ from proctor.core.lifecycle import PlanRecord, PlanStatus
 from proctor.core.principals import (
     PlanAction,
     Principal,
-    check_plan_action,
-    check_role,
+    check_readable,
     may_read_plan,
     may_submit,
+    plan_for_action,
     reads_every_plan,
     undo_as_admin,
 )
@@ -234,18 +234,15 @@ def router(ctx: Context) -> APIRouter:
 
     # ------------------------------------------------------------------ helpers
 
+    # A plan the caller may not read answers 404 exactly as a missing one, on every route
+    # about one plan (``check_readable``): a 403 would confirm that a guessed id exists.
+
     def readable(p: Principal, plan_id: str) -> PlanRecord:
-        rec = proctor.get(plan_id)
-        if not may_read_plan(p, rec):
-            raise PermissionDeniedError(f"{p.name!r} may not read plan {plan_id}", field="plan_id")
-        return rec
+        return check_readable(p, store.get_plan(plan_id), plan_id)
 
     def actionable(p: Principal, plan_id: str, action: PlanAction) -> PlanRecord:
-        # The role before the plan is read; the same checks as the console's forms.
-        check_role(p, action)
-        rec = proctor.get(plan_id)
-        check_plan_action(p, action, rec)
-        return rec
+        # The role before the plan; the same checks as the console's forms.
+        return plan_for_action(p, action, store.get_plan(plan_id), plan_id)
 
     # ------------------------------------------------------------------ submit
 

@@ -42,12 +42,11 @@ from proctor.core.lifecycle import PlanRecord, PlanStatus
 from proctor.core.principals import (
     PlanAction,
     Principal,
-    check_plan_action,
-    check_role,
+    check_readable,
     may_act,
     may_admin,
     may_read_audit,
-    may_read_plan,
+    plan_for_action,
     undo_as_admin,
 )
 from proctor.errors import (
@@ -232,10 +231,8 @@ def console_pages(ctx: Context) -> tuple[APIRouter, ErrorPage]:
         return wrapper
 
     def plan_for(p: Principal, plan_id: str) -> PlanRecord:
-        rec = gateway.get(plan_id)
-        if not may_read_plan(p, rec):
-            raise PermissionDeniedError(f"{p.name!r} may not read plan {plan_id}", field="plan_id")
-        return rec
+        # A plan the caller may not read is missing, as over the API (``check_readable``).
+        return check_readable(p, store.get_plan(plan_id), plan_id)
 
     def check_id(plan_id: str) -> str:
         if not re.fullmatch(ID_PATTERN, plan_id):
@@ -510,9 +507,7 @@ def console_pages(ctx: Context) -> tuple[APIRouter, ErrorPage]:
         # The same checks as /v1/plans/{id}/... (one helper for both): the role before the
         # plan is read, then that the plan is this principal's business; the gateway then
         # applies its own rules (state, expiry, separation of duties, step-up).
-        check_role(p, kind)
-        rec = gateway.get(plan_id)
-        check_plan_action(p, kind, rec)
+        rec = plan_for_action(p, kind, store.get_plan(plan_id), plan_id)
         if kind == "approve":
             otp = _text(form, "otp", limit=16) or None
             return proctor.approve(plan_id, p.name, roles=p.groups, comment=comment, otp=otp)

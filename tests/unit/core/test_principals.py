@@ -12,6 +12,7 @@ from proctor.core.principals import (
     ACTION_ROLES,
     Principal,
     check_plan_action,
+    check_readable,
     check_role,
     may_act,
     may_approve,
@@ -19,9 +20,11 @@ from proctor.core.principals import (
     may_read_plan,
     may_reject,
     may_undo,
+    plan_for_action,
+    plan_not_found,
     undo_as_admin,
 )
-from proctor.errors import InvalidRequestError, PermissionDeniedError
+from proctor.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -229,3 +232,51 @@ def test_a_look_alike_name_is_not_the_user(name):
     assert not may_reject(someone, waiting)
     assert not may_undo(someone, _plan(PlanStatus.SUCCEEDED))
     assert not may_read_plan(someone, _plan(PlanStatus.SUCCEEDED, approvals=(voted,)))
+
+
+class TestHiddenPlans:
+    """A plan the caller may not read is refused as a missing one (``check_readable``)."""
+
+    def test_an_unreadable_plan_is_refused_exactly_as_a_missing_one(self):
+        """Same class, code, message, field and hint: nothing tells the two apart."""
+        bob = Principal(name="bob", roles=("user",))
+        with pytest.raises(NotFoundError) as hidden:
+            check_readable(bob, _plan(), "p")
+        with pytest.raises(NotFoundError) as missing:
+            check_readable(bob, None, "p")
+
+        assert hidden.value.diagnostics() == missing.value.diagnostics()
+        assert hidden.value.field == "plan_id"
+        assert str(hidden.value) == str(plan_not_found("p"))
+
+    def test_the_role_comes_first_then_the_plan_then_the_action(self):
+        """No role: 403 whether the plan exists or not; the role but not the plan: 404; a
+        readable plan the caller may not act on: 403."""
+        agent = Principal(name="bot", roles=("agent",))
+        sam = Principal(name="sam", roles=("approver",), groups=("sre",))
+        decided = replace(
+            _plan(PlanStatus.REJECTED),
+            approvals=(
+                ApprovalRecord(
+                    principal="sam",
+                    kind="reject",
+                    roles=("sre",),
+                    digest="d",
+                    policy_version="v",
+                    comment="",
+                    created_at=T0,
+                ),
+            ),
+        )
+
+        for plan in (_plan(), None):
+            with pytest.raises(PermissionDeniedError) as role:
+                plan_for_action(agent, "approve", plan, "p")
+            assert role.value.field == "role"
+            with pytest.raises(NotFoundError):
+                plan_for_action(sam, "approve", plan, "p")
+        with pytest.raises(PermissionDeniedError) as action:
+            plan_for_action(sam, "approve", decided, "p")  # he reads what he decided
+        assert action.value.field == "principal"
+        ann = Principal(name="ann", roles=("approver",), groups=("finance",))
+        assert plan_for_action(ann, "approve", _plan(), "p").plan_id == "p"
