@@ -21,12 +21,17 @@ from fastapi import FastAPI
 from proctor import Proctor
 from proctor.app.tokens import TokenService
 from proctor.http import HttpSettings, create_app
+from proctor.http.routes_plans import idempotent_plan_id
 from proctor.mcp.governance import call_key
 from proctor.testing import FrozenClock, make_plan
 
 pytestmark = pytest.mark.server
 
 SEARCH = ("travel.search", {"destination": "Lisbon", "date": "2027-03-12"})
+BIG_PO = (
+    "procurement.create_po",
+    {"supplier": "acme", "item": "servers", "quantity": 10, "amount": 250_000},
+)
 
 ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "bot": (("agent",), ()),
@@ -162,3 +167,41 @@ class TestExistenceOracle:
         # Its own agent and an auditor still see it.
         assert world.call("bot2", "GET", f"/v1/plans/{real}").status_code == 200
         assert world.call("aud", "GET", f"/v1/plans/{real}").status_code == 200
+
+
+class TestSquatting:
+    """No agent takes the id another agent's call or retry will need."""
+
+    def test_another_agents_mcp_call_id_cannot_be_taken(self, world):
+        """The reviewer's squat: bot submits its own waiting plan under bot2's next MCP call
+        id; refused (422 ``plan_id``), and bot2's call then goes through."""
+        arguments = {"path": "/srv/report.txt"}
+        pid = _mcp_plan_id(arguments)
+        squat = make_plan([BIG_PO], plan_id=pid, agent_id="bot")
+
+        refused = world.call("bot", "POST", "/v1/plans", json=squat)
+        call = world.call("bot2", "POST", "/v1/mcp/calls", json=_mcp_call(arguments))
+
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["field"] == "plan_id" and refused.json()["hint"]
+        assert call.status_code == 201, call.text
+        assert call.json()["plan_id"] == pid
+        assert world.proctor.get(pid).agent_id == "bot2"
+
+    def test_another_agents_idempotency_key_id_cannot_be_taken(self, world):
+        """``idem-`` ids too: bot2's retry with its key still finds its own plan."""
+        pid = idempotent_plan_id("bot2", "order-42")
+        squat = make_plan([BIG_PO], plan_id=pid, agent_id="bot")
+        mine = make_plan([SEARCH], agent_id="bot2")
+        headers = {"Idempotency-Key": "order-42"}
+
+        refused = world.call("bot", "POST", "/v1/plans", json=squat)
+        first = world.call("bot2", "POST", "/v1/plans", json=mine, headers=headers)
+        retry = world.call("bot2", "POST", "/v1/plans", json=mine, headers=headers)
+        own_id = world.call("bot2", "POST", "/v1/plans", json={**mine, "plan_id": pid})
+
+        assert refused.status_code == 422 and refused.json()["field"] == "plan_id"
+        assert (first.status_code, first.json()["plan_id"]) == (201, pid)
+        assert (retry.status_code, retry.json()["plan_id"]) == (200, pid)
+        # Only the server derives it: the owner sending it as its own id is refused too.
+        assert own_id.status_code == 422 and own_id.json()["field"] == "plan_id"

@@ -51,7 +51,13 @@ from proctor.core.lifecycle import (
     StepStatus,
 )
 from proctor.core.masking import mask
-from proctor.core.plans import Limits, Plan, idempotency_key, new_plan_id
+from proctor.core.plans import (
+    Limits,
+    Plan,
+    check_chosen_plan_id,
+    idempotency_key,
+    new_plan_id,
+)
 from proctor.core.ports import (
     Clock,
     EventListener,
@@ -187,22 +193,37 @@ class Gateway(HumanActions):
     # ------------------------------------------------------------------ submit
 
     def submit(
-        self, raw: Any, *, sandbox: bool | None = None, traceparent: str | None = None
+        self,
+        raw: Any,
+        *,
+        sandbox: bool | None = None,
+        traceparent: str | None = None,
+        derived_id: bool = False,
     ) -> PlanRecord:
         """Submit a manifest; return the plan as routed (and executed, for ``execute``).
 
         ``sandbox=True`` simulates this plan only; None or False follow the options (False
         does not lift the instance's sandbox mode). ``traceparent`` (W3C) joins the agent's
-        trace: spans, and the audit events' ids.
+        trace: spans, and the audit events' ids. ``derived_id``: the caller derived the
+        manifest's plan id itself under a reserved prefix (``DERIVED_PLAN_ID_PREFIXES``: the
+        MCP proxies, the HTTP API for an ``Idempotency-Key``); any other plan id under one is
+        refused.
 
         Raises:
             InvalidRequestError: the manifest breaks a rule (the rejection is audited).
             PlanIdReusedError: the plan id exists with another digest (audited).
         """
-        return self.submit_created(raw, sandbox=sandbox, traceparent=traceparent)[0]
+        return self.submit_created(
+            raw, sandbox=sandbox, traceparent=traceparent, derived_id=derived_id
+        )[0]
 
     def submit_created(
-        self, raw: Any, *, sandbox: bool | None = None, traceparent: str | None = None
+        self,
+        raw: Any,
+        *,
+        sandbox: bool | None = None,
+        traceparent: str | None = None,
+        derived_id: bool = False,
     ) -> tuple[PlanRecord, bool]:
         """``submit``, and whether this call created the plan.
 
@@ -210,15 +231,19 @@ class Gateway(HumanActions):
         answer, as it stands.
         """
         with self.telemetry.plan("proctor.submit", traceparent):
-            return self._submit(raw, sandbox)
+            return self._submit(raw, sandbox, derived_id)
 
-    def _submit(self, raw: Any, sandbox: bool | None) -> tuple[PlanRecord, bool]:
+    def _submit(self, raw: Any, sandbox: bool | None, derived_id: bool) -> tuple[PlanRecord, bool]:
         # A submission may ask for sandbox mode, never out of it: under the instance's
         # sandbox mode no handler runs at all (fail closed), whatever a caller passes.
         sandbox = self.options.sandbox or bool(sandbox)
         with self.telemetry.stage("validate"):
             try:
                 plan = Plan.from_dict(raw, limits=self.options.limits)
+                if not derived_id:
+                    # Before the look-up of the id: a refusal tells nothing of whether a
+                    # plan has it.
+                    check_chosen_plan_id(plan.plan_id)
             except InvalidRequestError as exc:
                 self._audit_rejection(raw, exc)
                 raise

@@ -25,6 +25,7 @@ from proctor.errors import InvalidRequestError
 __all__ = [
     "AGENT_ID",
     "CANARY_SUFFIX",
+    "DERIVED_PLAN_ID_PREFIXES",
     "ID_RULE",
     "MAX_MANIFEST_BYTES",
     "MAX_PARAM_STRING_DEFAULT",
@@ -36,6 +37,7 @@ __all__ = [
     "Plan",
     "Signature",
     "Step",
+    "check_chosen_plan_id",
     "idempotency_key",
     "new_plan_id",
 ]
@@ -98,6 +100,44 @@ def new_plan_id(prefix: str, now: datetime) -> str:
     """
     stamp = f"{now.year:04d}{now.month:02d}{now.day:02d}{now.hour:02d}{now.minute:02d}"
     return f"{prefix}-{stamp}{now.second:02d}-{os.urandom(6).hex()}"
+
+
+DERIVED_PLAN_ID_PREFIXES = ("mcp-", "idem-")
+"""The prefixes of the plan ids Proctor derives, reserved: no caller chooses an id under them.
+
+``mcp-<sha256(agent, client, tool, arguments)[:24]>-<n>`` (an MCP call,
+``proctor.mcp.governance``) and ``idem-<sha256(principal:key)[:24]>`` (an HTTP submission
+with an ``Idempotency-Key``) are predictable: anyone who can guess a call's arguments or a
+key can compute them. Plan ids are one namespace, so a plan submitted under such an id by
+someone else (a squatter: its own plan, waiting 24 h for an approval) made the owner's
+call or retry fail ``plan_id_reused`` for as long. Refused whatever their case, so that no
+chosen id reads as a derived one either. The random ids (``p-``, ``tc-`` with a time and
+random digits, ``new_plan_id``) are not predictable and not reserved; nor are the
+decorator's ``tc-<sha256(...)>`` ids, which clients submit themselves over HTTP.
+"""
+
+
+def check_chosen_plan_id(plan_id: str | None) -> None:
+    """Refuse a plan id a caller chose under a prefix Proctor derives ids under.
+
+    Asked of a submission unless the code that derived its id says so (the gateway's
+    ``derived_id``): the MCP proxies, and the HTTP API for an ``Idempotency-Key``.
+
+    Raises:
+        InvalidRequestError: ``field="plan_id"``.
+    """
+    if plan_id is None:
+        return
+    folded = plan_id.lower()
+    for prefix in DERIVED_PLAN_ID_PREFIXES:
+        if folded.startswith(prefix):
+            raise InvalidRequestError(
+                f"plan_id may not start with {prefix!r}: Proctor derives the ids under it",
+                field="plan_id",
+                hint="Leave plan_id out (the server picks a random id), send an"
+                " Idempotency-Key header instead, or choose an id of your own that other"
+                " agents cannot guess, e.g. with a random part.",
+            )
 
 
 def idempotency_key(plan_id: str, step_id: str) -> str:

@@ -112,6 +112,7 @@ def submit_plan(
     """
     if not p.has("agent"):
         raise PermissionDeniedError("submitting a plan needs the agent role", field="role")
+    derived = False  # the plan id is the client's, if any: not under a reserved prefix
     if isinstance(raw, dict):
         actor = raw.get("actor")
         agent_id = actor.get("agent_id") if isinstance(actor, dict) else None
@@ -122,6 +123,7 @@ def submit_plan(
             )
         if key is not None and raw.get("plan_id") is None:
             raw["plan_id"] = idempotent_plan_id(p.name, key)
+            derived = True
     plan_id = raw.get("plan_id") if isinstance(raw, dict) else None
     if not isinstance(plan_id, str):
         plan_id = None
@@ -131,7 +133,7 @@ def submit_plan(
         # validator, so a body that is not an object is rejected (and audited) there. It
         # says whether the plan is new: an earlier submission (here or in another worker or
         # replica) of the same plan id is answered 200.
-        rec, created = gateway.submit_created(raw, traceparent=traceparent)
+        rec, created = gateway.submit_created(raw, traceparent=traceparent, derived_id=derived)
     return (201 if created else 200), plan_json(rec)
 
 

@@ -618,7 +618,7 @@ class McpProxy:
         """Find the call's plan, submit it, claim it if it is queued here (see ``_governed``)."""
         gw = self.proctor.gateway
         plan_id = current_plan_id(key, gw.store.get_plan)
-        rec = gw.submit(build(plan_id=plan_id), traceparent=traceparent)
+        rec = gw.submit(build(plan_id=plan_id), traceparent=traceparent, derived_id=True)
         return self._run_queued(rec)
 
     def _run_queued(self, rec: PlanRecord) -> PlanRecord:

@@ -6,7 +6,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from proctor.core.plans import CANARY_SUFFIX, Limits, Plan, idempotency_key, new_plan_id
+from proctor.core.plans import (
+    CANARY_SUFFIX,
+    Limits,
+    Plan,
+    check_chosen_plan_id,
+    idempotency_key,
+    new_plan_id,
+)
 from proctor.errors import InvalidRequestError
 from proctor.testing import make_plan
 
@@ -238,3 +245,23 @@ class TestIdempotencyKeys:
                     assert key not in seen, (key, seen[key], (plan_id, step_id, staged))
                     seen[key] = (plan_id, step_id, staged)
         assert idempotency_key("order:42", "s1") == "order:42:s1"  # the shape stored plans use
+
+
+class TestReservedPlanIds:
+    """Ids Proctor derives (predictable ones) are reserved (``check_chosen_plan_id``)."""
+
+    @pytest.mark.parametrize(
+        "plan_id", ["mcp-0123456789abcdef01234567-0", "idem-0123456789abcdef01234567", "MCP-x"]
+    )
+    def test_a_derived_prefix_is_refused(self, plan_id):
+        """Named ``plan_id``, with a hint; whatever the case."""
+        with pytest.raises(InvalidRequestError) as ei:
+            check_chosen_plan_id(plan_id)
+        assert ei.value.field == "plan_id" and ei.value.hint
+
+    @pytest.mark.parametrize(
+        "plan_id", [None, "trip-001", "mcp_1", "idem", "p-1", "tc-1", "x-mcp-1"]
+    )
+    def test_other_ids_are_the_callers(self, plan_id):
+        """Only the prefixes: ids that merely contain the words stay valid."""
+        check_chosen_plan_id(plan_id)
