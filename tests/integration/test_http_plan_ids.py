@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import uvicorn
 from fastapi import FastAPI
@@ -205,3 +206,85 @@ class TestSquatting:
         assert (retry.status_code, retry.json()["plan_id"]) == (200, pid)
         # Only the server derives it: the owner sending it as its own id is refused too.
         assert own_id.status_code == 422 and own_id.json()["field"] == "plan_id"
+
+
+def _events(world: World, type_: str) -> list[dict[str, Any]]:
+    return [orjson.loads(e.body) for e in world.proctor.events(limit=100_000) if e.type == type_]
+
+
+class TestWhoSubmitted:
+    """The record names the authenticated principal, whatever the manifest's actor says."""
+
+    def test_a_forged_actor_name_is_recorded_with_the_real_submitter(self, world):
+        """The reviewer's case: bot sends bot2's plan id with actor ``{"name": "bot2"}`` and
+        no ``agent_id``. The manifest is bot's (``agent_id`` filled in), the id is taken, and
+        the signed ``plan.rejected`` says bot sent it."""
+        mine = make_plan([SEARCH], plan_id="bot2-plan-1", agent_id="bot2")
+        assert world.call("bot2", "POST", "/v1/plans", json=mine).status_code == 201
+        forged = {
+            "plan_id": "bot2-plan-1",
+            "actor": {"type": "agent", "name": "bot2", "model_version": "m"},
+            "on_behalf_of": "alice",
+            "intent": "x",
+            "steps": [{"id": "s1", "action": "travel.search", "params": {}}],
+        }
+
+        refused = world.call("bot", "POST", "/v1/plans", json=forged)
+
+        assert refused.status_code == 409 and refused.json()["code"] == "plan_id_reused"
+        event = _events(world, "plan.rejected")[-1]
+        assert event["data"]["plan_id"] == "bot2-plan-1"
+        assert event["data"]["principal"] == "bot"
+        assert event["actor"]["agent_id"] == "bot"
+
+    def test_an_accepted_plan_names_its_agent_whatever_its_actor_says(self, world):
+        """``actor`` ``{"type": "human", "name": "alice"}`` from bot's token: the plan is bot's
+        (``agent_id`` filled in) and ``plan.submitted`` records ``principal: bot``."""
+        plan = make_plan([SEARCH], plan_id="bot-says-human-1")
+        plan["actor"] = {"type": "human", "name": "alice", "model_version": "m"}
+
+        made = world.call("bot", "POST", "/v1/plans", json=plan)
+
+        assert made.status_code == 201, made.text
+        assert made.json()["agent_id"] == "bot"
+        submitted = [
+            e for e in _events(world, "plan.submitted") if e["plan_id"] == "bot-says-human-1"
+        ]
+        assert submitted[0]["data"]["principal"] == "bot"
+        assert submitted[0]["actor"]["agent_id"] == "bot"
+
+    def test_a_malformed_manifest_is_recorded_with_its_sender(self, world):
+        """A manifest refused by validation (422) records who sent it too."""
+        plan = make_plan([SEARCH], plan_id="bot-bad-1", agent_id="bot")
+        plan["steps"][0]["action"] = "no.such_action"
+
+        refused = world.call("bot", "POST", "/v1/plans", json=plan)
+        body = world.call("bot", "POST", "/v1/plans", content=b"[1, 2]")
+
+        assert refused.status_code == 422 and body.status_code == 422
+        last = _events(world, "plan.rejected")[-2:]
+        assert [e["data"]["principal"] for e in last] == ["bot", "bot"]
+        assert last[0]["data"]["plan_id"] == "bot-bad-1"
+
+    def test_another_agent_id_is_still_refused(self, world):
+        """Filling in is only for a manifest without ``agent_id``: another one is 403."""
+        plan = make_plan([SEARCH], agent_id="bot2")
+
+        refused = world.call("bot", "POST", "/v1/plans", json=plan)
+
+        assert refused.status_code == 403 and refused.json()["field"] == "actor.agent_id"
+
+    def test_an_mcp_call_records_its_principal(self, world):
+        """``/v1/mcp/calls`` builds the manifest; its ``plan.submitted`` names the caller."""
+        call = world.call("bot2", "POST", "/v1/mcp/calls", json=_mcp_call({"path": "/p/who"}))
+
+        pid = call.json()["plan_id"]
+        submitted = [e for e in _events(world, "plan.submitted") if e["plan_id"] == pid]
+        assert submitted[0]["data"]["principal"] == "bot2"
+
+    def test_a_library_submission_records_no_principal(self, world):
+        """In process there is no authenticated caller: the event is as it always was."""
+        rec = world.proctor.submit(make_plan([SEARCH], plan_id="lib-1", agent_id="bot"))
+
+        submitted = [e for e in _events(world, "plan.submitted") if e["plan_id"] == rec.plan_id]
+        assert set(submitted[0]["data"]) == {"steps"}

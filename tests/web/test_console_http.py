@@ -528,3 +528,32 @@ async def test_a_plan_the_user_may_not_read_is_a_missing_plan(world):
         assert seen.status_code == missing.status_code == 404
         assert seen.text == missing.text.replace(ghost, plan_id)
     assert p.get(plan_id).status.value == "succeeded"
+
+
+async def test_events_are_credited_to_the_authenticated_agent_not_its_free_text_name(world):
+    """An agent's token submits with ``actor`` ``{"type": "human", "name": "alice"}``: the audit
+    explorer's actor column and the plan page's "by" column say ``bot``, never ``alice``."""
+    p, clock, app, secrets = world
+    bot = TokenService(p.gateway.store, clock).create(name="bot", roles=["agent"]).token
+    plan = make_plan([TABLE], plan_id="posing-1")
+    plan["actor"] = {"type": "human", "name": "alice", "model_version": "m"}
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://proctor") as api:
+        made = await api.post("/v1/plans", json=plan, headers={"Authorization": f"Bearer {bot}"})
+    assert made.status_code == 201, made.text
+    client, _ = await sign_in(app, secrets["root"])
+    explorer = await client.get("/audit?plan=posing-1")
+    page = await client.get("/plans/posing-1")
+    await client.aclose()
+
+    rows = re.findall(
+        r"<td><code>([^<]+)</code></td>\s*<td>.*?</td><td>[^<]*</td><td>([^<]*)</td>"
+        r"<td>([^<]*)</td></tr>",
+        explorer.text,
+        flags=re.S,
+    )
+    actors = {kind: actor for kind, _user, actor in rows}
+    assert actors["plan.submitted"] == "bot"
+    assert set(actors.values()) == {"bot"}
+    by = re.findall(r'<td class="by">(.*?)</td>', page.text)
+    assert by and {re.sub(r"<[^>]+>", "", who) for who in by} == {"bot (agent)"}

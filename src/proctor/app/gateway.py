@@ -199,6 +199,7 @@ class Gateway(HumanActions):
         sandbox: bool | None = None,
         traceparent: str | None = None,
         derived_id: bool = False,
+        principal: str | None = None,
     ) -> PlanRecord:
         """Submit a manifest; return the plan as routed (and executed, for ``execute``).
 
@@ -207,14 +208,21 @@ class Gateway(HumanActions):
         trace: spans, and the audit events' ids. ``derived_id``: the caller derived the
         manifest's plan id itself under a reserved prefix (``DERIVED_PLAN_ID_PREFIXES``: the
         MCP proxies, the HTTP API for an ``Idempotency-Key``); any other plan id under one is
-        refused.
+        refused. ``principal``: who submits, as authenticated (the HTTP API's caller),
+        recorded as ``data.principal`` in the plan's ``plan.submitted`` or in the
+        ``plan.rejected`` of this submission, since the manifest's ``actor.name`` and
+        ``actor.type`` are whatever the agent wrote. None (the library) records none.
 
         Raises:
             InvalidRequestError: the manifest breaks a rule (the rejection is audited).
             PlanIdReusedError: the plan id exists with another digest (audited).
         """
         return self.submit_created(
-            raw, sandbox=sandbox, traceparent=traceparent, derived_id=derived_id
+            raw,
+            sandbox=sandbox,
+            traceparent=traceparent,
+            derived_id=derived_id,
+            principal=principal,
         )[0]
 
     def submit_created(
@@ -224,6 +232,7 @@ class Gateway(HumanActions):
         sandbox: bool | None = None,
         traceparent: str | None = None,
         derived_id: bool = False,
+        principal: str | None = None,
     ) -> tuple[PlanRecord, bool]:
         """``submit``, and whether this call created the plan.
 
@@ -231,9 +240,11 @@ class Gateway(HumanActions):
         answer, as it stands.
         """
         with self.telemetry.plan("proctor.submit", traceparent):
-            return self._submit(raw, sandbox, derived_id)
+            return self._submit(raw, sandbox, derived_id, principal)
 
-    def _submit(self, raw: Any, sandbox: bool | None, derived_id: bool) -> tuple[PlanRecord, bool]:
+    def _submit(
+        self, raw: Any, sandbox: bool | None, derived_id: bool, principal: str | None
+    ) -> tuple[PlanRecord, bool]:
         # A submission may ask for sandbox mode, never out of it: under the instance's
         # sandbox mode no handler runs at all (fail closed), whatever a caller passes.
         sandbox = self.options.sandbox or bool(sandbox)
@@ -245,7 +256,7 @@ class Gateway(HumanActions):
                     # plan has it.
                     check_chosen_plan_id(plan.plan_id)
             except InvalidRequestError as exc:
-                self._audit_rejection(raw, exc)
+                self._audit_rejection(raw, exc, principal=principal)
                 raise
             if plan.plan_id is not None:
                 existing: PlanRecord | None = self.store.get_plan(plan.plan_id)
@@ -257,17 +268,17 @@ class Gateway(HumanActions):
                         field="plan_id",
                         hint="Use a new plan_id for a changed plan.",
                     )
-                    self._audit_rejection(raw, err, digest=plan.digest)
+                    self._audit_rejection(raw, err, digest=plan.digest, principal=principal)
                     raise err
             try:
                 specs = self._validate(plan)
             except InvalidRequestError as exc:
-                self._audit_rejection(raw, exc, digest=plan.digest)
+                self._audit_rejection(raw, exc, digest=plan.digest, principal=principal)
                 raise
         try:
-            record, ours = self._decide(plan, specs, sandbox=sandbox)
+            record, ours = self._decide(plan, specs, sandbox=sandbox, principal=principal)
         except PlanIdReusedError as exc:  # another manifest took the id meanwhile
-            self._audit_rejection(raw, exc, digest=plan.digest)
+            self._audit_rejection(raw, exc, digest=plan.digest, principal=principal)
             raise
         if ours and record.status is PlanStatus.RUNNING:
             record = self.executor.run(record)
@@ -403,7 +414,7 @@ class Gateway(HumanActions):
         return decision, assessment
 
     def _decide(
-        self, plan: Plan, specs: list[ActionSpec], *, sandbox: bool
+        self, plan: Plan, specs: list[ActionSpec], *, sandbox: bool, principal: str | None
     ) -> tuple[PlanRecord, bool]:
         """Decide, route and record a new plan; return it and whether it is this call's.
 
@@ -437,11 +448,16 @@ class Gateway(HumanActions):
                     hint="Use a new plan_id for a changed plan.",
                 )
             j = self._journal(tx)
+            submitted: dict[str, Any] = {
+                "steps": [self._masked_step(s, specs[s.index]) for s in record.steps]
+            }
+            if principal is not None:
+                submitted["principal"] = principal  # as authenticated: see ``submit``
             j.emit(
                 E.PLAN_SUBMITTED,
                 plan=record,
                 actions=[self._attempt(s, specs[s.index], "proposed") for s in record.steps],
-                data={"steps": [self._masked_step(s, specs[s.index]) for s in record.steps]},
+                data=submitted,
             )
             if self.guards is not None and not sandbox:
                 # Guards decide inside the transaction (budgets are reserved exactly); they
@@ -779,7 +795,14 @@ class Gateway(HumanActions):
             "summary": spec.describe(mask(step.params, spec.mask)),
         }
 
-    def _audit_rejection(self, raw: Any, exc: ProctorError, digest: str | None = None) -> None:
+    def _audit_rejection(
+        self,
+        raw: Any,
+        exc: ProctorError,
+        digest: str | None = None,
+        *,
+        principal: str | None = None,
+    ) -> None:
         plan_id = raw.get("plan_id") if isinstance(raw, dict) else None
         # A rejected manifest may hold masked params: then its hashes are keyed, and the
         # message (which may quote a param) is redacted, as for an accepted plan's events.
@@ -803,6 +826,9 @@ class Gateway(HumanActions):
             "field": printable(exc.field) if exc.field is not None else None,
             "message": printable(exc.message[:_MAX_ERROR]),
         }
+        if principal is not None:
+            # Who sent it, as authenticated: the manifest's actor is the sender's own words.
+            data["principal"] = principal
         if redaction is not None:
             data = redaction.apply(data, None)
         with self.store.transaction() as tx:

@@ -344,7 +344,7 @@ def router(ctx: Context) -> APIRouter:
         )
         with ctx.submit_locks.hold(plan_id):
             existed = store.get_plan(plan_id) is not None
-            rec = gw.submit(doc, traceparent=traceparent, derived_id=True)
+            rec = gw.submit(doc, traceparent=traceparent, derived_id=True, principal=p.name)
         if existed:
             # A retry finds its plan queued (confirmed or approved since): hand it over.
             rec = hand_over(rec)

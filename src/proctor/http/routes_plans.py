@@ -106,6 +106,11 @@ def submit_plan(
 ) -> tuple[int, dict[str, Any]]:
     """Submit a parsed manifest as ``p`` (blocking); return the status and the plan JSON.
 
+    The manifest's ``actor.agent_id`` is ``p``'s name: filled in when absent, refused when
+    another. ``actor.name`` and ``actor.type`` stay the agent's own words, so the audit
+    records ``p`` itself too (``data.principal`` of ``plan.submitted``, or of the
+    ``plan.rejected`` of this request).
+
     Raises:
         PermissionDeniedError: ``p`` is not an agent, or submits for another agent.
         ProctorError: whatever the gateway refuses (the rejection is audited there).
@@ -115,6 +120,10 @@ def submit_plan(
     derived = False  # the plan id is the client's, if any: not under a reserved prefix
     if isinstance(raw, dict):
         actor = raw.get("actor")
+        if isinstance(actor, dict) and "agent_id" not in actor:
+            # Who submits is known: a manifest that leaves it out is this agent's (and one
+            # naming another agent's name in ``actor.name`` is still recorded as this one).
+            actor["agent_id"] = p.name
         agent_id = actor.get("agent_id") if isinstance(actor, dict) else None
         if isinstance(agent_id, str) and not may_submit(p, agent_id):
             raise PermissionDeniedError(
@@ -133,7 +142,9 @@ def submit_plan(
         # validator, so a body that is not an object is rejected (and audited) there. It
         # says whether the plan is new: an earlier submission (here or in another worker or
         # replica) of the same plan id is answered 200.
-        rec, created = gateway.submit_created(raw, traceparent=traceparent, derived_id=derived)
+        rec, created = gateway.submit_created(
+            raw, traceparent=traceparent, derived_id=derived, principal=p.name
+        )
     return (201 if created else 200), plan_json(rec)
 
 

@@ -41,7 +41,7 @@ from proctor.errors import (
 from proctor.http.schemas import MAX_COMMENT
 from proctor.web.page_helpers import _Forbidden, _text
 from proctor.web.sessions import Session
-from proctor.web.views import chart
+from proctor.web.views import chart, credited
 
 __all__ = ["add_audit_routes"]
 
@@ -151,7 +151,8 @@ def add_audit_routes(
                 "plan": row.plan_id or "",
                 "step": row.step_id or "",
                 "user": body.get("user_id") or "",
-                "actor": (body.get("actor") or {}).get("name", ""),
+                # Who did it as authenticated or by id, never the actor's free-text name.
+                "actor": credited(row.type, body)[0],
             }
 
         matches: list[dict[str, Any]] = []

@@ -64,7 +64,7 @@ from proctor.http.schemas import ID_PATTERN, MAX_COMMENT
 from proctor.web.audit_pages import add_audit_routes
 from proctor.web.page_helpers import _Forbidden, _nav, _roles_text, _safe_next, _text, _when
 from proctor.web.sessions import Session, SessionStore, check_csrf
-from proctor.web.views import plan_view
+from proctor.web.views import credited, plan_view
 
 __all__ = ["COOKIE", "ErrorPage", "console_pages", "console_router"]
 
@@ -455,13 +455,10 @@ def console_pages(ctx: Context) -> tuple[APIRouter, ErrorPage]:
         events = []
         for row in rows:
             body = orjson.loads(row.body)
-            actor = body.get("actor") or {}
-            who, who_type = actor.get("name", ""), actor.get("type", "")
             # A person's decision (approve, reject, confirm) is written with the plan's actor
-            # and names the person in its data: the person is who did it.
-            principal = (body.get("data") or {}).get("principal")
-            if isinstance(principal, str) and principal:
-                who, who_type = principal, "human"
+            # and names the person in its data: the person is who did it. A submission names
+            # the agent as authenticated; the rest is the plan's agent, by id.
+            who, who_type = credited(row.type, body)
             events.append(
                 {
                     "seq": row.seq,

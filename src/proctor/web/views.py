@@ -23,11 +23,43 @@ __all__ = [
     "AXIS_LABELS",
     "Chart",
     "chart",
+    "credited",
     "diff_rows",
     "left",
     "plan_view",
     "undo_deadline",
 ]
+
+_SUBMISSIONS = frozenset({"plan.submitted", "plan.rejected"})
+
+
+def credited(event_type: str, body: Mapping[str, Any]) -> tuple[str, str]:
+    """Who did what an audit event records, and as what: ``(name, "agent" | "human" | ...)``.
+
+    The manifest's ``actor.name`` and ``actor.type`` are whatever the agent wrote (it may
+    call itself ``alice``, a ``human``), so they credit nothing: a submission is credited to
+    the principal that sent it as authenticated (``data.principal``, recorded by the HTTP
+    API), a person's decision about a plan (confirm, approve, reject, a step-up failure) to
+    that person (its ``data.principal``), and anything else of a plan to its agent by
+    ``actor.agent_id`` (the HTTP API makes it the submitting token's name). Other events
+    (a library submission's, the instance's own, whose actor Proctor wrote) keep the actor as
+    written: an instance event's ``data.principal`` is whom it is about (``stepup.enrolled``).
+    """
+    data = body.get("data")
+    principal = data.get("principal") if isinstance(data, Mapping) else None
+    if isinstance(principal, str) and principal:
+        if event_type in _SUBMISSIONS:
+            return principal, "agent"
+        if body.get("plan_id") is not None:
+            return principal, "human"
+    actor = body.get("actor")
+    if not isinstance(actor, Mapping):
+        return "", ""
+    agent_id = actor.get("agent_id")
+    if isinstance(agent_id, str) and agent_id:
+        return agent_id, "agent"
+    return str(actor.get("name", "")), str(actor.get("type", ""))
+
 
 AXIS_LABELS: Mapping[str, str] = {
     "risk": "Risk & safety",
