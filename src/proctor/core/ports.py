@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from proctor.core.principals import TokenRecord
 
 __all__ = [
+    "HANDLER_RESULT_KEYS",
     "AuditHead",
     "CheckpointRow",
     "Clock",
@@ -118,6 +119,17 @@ class StepUp(Protocol):
         ``WRONG``.
         """
         ...
+
+
+HANDLER_RESULT_KEYS: frozenset[str] = frozenset({"cost", "compensation_params"})
+"""The keys of a step's result that Proctor acts on, not just records.
+
+``cost`` is what the step really cost (budgets settle it, breakers count it);
+``compensation_params`` are the params its compensation runs with. A handler that runs in
+Proctor's own process is trusted to say them. A result reported by the agent's own proxy
+(``POST /v1/mcp/plans/{id}/outcome``) is not: it would let the agent zero its budget spend or
+choose what a server-side compensation does, so such a report is refused.
+"""
 
 
 class Tools(Protocol):

@@ -27,7 +27,9 @@ forwards the call and reports what came back. Four requests, each with the agent
 - ``POST /v1/mcp/plans/{plan_id}/outcome``: after the proxy forwarded the call of a running
   plan, the upstream's result (masked by the proxy as configured) or error. The step is
   recorded under a lease like any step — ``step.started``, then ``step.succeeded`` with the
-  result or ``step.failed`` with the error — and the plan finishes. Answers the plan.
+  result or ``step.failed`` with the error — and the plan finishes. Answers the plan. A
+  result may not carry what only a handler in this process says (``cost``,
+  ``compensation_params``: ``HANDLER_RESULT_KEYS``): the step costs its amount.
 
 Every answer ``running`` (a call routed to execute, a retry's hand-over, ``/start``) gives
 the plan a report-by (``Recovery.hand_off``): the call's ``timeout`` plus ``[execution]
@@ -61,7 +63,7 @@ from proctor.app.executor import Executor
 from proctor.cli.render import plan_json
 from proctor.core.catalog import ActionSpec
 from proctor.core.lifecycle import PlanRecord, PlanStatus, StepRecord, StepStatus
-from proctor.core.ports import ToolCall, Tools
+from proctor.core.ports import HANDLER_RESULT_KEYS, ToolCall, Tools
 from proctor.core.principals import Principal, check_readable, may_submit
 from proctor.errors import ConflictError, InvalidRequestError, PermissionDeniedError
 from proctor.http.context import AUTH_ERRORS, Context, TraceParent, errors_doc, json_response
@@ -453,6 +455,7 @@ def router(ctx: Context) -> APIRouter:
         rec = mcp_plan(p, plan_id, body.step_id)
         if (body.result is None) == (body.error is None):
             raise InvalidRequestError("give either result or error", field="result")
+        _check_reported(body.result)
         step = rec.steps[0]
         if rec.status is PlanStatus.NEEDS_ATTENTION:
             raise _too_late(rec)
@@ -490,6 +493,30 @@ def router(ctx: Context) -> APIRouter:
         return json_response(plan_json(do_outcome(caller, plan_id, body, traceparent)))
 
     return r
+
+
+def _check_reported(result: dict[str, Any] | None) -> None:
+    """Refuse a reported result that says what only a handler in this process may say.
+
+    The guards settle a step at the ``cost`` its result gives, and its compensation runs with
+    its ``compensation_params`` (``HANDLER_RESULT_KEYS``): taken from the agent's own proxy,
+    ``{"cost": 0}`` would zero its budget spend. An honest proxy never sends them (a
+    ``CallToolResult`` has no such keys and drops unknown ones), so the report is refused, not
+    recorded with the key dropped: the call's real outcome is still the proxy's to report,
+    and until it does the step's reservation stands.
+
+    Raises:
+        InvalidRequestError: naming the first such key (``result.cost``).
+    """
+    if result is None:
+        return
+    for key in sorted(HANDLER_RESULT_KEYS):
+        if key in result:
+            raise InvalidRequestError(
+                f"a reported result may not carry {key!r}: what a step cost and how it is "
+                "undone are said only by a handler in the server, not by the agent's proxy",
+                field=f"result.{key}",
+            )
 
 
 def _queued(rec: PlanRecord) -> bool:
