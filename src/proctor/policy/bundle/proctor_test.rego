@@ -139,6 +139,60 @@ test_payment_limit_is_a_setting if {
 	d.steps.s1.outcome == "approve"
 }
 
+pay(id, amount) := {"id": id, "category": "payment", "amount": amount, "reversible": true, "params": {"currency": "EUR"}}
+
+# Splitting a payment into steps within the limit routes the plan as one payment of the total.
+test_payments_split_within_a_plan_route_as_their_total if {
+	d := decide([pay("a", 30000), pay("b", 30000)], base, {})
+	every id in ["a", "b"] {
+		s := full(d.steps[id])
+		s.outcome == "approve"
+		s.approvals == 1
+		s.approver_roles == ["finance"]
+		s.step_up == true
+		s.undo_window == 0
+		s.reasons == [
+			"payment of 30000 is within auto_payment_max 50000",
+			"the plan's payments total 60000, over auto_payment_max 50000: together they need the approval one payment of that total would",
+		]
+	}
+	d.plan.adjustments == [{"axis": "risk", "delta": 1, "reason": "the plan's payments total 60000, over auto_payment_max 50000"}]
+}
+
+test_payments_within_the_limit_together_execute if {
+	d := decide([pay("a", 25000), pay("b", 25000), {"id": "r", "category": "read", "params": {}}], base, {})
+	d.steps.a == {"outcome": "execute", "reasons": ["payment of 25000 is within auto_payment_max 50000"], "undo_window": 900}
+	d.steps.b.outcome == "execute"
+	plan_of(d).adjustments == []
+}
+
+test_a_payment_over_the_limit_keeps_its_own_reason_beside_a_split_one if {
+	d := decide([pay("a", 10000), pay("b", 60000)], base, {})
+	d.steps.a.reasons[1] == "the plan's payments total 70000, over auto_payment_max 50000: together they need the approval one payment of that total would"
+	d.steps.b.reasons == ["payment of 60000 exceeds auto_payment_max 50000"]
+	d.plan.adjustments[0].reason == "a payment exceeds auto_payment_max 50000"
+}
+
+# One limit for every currency, as for a single payment: no splitting across currencies.
+test_payments_in_several_currencies_count_towards_one_total if {
+	usd := object.union(pay("b", 30000), {"params": {"currency": "USD"}})
+	d := decide([pay("a", 30000), usd], base, {})
+	d.steps.a.outcome == "approve"
+	d.steps.b.outcome == "approve"
+}
+
+# A negative amount (a credit) does not offset the other payments.
+test_a_negative_payment_does_not_lower_the_total if {
+	d := decide([pay("a", 40000), pay("b", 40000), pay("c", -80000)], base, {})
+	d.steps.a.outcome == "approve"
+	d.steps.b.outcome == "approve"
+}
+
+test_the_total_is_checked_against_the_limit_setting if {
+	d := decide([pay("a", 30000), pay("b", 30000)], base, {}) with data.proctor.settings.auto_payment_max as 60000
+	d.steps.a.outcome == "execute"
+}
+
 test_subscription_needs_confirmation if {
 	d := one({"category": "subscription"})
 	s := full(d.steps.s1)
