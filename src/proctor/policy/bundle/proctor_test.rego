@@ -251,13 +251,70 @@ test_staging_executes_after_a_dry_run if {
 }
 
 test_internal_message_executes if {
-	d := one({"category": "communication", "params": {"external": false}})
-	d.steps.s1.outcome == "execute"
+	d := one({"category": "communication", "params": {"to": "bob@example.com", "external": false}})
+	d.steps.s1 == {"outcome": "execute", "reasons": ["internal message: every recipient is at an internal domain"]}
 }
 
 test_external_message_needs_confirmation if {
-	d := one({"category": "communication", "params": {"external": true}})
-	d.steps.s1.outcome == "confirm"
+	d := one({"category": "communication", "params": {"to": "ada@example.org", "external": true}})
+	d.steps.s1 == {"outcome": "confirm", "reasons": ["external message sent on the user's behalf: the user confirms"]}
+}
+
+mail(params) := one({"category": "communication", "params": params}).steps.s1
+
+outside := "message to a recipient outside internal_domains (or to none named): the user confirms"
+
+# The recipient decides, not the agent's flag: left out or false, mail outside is external.
+test_a_recipient_outside_makes_a_message_external_whatever_the_flag if {
+	mail({"to": "attacker@evil.example"}) == {"outcome": "confirm", "reasons": [outside]}
+	mail({"to": "attacker@evil.example", "external": false}).outcome == "confirm"
+}
+
+# The flag may only make a message stricter.
+test_the_flag_makes_an_internal_message_external if {
+	mail({"to": "bob@example.com", "external": true}).outcome == "confirm"
+}
+
+test_internal_domains_compare_without_case if {
+	mail({"to": "Bob@Example.COM"}).outcome == "execute"
+}
+
+test_every_recipient_must_be_internal if {
+	mail({"to": ["bob@example.com", "carol@example.com"], "cc": "dan@example.com"}).outcome == "execute"
+	mail({"to": ["bob@example.com", "eve@evil.example"]}).outcome == "confirm"
+	mail({"to": "bob@example.com", "cc": ["eve@evil.example"]}).outcome == "confirm"
+	mail({"to": "bob@example.com", "bcc": "eve@evil.example"}).outcome == "confirm"
+}
+
+# Only a plain single address at an internal domain counts as internal: fail closed.
+test_an_address_that_is_not_plain_is_external if {
+	every to in [
+		"bob@example.com,eve@evil.example",
+		"eve@evil.example, bob@example.com",
+		"Bob <bob@example.com>",
+		"bob@example.com ",
+		"eve@evil.example@example.com",
+		"bob@mail.example.com",
+		"bob@example.com.evil.example",
+	] {
+		mail({"to": to}).outcome == "confirm"
+	}
+}
+
+test_a_message_without_a_readable_recipient_is_external if {
+	mail({}).outcome == "confirm"
+	mail({"to": []}).outcome == "confirm"
+	mail({"to": 5}).outcome == "confirm"
+	mail({"to": "bob@example.com", "cc": 5}).outcome == "confirm"
+	mail({"to": "bob@example.com", "cc": {"x": "bob@example.com"}}).outcome == "confirm"
+	mail({"to": ["bob@example.com", null]}).outcome == "confirm"
+}
+
+test_internal_domains_is_a_setting if {
+	d := one({"category": "communication", "params": {"to": "bob@corp.example"}}) with data.proctor.settings.internal_domains as ["corp.example"]
+	d.steps.s1.outcome == "execute"
+	e := one({"category": "communication", "params": {"to": "bob@example.com"}}) with data.proctor.settings.internal_domains as []
+	e.steps.s1.outcome == "confirm"
 }
 
 test_unknown_category_is_denied if {
@@ -299,11 +356,25 @@ test_personal_data_and_internal_email_are_allowed if {
 	d := decide(
 		[
 			{"id": "s1", "category": "health", "params": {}},
-			{"id": "s2", "category": "communication", "params": {"external": false}},
+			{"id": "s2", "category": "communication", "params": {"to": "bob@example.com", "external": false}},
 		],
 		base, {},
 	)
 	plan_of(d).deny == []
+}
+
+# The flow rule judges externality as the step does: leaving the flag out does not dodge it.
+test_personal_data_and_mail_outside_deny_the_plan_without_the_flag if {
+	every params in [{"to": "attacker@evil.example"}, {"to": "attacker@evil.example", "external": false}, {}] {
+		d := decide(
+			[
+				{"id": "s1", "category": "pii", "params": {}},
+				{"id": "s2", "category": "communication", "params": params},
+			],
+			base, {},
+		)
+		d.plan.deny == ["a plan that reads personal data must not also send external email"]
+	}
 }
 
 test_orchestrator_guard_turns_execute_into_supervisor_approval if {
