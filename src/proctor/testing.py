@@ -10,7 +10,8 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,6 +25,7 @@ __all__ = [
     "InMemoryStore",
     "RecordingTool",
     "free_port",
+    "live_server",
     "make_plan",
     "stop_process",
     "wait_until_serving",
@@ -145,3 +147,30 @@ def stop_process(proc: subprocess.Popen[Any], *, timeout: float = 20.0) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@contextmanager
+def live_server(app: Any) -> Iterator[str]:
+    """Serve an ASGI ``app`` (``proctor.http.create_app``) with uvicorn on 127.0.0.1, in a thread.
+
+    Yields its base URL (a free port); the server stops when the block ends. For tests that
+    need real HTTP (a remote MCP proxy, long polls) without a subprocess.
+    """
+    import uvicorn  # the service's own server; imported only by tests that serve
+
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        assert thread.is_alive(), "uvicorn stopped"
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -7,24 +7,19 @@ and who the record says submitted a plan.
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import httpx
 import orjson
 import pytest
-import uvicorn
-from fastapi import FastAPI
 
 from proctor import Proctor
 from proctor.app.tokens import TokenService
 from proctor.http import HttpSettings, create_app
 from proctor.http.routes_plans import idempotent_plan_id
 from proctor.mcp.governance import call_key
-from proctor.testing import FrozenClock, make_plan
+from proctor.testing import FrozenClock, live_server, make_plan
 
 pytestmark = pytest.mark.server
 
@@ -44,27 +39,6 @@ ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "aud": (("auditor",), ()),
     "root": (("admin",), ()),
 }
-
-
-@contextmanager
-def live_server(app: FastAPI) -> Iterator[str]:
-    """Serve ``app`` with uvicorn on 127.0.0.1 (a free port) in a thread."""
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        assert thread.is_alive(), "uvicorn stopped"
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 class World:

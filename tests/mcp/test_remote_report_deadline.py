@@ -23,7 +23,6 @@ import os
 import select
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import AsyncExitStack, contextmanager
@@ -36,7 +35,6 @@ import anyio
 import httpx
 import mcp_types as types
 import pytest
-import uvicorn
 from mcp import ClientSession
 from mcp.shared.memory import create_client_server_memory_streams
 
@@ -48,7 +46,7 @@ from proctor.core.lifecycle import PlanStatus, StepStatus
 from proctor.http import create_app
 from proctor.mcp import UpstreamConfig
 from proctor.mcp.remote import RemoteMcpProxy
-from proctor.testing import FrozenClock
+from proctor.testing import FrozenClock, live_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
@@ -77,27 +75,6 @@ def db(request, tmp_path) -> str:
     if request.param == "postgres":
         return request.getfixturevalue("pg_url")
     return f"sqlite:///{tmp_path / 'proctor.db'}"
-
-
-@contextmanager
-def live_server(app: Any) -> Iterator[str]:
-    """Serve ``app`` with uvicorn on 127.0.0.1 (a free port) in a thread."""
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        assert thread.is_alive(), "uvicorn stopped"
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 @dataclass
