@@ -235,6 +235,17 @@ class TestPrivateFiles:
 
 
 class TestPostgresUrlErrors:
+    @pytest.mark.parametrize("url", ["postgresql://u@h/db?bogus=1", "postgresql://[::1/db"])
+    def test_a_malformed_url_is_a_storage_error_not_a_traceback(self, url):
+        """The URL is parsed inside the probe's error handling: a StorageError naming
+        database.url (before: psycopg's ProgrammingError escaped)."""
+        from proctor.errors import StorageError
+        from proctor.storage.postgres import PostgresStore
+
+        with pytest.raises(StorageError) as caught:
+            PostgresStore(url, timeout=2)
+        assert caught.value.field == "database.url"
+
     def test_a_missing_database_fails_at_once_with_its_cause_and_a_hint(
         self, exe, tmp_path, pg_url
     ):

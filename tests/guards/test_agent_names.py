@@ -213,3 +213,31 @@ class TestAnomalies:
 
         assert len(w.events("anomaly.detected")) == 1
         assert w.store.counter_sum("denials:agent:ops-bot", "0")[0] == 3
+
+
+class TestHiddenTools:
+    def test_mcp_tool_lists_hide_what_stops_the_agent_in_any_spelling(self, url):
+        """The MCP proxies hide from an agent's tools/list what it may not use
+        (``Guards.hidden``): its kill switch and whitelist are stored under its key, and an
+        agent spelt ``Ops-Bot`` must see them as ``ops-bot`` does (before: nothing hidden)."""
+        from types import SimpleNamespace
+
+        from proctor.mcp.proxy import McpProxy
+
+        w = seen(url)
+        tools = ["shop.buy", "shop.read"]
+        w.guards.set_whitelist("Ops-Bot", ["shop.read"], by="ops")
+        proxy = SimpleNamespace(
+            proctor=w.p,
+            agent_id="Ops-Bot",
+            tools={t: ("shop", SimpleNamespace(name=t.split(".")[-1])) for t in tools},
+            _action=lambda server, tool: f"{server}.{tool}",
+        )
+
+        assert McpProxy._guard_hidden(proxy) == {"shop.buy"}
+        for spelling in SPELLINGS:
+            assert w.guards.hidden(spelling, tools) == {"shop.buy"}
+        w.guards.kill("agent", "OPS-BOT", by="ops")
+        assert McpProxy._guard_hidden(proxy) == set(tools)
+        assert w.guards.hidden("ops-bot", tools) == set(tools)
+        assert w.guards.hidden("other-bot", tools) == set()

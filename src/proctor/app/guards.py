@@ -51,7 +51,7 @@ import math
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -185,6 +185,27 @@ class Guards(GuardsBudgets, GuardsAdmin):
 
     def _agent_names(self, agent: str) -> tuple[str, ...]:
         return agent_names(agent, self._aliases)
+
+    def hidden(self, agent: str, actions: Iterable[str]) -> set[str]:
+        """Of ``actions``, those ``agent`` may not use at all now: for the MCP tool lists.
+
+        A kill switch covering the agent (global, or the agent under any of its names) hides
+        every action; an action's own switch hides it; so does the agent's whitelist (every
+        one stored for it, ``_outside``). Read fresh, outside any transaction: a listing only
+        hides, and ``admit`` decides each call exactly.
+        """
+        wanted = set(actions)
+        kill = self.store.list_state("kill")
+        whitelist = self.store.list_state("whitelist")
+        self._scan(kill, whitelist)
+        names = self._agent_names(agent)
+        if "global" in kill or any(f"agent:{n}" in kill for n in names):
+            return wanted
+        out = {a for a in wanted if f"action:{a}" in kill}
+        lists = [whitelist[n] for n in names if n in whitelist]
+        if lists:
+            out.update(_outside(lists, sorted(wanted)))
+        return out
 
     # ------------------------------------------------------------------ policy input
 

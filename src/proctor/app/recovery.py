@@ -546,9 +546,13 @@ class Recovery:
         are all pending: a plan routed ``execute`` pays one string comparison, and a plan
         that started a step is never expired (a resolved step, an interrupted one).
         """
+        # NOTE(mcp): a plan handed to a remote MCP proxy (``report_by``) is not asked: its
+        # call is the proxy's, perhaps under way, and only the report or the report-by timer
+        # settles it (an expiry would record a call that happened as one that never ran).
         return (
             record.outcome in _WAITED
             and record.status is PlanStatus.RUNNING
+            and record.report_by is None
             and all(s.status is StepStatus.PENDING for s in record.steps)
             and self.gw.inputs_changed(record) is True
         )

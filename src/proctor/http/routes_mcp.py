@@ -309,14 +309,7 @@ def router(ctx: Context) -> APIRouter:
         return name
 
     def hidden_for(agent_id: str, actions: set[str]) -> set[str]:
-        kills = store.list_state("kill")
-        if "global" in kills or f"agent:{agent_id}" in kills:
-            return actions
-        hidden = {a for a in actions if f"action:{a}" in kills}
-        allowed = store.list_state("whitelist").get(agent_id)
-        if isinstance(allowed, dict):
-            hidden |= actions - set(allowed.get("actions", ()))
-        return hidden
+        return set() if gw.guards is None else gw.guards.hidden(agent_id, actions)
 
     @r.post(
         "/tools",

@@ -541,15 +541,11 @@ class McpProxy:
 
     def _guard_hidden(self) -> set[str]:
         """Actions this agent may not use at all (whitelist, kill switches): not listed."""
-        store = self.proctor.gateway.store
+        guards = self.proctor.gateway.guards
+        if guards is None:
+            return set()
         actions = {self._action(s, t.name) for s, t in self.tools.values()}
-        kills = store.list_state("kill")
-        if "global" in kills or f"agent:{self.agent_id}" in kills:
-            return actions
-        hidden = {a for a in actions if f"action:{a}" in kills}
-        allowed = store.list_state("whitelist").get(self.agent_id)
-        if isinstance(allowed, dict):
-            hidden |= actions - set(allowed.get("actions", ()))
+        hidden: set[str] = guards.hidden(self.agent_id, actions)
         return hidden
 
     # ------------------------------------------------------------------ governed calls

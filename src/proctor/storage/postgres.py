@@ -449,11 +449,12 @@ def _probe(url: str, timeout: float) -> None:
     Raises:
         StorageError: the connection failed; the message is the server's (or libpq's).
     """
-    params = conninfo_to_dict(url)
+    params: dict[str, Any] = {}
     extra: dict[str, Any] = {}
-    if "connect_timeout" not in params and "PGCONNECT_TIMEOUT" not in os.environ:
-        extra["connect_timeout"] = max(2, min(10, int(timeout)))  # an unreachable host
     try:
+        params = conninfo_to_dict(url)  # a malformed URL raises here: reported below
+        if "connect_timeout" not in params and "PGCONNECT_TIMEOUT" not in os.environ:
+            extra["connect_timeout"] = max(2, min(10, int(timeout)))  # an unreachable host
         psycopg.connect(url, autocommit=True, application_name=_app_name(url), **extra).close()
     except psycopg.Error as exc:
         cause = " ".join(str(exc).split()).removeprefix("connection failed: ")

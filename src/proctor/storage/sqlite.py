@@ -417,7 +417,14 @@ class SqliteStore:
                     field="database.url",
                     hint="Run `proctor init` first.",
                 )
-            created = create_private(path)  # 0600: it holds secrets (sqlite_wal docstring)
+            try:
+                created = create_private(path)  # 0600: it holds secrets (sqlite_wal docstring)
+            except OSError as exc:  # a directory this user may not write, a read-only disk
+                raise StorageError(
+                    f"cannot create SQLite database {path}: {exc.strerror or exc}",
+                    field="database.url",
+                    hint="Check that the directory exists and this user may write to it.",
+                ) from exc
             self._c = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._c.row_factory = sqlite3.Row
             self._c.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
