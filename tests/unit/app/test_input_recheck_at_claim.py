@@ -221,3 +221,24 @@ class TestStoredWithoutDigest:
 
         assert rec is not None and rec.status is PlanStatus.SUCCEEDED
         assert ship.keys == ["d-7:s1"]
+
+
+class TestHandedOver:
+    def test_a_call_handed_to_a_remote_proxy_is_not_expired_by_the_recheck(self, world):
+        """A plan handed over (``hand_off``: its call is a remote MCP proxy's now, perhaps
+        under way) is not expired by the re-check when a retry re-registers a changed entry:
+        "never ran" would record a call that happened as one that did not. Its report or its
+        report-by timer settles it."""
+        ship = RecordingTool()
+        worker = world.start(ship=ship)
+        confirmed_without_the_action(world, worker, "d-h")
+        handed = worker.gateway.executor.hand_off("d-h")
+        assert handed is not None and handed.report_by is not None
+        reload(worker, "shop.ship", category="payment")
+
+        worker.gateway.executor.refuse_stale("d-h")
+
+        rec = worker.get("d-h")
+        assert rec.status is PlanStatus.RUNNING
+        assert rec.report_by == handed.report_by
+        assert "plan.expired" not in [t for t, _ in events(worker, "d-h")]
